@@ -1,0 +1,115 @@
+"""The catalogue of delegates edgerun knows, in rank order per model format.
+
+A delegate here is what runs a model: a TFLite delegate or an ONNX Runtime
+execution provider. Each entry says which format it serves, what it needs
+from the device and the runtimes (as a function of the probed facts that
+returns the reason it cannot run, or None), and how to open a backend on it.
+Ranking is the order of ``CATALOGUE``: the first usable entry is the default.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from edgerun.accel.probe import DeviceFacts
+from edgerun.accel.runtimes import RuntimeFacts
+from edgerun.backends import Backend, open_backend
+
+__all__ = ["CATALOGUE", "DelegateSpec", "Opener", "known_names"]
+
+#: Opens a backend: (model path, format, delegate name, threads, engine cache dir) -> Backend.
+Opener = Callable[[Path, str, str, "int | None", "Path | None"], Backend]
+
+Need = Callable[[DeviceFacts, RuntimeFacts], "str | None"]
+
+
+def _open(path: Path, format: str, delegate: str, threads: int | None, cache_dir: Path | None) -> Backend:
+    return open_backend(path, format=format, delegate=delegate, threads=threads, cache_dir=cache_dir)
+
+
+@dataclass(frozen=True)
+class DelegateSpec:
+    """One delegate: its name, format, what it needs, and how to open a backend on it.
+
+    Attributes:
+        name: the name users pass to ``--delegate``.
+        format: ``"onnx"`` or ``"tflite"``.
+        summary: one line for ``edgerun devices``.
+        needs: returns why this delegate cannot run here, or None.
+        edgetpu_only: runs only Edge TPU-compiled models (``*_edgetpu.tflite``), and
+            those run nowhere else.
+        reference: the plain CPU path of its format, against which others are verified.
+        opener: makes the backend; tests pass stand-ins that are real ``Backend``s.
+    """
+
+    name: str
+    format: str
+    summary: str
+    needs: Need
+    edgetpu_only: bool = False
+    reference: bool = False
+    opener: Opener = _open
+
+
+def _ort_provider(provider: str, hardware: Need | None = None) -> Need:
+    def need(device: DeviceFacts, runtime: RuntimeFacts) -> str | None:
+        if runtime.onnxruntime is None:
+            return "onnxruntime is not installed"
+        if provider not in runtime.ort_providers:
+            return f"this onnxruntime build has no {provider}"
+        return hardware(device, runtime) if hardware else None
+
+    return need
+
+
+def _nvidia(device: DeviceFacts, runtime: RuntimeFacts) -> str | None:
+    if device.nvidia_gpu or device.jetson:
+        return None
+    return "no NVIDIA GPU found (no /dev/nvidia*, not a Jetson)"
+
+
+def _tflite(device: DeviceFacts, runtime: RuntimeFacts) -> str | None:
+    return None if runtime.tflite else "no TFLite interpreter is installed (pip install ai-edge-litert)"
+
+
+def _edgetpu(device: DeviceFacts, runtime: RuntimeFacts) -> str | None:
+    if not device.edgetpu:
+        return "no Edge TPU found (no /dev/apex_*, no USB device 1a6e:089a or 18d1:9302)"
+    error = runtime.library_error("edgetpu")
+    if error:
+        return f"Edge TPU present but its runtime library does not load: {error} (install libedgetpu1-std)"
+    return _tflite(device, runtime)
+
+
+def _gpu_delegate(device: DeviceFacts, runtime: RuntimeFacts) -> str | None:
+    error = runtime.library_error("gpu")
+    if error:
+        return f"TFLite GPU delegate library does not load: {error}"
+    return _tflite(device, runtime)
+
+
+CATALOGUE: tuple[DelegateSpec, ...] = (
+    DelegateSpec(
+        "tensorrt", "onnx", "NVIDIA TensorRT (ONNX Runtime)", _ort_provider("TensorrtExecutionProvider", _nvidia)
+    ),
+    DelegateSpec("cuda", "onnx", "NVIDIA CUDA (ONNX Runtime)", _ort_provider("CUDAExecutionProvider", _nvidia)),
+    DelegateSpec("openvino", "onnx", "Intel OpenVINO (ONNX Runtime)", _ort_provider("OpenVINOExecutionProvider")),
+    DelegateSpec("rocm", "onnx", "AMD MIGraphX (ONNX Runtime)", _ort_provider("MIGraphXExecutionProvider")),
+    DelegateSpec("qnn", "onnx", "Qualcomm QNN (ONNX Runtime)", _ort_provider("QNNExecutionProvider")),
+    DelegateSpec("coreml", "onnx", "Apple Core ML (ONNX Runtime)", _ort_provider("CoreMLExecutionProvider")),
+    DelegateSpec("nnapi", "onnx", "Android NNAPI (ONNX Runtime)", _ort_provider("NnapiExecutionProvider")),
+    DelegateSpec("dnnl", "onnx", "Intel oneDNN (ONNX Runtime)", _ort_provider("DnnlExecutionProvider")),
+    DelegateSpec("xnnpack", "onnx", "XNNPACK (ONNX Runtime)", _ort_provider("XnnpackExecutionProvider")),
+    DelegateSpec("cpu", "onnx", "ONNX Runtime CPU (MLAS)", _ort_provider("CPUExecutionProvider"), reference=True),
+    DelegateSpec("edgetpu", "tflite", "Coral Edge TPU (libedgetpu)", _edgetpu, edgetpu_only=True),
+    DelegateSpec("gpu", "tflite", "TFLite GPU delegate", _gpu_delegate),
+    DelegateSpec("xnnpack", "tflite", "XNNPACK (LiteRT default CPU delegate)", _tflite),
+    DelegateSpec("cpu", "tflite", "LiteRT reference CPU kernels (no default delegate)", _tflite, reference=True),
+)
+
+
+def known_names(catalogue: tuple[DelegateSpec, ...] = CATALOGUE) -> list[str]:
+    """Every delegate name, in rank order, without repeats."""
+    return list(dict.fromkeys(spec.name for spec in catalogue))

@@ -1,0 +1,88 @@
+"""What the installed runtimes can run: ONNX Runtime providers, TFLite delegates.
+
+Unlike ``probe``, this module imports the runtimes and tries to load delegate
+libraries (``ctypes``), because a library that is on disk but does not load
+(wrong architecture, missing dependency) is as good as absent.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+from dataclasses import asdict, dataclass
+
+from edgerun.errors import BackendUnavailableError
+
+log = logging.getLogger(__name__)
+
+__all__ = ["RuntimeFacts", "discover", "library_loads"]
+
+
+@dataclass(frozen=True)
+class RuntimeFacts:
+    """Runtimes and delegate libraries present, with the reason for each one missing."""
+
+    onnxruntime: str | None
+    ort_providers: tuple[str, ...]
+    tflite: str | None
+    delegate_libraries: tuple[tuple[str, str | None], ...]  # (delegate, error or None when it loads)
+    missing: tuple[tuple[str, str], ...] = ()  # (runtime, why)
+
+    def library_error(self, delegate: str) -> str | None:
+        """Why delegate's library does not load, or None when it does (or needs none)."""
+        for name, error in self.delegate_libraries:
+            if name == delegate:
+                return error
+        return None
+
+    def versions(self) -> str:
+        """The runtime versions, for cache keys."""
+        return f"{self.onnxruntime or '-'}|{self.tflite or '-'}"
+
+    def to_dict(self) -> dict[str, object]:
+        """A JSON-ready form."""
+        data = asdict(self)
+        data["delegate_libraries"] = {k: ("loads" if v is None else v) for k, v in self.delegate_libraries}
+        data["missing"] = dict(self.missing)
+        return data
+
+
+def library_loads(name: str) -> str | None:
+    """Try to load a shared library; return the error text, or None if it loads."""
+    try:
+        ctypes.CDLL(name)
+    except OSError as exc:
+        return str(exc).strip() or f"{name} not found"
+    return None
+
+
+def discover() -> RuntimeFacts:
+    """Import the runtimes and try every delegate library; never raises."""
+    from edgerun.backends.onnx import import_onnxruntime
+    from edgerun.backends.tflite import DELEGATE_LIBRARIES, delegate_library, import_interpreter
+
+    missing: list[tuple[str, str]] = []
+    ort_version, providers = None, ()
+    try:
+        ort = import_onnxruntime()
+        ort_version = f"onnxruntime {ort.__version__}"
+        providers = tuple(ort.get_available_providers())
+    except BackendUnavailableError as exc:
+        missing.append(("onnxruntime", str(exc)))
+    tflite = None
+    try:
+        _, tflite = import_interpreter()
+    except BackendUnavailableError as exc:
+        missing.append(("tflite", str(exc)))
+    libraries = []
+    for delegate in DELEGATE_LIBRARIES:
+        library = delegate_library(delegate)
+        error = f"no {delegate} delegate library for this OS" if library is None else library_loads(library)
+        libraries.append((delegate, error))
+    return RuntimeFacts(
+        onnxruntime=ort_version,
+        ort_providers=providers,
+        tflite=tflite,
+        delegate_libraries=tuple(libraries),
+        missing=tuple(missing),
+    )

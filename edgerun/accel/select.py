@@ -1,0 +1,566 @@
+"""Choosing the delegate a model runs on: rank, try, verify, fall back, cache.
+
+Selection is separate from probing: it takes the probed ``DeviceFacts`` and
+``RuntimeFacts``, intersects them with what the model allows, and then:
+
+1. tries the candidates in rank order, recording every rejection with its reason;
+2. **verifies** each accelerated candidate: one input is run through it and
+   through the CPU reference, and a candidate whose outputs disagree beyond the
+   tolerance is dropped (a delegate that loads but computes garbage is worse
+   than a slow one);
+3. with ``fastest``, times every working candidate on the actual model and keeps
+   the winner, cached per (model SHA-256, device fingerprint, runtime versions,
+   threads) in the state directory so the next start tries only the winner.
+
+Every decision is logged at INFO and kept in ``Selection.attempts``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+
+import numpy as np
+
+from edgerun.accel.delegates import CATALOGUE, DelegateSpec, known_names
+from edgerun.accel.probe import DeviceFacts, probe
+from edgerun.accel.runtimes import RuntimeFacts, discover
+from edgerun.backends import Backend, TensorSpec, detect_format
+from edgerun.errors import ConfigError, DelegateError, EdgerunError, ModelLoadError
+
+log = logging.getLogger(__name__)
+
+__all__ = ["Attempt", "Selection", "candidate_files", "find_candidates", "select", "synthetic_inputs"]
+
+#: Sample provider: given an opened backend, the inputs used to verify and time it.
+SampleFn = Callable[[Backend], Sequence[np.ndarray]]
+
+_CACHE_FILE = "delegates.json"
+
+
+@dataclass
+class Attempt:
+    """What happened to one candidate delegate.
+
+    ``status`` is one of ``chosen``, ``usable`` (worked, not chosen),
+    ``unavailable`` (the device or runtimes lack it), ``failed`` (it did not
+    load), ``wrong-output`` (it failed verification) or ``not-tried``.
+    """
+
+    delegate: str
+    path: str
+    status: str
+    reason: str = ""
+    latency_ms: float | None = None
+    error: EdgerunError | None = field(default=None, repr=False, compare=False)
+
+    def to_dict(self) -> dict[str, object]:
+        """A JSON-ready form."""
+        return {
+            "delegate": self.delegate,
+            "path": self.path,
+            "status": self.status,
+            "reason": self.reason,
+            "latency_ms": self.latency_ms,
+        }
+
+
+@dataclass
+class Selection:
+    """The outcome: the chosen backend, and every attempt with its reason."""
+
+    backend: Backend
+    delegate: str
+    path: Path
+    mode: str
+    attempts: list[Attempt] = field(default_factory=list)
+    cached: bool = False
+
+    @property
+    def fallbacks(self) -> list[Attempt]:
+        """Candidates that were tried and rejected (load failure or wrong output)."""
+        return [a for a in self.attempts if a.status in ("failed", "wrong-output")]
+
+    def to_dict(self) -> dict[str, object]:
+        """A JSON-ready form."""
+        return {
+            "delegate": self.delegate,
+            "path": str(self.path),
+            "mode": self.mode,
+            "cached": self.cached,
+            "attempts": [a.to_dict() for a in self.attempts],
+        }
+
+
+def candidate_files(path: Path, spec: DelegateSpec) -> Path | None:
+    """The file ``spec`` would run for a model at ``path``, or None if it cannot.
+
+    Coral users ship ``model.tflite`` and ``model_edgetpu.tflite`` side by side:
+    the Edge TPU runs only the compiled one, every other delegate only the plain
+    one, so either file given finds its sibling.
+    """
+    stem = path.name[: -len(".tflite")] if path.name.endswith(".tflite") else None
+    is_compiled = stem is not None and stem.endswith("_edgetpu")
+    if spec.edgetpu_only:
+        if is_compiled:
+            return path
+        sibling = path.with_name(f"{stem}_edgetpu.tflite") if stem else None
+        return sibling if sibling is not None and sibling.is_file() else None
+    if is_compiled and stem is not None:
+        plain = path.with_name(f"{stem[: -len('_edgetpu')]}.tflite")
+        return plain if plain.is_file() else None
+    return path
+
+
+def synthetic_inputs(backend: Backend, seed: int = 0) -> list[np.ndarray]:
+    """Deterministic inputs for verification when the caller has none.
+
+    Float inputs are uniform in [0, 1); quantized ones cover the range their
+    integers can represent; other integer inputs cover their dtype.
+    """
+    rng = np.random.default_rng(seed)
+    out = []
+    for spec in backend.inputs:
+        shape = spec.concrete_shape()
+        if spec.quant is not None:
+            info = np.iinfo(spec.dtype)
+            lo = (info.min - spec.quant.zero_point) * spec.quant.scale
+            hi = (info.max - spec.quant.zero_point) * spec.quant.scale
+            out.append(rng.uniform(lo, hi, size=shape).astype(np.float32))
+        elif np.issubdtype(spec.dtype, np.integer):
+            info = np.iinfo(spec.dtype)
+            out.append(rng.integers(info.min, info.max, size=shape, dtype=spec.dtype, endpoint=True))
+        else:
+            out.append(rng.random(size=shape, dtype=np.float32).astype(spec.dtype))
+    return out
+
+
+def _tolerance(spec: TensorSpec, reference: np.ndarray, rtol: float) -> float:
+    scale = spec.quant.scale if spec.quant is not None else 0.0
+    peak = float(np.max(np.abs(reference))) if reference.size else 0.0
+    return 1e-4 + 2.0 * scale + rtol * peak
+
+
+def _compare(
+    outputs: Sequence[TensorSpec], got: Sequence[np.ndarray], ref: Sequence[np.ndarray], rtol: float
+) -> str | None:
+    """Why ``got`` disagrees with ``ref``, or None when every output is within tolerance."""
+    if len(got) != len(ref):
+        return f"returned {len(got)} outputs, the CPU reference {len(ref)}"
+    for spec, a, b in zip(outputs, got, ref):
+        if a.shape != b.shape:
+            return f"output {spec.name} has shape {list(a.shape)}, the CPU reference {list(b.shape)}"
+        diff = float(np.max(np.abs(a.astype(np.float64) - b.astype(np.float64)))) if a.size else 0.0
+        tol = _tolerance(spec, b, rtol)
+        if not np.isfinite(diff) or diff > tol:
+            return f"output {spec.name} differs from the CPU reference by {diff:.4g} (tolerance {tol:.4g})"
+    return None
+
+
+def _time(backend: Backend, inputs: Sequence[np.ndarray], budget_s: float = 0.5, max_runs: int = 50) -> float:
+    """Median latency of ``backend`` in ms after a short warm-up, within a time budget."""
+    for _ in range(3):
+        backend.run(inputs)
+    samples = []
+    deadline = time.perf_counter() + budget_s
+    while len(samples) < max_runs and (len(samples) < 5 or time.perf_counter() < deadline):
+        t0 = time.perf_counter_ns()
+        backend.run(inputs)
+        samples.append((time.perf_counter_ns() - t0) / 1e6)
+    return statistics.median(samples)
+
+
+def file_sha256(path: Path) -> str:
+    """SHA-256 of a file, streamed."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _toolchain(delegate: str, runtime: RuntimeFacts) -> str:
+    """Versions that invalidate a compiled engine: the runtime and the vendor toolkit."""
+    toolkit = {
+        "tensorrt": ("tensorrt", "tensorrt-libs", "tensorrt-cu12"),
+        "openvino": ("openvino", "onnxruntime-openvino"),
+    }
+    parts = [runtime.onnxruntime or "onnxruntime ?"]
+    for dist in toolkit.get(delegate, ()):
+        try:
+            parts.append(f"{dist} {version(dist)}")
+            break
+        except PackageNotFoundError:
+            continue
+    return "-".join(p.replace(" ", "") for p in parts)
+
+
+class _FastestCache:
+    """The winners of ``fastest`` runs, one JSON file in the state directory."""
+
+    def __init__(self, state_dir: Path | None) -> None:
+        self.file = state_dir / _CACHE_FILE if state_dir else None
+
+    def _load(self) -> dict[str, dict[str, object]]:
+        if self.file is None:
+            return {}
+        try:
+            data = json.loads(self.file.read_text())
+        except FileNotFoundError:
+            return {}
+        except (OSError, ValueError) as exc:
+            log.warning("ignoring unreadable delegate cache %s: %s", self.file, exc)
+            return {}
+        return data if isinstance(data, dict) else {}
+
+    def get(self, key: str) -> str | None:
+        entry = self._load().get(key)
+        delegate = entry.get("delegate") if isinstance(entry, dict) else None
+        return delegate if isinstance(delegate, str) else None
+
+    def put(self, key: str, delegate: str, timings: dict[str, float]) -> None:
+        if self.file is None:
+            return
+        data = self._load()
+        data[key] = {"delegate": delegate, "timings_ms": timings, "created": int(time.time())}
+        try:
+            self.file.parent.mkdir(parents=True, exist_ok=True)
+            tmp = self.file.with_suffix(".tmp")
+            tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
+            os.replace(tmp, self.file)
+        except OSError as exc:
+            log.warning("cannot write delegate cache %s: %s", self.file, exc)
+
+
+def find_candidates(
+    model_path: Path,
+    fmt: str,
+    delegate: str,
+    device: DeviceFacts,
+    runtime: RuntimeFacts,
+    catalogue: tuple[DelegateSpec, ...] = CATALOGUE,
+) -> tuple[list[tuple[DelegateSpec, Path]], list[Attempt]]:
+    """The delegates this device could run the model with, in rank order, and why the others cannot.
+
+    ``delegate`` is ``auto``/``fastest`` (all of them) or one name (only that one).
+    Nothing is loaded here.
+    """
+    attempts: list[Attempt] = []
+    candidates: list[tuple[DelegateSpec, Path]] = []
+    for spec in catalogue:
+        if spec.format != fmt or (delegate not in ("auto", "fastest") and spec.name != delegate):
+            continue
+        target = candidate_files(model_path, spec)
+        reason = spec.needs(device, runtime)
+        if target is None and not reason:
+            reason = (
+                "needs an Edge TPU-compiled model (*_edgetpu.tflite) beside this one"
+                if spec.edgetpu_only
+                else "an Edge TPU-compiled model runs only on the Edge TPU, and no plain .tflite is beside it"
+            )
+        if reason or target is None:
+            attempts.append(Attempt(spec.name, str(target or model_path), "unavailable", reason or ""))
+            log.debug("delegate %s unavailable for %s: %s", spec.name, model_path.name, reason)
+            continue
+        candidates.append((spec, target))
+    return candidates, attempts
+
+
+def select(
+    model_path: Path,
+    *,
+    delegate: str = "auto",
+    threads: int | None = None,
+    strict: bool = False,
+    verify: bool = True,
+    rtol: float = 0.02,
+    device: DeviceFacts | None = None,
+    runtime: RuntimeFacts | None = None,
+    state_dir: Path | None = None,
+    sample: SampleFn | None = None,
+    catalogue: tuple[DelegateSpec, ...] = CATALOGUE,
+) -> Selection:
+    """Open ``model_path`` on the best delegate this device can run it with.
+
+    Args:
+        model_path: the model file.
+        delegate: ``auto`` (first working in rank order), ``fastest`` (time every
+            working one, cache the winner), or a delegate name to force.
+        threads: CPU threads for the runtime.
+        strict: make any fallback an error (a candidate the device has that failed
+            to load or failed verification).
+        verify: check accelerated delegates against the CPU reference.
+        rtol: verification tolerance relative to the reference output's peak.
+        device: probed device facts (probed from ``/`` when None).
+        runtime: runtime facts (discovered when None).
+        state_dir: where the ``fastest`` cache and compiled engines live.
+        sample: makes the verification input from a backend; synthetic when None.
+        catalogue: the delegates to consider, in rank order.
+
+    Raises:
+        ConfigError: ``delegate`` is not a known name.
+        DelegateError: no delegate works, a forced one is unusable, or ``strict``
+            and a fallback happened.
+    """
+    names = known_names(catalogue)
+    if delegate not in ("auto", "fastest", *names):
+        raise ConfigError(f"unknown delegate {delegate!r}; known: auto, fastest, {', '.join(names)}")
+    model_path = Path(model_path)
+    fmt = detect_format(model_path)
+    device = device or probe()
+    runtime = runtime or discover()
+    make_sample = sample or synthetic_inputs
+    candidates, attempts = find_candidates(model_path, fmt, delegate, device, runtime, catalogue)
+    if not candidates:
+        raise _nothing_runs(model_path, fmt, delegate, attempts, catalogue, device, runtime)
+
+    cache = _FastestCache(state_dir)
+    cache_key = None
+    if delegate == "fastest":
+        cache_key = f"{file_sha256(model_path)}|{device.fingerprint()}|{runtime.versions()}|threads={threads or 0}"
+        winner = cache.get(cache_key)
+        if winner is not None and any(s.name == winner for s, _ in candidates):
+            log.info("fastest delegate for %s from cache: %s", model_path.name, winner)
+            chosen = [(s, p) for s, p in candidates if s.name == winner]
+            try:
+                return _try_in_order(
+                    chosen,
+                    model_path,
+                    fmt,
+                    "fastest",
+                    threads,
+                    verify,
+                    rtol,
+                    strict,
+                    state_dir,
+                    runtime,
+                    make_sample,
+                    catalogue,
+                    attempts,
+                    cached=True,
+                )
+            except DelegateError as exc:
+                log.warning("cached fastest delegate %s no longer works (%s); timing again", winner, exc)
+                attempts = [a for a in attempts if a.status == "unavailable"]
+
+    if delegate != "fastest":
+        mode = "auto" if delegate == "auto" else "forced"
+        return _try_in_order(
+            candidates,
+            model_path,
+            fmt,
+            mode,
+            threads,
+            verify,
+            rtol,
+            strict,
+            state_dir,
+            runtime,
+            make_sample,
+            catalogue,
+            attempts,
+        )
+
+    # fastest: open, verify and time every candidate; keep the quickest.
+    working: list[tuple[float, Backend, DelegateSpec, Path, Attempt]] = []
+    reference = _Reference(model_path, fmt, threads, catalogue, make_sample, rtol)
+    try:
+        for spec, target in candidates:
+            attempt = Attempt(spec.name, str(target), "not-tried")
+            attempts.append(attempt)
+            backend = _open_verified(spec, target, fmt, threads, verify, state_dir, runtime, reference, attempt)
+            if backend is None:
+                continue
+            attempt.latency_ms = _time(backend, make_sample(backend))
+            attempt.status = "usable"
+            working.append((attempt.latency_ms, backend, spec, target, attempt))
+    finally:
+        reference.close()
+    if not working:
+        raise _all_failed(model_path, attempts)
+    working.sort(key=lambda w: w[0])
+    best_ms, backend, spec, target, attempt = working[0]
+    attempt.status = "chosen"
+    attempt.reason = f"fastest: {best_ms:.3f} ms median"
+    for _, other, *_ in working[1:]:
+        other.close()
+    _check_strict(strict, attempts, model_path)
+    log.info("delegate for %s: %s (fastest, %.3f ms)", model_path.name, spec.name, best_ms)
+    assert cache_key is not None
+    cache.put(cache_key, spec.name, {w[2].name: w[0] for w in working})
+    return Selection(backend, spec.name, target, "fastest", attempts)
+
+
+class _Reference:
+    """The CPU reference outputs for verification, computed once on first use."""
+
+    def __init__(
+        self,
+        path: Path,
+        fmt: str,
+        threads: int | None,
+        catalogue: tuple[DelegateSpec, ...],
+        make_sample: SampleFn,
+        rtol: float,
+    ) -> None:
+        self._spec = next((s for s in catalogue if s.format == fmt and s.reference), None)
+        self._path, self._fmt, self._threads = path, fmt, threads
+        self._make_sample, self.rtol = make_sample, rtol
+        self._result: tuple[list[np.ndarray], list[np.ndarray]] | None = None
+
+    def outputs(self, backend: Backend) -> tuple[list[np.ndarray], list[np.ndarray]] | None:
+        """(inputs, reference outputs), or None when no CPU reference can run this model."""
+        if self._result is None:
+            if self._spec is None:
+                return None
+            path = candidate_files(self._path, self._spec)
+            if path is None:
+                return None
+            ref = self._spec.opener(path, self._fmt, self._spec.name, self._threads, None)
+            try:
+                inputs = list(self._make_sample(backend))
+                self._result = (inputs, ref.run(inputs))
+            finally:
+                ref.close()
+        return self._result
+
+    def close(self) -> None:
+        self._result = None
+
+
+def _open_verified(
+    spec: DelegateSpec,
+    target: Path,
+    fmt: str,
+    threads: int | None,
+    verify: bool,
+    state_dir: Path | None,
+    runtime: RuntimeFacts,
+    reference: _Reference,
+    attempt: Attempt,
+) -> Backend | None:
+    """Open ``spec`` and verify it; on any failure fill ``attempt`` and return None."""
+    cache_dir = state_dir / "engines" / f"{spec.name}-{_toolchain(spec.name, runtime)}" if state_dir else None
+    try:
+        backend = spec.opener(target, fmt, spec.name, threads, cache_dir)
+    except EdgerunError as exc:
+        attempt.status, attempt.reason, attempt.error = "failed", str(exc), exc
+        log.info("delegate %s failed for %s: %s", spec.name, target.name, exc)
+        return None
+    if not verify or spec.reference:
+        return backend
+    try:
+        ref = reference.outputs(backend)
+        if ref is None:
+            attempt.reason = "not verified: no CPU reference can run this model"
+            return backend
+        problem = _compare(backend.outputs, backend.run(ref[0]), ref[1], reference.rtol)
+    except EdgerunError as exc:
+        problem = f"verification run failed: {exc}"
+    if problem:
+        backend.close()
+        attempt.status, attempt.reason = "wrong-output", problem
+        log.warning("delegate %s dropped for %s: %s", spec.name, target.name, problem)
+        return None
+    attempt.reason = "verified against the CPU reference"
+    return backend
+
+
+def _try_in_order(
+    candidates: list[tuple[DelegateSpec, Path]],
+    model_path: Path,
+    fmt: str,
+    mode: str,
+    threads: int | None,
+    verify: bool,
+    rtol: float,
+    strict: bool,
+    state_dir: Path | None,
+    runtime: RuntimeFacts,
+    make_sample: SampleFn,
+    catalogue: tuple[DelegateSpec, ...],
+    attempts: list[Attempt],
+    cached: bool = False,
+) -> Selection:
+    reference = _Reference(model_path, fmt, threads, catalogue, make_sample, rtol)
+    try:
+        for i, (spec, target) in enumerate(candidates):
+            attempt = Attempt(spec.name, str(target), "not-tried")
+            attempts.append(attempt)
+            backend = _open_verified(spec, target, fmt, threads, verify, state_dir, runtime, reference, attempt)
+            if backend is None:
+                continue
+            attempt.status = "chosen"
+            attempt.reason = attempt.reason or ("forced" if mode == "forced" else "first usable in rank order")
+            for spec_left, target_left in candidates[i + 1 :]:
+                attempts.append(
+                    Attempt(spec_left.name, str(target_left), "not-tried", "a higher-ranked delegate works")
+                )
+            try:
+                _check_strict(strict, attempts, model_path)
+            except DelegateError:
+                backend.close()
+                raise
+            fell = [a.delegate for a in attempts if a.status in ("failed", "wrong-output")]
+            if fell:
+                log.info("delegate for %s: %s (fell back from %s)", model_path.name, spec.name, ", ".join(fell))
+            else:
+                log.info("delegate for %s: %s", model_path.name, spec.name)
+            return Selection(backend, spec.name, target, mode, attempts, cached=cached)
+    finally:
+        reference.close()
+    raise _all_failed(model_path, attempts)
+
+
+def _check_strict(strict: bool, attempts: list[Attempt], model_path: Path) -> None:
+    if not strict:
+        return
+    fell = [a for a in attempts if a.status in ("failed", "wrong-output")]
+    if fell:
+        reasons = "; ".join(f"{a.delegate}: {a.reason}" for a in fell)
+        raise DelegateError(f"--strict-accelerator: {model_path.name} would fall back ({reasons})")
+
+
+def _all_failed(model_path: Path, attempts: list[Attempt]) -> EdgerunError:
+    tried = [a for a in attempts if a.status in ("failed", "wrong-output")]
+    # When every delegate refused the file itself, the model is the problem: say so plainly.
+    load_errors = [a.error for a in tried if isinstance(a.error, ModelLoadError)]
+    if tried and len(load_errors) == len(tried):
+        return load_errors[0]
+    reasons = "; ".join(f"{a.delegate}: {a.reason}" for a in tried) or "no candidate"
+    return DelegateError(f"no delegate can run {model_path.name}: {reasons}")
+
+
+def _nothing_runs(
+    model_path: Path,
+    fmt: str,
+    delegate: str,
+    attempts: list[Attempt],
+    catalogue: tuple[DelegateSpec, ...],
+    device: DeviceFacts,
+    runtime: RuntimeFacts,
+) -> EdgerunError:
+    if delegate in ("auto", "fastest"):
+        reasons = "; ".join(f"{a.delegate}: {a.reason}" for a in attempts)
+        return DelegateError(f"no delegate can run {model_path.name} ({fmt}): {reasons}")
+    usable = [
+        s.name
+        for s in catalogue
+        if s.format == fmt and not s.needs(device, runtime) and candidate_files(model_path, s) is not None
+    ]
+    offer = ", ".join(usable) or "none"
+    why = "; ".join(a.reason for a in attempts if a.delegate == delegate)
+    if not why:
+        formats = sorted({s.format for s in catalogue if s.name == delegate})
+        why = f"it runs {' and '.join(formats)} models, this is {fmt}"
+    return DelegateError(
+        f"delegate {delegate!r} cannot run {model_path.name} here: {why}; usable for this model: {offer}"
+    )

@@ -1,0 +1,189 @@
+"""The seam between edgerun and an inference runtime.
+
+A backend wraps one loaded model in one runtime on one delegate: numpy arrays
+in, numpy arrays out. Pre- and post-processing live outside it
+(``edgerun.processing``), selection of the delegate lives outside it
+(``edgerun.accel``). The cut is here because everything above it is the same
+for every runtime, and everything below it is vendor code that can fail in
+vendor ways: a backend converts those failures into ``EdgerunError``
+subclasses at this boundary.
+
+Invariant: ``run`` takes and returns *float* data for quantized tensors. A
+full-integer INT8 model is fed float inputs that the backend quantizes with
+the tensor's own scale and zero point, and its outputs are dequantized the
+same way, so a caller never sees the difference except in speed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+
+from edgerun.errors import ModelLoadError
+
+__all__ = [
+    "Backend",
+    "QuantParams",
+    "TensorSpec",
+    "detect_format",
+    "Quantizer",
+    "dequantize",
+    "one_line",
+]
+
+
+@dataclass(frozen=True)
+class QuantParams:
+    """Affine quantization of a tensor: ``real = scale * (q - zero_point)``."""
+
+    scale: float
+    zero_point: int
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """One input or output tensor as the runtime declares it.
+
+    ``shape`` has ``None`` for dynamic dimensions; ``dtype`` is the type the
+    runtime stores (``int8`` for a quantized tensor, whose ``quant`` then
+    gives the parameters used to convert from and to float).
+    """
+
+    name: str
+    shape: tuple[int | None, ...]
+    dtype: np.dtype
+    quant: QuantParams | None = None
+
+    @property
+    def is_quantized(self) -> bool:
+        """True when the runtime stores this tensor as integers with a scale."""
+        return self.quant is not None
+
+    @property
+    def dynamic(self) -> bool:
+        """True when any dimension is only known at run time."""
+        return any(d is None for d in self.shape)
+
+    def concrete_shape(self, batch: int = 1) -> tuple[int, ...]:
+        """The shape with every dynamic dimension set (batch for the first, 1 elsewhere)."""
+        return tuple((batch if i == 0 else 1) if d is None else d for i, d in enumerate(self.shape))
+
+    def describe(self) -> str:
+        """A short human form such as ``input [N,8,8,1] float32``."""
+        dims = ",".join(
+            "N" if (d is None and i == 0) else ("?" if d is None else str(d)) for i, d in enumerate(self.shape)
+        )
+        text = f"{self.name} [{dims}] {np.dtype(self.dtype).name}"
+        if self.quant is not None:
+            text += f" (scale {self.quant.scale:.6g}, zero point {self.quant.zero_point})"
+        return text
+
+    def to_dict(self) -> dict[str, object]:
+        """A JSON-ready description."""
+        return {
+            "name": self.name,
+            "shape": list(self.shape),
+            "dtype": np.dtype(self.dtype).name,
+            "quant": None if self.quant is None else {"scale": self.quant.scale, "zero_point": self.quant.zero_point},
+        }
+
+
+@runtime_checkable
+class Backend(Protocol):
+    """A model loaded in one runtime on one delegate.
+
+    Attributes:
+        format: ``"onnx"`` or ``"tflite"``.
+        delegate: the edgerun name of the delegate the model runs on
+            (``cpu``, ``xnnpack``, ``cuda``, ``edgetpu``...).
+        inputs: the input tensors, in the order ``run`` takes them.
+        outputs: the output tensors, in the order ``run`` returns them.
+        threadsafe: whether ``run`` may be called from several threads at once.
+    """
+
+    format: str
+    delegate: str
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+    threadsafe: bool
+
+    def run(self, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """Run one inference; quantized tensors are converted from and to float."""
+        ...
+
+    def close(self) -> None:
+        """Release the runtime's resources; the backend is unusable afterwards."""
+        ...
+
+
+class Quantizer:
+    """Float to integer conversion for one quantized input tensor, with its buffers precomputed."""
+
+    __slots__ = ("_dtype", "_hi", "_inv_scale", "_lo", "_zero_point")
+
+    def __init__(self, quant: QuantParams, dtype: np.dtype) -> None:
+        info = np.iinfo(dtype)
+        self._inv_scale = np.float32(1.0 / quant.scale)
+        self._zero_point = np.float32(quant.zero_point)
+        self._lo, self._hi = info.min, info.max
+        self._dtype = dtype
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        """Quantize ``x``; integer input of the right type is passed through unchanged."""
+        if x.dtype == self._dtype:
+            return x
+        q = np.multiply(x, self._inv_scale, dtype=np.float32)
+        q += self._zero_point
+        np.rint(q, out=q)
+        np.clip(q, self._lo, self._hi, out=q)
+        return q.astype(self._dtype)
+
+
+def dequantize(q: np.ndarray, quant: QuantParams) -> np.ndarray:
+    """Integer to float with the tensor's own parameters."""
+    x = q.astype(np.float32)
+    x -= np.float32(quant.zero_point)
+    x *= np.float32(quant.scale)
+    return x
+
+
+_TFLITE_MAGIC = b"TFL3"
+
+
+def detect_format(path: Path) -> str:
+    """Tell a model's format from the file's content, not its name.
+
+    A TFLite file is a FlatBuffer with the identifier ``TFL3`` at byte 4. An
+    ONNX file is a protobuf ``ModelProto`` whose first field is
+    ``ir_version`` (field 1, varint: tag byte ``0x08``); the runtime then
+    validates the rest.
+
+    Raises:
+        ModelLoadError: the file is missing, empty, or neither format.
+    """
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(16)
+    except FileNotFoundError:
+        raise ModelLoadError(f"model file not found: {path}") from None
+    except IsADirectoryError:
+        raise ModelLoadError(f"model path is a directory, not a model file: {path}") from None
+    except OSError as exc:
+        raise ModelLoadError(f"cannot read model file {path}: {exc.strerror}") from exc
+    if not head:
+        raise ModelLoadError(f"model file is empty: {path}")
+    if head[4:8] == _TFLITE_MAGIC:
+        return "tflite"
+    if head[0] == 0x08 and len(head) > 2 and head[1] < 0x80:
+        return "onnx"
+    raise ModelLoadError(f"not a model: {path} is neither an ONNX nor a TFLite file")
+
+
+def one_line(exc: BaseException) -> str:
+    """The first line of a vendor exception's message, for a one-line error."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

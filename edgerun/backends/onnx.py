@@ -1,0 +1,160 @@
+"""ONNX Runtime backend.
+
+ONNX Runtime quietly falls back to the CPU when an execution provider fails to
+initialise (missing CUDA libraries, no device): this backend checks which
+providers the session really got and raises ``DelegateError`` instead, so the
+selection layer can record the true reason and move on.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgerun.backends.base import TensorSpec, one_line
+from edgerun.errors import BackendUnavailableError, DelegateError, InferenceError, InputError, ModelLoadError
+
+log = logging.getLogger(__name__)
+
+#: edgerun delegate name -> ONNX Runtime execution provider.
+PROVIDERS: dict[str, str] = {
+    "tensorrt": "TensorrtExecutionProvider",
+    "cuda": "CUDAExecutionProvider",
+    "openvino": "OpenVINOExecutionProvider",
+    "rocm": "MIGraphXExecutionProvider",
+    "dnnl": "DnnlExecutionProvider",
+    "coreml": "CoreMLExecutionProvider",
+    "qnn": "QNNExecutionProvider",
+    "nnapi": "NnapiExecutionProvider",
+    "xnnpack": "XnnpackExecutionProvider",
+    "cpu": "CPUExecutionProvider",
+}
+
+_ONNX_TYPES: dict[str, Any] = {
+    "tensor(float)": np.float32,
+    "tensor(float16)": np.float16,
+    "tensor(double)": np.float64,
+    "tensor(int8)": np.int8,
+    "tensor(uint8)": np.uint8,
+    "tensor(int16)": np.int16,
+    "tensor(int32)": np.int32,
+    "tensor(int64)": np.int64,
+    "tensor(bool)": np.bool_,
+}
+
+
+def import_onnxruntime() -> Any:
+    """Import ONNX Runtime or explain how to install it."""
+    try:
+        import onnxruntime
+    except ImportError as exc:
+        raise BackendUnavailableError(
+            "ONNX Runtime is not installed: pip install onnxruntime "
+            "(onnxruntime-gpu on NVIDIA machines, onnxruntime-openvino on Intel)"
+        ) from exc
+    return onnxruntime
+
+
+def _ort_message(exc: BaseException) -> str:
+    """ORT's message without its ``[ONNXRuntimeError] : 7 : INVALID_PROTOBUF :`` prefix."""
+    return re.sub(r"^\[ONNXRuntimeError\]\s*:\s*\d+\s*:\s*\w+\s*:\s*", "", one_line(exc))
+
+
+def _spec(arg: Any) -> TensorSpec:
+    shape = tuple(d if isinstance(d, int) and d >= 0 else None for d in arg.shape)
+    dtype = np.dtype(_ONNX_TYPES.get(arg.type, np.float32))
+    return TensorSpec(name=arg.name, shape=shape, dtype=dtype)
+
+
+def _provider_options(delegate: str, cache_dir: Path | None) -> dict[str, Any]:
+    """Options for providers that compile engines: their caches go under ``cache_dir``."""
+    if cache_dir is None:
+        return {}
+    if delegate == "tensorrt":
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        return {
+            "trt_engine_cache_enable": "True",
+            "trt_engine_cache_path": str(cache_dir),
+            "trt_timing_cache_enable": "True",
+            "trt_timing_cache_path": str(cache_dir),
+        }
+    if delegate == "openvino":
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        return {"cache_dir": str(cache_dir)}
+    return {}
+
+
+class OnnxBackend:
+    """A model in an ONNX Runtime ``InferenceSession`` on one execution provider."""
+
+    format = "onnx"
+    threadsafe = True
+
+    def __init__(
+        self,
+        path: Path,
+        *,
+        delegate: str = "cpu",
+        threads: int | None = None,
+        cache_dir: Path | None = None,
+    ) -> None:
+        ort = import_onnxruntime()
+        if delegate not in PROVIDERS:
+            raise DelegateError(f"ONNX Runtime has no delegate {delegate!r}")
+        provider = PROVIDERS[delegate]
+        if provider not in ort.get_available_providers():
+            raise DelegateError(
+                f"{provider} is not in this onnxruntime build (it offers {', '.join(ort.get_available_providers())})"
+            )
+        opts = ort.SessionOptions()
+        opts.log_severity_level = 3  # errors only: our own log says what was chosen
+        if threads:
+            opts.intra_op_num_threads = threads
+        opts.inter_op_num_threads = 1
+        # Spin-waiting threads made 2-thread latency bimodal (3.7 or 6.4 ms) on
+        # 2-core machines; without spinning it is a steady 4.4 ms (BASELINES.md).
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        providers: list[Any] = [(provider, _provider_options(delegate, cache_dir))]
+        if delegate == "tensorrt" and "CUDAExecutionProvider" in ort.get_available_providers():
+            providers.append("CUDAExecutionProvider")  # for the nodes TensorRT does not take
+        if provider != "CPUExecutionProvider":
+            providers.append("CPUExecutionProvider")
+        try:
+            self._session = ort.InferenceSession(str(path), sess_options=opts, providers=providers)
+        except Exception as exc:  # ORT raises its own Fail/InvalidGraph/RuntimeError types
+            msg = _ort_message(exc)
+            if delegate != "cpu" and "provider" in msg.lower():
+                raise DelegateError(f"{provider} failed to initialise: {msg}") from exc
+            raise ModelLoadError(f"ONNX Runtime cannot load {path}: {msg}") from exc
+        got = self._session.get_providers()
+        if not got or got[0] != provider:
+            raise DelegateError(f"{provider} failed to initialise (the session fell back to {', '.join(got)})")
+        self.delegate = delegate
+        self.inputs = tuple(_spec(a) for a in self._session.get_inputs())
+        self.outputs = tuple(_spec(a) for a in self._session.get_outputs())
+        self._input_names = [s.name for s in self.inputs]
+        self._input_dtypes = [s.dtype for s in self.inputs]
+        self._output_names = [s.name for s in self.outputs]
+        self.runtime_version = f"onnxruntime {ort.__version__}"
+
+    def run(self, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """Run one inference through ``InferenceSession.run``."""
+        feed = {}
+        for name, dtype, x in zip(self._input_names, self._input_dtypes, inputs):
+            feed[name] = x if x.dtype == dtype else x.astype(dtype)
+        try:
+            return self._session.run(self._output_names, feed)  # type: ignore[no-any-return]
+        except Exception as exc:
+            msg = _ort_message(exc)
+            if "dimension" in msg.lower() or "shape" in msg.lower() or "rank" in msg.lower():
+                raise InputError(f"input does not fit the model: {msg}") from exc
+            raise InferenceError(f"ONNX Runtime failed: {msg}") from exc
+
+    def close(self) -> None:
+        """Drop the session; ONNX Runtime frees it with the last reference."""
+        self._session = None

@@ -1,0 +1,86 @@
+"""``edgerun devices``: what the device has, what can run, and for a model what would be chosen and why."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from edgerun.cli.common import add_model_options, load_kwargs, print_json
+
+HELP = "show accelerators, runtimes and usable delegates (and, with --model, the choice and why)"
+
+
+def register(sub: Any) -> None:
+    """Add the ``devices`` sub-command."""
+    p = sub.add_parser("devices", help=HELP, description=HELP + ".")
+    p.add_argument(
+        "--model", default=None, help="a model file: show which delegate it would get, and every fallback reason"
+    )
+    p.add_argument("--json", action="store_true", help="one JSON document")
+    add_model_options(p)
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Probe, discover, and (with a model) select for real."""
+    from edgerun.accel.delegates import CATALOGUE
+    from edgerun.accel.probe import probe
+    from edgerun.accel.runtimes import discover
+
+    device = probe(args.probe_root or "/")
+    runtime = discover()
+    delegates = []
+    for spec in CATALOGUE:
+        reason = spec.needs(device, runtime)
+        delegates.append(
+            {
+                "name": spec.name,
+                "format": spec.format,
+                "summary": spec.summary,
+                "usable": reason is None,
+                "reason": reason or "",
+            }
+        )
+    report: dict[str, Any] = {"device": device.to_dict(), "runtimes": runtime.to_dict(), "delegates": delegates}
+    if args.model:
+        import edgerun
+
+        model = edgerun.load(Path(args.model), warmup=False, **load_kwargs(args))
+        with model:
+            report["model"] = {
+                "name": model.name,
+                "version": model.version,
+                "format": model.format,
+                "selection": model.selection.to_dict(),
+            }
+    if args.json:
+        print_json(report)
+        return 0
+    _print_human(report)
+    return 0
+
+
+def _print_human(report: dict[str, Any]) -> None:
+    dev = report["device"]
+    print(f"device:      {dev['board'] or dev['cpu_model'] or 'unknown'} ({dev['machine']}, {dev['cpu_count']} CPUs)")
+    print(f"cpu:         {dev['cpu_model'] or '?'}; features: {', '.join(dev['cpu_features']) or 'none of note'}")
+    print(f"accelerators: {', '.join(dev['accelerators']) or 'none found'}")
+    rt = report["runtimes"]
+    print(f"runtimes:    {rt['onnxruntime'] or 'onnxruntime missing'}; {rt['tflite'] or 'no TFLite interpreter'}")
+    print(f"ORT providers: {', '.join(rt['ort_providers']) or 'none'}")
+    print("delegates (rank order per format):")
+    for d in report["delegates"]:
+        mark = "yes" if d["usable"] else "no "
+        why = "" if d["usable"] else f"  - {d['reason']}"
+        print(f"  {mark} {d['format']:<6} {d['name']:<9} {d['summary']}{why}")
+    if "model" in report:
+        m = report["model"]
+        sel = m["selection"]
+        print(
+            f"model {m['name']} {m['version']} ({m['format']}): chosen {sel['delegate']} ({sel['mode']}"
+            f"{', from cache' if sel['cached'] else ''})"
+        )
+        for a in sel["attempts"]:
+            ms = f" {a['latency_ms']:.3f} ms" if a["latency_ms"] is not None else ""
+            print(f"  {a['status']:<12} {a['delegate']:<9}{ms} {a['reason']}")

@@ -1,0 +1,60 @@
+"""Entry point: builds the parser from the command modules and turns errors into exit codes.
+
+Exit codes: 0 success, 1 a run in which something failed, 2 a usage or config
+error, 130 interrupted. An ``EdgerunError`` becomes one line on stderr; a
+traceback appears only for bugs (or with ``--debug``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+
+from edgerun import __version__
+from edgerun.cli import bench, devices, predict
+from edgerun.cli.common import error_line
+from edgerun.errors import EdgerunError
+
+COMMANDS = (predict, devices, bench)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``edgerun`` parser with every sub-command."""
+    parser = argparse.ArgumentParser(
+        prog="edgerun",
+        description="Run quantized ML models on edge devices, on the best accelerator they have.",
+    )
+    parser.add_argument("--version", action="version", version=f"edgerun {__version__}")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-v info, -vv debug)")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks for errors")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    for module in COMMANDS:
+        module.register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    level = logging.WARNING - 10 * min(args.verbose, 2)
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    try:
+        return int(args.run(args))
+    except EdgerunError as exc:
+        if args.debug:
+            raise
+        error_line(str(exc))
+        return exc.exit_code
+    except KeyboardInterrupt:
+        error_line("interrupted")
+        return 130
+    except BrokenPipeError:
+        return 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,68 @@
+"""The exceptions edgerun raises.
+
+Every error a user can cause is an :class:`EdgerunError`; the CLI prints its
+message as one line and exits non-zero, without a traceback. Errors from
+vendor libraries (ONNX Runtime, LiteRT, OpenCV) are converted at the boundary
+where they are caught, with ``raise ... from exc`` so the cause stays visible
+in debug logs.
+
+The tree::
+
+    EdgerunError
+    ├── ConfigError              a config file or option is invalid
+    ├── CardError                a model card is missing a field, malformed or contradicts the model
+    ├── ModelLoadError           a model file is missing, not a model, or the runtime refused it
+    ├── BackendUnavailableError  the runtime for a model format is not installed
+    ├── DelegateError            no delegate could run the model, or a forced one is unusable
+    ├── InputError               an input (image, array, file) cannot be fed to the model
+    └── InferenceError           the runtime failed while running a valid input
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "BackendUnavailableError",
+    "CardError",
+    "ConfigError",
+    "DelegateError",
+    "EdgerunError",
+    "InferenceError",
+    "InputError",
+    "ModelLoadError",
+]
+
+
+class EdgerunError(Exception):
+    """Root of every error edgerun raises on purpose."""
+
+    exit_code: int = 1
+
+
+class ConfigError(EdgerunError):
+    """Raised when a config file, a command-line option or a setting is invalid."""
+
+    exit_code = 2
+
+
+class CardError(EdgerunError):
+    """Raised when a model card cannot be read, fails its schema or does not fit the model."""
+
+
+class ModelLoadError(EdgerunError):
+    """Raised when a model file is missing, is not a model, or its runtime refuses to load it."""
+
+
+class BackendUnavailableError(EdgerunError):
+    """Raised when no installed runtime can load a model of this format."""
+
+
+class DelegateError(EdgerunError):
+    """Raised when no delegate can run a model, or a forced delegate is unusable."""
+
+
+class InputError(EdgerunError):
+    """Raised when an input cannot be read or mapped onto the model's input tensor."""
+
+
+class InferenceError(EdgerunError):
+    """Raised when the runtime fails while running an input that passed every check."""

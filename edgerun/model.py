@@ -1,0 +1,319 @@
+"""A loaded model: backend + card + pre/post-processing, the library's main object.
+
+``edgerun.load()`` opens a model file on the best delegate (``edgerun.accel``),
+finds or infers its card, builds its preprocessor, and warms it up. ``Model``
+then offers three levels:
+
+* ``run(*tensors)``: tensors in, tensors out, the fast path (quantization is
+  handled by the backend);
+* ``prepare(item)``: an image path, encoded bytes, a decoded image or an array
+  -> the input tensor;
+* ``predict(item)``: prepare, run, and post-process into a result record.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgerun.accel.probe import probe
+from edgerun.accel.select import Selection, select
+from edgerun.backends import Backend, TensorSpec
+from edgerun.card import ModelCard, find_card, image_layout, infer_card, load_card
+from edgerun.errors import CardError, InputError
+from edgerun.state import state_dir as default_state_dir
+
+log = logging.getLogger(__name__)
+
+__all__ = ["Model", "Prediction", "load", "default_threads"]
+
+_TINY_MODEL_BYTES = 1 << 20
+
+
+def default_threads(path: Path) -> int:
+    """Threads for a model when the user names none.
+
+    Tiny models (under 1 MiB) get one thread: at a few microseconds a call,
+    handing work to a second thread costs more than it saves, and LiteRT's p99
+    rose from 5 to 125 us with two threads (BASELINES.md). Others get every
+    core, up to four.
+    """
+    try:
+        if path.stat().st_size < _TINY_MODEL_BYTES:
+            return 1
+    except OSError:
+        pass
+    return max(1, min(4, os.cpu_count() or 1))
+
+
+@dataclass
+class Prediction:
+    """One result: the post-processed output and where the time went (ms)."""
+
+    output: Any
+    latency_ms: float
+    stages_ms: dict[str, float] = field(default_factory=dict)
+
+
+class Model:
+    """A model ready to run. Use ``edgerun.load()`` to make one."""
+
+    def __init__(self, path: Path, selection: Selection, card: ModelCard, card_path: Path | None) -> None:
+        self.path = path
+        self.selection = selection
+        self.card = card
+        self.card_path = card_path
+        self.backend: Backend = selection.backend
+        self._lock = None if self.backend.threadsafe else threading.Lock()
+        self._n_inputs = len(self.backend.inputs)
+        self._preprocessor = self._make_preprocessor()
+
+    # -- description -------------------------------------------------------
+    @property
+    def name(self) -> str:
+        """The card's model name."""
+        return self.card.name
+
+    @property
+    def version(self) -> str:
+        """The card's model version."""
+        return self.card.version
+
+    @property
+    def delegate(self) -> str:
+        """The delegate the model runs on."""
+        return self.selection.delegate
+
+    @property
+    def format(self) -> str:
+        """``onnx`` or ``tflite``."""
+        return self.backend.format
+
+    @property
+    def inputs(self) -> tuple[TensorSpec, ...]:
+        """The model's input tensors."""
+        return self.backend.inputs
+
+    @property
+    def outputs(self) -> tuple[TensorSpec, ...]:
+        """The model's output tensors."""
+        return self.backend.outputs
+
+    def describe(self) -> dict[str, Any]:
+        """A JSON-ready description: name, version, format, delegate, tensors, card."""
+        return {
+            "name": self.name,
+            "version": self.version,
+            "path": str(self.path),
+            "format": self.format,
+            "delegate": self.delegate,
+            "inputs": [s.to_dict() for s in self.inputs],
+            "outputs": [s.to_dict() for s in self.outputs],
+            "card": self.card.to_dict(),
+        }
+
+    # -- running -----------------------------------------------------------
+    def run(self, *tensors: np.ndarray) -> list[np.ndarray]:
+        """Tensors in, tensors out (float for quantized tensors); the fast path."""
+        if len(tensors) != self._n_inputs:
+            raise InputError(f"{self.name} takes {self._n_inputs} input(s), got {len(tensors)}")
+        if self._lock is None:
+            return self.backend.run(tensors)
+        with self._lock:
+            return self.backend.run(tensors)
+
+    def prepare(self, item: Any, name: str = "input") -> np.ndarray:
+        """Turn one input into the model's input tensor (batch of one).
+
+        ``item`` may be a path (image or ``.npy``), encoded image bytes, a decoded
+        uint8 image (HxW or HxWxC), or a numeric array shaped like the input with
+        or without its batch dimension.
+        """
+        if isinstance(item, (str, os.PathLike)):
+            from edgerun.inputs import read_input
+
+            name = os.fspath(item) if isinstance(item, (str, os.PathLike)) else name
+            item = read_input(Path(item))
+        if isinstance(item, (bytes, bytearray, memoryview)):
+            return self._image_tensor(bytes(item), name)
+        if isinstance(item, np.ndarray):
+            return self._array_tensor(item, name)
+        raise InputError(f"{name}: cannot use a {type(item).__name__} as model input")
+
+    def predict(self, item: Any, name: str = "input") -> Prediction:
+        """Prepare, run and post-process one input."""
+        t0 = time.perf_counter()
+        tensor = self.prepare(item, name)
+        t1 = time.perf_counter()
+        outputs = self.run(tensor)
+        t2 = time.perf_counter()
+        output = self.postprocess(outputs)
+        t3 = time.perf_counter()
+        return Prediction(
+            output=output,
+            latency_ms=(t3 - t0) * 1e3,
+            stages_ms={"pre": (t1 - t0) * 1e3, "infer": (t2 - t1) * 1e3, "post": (t3 - t2) * 1e3},
+        )
+
+    def postprocess(self, outputs: Sequence[np.ndarray], row: int = 0) -> Any:
+        """Outputs of one inference -> the result record's ``output`` for batch row ``row``."""
+        from edgerun.processing.classify import looks_like_probabilities, softmax, top_k
+
+        task = self.card.task
+        if task == "classification":
+            scores = np.asarray(outputs[0][row], dtype=np.float32).reshape(-1)
+            mode = self.card.postprocess.softmax
+            if mode is True or (mode == "auto" and not looks_like_probabilities(scores)):
+                scores = softmax(scores.astype(np.float32, copy=True))
+            return top_k(scores, self.card.postprocess.top_k, self.card.labels)
+        if task == "regression":
+            return np.asarray(outputs[0][row], dtype=np.float64).reshape(-1).tolist()
+        return {spec.name: np.asarray(out).tolist() for spec, out in zip(self.outputs, outputs)}
+
+    def warmup(self, runs: int = 2) -> None:
+        """Run synthetic inputs so the first real request is not the slow one."""
+        from edgerun.accel.select import synthetic_inputs
+
+        inputs = synthetic_inputs(self.backend)
+        for _ in range(runs):
+            self.run(*inputs)
+
+    def close(self) -> None:
+        """Release the runtime."""
+        self.backend.close()
+
+    def __enter__(self) -> Model:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<Model {self.name} {self.version} {self.format} on {self.delegate}>"
+
+    # -- input mapping -----------------------------------------------------
+    def _make_preprocessor(self) -> Any:
+        spec = self.card.preprocess
+        if spec is None or self._n_inputs != 1:
+            return None
+        from edgerun.processing.image import ImagePreprocessor
+
+        tensor = self.inputs[0]
+        layout = image_layout(tensor)
+        if layout is None:
+            raise CardError(
+                f"card of {self.name} describes image preprocessing, "
+                f"but input {tensor.describe()} is not an image tensor"
+            )
+        kind, channels, height, width = layout
+        if spec.layout is not None and spec.layout != kind:
+            raise CardError(f"card of {self.name} says layout {spec.layout}, but input {tensor.describe()} is {kind}")
+        if spec.size is not None:
+            if (height and height != spec.size[0]) or (width and width != spec.size[1]):
+                raise CardError(
+                    f"card of {self.name} says size {list(spec.size)}, but input {tensor.describe()} differs"
+                )
+            height, width = spec.size
+        if not height or not width:
+            return None  # dynamic spatial size and no size in the card: arrays only
+        if spec.layout is None:
+            spec = spec.model_copy(update={"layout": kind})
+        return ImagePreprocessor(spec, height, width, channels, tensor.dtype)
+
+    def _image_tensor(self, data: bytes, name: str) -> np.ndarray:
+        if self._preprocessor is None:
+            raise InputError(
+                f"{name}: {self.name} has no image preprocessing (input {self.inputs[0].describe()}); "
+                "give it a card with a preprocess section, or pass a .npy array"
+            )
+        from edgerun.processing.image import decode_image
+
+        return self._preprocessor(decode_image(data, name, gray=self._preprocessor.gray))  # type: ignore[no-any-return]
+
+    def _array_tensor(self, array: np.ndarray, name: str) -> np.ndarray:
+        spec = self.inputs[0]
+        kind = array.dtype.kind
+        if kind not in "fiub" or kind == "b":
+            raise InputError(f"{name}: array dtype {array.dtype} is not numeric; {spec.describe()} expected")
+        if _fits(array.shape, spec.shape):
+            return array
+        if _fits((1, *array.shape), spec.shape):
+            return array[None]
+        if self._preprocessor is not None and array.dtype == np.uint8 and array.ndim in (2, 3):
+            return self._preprocessor(array)  # type: ignore[no-any-return]
+        raise InputError(f"{name}: array of shape {list(array.shape)} does not fit {spec.describe()}")
+
+
+def _fits(shape: tuple[int, ...], spec: tuple[int | None, ...]) -> bool:
+    return len(shape) == len(spec) and all(d is None or d == s for s, d in zip(shape, spec))
+
+
+def load(
+    path: str | os.PathLike[str],
+    *,
+    delegate: str = "auto",
+    threads: int | None = None,
+    strict: bool = False,
+    verify: bool = True,
+    card: ModelCard | str | os.PathLike[str] | None = None,
+    state_dir: str | os.PathLike[str] | None = None,
+    probe_root: str | os.PathLike[str] | None = None,
+    warmup: bool = True,
+) -> Model:
+    """Load a model file on the best delegate this device offers.
+
+    Args:
+        path: an ``.onnx`` or ``.tflite`` file (the format is read from its content).
+        delegate: ``auto``, ``fastest`` or a delegate name (``cpu``, ``xnnpack``,
+            ``edgetpu``, ``gpu``, ``cuda``, ``tensorrt``, ``openvino``...).
+        threads: CPU threads; by default 1 for tiny models, else up to 4.
+        strict: fail instead of falling back from an accelerator that is present.
+        verify: check an accelerated delegate against the CPU reference.
+        card: a card, or a card file; found beside the model when None.
+        state_dir: where caches live (see ``edgerun.state``).
+        probe_root: filesystem root to probe for accelerators (tests use fake trees).
+        warmup: run two synthetic inferences before returning.
+
+    Raises:
+        EdgerunError: a subclass saying what is wrong (file, card, delegate).
+    """
+    model_path = Path(path)
+    threads = threads or default_threads(model_path)
+    device = probe(probe_root or "/")
+    selection = select(
+        model_path,
+        delegate=delegate,
+        threads=threads,
+        strict=strict,
+        verify=verify,
+        device=device,
+        state_dir=default_state_dir(state_dir),
+    )
+    try:
+        card_path: Path | None = None
+        if isinstance(card, ModelCard):
+            model_card = card
+        else:
+            card_path = Path(card) if card is not None else find_card(model_path)
+            if card_path is not None:
+                model_card = load_card(card_path)
+            else:
+                model_card = infer_card(model_path, selection.backend.inputs, selection.backend.outputs)
+        model = Model(model_path, selection, model_card, card_path)
+        if warmup:
+            model.warmup()
+    except BaseException:
+        selection.backend.close()
+        raise
+    log.info(
+        "loaded %s %s (%s) on %s with %d thread(s)", model.name, model.version, model.format, model.delegate, threads
+    )
+    return model

@@ -1,0 +1,1 @@
+"""Pure numpy/OpenCV pre- and post-processing; nothing here knows a runtime."""

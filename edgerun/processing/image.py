@@ -1,0 +1,148 @@
+"""Image decoding and preprocessing into model tensors (OpenCV + numpy).
+
+Decoding is strict: a truncated JPEG, which libjpeg would "decode" into a
+half-grey picture with a warning, is an error here, because a model fed a
+half image returns a confident wrong answer.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from edgerun.card import Preprocess
+from edgerun.errors import InputError
+
+__all__ = ["decode_image", "ImagePreprocessor", "IMAGE_SUFFIXES"]
+
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".pgm", ".ppm"})
+
+_JPEG_SOI = b"\xff\xd8"
+_JPEG_EOI = b"\xff\xd9"
+_PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+_PNG_IEND = b"IEND"
+
+
+def _cv2():  # type: ignore[no-untyped-def]
+    import cv2
+
+    # OpenCV's own warnings would add lines to our one-line errors.
+    cv2.setLogLevel(0) if hasattr(cv2, "setLogLevel") else None
+    return cv2
+
+
+def decode_image(data: bytes, name: str = "image", gray: bool = False) -> np.ndarray:
+    """Decode encoded image bytes to an HxWx3 BGR (or HxW gray) uint8 array.
+
+    Raises:
+        InputError: empty, truncated or undecodable data.
+    """
+    if not data:
+        raise InputError(f"{name}: empty file")
+    if data[:2] == _JPEG_SOI and _JPEG_EOI not in data[-64:]:
+        raise InputError(f"{name}: truncated JPEG (no end-of-image marker)")
+    if data[:8] == _PNG_MAGIC and _PNG_IEND not in data[-64:]:
+        raise InputError(f"{name}: truncated PNG (no IEND chunk)")
+    cv2 = _cv2()
+    buf = np.frombuffer(data, dtype=np.uint8)
+    flags = cv2.IMREAD_GRAYSCALE if gray else cv2.IMREAD_COLOR
+    try:
+        image = cv2.imdecode(buf, flags)
+    except cv2.error as exc:
+        raise InputError(f"{name}: cannot decode image ({str(exc).strip().splitlines()[-1]})") from exc
+    if image is None or image.size == 0:
+        raise InputError(f"{name}: not a decodable image")
+    return image
+
+
+_INTERP = {"nearest": "INTER_NEAREST", "linear": "INTER_LINEAR", "area": "INTER_AREA", "cubic": "INTER_CUBIC"}
+
+
+@dataclass(frozen=True)
+class _Plan:
+    height: int
+    width: int
+    channels: int
+    nchw: bool
+    mul: np.ndarray  # scale / std, per channel
+    add: np.ndarray  # -mean / std, per channel
+    raw_uint8: bool  # the model takes raw 0-255 pixels
+
+
+class ImagePreprocessor:
+    """Turns decoded images into a model's input tensor, per its card.
+
+    The normalisation ``(pixel * scale - mean) / std`` is folded into one
+    multiply-add per channel, computed once here.
+    """
+
+    def __init__(self, spec: Preprocess, height: int, width: int, channels: int, dtype: np.dtype) -> None:
+        self.spec = spec
+        cv2 = _cv2()
+        self._interp = getattr(cv2, _INTERP[spec.interpolation])
+        std = np.asarray(spec.std, dtype=np.float32)
+        mean = np.asarray(spec.mean, dtype=np.float32)
+        self._plan = _Plan(
+            height=height,
+            width=width,
+            channels=channels,
+            nchw=spec.layout == "NCHW",
+            mul=(np.float32(spec.scale) / std).astype(np.float32),
+            add=(-mean / std).astype(np.float32),
+            raw_uint8=np.dtype(dtype) == np.uint8,
+        )
+
+    @property
+    def gray(self) -> bool:
+        """True when images should be decoded straight to one channel."""
+        return self._plan.channels == 1
+
+    def __call__(self, image: np.ndarray) -> np.ndarray:
+        """One decoded image (HxW, HxWx3 BGR or HxWx4 BGRA, uint8) -> a batch-of-one tensor."""
+        cv2 = _cv2()
+        plan = self._plan
+        if image.dtype != np.uint8:
+            raise InputError(f"image must be uint8 pixels, got {image.dtype}")
+        if image.ndim == 3 and image.shape[2] == 4:
+            image = cv2.cvtColor(image, cv2.COLOR_BGRA2BGR)
+        if plan.channels == 1:
+            if image.ndim == 3:
+                image = cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)
+        else:
+            if image.ndim == 2:
+                image = cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)
+            if self.spec.color == "rgb":
+                image = cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+        image = self._resize(image)
+        if image.ndim == 2:
+            image = image[:, :, None]
+        if plan.raw_uint8:
+            tensor = image
+        else:
+            tensor = image.astype(np.float32)
+            tensor *= plan.mul
+            tensor += plan.add
+        if plan.nchw:
+            tensor = tensor.transpose(2, 0, 1)
+        return np.ascontiguousarray(tensor[None])
+
+    def _resize(self, image: np.ndarray) -> np.ndarray:
+        cv2 = _cv2()
+        h, w = image.shape[:2]
+        th, tw = self._plan.height, self._plan.width
+        if (h, w) == (th, tw):
+            return image
+        mode = self.spec.resize
+        if mode == "stretch":
+            return cv2.resize(image, (tw, th), interpolation=self._interp)
+        ratio = min(th / h, tw / w) if mode == "letterbox" else max(th / h, tw / w)
+        nh, nw = max(1, round(h * ratio)), max(1, round(w * ratio))
+        scaled = cv2.resize(image, (nw, nh), interpolation=self._interp)
+        if mode == "crop":
+            top, left = (nh - th) // 2, (nw - tw) // 2
+            return scaled[top : top + th, left : left + tw]
+        top, left = (th - nh) // 2, (tw - nw) // 2
+        return cv2.copyMakeBorder(
+            scaled, top, th - nh - top, left, tw - nw - left, cv2.BORDER_CONSTANT, value=[self.spec.pad_value] * 3
+        )
