@@ -7,7 +7,6 @@ libraries (``ctypes``), because a library that is on disk but does not load
 
 from __future__ import annotations
 
-import ctypes
 import logging
 from dataclasses import asdict, dataclass
 
@@ -15,7 +14,7 @@ from edgerun.errors import BackendUnavailableError
 
 log = logging.getLogger(__name__)
 
-__all__ = ["RuntimeFacts", "discover", "library_loads"]
+__all__ = ["RuntimeFacts", "discover"]
 
 
 @dataclass(frozen=True)
@@ -47,19 +46,10 @@ class RuntimeFacts:
         return data
 
 
-def library_loads(name: str) -> str | None:
-    """Try to load a shared library; return the error text, or None if it loads."""
-    try:
-        ctypes.CDLL(name)
-    except OSError as exc:
-        return str(exc).strip() or f"{name} not found"
-    return None
-
-
 def discover() -> RuntimeFacts:
     """Import the runtimes and try every delegate library; never raises."""
     from edgerun.backends.onnx import import_onnxruntime
-    from edgerun.backends.tflite import DELEGATE_LIBRARIES, delegate_library, import_interpreter
+    from edgerun.backends.tflite import DELEGATE_LIBRARIES, delegate_library, import_interpreter, library_loads
 
     missing: list[tuple[str, str]] = []
     ort_version, providers = None, ()

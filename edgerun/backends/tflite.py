@@ -14,6 +14,7 @@ Delegates:
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import logging
 import os
 import platform
@@ -37,6 +38,20 @@ DELEGATE_LIBRARIES: dict[str, dict[str, str]] = {
 }
 
 DELEGATES = ("edgetpu", "gpu", "xnnpack", "cpu")
+
+_INSTALL_HINTS = {
+    "edgetpu": "install the Edge TPU runtime (libedgetpu1-std from the Coral apt repository)",
+    "gpu": "build or install libtensorflowlite_gpu_delegate.so for this board",
+}
+
+
+def library_loads(name: str) -> str | None:
+    """Try to load a shared library; return the error text, or None if it loads."""
+    try:
+        ctypes.CDLL(name)
+    except OSError as exc:
+        return str(exc).strip() or f"{name} not found"
+    return None
 
 
 def delegate_library(name: str) -> str | None:
@@ -138,10 +153,16 @@ class TfliteBackend:
             library = delegate_library(delegate)
             if library is None:
                 raise DelegateError(f"the {delegate} delegate has no library for {platform.system()}")
+            # Check with ctypes first: a failed load_delegate leaves a half-built
+            # Delegate whose __del__ raises (and prints) later.
+            missing = library_loads(library)
+            if missing is not None:
+                raise DelegateError(f"{library} could not be loaded ({missing}): {_INSTALL_HINTS[delegate]}")
             try:
                 kwargs["experimental_delegates"] = [module.load_delegate(library, delegate_options or {})]
             except (ValueError, OSError, RuntimeError) as exc:
-                raise DelegateError(f"{library} could not be loaded: {one_line(exc)}") from exc
+                hint = _INSTALL_HINTS[delegate]
+                raise DelegateError(f"{library} could not be loaded ({one_line(exc)}): {hint}") from exc
         try:
             with _native_log_to_logger():
                 interp = module.Interpreter(**kwargs)
@@ -163,14 +184,21 @@ class TfliteBackend:
         self._out_quant = [s.quant for s in self.outputs]
 
     def _resize(self, slot: int, shape: tuple[int, ...]) -> None:
-        """Give input ``slot`` a new shape (another batch size) and re-plan the tensors."""
+        """Give input ``slot`` a new shape along its dynamic dimensions and re-plan the tensors."""
+        spec = self.inputs[slot]
+        fits = len(shape) == len(spec.shape) and all(d is None or d == s for s, d in zip(shape, spec.shape))
+        if not fits:
+            raise InputError(f"input of shape {list(shape)} does not fit {spec.describe()}")
+        previous = self._in_shape[slot]
         try:
             with _native_log_to_logger():
-                self._interp.resize_tensor_input(self._in_index[slot], list(shape), strict=False)
+                self._interp.resize_tensor_input(self._in_index[slot], list(shape), strict=True)
                 self._interp.allocate_tensors()
         except (ValueError, RuntimeError) as exc:
-            expected = self.inputs[slot].describe()
-            raise InputError(f"input of shape {list(shape)} does not fit {expected}: {one_line(exc)}") from exc
+            with _native_log_to_logger():  # put the interpreter back as it was
+                self._interp.resize_tensor_input(self._in_index[slot], list(previous), strict=True)
+                self._interp.allocate_tensors()
+            raise InputError(f"input of shape {list(shape)} does not fit {spec.describe()}: {one_line(exc)}") from exc
         self._in_shape[slot] = shape
 
     def run(self, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
