@@ -1,0 +1,184 @@
+"""The edgerun command end to end, as real processes."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.conftest import DIGITS, SAMPLES, FakeTree, run_cli
+
+
+def _assert_clean_errors(stderr: str, count: int) -> None:
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert "Traceback" not in stderr
+    assert len(lines) == count, stderr
+    assert all(line.startswith("edgerun: error: ") for line in lines), stderr
+
+
+def test_version_and_help_for_every_command() -> None:
+    assert run_cli("--version").stdout.startswith("edgerun ")
+    for command in ("predict", "devices", "bench"):
+        result = run_cli(command, "--help")
+        assert result.returncode == 0 and "usage: edgerun " + command in result.stdout
+
+
+@pytest.mark.parametrize("model", ["digits_int8.tflite", "digits_int8.onnx"])
+def test_predict_json_prints_one_record_per_input(model: str) -> None:
+    result = run_cli("predict", str(DIGITS / model), str(SAMPLES), "--json")
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == ""
+    records = [json.loads(line) for line in result.stdout.splitlines()]
+    assert len(records) == 11  # ten PNGs and one .npy, walked in sorted order
+    assert [r["input"] for r in records] == sorted(r["input"] for r in records)
+    for r in records:
+        assert set(r) == {"input", "model", "version", "delegate", "output", "latency_ms"}
+        expected = Path(r["input"]).stem.split("_")[1]
+        assert r["output"][0]["label"] == expected
+        assert (r["model"], r["version"]) == ("digits", "1.0.0")
+        assert r["latency_ms"] > 0
+
+
+def test_predict_table_output_and_top_k() -> None:
+    result = run_cli("predict", str(DIGITS / "digits_fp32.tflite"), str(SAMPLES / "digit_9.png"), "--top-k", "1")
+    assert result.returncode == 0
+    line = next(line for line in result.stdout.splitlines() if "digit_9.png" in line)
+    assert line.split()[1] == "9" and "then" not in line
+    assert "1 ok, 0 failed" in result.stdout
+
+
+def test_bad_inputs_each_get_one_line_exit_1_and_the_good_ones_still_run(tmp_path: Path) -> None:
+    (tmp_path / "empty.png").write_bytes(b"")
+    (tmp_path / "trunc.png").write_bytes((SAMPLES / "digit_1.png").read_bytes()[:100])
+    (tmp_path / "text.jpg").write_text("hello")
+    np.save(tmp_path / "wrong.npy", np.zeros((4, 4), np.float32))
+    (tmp_path / "nothing_here").mkdir()
+    inputs = ["empty.png", "trunc.png", "text.jpg", "wrong.npy", "nothing_here", "missing.png"]
+    result = run_cli(
+        "predict",
+        str(DIGITS / "digits_int8.tflite"),
+        *[str(tmp_path / i) for i in inputs],
+        str(SAMPLES / "digit_3.png"),
+        "--json",
+    )
+    assert result.returncode == 1
+    _assert_clean_errors(result.stderr, len(inputs))
+    records = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [("error" in r) for r in records] == [True] * len(inputs) + [False]
+    assert records[-1]["output"][0]["label"] == "3"
+    assert "no usable files" in records[4]["error"]
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "message"),
+    [
+        (["predict", "NOTMODEL", "x.png"], 1, "neither an ONNX nor a TFLite"),
+        (["predict", "missing.onnx", "x.png"], 1, "model file not found"),
+        (["predict", str(DIGITS / "digits_int8.tflite"), "x.png", "--delegate", "warp"], 2, "unknown delegate 'warp'"),
+        (["predict", str(DIGITS / "digits_int8.tflite"), "x.png", "--delegate", "cuda"], 1, "usable for this model"),
+        (["predict", str(DIGITS / "digits_int8.tflite"), "x.png", "--threads", "0"], 2, "--threads"),
+    ],
+)
+def test_model_and_option_errors_are_one_line_with_the_right_exit_code(
+    tmp_path: Path, args: list[str], code: int, message: str
+) -> None:
+    (tmp_path / "NOTMODEL").write_text("just text")
+    result = run_cli(*args, cwd=tmp_path) if "NOTMODEL" in args else run_cli(*args)
+    assert result.returncode == code
+    _assert_clean_errors(result.stderr, 1)
+    assert message in result.stderr
+
+
+def test_usage_errors_exit_2() -> None:
+    assert run_cli("predict").returncode == 2
+    assert run_cli("frobnicate").returncode == 2
+
+
+def test_devices_json_reports_the_fake_edge_tpu_and_the_fallback_for_a_model(tmp_path: Path) -> None:
+    tree = FakeTree(tmp_path / "root").cpu("avx2 avx512_vnni").file("dev/apex_0")
+    models = tmp_path / "models"
+    models.mkdir()
+    shutil.copy(DIGITS / "digits_int8.tflite", models / "digits.tflite")
+    shutil.copy(DIGITS / "digits_int8.tflite", models / "digits_edgetpu.tflite")
+    result = run_cli("devices", "--probe-root", str(tree.root), "--model", str(models / "digits.tflite"), "--json")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["device"]["edgetpu"] == ["pcie:/dev/apex_0"]
+    assert "avx512_vnni" in report["device"]["cpu_features"]
+    selection = report["model"]["selection"]
+    assert selection["delegate"] == "xnnpack"
+    edgetpu = next(a for a in selection["attempts"] if a["delegate"] == "edgetpu")
+    assert edgetpu["status"] == "failed" and "libedgetpu" in edgetpu["reason"]
+
+
+def test_devices_human_output_lists_delegates_with_reasons(fake_tree: FakeTree) -> None:
+    result = run_cli("devices", "--probe-root", str(fake_tree.root), "--model", str(DIGITS / "digits_fp32.onnx"))
+    assert result.returncode == 0
+    assert "no NVIDIA GPU found" in result.stdout or "no CUDAExecutionProvider" in result.stdout
+    assert "chosen cpu" in result.stdout
+
+
+def test_strict_accelerator_fails_the_cli_when_the_edge_tpu_cannot_be_used(tmp_path: Path) -> None:
+    tree = FakeTree(tmp_path / "root").cpu("avx2").file("dev/apex_0")
+    shutil.copy(DIGITS / "digits_int8.tflite", tmp_path / "digits.tflite")
+    shutil.copy(DIGITS / "digits_int8.tflite", tmp_path / "digits_edgetpu.tflite")
+    result = run_cli(
+        "predict",
+        str(tmp_path / "digits.tflite"),
+        str(SAMPLES / "digit_1.png"),
+        "--probe-root",
+        str(tree.root),
+        "--strict-accelerator",
+    )
+    assert result.returncode == 1
+    _assert_clean_errors(result.stderr, 1)
+    assert "strict-accelerator" in result.stderr
+
+
+def test_fastest_is_timed_once_then_read_from_the_state_directory(tmp_path: Path) -> None:
+    args = [
+        "devices",
+        "--model",
+        str(DIGITS / "digits_int8.tflite"),
+        "--delegate",
+        "fastest",
+        "--state-dir",
+        str(tmp_path),
+        "--json",
+    ]
+    first = json.loads(run_cli(*args).stdout)["model"]["selection"]
+    second = json.loads(run_cli(*args).stdout)["model"]["selection"]
+    assert not first["cached"] and second["cached"]
+    assert first["delegate"] == second["delegate"]
+
+
+def test_bench_reports_figures_per_delegate_and_the_int8_speed_ratio() -> None:
+    result = run_cli(
+        "bench",
+        str(DIGITS / "digits_fp32.tflite"),
+        str(DIGITS / "digits_int8.tflite"),
+        "--runs",
+        "50",
+        "--delegate",
+        "all",
+        "--json",
+    )
+    assert result.returncode == 0, result.stderr
+    records = [json.loads(line) for line in result.stdout.splitlines()]
+    results = [r for r in records if r["type"] == "result"]
+    assert {(r["precision"], r["delegate"]) for r in results} == {
+        ("fp32", "xnnpack"),
+        ("fp32", "cpu"),
+        ("int8", "xnnpack"),
+        ("int8", "cpu"),
+    }
+    for r in results:
+        assert 0 < r["p50_ms"] <= r["p95_ms"] <= r["p99_ms"]
+        assert r["throughput_per_s"] > 0 and r["peak_rss_mb"] > 10 and r["load_ms"] > 0 and r["runs"] == 50
+    ratios = [r for r in records if r["type"] == "ratio"]
+    assert {r["delegate"] for r in ratios} == {"xnnpack", "cpu"}
+    for r in ratios:
+        assert r["int8_speedup"] == pytest.approx(r["fp32_p50_ms"] / r["int8_p50_ms"])

@@ -1,0 +1,195 @@
+"""The library API: edgerun.load(), cards, preprocessing and post-processing on the real models."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+import edgerun
+from edgerun.card import ModelCard, load_card
+from edgerun.errors import CardError, InputError
+from tests.conftest import DIGITS, SAMPLES
+
+
+@pytest.fixture(scope="module")
+def int8_tflite() -> edgerun.Model:
+    return edgerun.load(DIGITS / "digits_int8.tflite", state_dir="/nonexistent-state")
+
+
+def test_every_digits_model_classifies_every_sample_image(digits_model: Path) -> None:
+    with edgerun.load(digits_model) as model:
+        assert model.name == "digits" and model.version == "1.0.0"
+        for digit in range(10):
+            result = model.predict(SAMPLES / f"digit_{digit}.png")
+            best = result.output[0]
+            assert best["label"] == str(digit), f"{digits_model.name} on digit_{digit}.png"
+            assert 0.0 <= best["score"] <= 1.0
+            assert result.latency_ms > 0
+            assert set(result.stages_ms) == {"pre", "infer", "post"}
+
+
+def test_classification_output_is_top_k_label_index_score_best_first(int8_tflite: edgerun.Model) -> None:
+    output = int8_tflite.predict(SAMPLES / "digit_3.png").output
+    assert len(output) == 3  # the card's top_k
+    assert [set(o) for o in output] == [{"label", "index", "score"}] * 3
+    scores = [o["score"] for o in output]
+    assert scores == sorted(scores, reverse=True)
+    assert sum(o["score"] for o in output) <= 1.0 + 1e-6
+
+
+def test_npy_arrays_are_used_as_they_are_with_or_without_the_batch_dimension(int8_tflite: edgerun.Model) -> None:
+    array = np.load(SAMPLES / "digit_7.npy")
+    assert int8_tflite.predict(array).output[0]["label"] == "7"
+    assert int8_tflite.predict(array[None]).output[0]["label"] == "7"
+    assert int8_tflite.predict(SAMPLES / "digit_7.npy").output[0]["label"] == "7"
+
+
+def test_decoded_images_and_encoded_bytes_are_both_accepted(int8_tflite: edgerun.Model) -> None:
+    data = (SAMPLES / "digit_5.png").read_bytes()
+    assert int8_tflite.predict(data).output[0]["label"] == "5"
+    color = cv2.imread(str(SAMPLES / "digit_5.png"), cv2.IMREAD_COLOR)
+    assert int8_tflite.predict(color).output[0]["label"] == "5"
+
+
+def test_a_large_colour_jpeg_is_converted_and_resized_per_the_card(int8_tflite: edgerun.Model, tmp_path: Path) -> None:
+    gray = cv2.imread(str(SAMPLES / "digit_2.png"), cv2.IMREAD_GRAYSCALE)
+    big = cv2.resize(gray, (256, 256), interpolation=cv2.INTER_NEAREST)
+    path = tmp_path / "big.jpg"
+    cv2.imwrite(str(path), cv2.cvtColor(big, cv2.COLOR_GRAY2BGR), [cv2.IMWRITE_JPEG_QUALITY, 95])
+    assert int8_tflite.predict(path).output[0]["label"] == "2"
+
+
+@pytest.mark.parametrize(
+    ("array", "message"),
+    [
+        (np.zeros((3, 3), np.float32), r"shape \[3, 3\] does not fit"),
+        (np.zeros((8, 8, 1), np.complex64), "not numeric"),
+        (np.array(["a", "b"]), "not numeric"),
+    ],
+)
+def test_arrays_of_the_wrong_shape_or_dtype_are_input_errors(
+    int8_tflite: edgerun.Model, array: np.ndarray, message: str
+) -> None:
+    with pytest.raises(InputError, match=message):
+        int8_tflite.predict(array)
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (b"", "empty file"),
+        (b"not an image at all", "not a decodable image"),
+        ("truncated-jpeg", "truncated JPEG"),
+        ("truncated-png", "truncated PNG"),
+    ],
+)
+def test_corrupt_images_are_input_errors(int8_tflite: edgerun.Model, content: object, message: str) -> None:
+    if content == "truncated-jpeg":
+        ok, buf = cv2.imencode(".jpg", np.full((64, 64, 3), 128, np.uint8))
+        content = buf.tobytes()[:-200]
+    elif content == "truncated-png":
+        content = (SAMPLES / "digit_1.png").read_bytes()[:150]
+    with pytest.raises(InputError, match=message):
+        int8_tflite.predict(content)
+
+
+def test_a_model_without_a_card_infers_image_preprocessing_and_classification(
+    model_copy: Callable[[str, str], Path],
+) -> None:
+    bare = model_copy("digits_fp32.onnx", "nocard.onnx")
+    bare.with_name("nocard.onnx.card.yaml").unlink()
+    with edgerun.load(bare) as model:
+        assert model.card.inferred
+        assert model.card.task == "classification"
+        assert model.card.preprocess is not None and model.card.preprocess.color == "gray"
+        best = model.predict(SAMPLES / "digit_4.png").output[0]
+        assert best["label"] == "4" and best["index"] == 4
+
+
+def test_a_model_without_a_card_and_a_non_image_input_refuses_images_clearly(tmp_path: Path) -> None:
+    import onnx
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node("Relu", ["x"], ["y"])],
+        "flat",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 64])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 64])],
+    )
+    path = tmp_path / "flat.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), path)
+    with edgerun.load(path) as model:
+        assert model.card.inferred
+        with pytest.raises(InputError, match="has no image preprocessing"):
+            model.predict(SAMPLES / "digit_4.png")
+        assert np.allclose(model.run(np.full((1, 64), -1.0, np.float32))[0], 0.0)
+
+
+def test_the_committed_cards_are_valid_and_report_held_out_accuracy_within_one_point() -> None:
+    cards = {p.name: load_card(p) for p in DIGITS.glob("*.card.yaml")}
+    assert len(cards) == 4
+    for card in cards.values():
+        assert card.metrics["accuracy"] > 0.95
+    for fmt in ("onnx", "tflite"):
+        fp32 = cards[f"digits_fp32.{fmt}.card.yaml"].metrics["accuracy"]
+        int8 = cards[f"digits_int8.{fmt}.card.yaml"].metrics["accuracy"]
+        assert int8 >= fp32 - 0.01
+
+
+@pytest.mark.parametrize(
+    ("patch", "message"),
+    [
+        ({"colour": "rgb"}, "Extra inputs are not permitted"),
+        ({"version": "1.0"}, "version"),
+        ({"task": "segmentation"}, "task"),
+        ({"preprocess": {"color": "rgb", "mean": [0.1, 0.2]}}, "mean has 2 values"),
+        ({"preprocess": {"std": [0.0]}}, "std must not contain 0"),
+        ({"name": "../evil"}, "name"),
+    ],
+)
+def test_card_errors_name_the_file_and_the_field(tmp_path: Path, patch: dict[str, object], message: str) -> None:
+    import yaml
+
+    data = yaml.safe_load((DIGITS / "digits_fp32.onnx.card.yaml").read_text())
+    data.update(patch)
+    path = tmp_path / "bad.card.yaml"
+    path.write_text(yaml.safe_dump(data))
+    with pytest.raises(CardError, match=message) as err:
+        load_card(path)
+    assert str(path) in str(err.value)
+
+
+def test_a_card_that_contradicts_the_model_is_refused(model_copy: Callable[[str, str], Path]) -> None:
+    path = model_copy("digits_fp32.onnx", "wrongsize.onnx")
+    card = path.with_name("wrongsize.onnx.card.yaml")
+    card.write_text(card.read_text().replace("size: [8, 8]", "size: [28, 28]"))
+    with pytest.raises(CardError, match=r"size \[28, 28\]"):
+        edgerun.load(path)
+
+
+def test_a_card_can_be_passed_explicitly(tmp_path: Path) -> None:
+    card = ModelCard(name="renamed", version="2.1.0", task="raw")
+    with edgerun.load(DIGITS / "digits_fp32.onnx", card=card) as model:
+        assert (model.name, model.version) == ("renamed", "2.1.0")
+        raw = model.predict(np.load(SAMPLES / "digit_7.npy")).output
+        assert list(raw) == [model.outputs[0].name]
+
+
+def test_card_yaml_in_the_model_folder_is_found_when_no_per_file_card_exists(tmp_path: Path) -> None:
+    shutil.copy(DIGITS / "digits_int8.onnx", tmp_path / "m.onnx")
+    shutil.copy(DIGITS / "digits_int8.onnx.card.yaml", tmp_path / "card.yaml")
+    with edgerun.load(tmp_path / "m.onnx") as model:
+        assert model.card_path == tmp_path / "card.yaml"
+        assert not model.card.inferred
+
+
+def test_describe_lists_tensors_delegate_and_card(int8_tflite: edgerun.Model) -> None:
+    info = int8_tflite.describe()
+    assert info["format"] == "tflite" and info["delegate"] == "xnnpack"
+    assert info["inputs"][0]["quant"]["scale"] > 0
+    assert info["card"]["labels"][0] == "0"
