@@ -144,5 +144,6 @@ def usable_delegates(path: Path, probe_root: str | None = None) -> list[str]:
     from edgerun.accel.select import find_candidates
     from edgerun.backends import detect_format
 
-    candidates, _ = find_candidates(path, detect_format(path), "auto", probe(probe_root or "/"), discover())
+    fmt = detect_format(path)
+    candidates, _ = find_candidates(path, fmt, "auto", probe(probe_root or "/"), discover(formats=(fmt,)))
     return [spec.name for spec, _ in candidates]

@@ -27,7 +27,7 @@ import numpy as np
 from edgerun.accel.probe import probe
 from edgerun.accel.select import Selection, select
 from edgerun.backends import Backend, TensorSpec
-from edgerun.card import ModelCard, find_card, image_layout, infer_card, load_card
+from edgerun.card import ModelCard, find_card, image_layout, infer_card, load_card, replace
 from edgerun.errors import CardError, InputError
 from edgerun.state import state_dir as default_state_dir
 
@@ -179,12 +179,15 @@ class Model:
         return {spec.name: np.asarray(out).tolist() for spec, out in zip(self.outputs, outputs)}
 
     def warmup(self, runs: int = 2) -> None:
-        """Run synthetic inputs so the first real request is not the slow one."""
-        from edgerun.accel.select import synthetic_inputs
-
-        inputs = synthetic_inputs(self.backend)
+        """Run mid-range constant inputs so the first real request is not the slow one."""
+        inputs = [
+            np.full(s.concrete_shape(), 0.5 if s.quant or s.dtype.kind == "f" else 1, s.dtype) for s in self.inputs
+        ]
+        inputs = [x.astype(np.float32) if s.quant else x for x, s in zip(inputs, self.inputs)]
         for _ in range(runs):
             self.run(*inputs)
+        if self._preprocessor is not None:
+            self._preprocessor(np.zeros((self._preprocessor.height, self._preprocessor.width, 3), np.uint8))
 
     def close(self) -> None:
         """Release the runtime."""
@@ -225,7 +228,7 @@ class Model:
         if not height or not width:
             return None  # dynamic spatial size and no size in the card: arrays only
         if spec.layout is None:
-            spec = spec.model_copy(update={"layout": kind})
+            spec = replace(spec, layout=kind)
         return ImagePreprocessor(spec, height, width, channels, tensor.dtype)
 
     def _image_tensor(self, data: bytes, name: str) -> np.ndarray:

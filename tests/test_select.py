@@ -171,7 +171,7 @@ def test_fastest_times_every_working_delegate_then_reuses_the_cached_winner(
     cache = json.loads((state_dir / "delegates.json").read_text())
     (key,) = cache
     assert cache[key]["delegate"] == first.delegate
-    assert device.fingerprint() in key and discover().versions() in key
+    assert device.fingerprint() in key and discover(formats=("tflite",)).versions() in key
 
     second = select(DIGITS / "digits_int8.tflite", delegate="fastest", device=device, state_dir=state_dir)
     second.backend.close()

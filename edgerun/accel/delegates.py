@@ -41,6 +41,10 @@ class DelegateSpec:
         edgetpu_only: runs only Edge TPU-compiled models (``*_edgetpu.tflite``), and
             those run nowhere else.
         reference: the plain CPU path of its format, against which others are verified.
+        accelerator: runs off the CPU's own float/integer kernels (a device, a GPU, a
+            compiled engine), so its outputs are verified against the reference.
+            CPU paths (ORT's MLAS, XNNPACK) are not: verifying them would cost a
+            reference-kernel run (57 ms for INT8 MobileNet) on every start.
         opener: makes the backend; tests pass stand-ins that are real ``Backend``s.
     """
 
@@ -50,6 +54,7 @@ class DelegateSpec:
     needs: Need
     edgetpu_only: bool = False
     reference: bool = False
+    accelerator: bool = True
     opener: Opener = _open
 
 
@@ -100,12 +105,28 @@ CATALOGUE: tuple[DelegateSpec, ...] = (
     DelegateSpec("coreml", "onnx", "Apple Core ML (ONNX Runtime)", _ort_provider("CoreMLExecutionProvider")),
     DelegateSpec("nnapi", "onnx", "Android NNAPI (ONNX Runtime)", _ort_provider("NnapiExecutionProvider")),
     DelegateSpec("dnnl", "onnx", "Intel oneDNN (ONNX Runtime)", _ort_provider("DnnlExecutionProvider")),
-    DelegateSpec("xnnpack", "onnx", "XNNPACK (ONNX Runtime)", _ort_provider("XnnpackExecutionProvider")),
-    DelegateSpec("cpu", "onnx", "ONNX Runtime CPU (MLAS)", _ort_provider("CPUExecutionProvider"), reference=True),
+    DelegateSpec(
+        "xnnpack", "onnx", "XNNPACK (ONNX Runtime)", _ort_provider("XnnpackExecutionProvider"), accelerator=False
+    ),
+    DelegateSpec(
+        "cpu",
+        "onnx",
+        "ONNX Runtime CPU (MLAS)",
+        _ort_provider("CPUExecutionProvider"),
+        reference=True,
+        accelerator=False,
+    ),
     DelegateSpec("edgetpu", "tflite", "Coral Edge TPU (libedgetpu)", _edgetpu, edgetpu_only=True),
     DelegateSpec("gpu", "tflite", "TFLite GPU delegate", _gpu_delegate),
-    DelegateSpec("xnnpack", "tflite", "XNNPACK (LiteRT default CPU delegate)", _tflite),
-    DelegateSpec("cpu", "tflite", "LiteRT reference CPU kernels (no default delegate)", _tflite, reference=True),
+    DelegateSpec("xnnpack", "tflite", "XNNPACK (LiteRT default CPU delegate)", _tflite, accelerator=False),
+    DelegateSpec(
+        "cpu",
+        "tflite",
+        "LiteRT reference CPU kernels (no default delegate)",
+        _tflite,
+        reference=True,
+        accelerator=False,
+    ),
 )
 
 

@@ -10,7 +10,6 @@ answered by ``edgerun.accel.runtimes``.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -76,6 +75,8 @@ class DeviceFacts:
 
     def fingerprint(self) -> str:
         """A stable short id of the hardware, for caches keyed by device."""
+        import hashlib
+
         data = asdict(self)
         data.pop("notes")
         data.pop("root")

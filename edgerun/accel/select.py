@@ -17,15 +17,12 @@ Every decision is logged at INFO and kept in ``Selection.attempts``.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
-import statistics
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 import numpy as np
@@ -175,11 +172,13 @@ def _time(backend: Backend, inputs: Sequence[np.ndarray], budget_s: float = 0.5,
         t0 = time.perf_counter_ns()
         backend.run(inputs)
         samples.append((time.perf_counter_ns() - t0) / 1e6)
-    return statistics.median(samples)
+    return float(np.median(samples))
 
 
 def file_sha256(path: Path) -> str:
     """SHA-256 of a file, streamed."""
+    import hashlib
+
     digest = hashlib.sha256()
     with open(path, "rb") as fh:
         for block in iter(lambda: fh.read(1 << 20), b""):
@@ -193,6 +192,8 @@ def _toolchain(delegate: str, runtime: RuntimeFacts) -> str:
         "tensorrt": ("tensorrt", "tensorrt-libs", "tensorrt-cu12"),
         "openvino": ("openvino", "onnxruntime-openvino"),
     }
+    from importlib.metadata import PackageNotFoundError, version  # 15 ms to import: only here
+
     parts = [runtime.onnxruntime or "onnxruntime ?"]
     for dist in toolkit.get(delegate, ()):
         try:
@@ -316,7 +317,7 @@ def select(
     model_path = Path(model_path)
     fmt = detect_format(model_path)
     device = device or probe()
-    runtime = runtime or discover()
+    runtime = runtime or discover(formats=(fmt,))
     make_sample = sample or synthetic_inputs
     candidates, attempts = find_candidates(model_path, fmt, delegate, device, runtime, catalogue)
     if not candidates:
@@ -455,7 +456,7 @@ def _open_verified(
         attempt.status, attempt.reason, attempt.error = "failed", str(exc), exc
         log.info("delegate %s failed for %s: %s", spec.name, target.name, exc)
         return None
-    if not verify or spec.reference:
+    if not verify or not spec.accelerator:
         return backend
     try:
         ref = reference.outputs(backend)

@@ -11,17 +11,23 @@ import argparse
 import logging
 import sys
 from collections.abc import Sequence
+from importlib import import_module
 
 from edgerun import __version__
-from edgerun.cli import bench, devices, predict
 from edgerun.cli.common import error_line
 from edgerun.errors import EdgerunError
 
-COMMANDS = (predict, devices, bench)
+#: command -> module. A command's module is imported only when it runs (or for
+#: the top-level --help), so ``edgerun predict`` does not pay for the others.
+COMMANDS: dict[str, str] = {
+    "predict": "edgerun.cli.predict",
+    "devices": "edgerun.cli.devices",
+    "bench": "edgerun.cli.bench",
+}
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The ``edgerun`` parser with every sub-command."""
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The ``edgerun`` parser; sub-commands other than ``command`` get a stub parser."""
     parser = argparse.ArgumentParser(
         prog="edgerun",
         description="Run quantized ML models on edge devices, on the best accelerator they have.",
@@ -31,15 +37,19 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true", help="show tracebacks for errors")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
-    for module in COMMANDS:
-        module.register(sub)
+    for name, module in COMMANDS.items():
+        if command in (None, name):
+            import_module(module).register(sub)
+        else:
+            sub.add_parser(name, add_help=False)  # a stub: that command is not being run
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit code."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    command = next((a for a in argv if a in COMMANDS), None)
+    args = build_parser(command).parse_args(argv)
     level = logging.WARNING - 10 * min(args.verbose, 2)
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     try:

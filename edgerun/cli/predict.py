@@ -45,6 +45,7 @@ def _human(path: str, output: Any, latency_ms: float) -> str:
 def run(args: argparse.Namespace) -> int:
     """Load the model, then predict every input, reporting failures per input."""
     import edgerun
+    from edgerun.card import replace
     from edgerun.inputs import expand_inputs
 
     if args.top_k is not None and args.top_k < 1:
@@ -53,10 +54,7 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--top-k must be at least 1, got {args.top_k}")
     model = edgerun.load(args.model, **load_kwargs(args))
     if args.top_k is not None:
-        card = model.card.model_copy(
-            update={"postprocess": model.card.postprocess.model_copy(update={"top_k": args.top_k})}
-        )
-        model.card = card
+        model.card = replace(model.card, postprocess=replace(model.card.postprocess, top_k=args.top_k))
     failed = 0
     done = 0
     if not args.json:

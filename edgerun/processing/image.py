@@ -94,6 +94,16 @@ class ImagePreprocessor:
         )
 
     @property
+    def height(self) -> int:
+        """Input height in pixels."""
+        return self._plan.height
+
+    @property
+    def width(self) -> int:
+        """Input width in pixels."""
+        return self._plan.width
+
+    @property
     def gray(self) -> bool:
         """True when images should be decoded straight to one channel."""
         return self._plan.channels == 1
