@@ -15,7 +15,9 @@ The tree::
     ├── BackendUnavailableError  the runtime for a model format is not installed
     ├── DelegateError            no delegate could run the model, or a forced one is unusable
     ├── InputError               an input (image, array, file) cannot be fed to the model
-    └── InferenceError           the runtime failed while running a valid input
+    ├── InferenceError           the runtime failed while running a valid input
+    ├── SourceError              a source (video, camera, stream, sensor, MQTT) cannot be opened or read
+    └── PipelineError            a pipeline stage failed and stopped the run
 """
 
 from __future__ import annotations
@@ -29,6 +31,8 @@ __all__ = [
     "InferenceError",
     "InputError",
     "ModelLoadError",
+    "PipelineError",
+    "SourceError",
 ]
 
 
@@ -66,3 +70,11 @@ class InputError(EdgerunError):
 
 class InferenceError(EdgerunError):
     """Raised when the runtime fails while running an input that passed every check."""
+
+
+class SourceError(EdgerunError):
+    """Raised when a source cannot be opened, or fails beyond its retries while running."""
+
+
+class PipelineError(EdgerunError):
+    """Raised when a pipeline stage failed and stopped the run (the message names the stage)."""

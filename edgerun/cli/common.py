@@ -7,7 +7,7 @@ import json
 import sys
 from typing import Any
 
-__all__ = ["add_model_options", "load_kwargs", "print_json", "error_line"]
+__all__ = ["add_model_options", "error_line", "load_kwargs", "print_json", "report_failure"]
 
 
 def add_model_options(parser: argparse.ArgumentParser, *, delegate_help: str | None = None) -> None:
@@ -69,3 +69,9 @@ def print_json(record: Any) -> None:
 def error_line(message: str) -> None:
     """One line on stderr, the form every user error takes."""
     sys.stderr.write(f"edgerun: error: {message}\n")
+
+
+def report_failure(result: Any) -> None:
+    """Pipeline callback: one stderr line for each input that failed."""
+    if not result.ok:
+        error_line(result.record["error"])

@@ -21,6 +21,7 @@ from edgerun.errors import EdgerunError
 #: the top-level --help), so ``edgerun predict`` does not pay for the others.
 COMMANDS: dict[str, str] = {
     "predict": "edgerun.cli.predict",
+    "run": "edgerun.cli.run",
     "devices": "edgerun.cli.devices",
     "bench": "edgerun.cli.bench",
 }

@@ -1,13 +1,16 @@
-"""``edgerun predict MODEL INPUT...``: run a model over image and .npy files."""
+"""``edgerun predict MODEL INPUT...``: run a model over image and .npy files, in batches, resumable."""
 
 from __future__ import annotations
 
 import argparse
-import time
+import json
+import os
+import signal
+import sys
 from typing import Any
 
-from edgerun.cli.common import add_model_options, error_line, load_kwargs, print_json
-from edgerun.errors import EdgerunError
+from edgerun.cli.common import add_model_options, load_kwargs, report_failure
+from edgerun.errors import ConfigError
 
 HELP = "run a model over images, .npy arrays or directories of them"
 
@@ -17,78 +20,108 @@ def register(sub: Any) -> None:
     p = sub.add_parser(
         "predict",
         help=HELP,
-        description=HELP + ". Exit 0 when every input succeeds, "
-        "1 when any failed (the others are still processed), 2 for usage errors.",
+        description=HELP + ". Exit 0 when every input succeeds, 1 when any failed (the others are still "
+        "processed), 2 for usage errors.",
     )
     p.add_argument("model", help="an .onnx or .tflite file (its card is read from beside it)")
-    p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, .npy files or directories (walked)")
+    p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, .npy files, directories (walked) or globs")
     p.add_argument("--top-k", type=int, default=None, metavar="K", help="classes to list (default: the card's)")
-    p.add_argument("--json", action="store_true", help="one JSON object per input per line")
+    p.add_argument("--json", action="store_true", help="one JSON object per input per line on stdout")
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        default=1,
+        metavar="N",
+        help="inputs per inference call (a real batch where the model's batch dimension is dynamic)",
+    )
+    p.add_argument("--output", default=None, metavar="FILE.jsonl", help="also append every record to this file")
+    p.add_argument("--resume", action="store_true", help="skip the inputs already recorded in --output")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar even on a terminal")
     add_model_options(p)
     p.set_defaults(run=run)
 
 
-def _human(path: str, output: Any, latency_ms: float) -> str:
-    if isinstance(output, list) and output and isinstance(output[0], dict):
-        best = output[0]
-        rest = ", ".join(f"{o['label']} {o['score']:.3f}" for o in output[1:])
-        text = f"{best['label']:<12} {best['score']:.4f}"
-        if rest:
-            text += f"   (then {rest})"
-    elif isinstance(output, list):
-        text = " ".join(f"{v:.4g}" for v in output[:8]) + (" ..." if len(output) > 8 else "")
-    else:
-        text = "; ".join(f"{k}: {len(v) if isinstance(v, list) else v} value(s)" for k, v in output.items())
-    return f"{path:<40} {text}   {latency_ms:.2f} ms"
+def recorded_inputs(path: str) -> frozenset[str]:
+    """Inputs already in a JSON Lines output; a torn last line (a killed run) is cut off first."""
+    try:
+        with open(path, "rb+") as fh:
+            data = fh.read()
+            end = data.rfind(b"\n") + 1
+            if end != len(data):
+                fh.truncate(end)  # the line being written when the run was killed
+                data = data[:end]
+    except FileNotFoundError:
+        return frozenset()
+    except OSError as exc:
+        raise ConfigError(f"cannot read {path} to resume: {exc.strerror}") from exc
+    done = set()
+    for number, line in enumerate(data.decode("utf-8", errors="replace").splitlines(), start=1):
+        try:
+            done.add(json.loads(line)["input"])
+        except (ValueError, KeyError, TypeError):
+            raise ConfigError(f"{path} line {number} is not an edgerun record; cannot resume from it") from None
+    return frozenset(done)
 
 
 def run(args: argparse.Namespace) -> int:
-    """Load the model, then predict every input, reporting failures per input."""
+    """Load the model, then stream every input through a pipeline into the sinks."""
     import edgerun
     from edgerun.card import replace
-    from edgerun.inputs import expand_inputs
+    from edgerun.pipeline import Pipeline
+    from edgerun.sinks.text import JsonlSink, TableSink
+    from edgerun.sources.files import FileSource
 
     if args.top_k is not None and args.top_k < 1:
-        from edgerun.errors import ConfigError
-
         raise ConfigError(f"--top-k must be at least 1, got {args.top_k}")
+    if args.batch_size < 1:
+        raise ConfigError(f"--batch-size must be at least 1, got {args.batch_size}")
+    if args.resume and not args.output:
+        raise ConfigError("--resume needs --output FILE.jsonl (the file it resumes from)")
+    skip = recorded_inputs(args.output) if args.resume else frozenset()
     model = edgerun.load(args.model, **load_kwargs(args))
     if args.top_k is not None:
         model.card = replace(model.card, postprocess=replace(model.card.postprocess, top_k=args.top_k))
-    failed = 0
-    done = 0
+    source = FileSource(args.inputs, skip=skip)
+    sinks: list[Any] = [JsonlSink() if args.json else TableSink()]
+    if args.output:
+        sinks.append(JsonlSink(os.fspath(args.output)))
+    bar = _progress(len(source.refs), disabled=args.no_progress)
+
+    def on_result(result: Any) -> None:
+        report_failure(result)
+        if bar is not None:
+            bar.update(1)
+
     if not args.json:
-        print(f"# {model.name} {model.version} ({model.format}) on {model.delegate}")
-    t_start = time.perf_counter()
-    with model:
-        for ref in expand_inputs(args.inputs):
-            message = ref.error
-            if message is None:
-                try:
-                    result = model.predict(ref.path, name=ref.path)
-                except EdgerunError as exc:
-                    message = str(exc)
-            if message is not None:
-                failed += 1
-                error_line(message)
-                if args.json:
-                    print_json({"input": ref.path, "error": message})
-                continue
-            done += 1
-            if args.json:
-                print_json(
-                    {
-                        "input": ref.path,
-                        "model": model.name,
-                        "version": model.version,
-                        "delegate": model.delegate,
-                        "output": result.output,
-                        "latency_ms": round(result.latency_ms, 3),
-                    }
-                )
-            else:
-                print(_human(ref.path, result.output, result.latency_ms))
+        print(
+            f"# {model.name} {model.version} ({model.format}) on {model.delegate}"
+            + (f"; resuming, {len(skip)} input(s) already done" if skip else ""),
+            flush=True,
+        )
+    pipeline = Pipeline(source, model, sinks, batch_size=args.batch_size, on_result=on_result)
+    previous = {
+        sig: signal.signal(sig, lambda n, f: pipeline.stop(signal.Signals(n).name))
+        for sig in (signal.SIGINT, signal.SIGTERM)
+    }
+    try:
+        with model:
+            summary = pipeline.run()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        if bar is not None:
+            bar.close()
     if not args.json:
-        elapsed = time.perf_counter() - t_start
-        print(f"# {done} ok, {failed} failed in {elapsed:.2f} s")
-    return 1 if failed else 0
+        print(f"# {summary.ok} ok, {summary.errors} failed in {summary.elapsed_s:.2f} s ({summary.fps:.1f} inputs/s)")
+    if summary.stopped_by != "end of input":
+        return 130
+    return 1 if summary.errors else 0
+
+
+def _progress(total: int, disabled: bool) -> Any:
+    """A progress bar on stderr when it is a terminal; None otherwise."""
+    if disabled or total < 2 or not sys.stderr.isatty():
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, unit="input", file=sys.stderr, dynamic_ncols=True, leave=False)

@@ -1,0 +1,146 @@
+"""``edgerun run MODEL --source SRC``: a real-time pipeline until the source ends or the user stops it."""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+from typing import Any
+
+from edgerun.cli.common import add_model_options, load_kwargs, print_json, report_failure
+
+HELP = "run a pipeline from a source (files, video, camera, stream, sensor CSV, MQTT) into sinks"
+
+
+def register(sub: Any) -> None:
+    """Add the ``run`` sub-command."""
+    p = sub.add_parser(
+        "run",
+        help=HELP,
+        description=HELP + ". Stops at the end of the source, after --max-frames, or on Ctrl-C/SIGTERM "
+        "(finishing what is in flight); then prints a summary.",
+    )
+    p.add_argument("model", help="an .onnx or .tflite file")
+    p.add_argument(
+        "--source",
+        required=True,
+        nargs="+",
+        metavar="SRC",
+        help="images/dir/glob, video file, camera:0 or /dev/video0, rtsp:// or http:// stream, "
+        "sensor .csv/.jsonl or - (stdin), mqtt://host:port/topic",
+    )
+    p.add_argument(
+        "--sink",
+        action="append",
+        default=None,
+        metavar="SINK",
+        help="stdout (default), jsonl, FILE.jsonl, FILE.csv, FILE.mp4 (annotated video), DIR/ "
+        "(annotated images); repeatable",
+    )
+    p.add_argument(
+        "--fps",
+        type=float,
+        default=None,
+        metavar="F",
+        help="target frames per second (live sources skip frames, files are paced)",
+    )
+    p.add_argument("--max-frames", type=int, default=None, metavar="N", help="stop after N frames")
+    p.add_argument(
+        "--window",
+        type=int,
+        default=None,
+        metavar="ROWS",
+        help="sensor sources: rows per inference (default: the model's input length)",
+    )
+    p.add_argument("--hop", type=int, default=None, metavar="ROWS", help="sensor sources: rows between windows")
+    p.add_argument("--width", type=int, default=None, help="camera: requested frame width")
+    p.add_argument("--height", type=int, default=None, help="camera: requested frame height")
+    p.add_argument("--camera-fps", type=float, default=None, help="camera: requested capture rate")
+    p.add_argument("--queue", type=int, default=None, metavar="N", help="live sources: frames kept (default 2)")
+    p.add_argument("--batch-size", type=int, default=1, metavar="N", help="frames per inference call")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    add_model_options(p)
+    p.set_defaults(run=run)
+
+
+def sensor_window(model: Any, requested: int | None) -> int | None:
+    """The window a sensor source must use: the model's input length, checked against the request."""
+    from edgerun.errors import ConfigError
+
+    shape = model.inputs[0].shape
+    needed = shape[1] if len(shape) >= 2 else None
+    if requested is None:
+        return needed
+    if needed is not None and requested != needed:
+        raise ConfigError(
+            f"window of {requested} rows does not fit {model.name}: its input {model.inputs[0].describe()} "
+            f"takes {needed} rows"
+        )
+    return requested
+
+
+def run(args: argparse.Namespace) -> int:
+    """Load, open the source and sinks, run, print the summary."""
+    import edgerun
+    from edgerun.errors import ConfigError
+    from edgerun.pipeline import Pipeline
+    from edgerun.sinks import open_sink
+    from edgerun.sources import open_source
+
+    for name in ("max_frames", "batch_size", "queue", "window", "hop"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            raise ConfigError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
+    model = edgerun.load(args.model, **load_kwargs(args))
+    with model:
+        window = sensor_window(model, args.window)
+        source = open_source(
+            args.source,
+            window=window,
+            hop=args.hop,
+            width=args.width,
+            height=args.height,
+            fps=args.camera_fps,
+            queue=args.queue,
+        )
+        sinks = [open_sink(s, fps=getattr(source, "fps", 0.0) or 25.0) for s in (args.sink or ["stdout"])]
+        pipeline = Pipeline(
+            source,
+            model,
+            sinks,
+            fps=args.fps,
+            max_frames=args.max_frames,
+            batch_size=args.batch_size,
+            on_result=report_failure,
+        )
+        previous = {
+            sig: signal.signal(sig, lambda n, f: pipeline.stop(signal.Signals(n).name))
+            for sig in (signal.SIGINT, signal.SIGTERM)
+        }
+        try:
+            summary = pipeline.run()
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+    if args.json:
+        print_json({"model": model.name, "version": model.version, "delegate": model.delegate, **summary.to_dict()})
+    else:
+        _print_summary(model, summary)
+    return 1 if summary.errors else 0
+
+
+def _print_summary(model: Any, summary: Any) -> None:
+    out = sys.stderr  # stdout may be carrying JSON Lines records
+    print(
+        f"# {model.name} {model.version} on {model.delegate}: {summary.frames} frames ({summary.ok} ok, "
+        f"{summary.errors} failed, {summary.dropped} dropped, {summary.skipped} skipped) in "
+        f"{summary.elapsed_s:.2f} s, {summary.fps:.1f} fps; stopped by {summary.stopped_by}",
+        file=out,
+    )
+    for stage in ("pre", "infer", "post", "total"):
+        s = summary.stages_ms.get(stage)
+        if s:
+            print(
+                f"#   {stage:<5} p50 {s['p50']:.3f}  p95 {s['p95']:.3f}  p99 {s['p99']:.3f}  max {s['max']:.3f} ms",
+                file=out,
+            )

@@ -1,0 +1,347 @@
+"""A real-time pipeline: source -> preprocess -> inference -> postprocess -> sinks.
+
+Four threads joined by bounded queues::
+
+    reader ──q──> prepare ──q──> infer+post ──q──> sinks
+
+so that on two cores decoding and preprocessing of the next frames overlap the
+inference of the current one (OpenCV and both runtimes release the GIL while
+they work). Bounded queues are the backpressure: a file source is read no
+faster than the model consumes it and never drops; a live source keeps only its
+newest frames in its own buffer and counts what it drops.
+
+Invariants:
+* a frame that fails (unreadable, corrupt, wrong shape) becomes an error result
+  that is counted and reported, and the run goes on;
+* a stage that fails unexpectedly stops the run: the source is closed, what is in
+  flight is finished and flushed, and ``run()`` raises ``PipelineError`` naming
+  the stage;
+* ``stop()`` (from SIGINT/SIGTERM) closes the source; everything already read is
+  still processed and every sink is closed (flushed) exactly once.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from edgerun.errors import EdgerunError, PipelineError
+from edgerun.model import Model
+from edgerun.sinks.base import Result, Sink
+from edgerun.sources.base import Frame, Source
+from edgerun.telemetry.metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+__all__ = ["Pipeline", "Summary"]
+
+_END = object()  # end of stream marker, passed down every queue
+
+
+@dataclass
+class _Item:
+    frame: Frame
+    arrived: float  # monotonic time the reader took it
+    tensor: np.ndarray | None = None
+    pre_ms: float = 0.0
+    error: str | None = None
+
+
+@dataclass
+class Summary:
+    """What a run did. Latencies in ms (since start, per stage), rates per second."""
+
+    frames: int = 0
+    ok: int = 0
+    errors: int = 0
+    dropped: int = 0
+    skipped: int = 0
+    elapsed_s: float = 0.0
+    stages_ms: dict[str, Any] = field(default_factory=dict)
+    stopped_by: str = "end of input"
+
+    @property
+    def fps(self) -> float:
+        """Frames processed per second of wall time."""
+        return self.frames / self.elapsed_s if self.elapsed_s > 0 else 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready form."""
+        return {
+            "frames": self.frames,
+            "ok": self.ok,
+            "errors": self.errors,
+            "dropped": self.dropped,
+            "skipped": self.skipped,
+            "elapsed_s": round(self.elapsed_s, 3),
+            "fps": round(self.fps, 2),
+            "stages_ms": self.stages_ms,
+            "stopped_by": self.stopped_by,
+        }
+
+
+class Pipeline:
+    """Runs one model over one source into sinks. Use once: ``run()`` then discard."""
+
+    def __init__(
+        self,
+        source: Source,
+        model: Model,
+        sinks: Sequence[Sink],
+        *,
+        metrics: Metrics | None = None,
+        fps: float | None = None,
+        max_frames: int | None = None,
+        batch_size: int = 1,
+        queue_size: int = 8,
+        on_result: Callable[[Result], None] | None = None,
+    ) -> None:
+        if fps is not None and fps <= 0:
+            raise PipelineError(f"fps must be positive, got {fps}")
+        if batch_size < 1:
+            raise PipelineError(f"batch size must be at least 1, got {batch_size}")
+        self.source = source
+        self.model = model
+        self.sinks = list(sinks)
+        self.metrics = metrics or Metrics()
+        self._interval = 1.0 / fps if fps else 0.0
+        self._max_frames = max_frames
+        self._batch = batch_size
+        self._dynamic_batch = bool(model.inputs) and model.inputs[0].shape[:1] == (None,) and len(model.inputs) == 1
+        self._on_result = on_result
+        self._q_pre: queue.Queue[Any] = queue.Queue(queue_size)
+        self._q_inf: queue.Queue[Any] = queue.Queue(queue_size)
+        self._q_out: queue.Queue[Any] = queue.Queue(queue_size * max(1, batch_size))
+        self._stop = threading.Event()
+        self._abort = threading.Event()
+        self._failure: tuple[str, BaseException] | None = None
+        self._lock = threading.Lock()
+        self.summary = Summary()
+
+    # -- control -------------------------------------------------------------
+    def stop(self, reason: str = "stopped") -> None:
+        """Stop reading; what is in flight is finished. Safe from a signal handler."""
+        if not self._stop.is_set():
+            self.summary.stopped_by = reason
+            self._stop.set()
+            self.source.close()
+
+    def _fail(self, stage: str, exc: BaseException) -> None:
+        with self._lock:
+            if self._failure is None:
+                self._failure = (stage, exc)
+        if isinstance(exc, EdgerunError):
+            log.warning("pipeline stage %s failed: %s", stage, exc)
+        else:
+            log.error("pipeline stage %s failed: %s", stage, exc, exc_info=True)
+        self._abort.set()
+        self.stop(f"{stage} failed")
+
+    def _put(self, q: queue.Queue[Any], item: Any) -> bool:
+        """Put with backpressure; gives up only when the run is aborted."""
+        while True:
+            try:
+                q.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                if self._abort.is_set():
+                    return False
+
+    def _get(self, q: queue.Queue[Any]) -> Any:
+        while True:
+            try:
+                return q.get(timeout=0.1)
+            except queue.Empty:
+                if self._abort.is_set():
+                    return _END
+
+    # -- stages --------------------------------------------------------------
+    def _read(self) -> None:
+        taken = 0
+        next_due = 0.0
+        live = self.source.live
+        dropped_seen = 0
+        name, version, delegate = self.model.name, self.model.version, self.model.delegate
+        try:
+            for frame in self.source.frames():
+                if self._stop.is_set() and not live:
+                    break
+                now = time.monotonic()
+                if self._interval:
+                    if now < next_due:
+                        if live:
+                            self.summary.skipped += 1  # frame skipping to hold the target rate
+                            continue
+                        time.sleep(next_due - now)
+                        now = time.monotonic()
+                    next_due = max(next_due + self._interval, now) if next_due else now + self._interval
+                if self.source.dropped != dropped_seen:
+                    self.metrics.dropped(name, version, delegate, self.source.dropped - dropped_seen)
+                    dropped_seen = self.source.dropped
+                if not self._put(self._q_pre, _Item(frame, now)):
+                    return
+                taken += 1
+                if self._max_frames is not None and taken >= self._max_frames:
+                    self.stop("max frames")
+                    break
+        except BaseException as exc:
+            self._fail(f"source {self.source.uri}", exc)
+        finally:
+            self.summary.dropped = self.source.dropped
+            if self.source.dropped != dropped_seen:
+                self.metrics.dropped(name, version, delegate, self.source.dropped - dropped_seen)
+            self._put(self._q_pre, _END)
+
+    def _prepare(self) -> None:
+        try:
+            while (item := self._get(self._q_pre)) is not _END:
+                if item.frame.error is None:
+                    t0 = time.perf_counter()
+                    try:
+                        item.tensor = self.model.prepare(item.frame.data, item.frame.source_id)
+                    except EdgerunError as exc:
+                        item.error = str(exc)
+                    item.pre_ms = (time.perf_counter() - t0) * 1e3
+                else:
+                    item.error = item.frame.error
+                if not self._put(self._q_inf, item):
+                    return
+        except BaseException as exc:
+            self._fail("preprocess", exc)
+        finally:
+            self._put(self._q_inf, _END)
+
+    def _infer(self) -> None:
+        try:
+            ended = False
+            while not ended:
+                batch: list[_Item] = []
+                item = self._get(self._q_inf)
+                while item is not _END:
+                    if item.error is not None:
+                        self._emit_error(item)
+                    else:
+                        batch.append(item)
+                    if len(batch) >= self._batch:
+                        break
+                    try:  # take what is already waiting, never wait to fill a batch
+                        item = self._q_inf.get_nowait()
+                    except queue.Empty:
+                        break
+                ended = item is _END
+                if batch:
+                    self._run_batch(batch)
+        except BaseException as exc:
+            self._fail("inference", exc)
+        finally:
+            self._put(self._q_out, _END)
+
+    def _run_batch(self, batch: list[_Item]) -> None:
+        model = self.model
+        t0 = time.perf_counter()
+        rows: list[tuple[_Item, list[np.ndarray], int, float]] = []
+        if len(batch) > 1 and self._dynamic_batch:
+            try:
+                outputs = model.run(np.concatenate([i.tensor for i in batch]))  # type: ignore[misc]
+                share = (time.perf_counter() - t0) * 1e3 / len(batch)
+                rows = [(item, outputs, r, share) for r, item in enumerate(batch)]
+            except EdgerunError:
+                rows = []  # one bad tensor spoils the batch: fall back to one by one
+        if not rows:
+            for item in batch:
+                t1 = time.perf_counter()
+                try:
+                    outputs = model.run(item.tensor)  # type: ignore[arg-type]
+                except EdgerunError as exc:
+                    item.error = str(exc)
+                    self._emit_error(item)
+                    continue
+                rows.append((item, outputs, 0, (time.perf_counter() - t1) * 1e3))
+        for item, outputs, row, infer_ms in rows:
+            t2 = time.perf_counter()
+            output = model.postprocess(outputs, row)
+            post_ms = (time.perf_counter() - t2) * 1e3
+            total_ms = (time.monotonic() - item.arrived) * 1e3
+            self.metrics.record(
+                model.name,
+                model.version,
+                model.delegate,
+                {"pre": item.pre_ms, "infer": infer_ms, "post": post_ms, "total": total_ms},
+            )
+            record = {
+                "input": item.frame.source_id,
+                "model": model.name,
+                "version": model.version,
+                "delegate": model.delegate,
+                "output": output,
+                "latency_ms": round(item.pre_ms + infer_ms + post_ms, 3),
+            }
+            if not self._put(self._q_out, Result(item.frame, record)):
+                return
+
+    def _emit_error(self, item: _Item) -> None:
+        self.metrics.error(self.model.name, self.model.version, self.model.delegate)
+        self._put(self._q_out, Result(item.frame, {"input": item.frame.source_id, "error": item.error}))
+
+    def _deliver(self) -> None:
+        try:
+            while (result := self._get(self._q_out)) is not _END:
+                self.summary.frames += 1
+                if result.ok:
+                    self.summary.ok += 1
+                else:
+                    self.summary.errors += 1
+                for sink in self.sinks:
+                    sink.publish(result)
+                if self._on_result is not None:
+                    self._on_result(result)
+        except BaseException as exc:
+            self._fail("sink", exc)
+            # keep draining so upstream stages can finish
+            while self._get(self._q_out) is not _END:
+                pass
+
+    # -- running -------------------------------------------------------------
+    def run(self) -> Summary:
+        """Run until the source ends, ``stop()`` is called or a stage fails; then flush sinks.
+
+        Raises:
+            PipelineError: a stage failed (the source, a sink, or a bug); the
+                summary up to that point is in ``self.summary``.
+        """
+        start = time.monotonic()
+        threads = [
+            threading.Thread(target=target, name=f"pipeline-{name}", daemon=True)
+            for name, target in (
+                ("read", self._read),
+                ("prepare", self._prepare),
+                ("infer", self._infer),
+                ("sink", self._deliver),
+            )
+        ]
+        for t in threads:
+            t.start()
+        try:
+            for t in threads:
+                while t.is_alive():
+                    t.join(timeout=0.2)
+        finally:
+            for sink in self.sinks:
+                try:
+                    sink.close()
+                except Exception as exc:  # every sink gets closed even if one fails
+                    self._fail("sink close", exc)
+            self.summary.elapsed_s = time.monotonic() - start
+            totals = self.metrics.totals().get(f"{self.model.name}@{self.model.version}")
+            self.summary.stages_ms = totals["stages_ms"] if totals else {}
+        if self._failure is not None:
+            stage, exc = self._failure
+            raise PipelineError(f"{stage}: {exc}") from exc
+        return self.summary

@@ -1,0 +1,118 @@
+"""Annotated output: each frame with its best label and score drawn on it, as images or a video."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+
+from edgerun.errors import ConfigError
+from edgerun.sinks.base import Result
+from edgerun.sinks.text import top1
+
+__all__ = ["AnnotatedImageSink", "AnnotatedVideoSink"]
+
+
+def _image(result: Result) -> np.ndarray | None:
+    """The frame as a BGR image, decoding image bytes if needed; None for non-image frames."""
+    import cv2
+
+    data = result.frame.data
+    if isinstance(data, (bytes, bytearray)):
+        image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    elif isinstance(data, np.ndarray) and data.dtype == np.uint8 and data.ndim in (2, 3):
+        image = data
+    else:
+        return None
+    if image is None:
+        return None
+    if image.ndim == 2:
+        image = cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)
+    return image
+
+
+def annotate(image: np.ndarray, result: Result) -> np.ndarray:
+    """A copy of ``image`` with the label and score (or the error) written in its top-left corner."""
+    import cv2
+
+    out = image.copy()
+    if result.ok:
+        label, score = top1(result.record["output"])
+        text = f"{label} {score:.2f}" if score is not None else label
+        colour = (0, 255, 0)
+    else:
+        text, colour = "error", (0, 0, 255)
+    scale = max(0.3, min(out.shape[:2]) / 400.0)
+    thickness = max(1, round(scale * 2))
+    (w, h), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, thickness)
+    cv2.rectangle(out, (0, 0), (w + 6, h + base + 6), (0, 0, 0), thickness=-1)
+    cv2.putText(out, text, (3, h + 3), cv2.FONT_HERSHEY_SIMPLEX, scale, colour, thickness, cv2.LINE_AA)
+    return out
+
+
+class AnnotatedImageSink:
+    """Writes ``<index>.jpg`` per frame into a directory."""
+
+    def __init__(self, directory: str) -> None:
+        self.directory = Path(directory)
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ConfigError(f"cannot create {directory}: {exc.strerror}") from exc
+        self.written = 0
+
+    def publish(self, result: Result) -> None:
+        """Draw and write one image (frames that are not images are skipped)."""
+        import cv2
+
+        image = _image(result)
+        if image is None:
+            return
+        path = self.directory / f"{result.frame.index:06d}.jpg"
+        if not cv2.imwrite(str(path), annotate(image, result)):
+            raise ConfigError(f"cannot write {path}")
+        self.written += 1
+
+    def close(self) -> None:
+        """Nothing buffered."""
+
+
+class AnnotatedVideoSink:
+    """Writes annotated frames into one video file (size from the first frame)."""
+
+    FOURCC: ClassVar[dict[str, str]] = {".mp4": "mp4v", ".m4v": "mp4v", ".avi": "MJPG", ".mkv": "MJPG", ".mov": "mp4v"}
+
+    def __init__(self, path: str, fps: float = 25.0) -> None:
+        self.path = path
+        suffix = os.path.splitext(path)[1].lower()
+        if suffix not in self.FOURCC:
+            raise ConfigError(f"annotated video must end in {', '.join(sorted(self.FOURCC))}: {path}")
+        self._fourcc = self.FOURCC[suffix]
+        self._fps = fps
+        self._writer: Any = None
+        self.written = 0
+
+    def publish(self, result: Result) -> None:
+        """Draw and append one frame."""
+        import cv2
+
+        image = _image(result)
+        if image is None:
+            return
+        if self._writer is None:
+            h, w = image.shape[:2]
+            self._size = (w, h)
+            self._writer = cv2.VideoWriter(self.path, cv2.VideoWriter_fourcc(*self._fourcc), self._fps, (w, h))
+            if not self._writer.isOpened():
+                raise ConfigError(f"cannot write video {self.path}")
+        if (image.shape[1], image.shape[0]) != self._size:
+            image = cv2.resize(image, self._size)
+        self._writer.write(annotate(image, result))
+        self.written += 1
+
+    def close(self) -> None:
+        """Finish the file."""
+        if self._writer is not None:
+            self._writer.release()

@@ -1,0 +1,43 @@
+"""The Sink seam: where results go. ``publish(result)`` and ``close()``.
+
+The MQTT results publisher of ``edgerun.sync`` is one more sink.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Protocol, runtime_checkable
+
+from edgerun.sources.base import Frame
+
+__all__ = ["Result", "Sink"]
+
+
+@dataclass(frozen=True, slots=True)
+class Result:
+    """One processed frame: the record (as ``edgerun predict --json`` prints it) and its frame.
+
+    ``record`` has ``input``, ``model``, ``version``, ``delegate``, ``output`` and
+    ``latency_ms``, or ``input`` and ``error`` for a frame that failed.
+    """
+
+    frame: Frame
+    record: dict[str, Any]
+
+    @property
+    def ok(self) -> bool:
+        """False for a failed frame."""
+        return "error" not in self.record
+
+
+@runtime_checkable
+class Sink(Protocol):
+    """Receives results in order, from one thread."""
+
+    def publish(self, result: Result) -> None:
+        """Take one result; raise ``EdgerunError`` only for a failure that must stop the run."""
+        ...
+
+    def close(self) -> None:
+        """Flush and release; called once, after the last result."""
+        ...

@@ -1,0 +1,64 @@
+"""Sources yield frames and know nothing of models; ``open_source`` picks one from a URI-like string.
+
+| string                                   | source                                   |
+| ---------------------------------------- | ---------------------------------------- |
+| ``camera:0``, ``/dev/video0``            | ``CameraSource`` (live)                  |
+| ``rtsp://...``, ``http(s)://...``        | ``StreamSource`` (live, reconnecting)    |
+| ``mqtt://host:port/topic``               | ``MqttSource`` (live)                    |
+| ``-``, ``stdin``, ``*.csv``, ``*.jsonl`` | ``SensorSource`` (windows of readings)   |
+| ``*.mp4``, ``*.avi``, ``*.mkv``, ...     | ``VideoFileSource``                      |
+| anything else: file, glob, directory     | ``FileSource`` (images and ``.npy``)     |
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+from edgerun.sources.base import Frame, LatestBuffer, LiveSource, Source
+
+__all__ = ["Frame", "LatestBuffer", "LiveSource", "Source", "open_source"]
+
+
+def open_source(
+    specs: str | Sequence[str],
+    *,
+    window: int | None = None,
+    hop: int | None = None,
+    width: int | None = None,
+    height: int | None = None,
+    fps: float | None = None,
+    queue: int | None = None,
+) -> Source:
+    """Open the source named by ``specs`` (several paths make one file source).
+
+    Raises:
+        SourceError: the source cannot be opened.
+        ConfigError: the string or options are malformed.
+    """
+    from edgerun.errors import ConfigError
+    from edgerun.sources.files import FileSource
+    from edgerun.sources.sensor import SENSOR_SUFFIXES, SensorSource
+    from edgerun.sources.video import VIDEO_SUFFIXES, CameraSource, StreamSource, VideoFileSource
+
+    items = [specs] if isinstance(specs, str) else list(specs)
+    if not items:
+        raise ConfigError("no source given")
+    first = items[0]
+    suffix = Path(first).suffix.lower()
+    if len(items) == 1:
+        if first.startswith("camera:") or first.startswith("/dev/video"):
+            return CameraSource(first, width=width, height=height, fps=fps, queue=queue or 2)
+        if first.startswith(("rtsp://", "rtsps://", "http://", "https://")):
+            return StreamSource(first, queue=queue or 2)
+        if first.startswith("mqtt://"):
+            from edgerun.sources.mqtt import MqttSource
+
+            return MqttSource(first, queue=queue or 8)
+        if first in ("-", "stdin") or suffix in SENSOR_SUFFIXES:
+            if window is None:
+                raise ConfigError(f"a sensor source needs a window length (rows per inference): {first}")
+            return SensorSource(first, window=window, hop=hop)
+        if suffix in VIDEO_SUFFIXES:
+            return VideoFileSource(first)
+    return FileSource(items)

@@ -1,0 +1,65 @@
+"""Image and array files: a file, a glob, or a directory (walked, sorted, stable order)."""
+
+from __future__ import annotations
+
+import glob
+import time
+from collections.abc import Iterator, Sequence
+
+from edgerun.errors import InputError
+from edgerun.inputs import expand_inputs, read_input
+from edgerun.sources.base import Frame
+
+__all__ = ["FileSource"]
+
+
+class FileSource:
+    """Reads each file's bytes (images) or array (``.npy``); decoding happens downstream.
+
+    A path that cannot be read yields a frame carrying the error, so the run
+    reports it and goes on.
+    """
+
+    live = False
+    dropped = 0
+
+    def __init__(self, paths: Sequence[str], skip: frozenset[str] = frozenset()) -> None:
+        self.uri = " ".join(paths)
+        #: every input to read, in order (directories walked once, here), without the skipped ones
+        self.refs = [r for r in expand_inputs(self.expand(paths)) if r.path not in skip]
+        self._closed = False
+
+    @staticmethod
+    def expand(paths: Sequence[str]) -> list[str]:
+        """Globs expanded (sorted); other paths kept for ``expand_inputs``."""
+        out: list[str] = []
+        for p in paths:
+            if glob.has_magic(p):
+                out.extend(sorted(glob.glob(p, recursive=True)) or [p])
+            else:
+                out.append(p)
+        return out
+
+    def frames(self) -> Iterator[Frame]:
+        """Every input file in order; unreadable ones as error frames."""
+        for index, ref in enumerate(self.refs):
+            if self._closed:
+                return
+            if ref.error is not None:
+                yield Frame(None, time.time(), ref.path, index, error=ref.error)
+            else:
+                try:
+                    yield Frame(read_input_path(ref.path), time.time(), ref.path, index)
+                except InputError as exc:
+                    yield Frame(None, time.time(), ref.path, index, error=str(exc))
+
+    def close(self) -> None:
+        """Stop after the current file."""
+        self._closed = True
+
+
+def read_input_path(path: str) -> object:
+    """``read_input`` for a string path."""
+    from pathlib import Path
+
+    return read_input(Path(path))

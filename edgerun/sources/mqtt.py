@@ -1,0 +1,124 @@
+"""An MQTT topic as a live source: ``mqtt://host:port/topic`` (wildcards allowed).
+
+Each message is one input: a JSON array of numbers, a base64-encoded ``.npy``
+(loaded without pickle), or raw image bytes (JPEG, PNG, BMP). Anything else,
+or a message over the size limit, becomes an error frame that the pipeline
+counts; the run goes on. This is a minimal subscriber of its own; the MQTT link
+(``edgerun.sync``) will replace it.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+import json
+import logging
+import threading
+import time
+from typing import Any
+
+import numpy as np
+
+from edgerun.errors import ConfigError
+from edgerun.sources.base import Frame, LatestBuffer, LiveSource
+
+log = logging.getLogger(__name__)
+
+__all__ = ["MqttSource", "decode_message", "parse_mqtt_url"]
+
+_IMAGE_MAGIC = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"BM")
+_NPY_MAGIC = b"\x93NUMPY"
+
+
+def parse_mqtt_url(url: str) -> tuple[str, int, str]:
+    """``mqtt://host[:port]/topic`` -> (host, port, topic); ``#`` is part of the topic here."""
+    if not url.startswith("mqtt://"):
+        raise ConfigError(f"not an MQTT source URL: {url!r} (expected mqtt://host:port/topic)")
+    rest = url[len("mqtt://") :]
+    hostport, slash, topic = rest.partition("/")
+    if not slash or not topic:
+        raise ConfigError(f"MQTT source URL has no topic: {url!r}")
+    host, colon, port_text = hostport.rpartition(":") if ":" in hostport else (hostport, "", "")
+    if not colon:
+        host, port_text = hostport, "1883"
+    if not host or not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        raise ConfigError(f"MQTT source URL has a bad host or port: {url!r}")
+    return host, int(port_text), topic
+
+
+def decode_message(payload: bytes, max_bytes: int) -> Any:
+    """A message payload -> an array or image bytes; raises ValueError with a plain reason."""
+    if len(payload) > max_bytes:
+        raise ValueError(f"message of {len(payload)} bytes is over the {max_bytes}-byte limit")
+    if not payload:
+        raise ValueError("empty message")
+    if payload.startswith(_IMAGE_MAGIC):
+        return payload
+    text = payload.strip()
+    if text[:1] == b"[":
+        try:
+            data = json.loads(text)
+            array = np.asarray(data, dtype=np.float32)
+        except (ValueError, TypeError) as exc:
+            raise ValueError("not a JSON array of numbers") from exc
+        if array.dtype == object or array.ndim == 0:
+            raise ValueError("not a rectangular JSON array of numbers")
+        return array
+    try:
+        raw = base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        raw = b""
+    if raw.startswith(_NPY_MAGIC):
+        try:
+            return np.load(io.BytesIO(raw), allow_pickle=False)
+        except (ValueError, EOFError, OSError) as exc:
+            raise ValueError(f"base64 .npy that does not load: {exc}") from exc
+    raise ValueError("neither a JSON array, a base64 .npy nor an image")
+
+
+class MqttSource(LiveSource):
+    """Subscribes to one topic and buffers the newest messages."""
+
+    def __init__(self, url: str, *, queue: int = 8, max_bytes: int = 16 * 1024 * 1024, client_id: str = "") -> None:
+        super().__init__(url, queue)
+        self.host, self.port, self.topic = parse_mqtt_url(url)
+        self._max_bytes = max_bytes
+        self._client_id = client_id
+        self.bad_messages = 0
+
+    def _capture(self, buffer: LatestBuffer, stop: threading.Event) -> None:
+        import paho.mqtt.client as mqtt
+
+        counter = iter(range(1 << 62))
+        client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=self._client_id)
+        client.reconnect_delay_set(min_delay=1, max_delay=30)
+
+        def on_connect(client: Any, userdata: Any, flags: Any, reason: Any, properties: Any) -> None:
+            if reason.is_failure:
+                log.warning("MQTT source %s: connection refused: %s", self.uri, reason)
+                return
+            client.subscribe(self.topic, qos=1)
+            log.info("MQTT source subscribed to %s on %s:%d", self.topic, self.host, self.port)
+
+        def on_message(client: Any, userdata: Any, message: Any) -> None:
+            index = next(counter)
+            source_id = f"{message.topic}#{index}"
+            try:
+                data = decode_message(message.payload, self._max_bytes)
+            except ValueError as exc:
+                self.bad_messages += 1
+                log.warning("MQTT source %s: message %d dropped: %s", message.topic, index, exc)
+                buffer.put(Frame(None, time.time(), source_id, index, error=f"{source_id}: {exc}"))
+                return
+            buffer.put(Frame(data, time.time(), source_id, index))
+
+        client.on_connect = on_connect
+        client.on_message = on_message
+        client.connect_async(self.host, self.port, keepalive=30)
+        client.loop_start()
+        try:
+            stop.wait()
+        finally:
+            client.disconnect()
+            client.loop_stop()

@@ -1,0 +1,204 @@
+"""Video files, cameras and network streams, all through OpenCV's ``VideoCapture``.
+
+* a video file is pulled frame by frame (never drops);
+* a camera (``camera:0``, ``/dev/video0``) is captured on its own thread into a
+  latest-frames buffer, with the requested width, height and FPS;
+* a network stream (``rtsp://``, ``http://`` MJPEG) likewise, reconnecting with
+  a bounded number of attempts when it drops.
+
+``open_capture`` is the hardware boundary: tests give the camera source a
+function that opens a video file instead of a device.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+from edgerun.errors import SourceError
+from edgerun.sources.base import Frame, LatestBuffer, LiveSource
+
+log = logging.getLogger(__name__)
+
+__all__ = ["CameraSource", "StreamSource", "VideoFileSource", "VIDEO_SUFFIXES"]
+
+VIDEO_SUFFIXES = frozenset({".mp4", ".avi", ".mkv", ".mov", ".webm", ".m4v", ".mpg", ".mpeg", ".ts", ".mjpeg"})
+
+OpenCapture = Callable[[Any], Any]
+
+
+def _cv2() -> Any:
+    import cv2
+
+    return cv2
+
+
+class VideoFileSource:
+    """Frames of a video file, decoded in order; never drops."""
+
+    live = False
+    dropped = 0
+
+    def __init__(self, path: str) -> None:
+        self.uri = path
+        if not Path(path).is_file():
+            raise SourceError(f"video not found: {path}")
+        cv2 = _cv2()
+        self._cap = cv2.VideoCapture(path)
+        if not self._cap.isOpened():
+            raise SourceError(f"cannot open video {path}: no decoder accepts it")
+        ok, first = self._cap.read()
+        if not ok or first is None:
+            self._cap.release()
+            raise SourceError(f"cannot decode video {path}: no frame could be read")
+        self._first = first
+        self.fps = float(self._cap.get(cv2.CAP_PROP_FPS) or 0.0)
+        self._closed = False
+
+    def frames(self) -> Iterator[Frame]:
+        """Every frame, as BGR uint8 arrays."""
+        index, image = 0, self._first
+        try:
+            while image is not None and not self._closed:
+                yield Frame(image, time.time(), f"{self.uri}#{index}", index)
+                index += 1
+                ok, image = self._cap.read()
+                if not ok:
+                    break
+        finally:
+            self._cap.release()
+
+    def close(self) -> None:
+        """Stop after the current frame."""
+        self._closed = True
+
+
+def _parse_camera(spec: str) -> int | str:
+    if spec.startswith("camera:"):
+        rest = spec[len("camera:") :]
+        if not rest.isdigit():
+            raise SourceError(f"camera index must be a number, got {spec!r}")
+        return int(rest)
+    return spec
+
+
+def _open_v4l2(device: int | str) -> Any:
+    cv2 = _cv2()
+    backend = getattr(cv2, "CAP_V4L2", cv2.CAP_ANY)
+    return cv2.VideoCapture(device, backend)
+
+
+class CameraSource(LiveSource):
+    """A local camera through OpenCV (V4L2 on Linux), captured on its own thread."""
+
+    def __init__(
+        self,
+        spec: str,
+        *,
+        width: int | None = None,
+        height: int | None = None,
+        fps: float | None = None,
+        queue: int = 2,
+        open_capture: OpenCapture = _open_v4l2,
+    ) -> None:
+        super().__init__(spec, queue)
+        device = _parse_camera(spec)
+        node = f"/dev/video{device}" if isinstance(device, int) else device
+        cap = open_capture(device)
+        if cap is None or not cap.isOpened():
+            if not Path(node).exists():
+                raise SourceError(f"camera {spec} not found: no {node}")
+            raise SourceError(f"camera {spec} cannot be opened: busy, or no permission on {node}")
+        cv2 = _cv2()
+        for prop, value in (
+            (cv2.CAP_PROP_FRAME_WIDTH, width),
+            (cv2.CAP_PROP_FRAME_HEIGHT, height),
+            (cv2.CAP_PROP_FPS, fps),
+        ):
+            if value:
+                cap.set(prop, float(value))
+        ok, first = cap.read()
+        if not ok or first is None:
+            cap.release()
+            raise SourceError(f"camera {spec} opened but gives no frames (busy or unsupported format)")
+        self._cap, self._first = cap, first
+        self.fps = float(cap.get(cv2.CAP_PROP_FPS) or fps or 0.0)
+
+    def _capture(self, buffer: LatestBuffer, stop: threading.Event) -> None:
+        index, image = 0, self._first
+        try:
+            while not stop.is_set():
+                if image is None:
+                    raise SourceError(f"camera {self.uri} stopped giving frames")
+                buffer.put(Frame(image, time.time(), f"{self.uri}#{index}", index))
+                index += 1
+                ok, image = self._cap.read()
+                if not ok:
+                    image = None
+        finally:
+            self._cap.release()
+
+
+class StreamSource(LiveSource):
+    """A network stream (RTSP, HTTP MJPEG) through OpenCV's FFmpeg backend, reconnecting on drops."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        queue: int = 2,
+        retries: int = 3,
+        retry_delay_s: float = 1.0,
+        open_capture: OpenCapture | None = None,
+    ) -> None:
+        super().__init__(url, queue)
+        self._open = open_capture or self._open_ffmpeg
+        self._retries = retries
+        self._delay = retry_delay_s
+        self._cap = self._connect()
+        self.reconnects = 0
+
+    @staticmethod
+    def _open_ffmpeg(url: str) -> Any:
+        cv2 = _cv2()
+        return cv2.VideoCapture(url, getattr(cv2, "CAP_FFMPEG", cv2.CAP_ANY))
+
+    def _connect(self, stop: threading.Event | None = None) -> Any:
+        last = "no answer"
+        for attempt in range(1, self._retries + 1):
+            cap = self._open(self.uri)
+            if cap is not None and cap.isOpened():
+                return cap
+            last = f"attempt {attempt} of {self._retries} failed"
+            log.warning("stream %s: %s", self.uri, last)
+            if stop is not None and stop.wait(self._delay * attempt):
+                return None
+            if stop is None:
+                time.sleep(self._delay * attempt)
+        raise SourceError(f"stream {self.uri} unreachable after {self._retries} attempts")
+
+    def _capture(self, buffer: LatestBuffer, stop: threading.Event) -> None:
+        index = 0
+        cap = self._cap
+        try:
+            while not stop.is_set():
+                ok, image = cap.read()
+                if ok and image is not None:
+                    buffer.put(Frame(image, time.time(), f"{self.uri}#{index}", index))
+                    index += 1
+                    continue
+                cap.release()
+                if stop.is_set():
+                    break
+                log.warning("stream %s dropped; reconnecting", self.uri)
+                cap = self._connect(stop)
+                if cap is None:
+                    break
+                self.reconnects += 1
+        finally:
+            if cap is not None:
+                cap.release()

@@ -1,0 +1,213 @@
+"""Per-model, per-version counters and latency percentiles, cheap enough to leave on.
+
+Recording is on the hot path, so it does the least possible: an index bump and
+two array stores into a fixed ring (recent samples, for the sliding window) and
+one bucket increment in a log-spaced histogram (everything since start, in
+constant memory). Percentiles are computed only when a snapshot is taken.
+
+Invariant: a snapshot never blocks recording for longer than copying the rings.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+__all__ = ["LatencyStats", "Metrics", "STAGES"]
+
+#: The stages every inference is timed in; "total" is end to end.
+STAGES = ("pre", "infer", "post", "total")
+
+_RING = 4096
+# Histogram: 1 us to ~100 s, 24 buckets per decade (about 10% wide).
+_H_MIN_MS = 1e-3
+_H_PER_DECADE = 24
+_H_BUCKETS = 8 * _H_PER_DECADE + 1
+
+
+class LatencyStats:
+    """Latencies of one stage: recent samples with their times, and a since-start histogram."""
+
+    __slots__ = ("_hist", "_i", "_ms", "_n", "_ts", "count", "max_ms", "sum_ms")
+
+    def __init__(self) -> None:
+        self._ts = np.zeros(_RING, dtype=np.float64)
+        self._ms = np.zeros(_RING, dtype=np.float64)
+        self._i = 0
+        self._n = 0
+        self._hist = np.zeros(_H_BUCKETS, dtype=np.int64)
+        self.count = 0
+        self.max_ms = 0.0
+        self.sum_ms = 0.0
+
+    def add(self, ms: float, now: float) -> None:
+        """Record one latency in ms, taken at monotonic time ``now``."""
+        i = self._i
+        self._ts[i] = now
+        self._ms[i] = ms
+        self._i = (i + 1) % _RING
+        if self._n < _RING:
+            self._n += 1
+        self.count += 1
+        self.sum_ms += ms
+        if ms > self.max_ms:
+            self.max_ms = ms
+        b = int(math.log10(ms / _H_MIN_MS) * _H_PER_DECADE) if ms > _H_MIN_MS else 0
+        self._hist[min(b, _H_BUCKETS - 1)] += 1
+
+    def window(self, since: float) -> np.ndarray:
+        """The recent samples taken at or after monotonic time ``since`` (at most the last 4,096)."""
+        n = self._n
+        ts, ms = self._ts[:n], self._ms[:n]
+        return ms[ts >= since].copy()
+
+    def summary_window(self, since: float) -> dict[str, float] | None:
+        """p50/p95/p99/max over the samples since ``since``; None when there are none."""
+        samples = self.window(since)
+        if samples.size == 0:
+            return None
+        p50, p95, p99 = np.percentile(samples, (50, 95, 99))
+        return {"p50": _r(p50), "p95": _r(p95), "p99": _r(p99), "max": _r(samples.max())}
+
+    def summary_total(self) -> dict[str, float] | None:
+        """p50/p95/p99 since start from the histogram (about 10% resolution), exact max and mean."""
+        if self.count == 0:
+            return None
+        cum = np.cumsum(self._hist)
+        out = {}
+        for name, q in (("p50", 0.50), ("p95", 0.95), ("p99", 0.99)):
+            b = int(np.searchsorted(cum, q * self.count))
+            # The bucket's geometric middle, capped by the true maximum.
+            mid = _H_MIN_MS * 10 ** ((b + 0.5) / _H_PER_DECADE)
+            out[name] = _r(min(mid, self.max_ms))
+        out["max"] = _r(self.max_ms)
+        out["mean"] = _r(self.sum_ms / self.count)
+        return out
+
+
+def _r(x: float) -> float:
+    return round(float(x), 4)
+
+
+@dataclass
+class _ModelStats:
+    version: str
+    delegate: str
+    started: float
+    stages: dict[str, LatencyStats] = field(default_factory=lambda: {s: LatencyStats() for s in STAGES})
+    count: int = 0
+    errors: int = 0
+    dropped: int = 0
+    error_ts: list[float] = field(default_factory=list)
+
+
+class Metrics:
+    """Counters and latencies per (model name, version); thread-safe.
+
+    ``snapshot()`` returns the ``models`` part of PROTOCOL.md's ``metrics``
+    record over a sliding window; ``totals()`` the figures since start.
+    """
+
+    def __init__(self, window_s: float = 60.0, clock: Any = time.monotonic) -> None:
+        self.window_s = window_s
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._models: dict[tuple[str, str], _ModelStats] = {}
+        self.started = clock()
+
+    def _get(self, name: str, version: str, delegate: str) -> _ModelStats:
+        key = (name, version)
+        stats = self._models.get(key)
+        if stats is None:
+            stats = self._models[key] = _ModelStats(version=version, delegate=delegate, started=self._clock())
+        stats.delegate = delegate
+        return stats
+
+    def record(self, name: str, version: str, delegate: str, stages_ms: Mapping[str, float]) -> None:
+        """One successful inference with its per-stage times in ms (keys from ``STAGES``)."""
+        now = self._clock()
+        with self._lock:
+            stats = self._get(name, version, delegate)
+            stats.count += 1
+            for stage, ms in stages_ms.items():
+                s = stats.stages.get(stage)
+                if s is not None:
+                    s.add(ms, now)
+
+    def error(self, name: str, version: str, delegate: str) -> None:
+        """One failed inference (bad frame, runtime error)."""
+        now = self._clock()
+        with self._lock:
+            stats = self._get(name, version, delegate)
+            stats.errors += 1
+            stats.error_ts.append(now)
+            if len(stats.error_ts) > _RING:
+                del stats.error_ts[: len(stats.error_ts) - _RING]
+
+    def dropped(self, name: str, version: str, delegate: str, n: int = 1) -> None:
+        """Frames a live source dropped before this model could take them."""
+        with self._lock:
+            self._get(name, version, delegate).dropped += n
+
+    def snapshot(self, window_s: float | None = None) -> dict[str, Any]:
+        """``{"window_s": w, "models": {name: {...}}}`` in PROTOCOL.md's metrics shape.
+
+        ``count`` and ``errors`` are over the window; ``latency_ms`` is end to end,
+        ``stages_ms`` the p50 of each stage, both over the window. When several
+        versions of one model ran in the window, the one with most inferences is
+        reported under the name (PROTOCOL.md keys models by name only).
+        """
+        window = self.window_s if window_s is None else window_s
+        now = self._clock()
+        since = now - window
+        models: dict[str, Any] = {}
+        with self._lock:
+            for (name, version), stats in self._models.items():
+                total = stats.stages["total"].window(since)
+                errors = sum(1 for t in stats.error_ts if t >= since)
+                entry = {
+                    "version": version,
+                    "delegate": stats.delegate,
+                    "count": int(total.size),
+                    "errors": errors,
+                    "latency_ms": stats.stages["total"].summary_window(since),
+                    "stages_ms": {
+                        stage: (s["p50"] if (s := stats.stages[stage].summary_window(since)) else None)
+                        for stage in ("pre", "infer", "post")
+                    },
+                }
+                previous = models.get(name)
+                if previous is None or entry["count"] > previous["count"]:
+                    models[name] = entry
+        return {"window_s": round(min(window, now - self.started), 3), "models": models}
+
+    def totals(self) -> dict[str, dict[str, Any]]:
+        """Everything since start per ``name@version``: counts, throughput and per-stage percentiles."""
+        now = self._clock()
+        out = {}
+        with self._lock:
+            for (name, version), stats in self._models.items():
+                elapsed = max(now - stats.started, 1e-9)
+                out[f"{name}@{version}"] = {
+                    "model": name,
+                    "version": version,
+                    "delegate": stats.delegate,
+                    "count": stats.count,
+                    "errors": stats.errors,
+                    "dropped": stats.dropped,
+                    "elapsed_s": round(elapsed, 3),
+                    "throughput_per_s": round(stats.count / elapsed, 3),
+                    "stages_ms": {stage: stats.stages[stage].summary_total() for stage in STAGES},
+                }
+        return out
+
+    def models(self) -> Iterable[tuple[str, str]]:
+        """The (name, version) pairs seen so far."""
+        with self._lock:
+            return list(self._models)
