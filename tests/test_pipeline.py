@@ -1,0 +1,188 @@
+"""The pipeline with the real digits models: backpressure, drop-oldest, batching, failures."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+import edgerun
+from edgerun.errors import PipelineError, SourceError
+from edgerun.pipeline import Pipeline
+from edgerun.sinks.base import Result
+from edgerun.sources.base import Frame, LatestBuffer, LiveSource
+from edgerun.sources.files import FileSource
+from tests.conftest import DIGITS, SAMPLES
+
+
+class ListSink:
+    """A real Sink that keeps results, optionally slowly, optionally failing at the n-th."""
+
+    def __init__(self, delay_s: float = 0.0, fail_at: int | None = None) -> None:
+        self.results: list[Result] = []
+        self.delay_s = delay_s
+        self.fail_at = fail_at
+        self.closed = 0
+
+    def publish(self, result: Result) -> None:
+        if self.fail_at is not None and len(self.results) + 1 == self.fail_at:
+            raise SourceError("disk full")  # any EdgerunError a sink can meet
+        time.sleep(self.delay_s)
+        self.results.append(result)
+
+    def close(self) -> None:
+        self.closed += 1
+
+
+class CountingSource:
+    """A real Source over files that counts how far reading has run ahead."""
+
+    live = False
+    dropped = 0
+
+    def __init__(self, paths: list[str]) -> None:
+        self.inner = FileSource(paths)
+        self.uri = self.inner.uri
+        self.read = 0
+
+    def frames(self) -> Iterator[Frame]:
+        for frame in self.inner.frames():
+            self.read += 1
+            yield frame
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+class BurstSource(LiveSource):
+    """A live source that pushes ``n`` frames as fast as it can, then ends (like a short camera burst)."""
+
+    def __init__(self, n: int, queue: int = 2) -> None:
+        super().__init__("burst", queue)
+        self.n = n
+        self.image = (SAMPLES / "digit_4.png").read_bytes()
+
+    def _capture(self, buffer: LatestBuffer, stop: threading.Event) -> None:
+        for i in range(self.n):
+            buffer.put(Frame(self.image, time.time(), f"burst#{i}", i))
+
+
+@pytest.fixture(scope="module")
+def model() -> edgerun.Model:
+    return edgerun.load(DIGITS / "digits_int8.tflite")
+
+
+def _copies(tmp_path: Path, n: int) -> list[str]:
+    paths = []
+    for i in range(n):
+        target = tmp_path / f"img_{i:04d}_{i % 10}.png"
+        target.write_bytes((SAMPLES / f"digit_{i % 10}.png").read_bytes())
+        paths.append(str(target))
+    return paths
+
+
+def test_files_are_never_dropped_and_reading_waits_for_a_slow_sink(tmp_path: Path, model: edgerun.Model) -> None:
+    source = CountingSource(_copies(tmp_path, 40))
+    leads = []
+    sink = ListSink(delay_s=0.005)
+    pipeline = Pipeline(
+        source, model, [sink], queue_size=2, on_result=lambda r: leads.append(source.read - len(sink.results))
+    )
+    summary = pipeline.run()
+    assert summary.frames == summary.ok == 40 and summary.dropped == 0
+    assert [r.record["output"][0]["label"] for r in sink.results] == [str(i % 10) for i in range(40)]
+    # bounded queues: reading never ran more than the queues' capacity ahead of the sink
+    assert max(leads) <= 2 + 2 + 2 + 4
+
+
+def test_a_live_source_keeps_the_newest_frames_and_counts_drops_on_a_slow_model(model: edgerun.Model) -> None:
+    source = BurstSource(300, queue=2)
+    sink = ListSink(delay_s=0.002)
+    summary = Pipeline(source, model, [sink], queue_size=1).run()
+    assert summary.dropped > 0
+    assert summary.frames + summary.dropped == 300
+    indices = [r.frame.index for r in sink.results]
+    assert indices == sorted(indices) and indices[-1] == 299  # the newest frame always makes it
+    assert summary.to_dict()["dropped"] == summary.dropped
+
+
+def test_a_bad_frame_is_counted_and_the_run_goes_on(tmp_path: Path, model: edgerun.Model) -> None:
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"not a png")
+    paths = [str(SAMPLES / "digit_1.png"), str(bad), str(tmp_path / "missing.png"), str(SAMPLES / "digit_2.png")]
+    sink = ListSink()
+    summary = Pipeline(FileSource(paths), model, [sink]).run()
+    assert (summary.frames, summary.ok, summary.errors) == (4, 2, 2)
+    assert [r.ok for r in sink.results] == [True, False, False, True]
+    assert "not a decodable image" in sink.results[1].record["error"]
+
+
+def test_a_failing_sink_stops_the_run_with_the_stage_named_and_sinks_are_closed(model: edgerun.Model) -> None:
+    first, second = ListSink(), ListSink(fail_at=3)
+    pipeline = Pipeline(FileSource([str(SAMPLES)]), model, [first, second])
+    with pytest.raises(PipelineError, match="sink: disk full"):
+        pipeline.run()
+    assert first.closed == second.closed == 1
+    assert len(second.results) == 2
+
+
+def test_a_source_that_fails_midway_stops_the_run_naming_the_source(model: edgerun.Model) -> None:
+    class Failing(BurstSource):
+        def _capture(self, buffer: LatestBuffer, stop: threading.Event) -> None:
+            buffer.put(Frame(self.image, time.time(), "x#0", 0))
+            raise SourceError("camera unplugged")
+
+    sink = ListSink()
+    with pytest.raises(PipelineError, match="source burst: camera unplugged"):
+        Pipeline(Failing(1, queue=4), model, [sink]).run()
+    assert len(sink.results) == 1  # what was read before the failure was still processed
+
+
+def test_stop_finishes_what_is_in_flight_and_flushes(tmp_path: Path, model: edgerun.Model) -> None:
+    source = CountingSource(_copies(tmp_path, 200))
+    sink = ListSink(delay_s=0.002)
+    pipeline = Pipeline(source, model, [sink], queue_size=2)
+    threading.Timer(0.05, pipeline.stop, args=("SIGTERM",)).start()
+    summary = pipeline.run()
+    assert summary.stopped_by == "SIGTERM"
+    assert 0 < summary.frames < 200
+    assert summary.frames == source.read  # everything read was processed, nothing lost in a queue
+    assert sink.closed == 1
+
+
+@pytest.mark.parametrize("name", ["digits_fp32.onnx", "digits_int8.onnx", "digits_int8.tflite"])
+def test_batching_gives_the_same_results_as_one_by_one(tmp_path: Path, name: str) -> None:
+    paths = _copies(tmp_path, 23)
+    with edgerun.load(DIGITS / name) as m:
+        single, batched = ListSink(), ListSink()
+        Pipeline(FileSource(paths), m, [single]).run()
+        Pipeline(FileSource(paths), m, [batched], batch_size=8).run()
+    assert [r.record["output"] for r in single.results] == [r.record["output"] for r in batched.results]
+    assert [r.record["input"] for r in batched.results] == paths
+
+
+def test_fps_paces_a_file_source(model: edgerun.Model) -> None:
+    start = time.monotonic()
+    summary = Pipeline(FileSource([str(SAMPLES)]), model, [ListSink()], fps=100).run()
+    assert summary.frames == 11
+    assert time.monotonic() - start >= 0.09  # 11 frames at 100 fps take at least 10 intervals
+
+
+def test_max_frames_stops_the_run(model: edgerun.Model) -> None:
+    sink = ListSink()
+    summary = Pipeline(FileSource([str(SAMPLES)]), model, [sink], max_frames=4).run()
+    assert summary.frames == 4 and summary.stopped_by == "max frames"
+
+
+def test_metrics_see_every_inference_with_its_stages(model: edgerun.Model) -> None:
+    pipeline = Pipeline(FileSource([str(SAMPLES)]), model, [ListSink()])
+    pipeline.run()
+    snap = pipeline.metrics.snapshot()
+    entry = snap["models"]["digits"]
+    assert entry["count"] == 11 and entry["errors"] == 0 and entry["delegate"] == "xnnpack"
+    assert set(entry["latency_ms"]) == {"p50", "p95", "p99", "max"}
+    assert set(entry["stages_ms"]) == {"pre", "infer", "post"}
+    assert all(v > 0 for v in entry["stages_ms"].values())

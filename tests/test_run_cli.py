@@ -1,0 +1,207 @@
+"""`edgerun run` and batch `edgerun predict` as real processes: sensors, video, signals, kill and resume."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from tests.conftest import ROOT, SAMPLES, run_cli
+from tests.test_sources import make_video
+
+VIBRATION = ROOT / "models" / "vibration"
+CLASSES = ["normal", "imbalance", "misalignment", "bearing_fault", "looseness"]
+
+
+@pytest.mark.parametrize("model", ["vibration_int8.tflite", "vibration_fp32.onnx"])
+def test_the_documented_vibration_example_classifies_every_sample_window(model: str, tmp_path: Path) -> None:
+    for name in CLASSES:
+        out = tmp_path / f"{name}.jsonl"
+        result = run_cli(
+            "run", str(VIBRATION / model), "--source", str(VIBRATION / "samples" / f"{name}.csv"), "--sink", str(out)
+        )
+        assert result.returncode == 0, result.stderr
+        records = [json.loads(line) for line in out.read_text().splitlines()]
+        assert len(records) == 8
+        assert {r["output"][0]["label"] for r in records} == {name}
+        assert "8 frames (8 ok, 0 failed" in result.stderr
+
+
+def test_a_window_the_model_does_not_accept_is_refused_before_starting() -> None:
+    result = run_cli(
+        "run",
+        str(VIBRATION / "vibration_int8.tflite"),
+        "--source",
+        str(VIBRATION / "samples" / "normal.csv"),
+        "--window",
+        "100",
+    )
+    assert result.returncode == 2
+    assert "window of 100 rows does not fit vibration" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_bad_csv_rows_are_reported_and_the_run_goes_on(tmp_path: Path) -> None:
+    lines = (VIBRATION / "samples" / "imbalance.csv").read_text().splitlines()
+    lines[10] = "0.0100,0.1,oops,0.2"
+    lines[20] = "0.0200,0.1,,0.2"
+    path = tmp_path / "broken.csv"
+    path.write_text("\n".join(lines) + "\n")
+    result = run_cli("run", str(VIBRATION / "vibration_fp32.tflite"), "--source", str(path), "--sink", "jsonl")
+    assert result.returncode == 1
+    errors = [line for line in result.stderr.splitlines() if line.startswith("edgerun: error:")]
+    assert len(errors) == 2 and "line 11" in errors[0] and "line 21" in errors[1]
+    records = [json.loads(line) for line in result.stdout.splitlines()]
+    assert sum("error" in r for r in records) == 2
+    assert sum("output" in r for r in records) >= 7
+
+
+def test_sigterm_stops_a_stdin_sensor_run_cleanly_with_outputs_flushed(tmp_path: Path) -> None:
+    out = tmp_path / "out.jsonl"
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "edgerun",
+            "run",
+            str(VIBRATION / "vibration_int8.tflite"),
+            "--source",
+            "-",
+            "--sink",
+            str(out),
+            "--sink",
+            str(tmp_path / "out.csv"),
+        ],
+        cwd=ROOT,
+        stdin=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdin is not None
+    rows = (VIBRATION / "samples" / "misalignment.csv").read_text().splitlines()
+    proc.stdin.write("\n".join(rows[: 1 + 256 * 3]) + "\n")  # header and three windows; stdin stays open
+    proc.stdin.flush()
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and (not out.exists() or out.read_text().count("\n") < 3):
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=30)
+    assert proc.returncode == 0, stderr
+    assert "stopped by SIGTERM" in stderr and "Traceback" not in stderr
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["output"][0]["label"] for r in records] == ["misalignment"] * 3
+    csv_rows = (tmp_path / "out.csv").read_text().splitlines()
+    assert csv_rows[0].startswith("input,model,version") and len(csv_rows) == 4
+
+
+def test_a_video_runs_into_an_annotated_video_and_a_jsonl_file(tmp_path: Path) -> None:
+    video = make_video(tmp_path / "in.avi", frames=20, size=(96, 64))
+    result = run_cli(
+        "run",
+        str(ROOT / "models" / "digits" / "digits_int8.onnx"),
+        "--source",
+        str(video),
+        "--sink",
+        str(tmp_path / "out.avi"),
+        "--sink",
+        str(tmp_path / "out.jsonl"),
+        "--sink",
+        str(tmp_path / "frames") + "/",
+        "--max-frames",
+        "15",
+        "--json",
+    )
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout.splitlines()[-1])
+    assert summary["frames"] == 15 and summary["stopped_by"] == "max frames"
+    assert set(summary["stages_ms"]) == {"pre", "infer", "post", "total"}
+    assert len((tmp_path / "out.jsonl").read_text().splitlines()) == 15
+    cap = cv2.VideoCapture(str(tmp_path / "out.avi"))
+    assert int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) == 15
+    ok, frame = cap.read()
+    assert ok and frame.shape == (64, 96, 3)
+    assert frame[:10, :30].std() > 5  # the label box was drawn over the flat frame
+    assert len(list((tmp_path / "frames").glob("*.jpg"))) == 15
+
+
+def test_a_video_that_does_not_exist_is_one_clear_line() -> None:
+    result = run_cli("run", str(ROOT / "models" / "digits" / "digits_int8.onnx"), "--source", "nowhere.mp4")
+    assert result.returncode == 1
+    assert result.stderr.strip() == "edgerun: error: video not found: nowhere.mp4"
+
+
+def test_predict_in_batches_matches_one_by_one(tmp_path: Path) -> None:
+    model = str(ROOT / "models" / "digits" / "digits_fp32.onnx")
+    one = run_cli("predict", model, str(SAMPLES), "--json")
+    many = run_cli("predict", model, str(SAMPLES), "--json", "--batch-size", "4")
+    strip = [{k: v for k, v in json.loads(line).items() if k != "latency_ms"} for line in one.stdout.splitlines()]
+    assert strip == [
+        {k: v for k, v in json.loads(line).items() if k != "latency_ms"} for line in many.stdout.splitlines()
+    ]
+
+
+def _images(folder: Path, n: int) -> list[str]:
+    folder.mkdir()
+    names = []
+    for i in range(n):
+        path = folder / f"{i:05d}_{i % 10}.png"
+        path.write_bytes((SAMPLES / f"digit_{i % 10}.png").read_bytes())
+        names.append(str(path))
+    return names
+
+
+def test_a_killed_batch_run_resumes_and_every_input_appears_exactly_once(tmp_path: Path) -> None:
+    images = _images(tmp_path / "imgs", 3000)
+    out = tmp_path / "out.jsonl"
+    cmd = [
+        sys.executable,
+        "-m",
+        "edgerun",
+        "predict",
+        str(ROOT / "models" / "digits" / "digits_int8.tflite"),
+        str(tmp_path / "imgs"),
+        "--output",
+        str(out),
+        "--json",
+        "--resume",
+    ]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and (not out.exists() or out.stat().st_size < 20_000):
+        time.sleep(0.01)
+    proc.kill()  # SIGKILL: no clean-up at all
+    proc.wait()
+    first = out.read_text().count("\n")
+    assert 0 < first < 3000, "the run must be killed half-way for this test to mean anything"
+    resumed = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert resumed.returncode == 0, resumed.stderr
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    inputs = [r["input"] for r in records]
+    assert sorted(inputs) == images  # every input exactly once
+    assert all(r["output"][0]["label"] == Path(r["input"]).stem[-1] for r in records)
+
+
+def test_resume_needs_an_output_file_and_refuses_a_foreign_one(tmp_path: Path) -> None:
+    model = str(ROOT / "models" / "digits" / "digits_int8.tflite")
+    result = run_cli("predict", model, str(SAMPLES), "--resume")
+    assert result.returncode == 2 and "--resume needs --output" in result.stderr
+    foreign = tmp_path / "notes.jsonl"
+    foreign.write_text('{"hello": 1}\n')
+    result = run_cli("predict", model, str(SAMPLES), "--resume", "--output", str(foreign))
+    assert result.returncode == 2 and "line 1 is not an edgerun record" in result.stderr
+
+
+def test_predict_reads_npy_windows_for_the_sensor_model(tmp_path: Path) -> None:
+    rows = np.loadtxt(VIBRATION / "samples" / "looseness.csv", delimiter=",", skiprows=1, dtype=np.float32)
+    np.save(tmp_path / "w.npy", rows[:256, 1:])
+    result = run_cli("predict", str(VIBRATION / "vibration_int8.onnx"), str(tmp_path / "w.npy"), "--json")
+    assert json.loads(result.stdout)["output"][0]["label"] == "looseness"
+    assert os.path.exists(tmp_path / "w.npy")

@@ -1,0 +1,227 @@
+"""Sources against real files, generated videos, a video standing in for a camera, and a real broker."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import paho.mqtt.client as mqtt
+import pytest
+
+from edgerun.errors import ConfigError, SourceError
+from edgerun.sources import open_source
+from edgerun.sources.base import LatestBuffer
+from edgerun.sources.files import FileSource
+from edgerun.sources.mqtt import MqttSource, decode_message, parse_mqtt_url
+from edgerun.sources.sensor import SensorSource
+from edgerun.sources.video import CameraSource, StreamSource, VideoFileSource
+from tests.conftest import SAMPLES, Broker
+
+
+def make_video(path: Path, frames: int = 30, size: tuple[int, int] = (64, 48), fourcc: str = "MJPG") -> Path:
+    """A small generated video whose frame i has brightness i*8 (mod 256)."""
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*fourcc), 30.0, size)
+    assert writer.isOpened()
+    for i in range(frames):
+        writer.write(np.full((size[1], size[0], 3), (i * 8) % 256, np.uint8))
+    writer.release()
+    return path
+
+
+def test_a_directory_is_walked_in_sorted_stable_order_and_globs_expand(tmp_path: Path) -> None:
+    source = FileSource([str(SAMPLES)])
+    names = [Path(f.source_id).name for f in source.frames()]
+    assert names == sorted(names) and len(names) == 11
+    globbed = FileSource([str(SAMPLES / "digit_[12].png")])
+    assert [Path(f.source_id).name for f in globbed.frames()] == ["digit_1.png", "digit_2.png"]
+
+
+def test_unreadable_paths_become_error_frames_and_the_rest_still_come(tmp_path: Path) -> None:
+    frames = list(FileSource([str(tmp_path / "nope.png"), str(SAMPLES / "digit_1.png")]).frames())
+    assert frames[0].error is not None and "no such file" in frames[0].error
+    assert frames[1].error is None and isinstance(frames[1].data, bytes)
+
+
+def test_a_video_file_yields_every_frame_in_order(tmp_path: Path) -> None:
+    source = open_source(str(make_video(tmp_path / "v.avi", frames=12)))
+    assert isinstance(source, VideoFileSource) and not source.live
+    frames = list(source.frames())
+    assert [f.index for f in frames] == list(range(12))
+    assert frames[5].data.shape == (48, 64, 3)
+    assert abs(int(frames[5].data.mean()) - 40) <= 3
+
+
+def test_a_missing_or_undecodable_video_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(SourceError, match="video not found"):
+        open_source(str(tmp_path / "absent.mp4"))
+    garbage = tmp_path / "garbage.mp4"
+    garbage.write_bytes(b"\x00\x01 not a video" * 100)
+    with pytest.raises(SourceError, match=r"cannot (open|decode) video"):
+        open_source(str(garbage))
+
+
+def test_a_video_file_stands_in_for_the_camera_at_the_opencv_boundary(tmp_path: Path) -> None:
+    video = make_video(tmp_path / "cam.avi", frames=40)
+    camera = CameraSource("camera:0", queue=3, open_capture=lambda device: cv2.VideoCapture(str(video)))
+    assert camera.live
+    seen = []
+    with pytest.raises(SourceError, match="stopped giving frames"):  # a real camera never ends
+        for frame in camera.frames():
+            seen.append(frame.index)
+            time.sleep(0.01)  # a consumer slower than the capture
+    assert seen == sorted(seen)
+    assert camera.dropped > 0  # only the newest frames were kept
+    assert len(seen) + camera.dropped == 40
+
+
+def test_an_absent_camera_is_a_clear_error() -> None:
+    with pytest.raises(SourceError, match="camera camera:9 not found: no /dev/video9"):
+        CameraSource("camera:9", open_capture=lambda device: cv2.VideoCapture())
+    with pytest.raises(SourceError, match="index must be a number"):
+        CameraSource("camera:front", open_capture=lambda device: cv2.VideoCapture())
+
+
+def test_an_unreachable_stream_fails_after_a_bounded_number_of_attempts() -> None:
+    attempts = []
+
+    def refuse(url: str) -> Any:
+        attempts.append(url)
+        return cv2.VideoCapture()
+
+    with pytest.raises(SourceError, match="unreachable after 3 attempts"):
+        StreamSource("rtsp://127.0.0.1:9/none", retries=3, retry_delay_s=0.01, open_capture=refuse)
+    assert len(attempts) == 3
+
+
+def test_a_dropped_stream_reconnects(tmp_path: Path) -> None:
+    video = make_video(tmp_path / "s.avi", frames=5)
+    stream = StreamSource(
+        "http://127.0.0.1:9/mjpeg", queue=100, retry_delay_s=0.01, open_capture=lambda url: cv2.VideoCapture(str(video))
+    )
+    got = []
+    for frame in stream.frames():
+        got.append(frame)
+        if len(got) == 12:
+            stream.close()
+    assert stream.reconnects >= 2  # each end of the stand-in stream is a drop
+    assert [f.index for f in got[:12]] == list(range(12))
+
+
+def test_the_latest_buffer_keeps_the_newest_and_counts_what_it_drops() -> None:
+    buf = LatestBuffer(2)
+    from edgerun.sources.base import Frame
+
+    for i in range(5):
+        buf.put(Frame(i, 0.0, "x", i))
+    buf.close()
+    assert [buf.get().index, buf.get().index] == [3, 4]  # type: ignore[union-attr]
+    assert buf.get() is None and buf.dropped == 3
+
+
+def test_csv_sensor_windows_with_hop_and_a_time_column(tmp_path: Path) -> None:
+    rows = "\n".join(f"{i / 1000:.3f},{i},{-i},{2 * i}" for i in range(10))
+    path = tmp_path / "s.csv"
+    path.write_text("t,x,y,z\n" + rows + "\n")
+    frames = list(SensorSource(str(path), window=4, hop=2).frames())
+    assert [f.data[0, 0] for f in frames] == [0, 2, 4, 6]
+    assert frames[0].data.shape == (4, 3) and frames[0].data.dtype == np.float32
+    assert frames[1].data[:, 1].tolist() == [-2, -3, -4, -5]
+
+
+def test_bad_csv_rows_are_reported_with_their_line_and_the_run_goes_on(tmp_path: Path) -> None:
+    path = tmp_path / "s.csv"
+    path.write_text("x,y\n1,2\n3,oops\n5,\n7,8\n9,10\n")
+    source = SensorSource(str(path), window=2)
+    frames = list(source.frames())
+    errors = [f.error for f in frames if f.error]
+    assert len(errors) == 2 and "line 3" in errors[0] and "not a number" in errors[0]
+    assert "line 4" in errors[1] and "missing" in errors[1]
+    good = [f.data.tolist() for f in frames if f.error is None]
+    assert good == [[[1, 2], [7, 8]]]
+    assert source.bad_rows == 2
+
+
+def test_json_lines_sensor_rows_as_arrays_or_objects(tmp_path: Path) -> None:
+    path = tmp_path / "s.jsonl"
+    path.write_text('[1, 2]\n{"t": 0.1, "a": 3, "b": 4}\n"text"\n[5, 6]\n')
+    frames = list(SensorSource(str(path), window=3).frames())
+    assert frames[0].error is not None and "line 3" in frames[0].error
+    assert frames[1].data.tolist() == [[1, 2], [3, 4], [5, 6]]
+
+
+def test_a_sensor_source_needs_a_window() -> None:
+    with pytest.raises(ConfigError, match="window"):
+        open_source(str(SAMPLES.parent / "x.csv"))
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [("mqtt://127.0.0.1:1884/a/b", ("127.0.0.1", 1884, "a/b")), ("mqtt://host/sensors/#", ("host", 1883, "sensors/#"))],
+)
+def test_mqtt_urls_keep_wildcards_in_the_topic(url: str, expected: tuple[str, int, str]) -> None:
+    assert parse_mqtt_url(url) == expected
+
+
+@pytest.mark.parametrize("url", ["mqtt://host", "mqtt://host:99999/t", "http://host/t"])
+def test_malformed_mqtt_urls_are_config_errors(url: str) -> None:
+    with pytest.raises(ConfigError):
+        parse_mqtt_url(url)
+
+
+def _npy_b64(array: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, array)
+    return base64.b64encode(buf.getvalue())
+
+
+def test_mqtt_messages_decode_as_json_arrays_base64_npy_or_images() -> None:
+    assert decode_message(b"[[1, 2], [3, 4]]", 1000).shape == (2, 2)
+    assert decode_message(_npy_b64(np.arange(6, dtype=np.int16)), 1000).tolist() == list(range(6))
+    png = (SAMPLES / "digit_1.png").read_bytes()
+    assert decode_message(png, 10_000) == png
+    for bad, why in [(b"{}", "neither"), (b"[1, [2]]", "JSON array"), (b"x" * 50, "limit"), (b"", "empty")]:
+        with pytest.raises(ValueError, match=why):
+            decode_message(bad, 40)
+
+
+def test_an_mqtt_topic_source_receives_real_messages_and_counts_bad_ones(broker: Broker) -> None:
+    topic = f"test/sensor/{time.monotonic_ns()}"
+    source = MqttSource(f"{broker.url}/{topic}", queue=64)
+    payloads = [json.dumps([1.0, 2.0, 3.0]).encode(), b"garbage", _npy_b64(np.ones((2, 2), np.float32))]
+    stop = threading.Event()
+
+    def publish() -> None:  # until the subscription is in place and the test has what it needs
+        pub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
+        pub.connect("127.0.0.1", broker.port)
+        pub.loop_start()
+        for _ in range(100):
+            for p in payloads:
+                pub.publish(topic, p, qos=1).wait_for_publish(5)
+            if stop.wait(0.1):
+                break
+        pub.loop_stop()
+        pub.disconnect()
+
+    publisher = threading.Thread(target=publish)
+    publisher.start()
+    got = []
+    try:
+        for frame in source.frames():
+            got.append(frame)
+            if len(got) >= 6:
+                break
+    finally:
+        stop.set()
+        source.close()
+        publisher.join()
+    kinds = {("error" if f.error else type(f.data).__name__) for f in got}
+    assert kinds == {"ndarray", "error"}
+    assert source.bad_messages >= 1
+    assert any("neither a JSON array" in (f.error or "") for f in got)

@@ -1,0 +1,98 @@
+"""In-process metrics and system figures."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from edgerun.telemetry import Metrics, SystemSampler
+from edgerun.telemetry.metrics import LatencyStats
+
+
+class Clock:
+    """A settable monotonic clock (the metrics take the clock as a parameter)."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _record(m: Metrics, total: float, version: str = "1.0.0") -> None:
+    m.record("digits", version, "xnnpack", {"pre": 0.1, "infer": total / 2, "post": 0.05, "total": total})
+
+
+def test_snapshot_has_the_protocol_shape_and_exact_window_percentiles() -> None:
+    clock = Clock()
+    m = Metrics(window_s=10, clock=clock)
+    for i in range(1, 101):
+        _record(m, float(i))
+    m.error("digits", "1.0.0", "xnnpack")
+    snap = m.snapshot()
+    entry = snap["models"]["digits"]
+    assert set(entry) == {"version", "delegate", "count", "errors", "latency_ms", "stages_ms"}
+    assert (entry["count"], entry["errors"], entry["version"]) == (100, 1, "1.0.0")
+    assert entry["latency_ms"] == {"p50": 50.5, "p95": 95.05, "p99": 99.01, "max": 100.0}
+    assert entry["stages_ms"] == {"pre": 0.1, "infer": 25.25, "post": 0.05}
+
+
+def test_the_window_slides_but_totals_keep_everything_since_start() -> None:
+    clock = Clock()
+    m = Metrics(window_s=10, clock=clock)
+    for _ in range(50):
+        _record(m, 100.0)
+    clock.now += 20
+    for _ in range(10):
+        _record(m, 1.0)
+    window = m.snapshot()["models"]["digits"]
+    assert window["count"] == 10 and window["latency_ms"]["max"] == 1.0
+    totals = m.totals()["digits@1.0.0"]
+    assert totals["count"] == 60 and totals["stages_ms"]["total"]["max"] == 100.0
+    assert totals["stages_ms"]["total"]["p50"] == pytest.approx(100.0, rel=0.1)  # histogram resolution
+    assert totals["throughput_per_s"] == pytest.approx(60 / 20, rel=1e-3)
+
+
+def test_versions_are_kept_apart_and_the_busier_one_is_reported_under_the_name() -> None:
+    m = Metrics(window_s=60, clock=Clock())
+    for _ in range(5):
+        _record(m, 1.0, "1.0.0")
+    for _ in range(7):
+        _record(m, 2.0, "1.1.0")
+    assert m.snapshot()["models"]["digits"]["version"] == "1.1.0"
+    assert set(m.totals()) == {"digits@1.0.0", "digits@1.1.0"}
+
+
+def test_dropped_frames_are_counted_per_model() -> None:
+    m = Metrics(clock=Clock())
+    m.dropped("cam", "1.0.0", "cpu", 3)
+    m.dropped("cam", "1.0.0", "cpu", 2)
+    assert m.totals()["cam@1.0.0"]["dropped"] == 5
+
+
+def test_since_start_percentiles_stay_within_the_histogram_resolution() -> None:
+    stats = LatencyStats()
+    for i in range(1, 10001):
+        stats.add(i / 1000.0, 0.0)  # 1 us .. 10 ms
+    total = stats.summary_total()
+    assert total is not None
+    assert total["p50"] == pytest.approx(5.0, rel=0.1)
+    assert total["p99"] == pytest.approx(9.9, rel=0.1)
+    assert total["max"] == 10.0
+
+
+def test_system_figures_come_from_the_board_or_are_null(tmp_path: Path) -> None:
+    bare = SystemSampler(tmp_path / "none").sample()
+    assert bare["temp_c"] is None and bare["throttled"] is None
+    assert bare["rss_mb"] > 10 and bare["cpu_pct"] >= 0
+    root = tmp_path / "pi"
+    for zone, milli in (("thermal_zone0", "48250"), ("thermal_zone1", "-273000")):
+        (root / "sys/class/thermal" / zone).mkdir(parents=True)
+        (root / "sys/class/thermal" / zone / "temp").write_text(milli + "\n")
+    firmware = root / "sys/devices/platform/soc/soc:firmware"
+    firmware.mkdir(parents=True)
+    (firmware / "get_throttled").write_text("50005\n")
+    pi = SystemSampler(root).sample()
+    assert pi["temp_c"] == 48.25  # the disconnected zone is ignored
+    assert pi["throttled"] == 0x50005
