@@ -120,9 +120,8 @@ class Broker:
         import time
 
         binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
-        self.proc = subprocess.Popen(
-            [binary, "-c", str(self.conf)], stdout=subprocess.DEVNULL, stderr=open(self.workdir / "log", "ab")
-        )
+        with open(self.workdir / "log", "ab") as log:  # the child keeps its own copy of the descriptor
+            self.proc = subprocess.Popen([binary, "-c", str(self.conf)], stdout=subprocess.DEVNULL, stderr=log)
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
             try:
