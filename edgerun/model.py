@@ -29,6 +29,7 @@ from edgerun.accel.select import Selection, select
 from edgerun.backends import Backend, TensorSpec
 from edgerun.card import ModelCard, find_card, image_layout, infer_card, load_card, replace
 from edgerun.errors import CardError, InputError
+from edgerun.processing.classify import looks_like_probabilities, softmax, top_k
 from edgerun.state import state_dir as default_state_dir
 
 log = logging.getLogger(__name__)
@@ -165,8 +166,6 @@ class Model:
 
     def postprocess(self, outputs: Sequence[np.ndarray], row: int = 0) -> Any:
         """Outputs of one inference -> the result record's ``output`` for batch row ``row``."""
-        from edgerun.processing.classify import looks_like_probabilities, softmax, top_k
-
         task = self.card.task
         if task == "classification":
             scores = np.asarray(outputs[0][row], dtype=np.float32).reshape(-1)
@@ -229,7 +228,7 @@ class Model:
             return None  # dynamic spatial size and no size in the card: arrays only
         if spec.layout is None:
             spec = replace(spec, layout=kind)
-        return ImagePreprocessor(spec, height, width, channels, tensor.dtype)
+        return ImagePreprocessor(spec, height, width, channels, tensor.dtype, quant=tensor.quant)
 
     def _image_tensor(self, data: bytes, name: str) -> np.ndarray:
         if self._preprocessor is None:

@@ -193,3 +193,20 @@ def test_describe_lists_tensors_delegate_and_card(int8_tflite: edgerun.Model) ->
     assert info["format"] == "tflite" and info["delegate"] == "xnnpack"
     assert info["inputs"][0]["quant"]["scale"] > 0
     assert info["card"]["labels"][0] == "0"
+
+
+def test_images_for_an_int8_input_are_normalised_and_quantized_in_one_pass(int8_tflite: edgerun.Model) -> None:
+    from edgerun.backends.base import Quantizer
+    from edgerun.processing.image import ImagePreprocessor
+
+    spec = int8_tflite.inputs[0]
+    assert spec.quant is not None
+    card_pre = int8_tflite.card.preprocess
+    assert card_pre is not None
+    fused = ImagePreprocessor(card_pre, 8, 8, 1, spec.dtype, quant=spec.quant)
+    plain = ImagePreprocessor(card_pre, 8, 8, 1, np.dtype(np.float32))
+    for digit in range(10):
+        image = cv2.imread(str(SAMPLES / f"digit_{digit}.png"), cv2.IMREAD_GRAYSCALE)
+        direct = fused(image)
+        assert direct.dtype == np.int8
+        assert np.array_equal(direct, Quantizer(spec.quant, spec.dtype)(plain(image)))

@@ -186,6 +186,10 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+#: Delegates that compile engines worth caching across starts.
+_ENGINE_DELEGATES = frozenset({"tensorrt", "openvino"})
+
+
 def _toolchain(delegate: str, runtime: RuntimeFacts) -> str:
     """Versions that invalidate a compiled engine: the runtime and the vendor toolkit."""
     toolkit = {
@@ -449,7 +453,9 @@ def _open_verified(
     attempt: Attempt,
 ) -> Backend | None:
     """Open ``spec`` and verify it; on any failure fill ``attempt`` and return None."""
-    cache_dir = state_dir / "engines" / f"{spec.name}-{_toolchain(spec.name, runtime)}" if state_dir else None
+    cache_dir = None
+    if state_dir is not None and spec.name in _ENGINE_DELEGATES:
+        cache_dir = state_dir / "engines" / f"{spec.name}-{_toolchain(spec.name, runtime)}"
     try:
         backend = spec.opener(target, fmt, spec.name, threads, cache_dir)
     except EdgerunError as exc:

@@ -25,11 +25,8 @@ def looks_like_probabilities(scores: np.ndarray) -> bool:
 def top_k(scores: np.ndarray, k: int, labels: Sequence[str] | None) -> list[dict[str, object]]:
     """The ``k`` best classes of one score row as ``{label, index, score}``, best first."""
     k = min(k, scores.shape[-1])
-    if k < scores.shape[-1]:
-        best = np.argpartition(scores, -k)[-k:]
-        best = best[np.argsort(-scores[best], kind="stable")]
-    else:
-        best = np.argsort(-scores, kind="stable")
+    # A stable sort, so equal scores keep index order (argpartition would pick among ties at random).
+    best = np.argsort(-scores, kind="stable")[:k]
     result = []
     for i in best.tolist():
         label = labels[i] if labels is not None and i < len(labels) else str(i)

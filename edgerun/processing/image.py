@@ -8,6 +8,7 @@ half image returns a confident wrong answer.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -68,6 +69,7 @@ class _Plan:
     mul: np.ndarray  # scale / std, per channel
     add: np.ndarray  # -mean / std, per channel
     raw_uint8: bool  # the model takes raw 0-255 pixels
+    fused: tuple[float, float, int] | None  # (alpha, beta, cv type): normalise and quantize in one pass
 
 
 class ImagePreprocessor:
@@ -77,20 +79,32 @@ class ImagePreprocessor:
     multiply-add per channel, computed once here.
     """
 
-    def __init__(self, spec: Preprocess, height: int, width: int, channels: int, dtype: np.dtype) -> None:
+    def __init__(
+        self, spec: Preprocess, height: int, width: int, channels: int, dtype: np.dtype, quant: Any = None
+    ) -> None:
         self.spec = spec
         cv2 = _cv2()
         self._interp = getattr(cv2, _INTERP[spec.interpolation])
         std = np.asarray(spec.std, dtype=np.float32)
         mean = np.asarray(spec.mean, dtype=np.float32)
+        mul, add = (np.float32(spec.scale) / std), (-mean / std)
+        fused = None
+        if quant is not None and np.dtype(dtype).name in ("int8", "uint8") and np.ptp(mul) == 0 and np.ptp(add) == 0:
+            # One normalisation for every channel: pixel -> quantized value in one OpenCV pass.
+            fused = (
+                float(mul[0]) / quant.scale,
+                float(add[0]) / quant.scale + quant.zero_point,
+                cv2.CV_8S if np.dtype(dtype).name == "int8" else cv2.CV_8U,
+            )
         self._plan = _Plan(
             height=height,
             width=width,
             channels=channels,
             nchw=spec.layout == "NCHW",
-            mul=(np.float32(spec.scale) / std).astype(np.float32),
-            add=(-mean / std).astype(np.float32),
-            raw_uint8=np.dtype(dtype) == np.uint8,
+            mul=mul.astype(np.float32),
+            add=add.astype(np.float32),
+            raw_uint8=np.dtype(dtype) == np.uint8 and quant is None,
+            fused=fused,
         )
 
     @property
@@ -127,7 +141,11 @@ class ImagePreprocessor:
         image = self._resize(image)
         if image.ndim == 2:
             image = image[:, :, None]
-        if plan.raw_uint8:
+        if plan.fused is not None:
+            alpha, beta, cv_type = plan.fused
+            flat = np.ascontiguousarray(image).reshape(-1, 1)
+            tensor = cv2.addWeighted(flat, alpha, flat, 0.0, beta, dtype=cv_type).reshape(image.shape)
+        elif plan.raw_uint8:
             tensor = image
         else:
             tensor = image.astype(np.float32)

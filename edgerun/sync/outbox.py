@@ -1,0 +1,242 @@
+"""The outbox: a durable, ordered queue of records waiting for the broker (SQLite, WAL).
+
+Every metrics and results record is written here *before* it is sent, gets its
+``seq`` here, and is deleted only when the broker has acknowledged it, so:
+
+* ``seq`` grows by 1 per record of a stream and survives restarts; ``epoch`` is a
+  random id made when the outbox file is created, so a device whose state was
+  wiped starts a new epoch and receivers can tell;
+* once ``put``/``put_many`` returns, the record survives ``kill -9`` of the
+  process: the transaction is in the WAL file (``synchronous=NORMAL``). An OS
+  crash or power cut can lose the transactions since the last WAL sync — the
+  price of not paying an fsync per record on an SD card;
+* a size bound evicts the oldest records first and counts them; the count goes
+  into the next metrics record (``outbox.evicted``), so a gap is never silent.
+
+Writes are the hot path: ``put_many`` commits a batch in one transaction.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from edgerun.errors import ConfigError
+
+__all__ = ["Outbox", "Pending", "OutboxStats"]
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS seqs (stream TEXT PRIMARY KEY, last INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS records (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    stream TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    topic TEXT NOT NULL,
+    qos INTEGER NOT NULL,
+    payload BLOB NOT NULL,
+    created REAL NOT NULL
+);
+"""
+
+
+@dataclass(frozen=True)
+class Pending:
+    """A record waiting to be sent."""
+
+    id: int
+    stream: str
+    seq: int
+    topic: str
+    qos: int
+    payload: bytes
+
+
+@dataclass(frozen=True)
+class OutboxStats:
+    """What is queued: records and bytes per stream, the oldest record's age, evictions so far."""
+
+    epoch: str
+    records: int
+    bytes: int
+    oldest_age_s: float | None
+    evicted: int
+    streams: dict[str, dict[str, int]]
+    path: str
+
+
+class Outbox:
+    """A durable FIFO of MQTT records; thread-safe (one connection behind a lock)."""
+
+    def __init__(self, path: str | os.PathLike[str], *, max_bytes: int = 64 * 1024 * 1024) -> None:
+        if max_bytes < 4096:
+            raise ConfigError(f"outbox size bound must be at least 4096 bytes, got {max_bytes}")
+        self.path = Path(path)
+        self.max_bytes = max_bytes
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.executescript(_SCHEMA)
+        except sqlite3.DatabaseError as exc:
+            raise ConfigError(f"outbox {self.path} is unusable: {exc}") from exc
+        except OSError as exc:
+            raise ConfigError(f"cannot create the outbox in {self.path.parent}: {exc.strerror}") from exc
+        self._lock = threading.Lock()
+        with self._lock, self._db:
+            self._db.execute("BEGIN IMMEDIATE")
+            if self._meta("epoch") is None:
+                self._set_meta("epoch", secrets.token_hex(8))
+                self._set_meta("bytes", "0")
+                self._set_meta("evicted", "0")
+                self._set_meta("evicted_reported", "0")
+            self._db.execute("COMMIT")
+        self.epoch: str = self._meta("epoch") or ""
+
+    # -- meta ----------------------------------------------------------------
+    def _meta(self, key: str) -> str | None:
+        row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return None if row is None else str(row[0])
+
+    def _set_meta(self, key: str, value: str) -> None:
+        self._db.execute(
+            "INSERT INTO meta(key, value) VALUES(?, ?) ON CONFLICT(key) DO UPDATE SET value = ?", (key, value, value)
+        )
+
+    # -- writing -------------------------------------------------------------
+    def put(self, stream: str, topic: str, record: dict[str, Any], qos: int = 1) -> int:
+        """Store one record; returns its ``seq``. Durable against ``kill -9`` on return."""
+        return self.put_many([(stream, topic, record, qos)])[0]
+
+    def put_many(
+        self,
+        items: Sequence[tuple[str, str, dict[str, Any], int]],
+        fill: Callable[[dict[str, Any]], None] | None = None,
+    ) -> list[int]:
+        """Store records in one transaction, giving each ``seq`` (per stream) and ``epoch``.
+
+        ``fill`` may complete a record inside the transaction (metrics records take
+        the eviction count there, so it is reported exactly once).
+        """
+        now = time.time()
+        seqs = []
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                added = 0
+                for stream, topic, record, qos in items:
+                    row = self._db.execute("SELECT last FROM seqs WHERE stream = ?", (stream,)).fetchone()
+                    seq = (row[0] if row else 0) + 1
+                    self._db.execute(
+                        "INSERT INTO seqs(stream, last) VALUES(?, ?) ON CONFLICT(stream) DO UPDATE SET last = ?",
+                        (stream, seq, seq),
+                    )
+                    record["seq"] = seq
+                    record["epoch"] = self.epoch
+                    if fill is not None:
+                        fill(record)
+                    payload = json.dumps(record, separators=(",", ":")).encode()
+                    self._db.execute(
+                        "INSERT INTO records(stream, seq, topic, qos, payload, created) VALUES(?,?,?,?,?,?)",
+                        (stream, seq, topic, qos, payload, now),
+                    )
+                    added += len(payload)
+                    seqs.append(seq)
+                total = int(self._meta("bytes") or 0) + added
+                total = self._evict(total)
+                self._set_meta("bytes", str(total))
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+        return seqs
+
+    def _evict(self, total: int) -> int:
+        """Delete the oldest records until ``total`` bytes fit the bound; count them."""
+        if total <= self.max_bytes:
+            return total
+        evicted = 0
+        for rid, size in self._db.execute("SELECT id, length(payload) FROM records ORDER BY id").fetchall():
+            if total <= self.max_bytes * 0.9:  # leave headroom, so eviction is not per record
+                break
+            self._db.execute("DELETE FROM records WHERE id = ?", (rid,))
+            total -= size
+            evicted += 1
+        self._set_meta("evicted", str(int(self._meta("evicted") or 0) + evicted))
+        return total
+
+    def take_unreported_evictions(self) -> int:
+        """Evictions not yet reported in a metrics record (for use inside ``put_many``'s ``fill``)."""
+        evicted = int(self._meta("evicted") or 0)
+        reported = int(self._meta("evicted_reported") or 0)
+        self._set_meta("evicted_reported", str(evicted))
+        return evicted - reported
+
+    # -- reading and acknowledging ------------------------------------------
+    def pending(self, after_id: int = 0, limit: int = 500) -> list[Pending]:
+        """The oldest records with ``id > after_id``, in order."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT id, stream, seq, topic, qos, payload FROM records WHERE id > ? ORDER BY id LIMIT ?",
+                (after_id, limit),
+            ).fetchall()
+        return [Pending(r[0], r[1], r[2], r[3], r[4], bytes(r[5])) for r in rows]
+
+    def ack(self, ids: Iterable[int]) -> None:
+        """Delete acknowledged records (in one transaction)."""
+        ids = list(ids)
+        if not ids:
+            return
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                removed = 0
+                for rid in ids:
+                    row = self._db.execute("SELECT length(payload) FROM records WHERE id = ?", (rid,)).fetchone()
+                    if row is not None:
+                        self._db.execute("DELETE FROM records WHERE id = ?", (rid,))
+                        removed += row[0]
+                self._set_meta("bytes", str(max(0, int(self._meta("bytes") or 0) - removed)))
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+
+    def __len__(self) -> int:
+        with self._lock:
+            return int(self._db.execute("SELECT count(*) FROM records").fetchone()[0])
+
+    def stats(self) -> OutboxStats:
+        """What is queued now."""
+        with self._lock:
+            streams = {
+                row[0]: {"records": row[1], "bytes": row[2] or 0, "first_seq": row[3], "last_seq": row[4]}
+                for row in self._db.execute(
+                    "SELECT stream, count(*), sum(length(payload)), min(seq), max(seq) FROM records GROUP BY stream"
+                )
+            }
+            oldest = self._db.execute("SELECT min(created) FROM records").fetchone()[0]
+            evicted = int(self._meta("evicted") or 0)
+        return OutboxStats(
+            epoch=self.epoch,
+            records=sum(s["records"] for s in streams.values()),
+            bytes=sum(s["bytes"] for s in streams.values()),
+            oldest_age_s=None if oldest is None else max(0.0, time.time() - oldest),
+            evicted=evicted,
+            streams=streams,
+            path=str(self.path),
+        )
+
+    def close(self) -> None:
+        """Close the database (the WAL is checkpointed by SQLite)."""
+        with self._lock:
+            self._db.close()

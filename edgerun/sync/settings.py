@@ -1,0 +1,106 @@
+"""MQTT connection settings, from a URL plus options (or, later, the daemon's config)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, replace
+from typing import Literal
+from urllib.parse import unquote, urlsplit
+
+from edgerun.errors import ConfigError
+
+__all__ = ["MqttSettings"]
+
+
+@dataclass(frozen=True)
+class MqttSettings:
+    """How to reach the broker and behave on it.
+
+    Attributes:
+        host, port: the broker (``mqtts://`` defaults to 8883, ``mqtt://`` to 1883).
+        tls: use TLS; ``ca_file`` verifies the broker (system CAs when None);
+            ``cert_file``/``key_file`` give a client certificate for mutual TLS.
+        username, password: MQTT authentication.
+        client_id: default ``edgerun-<device id>``.
+        protocol: ``"5"`` or ``"3.1.1"``.
+        keepalive_s: MQTT keepalive; the broker publishes the last will after 1.5x this.
+        session_expiry_s: MQTT 5 session expiry, so QoS 1 messages queued for the device
+            survive its reconnects (``clean_start=False`` alone lets the broker drop them).
+        topic_prefix: ``P`` in PROTOCOL.md.
+        reconnect_min_s, reconnect_max_s: exponential backoff bounds (full jitter).
+        max_inflight: QoS 1 records sent and not yet acknowledged.
+        max_message_bytes: incoming messages larger than this are dropped unread.
+    """
+
+    host: str
+    port: int = 1883
+    tls: bool = False
+    ca_file: str | None = None
+    cert_file: str | None = None
+    key_file: str | None = None
+    username: str | None = None
+    password: str | None = None
+    client_id: str | None = None
+    protocol: Literal["5", "3.1.1"] = "5"
+    keepalive_s: int = 30
+    session_expiry_s: int = 7 * 24 * 3600
+    topic_prefix: str = "edgerun"
+    reconnect_min_s: float = 1.0
+    reconnect_max_s: float = 120.0
+    max_inflight: int = 100
+    max_message_bytes: int = 1024 * 1024
+
+    def __post_init__(self) -> None:
+        if not self.host:
+            raise ConfigError("MQTT broker host is empty")
+        if not 0 < self.port < 65536:
+            raise ConfigError(f"MQTT port {self.port} is out of range")
+        if self.keepalive_s < 1:
+            raise ConfigError(f"MQTT keepalive must be at least 1 s, got {self.keepalive_s}")
+        if self.protocol not in ("5", "3.1.1"):
+            raise ConfigError(f"MQTT protocol must be 5 or 3.1.1, got {self.protocol!r}")
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ConfigError("mutual TLS needs both a client certificate and its key")
+        if not 0 < self.reconnect_min_s <= self.reconnect_max_s:
+            raise ConfigError("reconnect backoff needs 0 < min <= max")
+        for name in ("ca_file", "cert_file", "key_file"):
+            path = getattr(self, name)
+            if path is not None and not os.path.isfile(path):
+                raise ConfigError(f"MQTT {name.replace('_', ' ')} not found: {path}")
+
+    @classmethod
+    def from_url(cls, url: str, **options: object) -> MqttSettings:
+        """``mqtt[s]://[user[:password]@]host[:port]``; options override (``ca_file=...``).
+
+        The password may also come from ``$EDGERUN_MQTT_PASSWORD``, which keeps it
+        out of the process list.
+        """
+        parts = urlsplit(url)
+        if parts.scheme not in ("mqtt", "mqtts"):
+            raise ConfigError(f"MQTT URL must start with mqtt:// or mqtts://, got {url!r}")
+        try:
+            port = parts.port
+        except ValueError:
+            raise ConfigError(f"MQTT URL has a bad port: {url!r}") from None
+        if not parts.hostname:
+            raise ConfigError(f"MQTT URL has no host: {url!r}")
+        if parts.path not in ("", "/"):
+            raise ConfigError(f"MQTT broker URL takes no path (the topics come from the protocol): {url!r}")
+        tls = parts.scheme == "mqtts"
+        password = unquote(parts.password) if parts.password else os.environ.get("EDGERUN_MQTT_PASSWORD")
+        settings = cls(
+            host=parts.hostname,
+            port=port or (8883 if tls else 1883),
+            tls=tls,
+            username=unquote(parts.username) if parts.username else None,
+            password=password,
+        )
+        given = {k: v for k, v in options.items() if v is not None}
+        if given.get("ca_file") or given.get("cert_file"):
+            given.setdefault("tls", True)
+        return replace(settings, **given)  # type: ignore[arg-type]
+
+    def describe(self) -> str:
+        """``mqtts://user@host:port`` without the password."""
+        user = f"{self.username}@" if self.username else ""
+        return f"{'mqtts' if self.tls else 'mqtt'}://{user}{self.host}:{self.port}"
