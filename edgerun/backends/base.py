@@ -128,7 +128,7 @@ class Quantizer:
     the five numpy passes, bit-identical (measured on the reference machine).
     """
 
-    __slots__ = ("_inv_scale", "_zero_point", "_dtype", "_cv_type", "_cv2")
+    __slots__ = ("_cv2", "_cv_type", "_dtype", "_inv_scale", "_zero_point")
 
     def __init__(self, quant: QuantParams, dtype: np.dtype) -> None:
         self._inv_scale = 1.0 / quant.scale
