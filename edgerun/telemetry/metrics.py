@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["LatencyStats", "Metrics", "STAGES"]
+__all__ = ["STAGES", "LatencyStats", "Metrics", "NoMetrics"]
 
 #: The stages every inference is timed in; "total" is end to end.
 STAGES = ("pre", "infer", "post", "total")
@@ -211,3 +211,16 @@ class Metrics:
         """The (name, version) pairs seen so far."""
         with self._lock:
             return list(self._models)
+
+
+class NoMetrics(Metrics):
+    """Metrics switched off: records nothing (for measuring what metrics cost)."""
+
+    def record(self, name: str, version: str, delegate: str, stages_ms: Mapping[str, float]) -> None:
+        """Ignore."""
+
+    def error(self, name: str, version: str, delegate: str) -> None:
+        """Ignore."""
+
+    def dropped(self, name: str, version: str, delegate: str, n: int = 1) -> None:
+        """Ignore."""
