@@ -7,7 +7,17 @@ import json
 import sys
 from typing import Any
 
-__all__ = ["add_model_options", "error_line", "load_kwargs", "print_json", "report_failure"]
+__all__ = [
+    "add_model_options",
+    "add_mqtt_options",
+    "error_line",
+    "load_kwargs",
+    "mqtt_settings",
+    "print_json",
+    "report_failure",
+    "run_pipeline",
+    "start_sync",
+]
 
 
 def add_model_options(parser: argparse.ArgumentParser, *, delegate_help: str | None = None) -> None:
@@ -75,3 +85,94 @@ def report_failure(result: Any) -> None:
     """Pipeline callback: one stderr line for each input that failed."""
     if not result.ok:
         error_line(result.record["error"])
+
+
+def add_mqtt_options(parser: argparse.ArgumentParser, *, results: bool = True) -> None:
+    """--mqtt URL and its TLS, identity and publishing options."""
+    g = parser.add_argument_group("MQTT sync")
+    g.add_argument(
+        "--mqtt",
+        default=None,
+        metavar="URL",
+        help="publish status, metrics (and results) to this broker: mqtt[s]://[user@]host[:port]; "
+        "the password may come from $EDGERUN_MQTT_PASSWORD",
+    )
+    g.add_argument("--mqtt-ca", default=None, metavar="FILE", help="CA certificate that signed the broker's")
+    g.add_argument("--mqtt-cert", default=None, metavar="FILE", help="client certificate (mutual TLS)")
+    g.add_argument("--mqtt-key", default=None, metavar="FILE", help="client key (mutual TLS)")
+    g.add_argument("--mqtt-protocol", choices=("5", "3.1.1"), default="5", help="MQTT version (default 5)")
+    g.add_argument("--mqtt-prefix", default="edgerun", metavar="P", help="topic prefix (default edgerun)")
+    g.add_argument("--device-id", default=None, metavar="ID", help="device id (default: from /etc/machine-id)")
+    g.add_argument("--metrics-interval", type=float, default=10.0, metavar="S", help="seconds between metrics records")
+    if results:
+        g.add_argument("--publish-results", action="store_true", help="also publish every result")
+        g.add_argument("--results-qos", type=int, choices=(0, 1), default=1, help="QoS of results (default 1)")
+        g.add_argument(
+            "--results-rate",
+            type=float,
+            default=None,
+            metavar="N",
+            help="at most N results per second (the rest are skipped and counted)",
+        )
+
+
+def mqtt_settings(args: argparse.Namespace) -> Any:
+    """``MqttSettings`` from the command line's MQTT options."""
+    from edgerun.sync.settings import MqttSettings
+
+    return MqttSettings.from_url(
+        args.mqtt,
+        ca_file=args.mqtt_ca,
+        cert_file=args.mqtt_cert,
+        key_file=args.mqtt_key,
+        protocol=args.mqtt_protocol,
+        topic_prefix=args.mqtt_prefix,
+    )
+
+
+def start_sync(args: argparse.Namespace, metrics: Any, models: list[Any]) -> Any:
+    """A started ``SyncService`` when ``--mqtt`` was given, else None."""
+    if not args.mqtt:
+        return None
+    from edgerun.accel.probe import probe
+    from edgerun.device import default_device_id
+    from edgerun.errors import ConfigError
+    from edgerun.state import state_dir
+    from edgerun.sync.service import SyncService
+    from edgerun.sync.topics import check_name
+
+    if args.metrics_interval <= 0:
+        raise ConfigError(f"--metrics-interval must be positive, got {args.metrics_interval}")
+    device_id = check_name("device", args.device_id) if args.device_id else default_device_id()
+    service = SyncService(
+        mqtt_settings(args),
+        device_id=device_id,
+        state_dir=state_dir(args.state_dir),
+        metrics=metrics,
+        interval_s=args.metrics_interval,
+        results_qos=getattr(args, "results_qos", 1),
+        results_max_per_s=getattr(args, "results_rate", None),
+    )
+    service.set_models(
+        {m.name: {"version": m.version, "format": m.format, "delegate": m.delegate} for m in models},
+        probe(args.probe_root or "/").accelerators(),
+    )
+    service.start()
+    return service
+
+
+def run_pipeline(pipeline: Any, sync: Any = None) -> Any:
+    """Run a pipeline with SIGINT/SIGTERM stopping it cleanly; then stop the sync (flushing it)."""
+    import signal
+
+    previous = {
+        sig: signal.signal(sig, lambda n, f: pipeline.stop(signal.Signals(n).name))
+        for sig in (signal.SIGINT, signal.SIGTERM)
+    }
+    try:
+        return pipeline.run()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        if sync is not None:
+            sync.stop()

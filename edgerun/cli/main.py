@@ -24,6 +24,8 @@ COMMANDS: dict[str, str] = {
     "run": "edgerun.cli.run",
     "devices": "edgerun.cli.devices",
     "bench": "edgerun.cli.bench",
+    "mqtt": "edgerun.cli.mqtt",
+    "outbox": "edgerun.cli.outbox",
 }
 
 

@@ -5,11 +5,17 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
 import sys
 from typing import Any
 
-from edgerun.cli.common import add_model_options, load_kwargs, report_failure
+from edgerun.cli.common import (
+    add_model_options,
+    add_mqtt_options,
+    load_kwargs,
+    report_failure,
+    run_pipeline,
+    start_sync,
+)
 from edgerun.errors import ConfigError
 
 HELP = "run a model over images, .npy arrays or directories of them"
@@ -38,6 +44,7 @@ def register(sub: Any) -> None:
     p.add_argument("--resume", action="store_true", help="skip the inputs already recorded in --output")
     p.add_argument("--no-progress", action="store_true", help="no progress bar even on a terminal")
     add_model_options(p)
+    add_mqtt_options(p)
     p.set_defaults(run=run)
 
 
@@ -70,6 +77,7 @@ def run(args: argparse.Namespace) -> int:
     from edgerun.pipeline import Pipeline
     from edgerun.sinks.text import JsonlSink, TableSink
     from edgerun.sources.files import FileSource
+    from edgerun.telemetry.metrics import Metrics
 
     if args.top_k is not None and args.top_k < 1:
         raise ConfigError(f"--top-k must be at least 1, got {args.top_k}")
@@ -98,17 +106,15 @@ def run(args: argparse.Namespace) -> int:
             + (f"; resuming, {len(skip)} input(s) already done" if skip else ""),
             flush=True,
         )
-    pipeline = Pipeline(source, model, sinks, batch_size=args.batch_size, on_result=on_result)
-    previous = {
-        sig: signal.signal(sig, lambda n, f: pipeline.stop(signal.Signals(n).name))
-        for sig in (signal.SIGINT, signal.SIGTERM)
-    }
+    metrics = Metrics()
+    sync = start_sync(args, metrics, [model])
+    if sync is not None and args.publish_results:
+        sinks.append(sync.results_sink())
+    pipeline = Pipeline(source, model, sinks, metrics=metrics, batch_size=args.batch_size, on_result=on_result)
     try:
         with model:
-            summary = pipeline.run()
+            summary = run_pipeline(pipeline, sync)
     finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
         if bar is not None:
             bar.close()
     if not args.json:

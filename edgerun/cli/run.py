@@ -3,11 +3,18 @@
 from __future__ import annotations
 
 import argparse
-import signal
 import sys
 from typing import Any
 
-from edgerun.cli.common import add_model_options, load_kwargs, print_json, report_failure
+from edgerun.cli.common import (
+    add_model_options,
+    add_mqtt_options,
+    load_kwargs,
+    print_json,
+    report_failure,
+    run_pipeline,
+    start_sync,
+)
 
 HELP = "run a pipeline from a source (files, video, camera, stream, sensor CSV, MQTT) into sinks"
 
@@ -60,6 +67,7 @@ def register(sub: Any) -> None:
     p.add_argument("--batch-size", type=int, default=1, metavar="N", help="frames per inference call")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     add_model_options(p)
+    add_mqtt_options(p)
     p.set_defaults(run=run)
 
 
@@ -86,6 +94,7 @@ def run(args: argparse.Namespace) -> int:
     from edgerun.pipeline import Pipeline
     from edgerun.sinks import open_sink
     from edgerun.sources import open_source
+    from edgerun.telemetry.metrics import Metrics
 
     for name in ("max_frames", "batch_size", "queue", "window", "hop"):
         value = getattr(args, name)
@@ -104,24 +113,21 @@ def run(args: argparse.Namespace) -> int:
             queue=args.queue,
         )
         sinks = [open_sink(s, fps=getattr(source, "fps", 0.0) or 25.0) for s in (args.sink or ["stdout"])]
+        metrics = Metrics()
+        sync = start_sync(args, metrics, [model])
+        if sync is not None and args.publish_results:
+            sinks.append(sync.results_sink())
         pipeline = Pipeline(
             source,
             model,
             sinks,
+            metrics=metrics,
             fps=args.fps,
             max_frames=args.max_frames,
             batch_size=args.batch_size,
             on_result=report_failure,
         )
-        previous = {
-            sig: signal.signal(sig, lambda n, f: pipeline.stop(signal.Signals(n).name))
-            for sig in (signal.SIGINT, signal.SIGTERM)
-        }
-        try:
-            summary = pipeline.run()
-        finally:
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
+        summary = run_pipeline(pipeline, sync)
     if args.json:
         print_json({"model": model.name, "version": model.version, "delegate": model.delegate, **summary.to_dict()})
     else:

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["STAGES", "LatencyStats", "Metrics", "NoMetrics"]
+__all__ = ["STAGES", "LatencyStats", "Metrics", "MetricsWindow", "NoMetrics"]
 
 #: The stages every inference is timed in; "total" is end to end.
 STAGES = ("pre", "infer", "post", "total")
@@ -156,25 +156,34 @@ class Metrics:
             self._get(name, version, delegate).dropped += n
 
     def snapshot(self, window_s: float | None = None) -> dict[str, Any]:
-        """``{"window_s": w, "models": {name: {...}}}`` in PROTOCOL.md's metrics shape.
+        """``{"window_s": w, "models": {name: {...}}}`` in PROTOCOL.md's metrics shape, over a sliding window.
 
-        ``count`` and ``errors`` are over the window; ``latency_ms`` is end to end,
-        ``stages_ms`` the p50 of each stage, both over the window. When several
-        versions of one model ran in the window, the one with most inferences is
-        reported under the name (PROTOCOL.md keys models by name only).
+        ``count`` and ``errors`` are over the window (``count`` is capped by the
+        4,096 samples kept; ``MetricsWindow`` gives exact counts); ``latency_ms``
+        is end to end, ``stages_ms`` the p50 of each stage. When several versions
+        of one model ran in the window, the one with most inferences is reported
+        under the name (PROTOCOL.md keys models by name only).
         """
         window = self.window_s if window_s is None else window_s
         now = self._clock()
-        since = now - window
+        return self._collect(now - window, now, None)
+
+    def _collect(self, since: float, now: float, base: dict[tuple[str, str], tuple[int, int]] | None) -> dict[str, Any]:
         models: dict[str, Any] = {}
         with self._lock:
-            for (name, version), stats in self._models.items():
+            for key, stats in self._models.items():
+                name, version = key
                 total = stats.stages["total"].window(since)
-                errors = sum(1 for t in stats.error_ts if t >= since)
+                if base is None:
+                    count = int(total.size)
+                    errors = sum(1 for t in stats.error_ts if t >= since)
+                else:
+                    count0, errors0 = base.get(key, (0, 0))
+                    count, errors = stats.count - count0, stats.errors - errors0
                 entry = {
                     "version": version,
                     "delegate": stats.delegate,
-                    "count": int(total.size),
+                    "count": count,
                     "errors": errors,
                     "latency_ms": stats.stages["total"].summary_window(since),
                     "stages_ms": {
@@ -185,7 +194,12 @@ class Metrics:
                 previous = models.get(name)
                 if previous is None or entry["count"] > previous["count"]:
                     models[name] = entry
-        return {"window_s": round(min(window, now - self.started), 3), "models": models}
+        return {"window_s": round(max(0.0, min(now - since, now - self.started)), 3), "models": models}
+
+    def counters(self) -> dict[tuple[str, str], tuple[int, int]]:
+        """(count, errors) since start per (name, version)."""
+        with self._lock:
+            return {key: (s.count, s.errors) for key, s in self._models.items()}
 
     def totals(self) -> dict[str, dict[str, Any]]:
         """Everything since start per ``name@version``: counts, throughput and per-stage percentiles."""
@@ -224,3 +238,26 @@ class NoMetrics(Metrics):
 
     def dropped(self, name: str, version: str, delegate: str, n: int = 1) -> None:
         """Ignore."""
+
+
+class MetricsWindow:
+    """Consecutive windows over a ``Metrics``, for periodic records.
+
+    Each ``take()`` covers the time since the previous one, with exact counts
+    (from the counters, not the sample ring), so the counts of consecutive
+    records add up to the total: a run of 150 inferences reports 150.
+    """
+
+    def __init__(self, metrics: Metrics) -> None:
+        self.metrics = metrics
+        self._since = metrics._clock()
+        self._base = metrics.counters()
+
+    def take(self) -> dict[str, Any]:
+        """The window since the previous ``take`` (or since creation)."""
+        now = self.metrics._clock()
+        base, self._base = self._base, self.metrics.counters()
+        snap = self.metrics._collect(self._since, now, base)
+        snap["window_s"] = round(now - self._since, 3)
+        self._since = now
+        return snap

@@ -1,0 +1,62 @@
+"""Turning connection failures into one line that says which layer failed and why.
+
+Shared by the link (which logs the reason and retries) and ``edgerun mqtt check``
+(which walks the layers one by one: DNS, TCP, TLS, MQTT CONNECT, publish).
+"""
+
+from __future__ import annotations
+
+import socket
+import ssl
+from typing import Any
+
+from edgerun.sync.settings import MqttSettings
+
+__all__ = ["connack_reason", "describe_connect_error"]
+
+_TLS_HINTS = {
+    "CERTIFICATE_EXPIRED": "the broker rejected our client certificate: it has expired",
+    "CERTIFICATE_REQUIRED": "the broker requires a client certificate (set the cert and key)",
+    "UNKNOWN_CA": "the broker does not trust the CA that signed our client certificate",
+    "BAD_CERTIFICATE": "the broker rejected our client certificate",
+    "WRONG_VERSION_NUMBER": "the port does not speak TLS (is it a plain MQTT port?)",
+}
+
+
+def describe_connect_error(exc: BaseException, settings: MqttSettings) -> str:
+    """One line naming the layer (DNS, TCP, TLS) and the cause of a failed connect."""
+    where = f"{settings.host}:{settings.port}"
+    if isinstance(exc, socket.gaierror):
+        return f"DNS: cannot resolve {settings.host}: {exc.strerror or exc}"
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        message = exc.verify_message or str(exc)
+        hint = " (is the CA file right?)" if "issuer" in message or "self-signed" in message else ""
+        return f"TLS: the broker's certificate at {where} was rejected: {message}{hint}"
+    if isinstance(exc, ssl.SSLError):
+        reason = str(exc.reason or exc)
+        for key, text in _TLS_HINTS.items():
+            if key in reason.upper():
+                return f"TLS handshake with {where} failed: {text} ({reason})"
+        return f"TLS handshake with {where} failed: {reason}"
+    if isinstance(exc, ConnectionRefusedError):
+        return f"TCP: connection to {where} refused (is the broker running and listening there?)"
+    if isinstance(exc, (TimeoutError, socket.timeout)):
+        return f"TCP: connection to {where} timed out"
+    if isinstance(exc, (ConnectionResetError, BrokenPipeError)):
+        return f"TCP: connection to {where} was reset during the handshake ({exc})"
+    if isinstance(exc, OSError):
+        return f"network: cannot reach {where}: {exc.strerror or exc}"
+    return f"cannot connect to {where}: {exc}"
+
+
+def connack_reason(reason_code: Any) -> str:
+    """One line for a refused CONNECT, with what to check."""
+    text = str(reason_code)
+    lower = text.lower()
+    if "user name or password" in lower or "bad username" in lower:
+        return f"authentication: the broker refused the user name or password ({text})"
+    if "not authori" in lower:
+        return f"authentication: the broker says this client is not authorized ({text})"
+    if "identifier" in lower:
+        return f"the broker rejected the client id ({text})"
+    return f"the broker refused the connection: {text}"

@@ -1,0 +1,347 @@
+"""The MQTT link: one connection per process, offline-first, never blocking inference.
+
+One thread owns the paho client (callback API version 2) and does everything
+with it: connecting with exponential backoff and full jitter, running paho's
+network loop, re-subscribing after every connect (also when the broker lost the
+session), publishing the retained ``status`` record, and draining the outbox in
+order with a bounded number of QoS 1 messages in flight. Other threads only hand
+work over (``submit`` through the outbox, ``publish`` and ``subscribe`` through a
+queue) and return at once.
+
+Delivery: at least once to the broker. A record leaves the outbox only when the
+broker acknowledged it (PUBACK). After a reconnect, sending restarts at the
+oldest unacknowledged record, so a receiver may see duplicates, which it drops
+by ``(device, epoch, seq)``; after de-duplication the order is the order of
+``seq``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import queue
+import random
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from edgerun import __version__
+from edgerun.sync.diagnose import connack_reason, describe_connect_error
+from edgerun.sync.outbox import Outbox
+from edgerun.sync.settings import MqttSettings
+from edgerun.sync.topics import Topics
+
+log = logging.getLogger(__name__)
+
+__all__ = ["LinkState", "MqttLink"]
+
+Handler = Callable[[str, bytes], None]
+
+
+@dataclass(frozen=True)
+class LinkState:
+    """What the link is doing, for status pages and ``edgerun mqtt check``."""
+
+    connected: bool
+    broker: str
+    last_error: str | None
+    connects: int
+    sent: int
+    acked: int
+    refused: int
+
+
+class MqttLink:
+    """The device's connection to its broker.
+
+    Args:
+        settings: broker, TLS, auth, protocol, backoff.
+        topics: the device's topics.
+        outbox: records to deliver (None: status and direct publishes only).
+        status: initial fields of the retained status record (``models``, ``accelerators``).
+    """
+
+    def __init__(
+        self, settings: MqttSettings, topics: Topics, outbox: Outbox | None, *, status: dict[str, Any] | None = None
+    ) -> None:
+        import paho.mqtt.client as mqtt
+
+        self._mqtt = mqtt
+        self.settings = settings
+        self.topics = topics
+        self.outbox = outbox
+        self._status: dict[str, Any] = {"models": {}, "accelerators": [], **(status or {})}
+        v5 = settings.protocol == "5"
+        self._client = mqtt.Client(
+            mqtt.CallbackAPIVersion.VERSION2,
+            client_id=settings.client_id or f"edgerun-{topics.device}",
+            clean_session=None if v5 else False,
+            protocol=mqtt.MQTTv5 if v5 else mqtt.MQTTv311,
+            reconnect_on_failure=False,  # we reconnect ourselves, with jitter
+        )
+        c = self._client
+        c.suppress_exceptions = True  # a bug in a callback is logged by paho, never stops the loop
+        c.enable_logger(logging.getLogger("edgerun.sync.paho"))
+        c.max_inflight_messages_set(settings.max_inflight)
+        c.max_queued_messages_set(0)
+        if settings.username is not None:
+            c.username_pw_set(settings.username, settings.password)
+        if settings.tls:
+            import ssl
+
+            c.tls_set(
+                ca_certs=settings.ca_file,
+                certfile=settings.cert_file,
+                keyfile=settings.key_file,
+                cert_reqs=ssl.CERT_REQUIRED,
+            )
+        c.will_set(topics.status, json.dumps({"schema": 1, "state": "offline"}), qos=1, retain=True)
+        c.on_connect = self._on_connect
+        c.on_disconnect = self._on_disconnect
+        c.on_publish = self._on_publish
+        c.on_message = self._on_message
+        self._subs: dict[str, tuple[int, Handler]] = {}
+        self._direct: queue.Queue[tuple[str, bytes, int, bool]] = queue.Queue()
+        self._direct_mids: set[int] = set()
+        self._inflight: dict[int, int] = {}  # mid -> outbox id
+        self._early: set[int] = set()  # acks that arrived before publish() returned
+        self._acked: list[int] = []
+        self._last_sent = 0  # outbox id of the newest record handed to paho
+        self._subscribed: set[str] = set()
+        self._connected = threading.Event()
+        self._refused: str | None = None
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._status_dirty = False
+        self.last_error: str | None = None
+        self._logged_error: str | None = None
+        self._counts = {"connects": 0, "sent": 0, "acked": 0, "refused": 0}
+
+    # -- for other threads -----------------------------------------------------
+    @property
+    def connected(self) -> bool:
+        """True between a successful CONNACK and the next disconnect."""
+        return self._connected.is_set()
+
+    def state(self) -> LinkState:
+        """A snapshot of the link's state."""
+        return LinkState(self.connected, self.settings.describe(), self.last_error, **self._counts)
+
+    def subscribe(self, topic: str, handler: Handler, qos: int = 1) -> None:
+        """Call ``handler(topic, payload)`` for messages on ``topic`` (wildcards allowed); kept across reconnects."""
+        self._subs[topic] = (qos, handler)
+        self._wake.set()
+
+    def publish(self, topic: str, payload: bytes | str, qos: int = 1, retain: bool = False) -> None:
+        """Send now if connected, else when connected; not durable (use the outbox for that)."""
+        data = payload.encode() if isinstance(payload, str) else payload
+        self._direct.put((topic, data, qos, retain))
+        self._wake.set()
+
+    def set_status(self, **fields: Any) -> None:
+        """Change fields of the retained status record (``models``, ``accelerators``); republished if changed."""
+        changed = any(self._status.get(k) != v for k, v in fields.items())
+        self._status.update(fields)
+        if changed:
+            self._status_dirty = True
+            self._wake.set()
+
+    def notify(self) -> None:
+        """New records are in the outbox."""
+        self._wake.set()
+
+    def start(self) -> None:
+        """Start the link thread (connecting in the background)."""
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="mqtt-link", daemon=True)
+            self._thread.start()
+
+    def wait_connected(self, timeout: float) -> bool:
+        """Wait for a connection; False on timeout."""
+        return self._connected.wait(timeout)
+
+    def wait_drained(self, timeout: float) -> bool:
+        """Wait until the outbox is empty and nothing is in flight; False on timeout."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if (self.outbox is None or len(self.outbox) == 0) and not self._inflight and self._direct.empty():
+                return True
+            self._wake.set()
+            time.sleep(0.02)
+        return False
+
+    def stop(self, flush_timeout_s: float = 5.0) -> None:
+        """Publish ``offline``, deliver what is queued (up to the timeout), disconnect cleanly."""
+        if self._thread is None:
+            return
+        if self.connected:
+            self.wait_drained(flush_timeout_s)
+            offline = {"schema": 1, "state": "offline", "ts": int(time.time())}
+            self.publish(self.topics.status, json.dumps(offline), qos=1, retain=True)
+            self.wait_drained(min(2.0, flush_timeout_s))
+        self._stop.set()
+        self._wake.set()
+        self._thread.join(timeout=10)
+        self._thread = None
+
+    # -- the link thread ---------------------------------------------------------
+    def _run(self) -> None:
+        s = self.settings
+        backoff = s.reconnect_min_s
+        while not self._stop.is_set():
+            started = time.monotonic()
+            self._refused = None
+            try:
+                self._connect()
+            except Exception as exc:  # DNS, TCP, TLS: described, retried
+                self._note_error(describe_connect_error(exc, s))
+            else:
+                self._serve()
+            if self._stop.is_set():
+                break
+            if self._connected.is_set() or time.monotonic() - started > 60:
+                backoff = s.reconnect_min_s  # a connection that lasted resets the backoff
+            self._connected.clear()
+            delay = random.uniform(0, backoff)  # full jitter: a fleet does not reconnect in step
+            log.debug("reconnecting to %s in %.2f s", s.describe(), delay)
+            self._stop.wait(delay)
+            backoff = min(backoff * 2, s.reconnect_max_s)
+        try:
+            self._client.disconnect()
+        except Exception as exc:  # already gone
+            log.debug("disconnect: %s", exc)
+
+    def _connect(self) -> None:
+        s = self.settings
+        if s.protocol == "5":
+            from paho.mqtt.packettypes import PacketTypes
+            from paho.mqtt.properties import Properties
+
+            props = Properties(PacketTypes.CONNECT)
+            props.SessionExpiryInterval = s.session_expiry_s
+            self._client.connect(s.host, s.port, s.keepalive_s, clean_start=False, properties=props)
+        else:
+            self._client.connect(s.host, s.port, s.keepalive_s)
+
+    def _serve(self) -> None:
+        """Run paho's loop and our work until the connection ends or we stop."""
+        mqtt = self._mqtt
+        while not self._stop.is_set():
+            rc = self._client.loop(timeout=0.02)
+            if self._refused is not None:
+                self._note_error(self._refused)
+                self._client.disconnect()
+                return
+            if rc != mqtt.MQTT_ERR_SUCCESS:
+                if self._connected.is_set():
+                    self._note_error(f"connection to {self.settings.describe()} lost ({mqtt.error_string(rc)})")
+                return
+            if self._connected.is_set():
+                self._work()
+
+    def _work(self) -> None:
+        if self._status_dirty:
+            self._publish_status()
+        for topic, (qos, _) in list(self._subs.items()):
+            if topic not in self._subscribed:
+                self._client.subscribe(topic, qos)
+                self._subscribed.add(topic)
+        while True:
+            try:
+                topic, payload, qos, retain = self._direct.get_nowait()
+            except queue.Empty:
+                break
+            info = self._client.publish(topic, payload, qos=qos, retain=retain)
+            self._direct_mids.add(info.mid)
+        self._drain()
+        self._wake.clear()
+
+    def _drain(self) -> None:
+        if self.outbox is None:
+            return
+        if self._acked:
+            self.outbox.ack(self._acked)
+            self._acked = []
+        room = self.settings.max_inflight - len(self._inflight)
+        if room <= 0:
+            return
+        for record in self.outbox.pending(after_id=self._last_sent, limit=room):
+            info = self._client.publish(record.topic, record.payload, qos=record.qos)
+            if info.rc != self._mqtt.MQTT_ERR_SUCCESS:
+                return  # connection gone; resent after the reconnect
+            self._last_sent = record.id
+            self._counts["sent"] += 1
+            if info.mid in self._early:
+                self._early.discard(info.mid)
+                self._acked.append(record.id)
+            else:
+                self._inflight[info.mid] = record.id
+
+    def _publish_status(self) -> None:
+        record = {"schema": 1, "state": "online", "ts": int(time.time()), "runtime": __version__, **self._status}
+        info = self._client.publish(self.topics.status, json.dumps(record), qos=1, retain=True)
+        self._direct_mids.add(info.mid)
+        self._status_dirty = False
+
+    def _note_error(self, message: str) -> None:
+        self.last_error = message
+        if message != self._logged_error:  # one line per distinct reason, not one per retry
+            log.warning("MQTT: %s; retrying with backoff", message)
+            self._logged_error = message
+
+    # -- paho callbacks (run in the link thread, inside loop()) ----------------
+    def _on_connect(self, client: Any, userdata: Any, flags: Any, reason_code: Any, properties: Any) -> None:
+        if reason_code.is_failure:
+            self._refused = connack_reason(reason_code)
+            return
+        self._counts["connects"] += 1
+        self.last_error = None
+        self._logged_error = None
+        # What was in flight stays mapped: paho re-sends its unacknowledged QoS 1
+        # messages (same mids) on every reconnect, so we must not send them again.
+        self._subscribed.clear()  # subscribe again: the broker may have lost the session
+        self._status_dirty = True
+        self._connected.set()
+        log.info(
+            "MQTT connected to %s (session present: %s)",
+            self.settings.describe(),
+            getattr(flags, "session_present", "?"),
+        )
+
+    def _on_disconnect(self, client: Any, userdata: Any, flags: Any, reason_code: Any, properties: Any) -> None:
+        self._connected.clear()
+
+    def _on_publish(self, client: Any, userdata: Any, mid: int, reason_code: Any, properties: Any) -> None:
+        if mid in self._direct_mids:
+            self._direct_mids.discard(mid)
+            return
+        rid = self._inflight.pop(mid, None)
+        if rid is None:
+            self._early.add(mid)
+            return
+        if reason_code is not None and getattr(reason_code, "is_failure", False):
+            self._counts["refused"] += 1
+            log.warning("MQTT: the broker refused a record (%s); dropped, it would be refused again", reason_code)
+        else:
+            self._counts["acked"] += 1
+        self._acked.append(rid)
+
+    def _on_message(self, client: Any, userdata: Any, message: Any) -> None:
+        size = len(message.payload)
+        if size > self.settings.max_message_bytes:
+            log.warning(
+                "MQTT: dropped a %d-byte message on %s (limit %d bytes)",
+                size,
+                message.topic,
+                self.settings.max_message_bytes,
+            )
+            return
+        for pattern, (_, handler) in list(self._subs.items()):
+            if self._mqtt.topic_matches_sub(pattern, message.topic):
+                try:
+                    handler(message.topic, message.payload)
+                except Exception:  # a handler's bug must not stop the network loop
+                    log.exception("MQTT: handler for %s failed on a message from %s", pattern, message.topic)

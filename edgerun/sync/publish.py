@@ -1,0 +1,170 @@
+"""What the device publishes: periodic metrics records and per-inference results.
+
+Both go through the outbox (durable, ordered, numbered) and never block the
+caller: metrics are built on their own timer thread; results are buffered by
+the sink and committed in batches on the pipeline's sink thread.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Any
+
+from edgerun.sinks.base import Result
+from edgerun.sync.link import MqttLink
+from edgerun.sync.outbox import Outbox
+from edgerun.sync.topics import Topics
+from edgerun.telemetry.metrics import Metrics, MetricsWindow
+from edgerun.telemetry.system import SystemSampler
+
+log = logging.getLogger(__name__)
+
+__all__ = ["MetricsPublisher", "ResultsSink"]
+
+
+class MetricsPublisher:
+    """Every ``interval_s``, one ``metrics`` record (PROTOCOL.md) into the outbox; one more at ``stop``.
+
+    Records carry an ``outbox`` object (an extension of the protocol record,
+    see docs/protocol-notes.md): ``evicted`` is the number of records the
+    outbox's size bound removed since the previous metrics record, so a gap in
+    ``seq`` is never silent.
+    """
+
+    def __init__(
+        self,
+        metrics: Metrics,
+        outbox: Outbox,
+        link: MqttLink | None,
+        topics: Topics,
+        *,
+        interval_s: float = 10.0,
+        system: SystemSampler | None = None,
+    ) -> None:
+        if interval_s <= 0:
+            raise ValueError("metrics interval must be positive")
+        self._window = MetricsWindow(metrics)
+        self._outbox, self._link, self._topics = outbox, link, topics
+        self._interval = interval_s
+        self._system = system or SystemSampler()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+
+    def publish_now(self) -> int:
+        """Build and queue one record now; returns its ``seq``."""
+        with self._lock:
+            snap = self._window.take()
+            record: dict[str, Any] = {
+                "schema": 1,
+                "device": self._topics.device,
+                "ts": round(time.time(), 3),
+                "window_s": snap["window_s"],
+                "models": snap["models"],
+                "system": self._system.sample(),
+            }
+
+            def fill(rec: dict[str, Any]) -> None:
+                rec["outbox"] = {"evicted": self._outbox.take_unreported_evictions()}
+
+            (seq,) = self._outbox.put_many([("metrics", self._topics.metrics, record, 1)], fill=fill)
+        if self._link is not None:
+            self._link.notify()
+        return seq
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._interval):
+            try:
+                self.publish_now()
+            except Exception:  # a full disk must not kill the timer; the next tick tries again
+                log.exception("could not queue a metrics record")
+
+    def start(self) -> None:
+        """Start the timer thread."""
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="metrics-publisher", daemon=True)
+            self._thread.start()
+
+    def stop(self) -> None:
+        """Stop the timer and queue a last record covering the time since the previous one."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+            self._thread = None
+        self.publish_now()
+
+
+class ResultsSink:
+    """A pipeline sink that queues one ``results`` record per inference (PROTOCOL.md).
+
+    Records are committed to the outbox in batches (``batch`` records or
+    ``max_delay_s``, whichever first) to keep the per-record cost down; a rate
+    limit (records per second, token bucket) skips and counts what is over it.
+    """
+
+    def __init__(
+        self,
+        outbox: Outbox,
+        link: MqttLink | None,
+        topics: Topics,
+        *,
+        qos: int = 1,
+        max_per_s: float | None = None,
+        batch: int = 64,
+        max_delay_s: float = 0.1,
+    ) -> None:
+        if qos not in (0, 1):
+            raise ValueError("results QoS must be 0 or 1")
+        self._outbox, self._link, self._topics = outbox, link, topics
+        self._qos = qos
+        self._rate = max_per_s
+        self._tokens = max_per_s or 0.0
+        self._last = time.monotonic()
+        self._pending: list[tuple[str, str, dict[str, Any], int]] = []
+        self._oldest = 0.0
+        self._batch, self._max_delay = batch, max_delay_s
+        self.skipped = 0
+
+    def _allow(self) -> bool:
+        if self._rate is None:
+            return True
+        now = time.monotonic()
+        self._tokens = min(self._rate, self._tokens + (now - self._last) * self._rate)
+        self._last = now
+        if self._tokens >= 1.0:
+            self._tokens -= 1.0
+            return True
+        self.skipped += 1
+        return False
+
+    def publish(self, result: Result) -> None:
+        """Queue the result of one inference (failed frames are not results)."""
+        if not result.ok or not self._allow():
+            return
+        r = result.record
+        record = {
+            "ts": round(result.frame.ts, 3),
+            "source": r["input"],
+            "model": r["model"],
+            "version": r["version"],
+            "output": r["output"],
+        }
+        if not self._pending:
+            self._oldest = time.monotonic()
+        self._pending.append((f"results/{r['model']}", self._topics.results(r["model"]), record, self._qos))
+        if len(self._pending) >= self._batch or time.monotonic() - self._oldest >= self._max_delay:
+            self.flush()
+
+    def flush(self) -> None:
+        """Commit what is buffered."""
+        if self._pending:
+            self._outbox.put_many(self._pending)
+            self._pending = []
+            if self._link is not None:
+                self._link.notify()
+
+    def close(self) -> None:
+        """Commit the rest."""
+        self.flush()
