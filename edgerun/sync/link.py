@@ -82,8 +82,8 @@ class MqttLink:
             reconnect_on_failure=False,  # we reconnect ourselves, with jitter
         )
         c = self._client
-        c.suppress_exceptions = True  # a bug in a callback is logged by paho, never stops the loop
-        c.enable_logger(logging.getLogger("edgerun.sync.paho"))
+        c.suppress_exceptions = True  # a bug in a callback is logged (on_log), never stops the loop
+        c.on_log = self._on_paho_log
         c.max_inflight_messages_set(settings.max_inflight)
         c.max_queued_messages_set(0)
         if settings.username is not None:
@@ -328,6 +328,14 @@ class MqttLink:
         else:
             self._counts["acked"] += 1
         self._acked.append(rid)
+
+    def _on_paho_log(self, client: Any, userdata: Any, level: int, text: str) -> None:
+        # paho reports a dropped connection at ERROR; the link says that itself, once,
+        # at WARNING. What stays an error is an exception in one of our callbacks.
+        if text.startswith("Caught exception in"):
+            log.error("MQTT callback failed: %s", text)
+        else:
+            log.debug("paho: %s", text)
 
     def _on_message(self, client: Any, userdata: Any, message: Any) -> None:
         size = len(message.payload)

@@ -10,8 +10,10 @@ Every metrics and results record is written here *before* it is sent, gets its
   process: the transaction is in the WAL file (``synchronous=NORMAL``). An OS
   crash or power cut can lose the transactions since the last WAL sync — the
   price of not paying an fsync per record on an SD card;
-* a size bound evicts the oldest records first and counts them; the count goes
-  into the next metrics record (``outbox.evicted``), so a gap is never silent.
+* a size bound evicts the oldest records first and counts them; every metrics
+  record carries the total evicted since the epoch began (``outbox.evicted``),
+  so a gap in ``seq`` is never silent, even if the record that would have
+  reported it was itself evicted.
 
 Writes are the hot path: ``put_many`` commits a batch in one transaction.
 """
@@ -98,7 +100,6 @@ class Outbox:
                 self._set_meta("epoch", secrets.token_hex(8))
                 self._set_meta("bytes", "0")
                 self._set_meta("evicted", "0")
-                self._set_meta("evicted_reported", "0")
             self._db.execute("COMMIT")
         self.epoch: str = self._meta("epoch") or ""
 
@@ -132,7 +133,7 @@ class Outbox:
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
             try:
-                added = 0
+                total = int(self._meta("bytes") or 0)
                 for stream, topic, record, qos in items:
                     row = self._db.execute("SELECT last FROM seqs WHERE stream = ?", (stream,)).fetchone()
                     seq = (row[0] if row else 0) + 1
@@ -142,17 +143,19 @@ class Outbox:
                     )
                     record["seq"] = seq
                     record["epoch"] = self.epoch
+                    payload = json.dumps(record, separators=(",", ":")).encode()
+                    # Make room first, so a record reports the evictions made for it too.
+                    room = len(payload) + (64 if fill is not None else 0)
+                    total = self._evict(total + room) - room
                     if fill is not None:
                         fill(record)
-                    payload = json.dumps(record, separators=(",", ":")).encode()
+                        payload = json.dumps(record, separators=(",", ":")).encode()
                     self._db.execute(
                         "INSERT INTO records(stream, seq, topic, qos, payload, created) VALUES(?,?,?,?,?,?)",
                         (stream, seq, topic, qos, payload, now),
                     )
-                    added += len(payload)
+                    total += len(payload)
                     seqs.append(seq)
-                total = int(self._meta("bytes") or 0) + added
-                total = self._evict(total)
                 self._set_meta("bytes", str(total))
                 self._db.execute("COMMIT")
             except BaseException:
@@ -174,12 +177,12 @@ class Outbox:
         self._set_meta("evicted", str(int(self._meta("evicted") or 0) + evicted))
         return total
 
-    def take_unreported_evictions(self) -> int:
-        """Evictions not yet reported in a metrics record (for use inside ``put_many``'s ``fill``)."""
-        evicted = int(self._meta("evicted") or 0)
-        reported = int(self._meta("evicted_reported") or 0)
-        self._set_meta("evicted_reported", str(evicted))
-        return evicted - reported
+    def evicted_total(self) -> int:
+        """Records evicted since the epoch began (cumulative, so a lost report loses nothing).
+
+        Safe inside ``put_many``'s ``fill``, which runs under the outbox's lock.
+        """
+        return int(self._meta("evicted") or 0)
 
     # -- reading and acknowledging ------------------------------------------
     def pending(self, after_id: int = 0, limit: int = 500) -> list[Pending]:
@@ -200,11 +203,13 @@ class Outbox:
             self._db.execute("BEGIN IMMEDIATE")
             try:
                 removed = 0
-                for rid in ids:
-                    row = self._db.execute("SELECT length(payload) FROM records WHERE id = ?", (rid,)).fetchone()
-                    if row is not None:
-                        self._db.execute("DELETE FROM records WHERE id = ?", (rid,))
-                        removed += row[0]
+                for start in range(0, len(ids), 500):  # SQLite's bound-parameter limit is 999 on old builds
+                    chunk = ids[start : start + 500]
+                    marks = ",".join("?" * len(chunk))
+                    removed += self._db.execute(
+                        f"SELECT coalesce(sum(length(payload)), 0) FROM records WHERE id IN ({marks})", chunk
+                    ).fetchone()[0]
+                    self._db.execute(f"DELETE FROM records WHERE id IN ({marks})", chunk)
                 self._set_meta("bytes", str(max(0, int(self._meta("bytes") or 0) - removed)))
                 self._db.execute("COMMIT")
             except BaseException:

@@ -29,8 +29,8 @@ class MetricsPublisher:
 
     Records carry an ``outbox`` object (an extension of the protocol record,
     see docs/protocol-notes.md): ``evicted`` is the number of records the
-    outbox's size bound removed since the previous metrics record, so a gap in
-    ``seq`` is never silent.
+    outbox's size bound has removed since the epoch began, so a gap in ``seq``
+    is never silent.
     """
 
     def __init__(
@@ -67,7 +67,7 @@ class MetricsPublisher:
             }
 
             def fill(rec: dict[str, Any]) -> None:
-                rec["outbox"] = {"evicted": self._outbox.take_unreported_evictions()}
+                rec["outbox"] = {"evicted": self._outbox.evicted_total()}
 
             (seq,) = self._outbox.put_many([("metrics", self._topics.metrics, record, 1)], fill=fill)
         if self._link is not None:

@@ -1,0 +1,348 @@
+"""The MQTT link against real Mosquitto brokers: status and will, outages, kills, garbage, sessions."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as mqtt
+import pytest
+
+from edgerun.sync.link import MqttLink
+from edgerun.sync.outbox import Outbox
+from edgerun.sync.publish import MetricsPublisher
+from edgerun.sync.settings import MqttSettings
+from edgerun.sync.topics import Topics
+from edgerun.telemetry.metrics import Metrics
+from tests.conftest import ROOT, SAMPLES, Broker, run_cli
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.02)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+class Collector:
+    """A fleet-side subscriber with a persistent session, as an operator's backend would have."""
+
+    def __init__(self, port: int, pattern: str = "edgerun/#", client_id: str | None = None) -> None:
+        self.messages: list[tuple[str, Any, bool]] = []
+        self._lock = threading.Lock()
+        self.client = mqtt.Client(
+            mqtt.CallbackAPIVersion.VERSION2, client_id=client_id or f"c{time.monotonic_ns()}", clean_session=False
+        )
+        self.subscribed = threading.Event()
+        self.client.on_connect = lambda c, u, f, rc, p: c.subscribe(pattern, qos=1)
+        self.client.on_subscribe = lambda c, u, mid, rc, p: self.subscribed.set()
+        self.client.on_message = self._on_message
+        self.client.reconnect_delay_set(0.1, 0.5)
+        self.client.connect("127.0.0.1", port, keepalive=5)
+        self.client.loop_start()
+        assert self.subscribed.wait(10), "collector did not subscribe"
+
+    def _on_message(self, client: Any, userdata: Any, msg: Any) -> None:
+        try:
+            data = json.loads(msg.payload)
+        except ValueError:
+            data = msg.payload
+        with self._lock:
+            self.messages.append((msg.topic, data, msg.retain))
+
+    def on(self, topic: str) -> list[Any]:
+        with self._lock:
+            return [d for t, d, _ in self.messages if t == topic]
+
+    def seqs(self, topic: str) -> list[int]:
+        return [d["seq"] for d in self.on(topic)]
+
+    def close(self) -> None:
+        self.client.loop_stop()
+        self.client.disconnect()
+
+
+def deduplicated(seqs: list[int]) -> list[int]:
+    seen: set[int] = set()
+    out = []
+    for s in seqs:
+        if s not in seen:
+            seen.add(s)
+            out.append(s)
+    return out
+
+
+@pytest.fixture
+def own_broker(tmp_path: Path) -> Iterator[Broker]:
+    """A broker this test may stop and start (persistent, so sessions survive a clean restart)."""
+    b = Broker(tmp_path / "broker")
+    b.start()
+    yield b
+    b.stop()
+
+
+def _settings(port: int, **kw: Any) -> MqttSettings:
+    return MqttSettings(host="127.0.0.1", port=port, keepalive_s=2, reconnect_min_s=0.1, reconnect_max_s=0.5, **kw)
+
+
+def _device(state: Path, port: int, device: str, count: int, rate: float = 0.0) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "tests.device_proc", str(state), str(port), device, str(count), str(rate)],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def test_status_is_retained_online_with_models_then_offline_on_a_clean_stop(broker: Broker, tmp_path: Path) -> None:
+    topics = Topics("edgerun", "status-dev")
+    link = MqttLink(
+        _settings(broker.port),
+        topics,
+        None,
+        status={"models": {"digits": {"version": "1.0.0", "format": "onnx", "delegate": "cpu"}}},
+    )
+    link.start()
+    assert link.wait_connected(10)
+    late = Collector(broker.port, topics.status)  # subscribes after the fact: sees the retained record
+    wait_until(lambda: late.on(topics.status), 5, "retained status")
+    status = late.on(topics.status)[0]
+    assert status["state"] == "online" and status["schema"] == 1
+    assert status["models"]["digits"]["delegate"] == "cpu" and "runtime" in status and "ts" in status
+    link.set_status(models={"digits": {"version": "1.1.0", "format": "onnx", "delegate": "cpu"}})
+    wait_until(
+        lambda: any(s.get("models", {}).get("digits", {}).get("version") == "1.1.0" for s in late.on(topics.status)),
+        5,
+        "status after a change",
+    )
+    link.stop()
+    wait_until(lambda: late.on(topics.status)[-1]["state"] == "offline", 5, "offline status")
+    late.close()
+
+
+def test_the_last_will_says_offline_when_the_device_is_killed(broker: Broker, tmp_path: Path) -> None:
+    watcher = Collector(broker.port, "edgerun/will-dev/status")
+    proc = _device(tmp_path, broker.port, "will-dev", 100_000, rate=50)
+    try:
+        wait_until(lambda: any(s["state"] == "online" for s in watcher.on("edgerun/will-dev/status")), 15, "online")
+    finally:
+        proc.kill()
+        proc.wait()
+    # keepalive 2 s: the broker gives up on the client after 1.5 keepalives and publishes the will
+    wait_until(lambda: watcher.on("edgerun/will-dev/status")[-1] == {"schema": 1, "state": "offline"}, 15, "will")
+    watcher.close()
+
+
+def test_a_device_started_while_the_broker_is_down_queues_then_delivers_everything(tmp_path: Path) -> None:
+    broker = Broker(tmp_path / "late-broker")
+    broker.start()
+    collector = Collector(broker.port, "edgerun/late-dev/metrics", client_id="late-collector")
+    collector.close()
+    broker.stop()  # the collector's session is saved; the broker is now absent
+    proc = _device(tmp_path / "state", broker.port, "late-dev", 30)
+    assert proc.stdout is not None
+    printed = [proc.stdout.readline() for _ in range(30)]
+    assert printed[-1].strip() == "seq 30"  # queued while offline, the caller never waited
+    broker.start()
+    collector = Collector(broker.port, "edgerun/late-dev/metrics", client_id="late-collector")
+    try:
+        assert proc.wait(timeout=60) == 0
+        assert proc.stdout.read().strip() == "done"
+        wait_until(lambda: len(set(collector.seqs("edgerun/late-dev/metrics"))) == 30, 15, "30 records")
+        assert deduplicated(collector.seqs("edgerun/late-dev/metrics")) == list(range(1, 31))
+    finally:
+        collector.close()
+        broker.stop()
+
+
+def test_records_flowing_through_a_broker_outage_all_arrive_in_order(own_broker: Broker, tmp_path: Path) -> None:
+    topic = "edgerun/outage-dev/metrics"
+    collector = Collector(own_broker.port, topic, client_id="outage-collector")
+    proc = _device(tmp_path, own_broker.port, "outage-dev", 300, rate=150)
+    assert proc.stdout is not None
+    wait_until(lambda: len(collector.seqs(topic)) >= 60, 20, "records before the outage")
+    own_broker.stop()
+    time.sleep(1.5)  # records keep being queued while the broker is away
+    own_broker.start()
+    assert proc.wait(timeout=90) == 0, proc.stderr.read() if proc.stderr else ""
+    assert proc.stdout.read().splitlines()[-1] == "done"
+    wait_until(lambda: len(set(collector.seqs(topic))) == 300, 20, "all 300 records")
+    assert deduplicated(collector.seqs(topic)) == list(range(1, 301))  # in order, no gap
+    collector.close()
+
+
+def test_a_device_killed_mid_publish_and_restarted_delivers_every_record(broker: Broker, tmp_path: Path) -> None:
+    topic = "edgerun/kill-dev/metrics"
+    collector = Collector(broker.port, topic)
+    first = _device(tmp_path, broker.port, "kill-dev", 100_000, rate=400)
+    assert first.stdout is not None
+    last = 0
+    while last < 150:
+        last = int(first.stdout.readline().split()[1])
+    first.kill()  # SIGKILL: records in flight and queued are left as they are
+    first.wait()
+    second = _device(tmp_path, broker.port, "kill-dev", 20)
+    assert second.wait(timeout=60) == 0
+    assert second.stdout is not None
+    lines = second.stdout.read().splitlines()
+    final = int(lines[-2].split()[1])
+    assert lines[-1] == "done" and final > last + 19 - 1
+    wait_until(lambda: set(range(1, final + 1)) <= set(collector.seqs(topic)), 20, "every record")
+    assert deduplicated(collector.seqs(topic))[:final] == list(range(1, final + 1))
+    collector.close()
+
+
+@pytest.mark.logs_errors
+def test_garbage_on_a_subscribed_topic_is_dropped_and_the_link_goes_on(broker: Broker, tmp_path: Path) -> None:
+    topics = Topics("edgerun", "garbage-dev")
+    handled: list[dict[str, Any]] = []
+
+    def handler(topic: str, payload: bytes) -> None:
+        data = json.loads(payload)  # raises on garbage: the link must survive its handler's bugs
+        if not isinstance(data, dict) or not isinstance(data.get("n"), int):
+            raise TypeError("wrong types")
+        handled.append(data)
+
+    link = MqttLink(_settings(broker.port), topics, None)
+    link.subscribe(topics.cmd, handler)
+    link.start()
+    assert link.wait_connected(10)
+    wait_until(lambda: topics.cmd in link._subscribed, 5, "subscription")
+    pub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
+    pub.connect("127.0.0.1", broker.port)
+    pub.loop_start()
+    for payload in (b"not json", b'{"n": "seven"}', b"[1, 2]", b"\xff\xfe", b"x" * (10 * 1024 * 1024), b'{"n": 7}'):
+        pub.publish(topics.cmd, payload, qos=1).wait_for_publish(10)
+    wait_until(lambda: handled == [{"n": 7}], 15, "the valid message after the garbage")
+    assert link.connected
+    pub.loop_stop()
+    pub.disconnect()
+    link.stop()
+
+
+def test_qos1_messages_sent_while_the_device_was_away_arrive_when_it_returns(broker: Broker) -> None:
+    topics = Topics("edgerun", "session-dev")
+    got: list[bytes] = []
+
+    def make() -> MqttLink:
+        link = MqttLink(_settings(broker.port), topics, None)
+        link.subscribe(topics.cmd, lambda t, p: got.append(p))
+        link.start()
+        assert link.wait_connected(10)
+        wait_until(lambda: topics.cmd in link._subscribed, 5, "subscription")
+        time.sleep(0.2)
+        return link
+
+    make().stop()
+    pub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
+    pub.connect("127.0.0.1", broker.port)
+    pub.loop_start()
+    pub.publish(topics.cmd, b"while you were away", qos=1).wait_for_publish(10)
+    pub.loop_stop()
+    pub.disconnect()
+    again = make()
+    wait_until(lambda: got == [b"while you were away"], 10, "the queued message")
+    again.stop()
+
+
+def test_subscriptions_are_restored_when_the_broker_lost_the_session(tmp_path: Path) -> None:
+    broker = Broker(tmp_path / "amnesiac", extra_conf="")
+    broker.conf.write_text(broker.conf.read_text().replace("persistence true", "persistence false"))
+    broker.start()
+    topics = Topics("edgerun", "amnesia-dev")
+    got: list[bytes] = []
+    link = MqttLink(_settings(broker.port), topics, None)
+    link.subscribe(topics.cmd, lambda t, p: got.append(p))
+    link.start()
+    try:
+        assert link.wait_connected(10)
+        broker.stop()
+        broker.start()  # a new broker process that knows nothing of the device's session
+        wait_until(lambda: link.connected and topics.cmd in link._subscribed, 20, "reconnect and resubscribe")
+        time.sleep(0.3)
+        pub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
+        pub.connect("127.0.0.1", broker.port)
+        pub.loop_start()
+        pub.publish(topics.cmd, b"hello again", qos=1).wait_for_publish(10)
+        wait_until(lambda: got == [b"hello again"], 10, "a message after the broker restart")
+        pub.loop_stop()
+        pub.disconnect()
+    finally:
+        link.stop()
+        broker.stop()
+
+
+def test_evictions_during_a_long_outage_are_counted_and_reported(tmp_path: Path) -> None:
+    broker = Broker(tmp_path / "evict-broker")
+    topics = Topics("edgerun", "evict-dev")
+    broker.start()
+    Collector(broker.port, topics.metrics, client_id="evict-collector").close()  # its session waits for us
+    broker.stop()
+    outbox = Outbox(tmp_path / "o.sqlite", max_bytes=8192)
+    link = MqttLink(_settings(broker.port), topics, outbox)
+    publisher = MetricsPublisher(Metrics(), outbox, link, topics, interval_s=3600)
+    link.start()  # nothing to connect to
+    for _ in range(150):
+        publisher.publish_now()
+    evicted = outbox.stats().evicted
+    assert evicted > 0
+    broker.start()
+    collector = Collector(broker.port, topics.metrics, client_id="evict-collector")
+    try:
+        assert link.wait_drained(30)
+        wait_until(lambda: len(collector.on(topics.metrics)) == 150 - evicted, 10, "the surviving records")
+        records = collector.on(topics.metrics)
+        seqs = [r["seq"] for r in records]
+        assert seqs == list(range(evicted + 1, 151))  # the oldest went first
+        assert records[-1]["outbox"]["evicted"] == evicted  # and the gap is announced
+        assert all(
+            set(r) >= {"schema", "device", "epoch", "seq", "ts", "window_s", "models", "system"} for r in records
+        )
+    finally:
+        collector.close()
+        link.stop()
+        broker.stop()
+
+
+def test_predict_with_mqtt_reports_every_inference_and_goes_offline(broker: Broker, tmp_path: Path) -> None:
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for i in range(150):
+        (folder / f"{i:03d}.png").write_bytes((SAMPLES / f"digit_{i % 10}.png").read_bytes())
+    collector = Collector(broker.port, "edgerun/predict-dev/#")
+    result = run_cli(
+        "predict",
+        str(ROOT / "models" / "digits" / "digits_int8.tflite"),
+        str(folder),
+        "--json",
+        "--mqtt",
+        f"mqtt://127.0.0.1:{broker.port}",
+        "--device-id",
+        "predict-dev",
+        "--state-dir",
+        str(tmp_path / "state"),
+        "--publish-results",
+    )
+    assert result.returncode == 0, result.stderr
+    metrics = "edgerun/predict-dev/metrics"
+    wait_until(
+        lambda: sum(m["models"]["digits"]["count"] for m in collector.on(metrics) if "digits" in m["models"]) == 150,
+        10,
+        "150 inferences in the metrics",
+    )
+    results = collector.on("edgerun/predict-dev/results/digits")
+    wait_until(lambda: len(collector.on("edgerun/predict-dev/results/digits")) == 150, 10, "150 results")
+    results = collector.on("edgerun/predict-dev/results/digits")
+    assert [r["seq"] for r in results] == list(range(1, 151))
+    assert {r["model"] for r in results} == {"digits"} and all(r["output"][0]["label"] for r in results)
+    wait_until(lambda: collector.on("edgerun/predict-dev/status")[-1]["state"] == "offline", 10, "offline")
+    collector.close()
