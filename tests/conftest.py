@@ -117,7 +117,7 @@ class Broker:
             f"persistence_location {workdir}/\nautosave_interval 1\n"
             # Broker acknowledgement is not delivery: the default queue limit of 1000 per
             # client dropped QoS 1 messages in tests (BASELINES.md).
-            "max_queued_messages 0\nmax_inflight_messages 0\n"
+            "max_queued_messages 1000000\nmax_inflight_messages 0\n"
             # Started as root, mosquitto drops to its own user, which cannot write our temp dir.
             + ("user root\n" if os.geteuid() == 0 else "")
             + extra_conf

@@ -210,3 +210,27 @@ def test_images_for_an_int8_input_are_normalised_and_quantized_in_one_pass(int8_
         direct = fused(image)
         assert direct.dtype == np.int8
         assert np.array_equal(direct, Quantizer(spec.quant, spec.dtype)(plain(image)))
+
+
+@pytest.mark.parametrize("layout", ["NHWC", "NCHW"])
+def test_colour_preprocessing_follows_the_formula_per_channel(layout: str) -> None:
+    from edgerun.card import Preprocess
+    from edgerun.processing.image import ImagePreprocessor
+
+    spec = Preprocess(
+        size=(4, 6),
+        layout=layout,
+        color="rgb",
+        scale=1 / 255,
+        mean=(0.485, 0.456, 0.406),
+        std=(0.229, 0.224, 0.225),
+        interpolation="nearest",
+    )
+    bgr = np.random.default_rng(3).integers(0, 256, (8, 12, 3), dtype=np.uint8)
+    tensor = ImagePreprocessor(spec, 4, 6, 3, np.dtype(np.float32))(bgr)
+    rgb = cv2.resize(bgr, (6, 4), interpolation=cv2.INTER_NEAREST)[:, :, ::-1].astype(np.float32)
+    expected = (rgb / 255 - np.array(spec.mean, np.float32)) / np.array(spec.std, np.float32)
+    if layout == "NCHW":
+        expected = expected.transpose(2, 0, 1)
+    assert tensor.shape == (1, *expected.shape)
+    assert np.allclose(tensor[0], expected, atol=1e-5)

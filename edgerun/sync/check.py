@@ -22,7 +22,7 @@ from edgerun.sync.diagnose import connack_reason, describe_connect_error
 from edgerun.sync.settings import MqttSettings
 from edgerun.sync.topics import Topics
 
-__all__ = ["Step", "check"]
+__all__ = ["Step", "check", "tls_reason"]
 
 
 @dataclass(frozen=True)
@@ -39,6 +39,28 @@ def _tls_context(s: MqttSettings) -> ssl.SSLContext:
     if s.cert_file and s.key_file:
         ctx.load_cert_chain(s.cert_file, s.key_file)
     return ctx
+
+
+def _handshake(sock: socket.socket, s: MqttSettings) -> str:
+    """TLS handshake on ``sock``; returns the TLS version, raises what the broker objected to."""
+    with _tls_context(s).wrap_socket(sock, server_hostname=s.host) as tls:
+        # TLS 1.3 brokers check the client certificate after the handshake: read once to hear them.
+        tls.settimeout(0.5)
+        try:
+            tls.recv(1)
+        except (socket.timeout, TimeoutError):
+            pass
+        return tls.version() or "TLS"
+
+
+def tls_reason(settings: MqttSettings, timeout_s: float = 5.0) -> str | None:
+    """Why a TLS connection to the broker fails, from a handshake of its own; None when it succeeds."""
+    try:
+        sock = socket.create_connection((settings.host, settings.port), timeout=timeout_s)
+        _handshake(sock, settings)
+    except (ssl.SSLError, OSError) as exc:
+        return describe_connect_error(exc, settings)
+    return None
 
 
 def check(settings: MqttSettings, topics: Topics, timeout_s: float = 5.0) -> Iterator[Step]:
@@ -58,12 +80,7 @@ def check(settings: MqttSettings, topics: Topics, timeout_s: float = 5.0) -> Ite
     yield Step("tcp", True, f"connected to {s.host}:{s.port}")
     if s.tls:
         try:
-            with _tls_context(s).wrap_socket(sock, server_hostname=s.host) as tls:
-                # TLS 1.3 servers check the client certificate after the handshake: read once to hear them.
-                tls.settimeout(0.5)
-                with contextlib.suppress(socket.timeout, TimeoutError):
-                    tls.recv(1)
-                version = tls.version()
+            version = _handshake(sock, s)
         except (ssl.SSLError, OSError) as exc:
             yield Step("tls", False, describe_connect_error(exc, s))
             return
@@ -81,6 +98,7 @@ def _mqtt_steps(s: MqttSettings, topics: Topics, timeout_s: float) -> Iterator[S
         mqtt.CallbackAPIVersion.VERSION2,
         client_id=f"{s.client_id or 'edgerun-' + topics.device}-check",
         protocol=mqtt.MQTTv5 if v5 else mqtt.MQTTv311,
+        reconnect_on_failure=False,  # a dropped connection is an answer here, not something to retry
     )
     if s.username is not None:
         client.username_pw_set(s.username, s.password)
@@ -102,7 +120,13 @@ def _mqtt_steps(s: MqttSettings, topics: Topics, timeout_s: float) -> Iterator[S
         done["echo"] = msg.payload
         event.set()
 
+    def on_disconnect(c: Any, u: Any, flags: Any, rc: Any, props: Any) -> None:
+        done["closed"] = rc
+        event.set()
+
     client.on_connect, client.on_publish, client.on_message = on_connect, on_publish, on_message
+    client.on_disconnect = on_disconnect
+    where = f"{s.host}:{s.port}"
     try:
         client.connect(s.host, s.port, s.keepalive_s)
     except Exception as exc:
@@ -112,6 +136,10 @@ def _mqtt_steps(s: MqttSettings, topics: Topics, timeout_s: float) -> Iterator[S
     try:
         if not event.wait(timeout_s):
             yield Step("connect", False, "no CONNACK from the broker in time")
+            return
+        if "connack" not in done:
+            hint = " (a broker that refuses our client certificate does this after the TLS handshake)" if s.tls else ""
+            yield Step("connect", False, f"the broker at {where} closed the connection before answering CONNECT{hint}")
             return
         rc = done["connack"]
         if rc.is_failure:
@@ -131,14 +159,31 @@ def _mqtt_steps(s: MqttSettings, topics: Topics, timeout_s: float) -> Iterator[S
         if not event.wait(timeout_s):
             yield Step("publish", False, f"no PUBACK for {topic} in time")
             return
+        if "puback" not in done and "closed" in done:
+            yield Step(
+                "publish",
+                False,
+                f"ACL: the broker closed the connection instead of acknowledging a publish to {topic}: "
+                "its ACL most likely refused it",
+            )
+            return
         rc = done.get("puback")
         if rc is not None and getattr(rc, "is_failure", False):
             yield Step("publish", False, f"ACL: the broker refused a publish to {topic} ({rc})")
             return
         if not v5:
             deadline = time.monotonic() + timeout_s
-            while "echo" not in done and time.monotonic() < deadline:
+            while "echo" not in done and "closed" not in done and time.monotonic() < deadline:
                 time.sleep(0.05)
+            if "echo" not in done and "closed" in done:
+                # Mosquitto 2.0 with max_queued_messages 0 acknowledges a refused QoS 1 publish, then hangs up.
+                yield Step(
+                    "publish",
+                    False,
+                    f"ACL: the broker acknowledged a publish to {topic}, then closed the connection: "
+                    "its ACL refused the publish (MQTT 3.1.1 cannot say so)",
+                )
+                return
             if "echo" not in done:
                 yield Step(
                     "publish",

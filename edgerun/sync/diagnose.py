@@ -12,7 +12,7 @@ from typing import Any
 
 from edgerun.sync.settings import MqttSettings
 
-__all__ = ["connack_reason", "describe_connect_error"]
+__all__ = ["closed_before_connack", "connack_reason", "describe_connect_error"]
 
 _TLS_HINTS = {
     "CERTIFICATE_EXPIRED": "the broker rejected our client certificate: it has expired",
@@ -56,7 +56,27 @@ def connack_reason(reason_code: Any) -> str:
     if "user name or password" in lower or "bad username" in lower:
         return f"authentication: the broker refused the user name or password ({text})"
     if "not authori" in lower:
-        return f"authentication: the broker says this client is not authorized ({text})"
+        # Mosquitto 2 answers a wrong password, and a missing one, with "Not authorized".
+        return (
+            f"authentication: the broker says this client is not authorized ({text}): check the user name and password"
+        )
     if "identifier" in lower:
         return f"the broker rejected the client id ({text})"
     return f"the broker refused the connection: {text}"
+
+
+def closed_before_connack(settings: MqttSettings, socket_error: str | None) -> str:
+    """One line for a connection the broker closed before answering CONNECT.
+
+    With TLS 1.3 the broker checks our client certificate after the handshake
+    and answers a bad one with an alert on the first read, so this is where an
+    expired or missing client certificate shows up.
+    """
+    where = f"{settings.host}:{settings.port}"
+    text = socket_error or ""
+    for key, hint in _TLS_HINTS.items():
+        if key in text.upper():
+            return f"TLS handshake with {where} failed: {hint} ({text})"
+    detail = f" ({text})" if text else ""
+    hint = "; is our client certificate valid for it?" if settings.tls else ""
+    return f"the broker at {where} closed the connection before answering CONNECT{detail}{hint}"

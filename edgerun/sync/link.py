@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from edgerun import __version__
-from edgerun.sync.diagnose import connack_reason, describe_connect_error
+from edgerun.sync.diagnose import closed_before_connack, connack_reason, describe_connect_error
 from edgerun.sync.outbox import Outbox
 from edgerun.sync.settings import MqttSettings
 from edgerun.sync.topics import Topics
@@ -112,6 +112,7 @@ class MqttLink:
         self._subscribed: set[str] = set()
         self._connected = threading.Event()
         self._refused: str | None = None
+        self._socket_error: str | None = None  # paho's last receive failure, for the next reason
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
@@ -194,6 +195,7 @@ class MqttLink:
         while not self._stop.is_set():
             started = time.monotonic()
             self._refused = None
+            self._socket_error = None
             try:
                 self._connect()
             except Exception as exc:  # DNS, TCP, TLS: described, retried
@@ -238,6 +240,8 @@ class MqttLink:
             if rc != mqtt.MQTT_ERR_SUCCESS:
                 if self._connected.is_set():
                     self._note_error(f"connection to {self.settings.describe()} lost ({mqtt.error_string(rc)})")
+                else:
+                    self._note_error(self._closed_early_reason())
                 return
             if self._connected.is_set():
                 self._work()
@@ -285,6 +289,16 @@ class MqttLink:
         info = self._client.publish(self.topics.status, json.dumps(record), qos=1, retain=True)
         self._direct_mids.add(info.mid)
         self._status_dirty = False
+
+    def _closed_early_reason(self) -> str:
+        """Why the broker hung up before CONNACK; over TLS, a handshake of our own hears its alert."""
+        if self.settings.tls:
+            from edgerun.sync.check import tls_reason
+
+            reason = tls_reason(self.settings)
+            if reason is not None:
+                return reason
+        return closed_before_connack(self.settings, self._socket_error)
 
     def _note_error(self, message: str) -> None:
         self.last_error = message
@@ -334,8 +348,10 @@ class MqttLink:
         # at WARNING. What stays an error is an exception in one of our callbacks.
         if text.startswith("Caught exception in"):
             log.error("MQTT callback failed: %s", text)
-        else:
-            log.debug("paho: %s", text)
+            return
+        if text.startswith("failed to receive on socket"):
+            self._socket_error = text.partition(": ")[2] or text
+        log.debug("paho: %s", text)
 
     def _on_message(self, client: Any, userdata: Any, message: Any) -> None:
         size = len(message.payload)
