@@ -46,10 +46,8 @@ def _handshake(sock: socket.socket, s: MqttSettings) -> str:
     with _tls_context(s).wrap_socket(sock, server_hostname=s.host) as tls:
         # TLS 1.3 brokers check the client certificate after the handshake: read once to hear them.
         tls.settimeout(0.5)
-        try:
+        with contextlib.suppress(socket.timeout, TimeoutError):
             tls.recv(1)
-        except (socket.timeout, TimeoutError):
-            pass
         return tls.version() or "TLS"
 
 
