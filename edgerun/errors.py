@@ -17,7 +17,9 @@ The tree::
     ├── InputError               an input (image, array, file) cannot be fed to the model
     ├── InferenceError           the runtime failed while running a valid input
     ├── SourceError              a source (video, camera, stream, sensor, MQTT) cannot be opened or read
-    └── PipelineError            a pipeline stage failed and stopped the run
+    ├── PipelineError            a pipeline stage failed and stopped the run
+    ├── UpdateRejected           an OTA manifest or command is refused (signature, fields, model)
+    └── UpdateFailed             an accepted OTA update could not be completed (download, disk)
 """
 
 from __future__ import annotations
@@ -33,6 +35,8 @@ __all__ = [
     "ModelLoadError",
     "PipelineError",
     "SourceError",
+    "UpdateFailed",
+    "UpdateRejected",
 ]
 
 
@@ -78,3 +82,11 @@ class SourceError(EdgerunError):
 
 class PipelineError(EdgerunError):
     """Raised when a pipeline stage failed and stopped the run (the message names the stage)."""
+
+
+class UpdateRejected(EdgerunError):
+    """Raised when an OTA envelope, manifest, command or model is refused; the message is the reason."""
+
+
+class UpdateFailed(EdgerunError):
+    """Raised when an accepted OTA update cannot be completed (download timeout, full disk...)."""

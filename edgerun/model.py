@@ -177,12 +177,18 @@ class Model:
             return np.asarray(outputs[0][row], dtype=np.float64).reshape(-1).tolist()
         return {spec.name: np.asarray(out).tolist() for spec, out in zip(self.outputs, outputs)}
 
-    def warmup(self, runs: int = 2) -> None:
-        """Run mid-range constant inputs so the first real request is not the slow one."""
-        inputs = [
-            np.full(s.concrete_shape(), 0.5 if s.quant or s.dtype.kind == "f" else 1, s.dtype) for s in self.inputs
+    def constant_inputs(self) -> list[np.ndarray]:
+        """Mid-range constant inputs (0.5 for float and quantized tensors), for warm-up and smoke tests."""
+        return [
+            np.full(
+                s.concrete_shape(), 0.5 if s.quant or s.dtype.kind == "f" else 1, np.float32 if s.quant else s.dtype
+            )
+            for s in self.inputs
         ]
-        inputs = [x.astype(np.float32) if s.quant else x for x, s in zip(inputs, self.inputs)]
+
+    def warmup(self, runs: int = 2) -> None:
+        """Run constant inputs so the first real request is not the slow one."""
+        inputs = self.constant_inputs()
         for _ in range(runs):
             self.run(*inputs)
         if self._preprocessor is not None:

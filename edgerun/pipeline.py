@@ -34,6 +34,7 @@ import numpy as np
 
 from edgerun.errors import EdgerunError, PipelineError
 from edgerun.model import Model
+from edgerun.ota.slot import ModelSlot
 from edgerun.sinks.base import Result, Sink
 from edgerun.sources.base import Frame, Source
 from edgerun.telemetry.metrics import Metrics
@@ -49,6 +50,7 @@ _END = object()  # end of stream marker, passed down every queue
 class _Item:
     frame: Frame
     arrived: float  # monotonic time the reader took it
+    model: Model | None = None  # chosen once per frame, so a hot swap never mixes two models
     tensor: np.ndarray | None = None
     pre_ms: float = 0.0
     error: str | None = None
@@ -93,7 +95,7 @@ class Pipeline:
     def __init__(
         self,
         source: Source,
-        model: Model,
+        model: Model | ModelSlot,
         sinks: Sequence[Sink],
         *,
         metrics: Metrics | None = None,
@@ -108,13 +110,12 @@ class Pipeline:
         if batch_size < 1:
             raise PipelineError(f"batch size must be at least 1, got {batch_size}")
         self.source = source
-        self.model = model
+        self.slot = model if isinstance(model, ModelSlot) else ModelSlot(model)
         self.sinks = list(sinks)
         self.metrics = metrics or Metrics()
         self._interval = 1.0 / fps if fps else 0.0
         self._max_frames = max_frames
         self._batch = batch_size
-        self._dynamic_batch = bool(model.inputs) and model.inputs[0].shape[:1] == (None,) and len(model.inputs) == 1
         self._on_result = on_result
         self._q_pre: queue.Queue[Any] = queue.Queue(queue_size)
         self._q_inf: queue.Queue[Any] = queue.Queue(queue_size)
@@ -124,6 +125,11 @@ class Pipeline:
         self._failure: tuple[str, BaseException] | None = None
         self._lock = threading.Lock()
         self.summary = Summary()
+
+    @property
+    def model(self) -> Model:
+        """The model serving now (the slot's primary)."""
+        return self.slot.primary
 
     # -- control -------------------------------------------------------------
     def stop(self, reason: str = "stopped") -> None:
@@ -168,7 +174,6 @@ class Pipeline:
         next_due = 0.0
         live = self.source.live
         dropped_seen = 0
-        name, version, delegate = self.model.name, self.model.version, self.model.delegate
         try:
             for frame in self.source.frames():
                 if self._stop.is_set() and not live:
@@ -183,7 +188,7 @@ class Pipeline:
                         now = time.monotonic()
                     next_due = max(next_due + self._interval, now) if next_due else now + self._interval
                 if self.source.dropped != dropped_seen:
-                    self.metrics.dropped(name, version, delegate, self.source.dropped - dropped_seen)
+                    self._count_dropped(self.source.dropped - dropped_seen)
                     dropped_seen = self.source.dropped
                 if not self._put(self._q_pre, _Item(frame, now)):
                     return
@@ -196,16 +201,21 @@ class Pipeline:
         finally:
             self.summary.dropped = self.source.dropped
             if self.source.dropped != dropped_seen:
-                self.metrics.dropped(name, version, delegate, self.source.dropped - dropped_seen)
+                self._count_dropped(self.source.dropped - dropped_seen)
             self._put(self._q_pre, _END)
+
+    def _count_dropped(self, n: int) -> None:
+        m = self.slot.primary
+        self.metrics.dropped(m.name, m.version, m.delegate, n)
 
     def _prepare(self) -> None:
         try:
             while (item := self._get(self._q_pre)) is not _END:
+                item.model = self.slot.get()
                 if item.frame.error is None:
                     t0 = time.perf_counter()
                     try:
-                        item.tensor = self.model.prepare(item.frame.data, item.frame.source_id)
+                        item.tensor = item.model.prepare(item.frame.data, item.frame.source_id)
                     except EdgerunError as exc:
                         item.error = str(exc)
                     item.pre_ms = (time.perf_counter() - t0) * 1e3
@@ -236,18 +246,23 @@ class Pipeline:
                     except queue.Empty:
                         break
                 ended = item is _END
-                if batch:
-                    self._run_batch(batch)
+                while batch:  # one call per model: a hot swap can fall inside a batch
+                    model = batch[0].model
+                    same = [i for i in batch if i.model is model]
+                    batch = [i for i in batch if i.model is not model]
+                    self._run_batch(same)
         except BaseException as exc:
             self._fail("inference", exc)
         finally:
             self._put(self._q_out, _END)
 
     def _run_batch(self, batch: list[_Item]) -> None:
-        model = self.model
+        model = batch[0].model
+        assert model is not None
         t0 = time.perf_counter()
         rows: list[tuple[_Item, list[np.ndarray], int, float]] = []
-        if len(batch) > 1 and self._dynamic_batch:
+        dynamic = len(model.inputs) == 1 and model.inputs[0].shape[:1] == (None,)
+        if len(batch) > 1 and dynamic:
             try:
                 outputs = model.run(np.concatenate([i.tensor for i in batch]))  # type: ignore[misc]
                 share = (time.perf_counter() - t0) * 1e3 / len(batch)
@@ -287,7 +302,8 @@ class Pipeline:
                 return
 
     def _emit_error(self, item: _Item) -> None:
-        self.metrics.error(self.model.name, self.model.version, self.model.delegate)
+        m = item.model or self.slot.primary
+        self.metrics.error(m.name, m.version, m.delegate)
         self._put(self._q_out, Result(item.frame, {"input": item.frame.source_id, "error": item.error}))
 
     def _deliver(self) -> None:

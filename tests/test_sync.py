@@ -14,7 +14,7 @@ from typing import Any
 import paho.mqtt.client as mqtt
 import pytest
 
-from edgerun.sync.link import MqttLink
+from edgerun.sync.link import Message, MqttLink
 from edgerun.sync.outbox import Outbox
 from edgerun.sync.publish import MetricsPublisher
 from edgerun.sync.settings import MqttSettings
@@ -206,8 +206,8 @@ def test_garbage_on_a_subscribed_topic_is_dropped_and_the_link_goes_on(broker: B
     topics = Topics("edgerun", "garbage-dev")
     handled: list[dict[str, Any]] = []
 
-    def handler(topic: str, payload: bytes) -> None:
-        data = json.loads(payload)  # raises on garbage: the link must survive its handler's bugs
+    def handler(message: Message) -> None:
+        data = json.loads(message.payload)  # raises on garbage: the link must survive its handler's bugs
         if not isinstance(data, dict) or not isinstance(data.get("n"), int):
             raise TypeError("wrong types")
         handled.append(data)
@@ -235,7 +235,7 @@ def test_qos1_messages_sent_while_the_device_was_away_arrive_when_it_returns(bro
 
     def make() -> MqttLink:
         link = MqttLink(_settings(broker.port), topics, None)
-        link.subscribe(topics.cmd, lambda t, p: got.append(p))
+        link.subscribe(topics.cmd, lambda m: got.append(m.payload))
         link.start()
         assert link.wait_connected(10)
         wait_until(lambda: topics.cmd in link._subscribed, 5, "subscription")
@@ -261,7 +261,7 @@ def test_subscriptions_are_restored_when_the_broker_lost_the_session(tmp_path: P
     topics = Topics("edgerun", "amnesia-dev")
     got: list[bytes] = []
     link = MqttLink(_settings(broker.port), topics, None)
-    link.subscribe(topics.cmd, lambda t, p: got.append(p))
+    link.subscribe(topics.cmd, lambda m: got.append(m.payload))
     link.start()
     try:
         assert link.wait_connected(10)

@@ -16,6 +16,7 @@ __all__ = [
     "print_json",
     "report_failure",
     "run_pipeline",
+    "start_ota",
     "start_sync",
 ]
 
@@ -104,7 +105,29 @@ def add_mqtt_options(parser: argparse.ArgumentParser, *, results: bool = True) -
     g.add_argument("--mqtt-prefix", default="edgerun", metavar="P", help="topic prefix (default edgerun)")
     g.add_argument("--device-id", default=None, metavar="ID", help="device id (default: from /etc/machine-id)")
     g.add_argument("--metrics-interval", type=float, default=10.0, metavar="S", help="seconds between metrics records")
+    g.add_argument(
+        "--group",
+        action="append",
+        default=[],
+        metavar="G",
+        help="a group this device belongs to (repeatable): it takes group manifests and commands",
+    )
     if results:
+        g.add_argument(
+            "--ota-key",
+            action="append",
+            default=[],
+            metavar="PUB.pem",
+            help="accept OTA updates signed by this Ed25519 public key (repeatable; needs --mqtt)",
+        )
+        g.add_argument(
+            "--ota-max-bytes",
+            type=int,
+            default=256 * 1024 * 1024,
+            metavar="N",
+            help="refuse model updates larger than this (default 256 MiB)",
+        )
+        g.add_argument("--ota-keep", type=int, default=2, metavar="N", help="previous versions kept (default 2)")
         g.add_argument("--publish-results", action="store_true", help="also publish every result")
         g.add_argument("--results-qos", type=int, choices=(0, 1), default=1, help="QoS of results (default 1)")
         g.add_argument(
@@ -144,6 +167,8 @@ def start_sync(args: argparse.Namespace, metrics: Any, models: list[Any]) -> Any
     if args.metrics_interval <= 0:
         raise ConfigError(f"--metrics-interval must be positive, got {args.metrics_interval}")
     device_id = check_name("device", args.device_id) if args.device_id else default_device_id()
+    for group in args.group:
+        check_name("group", group)
     service = SyncService(
         mqtt_settings(args),
         device_id=device_id,
@@ -161,8 +186,8 @@ def start_sync(args: argparse.Namespace, metrics: Any, models: list[Any]) -> Any
     return service
 
 
-def run_pipeline(pipeline: Any, sync: Any = None) -> Any:
-    """Run a pipeline with SIGINT/SIGTERM stopping it cleanly; then stop the sync (flushing it)."""
+def run_pipeline(pipeline: Any, sync: Any = None, ota: Any = None) -> Any:
+    """Run a pipeline with SIGINT/SIGTERM stopping it cleanly; then stop OTA and the sync (flushing it)."""
     import signal
 
     previous = {
@@ -174,5 +199,42 @@ def run_pipeline(pipeline: Any, sync: Any = None) -> Any:
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+        if ota is not None:
+            ota.stop()
         if sync is not None:
             sync.stop()
+
+
+def start_ota(args: argparse.Namespace, sync: Any, slot: Any, metrics: Any) -> Any:
+    """A started ``OtaAgent`` when ``--ota-key`` was given (with ``--mqtt``), else None."""
+    if not getattr(args, "ota_key", None):
+        return None
+    from edgerun.errors import ConfigError
+    from edgerun.ota.agent import OtaAgent, OtaSettings
+    from edgerun.ota.store import ModelStore
+    from edgerun.state import state_dir
+
+    if sync is None:
+        raise ConfigError("OTA updates (--ota-key) need an MQTT broker (--mqtt)")
+    root = state_dir(args.state_dir)
+    agent = OtaAgent(
+        OtaSettings(trusted_keys=tuple(args.ota_key), max_bytes=args.ota_max_bytes, keep=args.ota_keep),
+        link=sync.link,
+        topics=sync.topics,
+        groups=tuple(args.group),
+        store=ModelStore(root / "models", args.ota_keep),
+        slots={slot.name: slot},
+        metrics=metrics,
+        state_dir=root,
+        load_model=model_loader(args),
+    )
+    agent.start()
+    return agent
+
+
+def model_loader(args: argparse.Namespace) -> Any:
+    """``load(path, card)`` with the command line's delegate options."""
+    import edgerun
+
+    kwargs = load_kwargs(args)
+    return lambda path, card: edgerun.load(path, card=card, **kwargs)

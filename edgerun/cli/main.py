@@ -25,6 +25,8 @@ COMMANDS: dict[str, str] = {
     "devices": "edgerun.cli.devices",
     "bench": "edgerun.cli.bench",
     "mqtt": "edgerun.cli.mqtt",
+    "keys": "edgerun.cli.keys",
+    "ota": "edgerun.cli.ota",
     "outbox": "edgerun.cli.outbox",
 }
 

@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 from typing import Any
 
 from edgerun.cli.common import (
     add_model_options,
     add_mqtt_options,
     load_kwargs,
+    model_loader,
     print_json,
     report_failure,
     run_pipeline,
+    start_ota,
     start_sync,
 )
 
@@ -91,6 +94,7 @@ def run(args: argparse.Namespace) -> int:
     """Load, open the source and sinks, run, print the summary."""
     import edgerun
     from edgerun.errors import ConfigError
+    from edgerun.ota.slot import ModelSlot
     from edgerun.pipeline import Pipeline
     from edgerun.sinks import open_sink
     from edgerun.sources import open_source
@@ -100,7 +104,16 @@ def run(args: argparse.Namespace) -> int:
         value = getattr(args, name)
         if value is not None and value < 1:
             raise ConfigError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
-    model = edgerun.load(args.model, **load_kwargs(args))
+    if args.ota_key:  # serve the store's active version: an update received over the air survives restarts
+        from edgerun.ota.serving import serve_from_store
+        from edgerun.ota.store import ModelStore
+        from edgerun.state import state_dir
+
+        store = ModelStore(state_dir(args.state_dir) / "models", args.ota_keep)
+        model = serve_from_store(Path(args.model), store, model_loader(args))
+    else:
+        model = edgerun.load(args.model, **load_kwargs(args))
+    slot = ModelSlot(model)
     with model:
         window = sensor_window(model, args.window)
         source = open_source(
@@ -115,11 +128,12 @@ def run(args: argparse.Namespace) -> int:
         sinks = [open_sink(s, fps=getattr(source, "fps", 0.0) or 25.0) for s in (args.sink or ["stdout"])]
         metrics = Metrics()
         sync = start_sync(args, metrics, [model])
+        ota = start_ota(args, sync, slot, metrics)
         if sync is not None and args.publish_results:
             sinks.append(sync.results_sink())
         pipeline = Pipeline(
             source,
-            model,
+            slot,
             sinks,
             metrics=metrics,
             fps=args.fps,
@@ -127,7 +141,8 @@ def run(args: argparse.Namespace) -> int:
             batch_size=args.batch_size,
             on_result=report_failure,
         )
-        summary = run_pipeline(pipeline, sync)
+        summary = run_pipeline(pipeline, sync, ota)
+    model = slot.primary
     if args.json:
         print_json({"model": model.name, "version": model.version, "delegate": model.delegate, **summary.to_dict()})
     else:

@@ -35,9 +35,20 @@ from edgerun.sync.topics import Topics
 
 log = logging.getLogger(__name__)
 
-__all__ = ["LinkState", "MqttLink"]
+__all__ = ["LinkState", "Message", "MqttLink"]
 
-Handler = Callable[[str, bytes], None]
+
+@dataclass(frozen=True)
+class Message:
+    """An incoming message. ``retained`` is True when the broker replayed a retained
+    message because we subscribed, False for a message published live."""
+
+    topic: str
+    payload: bytes
+    retained: bool
+
+
+Handler = Callable[[Message], None]
 
 
 @dataclass(frozen=True)
@@ -104,6 +115,7 @@ class MqttLink:
         c.on_message = self._on_message
         self._subs: dict[str, tuple[int, Handler]] = {}
         self._direct: queue.Queue[tuple[str, bytes, int, bool]] = queue.Queue()
+        self._unsubscribe: queue.Queue[str] = queue.Queue()
         self._direct_mids: set[int] = set()
         self._inflight: dict[int, int] = {}  # mid -> outbox id
         self._early: set[int] = set()  # acks that arrived before publish() returned
@@ -132,9 +144,15 @@ class MqttLink:
         return LinkState(self.connected, self.settings.describe(), self.last_error, **self._counts)
 
     def subscribe(self, topic: str, handler: Handler, qos: int = 1) -> None:
-        """Call ``handler(topic, payload)`` for messages on ``topic`` (wildcards allowed); kept across reconnects."""
+        """Call ``handler(message)`` for messages on ``topic`` (wildcards allowed); kept across reconnects."""
         self._subs[topic] = (qos, handler)
         self._wake.set()
+
+    def unsubscribe(self, topic: str) -> None:
+        """Stop receiving ``topic``."""
+        if self._subs.pop(topic, None) is not None:
+            self._unsubscribe.put(topic)
+            self._wake.set()
 
     def publish(self, topic: str, payload: bytes | str, qos: int = 1, retain: bool = False) -> None:
         """Send now if connected, else when connected; not durable (use the outbox for that)."""
@@ -249,6 +267,14 @@ class MqttLink:
     def _work(self) -> None:
         if self._status_dirty:
             self._publish_status()
+        while True:
+            try:
+                gone = self._unsubscribe.get_nowait()
+            except queue.Empty:
+                break
+            if gone in self._subscribed and gone not in self._subs:
+                self._client.unsubscribe(gone)
+                self._subscribed.discard(gone)
         for topic, (qos, _) in list(self._subs.items()):
             if topic not in self._subscribed:
                 self._client.subscribe(topic, qos)
@@ -366,6 +392,6 @@ class MqttLink:
         for pattern, (_, handler) in list(self._subs.items()):
             if self._mqtt.topic_matches_sub(pattern, message.topic):
                 try:
-                    handler(message.topic, message.payload)
+                    handler(Message(message.topic, message.payload, bool(message.retain)))
                 except Exception:  # a handler's bug must not stop the network loop
                     log.exception("MQTT: handler for %s failed on a message from %s", pattern, message.topic)

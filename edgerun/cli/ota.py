@@ -1,0 +1,303 @@
+"""``edgerun ota publish|status|rollback|clear``: the fleet operator's side of OTA updates."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from edgerun.cli.common import error_line, print_json
+
+HELP = "fleet side of OTA: publish a signed model update, watch devices, roll back, clear finished updates"
+TERMINAL = ("active", "rejected", "failed", "rolled_back")
+
+
+def _connection(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--mqtt", required=True, metavar="URL", help="the fleet broker, mqtt[s]://[user@]host[:port]")
+    p.add_argument("--mqtt-ca", default=None, metavar="FILE", help="CA certificate of the broker")
+    p.add_argument("--mqtt-cert", default=None, metavar="FILE", help="client certificate")
+    p.add_argument("--mqtt-key", default=None, metavar="FILE", help="client key")
+    p.add_argument("--prefix", default="edgerun", metavar="P", help="topic prefix (default edgerun)")
+
+
+def _targets(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", action="append", default=[], metavar="ID", help="a target device (repeatable)")
+    p.add_argument("--group", action="append", default=[], metavar="G", help="a target group (repeatable)")
+    p.add_argument("--key", required=True, metavar="KEY.pem", help="the Ed25519 private key to sign with")
+
+
+def register(sub: Any) -> None:
+    """Add the ``ota`` sub-command and its actions."""
+    p = sub.add_parser("ota", help=HELP, description=HELP + ".")
+    actions = p.add_subparsers(dest="action", metavar="ACTION")
+    actions.required = True
+
+    pub = actions.add_parser("publish", help="sign and publish a model update (chunks and manifest, retained)")
+    pub.add_argument("model_file", metavar="MODEL_FILE")
+    pub.add_argument("--model", required=True, help="model name on the devices")
+    pub.add_argument("--version", required=True, help="MAJOR.MINOR.PATCH, newer than the installed one")
+    pub.add_argument("--card", default=None, help="card file (default: the one beside MODEL_FILE)")
+    pub.add_argument(
+        "--via",
+        default="mqtt",
+        metavar="mqtt|URL",
+        help="mqtt (chunks on the broker, default) or the https/http/file URL the devices fetch",
+    )
+    pub.add_argument(
+        "--validate-with",
+        nargs="+",
+        default=[],
+        metavar="INPUT",
+        help="images or .npy inputs: their outputs here become validation samples",
+    )
+    pub.add_argument("--probation", type=float, default=None, metavar="S", help="probation seconds")
+    pub.add_argument("--ab", type=float, default=None, metavar="FRACTION", help="serve only this fraction first")
+    pub.add_argument("--expires-in", type=float, default=7 * 86400, metavar="S", help="validity (default 7 days)")
+    pub.add_argument("--allow-downgrade", action="store_true", help="allow a version older than the installed one")
+    pub.add_argument("--wait", action="store_true", help="follow the devices until each is active/rejected/failed")
+    pub.add_argument("--timeout", type=float, default=600, metavar="S", help="how long --wait waits (default 600)")
+    _targets(pub)
+    _connection(pub)
+    pub.set_defaults(run=publish)
+
+    st = actions.add_parser("status", help="a table of devices: online, models, versions, delegates, update state")
+    st.add_argument("--watch", action="store_true", help="keep refreshing until Ctrl-C")
+    st.add_argument("--json", action="store_true", help="one JSON object per device")
+    st.add_argument("--wait", type=float, default=1.0, metavar="S", help="seconds to collect retained records")
+    _connection(st)
+    st.set_defaults(run=status)
+
+    rb = actions.add_parser("rollback", help="tell devices to go back to the previous version of a model")
+    rb.add_argument("--model", required=True)
+    _targets(rb)
+    _connection(rb)
+    rb.set_defaults(run=rollback)
+
+    cl = actions.add_parser("clear", help="remove retained chunks and manifests of finished updates")
+    cl.add_argument("--force", action="store_true", help="also clear updates some device has not finished")
+    cl.add_argument("--wait", type=float, default=1.0, metavar="S", help="seconds to collect retained records")
+    _connection(cl)
+    cl.set_defaults(run=clear)
+
+
+def _fleet(args: argparse.Namespace) -> Any:
+    from edgerun.ota.operator import Fleet
+    from edgerun.sync.settings import MqttSettings
+
+    settings = MqttSettings.from_url(args.mqtt, ca_file=args.mqtt_ca, cert_file=args.mqtt_cert, key_file=args.mqtt_key)
+    return Fleet(settings, args.prefix)
+
+
+def _check_targets(args: argparse.Namespace) -> None:
+    from edgerun.errors import ConfigError
+    from edgerun.sync.topics import check_name
+
+    if not args.device and not args.group:
+        raise ConfigError("name at least one --device or --group")
+    for d in args.device:
+        check_name("device", d)
+    for g in args.group:
+        check_name("group", g)
+
+
+def publish(args: argparse.Namespace) -> int:
+    """Build, sign, publish chunks then the manifest; with --wait follow the devices."""
+    from edgerun.backends import detect_format
+    from edgerun.card import find_card, load_card
+    from edgerun.errors import ConfigError
+    from edgerun.ota.envelope import load_private_key
+    from edgerun.ota.manifest import parse_manifest
+    from edgerun.ota.operator import build_manifest, validation_samples
+
+    _check_targets(args)
+    key = load_private_key(args.key)
+    path = Path(args.model_file)
+    fmt = detect_format(path)
+    card_path = Path(args.card) if args.card else find_card(path)
+    if card_path is None:
+        raise ConfigError(f"no card beside {path}: give one with --card (devices need its task and preprocessing)")
+    card = load_card(card_path).to_dict()
+    card.pop("inferred", None)
+    samples = (
+        validation_samples(path, {**card, "name": args.model, "version": args.version}, args.validate_with)
+        if args.validate_with
+        else None
+    )
+    url = None if args.via == "mqtt" else args.via
+    manifest = build_manifest(
+        path,
+        model=args.model,
+        version=args.version,
+        fmt=fmt,
+        card=card,
+        devices=args.device,
+        groups=args.group,
+        prefix=args.prefix,
+        url=url,
+        samples=samples,
+        probation_s=args.probation,
+        ab_fraction=args.ab,
+        expires_in_s=args.expires_in,
+        allow_downgrade=args.allow_downgrade,
+    )
+    parse_manifest(manifest)  # what devices will check, checked here first
+    fleet = _fleet(args)
+    try:
+        if args.wait:
+            fleet.watch_devices()
+        if url is None:
+            blob = manifest["source"]["mqtt"]
+            data = path.read_bytes()
+            size = blob["chunk_size"]
+            chunks = [(f"{blob['topic']}/{i}", data[i * size : (i + 1) * size]) for i in range(blob["chunks"])]
+            bar = _bar(len(chunks), "chunks")
+            fleet.publish_many(chunks, retain=True, progress=(bar.update if bar else lambda n: None))
+            if bar:
+                bar.close()
+        topics = [f"{args.prefix}/{d}/ota/manifest" for d in args.device]
+        topics += [f"{args.prefix}/group/{g}/ota/manifest" for g in args.group]
+        for topic in topics:
+            fleet.sign_and_publish(topic, manifest, key, retain=True)
+        print(
+            f"update {manifest['update_id']}: {args.model} {args.version} ({manifest['size']} bytes, "
+            f"sha256 {manifest['sha256'][:12]}...) published to {', '.join(topics)}",
+            flush=True,
+        )
+        if not args.wait:
+            return 0
+        return _follow(fleet, manifest["update_id"], args.device, args.timeout)
+    finally:
+        fleet.close()
+
+
+def _bar(total: int, unit: str) -> Any:
+    if not sys.stderr.isatty() or total < 2:
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, unit=unit, file=sys.stderr, leave=False)
+
+
+def _follow(fleet: Any, update_id: str, devices: list[str], timeout_s: float) -> int:
+    """Print each device's state changes until every targeted, online device is done."""
+    deadline = time.monotonic() + timeout_s
+    last: dict[str, str] = {}
+    time.sleep(0.5)  # retained device records arrive first
+    while time.monotonic() < deadline:
+        fleet.changed.wait(0.5)
+        fleet.changed.clear()
+        view = fleet.snapshot()
+        involved = {d: v for d, v in view.items() if v.ota.get("update_id") == update_id}
+        for device, v in sorted(involved.items()):
+            state = v.ota.get("state", "?")
+            line = f"{state} {v.ota.get('progress', 0):.0%} {v.ota.get('reason', '')}".strip()
+            if last.get(device) != line:
+                last[device] = line
+                print(f"{device:<24} {line}", flush=True)
+        waiting_for = [d for d in devices if view.get(d) is None or view[d].online is not False]
+        done = all(involved.get(d) and involved[d].ota.get("state") in TERMINAL for d in waiting_for)
+        if involved and done and all(v.ota.get("state") in TERMINAL for v in involved.values()):
+            bad = [d for d, v in involved.items() if v.ota.get("state") != "active"]
+            for device in bad:
+                error_line(f"{device}: {involved[device].ota.get('state')}: {involved[device].ota.get('reason')}")
+            return 1 if bad else 0
+    error_line(f"timed out after {timeout_s:.0f} s waiting for the devices to finish update {update_id}")
+    return 1
+
+
+def status(args: argparse.Namespace) -> int:
+    """Collect retained records, print a table (and keep it live with --watch)."""
+    fleet = _fleet(args)
+    try:
+        fleet.watch_devices()
+        time.sleep(args.wait)
+        while True:
+            _print_table(fleet.snapshot(), args.json)
+            if not args.watch:
+                return 0
+            fleet.changed.wait(5)
+            fleet.changed.clear()
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        fleet.close()
+
+
+def _print_table(view: dict[str, Any], as_json: bool) -> None:
+    if as_json:
+        for device, v in sorted(view.items()):
+            print_json({"device": device, "online": v.online, "models": v.models, "ota": v.ota})
+        return
+    print(f"{'device':<24} {'online':<7} {'models':<40} {'last update'}")
+    for device, v in sorted(view.items()):
+        models = ", ".join(f"{n} {m.get('version')} ({m.get('delegate')})" for n, m in v.models.items()) or "-"
+        ota = v.ota
+        update = (
+            f"{ota.get('update_id') or ota.get('command_id') or '-'} {ota.get('state', '')} {ota.get('reason', '')}"
+        )
+        online = {True: "yes", False: "no", None: "?"}[v.online]
+        print(f"{device:<24} {online:<7} {models:<40} {update.strip()}")
+    sys.stdout.flush()
+
+
+def rollback(args: argparse.Namespace) -> int:
+    """Sign and publish a rollback command."""
+    from edgerun.ota.envelope import load_private_key
+    from edgerun.ota.operator import build_command
+
+    _check_targets(args)
+    key = load_private_key(args.key)
+    command = build_command("rollback", model=args.model, devices=args.device, groups=args.group)
+    fleet = _fleet(args)
+    try:
+        topics = [f"{args.prefix}/{d}/cmd" for d in args.device] + [f"{args.prefix}/group/{g}/cmd" for g in args.group]
+        for topic in topics:
+            fleet.sign_and_publish(topic, command, key, retain=False)
+    finally:
+        fleet.close()
+    print(f"command {command['command_id']}: rollback of {args.model} sent to {', '.join(topics)}")
+    return 0
+
+
+def clear(args: argparse.Namespace) -> int:
+    """Clear retained manifests (and their chunks) whose update every device involved has finished."""
+    import base64
+
+    fleet = _fleet(args)
+    try:
+        fleet.watch(
+            f"{args.prefix}/+/ota/manifest", f"{args.prefix}/group/+/ota/manifest", f"{args.prefix}/+/ota/status"
+        )
+        time.sleep(args.wait)
+        view = fleet.snapshot()
+        cleared = 0
+        for topic, raw in sorted(fleet.retained.items()):
+            if not topic.endswith("/ota/manifest") or not raw:
+                continue
+            try:
+                manifest = json.loads(base64.b64decode(json.loads(raw)["payload"]))
+            except (ValueError, KeyError, TypeError):
+                continue
+            uid = manifest.get("update_id")
+            states = [v.ota.get("state") for v in view.values() if v.ota.get("update_id") == uid]
+            targeted = (manifest.get("targets") or {}).get("devices") or []
+            silent = [d for d in targeted if d not in view or not view[d].ota]
+            # Finished: nobody is still working on it, and every device named has reported since.
+            if not args.force and (silent or any(s not in TERMINAL for s in states)):
+                seen = ", ".join(map(str, states)) or "no reports"
+                print(f"keeping {topic}: update {uid} is not finished everywhere ({seen})")
+                continue
+            fleet.publish(topic, b"", retain=True)
+            blob = (manifest.get("source") or {}).get("mqtt")
+            if blob:
+                for i in range(int(blob.get("chunks", 0))):
+                    fleet.publish(f"{blob['topic']}/{i}", b"", retain=True)
+            cleared += 1
+            print(f"cleared {topic} (update {uid}) and its chunks")
+        print(f"{cleared} finished update(s) cleared")
+        return 0
+    finally:
+        fleet.close()

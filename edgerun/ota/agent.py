@@ -1,0 +1,538 @@
+"""The device's OTA agent: manifests and commands in, a verified model serving out, status at every step.
+
+Messages arrive on the link's thread and are only queued there; one worker
+thread handles them in order, so a 50 MB download never stalls MQTT. Every step
+publishes a retained ``P/ID/ota/status`` record (PROTOCOL.md); every refusal is
+``rejected`` with the reason in plain words, every operational failure
+``failed``; in neither case is the active model touched.
+
+State kept in ``<state dir>/ota``::
+
+    journal/<id>.json   one per update or command: its state, the payload's hash, the manifest
+    clock.json          the newest ``issued`` ever verified (see ``policy``)
+    downloads/<sha256>/ chunks and partial blobs, resumed after a restart
+
+Restart rules: an update not yet finished is resumed from its journal; a model
+that was on probation when the process died is rolled back (a crash during
+probation counts against the new version).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import io
+import json
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgerun.card import ModelCard
+from edgerun.errors import EdgerunError, UpdateFailed, UpdateRejected
+from edgerun.model import Model
+from edgerun.ota.envelope import TrustedKeys, open_envelope
+from edgerun.ota.manifest import Command, Manifest, parse_command, parse_manifest
+from edgerun.ota.policy import Clock, check_manifest, check_targets, check_times
+from edgerun.ota.slot import ModelSlot
+from edgerun.ota.store import Active, ModelStore, atomic_write
+from edgerun.ota.transfer import discard, download
+from edgerun.sync.link import Message, MqttLink
+from edgerun.sync.topics import Topics
+from edgerun.telemetry.metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+__all__ = ["OtaAgent", "OtaSettings"]
+
+TERMINAL = frozenset({"active", "rejected", "failed", "rolled_back"})
+LoadModel = Callable[[Path, ModelCard], Model]
+
+
+@dataclass(frozen=True)
+class OtaSettings:
+    """Device-side OTA limits and defaults (config ``ota``)."""
+
+    trusted_keys: tuple[str, ...]
+    max_bytes: int = 256 * 1024 * 1024
+    keep: int = 2
+    clock_skew_s: float = 300.0
+    download_timeout_s: float = 120.0
+    probation_s: float = 300.0
+    max_error_rate: float = 0.05
+    max_p95_ratio: float = 1.5
+    min_samples: int = 20
+
+
+class OtaAgent:
+    """Handles manifests and commands for the models this process serves."""
+
+    def __init__(
+        self,
+        settings: OtaSettings,
+        *,
+        link: MqttLink,
+        topics: Topics,
+        groups: tuple[str, ...],
+        store: ModelStore,
+        slots: dict[str, ModelSlot],
+        metrics: Metrics,
+        state_dir: Path,
+        load_model: LoadModel,
+    ) -> None:
+        self.settings = settings
+        self.trusted = TrustedKeys.load(settings.trusted_keys)
+        self.link, self.topics, self.groups = link, topics, groups
+        self.store, self.slots, self.metrics = store, slots, metrics
+        self.load_model = load_model
+        self.dir = Path(state_dir) / "ota"
+        self.journal = self.dir / "journal"
+        self.downloads = self.dir / "downloads"
+        self.journal.mkdir(parents=True, exist_ok=True)
+        self.downloads.mkdir(parents=True, exist_ok=True)
+        self._work: queue.Queue[tuple[str, Any]] = queue.Queue()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._probations: dict[str, threading.Thread] = {}
+        self.events: list[dict[str, Any]] = []  # the last status records, for status pages
+
+    # -- life cycle ----------------------------------------------------------------
+    def start(self) -> None:
+        """Subscribe, roll back what was on probation at a crash, resume unfinished updates."""
+        for name, active in list(self.store):
+            if active.probation is not None and name in self.slots:
+                self._rollback(
+                    name,
+                    active,
+                    f"the device restarted during the probation of {active.version}",
+                    active.probation.get("update_id"),
+                )
+        for path in sorted(self.journal.glob("*.json")):
+            entry = json.loads(path.read_text())
+            if entry.get("kind") == "model-update" and entry.get("state") not in TERMINAL:
+                self._work.put(("resume", entry))
+        for topic in (self.topics.manifest, *(self.topics.group_manifest(g) for g in self.groups)):
+            self.link.subscribe(topic, lambda m: self._work.put(("manifest", m)))
+        for topic in (self.topics.cmd, *(self.topics.group_cmd(g) for g in self.groups)):
+            self.link.subscribe(topic, lambda m: self._work.put(("command", m)))
+        self._thread = threading.Thread(target=self._run, name="ota-agent", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop the worker (an interrupted download resumes at the next start)."""
+        self._stop.set()
+        self._work.put(("stop", None))
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+
+    def idle(self) -> bool:
+        """True when nothing is queued or in progress (for tests and clean shutdowns)."""
+        return self._work.unfinished_tasks == 0
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            kind, item = self._work.get()
+            try:
+                if kind == "manifest":
+                    self._on_manifest(item)
+                elif kind == "command":
+                    self._on_command(item)
+                elif kind == "resume":
+                    self._resume(item)
+            except Exception:  # a bug must not end OTA for good
+                log.exception("OTA: handling a %s failed", kind)
+            finally:
+                self._work.task_done()
+
+    # -- status and journal -----------------------------------------------------------
+    def _status(
+        self,
+        ident: str | None,
+        state: str,
+        *,
+        model: str | None = None,
+        version: str | None = None,
+        progress: float | None = None,
+        reason: str = "",
+        command: bool = False,
+    ) -> None:
+        record: dict[str, Any] = {
+            "schema": 1,
+            "command_id" if command else "update_id": ident,
+            "model": model,
+            "version": version,
+            "state": state,
+            "progress": round(progress if progress is not None else (1.0 if state in TERMINAL else 0.0), 3),
+            "reason": reason,
+            "ts": int(time.time()),
+        }
+        self.events = [*self.events[-49:], record]
+        log.info("OTA %s %s %s: %s%s", ident, model, version, state, f" ({reason})" if reason else "")
+        self.link.publish(self.topics.ota_status, json.dumps(record), qos=1, retain=True)
+
+    def _journal(self, ident: str, **fields: Any) -> dict[str, Any]:
+        path = self.journal / f"{ident}.json"
+        entry: dict[str, Any] = json.loads(path.read_text()) if path.exists() else {}
+        entry.update(fields)
+        atomic_write(path, json.dumps(entry).encode())
+        return entry
+
+    def _seen(self, ident: str) -> dict[str, Any] | None:
+        path = self.journal / f"{ident}.json"
+        return json.loads(path.read_text()) if path.exists() else None
+
+    def _clock(self) -> Clock:
+        try:
+            newest = float(json.loads((self.dir / "clock.json").read_text())["newest_issued"])
+        except (OSError, ValueError, KeyError):
+            newest = 0.0
+        return Clock.current(newest, self.settings.clock_skew_s)
+
+    def _saw_issued(self, issued: float) -> None:
+        if issued > self._clock().newest_issued:
+            atomic_write(self.dir / "clock.json", json.dumps({"newest_issued": issued}).encode())
+
+    # -- manifests -----------------------------------------------------------------------
+    def _on_manifest(self, message: Message) -> None:
+        claimed = _claimed(message.payload)
+        try:
+            document = open_envelope(message.payload, self.trusted)
+            digest = hashlib.sha256(json.dumps(document, sort_keys=True).encode()).hexdigest()
+            manifest = parse_manifest(document)
+        except UpdateRejected as exc:
+            self._status(
+                claimed.get("update_id"),
+                "rejected",
+                model=claimed.get("model"),
+                version=claimed.get("version"),
+                reason=str(exc),
+            )
+            return
+        seen = self._seen(manifest.update_id)
+        if seen is not None:
+            if seen.get("digest") == digest and (message.retained or seen.get("state") not in TERMINAL):
+                log.debug("OTA %s: already handled (retained copy)", manifest.update_id)
+                return
+            self._status(
+                manifest.update_id,
+                "rejected",
+                model=manifest.model,
+                version=manifest.version,
+                reason=f"update_id {manifest.update_id} was already used (replay)",
+            )
+            return
+        try:
+            self._check(manifest)
+        except UpdateRejected as exc:
+            self._journal(manifest.update_id, kind="model-update", state="rejected", digest=digest, reason=str(exc))
+            self._status(
+                manifest.update_id, "rejected", model=manifest.model, version=manifest.version, reason=str(exc)
+            )
+            return
+        self._saw_issued(manifest.issued)
+        self._journal(manifest.update_id, kind="model-update", state="received", digest=digest, manifest=document)
+        self._status(manifest.update_id, "received", model=manifest.model, version=manifest.version)
+        self._apply(manifest)
+
+    def _check(self, manifest: Manifest) -> None:
+        if manifest.model not in self.slots:
+            raise UpdateRejected(f"this device does not serve a model named {manifest.model!r}")
+        active = self.store.active(manifest.model)
+        check_manifest(
+            manifest,
+            device=self.topics.device,
+            groups=self.groups,
+            clock=self._clock(),
+            active_version=active.version if active else None,
+            max_bytes=self.settings.max_bytes,
+            blob_prefix=f"{self.topics.prefix}/blobs",
+        )
+        manifest.model_card()
+
+    def _resume(self, entry: dict[str, Any]) -> None:
+        manifest = parse_manifest(entry["manifest"])
+        log.info("OTA %s: resuming after a restart (was %s)", manifest.update_id, entry.get("state"))
+        self._apply(manifest)
+
+    def _apply(self, manifest: Manifest) -> None:
+        """Download, verify, install, validate, activate; every step reported."""
+        uid, name, version = manifest.update_id, manifest.model, manifest.version
+        last = [0.0]
+
+        def progress(fraction: float) -> None:
+            if fraction >= 1.0 or time.monotonic() - last[0] > 1.0:
+                last[0] = time.monotonic()
+                self._status(uid, "downloading", model=name, version=version, progress=fraction)
+
+        try:
+            self._journal(uid, state="downloading")
+            blob = download(
+                manifest,
+                link=self.link,
+                downloads=self.downloads,
+                progress=progress,
+                timeout_s=self.settings.download_timeout_s,
+                stop=self._stop,
+            )
+            self._journal(uid, state="verifying")
+            self._status(uid, "verifying", model=name, version=version, progress=1.0)
+            card = manifest.model_card()
+            record = {
+                "update_id": uid,
+                "sha256": manifest.sha256,
+                "size": manifest.size,
+                "format": manifest.format,
+                "installed": int(time.time()),
+            }
+            self.store.install(name, version, manifest.format, blob, record, card.to_dict(), move=True)
+            discard(self.downloads, manifest.sha256)
+            self._journal(uid, state="validating")
+            self._status(uid, "validating", model=name, version=version, progress=1.0)
+            model = self._load_and_validate(name, version, card, manifest)
+        except UpdateFailed as exc:
+            if self._stop.is_set():
+                return  # resumes at the next start
+            self._journal(uid, state="failed", reason=str(exc))
+            self._status(uid, "failed", model=name, version=version, reason=str(exc))
+            return
+        except EdgerunError as exc:
+            reason = str(exc)
+            discard(self.downloads, manifest.sha256)
+            self._forget(name, version)
+            self._journal(uid, state="rejected", reason=reason)
+            self._status(uid, "rejected", model=name, version=version, reason=reason)
+            return
+        self._activate(manifest, model)
+
+    def _load_and_validate(self, name: str, version: str, card: ModelCard, manifest: Manifest) -> Model:
+        path = self.store.verified_file(name, version)  # hashed, then opened: nothing rewrites it between
+        model = self.load_model(path, card)
+        current = self.slots[name].primary
+        for new, old in zip(model.inputs, current.inputs):
+            if new.shape[1:] != old.shape[1:]:
+                raise UpdateRejected(f"input {new.describe()} differs from the serving model's {old.describe()}")
+        samples = manifest.validation.samples if manifest.validation else ()
+        if not samples:
+            outputs = model.run(*model.constant_inputs())
+            if not all(np.all(np.isfinite(o)) for o in outputs):
+                raise UpdateRejected("the model gives non-finite outputs on a synthetic input")
+        for i, sample in enumerate(samples):
+            x, expected = _npy(sample.input, f"sample {i} input"), _npy(sample.output, f"sample {i} output")
+            got = model.run(x)[0]
+            if got.shape != expected.shape or not np.allclose(got, expected, atol=sample.atol, rtol=0):
+                worst = float(np.max(np.abs(got - expected))) if got.shape == expected.shape else float("nan")
+                raise UpdateRejected(f"validation sample {i} fails: max difference {worst:.4g} > atol {sample.atol}")
+        return model
+
+    def _forget(self, name: str, version: str) -> None:
+        active = self.store.active(name)
+        if self.store.installed(name, version) and (active is None or active.version != version):
+            import shutil
+
+            shutil.rmtree(self.store.version_dir(name, version), ignore_errors=True)
+
+    def _activate(self, manifest: Manifest, model: Model) -> None:
+        uid, name, version = manifest.update_id, manifest.model, manifest.version
+        rollout = manifest.rollout
+        probation_s = rollout.probation_s if rollout else self.settings.probation_s
+        slot = self.slots[name]
+        previous = slot.primary.version
+        probation = {"update_id": uid, "from": previous, "until": time.time() + probation_s} if probation_s else None
+        fraction = rollout.ab_fraction if rollout else None
+        if fraction is not None:
+            current = self.store.active(name)
+            assert current is not None
+            current.ab = {"version": version, "fraction": fraction}
+            current.probation = probation
+            self.store.set_active(name, current)
+            slot.set_candidate(model, fraction)
+        else:
+            self.store.activate(name, version, probation=probation)
+            slot.swap(model)
+        self._publish_models()
+        self._journal(uid, state="probation" if probation else "active")
+        if not probation:
+            self._status(uid, "active", model=name, version=version)
+            return
+        self._status(
+            uid,
+            "probation",
+            model=name,
+            version=version,
+            progress=1.0,
+            reason=f"serving {f'a fraction {fraction:.2f} of' if fraction else 'all'} requests for {probation_s:.0f} s",
+        )
+        watch = threading.Thread(
+            target=self._probation, args=(manifest, previous, probation_s), name=f"probation-{name}", daemon=True
+        )
+        self._probations[name] = watch
+        watch.start()
+
+    # -- probation ------------------------------------------------------------------------
+    def _probation(self, manifest: Manifest, previous: str, probation_s: float) -> None:
+        name, version, uid = manifest.model, manifest.version, manifest.update_id
+        rollout = manifest.rollout
+        max_errors = rollout.max_error_rate if rollout else self.settings.max_error_rate
+        max_ratio = rollout.max_p95_ratio if rollout else self.settings.max_p95_ratio
+        deadline = time.monotonic() + probation_s
+        while not self._stop.wait(min(1.0, max(0.0, deadline - time.monotonic()))):
+            breach = self._breach(name, version, previous, max_errors, max_ratio)
+            active = self.store.active(name)
+            if active is None or (active.probation or {}).get("update_id") != uid:
+                return  # a command changed things meanwhile
+            if breach:
+                self._rollback(name, active, breach, uid)
+                return
+            if time.monotonic() >= deadline:
+                self._finish(name, active, uid)
+                return
+
+    def _breach(self, name: str, version: str, previous: str, max_errors: float, max_ratio: float) -> str | None:
+        totals = self.metrics.totals()
+        new, old = totals.get(f"{name}@{version}"), totals.get(f"{name}@{previous}")
+        if new is None:
+            return None
+        done = new["count"] + new["errors"]
+        if done >= self.settings.min_samples:
+            rate = new["errors"] / done
+            if rate > max_errors:
+                return f"error rate {rate:.1%} is above the {max_errors:.1%} bound"
+        if old and new["count"] >= self.settings.min_samples and old["count"] >= self.settings.min_samples:
+            p95_new = (new["stages_ms"]["infer"] or {}).get("p95")
+            p95_old = (old["stages_ms"]["infer"] or {}).get("p95")
+            if p95_new and p95_old and p95_new / p95_old > max_ratio:
+                ratio = p95_new / p95_old
+                return f"p95 latency {p95_new:.3f} ms is {ratio:.2f}x the previous version's (bound {max_ratio}x)"
+        return None
+
+    def _finish(self, name: str, active: Active, uid: str) -> None:
+        slot = self.slots[name]
+        if active.ab is not None:  # the candidate passed: it serves everything now
+            candidate = slot.candidate
+            version = active.ab["version"]
+            self.store.activate(name, version)
+            if candidate is not None:
+                slot.swap(candidate[0])
+        else:
+            version = active.version
+            active.probation = None
+            self.store.set_active(name, active)
+        self._publish_models()
+        self._journal(uid, state="active")
+        self._status(uid, "active", model=name, version=version, reason="probation passed")
+
+    def _rollback(self, name: str, active: Active, reason: str, ident: str | None, command: bool = False) -> None:
+        slot = self.slots[name]
+        if active.ab is not None:
+            failed = active.ab["version"]
+            slot.set_candidate(None)
+            active.ab, active.probation = None, None
+            self.store.set_active(name, active)
+            back = active.version
+        else:
+            if not active.previous:
+                raise UpdateRejected(f"{name} has no previous version to roll back to")
+            failed, back = active.version, active.previous[0]
+            model = self.load_model(self.store.verified_file(name, back), self._card(name, back))
+            self.store.activate(name, back)
+            slot.swap(model)
+        self._publish_models()
+        if ident is not None:
+            self._journal(ident, state="rolled_back", reason=reason)
+        self._status(
+            ident, "rolled_back", model=name, version=failed, reason=f"{reason}; serving {back} again", command=command
+        )
+
+    def _card(self, name: str, version: str) -> ModelCard:
+        from edgerun.card import load_card
+
+        path = self.store.model_file(name, version)
+        return load_card(path.with_name(path.name + ".card.yaml"))
+
+    def _publish_models(self) -> None:
+        self.link.set_status(models={n: s.describe() for n, s in self.slots.items()})
+
+    # -- commands -------------------------------------------------------------------------
+    def _on_command(self, message: Message) -> None:
+        claimed = _claimed(message.payload)
+        ident = claimed.get("command_id")
+        try:
+            document = open_envelope(message.payload, self.trusted)
+            command = parse_command(document)
+            ident = command.command_id
+            if self._seen(command.command_id) is not None:
+                if message.retained:
+                    return
+                raise UpdateRejected(f"command_id {command.command_id} was already used (replay)")
+            check_targets(command.targets, self.topics.device, self.groups)
+            check_times(command.issued, command.expires, self._clock())
+            self._journal(command.command_id, kind="command", state="received")
+            self._saw_issued(command.issued)
+            self._run_command(command)
+        except EdgerunError as exc:
+            if ident and self._seen(ident) is None:
+                self._journal(ident, kind="command", state="rejected", reason=str(exc))
+            self._status(
+                ident,
+                "rejected",
+                model=claimed.get("model"),
+                version=claimed.get("version"),
+                reason=str(exc),
+                command=True,
+            )
+
+    def _run_command(self, command: Command) -> None:
+        name = command.model
+        if name not in self.slots:
+            raise UpdateRejected(f"this device does not serve a model named {name!r}")
+        active = self.store.active(name)
+        assert active is not None
+        slot = self.slots[name]
+        if command.command == "rollback":
+            self._rollback(name, active, "rollback command", command.command_id, command=True)
+            return
+        version = command.version or active.version
+        if not self.store.installed(name, version):
+            raise UpdateRejected(
+                f"{name} {version} is not installed here (installed: {', '.join(self.store.versions(name))})"
+            )
+        model = self.load_model(self.store.verified_file(name, version), self._card(name, version))
+        if command.command == "activate":
+            self.store.activate(name, version)
+            slot.swap(model)
+            state, reason = "active", "activate command"
+        else:
+            fraction = float(command.fraction or 0.0)
+            active.ab = {"version": version, "fraction": fraction} if fraction > 0 else None
+            self.store.set_active(name, active)
+            slot.set_candidate(model if fraction > 0 else None, fraction)
+            state, reason = "active", f"A/B: {fraction:.2f} of requests to {version}"
+        self._publish_models()
+        self._journal(command.command_id, state=state)
+        self._status(command.command_id, state, model=name, version=version, reason=reason, command=True)
+
+
+def _claimed(raw: bytes) -> dict[str, Any]:
+    """Identifiers from an envelope's payload before verification, for reporting only."""
+    try:
+        envelope = json.loads(raw)
+        document = json.loads(base64.b64decode(envelope["payload"], validate=True))
+    except (ValueError, TypeError, KeyError, binascii.Error, UnicodeDecodeError):
+        return {}
+    if not isinstance(document, dict):
+        return {}
+    return {k: str(document[k])[:128] for k in ("update_id", "command_id", "model", "version") if k in document}
+
+
+def _npy(text: str, what: str) -> np.ndarray:
+    try:
+        return np.load(io.BytesIO(base64.b64decode(text, validate=True)), allow_pickle=False)
+    except (ValueError, binascii.Error, OSError, EOFError) as exc:
+        raise UpdateRejected(f"{what} is not a base64 .npy array: {exc}") from None

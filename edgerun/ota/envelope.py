@@ -1,0 +1,147 @@
+"""Signed envelopes (PROTOCOL.md): ``{"payload": b64, "sig": b64, "key": key id}``.
+
+The signature is Ed25519 over the exact payload bytes as sent, so no canonical
+JSON is needed. Which algorithm and which keys are trusted comes from the
+device's configuration (PEM public keys), never from the envelope: the ``key``
+field only says which trusted key to try.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import json
+import os
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from edgerun.errors import ConfigError, UpdateRejected
+
+__all__ = ["TrustedKeys", "key_id", "seal", "open_envelope", "load_private_key"]
+
+MAX_ENVELOPE_BYTES = 1024 * 1024
+
+
+def key_id(public_key: Any) -> str:
+    """First 16 hex digits of the SHA-256 of the raw 32-byte Ed25519 public key."""
+    from cryptography.hazmat.primitives import serialization
+
+    raw = public_key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    return hashlib.sha256(raw).hexdigest()[:16]
+
+
+class TrustedKeys:
+    """The Ed25519 public keys a device trusts, by key id."""
+
+    def __init__(self, keys: dict[str, Any]) -> None:
+        self._keys = dict(keys)
+
+    @classmethod
+    def load(cls, paths: Iterable[str | os.PathLike[str]]) -> TrustedKeys:
+        """Read PEM public keys (``openssl pkey -pubout`` output); every one must be Ed25519."""
+        from cryptography.hazmat.primitives import serialization
+        from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+        keys = {}
+        for path in paths:
+            try:
+                key = serialization.load_pem_public_key(Path(path).read_bytes())
+            except OSError as exc:
+                raise ConfigError(f"cannot read trusted key {path}: {exc.strerror}") from exc
+            except ValueError as exc:
+                raise ConfigError(f"trusted key {path} is not a PEM public key: {exc}") from exc
+            if not isinstance(key, Ed25519PublicKey):
+                raise ConfigError(f"trusted key {path} is not an Ed25519 key")
+            keys[key_id(key)] = key
+        return cls(keys)
+
+    @property
+    def ids(self) -> list[str]:
+        """The trusted key ids."""
+        return sorted(self._keys)
+
+    def verify(self, kid: str, payload: bytes, signature: bytes) -> None:
+        """Check ``signature`` over ``payload`` with trusted key ``kid``; ``UpdateRejected`` when it fails."""
+        from cryptography.exceptions import InvalidSignature
+
+        key = self._keys.get(kid)
+        if key is None:
+            raise UpdateRejected(f"signed by key {kid!r}, which this device does not trust")
+        try:
+            key.verify(signature, payload)
+        except InvalidSignature:
+            raise UpdateRejected(
+                "the signature does not match the payload (changed after signing, or forged)"
+            ) from None
+
+
+def _b64(value: Any, field: str) -> bytes:
+    if not isinstance(value, str):
+        raise UpdateRejected(f"malformed envelope: {field} must be a base64 string")
+    try:
+        return base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError):
+        raise UpdateRejected(f"malformed envelope: {field} is not valid base64") from None
+
+
+def open_envelope(raw: bytes, trusted: TrustedKeys) -> dict[str, Any]:
+    """Verify an envelope and return its payload document (a JSON object).
+
+    Raises:
+        UpdateRejected: too large, not JSON, unsigned, unknown key, bad signature, or a
+            payload that is not a JSON object.
+    """
+    if len(raw) > MAX_ENVELOPE_BYTES:
+        raise UpdateRejected(f"envelope of {len(raw)} bytes is over the {MAX_ENVELOPE_BYTES}-byte limit")
+    try:
+        envelope = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        raise UpdateRejected("malformed envelope: not JSON") from None
+    if not isinstance(envelope, dict):
+        raise UpdateRejected("malformed envelope: not a JSON object")
+    if "sig" not in envelope or "key" not in envelope:
+        raise UpdateRejected("unsigned envelope: it has no sig or key")
+    if "payload" not in envelope:
+        raise UpdateRejected("malformed envelope: it has no payload")
+    payload = _b64(envelope["payload"], "payload")
+    signature = _b64(envelope["sig"], "sig")
+    kid = envelope["key"]
+    if not isinstance(kid, str):
+        raise UpdateRejected("malformed envelope: key must be a string")
+    trusted.verify(kid, payload, signature)
+    try:
+        document = json.loads(payload)
+    except (ValueError, UnicodeDecodeError):
+        raise UpdateRejected("the signed payload is not JSON") from None
+    if not isinstance(document, dict):
+        raise UpdateRejected("the signed payload is not a JSON object")
+    return document
+
+
+def load_private_key(path: str | os.PathLike[str]) -> Any:
+    """An Ed25519 private key from a PEM file (``openssl genpkey -algorithm ed25519``)."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    try:
+        key = serialization.load_pem_private_key(Path(path).read_bytes(), password=None)
+    except OSError as exc:
+        raise ConfigError(f"cannot read key {path}: {exc.strerror}") from exc
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(f"{path} is not an unencrypted PEM private key: {exc}") from exc
+    if not isinstance(key, Ed25519PrivateKey):
+        raise ConfigError(f"{path} is not an Ed25519 private key")
+    return key
+
+
+def seal(document: dict[str, Any] | bytes, private_key: Any) -> bytes:
+    """An envelope for ``document``, signed with ``private_key`` (the operator side)."""
+    payload = document if isinstance(document, bytes) else json.dumps(document, separators=(",", ":")).encode()
+    envelope = {
+        "payload": base64.b64encode(payload).decode(),
+        "sig": base64.b64encode(private_key.sign(payload)).decode(),
+        "key": key_id(private_key.public_key()),
+    }
+    return json.dumps(envelope).encode()

@@ -1,0 +1,165 @@
+"""The signed documents of PROTOCOL.md: model-update manifests and commands, with every field checked.
+
+Structure and bounds are checked here (msgspec schemas: unknown fields,
+wrong types, names that could leave the model store). Checks that need the
+device's state (targets, clock, replay, versions, size limit) live in
+``edgerun.ota.policy``.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+import msgspec
+
+from edgerun.card import ModelCard, parse_card
+from edgerun.errors import CardError, UpdateRejected
+
+__all__ = ["Command", "Manifest", "parse_command", "parse_manifest", "version_tuple"]
+
+NAME = Annotated[str, msgspec.Meta(pattern=r"^[a-z0-9][a-z0-9._-]{0,63}$")]
+VERSION = Annotated[str, msgspec.Meta(pattern=r"^(0|[1-9]\d{0,8})\.(0|[1-9]\d{0,8})\.(0|[1-9]\d{0,8})$")]
+IDENT = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")]
+SHA256 = Annotated[str, msgspec.Meta(pattern=r"^[0-9a-f]{64}$")]
+TIME = Annotated[float, msgspec.Meta(ge=0)]
+
+
+class _Strict(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
+    pass
+
+
+class MqttBlob(_Strict):
+    """Chunks of the model file, retained on ``<topic>/<i>``."""
+
+    topic: str
+    chunk_size: Annotated[int, msgspec.Meta(ge=1024, le=16 * 1024 * 1024)]
+    chunks: Annotated[int, msgspec.Meta(ge=1, le=1_000_000)]
+
+
+class Source(_Strict):
+    """Where the model file comes from: MQTT chunks or a URL (https, http, file)."""
+
+    mqtt: MqttBlob | None = None
+    url: str | None = None
+
+    def __post_init__(self) -> None:
+        if (self.mqtt is None) == (self.url is None):
+            raise ValueError("source must have exactly one of mqtt or url")
+        if self.url is not None and not self.url.startswith(("https://", "http://", "file://")):
+            raise ValueError("source url must be https://, http:// or file://")
+
+
+class Targets(_Strict):
+    """Devices and groups an update or command is for."""
+
+    devices: tuple[NAME, ...] = ()
+    groups: tuple[NAME, ...] = ()
+
+
+class Sample(_Strict):
+    """One validation pair: base64 ``.npy`` input and expected output, with a tolerance."""
+
+    input: str
+    output: str
+    atol: Annotated[float, msgspec.Meta(ge=0)] = 1e-3
+
+
+class Validation(_Strict):
+    """Samples the new model must reproduce before it is activated."""
+
+    samples: tuple[Sample, ...] = ()
+
+
+class Rollout(_Strict):
+    """Probation bounds and the optional A/B split."""
+
+    probation_s: Annotated[float, msgspec.Meta(ge=0, le=7 * 86400)] = 300.0
+    max_error_rate: Annotated[float, msgspec.Meta(ge=0, le=1)] = 0.05
+    max_p95_ratio: Annotated[float, msgspec.Meta(ge=1)] = 1.5
+    ab_fraction: Annotated[float, msgspec.Meta(gt=0, lt=1)] | None = None
+
+
+class Manifest(_Strict):
+    """A model update (PROTOCOL.md, "Model update manifest")."""
+
+    schema: Literal[1]
+    kind: Literal["model-update"]
+    update_id: IDENT
+    model: NAME
+    version: VERSION
+    format: Literal["onnx", "tflite"]
+    sha256: SHA256
+    size: Annotated[int, msgspec.Meta(ge=1)]
+    source: Source
+    issued: TIME
+    expires: TIME
+    targets: Targets
+    card: dict[str, Any]
+    validation: Validation | None = None
+    rollout: Rollout | None = None
+    allow_downgrade: bool = False
+
+    def model_card(self) -> ModelCard:
+        """The card, checked against the schema, with the manifest's name and version."""
+        data = dict(self.card)
+        if data.get("name", self.model) != self.model:
+            raise UpdateRejected(f"card names model {data.get('name')!r}, the manifest {self.model!r}")
+        data["name"] = self.model
+        data["version"] = self.version
+        try:
+            return parse_card(data, "card")
+        except CardError as exc:
+            raise UpdateRejected(f"invalid card: {exc}") from None
+
+
+class Command(_Strict):
+    """A command (PROTOCOL.md, "Commands")."""
+
+    schema: Literal[1]
+    kind: Literal["command"]
+    command_id: IDENT
+    issued: TIME
+    expires: TIME
+    targets: Targets
+    command: Literal["rollback", "activate", "set-ab"]
+    model: NAME
+    version: VERSION | None = None
+    fraction: Annotated[float, msgspec.Meta(ge=0, le=1)] | None = None
+
+
+def _convert(document: dict[str, Any], cls: type[Any], what: str) -> Any:
+    try:
+        return msgspec.convert(document, cls)
+    except msgspec.ValidationError as exc:
+        raise UpdateRejected(f"invalid {what}: {exc}") from None
+
+
+def parse_manifest(document: dict[str, Any]) -> Manifest:
+    """A checked manifest, or ``UpdateRejected`` naming the first bad field."""
+    if document.get("kind") != "model-update":
+        raise UpdateRejected(f"not a model-update manifest (kind {document.get('kind')!r})")
+    manifest: Manifest = _convert(document, Manifest, "manifest")
+    if manifest.source.mqtt is not None:
+        blob = manifest.source.mqtt
+        if blob.chunks != -(-manifest.size // blob.chunk_size):
+            raise UpdateRejected(
+                f"source.mqtt.chunks is {blob.chunks}, but {manifest.size} bytes in chunks of "
+                f"{blob.chunk_size} make {-(-manifest.size // blob.chunk_size)}"
+            )
+    return manifest
+
+
+def parse_command(document: dict[str, Any]) -> Command:
+    """A checked command, or ``UpdateRejected``."""
+    command: Command = _convert(document, Command, "command")
+    if command.command == "set-ab" and command.fraction is None:
+        raise UpdateRejected("set-ab needs a fraction between 0 and 1")
+    if command.command == "activate" and command.version is None:
+        raise UpdateRejected("activate needs a version")
+    return command
+
+
+def version_tuple(version: str) -> tuple[int, int, int]:
+    """``"1.2.3"`` -> ``(1, 2, 3)``."""
+    major, minor, patch = (int(p) for p in version.split("."))
+    return major, minor, patch

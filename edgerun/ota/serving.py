@@ -1,0 +1,49 @@
+"""Starting to serve a model that OTA may update: the store's active version wins over the file given.
+
+The first start installs the given file into the store as its card's version
+and activates it; later starts serve whatever the store says is active (an
+update received over the air survives restarts), after hashing it against its
+manifest.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from pathlib import Path
+
+from edgerun.card import ModelCard, load_card
+from edgerun.model import Model
+from edgerun.ota.store import ModelStore, sha256_file
+
+log = logging.getLogger(__name__)
+
+__all__ = ["serve_from_store"]
+
+LoadModel = Callable[[Path, "ModelCard | None"], Model]
+
+
+def serve_from_store(path: Path, store: ModelStore, load: LoadModel) -> Model:
+    """The model to serve for ``path``: the store's active version of its name, seeding the store first."""
+    given = load(path, None)
+    name = given.name
+    active = store.active(name)
+    if active is None:
+        manifest = {
+            "update_id": "local",
+            "sha256": sha256_file(path),
+            "size": path.stat().st_size,
+            "format": given.format,
+            "source": str(path),
+        }
+        store.install(name, given.version, given.format, path, manifest, given.card.to_dict())
+        store.activate(name, given.version)
+        log.info("model store: %s %s installed from %s and active", name, given.version, path)
+        return given
+    if active.version == given.version and not active.ab:
+        return given
+    installed = store.verified_file(name, active.version)
+    card = load_card(installed.with_name(installed.name + ".card.yaml"))
+    given.close()
+    log.info("model store: serving %s %s (installed over the air) instead of %s", name, active.version, path)
+    return load(installed, card)

@@ -1,0 +1,229 @@
+"""The model store: every installed version of every model, and an atomic ``active`` pointer per model.
+
+Layout under ``<state dir>/models``::
+
+    <name>/versions/<version>/model.<onnx|tflite>     the model file, never modified once here
+    <name>/versions/<version>/model.<fmt>.card.yaml   its card (JSON, which is YAML)
+    <name>/versions/<version>/manifest.json           what was verified: sha256, size, update id
+    <name>/active.json                                {"version", "previous", "probation", "ab"}
+
+Invariants, whatever is killed when:
+
+* a version folder appears under ``versions/`` only complete (built beside it,
+  fsynced, then renamed into place);
+* ``active.json`` is replaced atomically (write, fsync, rename, fsync the
+  folder) and only ever names a complete version;
+* the active version and the ``keep`` most recent previous ones are never deleted.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import secrets
+import shutil
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from edgerun.errors import ModelLoadError, UpdateRejected
+from edgerun.ota.manifest import version_tuple
+
+log = logging.getLogger(__name__)
+
+__all__ = ["Active", "ModelStore", "atomic_write", "sha256_file"]
+
+
+def sha256_file(path: Path) -> str:
+    """SHA-256 of a file, streamed."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write(path: Path, data: bytes) -> None:
+    """Replace ``path`` with ``data`` so that a reader sees the old or the new file, never a mix."""
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    with open(tmp, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
+@dataclass
+class Active:
+    """What ``active.json`` says about one model."""
+
+    version: str
+    previous: list[str] = field(default_factory=list)
+    probation: dict[str, Any] | None = None  # {"update_id", "until", "from"} while on probation
+    ab: dict[str, Any] | None = None  # {"version", "fraction"}: a candidate serving a fraction
+
+    def to_json(self) -> bytes:
+        return json.dumps(self.__dict__, indent=1).encode()
+
+
+class ModelStore:
+    """Installed model versions and the active one of each model."""
+
+    def __init__(self, root: Path, keep: int = 2) -> None:
+        if keep < 1:
+            raise ValueError("keep at least one previous version")
+        self.root = Path(root)
+        self.keep = keep
+        self.root.mkdir(parents=True, exist_ok=True)
+
+    # -- paths -----------------------------------------------------------------
+    def _model_dir(self, name: str) -> Path:
+        return self.root / name
+
+    def version_dir(self, name: str, version: str) -> Path:
+        """The folder of one installed version (names are checked by the manifest schema)."""
+        if "/" in name or "/" in version or name.startswith(".") or "\x00" in name + version:
+            raise UpdateRejected(f"model name {name!r} or version {version!r} would leave the store")
+        return self._model_dir(name) / "versions" / version
+
+    def model_file(self, name: str, version: str) -> Path:
+        """The model file of an installed version."""
+        folder = self.version_dir(name, version)
+        for fmt in ("onnx", "tflite"):
+            candidate = folder / f"model.{fmt}"
+            if candidate.is_file():
+                return candidate
+        raise ModelLoadError(f"{name} {version} is not installed (no model file in {folder})")
+
+    def manifest(self, name: str, version: str) -> dict[str, Any]:
+        """The verified manifest of an installed version."""
+        data: dict[str, Any] = json.loads((self.version_dir(name, version) / "manifest.json").read_text())
+        return data
+
+    # -- queries ---------------------------------------------------------------
+    def models(self) -> list[str]:
+        """Names of models with an active version."""
+        return sorted(p.parent.name for p in self.root.glob("*/active.json"))
+
+    def versions(self, name: str) -> list[str]:
+        """Installed versions of a model, oldest first."""
+        folder = self._model_dir(name) / "versions"
+        if not folder.is_dir():
+            return []
+        found = [p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")]
+        return sorted(found, key=version_tuple)
+
+    def installed(self, name: str, version: str) -> bool:
+        """True when that version is complete in the store."""
+        return (self.version_dir(name, version) / "manifest.json").is_file()
+
+    def active(self, name: str) -> Active | None:
+        """The active pointer of a model, or None when it has none."""
+        path = self._model_dir(name) / "active.json"
+        try:
+            return Active(**json.loads(path.read_text()))
+        except FileNotFoundError:
+            return None
+
+    def verified_file(self, name: str, version: str) -> Path:
+        """The model file, after hashing it against its manifest: the bytes that will be loaded.
+
+        Nothing in the store rewrites a version folder, so what is hashed here is what
+        the runtime opens next.
+        """
+        path = self.model_file(name, version)
+        expected = self.manifest(name, version)["sha256"]
+        actual = sha256_file(path)
+        if actual != expected:
+            raise ModelLoadError(
+                f"{name} {version} in the store is corrupt: sha256 {actual[:12]}... is not {expected[:12]}..."
+            )
+        return path
+
+    # -- changes ---------------------------------------------------------------
+    def install(
+        self,
+        name: str,
+        version: str,
+        fmt: str,
+        source: Path,
+        manifest: dict[str, Any],
+        card: dict[str, Any],
+        *,
+        move: bool = False,
+    ) -> Path:
+        """Put a version in the store beside the others (complete, or not at all)."""
+        final = self.version_dir(name, version)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        building = final.parent / f".{version}.{secrets.token_hex(4)}.building"
+        building.mkdir()
+        try:
+            target = building / f"model.{fmt}"
+            if move:
+                os.replace(source, target)
+            else:
+                shutil.copyfile(source, target)
+            with open(target, "rb+") as fh:
+                os.fsync(fh.fileno())
+            for file_name, document in ((f"model.{fmt}.card.yaml", card), ("manifest.json", manifest)):
+                with open(building / file_name, "w") as fh:
+                    json.dump(document, fh, indent=1)
+                    fh.flush()
+                    os.fsync(fh.fileno())
+            _fsync_dir(building)
+            if final.exists():
+                active = self.active(name)
+                if active is not None and version in (active.version, (active.ab or {}).get("version")):
+                    raise UpdateRejected(f"{name} {version} is installed and in use; it cannot be replaced")
+                shutil.rmtree(final)
+            os.replace(building, final)
+            _fsync_dir(final.parent)
+        except BaseException:
+            shutil.rmtree(building, ignore_errors=True)
+            raise
+        log.info("installed %s %s in the store", name, version)
+        return final / f"model.{fmt}"
+
+    def set_active(self, name: str, active: Active) -> None:
+        """Replace the active pointer atomically, then prune versions nobody needs."""
+        if not self.installed(name, active.version):
+            raise ModelLoadError(f"cannot activate {name} {active.version}: not installed")
+        atomic_write(self._model_dir(name) / "active.json", active.to_json())
+        self._prune(name, active)
+
+    def activate(self, name: str, version: str, *, probation: dict[str, Any] | None = None) -> Active:
+        """Make ``version`` active, remembering the one it replaces."""
+        current = self.active(name)
+        previous: list[str] = []
+        if current is not None:
+            previous = [v for v in [current.version, *current.previous] if v != version]
+        active = Active(version=version, previous=previous[: self.keep], probation=probation)
+        self.set_active(name, active)
+        return active
+
+    def _prune(self, name: str, active: Active) -> None:
+        needed = {active.version, *active.previous, (active.ab or {}).get("version")}
+        for version in self.versions(name):
+            if version not in needed:
+                shutil.rmtree(self.version_dir(name, version), ignore_errors=True)
+                log.info("removed %s %s from the store (keeping %d previous)", name, version, self.keep)
+        for leftover in (self._model_dir(name) / "versions").glob(".*.building"):
+            shutil.rmtree(leftover, ignore_errors=True)
+
+    def __iter__(self) -> Iterator[tuple[str, Active]]:
+        for name in self.models():
+            active = self.active(name)
+            if active is not None:
+                yield name, active

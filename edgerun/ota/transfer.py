@@ -1,0 +1,235 @@
+"""Fetching a model blob: MQTT chunks or a URL, resumable, size- and hash-checked.
+
+Chunks are written to ``<downloads>/<sha256>/<i>`` as they arrive (each file
+renamed into place complete), so a download interrupted by a disconnect or a
+restart fetches only the chunks it lacks: a fresh download subscribes to
+``<topic>/+`` (and so sees, and refuses, chunks out of range), a resumed one
+only to the missing ``<topic>/<i>``. A URL download appends to ``blob.part``
+and asks for the rest with an HTTP ``Range`` request.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import logging
+import os
+import shutil
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+
+from edgerun.errors import UpdateFailed, UpdateRejected
+from edgerun.ota.manifest import Manifest
+from edgerun.sync.link import Message, MqttLink
+
+log = logging.getLogger(__name__)
+
+__all__ = ["download"]
+
+Progress = Callable[[float], None]
+
+
+def _disk_error(exc: OSError) -> UpdateFailed:
+    if exc.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT):
+        return UpdateFailed(f"disk full while downloading ({exc.strerror})")
+    return UpdateFailed(f"cannot write the download: {exc.strerror or exc}")
+
+
+def _assemble(parts: list[Path], target: Path, manifest: Manifest) -> None:
+    """Concatenate ``parts`` into ``target`` and check the size and SHA-256 of the result."""
+    digest = hashlib.sha256()
+    size = 0
+    try:
+        with open(target, "wb") as out:
+            for part in parts:
+                data = part.read_bytes()
+                digest.update(data)
+                size += len(data)
+                out.write(data)
+            out.flush()
+            os.fsync(out.fileno())
+    except OSError as exc:
+        target.unlink(missing_ok=True)
+        raise _disk_error(exc) from exc
+    _check(size, digest.hexdigest(), manifest, target)
+
+
+def _check(size: int, sha: str, manifest: Manifest, target: Path) -> None:
+    if size != manifest.size:
+        target.unlink(missing_ok=True)
+        raise UpdateRejected(f"the blob has {size} bytes, the manifest says {manifest.size}")
+    if sha != manifest.sha256:
+        target.unlink(missing_ok=True)
+        raise UpdateRejected(f"the blob's SHA-256 is {sha[:16]}..., the manifest says {manifest.sha256[:16]}...")
+
+
+class _Chunks:
+    """Collects the chunks of one blob from the link into files."""
+
+    def __init__(self, manifest: Manifest, folder: Path) -> None:
+        blob = manifest.source.mqtt
+        assert blob is not None
+        self.blob, self.folder, self.size = blob, folder, manifest.size
+        self.have = {int(p.name) for p in folder.iterdir() if p.name.isdigit()}
+        self.problem: UpdateRejected | UpdateFailed | None = None
+        self.changed = threading.Event()
+
+    def expected_size(self, index: int) -> int:
+        if index < self.blob.chunks - 1:
+            return self.blob.chunk_size
+        return self.size - self.blob.chunk_size * (self.blob.chunks - 1)
+
+    def on_message(self, message: Message) -> None:
+        tail = message.topic.rsplit("/", 1)[-1]
+        if not tail.isdigit():
+            self._fail(UpdateRejected(f"chunk topic {message.topic} does not end in a chunk number"))
+            return
+        index = int(tail)
+        if index >= self.blob.chunks:
+            self._fail(UpdateRejected(f"chunk {index} is out of range (the manifest says {self.blob.chunks} chunks)"))
+            return
+        expected = self.expected_size(index)
+        if len(message.payload) != expected:
+            kind = "oversized" if len(message.payload) > expected else "truncated"
+            self._fail(UpdateRejected(f"chunk {index} is {kind}: {len(message.payload)} bytes, expected {expected}"))
+            return
+        path = self.folder / str(index)
+        if index in self.have:
+            if path.read_bytes() != message.payload:
+                self._fail(UpdateRejected(f"chunk {index} arrived twice with different content"))
+            return  # an identical duplicate: QoS 1 is at least once
+        tmp = self.folder / f".{index}.tmp"
+        try:
+            tmp.write_bytes(message.payload)
+            os.replace(tmp, path)
+        except OSError as exc:
+            tmp.unlink(missing_ok=True)
+            self._fail(_disk_error(exc))
+            return
+        self.have.add(index)
+        self.changed.set()
+
+    def _fail(self, problem: UpdateRejected | UpdateFailed) -> None:
+        if self.problem is None:
+            self.problem = problem
+        self.changed.set()
+
+
+def _download_mqtt(
+    manifest: Manifest,
+    link: MqttLink,
+    folder: Path,
+    target: Path,
+    progress: Progress,
+    timeout_s: float,
+    stop: threading.Event,
+) -> None:
+    chunks = _Chunks(manifest, folder)
+    blob = chunks.blob
+    missing = [i for i in range(blob.chunks) if i not in chunks.have]
+    topics = [f"{blob.topic}/+"] if not chunks.have else [f"{blob.topic}/{i}" for i in missing]
+    if chunks.have:
+        log.info("resuming %s: %d of %d chunks already on disk", manifest.update_id, len(chunks.have), blob.chunks)
+    for topic in topics:
+        link.subscribe(topic, chunks.on_message, qos=1)
+    try:
+        last_change = time.monotonic()
+        reported = -1
+        while len(chunks.have) < blob.chunks and chunks.problem is None:
+            if stop.is_set():
+                raise UpdateFailed("stopped while downloading; it resumes at the next start")
+            chunks.changed.wait(0.5)
+            if chunks.changed.is_set():
+                chunks.changed.clear()
+                last_change = time.monotonic()
+            if len(chunks.have) != reported:
+                reported = len(chunks.have)
+                progress(reported / blob.chunks)
+            if time.monotonic() - last_change > timeout_s:
+                gone = [i for i in range(blob.chunks) if i not in chunks.have]
+                listed = ", ".join(map(str, gone[:10])) + (" ..." if len(gone) > 10 else "")
+                raise UpdateFailed(f"chunk(s) {listed} missing: nothing arrived for {timeout_s:.0f} s")
+    finally:
+        for topic in topics:
+            link.unsubscribe(topic)
+    if chunks.problem is not None:
+        raise chunks.problem
+    _assemble([folder / str(i) for i in range(blob.chunks)], target, manifest)
+
+
+def _download_url(
+    manifest: Manifest, folder: Path, target: Path, progress: Progress, timeout_s: float, stop: threading.Event
+) -> None:
+    url = manifest.source.url
+    assert url is not None
+    part = folder / "blob.part"
+    have = part.stat().st_size if part.exists() else 0
+    if have > manifest.size:
+        part.unlink()
+        have = 0
+    request = urllib.request.Request(url, headers={"Range": f"bytes={have}-"} if have else {})
+    try:
+        response = urllib.request.urlopen(request, timeout=timeout_s)  # schemes checked in the manifest
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        raise UpdateFailed(f"cannot fetch {url}: {getattr(exc, 'reason', exc)}") from exc
+    with response:
+        if have and getattr(response, "status", 200) != 206 and not url.startswith("file://"):
+            have = 0  # the server ignored the range: start again
+        mode = "ab" if have else "wb"
+        try:
+            with open(part, mode) as out:
+                if url.startswith("file://") and have:
+                    response.read(have)  # file:// ignores Range: skip what we have
+                while True:
+                    if stop.is_set():
+                        raise UpdateFailed("stopped while downloading; it resumes at the next start")
+                    block = response.read(1 << 20)
+                    if not block:
+                        break
+                    have += len(block)
+                    if have > manifest.size:
+                        raise UpdateRejected(f"the blob is larger than the {manifest.size} bytes its manifest says")
+                    out.write(block)
+                    progress(have / manifest.size)
+                out.flush()
+                os.fsync(out.fileno())
+        except OSError as exc:
+            raise _disk_error(exc) from exc
+    _assemble([part], target, manifest)
+
+
+def download(
+    manifest: Manifest,
+    *,
+    link: MqttLink | None,
+    downloads: Path,
+    progress: Progress,
+    timeout_s: float = 120.0,
+    stop: threading.Event | None = None,
+) -> Path:
+    """Fetch the manifest's blob into ``downloads``; returns the verified file.
+
+    Raises:
+        UpdateRejected: the blob or a chunk is not what the manifest says.
+        UpdateFailed: the download could not finish (timeout, disk full, stopped).
+    """
+    folder = downloads / manifest.sha256
+    folder.mkdir(parents=True, exist_ok=True)
+    target = folder / "blob"
+    stop = stop or threading.Event()
+    if manifest.source.mqtt is not None:
+        if link is None:
+            raise UpdateFailed("the update comes over MQTT chunks, but there is no MQTT link")
+        _download_mqtt(manifest, link, folder, target, progress, timeout_s, stop)
+    else:
+        _download_url(manifest, folder, target, progress, timeout_s, stop)
+    return target
+
+
+def discard(downloads: Path, sha256: str) -> None:
+    """Remove what was downloaded for a blob."""
+    shutil.rmtree(downloads / sha256, ignore_errors=True)
