@@ -141,7 +141,7 @@ class Device:
             str(public_key),
             "--state-dir",
             str(state / device),
-            *sum((["--group", g] for g in groups), []),
+            *[a for g in groups for a in ("--group", g)],
             *extra,
         ]
         with open(self.err, "ab") as err:
