@@ -27,6 +27,7 @@ COMMANDS: dict[str, str] = {
     "mqtt": "edgerun.cli.mqtt",
     "keys": "edgerun.cli.keys",
     "ota": "edgerun.cli.ota",
+    "daemon": "edgerun.cli.daemon",
     "outbox": "edgerun.cli.outbox",
 }
 

@@ -1,0 +1,281 @@
+"""The local HTTP API (FastAPI): predict, models, health, readiness and Prometheus metrics.
+
+Bound to 127.0.0.1 by default; the config refuses any other address without a
+bearer token. FastAPI reads the endpoints' annotations at run time, so its
+types are imported at module level here. Every error is a 4xx with one clear message and nothing about the
+models for a caller without the token. Requests to a model whose batch
+dimension is dynamic are grouped into batches (``batch_max_size`` within
+``batch_max_wait_ms``) by one batching thread per model.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future
+from typing import Any
+
+import numpy as np
+from fastapi import FastAPI, HTTPException, Request, Response
+from fastapi.responses import JSONResponse, PlainTextResponse
+from starlette.concurrency import run_in_threadpool
+
+from edgerun.config import ApiConfig
+from edgerun.errors import EdgerunError, InputError
+from edgerun.model import Model
+from edgerun.ota.slot import ModelSlot
+from edgerun.telemetry.metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+__all__ = ["Batcher", "create_app"]
+
+_NPY_MAGIC = b"\x93NUMPY"
+
+
+class Batcher:
+    """Groups concurrent requests to one model into batch calls."""
+
+    def __init__(self, max_size: int, max_wait_s: float) -> None:
+        self._queue: queue.Queue[tuple[Model, np.ndarray, Future[Any]] | None] = queue.Queue()
+        self._max_size, self._max_wait = max_size, max_wait_s
+        self._thread = threading.Thread(target=self._run, name="api-batcher", daemon=True)
+        self._thread.start()
+
+    def submit(self, model: Model, tensor: np.ndarray) -> Future[Any]:
+        """Queue one batch-of-one tensor; the future gives ``(outputs, row, infer_ms)``."""
+        future: Future[Any] = Future()
+        self._queue.put((model, tensor, future))
+        return future
+
+    def _run(self) -> None:
+        while True:
+            first = self._queue.get()
+            if first is None:
+                return
+            batch = [first]
+            deadline = time.monotonic() + self._max_wait
+            while len(batch) < self._max_size:
+                remaining = deadline - time.monotonic()
+                try:
+                    item = self._queue.get(timeout=max(0.0, remaining)) if remaining > 0 else self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if item is None:
+                    self._queue.put(None)
+                    break
+                batch.append(item)
+            for model in {id(m): m for m, _, _ in batch}.values():  # one call per model version
+                group = [(t, f) for m, t, f in batch if m is model]
+                self._call(model, group)
+
+    @staticmethod
+    def _call(model: Model, group: list[tuple[np.ndarray, Future[Any]]]) -> None:
+        t0 = time.perf_counter()
+        try:
+            outputs = model.run(np.concatenate([t for t, _ in group]))
+        except BaseException as exc:
+            for _, f in group:
+                f.set_exception(exc)
+            return
+        share = (time.perf_counter() - t0) * 1e3 / len(group)
+        for row, (_, f) in enumerate(group):
+            f.set_result((outputs, row, share))
+
+    def close(self) -> None:
+        """Stop the batching thread after what is queued."""
+        self._queue.put(None)
+
+
+def _decode_body(body: bytes, content_type: str) -> Any:
+    """Request body -> what ``Model.prepare`` takes: image bytes, a .npy array, or a JSON array."""
+    kind = content_type.split(";")[0].strip().lower()
+    if body.startswith(_NPY_MAGIC):
+        import io
+
+        try:
+            return np.load(io.BytesIO(body), allow_pickle=False)
+        except (ValueError, EOFError, OSError) as exc:
+            raise InputError(f"body is not a plain numeric .npy array: {exc}") from None
+    if kind == "application/json":
+        try:
+            data = json.loads(body)
+            array = np.asarray(data, dtype=np.float32)
+        except (ValueError, TypeError):
+            raise InputError("body is not a JSON array of numbers") from None
+        if array.ndim == 0 or array.dtype == object:
+            raise InputError("body is not a rectangular JSON array of numbers")
+        return array
+    if not body:
+        raise InputError("empty body")
+    return body  # image bytes, decoded (and checked) by the model's preprocessing
+
+
+def create_app(
+    slots: dict[str, ModelSlot],
+    metrics: Metrics,
+    config: ApiConfig,
+    *,
+    ready: Callable[[], bool] = lambda: True,
+    status: Callable[[], dict[str, Any]] | None = None,
+) -> Any:
+    """The FastAPI application serving ``slots``."""
+    from edgerun import __version__
+
+    token = config.resolved_token()
+    max_bytes = int(config.max_request_mb * 1024 * 1024)
+    batchers: dict[str, Batcher] = {}
+    in_flight = [0]
+    lock = asyncio.Lock()
+    app = FastAPI(
+        title="edgerun",
+        version=__version__,
+        description="Local inference API of an edgerun device: predict, models, health, metrics.",
+    )
+    app.state.batchers = batchers
+
+    @app.middleware("http")
+    async def guard(request: Request, call_next: Any) -> Any:
+        public = request.url.path in ("/health", "/docs", "/openapi.json")
+        if token is not None and not public:
+            given = request.headers.get("authorization", "")
+            if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
+                return JSONResponse(
+                    {"detail": "missing or wrong bearer token"}, status_code=401, headers={"WWW-Authenticate": "Bearer"}
+                )
+        if request.url.path.endswith("/predict"):
+            async with lock:
+                if in_flight[0] >= config.max_concurrency:
+                    return JSONResponse(
+                        {"detail": "too many requests in progress; retry shortly"},
+                        status_code=429,
+                        headers={"Retry-After": "1"},
+                    )
+                in_flight[0] += 1
+            try:
+                return await call_next(request)
+            finally:
+                async with lock:
+                    in_flight[0] -= 1
+        return await call_next(request)
+
+    def _infer(slot: ModelSlot, data: Any) -> dict[str, Any]:
+        model = slot.get()
+        t0 = time.perf_counter()
+        try:
+            tensor = model.prepare(data, name="request")
+            pre = (time.perf_counter() - t0) * 1e3
+            batcher = batchers.get(slot.name)
+            dynamic = len(model.inputs) == 1 and model.inputs[0].shape[:1] == (None,)
+            if batcher is not None and dynamic and tensor.shape[0] == 1:
+                outputs, row, infer = batcher.submit(model, tensor).result(timeout=60)
+            else:
+                t1 = time.perf_counter()
+                outputs, row = model.run(tensor), 0
+                infer = (time.perf_counter() - t1) * 1e3
+            t2 = time.perf_counter()
+            output = model.postprocess(outputs, row)
+            post = (time.perf_counter() - t2) * 1e3
+        except EdgerunError:
+            metrics.error(model.name, model.version, model.delegate)
+            raise
+        total = pre + infer + post
+        metrics.record(
+            model.name, model.version, model.delegate, {"pre": pre, "infer": infer, "post": post, "total": total}
+        )
+        return {
+            "input": "request",
+            "model": model.name,
+            "version": model.version,
+            "delegate": model.delegate,
+            "output": output,
+            "latency_ms": round(total, 3),
+        }
+
+    @app.post("/v1/models/{name}/predict", summary="Run one input (image bytes, .npy or a JSON array)")
+    async def predict(name: str, request: Request) -> Any:
+        slot = slots.get(name)
+        if slot is None:
+            raise HTTPException(404, f"no model named {name!r}")
+        declared = request.headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > max_bytes:
+            raise HTTPException(413, f"request of {declared} bytes is over the {max_bytes}-byte limit")
+        body = b""
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > max_bytes:
+                raise HTTPException(413, f"request is over the {max_bytes}-byte limit")
+        try:
+            data = _decode_body(body, request.headers.get("content-type", "application/octet-stream"))
+            if slot.name not in batchers and config.batch_max_size > 1:
+                batchers[slot.name] = Batcher(config.batch_max_size, config.batch_max_wait_ms / 1000)
+            return await run_in_threadpool(_infer, slot, data)
+        except InputError as exc:
+            raise HTTPException(422, str(exc)) from None
+        except EdgerunError as exc:
+            raise HTTPException(500, str(exc)) from None
+
+    @app.get("/v1/models", summary="Models served: version, format, delegate, tensors, card")
+    async def models() -> Any:
+        return {
+            name: {**slot.primary.describe(), **({"candidate": slot.describe()["candidate"]} if slot.candidate else {})}
+            for name, slot in slots.items()
+        }
+
+    @app.get("/health", summary="Alive")
+    async def health() -> Any:
+        return {"status": "ok"}
+
+    @app.get("/ready", summary="Every model loaded and warmed")
+    async def readiness() -> Any:
+        if not ready():
+            return JSONResponse({"ready": False}, status_code=503)
+        return {"ready": True, "models": {n: s.describe() for n, s in slots.items()}}
+
+    @app.get("/v1/status", summary="The device: models, MQTT link, outbox, OTA events")
+    async def device_status() -> Any:
+        return status() if status is not None else {}
+
+    @app.get("/metrics", summary="Prometheus text format", response_class=PlainTextResponse)
+    async def prometheus() -> Response:
+        from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+
+        registry = CollectorRegistry()
+        registry.register(_Collector(metrics))
+        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+
+    return app
+
+
+class _Collector:
+    """Prometheus view of ``Metrics.totals()``."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self.metrics = metrics
+
+    def collect(self) -> Any:
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+        labels = ["model", "version", "delegate"]
+        count = CounterMetricFamily("edgerun_inferences", "Inferences done", labels=labels)
+        errors = CounterMetricFamily("edgerun_errors", "Inputs that failed", labels=labels)
+        dropped = CounterMetricFamily("edgerun_dropped_frames", "Frames dropped by live sources", labels=labels)
+        latency = GaugeMetricFamily(
+            "edgerun_latency_ms", "Latency since start by stage and quantile", labels=[*labels, "stage", "quantile"]
+        )
+        for t in self.metrics.totals().values():
+            key = [t["model"], t["version"], t["delegate"]]
+            count.add_metric(key, t["count"])
+            errors.add_metric(key, t["errors"])
+            dropped.add_metric(key, t["dropped"])
+            for stage, summary in t["stages_ms"].items():
+                for q in ("p50", "p95", "p99", "max"):
+                    if summary:
+                        latency.add_metric([*key, stage, q], summary[q])
+        yield from (count, errors, dropped, latency)

@@ -1,0 +1,51 @@
+"""``edgerun daemon [--config FILE]`` and ``edgerun config check FILE``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+HELP = "run as a device daemon: models, pipelines, MQTT sync, OTA updates and the HTTP API"
+
+
+def register(sub: Any) -> None:
+    """Add the ``daemon`` and ``config`` sub-commands."""
+    p = sub.add_parser(
+        "daemon",
+        help=HELP,
+        description=HELP + ". Without --config: the sample digits model, "
+        "the API on 127.0.0.1, no broker. SIGTERM stops, SIGHUP reloads the config.",
+    )
+    p.add_argument("--config", default=None, metavar="FILE", help="a YAML config (see device-configs/)")
+    p.set_defaults(run=run)
+    c = sub.add_parser("config", help="config tools: 'check FILE' validates and prints the effective config")
+    actions = c.add_subparsers(dest="action", metavar="ACTION")
+    actions.required = True
+    check = actions.add_parser("check", help="validate a config and print it with every default filled in")
+    check.add_argument("file")
+    check.set_defaults(run=check_config)
+
+
+def check_config(args: argparse.Namespace) -> int:
+    """Validate; print the effective config as YAML."""
+    import yaml
+
+    from edgerun.config import load_config
+
+    config = load_config(args.file)
+    print(f"# {args.file}: valid; the effective config, defaults filled in:")
+    print(yaml.safe_dump(json.loads(json.dumps(config.effective())), sort_keys=False), end="")
+    return 0
+
+
+def run(args: argparse.Namespace) -> int:
+    """Load the config (exit 2 if broken), set up logging, run until stopped."""
+    from edgerun.config import default_config, load_config
+    from edgerun.daemon import Daemon
+    from edgerun.logs import setup_logging
+
+    config = load_config(args.config) if args.config else default_config()
+    setup_logging(config.logging.level, config.logging.format)
+    return Daemon(config, Path(args.config) if args.config else None).run()

@@ -1,0 +1,222 @@
+"""The daemon's configuration: YAML validated by pydantic models (unknown keys are errors).
+
+Every error names the file, the field and what is wrong, in one line, e.g.
+``device-configs/rpi5.yaml: models.digits.threads: Input should be less than or
+equal to 64 (and 1 more error)``.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from edgerun.errors import ConfigError
+
+__all__ = ["ApiConfig", "Config", "default_config", "load_config"]
+
+Name = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9._-]{0,63}$")]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DeviceConfig(_Strict):
+    """Who this device is."""
+
+    id: Name | None = Field(None, description="device id; default: derived from /etc/machine-id")
+    groups: list[Name] = Field(default_factory=list, description="groups for group manifests and commands")
+
+
+class ModelConfig(_Strict):
+    """One model the device serves."""
+
+    path: str = Field(description="model file (.onnx/.tflite); with OTA on, the store's active version wins")
+    delegate: str = Field("auto", description="auto, fastest, or a delegate name (cpu, xnnpack, edgetpu, ...)")
+    threads: int | None = Field(None, ge=1, le=64, description="CPU threads; default 1 for tiny models, else up to 4")
+    strict_accelerator: bool = Field(False, description="fail instead of falling back from a present accelerator")
+    publish_results: bool = Field(False, description="publish every result on P/ID/results/<model>")
+
+
+class PipelineConfig(_Strict):
+    """A source feeding one model into sinks."""
+
+    source: str = Field(description="a source string as for `edgerun run --source`")
+    model: Name = Field(description="a key of `models`")
+    sinks: list[str] = Field(default_factory=list, description="sink strings as for `edgerun run --sink`")
+    fps: float | None = Field(None, gt=0, le=1000, description="target frames per second")
+    window: int | None = Field(None, ge=1, description="sensor sources: rows per inference")
+    hop: int | None = Field(None, ge=1, description="sensor sources: rows between windows")
+    width: int | None = Field(None, ge=16, le=8192, description="camera width")
+    height: int | None = Field(None, ge=16, le=8192, description="camera height")
+    camera_fps: float | None = Field(None, gt=0, le=1000, description="camera capture rate")
+    queue: int | None = Field(None, ge=1, le=1024, description="live sources: frames kept")
+    batch_size: int = Field(1, ge=1, le=256, description="frames per inference call")
+    restart_s: float = Field(5.0, ge=0.1, le=3600, description="wait before reopening a source that failed")
+
+
+class MqttConfig(_Strict):
+    """The broker link (docs/sync.md)."""
+
+    url: str = Field(description="mqtt[s]://[user@]host[:port]")
+    ca_file: str | None = None
+    cert_file: str | None = None
+    key_file: str | None = None
+    password_file: str | None = Field(None, description="file holding the MQTT password")
+    protocol: Literal["5", "3.1.1"] = "5"
+    topic_prefix: str = Field("edgerun", min_length=1, max_length=64)
+    keepalive_s: int = Field(30, ge=5, le=3600)
+    metrics_interval_s: float = Field(10.0, gt=0, le=3600)
+    outbox_max_mb: float = Field(64.0, gt=0, le=100_000)
+    results_qos: Literal[0, 1] = 1
+    results_max_per_s: float | None = Field(None, gt=0)
+
+
+class OtaConfig(_Strict):
+    """Over-the-air updates (docs/ota.md)."""
+
+    trusted_keys: list[str] = Field(default_factory=list, description="PEM Ed25519 public keys; empty: OTA off")
+    max_mb: float = Field(256.0, gt=0, le=100_000)
+    keep: int = Field(2, ge=1, le=20)
+    clock_skew_s: float = Field(300.0, ge=0, le=86400)
+    download_timeout_s: float = Field(120.0, ge=5, le=86400)
+    probation_s: float = Field(300.0, ge=0, le=7 * 86400)
+    max_error_rate: float = Field(0.05, ge=0, le=1)
+    max_p95_ratio: float = Field(1.5, ge=1)
+
+
+class ApiConfig(_Strict):
+    """The local HTTP API."""
+
+    enabled: bool = True
+    bind: str = Field("127.0.0.1", description="address to listen on; anything but loopback needs a token")
+    port: int = Field(8470, ge=0, le=65535, description="0 picks a free port (logged)")
+    token: str | None = Field(None, min_length=16, description="bearer token (or token_file)")
+    token_file: str | None = None
+    max_request_mb: float = Field(8.0, gt=0, le=1024)
+    max_concurrency: int = Field(32, ge=1, le=4096, description="requests in progress; more get 429")
+    batch_max_size: int = Field(8, ge=1, le=256, description="requests grouped into one call (dynamic batch models)")
+    batch_max_wait_ms: float = Field(2.0, ge=0, le=1000)
+
+    def resolved_token(self) -> str | None:
+        """The token, from the config or its file."""
+        if self.token_file:
+            try:
+                return Path(self.token_file).read_text().strip() or None
+            except OSError as exc:
+                raise ConfigError(f"cannot read api.token_file {self.token_file}: {exc.strerror}") from exc
+        return self.token
+
+    @model_validator(mode="after")
+    def _token_when_exposed(self) -> ApiConfig:
+        if self.token and self.token_file:
+            raise ValueError("give api.token or api.token_file, not both")
+        try:
+            loopback = ipaddress.ip_address(self.bind).is_loopback
+        except ValueError:
+            loopback = self.bind == "localhost"
+        if self.enabled and not loopback and not (self.token or self.token_file):
+            raise ValueError(f"api.bind {self.bind} is not loopback: a token (api.token or api.token_file) is needed")
+        return self
+
+
+class LoggingConfig(_Strict):
+    """Log level and format."""
+
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    format: Literal["auto", "text", "json"] = Field(
+        "auto", description="auto: text on a terminal, JSON lines otherwise"
+    )
+
+
+class Config(_Strict):
+    """Everything ``edgerun daemon`` runs."""
+
+    device: DeviceConfig = Field(default_factory=DeviceConfig)
+    models: dict[Name, ModelConfig] = Field(min_length=1)
+    pipelines: dict[Name, PipelineConfig] = Field(default_factory=dict)
+    mqtt: MqttConfig | None = None
+    ota: OtaConfig = Field(default_factory=OtaConfig)
+    api: ApiConfig = Field(default_factory=ApiConfig)
+    state_dir: str | None = Field(None, description="default: $EDGERUN_STATE_DIR or ~/.local/state/edgerun")
+    logging: LoggingConfig = Field(default_factory=LoggingConfig)
+    isolation: Literal["thread"] = Field("thread", description="where inference runs (process isolation: not yet)")
+
+    @model_validator(mode="after")
+    def _references(self) -> Config:
+        for name, pipeline in self.pipelines.items():
+            if pipeline.model not in self.models:
+                raise ValueError(f"pipelines.{name}.model: no model named {pipeline.model!r} in models")
+        if self.ota.trusted_keys and self.mqtt is None:
+            raise ValueError("ota.trusted_keys needs mqtt: updates arrive over MQTT")
+        return self
+
+    def effective(self) -> dict[str, Any]:
+        """The config with every default filled in, as plain data."""
+        return self.model_dump(mode="json")
+
+
+def _first_error(exc: ValidationError) -> str:
+    err = exc.errors()[0]
+    where = ".".join(str(p) for p in err["loc"]) or "(top level)"
+    message = err["msg"].removeprefix("Value error, ")
+    more = exc.error_count() - 1
+    return f"{where}: {message}" + (f" (and {more} more error{'s' if more > 1 else ''})" if more else "")
+
+
+def parse_config(data: Any, source: str, base: Path | None = None) -> Config:
+    """Validate config data; relative paths are taken from the config file's folder."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: the config must be a mapping, got {type(data).__name__}")
+    try:
+        config = Config.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(f"{source}: {_first_error(exc)}") from None
+    return _resolve(config, base) if base is not None else config
+
+
+def _resolve(config: Config, base: Path) -> Config:
+    def fix(path: str | None) -> str | None:
+        if path is None or path.startswith("/") or "://" in path or path.startswith(("camera:", "-")):
+            return path
+        candidate = base / path
+        return str(candidate) if candidate.exists() or not Path(path).exists() else path
+
+    models = {k: m.model_copy(update={"path": fix(m.path)}) for k, m in config.models.items()}
+    keys = [fix(k) or k for k in config.ota.trusted_keys]
+    return config.model_copy(update={"models": models, "ota": config.ota.model_copy(update={"trusted_keys": keys})})
+
+
+def load_config(path: str | os.PathLike[str]) -> Config:
+    """Read and validate a YAML config file."""
+    import yaml
+
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError(f"cannot read config {path}: {exc.strerror}") from exc
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        raise ConfigError(f"{path}: not valid YAML{where}: {getattr(exc, 'problem', None) or exc}") from None
+    return parse_config(data, str(path), base=path.parent)
+
+
+def default_config() -> Config:
+    """The built-in default: the sample digits model, the API on 127.0.0.1, no broker, offline."""
+    here = Path(__file__).resolve().parent.parent / "models" / "digits" / "digits_int8.tflite"
+    candidates = [here, Path.cwd() / "models" / "digits" / "digits_int8.tflite"]
+    model = next((p for p in candidates if p.is_file()), None)
+    if model is None:
+        raise ConfigError(
+            "no config given and the sample model models/digits/digits_int8.tflite is not here: "
+            "run from the edgerun checkout or give --config FILE"
+        )
+    return Config(models={"digits": ModelConfig(path=str(model))})

@@ -1,0 +1,354 @@
+"""``edgerun daemon``: models, pipelines, MQTT sync, OTA and the HTTP API, for months, unattended.
+
+Wiring and life cycle only; every part is its own module. Signals:
+
+* SIGTERM, SIGINT: stop cleanly: sources closed, in-flight frames finished and
+  flushed, the API stops accepting, OTA stops (a download resumes next start),
+  the outbox is flushed as far as the broker allows and ``offline`` published.
+* SIGHUP: re-read the config file; models and pipelines that changed are
+  reloaded without dropping requests (a new model is loaded and warmed, then
+  swapped in); a broken file is logged and the running config kept. Changes
+  to the device, MQTT, OTA or API sections are logged as needing a restart.
+
+A pipeline whose source fails (a camera unplugged, a stream gone) is reopened
+every ``restart_s`` seconds until it comes back; the rest keeps running.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from edgerun import systemd
+from edgerun.config import Config, ModelConfig, PipelineConfig, load_config
+from edgerun.errors import EdgerunError
+from edgerun.model import Model
+from edgerun.ota.slot import ModelSlot
+from edgerun.telemetry.metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+__all__ = ["Daemon"]
+
+
+class _PipelineRunner:
+    """Runs one configured pipeline on its own thread, reopening its source after a failure."""
+
+    def __init__(self, name: str, config: PipelineConfig, slot: ModelSlot, metrics: Metrics, extra_sinks: list[Any]):
+        self.name, self.config, self.slot, self.metrics = name, config, slot, metrics
+        self._extra = extra_sinks
+        self._stop = threading.Event()
+        self._pipeline: Any = None
+        self.thread = threading.Thread(target=self._run, name=f"pipeline-{name}", daemon=True)
+        self.state = "starting"
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def _run(self) -> None:
+        from edgerun.pipeline import Pipeline
+        from edgerun.sinks import open_sink
+        from edgerun.sources import open_source
+
+        c = self.config
+        while not self._stop.is_set():
+            try:
+                window = c.window
+                if window is None and len(self.slot.primary.inputs[0].shape) >= 2:
+                    window = self.slot.primary.inputs[0].shape[1]
+                source = open_source(
+                    c.source, window=window, hop=c.hop, width=c.width, height=c.height, fps=c.camera_fps, queue=c.queue
+                )
+                sinks = [open_sink(s) for s in c.sinks] + list(self._extra)
+                self._pipeline = Pipeline(
+                    source, self.slot, sinks, metrics=self.metrics, fps=c.fps, batch_size=c.batch_size
+                )
+                self.state = "running"
+                summary = self._pipeline.run()
+                if not source.live:
+                    self.state = "finished"
+                    log.info("pipeline %s: source ended after %d frames", self.name, summary.frames)
+                    return
+            except EdgerunError as exc:
+                self.state = "waiting"
+                log.warning("pipeline %s: %s; retrying in %.1f s", self.name, exc, c.restart_s)
+            if self._stop.wait(c.restart_s):
+                break
+        self.state = "stopped"
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._pipeline is not None:
+            self._pipeline.stop("shutdown")
+        self.thread.join(timeout=30)
+
+
+class Daemon:
+    """One edgerun device process."""
+
+    def __init__(self, config: Config, config_path: Path | None = None) -> None:
+        self.config = config
+        self.config_path = config_path
+        self.metrics = Metrics()
+        self.slots: dict[str, ModelSlot] = {}
+        self.runners: dict[str, _PipelineRunner] = {}
+        self.sync: Any = None
+        self.ota: Any = None
+        self.server: Any = None
+        self.api_port: int | None = None
+        self.ready = False
+        self._stop = threading.Event()
+        self._reload = threading.Event()
+
+    # -- parts -------------------------------------------------------------------
+    def _state_dir(self) -> Path:
+        from edgerun.state import state_dir
+
+        return state_dir(self.config.state_dir)
+
+    def _load(self, name: str, mc: ModelConfig, path: Path | None = None, card: Any = None) -> Model:
+        import edgerun
+        from edgerun.card import replace
+
+        model = edgerun.load(
+            path or mc.path,
+            card=card,
+            delegate=mc.delegate,
+            threads=mc.threads,
+            strict=mc.strict_accelerator,
+            state_dir=self.config.state_dir,
+        )
+        if model.name != name:
+            model.card = replace(model.card, name=name)
+        return model
+
+    def _serve(self, name: str, mc: ModelConfig) -> Model:
+        if not self.config.ota.trusted_keys:
+            return self._load(name, mc)
+        from edgerun.ota.serving import serve_from_store
+        from edgerun.ota.store import ModelStore
+
+        store = ModelStore(self._state_dir() / "models", self.config.ota.keep)
+        return serve_from_store(Path(mc.path), store, lambda p, card: self._load(name, mc, p, card))
+
+    def _start_sync(self) -> None:
+        c = self.config.mqtt
+        if c is None:
+            return
+        from edgerun.accel.probe import probe
+        from edgerun.device import default_device_id
+        from edgerun.sync.service import SyncService
+        from edgerun.sync.settings import MqttSettings
+
+        password = None
+        if c.password_file:
+            password = Path(c.password_file).read_text().strip()
+        settings = MqttSettings.from_url(
+            c.url,
+            ca_file=c.ca_file,
+            cert_file=c.cert_file,
+            key_file=c.key_file,
+            protocol=c.protocol,
+            topic_prefix=c.topic_prefix,
+            keepalive_s=c.keepalive_s,
+            password=password,
+        )
+        self.sync = SyncService(
+            settings,
+            device_id=self.config.device.id or default_device_id(),
+            state_dir=self._state_dir(),
+            metrics=self.metrics,
+            interval_s=c.metrics_interval_s,
+            outbox_max_bytes=int(c.outbox_max_mb * 1024 * 1024),
+            results_qos=c.results_qos,
+            results_max_per_s=c.results_max_per_s,
+        )
+        self.sync.set_models({n: s.describe() for n, s in self.slots.items()}, probe().accelerators())
+        self.sync.start()
+
+    def _start_ota(self) -> None:
+        o = self.config.ota
+        if not o.trusted_keys or self.sync is None:
+            return
+        from edgerun.ota.agent import OtaAgent, OtaSettings
+        from edgerun.ota.store import ModelStore
+
+        models = self.config.models
+        self.ota = OtaAgent(
+            OtaSettings(
+                trusted_keys=tuple(o.trusted_keys),
+                max_bytes=int(o.max_mb * 1024 * 1024),
+                keep=o.keep,
+                clock_skew_s=o.clock_skew_s,
+                download_timeout_s=o.download_timeout_s,
+                probation_s=o.probation_s,
+                max_error_rate=o.max_error_rate,
+                max_p95_ratio=o.max_p95_ratio,
+            ),
+            link=self.sync.link,
+            topics=self.sync.topics,
+            groups=tuple(self.config.device.groups),
+            store=ModelStore(self._state_dir() / "models", o.keep),
+            slots=self.slots,
+            metrics=self.metrics,
+            state_dir=self._state_dir(),
+            load_model=lambda path, card: self._load(card.name, models[card.name], path, card),
+        )
+        self.ota.start()
+
+    def _start_pipeline(self, name: str, pc: PipelineConfig) -> None:
+        extra = []
+        if self.sync is not None and self.config.models[pc.model].publish_results:
+            extra.append(self.sync.results_sink())
+        runner = _PipelineRunner(name, pc, self.slots[pc.model], self.metrics, extra)
+        self.runners[name] = runner
+        runner.start()
+
+    def status(self) -> dict[str, Any]:
+        """What the status page and ``/v1/status`` show."""
+        from edgerun.accel.probe import probe
+
+        info: dict[str, Any] = {
+            "device": self.config.device.id or (self.sync.topics.device if self.sync else None),
+            "accelerators": probe().accelerators(),
+            "models": {n: s.describe() for n, s in self.slots.items()},
+            "pipelines": {n: r.state for n, r in self.runners.items()},
+            "metrics": self.metrics.snapshot(300.0),
+            "mqtt": None,
+            "ota_events": self.ota.events[-10:] if self.ota else [],
+        }
+        if self.sync is not None:
+            state = self.sync.link.state()
+            info["mqtt"] = {
+                "connected": state.connected,
+                "broker": state.broker,
+                "last_error": state.last_error,
+                "outbox": len(self.sync.outbox),
+            }
+        return info
+
+    def _start_api(self) -> None:
+        a = self.config.api
+        if not a.enabled:
+            return
+        import uvicorn
+
+        from edgerun.api import create_app
+
+        app = create_app(self.slots, self.metrics, a, ready=lambda: self.ready, status=self.status)
+        server = uvicorn.Server(
+            uvicorn.Config(app, host=a.bind, port=a.port, log_level="warning", lifespan="off", access_log=False)
+        )
+        thread = threading.Thread(target=server.run, name="api", daemon=True)
+        thread.start()
+        deadline = time.monotonic() + 15
+        while not server.started and thread.is_alive() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        if not server.started:
+            raise EdgerunError(f"the HTTP API could not listen on {a.bind}:{a.port} (in use, or not allowed)")
+        self.api_port = server.servers[0].sockets[0].getsockname()[1]
+        self.server = server
+        log.info("HTTP API on http://%s:%d", a.bind, self.api_port)
+
+    # -- life cycle ----------------------------------------------------------------
+    def start(self) -> None:
+        """Load every model, then start sync, OTA, pipelines and the API."""
+        for name, mc in self.config.models.items():
+            self.slots[name] = ModelSlot(self._serve(name, mc))
+        self._start_sync()
+        self._start_ota()
+        for name, pc in self.config.pipelines.items():
+            self._start_pipeline(name, pc)
+        self._start_api()
+        self.ready = True
+        systemd.notify("READY=1", f"STATUS=serving {', '.join(self.slots)}")
+        log.info(
+            "edgerun daemon ready: models %s, pipelines %s", ", ".join(self.slots), ", ".join(self.runners) or "none"
+        )
+
+    def reload(self) -> None:
+        """Apply a changed config file (models and pipelines); keep the old one if the new is broken."""
+        if self.config_path is None:
+            log.warning("SIGHUP: running on the built-in default config, nothing to reload")
+            return
+        try:
+            new = load_config(self.config_path)
+        except EdgerunError as exc:
+            log.error("SIGHUP: config not reloaded, the running one is kept: %s", exc)
+            return
+        old = self.config
+        for section in ("device", "mqtt", "ota", "api", "state_dir", "isolation"):
+            if getattr(old, section) != getattr(new, section):
+                log.warning("SIGHUP: the %s section changed; it applies at the next restart", section)
+        try:
+            changed = {n for n, mc in new.models.items() if old.models.get(n) != mc}
+            loaded = {n: self._load(n, new.models[n]) for n in changed}  # load and warm before any swap
+        except EdgerunError as exc:
+            log.error("SIGHUP: a changed model does not load, the running config is kept: %s", exc)
+            return
+        self.config = new.model_copy(
+            update={s: getattr(old, s) for s in ("device", "mqtt", "ota", "api", "state_dir", "isolation")}
+        )
+        for name, model in loaded.items():
+            if name in self.slots:
+                self.slots[name].swap(model)
+            else:
+                self.slots[name] = ModelSlot(model)
+            log.info("SIGHUP: model %s reloaded (%s %s on %s)", name, model.name, model.version, model.delegate)
+        for name in set(old.pipelines) | set(new.pipelines):
+            if old.pipelines.get(name) != new.pipelines.get(name) or (
+                name in new.pipelines and new.pipelines[name].model in changed and name not in self.runners
+            ):
+                runner = self.runners.pop(name, None)
+                if runner is not None:
+                    runner.stop()
+                if name in new.pipelines:
+                    self._start_pipeline(name, new.pipelines[name])
+                log.info("SIGHUP: pipeline %s %s", name, "restarted" if name in new.pipelines else "removed")
+        for name in set(self.slots) - set(new.models):
+            if not any(p.model == name for p in new.pipelines.values()):
+                del self.slots[name]
+                log.info("SIGHUP: model %s removed", name)
+        if self.sync is not None:
+            self.sync.set_models({n: s.describe() for n, s in self.slots.items()}, [])
+        logging.getLogger().setLevel(new.logging.level)
+        log.info("SIGHUP: config reloaded from %s", self.config_path)
+
+    def stop(self) -> None:
+        """Stop everything, in the order that loses nothing."""
+        systemd.notify("STOPPING=1")
+        self.ready = False
+        for runner in self.runners.values():
+            runner.stop()
+        if self.server is not None:
+            self.server.should_exit = True
+        if self.ota is not None:
+            self.ota.stop()
+        if self.sync is not None:
+            self.sync.stop()
+        log.info("edgerun daemon stopped")
+
+    def run(self) -> int:
+        """Start, then serve until SIGTERM/SIGINT (SIGHUP reloads); returns the exit code."""
+        signal.signal(signal.SIGTERM, lambda n, f: self._stop.set())
+        signal.signal(signal.SIGINT, lambda n, f: self._stop.set())
+        signal.signal(signal.SIGHUP, lambda n, f: self._reload.set())
+        try:
+            self.start()
+        except BaseException:
+            self.stop()
+            raise
+        watchdog = systemd.watchdog_interval_s()
+        while not self._stop.is_set():
+            self._stop.wait(min(watchdog or 1.0, 1.0))
+            if self._reload.is_set():
+                self._reload.clear()
+                self.reload()
+            if watchdog is not None:
+                systemd.notify("WATCHDOG=1")
+        self.stop()
+        return 0
