@@ -36,7 +36,9 @@ class ModelConfig(_Strict):
     """One model the device serves."""
 
     path: str = Field(description="model file (.onnx/.tflite); with OTA on, the store's active version wins")
-    delegate: str = Field("auto", description="auto, fastest, or a delegate name (cpu, xnnpack, edgetpu, ...)")
+    delegate: str | list[str] = Field(
+        "auto", description="auto, fastest, a delegate name, or a preference order such as [edgetpu, xnnpack, cpu]"
+    )
     threads: int | None = Field(None, ge=1, le=64, description="CPU threads; default 1 for tiny models, else up to 4")
     strict_accelerator: bool = Field(False, description="fail instead of falling back from a present accelerator")
     publish_results: bool = Field(False, description="publish every result on P/ID/results/<model>")
