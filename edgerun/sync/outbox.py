@@ -33,7 +33,9 @@ from typing import Any
 
 from edgerun.errors import ConfigError
 
-__all__ = ["Outbox", "Pending", "OutboxStats"]
+__all__ = ["Outbox", "OutboxStats", "Pending"]
+
+_RETURNING = sqlite3.sqlite_version_info >= (3, 35, 0)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -102,6 +104,7 @@ class Outbox:
                 self._set_meta("evicted", "0")
             self._db.execute("COMMIT")
         self.epoch: str = self._meta("epoch") or ""
+        self._count = self._count_rows()
 
     # -- meta ----------------------------------------------------------------
     def _meta(self, key: str) -> str | None:
@@ -134,13 +137,12 @@ class Outbox:
             self._db.execute("BEGIN IMMEDIATE")
             try:
                 total = int(self._meta("bytes") or 0)
+                last: dict[str, int] = {}  # each stream's seq, read once per batch, written once at the end
                 for stream, topic, record, qos in items:
-                    row = self._db.execute("SELECT last FROM seqs WHERE stream = ?", (stream,)).fetchone()
-                    seq = (row[0] if row else 0) + 1
-                    self._db.execute(
-                        "INSERT INTO seqs(stream, last) VALUES(?, ?) ON CONFLICT(stream) DO UPDATE SET last = ?",
-                        (stream, seq, seq),
-                    )
+                    if stream not in last:
+                        row = self._db.execute("SELECT last FROM seqs WHERE stream = ?", (stream,)).fetchone()
+                        last[stream] = row[0] if row else 0
+                    seq = last[stream] = last[stream] + 1
                     record["seq"] = seq
                     record["epoch"] = self.epoch
                     payload = json.dumps(record, separators=(",", ":")).encode()
@@ -156,10 +158,17 @@ class Outbox:
                     )
                     total += len(payload)
                     seqs.append(seq)
+                    self._count += 1
+                self._db.executemany(
+                    "INSERT INTO seqs(stream, last) VALUES(?, ?) "
+                    "ON CONFLICT(stream) DO UPDATE SET last = excluded.last",
+                    list(last.items()),
+                )
                 self._set_meta("bytes", str(total))
                 self._db.execute("COMMIT")
             except BaseException:
                 self._db.execute("ROLLBACK")
+                self._count = self._count_rows()
                 raise
         return seqs
 
@@ -174,6 +183,7 @@ class Outbox:
             self._db.execute("DELETE FROM records WHERE id = ?", (rid,))
             total -= size
             evicted += 1
+            self._count -= 1
         self._set_meta("evicted", str(int(self._meta("evicted") or 0) + evicted))
         return total
 
@@ -206,19 +216,30 @@ class Outbox:
                 for start in range(0, len(ids), 500):  # SQLite's bound-parameter limit is 999 on old builds
                     chunk = ids[start : start + 500]
                     marks = ",".join("?" * len(chunk))
-                    removed += self._db.execute(
-                        f"SELECT coalesce(sum(length(payload)), 0) FROM records WHERE id IN ({marks})", chunk
-                    ).fetchone()[0]
-                    self._db.execute(f"DELETE FROM records WHERE id IN ({marks})", chunk)
+                    if _RETURNING:
+                        sizes = self._db.execute(
+                            f"DELETE FROM records WHERE id IN ({marks}) RETURNING length(payload)", chunk
+                        ).fetchall()
+                    else:
+                        sizes = self._db.execute(
+                            f"SELECT length(payload) FROM records WHERE id IN ({marks})", chunk
+                        ).fetchall()
+                        self._db.execute(f"DELETE FROM records WHERE id IN ({marks})", chunk)
+                    removed += sum(size for (size,) in sizes)
+                    self._count -= len(sizes)
                 self._set_meta("bytes", str(max(0, int(self._meta("bytes") or 0) - removed)))
                 self._db.execute("COMMIT")
             except BaseException:
                 self._db.execute("ROLLBACK")
+                self._count = self._count_rows()
                 raise
 
+    def _count_rows(self) -> int:
+        return int(self._db.execute("SELECT count(*) FROM records").fetchone()[0])
+
     def __len__(self) -> int:
-        with self._lock:
-            return int(self._db.execute("SELECT count(*) FROM records").fetchone()[0])
+        """Records queued (kept in memory: the link asks often)."""
+        return self._count
 
     def stats(self) -> OutboxStats:
         """What is queued now."""
