@@ -469,6 +469,7 @@ def transfer_part(broker: Broker, tmp: Path, rounds: int) -> list[tuple[str, boo
     from edgerun.sync.settings import MqttSettings
 
     print("\n## 1. A 50 MB model over MQTT chunks\n")
+    watch_assembly()
     models = CACHE / "ota"
     v1 = make_mlp(models / "v1" / "big.onnx", SMALL_HIDDEN, "1.0.0", seed=1)
     v2 = make_mlp(models / "v2" / "big.onnx", BIG_HIDDEN, "2.0.0", seed=2)
@@ -505,7 +506,7 @@ def transfer_part(broker: Broker, tmp: Path, rounds: int) -> list[tuple[str, boo
     rows = [["bare paho pub/sub (QoS 1, 100 in flight)", f"{statistics.median(bare):.3f}", "-",
              f"{size / med_bare / MB:.0f}", "1.00", "-", "-", "-", "-", "-"]]  # fmt: skip
     results: list[tuple[str, bool]] = []
-    breakdown = []
+    breakdown, durations = [], []
     for order in ORDERS:
         rs = runs[order]
         transfer = [r["dev verifying"] for r in rs]
@@ -530,13 +531,18 @@ def transfer_part(broker: Broker, tmp: Path, rounds: int) -> list[tuple[str, boo
             return statistics.median(r[key] for r in rs)
 
         breakdown.append([
+            order, f"{med('published'):.3f}", f"{med('dev received'):.3f}", f"{med('dev assemble'):.3f}",
+            f"{med('dev assembled'):.3f}", f"{med('dev verifying'):.3f}", f"{med('dev validating'):.3f}",
+            f"{med('dev load'):.3f}", f"{med('dev loaded'):.3f}", f"{med('dev active'):.3f}",
+        ])  # fmt: skip
+        durations.append([
             order,
-            f"{med('published'):.3f}",
-            f"{med('dev received'):.3f}",
-            f"{med('dev verifying') - med('dev received'):.3f}",
-            f"{med('dev validating') - med('dev verifying'):.3f}",
-            f"{med('dev active') - med('dev validating'):.3f}",
-            f"{med('dev active'):.3f}",
+            f"{med('dev assemble') - (med('dev received') if order == 'chunks first' else 0.0):.3f}",
+            f"{statistics.median(r['dev assembled'] - r['dev assemble'] for r in rs):.3f}",
+            f"{statistics.median(r['dev validating'] - r['dev verifying'] for r in rs):.3f}",
+            f"{statistics.median(r['dev load'] - r['dev validating'] for r in rs):.3f}",
+            f"{statistics.median(r['dev loaded'] - r['dev load'] for r in rs):.3f}",
+            f"{statistics.median(r['dev active'] - r['dev loaded'] for r in rs):.3f}",
         ])  # fmt: skip
     print(f"\n{rounds} rounds per candidate, alternating; medians; rate = {size / MB:.1f} MB / transfer time\n")
     print_table(
@@ -544,11 +550,19 @@ def transfer_part(broker: Broker, tmp: Path, rounds: int) -> list[tuple[str, boo
          "end-to-end s (device)", "end-to-end s (seen)", "target", "result"],
         rows,
     )  # fmt: skip
-    print("\nPhases (device stamps, median s from the first publish; each phase is the difference of medians):\n")
+    print("\nWhen each step ended (median s from the first publish; operator = every chunk acknowledged; "
+          "device stamps):\n")  # fmt: skip
     print_table(
-        ["order", "operator done (all PUBACKs)", "-> received", "received -> verifying (download + assemble)",
-         "verifying -> validating (install)", "validating -> active (hash, load, validate, activate)", "total"],
+        ["order", "operator done", "received", "last chunk on disk", "assembled", "verifying", "validating",
+         "load start", "loaded", "active"],
         breakdown,
+    )  # fmt: skip
+    print(f"\nDurations (median s; bare: {med_bare:.3f} s for the whole move + hash):\n")
+    print_table(
+        ["order", "receiving chunks (from manifest for chunks first)", "assemble (read parts, sha256, write, fsync)",
+         "install (move, fsync, discard)", "hash again (verified_file)", "load + warm-up (edgerun.load)",
+         "validate + activate + publish"],
+        durations,
     )  # fmt: skip
     print(f"\nbare per round (s): {', '.join(f'{b:.3f}' for b in bare)}")
     for order in ORDERS:
@@ -731,14 +745,19 @@ def rollout_round(
             raise RuntimeError(f"rollout {tag}: not active: {bad}, no answer: {missing[:5]}")
         times = {d: done[d][0] - t0 for d in names}
         slowest = max(times, key=times.__getitem__)
-        stamps = devices[names.index(slowest)].stamps
+        stamps = dict(devices[names.index(slowest)].stamps)
+        stamps.update(devices[names.index(slowest)].loads)
+        phases = {}
+        for p in ("received", "verifying", "validating", "active"):
+            phases[p] = [dev.stamps[p] - t0 for dev in devices]
+        phases["load s"] = [dev.loads["loaded"] - dev.loads["load"] for dev in devices]
         received = [watcher.first(d, "received", t0) for d in names]
         time.sleep(0.05)
         clear_retained(fleet, [t for t, _ in items] + topics)
         return {
             "all": max(times.values()), "times": sorted(times.values()), "setup": setup_s, "idle cpu": idle_cpu,
             "rollout cpu": rollout_cpu, "slowest": {s: t - t0 for s, t in stamps.items()},
-            "all received": max(r - t0 for r in received if r is not None),
+            "all received": max(r - t0 for r in received if r is not None), "phases": phases,
         }  # fmt: skip
     finally:
         for dev in devices:
@@ -791,12 +810,20 @@ def rollout_part(broker: Broker, tmp: Path, rounds: int, n: int) -> None:
         rows,
     )  # fmt: skip
     slow = out[n]
-    phases = ["received", "downloading", "verifying", "validating", "active"]
+    phases = ["received", "verifying", "validating", "load", "loaded", "active"]
     print(f"\nSlowest of {n} devices, per round (device stamps, s from the first publish):\n")
     print_table(
         ["round", *phases],
         [[i, *(f"{r['slowest'].get(p, float('nan')):.3f}" for p in phases)] for i, r in enumerate(slow)],
     )
+    print(f"\nAll {n} devices, per round: median / max over devices (device stamps, s from the first publish; "
+          "load s = edgerun.load of the new model):\n")  # fmt: skip
+    keys = ["received", "verifying", "validating", "active", "load s"]
+    print_table(
+        ["round", *keys],
+        [[i, *(f"{np.median(r['phases'][k]):.3f} / {max(r['phases'][k]):.3f}" for k in keys)]
+         for i, r in enumerate(slow)],
+    )  # fmt: skip
     ratio = statistics.median(r["all"] for r in out[n]) / statistics.median(r["all"] for r in out[1])
     print(f"\n{n} devices / 1 device (all active): {ratio:.1f}x (no target)")
 
