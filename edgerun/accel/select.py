@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -32,6 +31,7 @@ from edgerun.accel.probe import DeviceFacts, probe
 from edgerun.accel.runtimes import RuntimeFacts, discover
 from edgerun.backends import Backend, TensorSpec, detect_format
 from edgerun.errors import ConfigError, DelegateError, EdgerunError, ModelLoadError
+from edgerun.files import atomic_write, sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -175,17 +175,6 @@ def _time(backend: Backend, inputs: Sequence[np.ndarray], budget_s: float = 0.5,
     return float(np.median(samples))
 
 
-def file_sha256(path: Path) -> str:
-    """SHA-256 of a file, streamed."""
-    import hashlib
-
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 #: Delegates that compile engines worth caching across starts.
 _ENGINE_DELEGATES = frozenset({"tensorrt", "openvino"})
 
@@ -238,9 +227,7 @@ class _FastestCache:
         data[key] = {"delegate": delegate, "timings_ms": timings, "created": int(time.time())}
         try:
             self.file.parent.mkdir(parents=True, exist_ok=True)
-            tmp = self.file.with_suffix(".tmp")
-            tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
-            os.replace(tmp, self.file)
+            atomic_write(self.file, json.dumps(data, indent=1, sort_keys=True).encode())
         except OSError as exc:
             log.warning("cannot write delegate cache %s: %s", self.file, exc)
 
@@ -330,7 +317,7 @@ def select(
     cache = _FastestCache(state_dir)
     cache_key = None
     if delegate == "fastest":
-        cache_key = f"{file_sha256(model_path)}|{device.fingerprint()}|{runtime.versions()}|threads={threads or 0}"
+        cache_key = f"{sha256_file(model_path)}|{device.fingerprint()}|{runtime.versions()}|threads={threads or 0}"
         winner = cache.get(cache_key)
         if winner is not None and any(s.name == winner for s, _ in candidates):
             log.info("fastest delegate for %s from cache: %s", model_path.name, winner)

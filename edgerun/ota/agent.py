@@ -37,12 +37,13 @@ import numpy as np
 
 from edgerun.card import ModelCard
 from edgerun.errors import EdgerunError, UpdateFailed, UpdateRejected
+from edgerun.files import atomic_write
 from edgerun.model import Model
 from edgerun.ota.envelope import TrustedKeys, open_envelope
 from edgerun.ota.manifest import Command, Manifest, parse_command, parse_manifest
 from edgerun.ota.policy import Clock, check_manifest, check_targets, check_times
 from edgerun.ota.slot import ModelSlot
-from edgerun.ota.store import Active, ModelStore, atomic_write
+from edgerun.ota.store import Active, ModelStore
 from edgerun.ota.transfer import discard, download
 from edgerun.sync.link import Message, MqttLink
 from edgerun.sync.topics import Topics

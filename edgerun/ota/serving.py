@@ -13,8 +13,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 from edgerun.card import ModelCard, load_card
+from edgerun.files import sha256_file
 from edgerun.model import Model
-from edgerun.ota.store import ModelStore, sha256_file
+from edgerun.ota.store import ModelStore
 
 log = logging.getLogger(__name__)
 

@@ -18,7 +18,6 @@ Invariants, whatever is killed when:
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -30,39 +29,12 @@ from pathlib import Path
 from typing import Any
 
 from edgerun.errors import ModelLoadError, UpdateRejected
+from edgerun.files import atomic_write, fsync_dir, sha256_file
 from edgerun.ota.manifest import version_tuple
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Active", "ModelStore", "atomic_write", "sha256_file"]
-
-
-def sha256_file(path: Path) -> str:
-    """SHA-256 of a file, streamed."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def atomic_write(path: Path, data: bytes) -> None:
-    """Replace ``path`` with ``data`` so that a reader sees the old or the new file, never a mix."""
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
+__all__ = ["Active", "ModelStore"]
 
 
 @dataclass
@@ -182,14 +154,14 @@ class ModelStore:
                     json.dump(document, fh, indent=1)
                     fh.flush()
                     os.fsync(fh.fileno())
-            _fsync_dir(building)
+            fsync_dir(building)
             if final.exists():
                 active = self.active(name)
                 if active is not None and version in (active.version, (active.ab or {}).get("version")):
                     raise UpdateRejected(f"{name} {version} is installed and in use; it cannot be replaced")
                 shutil.rmtree(final)
             os.replace(building, final)
-            _fsync_dir(final.parent)
+            fsync_dir(final.parent)
         except BaseException:
             shutil.rmtree(building, ignore_errors=True)
             raise
