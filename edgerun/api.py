@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 from fastapi import FastAPI, HTTPException, Request, Response
-from fastapi.responses import JSONResponse, PlainTextResponse
+from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse
 from starlette.concurrency import run_in_threadpool
 
 from edgerun.config import ApiConfig
@@ -142,7 +142,8 @@ def create_app(
 
     @app.middleware("http")
     async def guard(request: Request, call_next: Any) -> Any:
-        public = request.url.path in ("/health", "/docs", "/openapi.json")
+        # The page itself holds no data (it fetches /v1/status with its token), so it is public.
+        public = request.url.path in ("/", "/health", "/docs", "/openapi.json")
         if token is not None and not public:
             given = request.headers.get("authorization", "")
             if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
@@ -227,6 +228,12 @@ def create_app(
             name: {**slot.primary.describe(), **({"candidate": slot.describe()["candidate"]} if slot.candidate else {})}
             for name, slot in slots.items()
         }
+
+    @app.get("/", summary="The status page", response_class=HTMLResponse, include_in_schema=False)
+    async def page() -> Any:
+        from edgerun.status_page import PAGE
+
+        return HTMLResponse(PAGE)
 
     @app.get("/health", summary="Alive")
     async def health() -> Any:
