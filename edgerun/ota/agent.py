@@ -26,6 +26,7 @@ import io
 import json
 import logging
 import queue
+import re
 import threading
 import time
 from collections.abc import Callable
@@ -54,6 +55,7 @@ log = logging.getLogger(__name__)
 __all__ = ["OtaAgent", "OtaSettings"]
 
 TERMINAL = frozenset({"active", "rejected", "failed", "rolled_back"})
+_IDENT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 LoadModel = Callable[[Path, ModelCard], Model]
 
 
@@ -178,15 +180,20 @@ class OtaAgent:
         log.info("OTA %s %s %s: %s%s", ident, model, version, state, f" ({reason})" if reason else "")
         self.link.publish(self.topics.ota_status, json.dumps(record), qos=1, retain=True)
 
+    def _entry(self, ident: str) -> Path:
+        if not _IDENT.match(ident):  # ids come from verified documents; this is defence in depth
+            raise UpdateRejected(f"identifier {ident[:40]!r} is not a valid update or command id")
+        return self.journal / f"{ident}.json"
+
     def _journal(self, ident: str, **fields: Any) -> dict[str, Any]:
-        path = self.journal / f"{ident}.json"
+        path = self._entry(ident)
         entry: dict[str, Any] = json.loads(path.read_text()) if path.exists() else {}
         entry.update(fields)
         atomic_write(path, json.dumps(entry).encode())
         return entry
 
     def _seen(self, ident: str) -> dict[str, Any] | None:
-        path = self.journal / f"{ident}.json"
+        path = self._entry(ident)
         return json.loads(path.read_text()) if path.exists() else None
 
     def _clock(self) -> Clock:
@@ -464,10 +471,11 @@ class OtaAgent:
     def _on_command(self, message: Message) -> None:
         claimed = _claimed(message.payload)
         ident = claimed.get("command_id")
+        verified = None  # only a verified command_id is ever journaled
         try:
             document = open_envelope(message.payload, self.trusted)
             command = parse_command(document)
-            ident = command.command_id
+            ident = verified = command.command_id
             if self._seen(command.command_id) is not None:
                 if message.retained:
                     return
@@ -478,8 +486,8 @@ class OtaAgent:
             self._saw_issued(command.issued)
             self._run_command(command)
         except EdgerunError as exc:
-            if ident and self._seen(ident) is None:
-                self._journal(ident, kind="command", state="rejected", reason=str(exc))
+            if verified and self._seen(verified) is None:
+                self._journal(verified, kind="command", state="rejected", reason=str(exc))
             self._status(
                 ident,
                 "rejected",

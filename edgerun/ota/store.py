@@ -66,7 +66,7 @@ class ModelStore:
 
     def version_dir(self, name: str, version: str) -> Path:
         """The folder of one installed version (names are checked by the manifest schema)."""
-        if "/" in name or "/" in version or name.startswith(".") or "\x00" in name + version:
+        if "/" in name + version or name.startswith(".") or version.startswith(".") or "\x00" in name + version:
             raise UpdateRejected(f"model name {name!r} or version {version!r} would leave the store")
         return self._model_dir(name) / "versions" / version
 
