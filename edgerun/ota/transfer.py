@@ -14,6 +14,7 @@ import errno
 import hashlib
 import logging
 import os
+import queue
 import shutil
 import threading
 import time
@@ -68,7 +69,11 @@ def _check(size: int, sha: str, manifest: Manifest, target: Path) -> None:
 
 
 class _Chunks:
-    """Collects the chunks of one blob from the link into files."""
+    """Collects the chunks of one blob into files.
+
+    The link's thread only checks a chunk (number, size) and queues it; the
+    downloading thread writes the files, so disk writes never stall MQTT.
+    """
 
     def __init__(self, manifest: Manifest, folder: Path) -> None:
         blob = manifest.source.mqtt
@@ -77,6 +82,7 @@ class _Chunks:
         self.have = {int(p.name) for p in folder.iterdir() if p.name.isdigit()}
         self.problem: UpdateRejected | UpdateFailed | None = None
         self.changed = threading.Event()
+        self._arrived: queue.SimpleQueue[tuple[int, bytes]] = queue.SimpleQueue()
 
     def expected_size(self, index: int) -> int:
         if index < self.blob.chunks - 1:
@@ -97,21 +103,33 @@ class _Chunks:
             kind = "oversized" if len(message.payload) > expected else "truncated"
             self._fail(UpdateRejected(f"chunk {index} is {kind}: {len(message.payload)} bytes, expected {expected}"))
             return
+        self._arrived.put((index, message.payload))
+        self.changed.set()
+
+    def store(self) -> None:
+        """Write the chunks that arrived (on the downloading thread)."""
+        while True:
+            try:
+                index, payload = self._arrived.get_nowait()
+            except queue.Empty:
+                return
+            self._store(index, payload)
+
+    def _store(self, index: int, payload: bytes) -> None:
         path = self.folder / str(index)
         if index in self.have:
-            if path.read_bytes() != message.payload:
+            if path.read_bytes() != payload:
                 self._fail(UpdateRejected(f"chunk {index} arrived twice with different content"))
             return  # an identical duplicate: QoS 1 is at least once
         tmp = self.folder / f".{index}.tmp"
         try:
-            tmp.write_bytes(message.payload)
+            tmp.write_bytes(payload)
             os.replace(tmp, path)
         except OSError as exc:
             tmp.unlink(missing_ok=True)
             self._fail(_disk_error(exc))
             return
         self.have.add(index)
-        self.changed.set()
 
     def _fail(self, problem: UpdateRejected | UpdateFailed) -> None:
         if self.problem is None:
@@ -145,6 +163,7 @@ def _download_mqtt(
             chunks.changed.wait(0.5)
             if chunks.changed.is_set():
                 chunks.changed.clear()
+                chunks.store()
                 last_change = time.monotonic()
             if len(chunks.have) != reported:
                 reported = len(chunks.have)
@@ -156,6 +175,7 @@ def _download_mqtt(
     finally:
         for topic in topics:
             link.unsubscribe(topic)
+    chunks.store()
     if chunks.problem is not None:
         raise chunks.problem
     _assemble([folder / str(i) for i in range(blob.chunks)], target, manifest)

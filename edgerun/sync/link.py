@@ -247,10 +247,24 @@ class MqttLink:
             self._client.connect(s.host, s.port, s.keepalive_s)
 
     def _serve(self) -> None:
-        """Run paho's loop and our work until the connection ends or we stop."""
+        """Run paho's loop and our work until the connection ends or we stop.
+
+        paho's ``loop`` reads one packet per call, so while the socket has more to
+        read (chunks of a model, a burst of PUBACKs) it is called again at once;
+        when nothing is in flight the link sleeps in ``select`` for up to 0.2 s
+        instead of 0.02 s (50 idle wake-ups a second cost a device 0.2% of a core).
+        """
+        import select
+
         mqtt = self._mqtt
         while not self._stop.is_set():
-            rc = self._client.loop(timeout=0.02)
+            busy = bool(self._inflight) or self._wake.is_set() or not self._direct.empty()
+            rc = self._client.loop(timeout=0.02 if busy else 0.2)
+            sock = self._client.socket()
+            for _ in range(64):
+                if rc != mqtt.MQTT_ERR_SUCCESS or sock is None or not select.select([sock], [], [], 0)[0]:
+                    break
+                rc = self._client.loop(timeout=0)
             if self._refused is not None:
                 self._note_error(self._refused)
                 self._client.disconnect()
