@@ -113,15 +113,24 @@ class Daemon:
     def _load(self, name: str, mc: ModelConfig, path: Path | None = None, card: Any = None) -> Model:
         import edgerun
         from edgerun.card import replace
+        from edgerun.errors import DelegateError
 
-        model = edgerun.load(
-            path or mc.path,
-            card=card,
-            delegate=mc.delegate,
-            threads=mc.threads,
-            strict=mc.strict_accelerator,
-            state_dir=self.config.state_dir,
-        )
+        order = [mc.delegate] if isinstance(mc.delegate, str) else list(mc.delegate)
+        for i, delegate in enumerate(order):  # the configured preference order: the first that works
+            try:
+                model = edgerun.load(
+                    path or mc.path,
+                    card=card,
+                    delegate=delegate,
+                    threads=mc.threads,
+                    strict=mc.strict_accelerator,
+                    state_dir=self.config.state_dir,
+                )
+                break
+            except DelegateError as exc:
+                if i == len(order) - 1:
+                    raise
+                log.info("model %s: delegate %s not used (%s); trying %s", name, delegate, exc, order[i + 1])
         if model.name != name:
             model.card = replace(model.card, name=name)
         return model

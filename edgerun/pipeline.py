@@ -358,6 +358,6 @@ class Pipeline:
             totals = self.metrics.totals().get(f"{self.model.name}@{self.model.version}")
             self.summary.stages_ms = totals["stages_ms"] if totals else {}
         if self._failure is not None:
-            stage, exc = self._failure
-            raise PipelineError(f"{stage}: {exc}") from exc
+            stage, cause = self._failure
+            raise PipelineError(f"{stage}: {cause}") from cause
         return self.summary

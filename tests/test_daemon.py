@@ -176,3 +176,33 @@ def test_a_missing_model_file_at_start_is_one_line_and_exit_1(tmp_path: Path) ->
     config.write_text(f"models:\n  digits:\n    path: {tmp_path}/gone.onnx\napi:\n  port: {free_port()}\n")
     result = run_cli("daemon", "--config", str(config))
     assert result.returncode == 1 and "model file not found" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_a_delegate_preference_order_takes_the_first_that_works(tmp_path: Path) -> None:
+    from edgerun.config import parse_config
+    from edgerun.daemon import Daemon
+
+    config = parse_config(
+        {
+            "models": {
+                "digits": {
+                    "path": str(ROOT / "models/digits/digits_int8.tflite"),
+                    "delegate": ["edgetpu", "gpu", "xnnpack", "cpu"],
+                }
+            },
+            "state_dir": str(tmp_path),
+        },
+        "test",
+    )
+    model = Daemon(config)._load("digits", config.models["digits"])
+    assert model.delegate == "xnnpack"
+    only_absent = parse_config(
+        {
+            "models": {
+                "digits": {"path": str(ROOT / "models/digits/digits_int8.tflite"), "delegate": ["edgetpu", "gpu"]}
+            }
+        },
+        "test",
+    )
+    with pytest.raises(Exception, match="gpu"):
+        Daemon(only_absent)._load("digits", only_absent.models["digits"])
