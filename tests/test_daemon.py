@@ -181,6 +181,7 @@ def test_a_missing_model_file_at_start_is_one_line_and_exit_1(tmp_path: Path) ->
 def test_a_delegate_preference_order_takes_the_first_that_works(tmp_path: Path) -> None:
     from edgerun.config import parse_config
     from edgerun.daemon import Daemon
+    from edgerun.errors import DelegateError
 
     config = parse_config(
         {
@@ -204,5 +205,5 @@ def test_a_delegate_preference_order_takes_the_first_that_works(tmp_path: Path) 
         },
         "test",
     )
-    with pytest.raises(Exception, match="gpu"):
+    with pytest.raises(DelegateError, match="gpu"):
         Daemon(only_absent)._load("digits", only_absent.models["digits"])
