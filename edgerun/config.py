@@ -146,7 +146,9 @@ class Config(_Strict):
     api: ApiConfig = Field(default_factory=ApiConfig)
     state_dir: str | None = Field(None, description="default: $EDGERUN_STATE_DIR or ~/.local/state/edgerun")
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
-    isolation: Literal["thread"] = Field("thread", description="where inference runs (process isolation: not yet)")
+    isolation: Literal["thread", "process"] = Field(
+        "thread", description="process: inference in a supervised worker process that survives native crashes"
+    )
 
     @model_validator(mode="after")
     def _references(self) -> Config:

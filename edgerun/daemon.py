@@ -116,6 +116,15 @@ class Daemon:
         from edgerun.errors import DelegateError
 
         order = [mc.delegate] if isinstance(mc.delegate, str) else list(mc.delegate)
+        if self.config.isolation == "process":
+            from edgerun.isolation import load_isolated
+
+            model = load_isolated(
+                path or mc.path, delegates=order, threads=mc.threads, state_dir=self.config.state_dir, card=card
+            )
+            if model.name != name:
+                model.card = replace(model.card, name=name)
+            return model
         for i, delegate in enumerate(order):  # the configured preference order: the first that works
             try:
                 model = edgerun.load(

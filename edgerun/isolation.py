@@ -1,0 +1,271 @@
+"""Inference in a supervised child process (config ``isolation: process``).
+
+Vendor libraries can abort the whole process (a Coral USB transfer error does,
+in other runtimes). ``IsolatedBackend`` runs the model in a child process and
+moves tensors through shared memory, so such a crash costs one restart of the
+worker; a worker that keeps crashing on one delegate is restarted on the next
+delegate of the preference order, and the daemon itself never goes down.
+
+The seam is the ordinary ``Backend`` protocol: a ``Model`` built on an
+``IsolatedBackend`` pre- and post-processes in the daemon and runs only the
+tensors in the child. Messages on the pipe between the two are our own
+(requests and shared-memory names), never data from outside.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import multiprocessing
+import threading
+import time
+from collections.abc import Sequence
+from multiprocessing import shared_memory
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgerun.backends.base import QuantParams, TensorSpec
+from edgerun.errors import DelegateError, EdgerunError, InferenceError
+
+log = logging.getLogger(__name__)
+
+__all__ = ["IsolatedBackend", "load_isolated"]
+
+
+def _spec_to_dict(s: TensorSpec) -> dict[str, Any]:
+    return {
+        "name": s.name,
+        "shape": list(s.shape),
+        "dtype": np.dtype(s.dtype).str,
+        "quant": None if s.quant is None else [s.quant.scale, s.quant.zero_point],
+    }
+
+
+def _spec_from_dict(d: dict[str, Any]) -> TensorSpec:
+    quant = None if d["quant"] is None else QuantParams(float(d["quant"][0]), int(d["quant"][1]))
+    return TensorSpec(d["name"], tuple(d["shape"]), np.dtype(d["dtype"]), quant)
+
+
+class _Buffers:
+    """Shared-memory blocks by slot, grown when a tensor does not fit."""
+
+    def __init__(self) -> None:
+        self.blocks: list[shared_memory.SharedMemory] = []
+
+    def put(self, slot: int, array: np.ndarray) -> tuple[str, tuple[int, ...], str]:
+        array = np.ascontiguousarray(array)
+        while len(self.blocks) <= slot:
+            self.blocks.append(shared_memory.SharedMemory(create=True, size=max(1, array.nbytes)))
+        if self.blocks[slot].size < array.nbytes:
+            self.blocks[slot].close()
+            self.blocks[slot].unlink()
+            self.blocks[slot] = shared_memory.SharedMemory(create=True, size=array.nbytes)
+        view = np.ndarray(array.shape, array.dtype, buffer=self.blocks[slot].buf)
+        view[...] = array
+        return self.blocks[slot].name, array.shape, array.dtype.str
+
+    def close(self) -> None:
+        for block in self.blocks:
+            block.close()
+            block.unlink()
+        self.blocks = []
+
+
+def _read(name: str, shape: tuple[int, ...], dtype: str, cache: dict[str, shared_memory.SharedMemory]) -> np.ndarray:
+    block = cache.get(name)
+    if block is None:
+        block = cache[name] = shared_memory.SharedMemory(name=name)
+    return np.ndarray(shape, np.dtype(dtype), buffer=block.buf)
+
+
+def _worker(conn: Any, path: str, delegate: str, threads: int | None, state_dir: str | None) -> None:
+    """The child: load the model, then answer run requests until told to stop."""
+    import edgerun
+
+    try:
+        model = edgerun.load(path, delegate=delegate, threads=threads, state_dir=state_dir, warmup=True)
+    except EdgerunError as exc:
+        conn.send({"error": str(exc), "kind": type(exc).__name__})
+        return
+    backend = model.backend
+    conn.send(
+        {
+            "delegate": model.delegate,
+            "format": backend.format,
+            "inputs": [_spec_to_dict(s) for s in backend.inputs],
+            "outputs": [_spec_to_dict(s) for s in backend.outputs],
+        }
+    )
+    outputs = _Buffers()
+    attached: dict[str, shared_memory.SharedMemory] = {}
+    try:
+        while True:
+            request = conn.recv()
+            if request is None:
+                return
+            try:
+                tensors = [_read(n, tuple(s), d, attached).copy() for n, s, d in request]
+                results = backend.run(tensors)
+                conn.send({"outputs": [outputs.put(i, r) for i, r in enumerate(results)]})
+            except EdgerunError as exc:
+                conn.send({"error": str(exc), "kind": type(exc).__name__})
+    finally:
+        outputs.close()
+
+
+class _WorkerDied(Exception):
+    pass
+
+
+class IsolatedBackend:
+    """A ``Backend`` whose runtime lives in a supervised child process.
+
+    Args:
+        path: the model file.
+        delegates: the preference order; a delegate whose worker crashes more than
+            ``restarts`` times within ``window_s`` is given up for the next one.
+        threads, state_dir: as for ``edgerun.load`` in the child.
+        timeout_s: a call that gets no answer in this time counts as a crash.
+    """
+
+    threadsafe = True  # calls are serialised here
+
+    def __init__(
+        self,
+        path: Path,
+        *,
+        delegates: Sequence[str],
+        threads: int | None = None,
+        state_dir: str | None = None,
+        restarts: int = 1,
+        window_s: float = 60.0,
+        timeout_s: float = 30.0,
+    ) -> None:
+        self.path = Path(path)
+        self._delegates = list(delegates)
+        self._threads, self._state_dir = threads, state_dir
+        self._restarts, self._window, self._timeout = restarts, window_s, timeout_s
+        self._ctx = multiprocessing.get_context("spawn")
+        self._lock = threading.Lock()
+        self._crashes: list[float] = []
+        self._inputs = _Buffers()
+        self._attached: dict[str, shared_memory.SharedMemory] = {}
+        self.crashes = 0
+        self.process: Any = None
+        self._start()
+
+    def _start(self) -> None:
+        while self._delegates:
+            delegate = self._delegates[0]
+            parent, child = self._ctx.Pipe()
+            process = self._ctx.Process(
+                target=_worker,
+                args=(child, str(self.path), delegate, self._threads, self._state_dir),
+                daemon=True,
+                name="edgerun-worker",
+            )
+            process.start()
+            child.close()
+            hello = parent.recv() if parent.poll(120) else {"error": "the worker did not start in 120 s"}
+            if "error" not in hello:
+                self._conn, self.process = parent, process
+                self.delegate, self.format = hello["delegate"], hello["format"]
+                self.inputs = tuple(_spec_from_dict(d) for d in hello["inputs"])
+                self.outputs = tuple(_spec_from_dict(d) for d in hello["outputs"])
+                self._attached = {}
+                log.info("worker process %d runs %s on %s", process.pid, self.path.name, self.delegate)
+                return
+            process.join(timeout=5)
+            if hello.get("kind") != "DelegateError" or len(self._delegates) == 1:
+                raise DelegateError(f"the worker cannot load {self.path.name}: {hello['error']}")
+            log.info("worker: delegate %s not used (%s)", delegate, hello["error"])
+            self._delegates.pop(0)
+        raise DelegateError(f"no delegate left to run {self.path.name} in a worker")
+
+    def _call(self, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
+        request = [self._inputs.put(i, x) for i, x in enumerate(inputs)]
+        try:
+            self._conn.send(request)
+            if not self._conn.poll(self._timeout):
+                self.process.kill()
+                raise _WorkerDied(f"no answer in {self._timeout:.0f} s")
+            reply = self._conn.recv()
+        except (EOFError, OSError, BrokenPipeError) as exc:
+            raise _WorkerDied(f"exit code {self.process.exitcode}") from exc
+        if "error" in reply:
+            raise InferenceError(reply["error"])
+        return [_read(n, tuple(s), d, self._attached).copy() for n, s, d in reply["outputs"]]
+
+    def run(self, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """Run in the worker; a crashed worker is restarted (or replaced by the next delegate), the call retried."""
+        with self._lock:
+            while True:
+                try:
+                    return self._call(inputs)
+                except _WorkerDied as exc:
+                    self._recover(str(exc))
+
+    def _recover(self, why: str) -> None:
+        self.process.join(timeout=5)
+        self.crashes += 1
+        now = time.monotonic()
+        self._crashes = [t for t in self._crashes if now - t < self._window] + [now]
+        if len(self._crashes) > self._restarts:
+            gone = self._delegates.pop(0)
+            self._crashes = []
+            if not self._delegates:
+                raise InferenceError(f"the worker on {gone} keeps crashing ({why}) and no delegate is left")
+            log.warning(
+                "worker on %s crashed %d times (%s): moving to %s", gone, self._restarts + 1, why, self._delegates[0]
+            )
+        else:
+            log.warning("worker on %s crashed (%s): restarting it", self._delegates[0], why)
+        self._start()
+
+    def close(self) -> None:
+        """Stop the worker and free the shared memory."""
+        with self._lock:
+            with contextlib.suppress(OSError, BrokenPipeError):
+                self._conn.send(None)
+            if self.process is not None:
+                self.process.join(timeout=5)
+                if self.process.is_alive():
+                    self.process.kill()
+            for block in self._attached.values():
+                block.close()
+            self._inputs.close()
+
+
+def load_isolated(
+    path: str | Path,
+    *,
+    delegates: Sequence[str],
+    threads: int | None = None,
+    state_dir: str | None = None,
+    card: Any = None,
+) -> Any:
+    """A ``Model`` whose inference runs in a supervised worker process."""
+    from edgerun.accel.select import Attempt, Selection
+    from edgerun.card import find_card, infer_card, load_card
+    from edgerun.model import Model
+
+    path = Path(path)
+    backend = IsolatedBackend(path, delegates=delegates, threads=threads, state_dir=state_dir)
+    try:
+        card_path = None
+        if card is None:
+            card_path = find_card(path)
+            card = load_card(card_path) if card_path else infer_card(path, backend.inputs, backend.outputs)
+        selection = Selection(
+            backend,
+            backend.delegate,
+            path,
+            "isolated",  # type: ignore[arg-type]
+            [Attempt(backend.delegate, str(path), "chosen", "in a worker process")],
+        )
+        return Model(path, selection, card, card_path)
+    except BaseException:
+        backend.close()
+        raise

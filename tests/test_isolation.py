@@ -1,0 +1,89 @@
+"""Inference in a supervised worker process: same answers, survives native crashes, falls back."""
+
+from __future__ import annotations
+
+import os
+import signal
+
+import numpy as np
+import pytest
+
+import edgerun
+from edgerun.isolation import IsolatedBackend, load_isolated
+from tests.conftest import DIGITS, SAMPLES
+
+pytestmark = pytest.mark.slow
+
+
+def test_an_isolated_model_answers_like_the_in_process_one() -> None:
+    isolated = load_isolated(DIGITS / "digits_int8.tflite", delegates=["auto"])
+    try:
+        with edgerun.load(DIGITS / "digits_int8.tflite") as local:
+            for digit in range(10):
+                image = SAMPLES / f"digit_{digit}.png"
+                assert isolated.predict(image).output == local.predict(image).output
+        batch = np.repeat(np.load(SAMPLES / "digit_7.npy")[None], 1, axis=0)
+        assert int(np.argmax(isolated.run(batch)[0])) == 7
+        assert isolated.delegate == "xnnpack"
+    finally:
+        isolated.close()
+
+
+def test_a_native_crash_costs_one_restart_of_the_worker() -> None:
+    backend = IsolatedBackend(DIGITS / "digits_int8.onnx", delegates=["cpu"], restarts=1)
+    x = np.load(SAMPLES / "digit_7.npy")[None]
+    try:
+        first = backend.run([x])[0]
+        pid = backend.process.pid
+        os.kill(pid, signal.SIGSEGV)  # what a vendor library's abort looks like from outside
+        backend.process.join(timeout=10)
+        again = backend.run([x])[0]  # detected, restarted, retried: the caller sees an answer
+        assert np.array_equal(first, again)
+        assert backend.crashes == 1 and backend.process.pid != pid and backend.delegate == "cpu"
+    finally:
+        backend.close()
+
+
+def test_a_worker_that_keeps_crashing_moves_to_the_next_delegate() -> None:
+    backend = IsolatedBackend(DIGITS / "digits_int8.tflite", delegates=["xnnpack", "cpu"], restarts=1)
+    x = np.load(SAMPLES / "digit_7.npy")[None]
+    try:
+        for _ in range(2):  # two crashes within the window: xnnpack is given up
+            assert backend.delegate == "xnnpack"
+            os.kill(backend.process.pid, signal.SIGSEGV)
+            backend.process.join(timeout=10)
+            assert int(np.argmax(backend.run([x])[0])) == 7
+        assert backend.delegate == "cpu" and backend.crashes == 2
+    finally:
+        backend.close()
+
+
+def test_a_worker_that_crashes_on_its_last_delegate_is_a_clear_error() -> None:
+    backend = IsolatedBackend(DIGITS / "digits_int8.tflite", delegates=["cpu"], restarts=0)
+    try:
+        os.kill(backend.process.pid, signal.SIGSEGV)
+        backend.process.join(timeout=10)
+        with pytest.raises(edgerun.InferenceError, match="keeps crashing"):
+            backend.run([np.load(SAMPLES / "digit_7.npy")[None]])
+    finally:
+        backend.close()
+
+
+def test_the_daemon_config_can_isolate_a_model(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from edgerun.config import parse_config
+    from edgerun.daemon import Daemon
+
+    config = parse_config(
+        {
+            "models": {"digits": {"path": str(DIGITS / "digits_int8.onnx")}},
+            "isolation": "process",
+            "state_dir": str(tmp_path),
+        },
+        "test",
+    )
+    model = Daemon(config)._load("digits", config.models["digits"])
+    try:
+        assert isinstance(model.backend, IsolatedBackend)
+        assert model.predict(SAMPLES / "digit_4.png").output[0]["label"] == "4"
+    finally:
+        model.close()
