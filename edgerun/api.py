@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 from fastapi import FastAPI, HTTPException, Request, Response
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse
+from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 
 from edgerun.config import ApiConfig
@@ -106,15 +107,45 @@ def _decode_body(body: bytes, content_type: str) -> Any:
     if kind == "application/json":
         try:
             data = json.loads(body)
-            array = np.asarray(data, dtype=np.float32)
-        except (ValueError, TypeError):
-            raise InputError("body is not a JSON array of numbers") from None
+            with np.errstate(over="ignore"):
+                array = np.asarray(data, dtype=np.float32)
+        except (ValueError, TypeError, OverflowError, RecursionError):
+            raise InputError("body is not a JSON array of numbers (nested at most a few levels)") from None
         if array.ndim == 0 or array.dtype == object:
             raise InputError("body is not a rectangular JSON array of numbers")
+        if not np.all(np.isfinite(array)):
+            raise InputError("body has numbers that are not finite (or too large for float32)")
         return array
     if not body:
         raise InputError("empty body")
     return body  # image bytes, decoded (and checked) by the model's preprocessing
+
+
+class Detail(BaseModel):
+    """An error: one line saying what is wrong."""
+
+    detail: str
+
+
+class PredictRecord(BaseModel):
+    """One result, as ``edgerun predict --json`` prints it."""
+
+    input: str
+    model: str
+    version: str
+    delegate: str
+    output: Any
+    latency_ms: float
+
+
+_ERRORS = {
+    401: "missing or wrong bearer token",
+    404: "no model of that name",
+    413: "request over the size limit",
+    422: "the input cannot be used (undecodable, wrong shape or type)",
+    429: "too many requests in progress",
+    500: "the runtime failed on a valid input",
+}
 
 
 def create_app(
@@ -171,10 +202,12 @@ def create_app(
         t0 = time.perf_counter()
         try:
             tensor = model.prepare(data, name="request")
+            if tensor.shape[:1] != (1,):
+                raise InputError(f"a request carries one input (batch of 1), got a batch of {tensor.shape[0]}")
             pre = (time.perf_counter() - t0) * 1e3
             batcher = batchers.get(slot.name)
             dynamic = len(model.inputs) == 1 and model.inputs[0].shape[:1] == (None,)
-            if batcher is not None and dynamic and tensor.shape[0] == 1:
+            if batcher is not None and dynamic:
                 outputs, row, infer = batcher.submit(model, tensor).result(timeout=60)
             else:
                 t1 = time.perf_counter()
@@ -199,7 +232,26 @@ def create_app(
             "latency_ms": round(total, 3),
         }
 
-    @app.post("/v1/models/{name}/predict", summary="Run one input (image bytes, .npy or a JSON array)")
+    @app.post(
+        "/v1/models/{name}/predict",
+        summary="Run one input (image bytes, .npy or a JSON array)",
+        response_model=PredictRecord,
+        responses={code: {"model": Detail, "description": text} for code, text in _ERRORS.items()},
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                "content": {
+                    "image/png": {"schema": {"type": "string", "format": "binary"}},
+                    "image/jpeg": {"schema": {"type": "string", "format": "binary"}},
+                    "application/octet-stream": {
+                        "schema": {"type": "string", "format": "binary"},
+                        "description": "a .npy array",
+                    },
+                    "application/json": {"schema": {"type": "array", "items": {}}},
+                },
+            }
+        },
+    )
     async def predict(name: str, request: Request) -> Any:
         slot = slots.get(name)
         if slot is None:

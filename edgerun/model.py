@@ -251,6 +251,8 @@ class Model:
         kind = array.dtype.kind
         if kind not in "fiub" or kind == "b":
             raise InputError(f"{name}: array dtype {array.dtype} is not numeric; {spec.describe()} expected")
+        if array.size == 0:
+            raise InputError(f"{name}: array of shape {list(array.shape)} is empty")
         if _fits(array.shape, spec.shape):
             return array
         if _fits((1, *array.shape), spec.shape):

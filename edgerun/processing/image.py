@@ -137,6 +137,10 @@ class ImagePreprocessor:
         plan = self._plan
         if image.dtype != np.uint8:
             raise InputError(f"image must be uint8 pixels, got {image.dtype}")
+        if image.ndim not in (2, 3) or image.size == 0 or (image.ndim == 3 and image.shape[2] not in (1, 3, 4)):
+            raise InputError(f"an image is HxW or HxWx1/3/4 pixels, got shape {list(image.shape)}")
+        if image.ndim == 3 and image.shape[2] == 1:
+            image = image[:, :, 0]
         if image.ndim == 3 and image.shape[2] == 4:
             image = cv2.cvtColor(image, cv2.COLOR_BGRA2BGR)
         # Gray before resizing (one plane to resize), colour order after (a 224x224 swap
