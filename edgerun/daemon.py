@@ -25,7 +25,7 @@ from typing import Any
 
 from edgerun import systemd
 from edgerun.config import Config, ModelConfig, PipelineConfig, load_config
-from edgerun.errors import EdgerunError
+from edgerun.errors import ConfigError, EdgerunError
 from edgerun.model import Model
 from edgerun.ota.slot import ModelSlot
 from edgerun.telemetry.metrics import Metrics
@@ -164,7 +164,10 @@ class Daemon:
 
         password = None
         if c.password_file:
-            password = Path(c.password_file).read_text().strip()
+            try:
+                password = Path(c.password_file).read_text().strip()
+            except OSError as exc:
+                raise ConfigError(f"cannot read mqtt.password_file {c.password_file}: {exc.strerror}") from exc
         settings = MqttSettings.from_url(
             c.url,
             ca_file=c.ca_file,
@@ -332,7 +335,7 @@ class Daemon:
                 del self.slots[name]
                 log.info("SIGHUP: model %s removed", name)
         if self.sync is not None:
-            self.sync.set_models({n: s.describe() for n, s in self.slots.items()}, [])
+            self.sync.set_models({n: s.describe() for n, s in self.slots.items()})
         logging.getLogger().setLevel(new.logging.level)
         log.info("SIGHUP: config reloaded from %s", self.config_path)
 

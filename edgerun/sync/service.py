@@ -47,9 +47,12 @@ class SyncService:
         self.link.start()
         self.metrics_publisher.start()
 
-    def set_models(self, models: dict[str, dict[str, Any]], accelerators: list[str]) -> None:
-        """What the retained status record says is running."""
-        self.link.set_status(models=models, accelerators=accelerators)
+    def set_models(self, models: dict[str, dict[str, Any]], accelerators: list[str] | None = None) -> None:
+        """What the retained status record says is running (accelerators unchanged when None)."""
+        if accelerators is None:
+            self.link.set_status(models=models)
+        else:
+            self.link.set_status(models=models, accelerators=accelerators)
 
     def results_sink(self) -> ResultsSink:
         """A sink that publishes every result on ``P/ID/results/<model>``."""
