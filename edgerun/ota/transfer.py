@@ -1,8 +1,8 @@
 """Fetching a model blob: MQTT chunks or a URL, resumable, size- and hash-checked.
 
-Chunks are written to ``<downloads>/<sha256>/<i>`` as they arrive (each file
-renamed into place complete), so a download interrupted by a disconnect or a
-restart fetches only the chunks it lacks: a fresh download subscribes to
+Chunks are written into place in ``<downloads>/<sha256>/blob.part`` as they
+arrive, and their numbers appended to ``have`` beside it, so a download
+interrupted by a disconnect or a restart fetches only the chunks it lacks: a fresh download subscribes to
 ``<topic>/+`` (and so sees, and refuses, chunks out of range), a resumed one
 only to the missing ``<topic>/<i>``. A URL download appends to ``blob.part``
 and asks for the rest with an HTTP ``Range`` request.
@@ -40,23 +40,14 @@ def _disk_error(exc: OSError) -> UpdateFailed:
     return UpdateFailed(f"cannot write the download: {exc.strerror or exc}")
 
 
-def _assemble(parts: list[Path], target: Path, manifest: Manifest) -> None:
-    """Concatenate ``parts`` into ``target`` and check the size and SHA-256 of the result."""
+def _finish_file(part: Path, target: Path, manifest: Manifest) -> None:
+    """Check a downloaded file's size and SHA-256 (read back, so a resumed file counts whole); move it."""
     digest = hashlib.sha256()
-    size = 0
-    try:
-        with open(target, "wb") as out:
-            for part in parts:
-                data = part.read_bytes()
-                digest.update(data)
-                size += len(data)
-                out.write(data)
-            out.flush()
-            os.fsync(out.fileno())
-    except OSError as exc:
-        target.unlink(missing_ok=True)
-        raise _disk_error(exc) from exc
-    _check(size, digest.hexdigest(), manifest, target)
+    with open(part, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    _check(part.stat().st_size, digest.hexdigest(), manifest, part)
+    os.replace(part, target)
 
 
 def _check(size: int, sha: str, manifest: Manifest, target: Path) -> None:
@@ -69,17 +60,33 @@ def _check(size: int, sha: str, manifest: Manifest, target: Path) -> None:
 
 
 class _Chunks:
-    """Collects the chunks of one blob into files.
+    """Writes the chunks of one blob straight into place in ``blob.part``.
 
     The link's thread only checks a chunk (number, size) and queues it; the
-    downloading thread writes the files, so disk writes never stall MQTT.
+    downloading thread writes it at its offset (``pwrite``) and appends its
+    number to ``have``, the record a restart resumes from. Chunks arriving in
+    order are hashed as they are written, so a blob that came in one go needs
+    no second read.
     """
 
     def __init__(self, manifest: Manifest, folder: Path) -> None:
         blob = manifest.source.mqtt
         assert blob is not None
         self.blob, self.folder, self.size = blob, folder, manifest.size
-        self.have = {int(p.name) for p in folder.iterdir() if p.name.isdigit()}
+        self.part = folder / "blob.part"
+        self.log = folder / "have"
+        self.have: set[int] = set()
+        if self.part.exists() and self.log.exists():
+            for line in self.log.read_text().splitlines():  # a torn last line is simply not a number
+                if line.isdigit() and int(line) < blob.chunks:
+                    self.have.add(int(line))
+        try:
+            self._fd = os.open(self.part, os.O_RDWR | os.O_CREAT, 0o600)
+            self._log = open(self.log, "a" if self.have else "w")  # noqa: SIM115 - closed in close()
+        except OSError as exc:
+            raise _disk_error(exc) from exc
+        self._digest = hashlib.sha256()
+        self._hashed = 0  # chunks 0.._hashed-1 are in the digest
         self.problem: UpdateRejected | UpdateFailed | None = None
         self.changed = threading.Event()
         self._arrived: queue.SimpleQueue[tuple[int, bytes]] = queue.SimpleQueue()
@@ -112,24 +119,50 @@ class _Chunks:
             try:
                 index, payload = self._arrived.get_nowait()
             except queue.Empty:
-                return
+                break
             self._store(index, payload)
+        self._log.flush()
 
     def _store(self, index: int, payload: bytes) -> None:
-        path = self.folder / str(index)
+        offset = index * self.blob.chunk_size
         if index in self.have:
-            if path.read_bytes() != payload:
+            if os.pread(self._fd, len(payload), offset) != payload:
                 self._fail(UpdateRejected(f"chunk {index} arrived twice with different content"))
             return  # an identical duplicate: QoS 1 is at least once
-        tmp = self.folder / f".{index}.tmp"
         try:
-            tmp.write_bytes(payload)
-            os.replace(tmp, path)
+            os.pwrite(self._fd, payload, offset)
+            self._log.write(f"{index}\n")
         except OSError as exc:
-            tmp.unlink(missing_ok=True)
             self._fail(_disk_error(exc))
             return
         self.have.add(index)
+        if index == self._hashed:
+            self._digest.update(payload)
+            self._hashed += 1
+            while self._hashed in self.have:  # chunks that came early, now next in line
+                i = self._hashed
+                self._digest.update(os.pread(self._fd, self.expected_size(i), i * self.blob.chunk_size))
+                self._hashed += 1
+
+    def finish(self, target: Path, manifest: Manifest) -> None:
+        """fsync, check size and SHA-256, and move the blob to ``target``."""
+        try:
+            os.ftruncate(self._fd, self.size)
+            os.fsync(self._fd)
+        except OSError as exc:
+            raise _disk_error(exc) from exc
+        if self._hashed < self.blob.chunks:  # resumed after a restart: hash what is on disk
+            self._digest = hashlib.sha256()
+            with open(self.part, "rb") as fh:
+                for block in iter(lambda: fh.read(1 << 20), b""):
+                    self._digest.update(block)
+        _check(os.fstat(self._fd).st_size, self._digest.hexdigest(), manifest, self.part)
+        os.replace(self.part, target)
+        self.log.unlink(missing_ok=True)
+
+    def close(self) -> None:
+        self._log.close()
+        os.close(self._fd)
 
     def _fail(self, problem: UpdateRejected | UpdateFailed) -> None:
         if self.problem is None:
@@ -147,6 +180,16 @@ def _download_mqtt(
     stop: threading.Event,
 ) -> None:
     chunks = _Chunks(manifest, folder)
+    try:
+        _collect(chunks, manifest, link, progress, timeout_s, stop)
+        chunks.finish(target, manifest)
+    finally:
+        chunks.close()
+
+
+def _collect(
+    chunks: _Chunks, manifest: Manifest, link: MqttLink, progress: Progress, timeout_s: float, stop: threading.Event
+) -> None:
     blob = chunks.blob
     missing = [i for i in range(blob.chunks) if i not in chunks.have]
     topics = [f"{blob.topic}/+"] if not chunks.have else [f"{blob.topic}/{i}" for i in missing]
@@ -178,7 +221,6 @@ def _download_mqtt(
     chunks.store()
     if chunks.problem is not None:
         raise chunks.problem
-    _assemble([folder / str(i) for i in range(blob.chunks)], target, manifest)
 
 
 def _download_url(
@@ -219,7 +261,7 @@ def _download_url(
                 os.fsync(out.fileno())
         except OSError as exc:
             raise _disk_error(exc) from exc
-    _assemble([part], target, manifest)
+    _finish_file(part, target, manifest)
 
 
 def download(
