@@ -10,7 +10,6 @@ dimension is dynamic are grouped into batches (``batch_max_size`` within
 
 from __future__ import annotations
 
-import asyncio
 import hmac
 import json
 import logging
@@ -46,14 +45,23 @@ class Batcher:
     def __init__(self, max_size: int, max_wait_s: float) -> None:
         self._queue: queue.Queue[tuple[Model, np.ndarray, Future[Any]] | None] = queue.Queue()
         self._max_size, self._max_wait = max_size, max_wait_s
+        self._count_lock = threading.Lock()
+        self.pending = 0  # submitted and not answered: the requests that could share a call
         self._thread = threading.Thread(target=self._run, name="api-batcher", daemon=True)
         self._thread.start()
 
     def submit(self, model: Model, tensor: np.ndarray) -> Future[Any]:
         """Queue one batch-of-one tensor; the future gives ``(outputs, row, infer_ms)``."""
         future: Future[Any] = Future()
+        with self._count_lock:
+            self.pending += 1
+        future.add_done_callback(self._done)
         self._queue.put((model, tensor, future))
         return future
+
+    def _done(self, _: Future[Any]) -> None:
+        with self._count_lock:
+            self.pending -= 1
 
     def _run(self) -> None:
         while True:
@@ -62,7 +70,8 @@ class Batcher:
                 return
             batch = [first]
             deadline = time.monotonic() + self._max_wait
-            while len(batch) < self._max_size:
+            # Wait only for requests already in flight: a lone request never waits.
+            while len(batch) < min(self._max_size, self.pending):
                 remaining = deadline - time.monotonic()
                 try:
                     item = self._queue.get(timeout=max(0.0, remaining)) if remaining > 0 else self._queue.get_nowait()
@@ -121,6 +130,53 @@ def _decode_body(body: bytes, content_type: str) -> Any:
     return body  # image bytes, decoded (and checked) by the model's preprocessing
 
 
+class _Guard:
+    """Bearer token and concurrency limit, as plain ASGI middleware.
+
+    Starlette's ``@app.middleware("http")`` wraps every request in a second task
+    and stream; that alone cost a third of the requests per second in
+    benchmarks/bench_daemon.py. Plain ASGI only looks at the scope.
+    """
+
+    PUBLIC = frozenset({"/", "/health", "/docs", "/openapi.json"})  # the page holds no data itself
+
+    def __init__(self, app: Any, token: str | None, max_concurrency: int) -> None:
+        self.app = app
+        self._expected = f"Bearer {token}".encode() if token is not None else None
+        self._max = max_concurrency
+        self._in_flight = 0  # one event loop: no lock needed between awaits
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        path = scope["path"]
+        if self._expected is not None and path not in self.PUBLIC:
+            given = next((v for k, v in scope["headers"] if k == b"authorization"), b"")
+            if not hmac.compare_digest(given, self._expected):
+                response = JSONResponse(
+                    {"detail": "missing or wrong bearer token"}, status_code=401, headers={"WWW-Authenticate": "Bearer"}
+                )
+                await response(scope, receive, send)
+                return
+        if not path.endswith("/predict"):
+            await self.app(scope, receive, send)
+            return
+        if self._in_flight >= self._max:
+            response = JSONResponse(
+                {"detail": "too many requests in progress; retry shortly"},
+                status_code=429,
+                headers={"Retry-After": "1"},
+            )
+            await response(scope, receive, send)
+            return
+        self._in_flight += 1
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self._in_flight -= 1
+
+
 class Detail(BaseModel):
     """An error: one line saying what is wrong."""
 
@@ -162,8 +218,7 @@ def create_app(
     token = config.resolved_token()
     max_bytes = int(config.max_request_mb * 1024 * 1024)
     batchers: dict[str, Batcher] = {}
-    in_flight = [0]
-    lock = asyncio.Lock()
+    busy = [0]
     app = FastAPI(
         title="edgerun",
         version=__version__,
@@ -171,31 +226,7 @@ def create_app(
     )
     app.state.batchers = batchers
 
-    @app.middleware("http")
-    async def guard(request: Request, call_next: Any) -> Any:
-        # The page itself holds no data (it fetches /v1/status with its token), so it is public.
-        public = request.url.path in ("/", "/health", "/docs", "/openapi.json")
-        if token is not None and not public:
-            given = request.headers.get("authorization", "")
-            if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
-                return JSONResponse(
-                    {"detail": "missing or wrong bearer token"}, status_code=401, headers={"WWW-Authenticate": "Bearer"}
-                )
-        if request.url.path.endswith("/predict"):
-            async with lock:
-                if in_flight[0] >= config.max_concurrency:
-                    return JSONResponse(
-                        {"detail": "too many requests in progress; retry shortly"},
-                        status_code=429,
-                        headers={"Retry-After": "1"},
-                    )
-                in_flight[0] += 1
-            try:
-                return await call_next(request)
-            finally:
-                async with lock:
-                    in_flight[0] -= 1
-        return await call_next(request)
+    app.add_middleware(_Guard, token=token, max_concurrency=config.max_concurrency)
 
     def _infer(slot: ModelSlot, data: Any) -> dict[str, Any]:
         model = slot.get()
@@ -207,7 +238,7 @@ def create_app(
             pre = (time.perf_counter() - t0) * 1e3
             batcher = batchers.get(slot.name)
             dynamic = len(model.inputs) == 1 and model.inputs[0].shape[:1] == (None,)
-            if batcher is not None and dynamic:
+            if batcher is not None and dynamic and (batcher.pending or busy[0] > 1):
                 outputs, row, infer = batcher.submit(model, tensor).result(timeout=60)
             else:
                 t1 = time.perf_counter()
@@ -268,7 +299,13 @@ def create_app(
             data = _decode_body(body, request.headers.get("content-type", "application/octet-stream"))
             if slot.name not in batchers and config.batch_max_size > 1:
                 batchers[slot.name] = Batcher(config.batch_max_size, config.batch_max_wait_ms / 1000)
-            return await run_in_threadpool(_infer, slot, data)
+            busy[0] += 1  # requests between here and their answer: with one alone, no batching hand-off
+            try:
+                record = await run_in_threadpool(_infer, slot, data)
+                # A Response skips response_model validation (documented, not re-checked per request).
+                return Response(json.dumps(record, separators=(",", ":")), media_type="application/json")
+            finally:
+                busy[0] -= 1
         except InputError as exc:
             raise HTTPException(422, str(exc)) from None
         except EdgerunError as exc:

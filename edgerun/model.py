@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import threading
 import time
 from collections.abc import Sequence
@@ -191,7 +192,9 @@ class Model:
         inputs = self.constant_inputs()
         for _ in range(runs):
             self.run(*inputs)
-        if self._preprocessor is not None:
+        # The image path too, if OpenCV is loaded already; loading it (15 MB) for a warm-up would
+        # cost every process that only ever receives arrays.
+        if self._preprocessor is not None and "cv2" in sys.modules:
             self._preprocessor(np.zeros((self._preprocessor.height, self._preprocessor.width, 3), np.uint8))
 
     def close(self) -> None:

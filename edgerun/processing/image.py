@@ -57,6 +57,8 @@ def decode_image(data: bytes, name: str = "image", gray: bool = False) -> np.nda
     return image
 
 
+_CV_8U, _CV_8S = 0, 1  # OpenCV's depth codes, fixed in its ABI
+
 _INTERP = {"nearest": "INTER_NEAREST", "linear": "INTER_LINEAR", "area": "INTER_AREA", "cubic": "INTER_CUBIC"}
 
 
@@ -91,8 +93,9 @@ class ImagePreprocessor:
         self, spec: Preprocess, height: int, width: int, channels: int, dtype: np.dtype, quant: Any = None
     ) -> None:
         self.spec = spec
-        cv2 = _cv2()
-        self._interp = getattr(cv2, _INTERP[spec.interpolation])
+        # OpenCV is imported at the first image, not here: a daemon that only ever gets
+        # arrays never pays its 15 MB.
+        self._interp: int | None = None
         std = np.asarray(spec.std, dtype=np.float32)
         mean = np.asarray(spec.mean, dtype=np.float32)
         mul, add = (np.float32(spec.scale) / std), (-mean / std)
@@ -102,7 +105,7 @@ class ImagePreprocessor:
             fused = (
                 float(mul[0]) / quant.scale,
                 float(add[0]) / quant.scale + quant.zero_point,
-                cv2.CV_8S if np.dtype(dtype).name == "int8" else cv2.CV_8U,
+                _CV_8S if np.dtype(dtype).name == "int8" else _CV_8U,
             )
         full = (height, width, channels)
         self._plan = _Plan(
@@ -173,6 +176,8 @@ class ImagePreprocessor:
 
     def _resize(self, image: np.ndarray) -> np.ndarray:
         cv2 = _cv2()
+        if self._interp is None:
+            self._interp = getattr(cv2, _INTERP[self.spec.interpolation])
         h, w = image.shape[:2]
         th, tw = self._plan.height, self._plan.width
         if (h, w) == (th, tw):
