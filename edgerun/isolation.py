@@ -168,7 +168,9 @@ class IsolatedBackend:
             )
             process.start()
             child.close()
-            hello = parent.recv() if parent.poll(120) else {"error": "the worker did not start in 120 s"}
+            hello: dict[str, Any] = (
+                parent.recv() if parent.poll(120) else {"error": "the worker did not start in 120 s"}
+            )
             if "error" not in hello:
                 self._conn, self.process = parent, process
                 self.delegate, self.format = hello["delegate"], hello["format"]
@@ -262,7 +264,7 @@ def load_isolated(
             backend,
             backend.delegate,
             path,
-            "isolated",  # type: ignore[arg-type]
+            "isolated",
             [Attempt(backend.delegate, str(path), "chosen", "in a worker process")],
         )
         return Model(path, selection, card, card_path)

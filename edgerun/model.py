@@ -247,7 +247,7 @@ class Model:
             )
         from edgerun.processing.image import decode_image
 
-        return self._preprocessor(decode_image(data, name, gray=self._preprocessor.gray))  # type: ignore[no-any-return]
+        return self._preprocessor(decode_image(data, name, gray=self._preprocessor.gray))
 
     def _array_tensor(self, array: np.ndarray, name: str) -> np.ndarray:
         spec = self.inputs[0]
@@ -261,7 +261,7 @@ class Model:
         if _fits((1, *array.shape), spec.shape):
             return array[None]
         if self._preprocessor is not None and array.dtype == np.uint8 and array.ndim in (2, 3):
-            return self._preprocessor(array)  # type: ignore[no-any-return]
+            return self._preprocessor(array)
         raise InputError(f"{name}: array of shape {list(array.shape)} does not fit {spec.describe()}")
 
 

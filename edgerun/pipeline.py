@@ -264,7 +264,7 @@ class Pipeline:
         dynamic = len(model.inputs) == 1 and model.inputs[0].shape[:1] == (None,)
         if len(batch) > 1 and dynamic:
             try:
-                outputs = model.run(np.concatenate([i.tensor for i in batch]))  # type: ignore[misc]
+                outputs = model.run(np.concatenate([i.tensor for i in batch]))
                 share = (time.perf_counter() - t0) * 1e3 / len(batch)
                 rows = [(item, outputs, r, share) for r, item in enumerate(batch)]
             except EdgerunError:

@@ -166,7 +166,7 @@ def _time(backend: Backend, inputs: Sequence[np.ndarray], budget_s: float = 0.5,
     """Median latency of ``backend`` in ms after a short warm-up, within a time budget."""
     for _ in range(3):
         backend.run(inputs)
-    samples = []
+    samples: list[float] = []
     deadline = time.perf_counter() + budget_s
     while len(samples) < max_runs and (len(samples) < 5 or time.perf_counter() < deadline):
         t0 = time.perf_counter_ns()

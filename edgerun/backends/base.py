@@ -148,7 +148,7 @@ class Quantizer:
                 self._cv2 = cv2
             flat = np.ascontiguousarray(x).reshape(-1, 1)
             out = self._cv2.addWeighted(flat, self._inv_scale, flat, 0.0, self._zero_point, dtype=self._cv_type)
-            return out.reshape(x.shape)  # type: ignore[no-any-return]
+            return out.reshape(x.shape)
         info = np.iinfo(self._dtype)
         q = np.multiply(x, np.float32(self._inv_scale), dtype=np.float32)
         q += np.float32(self._zero_point)

@@ -148,7 +148,7 @@ class OnnxBackend:
         for name, dtype, x in zip(self._input_names, self._input_dtypes, inputs):
             feed[name] = x if x.dtype == dtype else x.astype(dtype)
         try:
-            return self._session.run(self._output_names, feed)  # type: ignore[no-any-return]
+            return self._session.run(self._output_names, feed)
         except Exception as exc:
             msg = _ort_message(exc)
             if "dimension" in msg.lower() or "shape" in msg.lower() or "rank" in msg.lower():

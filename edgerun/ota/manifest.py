@@ -28,7 +28,7 @@ class _Strict(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=T
     pass
 
 
-class MqttBlob(_Strict):
+class MqttBlob(_Strict, frozen=True):
     """Chunks of the model file, retained on ``<topic>/<i>``."""
 
     topic: str
@@ -36,7 +36,7 @@ class MqttBlob(_Strict):
     chunks: Annotated[int, msgspec.Meta(ge=1, le=1_000_000)]
 
 
-class Source(_Strict):
+class Source(_Strict, frozen=True):
     """Where the model file comes from: MQTT chunks or a URL (https, http, file)."""
 
     mqtt: MqttBlob | None = None
@@ -49,14 +49,14 @@ class Source(_Strict):
             raise ValueError("source url must be https://, http:// or file://")
 
 
-class Targets(_Strict):
+class Targets(_Strict, frozen=True):
     """Devices and groups an update or command is for."""
 
     devices: tuple[NAME, ...] = ()
     groups: tuple[NAME, ...] = ()
 
 
-class Sample(_Strict):
+class Sample(_Strict, frozen=True):
     """One validation pair: base64 ``.npy`` input and expected output, with a tolerance."""
 
     input: str
@@ -64,13 +64,13 @@ class Sample(_Strict):
     atol: Annotated[float, msgspec.Meta(ge=0)] = 1e-3
 
 
-class Validation(_Strict):
+class Validation(_Strict, frozen=True):
     """Samples the new model must reproduce before it is activated."""
 
     samples: tuple[Sample, ...] = ()
 
 
-class Rollout(_Strict):
+class Rollout(_Strict, frozen=True):
     """Probation bounds and the optional A/B split."""
 
     probation_s: Annotated[float, msgspec.Meta(ge=0, le=7 * 86400)] = 300.0
@@ -79,7 +79,7 @@ class Rollout(_Strict):
     ab_fraction: Annotated[float, msgspec.Meta(gt=0, lt=1)] | None = None
 
 
-class Manifest(_Strict):
+class Manifest(_Strict, frozen=True):
     """A model update (PROTOCOL.md, "Model update manifest")."""
 
     schema: Literal[1]
@@ -112,7 +112,7 @@ class Manifest(_Strict):
             raise UpdateRejected(f"invalid card: {exc}") from None
 
 
-class Command(_Strict):
+class Command(_Strict, frozen=True):
     """A command (PROTOCOL.md, "Commands")."""
 
     schema: Literal[1]

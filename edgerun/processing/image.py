@@ -25,7 +25,7 @@ _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 _PNG_IEND = b"IEND"
 
 
-def _cv2():  # type: ignore[no-untyped-def]
+def _cv2() -> Any:
     import cv2
 
     # OpenCV's own warnings would add lines to our one-line errors.

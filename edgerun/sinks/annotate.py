@@ -104,7 +104,8 @@ class AnnotatedVideoSink:
         if self._writer is None:
             h, w = image.shape[:2]
             self._size = (w, h)
-            self._writer = cv2.VideoWriter(self.path, cv2.VideoWriter_fourcc(*self._fourcc), self._fps, (w, h))
+            fourcc = cv2.VideoWriter.fourcc(*self._fourcc)
+            self._writer = cv2.VideoWriter(self.path, fourcc, self._fps, (w, h))
             if not self._writer.isOpened():
                 raise ConfigError(f"cannot write video {self.path}")
         if (image.shape[1], image.shape[0]) != self._size:
