@@ -310,6 +310,7 @@ def select(
     device = device or probe()
     runtime = runtime or discover(formats=(fmt,))
     make_sample = sample or synthetic_inputs
+    job = _Job(model_path, fmt, threads, verify, rtol, strict, state_dir, runtime, make_sample, catalogue)
     candidates, attempts = find_candidates(model_path, fmt, delegate, device, runtime, catalogue)
     if not candidates:
         raise _nothing_runs(model_path, fmt, delegate, attempts, catalogue, device, runtime)
@@ -323,52 +324,23 @@ def select(
             log.info("fastest delegate for %s from cache: %s", model_path.name, winner)
             chosen = [(s, p) for s, p in candidates if s.name == winner]
             try:
-                return _try_in_order(
-                    chosen,
-                    model_path,
-                    fmt,
-                    "fastest",
-                    threads,
-                    verify,
-                    rtol,
-                    strict,
-                    state_dir,
-                    runtime,
-                    make_sample,
-                    catalogue,
-                    attempts,
-                    cached=True,
-                )
+                return _try_in_order(job, chosen, "fastest", attempts, cached=True)
             except DelegateError as exc:
                 log.warning("cached fastest delegate %s no longer works (%s); timing again", winner, exc)
                 attempts = [a for a in attempts if a.status == "unavailable"]
 
     if delegate != "fastest":
         mode = "auto" if delegate == "auto" else "forced"
-        return _try_in_order(
-            candidates,
-            model_path,
-            fmt,
-            mode,
-            threads,
-            verify,
-            rtol,
-            strict,
-            state_dir,
-            runtime,
-            make_sample,
-            catalogue,
-            attempts,
-        )
+        return _try_in_order(job, candidates, mode, attempts)
 
     # fastest: open, verify and time every candidate; keep the quickest.
     working: list[tuple[float, Backend, DelegateSpec, Path, Attempt]] = []
-    reference = _Reference(model_path, fmt, threads, catalogue, make_sample, rtol)
+    reference = _Reference(job)
     try:
         for spec, target in candidates:
             attempt = Attempt(spec.name, str(target), "not-tried")
             attempts.append(attempt)
-            backend = _open_verified(spec, target, fmt, threads, verify, state_dir, runtime, reference, attempt)
+            backend = _open_verified(job, spec, target, reference, attempt)
             if backend is None:
                 continue
             attempt.latency_ms = _time(backend, make_sample(backend))
@@ -391,21 +363,29 @@ def select(
     return Selection(backend, spec.name, target, "fastest", attempts)
 
 
+@dataclass(frozen=True)
+class _Job:
+    """What one ``select`` call works with, passed to its helpers as one value."""
+
+    model_path: Path
+    fmt: str
+    threads: int | None
+    verify: bool
+    rtol: float
+    strict: bool
+    state_dir: Path | None
+    runtime: RuntimeFacts
+    make_sample: SampleFn
+    catalogue: tuple[DelegateSpec, ...]
+
+
 class _Reference:
     """The CPU reference outputs for verification, computed once on first use."""
 
-    def __init__(
-        self,
-        path: Path,
-        fmt: str,
-        threads: int | None,
-        catalogue: tuple[DelegateSpec, ...],
-        make_sample: SampleFn,
-        rtol: float,
-    ) -> None:
-        self._spec = next((s for s in catalogue if s.format == fmt and s.reference), None)
-        self._path, self._fmt, self._threads = path, fmt, threads
-        self._make_sample, self.rtol = make_sample, rtol
+    def __init__(self, job: _Job) -> None:
+        self._spec = next((s for s in job.catalogue if s.format == job.fmt and s.reference), None)
+        self._path, self._fmt, self._threads = job.model_path, job.fmt, job.threads
+        self._make_sample, self.rtol = job.make_sample, job.rtol
         self._result: tuple[list[np.ndarray], list[np.ndarray]] | None = None
 
     def outputs(self, backend: Backend) -> tuple[list[np.ndarray], list[np.ndarray]] | None:
@@ -429,27 +409,19 @@ class _Reference:
 
 
 def _open_verified(
-    spec: DelegateSpec,
-    target: Path,
-    fmt: str,
-    threads: int | None,
-    verify: bool,
-    state_dir: Path | None,
-    runtime: RuntimeFacts,
-    reference: _Reference,
-    attempt: Attempt,
+    job: _Job, spec: DelegateSpec, target: Path, reference: _Reference, attempt: Attempt
 ) -> Backend | None:
     """Open ``spec`` and verify it; on any failure fill ``attempt`` and return None."""
     cache_dir = None
-    if state_dir is not None and spec.name in _ENGINE_DELEGATES:
-        cache_dir = state_dir / "engines" / f"{spec.name}-{_toolchain(spec.name, runtime)}"
+    if job.state_dir is not None and spec.name in _ENGINE_DELEGATES:
+        cache_dir = job.state_dir / "engines" / f"{spec.name}-{_toolchain(spec.name, job.runtime)}"
     try:
-        backend = spec.opener(target, fmt, spec.name, threads, cache_dir)
+        backend = spec.opener(target, job.fmt, spec.name, job.threads, cache_dir)
     except EdgerunError as exc:
         attempt.status, attempt.reason, attempt.error = "failed", str(exc), exc
         log.info("delegate %s failed for %s: %s", spec.name, target.name, exc)
         return None
-    if not verify or not spec.accelerator:
+    if not job.verify or not spec.accelerator:
         return backend
     try:
         ref = reference.outputs(backend)
@@ -469,27 +441,15 @@ def _open_verified(
 
 
 def _try_in_order(
-    candidates: list[tuple[DelegateSpec, Path]],
-    model_path: Path,
-    fmt: str,
-    mode: str,
-    threads: int | None,
-    verify: bool,
-    rtol: float,
-    strict: bool,
-    state_dir: Path | None,
-    runtime: RuntimeFacts,
-    make_sample: SampleFn,
-    catalogue: tuple[DelegateSpec, ...],
-    attempts: list[Attempt],
-    cached: bool = False,
+    job: _Job, candidates: list[tuple[DelegateSpec, Path]], mode: str, attempts: list[Attempt], cached: bool = False
 ) -> Selection:
-    reference = _Reference(model_path, fmt, threads, catalogue, make_sample, rtol)
+    model_path = job.model_path
+    reference = _Reference(job)
     try:
         for i, (spec, target) in enumerate(candidates):
             attempt = Attempt(spec.name, str(target), "not-tried")
             attempts.append(attempt)
-            backend = _open_verified(spec, target, fmt, threads, verify, state_dir, runtime, reference, attempt)
+            backend = _open_verified(job, spec, target, reference, attempt)
             if backend is None:
                 continue
             attempt.status = "chosen"
@@ -499,7 +459,7 @@ def _try_in_order(
                     Attempt(spec_left.name, str(target_left), "not-tried", "a higher-ranked delegate works")
                 )
             try:
-                _check_strict(strict, attempts, model_path)
+                _check_strict(job.strict, attempts, model_path)
             except DelegateError:
                 backend.close()
                 raise
