@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
-import secrets
 from pathlib import Path
 
 __all__ = ["atomic_write", "fsync_dir", "sha256_file"]
@@ -12,6 +10,8 @@ __all__ = ["atomic_write", "fsync_dir", "sha256_file"]
 
 def sha256_file(path: Path) -> str:
     """SHA-256 of a file, streamed."""
+    import hashlib  # imported here: `edgerun predict` never hashes, and hashlib costs 3 ms to import
+
     digest = hashlib.sha256()
     with open(path, "rb") as fh:
         for block in iter(lambda: fh.read(1 << 20), b""):
@@ -30,7 +30,7 @@ def fsync_dir(path: Path) -> None:
 
 def atomic_write(path: Path, data: bytes) -> None:
     """Replace ``path`` with ``data`` so that a reader sees the old or the new file, never a mix."""
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    tmp = path.with_name(f".{path.name}.{os.urandom(4).hex()}.tmp")
     with open(tmp, "wb") as fh:
         fh.write(data)
         fh.flush()

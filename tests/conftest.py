@@ -18,6 +18,19 @@ SAMPLES = DIGITS / "samples"
 DIGIT_MODELS = ["digits_fp32.onnx", "digits_int8.onnx", "digits_fp32.tflite", "digits_int8.tflite"]
 
 
+@pytest.fixture(scope="session", autouse=True)
+def private_state_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """Caches (cards, fastest delegates) go to a temporary state directory, never the user's."""
+    path = tmp_path_factory.mktemp("edgerun-state")
+    old = os.environ.get("EDGERUN_STATE_DIR")
+    os.environ["EDGERUN_STATE_DIR"] = str(path)
+    yield path
+    if old is None:
+        os.environ.pop("EDGERUN_STATE_DIR", None)
+    else:
+        os.environ["EDGERUN_STATE_DIR"] = old
+
+
 @pytest.fixture(params=DIGIT_MODELS)
 def digits_model(request: pytest.FixtureRequest) -> Path:
     """Each of the four committed digits models in turn."""

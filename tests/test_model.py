@@ -234,3 +234,17 @@ def test_colour_preprocessing_follows_the_formula_per_channel(layout: str) -> No
         expected = expected.transpose(2, 0, 1)
     assert tensor.shape == (1, *expected.shape)
     assert np.allclose(tensor[0], expected, atol=1e-5)
+
+
+def test_a_validated_card_is_cached_and_a_changed_card_is_read_again(tmp_path: Path) -> None:
+    source = (DIGITS / "digits_fp32.onnx.card.yaml").read_text()
+    path = tmp_path / "m.onnx.card.yaml"
+    path.write_text(source)
+    cache = tmp_path / "cache"
+    first = load_card(path, cache)
+    (entry,) = cache.glob("*.json")
+    assert load_card(path, cache) == first  # served from the cache
+    path.write_text(source.replace("version: 1.0.0", "version: 1.0.1"))
+    assert load_card(path, cache).version == "1.0.1"  # the change is seen
+    entry.write_text("{broken")
+    assert load_card(path, cache).version == "1.0.1"  # a broken cache is only a miss
