@@ -35,7 +35,7 @@ import numpy as np
 from edgerun.errors import EdgerunError, PipelineError
 from edgerun.model import Model
 from edgerun.ota.slot import ModelSlot
-from edgerun.sinks.base import Result, Sink
+from edgerun.sinks.base import Result, Sink, error_record, result_record
 from edgerun.sources.base import Frame, Source
 from edgerun.telemetry.metrics import Metrics
 
@@ -290,21 +290,14 @@ class Pipeline:
                 model.delegate,
                 {"pre": item.pre_ms, "infer": infer_ms, "post": post_ms, "total": total_ms},
             )
-            record = {
-                "input": item.frame.source_id,
-                "model": model.name,
-                "version": model.version,
-                "delegate": model.delegate,
-                "output": output,
-                "latency_ms": round(item.pre_ms + infer_ms + post_ms, 3),
-            }
+            record = result_record(model, item.frame, output, item.pre_ms + infer_ms + post_ms)
             if not self._put(self._q_out, Result(item.frame, record)):
                 return
 
     def _emit_error(self, item: _Item) -> None:
         m = item.model or self.slot.primary
         self.metrics.error(m.name, m.version, m.delegate)
-        self._put(self._q_out, Result(item.frame, {"input": item.frame.source_id, "error": item.error}))
+        self._put(self._q_out, Result(item.frame, error_record(item.frame, item.error or "")))
 
     def _deliver(self) -> None:
         try:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from typing import Any
 
@@ -74,6 +73,8 @@ def load_kwargs(args: argparse.Namespace) -> dict[str, Any]:
 
 def print_json(record: Any) -> None:
     """One JSON object on one line of stdout."""
+    import json  # only JSON output needs it: a one-image table run does not pay for it
+
     sys.stdout.write(json.dumps(record, separators=(", ", ": ")) + "\n")
 
 

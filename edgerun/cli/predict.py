@@ -74,10 +74,8 @@ def run(args: argparse.Namespace) -> int:
     """Load the model, then stream every input through a pipeline into the sinks."""
     import edgerun
     from edgerun.card import replace
-    from edgerun.pipeline import Pipeline
     from edgerun.sinks.text import JsonlSink, TableSink
     from edgerun.sources.files import FileSource
-    from edgerun.telemetry.metrics import Metrics
 
     if args.top_k is not None and args.top_k < 1:
         raise ConfigError(f"--top-k must be at least 1, got {args.top_k}")
@@ -106,6 +104,12 @@ def run(args: argparse.Namespace) -> int:
             + (f"; resuming, {len(skip)} input(s) already done" if skip else ""),
             flush=True,
         )
+    if len(source.refs) <= _DIRECT_MAX and args.batch_size == 1 and not args.mqtt:
+        with model:
+            return _run_direct(model, source, sinks, args.json)
+    from edgerun.pipeline import Pipeline
+    from edgerun.telemetry.metrics import Metrics
+
     metrics = Metrics()
     sync = start_sync(args, metrics, [model])
     if sync is not None and args.publish_results:
@@ -122,6 +126,43 @@ def run(args: argparse.Namespace) -> int:
     if summary.stopped_by != "end of input":
         return 130
     return 1 if summary.errors else 0
+
+
+#: Up to this many inputs run in the calling thread: starting the pipeline's four threads (and
+#: importing them) would be most of a one-image run.
+_DIRECT_MAX = 4
+
+
+def _run_direct(model: Any, source: Any, sinks: list[Any], as_json: bool) -> int:
+    """A handful of inputs, one after the other, with the records and errors a pipeline gives."""
+    import time
+
+    from edgerun.errors import EdgerunError
+    from edgerun.sinks.base import Result, error_record, result_record
+
+    start = time.perf_counter()
+    failed = 0
+    for frame in source.frames():
+        if frame.error is None:
+            try:
+                prediction = model.predict(frame.data, name=frame.source_id)
+                record = result_record(model, frame, prediction.output, prediction.latency_ms)
+            except EdgerunError as exc:
+                record = error_record(frame, str(exc))
+        else:
+            record = error_record(frame, frame.error)
+        result = Result(frame, record)
+        failed += not result.ok
+        report_failure(result)
+        for sink in sinks:
+            sink.publish(result)
+    for sink in sinks:
+        sink.close()
+    if not as_json:
+        total = len(source.refs)
+        elapsed = time.perf_counter() - start
+        print(f"# {total - failed} ok, {failed} failed in {elapsed:.2f} s ({total / max(elapsed, 1e-9):.1f} inputs/s)")
+    return 1 if failed else 0
 
 
 def _progress(total: int, disabled: bool) -> Any:

@@ -10,7 +10,7 @@ from typing import Any, Protocol, runtime_checkable
 
 from edgerun.sources.base import Frame
 
-__all__ = ["Result", "Sink"]
+__all__ = ["Result", "Sink", "error_record", "result_record"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,3 +41,20 @@ class Sink(Protocol):
     def close(self) -> None:
         """Flush and release; called once, after the last result."""
         ...
+
+
+def result_record(model: Any, frame: Frame, output: Any, latency_ms: float) -> dict[str, Any]:
+    """The record of one result, as ``edgerun predict --json`` prints it."""
+    return {
+        "input": frame.source_id,
+        "model": model.name,
+        "version": model.version,
+        "delegate": model.delegate,
+        "output": output,
+        "latency_ms": round(latency_ms, 3),
+    }
+
+
+def error_record(frame: Frame, message: str) -> dict[str, Any]:
+    """The record of an input that failed."""
+    return {"input": frame.source_id, "error": message}

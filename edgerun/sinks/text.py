@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import csv
-import json
 import os
 import sys
 from typing import IO, Any
@@ -56,6 +54,9 @@ class JsonlSink:
     """
 
     def __init__(self, path: str | None = None) -> None:
+        import json
+
+        self._dumps = json.dumps
         self.path = path
         if path is None:
             self._stream: IO[str] = sys.stdout
@@ -67,7 +68,7 @@ class JsonlSink:
 
     def publish(self, result: Result) -> None:
         """Write the record as one line."""
-        self._stream.write(json.dumps(result.record, separators=(", ", ": ")) + "\n")
+        self._stream.write(self._dumps(result.record, separators=(", ", ": ")) + "\n")
         if self.path is not None:
             self._stream.flush()
 
@@ -91,6 +92,8 @@ class CsvSink:
             self._file = open(path, "a", newline="", encoding="utf-8")  # noqa: SIM115
         except OSError as exc:
             raise ConfigError(f"cannot write {path}: {exc.strerror}") from exc
+        import csv
+
         self._writer = csv.writer(self._file)
         if new:
             self._writer.writerow(self.COLUMNS)
