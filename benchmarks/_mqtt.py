@@ -1,89 +1,12 @@
-"""A private Mosquitto for the MQTT benchmarks (never the machine's own broker on 1883).
-
-The same idea as the ``Broker`` of ``tests/conftest.py``, kept here so the
-benchmarks import nothing from the tests: a config file in a temp dir, a free
-loopback port, persistence on, and the per-client limits raised, because
-Mosquitto's default ``max_queued_messages 1000`` silently drops QoS 1 messages
-for a subscriber that falls behind (``/work/shared/BASELINES.md``): broker
-acknowledgement is not delivery.
-"""
+"""The private Mosquitto of ``tools/broker.py``, for the MQTT benchmarks."""
 
 from __future__ import annotations
 
-import os
-import shutil
-import socket
-import subprocess
-import time
+import sys
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from tools.broker import Broker, free_port, mosquitto_binary
+
 __all__ = ["Broker", "free_port", "mosquitto_binary"]
-
-
-def mosquitto_binary() -> str | None:
-    """The mosquitto executable, or None when it is not installed."""
-    found = shutil.which("mosquitto")
-    if found:
-        return found
-    return "/usr/sbin/mosquitto" if Path("/usr/sbin/mosquitto").is_file() else None
-
-
-def free_port() -> int:
-    """A TCP port free on 127.0.0.1 right now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class Broker:
-    """A private Mosquitto on a free loopback port, which can be stopped and started again on the same port."""
-
-    def __init__(self, workdir: Path, port: int | None = None) -> None:
-        binary = mosquitto_binary()
-        if binary is None:
-            raise FileNotFoundError("mosquitto is not installed (apt-get install -y mosquitto mosquitto-clients)")
-        self.binary = binary
-        self.port = port or free_port()
-        self.workdir = workdir
-        workdir.mkdir(parents=True, exist_ok=True)
-        self.conf = workdir / "mosquitto.conf"
-        self.conf.write_text(
-            f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence true\n"
-            f"persistence_location {workdir}/\nautosave_interval 60\n"
-            # Never drop: no per-client queue or in-flight limits, no message size limit.
-            "max_queued_messages 1000000\nmax_queued_bytes 0\nmax_inflight_messages 0\n"
-            # Started as root, mosquitto drops to its own user, which cannot write our temp dir.
-            "message_size_limit 0\n" + ("user root\n" if os.geteuid() == 0 else "")
-        )
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        """Start it and wait until it accepts connections (10 s at most)."""
-        with open(self.workdir / "log", "ab") as log:  # the child keeps its own copy of the descriptor
-            self.proc = subprocess.Popen([self.binary, "-c", str(self.conf)], stdout=subprocess.DEVNULL, stderr=log)
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
-                return
-            except OSError:
-                time.sleep(0.02)
-        raise RuntimeError(f"mosquitto did not start on port {self.port}: {(self.workdir / 'log').read_text()}")
-
-    def stop(self) -> None:
-        """Stop it (SIGTERM, then SIGKILL after 10 s)."""
-        if self.proc is not None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-            self.proc = None
-
-    def __enter__(self) -> Broker:
-        self.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()

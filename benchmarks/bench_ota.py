@@ -896,7 +896,7 @@ def main() -> int:
     t_start = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="bench-ota-", dir=CACHE) as name:
         tmp = Path(name)
-        broker = Broker(tmp / "broker")
+        broker = Broker(tmp / "broker", autosave_s=60)
         # no persistence: an autosave of 50 MB of retained chunks must not land inside a timed round
         broker.conf.write_text(broker.conf.read_text().replace("persistence true", "persistence false"))
         broker.start()

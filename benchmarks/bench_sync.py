@@ -668,7 +668,7 @@ def main() -> int:
     results: list[tuple[str, bool]] = []
     with tempfile.TemporaryDirectory(prefix="bench-sync-", dir=CACHE) as name:
         tmp = Path(name)
-        broker = Broker(tmp / "broker")
+        broker = Broker(tmp / "broker", autosave_s=60)
         broker.start()
         print(f"private broker: {broker.binary} on 127.0.0.1:{broker.port} (config {broker.conf})")
         try:

@@ -12,6 +12,10 @@ from pathlib import Path
 
 import pytest
 
+from tools.broker import Broker, free_port
+
+__all__ = ["Broker", "free_port"]
+
 ROOT = Path(__file__).resolve().parent.parent
 DIGITS = ROOT / "models" / "digits"
 SAMPLES = DIGITS / "samples"
@@ -106,66 +110,6 @@ def no_logged_errors(caplog: pytest.LogCaptureFixture, request: pytest.FixtureRe
         return
     bad = [r for r in caplog.get_records("call") if r.levelno >= logging.ERROR and r.name.startswith("edgerun")]
     assert not bad, f"edgerun logged errors: {[r.getMessage() for r in bad]}"
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class Broker:
-    """A private Mosquitto on a free loopback port, which tests can stop and start again."""
-
-    def __init__(self, workdir: Path, port: int | None = None, extra_conf: str = "") -> None:
-        self.port = port or free_port()
-        self.workdir = workdir
-        workdir.mkdir(parents=True, exist_ok=True)
-        self.conf = workdir / "mosquitto.conf"
-        self.conf.write_text(
-            f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence true\n"
-            f"persistence_location {workdir}/\nautosave_interval 1\n"
-            # Broker acknowledgement is not delivery: the default queue limit of 1000 per
-            # client dropped QoS 1 messages in tests (BASELINES.md).
-            "max_queued_messages 1000000\nmax_inflight_messages 0\n"
-            # Started as root, mosquitto drops to its own user, which cannot write our temp dir.
-            + ("user root\n" if os.geteuid() == 0 else "")
-            + extra_conf
-        )
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        import socket
-        import time
-
-        binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
-        with open(self.workdir / "log", "ab") as log:  # the child keeps its own copy of the descriptor
-            self.proc = subprocess.Popen([binary, "-c", str(self.conf)], stdout=subprocess.DEVNULL, stderr=log)
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
-                return
-            except OSError:
-                time.sleep(0.05)
-        raise RuntimeError(f"mosquitto did not start on port {self.port}: {(self.workdir / 'log').read_text()}")
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-            self.proc = None
-
-    @property
-    def url(self) -> str:
-        return f"mqtt://127.0.0.1:{self.port}"
 
 
 @pytest.fixture(scope="session")
