@@ -88,6 +88,18 @@ def make_test_jpeg(path: Path, width: int = 640, height: int = 480, seed: int = 
     return path
 
 
+def make_images(folder: Path, n: int, size: tuple[int, int], first_seed: int) -> Path:
+    """``n`` deterministic colour JPEGs of ``size`` (smooth noise, one seed each), written once."""
+    done = folder / ".complete"
+    if done.is_file():
+        return folder
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        make_test_jpeg(folder / f"img_{i:04d}.jpg", *size, seed=first_seed + i)
+    done.write_text(str(n))
+    return folder
+
+
 @dataclass
 class Samples:
     """Per-call times (seconds) of one candidate, kept per round."""

@@ -51,7 +51,7 @@ from _common import (
     MOBILENET_DIR,
     REPO,
     machine_summary,
-    make_test_jpeg,
+    make_images,
     parse_args,
     print_table,
     spread,
@@ -99,18 +99,6 @@ def make_video(path: Path, frames: int = VIDEO_FRAMES) -> Path:
     writer.release()
     tmp.replace(path)
     return path
-
-
-def make_images(folder: Path, n: int = N_IMAGES) -> Path:
-    """``n`` deterministic 320x240 colour JPEGs (smooth noise, a different seed each), written once."""
-    done = folder / ".complete"
-    if done.is_file():
-        return folder
-    folder.mkdir(parents=True, exist_ok=True)
-    for i in range(n):
-        make_test_jpeg(folder / f"img_{i:04d}.jpg", *IMAGE_SIZE, seed=1000 + i)
-    done.write_text(str(n))
-    return folder
 
 
 # -- bare runtimes and sinks ----------------------------------------------------------------------------
@@ -656,7 +644,7 @@ def main() -> int:
     CACHE.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     video = make_video(CACHE / f"video_{VIDEO_SIZE[0]}x{VIDEO_SIZE[1]}_{VIDEO_FRAMES}.mp4")
-    images = make_images(CACHE / f"jpeg_{IMAGE_SIZE[0]}x{IMAGE_SIZE[1]}_{N_IMAGES}")
+    images = make_images(CACHE / f"jpeg_{IMAGE_SIZE[0]}x{IMAGE_SIZE[1]}_{N_IMAGES}", N_IMAGES, IMAGE_SIZE, 1000)
     print(f"inputs in {CACHE} ({time.perf_counter() - t0:.1f} s to check or generate)")
     results: list[tuple[str, bool]] = []
     results += video_part(video, rounds=2 if args.quick else 5)

@@ -55,7 +55,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import DIGITS_DIR, REPO, machine_summary, make_test_jpeg, parse_args, print_table, spread, verdict
+from _common import DIGITS_DIR, REPO, machine_summary, make_images, parse_args, print_table, spread, verdict
 from _mqtt import Broker, mosquitto_binary
 
 PY = sys.executable
@@ -71,18 +71,6 @@ MODEL = "digits"
 
 
 # -- inputs -----------------------------------------------------------------------------------------------
-
-
-def make_images(folder: Path, n: int = N_IMAGES) -> Path:
-    """``n`` deterministic 32x32 colour JPEGs (smooth noise, a different seed each), written once."""
-    done = folder / ".complete"
-    if done.is_file():
-        return folder
-    folder.mkdir(parents=True, exist_ok=True)
-    for i in range(n):
-        make_test_jpeg(folder / f"img_{i:04d}.jpg", *IMAGE_SIZE, seed=5000 + i)
-    done.write_text(str(n))
-    return folder
 
 
 def results_record(i: int) -> dict[str, Any]:
@@ -664,7 +652,7 @@ def main() -> int:
         return 0
     subprocess.run([PY, "-m", "compileall", "-q", str(REPO / "edgerun")], check=True)
     CACHE.mkdir(parents=True, exist_ok=True)
-    images = make_images(CACHE / f"jpeg_{IMAGE_SIZE[0]}x{IMAGE_SIZE[1]}_{N_IMAGES}")
+    images = make_images(CACHE / f"jpeg_{IMAGE_SIZE[0]}x{IMAGE_SIZE[1]}_{N_IMAGES}", N_IMAGES, IMAGE_SIZE, 5000)
     results: list[tuple[str, bool]] = []
     with tempfile.TemporaryDirectory(prefix="bench-sync-", dir=CACHE) as name:
         tmp = Path(name)

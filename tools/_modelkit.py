@@ -22,7 +22,7 @@ import io
 import statistics
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -332,6 +332,28 @@ def write_card(path: Path, card: dict[str, Any], script: str) -> None:
     """Write an edgerun model card (YAML) with a provenance header comment."""
     text = yaml.dump(card, Dumper=_CardDumper, sort_keys=False, default_flow_style=False, width=100)
     path.write_text(f"# edgerun model card (written by {script})\n{text}", encoding="utf-8")
+
+
+def export_variants(
+    model: Any, out: Path, stem: str, input_shape: Sequence[int], calibration: np.ndarray
+) -> dict[str, Path]:
+    """Write ``<stem>_{fp32,int8}.{onnx,tflite}`` from a Keras model; INT8 calibrated on ``calibration``."""
+    paths = {
+        "fp32_onnx": out / f"{stem}_fp32.onnx",
+        "int8_onnx": out / f"{stem}_int8.onnx",
+        "fp32_tflite": out / f"{stem}_fp32.tflite",
+        "int8_tflite": out / f"{stem}_int8.tflite",
+    }
+    export_onnx(model, paths["fp32_onnx"], input_shape, output_name="logits")
+    quantize_onnx(paths["fp32_onnx"], paths["int8_onnx"], calibration)
+    paths["fp32_tflite"].write_bytes(export_tflite(model, input_shape))
+    paths["int8_tflite"].write_bytes(export_tflite(model, input_shape, calibration))
+    return paths
+
+
+def runners(paths: dict[str, Path]) -> dict[str, Any]:
+    """A runner (float batch in, float scores out) for each written file, by key."""
+    return {key: (OnnxRunner if path.suffix == ".onnx" else TfliteRunner)(path) for key, path in paths.items()}
 
 
 def size_kib(path: Path) -> str:

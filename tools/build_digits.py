@@ -140,18 +140,8 @@ def main(argv: list[str] | None = None) -> int:
     keras_acc = float(np.mean(np.argmax(model.predict(x_test, verbose=0), axis=1) == y_test))
     print(f"model: {model.count_params()} parameters, Keras held-out accuracy {keras_acc:.4f}")
 
-    paths = {
-        "fp32_onnx": out / "digits_fp32.onnx",
-        "int8_onnx": out / "digits_int8.onnx",
-        "fp32_tflite": out / "digits_fp32.tflite",
-        "int8_tflite": out / "digits_int8.tflite",
-    }
-    mk.export_onnx(model, paths["fp32_onnx"], INPUT_SHAPE, output_name="logits")
-    mk.quantize_onnx(paths["fp32_onnx"], paths["int8_onnx"], x_train)
-    paths["fp32_tflite"].write_bytes(mk.export_tflite(model, INPUT_SHAPE))
-    paths["int8_tflite"].write_bytes(mk.export_tflite(model, INPUT_SHAPE, x_train))
-
-    runners = {key: (mk.OnnxRunner if path.suffix == ".onnx" else mk.TfliteRunner)(path) for key, path in paths.items()}
+    paths = mk.export_variants(model, out, "digits", INPUT_SHAPE, x_train)
+    runners = mk.runners(paths)
     x_png = png_roundtrip(raw_test)
     accuracy: dict[str, float] = {}
     correct: dict[str, np.ndarray] = {}

@@ -434,18 +434,8 @@ def main(argv: list[str] | None = None) -> int:
     )
 
     calibration = x_train[np.random.default_rng(SEED).permutation(len(x_train))[:CALIBRATION_WINDOWS]]
-    paths = {
-        "fp32_onnx": out / "vibration_fp32.onnx",
-        "int8_onnx": out / "vibration_int8.onnx",
-        "fp32_tflite": out / "vibration_fp32.tflite",
-        "int8_tflite": out / "vibration_int8.tflite",
-    }
-    mk.export_onnx(model, paths["fp32_onnx"], INPUT_SHAPE, output_name="logits")
-    mk.quantize_onnx(paths["fp32_onnx"], paths["int8_onnx"], calibration)
-    paths["fp32_tflite"].write_bytes(mk.export_tflite(model, INPUT_SHAPE))
-    paths["int8_tflite"].write_bytes(mk.export_tflite(model, INPUT_SHAPE, calibration))
-
-    runners = {key: (mk.OnnxRunner if path.suffix == ".onnx" else mk.TfliteRunner)(path) for key, path in paths.items()}
+    paths = mk.export_variants(model, out, "vibration", INPUT_SHAPE, calibration)
+    runners = mk.runners(paths)
     accuracy: dict[str, float] = {}
     rec_correct: dict[str, np.ndarray] = {}
     for key, run in runners.items():
