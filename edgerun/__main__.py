@@ -1,5 +1,5 @@
 """``python -m edgerun`` is the ``edgerun`` command."""
 
-from edgerun.cli.main import main
+from edgerun.cli.main import entry
 
-raise SystemExit(main())
+entry()

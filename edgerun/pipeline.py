@@ -15,7 +15,8 @@ Invariants:
   that is counted and reported, and the run goes on;
 * a stage that fails unexpectedly stops the run: the source is closed, what is in
   flight is finished and flushed, and ``run()`` raises ``PipelineError`` naming
-  the stage;
+  the stage (or the ``BrokenPipeError`` itself when the reader of a sink's
+  stream went away, as under ``| head``, which callers end on quietly);
 * ``stop()`` (from SIGINT/SIGTERM) closes the source; everything already read is
   still processed and every sink is closed (flushed) exactly once.
 """
@@ -143,7 +144,9 @@ class Pipeline:
         with self._lock:
             if self._failure is None:
                 self._failure = (stage, exc)
-        if isinstance(exc, EdgerunError):
+        if isinstance(exc, BrokenPipeError):
+            log.debug("pipeline stage %s: the reader went away", stage)
+        elif isinstance(exc, (EdgerunError, OSError)):  # bad input, a full disk: not bugs
             log.warning("pipeline stage %s failed: %s", stage, exc)
         else:
             log.error("pipeline stage %s failed: %s", stage, exc, exc_info=True)
@@ -352,5 +355,7 @@ class Pipeline:
             self.summary.stages_ms = totals["stages_ms"] if totals else {}
         if self._failure is not None:
             stage, cause = self._failure
+            if isinstance(cause, BrokenPipeError):
+                raise cause  # the reader of stdout went away (`| head`): the caller ends quietly
             raise PipelineError(f"{stage}: {cause}") from cause
         return self.summary

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from tests.conftest import DIGITS, SAMPLES, FakeTree, run_cli
+from tests.conftest import DIGITS, ROOT, SAMPLES, FakeTree, run_cli
 
 
 def _assert_clean_errors(stderr: str, count: int) -> None:
@@ -40,6 +42,18 @@ def test_predict_json_prints_one_record_per_input(model: str) -> None:
         assert r["output"][0]["label"] == expected
         assert (r["model"], r["version"]) == ("digits", "1.0.0")
         assert r["latency_ms"] > 0
+
+
+def test_a_reader_that_goes_away_ends_predict_quietly_with_exit_1() -> None:
+    """``edgerun predict ... | head -1``: far more output than a pipe holds, then the reader closes."""
+    cmd = [sys.executable, "-m", "edgerun", "predict", str(DIGITS / "digits_int8.tflite"), *[str(SAMPLES)] * 600]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert proc.stdout is not None and proc.stderr is not None
+    assert proc.stdout.readline().startswith("# digits 1.0.0")
+    proc.stdout.close()
+    stderr = proc.stderr.read()
+    assert proc.wait(timeout=120) == 1
+    assert stderr == ""
 
 
 def test_predict_table_output_and_top_k() -> None:

@@ -144,8 +144,7 @@ def test_a_source_that_fails_midway_stops_the_run_naming_the_source(model: edger
 def test_stop_finishes_what_is_in_flight_and_flushes(tmp_path: Path, model: edgerun.Model) -> None:
     source = CountingSource(_copies(tmp_path, 200))
     sink = ListSink(delay_s=0.002)
-    pipeline = Pipeline(source, model, [sink], queue_size=2)
-    threading.Timer(0.05, pipeline.stop, args=("SIGTERM",)).start()
+    pipeline = Pipeline(source, model, [sink], queue_size=2, on_result=lambda _: pipeline.stop("SIGTERM"))
     summary = pipeline.run()
     assert summary.stopped_by == "SIGTERM"
     assert 0 < summary.frames < 200
