@@ -3,8 +3,15 @@
 Bound to 127.0.0.1 by default; the config refuses any other address without a
 bearer token. FastAPI reads the endpoints' annotations at run time, so its
 types are imported at module level here. Every error is a 4xx with one clear message and nothing about the
-models for a caller without the token. Requests to a model whose batch
-dimension is dynamic are grouped into batches (``batch_max_size`` within
+models for a caller without the token.
+
+Predict is the hot path and is answered as plain ASGI by ``_Predictor``, in
+front of FastAPI's routing (the route stays declared, for the OpenAPI document,
+and answers through the same ``_Predictor`` if ever reached). An array request
+to a model whose requests take well under a millisecond runs on the event loop
+itself: any hand-off to a thread costs more than such a model. Other requests
+run in the thread pool, and concurrent ones to a model whose batch dimension is
+dynamic are grouped into batches (``batch_max_size`` within
 ``batch_max_wait_ms``) by one batching thread per model.
 """
 
@@ -14,14 +21,15 @@ import hmac
 import json
 import logging
 import queue
+import re
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import Future
 from typing import Any
 
 import numpy as np
-from fastapi import FastAPI, HTTPException, Request, Response
+from fastapi import FastAPI, Request, Response
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse
 from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
@@ -130,8 +138,150 @@ def _decode_body(body: bytes, content_type: str) -> Any:
     return body  # image bytes, decoded (and checked) by the model's preprocessing
 
 
+_PREDICT = re.compile(r"^/v1/models/([^/]+)/predict$")
+_JSON = (b"content-type", b"application/json")
+
+
+async def _send_json(send: Any, status: int, body: bytes, *headers: tuple[bytes, bytes]) -> None:
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [_JSON, (b"content-length", str(len(body)).encode()), *headers],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
+def _dumps(data: Any) -> bytes:
+    return json.dumps(data, separators=(",", ":")).encode()
+
+
+class _ClientGone(Exception):
+    """The client disconnected before its request body arrived."""
+
+
+class _Refused(Exception):
+    def __init__(self, status: int, detail: str) -> None:
+        super().__init__(detail)
+        self.status, self.detail = status, detail
+
+
+class _Predictor:
+    """``POST /v1/models/{name}/predict``: one input (image bytes, .npy, JSON array) in, one record out."""
+
+    #: A model whose warm-up call took less than this answers array requests on the event
+    #: loop: handing a request to a thread and back costs ~50-100 us, more than such a model.
+    INLINE_MS = 0.5
+
+    def __init__(self, slots: dict[str, ModelSlot], metrics: Metrics, config: ApiConfig) -> None:
+        self.slots, self.metrics, self.config = slots, metrics, config
+        self.max_bytes = int(config.max_request_mb * 1024 * 1024)
+        self.batchers: dict[str, Batcher] = {}
+        self._threaded = 0  # requests in the thread pool now: with one alone, no batching hand-off
+
+    async def asgi(self, name: str, scope: Any, receive: Any, send: Any) -> None:
+        """Answer a request straight from the ASGI scope."""
+        headers = dict(scope["headers"])
+        content_type = headers.get(b"content-type", b"application/octet-stream").decode("latin-1")
+        declared = headers.get(b"content-length", b"").decode("latin-1") or None
+        try:
+            status, body = await self.answer(name, content_type, declared, self._chunks(receive))
+        except _ClientGone:
+            return
+        await _send_json(send, status, body)
+
+    @staticmethod
+    async def _chunks(receive: Any) -> AsyncIterator[bytes]:
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                raise _ClientGone
+            yield message.get("body", b"")
+            if not message.get("more_body", False):
+                return
+
+    async def answer(
+        self, name: str, content_type: str, declared: str | None, chunks: AsyncIterator[bytes]
+    ) -> tuple[int, bytes]:
+        """(status, JSON body) for one request; every refusal is ``{"detail": "<one line>"}``."""
+        try:
+            slot = self.slots.get(name)
+            if slot is None:
+                raise _Refused(404, f"no model named {name!r}")
+            if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
+                raise _Refused(413, f"request of {declared} bytes is over the {self.max_bytes}-byte limit")
+            body = b""
+            async for chunk in chunks:
+                body += chunk
+                if len(body) > self.max_bytes:
+                    raise _Refused(413, f"request is over the {self.max_bytes}-byte limit")
+            data = _decode_body(body, content_type)
+            run_ms = slot.primary.run_ms
+            if isinstance(data, np.ndarray) and run_ms is not None and run_ms < self.INLINE_MS:
+                record = self._infer(slot, data, batch=False)
+            else:
+                self._threaded += 1
+                try:
+                    record = await run_in_threadpool(self._infer, slot, data, True)
+                finally:
+                    self._threaded -= 1
+            return 200, _dumps(record)
+        except _Refused as exc:
+            return exc.status, _dumps({"detail": exc.detail})
+        except InputError as exc:
+            return 422, _dumps({"detail": str(exc)})
+        except EdgerunError as exc:
+            return 500, _dumps({"detail": str(exc)})
+
+    def _infer(self, slot: ModelSlot, data: Any, batch: bool) -> dict[str, Any]:
+        model = slot.get()
+        t0 = time.perf_counter()
+        try:
+            tensor = model.prepare(data, name="request")
+            if tensor.shape[:1] != (1,):
+                raise InputError(f"a request carries one input (batch of 1), got a batch of {tensor.shape[0]}")
+            pre = (time.perf_counter() - t0) * 1e3
+            batcher = self._batcher(slot) if batch and (self._threaded > 1) else None
+            dynamic = len(model.inputs) == 1 and model.inputs[0].shape[:1] == (None,)
+            if batcher is not None and dynamic:
+                outputs, row, infer = batcher.submit(model, tensor).result(timeout=60)
+            else:
+                t1 = time.perf_counter()
+                outputs, row = model.run(tensor), 0
+                infer = (time.perf_counter() - t1) * 1e3
+            t2 = time.perf_counter()
+            output = model.postprocess(outputs, row)
+            post = (time.perf_counter() - t2) * 1e3
+        except EdgerunError:
+            self.metrics.error(model.name, model.version, model.delegate)
+            raise
+        total = pre + infer + post
+        self.metrics.record(
+            model.name, model.version, model.delegate, {"pre": pre, "infer": infer, "post": post, "total": total}
+        )
+        return {
+            "input": "request",
+            "model": model.name,
+            "version": model.version,
+            "delegate": model.delegate,
+            "output": output,
+            "latency_ms": round(total, 3),
+        }
+
+    def _batcher(self, slot: ModelSlot) -> Batcher | None:
+        if self.config.batch_max_size <= 1:
+            return None
+        batcher = self.batchers.get(slot.name)
+        if batcher is None:
+            batcher = self.batchers[slot.name] = Batcher(
+                self.config.batch_max_size, self.config.batch_max_wait_ms / 1000
+            )
+        return batcher
+
+
 class _Guard:
-    """Bearer token and concurrency limit, as plain ASGI middleware.
+    """Bearer token, concurrency limit and the predict fast path, as plain ASGI middleware.
 
     Starlette's ``@app.middleware("http")`` wraps every request in a second task
     and stream; that alone cost a third of the requests per second in
@@ -140,10 +290,11 @@ class _Guard:
 
     PUBLIC = frozenset({"/", "/health", "/docs", "/openapi.json"})  # the page holds no data itself
 
-    def __init__(self, app: Any, token: str | None, max_concurrency: int) -> None:
+    def __init__(self, app: Any, token: str | None, max_concurrency: int, predictor: _Predictor) -> None:
         self.app = app
         self._expected = f"Bearer {token}".encode() if token is not None else None
         self._max = max_concurrency
+        self._predictor = predictor
         self._in_flight = 0  # one event loop: no lock needed between awaits
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
@@ -154,25 +305,20 @@ class _Guard:
         if self._expected is not None and path not in self.PUBLIC:
             given = next((v for k, v in scope["headers"] if k == b"authorization"), b"")
             if not hmac.compare_digest(given, self._expected):
-                response = JSONResponse(
-                    {"detail": "missing or wrong bearer token"}, status_code=401, headers={"WWW-Authenticate": "Bearer"}
-                )
-                await response(scope, receive, send)
+                detail = _dumps({"detail": "missing or wrong bearer token"})
+                await _send_json(send, 401, detail, (b"www-authenticate", b"Bearer"))
                 return
-        if not path.endswith("/predict"):
+        predict = _PREDICT.match(path) if scope["method"] == "POST" else None
+        if predict is None:
             await self.app(scope, receive, send)
             return
         if self._in_flight >= self._max:
-            response = JSONResponse(
-                {"detail": "too many requests in progress; retry shortly"},
-                status_code=429,
-                headers={"Retry-After": "1"},
-            )
-            await response(scope, receive, send)
+            detail = _dumps({"detail": "too many requests in progress; retry shortly"})
+            await _send_json(send, 429, detail, (b"retry-after", b"1"))
             return
         self._in_flight += 1
         try:
-            await self.app(scope, receive, send)
+            await self._predictor.asgi(predict.group(1), scope, receive, send)
         finally:
             self._in_flight -= 1
 
@@ -215,53 +361,16 @@ def create_app(
     """The FastAPI application serving ``slots``."""
     from edgerun import __version__
 
-    token = config.resolved_token()
-    max_bytes = int(config.max_request_mb * 1024 * 1024)
-    batchers: dict[str, Batcher] = {}
-    busy = [0]
+    predictor = _Predictor(slots, metrics, config)
     app = FastAPI(
         title="edgerun",
         version=__version__,
         description="Local inference API of an edgerun device: predict, models, health, metrics.",
     )
-    app.state.batchers = batchers
-
-    app.add_middleware(_Guard, token=token, max_concurrency=config.max_concurrency)
-
-    def _infer(slot: ModelSlot, data: Any) -> dict[str, Any]:
-        model = slot.get()
-        t0 = time.perf_counter()
-        try:
-            tensor = model.prepare(data, name="request")
-            if tensor.shape[:1] != (1,):
-                raise InputError(f"a request carries one input (batch of 1), got a batch of {tensor.shape[0]}")
-            pre = (time.perf_counter() - t0) * 1e3
-            batcher = batchers.get(slot.name)
-            dynamic = len(model.inputs) == 1 and model.inputs[0].shape[:1] == (None,)
-            if batcher is not None and dynamic and (batcher.pending or busy[0] > 1):
-                outputs, row, infer = batcher.submit(model, tensor).result(timeout=60)
-            else:
-                t1 = time.perf_counter()
-                outputs, row = model.run(tensor), 0
-                infer = (time.perf_counter() - t1) * 1e3
-            t2 = time.perf_counter()
-            output = model.postprocess(outputs, row)
-            post = (time.perf_counter() - t2) * 1e3
-        except EdgerunError:
-            metrics.error(model.name, model.version, model.delegate)
-            raise
-        total = pre + infer + post
-        metrics.record(
-            model.name, model.version, model.delegate, {"pre": pre, "infer": infer, "post": post, "total": total}
-        )
-        return {
-            "input": "request",
-            "model": model.name,
-            "version": model.version,
-            "delegate": model.delegate,
-            "output": output,
-            "latency_ms": round(total, 3),
-        }
+    app.state.batchers = predictor.batchers
+    app.add_middleware(
+        _Guard, token=config.resolved_token(), max_concurrency=config.max_concurrency, predictor=predictor
+    )
 
     @app.post(
         "/v1/models/{name}/predict",
@@ -284,32 +393,12 @@ def create_app(
         },
     )
     async def predict(name: str, request: Request) -> Any:
-        slot = slots.get(name)
-        if slot is None:
-            raise HTTPException(404, f"no model named {name!r}")
-        declared = request.headers.get("content-length")
-        if declared is not None and declared.isdigit() and int(declared) > max_bytes:
-            raise HTTPException(413, f"request of {declared} bytes is over the {max_bytes}-byte limit")
-        body = b""
-        async for chunk in request.stream():
-            body += chunk
-            if len(body) > max_bytes:
-                raise HTTPException(413, f"request is over the {max_bytes}-byte limit")
-        try:
-            data = _decode_body(body, request.headers.get("content-type", "application/octet-stream"))
-            if slot.name not in batchers and config.batch_max_size > 1:
-                batchers[slot.name] = Batcher(config.batch_max_size, config.batch_max_wait_ms / 1000)
-            busy[0] += 1  # requests between here and their answer: with one alone, no batching hand-off
-            try:
-                record = await run_in_threadpool(_infer, slot, data)
-                # A Response skips response_model validation (documented, not re-checked per request).
-                return Response(json.dumps(record, separators=(",", ":")), media_type="application/json")
-            finally:
-                busy[0] -= 1
-        except InputError as exc:
-            raise HTTPException(422, str(exc)) from None
-        except EdgerunError as exc:
-            raise HTTPException(500, str(exc)) from None
+        # Reached only where the guard does not answer first (it serves every POST here).
+        content_type = request.headers.get("content-type", "application/octet-stream")
+        status, body = await predictor.answer(
+            name, content_type, request.headers.get("content-length"), request.stream()
+        )
+        return Response(body, status_code=status, media_type="application/json")
 
     @app.get("/v1/models", summary="Models served: version, format, delegate, tensors, card")
     async def models() -> Any:
