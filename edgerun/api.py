@@ -17,6 +17,7 @@ dynamic are grouped into batches (``batch_max_size`` within
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import json
 import logging
@@ -24,7 +25,7 @@ import queue
 import re
 import threading
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import Future
 from typing import Any
 
@@ -95,20 +96,30 @@ class Batcher:
 
     @staticmethod
     def _call(model: Model, group: list[tuple[np.ndarray, Future[Any]]]) -> None:
-        t0 = time.perf_counter()
-        try:
-            outputs = model.run(np.concatenate([t for t, _ in group]))
-        except BaseException as exc:
-            for _, f in group:
-                f.set_exception(exc)
-            return
-        share = (time.perf_counter() - t0) * 1e3 / len(group)
-        for row, (_, f) in enumerate(group):
-            f.set_result((outputs, row, share))
+        _run_group(model, group)
 
     def close(self) -> None:
         """Stop the batching thread after what is queued."""
         self._queue.put(None)
+
+
+def _run_group(model: Model, group: Sequence[tuple[np.ndarray, Any]]) -> None:
+    """One call for a group of batch-of-one tensors; each future gets ``(outputs, row, infer_ms)``.
+
+    Works with thread futures and asyncio futures alike (``set_result``/``set_exception``).
+    """
+    t0 = time.perf_counter()
+    try:
+        outputs = model.run(np.concatenate([t for t, _ in group]) if len(group) > 1 else group[0][0])
+    except BaseException as exc:
+        for _, f in group:
+            if not f.done():  # a request whose client went away is cancelled
+                f.set_exception(exc)
+        return
+    share = (time.perf_counter() - t0) * 1e3 / len(group)
+    for row, (_, f) in enumerate(group):
+        if not f.done():
+            f.set_result((outputs, row, share))
 
 
 def _decode_body(body: bytes, content_type: str) -> Any:
@@ -179,6 +190,8 @@ class _Predictor:
         self.max_bytes = int(config.max_request_mb * 1024 * 1024)
         self.batchers: dict[str, Batcher] = {}
         self._threaded = 0  # requests in the thread pool now: with one alone, no batching hand-off
+        self._gathered: list[tuple[Model, np.ndarray, asyncio.Future[Any]]] = []  # for the next loop turn
+        self.largest_batch = 0  # the most requests one call on the event loop has carried
 
     async def asgi(self, name: str, scope: Any, receive: Any, send: Any) -> None:
         """Answer a request straight from the ASGI scope."""
@@ -219,7 +232,7 @@ class _Predictor:
             data = _decode_body(body, content_type)
             run_ms = slot.primary.run_ms
             if isinstance(data, np.ndarray) and run_ms is not None and run_ms < self.INLINE_MS:
-                record = self._infer(slot, data, batch=False)
+                record = await self._infer_on_loop(slot, data)
             else:
                 self._threaded += 1
                 try:
@@ -235,27 +248,66 @@ class _Predictor:
             return 500, _dumps({"detail": str(exc)})
 
     def _infer(self, slot: ModelSlot, data: Any, batch: bool) -> dict[str, Any]:
+        """In a pool thread: concurrent requests go through the model's batching thread."""
         model = slot.get()
-        t0 = time.perf_counter()
         try:
-            tensor = model.prepare(data, name="request")
-            if tensor.shape[:1] != (1,):
-                raise InputError(f"a request carries one input (batch of 1), got a batch of {tensor.shape[0]}")
-            pre = (time.perf_counter() - t0) * 1e3
-            batcher = self._batcher(slot) if batch and (self._threaded > 1) else None
-            dynamic = len(model.inputs) == 1 and model.inputs[0].shape[:1] == (None,)
-            if batcher is not None and dynamic:
+            tensor, pre = self._prepare(model, data)
+            batcher = self._batcher(slot) if batch and self._threaded > 1 and _dynamic(model) else None
+            if batcher is not None:
                 outputs, row, infer = batcher.submit(model, tensor).result(timeout=60)
             else:
-                t1 = time.perf_counter()
-                outputs, row = model.run(tensor), 0
-                infer = (time.perf_counter() - t1) * 1e3
-            t2 = time.perf_counter()
-            output = model.postprocess(outputs, row)
-            post = (time.perf_counter() - t2) * 1e3
+                outputs, row, infer = self._run_alone(model, tensor)
+            return self._record(model, outputs, row, pre, infer)
         except EdgerunError:
             self.metrics.error(model.name, model.version, model.delegate)
             raise
+
+    async def _infer_on_loop(self, slot: ModelSlot, data: np.ndarray) -> dict[str, Any]:
+        """On the event loop: requests that arrive in the same turn of the loop share one call."""
+        model = slot.get()
+        try:
+            tensor, pre = self._prepare(model, data)
+            if self.config.batch_max_size > 1 and _dynamic(model):
+                future = asyncio.get_running_loop().create_future()
+                if not self._gathered:
+                    asyncio.get_running_loop().call_soon(self._flush)
+                self._gathered.append((model, tensor, future))
+                outputs, row, infer = await future
+            else:
+                outputs, row, infer = self._run_alone(model, tensor)
+            return self._record(model, outputs, row, pre, infer)
+        except EdgerunError:
+            self.metrics.error(model.name, model.version, model.delegate)
+            raise
+
+    def _flush(self) -> None:
+        gathered, self._gathered = self._gathered, []
+        size = self.config.batch_max_size
+        for model in {id(m): m for m, _, _ in gathered}.values():  # one call per model version
+            group = [(t, f) for m, t, f in gathered if m is model]
+            for start in range(0, len(group), size):
+                chunk = group[start : start + size]
+                self.largest_batch = max(self.largest_batch, len(chunk))
+                _run_group(model, chunk)
+
+    @staticmethod
+    def _prepare(model: Model, data: Any) -> tuple[np.ndarray, float]:
+        t0 = time.perf_counter()
+        tensor = model.prepare(data, name="request")
+        if tensor.shape[:1] != (1,):
+            raise InputError(f"a request carries one input (batch of 1), got a batch of {tensor.shape[0]}")
+        return tensor, (time.perf_counter() - t0) * 1e3
+
+    @staticmethod
+    def _run_alone(model: Model, tensor: np.ndarray) -> tuple[list[np.ndarray], int, float]:
+        t0 = time.perf_counter()
+        outputs = model.run(tensor)
+        return outputs, 0, (time.perf_counter() - t0) * 1e3
+
+    def _record(self, model: Model, outputs: list[np.ndarray], row: int, pre: float, infer: float) -> dict[str, Any]:
+        t0 = time.perf_counter()
+        output = model.postprocess(outputs, row)
+        post = (time.perf_counter() - t0) * 1e3
         total = pre + infer + post
         self.metrics.record(
             model.name, model.version, model.delegate, {"pre": pre, "infer": infer, "post": post, "total": total}
@@ -278,6 +330,11 @@ class _Predictor:
                 self.config.batch_max_size, self.config.batch_max_wait_ms / 1000
             )
         return batcher
+
+
+def _dynamic(model: Model) -> bool:
+    """Whether calls to the model can carry a batch (one input, dynamic first dimension)."""
+    return len(model.inputs) == 1 and model.inputs[0].shape[:1] == (None,)
 
 
 class _Guard:
@@ -367,7 +424,7 @@ def create_app(
         version=__version__,
         description="Local inference API of an edgerun device: predict, models, health, metrics.",
     )
-    app.state.batchers = predictor.batchers
+    app.state.predictor = predictor
     app.add_middleware(
         _Guard, token=config.resolved_token(), max_concurrency=config.max_concurrency, predictor=predictor
     )

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import threading
 from collections.abc import Iterator
 
+import httpx
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
@@ -115,6 +117,25 @@ def test_concurrent_requests_to_a_dynamic_batch_model_are_batched_and_correct(sl
     for digit, (outputs, row, _) in enumerate(results):
         assert int(np.argmax(outputs[0][row])) == digit
     assert max(outputs[0].shape[0] for outputs, _, _ in results) > 1  # at least one real batch was formed
+
+
+def test_concurrent_array_requests_share_calls_on_the_event_loop_and_each_gets_its_own_answer(
+    slots: dict[str, ModelSlot],
+) -> None:
+    model = slots["digits"].primary
+    assert model.run_ms is not None and model.run_ms < 0.5  # cheap enough to run on the loop
+    bodies = [_npy(model.prepare(SAMPLES / f"digit_{d}.png")) for d in range(10)] * 2
+    app = create_app(slots, Metrics(), ApiConfig(batch_max_size=8))
+
+    async def burst() -> list[httpx.Response]:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://edgerun") as c:
+            return await asyncio.gather(*(c.post("/v1/models/digits/predict", content=b) for b in bodies))
+
+    answers = asyncio.run(burst())
+    assert [r.status_code for r in answers] == [200] * 20
+    assert [r.json()["output"][0]["label"] for r in answers] == [str(d) for d in range(10)] * 2
+    assert 1 < app.state.predictor.largest_batch <= 8  # batches were formed, none over the limit
 
 
 def test_too_many_requests_in_progress_get_429(slots: dict[str, ModelSlot]) -> None:

@@ -65,7 +65,7 @@ def slots() -> dict[str, ModelSlot]:
 def app(slots: dict[str, ModelSlot]) -> Iterator[FastAPI]:
     application = create_app(slots, Metrics(), ApiConfig(max_request_mb=1))
     yield application
-    for batcher in application.state.batchers.values():
+    for batcher in application.state.predictor.batchers.values():
         batcher.close()
 
 
