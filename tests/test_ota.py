@@ -103,11 +103,15 @@ def own_broker(tmp_path: Path) -> Any:
     b.stop()
 
 
-def test_an_update_published_with_the_cli_is_applied_and_survives_a_restart(broker: Broker, setup: dict) -> None:
+@pytest.mark.parametrize("stream", [False, True], ids=["chunks-first", "streamed"])
+def test_an_update_published_with_the_cli_is_applied_and_survives_a_restart(
+    broker: Broker, setup: dict, stream: bool
+) -> None:
+    name = "cli-streamed" if stream else "cli1"  # its own device: retained records of the other stay
     watcher = StatusWatcher(broker.port)
-    device = Device(broker.port, setup["tmp"] / "state", setup["v1"], setup["public"], device="cli1")
+    device = Device(broker.port, setup["tmp"] / "state", setup["v1"], setup["public"], device=name)
     try:
-        watcher.wait_online_version("cli1", "1.0.0")
+        watcher.wait_online_version(name, "1.0.0")
         result = run_cli(
             "ota",
             "publish",
@@ -117,7 +121,7 @@ def test_an_update_published_with_the_cli_is_applied_and_survives_a_restart(brok
             "--version",
             "1.1.0",
             "--device",
-            "cli1",
+            name,
             "--key",
             str(setup["private"]),
             "--mqtt",
@@ -129,17 +133,18 @@ def test_an_update_published_with_the_cli_is_applied_and_survives_a_restart(brok
             "--wait",
             "--timeout",
             "60",
+            *(["--stream"] if stream else []),
         )
         assert result.returncode == 0, result.stderr + device.log()[-3000:]
         assert "active" in result.stdout
-        states = [r["state"] for r in watcher.ota("cli1")]
+        states = [r["state"] for r in watcher.ota(name)]
         assert states[0] == "received" and "verifying" in states and "validating" in states
         assert states[-1] == "active"
         assert predict_over_mqtt(broker.port, device)[-1]["version"] == "1.1.0"
         assert device.stop() == 0
-        again = Device(broker.port, setup["tmp"] / "state", setup["v1"], setup["public"], device="cli1")
+        again = Device(broker.port, setup["tmp"] / "state", setup["v1"], setup["public"], device=name)
         try:
-            watcher.wait_online_version("cli1", "1.1.0")  # the store's version, not the file given
+            watcher.wait_online_version(name, "1.1.0")  # the store's version, not the file given
             assert predict_over_mqtt(broker.port, again)[-1]["version"] == "1.1.0"
         finally:
             again.stop()
