@@ -17,6 +17,7 @@ by ``(device, epoch, seq)``; after de-duplication the order is the order of
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import queue
@@ -146,19 +147,19 @@ class MqttLink:
     def subscribe(self, topic: str, handler: Handler, qos: int = 1) -> None:
         """Call ``handler(message)`` for messages on ``topic`` (wildcards allowed); kept across reconnects."""
         self._subs[topic] = (qos, handler)
-        self._wake.set()
+        self._poke()
 
     def unsubscribe(self, topic: str) -> None:
         """Stop receiving ``topic``."""
         if self._subs.pop(topic, None) is not None:
             self._unsubscribe.put(topic)
-            self._wake.set()
+            self._poke()
 
     def publish(self, topic: str, payload: bytes | str, qos: int = 1, retain: bool = False) -> None:
         """Send now if connected, else when connected; not durable (use the outbox for that)."""
         data = payload.encode() if isinstance(payload, str) else payload
         self._direct.put((topic, data, qos, retain))
-        self._wake.set()
+        self._poke()
 
     def set_status(self, **fields: Any) -> None:
         """Change fields of the retained status record (``models``, ``accelerators``); republished if changed."""
@@ -166,11 +167,28 @@ class MqttLink:
         self._status.update(fields)
         if changed:
             self._status_dirty = True
-            self._wake.set()
+            self._poke()
 
     def notify(self) -> None:
         """New records are in the outbox."""
+        self._poke()
+
+    def _poke(self) -> None:
+        """Hand work to the link thread, waking it if it sleeps in paho's ``select``.
+
+        paho's ``loop`` also watches a socket pair of its own, which its ``publish``
+        writes to when called from another thread; paho has no public call for that,
+        so the link writes the byte itself (``_sockpairW``; where a paho lacks it, the
+        link still looks every 50 ms). One byte per batch of work: only the first poke
+        after the link took the last batch sends one.
+        """
+        if self._wake.is_set():
+            return
         self._wake.set()
+        pair = getattr(self._client, "_sockpairW", None)
+        if pair is not None:
+            with contextlib.suppress(OSError):  # full (the link is awake anyway) or closed
+                pair.send(b"\0")
 
     def start(self) -> None:
         """Start the link thread (connecting in the background)."""
@@ -188,7 +206,7 @@ class MqttLink:
         while time.monotonic() < deadline:
             if (self.outbox is None or len(self.outbox) == 0) and not self._inflight and self._direct.empty():
                 return True
-            self._wake.set()
+            self._poke()
             time.sleep(0.02)
         return False
 
@@ -202,7 +220,7 @@ class MqttLink:
             self.publish(self.topics.status, json.dumps(offline), qos=1, retain=True)
             self.wait_drained(min(2.0, flush_timeout_s))
         self._stop.set()
-        self._wake.set()
+        self._poke()
         self._thread.join(timeout=10)
         self._thread = None
 
@@ -250,17 +268,19 @@ class MqttLink:
         """Run paho's loop and our work until the connection ends or we stop.
 
         paho's ``loop`` reads one packet per call, so while the socket has more to
-        read (chunks of a model, a burst of PUBACKs) it is called again at once;
-        when nothing is in flight the link sleeps in ``select`` for up to 0.05 s
-        instead of 0.02 s: fewer idle wake-ups, while work handed over by another
-        thread (which cannot wake paho's ``select``) still waits at most 50 ms.
+        read (chunks of a model, a burst of PUBACKs) it is called again at once.
+        When nothing is in flight the link sleeps in ``select`` for up to a second
+        (0.02 s while waiting for acknowledgements); work handed over by another
+        thread wakes it at once (``_poke``), or within 50 ms with a paho that has no
+        wake-up socket.
         """
         import select
 
         mqtt = self._mqtt
+        idle = 1.0 if getattr(self._client, "_sockpairW", None) is not None else 0.05
         while not self._stop.is_set():
             busy = bool(self._inflight) or self._wake.is_set() or not self._direct.empty()
-            rc = self._client.loop(timeout=0.02 if busy else 0.05)
+            rc = self._client.loop(timeout=0.02 if busy else idle)
             sock = self._client.socket()
             for _ in range(64):
                 if rc != mqtt.MQTT_ERR_SUCCESS or sock is None or not select.select([sock], [], [], 0)[0]:
@@ -280,6 +300,7 @@ class MqttLink:
                 self._work()
 
     def _work(self) -> None:
+        self._wake.clear()  # first: a poke while this batch is taken wakes the next look
         if self._status_dirty:
             self._publish_status()
         while True:
@@ -302,7 +323,6 @@ class MqttLink:
             info = self._client.publish(topic, payload, qos=qos, retain=retain)
             self._direct_mids.add(info.mid)
         self._drain()
-        self._wake.clear()
 
     def _drain(self) -> None:
         if self.outbox is None:
