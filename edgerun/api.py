@@ -37,6 +37,7 @@ from starlette.concurrency import run_in_threadpool
 
 from edgerun.config import ApiConfig
 from edgerun.errors import EdgerunError, InputError
+from edgerun.isolation import IsolatedBackend
 from edgerun.model import Model
 from edgerun.ota.slot import ModelSlot
 from edgerun.telemetry.metrics import Metrics
@@ -183,6 +184,7 @@ class _Predictor:
 
     #: A model whose warm-up call took less than this answers array requests on the event
     #: loop: handing a request to a thread and back costs ~50-100 us, more than such a model.
+    #: Never a model in an isolated worker: a crashed worker's restart would stall the loop.
     INLINE_MS = 0.5
 
     def __init__(self, slots: dict[str, ModelSlot], metrics: Metrics, config: ApiConfig) -> None:
@@ -230,13 +232,13 @@ class _Predictor:
                 if len(body) > self.max_bytes:
                     raise _Refused(413, f"request is over the {self.max_bytes}-byte limit")
             data = _decode_body(body, content_type)
-            run_ms = slot.primary.run_ms
-            if isinstance(data, np.ndarray) and run_ms is not None and run_ms < self.INLINE_MS:
-                record = await self._infer_on_loop(slot, data)
+            model = slot.get()  # once per request: an A/B split never mixes two models
+            if isinstance(data, np.ndarray) and self._cheap(model):
+                record = await self._infer_on_loop(model, data)
             else:
                 self._threaded += 1
                 try:
-                    record = await run_in_threadpool(self._infer, slot, data, True)
+                    record = await run_in_threadpool(self._infer, slot.name, model, data)
                 finally:
                     self._threaded -= 1
             return 200, _dumps(record)
@@ -247,12 +249,15 @@ class _Predictor:
         except EdgerunError as exc:
             return 500, _dumps({"detail": str(exc)})
 
-    def _infer(self, slot: ModelSlot, data: Any, batch: bool) -> dict[str, Any]:
+    def _cheap(self, model: Model) -> bool:
+        fast = model.run_ms is not None and model.run_ms < self.INLINE_MS
+        return fast and not isinstance(model.backend, IsolatedBackend)
+
+    def _infer(self, name: str, model: Model, data: Any) -> dict[str, Any]:
         """In a pool thread: concurrent requests go through the model's batching thread."""
-        model = slot.get()
         try:
             tensor, pre = self._prepare(model, data)
-            batcher = self._batcher(slot) if batch and self._threaded > 1 and _dynamic(model) else None
+            batcher = self._batcher(name) if self._threaded > 1 and _dynamic(model) else None
             if batcher is not None:
                 outputs, row, infer = batcher.submit(model, tensor).result(timeout=60)
             else:
@@ -262,9 +267,8 @@ class _Predictor:
             self.metrics.error(model.name, model.version, model.delegate)
             raise
 
-    async def _infer_on_loop(self, slot: ModelSlot, data: np.ndarray) -> dict[str, Any]:
+    async def _infer_on_loop(self, model: Model, data: np.ndarray) -> dict[str, Any]:
         """On the event loop: requests that arrive in the same turn of the loop share one call."""
-        model = slot.get()
         try:
             tensor, pre = self._prepare(model, data)
             if self.config.batch_max_size > 1 and _dynamic(model):
@@ -321,14 +325,12 @@ class _Predictor:
             "latency_ms": round(total, 3),
         }
 
-    def _batcher(self, slot: ModelSlot) -> Batcher | None:
+    def _batcher(self, name: str) -> Batcher | None:
         if self.config.batch_max_size <= 1:
             return None
-        batcher = self.batchers.get(slot.name)
+        batcher = self.batchers.get(name)
         if batcher is None:
-            batcher = self.batchers[slot.name] = Batcher(
-                self.config.batch_max_size, self.config.batch_max_wait_ms / 1000
-            )
+            batcher = self.batchers[name] = Batcher(self.config.batch_max_size, self.config.batch_max_wait_ms / 1000)
         return batcher
 
 
