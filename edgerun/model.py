@@ -111,6 +111,11 @@ class Model:
         """The model's output tensors."""
         return self.backend.outputs
 
+    @property
+    def takes_images(self) -> bool:
+        """Whether images can be fed (the card or the tensor gives image preprocessing)."""
+        return self._preprocessor is not None
+
     def describe(self) -> dict[str, Any]:
         """A JSON-ready description: name, version, format, delegate, tensors, card."""
         return {

@@ -110,6 +110,10 @@ def run(args: argparse.Namespace) -> int:
     from edgerun.pipeline import Pipeline
     from edgerun.telemetry.metrics import Metrics
 
+    if model.takes_images and any(not ref.path.endswith(".npy") for ref in source.refs):
+        from edgerun.processing.image import preload
+
+        preload()
     metrics = Metrics()
     sync = start_sync(args, metrics, [model])
     if sync is not None and args.publish_results:
