@@ -233,14 +233,18 @@ class _Predictor:
                     raise _Refused(413, f"request is over the {self.max_bytes}-byte limit")
             data = _decode_body(body, content_type)
             model = slot.get()  # once per request: an A/B split never mixes two models
-            if isinstance(data, np.ndarray) and self._cheap(model):
-                record = await self._infer_on_loop(model, data)
-            else:
-                self._threaded += 1
-                try:
-                    record = await run_in_threadpool(self._infer, slot.name, model, data)
-                finally:
-                    self._threaded -= 1
+            try:
+                if isinstance(data, np.ndarray) and self._cheap(model):
+                    record = await self._infer_on_loop(model, data)
+                else:
+                    self._threaded += 1
+                    try:
+                        record = await run_in_threadpool(self._infer, slot.name, model, data)
+                    finally:
+                        self._threaded -= 1
+            except EdgerunError:
+                self.metrics.error(model.name, model.version, model.delegate)
+                raise
             return 200, _dumps(record)
         except _Refused as exc:
             return exc.status, _dumps({"detail": exc.detail})
@@ -255,34 +259,26 @@ class _Predictor:
 
     def _infer(self, name: str, model: Model, data: Any) -> dict[str, Any]:
         """In a pool thread: concurrent requests go through the model's batching thread."""
-        try:
-            tensor, pre = self._prepare(model, data)
-            batcher = self._batcher(name) if self._threaded > 1 and _dynamic(model) else None
-            if batcher is not None:
-                outputs, row, infer = batcher.submit(model, tensor).result(timeout=60)
-            else:
-                outputs, row, infer = self._run_alone(model, tensor)
-            return self._record(model, outputs, row, pre, infer)
-        except EdgerunError:
-            self.metrics.error(model.name, model.version, model.delegate)
-            raise
+        tensor, pre = self._prepare(model, data)
+        batcher = self._batcher(name) if self._threaded > 1 and _dynamic(model) else None
+        if batcher is not None:
+            outputs, row, infer = batcher.submit(model, tensor).result(timeout=60)
+        else:
+            outputs, row, infer = self._run_alone(model, tensor)
+        return self._record(model, outputs, row, pre, infer)
 
     async def _infer_on_loop(self, model: Model, data: np.ndarray) -> dict[str, Any]:
         """On the event loop: requests that arrive in the same turn of the loop share one call."""
-        try:
-            tensor, pre = self._prepare(model, data)
-            if self.config.batch_max_size > 1 and _dynamic(model):
-                future = asyncio.get_running_loop().create_future()
-                if not self._gathered:
-                    asyncio.get_running_loop().call_soon(self._flush)
-                self._gathered.append((model, tensor, future))
-                outputs, row, infer = await future
-            else:
-                outputs, row, infer = self._run_alone(model, tensor)
-            return self._record(model, outputs, row, pre, infer)
-        except EdgerunError:
-            self.metrics.error(model.name, model.version, model.delegate)
-            raise
+        tensor, pre = self._prepare(model, data)
+        if self.config.batch_max_size > 1 and _dynamic(model):
+            future = asyncio.get_running_loop().create_future()
+            if not self._gathered:
+                asyncio.get_running_loop().call_soon(self._flush)
+            self._gathered.append((model, tensor, future))
+            outputs, row, infer = await future
+        else:
+            outputs, row, infer = self._run_alone(model, tensor)
+        return self._record(model, outputs, row, pre, infer)
 
     def _flush(self) -> None:
         gathered, self._gathered = self._gathered, []
