@@ -72,6 +72,18 @@ def test_bad_requests_get_a_4xx_with_one_clear_message(
     assert r.status_code == status and message in r.json()["detail"], r.text
 
 
+def test_inputs_the_model_refuses_are_counted_as_its_errors_on_both_paths(slots: dict[str, ModelSlot]) -> None:
+    metrics = Metrics()
+    with TestClient(create_app(slots, metrics, ApiConfig())) as c:
+        as_json = {"content-type": "application/json"}
+        assert c.post("/v1/models/digits/predict", content=b"[1, 2, 3]", headers=as_json).status_code == 422  # loop
+        assert c.post("/v1/models/digits/predict", content=b"not an image").status_code == 422  # a pool thread
+        assert c.post("/v1/models/nope/predict", content=b"[1]").status_code == 404  # no model: not its error
+        assert c.post("/v1/models/digits/predict", content=_npy(np.load(SAMPLES / "digit_7.npy"))).status_code == 200
+    totals = metrics.totals()["digits@1.0.0"]
+    assert (totals["errors"], totals["count"]) == (2, 1)
+
+
 def test_models_health_ready_and_prometheus_metrics(client: TestClient) -> None:
     client.post("/v1/models/digits/predict", content=(SAMPLES / "digit_1.png").read_bytes())
     models = client.get("/v1/models").json()
