@@ -13,9 +13,11 @@ import edgerun
 from edgerun.errors import PipelineError, SourceError
 from edgerun.pipeline import Pipeline
 from edgerun.sinks.base import Result
+from edgerun.sources import open_source
 from edgerun.sources.base import Frame, LatestBuffer, LiveSource
 from edgerun.sources.files import FileSource
 from tests.conftest import DIGITS, SAMPLES
+from tests.test_sources import make_video
 
 
 class ListSink:
@@ -41,6 +43,7 @@ class CountingSource:
     """A real Source over files that counts how far reading has run ahead."""
 
     live = False
+    decoded = False
     dropped = 0
 
     def __init__(self, paths: list[str]) -> None:
@@ -185,3 +188,19 @@ def test_metrics_see_every_inference_with_its_stages(model: edgerun.Model) -> No
     assert set(entry["latency_ms"]) == {"p50", "p95", "p99", "max"}
     assert set(entry["stages_ms"]) == {"pre", "infer", "post"}
     assert all(v > 0 for v in entry["stages_ms"].values())
+
+
+def test_a_decoded_source_is_prepared_on_the_reader_with_the_same_results_in_order(
+    tmp_path: Path, model: edgerun.Model
+) -> None:
+    source = open_source(str(make_video(tmp_path / "v.avi", frames=20)))
+    assert source.decoded  # frames arrive decoded: the pipeline runs no prepare thread of its own
+    expected = [model.predict(frame.data).output for frame in open_source(source.uri).frames()]
+    sink = ListSink()
+    threads: set[str] = set()
+    summary = Pipeline(
+        source, model, [sink], on_result=lambda _: threads.update(t.name for t in threading.enumerate())
+    ).run()
+    assert summary.ok == 20 and [r.frame.index for r in sink.results] == list(range(20))
+    assert [r.record["output"] for r in sink.results] == expected
+    assert "pipeline-read" in threads and "pipeline-prepare" not in threads

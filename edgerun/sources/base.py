@@ -44,6 +44,10 @@ class Source(Protocol):
 
     uri: str
     live: bool
+    #: Frames arrive decoded (video, camera, stream, sensor windows): reading is the heavy
+    #: part, so the pipeline prepares each frame on the reading thread. False where frames
+    #: are encoded bytes or paths that preparing decodes (files, MQTT messages).
+    decoded: bool
 
     @property
     def dropped(self) -> int:

@@ -21,6 +21,7 @@ class FileSource:
     """
 
     live = False
+    decoded = False
     dropped = 0
 
     def __init__(self, paths: Sequence[str], skip: frozenset[str] = frozenset()) -> None:

@@ -80,6 +80,8 @@ def decode_message(payload: bytes, max_bytes: int) -> Any:
 class MqttSource(LiveSource):
     """Subscribes to one topic and buffers the newest messages."""
 
+    decoded = False  # a message may be JPEG bytes, decoded when prepared
+
     def __init__(self, url: str, *, queue: int = 8, max_bytes: int = 16 * 1024 * 1024, client_id: str = "") -> None:
         super().__init__(url, queue)
         self.host, self.port, self.topic = parse_mqtt_url(url)

@@ -40,6 +40,7 @@ class SensorSource:
     """Windows of numeric readings from a CSV/JSON Lines file or standard input."""
 
     live = False
+    decoded = True
     dropped = 0
 
     def __init__(self, path: str, *, window: int, hop: int | None = None, fmt: str | None = None) -> None:

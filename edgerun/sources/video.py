@@ -41,6 +41,7 @@ class VideoFileSource:
     """Frames of a video file, decoded in order; never drops."""
 
     live = False
+    decoded = True
     dropped = 0
 
     def __init__(self, path: str) -> None:
@@ -95,6 +96,8 @@ def _open_v4l2(device: int | str) -> Any:
 class CameraSource(LiveSource):
     """A local camera through OpenCV (V4L2 on Linux), captured on its own thread."""
 
+    decoded = True
+
     def __init__(
         self,
         spec: str,
@@ -145,6 +148,8 @@ class CameraSource(LiveSource):
 
 class StreamSource(LiveSource):
     """A network stream (RTSP, HTTP MJPEG) through OpenCV's FFmpeg backend, reconnecting on drops."""
+
+    decoded = True
 
     def __init__(
         self,
