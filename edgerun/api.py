@@ -40,6 +40,7 @@ from edgerun.errors import EdgerunError, InputError
 from edgerun.isolation import IsolatedBackend
 from edgerun.model import Model
 from edgerun.ota.slot import ModelSlot
+from edgerun.sinks.base import result_record
 from edgerun.telemetry.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -312,14 +313,7 @@ class _Predictor:
         self.metrics.record(
             model.name, model.version, model.delegate, {"pre": pre, "infer": infer, "post": post, "total": total}
         )
-        return {
-            "input": "request",
-            "model": model.name,
-            "version": model.version,
-            "delegate": model.delegate,
-            "output": output,
-            "latency_ms": round(total, 3),
-        }
+        return result_record(model, "request", output, total)
 
     def _batcher(self, name: str) -> Batcher | None:
         if self.config.batch_max_size <= 1:

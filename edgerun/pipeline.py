@@ -309,7 +309,7 @@ class Pipeline:
                 model.delegate,
                 {"pre": item.pre_ms, "infer": infer_ms, "post": post_ms, "total": total_ms},
             )
-            record = result_record(model, item.frame, output, item.pre_ms + infer_ms + post_ms)
+            record = result_record(model, item.frame.source_id, output, item.pre_ms + infer_ms + post_ms)
             if not self._put(self._q_out, Result(item.frame, record)):
                 return
 

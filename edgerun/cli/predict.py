@@ -150,7 +150,7 @@ def _run_direct(model: Any, source: Any, sinks: list[Any], as_json: bool) -> int
         if frame.error is None:
             try:
                 prediction = model.predict(frame.data, name=frame.source_id)
-                record = result_record(model, frame, prediction.output, prediction.latency_ms)
+                record = result_record(model, frame.source_id, prediction.output, prediction.latency_ms)
             except EdgerunError as exc:
                 record = error_record(frame, str(exc))
         else:

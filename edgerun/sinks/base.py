@@ -43,10 +43,10 @@ class Sink(Protocol):
         ...
 
 
-def result_record(model: Any, frame: Frame, output: Any, latency_ms: float) -> dict[str, Any]:
-    """The record of one result, as ``edgerun predict --json`` prints it."""
+def result_record(model: Any, source_id: str, output: Any, latency_ms: float) -> dict[str, Any]:
+    """The record of one result, as ``edgerun predict --json`` prints it (and the API returns it)."""
     return {
-        "input": frame.source_id,
+        "input": source_id,
         "model": model.name,
         "version": model.version,
         "delegate": model.delegate,
