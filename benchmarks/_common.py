@@ -167,6 +167,13 @@ def verdict(ok: bool | None) -> str:
     return "-" if ok is None else ("PASS" if ok else "FAIL")
 
 
+def print_targets(results: Sequence[tuple[str, bool]], prefix: str = "") -> None:
+    """The closing ``## targets`` section: one PASS/FAIL line per target."""
+    print("\n## targets\n")
+    for label, ok in results:
+        print(f"{verdict(ok)} {prefix}{label}")
+
+
 def print_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> None:
     """Print a Markdown table (pasteable into docs/performance.md)."""
     cells = [[str(c) for c in headers]] + [[str(c) for c in row] for row in rows]

@@ -63,7 +63,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import DIGITS_DIR, REPO, machine_summary, print_table, spread, verdict
+from _common import DIGITS_DIR, REPO, machine_summary, print_table, print_targets, spread, verdict
 from _mqtt import Broker, mosquitto_binary
 
 PY = sys.executable
@@ -698,9 +698,7 @@ def main() -> int:
         t0 = time.monotonic()
         results += part_soak(tmp, client, body, count, note)
         print(f"\n(part 3 took {time.monotonic() - t0:.0f} s)")
-    print("\n## targets\n")
-    for label, ok in results:
-        print(f"{verdict(ok)} {label}")
+    print_targets(results)
     return 0
 
 

@@ -80,7 +80,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import DIGITS_DIR, MOBILENET_DIR, machine_summary, parse_args, print_table, spread, verdict
+from _common import DIGITS_DIR, MOBILENET_DIR, machine_summary, parse_args, print_table, print_targets, spread, verdict
 from _mqtt import Broker, mosquitto_binary
 
 CACHE = Path(tempfile.gettempdir()) / "edgerun-bench-cache"
@@ -908,9 +908,7 @@ def main() -> int:
         finally:
             broker.stop()
     print(f"\n(total {time.perf_counter() - t_start:.0f} s)")
-    print("\n## targets\n")
-    for label, ok in results:
-        print(f"{verdict(ok)} {label}")
+    print_targets(results)
     return 0
 
 

@@ -54,6 +54,7 @@ from _common import (
     ms,
     parse_args,
     print_table,
+    print_targets,
     spread,
     us,
     verdict,
@@ -356,9 +357,7 @@ def main() -> int:
         results += speedup_table(mobilenet, res)
         del keep, candidates
 
-    print("\n## targets\n")
-    for label, ok in results:
-        print(f"{verdict(ok)} {label}")
+    print_targets(results)
     return 0
 
 

@@ -54,6 +54,7 @@ from _common import (
     make_images,
     parse_args,
     print_table,
+    print_targets,
     spread,
     verdict,
 )
@@ -651,9 +652,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         results += batch_part(images, Path(tmp), runs=2 if args.quick else 6, inproc_runs=2 if args.quick else 4)
     results += metrics_part(images, rounds=2 if args.quick else 12, calls=20_000 if args.quick else 100_000)
-    print("\n## targets\n")
-    for label, ok in results:
-        print(f"{verdict(ok)} {label}")
+    print_targets(results)
     return 0
 
 

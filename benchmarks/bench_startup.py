@@ -42,6 +42,7 @@ from _common import (
     median_ratio,
     parse_args,
     print_table,
+    print_targets,
     spread,
     verdict,
 )
@@ -369,9 +370,7 @@ def main() -> int:
         print("\n## where the time goes")
         for case in cases:
             breakdown(case, env, 3 if args.quick else 7)
-    print("\n## targets\n")
-    for label, ok in results:
-        print(f"{verdict(ok)} startup {label}")
+    print_targets(results, "startup ")
     return 0
 
 

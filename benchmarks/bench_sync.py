@@ -55,7 +55,17 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import DIGITS_DIR, REPO, machine_summary, make_images, parse_args, print_table, spread, verdict
+from _common import (
+    DIGITS_DIR,
+    REPO,
+    machine_summary,
+    make_images,
+    parse_args,
+    print_table,
+    print_targets,
+    spread,
+    verdict,
+)
 from _mqtt import Broker, mosquitto_binary
 
 PY = sys.executable
@@ -670,9 +680,7 @@ def main() -> int:
             results += write_part(tmp, rounds=2 if args.quick else 5, n=5000 if args.quick else 20_000)
         finally:
             broker.stop()
-    print("\n## targets\n")
-    for label, ok in results:
-        print(f"{verdict(ok)} {label}")
+    print_targets(results)
     return 0
 
 
