@@ -183,6 +183,7 @@ class Pipeline:
         next_due = 0.0
         live = self.source.live
         dropped_seen = 0
+        onward = self._q_inf if self._prepare_on_reader else self._q_pre  # prepared here, or by the prepare thread
         try:
             for frame in self.source.frames():
                 if self._stop.is_set() and not live:
@@ -206,7 +207,7 @@ class Pipeline:
                     except BaseException as exc:  # a bug in preparing, not in the source
                         self._fail("preprocess", exc)
                         return
-                if not self._put(self._q_inf if self._prepare_on_reader else self._q_pre, item):
+                if not self._put(onward, item):
                     return
                 taken += 1
                 if self._max_frames is not None and taken >= self._max_frames:
@@ -218,7 +219,7 @@ class Pipeline:
             self.summary.dropped = self.source.dropped
             if self.source.dropped != dropped_seen:
                 self._count_dropped(self.source.dropped - dropped_seen)
-            self._put(self._q_inf if self._prepare_on_reader else self._q_pre, _END)
+            self._put(onward, _END)
 
     def _count_dropped(self, n: int) -> None:
         m = self.slot.primary
