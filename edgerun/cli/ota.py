@@ -158,12 +158,12 @@ def publish(args: argparse.Namespace) -> int:
         topics += [f"{args.prefix}/group/{g}/ota/manifest" for g in args.group]
         # Chunks first (the default): no device acts before every chunk is on the broker. Streamed:
         # the manifest first, and devices take the chunks as they arrive.
-        for step in ("manifest", "chunks") if args.stream else ("chunks", "manifest"):
-            if step == "manifest":
-                for topic in topics:
-                    fleet.sign_and_publish(topic, manifest, key, retain=True)
-            elif url is None:
-                _publish_chunks(fleet, manifest["source"]["mqtt"], path.read_bytes())
+        if args.stream:
+            _publish_manifests(fleet, topics, manifest, key)
+        if url is None:
+            _publish_chunks(fleet, manifest["source"]["mqtt"], path.read_bytes())
+        if not args.stream:
+            _publish_manifests(fleet, topics, manifest, key)
         print(
             f"update {manifest['update_id']}: {args.model} {args.version} ({manifest['size']} bytes, "
             f"sha256 {manifest['sha256'][:12]}...) published to {', '.join(topics)}",
@@ -263,6 +263,11 @@ def rollback(args: argparse.Namespace) -> int:
         fleet.close()
     print(f"command {command['command_id']}: rollback of {args.model} sent to {', '.join(topics)}")
     return 0
+
+
+def _publish_manifests(fleet: Any, topics: list[str], manifest: dict[str, Any], key: Any) -> None:
+    for topic in topics:
+        fleet.sign_and_publish(topic, manifest, key, retain=True)
 
 
 def _publish_chunks(fleet: Any, blob: dict[str, Any], data: bytes) -> None:
