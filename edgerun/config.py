@@ -57,6 +57,9 @@ class PipelineConfig(_Strict):
     height: int | None = Field(None, ge=16, le=8192, description="camera height")
     camera_fps: float | None = Field(None, gt=0, le=1000, description="camera capture rate")
     queue: int | None = Field(None, ge=1, le=1024, description="live sources: frames kept")
+    decode_threads: int = Field(
+        1, ge=0, le=64, description="video files and streams: decoding threads (0: the decoder's choice)"
+    )
     batch_size: int = Field(1, ge=1, le=256, description="frames per inference call")
     restart_s: float = Field(5.0, ge=0.1, le=3600, description="wait before reopening a source that failed")
 

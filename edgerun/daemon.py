@@ -61,7 +61,14 @@ class _PipelineRunner:
                 if window is None and len(self.slot.primary.inputs[0].shape) >= 2:
                     window = self.slot.primary.inputs[0].shape[1]
                 source = open_source(
-                    c.source, window=window, hop=c.hop, width=c.width, height=c.height, fps=c.camera_fps, queue=c.queue
+                    c.source,
+                    window=window,
+                    hop=c.hop,
+                    width=c.width,
+                    height=c.height,
+                    fps=c.camera_fps,
+                    queue=c.queue,
+                    decode_threads=c.decode_threads,
                 )
                 sinks = [open_sink(s) for s in c.sinks] + list(self._extra)
                 self._pipeline = Pipeline(

@@ -138,6 +138,17 @@ def test_a_video_that_does_not_exist_is_one_clear_line() -> None:
     assert result.stderr.strip() == "edgerun: error: video not found: nowhere.mp4"
 
 
+def test_a_negative_decoder_thread_count_is_one_clear_line(tmp_path: Path) -> None:
+    video = make_video(tmp_path / "in.avi", frames=2)
+    model = str(ROOT / "models" / "digits" / "digits_int8.onnx")
+    result = run_cli("run", model, "--source", str(video), "--decode-threads", "-1")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.strip() == "edgerun: error: --decode-threads must be 0 (the decoder's choice) or more, got -1"
+    result = run_cli("run", model, "--source", str(video), "--decode-threads", "0", "--sink", "jsonl")
+    assert result.returncode == 0, result.stderr
+    assert len(result.stdout.splitlines()) == 2
+
+
 def test_predict_in_batches_matches_one_by_one(tmp_path: Path) -> None:
     model = str(ROOT / "models" / "digits" / "digits_fp32.onnx")
     one = run_cli("predict", model, str(SAMPLES), "--json")

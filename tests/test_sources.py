@@ -21,7 +21,7 @@ from edgerun.sources.base import LatestBuffer
 from edgerun.sources.files import FileSource
 from edgerun.sources.mqtt import MqttSource, decode_message, parse_mqtt_url
 from edgerun.sources.sensor import SensorSource
-from edgerun.sources.video import CameraSource, StreamSource, VideoFileSource
+from edgerun.sources.video import CameraSource, StreamSource, VideoFileSource, open_decoder
 from tests.conftest import SAMPLES, Broker
 
 
@@ -56,6 +56,16 @@ def test_a_video_file_yields_every_frame_in_order(tmp_path: Path) -> None:
     assert [f.index for f in frames] == list(range(12))
     assert frames[5].data.shape == (48, 64, 3)
     assert abs(int(frames[5].data.mean()) - 40) <= 3
+
+
+def test_a_video_decodes_on_one_thread_by_default_with_the_same_frames_as_on_several(tmp_path: Path) -> None:
+    video = str(make_video(tmp_path / "v.mp4", frames=6, size=(320, 240), fourcc="mp4v"))
+    assert open_decoder(video, cv2.CAP_ANY, 3).get(cv2.CAP_PROP_N_THREADS) == 3  # the decoder takes the setting
+    assert VideoFileSource(video)._cap.get(cv2.CAP_PROP_N_THREADS) == 1  # and the source's default is one
+    one = [f.data for f in open_source(video).frames()]
+    several = [f.data for f in open_source(video, decode_threads=3).frames()]
+    assert len(one) == len(several) == 6
+    assert all(np.array_equal(a, b) for a, b in zip(one, several, strict=True))
 
 
 def test_a_missing_or_undecodable_video_is_a_clear_error(tmp_path: Path) -> None:

@@ -67,6 +67,14 @@ def register(sub: Any) -> None:
     p.add_argument("--height", type=int, default=None, help="camera: requested frame height")
     p.add_argument("--camera-fps", type=float, default=None, help="camera: requested capture rate")
     p.add_argument("--queue", type=int, default=None, metavar="N", help="live sources: frames kept (default 2)")
+    p.add_argument(
+        "--decode-threads",
+        type=int,
+        default=1,
+        metavar="N",
+        help="video files and streams: decoding threads (default 1, leaving the other cores to the model; "
+        "0: the decoder's choice, one per core)",
+    )
     p.add_argument("--batch-size", type=int, default=1, metavar="N", help="frames per inference call")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     add_model_options(p)
@@ -104,6 +112,8 @@ def run(args: argparse.Namespace) -> int:
         value = getattr(args, name)
         if value is not None and value < 1:
             raise ConfigError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
+    if args.decode_threads < 0:
+        raise ConfigError(f"--decode-threads must be 0 (the decoder's choice) or more, got {args.decode_threads}")
     if args.ota_key:  # serve the store's active version: an update received over the air survives restarts
         from edgerun.ota.serving import serve_from_store
         from edgerun.ota.store import ModelStore
@@ -124,6 +134,7 @@ def run(args: argparse.Namespace) -> int:
             height=args.height,
             fps=args.camera_fps,
             queue=args.queue,
+            decode_threads=args.decode_threads,
         )
         sinks = [open_sink(s, fps=getattr(source, "fps", 0.0) or 25.0) for s in (args.sink or ["stdout"])]
         metrics = Metrics()

@@ -29,6 +29,7 @@ def open_source(
     height: int | None = None,
     fps: float | None = None,
     queue: int | None = None,
+    decode_threads: int = 1,
 ) -> Source:
     """Open the source named by ``specs`` (several paths make one file source).
 
@@ -50,7 +51,7 @@ def open_source(
         if first.startswith("camera:") or first.startswith("/dev/video"):
             return CameraSource(first, width=width, height=height, fps=fps, queue=queue or 2)
         if first.startswith(("rtsp://", "rtsps://", "http://", "https://")):
-            return StreamSource(first, queue=queue or 2)
+            return StreamSource(first, queue=queue or 2, decode_threads=decode_threads)
         if first.startswith("mqtt://"):
             from edgerun.sources.mqtt import MqttSource
 
@@ -60,5 +61,5 @@ def open_source(
                 raise ConfigError(f"a sensor source needs a window length (rows per inference): {first}")
             return SensorSource(first, window=window, hop=hop)
         if suffix in VIDEO_SUFFIXES:
-            return VideoFileSource(first)
+            return VideoFileSource(first, decode_threads=decode_threads)
     return FileSource(items)
