@@ -16,10 +16,11 @@ the bare baseline's publisher and subscriber do.
    ``serve_from_store``) serves v1; the operator (``Fleet``, as ``edgerun ota
    publish`` uses it) publishes v2 in 256 KiB retained QoS 1 chunks
    (pipelined, 100 in flight) and a signed manifest with ``probation_s`` 0, in
-   two orders: ``chunks first`` (what ``edgerun ota publish`` does: every chunk
-   acknowledged, then the manifest; the device then fetches the retained
-   chunks) and ``manifest first`` (the device receives the chunks live while
-   they are published, as the bare subscriber does). Times run from the first
+   two orders: ``manifest first`` (what ``edgerun ota publish`` does by
+   default: the device receives the chunks live while they are published, as
+   the bare subscriber does) and ``chunks first`` (``--chunks-first``: every
+   chunk acknowledged, then the manifest; the device then fetches the retained
+   chunks, so upload and download run one after the other; no target). Times run from the first
    publish of the update to the device's status records (stamped when the agent
    emits them, and as an operator watching ``P/+/ota/status`` receives them).
    Transfer = first publish -> ``verifying`` (the blob assembled from the
@@ -28,7 +29,8 @@ the bare baseline's publisher and subscriber do.
    paho publisher and subscriber moving the same chunks at QoS 1 (100 in
    flight, not retained) on the same broker, timed from the first publish until
    the subscriber holds every byte and the SHA-256 of the joined blob matches.
-   Target: edgerun transfer rate >= 0.8x bare (median of per-round ratios).
+   Target, for the default order: edgerun transfer rate >= 0.8x bare (median
+   of per-round ratios).
    Retained chunks and manifests are cleared (empty retained payloads) after
    every round.
 2. **Hot swap under a steady request stream.** A ``ModelSlot`` serving
@@ -91,7 +93,7 @@ SMALL_HIDDEN = 64
 TRANSFER_MIN_RATIO = 0.8
 SWAP_MAX_RATIO = 2.0
 PREFIX = "edgerun"
-ORDERS = ("chunks first", "manifest first")
+ORDERS = ("manifest first", "chunks first")  # the first is what `edgerun ota publish` does by default
 MB = 1e6
 
 
@@ -558,10 +560,11 @@ def transfer_part(broker: Broker, tmp: Path, rounds: int) -> list[tuple[str, boo
         transfer = [r["dev verifying"] for r in rs]
         ratios = [b / t for b, t in zip(bare, transfer)]
         ratio = statistics.median(ratios)
-        ok = ratio >= TRANSFER_MIN_RATIO
-        results.append((f"50 MB transfer rate, {order} (>= {TRANSFER_MIN_RATIO}x bare)", ok))
+        ok = ratio >= TRANSFER_MIN_RATIO if order == ORDERS[0] else None
+        if ok is not None:
+            results.append((f"50 MB transfer rate, `ota publish` ({order}) (>= {TRANSFER_MIN_RATIO}x bare)", ok))
         rows.append([
-            f"edgerun, {order}",
+            f"edgerun, {order}" + (" (default)" if order == ORDERS[0] else " (--chunks-first)"),
             f"{statistics.median(transfer):.3f}",
             f"{statistics.median(r['seen verifying'] for r in rs):.3f}",
             f"{size / statistics.median(transfer) / MB:.0f}",
@@ -569,7 +572,7 @@ def transfer_part(broker: Broker, tmp: Path, rounds: int) -> list[tuple[str, boo
             spread(ratios),
             f"{statistics.median(r['dev active'] for r in rs):.3f}",
             f"{statistics.median(r['seen active'] for r in rs):.3f}",
-            f">= {TRANSFER_MIN_RATIO}x",
+            f">= {TRANSFER_MIN_RATIO}x" if ok is not None else "(info)",
             verdict(ok),
         ])  # fmt: skip
 
@@ -776,7 +779,7 @@ def rollout_round(
         time.sleep(2.0)
         idle_cpu = (cpu_seconds() - c0) / (time.perf_counter() - w0)
         _, envelope, items, topics = sealed_manifest(new, "1.1.0", key, devices=[], groups=["bench"])
-        t0 = publish_update(fleet, envelope, items, topics, "chunks first")
+        t0 = publish_update(fleet, envelope, items, topics, ORDERS[0])
         c1 = cpu_seconds()
         deadline = time.monotonic() + 300
         while time.monotonic() < deadline:

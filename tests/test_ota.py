@@ -103,7 +103,7 @@ def own_broker(tmp_path: Path) -> Any:
     b.stop()
 
 
-@pytest.mark.parametrize("stream", [False, True], ids=["chunks-first", "streamed"])
+@pytest.mark.parametrize("stream", [False, True], ids=["chunks-first", "streamed-by-default"])
 def test_an_update_published_with_the_cli_is_applied_and_survives_a_restart(
     broker: Broker, setup: dict, stream: bool
 ) -> None:
@@ -133,7 +133,7 @@ def test_an_update_published_with_the_cli_is_applied_and_survives_a_restart(
             "--wait",
             "--timeout",
             "60",
-            *(["--stream"] if stream else []),
+            *([] if stream else ["--chunks-first"]),
         )
         assert result.returncode == 0, result.stderr + device.log()[-3000:]
         assert "active" in result.stdout
