@@ -44,16 +44,19 @@ def _cv2() -> Any:
 
 
 def open_decoder(uri: str, api: int, decode_threads: int) -> Any:
-    """``cv2.VideoCapture`` on ``decode_threads`` decoding threads (0: the decoder's choice).
+    """``cv2.VideoCapture`` on ``decode_threads`` FFmpeg decoding threads (0: the decoder's choice).
 
-    A backend that refuses the thread setting (an OpenCV without it, a GStreamer
-    build) is opened without it rather than not at all.
+    The setting is FFmpeg's: it applies where OpenCV has the FFmpeg backend and
+    knows the property. A local file that FFmpeg cannot open with it is handed to
+    the other backends without it; a stream that does not answer is not tried a
+    second time (its retries are the caller's).
     """
     cv2 = _cv2()
     prop = getattr(cv2, "CAP_PROP_N_THREADS", None)
-    if decode_threads > 0 and prop is not None:
-        cap = cv2.VideoCapture(uri, api, [prop, decode_threads])
-        if cap.isOpened():
+    ffmpeg = getattr(cv2, "CAP_FFMPEG", None)
+    if decode_threads > 0 and prop is not None and ffmpeg is not None and cv2.videoio_registry.hasBackend(ffmpeg):
+        cap = cv2.VideoCapture(uri, ffmpeg, [prop, decode_threads])
+        if cap.isOpened() or not Path(uri).is_file():
             return cap
         cap.release()
     return cv2.VideoCapture(uri, api)
