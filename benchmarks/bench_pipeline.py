@@ -648,9 +648,9 @@ def main() -> int:
     images = make_images(CACHE / f"jpeg_{IMAGE_SIZE[0]}x{IMAGE_SIZE[1]}_{N_IMAGES}", N_IMAGES, IMAGE_SIZE, 1000)
     print(f"inputs in {CACHE} ({time.perf_counter() - t0:.1f} s to check or generate)")
     results: list[tuple[str, bool]] = []
-    results += video_part(video, rounds=2 if args.quick else 5)
+    results += video_part(video, rounds=2 if args.quick else 8)
     with tempfile.TemporaryDirectory() as tmp:
-        results += batch_part(images, Path(tmp), runs=2 if args.quick else 6, inproc_runs=2 if args.quick else 4)
+        results += batch_part(images, Path(tmp), runs=2 if args.quick else 12, inproc_runs=2 if args.quick else 4)
     results += metrics_part(images, rounds=2 if args.quick else 12, calls=20_000 if args.quick else 100_000)
     print_targets(results)
     return 0

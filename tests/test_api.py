@@ -8,7 +8,7 @@ import json
 import threading
 from collections.abc import Iterator
 
-import httpx
+import httpx2
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
@@ -139,9 +139,9 @@ def test_concurrent_array_requests_share_calls_on_the_event_loop_and_each_gets_i
     bodies = [_npy(model.prepare(SAMPLES / f"digit_{d}.png")) for d in range(10)] * 2
     app = create_app(slots, Metrics(), ApiConfig(batch_max_size=8))
 
-    async def burst() -> list[httpx.Response]:
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://edgerun") as c:
+    async def burst() -> list[httpx2.Response]:
+        transport = httpx2.ASGITransport(app=app)
+        async with httpx2.AsyncClient(transport=transport, base_url="http://edgerun") as c:
             return await asyncio.gather(*(c.post("/v1/models/digits/predict", content=b) for b in bodies))
 
     answers = asyncio.run(burst())
