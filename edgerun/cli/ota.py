@@ -67,7 +67,7 @@ def register(sub: Any) -> None:
         dest="stream",
         action="store_false",
         help="every chunk on the broker before the manifest goes out: no device starts an update that is not "
-        "all there (upload and download then run one after the other, about 1.6x the time on a LAN)",
+        "all there (upload and download then run one after the other: about 1.5x the time on loopback)",
     )
     pub.add_argument("--probation", type=float, default=None, metavar="S", help="probation seconds")
     pub.add_argument("--ab", type=float, default=None, metavar="FRACTION", help="serve only this fraction first")
