@@ -25,7 +25,7 @@ import queue
 import re
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from concurrent.futures import Future
 from typing import Any
 
@@ -92,17 +92,18 @@ class Batcher:
                     self._queue.put(None)
                     break
                 batch.append(item)
-            for model in {id(m): m for m, _, _ in batch}.values():  # one call per model version
-                group = [(t, f) for m, t, f in batch if m is model]
-                self._call(model, group)
-
-    @staticmethod
-    def _call(model: Model, group: list[tuple[np.ndarray, Future[Any]]]) -> None:
-        _run_group(model, group)
+            for model, group in _by_model(batch):
+                _run_group(model, group)
 
     def close(self) -> None:
         """Stop the batching thread after what is queued."""
         self._queue.put(None)
+
+
+def _by_model(items: Sequence[tuple[Model, np.ndarray, Any]]) -> Iterator[tuple[Model, list[tuple[np.ndarray, Any]]]]:
+    """The (tensor, future) pairs of each model version, in arrival order: one call never mixes two models."""
+    for model in {id(m): m for m, _, _ in items}.values():
+        yield model, [(t, f) for m, t, f in items if m is model]
 
 
 def _run_group(model: Model, group: Sequence[tuple[np.ndarray, Any]]) -> None:
@@ -261,7 +262,7 @@ class _Predictor:
     def _infer(self, name: str, model: Model, data: Any) -> dict[str, Any]:
         """In a pool thread: concurrent requests go through the model's batching thread."""
         tensor, pre = self._prepare(model, data)
-        batcher = self._batcher(name) if self._threaded > 1 and _dynamic(model) else None
+        batcher = self._batcher(name) if self._threaded > 1 and model.batchable else None
         if batcher is not None:
             outputs, row, infer = batcher.submit(model, tensor).result(timeout=60)
         else:
@@ -271,7 +272,7 @@ class _Predictor:
     async def _infer_on_loop(self, model: Model, data: np.ndarray) -> dict[str, Any]:
         """On the event loop: requests that arrive in the same turn of the loop share one call."""
         tensor, pre = self._prepare(model, data)
-        if self.config.batch_max_size > 1 and _dynamic(model):
+        if self.config.batch_max_size > 1 and model.batchable:
             future = asyncio.get_running_loop().create_future()
             if not self._gathered:
                 asyncio.get_running_loop().call_soon(self._flush)
@@ -284,8 +285,7 @@ class _Predictor:
     def _flush(self) -> None:
         gathered, self._gathered = self._gathered, []
         size = self.config.batch_max_size
-        for model in {id(m): m for m, _, _ in gathered}.values():  # one call per model version
-            group = [(t, f) for m, t, f in gathered if m is model]
+        for model, group in _by_model(gathered):
             for start in range(0, len(group), size):
                 chunk = group[start : start + size]
                 self.largest_batch = max(self.largest_batch, len(chunk))
@@ -322,11 +322,6 @@ class _Predictor:
         if batcher is None:
             batcher = self.batchers[name] = Batcher(self.config.batch_max_size, self.config.batch_max_wait_ms / 1000)
         return batcher
-
-
-def _dynamic(model: Model) -> bool:
-    """Whether calls to the model can carry a batch (one input, dynamic first dimension)."""
-    return len(model.inputs) == 1 and model.inputs[0].shape[:1] == (None,)
 
 
 class _Guard:

@@ -112,6 +112,11 @@ class Model:
         return self.backend.outputs
 
     @property
+    def batchable(self) -> bool:
+        """Whether one call can carry several inputs (one input tensor, dynamic first dimension)."""
+        return len(self.inputs) == 1 and self.inputs[0].shape[:1] == (None,)
+
+    @property
     def takes_images(self) -> bool:
         """Whether images can be fed (the card or the tensor gives image preprocessing)."""
         return self._preprocessor is not None

@@ -281,8 +281,7 @@ class Pipeline:
         assert model is not None
         t0 = time.perf_counter()
         rows: list[tuple[_Item, list[np.ndarray], int, float]] = []
-        dynamic = len(model.inputs) == 1 and model.inputs[0].shape[:1] == (None,)
-        if len(batch) > 1 and dynamic:
+        if len(batch) > 1 and model.batchable:
             try:
                 outputs = model.run(np.concatenate([i.tensor for i in batch]))
                 share = (time.perf_counter() - t0) * 1e3 / len(batch)
