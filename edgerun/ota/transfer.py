@@ -24,6 +24,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from edgerun.errors import UpdateFailed, UpdateRejected
+from edgerun.files import sha256_file
 from edgerun.ota.manifest import Manifest
 from edgerun.sync.link import Message, MqttLink
 
@@ -40,13 +41,13 @@ def _disk_error(exc: OSError) -> UpdateFailed:
     return UpdateFailed(f"cannot write the download: {exc.strerror or exc}")
 
 
-def _finish_file(part: Path, target: Path, manifest: Manifest) -> None:
-    """Check a downloaded file's size and SHA-256 (read back, so a resumed file counts whole); move it."""
-    digest = hashlib.sha256()
-    with open(part, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    _check(part.stat().st_size, digest.hexdigest(), manifest, part)
+def _finish_file(part: Path, target: Path, manifest: Manifest, sha: str | None = None) -> None:
+    """Check a downloaded file's size and SHA-256 and move it to ``target``.
+
+    ``sha`` is the digest taken while writing; without it the file is read back (a resumed
+    download counts whole).
+    """
+    _check(part.stat().st_size, sha or sha256_file(part), manifest, part)
     os.replace(part, target)
 
 
@@ -151,13 +152,9 @@ class _Chunks:
             os.fsync(self._fd)
         except OSError as exc:
             raise _disk_error(exc) from exc
-        if self._hashed < self.blob.chunks:  # resumed after a restart: hash what is on disk
-            self._digest = hashlib.sha256()
-            with open(self.part, "rb") as fh:
-                for block in iter(lambda: fh.read(1 << 20), b""):
-                    self._digest.update(block)
-        _check(os.fstat(self._fd).st_size, self._digest.hexdigest(), manifest, self.part)
-        os.replace(self.part, target)
+        # Resumed after a restart, some chunks were never hashed here: the file is read back.
+        sha = self._digest.hexdigest() if self._hashed == self.blob.chunks else None
+        _finish_file(self.part, target, manifest, sha)
         self.log.unlink(missing_ok=True)
 
     def close(self) -> None:
