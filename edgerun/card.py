@@ -137,8 +137,8 @@ def load_card(path: Path, cache_dir: Path | None = None) -> ModelCard:
     against its size and modification time): PyYAML alone costs 11 ms to import, most of what
     ``edgerun predict`` spends on a card; the cache is read with msgspec, already loaded.
     """
-    cached = _cached(path, cache_dir)
-    if cached is not None:
+    entry = _cache_entry(path, cache_dir)  # taken before the read: a card changed meanwhile is read again next time
+    if entry is not None and (cached := _cached(*entry)) is not None:
         return cached
     import yaml
 
@@ -151,21 +151,24 @@ def load_card(path: Path, cache_dir: Path | None = None) -> ModelCard:
     except yaml.YAMLError as exc:
         raise CardError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from exc
     card = parse_card(data, str(path))
-    _remember(path, card, cache_dir)
+    if entry is not None:
+        _remember(*entry, card)
     return card
 
 
-def _cache_entry(path: Path, cache_dir: Path | None) -> tuple[Path, list[int]] | None:
+def _cache_entry(path: Path, cache_dir: Path | None) -> tuple[Path, str, list[int]] | None:
+    """(cache file, the card's resolved path, its size and mtime), or None where it cannot be read."""
     import zlib
 
     from edgerun.state import state_dir
 
     try:
         st = path.stat()
-        where = (cache_dir or state_dir() / "cards") / f"{zlib.crc32(str(path.resolve()).encode()):08x}.json"
+        resolved = str(path.resolve())
     except OSError:
         return None
-    return where, [st.st_size, st.st_mtime_ns]
+    where = (cache_dir or state_dir() / "cards") / f"{zlib.crc32(resolved.encode()):08x}.json"
+    return where, resolved, [st.st_size, st.st_mtime_ns]
 
 
 class _CachedCard(msgspec.Struct, frozen=True):
@@ -174,30 +177,22 @@ class _CachedCard(msgspec.Struct, frozen=True):
     card: ModelCard
 
 
-def _cached(path: Path, cache_dir: Path | None) -> ModelCard | None:
-    entry = _cache_entry(path, cache_dir)
-    if entry is None:
-        return None
-    where, stamp = entry
+def _cached(where: Path, resolved: str, stamp: list[int]) -> ModelCard | None:
     try:
         cached = msgspec.json.decode(where.read_bytes(), type=_CachedCard)
     except (OSError, msgspec.DecodeError, msgspec.ValidationError):
         return None
-    if cached.path != str(path.resolve()) or cached.stamp != stamp:
+    if cached.path != resolved or cached.stamp != stamp:
         return None  # another card with the same hash, or this one changed since
     return cached.card
 
 
-def _remember(path: Path, card: ModelCard, cache_dir: Path | None) -> None:
-    entry = _cache_entry(path, cache_dir)
-    if entry is None:
-        return
-    where, stamp = entry
+def _remember(where: Path, resolved: str, stamp: list[int], card: ModelCard) -> None:
     try:
         from edgerun.files import atomic_write
 
         where.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write(where, msgspec.json.encode(_CachedCard(str(path.resolve()), stamp, card)))
+        atomic_write(where, msgspec.json.encode(_CachedCard(resolved, stamp, card)))
     except OSError as exc:  # a read-only state directory only costs speed
         log.debug("card cache not written (%s): %s", where, exc)
 
