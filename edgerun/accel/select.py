@@ -384,8 +384,7 @@ class _Reference:
 
     def __init__(self, job: _Job) -> None:
         self._spec = next((s for s in job.catalogue if s.format == job.fmt and s.reference), None)
-        self._path, self._fmt, self._threads = job.model_path, job.fmt, job.threads
-        self._make_sample, self.rtol = job.make_sample, job.rtol
+        self._job = job
         self._result: tuple[list[np.ndarray], list[np.ndarray]] | None = None
 
     def outputs(self, backend: Backend) -> tuple[list[np.ndarray], list[np.ndarray]] | None:
@@ -393,12 +392,13 @@ class _Reference:
         if self._result is None:
             if self._spec is None:
                 return None
-            path = candidate_files(self._path, self._spec)
+            job = self._job
+            path = candidate_files(job.model_path, self._spec)
             if path is None:
                 return None
-            ref = self._spec.opener(path, self._fmt, self._spec.name, self._threads, None)
+            ref = self._spec.opener(path, job.fmt, self._spec.name, job.threads, None)
             try:
-                inputs = list(self._make_sample(backend))
+                inputs = list(job.make_sample(backend))
                 self._result = (inputs, ref.run(inputs))
             finally:
                 ref.close()
@@ -428,7 +428,7 @@ def _open_verified(
         if ref is None:
             attempt.reason = "not verified: no CPU reference can run this model"
             return backend
-        problem = _compare(backend.outputs, backend.run(ref[0]), ref[1], reference.rtol)
+        problem = _compare(backend.outputs, backend.run(ref[0]), ref[1], job.rtol)
     except EdgerunError as exc:
         problem = f"verification run failed: {exc}"
     if problem:

@@ -185,10 +185,14 @@ class MqttLink:
         if self._wake.is_set():
             return
         self._wake.set()
-        pair = getattr(self._client, "_sockpairW", None)
+        pair = self._wakeup_socket()
         if pair is not None:
             with contextlib.suppress(OSError):  # full (the link is awake anyway) or closed
                 pair.send(b"\0")
+
+    def _wakeup_socket(self) -> Any:
+        """paho's own wake-up socket (private to paho; None where a paho lacks it)."""
+        return getattr(self._client, "_sockpairW", None)
 
     def start(self) -> None:
         """Start the link thread (connecting in the background)."""
@@ -277,7 +281,7 @@ class MqttLink:
         import select
 
         mqtt = self._mqtt
-        idle = 1.0 if getattr(self._client, "_sockpairW", None) is not None else 0.05
+        idle = 1.0 if self._wakeup_socket() is not None else 0.05
         while not self._stop.is_set():
             busy = bool(self._inflight) or self._wake.is_set() or not self._direct.empty()
             rc = self._client.loop(timeout=0.02 if busy else idle)
