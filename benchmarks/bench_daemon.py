@@ -49,7 +49,6 @@ from __future__ import annotations
 import argparse
 import http.client
 import json
-import socket
 import statistics
 import subprocess
 import sys
@@ -64,7 +63,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import DIGITS_DIR, REPO, machine_summary, print_table, print_targets, spread, verdict
-from _mqtt import Broker, mosquitto_binary
+from _mqtt import Broker, free_port, mosquitto_binary
 
 PY = sys.executable
 MODEL = DIGITS_DIR / "digits_int8.onnx"
@@ -249,12 +248,6 @@ def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
         f"does it in {SOAK_MAX_S:.0f} s, else {SOAK_SHORT:,})",
     )
     return parser.parse_args(argv)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def vm_rss_mb(pid: int) -> float:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import logging
 import os
 import shutil
@@ -10,6 +11,7 @@ import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from tools.broker import Broker, free_port
@@ -20,6 +22,13 @@ ROOT = Path(__file__).resolve().parent.parent
 DIGITS = ROOT / "models" / "digits"
 SAMPLES = DIGITS / "samples"
 DIGIT_MODELS = ["digits_fp32.onnx", "digits_int8.onnx", "digits_fp32.tflite", "digits_int8.tflite"]
+
+
+def npy_bytes(array: np.ndarray) -> bytes:
+    """``array`` as the bytes of a ``.npy`` file (no pickles)."""
+    buf = io.BytesIO()
+    np.save(buf, array, allow_pickle=False)
+    return buf.getvalue()
 
 
 @pytest.fixture(scope="session", autouse=True)

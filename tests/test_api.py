@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import io
 import json
 import threading
 from collections.abc import Iterator
@@ -18,7 +17,7 @@ from edgerun.api import Batcher, create_app
 from edgerun.config import ApiConfig
 from edgerun.ota.slot import ModelSlot
 from edgerun.telemetry.metrics import Metrics
-from tests.conftest import DIGITS, SAMPLES
+from tests.conftest import DIGITS, SAMPLES, npy_bytes
 
 TOKEN = "a-long-enough-test-token"
 
@@ -35,16 +34,10 @@ def client(slots: dict[str, ModelSlot]) -> Iterator[TestClient]:
         yield c
 
 
-def _npy(array: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    np.save(buf, array)
-    return buf.getvalue()
-
-
 def test_predict_takes_image_bytes_npy_and_json_and_answers_like_predict_json(client: TestClient) -> None:
     for body, kind in (
         ((SAMPLES / "digit_3.png").read_bytes(), "image/png"),
-        (_npy(np.load(SAMPLES / "digit_7.npy")), "application/octet-stream"),
+        (npy_bytes(np.load(SAMPLES / "digit_7.npy")), "application/octet-stream"),
         (json.dumps(np.load(SAMPLES / "digit_7.npy").tolist()).encode(), "application/json"),
     ):
         r = client.post("/v1/models/digits/predict", content=body, headers={"content-type": kind})
@@ -79,7 +72,9 @@ def test_inputs_the_model_refuses_are_counted_as_its_errors_on_both_paths(slots:
         assert c.post("/v1/models/digits/predict", content=b"[1, 2, 3]", headers=as_json).status_code == 422  # loop
         assert c.post("/v1/models/digits/predict", content=b"not an image").status_code == 422  # a pool thread
         assert c.post("/v1/models/nope/predict", content=b"[1]").status_code == 404  # no model: not its error
-        assert c.post("/v1/models/digits/predict", content=_npy(np.load(SAMPLES / "digit_7.npy"))).status_code == 200
+        assert (
+            c.post("/v1/models/digits/predict", content=npy_bytes(np.load(SAMPLES / "digit_7.npy"))).status_code == 200
+        )
     totals = metrics.totals()["digits@1.0.0"]
     assert (totals["errors"], totals["count"]) == (2, 1)
 
@@ -136,7 +131,7 @@ def test_concurrent_array_requests_share_calls_on_the_event_loop_and_each_gets_i
 ) -> None:
     model = slots["digits"].primary
     assert model.run_ms is not None and model.run_ms < 0.5  # cheap enough to run on the loop
-    bodies = [_npy(model.prepare(SAMPLES / f"digit_{d}.png")) for d in range(10)] * 2
+    bodies = [npy_bytes(model.prepare(SAMPLES / f"digit_{d}.png")) for d in range(10)] * 2
     app = create_app(slots, Metrics(), ApiConfig(batch_max_size=8))
 
     async def burst() -> list[httpx2.Response]:

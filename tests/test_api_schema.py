@@ -10,7 +10,6 @@ content types. Every run is bounded and derandomized. The inputs that once got a
 
 from __future__ import annotations
 
-import io
 import json
 import string
 from collections.abc import Iterator
@@ -36,7 +35,7 @@ from edgerun.api import create_app
 from edgerun.config import ApiConfig
 from edgerun.ota.slot import ModelSlot
 from edgerun.telemetry.metrics import Metrics
-from tests.conftest import DIGITS, SAMPLES
+from tests.conftest import DIGITS, SAMPLES, npy_bytes
 
 TOKEN = "a-long-enough-test-token"
 PREDICT = "/v1/models/digits/predict"
@@ -84,12 +83,6 @@ def token_app(slots: dict[str, ModelSlot]) -> FastAPI:
 def token_client(token_app: FastAPI) -> Iterator[TestClient]:
     with TestClient(token_app, raise_server_exceptions=False) as c:
         yield c
-
-
-def _npy(array: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    np.save(buf, array, allow_pickle=False)
-    return buf.getvalue()
 
 
 VALID = (SAMPLES / "digit_3.png").read_bytes()
@@ -209,7 +202,7 @@ NPY_ARRAYS = MODEL_ARRAYS | hnp.arrays(
 @st.composite
 def npy_bodies(draw: st.DrawFn) -> bytes:
     array = draw(NPY_ARRAYS)
-    body = _npy(array)
+    body = npy_bytes(array)
     how = draw(st.sampled_from(["whole", "whole", "truncated", "flipped"]))
     if how == "truncated":
         body = body[: draw(st.integers(0, len(body) - 1))]
@@ -275,13 +268,13 @@ EDGE_CASES = [
         id="json-nested-5000-deep",
     ),
     pytest.param(
-        _npy(np.zeros((0, 8, 8, 1), np.float32)),
+        npy_bytes(np.zeros((0, 8, 8, 1), np.float32)),
         OCTET,
         id="npy-empty-batch",
     ),
     *(
         pytest.param(
-            _npy(np.zeros(shape, np.uint8)),
+            npy_bytes(np.zeros(shape, np.uint8)),
             OCTET,
             id=f"npy-uint8-{'x'.join(map(str, shape))}",
         )

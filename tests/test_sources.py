@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import io
 import json
 import threading
 import time
@@ -22,7 +21,7 @@ from edgerun.sources.files import FileSource
 from edgerun.sources.mqtt import MqttSource, decode_message, parse_mqtt_url
 from edgerun.sources.sensor import SensorSource
 from edgerun.sources.video import CameraSource, StreamSource, VideoFileSource, open_decoder
-from tests.conftest import SAMPLES, Broker
+from tests.conftest import SAMPLES, Broker, npy_bytes
 
 
 def make_video(path: Path, frames: int = 30, size: tuple[int, int] = (64, 48), fourcc: str = "MJPG") -> Path:
@@ -186,9 +185,7 @@ def test_malformed_mqtt_urls_are_config_errors(url: str) -> None:
 
 
 def _npy_b64(array: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    np.save(buf, array)
-    return base64.b64encode(buf.getvalue())
+    return base64.b64encode(npy_bytes(array))
 
 
 def test_mqtt_messages_decode_as_json_arrays_base64_npy_or_images() -> None:
