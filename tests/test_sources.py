@@ -42,6 +42,21 @@ def test_a_directory_is_walked_in_sorted_stable_order_and_globs_expand(tmp_path:
     assert [Path(f.source_id).name for f in globbed.frames()] == ["digit_1.png", "digit_2.png"]
 
 
+def test_a_walk_takes_nested_files_and_linked_files_but_not_linked_folders(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    png = (SAMPLES / "digit_1.png").read_bytes()
+    (tmp_path / "b" / "deep").mkdir(parents=True)
+    for name in ("a.png", "b/c.PNG", "b/deep/d.png", "b/notes.txt"):
+        (tmp_path / name).write_bytes(png)
+    (tmp_path / "link.png").symlink_to(tmp_path / "a.png")
+    (tmp_path / "loop").symlink_to(tmp_path / "b", target_is_directory=True)  # not walked: no duplicates, no loop
+    want = ["a.png", "b/c.PNG", "b/deep/d.png", "link.png"]
+    assert [r.path for r in FileSource([str(tmp_path)]).refs] == [str(tmp_path / n) for n in want]
+    monkeypatch.chdir(tmp_path)
+    assert [r.path for r in FileSource(["."]).refs] == want  # named as the user would, without "./"
+
+
 def test_unreadable_paths_become_error_frames_and_the_rest_still_come(tmp_path: Path) -> None:
     frames = list(FileSource([str(tmp_path / "nope.png"), str(SAMPLES / "digit_1.png")]).frames())
     assert frames[0].error is not None and "no such file" in frames[0].error

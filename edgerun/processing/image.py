@@ -25,12 +25,19 @@ _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 _PNG_IEND = b"IEND"
 
 
-def _cv2() -> Any:
-    import cv2
+_cv2_module: Any = None
 
-    # OpenCV's own warnings would add lines to our one-line errors.
-    cv2.setLogLevel(0) if hasattr(cv2, "setLogLevel") else None
-    return cv2
+
+def _cv2() -> Any:
+    """OpenCV, imported on first use and quietened once (it is called per image)."""
+    global _cv2_module
+    if _cv2_module is None:
+        import cv2
+
+        # OpenCV's own warnings would add lines to our one-line errors.
+        cv2.setLogLevel(0) if hasattr(cv2, "setLogLevel") else None
+        _cv2_module = cv2
+    return _cv2_module
 
 
 def preload() -> None:
