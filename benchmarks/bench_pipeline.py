@@ -135,8 +135,13 @@ def bare_runner(path: Path, threads: int) -> Callable[[np.ndarray], np.ndarray]:
 
 @dataclass
 class CountSink:
-    """A sink that counts results and keeps their latencies (record's, and read-to-sink)."""
+    """A sink that counts results and keeps their latencies (record's, and read-to-sink).
 
+    ``inline``, as edgerun's standard-output sinks are: it stands for the table or JSON
+    lines ``edgerun run`` and ``edgerun predict`` print, published from the inference thread.
+    """
+
+    inline = True
     n: int = 0
     errors: int = 0
     latency_ms: list[float] = field(default_factory=list)

@@ -21,9 +21,13 @@ from tests.test_sources import make_video
 
 
 class ListSink:
-    """A real Sink that keeps results, optionally slowly, optionally failing at the n-th."""
+    """A real Sink that keeps results, optionally slowly, optionally failing at the n-th.
 
-    def __init__(self, delay_s: float = 0.0, fail_at: int | None = None) -> None:
+    ``inline``: published from the inference thread (as standard output is) rather than a sink thread.
+    """
+
+    def __init__(self, delay_s: float = 0.0, fail_at: int | None = None, inline: bool = False) -> None:
+        self.inline = inline
         self.results: list[Result] = []
         self.delay_s = delay_s
         self.fail_at = fail_at
@@ -73,6 +77,12 @@ class BurstSource(LiveSource):
             buffer.put(Frame(self.image, time.time(), f"burst#{i}", i))
 
 
+@pytest.fixture(params=[False, True], ids=["sink-thread", "inline-sinks"])
+def inline(request: pytest.FixtureRequest) -> bool:
+    """Run a test with results published from a sink thread, and from the inference thread."""
+    return bool(request.param)
+
+
 @pytest.fixture(scope="module")
 def model() -> edgerun.Model:
     return edgerun.load(DIGITS / "digits_int8.tflite")
@@ -87,10 +97,12 @@ def _copies(tmp_path: Path, n: int) -> list[str]:
     return paths
 
 
-def test_files_are_never_dropped_and_reading_waits_for_a_slow_sink(tmp_path: Path, model: edgerun.Model) -> None:
+def test_files_are_never_dropped_and_reading_waits_for_a_slow_sink(
+    tmp_path: Path, model: edgerun.Model, inline: bool
+) -> None:
     source = CountingSource(_copies(tmp_path, 40))
     leads = []
-    sink = ListSink(delay_s=0.005)
+    sink = ListSink(delay_s=0.005, inline=inline)
     pipeline = Pipeline(
         source, model, [sink], queue_size=2, on_result=lambda r: leads.append(source.read - len(sink.results))
     )
@@ -112,19 +124,21 @@ def test_a_live_source_keeps_the_newest_frames_and_counts_drops_on_a_slow_model(
     assert summary.to_dict()["dropped"] == summary.dropped
 
 
-def test_a_bad_frame_is_counted_and_the_run_goes_on(tmp_path: Path, model: edgerun.Model) -> None:
+def test_a_bad_frame_is_counted_and_the_run_goes_on(tmp_path: Path, model: edgerun.Model, inline: bool) -> None:
     bad = tmp_path / "bad.png"
     bad.write_bytes(b"not a png")
     paths = [str(SAMPLES / "digit_1.png"), str(bad), str(tmp_path / "missing.png"), str(SAMPLES / "digit_2.png")]
-    sink = ListSink()
+    sink = ListSink(inline=inline)
     summary = Pipeline(FileSource(paths), model, [sink]).run()
     assert (summary.frames, summary.ok, summary.errors) == (4, 2, 2)
     assert [r.ok for r in sink.results] == [True, False, False, True]
     assert "not a decodable image" in sink.results[1].record["error"]
 
 
-def test_a_failing_sink_stops_the_run_with_the_stage_named_and_sinks_are_closed(model: edgerun.Model) -> None:
-    first, second = ListSink(), ListSink(fail_at=3)
+def test_a_failing_sink_stops_the_run_with_the_stage_named_and_sinks_are_closed(
+    model: edgerun.Model, inline: bool
+) -> None:
+    first, second = ListSink(inline=inline), ListSink(fail_at=3, inline=inline)
     pipeline = Pipeline(FileSource([str(SAMPLES)]), model, [first, second])
     with pytest.raises(PipelineError, match="sink: disk full"):
         pipeline.run()
@@ -144,9 +158,9 @@ def test_a_source_that_fails_midway_stops_the_run_naming_the_source(model: edger
     assert len(sink.results) == 1  # what was read before the failure was still processed
 
 
-def test_stop_finishes_what_is_in_flight_and_flushes(tmp_path: Path, model: edgerun.Model) -> None:
+def test_stop_finishes_what_is_in_flight_and_flushes(tmp_path: Path, model: edgerun.Model, inline: bool) -> None:
     source = CountingSource(_copies(tmp_path, 200))
-    sink = ListSink(delay_s=0.002)
+    sink = ListSink(delay_s=0.002, inline=inline)
     pipeline = Pipeline(source, model, [sink], queue_size=2, on_result=lambda _: pipeline.stop("SIGTERM"))
     summary = pipeline.run()
     assert summary.stopped_by == "SIGTERM"
@@ -204,3 +218,35 @@ def test_a_decoded_source_is_prepared_on_the_reader_with_the_same_results_in_ord
     assert summary.ok == 20 and [r.frame.index for r in sink.results] == list(range(20))
     assert [r.record["output"] for r in sink.results] == expected
     assert "pipeline-read" in threads and "pipeline-prepare" not in threads
+
+
+def test_inline_sinks_are_published_from_the_inference_thread_with_the_same_results(
+    tmp_path: Path, model: edgerun.Model
+) -> None:
+    paths = _copies(tmp_path, 30)
+
+    def publishing_threads(sinks: list[ListSink]) -> set[str]:
+        names: set[str] = set()
+        Pipeline(FileSource(paths), model, sinks, on_result=lambda _: names.add(threading.current_thread().name)).run()
+        return names
+
+    inline, threaded = ListSink(inline=True), ListSink()
+    assert publishing_threads([inline]) == {"pipeline-infer"}
+    assert publishing_threads([threaded]) == {"pipeline-sink"}
+    assert len(inline.results) == 30
+    assert [(r.record["input"], r.record["output"]) for r in inline.results] == [
+        (r.record["input"], r.record["output"]) for r in threaded.results
+    ]
+    mixed = [ListSink(inline=True), ListSink()]  # one sink that needs its own thread puts every sink there
+    assert publishing_threads(mixed) == {"pipeline-sink"} and len(mixed[0].results) == 30
+
+
+def test_an_inline_sink_whose_reader_went_away_ends_the_run_with_broken_pipe(model: edgerun.Model) -> None:
+    class ClosedStdout(ListSink):
+        def publish(self, result: Result) -> None:
+            raise BrokenPipeError(32, "Broken pipe")
+
+    sink = ClosedStdout(inline=True)
+    with pytest.raises(BrokenPipeError):
+        Pipeline(FileSource([str(SAMPLES)]), model, [sink]).run()
+    assert sink.closed == 1

@@ -32,7 +32,13 @@ class Result:
 
 @runtime_checkable
 class Sink(Protocol):
-    """Receives results in order, from one thread."""
+    """Receives results in order, from one thread.
+
+    A sink may say ``inline = True`` (an attribute) when publishing is cheap and does
+    not wait on disk or network (a line on standard output): when every sink of a
+    pipeline says so, results are published from the inference thread and the
+    pipeline runs without a sink thread. Without it, a sink gets a thread of its own.
+    """
 
     def publish(self, result: Result) -> None:
         """Take one result; raise ``EdgerunError`` only for a failure that must stop the run."""

@@ -26,6 +26,8 @@ def top1(output: Any) -> tuple[str, float | None]:
 class TableSink:
     """One human-readable line per result on standard output (errors go to stderr via the run)."""
 
+    inline = True  # a formatted line: cheap enough for the inference thread (see Sink)
+
     def __init__(self, stream: IO[str] | None = None) -> None:
         self._stream = stream or sys.stdout
 
@@ -58,6 +60,7 @@ class JsonlSink:
 
         self._dumps = json.dumps
         self.path = path
+        self.inline = path is None  # standard output; a file is flushed per record, off the inference thread
         if path is None:
             self._stream: IO[str] = sys.stdout
         else:
