@@ -9,8 +9,13 @@ Three parts:
    it, same threads) over the same frames already decoded and preprocessed
    (by ``Model.prepare``, untimed): the pipeline has to hide decoding and
    preprocessing behind inference. MobileNet INT8, TFLite and ONNX, with 1 and
-   2 threads; the headline per format is the thread count with the higher
-   pipeline fps. Target: pipeline >= 0.9x bare.
+   2 threads. The headline per format is 1 inference thread, the second core
+   decoding: with 2 inference threads the bare runtime has both cores to itself
+   and the pipeline must still find a core's worth of decoding, so its ratio sits
+   well below 0.9x by arithmetic (the "2-core estimate" column: both cores' time
+   per frame, inference at ``threads`` x the bare call plus decoding and
+   preparing, against the bare call; an estimate, since a runtime's threads are
+   not busy for the whole of a call). Target: pipeline >= 0.9x bare.
 2. **Batch predict over 1,000 JPEGs** (320x240 colour, generated once).
    ``python -m edgerun predict MODEL DIR --json --batch-size N --threads T``
    as a whole process (stdout to /dev/null) against a plain script run as a
@@ -266,11 +271,14 @@ def video_part(video: Path, rounds: int) -> list[tuple[str, bool]]:
                         calls.append(float(np.median(times)))
                 ratios.append(pipe_fps[-1] / bare_fps[-1])
             stages = summary.stages_ms if summary is not None else {}
+            bare_s, feed_s = 1 / statistics.median(bare_fps), (decode_s + prepare_s) / len(tensors)
             per_threads[threads] = {
                 "pipe": statistics.median(pipe_fps),
                 "bare": statistics.median(bare_fps),
                 "ratio": statistics.median(ratios),
                 "ratios": ratios,
+                # two cores' time per frame: inference (threads x the call) plus decoding and preparing
+                "estimate": min(1.0, 2 / (threads * bare_s + feed_s) * bare_s, bare_s / feed_s),
             }
             breakdown.append(
                 [
@@ -290,9 +298,8 @@ def video_part(video: Path, rounds: int) -> list[tuple[str, bool]]:
             )
             model.close()
             del tensors, bare
-        best = max(per_threads, key=lambda t: per_threads[t]["pipe"])
         for threads, fig in per_threads.items():
-            headline = threads == best
+            headline = threads == 1
             ok = fig["ratio"] >= VIDEO_MIN_RATIO if headline else None
             if ok is not None:
                 results.append((f"video pipeline {name} (threads={threads})", ok))
@@ -305,6 +312,7 @@ def video_part(video: Path, rounds: int) -> list[tuple[str, bool]]:
                     f"{fig['bare']:.1f}",
                     f"{fig['ratio']:.3f}",
                     spread(fig["ratios"]),
+                    f"{fig['estimate']:.2f}",
                     ">= 0.9x" if headline else "(info)",
                     verdict(ok),
                 ]
@@ -317,6 +325,7 @@ def video_part(video: Path, rounds: int) -> list[tuple[str, bool]]:
         "bare fps (pre-decoded)",
         "pipeline/bare",
         "per-round range",
+        "2-core estimate",
         "target",
         "result",
     ]
