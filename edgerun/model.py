@@ -19,10 +19,10 @@ import sys
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import numpy as np
 
 from edgerun.accel.probe import probe
@@ -56,13 +56,12 @@ def default_threads(path: Path) -> int:
     return max(1, min(4, os.cpu_count() or 1))
 
 
-@dataclass
-class Prediction:
+class Prediction(msgspec.Struct):
     """One result: the post-processed output and where the time went (ms)."""
 
     output: Any
     latency_ms: float
-    stages_ms: dict[str, float] = field(default_factory=dict)
+    stages_ms: dict[str, float] = msgspec.field(default_factory=dict)
 
 
 class Model:

@@ -37,9 +37,9 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
+import msgspec
 import numpy as np
 
 from edgerun.errors import EdgerunError, PipelineError
@@ -56,8 +56,7 @@ __all__ = ["Pipeline", "Summary"]
 _END = object()  # end of stream marker, passed down every queue
 
 
-@dataclass
-class _Item:
+class _Item(msgspec.Struct):
     frame: Frame
     arrived: float  # monotonic time the reader took it
     model: Model | None = None  # chosen once per frame, so a hot swap never mixes two models
@@ -66,8 +65,7 @@ class _Item:
     error: str | None = None
 
 
-@dataclass
-class Summary:
+class Summary(msgspec.Struct):
     """What a run did. Latencies in ms (since start, per stage), rates per second."""
 
     frames: int = 0
@@ -76,7 +74,7 @@ class Summary:
     dropped: int = 0
     skipped: int = 0
     elapsed_s: float = 0.0
-    stages_ms: dict[str, Any] = field(default_factory=dict)
+    stages_ms: dict[str, Any] = msgspec.field(default_factory=dict)
     stopped_by: str = "end of input"
 
     @property
@@ -192,8 +190,6 @@ class Pipeline:
         onward = self._q_inf if self._prepare_on_reader else self._q_pre  # prepared here, or by the prepare thread
         try:
             for frame in self.source.frames():
-                if self._stop.is_set() and not live:
-                    break
                 now = time.monotonic()
                 if self._interval:
                     if now < next_due:
@@ -219,6 +215,8 @@ class Pipeline:
                 if self._max_frames is not None and taken >= self._max_frames:
                     self.stop("max frames")
                     break
+                if self._stop.is_set() and not live:
+                    break  # checked after handing the frame on: a frame read is a frame processed
         except BaseException as exc:
             self._fail(f"source {self.source.uri}", exc)
         finally:

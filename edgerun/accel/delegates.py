@@ -10,8 +10,9 @@ Ranking is the order of ``CATALOGUE``: the first usable entry is the default.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
+
+import msgspec
 
 from edgerun.accel.probe import DeviceFacts
 from edgerun.accel.runtimes import RuntimeFacts
@@ -29,8 +30,7 @@ def _open(path: Path, format: str, delegate: str, threads: int | None, cache_dir
     return open_backend(path, format=format, delegate=delegate, threads=threads, cache_dir=cache_dir)
 
 
-@dataclass(frozen=True)
-class DelegateSpec:
+class DelegateSpec(msgspec.Struct, frozen=True):
     """One delegate: its name, format, what it needs, and how to open a backend on it.
 
     Attributes:

@@ -14,8 +14,9 @@ import json
 import logging
 import os
 import platform
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
+
+import msgspec
 
 log = logging.getLogger(__name__)
 
@@ -42,8 +43,7 @@ _CPU_FLAGS = {
 }
 
 
-@dataclass(frozen=True)
-class DeviceFacts:
+class DeviceFacts(msgspec.Struct, frozen=True):
     """What the device is and which accelerators it exposes (all from files)."""
 
     machine: str
@@ -60,7 +60,7 @@ class DeviceFacts:
     intel_npu: tuple[str, ...] = ()
     hailo: tuple[str, ...] = ()
     root: str = "/"
-    notes: tuple[str, ...] = field(default=())
+    notes: tuple[str, ...] = ()
 
     def accelerators(self) -> list[str]:
         """Human names of the accelerators found, e.g. ``["edgetpu:usb", "nvidia:/dev/nvidia0"]``."""
@@ -77,7 +77,7 @@ class DeviceFacts:
         """A stable short id of the hardware, for caches keyed by device."""
         import hashlib
 
-        data = asdict(self)
+        data = msgspec.structs.asdict(self)
         data.pop("notes")
         data.pop("root")
         blob = json.dumps(data, sort_keys=True).encode()
@@ -85,7 +85,7 @@ class DeviceFacts:
 
     def to_dict(self) -> dict[str, object]:
         """A JSON-ready form."""
-        data = asdict(self)
+        data = msgspec.structs.asdict(self)
         data["accelerators"] = self.accelerators()
         return data
 

@@ -8,7 +8,8 @@ libraries (``ctypes``), because a library that is on disk but does not load
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict, dataclass
+
+import msgspec
 
 from edgerun.errors import BackendUnavailableError
 
@@ -17,8 +18,7 @@ log = logging.getLogger(__name__)
 __all__ = ["RuntimeFacts", "discover"]
 
 
-@dataclass(frozen=True)
-class RuntimeFacts:
+class RuntimeFacts(msgspec.Struct, frozen=True):
     """Runtimes and delegate libraries present, with the reason for each one missing."""
 
     onnxruntime: str | None
@@ -40,7 +40,7 @@ class RuntimeFacts:
 
     def to_dict(self) -> dict[str, object]:
         """A JSON-ready form."""
-        data = asdict(self)
+        data = msgspec.structs.asdict(self)
         data["delegate_libraries"] = {k: ("loads" if v is None else v) for k, v in self.delegate_libraries}
         data["missing"] = dict(self.missing)
         return data

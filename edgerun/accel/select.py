@@ -21,9 +21,9 @@ import json
 import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 
+import msgspec
 import numpy as np
 
 from edgerun.accel.delegates import CATALOGUE, DelegateSpec, known_names
@@ -43,8 +43,7 @@ SampleFn = Callable[[Backend], Sequence[np.ndarray]]
 _CACHE_FILE = "delegates.json"
 
 
-@dataclass
-class Attempt:
+class Attempt(msgspec.Struct):
     """What happened to one candidate delegate.
 
     ``status`` is one of ``chosen``, ``usable`` (worked, not chosen),
@@ -57,7 +56,7 @@ class Attempt:
     status: str
     reason: str = ""
     latency_ms: float | None = None
-    error: EdgerunError | None = field(default=None, repr=False, compare=False)
+    error: EdgerunError | None = None  # the exception itself, for callers that re-raise it
 
     def to_dict(self) -> dict[str, object]:
         """A JSON-ready form."""
@@ -70,15 +69,14 @@ class Attempt:
         }
 
 
-@dataclass
-class Selection:
+class Selection(msgspec.Struct):
     """The outcome: the chosen backend, and every attempt with its reason."""
 
     backend: Backend
     delegate: str
     path: Path
     mode: str
-    attempts: list[Attempt] = field(default_factory=list)
+    attempts: list[Attempt] = msgspec.field(default_factory=list)
     cached: bool = False
 
     @property
@@ -363,8 +361,7 @@ def select(
     return Selection(backend, spec.name, target, "fastest", attempts)
 
 
-@dataclass(frozen=True)
-class _Job:
+class _Job(msgspec.Struct, frozen=True):
     """What one ``select`` call works with, passed to its helpers as one value."""
 
     model_path: Path

@@ -17,10 +17,10 @@ same way, so a caller never sees the difference except in speed.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
+import msgspec
 import numpy as np
 
 from edgerun.errors import ModelLoadError
@@ -36,16 +36,14 @@ __all__ = [
 ]
 
 
-@dataclass(frozen=True)
-class QuantParams:
+class QuantParams(msgspec.Struct, frozen=True):
     """Affine quantization of a tensor: ``real = scale * (q - zero_point)``."""
 
     scale: float
     zero_point: int
 
 
-@dataclass(frozen=True)
-class TensorSpec:
+class TensorSpec(msgspec.Struct, frozen=True):
     """One input or output tensor as the runtime declares it.
 
     ``shape`` has ``None`` for dynamic dimensions; ``dtype`` is the type the

@@ -7,9 +7,9 @@ half image returns a confident wrong answer.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
+import msgspec
 import numpy as np
 
 from edgerun.card import Preprocess
@@ -75,8 +75,7 @@ _CV_8U, _CV_8S = 0, 1  # OpenCV's depth codes, fixed in its ABI
 _INTERP = {"nearest": "INTER_NEAREST", "linear": "INTER_LINEAR", "area": "INTER_AREA", "cubic": "INTER_CUBIC"}
 
 
-@dataclass(frozen=True)
-class _Plan:
+class _Plan(msgspec.Struct, frozen=True):
     height: int
     width: int
     channels: int

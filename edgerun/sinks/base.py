@@ -5,16 +5,16 @@ The MQTT results publisher of ``edgerun.sync`` is one more sink.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
+
+import msgspec
 
 from edgerun.sources.base import Frame
 
 __all__ = ["Result", "Sink", "error_record", "result_record"]
 
 
-@dataclass(frozen=True, slots=True)
-class Result:
+class Result(msgspec.Struct, frozen=True):
     """One processed frame: the record (as ``edgerun predict --json`` prints it) and its frame.
 
     ``record`` has ``input``, ``model``, ``version``, ``delegate``, ``output`` and

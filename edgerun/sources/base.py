@@ -13,14 +13,14 @@ from __future__ import annotations
 import collections
 import threading
 from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
+
+import msgspec
 
 __all__ = ["Frame", "LatestBuffer", "LiveSource", "Source"]
 
 
-@dataclass(frozen=True, slots=True)
-class Frame:
+class Frame(msgspec.Struct, frozen=True):
     """One unit of input.
 
     Attributes:

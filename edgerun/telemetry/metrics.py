@@ -14,9 +14,9 @@ import math
 import threading
 import time
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
 from typing import Any
 
+import msgspec
 import numpy as np
 
 __all__ = ["STAGES", "LatencyStats", "Metrics", "MetricsWindow", "NoMetrics"]
@@ -95,16 +95,15 @@ def _r(x: float) -> float:
     return round(float(x), 4)
 
 
-@dataclass
-class _ModelStats:
+class _ModelStats(msgspec.Struct):
     version: str
     delegate: str
     started: float
-    stages: dict[str, LatencyStats] = field(default_factory=lambda: {s: LatencyStats() for s in STAGES})
+    stages: dict[str, LatencyStats] = msgspec.field(default_factory=lambda: {s: LatencyStats() for s in STAGES})
     count: int = 0
     errors: int = 0
     dropped: int = 0
-    error_ts: list[float] = field(default_factory=list)
+    error_ts: list[float] = msgspec.field(default_factory=list)
 
 
 class Metrics:
