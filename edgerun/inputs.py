@@ -73,17 +73,23 @@ def _usable_files(folder: str, prefix: str) -> Iterator[str]:
             continue
 
 
-def read_input(path: Path) -> bytes | np.ndarray:
-    """Read one input file: ``.npy`` as an array, anything else as encoded image bytes."""
+def read_input(path: str | os.PathLike[str]) -> bytes | np.ndarray:
+    """Read one input file: ``.npy`` as an array, anything else as encoded image bytes.
+
+    Plain ``open`` rather than ``Path.read_bytes``: this runs once per image of a batch
+    run, and the ``Path`` object was half of its 30 us.
+    """
+    path = os.fspath(path)
     try:
-        if path.suffix.lower() == ".npy":
+        if os.path.splitext(path)[1].lower() == ".npy":
             try:
                 return np.load(path, allow_pickle=False)
             except ValueError as exc:
                 raise InputError(f"{path}: not a plain numeric .npy array ({str(exc).splitlines()[0]})") from exc
             except EOFError:
                 raise InputError(f"{path}: empty or truncated .npy file") from None
-        return path.read_bytes()
+        with open(path, "rb") as f:
+            return f.read()
     except FileNotFoundError:
         raise InputError(f"{path}: no such file") from None
     except IsADirectoryError:

@@ -154,7 +154,7 @@ class Model:
             from edgerun.inputs import read_input
 
             name = os.fspath(item) if isinstance(item, (str, os.PathLike)) else name
-            item = read_input(Path(item))
+            item = read_input(item)
         if isinstance(item, (bytes, bytearray, memoryview)):
             return self._image_tensor(bytes(item), name)
         if isinstance(item, np.ndarray):

@@ -50,7 +50,7 @@ class FileSource:
                 yield Frame(None, time.time(), ref.path, index, error=ref.error)
             else:
                 try:
-                    yield Frame(read_input_path(ref.path), time.time(), ref.path, index)
+                    yield Frame(read_input(ref.path), time.time(), ref.path, index)
                 except InputError as exc:
                     yield Frame(None, time.time(), ref.path, index, error=str(exc))
 
@@ -58,9 +58,3 @@ class FileSource:
         """Stop after the current file."""
         self._closed = True
 
-
-def read_input_path(path: str) -> object:
-    """``read_input`` for a string path."""
-    from pathlib import Path
-
-    return read_input(Path(path))
