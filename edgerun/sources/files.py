@@ -57,4 +57,3 @@ class FileSource:
     def close(self) -> None:
         """Stop after the current file."""
         self._closed = True
-
