@@ -82,6 +82,20 @@ def test_since_start_percentiles_stay_within_the_histogram_resolution() -> None:
     assert total["max"] == 10.0
 
 
+def test_the_ring_keeps_the_newest_samples_once_it_wraps_and_the_histogram_its_extremes() -> None:
+    stats = LatencyStats()
+    for i in range(10_000):  # the ring holds 4,096: it wraps twice
+        stats.add(float(i), float(i))
+    recent = stats.window(0.0)
+    assert len(recent) == 4096 and sorted(recent.tolist()) == [float(i) for i in range(10_000 - 4096, 10_000)]
+    assert stats.window(9_990.0).tolist() == [float(i) for i in range(9_990, 10_000)]
+    tiny, huge = LatencyStats(), LatencyStats()
+    tiny.add(1e-6, 0.0)  # below the first bucket, and above the last: counted, not lost
+    huge.add(1e9, 0.0)
+    assert tiny.summary_total() is not None and huge.summary_total() is not None
+    assert sum(tiny._hist) == sum(huge._hist) == 1 and tiny._hist[0] == 1 and huge._hist[-1] == 1
+
+
 def test_system_figures_come_from_the_board_or_are_null(tmp_path: Path) -> None:
     bare = SystemSampler(tmp_path / "none").sample()
     assert bare["temp_c"] is None and bare["throttled"] is None
