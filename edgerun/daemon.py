@@ -52,7 +52,7 @@ class _PipelineRunner:
     def _run(self) -> None:
         from edgerun.pipeline import Pipeline
         from edgerun.sinks import open_sink
-        from edgerun.sources import open_source
+        from edgerun.sources import open_configured
 
         c = self.config
         while not self._stop.is_set():
@@ -60,16 +60,7 @@ class _PipelineRunner:
                 window = c.window
                 if window is None and len(self.slot.primary.inputs[0].shape) >= 2:
                     window = self.slot.primary.inputs[0].shape[1]
-                source = open_source(
-                    c.source,
-                    window=window,
-                    hop=c.hop,
-                    width=c.width,
-                    height=c.height,
-                    fps=c.camera_fps,
-                    queue=c.queue,
-                    decode_threads=c.decode_threads,
-                )
+                source = open_configured(c.source, c, window)
                 sinks = [open_sink(s) for s in c.sinks] + list(self._extra)
                 self._pipeline = Pipeline(
                     source, self.slot, sinks, metrics=self.metrics, fps=c.fps, batch_size=c.batch_size

@@ -105,7 +105,7 @@ def run(args: argparse.Namespace) -> int:
     from edgerun.ota.slot import ModelSlot
     from edgerun.pipeline import Pipeline
     from edgerun.sinks import open_sink
-    from edgerun.sources import open_source
+    from edgerun.sources import open_configured
     from edgerun.telemetry.metrics import Metrics
 
     for name in ("max_frames", "batch_size", "queue", "window", "hop"):
@@ -126,16 +126,7 @@ def run(args: argparse.Namespace) -> int:
     slot = ModelSlot(model)
     with model:
         window = sensor_window(model, args.window)
-        source = open_source(
-            args.source,
-            window=window,
-            hop=args.hop,
-            width=args.width,
-            height=args.height,
-            fps=args.camera_fps,
-            queue=args.queue,
-            decode_threads=args.decode_threads,
-        )
+        source = open_configured(args.source, args, window)
         sinks = [open_sink(s, fps=getattr(source, "fps", 0.0) or 25.0) for s in (args.sink or ["stdout"])]
         metrics = Metrics()
         sync = start_sync(args, metrics, [model])

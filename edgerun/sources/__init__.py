@@ -14,10 +14,42 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Protocol
 
 from edgerun.sources.base import Frame, LatestBuffer, LiveSource, Source
 
-__all__ = ["Frame", "LatestBuffer", "LiveSource", "Source", "open_source"]
+__all__ = ["Frame", "LatestBuffer", "LiveSource", "Source", "SourceOptions", "open_configured", "open_source"]
+
+
+class SourceOptions(Protocol):
+    """The source options ``edgerun run`` takes as flags and a daemon pipeline as config keys, by the same names."""
+
+    @property
+    def hop(self) -> int | None: ...
+    @property
+    def width(self) -> int | None: ...
+    @property
+    def height(self) -> int | None: ...
+    @property
+    def camera_fps(self) -> float | None: ...
+    @property
+    def queue(self) -> int | None: ...
+    @property
+    def decode_threads(self) -> int: ...
+
+
+def open_configured(specs: str | Sequence[str], options: SourceOptions, window: int | None) -> Source:
+    """``open_source`` with the options of ``edgerun run`` or of a daemon pipeline (one place to add one)."""
+    return open_source(
+        specs,
+        window=window,
+        hop=options.hop,
+        width=options.width,
+        height=options.height,
+        fps=options.camera_fps,
+        queue=options.queue,
+        decode_threads=options.decode_threads,
+    )
 
 
 def open_source(
