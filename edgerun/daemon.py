@@ -63,7 +63,13 @@ class _PipelineRunner:
                 source = open_configured(c.source, c, window)
                 sinks = [open_sink(s) for s in c.sinks] + list(self._extra)
                 self._pipeline = Pipeline(
-                    source, self.slot, sinks, metrics=self.metrics, fps=c.fps, batch_size=c.batch_size
+                    source,
+                    self.slot,
+                    sinks,
+                    metrics=self.metrics,
+                    fps=c.fps,
+                    batch_size=c.batch_size,
+                    prepare_workers=c.prepare_workers,
                 )
                 self.state = "running"
                 summary = self._pipeline.run()

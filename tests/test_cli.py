@@ -94,6 +94,16 @@ def test_bad_inputs_each_get_one_line_exit_1_and_the_good_ones_still_run(tmp_pat
         (["predict", str(DIGITS / "digits_int8.tflite"), "x.png", "--delegate", "warp"], 2, "unknown delegate 'warp'"),
         (["predict", str(DIGITS / "digits_int8.tflite"), "x.png", "--delegate", "cuda"], 1, "usable for this model"),
         (["predict", str(DIGITS / "digits_int8.tflite"), "x.png", "--threads", "0"], 2, "--threads"),
+        (
+            ["predict", str(DIGITS / "digits_int8.tflite"), "x.png", "--prepare-workers", "0"],
+            2,
+            "--prepare-workers must be at least 1, got 0",
+        ),
+        (
+            ["run", str(DIGITS / "digits_int8.tflite"), "--source", "x.png", "--prepare-workers", "-1"],
+            2,
+            "--prepare-workers must be at least 1, got -1",
+        ),
     ],
 )
 def test_model_and_option_errors_are_one_line_with_the_right_exit_code(

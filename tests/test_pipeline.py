@@ -7,6 +7,8 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import cv2
+import numpy as np
 import pytest
 
 import edgerun
@@ -83,6 +85,12 @@ def inline(request: pytest.FixtureRequest) -> bool:
     return bool(request.param)
 
 
+@pytest.fixture(params=[1, 3], ids=["1-worker", "3-workers"])
+def workers(request: pytest.FixtureRequest) -> int:
+    """Run a test with one prepare worker, and with three decoding in parallel."""
+    return int(request.param)
+
+
 @pytest.fixture(scope="module")
 def model() -> edgerun.Model:
     return edgerun.load(DIGITS / "digits_int8.tflite")
@@ -98,19 +106,27 @@ def _copies(tmp_path: Path, n: int) -> list[str]:
 
 
 def test_files_are_never_dropped_and_reading_waits_for_a_slow_sink(
-    tmp_path: Path, model: edgerun.Model, inline: bool
+    tmp_path: Path, model: edgerun.Model, inline: bool, workers: int
 ) -> None:
     source = CountingSource(_copies(tmp_path, 40))
     leads = []
     sink = ListSink(delay_s=0.005, inline=inline)
     pipeline = Pipeline(
-        source, model, [sink], queue_size=2, on_result=lambda r: leads.append(source.read - len(sink.results))
+        source,
+        model,
+        [sink],
+        queue_size=2,
+        prepare_workers=workers,
+        on_result=lambda r: leads.append(source.read - len(sink.results)),
     )
     summary = pipeline.run()
     assert summary.frames == summary.ok == 40 and summary.dropped == 0
     assert [r.record["output"][0]["label"] for r in sink.results] == [str(i % 10) for i in range(40)]
     # bounded queues: reading never ran more than the queues' capacity ahead of the sink
-    assert max(leads) <= 2 + 2 + 2 + 4
+    # (to and from the workers: at most 2 frames per stage, or one per lane; the output queue 2;
+    # in hand: the reader, each worker, the inference thread and the sink)
+    per_stage = max(2, workers)
+    assert max(leads) <= per_stage + per_stage + 2 + (1 + workers + 1 + 1)
 
 
 def test_a_live_source_keeps_the_newest_frames_and_counts_drops_on_a_slow_model(model: edgerun.Model) -> None:
@@ -124,22 +140,24 @@ def test_a_live_source_keeps_the_newest_frames_and_counts_drops_on_a_slow_model(
     assert summary.to_dict()["dropped"] == summary.dropped
 
 
-def test_a_bad_frame_is_counted_and_the_run_goes_on(tmp_path: Path, model: edgerun.Model, inline: bool) -> None:
+def test_a_bad_frame_is_counted_and_the_run_goes_on(
+    tmp_path: Path, model: edgerun.Model, inline: bool, workers: int
+) -> None:
     bad = tmp_path / "bad.png"
     bad.write_bytes(b"not a png")
     paths = [str(SAMPLES / "digit_1.png"), str(bad), str(tmp_path / "missing.png"), str(SAMPLES / "digit_2.png")]
     sink = ListSink(inline=inline)
-    summary = Pipeline(FileSource(paths), model, [sink]).run()
+    summary = Pipeline(FileSource(paths), model, [sink], prepare_workers=workers).run()
     assert (summary.frames, summary.ok, summary.errors) == (4, 2, 2)
     assert [r.ok for r in sink.results] == [True, False, False, True]
     assert "not a decodable image" in sink.results[1].record["error"]
 
 
 def test_a_failing_sink_stops_the_run_with_the_stage_named_and_sinks_are_closed(
-    model: edgerun.Model, inline: bool
+    model: edgerun.Model, inline: bool, workers: int
 ) -> None:
     first, second = ListSink(inline=inline), ListSink(fail_at=3, inline=inline)
-    pipeline = Pipeline(FileSource([str(SAMPLES)]), model, [first, second])
+    pipeline = Pipeline(FileSource([str(SAMPLES)]), model, [first, second], prepare_workers=workers)
     with pytest.raises(PipelineError, match="sink: disk full"):
         pipeline.run()
     assert first.closed == second.closed == 1
@@ -158,10 +176,19 @@ def test_a_source_that_fails_midway_stops_the_run_naming_the_source(model: edger
     assert len(sink.results) == 1  # what was read before the failure was still processed
 
 
-def test_stop_finishes_what_is_in_flight_and_flushes(tmp_path: Path, model: edgerun.Model, inline: bool) -> None:
+def test_stop_finishes_what_is_in_flight_and_flushes(
+    tmp_path: Path, model: edgerun.Model, inline: bool, workers: int
+) -> None:
     source = CountingSource(_copies(tmp_path, 200))
     sink = ListSink(delay_s=0.002, inline=inline)
-    pipeline = Pipeline(source, model, [sink], queue_size=2, on_result=lambda _: pipeline.stop("SIGTERM"))
+    pipeline = Pipeline(
+        source,
+        model,
+        [sink],
+        queue_size=2,
+        prepare_workers=workers,
+        on_result=lambda _: pipeline.stop("SIGTERM"),
+    )
     summary = pipeline.run()
     assert summary.stopped_by == "SIGTERM"
     assert 0 < summary.frames < 200
@@ -217,7 +244,41 @@ def test_a_decoded_source_is_prepared_on_the_reader_with_the_same_results_in_ord
     ).run()
     assert summary.ok == 20 and [r.frame.index for r in sink.results] == list(range(20))
     assert [r.record["output"] for r in sink.results] == expected
-    assert "pipeline-read" in threads and "pipeline-prepare" not in threads
+    assert "pipeline-read" in threads and not any(name.startswith("pipeline-prepare") for name in threads)
+
+
+def test_several_prepare_workers_decode_in_parallel_and_results_keep_the_source_order(
+    tmp_path: Path, model: edgerun.Model
+) -> None:
+    # large noise images (slow to decode) among small ones: workers finish out of turn
+    rng = np.random.default_rng(0)
+    paths = []
+    for i in range(24):
+        target = tmp_path / f"img_{i:02d}.png"
+        if i % 5 == 1:
+            cv2.imwrite(str(target), rng.integers(0, 256, (700, 700), dtype=np.uint8))
+        else:
+            target.write_bytes((SAMPLES / f"digit_{i % 10}.png").read_bytes())
+        paths.append(str(target))
+    one, three = ListSink(), ListSink()
+    Pipeline(FileSource(paths), model, [one], prepare_workers=1).run()
+    threads: set[str] = set()
+    summary = Pipeline(
+        FileSource(paths),
+        model,
+        [three],
+        prepare_workers=3,
+        on_result=lambda _: threads.update(t.name for t in threading.enumerate()),
+    ).run()
+    assert summary.ok == 24
+    assert [r.record["input"] for r in three.results] == paths
+    assert [r.record["output"] for r in three.results] == [r.record["output"] for r in one.results]
+    assert {"pipeline-prepare-0", "pipeline-prepare-1", "pipeline-prepare-2"} <= threads
+
+
+def test_prepare_workers_below_one_are_refused(model: edgerun.Model) -> None:
+    with pytest.raises(PipelineError, match="prepare workers must be at least 1, got 0"):
+        Pipeline(FileSource([str(SAMPLES)]), model, [ListSink()], prepare_workers=0)
 
 
 def test_inline_sinks_are_published_from_the_inference_thread_with_the_same_results(

@@ -40,6 +40,13 @@ def register(sub: Any) -> None:
         metavar="N",
         help="inputs per inference call (a real batch where the model's batch dimension is dynamic)",
     )
+    p.add_argument(
+        "--prepare-workers",
+        type=int,
+        default=None,
+        metavar="N",
+        help="image files: threads decoding and preparing them in parallel (default: one per CPU core, up to 4)",
+    )
     p.add_argument("--output", default=None, metavar="FILE.jsonl", help="also append every record to this file")
     p.add_argument("--resume", action="store_true", help="skip the inputs already recorded in --output")
     p.add_argument("--no-progress", action="store_true", help="no progress bar even on a terminal")
@@ -79,8 +86,10 @@ def run(args: argparse.Namespace) -> int:
 
     if args.top_k is not None and args.top_k < 1:
         raise ConfigError(f"--top-k must be at least 1, got {args.top_k}")
-    if args.batch_size < 1:
-        raise ConfigError(f"--batch-size must be at least 1, got {args.batch_size}")
+    for name in ("batch_size", "prepare_workers"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            raise ConfigError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
     if args.resume and not args.output:
         raise ConfigError("--resume needs --output FILE.jsonl (the file it resumes from)")
     skip = recorded_inputs(args.output) if args.resume else frozenset()
@@ -118,7 +127,15 @@ def run(args: argparse.Namespace) -> int:
     sync = start_sync(args, metrics, [model])
     if sync is not None and args.publish_results:
         sinks.append(sync.results_sink())
-    pipeline = Pipeline(source, model, sinks, metrics=metrics, batch_size=args.batch_size, on_result=on_result)
+    pipeline = Pipeline(
+        source,
+        model,
+        sinks,
+        metrics=metrics,
+        batch_size=args.batch_size,
+        prepare_workers=args.prepare_workers,
+        on_result=on_result,
+    )
     try:
         with model:
             summary = run_pipeline(pipeline, sync)
@@ -132,7 +149,7 @@ def run(args: argparse.Namespace) -> int:
     return 1 if summary.errors else 0
 
 
-#: Up to this many inputs run in the calling thread: starting the pipeline's four threads (and
+#: Up to this many inputs run in the calling thread: starting the pipeline's threads (and
 #: importing them) would be most of a one-image run.
 _DIRECT_MAX = 4
 

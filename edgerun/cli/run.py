@@ -75,6 +75,13 @@ def register(sub: Any) -> None:
         help="video files and streams: decoding threads (default 1, leaving the other cores to the model; "
         "0: the decoder's choice, one per core)",
     )
+    p.add_argument(
+        "--prepare-workers",
+        type=int,
+        default=None,
+        metavar="N",
+        help="image files: threads decoding and preparing them in parallel (default: one per CPU core, up to 4)",
+    )
     p.add_argument("--batch-size", type=int, default=1, metavar="N", help="frames per inference call")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     add_model_options(p)
@@ -108,7 +115,7 @@ def run(args: argparse.Namespace) -> int:
     from edgerun.sources import open_configured
     from edgerun.telemetry.metrics import Metrics
 
-    for name in ("max_frames", "batch_size", "queue", "window", "hop"):
+    for name in ("max_frames", "batch_size", "queue", "window", "hop", "prepare_workers"):
         value = getattr(args, name)
         if value is not None and value < 1:
             raise ConfigError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
@@ -141,6 +148,7 @@ def run(args: argparse.Namespace) -> int:
             fps=args.fps,
             max_frames=args.max_frames,
             batch_size=args.batch_size,
+            prepare_workers=args.prepare_workers,
             on_result=report_failure,
         )
         summary = run_pipeline(pipeline, sync, ota)
