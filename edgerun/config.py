@@ -61,8 +61,8 @@ class PipelineConfig(_Strict):
         1, ge=0, le=64, description="video files and streams: decoding threads (0: the decoder's choice)"
     )
     batch_size: int = Field(1, ge=1, le=256, description="frames per inference call")
-    prepare_workers: int | None = Field(
-        None, ge=1, le=64, description="image files: threads decoding them in parallel (default: one per core, up to 4)"
+    prepare_workers: int = Field(
+        1, ge=1, le=64, description="image files and MQTT messages: threads decoding them in parallel"
     )
     restart_s: float = Field(5.0, ge=0.1, le=3600, description="wait before reopening a source that failed")
 

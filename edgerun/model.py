@@ -153,7 +153,7 @@ class Model:
         if isinstance(item, (str, os.PathLike)):
             from edgerun.inputs import read_input
 
-            name = os.fspath(item) if isinstance(item, (str, os.PathLike)) else name
+            name = os.fspath(item)
             item = read_input(item)
         if isinstance(item, (bytes, bytearray, memoryview)):
             return self._image_tensor(bytes(item), name)

@@ -6,11 +6,13 @@ Threads joined by bounded queues::
 
 so that on two cores decoding and preprocessing of the next frames overlap the
 inference of the current one (OpenCV and both runtimes release the GIL while
-they work). Encoded images (files) are decoded by N prepare workers in parallel,
-one per core by default; the reader deals frames to them in turn and the
-inference thread takes them back in the same turn (``_Lanes``), so results keep
-the source's order. Where the source's frames arrive decoded (video, camera, stream,
-sensor windows: ``Source.decoded``), reading is the heavy part and preparing a
+they work). Encoded images (files, MQTT messages) are decoded by
+``prepare_workers`` threads: one by default, which keeps each frame's latency
+lowest; several decode in parallel for throughput (``edgerun predict`` uses one
+per core). The reader deals frames to them in turn and the inference thread
+takes them back in the same turn (``_Lanes``), so results keep the source's order.
+Where the source's frames arrive decoded (video, camera, stream, sensor windows:
+``Source.decoded``), reading is the heavy part and preparing a
 frame (a resize) is light, so the reader prepares each frame itself and the
 prepare workers are left out: one thread and one queue hop fewer per frame, which
 on two cores was 12-15% more frames per second on a 720p video. Bounded queues
@@ -37,7 +39,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import os
 import queue
 import threading
 import time
@@ -125,18 +126,6 @@ def _get(q: queue.Queue[Any], abort: threading.Event) -> Any:
                 return _END
 
 
-def default_prepare_workers() -> int:
-    """Prepare workers when none are asked for: one per CPU core, up to four.
-
-    OpenCV releases the GIL while it decodes, so workers decode on every core:
-    on two cores, 1080p JPEGs through MobileNet INT8 went from 72 to 109 frames/s
-    with two workers (docs/pipelines.md). Where decoding is light next to the
-    Python around it (320x240 JPEGs into the digits model) two workers are no
-    faster than one, and no slower: the bounded lanes hold idle workers back.
-    """
-    return max(1, min(4, os.cpu_count() or 1))
-
-
 class _Item(msgspec.Struct):
     frame: Frame
     arrived: float  # monotonic time the reader took it
@@ -192,14 +181,14 @@ class Pipeline:
         max_frames: int | None = None,
         batch_size: int = 1,
         queue_size: int = 8,
-        prepare_workers: int | None = None,
+        prepare_workers: int = 1,
         on_result: Callable[[Result], None] | None = None,
     ) -> None:
         if fps is not None and fps <= 0:
             raise PipelineError(f"fps must be positive, got {fps}")
         if batch_size < 1:
             raise PipelineError(f"batch size must be at least 1, got {batch_size}")
-        if prepare_workers is not None and prepare_workers < 1:
+        if prepare_workers < 1:
             raise PipelineError(f"prepare workers must be at least 1, got {prepare_workers}")
         self.source = source
         self.slot = model if isinstance(model, ModelSlot) else ModelSlot(model)
@@ -214,8 +203,8 @@ class Pipeline:
         self._on_result = on_result
         self._stop = threading.Event()
         self._abort = threading.Event()
-        # frames read here and decoded elsewhere are prepared by several workers in parallel
-        self._workers = 0 if self._prepare_on_reader else (prepare_workers or default_prepare_workers())
+        # frames read here and decoded elsewhere: prepared by one worker, or several in parallel
+        self._workers = 0 if self._prepare_on_reader else prepare_workers
         lanes = max(1, self._workers)
         lane_size = -(-queue_size // lanes)  # the lanes of a stage hold about queue_size frames in all
         self._q_pre = _Lanes(lanes, lane_size, self._abort)

@@ -46,6 +46,10 @@ MODEL = f"models:\n  digits:\n    path: {ROOT}/models/digits/digits_int8.tflite\
         (MODEL + "api:\n  bind: 0.0.0.0\n", "api: api.bind 0.0.0.0 is not loopback: a token"),
         (MODEL + "pipelines:\n  cam:\n    source: camera:0\n    model: nope\n", "no model named 'nope'"),
         (MODEL + "ota:\n  trusted_keys: [k.pem]\n", "ota.trusted_keys needs mqtt"),
+        (
+            MODEL + "pipelines:\n  photos:\n    source: photos/\n    model: digits\n    prepare_workers: 0\n",
+            "pipelines.photos.prepare_workers: Input should be greater than or equal to 1",
+        ),
         ("models: {}\n", "models: Dictionary should have at least 1 item"),
         (MODEL + "device:\n  id: ../evil\n", "device.id: String should match pattern"),
         ("models: [oops\n", "not valid YAML at line 2"),

@@ -78,9 +78,10 @@ def register(sub: Any) -> None:
     p.add_argument(
         "--prepare-workers",
         type=int,
-        default=None,
+        default=1,
         metavar="N",
-        help="image files: threads decoding and preparing them in parallel (default: one per CPU core, up to 4)",
+        help="image files and MQTT messages: threads decoding them in parallel (default 1, the lowest latency "
+        "per frame; more for throughput on large images)",
     )
     p.add_argument("--batch-size", type=int, default=1, metavar="N", help="frames per inference call")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
