@@ -10,7 +10,7 @@ they work). Encoded images (files, MQTT messages) are decoded by
 ``prepare_workers`` threads: one by default, which keeps each frame's latency
 lowest; several decode in parallel for throughput (``edgerun predict`` uses one
 per core). The reader deals frames to them in turn and the inference thread
-takes them back in the same turn (``_Lanes``), so results keep the source's order.
+takes them back in the same turn (``edgerun.lanes``), so results keep the source's order.
 Where the source's frames arrive decoded (video, camera, stream, sensor windows:
 ``Source.decoded``), reading is the heavy part and preparing a
 frame (a resize) is light, so the reader prepares each frame itself and the
@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import queue
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -48,7 +47,9 @@ from typing import Any
 import msgspec
 import numpy as np
 
+from edgerun import lanes
 from edgerun.errors import EdgerunError, PipelineError
+from edgerun.lanes import END, NOTHING, Lanes
 from edgerun.model import Model
 from edgerun.ota.slot import ModelSlot
 from edgerun.sinks.base import Result, Sink, error_record, result_record
@@ -58,72 +59,6 @@ from edgerun.telemetry.metrics import Metrics
 log = logging.getLogger(__name__)
 
 __all__ = ["Pipeline", "Summary"]
-
-_END = object()  # end of stream marker, passed down every queue
-
-
-class _Lanes:
-    """Bounded queues used in turn: what goes in in order comes out in the same order.
-
-    One lane is a plain bounded queue. With several, each prepare worker owns one
-    lane in and one lane out; the reader deals frames to them in turn and the
-    inference thread collects them in the same turn, so the order of results is
-    the order of the source however the workers interleave. One thread puts and
-    one thread gets (per ``_Lanes``), so the two turn counters need no lock.
-    """
-
-    def __init__(self, lanes: int, size: int, abort: threading.Event) -> None:
-        self.queues: list[queue.Queue[Any]] = [queue.Queue(size) for _ in range(lanes)]
-        self._abort = abort
-        self._put_at = 0
-        self._get_at = 0
-
-    def put(self, item: Any) -> bool:
-        """Put into the next lane, with backpressure; False only when the run is aborted."""
-        if not _put(self.queues[self._put_at], item, self._abort):
-            return False
-        self._put_at = (self._put_at + 1) % len(self.queues)
-        return True
-
-    def end(self) -> None:
-        """Put the end marker into every lane (each worker, or the one consumer, needs its own)."""
-        for q in self.queues:
-            _put(q, _END, self._abort)
-
-    def get(self) -> Any:
-        """Take from the next lane: the next item in order, or ``_END``."""
-        item = _get(self.queues[self._get_at], self._abort)
-        if item is not _END:
-            self._get_at = (self._get_at + 1) % len(self.queues)
-        return item
-
-    def get_nowait(self) -> Any:
-        """The next item in order if it is ready; raises ``queue.Empty`` if not."""
-        item = self.queues[self._get_at].get_nowait()
-        if item is not _END:
-            self._get_at = (self._get_at + 1) % len(self.queues)
-        return item
-
-
-def _put(q: queue.Queue[Any], item: Any, abort: threading.Event) -> bool:
-    """Put with backpressure; gives up only when the run is aborted."""
-    while True:
-        try:
-            q.put(item, timeout=0.1)
-            return True
-        except queue.Full:
-            if abort.is_set():
-                return False
-
-
-def _get(q: queue.Queue[Any], abort: threading.Event) -> Any:
-    """Get, waiting as long as it takes; ``_END`` once the run is aborted and nothing is left."""
-    while True:
-        try:
-            return q.get(timeout=0.1)
-        except queue.Empty:
-            if abort.is_set():
-                return _END
 
 
 class _Item(msgspec.Struct):
@@ -205,11 +140,11 @@ class Pipeline:
         self._abort = threading.Event()
         # frames read here and decoded elsewhere: prepared by one worker, or several in parallel
         self._workers = 0 if self._prepare_on_reader else prepare_workers
-        lanes = max(1, self._workers)
-        lane_size = -(-queue_size // lanes)  # the lanes of a stage hold about queue_size frames in all
-        self._q_pre = _Lanes(lanes, lane_size, self._abort)
-        self._q_inf = _Lanes(lanes, lane_size, self._abort)
-        self._q_out = _Lanes(1, queue_size * max(1, batch_size), self._abort)
+        n_lanes = max(1, self._workers)
+        lane_size = -(-queue_size // n_lanes)  # the lanes of a stage hold about queue_size frames in all
+        self._q_pre = Lanes(n_lanes, lane_size, self._abort)
+        self._q_inf = Lanes(n_lanes, lane_size, self._abort)
+        self._q_out = Lanes(1, queue_size * max(1, batch_size), self._abort)
         self._failure: tuple[str, BaseException] | None = None
         self._lock = threading.Lock()
         self.summary = Summary()
@@ -290,16 +225,16 @@ class Pipeline:
 
     def _prepare(self, lane: int) -> None:
         """One prepare worker: frames from its lane in, prepared frames to its lane out."""
-        take, onward = self._q_pre.queues[lane], self._q_inf.queues[lane]
+        take, onward = self._q_pre.channels[lane], self._q_inf.channels[lane]
         try:
-            while (item := _get(take, self._abort)) is not _END:
+            while (item := lanes.get(take, self._abort)) is not END:
                 self._prepare_one(item)
-                if not _put(onward, item, self._abort):
+                if not lanes.put(onward, item, self._abort):
                     return
         except BaseException as exc:
             self._fail("preprocess", exc)
         finally:
-            _put(onward, _END, self._abort)
+            lanes.put(onward, END, self._abort)
 
     def _prepare_one(self, item: _Item) -> None:
         item.model = self.slot.get()
@@ -319,18 +254,17 @@ class Pipeline:
             while not ended:
                 batch: list[_Item] = []
                 item = self._q_inf.get()
-                while item is not _END:
+                while item is not END:
                     if item.error is not None:
                         self._emit_error(item)
                     else:
                         batch.append(item)
                     if len(batch) >= self._batch:
                         break
-                    try:  # take what is already waiting, never wait to fill a batch
-                        item = self._q_inf.get_nowait()
-                    except queue.Empty:
+                    item = self._q_inf.get_nowait()  # take what is already waiting, never wait to fill a batch
+                    if item is NOTHING:
                         break
-                ended = item is _END
+                ended = item is END
                 while batch:  # one call per model: a hot swap can fall inside a batch
                     model = batch[0].model
                     same = [i for i in batch if i.model is model]
@@ -414,12 +348,12 @@ class Pipeline:
 
     def _deliver(self) -> None:
         try:
-            while (result := self._q_out.get()) is not _END:
+            while (result := self._q_out.get()) is not END:
                 self._deliver_one(result)
         except BaseException as exc:
             self._fail("sink", exc)
             # keep draining so upstream stages can finish
-            while self._q_out.get() is not _END:
+            while self._q_out.get() is not END:
                 pass
 
     # -- running -------------------------------------------------------------
