@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import cv2
@@ -105,21 +105,24 @@ def _copies(tmp_path: Path, n: int) -> list[str]:
     return paths
 
 
+def _small_queues(
+    source: CountingSource, model: edgerun.Model, sink: ListSink, workers: int, on_result: Callable[[Result], None]
+) -> Pipeline:
+    """A pipeline with queues of two frames, so that backpressure and stops meet full queues."""
+    return Pipeline(source, model, [sink], queue_size=2, prepare_workers=workers, on_result=on_result)
+
+
 def test_files_are_never_dropped_and_reading_waits_for_a_slow_sink(
     tmp_path: Path, model: edgerun.Model, inline: bool, workers: int
 ) -> None:
     source = CountingSource(_copies(tmp_path, 40))
     leads = []
     sink = ListSink(delay_s=0.005, inline=inline)
-    pipeline = Pipeline(
-        source,
-        model,
-        [sink],
-        queue_size=2,
-        prepare_workers=workers,
-        on_result=lambda r: leads.append(source.read - len(sink.results)),
-    )
-    summary = pipeline.run()
+
+    def lead(_: Result) -> None:
+        leads.append(source.read - len(sink.results))
+
+    summary = _small_queues(source, model, sink, workers, lead).run()
     assert summary.frames == summary.ok == 40 and summary.dropped == 0
     assert [r.record["output"][0]["label"] for r in sink.results] == [str(i % 10) for i in range(40)]
     # bounded queues: reading never ran more than the queues' capacity ahead of the sink
@@ -181,14 +184,7 @@ def test_stop_finishes_what_is_in_flight_and_flushes(
 ) -> None:
     source = CountingSource(_copies(tmp_path, 200))
     sink = ListSink(delay_s=0.002, inline=inline)
-    pipeline = Pipeline(
-        source,
-        model,
-        [sink],
-        queue_size=2,
-        prepare_workers=workers,
-        on_result=lambda _: pipeline.stop("SIGTERM"),
-    )
+    pipeline = _small_queues(source, model, sink, workers, lambda _: pipeline.stop("SIGTERM"))
     summary = pipeline.run()
     assert summary.stopped_by == "SIGTERM"
     assert 0 < summary.frames < 200
