@@ -94,6 +94,7 @@ def test_bad_inputs_each_get_one_line_exit_1_and_the_good_ones_still_run(tmp_pat
         (["predict", str(DIGITS / "digits_int8.tflite"), "x.png", "--delegate", "warp"], 2, "unknown delegate 'warp'"),
         (["predict", str(DIGITS / "digits_int8.tflite"), "x.png", "--delegate", "cuda"], 1, "usable for this model"),
         (["predict", str(DIGITS / "digits_int8.tflite"), "x.png", "--threads", "0"], 2, "--threads"),
+        (["predict", str(DIGITS / "digits_int8.tflite"), "x.png", "--top-k", "0"], 2, "--top-k must be at least 1"),
         (
             ["predict", str(DIGITS / "digits_int8.tflite"), "x.png", "--prepare-workers", "0"],
             2,

@@ -71,6 +71,16 @@ def load_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+def require_at_least_one(args: argparse.Namespace, *names: str) -> None:
+    """Refuse, in one line, any of the counting options ``names`` that is given and below 1."""
+    from edgerun.errors import ConfigError
+
+    for name in names:
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            raise ConfigError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
+
+
 def print_json(record: Any) -> None:
     """One JSON object on one line of stdout."""
     import json  # only JSON output needs it: a one-image table run does not pay for it

@@ -13,6 +13,7 @@ from edgerun.cli.common import (
     add_mqtt_options,
     load_kwargs,
     report_failure,
+    require_at_least_one,
     run_pipeline,
     start_sync,
 )
@@ -84,12 +85,7 @@ def run(args: argparse.Namespace) -> int:
     from edgerun.sinks.text import JsonlSink, TableSink
     from edgerun.sources.files import FileSource
 
-    if args.top_k is not None and args.top_k < 1:
-        raise ConfigError(f"--top-k must be at least 1, got {args.top_k}")
-    for name in ("batch_size", "prepare_workers"):
-        value = getattr(args, name)
-        if value is not None and value < 1:
-            raise ConfigError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
+    require_at_least_one(args, "top_k", "batch_size", "prepare_workers")
     if args.resume and not args.output:
         raise ConfigError("--resume needs --output FILE.jsonl (the file it resumes from)")
     skip = recorded_inputs(args.output) if args.resume else frozenset()

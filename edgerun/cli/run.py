@@ -14,6 +14,7 @@ from edgerun.cli.common import (
     model_loader,
     print_json,
     report_failure,
+    require_at_least_one,
     run_pipeline,
     start_ota,
     start_sync,
@@ -116,10 +117,7 @@ def run(args: argparse.Namespace) -> int:
     from edgerun.sources import open_configured
     from edgerun.telemetry.metrics import Metrics
 
-    for name in ("max_frames", "batch_size", "queue", "window", "hop", "prepare_workers"):
-        value = getattr(args, name)
-        if value is not None and value < 1:
-            raise ConfigError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
+    require_at_least_one(args, "max_frames", "batch_size", "queue", "window", "hop", "prepare_workers")
     if args.decode_threads < 0:
         raise ConfigError(f"--decode-threads must be 0 (the decoder's choice) or more, got {args.decode_threads}")
     if args.ota_key:  # serve the store's active version: an update received over the air survives restarts
