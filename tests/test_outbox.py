@@ -46,6 +46,22 @@ def test_records_leave_only_when_acknowledged_and_in_order(tmp_path: Path) -> No
     assert box.stats().records == 8
 
 
+def test_payloads_are_strict_json_with_the_same_values(tmp_path: Path) -> None:
+    box = Outbox(tmp_path / "o.sqlite")
+    record = {"source": "caf\u00e9.jpg", "output": [{"label": "3", "score": 4e-06}], "temp_c": float("nan")}
+    box.put("results/digits", "t", dict(record))
+    payload = box.pending()[0].payload
+
+    def refuse(constant: str) -> None:
+        raise AssertionError(f"{constant} is not JSON")
+
+    got = json.loads(payload, parse_constant=refuse)
+    assert got["source"] == "caf\u00e9.jpg"
+    assert got["output"] == record["output"]
+    assert got["temp_c"] is None  # JSON has no NaN: null, which every receiver can parse
+    assert (got["seq"], got["epoch"]) == (1, box.epoch)
+
+
 def test_the_size_bound_evicts_the_oldest_and_counts_them(tmp_path: Path) -> None:
     box = Outbox(tmp_path / "o.sqlite", max_bytes=10_000)
     for i in range(200):
