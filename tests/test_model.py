@@ -212,6 +212,35 @@ def test_images_for_an_int8_input_are_normalised_and_quantized_in_one_pass(int8_
         assert np.array_equal(direct, Quantizer(spec.quant, spec.dtype)(plain(image)))
 
 
+@pytest.mark.parametrize("target", ["float32", "int8", "uint8"])
+def test_every_pixel_value_maps_exactly_as_the_per_pixel_arithmetic(target: str) -> None:
+    from edgerun.backends.base import QuantParams
+    from edgerun.card import Preprocess
+    from edgerun.processing.image import ImagePreprocessor
+
+    # every value 0-255 in every channel, each channel in its own order, already at the input size
+    rng = np.random.default_rng(7)
+    bgr = np.stack([rng.permutation(256).astype(np.uint8).reshape(16, 16) for _ in range(3)], axis=2)
+    if target == "float32":  # per-channel mean and std: the float path
+        spec = Preprocess(
+            size=(16, 16), color="bgr", scale=1 / 255, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225)
+        )
+        tensor = ImagePreprocessor(spec, 16, 16, 3, np.dtype(np.float32))(bgr)
+        expected = bgr.astype(np.float32)
+        expected *= np.float32(1 / 255) / np.array(spec.std, np.float32)
+        expected += -np.array(spec.mean, np.float32) / np.array(spec.std, np.float32)
+    else:  # one normalisation for all channels into a quantized input: OpenCV's rounding and saturation
+        spec = Preprocess(size=(16, 16), color="bgr", scale=1 / 127.5, mean=(1.0,), std=(1.0,))
+        quant = QuantParams(scale=0.0078125, zero_point=-3 if target == "int8" else 125)
+        tensor = ImagePreprocessor(spec, 16, 16, 3, np.dtype(target), quant=quant)(bgr)
+        alpha, beta = (1 / 127.5) / quant.scale, -1.0 / quant.scale + quant.zero_point
+        flat = bgr.reshape(-1, 1)
+        expected = cv2.addWeighted(flat, alpha, flat, 0.0, beta, dtype=cv2.CV_8S if target == "int8" else cv2.CV_8U)
+        expected = expected.reshape(bgr.shape)
+    assert tensor.dtype == np.dtype(target)
+    assert np.array_equal(tensor[0], expected)
+
+
 @pytest.mark.parametrize("layout", ["NHWC", "NCHW"])
 def test_colour_preprocessing_follows_the_formula_per_channel(layout: str) -> None:
     from edgerun.card import Preprocess
