@@ -241,6 +241,19 @@ def test_every_pixel_value_maps_exactly_as_the_per_pixel_arithmetic(target: str)
     assert np.array_equal(tensor[0], expected)
 
 
+def test_per_channel_values_that_do_not_fit_the_input_are_a_card_error() -> None:
+    from edgerun.card import Preprocess
+    from edgerun.errors import CardError
+    from edgerun.processing.image import ImagePreprocessor
+
+    gray = np.zeros((8, 8), np.uint8)
+    same = Preprocess(color="rgb", mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
+    assert ImagePreprocessor(same, 8, 8, 1, np.dtype(np.float32))(gray).shape == (1, 8, 8, 1)  # one value, really
+    differing = Preprocess(color="rgb", mean=(0.485, 0.456, 0.406))
+    with pytest.raises(CardError, match=r"3 values for mean/std .* 1 channel"):
+        ImagePreprocessor(differing, 8, 8, 1, np.dtype(np.float32))
+
+
 @pytest.mark.parametrize("layout", ["NHWC", "NCHW"])
 def test_colour_preprocessing_follows_the_formula_per_channel(layout: str) -> None:
     from edgerun.card import Preprocess

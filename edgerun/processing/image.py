@@ -13,7 +13,7 @@ import msgspec
 import numpy as np
 
 from edgerun.card import Preprocess
-from edgerun.errors import InputError
+from edgerun.errors import CardError, InputError
 
 __all__ = ["decode_image", "ImagePreprocessor", "IMAGE_SUFFIXES", "preload"]
 
@@ -86,6 +86,18 @@ class _Plan(msgspec.Struct, frozen=True):
     fused: tuple[float, float, int] | None  # (alpha, beta, cv type): normalise and quantize in one step
 
 
+def _per_channel(values: np.ndarray, channels: int, spec: Preprocess) -> np.ndarray:
+    """One value per channel of the input tensor, from one value or one per channel."""
+    values = np.asarray(values, dtype=np.float32).reshape(-1)
+    if np.ptp(values) == 0:
+        values = values[:1]
+    if values.size not in (1, channels):
+        raise CardError(
+            f"card gives {values.size} values for mean/std ({spec.color}), but the input has {channels} channel(s)"
+        )
+    return np.broadcast_to(values, (channels,)).astype(np.float32)
+
+
 class ImagePreprocessor:
     """Turns decoded images into a model's input tensor, per its card.
 
@@ -121,8 +133,8 @@ class ImagePreprocessor:
             width=width,
             channels=channels,
             nchw=spec.layout == "NCHW",
-            mul=np.broadcast_to(mul, (channels,)).astype(np.float32),
-            add=np.broadcast_to(add, (channels,)).astype(np.float32),
+            mul=_per_channel(mul, channels, spec),
+            add=_per_channel(add, channels, spec),
             raw_uint8=np.dtype(dtype) == np.uint8 and quant is None,
             fused=fused,
         )
