@@ -138,6 +138,18 @@ def test_a_video_that_does_not_exist_is_one_clear_line() -> None:
     assert result.stderr.strip() == "edgerun: error: video not found: nowhere.mp4"
 
 
+def test_an_undecodable_video_is_one_line_without_opencv_or_ffmpeg_chatter(tmp_path: Path) -> None:
+    garbage = tmp_path / "garbage.mp4"
+    garbage.write_bytes(b"\x00\x00\x00\x18ftypmp42" + bytes(range(256)) * 20)  # an mp4 header, no movie
+    model = str(ROOT / "models" / "digits" / "digits_int8.onnx")
+    result = run_cli("run", model, "--source", str(garbage))
+    assert result.returncode == 1
+    assert result.stderr.strip() == f"edgerun: error: cannot open video {garbage}: no decoder accepts it"
+    # OpenCV's and FFmpeg's own lines are there for whoever asks for them
+    chatty = run_cli("run", model, "--source", str(garbage), env={**os.environ, "OPENCV_LOG_LEVEL": "WARNING"})
+    assert "moov atom not found" in chatty.stderr and chatty.stderr.strip().endswith("no decoder accepts it")
+
+
 def test_a_negative_decoder_thread_count_is_one_clear_line(tmp_path: Path) -> None:
     video = make_video(tmp_path / "in.avi", frames=2)
     model = str(ROOT / "models" / "digits" / "digits_int8.onnx")

@@ -24,6 +24,7 @@ import msgspec
 import numpy as np
 
 from edgerun.errors import ModelLoadError
+from edgerun.opencv import opencv
 
 __all__ = [
     "Backend",
@@ -141,9 +142,7 @@ class Quantizer:
             return x
         if self._cv_type is not None and x.dtype == np.float32:
             if self._cv2 is None:
-                import cv2
-
-                self._cv2 = cv2
+                self._cv2 = opencv()
             flat = np.ascontiguousarray(x).reshape(-1, 1)
             out = self._cv2.addWeighted(flat, self._inv_scale, flat, 0.0, self._zero_point, dtype=self._cv_type)
             return out.reshape(x.shape)

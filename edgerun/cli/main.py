@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from importlib import import_module
 from typing import NoReturn
 
-from edgerun import __version__
+from edgerun import __version__, opencv
 from edgerun.cli.common import error_line
 from edgerun.errors import EdgerunError
 
@@ -62,6 +62,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser(command).parse_args(argv)
     level = logging.WARNING - 10 * min(args.verbose, 2)
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    opencv.quiet()  # one line per error: not OpenCV's and FFmpeg's own lines too
     try:
         return int(args.run(args))
     except EdgerunError as exc:

@@ -14,6 +14,7 @@ import numpy as np
 
 from edgerun.card import Preprocess
 from edgerun.errors import CardError, InputError
+from edgerun.opencv import opencv
 
 __all__ = ["decode_image", "ImagePreprocessor", "IMAGE_SUFFIXES", "preload"]
 
@@ -25,25 +26,10 @@ _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 _PNG_IEND = b"IEND"
 
 
-_cv2_module: Any = None
-
-
-def _cv2() -> Any:
-    """OpenCV, imported on first use and quietened once (it is called per image)."""
-    global _cv2_module
-    if _cv2_module is None:
-        import cv2
-
-        # OpenCV's own warnings would add lines to our one-line errors.
-        cv2.setLogLevel(0) if hasattr(cv2, "setLogLevel") else None
-        _cv2_module = cv2
-    return _cv2_module
-
-
 def preload() -> None:
     """Import OpenCV now (~20 ms, 15 MB): before a pipeline's threads start rather than on one of them,
     where the import competes for the GIL with the reader and takes longer."""
-    _cv2()
+    opencv()
 
 
 def decode_image(data: bytes, name: str = "image", gray: bool = False) -> np.ndarray:
@@ -58,7 +44,7 @@ def decode_image(data: bytes, name: str = "image", gray: bool = False) -> np.nda
         raise InputError(f"{name}: truncated JPEG (no end-of-image marker)")
     if data[:8] == _PNG_MAGIC and _PNG_IEND not in data[-64:]:
         raise InputError(f"{name}: truncated PNG (no IEND chunk)")
-    cv2 = _cv2()
+    cv2 = opencv()
     buf = np.frombuffer(data, dtype=np.uint8)
     flags = cv2.IMREAD_GRAYSCALE if gray else cv2.IMREAD_COLOR
     try:
@@ -156,7 +142,7 @@ class ImagePreprocessor:
 
     def __call__(self, image: np.ndarray) -> np.ndarray:
         """One decoded image (HxW, HxWx3 BGR or HxWx4 BGRA, uint8) -> a batch-of-one tensor."""
-        cv2 = _cv2()
+        cv2 = opencv()
         plan = self._plan
         if image.dtype != np.uint8:
             raise InputError(f"image must be uint8 pixels, got {image.dtype}")
@@ -193,7 +179,7 @@ class ImagePreprocessor:
             # OpenCV's own rounding and saturation, as a per-pixel addWeighted would apply them
             alpha, beta, cv_type = plan.fused
             pixels = np.arange(256, dtype=np.uint8).reshape(256, 1)
-            lut = _cv2().addWeighted(pixels, alpha, pixels, 0.0, beta, dtype=cv_type)
+            lut = opencv().addWeighted(pixels, alpha, pixels, 0.0, beta, dtype=cv_type)
         else:
             # float32 multiply then add, as numpy would do per pixel
             lut = np.arange(256, dtype=np.float32)[:, None] * plan.mul + plan.add
@@ -201,7 +187,7 @@ class ImagePreprocessor:
         return self._lut
 
     def _resize(self, image: np.ndarray) -> np.ndarray:
-        cv2 = _cv2()
+        cv2 = opencv()
         if self._interp is None:
             self._interp = getattr(cv2, _INTERP[self.spec.interpolation])
         h, w = image.shape[:2]

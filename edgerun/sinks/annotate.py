@@ -9,6 +9,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from edgerun.errors import ConfigError
+from edgerun.opencv import opencv
 from edgerun.sinks.base import Result
 from edgerun.sinks.text import top1
 
@@ -17,7 +18,7 @@ __all__ = ["AnnotatedImageSink", "AnnotatedVideoSink"]
 
 def _image(result: Result) -> np.ndarray | None:
     """The frame as a BGR image, decoding image bytes if needed; None for non-image frames."""
-    import cv2
+    cv2 = opencv()
 
     data = result.frame.data
     if isinstance(data, (bytes, bytearray)):
@@ -35,7 +36,7 @@ def _image(result: Result) -> np.ndarray | None:
 
 def annotate(image: np.ndarray, result: Result) -> np.ndarray:
     """A copy of ``image`` with the label and score (or the error) written in its top-left corner."""
-    import cv2
+    cv2 = opencv()
 
     out = image.copy()
     if result.ok:
@@ -65,7 +66,7 @@ class AnnotatedImageSink:
 
     def publish(self, result: Result) -> None:
         """Draw and write one image (frames that are not images are skipped)."""
-        import cv2
+        cv2 = opencv()
 
         image = _image(result)
         if image is None:
@@ -96,7 +97,7 @@ class AnnotatedVideoSink:
 
     def publish(self, result: Result) -> None:
         """Draw and append one frame."""
-        import cv2
+        cv2 = opencv()
 
         image = _image(result)
         if image is None:

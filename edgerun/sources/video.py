@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from edgerun.errors import SourceError
+from edgerun.opencv import opencv
 from edgerun.sources.base import Frame, LatestBuffer, LiveSource
 
 log = logging.getLogger(__name__)
@@ -37,12 +38,6 @@ VIDEO_SUFFIXES = frozenset({".mp4", ".avi", ".mkv", ".mov", ".webm", ".m4v", ".m
 OpenCapture = Callable[[Any], Any]
 
 
-def _cv2() -> Any:
-    import cv2
-
-    return cv2
-
-
 def open_decoder(uri: str, api: int, decode_threads: int) -> Any:
     """``cv2.VideoCapture`` on ``decode_threads`` FFmpeg decoding threads (0: the decoder's choice).
 
@@ -51,7 +46,7 @@ def open_decoder(uri: str, api: int, decode_threads: int) -> Any:
     the other backends without it; a stream that does not answer is not tried a
     second time (its retries are the caller's).
     """
-    cv2 = _cv2()
+    cv2 = opencv()
     prop = getattr(cv2, "CAP_PROP_N_THREADS", None)
     ffmpeg = getattr(cv2, "CAP_FFMPEG", None)
     if decode_threads > 0 and prop is not None and ffmpeg is not None and cv2.videoio_registry.hasBackend(ffmpeg):
@@ -73,7 +68,7 @@ class VideoFileSource:
         self.uri = path
         if not Path(path).is_file():
             raise SourceError(f"video not found: {path}")
-        cv2 = _cv2()
+        cv2 = opencv()
         self._cap = open_decoder(path, cv2.CAP_ANY, decode_threads)
         if not self._cap.isOpened():
             raise SourceError(f"cannot open video {path}: no decoder accepts it")
@@ -113,7 +108,7 @@ def _parse_camera(spec: str) -> int | str:
 
 
 def _open_v4l2(device: int | str) -> Any:
-    cv2 = _cv2()
+    cv2 = opencv()
     backend = getattr(cv2, "CAP_V4L2", cv2.CAP_ANY)
     return cv2.VideoCapture(device, backend)
 
@@ -141,7 +136,7 @@ class CameraSource(LiveSource):
             if not Path(node).exists():
                 raise SourceError(f"camera {spec} not found: no {node}")
             raise SourceError(f"camera {spec} cannot be opened: busy, or no permission on {node}")
-        cv2 = _cv2()
+        cv2 = opencv()
         for prop, value in (
             (cv2.CAP_PROP_FRAME_WIDTH, width),
             (cv2.CAP_PROP_FRAME_HEIGHT, height),
@@ -195,7 +190,7 @@ class StreamSource(LiveSource):
         self.reconnects = 0
 
     def _open_ffmpeg(self, url: str) -> Any:
-        cv2 = _cv2()
+        cv2 = opencv()
         return open_decoder(url, getattr(cv2, "CAP_FFMPEG", cv2.CAP_ANY), self._decode_threads)
 
     def _connect(self, stop: threading.Event | None = None) -> Any:
