@@ -117,6 +117,25 @@ def test_model_and_option_errors_are_one_line_with_the_right_exit_code(
     assert message in result.stderr
 
 
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["predict", "--mqtt", "notaurl://x"], "MQTT URL must start with mqtt:// or mqtts://, got 'notaurl://x'"),
+        (["run", "--source", str(SAMPLES), "--mqtt", "mqtt://h", "--device-id", "a/b"], "device name 'a/b' is invalid"),
+        (["predict", "--mqtt", "mqtt://h", "--metrics-interval", "0"], "--metrics-interval must be positive, got 0"),
+    ],
+)
+def test_mqtt_options_are_refused_before_the_model_loads(args: list[str], message: str) -> None:
+    model = str(DIGITS / "digits_int8.tflite")
+    command, rest = args[0], args[1:]
+    inputs = [str(SAMPLES / "digit_3.png")] if command == "predict" else []
+    result = run_cli(command, model, *inputs, *rest)
+    assert result.returncode == 2
+    assert result.stdout == ""  # not even the "# digits 1.0.0 (tflite) on xnnpack" header
+    _assert_clean_errors(result.stderr, 1)
+    assert message in result.stderr
+
+
 def test_usage_errors_exit_2() -> None:
     assert run_cli("predict").returncode == 2
     assert run_cli("frobnicate").returncode == 2

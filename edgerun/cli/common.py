@@ -164,15 +164,15 @@ def mqtt_settings(args: argparse.Namespace) -> Any:
     )
 
 
-def start_sync(args: argparse.Namespace, metrics: Any, models: list[Any]) -> Any:
-    """A started ``SyncService`` when ``--mqtt`` was given, else None."""
+def check_sync(args: argparse.Namespace) -> tuple[Any, str] | None:
+    """The MQTT settings and device id of ``--mqtt`` and its options, refused now if wrong; None without it.
+
+    Commands call it before loading a model, so a mistyped URL is the first and only line.
+    """
     if not args.mqtt:
         return None
-    from edgerun.accel.probe import probe
     from edgerun.device import default_device_id
     from edgerun.errors import ConfigError
-    from edgerun.state import state_dir
-    from edgerun.sync.service import SyncService
     from edgerun.sync.topics import check_name
 
     if args.metrics_interval <= 0:
@@ -180,8 +180,21 @@ def start_sync(args: argparse.Namespace, metrics: Any, models: list[Any]) -> Any
     device_id = check_name("device", args.device_id) if args.device_id else default_device_id()
     for group in args.group:
         check_name("group", group)
+    return mqtt_settings(args), device_id
+
+
+def start_sync(args: argparse.Namespace, metrics: Any, models: list[Any]) -> Any:
+    """A started ``SyncService`` when ``--mqtt`` was given, else None."""
+    checked = check_sync(args)
+    if checked is None:
+        return None
+    from edgerun.accel.probe import probe
+    from edgerun.state import state_dir
+    from edgerun.sync.service import SyncService
+
+    settings, device_id = checked
     service = SyncService(
-        mqtt_settings(args),
+        settings,
         device_id=device_id,
         state_dir=state_dir(args.state_dir),
         metrics=metrics,

@@ -11,6 +11,7 @@ from typing import Any
 from edgerun.cli.common import (
     add_model_options,
     add_mqtt_options,
+    check_sync,
     load_kwargs,
     report_failure,
     require_at_least_one,
@@ -86,6 +87,7 @@ def run(args: argparse.Namespace) -> int:
     from edgerun.sources.files import FileSource
 
     require_at_least_one(args, "top_k", "batch_size", "prepare_workers")
+    check_sync(args)
     if args.resume and not args.output:
         raise ConfigError("--resume needs --output FILE.jsonl (the file it resumes from)")
     skip = recorded_inputs(args.output) if args.resume else frozenset()

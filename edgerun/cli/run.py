@@ -10,6 +10,7 @@ from typing import Any
 from edgerun.cli.common import (
     add_model_options,
     add_mqtt_options,
+    check_sync,
     load_kwargs,
     model_loader,
     print_json,
@@ -118,6 +119,7 @@ def run(args: argparse.Namespace) -> int:
     from edgerun.telemetry.metrics import Metrics
 
     require_at_least_one(args, "max_frames", "batch_size", "queue", "window", "hop", "prepare_workers")
+    check_sync(args)
     if args.decode_threads < 0:
         raise ConfigError(f"--decode-threads must be 0 (the decoder's choice) or more, got {args.decode_threads}")
     if args.ota_key:  # serve the store's active version: an update received over the air survives restarts
