@@ -105,6 +105,7 @@ def test_bad_inputs_each_get_one_line_exit_1_and_the_good_ones_still_run(tmp_pat
             2,
             "--prepare-workers must be at least 1, got -1",
         ),
+        (["run", str(DIGITS / "digits_int8.tflite"), "--source", "x.png", "--fps", "-1"], 2, "--fps must be positive"),
     ],
 )
 def test_model_and_option_errors_are_one_line_with_the_right_exit_code(

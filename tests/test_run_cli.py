@@ -46,6 +46,7 @@ def test_a_window_the_model_does_not_accept_is_refused_before_starting() -> None
     )
     assert result.returncode == 2
     assert "window of 100 rows does not fit vibration" in result.stderr and "Traceback" not in result.stderr
+    assert "it takes 256 rows" in result.stderr
 
 
 def test_bad_csv_rows_are_reported_and_the_run_goes_on(tmp_path: Path) -> None:

@@ -102,8 +102,8 @@ def sensor_window(model: Any, requested: int | None) -> int | None:
         return needed
     if needed is not None and requested != needed:
         raise ConfigError(
-            f"window of {requested} rows does not fit {model.name}: its input {model.inputs[0].describe()} "
-            f"takes {needed} rows"
+            f"window of {requested} rows does not fit {model.name}: it takes {needed} rows "
+            f"(input tensor {model.inputs[0].describe()})"
         )
     return requested
 
@@ -120,6 +120,8 @@ def run(args: argparse.Namespace) -> int:
 
     require_at_least_one(args, "max_frames", "batch_size", "queue", "window", "hop", "prepare_workers")
     check_sync(args)
+    if args.fps is not None and args.fps <= 0:
+        raise ConfigError(f"--fps must be positive, got {args.fps:g}")
     if args.decode_threads < 0:
         raise ConfigError(f"--decode-threads must be 0 (the decoder's choice) or more, got {args.decode_threads}")
     if args.ota_key:  # serve the store's active version: an update received over the air survives restarts
