@@ -106,6 +106,7 @@ def test_bad_inputs_each_get_one_line_exit_1_and_the_good_ones_still_run(tmp_pat
             "--prepare-workers must be at least 1, got -1",
         ),
         (["run", str(DIGITS / "digits_int8.tflite"), "--source", "x.png", "--fps", "-1"], 2, "--fps must be positive"),
+        (["bench", str(DIGITS / "digits_int8.tflite"), "--delegate", "warp"], 2, "unknown delegate 'warp'; known"),
     ],
 )
 def test_model_and_option_errors_are_one_line_with_the_right_exit_code(
@@ -114,6 +115,7 @@ def test_model_and_option_errors_are_one_line_with_the_right_exit_code(
     (tmp_path / "NOTMODEL").write_text("just text")
     result = run_cli(*args, cwd=tmp_path) if "NOTMODEL" in args else run_cli(*args)
     assert result.returncode == code
+    assert result.stdout == ""  # refused before any output (bench's table header included)
     _assert_clean_errors(result.stderr, 1)
     assert message in result.stderr
 

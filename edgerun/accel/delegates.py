@@ -17,8 +17,9 @@ import msgspec
 from edgerun.accel.probe import DeviceFacts
 from edgerun.accel.runtimes import RuntimeFacts
 from edgerun.backends import Backend, open_backend
+from edgerun.errors import ConfigError
 
-__all__ = ["CATALOGUE", "DelegateSpec", "Opener", "known_names"]
+__all__ = ["CATALOGUE", "DelegateSpec", "Opener", "check_delegate", "known_names"]
 
 #: Opens a backend: (model path, format, delegate name, threads, engine cache dir) -> Backend.
 Opener = Callable[[Path, str, str, "int | None", "Path | None"], Backend]
@@ -133,3 +134,11 @@ CATALOGUE: tuple[DelegateSpec, ...] = (
 def known_names(catalogue: tuple[DelegateSpec, ...] = CATALOGUE) -> list[str]:
     """Every delegate name, in rank order, without repeats."""
     return list(dict.fromkeys(spec.name for spec in catalogue))
+
+
+def check_delegate(name: str, catalogue: tuple[DelegateSpec, ...] = CATALOGUE, *, also: tuple[str, ...] = ()) -> str:
+    """``name`` if it names a delegate, ``auto``, ``fastest`` or one of ``also``; else a ConfigError listing them."""
+    names = known_names(catalogue)
+    if name not in ("auto", "fastest", *also, *names):
+        raise ConfigError(f"unknown delegate {name!r}; known: {', '.join(('auto', 'fastest', *also, *names))}")
+    return name

@@ -26,11 +26,11 @@ from pathlib import Path
 import msgspec
 import numpy as np
 
-from edgerun.accel.delegates import CATALOGUE, DelegateSpec, known_names
+from edgerun.accel.delegates import CATALOGUE, DelegateSpec, check_delegate
 from edgerun.accel.probe import DeviceFacts, probe
 from edgerun.accel.runtimes import RuntimeFacts, discover
 from edgerun.backends import Backend, TensorSpec, detect_format
-from edgerun.errors import ConfigError, DelegateError, EdgerunError, ModelLoadError
+from edgerun.errors import DelegateError, EdgerunError, ModelLoadError
 from edgerun.files import atomic_write, sha256_file
 
 log = logging.getLogger(__name__)
@@ -300,9 +300,7 @@ def select(
         DelegateError: no delegate works, a forced one is unusable, or ``strict``
             and a fallback happened.
     """
-    names = known_names(catalogue)
-    if delegate not in ("auto", "fastest", *names):
-        raise ConfigError(f"unknown delegate {delegate!r}; known: auto, fastest, {', '.join(names)}")
+    check_delegate(delegate, catalogue)
     model_path = Path(model_path)
     fmt = detect_format(model_path)
     device = device or probe()

@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from edgerun.accel.delegates import check_delegate
 from edgerun.cli.common import add_model_options, error_line, load_kwargs, print_json
 from edgerun.errors import ConfigError, EdgerunError
 
@@ -29,7 +30,7 @@ def run(args: argparse.Namespace) -> int:
     if args.runs < 1:
         raise ConfigError(f"--runs must be at least 1, got {args.runs}")
     kwargs = load_kwargs(args)
-    delegate = kwargs.pop("delegate")
+    delegate = check_delegate(kwargs.pop("delegate"), also=("all",))
     threads = kwargs.pop("threads")
     results = []
     failed = 0
