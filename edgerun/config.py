@@ -1,8 +1,9 @@
 """The daemon's configuration: YAML validated by pydantic models (unknown keys are errors).
 
-Every error names the file, the field and what is wrong, in one line, e.g.
-``device-configs/rpi5.yaml: models.digits.threads: Input should be less than or
-equal to 64 (and 1 more error)``.
+Every error names the file, the field and what is wrong, in one line (up to
+three errors, then a count), e.g. ``device-configs/rpi5.yaml:
+models.digits.threads: Input should be less than or equal to 64`` or
+``c.yaml: models: Field required; model: unknown key``.
 """
 
 from __future__ import annotations
@@ -170,12 +171,15 @@ class Config(_Strict):
         return self.model_dump(mode="json")
 
 
-def _first_error(exc: ValidationError) -> str:
-    err = exc.errors()[0]
-    where = ".".join(str(p) for p in err["loc"]) or "(top level)"
-    message = err["msg"].removeprefix("Value error, ")
-    more = exc.error_count() - 1
-    return f"{where}: {message}" + (f" (and {more} more error{'s' if more > 1 else ''})" if more else "")
+def _errors_line(exc: ValidationError, shown: int = 3) -> str:
+    """The first ``shown`` errors on one line: a typo'd key shows as its unknown key and the key it missed."""
+    parts = []
+    for err in exc.errors()[:shown]:
+        where = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        message = "unknown key" if err["type"] == "extra_forbidden" else err["msg"].removeprefix("Value error, ")
+        parts.append(f"{where}: {message}")
+    more = exc.error_count() - len(parts)
+    return "; ".join(parts) + (f" (and {more} more error{'s' if more > 1 else ''})" if more else "")
 
 
 def parse_config(data: Any, source: str, base: Path | None = None) -> Config:
@@ -185,7 +189,7 @@ def parse_config(data: Any, source: str, base: Path | None = None) -> Config:
     try:
         config = Config.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(f"{source}: {_first_error(exc)}") from None
+        raise ConfigError(f"{source}: {_errors_line(exc)}") from None
     return _resolve(config, base) if base is not None else config
 
 

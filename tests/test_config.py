@@ -38,7 +38,8 @@ MODEL = f"models:\n  digits:\n    path: {ROOT}/models/digits/digits_int8.tflite\
 @pytest.mark.parametrize(
     ("text", "message"),
     [
-        (MODEL + "colour: red\n", "colour: Extra inputs are not permitted"),
+        (MODEL + "colour: red\n", "colour: unknown key"),
+        (MODEL.replace("models:", "model:"), "models: Field required; model: unknown key"),
         (
             MODEL.replace("path:", "threads: 100\n    path:"),
             "models.digits.threads: Input should be less than or equal to 64",

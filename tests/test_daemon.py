@@ -168,7 +168,7 @@ def test_a_broken_config_at_start_is_one_line_and_exit_2(tmp_path: Path) -> None
     config.write_text("models:\n  digits:\n    path: x.onnx\n    colour: red\n")
     result = run_cli("daemon", "--config", str(config))
     assert result.returncode == 2
-    assert result.stderr.strip() == f"edgerun: error: {config}: models.digits.colour: Extra inputs are not permitted"
+    assert result.stderr.strip() == f"edgerun: error: {config}: models.digits.colour: unknown key"
 
 
 def test_a_missing_model_file_at_start_is_one_line_and_exit_1(tmp_path: Path) -> None:
