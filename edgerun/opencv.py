@@ -23,7 +23,8 @@ _quiet = False
 
 
 def quiet() -> None:
-    """Silence OpenCV and its FFmpeg in this process (and the processes it starts); OpenCV is not imported now."""
+    """Silence OpenCV and its FFmpeg in this process (FFmpeg's setting, an environment variable, also in the
+    processes it starts); OpenCV itself is not imported now."""
     global _quiet
     if "OPENCV_LOG_LEVEL" in os.environ:
         return
