@@ -183,9 +183,8 @@ def check_sync(args: argparse.Namespace) -> tuple[Any, str] | None:
     return mqtt_settings(args), device_id
 
 
-def start_sync(args: argparse.Namespace, metrics: Any, models: list[Any]) -> Any:
-    """A started ``SyncService`` when ``--mqtt`` was given, else None."""
-    checked = check_sync(args)
+def start_sync(args: argparse.Namespace, checked: tuple[Any, str] | None, metrics: Any, models: list[Any]) -> Any:
+    """A started ``SyncService`` from what ``check_sync`` returned, else (no ``--mqtt``) None."""
     if checked is None:
         return None
     from edgerun.accel.probe import probe

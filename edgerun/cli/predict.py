@@ -87,7 +87,7 @@ def run(args: argparse.Namespace) -> int:
     from edgerun.sources.files import FileSource
 
     require_at_least_one(args, "top_k", "batch_size", "prepare_workers")
-    check_sync(args)
+    mqtt = check_sync(args)  # before the model loads: a mistyped URL is the only line
     if args.resume and not args.output:
         raise ConfigError("--resume needs --output FILE.jsonl (the file it resumes from)")
     skip = recorded_inputs(args.output) if args.resume else frozenset()
@@ -122,7 +122,7 @@ def run(args: argparse.Namespace) -> int:
 
         preload()
     metrics = Metrics()
-    sync = start_sync(args, metrics, [model])
+    sync = start_sync(args, mqtt, metrics, [model])
     if sync is not None and args.publish_results:
         sinks.append(sync.results_sink())
     pipeline = Pipeline(

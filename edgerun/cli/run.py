@@ -119,7 +119,7 @@ def run(args: argparse.Namespace) -> int:
     from edgerun.telemetry.metrics import Metrics
 
     require_at_least_one(args, "max_frames", "batch_size", "queue", "window", "hop", "prepare_workers")
-    check_sync(args)
+    mqtt = check_sync(args)  # before the model loads: a mistyped URL is the only line
     if args.fps is not None and args.fps <= 0:
         raise ConfigError(f"--fps must be positive, got {args.fps:g}")
     if args.decode_threads < 0:
@@ -139,7 +139,7 @@ def run(args: argparse.Namespace) -> int:
         source = open_configured(args.source, args, window)
         sinks = [open_sink(s, fps=getattr(source, "fps", 0.0) or 25.0) for s in (args.sink or ["stdout"])]
         metrics = Metrics()
-        sync = start_sync(args, metrics, [model])
+        sync = start_sync(args, mqtt, metrics, [model])
         ota = start_ota(args, sync, slot, metrics)
         if sync is not None and args.publish_results:
             sinks.append(sync.results_sink())
