@@ -53,14 +53,12 @@ class _PipelineRunner:
         from edgerun.pipeline import Pipeline
         from edgerun.sinks import open_sink
         from edgerun.sources import open_configured
+        from edgerun.sources.sensor import window_for
 
         c = self.config
         while not self._stop.is_set():
             try:
-                window = c.window
-                if window is None and len(self.slot.primary.inputs[0].shape) >= 2:
-                    window = self.slot.primary.inputs[0].shape[1]
-                source = open_configured(c.source, c, window)
+                source = open_configured(c.source, c, window_for(self.slot.primary, c.window))
                 sinks = [open_sink(s) for s in c.sinks] + list(self._extra)
                 self._pipeline = Pipeline(
                     source,

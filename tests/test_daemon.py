@@ -207,3 +207,34 @@ def test_a_delegate_preference_order_takes_the_first_that_works(tmp_path: Path) 
     )
     with pytest.raises(DelegateError, match="gpu"):
         Daemon(only_absent)._load("digits", only_absent.models["digits"])
+
+
+def test_a_sensor_window_the_model_does_not_accept_is_named_and_the_daemon_keeps_running(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from edgerun.config import parse_config
+    from edgerun.daemon import Daemon
+
+    model = str(ROOT / "models/vibration/vibration_int8.tflite")
+    samples = str(ROOT / "models/vibration/samples/normal.csv")
+    config = parse_config(
+        {
+            "models": {"vibration": {"path": model}},
+            "pipelines": {
+                "wrong": {"source": samples, "model": "vibration", "window": 100, "restart_s": 0.1},
+                "fits": {"source": samples, "model": "vibration"},
+            },
+            "api": {"enabled": False},
+            "state_dir": str(tmp_path),
+        },
+        "test",
+    )
+    daemon = Daemon(config)
+    daemon.start()
+    try:
+        wait_until(lambda: daemon.runners["fits"].state == "finished", 30, "the pipeline that fits to finish")
+        wait_until(lambda: daemon.runners["wrong"].state == "waiting", 30, "the other to wait")
+        assert daemon.metrics.snapshot()["models"]["vibration"]["count"] > 0  # the other pipeline ran
+        assert any("window of 100 rows does not fit vibration" in r.getMessage() for r in caplog.records)
+    finally:
+        daemon.stop()

@@ -92,22 +92,6 @@ def register(sub: Any) -> None:
     p.set_defaults(run=run)
 
 
-def sensor_window(model: Any, requested: int | None) -> int | None:
-    """The window a sensor source must use: the model's input length, checked against the request."""
-    from edgerun.errors import ConfigError
-
-    shape = model.inputs[0].shape
-    needed = shape[1] if len(shape) >= 2 else None
-    if requested is None:
-        return needed
-    if needed is not None and requested != needed:
-        raise ConfigError(
-            f"window of {requested} rows does not fit {model.name}: it takes {needed} rows "
-            f"(input tensor {model.inputs[0].describe()})"
-        )
-    return requested
-
-
 def run(args: argparse.Namespace) -> int:
     """Load, open the source and sinks, run, print the summary."""
     import edgerun
@@ -116,6 +100,7 @@ def run(args: argparse.Namespace) -> int:
     from edgerun.pipeline import Pipeline
     from edgerun.sinks import open_sink
     from edgerun.sources import open_configured
+    from edgerun.sources.sensor import window_for
     from edgerun.telemetry.metrics import Metrics
 
     require_at_least_one(args, "max_frames", "batch_size", "queue", "window", "hop", "prepare_workers")
@@ -135,7 +120,7 @@ def run(args: argparse.Namespace) -> int:
         model = edgerun.load(args.model, **load_kwargs(args))
     slot = ModelSlot(model)
     with model:
-        window = sensor_window(model, args.window)
+        window = window_for(model, args.window)
         source = open_configured(args.source, args, window)
         sinks = [open_sink(s, fps=getattr(source, "fps", 0.0) or 25.0) for s in (args.sink or ["stdout"])]
         metrics = Metrics()

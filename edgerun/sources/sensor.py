@@ -21,7 +21,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 import numpy as np
 
@@ -30,10 +30,29 @@ from edgerun.sources.base import Frame
 
 log = logging.getLogger(__name__)
 
-__all__ = ["SensorSource", "SENSOR_SUFFIXES"]
+__all__ = ["SENSOR_SUFFIXES", "SensorSource", "window_for"]
 
 SENSOR_SUFFIXES = frozenset({".csv", ".jsonl", ".ndjson"})
 _TIME_COLUMNS = frozenset({"t", "ts", "time", "timestamp"})
+
+
+def window_for(model: Any, requested: int | None) -> int | None:
+    """The window a sensor source must cut for ``model``: its input's row count, checked against ``requested``.
+
+    A model whose first input is ``[batch, rows, ...]`` takes windows of ``rows``; a
+    requested window that differs is a ``ConfigError`` naming both, raised before
+    anything runs (``edgerun run --window``, a daemon pipeline's ``window:``).
+    """
+    shape = model.inputs[0].shape
+    needed = shape[1] if len(shape) >= 2 else None
+    if requested is None:
+        return needed
+    if needed is not None and requested != needed:
+        raise ConfigError(
+            f"window of {requested} rows does not fit {model.name}: it takes {needed} rows "
+            f"(input tensor {model.inputs[0].describe()})"
+        )
+    return requested
 
 
 class SensorSource:
