@@ -669,7 +669,7 @@ def main() -> int:
     results += video_part(video, rounds=2 if args.quick else 8)
     with tempfile.TemporaryDirectory() as tmp:
         results += batch_part(images, Path(tmp), runs=2 if args.quick else 12, inproc_runs=2 if args.quick else 4)
-    results += metrics_part(images, rounds=2 if args.quick else 12, calls=20_000 if args.quick else 100_000)
+    results += metrics_part(images, rounds=2 if args.quick else 40, calls=20_000 if args.quick else 100_000)
     print_targets(results)
     return 0
 

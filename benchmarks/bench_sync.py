@@ -695,7 +695,7 @@ def main() -> int:
         try:
             results += latency_part(
                 images, broker, tmp, rounds=2 if args.quick else 8, paced_rounds=1 if args.quick else 3,
-                big_rounds=1 if args.quick else 8,
+                big_rounds=1 if args.quick else 12,
             )  # fmt: skip
             results += drain_part(
                 broker, tmp, rounds=1 if args.quick else 3, single_n=3000 if args.quick else 10_000,
