@@ -287,7 +287,7 @@ def latency_part(
         ("digits", "digits paced at 300 frames/s (a MobileNet-sized rate), 600 images per run (info)", 300.0, 600,
          paced_rounds, False),
     ]  # fmt: skip
-    for name, title, fps, max_frames, n_rounds, target in sets:
+    for name, title, fps, max_frames, n_rounds, is_target in sets:
         if n_rounds == 0 or name not in models:
             continue
         model = models[name]
@@ -316,7 +316,7 @@ def latency_part(
                 row += [fmt(statistics.median(f[key] for f in figs[cand])), f"{statistics.median(ratios):.3f}"]
                 if cand == "on":
                     row.append(spread(ratios))
-                    ok = statistics.median(ratios) <= LATENCY_MAX_RATIO if key == "p99" and target else None
+                    ok = statistics.median(ratios) <= LATENCY_MAX_RATIO if key == "p99" and is_target else None
                     if ok is not None:
                         results.append((f"sync on/off infer p99, {name} free-running", ok))
                     target = f"<= {LATENCY_MAX_RATIO}x" if ok is not None else "(info)"
