@@ -564,7 +564,9 @@ def test_a_chunk_sent_twice_with_different_content_is_rejected(att: Rig) -> None
 
 
 def test_random_bytes_with_a_valid_signature_are_not_a_model(att: Rig) -> None:
-    data = os.urandom(5000)
+    # An ONNX ModelProto opens with the tag byte 0x08, and one random file in 512 opens like one;
+    # ONNX Runtime then rejects it as a protobuf that does not parse, which is not this test's case.
+    data = b"\xff" + os.urandom(4999)
     doc = att.manifest(data, "2.0.0")
     att.chunks(doc, data)
     record = att.attack(seal(doc, att.key), doc["update_id"])
