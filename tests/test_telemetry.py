@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -94,6 +96,39 @@ def test_the_ring_keeps_the_newest_samples_once_it_wraps_and_the_histogram_its_e
     huge.add(1e9, 0.0)
     assert tiny.summary_total() is not None and huge.summary_total() is not None
     assert sum(tiny._hist) == sum(huge._hist) == 1 and tiny._hist[0] == 1 and huge._hist[-1] == 1
+
+
+def test_recording_goes_on_while_a_snapshot_computes_its_percentiles(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The snapshot copies the rings under the lock and computes after it: a record() made while the
+    percentiles are being computed must not wait for them (it deadlocked here while the lock was held)."""
+    import edgerun.telemetry.metrics as metrics_module
+
+    m = Metrics(window_s=60)
+    for i in range(1, 101):
+        _record(m, float(i))
+    computing, recorded = threading.Event(), threading.Event()
+    summary = metrics_module._summary
+
+    def summary_once_recorded(samples: Any) -> Any:
+        computing.set()
+        recorded.wait(timeout=10)
+        return summary(samples)
+
+    monkeypatch.setattr(metrics_module, "_summary", summary_once_recorded)
+    snaps: list[dict[str, Any]] = []
+    snapshot = threading.Thread(target=lambda: snaps.append(m.snapshot()))
+    snapshot.start()
+    assert computing.wait(timeout=10)
+    recorder = threading.Thread(target=_record, args=(m, 1000.0))
+    recorder.start()
+    recorder.join(timeout=5)  # waits until the snapshot ends if the snapshot still holds the lock
+    held = recorder.is_alive()
+    recorded.set()
+    snapshot.join(timeout=10)
+    recorder.join(timeout=10)
+    assert not held, "record() waited for the snapshot's percentiles"
+    assert snaps[0]["models"]["digits"]["count"] == 100  # the copy taken before the new record
+    assert m.snapshot()["models"]["digits"]["count"] == 101
 
 
 def test_system_figures_come_from_the_board_or_are_null(tmp_path: Path) -> None:

@@ -8,7 +8,8 @@ lists: a store into a list costs a fraction of one into a NumPy array, and
 ``add`` takes 0.4 us where it took 1.8 with arrays and ``log10`` (2-vCPU EPYC).
 Percentiles are computed with NumPy, over a copy, only when a snapshot is taken.
 
-Invariant: a snapshot never blocks recording for longer than copying the rings.
+Invariant: a snapshot never blocks recording for longer than copying the rings
+(``LatencyStats.recent``); it computes after releasing the lock.
 """
 
 from __future__ import annotations
@@ -62,19 +63,21 @@ class LatencyStats:
             self.max_ms = ms
         self._hist[bisect_right(_H_EDGES, ms)] += 1
 
+    def recent(self) -> tuple[list[float], list[float]]:
+        """Copies of the recent samples' times and latencies (at most the last 4,096).
+
+        Two list slices, a few microseconds: what a snapshot does under the lock.
+        """
+        n = min(self.count, _RING)
+        return self._ts[:n], self._ms[:n]
+
     def window(self, since: float) -> np.ndarray:
         """The recent samples taken at or after monotonic time ``since`` (at most the last 4,096)."""
-        n = min(self.count, _RING)
-        ts, ms = np.array(self._ts[:n]), np.array(self._ms[:n])
-        return ms[ts >= since]
+        return _since(*self.recent(), since)
 
     def summary_window(self, since: float) -> dict[str, float] | None:
         """p50/p95/p99/max over the samples since ``since``; None when there are none."""
-        samples = self.window(since)
-        if samples.size == 0:
-            return None
-        p50, p95, p99 = np.percentile(samples, (50, 95, 99))
-        return {"p50": _r(p50), "p95": _r(p95), "p99": _r(p99), "max": _r(samples.max())}
+        return _summary(self.window(since))
 
     def summary_total(self) -> dict[str, float] | None:
         """p50/p95/p99 since start from the histogram (about 10% resolution), exact max and mean."""
@@ -94,6 +97,20 @@ class LatencyStats:
 
 def _r(x: float) -> float:
     return round(float(x), 4)
+
+
+def _since(ts: list[float], ms: list[float], since: float) -> np.ndarray:
+    """The latencies in ``ms`` whose time in ``ts`` is at or after ``since``."""
+    times, values = np.array(ts), np.array(ms)
+    return values[times >= since]
+
+
+def _summary(samples: np.ndarray) -> dict[str, float] | None:
+    """p50/p95/p99/max of some latencies; None when there are none."""
+    if samples.size == 0:
+        return None
+    p50, p95, p99 = np.percentile(samples, (50, 95, 99))
+    return {"p50": _r(p50), "p95": _r(p95), "p99": _r(p99), "max": _r(samples.max())}
 
 
 class _ModelStats(msgspec.Struct):
@@ -169,31 +186,36 @@ class Metrics:
         return self._collect(now - window, now, None)
 
     def _collect(self, since: float, now: float, base: dict[tuple[str, str], tuple[int, int]] | None) -> dict[str, Any]:
-        models: dict[str, Any] = {}
+        # Under the lock, only copies (list slices, a few microseconds a stage); the arrays and
+        # percentiles are computed after it, so a snapshot never holds up ``record``.
+        kept = []
         with self._lock:
-            for key, stats in self._models.items():
-                name, version = key
-                total = stats.stages["total"].window(since)
+            for (name, version), stats in self._models.items():
                 if base is None:
-                    count = int(total.size)
+                    counts = None
                     errors = sum(1 for t in stats.error_ts if t >= since)
                 else:
-                    count0, errors0 = base.get(key, (0, 0))
-                    count, errors = stats.count - count0, stats.errors - errors0
-                entry = {
-                    "version": version,
-                    "delegate": stats.delegate,
-                    "count": count,
-                    "errors": errors,
-                    "latency_ms": stats.stages["total"].summary_window(since),
-                    "stages_ms": {
-                        stage: (s["p50"] if (s := stats.stages[stage].summary_window(since)) else None)
-                        for stage in ("pre", "infer", "post")
-                    },
-                }
-                previous = models.get(name)
-                if previous is None or entry["count"] > previous["count"]:
-                    models[name] = entry
+                    count0, errors0 = base.get((name, version), (0, 0))
+                    counts, errors = stats.count - count0, stats.errors - errors0
+                recent = {stage: stats.stages[stage].recent() for stage in ("total", "pre", "infer", "post")}
+                kept.append((name, version, stats.delegate, counts, errors, recent))
+        models: dict[str, Any] = {}
+        for name, version, delegate, counts, errors, recent in kept:
+            total = _since(*recent["total"], since)
+            entry = {
+                "version": version,
+                "delegate": delegate,
+                "count": int(total.size) if counts is None else counts,
+                "errors": errors,
+                "latency_ms": _summary(total),
+                "stages_ms": {
+                    stage: (s["p50"] if (s := _summary(_since(*recent[stage], since))) else None)
+                    for stage in ("pre", "infer", "post")
+                },
+            }
+            previous = models.get(name)
+            if previous is None or entry["count"] > previous["count"]:
+                models[name] = entry
         return {"window_s": round(max(0.0, min(now - since, now - self.started)), 3), "models": models}
 
     def counters(self) -> dict[tuple[str, str], tuple[int, int]]:
