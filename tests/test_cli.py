@@ -107,6 +107,9 @@ def test_bad_inputs_each_get_one_line_exit_1_and_the_good_ones_still_run(tmp_pat
         ),
         (["run", str(DIGITS / "digits_int8.tflite"), "--source", "x.png", "--fps", "-1"], 2, "--fps must be positive"),
         (["bench", str(DIGITS / "digits_int8.tflite"), "--delegate", "warp"], 2, "unknown delegate 'warp'; known"),
+        (["mqtt", "check", "--mqtt", "mqtt://127.0.0.1", "--timeout", "nan"], 2, "--timeout must be a positive number"),
+        (["mqtt", "check", "--mqtt", "mqtt://127.0.0.1", "--timeout", "0"], 2, "--timeout must be a positive number"),
+        (["mqtt", "check", "--mqtt", "mqtt://[::1"], 2, "MQTT URL is malformed"),
     ],
 )
 def test_model_and_option_errors_are_one_line_with_the_right_exit_code(
@@ -125,7 +128,11 @@ def test_model_and_option_errors_are_one_line_with_the_right_exit_code(
     [
         (["predict", "--mqtt", "notaurl://x"], "MQTT URL must start with mqtt:// or mqtts://, got 'notaurl://x'"),
         (["run", "--source", str(SAMPLES), "--mqtt", "mqtt://h", "--device-id", "a/b"], "device name 'a/b' is invalid"),
-        (["predict", "--mqtt", "mqtt://h", "--metrics-interval", "0"], "--metrics-interval must be positive, got 0"),
+        (["predict", "--mqtt", "mqtt://h", "--metrics-interval", "0"], "--metrics-interval must be a positive number"),
+        (["predict", "--mqtt", "mqtt://h", "--metrics-interval", "nan"], "--metrics-interval must be a positive"),
+        (["predict", "--mqtt", "mqtt://h", "--results-rate", "-1"], "--results-rate must be a positive number, got -1"),
+        (["predict", "--mqtt", "mqtt://[::1"], "MQTT URL is malformed: 'mqtt://[::1' (Invalid IPv6 URL)"),
+        (["run", "--source", str(SAMPLES), "--mqtt", "mqtt://h:0"], "MQTT URL has a bad port: 'mqtt://h:0' (port 0)"),
     ],
 )
 def test_mqtt_options_are_refused_before_the_model_loads(args: list[str], message: str) -> None:

@@ -14,6 +14,8 @@ __all__ = [
     "mqtt_settings",
     "print_json",
     "report_failure",
+    "require_at_least_one",
+    "require_positive",
     "run_pipeline",
     "start_ota",
     "start_sync",
@@ -81,6 +83,18 @@ def require_at_least_one(args: argparse.Namespace, *names: str) -> None:
             raise ConfigError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
 
 
+def require_positive(args: argparse.Namespace, *names: str) -> None:
+    """Refuse, in one line, any of the number options ``names`` that is given and not a positive finite number."""
+    import math
+
+    from edgerun.errors import ConfigError
+
+    for name in names:
+        value = getattr(args, name)
+        if value is not None and not (math.isfinite(value) and value > 0):
+            raise ConfigError(f"--{name.replace('_', '-')} must be a positive number, got {value:g}")
+
+
 def print_json(record: Any) -> None:
     """One JSON object on one line of stdout."""
     import json  # only JSON output needs it: a one-image table run does not pay for it
@@ -115,7 +129,6 @@ def add_mqtt_options(parser: argparse.ArgumentParser, *, results: bool = True) -
     g.add_argument("--mqtt-protocol", choices=("5", "3.1.1"), default="5", help="MQTT version (default 5)")
     g.add_argument("--mqtt-prefix", default="edgerun", metavar="P", help="topic prefix (default edgerun)")
     g.add_argument("--device-id", default=None, metavar="ID", help="device id (default: from /etc/machine-id)")
-    g.add_argument("--metrics-interval", type=float, default=10.0, metavar="S", help="seconds between metrics records")
     g.add_argument(
         "--group",
         action="append",
@@ -124,6 +137,9 @@ def add_mqtt_options(parser: argparse.ArgumentParser, *, results: bool = True) -
         help="a group this device belongs to (repeatable): it takes group manifests and commands",
     )
     if results:
+        g.add_argument(
+            "--metrics-interval", type=float, default=10.0, metavar="S", help="seconds between metrics records"
+        )
         g.add_argument(
             "--ota-key",
             action="append",
@@ -172,11 +188,9 @@ def check_sync(args: argparse.Namespace) -> tuple[Any, str] | None:
     if not args.mqtt:
         return None
     from edgerun.device import default_device_id
-    from edgerun.errors import ConfigError
     from edgerun.sync.topics import check_name
 
-    if args.metrics_interval <= 0:
-        raise ConfigError(f"--metrics-interval must be positive, got {args.metrics_interval}")
+    require_positive(args, "metrics_interval", "results_rate")
     device_id = check_name("device", args.device_id) if args.device_id else default_device_id()
     for group in args.group:
         check_name("group", group)

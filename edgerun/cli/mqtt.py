@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from edgerun.cli.common import add_mqtt_options, error_line, mqtt_settings, print_json
+from edgerun.cli.common import add_mqtt_options, error_line, mqtt_settings, print_json, require_positive
 
 HELP = "MQTT tools: 'check' connects step by step (DNS, TCP, TLS, auth, publish ACL) and says what fails"
 
@@ -31,6 +31,7 @@ def run(args: argparse.Namespace) -> int:
 
     if not args.mqtt:
         raise ConfigError("mqtt check needs --mqtt URL")
+    require_positive(args, "timeout")
     settings = mqtt_settings(args)
     device = check_name("device", args.device_id) if args.device_id else default_device_id()
     failed = False

@@ -75,13 +75,18 @@ class MqttSettings:
         The password may also come from ``$EDGERUN_MQTT_PASSWORD``, which keeps it
         out of the process list.
         """
-        parts = urlsplit(url)
+        try:
+            parts = urlsplit(url)
+        except ValueError as exc:  # an unclosed IPv6 bracket: 'mqtt://[::1'
+            raise ConfigError(f"MQTT URL is malformed: {url!r} ({exc})") from None
         if parts.scheme not in ("mqtt", "mqtts"):
             raise ConfigError(f"MQTT URL must start with mqtt:// or mqtts://, got {url!r}")
         try:
             port = parts.port
         except ValueError:
             raise ConfigError(f"MQTT URL has a bad port: {url!r}") from None
+        if port == 0:
+            raise ConfigError(f"MQTT URL has a bad port: {url!r} (port 0)")
         if not parts.hostname:
             raise ConfigError(f"MQTT URL has no host: {url!r}")
         if parts.path not in ("", "/"):
