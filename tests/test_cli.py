@@ -146,6 +146,34 @@ def test_mqtt_options_are_refused_before_the_model_loads(args: list[str], messag
     assert message in result.stderr
 
 
+def test_resume_leaves_a_file_alone_unless_its_unterminated_tail_is_a_torn_record(tmp_path: Path) -> None:
+    model, image = str(DIGITS / "digits_int8.tflite"), str(SAMPLES / "digit_3.png")
+    notes = tmp_path / "notes.txt"
+    notes.write_text("important user notes, not jsonl")  # no newline: once taken for a torn record and cut
+    result = run_cli("predict", model, image, "--resume", "--output", str(notes))
+    assert result.returncode == 2 and result.stdout == ""
+    _assert_clean_errors(result.stderr, 1)
+    assert "ends in a line that is not an edgerun record; cannot resume from it" in result.stderr
+    assert notes.read_text() == "important user notes, not jsonl"
+    foreign_first = tmp_path / "foreign.jsonl"
+    foreign_first.write_text('{"hello": 1}\n{"input": "x.png", "mod')  # refused before the torn tail is cut
+    assert run_cli("predict", model, image, "--resume", "--output", str(foreign_first)).returncode == 2
+    assert foreign_first.read_text().endswith('{"input": "x.png", "mod')
+    torn = tmp_path / "torn.jsonl"
+    torn.write_text('{"input": "other.png", "output": []}\n{"input": "digit_3.p')  # a run killed mid-line
+    assert run_cli("predict", model, image, "--resume", "--output", str(torn)).returncode == 0
+    assert [json.loads(line)["input"] for line in torn.read_text().splitlines()] == ["other.png", image]
+
+
+def test_output_appended_to_a_file_without_a_final_newline_starts_on_a_line_of_its_own(tmp_path: Path) -> None:
+    out = tmp_path / "out.jsonl"
+    out.write_text("notes")
+    result = run_cli("predict", str(DIGITS / "digits_int8.tflite"), str(SAMPLES / "digit_3.png"), "--output", str(out))
+    assert result.returncode == 0, result.stderr
+    first, second = out.read_text().splitlines()
+    assert first == "notes" and json.loads(second)["output"][0]["label"] == "3"
+
+
 def test_usage_errors_exit_2() -> None:
     assert run_cli("predict").returncode == 2
     assert run_cli("frobnicate").returncode == 2

@@ -57,25 +57,35 @@ def register(sub: Any) -> None:
     p.set_defaults(run=run)
 
 
+#: How every record of ``JsonlSink`` begins: a torn last line that does not is not ours to cut.
+_RECORD_START = b'{"input": '
+
+
 def recorded_inputs(path: str) -> frozenset[str]:
-    """Inputs already in a JSON Lines output; a torn last line (a killed run) is cut off first."""
+    """Inputs already in a JSON Lines output; a torn last line (a killed run) is cut off first.
+
+    The file is checked before anything is cut: every complete line must be an edgerun
+    record, and the unterminated tail, if any, the beginning of one.
+    """
     try:
         with open(path, "rb+") as fh:
             data = fh.read()
             end = data.rfind(b"\n") + 1
-            if end != len(data):
+            done = set()
+            for number, line in enumerate(data[:end].decode("utf-8", errors="replace").splitlines(), start=1):
+                try:
+                    done.add(json.loads(line)["input"])
+                except (ValueError, KeyError, TypeError):
+                    raise ConfigError(f"{path} line {number} is not an edgerun record; cannot resume from it") from None
+            tail = data[end:]
+            if tail:
+                if not (tail.startswith(_RECORD_START) or _RECORD_START.startswith(tail)):
+                    raise ConfigError(f"{path} ends in a line that is not an edgerun record; cannot resume from it")
                 fh.truncate(end)  # the line being written when the run was killed
-                data = data[:end]
     except FileNotFoundError:
         return frozenset()
     except OSError as exc:
         raise ConfigError(f"cannot read {path} to resume: {exc.strerror}") from exc
-    done = set()
-    for number, line in enumerate(data.decode("utf-8", errors="replace").splitlines(), start=1):
-        try:
-            done.add(json.loads(line)["input"])
-        except (ValueError, KeyError, TypeError):
-            raise ConfigError(f"{path} line {number} is not an edgerun record; cannot resume from it") from None
     return frozenset(done)
 
 

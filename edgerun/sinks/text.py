@@ -66,6 +66,8 @@ class JsonlSink:
         else:
             try:
                 self._stream = open(path, "a", encoding="utf-8")  # noqa: SIM115
+                if self._stream.tell() > 0 and not _ends_a_line(path):
+                    self._stream.write("\n")  # records start on a line of their own, whatever the file held
             except OSError as exc:
                 raise ConfigError(f"cannot write {path}: {exc.strerror}") from exc
 
@@ -81,6 +83,13 @@ class JsonlSink:
         if self.path is not None:
             os.fsync(self._stream.fileno())
             self._stream.close()
+
+
+def _ends_a_line(path: str) -> bool:
+    """Whether a non-empty file's last byte ends a line."""
+    with open(path, "rb") as fh:
+        fh.seek(-1, os.SEEK_END)
+        return fh.read(1) == b"\n"
 
 
 class CsvSink:
