@@ -168,8 +168,8 @@ class Pipeline:
                 self._failure = (stage, exc)
         if isinstance(exc, BrokenPipeError):
             log.debug("pipeline stage %s: the reader went away", stage)
-        elif isinstance(exc, (EdgerunError, OSError)):  # bad input, a full disk: not bugs
-            log.warning("pipeline stage %s failed: %s", stage, exc)
+        elif isinstance(exc, (EdgerunError, OSError)):  # bad input, a full disk: not bugs; run() raises it
+            log.debug("pipeline stage %s failed: %s", stage, exc)
         else:
             log.error("pipeline stage %s failed: %s", stage, exc, exc_info=True)
         self._abort.set()

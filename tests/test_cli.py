@@ -174,6 +174,16 @@ def test_output_appended_to_a_file_without_a_final_newline_starts_on_a_line_of_i
     assert first == "notes" and json.loads(second)["output"][0]["label"] == "3"
 
 
+def test_run_over_a_sensor_file_shorter_than_one_window_fails_in_one_line(tmp_path: Path) -> None:
+    rows = (ROOT / "models" / "vibration" / "samples" / "normal.csv").read_text().splitlines()
+    short = tmp_path / "short.csv"
+    short.write_text("\n".join(rows[:101]) + "\n")  # the header and 100 rows; the model takes 256
+    result = run_cli("run", str(ROOT / "models" / "vibration" / "vibration_int8.tflite"), "--source", str(short))
+    assert result.returncode == 1
+    _assert_clean_errors(result.stderr, 1)
+    assert "the input ended after 100 readable data rows, fewer than one window of 256 rows" in result.stderr
+
+
 def test_usage_errors_exit_2() -> None:
     assert run_cli("predict").returncode == 2
     assert run_cli("frobnicate").returncode == 2

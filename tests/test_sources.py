@@ -180,6 +180,27 @@ def test_json_lines_sensor_rows_as_arrays_or_objects(tmp_path: Path) -> None:
     assert frames[1].data.tolist() == [[1, 2], [3, 4], [5, 6]]
 
 
+@pytest.mark.parametrize(
+    ("text", "rows"),
+    [("", 0), ("x,y\n", 0), ("x,y\n1,2\n3,4\n", 2), ("x,y\n1,2\n3,oops\n", 1), ("# only a comment\n", 0)],
+)
+def test_a_sensor_input_that_ends_before_one_window_is_an_error(tmp_path: Path, text: str, rows: int) -> None:
+    path = tmp_path / "s.csv"
+    path.write_text(text)
+    plural = "" if rows == 1 else "s"
+    with pytest.raises(SourceError, match=f"ended after {rows} readable data row{plural}, fewer than one window of 3"):
+        list(SensorSource(str(path), window=3).frames())
+
+
+def test_a_sensor_source_stopped_before_one_window_ends_quietly(tmp_path: Path) -> None:
+    path = tmp_path / "s.csv"
+    path.write_text("x,y\n1,2\n3,4\n5,6\n")
+    source = SensorSource(str(path), window=10)
+    frames = source.frames()
+    source.close()  # as SIGTERM does: a stop is not a short input
+    assert list(frames) == []
+
+
 def test_a_sensor_source_needs_a_window() -> None:
     with pytest.raises(ConfigError, match="window"):
         open_source(str(SAMPLES.parent / "x.csv"))

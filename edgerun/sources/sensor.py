@@ -8,7 +8,9 @@ yielded as float32 arrays of shape ``[window, channels]``.
 
 A row with a missing or non-numeric field is reported (logged with its line
 number and yielded as an error frame, so the run counts it) and skipped; the
-run goes on.
+run goes on. An input that ends before it filled one window (an empty file, a
+header alone, fewer rows than the window) is a ``SourceError``: nothing was
+classified, and the run must not pass for a success.
 """
 
 from __future__ import annotations
@@ -126,6 +128,7 @@ class SensorSource:
         since_last = 0
         index = 0
         emitted = False
+        good = 0
         for number, values in self._rows():
             if isinstance(values, str):
                 self.bad_rows += 1
@@ -135,12 +138,18 @@ class SensorSource:
                 index += 1
                 continue
             rows.append(values)
+            good += 1
             since_last += 1
             if len(rows) == self.window and (not emitted or since_last >= self.hop):
                 yield Frame(np.asarray(rows, dtype=np.float32), time.time(), f"{self.uri}:{number}", index)
                 index += 1
                 since_last = 0
                 emitted = True
+        if not emitted and not self._closed:  # the input ended before one window: nothing ran
+            raise SourceError(
+                f"the input ended after {good} readable data row{'' if good == 1 else 's'}, "
+                f"fewer than one window of {self.window} rows"
+            )
 
     def close(self) -> None:
         """Stop after the current row."""
