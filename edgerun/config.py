@@ -4,6 +4,11 @@ Every error names the file, the field and what is wrong, in one line (up to
 three errors, then a count), e.g. ``device-configs/rpi5.yaml:
 models.digits.threads: Input should be less than or equal to 64`` or
 ``c.yaml: models: Field required; model: unknown key``.
+
+A config that validates can still fail to run; ``check_runnable`` names what
+``edgerun config check`` finds missing on disk (model files), in the same form.
+The MQTT URL is checked by the same ``MqttSettings.from_url`` the ``--mqtt``
+option goes through, so the file and the command line accept the same URLs.
 """
 
 from __future__ import annotations
@@ -13,11 +18,11 @@ import os
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from edgerun.errors import ConfigError
 
-__all__ = ["ApiConfig", "Config", "default_config", "load_config"]
+__all__ = ["ApiConfig", "Config", "check_runnable", "default_config", "load_config"]
 
 Name = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9._-]{0,63}$")]
 
@@ -84,6 +89,17 @@ class MqttConfig(_Strict):
     results_qos: Literal[0, 1] = 1
     results_max_per_s: float | None = Field(None, gt=0)
 
+    @field_validator("url")
+    @classmethod
+    def _url_as_the_command_line_takes_it(cls, url: str) -> str:
+        from edgerun.sync.settings import MqttSettings
+
+        try:
+            MqttSettings.from_url(url)
+        except ConfigError as exc:
+            raise ValueError(str(exc)) from None
+        return url
+
 
 class OtaConfig(_Strict):
     """Over-the-air updates (docs/ota.md)."""
@@ -115,9 +131,11 @@ class ApiConfig(_Strict):
         """The token, from the config or its file."""
         if self.token_file:
             try:
-                return Path(self.token_file).read_text().strip() or None
+                return Path(self.token_file).read_text(encoding="utf-8").strip() or None
             except OSError as exc:
                 raise ConfigError(f"cannot read api.token_file {self.token_file}: {exc.strerror}") from exc
+            except UnicodeDecodeError:
+                raise ConfigError(f"api.token_file {self.token_file}: not UTF-8 text") from None
         return self.token
 
     @model_validator(mode="after")
@@ -171,15 +189,20 @@ class Config(_Strict):
         return self.model_dump(mode="json")
 
 
-def _errors_line(exc: ValidationError, shown: int = 3) -> str:
-    """The first ``shown`` errors on one line: a typo'd key shows as its unknown key and the key it missed."""
-    parts = []
-    for err in exc.errors()[:shown]:
+def _one_line(problems: list[str], shown: int = 3) -> str:
+    """The first ``shown`` problems joined on one line, then how many more there are."""
+    more = len(problems) - shown
+    return "; ".join(problems[:shown]) + (f" (and {more} more error{'s' if more > 1 else ''})" if more > 0 else "")
+
+
+def _errors_line(exc: ValidationError) -> str:
+    """Pydantic's errors on one line: a typo'd key shows as its unknown key and the key it missed."""
+    problems = []
+    for err in exc.errors():
         where = ".".join(str(p) for p in err["loc"]) or "(top level)"
         message = "unknown key" if err["type"] == "extra_forbidden" else err["msg"].removeprefix("Value error, ")
-        parts.append(f"{where}: {message}")
-    more = exc.error_count() - len(parts)
-    return "; ".join(parts) + (f" (and {more} more error{'s' if more > 1 else ''})" if more else "")
+        problems.append(f"{where}: {message}")
+    return _one_line(problems)
 
 
 def parse_config(data: Any, source: str, base: Path | None = None) -> Config:
@@ -205,15 +228,42 @@ def _resolve(config: Config, base: Path) -> Config:
     return config.model_copy(update={"models": models, "ota": config.ota.model_copy(update={"trusted_keys": keys})})
 
 
+def check_runnable(config: Config, source: str) -> None:
+    """Refuse, in one line, a valid config whose model files are not there.
+
+    Model paths are checked as the daemon opens them: relative to the working
+    directory once ``load_config`` has resolved them against the config's folder.
+
+    Raises:
+        ConfigError: a model file is missing or is not a file (up to three named, then a count).
+    """
+    problems = []
+    for name, model in config.models.items():
+        path = Path(model.path)
+        if not path.exists():
+            problems.append(f"models.{name}.path: model file not found: {model.path}")
+        elif not path.is_file():
+            problems.append(f"models.{name}.path: not a model file: {model.path}")
+    if problems:
+        raise ConfigError(f"{source}: {_one_line(problems)}")
+
+
 def load_config(path: str | os.PathLike[str]) -> Config:
-    """Read and validate a YAML config file."""
+    """Read and validate a YAML config file (UTF-8)."""
     import yaml
 
     path = Path(path)
     try:
-        text = path.read_text()
+        raw = path.read_bytes()
     except OSError as exc:
         raise ConfigError(f"cannot read config {path}: {exc.strerror}") from exc
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw.count(b"\n", 0, exc.start) + 1
+        raise ConfigError(
+            f"{path}: not UTF-8 text (byte 0x{raw[exc.start]:02x} at offset {exc.start}, line {line})"
+        ) from None
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:

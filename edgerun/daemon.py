@@ -167,9 +167,11 @@ class Daemon:
         password = None
         if c.password_file:
             try:
-                password = Path(c.password_file).read_text().strip()
+                password = Path(c.password_file).read_text(encoding="utf-8").strip()
             except OSError as exc:
                 raise ConfigError(f"cannot read mqtt.password_file {c.password_file}: {exc.strerror}") from exc
+            except UnicodeDecodeError:
+                raise ConfigError(f"mqtt.password_file {c.password_file}: not UTF-8 text") from None
         settings = MqttSettings.from_url(
             c.url,
             ca_file=c.ca_file,

@@ -29,12 +29,13 @@ def register(sub: Any) -> None:
 
 
 def check_config(args: argparse.Namespace) -> int:
-    """Validate; print the effective config as YAML."""
+    """Validate, check the model files are there; print the effective config as YAML."""
     import yaml
 
-    from edgerun.config import load_config
+    from edgerun.config import check_runnable, load_config
 
     config = load_config(args.file)
+    check_runnable(config, args.file)
     print(f"# {args.file}: valid; the effective config, defaults filled in:")
     print(yaml.safe_dump(json.loads(json.dumps(config.effective())), sort_keys=False), end="")
     return 0
