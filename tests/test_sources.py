@@ -21,7 +21,7 @@ from edgerun.sources.files import FileSource
 from edgerun.sources.mqtt import MqttSource, decode_message, parse_mqtt_url
 from edgerun.sources.sensor import SensorSource
 from edgerun.sources.video import CameraSource, StreamSource, VideoFileSource, open_decoder
-from tests.conftest import SAMPLES, Broker, npy_bytes
+from tests.conftest import SAMPLES, Broker, free_port, npy_bytes
 
 
 def make_video(path: Path, frames: int = 30, size: tuple[int, int] = (64, 48), fourcc: str = "MJPG") -> Path:
@@ -208,16 +208,43 @@ def test_a_sensor_source_needs_a_window() -> None:
 
 @pytest.mark.parametrize(
     ("url", "expected"),
-    [("mqtt://127.0.0.1:1884/a/b", ("127.0.0.1", 1884, "a/b")), ("mqtt://host/sensors/#", ("host", 1883, "sensors/#"))],
+    [
+        ("mqtt://127.0.0.1:1884/a/b", ("127.0.0.1", 1884, "a/b")),
+        ("mqtt://host/sensors/#", ("host", 1883, "sensors/#")),
+        ("mqtt://[::1]:1884/t", ("::1", 1884, "t")),
+        ("mqtt://[::1]/t", ("::1", 1883, "t")),
+    ],
 )
 def test_mqtt_urls_keep_wildcards_in_the_topic(url: str, expected: tuple[str, int, str]) -> None:
     assert parse_mqtt_url(url) == expected
 
 
-@pytest.mark.parametrize("url", ["mqtt://host", "mqtt://host:99999/t", "http://host/t"])
-def test_malformed_mqtt_urls_are_config_errors(url: str) -> None:
-    with pytest.raises(ConfigError):
+@pytest.mark.parametrize(
+    ("url", "why"),
+    [
+        ("mqtt://host", "no topic"),
+        ("mqtt://host:99999/t", "bad host or port"),
+        ("mqtt://host:0/t", "bad host or port"),
+        ("http://host/t", "not an MQTT source URL"),
+        ("mqtt://[::1/t", "bad host or port"),  # taken for a host named '[::1' once, and never connected
+        ("mqtt://[::1]x/t", "bad host or port"),
+        ("mqtts://host/t", "over TLS are not supported"),
+    ],
+)
+def test_malformed_mqtt_urls_are_config_errors(url: str, why: str) -> None:
+    with pytest.raises(ConfigError, match=why):
         parse_mqtt_url(url)
+    if url.startswith(("mqtt://", "mqtts://")):  # and the command line's source reaches the same check
+        with pytest.raises(ConfigError, match=why):
+            open_source(url)
+
+
+def test_an_mqtt_source_whose_broker_cannot_be_reached_stops_after_its_attempts() -> None:
+    port = free_port()  # nothing listens there: every connection is refused
+    source = MqttSource(f"mqtt://127.0.0.1:{port}/t", retries=2, retry_delay_s=0.05)
+    with pytest.raises(SourceError, match=f"MQTT broker 127.0.0.1:{port} unreachable after 2 attempts: .*refused"):
+        list(source.frames())
+    source.close()
 
 
 def _npy_b64(array: np.ndarray) -> bytes:

@@ -84,7 +84,7 @@ def open_source(
             return CameraSource(first, width=width, height=height, fps=fps, queue=queue or 2)
         if first.startswith(("rtsp://", "rtsps://", "http://", "https://")):
             return StreamSource(first, queue=queue or 2, decode_threads=decode_threads)
-        if first.startswith("mqtt://"):
+        if first.startswith(("mqtt://", "mqtts://")):
             from edgerun.sources.mqtt import MqttSource
 
             return MqttSource(first, queue=queue or 8)

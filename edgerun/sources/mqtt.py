@@ -3,8 +3,11 @@
 Each message is one input: a JSON array of numbers, a base64-encoded ``.npy``
 (loaded without pickle), or raw image bytes (JPEG, PNG, BMP). Anything else,
 or a message over the size limit, becomes an error frame that the pipeline
-counts; the run goes on. This is a minimal subscriber of its own; the MQTT link
-(``edgerun.sync``) will replace it.
+counts; the run goes on. A broker that cannot be reached at the start is tried
+a bounded number of times, then the run stops with the reason (as a stream
+does); a connection lost later is logged and re-established by paho. This is a
+minimal subscriber of its own, separate from the device's MQTT link
+(``edgerun.sync``).
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from edgerun.errors import ConfigError
+from edgerun.errors import ConfigError, SourceError
 from edgerun.sources.base import Frame, LatestBuffer, LiveSource
 
 log = logging.getLogger(__name__)
@@ -32,17 +35,26 @@ _NPY_MAGIC = b"\x93NUMPY"
 
 
 def parse_mqtt_url(url: str) -> tuple[str, int, str]:
-    """``mqtt://host[:port]/topic`` -> (host, port, topic); ``#`` is part of the topic here."""
+    """``mqtt://host[:port]/topic`` -> (host, port, topic); ``#`` is part of the topic here.
+
+    An IPv6 address goes in brackets (``mqtt://[::1]:1883/t``), as in any URL.
+    """
+    if url.startswith("mqtts://"):
+        raise ConfigError(f"MQTT sources over TLS are not supported: {url!r} (use mqtt://)")
     if not url.startswith("mqtt://"):
         raise ConfigError(f"not an MQTT source URL: {url!r} (expected mqtt://host:port/topic)")
     rest = url[len("mqtt://") :]
     hostport, slash, topic = rest.partition("/")
     if not slash or not topic:
         raise ConfigError(f"MQTT source URL has no topic: {url!r}")
-    host, colon, port_text = hostport.rpartition(":") if ":" in hostport else (hostport, "", "")
-    if not colon:
-        host, port_text = hostport, "1883"
-    if not host or not port_text.isdigit() or not 0 < int(port_text) < 65536:
+    if hostport.startswith("["):  # [IPv6]:port
+        close = hostport.find("]")
+        host, after = (hostport[1:close], hostport[close + 1 :]) if close > 0 else ("", "")
+        port_text = after[1:] if after.startswith(":") else ("1883" if after == "" else "")
+    else:
+        host, colon, port_text = hostport.partition(":")
+        port_text = port_text if colon else "1883"
+    if not host or any(c in host for c in "[]@ ") or not port_text.isdigit() or not 0 < int(port_text) < 65536:
         raise ConfigError(f"MQTT source URL has a bad host or port: {url!r}")
     return host, int(port_text), topic
 
@@ -82,12 +94,40 @@ class MqttSource(LiveSource):
 
     decoded = False  # a message may be JPEG bytes, decoded when prepared
 
-    def __init__(self, url: str, *, queue: int = 8, max_bytes: int = 16 * 1024 * 1024, client_id: str = "") -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        queue: int = 8,
+        max_bytes: int = 16 * 1024 * 1024,
+        client_id: str = "",
+        retries: int = 3,
+        retry_delay_s: float = 1.0,
+    ) -> None:
         super().__init__(url, queue)
         self.host, self.port, self.topic = parse_mqtt_url(url)
         self._max_bytes = max_bytes
         self._client_id = client_id
+        self._retries, self._delay = retries, retry_delay_s
         self.bad_messages = 0
+
+    def _connect(self, client: Any, stop: threading.Event) -> bool:
+        """The first connection, tried a bounded number of times; False when stopped meanwhile.
+
+        Raises:
+            SourceError: the broker could not be reached in any attempt (DNS, refused, timed out).
+        """
+        last = "no answer"
+        for attempt in range(1, self._retries + 1):
+            try:
+                client.connect(self.host, self.port, keepalive=30)
+                return True
+            except OSError as exc:  # DNS, refused, unreachable, timed out
+                last = exc.strerror or str(exc) or type(exc).__name__
+            log.warning("MQTT source %s: attempt %d of %d failed: %s", self.uri, attempt, self._retries, last)
+            if attempt < self._retries and stop.wait(self._delay * attempt):
+                return False
+        raise SourceError(f"MQTT broker {self.host}:{self.port} unreachable after {self._retries} attempts: {last}")
 
     def _capture(self, buffer: LatestBuffer, stop: threading.Event) -> None:
         import paho.mqtt.client as mqtt
@@ -115,9 +155,15 @@ class MqttSource(LiveSource):
                 return
             buffer.put(Frame(data, time.time(), source_id, index))
 
+        def on_disconnect(client: Any, userdata: Any, flags: Any, reason: Any, properties: Any) -> None:
+            if not stop.is_set():  # paho reconnects by itself (1 s, doubling up to 30 s)
+                log.warning("MQTT source %s: connection lost (%s); reconnecting", self.uri, reason)
+
         client.on_connect = on_connect
         client.on_message = on_message
-        client.connect_async(self.host, self.port, keepalive=30)
+        client.on_disconnect = on_disconnect
+        if not self._connect(client, stop):
+            return
         client.loop_start()
         try:
             stop.wait()
