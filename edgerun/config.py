@@ -72,6 +72,28 @@ class PipelineConfig(_Strict):
     )
     restart_s: float = Field(5.0, ge=0.1, le=3600, description="wait before reopening a source that failed")
 
+    @field_validator("sinks")
+    @classmethod
+    def _sinks_as_the_command_line_takes_them(cls, sinks: list[str]) -> list[str]:
+        from edgerun.sinks import sink_kind
+
+        for spec in sinks:
+            try:
+                sink_kind(spec)  # names the sink, opens nothing
+            except ConfigError as exc:
+                raise ValueError(str(exc)) from None
+        return sinks
+
+    @model_validator(mode="after")
+    def _annotated_sinks_need_images(self) -> PipelineConfig:
+        from edgerun.sinks import draws_on_frames
+        from edgerun.sources.sensor import is_sensor_spec
+
+        drawn = next((spec for spec in self.sinks if draws_on_frames(spec)), None)
+        if drawn is not None and is_sensor_spec(self.source):
+            raise ValueError(f"sink {drawn!r} draws on images, and the sensor source {self.source!r} gives none")
+        return self
+
 
 class MqttConfig(_Strict):
     """The broker link (docs/sync.md)."""

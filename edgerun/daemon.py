@@ -68,6 +68,7 @@ class _PipelineRunner:
                     fps=c.fps,
                     batch_size=c.batch_size,
                     prepare_workers=c.prepare_workers,
+                    on_result=self._report_failure,
                 )
                 self.state = "running"
                 summary = self._pipeline.run()
@@ -81,6 +82,12 @@ class _PipelineRunner:
             if self._stop.wait(c.restart_s):
                 break
         self.state = "stopped"
+
+    def _report_failure(self, result: Any) -> None:
+        """One log line per failed frame (a corrupt image, a bad sensor row, a truncated video): the
+        sources only yield them as error frames, and here nothing else would say so."""
+        if not result.ok:
+            log.warning("pipeline %s: %s", self.name, result.record["error"])
 
     def stop(self) -> None:
         self._stop.set()

@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -119,8 +120,8 @@ class Pipeline:
         prepare_workers: int = 1,
         on_result: Callable[[Result], None] | None = None,
     ) -> None:
-        if fps is not None and fps <= 0:
-            raise PipelineError(f"fps must be positive, got {fps}")
+        if fps is not None and not (math.isfinite(fps) and fps > 0):
+            raise PipelineError(f"fps must be a positive number, got {fps}")
         if batch_size < 1:
             raise PipelineError(f"batch size must be at least 1, got {batch_size}")
         if prepare_workers < 1:

@@ -105,7 +105,11 @@ def test_bad_inputs_each_get_one_line_exit_1_and_the_good_ones_still_run(tmp_pat
             2,
             "--prepare-workers must be at least 1, got -1",
         ),
-        (["run", str(DIGITS / "digits_int8.tflite"), "--source", "x.png", "--fps", "-1"], 2, "--fps must be positive"),
+        (
+            ["run", str(DIGITS / "digits_int8.tflite"), "--source", "x.png", "--fps", "-1"],
+            2,
+            "--fps must be a positive number",
+        ),
         (["bench", str(DIGITS / "digits_int8.tflite"), "--delegate", "warp"], 2, "unknown delegate 'warp'; known"),
         (["mqtt", "check", "--mqtt", "mqtt://127.0.0.1", "--timeout", "nan"], 2, "--timeout must be a positive number"),
         (["mqtt", "check", "--mqtt", "mqtt://127.0.0.1", "--timeout", "0"], 2, "--timeout must be a positive number"),

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from edgerun.config import default_config, load_config
+from edgerun.config import default_config, load_config, parse_config
 from edgerun.errors import ConfigError
 from tests.conftest import ROOT, run_cli
 
@@ -161,11 +161,6 @@ def test_config_check_passes_every_shipped_device_config_from_the_repo_root() ->
         assert result.returncode == 0, result.stderr
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="needs a side-effect-free sink-spec check in edgerun/sinks/__init__.py that open_sink also uses; "
-    "open_sink itself opens files and makes folders, so a config check cannot call it",
-)
 def test_a_sink_the_command_line_would_refuse_is_refused_in_the_config_without_touching_the_disk(
     tmp_path: Path,
 ) -> None:
@@ -177,3 +172,12 @@ def test_a_sink_the_command_line_would_refuse_is_refused_in_the_config_without_t
     result = run_cli("config", "check", str(bad))
     assert result.returncode == 2 and result.stderr.startswith(f"edgerun: error: {bad}: pipelines.cam.sinks")
     assert "unknown sink 'out.txt'" in result.stderr
+
+
+def test_an_annotated_sink_on_a_sensor_pipeline_is_refused_in_the_config() -> None:
+    data = {
+        "models": {"vib": {"path": str(ROOT / "models" / "vibration" / "vibration_int8.tflite")}},
+        "pipelines": {"line": {"source": "readings.csv", "model": "vib", "sinks": ["r.jsonl", "frames.mp4"]}},
+    }
+    with pytest.raises(ConfigError, match=r"sink 'frames\.mp4' draws on images, and the sensor source 'readings\.csv'"):
+        parse_config(data, "c.yaml")

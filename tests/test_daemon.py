@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import signal
 import subprocess
 import sys
@@ -238,3 +239,31 @@ def test_a_sensor_window_the_model_does_not_accept_is_named_and_the_daemon_keeps
         assert any("window of 100 rows does not fit vibration" in r.getMessage() for r in caplog.records)
     finally:
         daemon.stop()
+
+
+def test_a_frame_that_fails_in_a_pipeline_is_one_warning_naming_the_pipeline(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from edgerun.config import parse_config
+    from edgerun.daemon import Daemon
+
+    rows = (ROOT / "models/vibration/samples/normal.csv").read_text().splitlines()
+    readings = tmp_path / "readings.csv"
+    readings.write_text("\n".join([*rows[:5], "0.005,1.0,oops,2.0", *rows[5:300]]) + "\n")  # one bad row
+    config = parse_config(
+        {
+            "models": {"vibration": {"path": str(ROOT / "models/vibration/vibration_int8.tflite")}},
+            "pipelines": {"line": {"source": str(readings), "model": "vibration"}},
+            "api": {"enabled": False},
+            "state_dir": str(tmp_path / "state"),
+        },
+        "test",
+    )
+    daemon = Daemon(config)
+    daemon.start()
+    try:
+        wait_until(lambda: daemon.runners["line"].state == "finished", 30, "the pipeline to finish")
+    finally:
+        daemon.stop()
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert warnings == [f"pipeline line: {readings} line 6: field 2 is not a number: 'oops'; row skipped"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -14,10 +15,12 @@ import pytest
 import edgerun
 from edgerun.errors import PipelineError, SourceError
 from edgerun.pipeline import Pipeline
+from edgerun.sinks.annotate import AnnotatedImageSink, AnnotatedVideoSink
 from edgerun.sinks.base import Result
 from edgerun.sources import open_source
 from edgerun.sources.base import Frame, LatestBuffer, LiveSource
 from edgerun.sources.files import FileSource
+from edgerun.sources.video import VideoFileSource
 from tests.conftest import DIGITS, SAMPLES
 from tests.test_sources import make_video
 
@@ -307,3 +310,66 @@ def test_an_inline_sink_whose_reader_went_away_ends_the_run_with_broken_pipe(mod
     with pytest.raises(BrokenPipeError):
         Pipeline(FileSource([str(SAMPLES)]), model, [sink]).run()
     assert sink.closed == 1
+
+
+def damaged_video(path: Path, damage: str, frames: int = 30) -> Path:
+    """An MJPG video of ``frames`` noisy frames, then ``damage``d: "truncated" (its first half of bytes),
+    "corrupt" (5,000 bytes of 0xff in its middle) or "none"."""
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 30.0, (64, 48))
+    rng = np.random.default_rng(0)
+    for _ in range(frames):  # noise compresses badly: the file is large enough to cut mid-stream
+        writer.write(rng.integers(0, 256, (48, 64, 3), dtype=np.uint8))
+    writer.release()
+    data = bytearray(path.read_bytes())
+    middle = len(data) // 2
+    if damage == "truncated":
+        del data[middle:]
+    elif damage == "corrupt":
+        data[middle : middle + 5000] = b"\xff" * 5000
+    path.write_bytes(bytes(data))
+    return path
+
+
+@pytest.mark.parametrize("damage", ["truncated", "corrupt"])
+def test_a_video_that_ends_before_its_declared_frame_count_ends_with_an_error_frame(
+    tmp_path: Path, model: edgerun.Model, damage: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    video = damaged_video(tmp_path / "in.avi", damage)
+    sink = ListSink()
+    summary = Pipeline(VideoFileSource(str(video)), model, [sink]).run()
+    assert summary.errors == 1 and 0 < summary.ok < 30 and summary.stopped_by == "end of input"
+    last = sink.results[-1]
+    message = f"{video}: decoding stopped at frame {summary.ok} of 30 (truncated or corrupt video)"
+    assert last.record == {"input": f"{video}#{summary.ok}", "error": message}
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]  # the error frame is the report
+
+
+def test_a_whole_video_and_a_damaged_one_stopped_early_report_no_lost_input(
+    tmp_path: Path, model: edgerun.Model, caplog: pytest.LogCaptureFixture
+) -> None:
+    whole = Pipeline(VideoFileSource(str(damaged_video(tmp_path / "whole.avi", "none"))), model, [ListSink()]).run()
+    assert whole.frames == whole.ok == 30 and whole.errors == 0
+    cut = damaged_video(tmp_path / "cut.avi", "truncated")
+    early = Pipeline(VideoFileSource(str(cut)), model, [ListSink()], max_frames=3).run()
+    assert early.frames == early.ok == 3 and early.errors == 0  # it stopped before the damage: nothing lost
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+
+
+def test_a_frame_with_no_image_is_not_drawn_and_each_annotated_sink_warns_about_it(
+    tmp_path: Path, model: edgerun.Model, caplog: pytest.LogCaptureFixture
+) -> None:
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"not a png")  # a failed frame: reported as an error already, so no warning
+    video = AnnotatedVideoSink(str(tmp_path / "out.avi"))
+    images = AnnotatedImageSink(str(tmp_path / "imgs") + "/")
+    summary = Pipeline(FileSource([str(SAMPLES), str(bad)]), model, [video, images]).run()
+    assert summary.ok == 11 and summary.errors == 1
+    npy = str(SAMPLES / "digit_7.npy")
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert warnings == [  # sinks are published in order, from one thread
+        f"{tmp_path / 'out.avi'}: {npy} has no image to draw on; not written",
+        f"{tmp_path / 'imgs'}/: {npy} has no image to draw on; not written",
+    ]
+    assert video.written == images.written == 10
+    assert int(cv2.VideoCapture(str(tmp_path / "out.avi")).get(cv2.CAP_PROP_FRAME_COUNT)) == 10
+    assert len(list((tmp_path / "imgs").glob("*.jpg"))) == 10

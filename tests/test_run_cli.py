@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from tests.conftest import ROOT, SAMPLES, run_cli
+from tests.test_pipeline import damaged_video
 from tests.test_sources import make_video
 
 VIBRATION = ROOT / "models" / "vibration"
@@ -229,3 +230,67 @@ def test_predict_reads_npy_windows_for_the_sensor_model(tmp_path: Path) -> None:
     result = run_cli("predict", str(VIBRATION / "vibration_int8.onnx"), str(tmp_path / "w.npy"), "--json")
     assert json.loads(result.stdout)["output"][0]["label"] == "looseness"
     assert os.path.exists(tmp_path / "w.npy")
+
+
+@pytest.mark.parametrize("sink", ["vib.mp4", "vibimgs/"])
+def test_a_sensor_source_into_an_annotated_sink_is_refused_before_anything_is_written(
+    tmp_path: Path, sink: str
+) -> None:
+    csv = VIBRATION / "samples" / "normal.csv"
+    result = run_cli(
+        "run", str(VIBRATION / "vibration_int8.tflite"), "--source", str(csv), "--sink", sink, cwd=tmp_path
+    )
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [
+        f"edgerun: error: --sink {sink}: an annotated sink needs image frames, and the sensor source {csv} gives "
+        "windows of readings, with no image to draw on (use stdout, jsonl, FILE.jsonl or FILE.csv)"
+    ]
+    assert list(tmp_path.iterdir()) == []  # no video, no empty folder
+
+
+def test_an_array_input_among_images_is_one_warning_per_annotated_sink_and_the_run_still_succeeds(
+    tmp_path: Path,
+) -> None:
+    model = str(ROOT / "models" / "digits" / "digits_int8.tflite")
+    result = run_cli("run", model, "--source", str(SAMPLES), "--sink", "out.avi", "--sink", "outimgs/", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "11 frames (11 ok, 0 failed" in result.stderr
+    npy = SAMPLES / "digit_7.npy"
+    warnings = [line for line in result.stderr.splitlines() if line.startswith("WARNING")]
+    assert warnings == [
+        f"WARNING edgerun.sinks.annotate: out.avi: {npy} has no image to draw on; not written",
+        f"WARNING edgerun.sinks.annotate: outimgs/: {npy} has no image to draw on; not written",
+    ]
+    assert int(cv2.VideoCapture(str(tmp_path / "out.avi")).get(cv2.CAP_PROP_FRAME_COUNT)) == 10
+    assert len(list((tmp_path / "outimgs").glob("*.jpg"))) == 10
+
+
+@pytest.mark.parametrize("damage", ["truncated", "corrupt"])
+def test_a_truncated_or_corrupt_video_is_reported_and_the_run_exits_1(tmp_path: Path, damage: str) -> None:
+    model = str(ROOT / "models" / "digits" / "digits_int8.tflite")
+    whole = run_cli("run", model, "--source", str(damaged_video(tmp_path / "whole.avi", "none")), "--sink", "jsonl")
+    assert whole.returncode == 0, whole.stderr
+    assert "30 frames (30 ok, 0 failed" in whole.stderr and "WARNING" not in whole.stderr
+    video = damaged_video(tmp_path / "half.avi", damage)
+    result = run_cli("run", model, "--source", str(video), "--sink", "jsonl", "--json")
+    assert result.returncode == 1
+    *records, summary = (json.loads(line) for line in result.stdout.splitlines())
+    decoded = summary["ok"]
+    assert 0 < decoded < 30 and summary["errors"] == 1 and summary["stopped_by"] == "end of input"
+    message = f"{video}: decoding stopped at frame {decoded} of 30 (truncated or corrupt video)"
+    assert records[-1] == {"input": f"{video}#{decoded}", "error": message}
+    assert result.stderr.splitlines()[0] == f"edgerun: error: {message}"  # once, then the summary
+    assert "WARNING" not in result.stderr and result.stderr.count(message) == 1
+
+
+@pytest.mark.parametrize(
+    "option",
+    [["--fps", "nan"], ["--fps", "inf"], ["--fps=-inf"], ["--fps", "0"], ["--camera-fps", "nan"]],
+    ids=["fps-nan", "fps-inf", "fps-minus-inf", "fps-0", "camera-fps-nan"],
+)
+def test_a_rate_that_is_not_a_positive_finite_number_is_an_option_error(option: list[str]) -> None:
+    model = str(ROOT / "models" / "digits" / "digits_int8.tflite")
+    result = run_cli("run", model, "--source", str(SAMPLES), *option)
+    assert result.returncode == 2
+    name, value = option[0].split("=")[0], option[-1].split("=")[-1]
+    assert result.stderr.splitlines() == [f"edgerun: error: {name} must be a positive number, got {value}"]

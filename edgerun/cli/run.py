@@ -16,6 +16,7 @@ from edgerun.cli.common import (
     print_json,
     report_failure,
     require_at_least_one,
+    require_positive,
     run_pipeline,
     start_ota,
     start_sync,
@@ -98,15 +99,14 @@ def run(args: argparse.Namespace) -> int:
     from edgerun.errors import ConfigError
     from edgerun.ota.slot import ModelSlot
     from edgerun.pipeline import Pipeline
-    from edgerun.sinks import open_sink
+    from edgerun.sinks import draws_on_frames, open_sink
     from edgerun.sources import open_configured
-    from edgerun.sources.sensor import window_for
+    from edgerun.sources.sensor import SensorSource, window_for
     from edgerun.telemetry.metrics import Metrics
 
     require_at_least_one(args, "max_frames", "batch_size", "queue", "window", "hop", "prepare_workers")
     mqtt = check_sync(args)  # before the model loads: a mistyped URL is the only line
-    if args.fps is not None and args.fps <= 0:
-        raise ConfigError(f"--fps must be positive, got {args.fps:g}")
+    require_positive(args, "fps", "camera_fps")  # nan passes a `<= 0` test; inf means nothing as a rate
     if args.decode_threads < 0:
         raise ConfigError(f"--decode-threads must be 0 (the decoder's choice) or more, got {args.decode_threads}")
     if args.ota_key:  # serve the store's active version: an update received over the air survives restarts
@@ -122,7 +122,14 @@ def run(args: argparse.Namespace) -> int:
     with model:
         window = window_for(model, args.window)
         source = open_configured(args.source, args, window)
-        sinks = [open_sink(s, fps=getattr(source, "fps", 0.0) or 25.0) for s in (args.sink or ["stdout"])]
+        specs = args.sink or ["stdout"]
+        drawn = next((spec for spec in specs if draws_on_frames(spec)), None)
+        if drawn is not None and isinstance(source, SensorSource):  # before any sink creates its file or folder
+            raise ConfigError(
+                f"--sink {drawn}: an annotated sink needs image frames, and the sensor source {source.uri} "
+                "gives windows of readings, with no image to draw on (use stdout, jsonl, FILE.jsonl or FILE.csv)"
+            )
+        sinks = [open_sink(s, fps=getattr(source, "fps", 0.0) or 25.0) for s in specs]
         metrics = Metrics()
         sync = start_sync(args, mqtt, metrics, [model])
         ota = start_ota(args, sync, slot, metrics)

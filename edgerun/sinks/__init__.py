@@ -8,34 +8,65 @@
 | ``FILE.csv``                   | CSV appended to a file                 |
 | ``FILE.mp4`` / ``.avi`` / ...  | annotated video                        |
 | ``DIR/``                       | annotated images in a directory        |
+
+Annotated sinks draw on the frame, so they need frames that are images
+(``draws_on_frames``): a caller whose source yields none refuses them up front.
 """
 
 from __future__ import annotations
 
 from edgerun.sinks.base import Result, Sink
 
-__all__ = ["Result", "Sink", "open_sink"]
+__all__ = ["Result", "Sink", "draws_on_frames", "open_sink", "sink_kind"]
 
 
-def open_sink(spec: str, *, fps: float = 25.0) -> Sink:
-    """The sink named by ``spec``."""
+def sink_kind(spec: str) -> str:
+    """What ``spec`` names: ``table``, ``jsonl`` (standard output), ``jsonl-file``, ``csv``, ``video`` or
+    ``images``; nothing is opened or created, so a config check can ask it.
+
+    Raises:
+        ConfigError: ``spec`` names no sink.
+    """
     from edgerun.errors import ConfigError
-    from edgerun.sinks.annotate import AnnotatedImageSink, AnnotatedVideoSink
-    from edgerun.sinks.text import CsvSink, JsonlSink, TableSink
+    from edgerun.sinks.annotate import AnnotatedVideoSink
 
     lower = spec.lower()
     if lower == "stdout":
-        return TableSink()
+        return "table"
     if lower in ("jsonl", "json"):
-        return JsonlSink()
+        return "jsonl"
     if lower.endswith((".jsonl", ".ndjson", ".json")):
-        return JsonlSink(spec)
+        return "jsonl-file"
     if lower.endswith(".csv"):
-        return CsvSink(spec)
+        return "csv"
     if lower.endswith(tuple(AnnotatedVideoSink.FOURCC)):
-        return AnnotatedVideoSink(spec, fps=fps)
+        return "video"
     if spec.endswith("/"):
-        return AnnotatedImageSink(spec)
+        return "images"
     raise ConfigError(
         f"unknown sink {spec!r}: use stdout, jsonl, FILE.jsonl, FILE.csv, a video file (.mp4, .avi) or DIR/"
     )
+
+
+def draws_on_frames(spec: str) -> bool:
+    """True where ``spec`` names an annotated sink (a video file or ``DIR/``), which needs image frames."""
+    return sink_kind(spec) in ("video", "images")
+
+
+def open_sink(spec: str, *, fps: float = 25.0) -> Sink:
+    """The sink named by ``spec`` (see ``sink_kind``)."""
+    from edgerun.sinks.annotate import AnnotatedImageSink, AnnotatedVideoSink
+    from edgerun.sinks.text import CsvSink, JsonlSink, TableSink
+
+    kind = sink_kind(spec)
+    if kind == "table":
+        return TableSink()
+    if kind == "jsonl":
+        return JsonlSink()
+    if kind == "jsonl-file":
+        return JsonlSink(spec)
+    if kind == "csv":
+        return CsvSink(spec)
+    if kind == "video":
+        return AnnotatedVideoSink(spec, fps=fps)
+    return AnnotatedImageSink(spec)

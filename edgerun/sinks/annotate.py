@@ -1,7 +1,16 @@
-"""Annotated output: each frame with its best label and score drawn on it, as images or a video."""
+"""Annotated output: each frame with its best label and score drawn on it, as images or a video.
+
+Only frames that are images can be drawn on. A frame that is not one (a
+``.npy`` array among image files, a sensor window) is not written, and that is
+never silent: each such frame is one WARNING line naming the sink and the input
+(a failed frame, already reported as an error, only at DEBUG). ``edgerun run``
+refuses an annotated sink for a sensor source before it starts, since none of
+its frames could be written.
+"""
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 from typing import Any, ClassVar
@@ -12,6 +21,8 @@ from edgerun.errors import ConfigError
 from edgerun.opencv import opencv
 from edgerun.sinks.base import Result
 from edgerun.sinks.text import top1
+
+log = logging.getLogger(__name__)
 
 __all__ = ["AnnotatedImageSink", "AnnotatedVideoSink"]
 
@@ -32,6 +43,14 @@ def _image(result: Result) -> np.ndarray | None:
     if image.ndim == 2:
         image = cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)
     return image
+
+
+def _not_drawn(sink: str, result: Result) -> None:
+    """Say that ``result``'s frame was not written to ``sink``: a warning, unless it already failed."""
+    if result.ok:
+        log.warning("%s: %s has no image to draw on; not written", sink, result.frame.source_id)
+    else:  # its error was reported with the run's other failures
+        log.debug("%s: %s failed and has no image to draw on; not written", sink, result.frame.source_id)
 
 
 def annotate(image: np.ndarray, result: Result) -> np.ndarray:
@@ -65,11 +84,12 @@ class AnnotatedImageSink:
         self.written = 0
 
     def publish(self, result: Result) -> None:
-        """Draw and write one image (frames that are not images are skipped)."""
+        """Draw and write one image (a frame that is not an image is skipped with a warning)."""
         cv2 = opencv()
 
         image = _image(result)
         if image is None:
+            _not_drawn(f"{self.directory}/", result)
             return
         path = self.directory / f"{result.frame.index:06d}.jpg"
         if not cv2.imwrite(str(path), annotate(image, result)):
@@ -96,11 +116,12 @@ class AnnotatedVideoSink:
         self.written = 0
 
     def publish(self, result: Result) -> None:
-        """Draw and append one frame."""
+        """Draw and append one frame (a frame that is not an image is skipped with a warning)."""
         cv2 = opencv()
 
         image = _image(result)
         if image is None:
+            _not_drawn(self.path, result)
             return
         if self._writer is None:
             h, w = image.shape[:2]

@@ -71,7 +71,7 @@ def open_source(
     """
     from edgerun.errors import ConfigError
     from edgerun.sources.files import FileSource
-    from edgerun.sources.sensor import SENSOR_SUFFIXES, SensorSource
+    from edgerun.sources.sensor import SensorSource, is_sensor_spec
     from edgerun.sources.video import VIDEO_SUFFIXES, CameraSource, StreamSource, VideoFileSource
 
     items = [specs] if isinstance(specs, str) else list(specs)
@@ -88,7 +88,7 @@ def open_source(
             from edgerun.sources.mqtt import MqttSource
 
             return MqttSource(first, queue=queue or 8)
-        if first in ("-", "stdin") or suffix in SENSOR_SUFFIXES:
+        if is_sensor_spec(first):
             if window is None:
                 raise ConfigError(f"a sensor source needs a window length (rows per inference): {first}")
             return SensorSource(first, window=window, hop=hop)

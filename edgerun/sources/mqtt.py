@@ -150,7 +150,6 @@ class MqttSource(LiveSource):
                 data = decode_message(message.payload, self._max_bytes)
             except ValueError as exc:
                 self.bad_messages += 1
-                log.warning("MQTT source %s: message %d dropped: %s", message.topic, index, exc)
                 buffer.put(Frame(None, time.time(), source_id, index, error=f"{source_id}: {exc}"))
                 return
             buffer.put(Frame(data, time.time(), source_id, index))

@@ -6,18 +6,18 @@ not fed to the model. A JSON Lines row is an array of numbers or an object of
 named numbers. Windows of ``window`` rows start every ``hop`` rows and are
 yielded as float32 arrays of shape ``[window, channels]``.
 
-A row with a missing or non-numeric field is reported (logged with its line
-number and yielded as an error frame, so the run counts it) and skipped; the
-run goes on. An input that ends before it filled one window (an empty file, a
-header alone, fewer rows than the window) is a ``SourceError``: nothing was
-classified, and the run must not pass for a success.
+A row with a missing or non-numeric field is reported (yielded as an error
+frame naming its line, so the run counts it and its consumer reports it: the
+CLI prints it, the daemon logs it) and skipped; the run goes on. An input that
+ends before it filled one window (an empty file, a header alone, fewer rows
+than the window) is a ``SourceError``: nothing was classified, and the run must
+not pass for a success.
 """
 
 from __future__ import annotations
 
 import collections
 import json
-import logging
 import math
 import sys
 import time
@@ -30,12 +30,15 @@ import numpy as np
 from edgerun.errors import ConfigError, SourceError
 from edgerun.sources.base import Frame
 
-log = logging.getLogger(__name__)
-
-__all__ = ["SENSOR_SUFFIXES", "SensorSource", "window_for"]
+__all__ = ["SENSOR_SUFFIXES", "SensorSource", "is_sensor_spec", "window_for"]
 
 SENSOR_SUFFIXES = frozenset({".csv", ".jsonl", ".ndjson"})
 _TIME_COLUMNS = frozenset({"t", "ts", "time", "timestamp"})
+
+
+def is_sensor_spec(spec: str) -> bool:
+    """Whether a source string names a sensor source (a CSV or JSON Lines file, or ``-`` for stdin)."""
+    return spec in ("-", "stdin") or Path(spec).suffix.lower() in SENSOR_SUFFIXES
 
 
 def window_for(model: Any, requested: int | None) -> int | None:
@@ -133,7 +136,6 @@ class SensorSource:
             if isinstance(values, str):
                 self.bad_rows += 1
                 message = f"{self.uri} line {number}: {values}; row skipped"
-                log.warning("%s", message)
                 yield Frame(None, time.time(), f"{self.uri}:{number}", index, error=message)
                 index += 1
                 continue

@@ -1,6 +1,8 @@
 """Video files, cameras and network streams, all through OpenCV's ``VideoCapture``.
 
-* a video file is pulled frame by frame (never drops);
+* a video file is pulled frame by frame (never drops); one that ends before the
+  frame count its container declares (truncated or corrupt) ends with an error
+  frame saying so, so the run counts the lost input instead of calling it the end;
 * a camera (``camera:0``, ``/dev/video0``) is captured on its own thread into a
   latest-frames buffer, with the requested width, height and FPS;
 * a network stream (``rtsp://``, ``http://`` MJPEG) likewise, reconnecting with
@@ -19,6 +21,7 @@ threads, 1 unless asked otherwise; 0 leaves the choice to the decoder.
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -58,7 +61,14 @@ def open_decoder(uri: str, api: int, decode_threads: int) -> Any:
 
 
 class VideoFileSource:
-    """Frames of a video file, decoded in order; never drops."""
+    """Frames of a video file, decoded in order; never drops.
+
+    When decoding stops before the frame count the container declares
+    (``CAP_PROP_FRAME_COUNT``, used only where it is positive: some containers
+    give 0 or nothing), the file is truncated or corrupt: that is yielded as one
+    error frame, as a sensor file's bad row is, so the run reports it (the CLI
+    prints it, the daemon logs it) and does not count the video as read to its end.
+    """
 
     live = False
     decoded = True
@@ -78,10 +88,12 @@ class VideoFileSource:
             raise SourceError(f"cannot decode video {path}: no frame could be read")
         self._first = first
         self.fps = float(self._cap.get(cv2.CAP_PROP_FPS) or 0.0)
+        declared = self._cap.get(cv2.CAP_PROP_FRAME_COUNT)
+        self.declared_frames = int(declared) if math.isfinite(declared) and declared > 0 else None
         self._closed = False
 
     def frames(self) -> Iterator[Frame]:
-        """Every frame, as BGR uint8 arrays."""
+        """Every frame, as BGR uint8 arrays; then an error frame if the file ended early."""
         index, image = 0, self._first
         try:
             while image is not None and not self._closed:
@@ -89,7 +101,13 @@ class VideoFileSource:
                 index += 1
                 ok, image = self._cap.read()
                 if not ok:
-                    break
+                    image = None
+            if image is None and self.declared_frames is not None and index < self.declared_frames:
+                message = (
+                    f"{self.uri}: decoding stopped at frame {index} of {self.declared_frames} "
+                    "(truncated or corrupt video)"
+                )
+                yield Frame(None, time.time(), f"{self.uri}#{index}", index, error=message)
         finally:
             self._cap.release()
 
