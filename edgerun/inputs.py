@@ -38,6 +38,11 @@ def expand_inputs(paths: Iterable[str]) -> Iterator[InputRef]:
     for raw in paths:
         path = Path(raw)
         if path.is_dir():
+            try:
+                os.scandir(path).close()
+            except OSError as exc:  # a folder we may not list: say so, not "no usable files"
+                yield InputRef(raw, f"{raw}: cannot read directory: {exc.strerror}")
+                continue
             found = sorted(_usable_files(str(path), "" if str(path) == "." else str(path)))
             if not found:
                 kinds = ", ".join(sorted(USABLE_SUFFIXES))

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -186,6 +188,47 @@ def test_run_over_a_sensor_file_shorter_than_one_window_fails_in_one_line(tmp_pa
     assert result.returncode == 1
     _assert_clean_errors(result.stderr, 1)
     assert "the input ended after 100 readable data rows, fewer than one window of 256 rows" in result.stderr
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or shutil.which("setpriv") is None, reason="needs root to become nobody")
+def test_a_directory_that_cannot_be_listed_is_named_as_such() -> None:
+    folder = Path(tempfile.mkdtemp(prefix="edgerun-locked-"))  # not under tmp_path, which nobody cannot reach
+    try:
+        shutil.copy(SAMPLES / "digit_3.png", folder)
+        folder.chmod(0o000)
+        as_nobody = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable, "-m", "edgerun"]
+        result = subprocess.run(
+            [*as_nobody, "predict", str(DIGITS / "digits_int8.tflite"), str(folder)],
+            cwd=ROOT, capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        assert result.returncode == 1
+        _assert_clean_errors(result.stderr, 1)
+        assert f"{folder}: cannot read directory: Permission denied" in result.stderr
+    finally:
+        folder.chmod(0o700)
+        shutil.rmtree(folder)
+
+
+def test_keys_generate_refuses_a_name_that_names_no_file(tmp_path: Path) -> None:
+    for name in ("", "keys/"):
+        result = run_cli("keys", "generate", name, cwd=tmp_path)
+        assert result.returncode == 2
+        _assert_clean_errors(result.stderr, 1)
+        assert "names no file" in result.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_bench_of_models_that_all_fail_prints_no_table_header() -> None:
+    result = run_cli("bench", "missing.onnx", "--runs", "3")
+    assert result.returncode == 1 and result.stdout == ""
+    _assert_clean_errors(result.stderr, 1)
+
+
+def test_outbox_refuses_an_empty_file_instead_of_making_it_an_outbox(tmp_path: Path) -> None:
+    (tmp_path / "outbox.sqlite").touch()
+    result = run_cli("outbox", "--state-dir", str(tmp_path))
+    assert result.returncode == 2 and "is an empty file, not an outbox" in result.stderr
+    assert (tmp_path / "outbox.sqlite").stat().st_size == 0
 
 
 def test_usage_errors_exit_2() -> None:

@@ -34,11 +34,6 @@ def run(args: argparse.Namespace) -> int:
     threads = kwargs.pop("threads")
     results = []
     failed = 0
-    if not args.json:
-        print(
-            f"{'model':<28} {'fmt':<6} {'prec':<5} {'delegate':<9} {'load ms':>8} {'p50 ms':>9} "
-            f"{'p95 ms':>9} {'p99 ms':>9} {'inf/s':>9} {'RSS MB':>7}"
-        )
     for path in args.models:
         try:
             names = usable_delegates(Path(path), args.probe_root) if delegate == "all" else [delegate]
@@ -57,6 +52,11 @@ def run(args: argparse.Namespace) -> int:
             if args.json:
                 print_json({"type": "result", **r.to_dict()})
             else:
+                if len(results) == 1:  # the header over the first row: a run whose models all fail prints none
+                    print(
+                        f"{'model':<28} {'fmt':<6} {'prec':<5} {'delegate':<9} {'load ms':>8} {'p50 ms':>9} "
+                        f"{'p95 ms':>9} {'p99 ms':>9} {'inf/s':>9} {'RSS MB':>7}"
+                    )
                 print(
                     f"{Path(r.path).name:<28} {r.format:<6} {r.precision or '?':<5} {r.delegate:<9} "
                     f"{r.load_ms:>8.1f} {r.p50_ms:>9.4f} {r.p95_ms:>9.4f} {r.p99_ms:>9.4f} "

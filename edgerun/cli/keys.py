@@ -29,6 +29,8 @@ def run(args: argparse.Namespace) -> int:
     from edgerun.errors import ConfigError
     from edgerun.ota.envelope import key_id
 
+    if not Path(args.name).name or args.name.endswith(("/", ".")):
+        raise ConfigError(f"key name {args.name!r} names no file: give a path such as keys/operator")
     private_path, public_path = Path(f"{args.name}.pem"), Path(f"{args.name}.pub.pem")
     for path in (private_path, public_path):
         if path.exists() and not args.force:

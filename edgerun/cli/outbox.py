@@ -28,6 +28,8 @@ def run(args: argparse.Namespace) -> int:
     path = state_dir(args.state_dir) / OUTBOX_FILE
     if not path.exists():
         raise ConfigError(f"no outbox at {path} (nothing was ever queued there)")
+    if path.is_file() and path.stat().st_size == 0:  # SQLite would make it a fresh outbox: this command only reads
+        raise ConfigError(f"{path} is an empty file, not an outbox")
     box = Outbox(path)
     try:
         stats = box.stats()
