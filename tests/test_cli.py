@@ -116,6 +116,12 @@ def test_bad_inputs_each_get_one_line_exit_1_and_the_good_ones_still_run(tmp_pat
         (["mqtt", "check", "--mqtt", "mqtt://127.0.0.1", "--timeout", "nan"], 2, "--timeout must be a positive number"),
         (["mqtt", "check", "--mqtt", "mqtt://127.0.0.1", "--timeout", "0"], 2, "--timeout must be a positive number"),
         (["mqtt", "check", "--mqtt", "mqtt://[::1"], 2, "MQTT URL is malformed"),
+        (["devices", "--probe-root", "/nonexistent"], 2, "--probe-root /nonexistent is not a directory"),
+        (
+            ["predict", str(DIGITS / "digits_int8.tflite"), "x.png", "--state-dir", str(SAMPLES / "digit_3.png")],
+            2,
+            "is not a directory",
+        ),
     ],
 )
 def test_model_and_option_errors_are_one_line_with_the_right_exit_code(

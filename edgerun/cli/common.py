@@ -9,6 +9,7 @@ from typing import Any
 __all__ = [
     "add_model_options",
     "add_mqtt_options",
+    "check_folders",
     "error_line",
     "load_kwargs",
     "mqtt_settings",
@@ -57,12 +58,25 @@ def add_model_options(parser: argparse.ArgumentParser, *, delegate_help: str | N
     )
 
 
+def check_folders(args: argparse.Namespace) -> None:
+    """Refuse a --probe-root that is not a directory, and a --state-dir that exists and is not one."""
+    import os
+
+    from edgerun.errors import ConfigError
+
+    if args.probe_root is not None and not os.path.isdir(args.probe_root):
+        raise ConfigError(f"--probe-root {args.probe_root} is not a directory")
+    if args.state_dir is not None and os.path.exists(args.state_dir) and not os.path.isdir(args.state_dir):
+        raise ConfigError(f"--state-dir {args.state_dir} is not a directory")
+
+
 def load_kwargs(args: argparse.Namespace) -> dict[str, Any]:
-    """Keyword arguments for ``edgerun.load`` from the shared options."""
+    """Keyword arguments for ``edgerun.load`` from the shared options (checked)."""
     if args.threads is not None and not 1 <= args.threads <= 256:
         from edgerun.errors import ConfigError
 
         raise ConfigError(f"--threads must be between 1 and 256, got {args.threads}")
+    check_folders(args)
     return {
         "delegate": args.delegate,
         "threads": args.threads,

@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from edgerun.cli.common import add_model_options, load_kwargs, print_json
+from edgerun.cli.common import add_model_options, check_folders, load_kwargs, print_json
 
 HELP = "show accelerators, runtimes and usable delegates (and, with --model, the choice and why)"
 
@@ -28,6 +28,7 @@ def run(args: argparse.Namespace) -> int:
     from edgerun.accel.probe import probe
     from edgerun.accel.runtimes import discover
 
+    check_folders(args)
     device = probe(args.probe_root or "/")
     runtime = discover()
     delegates = []
