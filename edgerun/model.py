@@ -270,6 +270,8 @@ class Model:
             raise InputError(f"{name}: array dtype {array.dtype} is not numeric; {spec.describe()} expected")
         if array.size == 0:
             raise InputError(f"{name}: array of shape {list(array.shape)} is empty")
+        if kind == "f" and not np.isfinite(array).all():  # a quantized model would turn it into a confident answer
+            raise InputError(f"{name}: array has NaN or infinite values")
         if _fits(array.shape, spec.shape):
             return array
         if _fits((1, *array.shape), spec.shape):

@@ -9,6 +9,11 @@ OpenCV's lines and FFmpeg's errors alike. Used as a library, edgerun leaves
 OpenCV's logging as the application set it.
 
 A daemon that only ever gets arrays never imports OpenCV at all.
+
+Images are refused above :data:`MAX_IMAGE_PIXELS` before they are decoded (a
+400 KB PNG can declare 20000x20000 pixels and take a gigabyte to decode):
+OpenCV's own ``OPENCV_IO_MAX_IMAGE_PIXELS``, 1 << 30 by default, is lowered to
+it unless the user set it, which must happen before ``cv2`` is first imported.
 """
 
 from __future__ import annotations
@@ -16,7 +21,10 @@ from __future__ import annotations
 import os
 from typing import Any
 
-__all__ = ["opencv", "quiet"]
+__all__ = ["MAX_IMAGE_PIXELS", "max_image_pixels", "opencv", "quiet"]
+
+#: The largest image decoded, in pixels: 64 Mpx (8192 x 8192), about 200 MB decoded in colour.
+MAX_IMAGE_PIXELS = 1 << 26
 
 _module: Any = None
 _quiet = False
@@ -40,9 +48,18 @@ def opencv() -> Any:
     """The ``cv2`` module, imported once."""
     global _module
     if _module is None:
+        os.environ.setdefault("OPENCV_IO_MAX_IMAGE_PIXELS", str(MAX_IMAGE_PIXELS))
         import cv2
 
         if _quiet:
             cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
         _module = cv2
     return _module
+
+
+def max_image_pixels() -> int:
+    """The decoding limit in force (OpenCV reads it once, when it is imported)."""
+    try:
+        return int(os.environ.get("OPENCV_IO_MAX_IMAGE_PIXELS", MAX_IMAGE_PIXELS))
+    except ValueError:
+        return MAX_IMAGE_PIXELS

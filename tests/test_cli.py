@@ -237,6 +237,20 @@ def test_outbox_refuses_an_empty_file_instead_of_making_it_an_outbox(tmp_path: P
     assert (tmp_path / "outbox.sqlite").stat().st_size == 0
 
 
+def test_an_image_declaring_more_pixels_than_the_limit_is_refused_before_it_is_decoded(tmp_path: Path) -> None:
+    import cv2
+
+    bomb = tmp_path / "bomb.png"
+    cv2.imwrite(str(bomb), np.zeros((9000, 9000), np.uint8))  # 94 KB on disk, 81 Mpx (the limit is 64 Mpx)
+    model = str(DIGITS / "digits_int8.tflite")
+    result = run_cli("predict", model, str(bomb))
+    assert result.returncode == 1
+    _assert_clean_errors(result.stderr, 1)
+    assert f"{bomb}: image has more than 67,108,864 pixels; not decoded" in result.stderr
+    raised = run_cli("predict", model, str(bomb), env={**os.environ, "OPENCV_IO_MAX_IMAGE_PIXELS": str(10**8)})
+    assert raised.returncode == 0, raised.stderr  # the user's own limit wins
+
+
 def test_usage_errors_exit_2() -> None:
     assert run_cli("predict").returncode == 2
     assert run_cli("frobnicate").returncode == 2

@@ -70,6 +70,8 @@ def test_a_large_colour_jpeg_is_converted_and_resized_per_the_card(int8_tflite: 
         (np.zeros((3, 3), np.float32), r"shape \[3, 3\] does not fit"),
         (np.zeros((8, 8, 1), np.complex64), "not numeric"),
         (np.array(["a", "b"]), "not numeric"),
+        (np.full((8, 8, 1), np.nan, np.float32), "NaN or infinite values"),  # INT8 once answered '3', 0.93
+        (np.full((1, 8, 8, 1), np.inf, np.float64), "NaN or infinite values"),
     ],
 )
 def test_arrays_of_the_wrong_shape_or_dtype_are_input_errors(

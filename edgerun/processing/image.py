@@ -14,7 +14,7 @@ import numpy as np
 
 from edgerun.card import Preprocess
 from edgerun.errors import CardError, InputError
-from edgerun.opencv import opencv
+from edgerun.opencv import max_image_pixels, opencv
 
 __all__ = ["decode_image", "ImagePreprocessor", "IMAGE_SUFFIXES", "preload"]
 
@@ -50,6 +50,8 @@ def decode_image(data: bytes, name: str = "image", gray: bool = False) -> np.nda
     try:
         image = cv2.imdecode(buf, flags)
     except cv2.error as exc:
+        if "CV_IO_MAX_IMAGE_PIXELS" in str(exc):
+            raise InputError(f"{name}: image has more than {max_image_pixels():,} pixels; not decoded") from None
         raise InputError(f"{name}: cannot decode image ({str(exc).strip().splitlines()[-1]})") from exc
     if image is None or image.size == 0:
         raise InputError(f"{name}: not a decodable image")
