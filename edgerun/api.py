@@ -324,6 +324,14 @@ class _Predictor:
         return batcher
 
 
+def _bearer_matches(header: bytes, token: bytes) -> bool:
+    """True for ``Bearer <token>`` with the scheme in any case (RFC 7235: the auth-scheme is
+    case-insensitive); one space, then the token exactly, compared in constant time."""
+    scheme, _, credentials = header.partition(b" ")
+    match = hmac.compare_digest(credentials, token)
+    return match and scheme.lower() == b"bearer"
+
+
 class _Guard:
     """Bearer token, concurrency limit and the predict fast path, as plain ASGI middleware.
 
@@ -336,7 +344,7 @@ class _Guard:
 
     def __init__(self, app: Any, token: str | None, max_concurrency: int, predictor: _Predictor) -> None:
         self.app = app
-        self._expected = f"Bearer {token}".encode() if token is not None else None
+        self._token = token.encode() if token is not None else None
         self._max = max_concurrency
         self._predictor = predictor
         self._in_flight = 0  # one event loop: no lock needed between awaits
@@ -346,9 +354,10 @@ class _Guard:
             await self.app(scope, receive, send)
             return
         path = scope["path"]
-        if self._expected is not None and path not in self.PUBLIC:
+        token = self._token
+        if token is not None and path not in self.PUBLIC:
             given = next((v for k, v in scope["headers"] if k == b"authorization"), b"")
-            if not hmac.compare_digest(given, self._expected):
+            if not _bearer_matches(given, token):
                 detail = _dumps({"detail": "missing or wrong bearer token"})
                 await _send_json(send, 401, detail, (b"www-authenticate", b"Bearer"))
                 return

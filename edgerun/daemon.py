@@ -3,12 +3,21 @@
 Wiring and life cycle only; every part is its own module. Signals:
 
 * SIGTERM, SIGINT: stop cleanly: sources closed, in-flight frames finished and
-  flushed, the API stops accepting, OTA stops (a download resumes next start),
-  the outbox is flushed as far as the broker allows and ``offline`` published.
+  flushed, the API stops accepting and answers the requests in progress (for up
+  to ``API_GRACE_S``) before the process goes on to exit (interpreter teardown
+  with a thread still in OpenCV or a runtime aborts the process), OTA stops (a
+  download resumes next start), the outbox is flushed as far as the broker
+  allows and ``offline`` published.
 * SIGHUP: re-read the config file; models and pipelines that changed are
   reloaded without dropping requests (a new model is loaded and warmed, then
   swapped in); a broken file is logged and the running config kept. Changes
   to the device, MQTT, OTA or API sections are logged as needing a restart.
+  A model is chosen by the one function used at start (``_serve``): with OTA
+  on, the store's active version wins over the config's ``path``, so a reload
+  reloads the version installed over the air, with the new settings.
+
+The state directory is checked first (``edgerun.state.check_state_dir``): one
+``ConfigError`` line naming it and the reason, before anything is loaded.
 
 A pipeline whose source fails (a camera unplugged, a stream gone) is reopened
 every ``restart_s`` seconds until it comes back; the rest keeps running.
@@ -21,7 +30,7 @@ import signal
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from edgerun import systemd
 from edgerun.config import Config, ModelConfig, PipelineConfig, load_config
@@ -30,9 +39,15 @@ from edgerun.model import Model
 from edgerun.ota.slot import ModelSlot
 from edgerun.telemetry.metrics import Metrics
 
+if TYPE_CHECKING:
+    from edgerun.ota.store import ModelStore
+
 log = logging.getLogger(__name__)
 
-__all__ = ["Daemon"]
+__all__ = ["API_GRACE_S", "Daemon"]
+
+#: Seconds a stopping daemon waits for the HTTP requests in progress to be answered.
+API_GRACE_S = 30
 
 
 class _PipelineRunner:
@@ -108,6 +123,7 @@ class Daemon:
         self.sync: Any = None
         self.ota: Any = None
         self.server: Any = None
+        self._api_thread: threading.Thread | None = None
         self.api_port: int | None = None
         self.ready = False
         self._stop = threading.Event()
@@ -153,14 +169,38 @@ class Daemon:
             model.card = replace(model.card, name=name)
         return model
 
-    def _serve(self, name: str, mc: ModelConfig) -> Model:
+    def _store(self) -> ModelStore | None:
+        """The OTA model store, or None when OTA is off."""
         if not self.config.ota.trusted_keys:
-            return self._load(name, mc)
-        from edgerun.ota.serving import serve_from_store
+            return None
         from edgerun.ota.store import ModelStore
 
-        store = ModelStore(self._state_dir() / "models", self.config.ota.keep)
+        return ModelStore(self._state_dir() / "models", self.config.ota.keep)
+
+    def _check_state_dir(self) -> None:
+        """Create the state directory; a ``ConfigError`` naming it and the reason when it is unusable."""
+        from edgerun.state import check_state_dir
+
+        try:
+            check_state_dir(self._state_dir(), create=True)
+        except ConfigError as exc:
+            raise ConfigError(f"{self.config_path}: {exc}" if self.config_path else str(exc)) from None
+
+    def _serve(self, name: str, mc: ModelConfig) -> Model:
+        """The model to serve for ``name``, at start and on SIGHUP alike: with OTA on, the store's
+        active version (loaded with ``mc``'s settings) wins over ``mc.path``; without, ``mc.path``."""
+        store = self._store()
+        if store is None:
+            return self._load(name, mc)
+        from edgerun.ota.serving import serve_from_store
+
         return serve_from_store(Path(mc.path), store, lambda p, card: self._load(name, mc, p, card))
+
+    def _still_active(self, name: str, model: Model) -> bool:
+        """False when an OTA update activated another version of ``name`` while ``model`` loaded."""
+        store = self._store()
+        active = store.active(name) if store is not None else None
+        return active is None or active.version == model.version
 
     def _start_sync(self) -> None:
         c = self.config.mqtt
@@ -209,7 +249,6 @@ class Daemon:
         from edgerun.ota.agent import OtaAgent, OtaSettings
         from edgerun.ota.store import ModelStore
 
-        models = self.config.models
         self.ota = OtaAgent(
             OtaSettings(
                 trusted_keys=tuple(o.trusted_keys),
@@ -228,7 +267,8 @@ class Daemon:
             slots=self.slots,
             metrics=self.metrics,
             state_dir=self._state_dir(),
-            load_model=lambda path, card: self._load(card.name, models[card.name], path, card),
+            # the settings in force when the update arrives (a SIGHUP may have changed them)
+            load_model=lambda path, card: self._load(card.name, self.config.models[card.name], path, card),
         )
         self.ota.start()
 
@@ -273,9 +313,17 @@ class Daemon:
 
         app = create_app(self.slots, self.metrics, a, ready=lambda: self.ready, status=self.status)
         server = uvicorn.Server(
-            uvicorn.Config(app, host=a.bind, port=a.port, log_level="warning", lifespan="off", access_log=False)
+            uvicorn.Config(
+                app,
+                host=a.bind,
+                port=a.port,
+                log_level="warning",
+                lifespan="off",
+                access_log=False,
+                timeout_graceful_shutdown=API_GRACE_S,
+            )
         )
-        thread = threading.Thread(target=server.run, name="api", daemon=True)
+        thread = self._api_thread = threading.Thread(target=server.run, name="api", daemon=True)
         thread.start()
         deadline = time.monotonic() + 15
         while not server.started and thread.is_alive() and time.monotonic() < deadline:
@@ -288,7 +336,8 @@ class Daemon:
 
     # -- life cycle ----------------------------------------------------------------
     def start(self) -> None:
-        """Load every model, then start sync, OTA, pipelines and the API."""
+        """Check the state directory, load every model, then start sync, OTA, pipelines and the API."""
+        self._check_state_dir()
         for name, mc in self.config.models.items():
             self.slots[name] = ModelSlot(self._serve(name, mc))
         self._start_sync()
@@ -318,7 +367,8 @@ class Daemon:
                 log.warning("SIGHUP: the %s section changed; it applies at the next restart", section)
         try:
             changed = {n for n, mc in new.models.items() if old.models.get(n) != mc}
-            loaded = {n: self._load(n, new.models[n]) for n in changed}  # load and warm before any swap
+            # chosen as at start (the store's active version wins), loaded and warmed before any swap
+            loaded = {n: self._serve(n, new.models[n]) for n in changed}
         except EdgerunError as exc:
             log.error("SIGHUP: a changed model does not load, the running config is kept: %s", exc)
             return
@@ -326,6 +376,9 @@ class Daemon:
             update={s: getattr(old, s) for s in ("device", "mqtt", "ota", "api", "state_dir", "isolation")}
         )
         for name, model in loaded.items():
+            if not self._still_active(name, model):
+                log.warning("SIGHUP: model %s not reloaded: an OTA update activated another version meanwhile", name)
+                continue
             if name in self.slots:
                 self.slots[name].swap(model)
             else:
@@ -354,21 +407,34 @@ class Daemon:
         """Stop everything, in the order that loses nothing."""
         systemd.notify("STOPPING=1")
         self.ready = False
+        if self.server is not None:
+            self.server.should_exit = True  # no new connections; the requests in progress are answered
         for runner in self.runners.values():
             runner.stop()
-        if self.server is not None:
-            self.server.should_exit = True
+        self._wait_api()
         if self.ota is not None:
             self.ota.stop()
         if self.sync is not None:
             self.sync.stop()
         log.info("edgerun daemon stopped")
 
+    def _wait_api(self) -> None:
+        """Wait for the API thread: it ends once every request in progress is answered (``API_GRACE_S``
+        at most, then uvicorn cancels them). Returning earlier let the interpreter tear down while a
+        pool thread was still decoding an image or running the model, which aborts the process."""
+        thread = self._api_thread
+        if thread is None:
+            return
+        thread.join(API_GRACE_S + 5)
+        if thread.is_alive():
+            log.warning("HTTP API: requests still running %.0f s after the stop; exiting without them", API_GRACE_S)
+
     def run(self) -> int:
         """Start, then serve until SIGTERM/SIGINT (SIGHUP reloads); returns the exit code."""
         signal.signal(signal.SIGTERM, lambda n, f: self._stop.set())
         signal.signal(signal.SIGINT, lambda n, f: self._stop.set())
         signal.signal(signal.SIGHUP, lambda n, f: self._reload.set())
+        self._check_state_dir()  # before anything starts: one error line, nothing to stop
         try:
             self.start()
         except BaseException:

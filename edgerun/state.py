@@ -1,4 +1,4 @@
-"""Where edgerun keeps state: delegate caches, compiled engines, later the outbox and model store.
+"""Where edgerun keeps state: delegate caches, compiled engines, the outbox and the model store.
 
 Resolution order: an explicit path, ``$EDGERUN_STATE_DIR``, ``$XDG_STATE_HOME/edgerun``,
 ``~/.local/state/edgerun``. The daemon's config names ``/var/lib/edgerun``.
@@ -7,9 +7,12 @@ Resolution order: an explicit path, ``$EDGERUN_STATE_DIR``, ``$XDG_STATE_HOME/ed
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
-__all__ = ["state_dir"]
+from edgerun.errors import ConfigError
+
+__all__ = ["check_state_dir", "state_dir"]
 
 
 def state_dir(explicit: str | os.PathLike[str] | None = None) -> Path:
@@ -21,3 +24,36 @@ def state_dir(explicit: str | os.PathLike[str] | None = None) -> Path:
     if xdg := os.environ.get("XDG_STATE_HOME"):
         return Path(xdg) / "edgerun"
     return Path.home() / ".local" / "state" / "edgerun"
+
+
+def check_state_dir(path: Path, *, create: bool) -> None:
+    """Refuse, in one line, a state directory that is not (and cannot be made) a writable directory.
+
+    Writing is tried for real (a temporary file, or a temporary folder where ``path``
+    would be created), since permission bits do not tell: root passes every
+    ``access`` check and still cannot write under /sys. With ``create`` the directory
+    is made (as the daemon needs it); without, nothing is left behind (``config check``).
+
+    Raises:
+        ConfigError: ``state_dir <path>: <reason>``, e.g. ``not a directory`` or
+            ``cannot create it: Read-only file system``.
+    """
+    existing = path
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        where = "" if existing == path else f" ({existing} is not one)"
+        raise ConfigError(f"state_dir {path}: not a directory{where}")
+    try:
+        if existing == path:
+            with tempfile.TemporaryFile(dir=path):
+                pass
+        elif create:
+            path.mkdir(parents=True, exist_ok=True)
+            with tempfile.TemporaryFile(dir=path):
+                pass
+        else:
+            os.rmdir(tempfile.mkdtemp(dir=existing, prefix=".edgerun-check-"))
+    except OSError as exc:
+        verb = "cannot write in it" if existing == path else "cannot create it"
+        raise ConfigError(f"state_dir {path}: {verb}: {exc.strerror or exc}") from None

@@ -161,3 +161,16 @@ def test_too_many_requests_in_progress_get_429(slots: dict[str, ModelSlot]) -> N
         for t in threads:
             t.join()
     assert set(codes) == {200, 429}  # some served, the rest refused while one was in progress
+
+
+def test_the_bearer_scheme_is_accepted_in_any_case_and_the_token_only_exactly(slots: dict[str, ModelSlot]) -> None:
+    app = create_app(slots, Metrics(), ApiConfig(bind="0.0.0.0", token=TOKEN))
+    with TestClient(app) as c:
+        for scheme in ("Bearer", "bearer", "BEARER", "bEaReR"):  # RFC 7235: the auth-scheme is case-insensitive
+            headers = {"authorization": f"{scheme} {TOKEN}"}
+            assert c.get("/v1/models", headers=headers).status_code == 200, scheme
+            body = (SAMPLES / "digit_4.png").read_bytes()
+            assert c.post("/v1/models/digits/predict", content=body, headers=headers).status_code == 200, scheme
+        wrong = (f"Basic {TOKEN}", f"Bearer {TOKEN.upper()}", f"Bearer{TOKEN}", "Bearer", f"Bearer  {TOKEN}", TOKEN)
+        for header in (*wrong, f"bearer {TOKEN}x", f"BEARER {TOKEN} "):
+            assert c.get("/v1/models", headers={"authorization": header}).status_code == 401, header

@@ -24,6 +24,8 @@ from tests.test_sync import Collector, wait_until
 
 pytestmark = pytest.mark.slow
 
+DIGITS_INT8 = ROOT / "models" / "digits" / "digits_int8.onnx"
+
 
 def http(port: int, path: str, body: bytes | None = None) -> tuple[int, Any]:
     request = urllib.request.Request(f"http://127.0.0.1:{port}{path}", data=body, method="POST" if body else "GET")
@@ -267,3 +269,191 @@ def test_a_frame_that_fails_in_a_pipeline_is_one_warning_naming_the_pipeline(
         daemon.stop()
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert warnings == [f"pipeline line: {readings} line 6: field 2 is not a number: 'oops'; row skipped"]
+
+
+OTA_CONFIG = """
+device:
+  id: {device}
+models:
+  digits:
+    path: {model}
+    threads: {threads}
+mqtt:
+  url: mqtt://127.0.0.1:{mqtt}
+ota:
+  trusted_keys: [{key}]
+api:
+  port: {port}
+  max_concurrency: {concurrency}
+state_dir: {state}
+logging:
+  format: text
+"""
+
+
+def _install_over_the_air(state: Path, source: Path, version: str) -> None:
+    """Install ``source`` as digits ``version`` and make it active, as the OTA agent does (edgerun/ota/store.py)."""
+    from edgerun.card import load_card
+    from edgerun.files import sha256_file
+    from edgerun.ota.store import ModelStore
+
+    store = ModelStore(state / "models", keep=2)
+    card = {**load_card(source.with_name(source.name + ".card.yaml")).to_dict(), "name": "digits", "version": version}
+    manifest = {"update_id": f"u-{version}", "sha256": sha256_file(source), "size": source.stat().st_size}
+    store.install("digits", version, "onnx", source, {**manifest, "format": "onnx"}, card)
+    store.activate("digits", version)
+
+
+def test_a_sighup_keeps_the_version_ota_made_active_and_reloads_it_with_the_new_settings(
+    broker: Broker, tmp_path: Path
+) -> None:
+    _, _, public = make_key(tmp_path)
+    v1 = model_with_card(tmp_path / "v1", "digits_fp32.onnx", "digits.onnx")  # the config's file: 1.0.0
+    state = tmp_path / "state"
+    _install_over_the_air(state, v1, "1.0.0")  # the first start's seeding
+    _install_over_the_air(state, DIGITS_INT8, "3.0.0")  # then an update made 3.0.0 active
+    port = free_port()
+    values = {
+        "device": "hup-dev",
+        "model": v1,
+        "threads": 1,
+        "mqtt": broker.port,
+        "key": public,
+        "port": port,
+        "concurrency": 32,
+        "state": state,
+    }
+    config = tmp_path / "edgerun.yaml"
+    config.write_text(OTA_CONFIG.format(**values))
+    collector = Collector(broker.port, "edgerun/hup-dev/status")
+    log_path = tmp_path / "daemon.log"
+    log = open(log_path, "wb")  # noqa: SIM115
+    proc = subprocess.Popen([sys.executable, "-m", "edgerun", "daemon", "--config", str(config)], cwd=ROOT, stderr=log)
+
+    def reloads() -> int:
+        return log_path.read_text().count("SIGHUP: config reloaded")
+
+    try:
+        wait_until(lambda: _ready(port), 60, "the daemon to be ready")
+        assert http(port, "/v1/models")[1]["digits"]["version"] == "3.0.0"
+
+        config.write_text(OTA_CONFIG.format(**{**values, "concurrency": 16}))  # only the api section
+        proc.send_signal(signal.SIGHUP)
+        wait_until(lambda: reloads() == 1, 20, "the first reload")
+        assert "model digits reloaded" not in log_path.read_text()
+        assert http(port, "/v1/models")[1]["digits"]["version"] == "3.0.0"
+
+        config.write_text(OTA_CONFIG.format(**{**values, "concurrency": 16, "threads": 2}))  # the model's settings
+        proc.send_signal(signal.SIGHUP)
+        wait_until(lambda: reloads() == 2, 20, "the second reload")
+        text = log_path.read_text()
+        assert "SIGHUP: model digits reloaded (digits 3.0.0 on cpu)" in text
+        assert "loaded digits 3.0.0 (onnx) on cpu with 2 thread(s)" in text  # the new settings
+        models = http(port, "/v1/models")[1]
+        assert models["digits"]["version"] == "3.0.0" and models["digits"]["path"].startswith(str(state))
+        status, record = http(port, "/v1/models/digits/predict", (SAMPLES / "digit_3.png").read_bytes())
+        assert status == 200 and record["version"] == "3.0.0"
+        time.sleep(1.0)  # a wrong version would have been republished by now
+        published = [
+            m["models"]["digits"]["version"] for m in collector.on("edgerun/hup-dev/status") if m.get("models")
+        ]
+        assert published and set(published) == {"3.0.0"}, published
+
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        log.close()
+        collector.close()
+
+
+def _slow_png() -> bytes:
+    """A PNG of 8000 x 8000 pixels (under the decoding limit): small to send, a fraction of a second to decode."""
+    import cv2
+    import numpy as np
+
+    image = (np.add.outer(np.arange(8000), np.arange(8000)) % 256).astype(np.uint8)
+    return bytes(cv2.imencode(".png", image, [cv2.IMWRITE_PNG_COMPRESSION, 9])[1])
+
+
+def test_sigterm_answers_the_requests_in_flight_then_exits_0(tmp_path: Path) -> None:
+    import socket
+
+    body = _slow_png()
+    port = free_port()
+    config = tmp_path / "c.yaml"
+    config.write_text(
+        f"models:\n  digits:\n    path: {DIGITS_INT8}\n"
+        f"api:\n  port: {port}\n  batch_max_size: 1\nstate_dir: {tmp_path / 'state'}\nlogging:\n  format: text\n"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "edgerun", "daemon", "--config", str(config)],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    request = (
+        f"POST /v1/models/digits/predict HTTP/1.1\r\nhost: edgerun\r\ncontent-type: image/png\r\n"
+        f"content-length: {len(body)}\r\nconnection: close\r\n\r\n"
+    ).encode() + body
+    connections = []
+    try:
+        wait_until(lambda: _ready(port), 60, "the daemon to be ready")
+        for _ in range(12):  # each a quarter of a second of decoding or more: native code in pool threads
+            s = socket.create_connection(("127.0.0.1", port), timeout=60)
+            s.sendall(request)
+            connections.append(s)
+        time.sleep(0.15)  # every request read and in progress
+        proc.send_signal(signal.SIGTERM)
+        answers = []
+        for s in connections:
+            raw = b""
+            while chunk := s.recv(65536):
+                raw += chunk
+            answers.append(raw)
+        assert proc.wait(timeout=60) == 0
+    finally:
+        for s in connections:
+            s.close()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    stderr = proc.stderr.read().decode() if proc.stderr else ""
+    assert [a.split(b"\r\n", 1)[0] for a in answers] == [b"HTTP/1.1 200 OK"] * 12, stderr[-2000:]
+    assert all(json.loads(a.split(b"\r\n\r\n", 1)[1])["version"] == "1.0.0" for a in answers)
+    assert "terminate called" not in stderr and "Aborted" not in stderr
+
+
+def _unusable_state_dirs(tmp_path: Path) -> list[tuple[Path, str]]:
+    a_file = tmp_path / "a-file"
+    a_file.write_text("not a folder\n")
+    cases = [(a_file, "not a directory"), (a_file / "state", f"not a directory ({a_file} is not one)")]
+    if Path("/sys").is_dir():  # sysfs: nobody, root included, creates a folder there
+        cases.append((Path("/sys/edgerun-state"), "cannot create it: "))
+    return cases
+
+
+def test_an_unusable_state_dir_is_one_line_from_config_check_and_the_daemon(tmp_path: Path) -> None:
+    for state, reason in _unusable_state_dirs(tmp_path):
+        config = tmp_path / "c.yaml"
+        config.write_text(
+            f"models:\n  digits:\n    path: {DIGITS_INT8}\napi:\n  port: {free_port()}\nstate_dir: {state}\n"
+        )
+        expected = f"edgerun: error: {config}: state_dir {state}: {reason}"
+        for args in (("config", "check", str(config)), ("daemon", "--config", str(config))):
+            result = run_cli(*args)
+            assert result.returncode == 2, (args, result.stderr)
+            lines = result.stderr.strip().splitlines()
+            assert len(lines) == 1 and lines[0].startswith(expected), (args, result.stderr)
+        assert not (Path("/sys/edgerun-state")).exists()
+
+
+def test_config_check_accepts_a_state_dir_it_can_create_and_leaves_nothing_behind(tmp_path: Path) -> None:
+    state = tmp_path / "var" / "edgerun"
+    config = tmp_path / "c.yaml"
+    config.write_text(f"models:\n  digits:\n    path: {DIGITS_INT8}\nstate_dir: {state}\n")
+    result = run_cli("config", "check", str(config))
+    assert result.returncode == 0, result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.yaml"]

@@ -29,13 +29,19 @@ def register(sub: Any) -> None:
 
 
 def check_config(args: argparse.Namespace) -> int:
-    """Validate, check the model files are there; print the effective config as YAML."""
+    """Validate, check the model files and the state directory; print the effective config as YAML."""
     import yaml
 
     from edgerun.config import check_runnable, load_config
+    from edgerun.errors import ConfigError
+    from edgerun.state import check_state_dir, state_dir
 
     config = load_config(args.file)
     check_runnable(config, args.file)
+    try:
+        check_state_dir(state_dir(config.state_dir), create=False)  # writable, or can be made; nothing left behind
+    except ConfigError as exc:
+        raise ConfigError(f"{args.file}: {exc}") from None
     print(f"# {args.file}: valid; the effective config, defaults filled in:")
     print(yaml.safe_dump(json.loads(json.dumps(config.effective())), sort_keys=False), end="")
     return 0
