@@ -419,3 +419,77 @@ def test_a_replayed_update_is_rejected_also_after_a_restart(broker: Broker, setu
     finally:
         device.stop()
         watcher.close()
+
+
+def answered(port: int, watcher: StatusWatcher, name: str, key: Any, model: Path) -> None:
+    """Wait until the device's OTA worker has handled everything queued before now.
+
+    The worker takes its work in order, and what a start resumes is queued before the
+    subscriptions are made: once a manifest for another device is answered, resumes are done.
+    """
+    card = load_card(model.with_name(model.name + ".card.yaml")).to_dict()
+    for _ in range(20):
+        probe = build_manifest(
+            model,
+            model="digits",
+            version="9.0.0",
+            fmt="onnx",
+            card=card,
+            devices=["nobody"],
+            groups=[],
+            prefix="edgerun",
+        )
+        publish(port, f"edgerun/{name}/ota/manifest", seal(probe, key))
+        try:
+            watcher.wait_state(name, probe["update_id"], {"rejected"}, timeout=1.0)
+            return
+        except AssertionError:
+            continue  # not subscribed yet
+    raise AssertionError(f"{name}: the OTA agent never answered")
+
+
+def test_an_update_replaced_during_its_probation_is_closed_and_never_installed_again_by_a_restart(
+    broker: Broker, setup: dict
+) -> None:
+    name = "supersede1"
+    watcher = StatusWatcher(broker.port)
+    state = setup["tmp"] / "state"
+    journal = state / name / "ota" / "journal"
+    active_json = state / name / "models" / "digits" / "active.json"
+    device = Device(broker.port, state, setup["v1"], setup["public"], device=name)
+    try:
+        watcher.wait_online_version(name, "1.0.0")
+        first = push(broker.port, setup["v2"], "1.1.0", setup["key"], devices=[name], probation_s=300)
+        assert watcher.wait_state(name, first["update_id"], {"probation", "rejected", "failed"})["state"] == "probation"
+        second = push(broker.port, setup["v1"], "3.0.0", setup["key"], devices=[name])  # no probation
+        assert watcher.wait_state(name, second["update_id"], {"active", "rejected", "failed"})["state"] == "active"
+        closed = watcher.wait_state(name, first["update_id"], {"failed", "rolled_back", "active"})
+        assert closed["state"] == "failed", closed
+        assert f"replaced by update {second['update_id']} (digits 3.0.0) during its probation" in closed["reason"]
+        assert json.loads((journal / f"{first['update_id']}.json").read_text())["state"] == "superseded"
+        assert watcher.ota(name)[-1]["update_id"] == second["update_id"]  # the retained record: the newest update
+        assert device.stop() == 0
+
+        # A restart neither resumes nor rolls back the replaced update.
+        device = Device(broker.port, state, setup["v1"], setup["public"], device=name)
+        watcher.wait_online_version(name, "3.0.0")
+        answered(broker.port, watcher, name, setup["key"], setup["v2"])
+        assert "resuming after a restart" not in device.log()
+        assert json.loads(active_json.read_text())["version"] == "3.0.0"
+        assert device.stop() == 0
+
+        # A journal an earlier release left at "probation" is closed at the start, not re-installed.
+        entry = journal / f"{first['update_id']}.json"
+        entry.write_text(json.dumps({**json.loads(entry.read_text()), "state": "probation"}))
+        device = Device(broker.port, state, setup["v1"], setup["public"], device=name)
+        watcher.wait_online_version(name, "3.0.0")
+        answered(broker.port, watcher, name, setup["key"], setup["v2"])
+        log = device.log()
+        assert "resuming after a restart" not in log and "not resumed after a restart" in log, log[-3000:]
+        assert json.loads(entry.read_text())["state"] == "superseded"
+        active = json.loads(active_json.read_text())
+        assert active["version"] == "3.0.0" and active["previous"][0] == "1.1.0", active
+        assert predict_over_mqtt(broker.port, device)[-1]["version"] == "3.0.0"
+    finally:
+        device.stop()
+        watcher.close()

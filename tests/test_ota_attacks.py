@@ -18,6 +18,7 @@ import io
 import json
 import os
 import secrets
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -38,7 +39,7 @@ from edgerun.ota.transfer import download
 from edgerun.sync.link import MqttLink
 from edgerun.sync.settings import MqttSettings
 from edgerun.sync.topics import Topics
-from tests.conftest import DIGITS, ROOT, SAMPLES, Broker
+from tests.conftest import DIGITS, ROOT, SAMPLES, Broker, npy_bytes
 from tests.ota_helpers import Device, StatusWatcher, make_key, model_with_card
 
 DEV = "att1"
@@ -323,13 +324,35 @@ def test_a_signature_of_another_document_is_rejected(att: Rig) -> None:
         (b'{"payload": "!!!", "sig": "AAAA", "key": "0011223344556677"}', "payload is not valid base64"),
         (json.dumps({"payload": base64.b64encode(b"x").decode(), "sig": 5, "key": "k"}).encode(), "sig must be"),
         (b"\xff\xfe\x00garbage", "not JSON"),
-        (b"", "not JSON"),
     ],
-    ids=["not-json", "json-array", "bad-base64", "sig-not-string", "binary", "empty"],
+    ids=["not-json", "json-array", "bad-base64", "sig-not-string", "binary"],
 )
 def test_a_malformed_envelope_is_rejected_in_plain_words(att: Rig, payload: bytes, words: str) -> None:
     record = att.attack(payload, None)
     rejected(record, "malformed envelope", words)
+    att.assert_unharmed()
+
+
+def test_an_empty_message_clearing_a_retained_manifest_or_command_is_ignored_quietly(att: Rig) -> None:
+    # `edgerun ota clear` and `mosquitto_pub -r -n` clear a retained message with an empty one; the
+    # broker passes it on to the device, which must not answer it (its answer would overwrite the
+    # retained record of the last real update with a rejection of nothing).
+    mark, logged = att.mark(), len(att.device.log())
+    for topic in ("ota/manifest", "cmd"):
+        subprocess.run(
+            ["mosquitto_pub", "-p", str(att.port), "-q", "1", "-r", "-n", "-t", f"edgerun/{DEV}/{topic}"],
+            check=True,
+            timeout=30,
+        )
+        att.publish(f"edgerun/{DEV}/{topic}", b"")  # live, not retained: the same
+    # The worker takes messages in order: once these probes are answered, the empty ones were handled.
+    probe = att.manifest(b"p" * 2000, "9.0.0", targets={"devices": ["nobody"]})
+    rejected(att.attack(seal(probe, att.key), probe["update_id"]), "not among the targets")
+    command = build_command("activate", model="digits", devices=["nobody"], groups=[], version="1.0.0")
+    rejected(att.attack(seal(command, att.key), command["command_id"], topic="cmd"), "not among the targets")
+    idents = [r.get("update_id") or r.get("command_id") for r in att.watcher.ota(DEV)[mark:]]
+    assert idents == [probe["update_id"], command["command_id"]], att.watcher.ota(DEV)[mark:]
+    assert "OTA None" not in att.device.log()[logged:]
     att.assert_unharmed()
 
 
@@ -612,6 +635,74 @@ def test_a_model_that_fails_its_validation_samples_is_rejected(att: Rig) -> None
     att.chunks(doc, data)
     rejected(att.attack(seal(doc, att.key), doc["update_id"]), "validation sample 0 fails", "atol")
     assert att.versions() == ["1.0.0"]
+    att.assert_unharmed()
+
+
+def _digits_samples(model: Path, version: str) -> list[dict[str, Any]]:
+    card = card_of(DIGITS / "digits_int8.onnx")
+    return validation_samples(model, {**card, "name": "digits", "version": version}, [str(SAMPLES / "digit_3.png")])
+
+
+def test_a_validation_sample_that_is_not_numeric_is_rejected_and_leaves_nothing(att: Rig) -> None:
+    model = unique_onnx(DIGITS / "digits_int8.onnx", att.tmp / "strings" / "digits.onnx")
+    samples = _digits_samples(model, "2.0.0")
+    samples[0]["input"] = base64.b64encode(npy_bytes(np.array(["a"] * 64).reshape(1, 8, 8, 1))).decode()
+    data = model.read_bytes()
+    card = card_of(DIGITS / "digits_int8.onnx")
+    doc = att.manifest(data, "2.0.0", chunk_size=16 * 1024, card=card, validation={"samples": samples})
+    att.chunks(doc, data)
+    rejected(att.attack(seal(doc, att.key), doc["update_id"]), "validation sample 0: input dtype <U1 is not numeric")
+    assert att.versions() == ["1.0.0"]
+    journal = json.loads((att.state / "ota" / "journal" / f"{doc['update_id']}.json").read_text())
+    assert journal["state"] == "rejected", journal  # never resumed at a restart
+    att.assert_unharmed()
+
+
+def _npy_claiming_shape(shape: str) -> bytes:
+    """A small ``.npy`` whose header claims ``shape``: loading it asks for that much memory."""
+    real = npy_bytes(np.zeros(4, np.float32))
+    end = real.index(b"\n") + 1
+    header = real[10:end].replace(b"(4,)", shape.encode()).rstrip(b" \n")
+    header += b" " * ((64 - (10 + len(header) + 1) % 64) % 64) + b"\n"
+    return real[:8] + len(header).to_bytes(2, "little") + header + real[end:]
+
+
+def test_an_unexpected_error_while_validating_ends_the_update_with_its_reason(att: Rig) -> None:
+    # A sample claiming 4 PiB makes numpy raise MemoryError, which no check foresees: the update
+    # must still end (not stay "validating" and come back at every restart) and leave nothing behind.
+    model = unique_onnx(DIGITS / "digits_int8.onnx", att.tmp / "huge" / "digits.onnx")
+    samples = _digits_samples(model, "2.0.0")
+    samples[0]["output"] = base64.b64encode(_npy_claiming_shape("(1125899906842624,)")).decode()
+    data = model.read_bytes()
+    card = card_of(DIGITS / "digits_int8.onnx")
+    doc = att.manifest(data, "2.0.0", chunk_size=16 * 1024, card=card, validation={"samples": samples})
+    att.chunks(doc, data)
+    rejected(att.attack(seal(doc, att.key), doc["update_id"]), "unexpected error while validating", "MemoryError")
+    assert att.versions() == ["1.0.0"]
+    assert not (att.state / "ota" / "downloads" / doc["sha256"]).exists()
+    journal = json.loads((att.state / "ota" / "journal" / f"{doc['update_id']}.json").read_text())
+    assert journal["state"] == "rejected", journal
+    att.assert_unharmed()
+
+
+@pytest.mark.parametrize(
+    "source, declared, words",
+    [
+        ("digits_fp32.onnx", "tflite", "the manifest says tflite, the file is an ONNX model"),
+        ("digits_fp32.tflite", "onnx", "the manifest says onnx, the file is a TFLite model"),
+    ],
+    ids=["onnx-file-said-tflite", "tflite-file-said-onnx"],
+)
+def test_a_model_file_of_another_format_than_the_manifest_says_is_rejected_before_install(
+    att: Rig, source: str, declared: str, words: str
+) -> None:
+    # Trailing random bytes give the file a SHA-256 of its own (the check reads only the header).
+    data = (DIGITS / source).read_bytes() + os.urandom(16)
+    doc = att.manifest(data, "2.0.0", chunk_size=16 * 1024, format=declared)
+    att.chunks(doc, data)
+    rejected(att.attack(seal(doc, att.key), doc["update_id"]), words)
+    assert att.versions() == ["1.0.0"]
+    assert not (att.state / "ota" / "downloads" / doc["sha256"]).exists()
     att.assert_unharmed()
 
 

@@ -14,7 +14,15 @@ State kept in ``<state dir>/ota``::
 
 Restart rules: an update not yet finished is resumed from its journal; a model
 that was on probation when the process died is rolled back (a crash during
-probation counts against the new version).
+probation counts against the new version). An update that another update or a
+command replaced is closed at once (journal ``superseded``, status ``failed``
+with the reason) and is never resumed; nor is one whose model's active version
+changed since it was received, so a restart never installs an older version
+over a newer active one.
+
+Changes to the store's active pointers and to the slots happen under one lock:
+the worker and the probation watchers never act on a pointer the other is
+changing.
 """
 
 from __future__ import annotations
@@ -30,18 +38,19 @@ import re
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from edgerun.backends.base import detect_format, one_line
 from edgerun.card import ModelCard
-from edgerun.errors import EdgerunError, UpdateFailed, UpdateRejected
+from edgerun.errors import EdgerunError, ModelLoadError, UpdateFailed, UpdateRejected
 from edgerun.files import atomic_write
 from edgerun.model import Model
 from edgerun.ota.envelope import TrustedKeys, open_envelope
-from edgerun.ota.manifest import Command, Manifest, parse_command, parse_manifest
+from edgerun.ota.manifest import Command, Manifest, parse_command, parse_manifest, version_tuple
 from edgerun.ota.policy import Clock, check_manifest, check_targets, check_times
 from edgerun.ota.slot import ModelSlot
 from edgerun.ota.store import Active, ModelStore
@@ -55,6 +64,11 @@ log = logging.getLogger(__name__)
 __all__ = ["OtaAgent", "OtaSettings"]
 
 TERMINAL = frozenset({"active", "rejected", "failed", "rolled_back"})
+#: Journal states after which an update is never touched again: the wire's terminal states, and
+#: ``superseded`` (another update or a command replaced it; reported as ``failed``, PROTOCOL.md has
+#: no state of its own for it).
+DONE = TERMINAL | {"superseded"}
+_FORMAT_NAMES = {"onnx": "an ONNX", "tflite": "a TFLite"}
 _IDENT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 LoadModel = Callable[[Path, ModelCard], Model]
 
@@ -104,6 +118,7 @@ class OtaAgent:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._probations: dict[str, threading.Thread] = {}
+        self._lock = threading.RLock()  # held while active pointers and slots change
         self.events: list[dict[str, Any]] = []  # the last status records, for status pages
 
     # -- life cycle ----------------------------------------------------------------
@@ -119,7 +134,7 @@ class OtaAgent:
                 )
         for path in sorted(self.journal.glob("*.json")):
             entry = json.loads(path.read_text())
-            if entry.get("kind") == "model-update" and entry.get("state") not in TERMINAL:
+            if entry.get("kind") == "model-update" and entry.get("state") not in DONE:
                 self._work.put(("resume", entry))
         for topic in (self.topics.manifest, *(self.topics.group_manifest(g) for g in self.groups)):
             self.link.subscribe(topic, lambda m: self._work.put(("manifest", m)))
@@ -209,6 +224,9 @@ class OtaAgent:
 
     # -- manifests -----------------------------------------------------------------------
     def _on_manifest(self, message: Message) -> None:
+        if not message.payload:
+            log.debug("OTA: empty message on %s (a retained manifest cleared): ignored", message.topic)
+            return
         claimed = _claimed(message.payload)
         try:
             document = open_envelope(message.payload, self.trusted)
@@ -225,7 +243,7 @@ class OtaAgent:
             return
         seen = self._seen(manifest.update_id)
         if seen is not None:
-            if seen.get("digest") == digest and (message.retained or seen.get("state") not in TERMINAL):
+            if seen.get("digest") == digest and (message.retained or seen.get("state") not in DONE):
                 log.debug("OTA %s: already handled (retained copy)", manifest.update_id)
                 return
             self._status(
@@ -245,7 +263,15 @@ class OtaAgent:
             )
             return
         self._saw_issued(manifest.issued)
-        self._journal(manifest.update_id, kind="model-update", state="received", digest=digest, manifest=document)
+        active = self.store.active(manifest.model)
+        self._journal(
+            manifest.update_id,
+            kind="model-update",
+            state="received",
+            digest=digest,
+            manifest=document,
+            base=active.version if active else None,  # what it updates; a resume checks it is still so
+        )
         self._status(manifest.update_id, "received", model=manifest.model, version=manifest.version)
         self._apply(manifest)
 
@@ -266,8 +292,41 @@ class OtaAgent:
 
     def _resume(self, entry: dict[str, Any]) -> None:
         manifest = parse_manifest(entry["manifest"])
-        log.info("OTA %s: resuming after a restart (was %s)", manifest.update_id, entry.get("state"))
+        uid, name, version = manifest.update_id, manifest.model, manifest.version
+        active = self.store.active(name) if name in self.slots else None
+        if (
+            active is not None
+            and active.version == version
+            and self.store.installed(name, version)
+            and self.store.manifest(name, version).get("update_id") == uid
+        ):  # killed after switching over, before the journal said so
+            self._journal(uid, state="active")
+            self._status(uid, "active", model=name, version=version, reason="activated before a restart")
+            return
+        stale = self._stale(manifest, entry, active)
+        if stale is not None:
+            # Closed quietly: the retained status record belongs to whatever replaced it.
+            log.info("OTA %s %s %s: not resumed after a restart: %s", uid, name, version, stale)
+            self._journal(uid, state="superseded", reason=stale)
+            return
+        log.info("OTA %s: resuming after a restart (was %s)", uid, entry.get("state"))
         self._apply(manifest)
+
+    def _stale(self, manifest: Manifest, entry: dict[str, Any], active: Active | None) -> str | None:
+        """Why an unfinished update must not be resumed, or None when it may be."""
+        name, version = manifest.model, manifest.version
+        if entry.get("state") == "probation":
+            # Its own probation was rolled back in start(); a probation left here was replaced.
+            return "it was on probation and another update or a command replaced it"
+        if active is None:
+            return f"this device no longer serves a model named {name!r}"
+        base = entry.get("base")
+        if manifest.allow_downgrade:
+            if base is not None and active.version != base:
+                return f"{name} {active.version} became active after it was received (it was to replace {base})"
+        elif version_tuple(version) <= version_tuple(active.version):
+            return f"{name} {active.version} is active, not older than {version}"
+        return None
 
     def _apply(self, manifest: Manifest) -> None:
         """Download, verify, install, validate, activate; every step reported."""
@@ -279,6 +338,7 @@ class OtaAgent:
                 last[0] = time.monotonic()
                 self._status(uid, "downloading", model=name, version=version, progress=fraction)
 
+        step = "downloading"
         try:
             self._journal(uid, state="downloading")
             blob = download(
@@ -289,8 +349,10 @@ class OtaAgent:
                 timeout_s=self.settings.download_timeout_s,
                 stop=self._stop,
             )
+            step = "verifying"
             self._journal(uid, state="verifying")
             self._status(uid, "verifying", model=name, version=version, progress=1.0)
+            _check_format(blob, manifest.format)
             card = manifest.model_card()
             record = {
                 "update_id": uid,
@@ -301,6 +363,7 @@ class OtaAgent:
             }
             self.store.install(name, version, manifest.format, blob, record, card.to_dict(), move=True)
             discard(self.downloads, manifest.sha256)
+            step = "validating"
             self._journal(uid, state="validating")
             self._status(uid, "validating", model=name, version=version, progress=1.0)
             model = self._load_and_validate(name, version, card, manifest)
@@ -316,6 +379,16 @@ class OtaAgent:
             self._forget(name, version)
             self._journal(uid, state="rejected", reason=reason)
             self._status(uid, "rejected", model=name, version=version, reason=reason)
+            return
+        except Exception as exc:  # a bug or a vendor error: end the update, never leave it half done
+            reason = f"unexpected error while {step}: {type(exc).__name__.lstrip('_')}: {one_line(exc)}"
+            log.warning("OTA %s: %s", uid, reason)
+            log.debug("OTA %s: the unexpected error", uid, exc_info=True)
+            state = "rejected" if step == "validating" else "failed"  # validating: the model is not proven
+            discard(self.downloads, manifest.sha256)
+            self._forget(name, version)
+            self._journal(uid, state=state, reason=reason)
+            self._status(uid, state, model=name, version=version, reason=reason)
             return
         self._activate(manifest, model)
 
@@ -333,6 +406,9 @@ class OtaAgent:
                 raise UpdateRejected("the model gives non-finite outputs on a synthetic input")
         for i, sample in enumerate(samples):
             x, expected = _npy(sample.input, f"sample {i} input"), _npy(sample.output, f"sample {i} output")
+            for what, array in (("input", x), ("output", expected)):
+                if array.dtype.kind not in "biuf":  # strings, dates, records: nothing a model takes or gives
+                    raise UpdateRejected(f"validation sample {i}: {what} dtype {array.dtype.str} is not numeric")
             got = model.run(x)[0]
             if got.shape != expected.shape or not np.allclose(got, expected, atol=sample.atol, rtol=0):
                 worst = float(np.max(np.abs(got - expected))) if got.shape == expected.shape else float("nan")
@@ -354,18 +430,22 @@ class OtaAgent:
         previous = slot.primary.version
         probation = {"update_id": uid, "from": previous, "until": time.time() + probation_s} if probation_s else None
         fraction = rollout.ab_fraction if rollout else None
-        if fraction is not None:
+        with self._lock:
             current = self.store.active(name)
-            assert current is not None
-            current.ab = {"version": version, "fraction": fraction}
-            current.probation = probation
-            self.store.set_active(name, current)
-            slot.set_candidate(model, fraction)
-        else:
-            self.store.activate(name, version, probation=probation)
-            slot.swap(model)
-        self._publish_models()
-        self._journal(uid, state="probation" if probation else "active")
+            if current is not None:
+                self._close_replaced(name, current, f"update {uid} ({name} {version})")
+            if fraction is not None:
+                assert current is not None
+                current.ab = {"version": version, "fraction": fraction}
+                current.probation = probation
+                self.store.set_active(name, current)
+                slot.set_candidate(model, fraction)
+            else:
+                self.store.activate(name, version, probation=probation)
+                slot.swap(model)
+                slot.set_candidate(None)  # a candidate of the update it replaced serves no more
+            self._publish_models()
+            self._journal(uid, state="probation" if probation else "active")
         if not probation:
             self._status(uid, "active", model=name, version=version)
             return
@@ -383,6 +463,28 @@ class OtaAgent:
         self._probations[name] = watch
         watch.start()
 
+    def _close_replaced(self, name: str, current: Active, by: str, *, state: str = "superseded") -> None:
+        """Close the journal of the update on probation in ``current``, which ``by`` is about to replace.
+
+        Without this its journal would still say ``probation`` and the next start would resume it,
+        installing it again over whatever replaced it. ``superseded`` is reported as ``failed``
+        (PROTOCOL.md has no state for it); ``rolled_back`` and ``active`` as themselves.
+        """
+        uid = (current.probation or {}).get("update_id")
+        if not isinstance(uid, str) or not _IDENT.match(uid):
+            return
+        entry = self._seen(uid)
+        if entry is None or entry.get("state") in DONE:
+            return
+        version = (current.ab or {}).get("version") or current.version
+        reason = {
+            "superseded": f"replaced by {by} during its probation",
+            "rolled_back": f"rolled back by {by} during its probation",
+            "active": f"made final by {by} during its probation",
+        }[state]
+        self._journal(uid, state=state, reason=reason)
+        self._status(uid, "failed" if state == "superseded" else state, model=name, version=version, reason=reason)
+
     # -- probation ------------------------------------------------------------------------
     def _probation(self, manifest: Manifest, previous: str, probation_s: float) -> None:
         name, version, uid = manifest.model, manifest.version, manifest.update_id
@@ -392,15 +494,16 @@ class OtaAgent:
         deadline = time.monotonic() + probation_s
         while not self._stop.wait(min(1.0, max(0.0, deadline - time.monotonic()))):
             breach = self._breach(name, version, previous, max_errors, max_ratio)
-            active = self.store.active(name)
-            if active is None or (active.probation or {}).get("update_id") != uid:
-                return  # a command changed things meanwhile
-            if breach:
-                self._rollback(name, active, breach, uid)
-                return
-            if time.monotonic() >= deadline:
-                self._finish(name, active, uid)
-                return
+            with self._lock:
+                active = self.store.active(name)
+                if active is None or (active.probation or {}).get("update_id") != uid:
+                    return  # another update or a command replaced it (and closed its journal)
+                if breach:
+                    self._rollback(name, active, breach, uid)
+                    return
+                if time.monotonic() >= deadline:
+                    self._finish(name, active, uid)
+                    return
 
     def _breach(self, name: str, version: str, previous: str, max_errors: float, max_ratio: float) -> str | None:
         totals = self.metrics.totals()
@@ -437,7 +540,12 @@ class OtaAgent:
         self._status(uid, "active", model=name, version=version, reason="probation passed")
 
     def _rollback(self, name: str, active: Active, reason: str, ident: str | None, command: bool = False) -> None:
+        with self._lock:
+            self._rollback_locked(name, active, reason, ident, command)
+
+    def _rollback_locked(self, name: str, active: Active, reason: str, ident: str | None, command: bool) -> None:
         slot = self.slots[name]
+        before = replace(active)  # the branches below change ``active``
         if active.ab is not None:
             failed = active.ab["version"]
             slot.set_candidate(None)
@@ -451,6 +559,8 @@ class OtaAgent:
             model = self.load_model(self.store.verified_file(name, back), self._card(name, back))
             self.store.activate(name, back)
             slot.swap(model)
+        if command and ident is not None:
+            self._close_replaced(name, before, f"command {ident}", state="rolled_back")
         self._publish_models()
         if ident is not None:
             self._journal(ident, state="rolled_back", reason=reason)
@@ -469,6 +579,9 @@ class OtaAgent:
 
     # -- commands -------------------------------------------------------------------------
     def _on_command(self, message: Message) -> None:
+        if not message.payload:
+            log.debug("OTA: empty message on %s (a retained message cleared): ignored", message.topic)
+            return
         claimed = _claimed(message.payload)
         ident = claimed.get("command_id")
         verified = None  # only a verified command_id is ever journaled
@@ -501,6 +614,11 @@ class OtaAgent:
         name = command.model
         if name not in self.slots:
             raise UpdateRejected(f"this device does not serve a model named {name!r}")
+        with self._lock:
+            self._run_command_locked(command)
+
+    def _run_command_locked(self, command: Command) -> None:
+        name = command.model
         active = self.store.active(name)
         assert active is not None
         slot = self.slots[name]
@@ -514,8 +632,12 @@ class OtaAgent:
             )
         model = self.load_model(self.store.verified_file(name, version), self._card(name, version))
         if command.command == "activate":
+            final = version == ((active.ab or {}).get("version") or active.version)
+            by = f"command {command.command_id} (activate {version})"
+            self._close_replaced(name, active, by, state="active" if final else "superseded")
             self.store.activate(name, version)
             slot.swap(model)
+            slot.set_candidate(None)
             state, reason = "active", "activate command"
         else:
             fraction = float(command.fraction or 0.0)
@@ -538,6 +660,16 @@ def _claimed(raw: bytes) -> dict[str, Any]:
     if not isinstance(document, dict):
         return {}
     return {k: str(document[k])[:128] for k in ("update_id", "command_id", "model", "version") if k in document}
+
+
+def _check_format(blob: Path, declared: str) -> None:
+    """The file's content must be the format the manifest declares (it decides the file's name)."""
+    try:
+        actual = detect_format(blob)
+    except ModelLoadError:
+        raise UpdateRejected("not a model: the file is neither an ONNX nor a TFLite file") from None
+    if actual != declared:
+        raise UpdateRejected(f"the manifest says {declared}, the file is {_FORMAT_NAMES[actual]} model")
 
 
 def _npy(text: str, what: str) -> np.ndarray:
