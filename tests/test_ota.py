@@ -16,7 +16,7 @@ import pytest
 
 from edgerun.card import load_card
 from edgerun.ota.envelope import seal
-from edgerun.ota.operator import build_manifest
+from edgerun.ota.operator import build_command, build_manifest
 from tests.conftest import SAMPLES, Broker, run_cli
 from tests.ota_helpers import Device, StatusWatcher, make_key, model_with_card, publish
 
@@ -490,6 +490,120 @@ def test_an_update_replaced_during_its_probation_is_closed_and_never_installed_a
         active = json.loads(active_json.read_text())
         assert active["version"] == "3.0.0" and active["previous"][0] == "1.1.0", active
         assert predict_over_mqtt(broker.port, device)[-1]["version"] == "3.0.0"
+    finally:
+        device.stop()
+        watcher.close()
+
+
+def send_command(port: int, name: str, key: Any, command: str, version: str | None = None) -> dict[str, Any]:
+    """Sign and publish a command to one device like ``edgerun ota rollback`` (QoS 1, not retained)."""
+    doc = build_command(command, model="digits", devices=[name], groups=[], version=version)
+    publish(port, f"edgerun/{name}/cmd", seal(doc, key))
+    return doc
+
+
+def on_probation(port: int, watcher: StatusWatcher, name: str, setup: dict[str, Any]) -> dict[str, Any]:
+    """Update ``name`` from 1.0.0 to 1.1.0 and return the manifest once 1.1.0 is on a long probation."""
+    watcher.wait_online_version(name, "1.0.0")
+    manifest = push(port, setup["v2"], "1.1.0", setup["key"], devices=[name], probation_s=300)
+    record = watcher.wait_state(name, manifest["update_id"], {"probation", "rejected", "failed"})
+    assert record["state"] == "probation", record
+    watcher.wait_online_version(name, "1.1.0")
+    return manifest
+
+
+def restarted_without_resuming(
+    port: int, watcher: StatusWatcher, device: Device, state: Path, setup: dict[str, Any], uid: str, version: str
+) -> Device:
+    """Stop ``device`` cleanly and start it again: ``uid`` (closed) is neither resumed nor rolled back,
+    no record of it is published, and ``version`` serves."""
+    name = device.device
+    assert device.stop() == 0
+    seen = len(watcher.ota(name))
+    device = Device(port, state, setup["v1"], setup["public"], device=name)
+    try:
+        watcher.wait_online_version(name, version)
+        answered(port, watcher, name, setup["key"], setup["v2"])  # resumes, if any, are done
+        log = device.log()
+        assert "resuming after a restart" not in log and "restarted during the probation" not in log, log[-3000:]
+        assert [r for r in watcher.ota(name)[seen:] if r.get("update_id") == uid] == []
+        active = json.loads((state / name / "models" / "digits" / "active.json").read_text())
+        assert active["version"] == version and active["probation"] is None and active.get("ab") is None, active
+        assert predict_over_mqtt(port, device)[-1]["version"] == version
+    except BaseException:
+        device.stop()  # the caller still holds the stopped process
+        raise
+    return device
+
+
+def test_a_rollback_command_during_a_probation_closes_the_update_and_a_restart_never_installs_it_again(
+    broker: Broker, setup: dict[str, Any]
+) -> None:
+    name = "cmd-rollback1"
+    watcher = StatusWatcher(broker.port)
+    state = setup["tmp"] / "state"
+    journal = state / name / "ota" / "journal"
+    device = Device(broker.port, state, setup["v1"], setup["public"], device=name)
+    try:
+        first = on_probation(broker.port, watcher, name, setup)
+        uid = first["update_id"]
+        command = send_command(broker.port, name, setup["key"], "rollback")
+        done = watcher.wait_state(name, command["command_id"], {"rolled_back", "rejected", "failed", "active"})
+        assert done["state"] == "rolled_back" and done["version"] == "1.1.0", done
+        assert "serving 1.0.0 again" in done["reason"], done
+        # The update's own record came first, so the retained record is the command's.
+        closed = watcher.wait_state(name, uid, {"failed", "rolled_back", "active"}, timeout=5)
+        assert closed["state"] == "rolled_back" and closed["version"] == "1.1.0", closed
+        assert closed["reason"] == f"rolled back by command {command['command_id']} during its probation", closed
+        records = watcher.ota(name)
+        assert records.index(closed) < records.index(done) and records[-1] == done
+        entry = json.loads((journal / f"{uid}.json").read_text())
+        assert entry["state"] == "rolled_back" and entry["reason"] == closed["reason"], entry
+        watcher.wait_online_version(name, "1.0.0")
+        assert predict_over_mqtt(broker.port, device)[-1]["version"] == "1.0.0"
+
+        device = restarted_without_resuming(broker.port, watcher, device, state, setup, uid, "1.0.0")
+        assert json.loads((journal / f"{uid}.json").read_text())["state"] == "rolled_back"
+    finally:
+        device.stop()
+        watcher.close()
+
+
+@pytest.mark.parametrize(
+    ("version", "state", "reported", "words"),
+    [
+        ("1.0.0", "superseded", "failed", "replaced by command {cid} (activate 1.0.0) during its probation"),
+        ("1.1.0", "active", "active", "made final by command {cid} (activate 1.1.0) during its probation"),
+    ],
+    ids=["the-previous-version", "the-update-s-own-version"],
+)
+def test_an_activate_command_during_a_probation_closes_the_update_and_a_restart_never_resumes_it(
+    broker: Broker, setup: dict[str, Any], version: str, state: str, reported: str, words: str
+) -> None:
+    name = f"cmd-activate-{version.replace('.', '')}"
+    watcher = StatusWatcher(broker.port)
+    folder = setup["tmp"] / "state"
+    journal = folder / name / "ota" / "journal"
+    device = Device(broker.port, folder, setup["v1"], setup["public"], device=name)
+    try:
+        first = on_probation(broker.port, watcher, name, setup)
+        uid = first["update_id"]
+        command = send_command(broker.port, name, setup["key"], "activate", version=version)
+        cid = command["command_id"]
+        done = watcher.wait_state(name, cid, {"active", "rejected", "failed", "rolled_back"})
+        assert done["state"] == "active" and done["version"] == version, done
+        closed = watcher.wait_state(name, uid, {"failed", "rolled_back", "active"}, timeout=5)
+        assert closed["state"] == reported and closed["version"] == "1.1.0", closed
+        assert closed["reason"] == words.format(cid=cid), closed
+        records = watcher.ota(name)
+        assert records.index(closed) < records.index(done) and records[-1] == done
+        entry = json.loads((journal / f"{uid}.json").read_text())
+        assert entry["state"] == state and entry["reason"] == closed["reason"], entry
+        watcher.wait_online_version(name, version)
+        assert predict_over_mqtt(broker.port, device)[-1]["version"] == version
+
+        device = restarted_without_resuming(broker.port, watcher, device, folder, setup, uid, version)
+        assert json.loads((journal / f"{uid}.json").read_text())["state"] == state
     finally:
         device.stop()
         watcher.close()
