@@ -338,6 +338,10 @@ class Daemon:
     def start(self) -> None:
         """Check the state directory, load every model, then start sync, OTA, pipelines and the API."""
         self._check_state_dir()
+        self._start_parts()
+
+    def _start_parts(self) -> None:
+        """Everything ``start`` does after the state directory is checked."""
         for name, mc in self.config.models.items():
             self.slots[name] = ModelSlot(self._serve(name, mc))
         self._start_sync()
@@ -436,7 +440,7 @@ class Daemon:
         signal.signal(signal.SIGHUP, lambda n, f: self._reload.set())
         self._check_state_dir()  # before anything starts: one error line, nothing to stop
         try:
-            self.start()
+            self._start_parts()
         except BaseException:
             self.stop()
             raise

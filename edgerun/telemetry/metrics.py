@@ -197,7 +197,7 @@ class Metrics:
                 else:
                     count0, errors0 = base.get((name, version), (0, 0))
                     counts, errors = stats.count - count0, stats.errors - errors0
-                recent = {stage: stats.stages[stage].recent() for stage in ("total", "pre", "infer", "post")}
+                recent = {stage: stats.stages[stage].recent() for stage in STAGES}
                 kept.append((name, version, stats.delegate, counts, errors, recent))
         models: dict[str, Any] = {}
         for name, version, delegate, counts, errors, recent in kept:
