@@ -86,10 +86,10 @@ class PipelineConfig(_Strict):
 
     @model_validator(mode="after")
     def _annotated_sinks_need_images(self) -> PipelineConfig:
-        from edgerun.sinks import draws_on_frames
+        from edgerun.sinks import first_drawing_sink
         from edgerun.sources.sensor import is_sensor_spec
 
-        drawn = next((spec for spec in self.sinks if draws_on_frames(spec)), None)
+        drawn = first_drawing_sink(self.sinks)
         if drawn is not None and is_sensor_spec(self.source):
             raise ValueError(f"sink {drawn!r} draws on images, and the sensor source {self.source!r} gives none")
         return self

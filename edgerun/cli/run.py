@@ -99,7 +99,7 @@ def run(args: argparse.Namespace) -> int:
     from edgerun.errors import ConfigError
     from edgerun.ota.slot import ModelSlot
     from edgerun.pipeline import Pipeline
-    from edgerun.sinks import draws_on_frames, open_sink
+    from edgerun.sinks import first_drawing_sink, open_sink
     from edgerun.sources import open_configured
     from edgerun.sources.sensor import SensorSource, window_for
     from edgerun.telemetry.metrics import Metrics
@@ -123,7 +123,7 @@ def run(args: argparse.Namespace) -> int:
         window = window_for(model, args.window)
         source = open_configured(args.source, args, window)
         specs = args.sink or ["stdout"]
-        drawn = next((spec for spec in specs if draws_on_frames(spec)), None)
+        drawn = first_drawing_sink(specs)
         if drawn is not None and isinstance(source, SensorSource):  # before any sink creates its file or folder
             raise ConfigError(
                 f"--sink {drawn}: an annotated sink needs image frames, and the sensor source {source.uri} "

@@ -10,14 +10,16 @@
 | ``DIR/``                       | annotated images in a directory        |
 
 Annotated sinks draw on the frame, so they need frames that are images
-(``draws_on_frames``): a caller whose source yields none refuses them up front.
+(``first_drawing_sink``): a caller whose source yields none refuses them up front.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from edgerun.sinks.base import Result, Sink
 
-__all__ = ["Result", "Sink", "draws_on_frames", "open_sink", "sink_kind"]
+__all__ = ["Result", "Sink", "first_drawing_sink", "open_sink", "sink_kind"]
 
 
 def sink_kind(spec: str) -> str:
@@ -48,9 +50,10 @@ def sink_kind(spec: str) -> str:
     )
 
 
-def draws_on_frames(spec: str) -> bool:
-    """True where ``spec`` names an annotated sink (a video file or ``DIR/``), which needs image frames."""
-    return sink_kind(spec) in ("video", "images")
+def first_drawing_sink(specs: Sequence[str]) -> str | None:
+    """The first of ``specs`` that names an annotated sink (a video file or ``DIR/``), which needs image
+    frames; None when there is none."""
+    return next((spec for spec in specs if sink_kind(spec) in ("video", "images")), None)
 
 
 def open_sink(spec: str, *, fps: float = 25.0) -> Sink:
