@@ -18,6 +18,7 @@ import numpy as np
 
 from edgerun.backends.base import TensorSpec, one_line
 from edgerun.errors import BackendUnavailableError, DelegateError, InferenceError, InputError, ModelLoadError
+from edgerun.native import native_calls
 
 log = logging.getLogger(__name__)
 
@@ -147,6 +148,7 @@ class OnnxBackend:
         feed = {}
         for name, dtype, x in zip(self._input_names, self._input_dtypes, inputs):
             feed[name] = x if x.dtype == dtype else x.astype(dtype)
+        started = native_calls.enter()
         try:
             return self._session.run(self._output_names, feed)
         except Exception as exc:
@@ -154,6 +156,8 @@ class OnnxBackend:
             if "dimension" in msg.lower() or "shape" in msg.lower() or "rank" in msg.lower():
                 raise InputError(f"input does not fit the model: {msg}") from exc
             raise InferenceError(f"ONNX Runtime failed: {msg}") from exc
+        finally:
+            native_calls.leave(started)
 
     def close(self) -> None:
         """Drop the session; ONNX Runtime frees it with the last reference."""

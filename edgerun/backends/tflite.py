@@ -27,6 +27,7 @@ import numpy as np
 
 from edgerun.backends.base import Quantizer, QuantParams, TensorSpec, dequantize, one_line
 from edgerun.errors import BackendUnavailableError, DelegateError, InferenceError, InputError, ModelLoadError
+from edgerun.native import native_calls
 
 log = logging.getLogger(__name__)
 
@@ -220,10 +221,13 @@ class TfliteBackend:
                 interp.set_tensor(self._in_index[slot], data)
             except ValueError as exc:
                 raise InputError(f"input does not fit {spec.describe()}: {one_line(exc)}") from exc
+        started = native_calls.enter()
         try:
             interp.invoke()
         except RuntimeError as exc:
             raise InferenceError(f"TFLite failed: {one_line(exc)}") from exc
+        finally:
+            native_calls.leave(started)
         out = []
         for index, quant in zip(self._out_index, self._out_quant):
             y = interp.get_tensor(index)

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from edgerun import __version__
+from edgerun.native import native_calls
 from edgerun.sync.diagnose import closed_before_connack, connack_reason, describe_connect_error
 from edgerun.sync.outbox import Outbox
 from edgerun.sync.settings import MqttSettings
@@ -37,6 +38,8 @@ from edgerun.sync.topics import Topics
 log = logging.getLogger(__name__)
 
 __all__ = ["LinkState", "Message", "MqttLink"]
+
+TURN_MAX_WAIT_S = 0.05  # the longest the link defers its work to inference calls (edgerun.native)
 
 
 @dataclass(frozen=True)
@@ -230,6 +233,13 @@ class MqttLink:
 
     # -- the link thread ---------------------------------------------------------
     def _run(self) -> None:
+        native_calls.watch()  # the link takes turns with inference calls (edgerun.native)
+        try:
+            self._connect_and_serve()
+        finally:
+            native_calls.unwatch()
+
+    def _connect_and_serve(self) -> None:
         s = self.settings
         backoff = s.reconnect_min_s
         while not self._stop.is_set():
@@ -276,19 +286,27 @@ class MqttLink:
         When nothing is in flight the link sleeps in ``select`` for up to a second
         (0.02 s while waiting for acknowledgements); work handed over by another
         thread wakes it at once (``_poke``), or within 50 ms with a paho that has no
-        wake-up socket.
+        wake-up socket. Reading, publishing and acknowledging happen in turns with
+        inference calls (``edgerun.native``): while a call runs, not as it returns.
         """
         import select
 
         mqtt = self._mqtt
         idle = 1.0 if self._wakeup_socket() is not None else 0.05
         while not self._stop.is_set():
-            busy = bool(self._inflight) or self._wake.is_set() or not self._direct.empty()
-            rc = self._client.loop(timeout=0.02 if busy else idle)
             sock = self._client.socket()
+            handed = self._wake.is_set() or not self._direct.empty()
+            if sock is not None and (handed or self._inflight):
+                if not handed:
+                    select.select([sock], [], [], 0.02)  # acknowledgements due
+                native_calls.wait_turn(TURN_MAX_WAIT_S)
+                rc = self._client.loop(timeout=0)
+            else:
+                rc = self._client.loop(timeout=idle)  # wakes on a message, a poke or the keepalive
             for _ in range(64):
                 if rc != mqtt.MQTT_ERR_SUCCESS or sock is None or not select.select([sock], [], [], 0)[0]:
                     break
+                native_calls.wait_turn(TURN_MAX_WAIT_S)
                 rc = self._client.loop(timeout=0)
             if self._refused is not None:
                 self._note_error(self._refused)
@@ -301,6 +319,7 @@ class MqttLink:
                     self._note_error(self._closed_early_reason())
                 return
             if self._connected.is_set():
+                native_calls.wait_turn(TURN_MAX_WAIT_S)
                 self._work()
 
     def _work(self) -> None:
@@ -337,7 +356,10 @@ class MqttLink:
         room = self.settings.max_inflight - len(self._inflight)
         if room <= 0:
             return
-        for record in self.outbox.pending(after_id=self._last_sent, limit=room):
+        for i, record in enumerate(self.outbox.pending(after_id=self._last_sent, limit=room)):
+            if i and native_calls.time_left() <= 0:
+                self._wake.set()  # the rest in the next turn
+                return
             info = self._client.publish(record.topic, record.payload, qos=record.qos)
             if info.rc != self._mqtt.MQTT_ERR_SUCCESS:
                 return  # connection gone; resent after the reconnect
