@@ -12,19 +12,23 @@ to force a hand-over: the convoy effect. On 2 vCPUs this put 300-490 waits into
 1,500 MobileNet calls and 10-20% on their p99 (docs/performance.md).
 
 ``NativeCalls`` lets the two take turns instead. The backends mark every
-inference call (``enter`` before it, ``leave`` after it: two lock round trips,
-about 1 us, and nothing at all while no background user ``watch``es: the
-MQTT link watches while it runs). A background thread calls ``wait_turn`` before a burst: it returns
-at once while a call is running (the GIL is free then) or when none has run for
+inference call (``enter`` before it, ``leave`` after it: about 1 us, and one
+attribute test while no background user ``watch``es; the MQTT link watches while
+it runs). A background thread calls ``wait_turn`` before a burst: it returns at
+once while a call is in its turn (the GIL is free then) or when none has run for
 ``idle_after_s`` (nothing to disturb), and otherwise sleeps, GIL released, until
 the next call starts or ``max_wait_s`` passes (so background work is delayed,
 never starved). During the burst, ``time_left`` says how much of ``share`` of a
-typical call's duration (a moving average) is left, so the burst ends before the
-call is expected to return.
+typical call's duration (a moving average over every model's calls) is left
+since the latest call began, so the burst ends before the call is expected back.
 
-Invariant: nothing here blocks the foreground. ``enter`` and ``leave`` never
-wait for a background thread; only ``wait_turn`` sleeps, and only its caller.
-One instance per process (``native_calls``): there is one GIL per process.
+Invariant: the foreground never waits for background work. ``enter`` and
+``leave`` hold one lock for a few attribute updates (as ``wait_turn`` does), and
+``enter`` sets an event when a background thread waits; only ``wait_turn``
+sleeps, and only its caller. One instance per process (``native_calls``): there
+is one GIL per process. Limits: the moving average is shared by the models of a
+process, so with a slow and a fast model the fast one's calls may return inside
+a turn; a model's first (warm-up) call raises the average for a few dozen calls.
 """
 
 from __future__ import annotations
@@ -69,7 +73,7 @@ class NativeCalls:
         self._lock = threading.Lock()
         self._wakeup = threading.Event()  # set by enter() while a background thread waits
         self._running = 0  # foreground calls in progress
-        self._opened = 0.0  # perf_counter when the current run of calls began
+        self._opened = 0.0  # clock when the latest call began
         self._last = -math.inf  # perf_counter of the last call's end
         self._typical = 0.0  # moving average of a call's duration, s
         self._waiting = 0  # background threads in wait_turn
@@ -94,8 +98,7 @@ class NativeCalls:
         now = self._clock()
         with self._lock:
             self._running += 1
-            if self._running == 1:
-                self._opened = now
+            self._opened = now  # the latest call's start: overlapping calls (several pipelines) each open a turn
         if self._waiting:
             self._wakeup.set()
         return now
@@ -135,7 +138,7 @@ class NativeCalls:
         """Seconds of background work that fit now without delaying an inference call.
 
         While a call runs: what is left of ``share`` of a typical call since the
-        call began (negative once spent). Between two calls: 0. With no call for
+        latest call began (negative once spent). Between two calls: 0. With no call for
         ``idle_after_s``, or calls too short to work beside: infinity.
         """
         return self._left(self._clock())

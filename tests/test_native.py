@@ -71,6 +71,19 @@ def test_during_a_call_background_work_gets_a_share_of_a_typical_call_and_none_b
     assert calls.time_left() == 0.0
 
 
+def test_a_call_that_starts_while_another_runs_opens_a_turn_of_its_own() -> None:
+    clock = Clock()
+    calls = watched(clock, share=0.5)
+    one_call(calls, clock, 0.010)
+    first = calls.enter()  # one pipeline's call
+    clock.now += 0.008
+    assert calls.time_left() < 0  # its turn is spent
+    second = calls.enter()  # another pipeline's call starts while the first runs
+    assert calls.time_left() == pytest.approx(0.005)
+    calls.leave(first)
+    calls.leave(second)
+
+
 def test_a_foreground_idle_for_a_while_leaves_background_work_unbounded() -> None:
     clock = Clock()
     calls = watched(clock, idle_after_s=0.05)
@@ -180,3 +193,38 @@ def test_the_link_delivers_every_record_in_order_while_taking_turns_with_a_busy_
         collector.close()
         outbox.close()
         model.close()
+
+
+def test_the_link_survives_a_disconnect_sent_by_the_broker_and_delivers_afterwards(
+    broker: Broker, tmp_path: Path
+) -> None:
+    """MQTT 5: a client that takes over the device's session makes the broker send the link
+    a DISCONNECT, after which paho closes the socket; the link reconnects and goes on."""
+    import paho.mqtt.client as mqtt
+
+    topic = "edgerun/takeover-dev/metrics"
+    collector = Collector(broker.port, topic)
+    outbox = Outbox(tmp_path / "outbox.sqlite")
+    settings = MqttSettings(
+        host="127.0.0.1", port=broker.port, client_id="takeover-dev", keepalive_s=5, reconnect_min_s=0.1,
+        reconnect_max_s=0.2,
+    )  # fmt: skip
+    link = MqttLink(settings, Topics("edgerun", "takeover-dev"), outbox)
+    try:
+        link.start()
+        assert link.wait_connected(10)
+        connects = link.state().connects
+        intruder = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="takeover-dev", protocol=mqtt.MQTTv5)
+        intruder.connect("127.0.0.1", broker.port)
+        intruder.loop_start()
+        wait_until(lambda: intruder.is_connected(), 10, "the intruder to connect")
+        intruder.disconnect()
+        intruder.loop_stop()
+        wait_until(lambda: link.state().connects > connects and link.connected, 20, "the link to reconnect")
+        outbox.put_many([("metrics", topic, {"n": 1}, 1)])
+        link.notify()
+        wait_until(lambda: collector.seqs(topic) == [1], 20, "the record sent after the reconnect")
+    finally:
+        link.stop()
+        collector.close()
+        outbox.close()

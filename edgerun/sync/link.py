@@ -286,27 +286,32 @@ class MqttLink:
         When nothing is in flight the link sleeps in ``select`` for up to a second
         (0.02 s while waiting for acknowledgements); work handed over by another
         thread wakes it at once (``_poke``), or within 50 ms with a paho that has no
-        wake-up socket. Reading, publishing and acknowledging happen in turns with
-        inference calls (``edgerun.native``): while a call runs, not as it returns.
+        wake-up socket. Once connected, reading, publishing and acknowledging happen
+        in turns with inference calls (``edgerun.native``): while a call runs, not as
+        it returns; each pass waits for a turn at most once (``TURN_MAX_WAIT_S``).
         """
         import select
 
         mqtt = self._mqtt
         idle = 1.0 if self._wakeup_socket() is not None else 0.05
+        pair = getattr(self._client, "_sockpairR", None)  # paho's wake-up socket (private; may be absent)
         while not self._stop.is_set():
             sock = self._client.socket()
             handed = self._wake.is_set() or not self._direct.empty()
-            if sock is not None and (handed or self._inflight):
-                if not handed:
-                    select.select([sock], [], [], 0.02)  # acknowledgements due
-                native_calls.wait_turn(TURN_MAX_WAIT_S)
+            busy = handed or bool(self._inflight)
+            if busy and sock is not None and self._connected.is_set():
+                if not handed:  # acknowledgements due: wait for them (or a poke) first
+                    select.select([sock] if pair is None else [sock, pair], [], [], 0.02)
+                native_calls.wait_turn(TURN_MAX_WAIT_S)  # this pass's one wait for a turn
                 rc = self._client.loop(timeout=0)
             else:
-                rc = self._client.loop(timeout=idle)  # wakes on a message, a poke or the keepalive
+                rc = self._client.loop(timeout=0.02 if busy else idle)  # a message, a poke, the keepalive
             for _ in range(64):
-                if rc != mqtt.MQTT_ERR_SUCCESS or sock is None or not select.select([sock], [], [], 0)[0]:
+                sock = self._client.socket()  # paho closes it on a DISCONNECT from the broker
+                if rc != mqtt.MQTT_ERR_SUCCESS or sock is None or native_calls.time_left() <= 0:
                     break
-                native_calls.wait_turn(TURN_MAX_WAIT_S)
+                if not select.select([sock], [], [], 0)[0]:
+                    break
                 rc = self._client.loop(timeout=0)
             if self._refused is not None:
                 self._note_error(self._refused)
@@ -319,8 +324,10 @@ class MqttLink:
                     self._note_error(self._closed_early_reason())
                 return
             if self._connected.is_set():
-                native_calls.wait_turn(TURN_MAX_WAIT_S)
-                self._work()
+                if native_calls.time_left() > 0:
+                    self._work()
+                else:
+                    self._wake.set()  # this turn is spent: the work goes to the next one
 
     def _work(self) -> None:
         self._wake.clear()  # first: a poke while this batch is taken wakes the next look
