@@ -29,6 +29,7 @@ sleeps, and only its caller. One instance per process (``native_calls``): there
 is one GIL per process. Limits: the moving average is shared by the models of a
 process, so with a slow and a fast model the fast one's calls may return inside
 a turn; a model's first (warm-up) call raises the average for a few dozen calls.
+When a first user starts watching, the average starts afresh.
 """
 
 from __future__ import annotations
@@ -80,8 +81,11 @@ class NativeCalls:
         self._watchers = 0  # users of turns; with none, enter and leave do nothing
 
     def watch(self) -> None:
-        """A background user starts taking turns: from now on calls are tracked."""
+        """A background user starts taking turns: from now on calls are tracked
+        (afresh: what was measured while nobody watched may be another model's)."""
         with self._lock:
+            if not self._watchers:
+                self._typical, self._last = 0.0, -math.inf
             self._watchers += 1
 
     def unwatch(self) -> None:

@@ -104,6 +104,17 @@ def test_calls_too_short_to_work_beside_impose_no_turns() -> None:
     assert calls.time_left() == math.inf
 
 
+def test_a_new_watcher_measures_calls_afresh() -> None:
+    clock = Clock()
+    calls = watched(clock)
+    one_call(calls, clock, 0.010)
+    calls.unwatch()
+    calls.watch()  # say, the next run's link, beside another model
+    assert calls.typical_s == 0.0
+    one_call(calls, clock, 0.0001)
+    assert calls.typical_s == pytest.approx(0.0001)
+
+
 def test_the_moving_average_follows_a_model_that_got_slower() -> None:
     clock = Clock()
     calls = watched(clock)
