@@ -75,7 +75,7 @@ class NativeCalls:
         self._wakeup = threading.Event()  # set by enter() while a background thread waits
         self._running = 0  # foreground calls in progress
         self._opened = 0.0  # clock when the latest call began
-        self._last = -math.inf  # perf_counter of the last call's end
+        self._last = -math.inf  # clock when the last call ended
         self._typical = 0.0  # moving average of a call's duration, s
         self._waiting = 0  # background threads in wait_turn
         self._watchers = 0  # users of turns; with none, enter and leave do nothing
