@@ -39,7 +39,10 @@ import threading
 import time
 from collections.abc import Callable
 
-__all__ = ["NativeCalls", "native_calls"]
+__all__ = ["MAX_WAIT_S", "NativeCalls", "native_calls"]
+
+#: The longest a background user defers one piece of work to inference calls (``wait_turn``).
+MAX_WAIT_S = 0.05
 
 
 class NativeCalls:
@@ -119,7 +122,7 @@ class NativeCalls:
             self._typical = took if self._typical == 0.0 else self._typical + 0.1 * (took - self._typical)
 
     # -- background threads ----------------------------------------------------
-    def wait_turn(self, max_wait_s: float) -> None:
+    def wait_turn(self, max_wait_s: float = MAX_WAIT_S) -> None:
         """Return when ``time_left`` is positive, or after ``max_wait_s`` (the GIL is
         released while waiting): background work may be delayed, never starved."""
         now = self._clock()

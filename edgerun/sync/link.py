@@ -39,8 +39,6 @@ log = logging.getLogger(__name__)
 
 __all__ = ["LinkState", "Message", "MqttLink"]
 
-TURN_MAX_WAIT_S = 0.05  # the longest the link defers its work to inference calls (edgerun.native)
-
 
 @dataclass(frozen=True)
 class Message:
@@ -288,7 +286,7 @@ class MqttLink:
         thread wakes it at once (``_poke``), or within 50 ms with a paho that has no
         wake-up socket. Once connected, reading, publishing and acknowledging happen
         in turns with inference calls (``edgerun.native``): while a call runs, not as
-        it returns; each pass waits for a turn at most once (``TURN_MAX_WAIT_S``).
+        it returns; each pass waits for a turn at most once (``edgerun.native.MAX_WAIT_S``).
         """
         import select
 
@@ -302,7 +300,7 @@ class MqttLink:
             if busy and sock is not None and self._connected.is_set():
                 if not handed:  # acknowledgements due: wait for them (or a poke) first
                     select.select([sock] if pair is None else [sock, pair], [], [], 0.02)
-                native_calls.wait_turn(TURN_MAX_WAIT_S)  # this pass's one wait for a turn
+                native_calls.wait_turn()  # this pass's one wait for a turn
                 rc = self._client.loop(timeout=0)
             else:
                 rc = self._client.loop(timeout=0.02 if busy else idle)  # a message, a poke, the keepalive

@@ -14,7 +14,7 @@ from typing import Any
 
 from edgerun.native import native_calls
 from edgerun.sinks.base import Result
-from edgerun.sync.link import TURN_MAX_WAIT_S, MqttLink
+from edgerun.sync.link import MqttLink
 from edgerun.sync.outbox import Outbox
 from edgerun.sync.topics import Topics
 from edgerun.telemetry.metrics import Metrics, MetricsWindow
@@ -77,7 +77,7 @@ class MetricsPublisher:
 
     def _run(self) -> None:
         while not self._stop.wait(self._interval):
-            native_calls.wait_turn(TURN_MAX_WAIT_S)  # its ~0.6 ms of Python runs while inference is native
+            native_calls.wait_turn()  # its ~0.6 ms of Python runs while inference is native
             try:
                 self.publish_now()
             except Exception:  # a full disk must not kill the timer; the next tick tries again
