@@ -16,7 +16,7 @@ import pytest
 
 from edgerun.errors import ConfigError, SourceError
 from edgerun.sources import open_source
-from edgerun.sources.base import LatestBuffer
+from edgerun.sources.base import LatestBuffer, connect_with_retries
 from edgerun.sources.files import FileSource
 from edgerun.sources.mqtt import MqttSource, decode_message, parse_mqtt_url
 from edgerun.sources.sensor import SensorSource
@@ -119,9 +119,57 @@ def test_an_unreachable_stream_fails_after_a_bounded_number_of_attempts() -> Non
         attempts.append(url)
         return cv2.VideoCapture()
 
-    with pytest.raises(SourceError, match="unreachable after 3 attempts"):
+    why = r"^stream rtsp://127\.0\.0\.1:9/none unreachable after 3 attempts: not opened$"
+    with pytest.raises(SourceError, match=why):
         StreamSource("rtsp://127.0.0.1:9/none", retries=3, retry_delay_s=0.01, open_capture=refuse)
     assert len(attempts) == 3
+
+
+class _RecordingStop(threading.Event):
+    """A stop event that records how long each retry would have waited (and waits not at all)."""
+
+    def __init__(self, stop_after: int | None = None) -> None:
+        super().__init__()
+        self.waits: list[float] = []
+        self._stop_after = stop_after
+
+    def wait(self, timeout: float | None = None) -> bool:
+        self.waits.append(timeout or 0.0)
+        if self._stop_after is not None and len(self.waits) >= self._stop_after:
+            self.set()
+        return self.is_set()
+
+
+def test_a_retried_connection_backs_off_and_does_not_wait_after_its_last_attempt() -> None:
+    stop = _RecordingStop()
+
+    def refuse() -> None:
+        raise ConnectionRefusedError(111, "Connection refused")
+
+    with pytest.raises(SourceError, match=r"^peer x unreachable after 3 attempts: Connection refused$"):
+        connect_with_retries("peer x", refuse, retries=3, delay_s=0.5, stop=stop)
+    assert stop.waits == [0.5, 1.0]  # linear back-off between attempts, nothing after the third
+
+
+def test_a_retried_connection_returns_the_first_success_or_none_when_stopped() -> None:
+    outcomes: list[Any] = [OSError("not opened"), "connected"]
+
+    def flaky() -> str:
+        outcome = outcomes.pop(0)
+        if isinstance(outcome, Exception):
+            raise outcome
+        return str(outcome)
+
+    assert connect_with_retries("peer", flaky, retries=3, delay_s=0.01, stop=_RecordingStop()) == "connected"
+    stop = _RecordingStop(stop_after=1)  # closed during the first wait: no second attempt, no error
+    attempts: list[int] = []
+
+    def never() -> None:
+        attempts.append(1)
+        raise OSError("not opened")
+
+    assert connect_with_retries("peer", never, retries=3, delay_s=0.01, stop=stop) is None
+    assert attempts == [1]
 
 
 def test_a_dropped_stream_reconnects(tmp_path: Path) -> None:

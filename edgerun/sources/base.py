@@ -11,13 +11,20 @@ slow model never stalls the capture.
 from __future__ import annotations
 
 import collections
+import logging
 import threading
-from collections.abc import Iterator
-from typing import Any, Protocol, runtime_checkable
+from collections.abc import Callable, Iterator
+from typing import Any, Protocol, TypeVar, runtime_checkable
 
 import msgspec
 
-__all__ = ["Frame", "LatestBuffer", "LiveSource", "Source"]
+from edgerun.errors import SourceError
+
+log = logging.getLogger(__name__)
+
+__all__ = ["Frame", "LatestBuffer", "LiveSource", "Source", "connect_with_retries"]
+
+T = TypeVar("T")
 
 
 class Frame(msgspec.Struct, frozen=True):
@@ -157,3 +164,31 @@ class LiveSource:
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(timeout=5.0)
         self._buffer.close()
+
+
+def connect_with_retries(
+    what: str, attempt: Callable[[], T], *, retries: int, delay_s: float, stop: threading.Event
+) -> T | None:
+    """``attempt()``'s result, tried up to ``retries`` times; None when ``stop`` is set while waiting.
+
+    A live source's connection (a stream, a broker) is tried at most ``retries``
+    times, ``delay_s * n`` apart after the n-th failure, each failure logged;
+    nothing is waited for after the last one.
+
+    Args:
+        what: the peer, as messages name it (``stream rtsp://cam/1``, ``MQTT broker host:1883``).
+        attempt: connects, or raises ``OSError`` whose text says why not.
+
+    Raises:
+        SourceError: every attempt failed; the message names ``what`` and the last reason.
+    """
+    last = "no answer"
+    for n in range(1, retries + 1):
+        try:
+            return attempt()
+        except OSError as exc:  # DNS, refused, unreachable, timed out, not opened
+            last = exc.strerror or str(exc) or type(exc).__name__
+        log.warning("%s: attempt %d of %d failed: %s", what, n, retries, last)
+        if n < retries and stop.wait(delay_s * n):
+            return None
+    raise SourceError(f"{what} unreachable after {retries} attempts: {last}")

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import io
 import json
 import logging
@@ -23,8 +24,8 @@ from typing import Any
 
 import numpy as np
 
-from edgerun.errors import ConfigError, SourceError
-from edgerun.sources.base import Frame, LatestBuffer, LiveSource
+from edgerun.errors import ConfigError
+from edgerun.sources.base import Frame, LatestBuffer, LiveSource, connect_with_retries
 
 log = logging.getLogger(__name__)
 
@@ -111,24 +112,6 @@ class MqttSource(LiveSource):
         self._retries, self._delay = retries, retry_delay_s
         self.bad_messages = 0
 
-    def _connect(self, client: Any, stop: threading.Event) -> bool:
-        """The first connection, tried a bounded number of times; False when stopped meanwhile.
-
-        Raises:
-            SourceError: the broker could not be reached in any attempt (DNS, refused, timed out).
-        """
-        last = "no answer"
-        for attempt in range(1, self._retries + 1):
-            try:
-                client.connect(self.host, self.port, keepalive=30)
-                return True
-            except OSError as exc:  # DNS, refused, unreachable, timed out
-                last = exc.strerror or str(exc) or type(exc).__name__
-            log.warning("MQTT source %s: attempt %d of %d failed: %s", self.uri, attempt, self._retries, last)
-            if attempt < self._retries and stop.wait(self._delay * attempt):
-                return False
-        raise SourceError(f"MQTT broker {self.host}:{self.port} unreachable after {self._retries} attempts: {last}")
-
     def _capture(self, buffer: LatestBuffer, stop: threading.Event) -> None:
         import paho.mqtt.client as mqtt
 
@@ -161,7 +144,9 @@ class MqttSource(LiveSource):
         client.on_connect = on_connect
         client.on_message = on_message
         client.on_disconnect = on_disconnect
-        if not self._connect(client, stop):
+        connect = functools.partial(client.connect, self.host, self.port, keepalive=30)
+        what = f"MQTT broker {self.host}:{self.port}"
+        if connect_with_retries(what, connect, retries=self._retries, delay_s=self._delay, stop=stop) is None:
             return
         client.loop_start()
         try:

@@ -30,7 +30,7 @@ from typing import Any
 
 from edgerun.errors import SourceError
 from edgerun.opencv import opencv
-from edgerun.sources.base import Frame, LatestBuffer, LiveSource
+from edgerun.sources.base import Frame, LatestBuffer, LiveSource, connect_with_retries
 
 log = logging.getLogger(__name__)
 
@@ -211,19 +211,17 @@ class StreamSource(LiveSource):
         cv2 = opencv()
         return open_decoder(url, getattr(cv2, "CAP_FFMPEG", cv2.CAP_ANY), self._decode_threads)
 
-    def _connect(self, stop: threading.Event | None = None) -> Any:
-        last = "no answer"
-        for attempt in range(1, self._retries + 1):
+    def _connect(self) -> Any:
+        """An open capture; None when the source was closed while waiting to retry."""
+
+        def attempt() -> Any:
             cap = self._open(self.uri)
-            if cap is not None and cap.isOpened():
-                return cap
-            last = f"attempt {attempt} of {self._retries} failed"
-            log.warning("stream %s: %s", self.uri, last)
-            if stop is not None and stop.wait(self._delay * attempt):
-                return None
-            if stop is None:
-                time.sleep(self._delay * attempt)
-        raise SourceError(f"stream {self.uri} unreachable after {self._retries} attempts")
+            if cap is None or not cap.isOpened():
+                raise OSError("not opened")
+            return cap
+
+        what = f"stream {self.uri}"
+        return connect_with_retries(what, attempt, retries=self._retries, delay_s=self._delay, stop=self._stop)
 
     def _capture(self, buffer: LatestBuffer, stop: threading.Event) -> None:
         index = 0
@@ -239,7 +237,7 @@ class StreamSource(LiveSource):
                 if stop.is_set():
                     break
                 log.warning("stream %s dropped; reconnecting", self.uri)
-                cap = self._connect(stop)
+                cap = self._connect()
                 if cap is None:
                     break
                 self.reconnects += 1
