@@ -10,6 +10,7 @@ import subprocess
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -104,6 +105,16 @@ def run_cli(*args: str, cwd: Path = ROOT, env: dict[str, str] | None = None) -> 
     """Run ``python -m edgerun ARGS`` as a real process."""
     return subprocess.run(
         [sys.executable, "-m", "edgerun", *args], cwd=cwd, capture_output=True, text=True, timeout=120, env=env
+    )
+
+
+def start_daemon(config: Path, *, stderr: Any = subprocess.DEVNULL) -> subprocess.Popen[bytes]:
+    """``edgerun daemon --config CONFIG`` as a real process from the repository root, its stdout discarded."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "edgerun", "daemon", "--config", str(config)],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=stderr,
     )
 
 

@@ -6,7 +6,6 @@ import json
 import logging
 import signal
 import subprocess
-import sys
 import threading
 import time
 import urllib.error
@@ -16,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import ROOT, SAMPLES, Broker, free_port, run_cli
+from tests.conftest import ROOT, SAMPLES, Broker, free_port, run_cli, start_daemon
 from tests.ota_helpers import StatusWatcher, make_key, model_with_card
 from tests.test_ota import push
 from tests.test_sources import make_video
@@ -84,12 +83,7 @@ def test_the_daemon_serves_updates_reloads_and_stops_cleanly(broker: Broker, tmp
     collector = Collector(broker.port, "edgerun/e2e-dev/#")
     watcher = StatusWatcher(broker.port)
     log = open(tmp_path / "daemon.log", "wb")  # noqa: SIM115
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "edgerun", "daemon", "--config", str(config)],
-        cwd=ROOT,
-        stdout=subprocess.DEVNULL,
-        stderr=log,
-    )
+    proc = start_daemon(config, stderr=log)
     failures: list[Any] = []
     stop = threading.Event()
     try:
@@ -328,7 +322,7 @@ def test_a_sighup_keeps_the_version_ota_made_active_and_reloads_it_with_the_new_
     collector = Collector(broker.port, "edgerun/hup-dev/status")
     log_path = tmp_path / "daemon.log"
     log = open(log_path, "wb")  # noqa: SIM115
-    proc = subprocess.Popen([sys.executable, "-m", "edgerun", "daemon", "--config", str(config)], cwd=ROOT, stderr=log)
+    proc = start_daemon(config, stderr=log)
 
     def reloads() -> int:
         return log_path.read_text().count("SIGHUP: config reloaded")
@@ -388,12 +382,7 @@ def test_sigterm_answers_the_requests_in_flight_then_exits_0(tmp_path: Path) -> 
         f"models:\n  digits:\n    path: {DIGITS_INT8}\n"
         f"api:\n  port: {port}\n  batch_max_size: 1\nstate_dir: {tmp_path / 'state'}\nlogging:\n  format: text\n"
     )
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "edgerun", "daemon", "--config", str(config)],
-        cwd=ROOT,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
+    proc = start_daemon(config, stderr=subprocess.PIPE)
     request = (
         f"POST /v1/models/digits/predict HTTP/1.1\r\nhost: edgerun\r\ncontent-type: image/png\r\n"
         f"content-length: {len(body)}\r\nconnection: close\r\n\r\n"

@@ -5,13 +5,12 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT, SAMPLES, free_port
+from tests.conftest import ROOT, SAMPLES, free_port, start_daemon
 from tests.test_daemon import _ready, http
 from tests.test_sync import wait_until
 
@@ -54,12 +53,7 @@ def test_the_status_page_shows_the_real_figures_and_updates(tmp_path: Path) -> N
         f"device:\n  id: page-dev\nmodels:\n  digits:\n    path: {ROOT}/models/digits/digits_int8.tflite\n"
         f"api:\n  port: {port}\nstate_dir: {tmp_path}/state\n"
     )
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "edgerun", "daemon", "--config", str(config)],
-        cwd=ROOT,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    proc = start_daemon(config)
     try:
         wait_until(lambda: _ready(port), 60, "the daemon")
         for _ in range(7):
