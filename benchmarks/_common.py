@@ -50,10 +50,18 @@ __all__ = [
 ]
 
 
-def parse_args(description: str, argv: Sequence[str] | None = None) -> argparse.Namespace:
-    """The command line every benchmark takes: ``--quick`` for a short run."""
+def parse_args(
+    description: str, argv: Sequence[str] | None = None, *, mobilenet_dir: bool = False
+) -> argparse.Namespace:
+    """The command line every benchmark takes: ``--quick`` for a short run.
+
+    With ``mobilenet_dir``, also ``--mobilenet-dir DIR``: MobileNet files built elsewhere
+    (``tools/build_mobilenet.py --alpha 0.5 --out DIR``) instead of ``models/mobilenet``.
+    """
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--quick", action="store_true", help="a short run (seconds): fewer rounds and calls")
+    if mobilenet_dir:
+        parser.add_argument("--mobilenet-dir", type=Path, default=MOBILENET_DIR, help="where mobilenet_int8.tflite is")
     return parser.parse_args(argv)
 
 

@@ -40,7 +40,12 @@ per-client queue and in-flight limits raised so the broker never drops):
 As in the other benchmarks, PASS/FAIL is printed, never asserted, and the exit
 status is 0; a SKIP line says what is missing.
 
-    python benchmarks/bench_sync.py [--quick]
+    python benchmarks/bench_sync.py [--quick] [--mobilenet-dir DIR]
+
+``--mobilenet-dir`` takes the MobileNet files from another build, for example
+a narrower one (``python tools/build_mobilenet.py --alpha 0.5 --out DIR``)
+whose shorter call puts a fast CPU's ratio of inference to MQTT work on a
+slower one (docs/performance.md, "Tenth session's runs").
 """
 
 from __future__ import annotations
@@ -211,7 +216,7 @@ CANDIDATES = ("off", "on", "outbox only")
 
 
 def latency_part(
-    images: Path, broker: Broker, tmp: Path, rounds: int, paced_rounds: int, big_rounds: int
+    images: Path, broker: Broker, tmp: Path, rounds: int, paced_rounds: int, big_rounds: int, mobilenet_dir: Path
 ) -> list[tuple[str, bool]]:
     """The digits pipeline with and without sync; per-call infer latency, p99 on/off."""
     import edgerun
@@ -224,7 +229,7 @@ def latency_part(
     from edgerun.sync.topics import Topics
 
     model_path = DIGITS_DIR / "digits_int8.tflite"
-    big_path = MOBILENET_DIR / "mobilenet_int8.tflite"
+    big_path = mobilenet_dir / "mobilenet_int8.tflite"
     print(
         f"\n## 1. inference latency, sync on vs off: {big_path.name} (threads=1, the target), then "
         f"{model_path.name} (threads=1, stress, info), over {IMAGE_SIZE[0]}x{IMAGE_SIZE[1]} JPEGs\n"
@@ -677,8 +682,11 @@ def write_part(tmp: Path, rounds: int, n: int) -> list[tuple[str, bool]]:
 
 def main() -> int:
     """Start a private broker, run the three parts, print tables and PASS/FAIL."""
-    args = parse_args(__doc__.splitlines()[0])
-    print(f"# bench_sync{' --quick' if args.quick else ''}: {machine_summary()}")
+    args = parse_args(__doc__.splitlines()[0], mobilenet_dir=True)
+    flags = (" --quick" if args.quick else "") + (
+        f" --mobilenet-dir {args.mobilenet_dir}" if args.mobilenet_dir != MOBILENET_DIR else ""
+    )
+    print(f"# bench_sync{flags}: {machine_summary()}")
     logging.basicConfig(level=logging.ERROR)  # the link's "retrying" warnings during the staged outages
     if mosquitto_binary() is None:
         print("SKIP bench_sync: mosquitto is not installed (apt-get install -y mosquitto mosquitto-clients)")
@@ -695,7 +703,7 @@ def main() -> int:
         try:
             results += latency_part(
                 images, broker, tmp, rounds=2 if args.quick else 8, paced_rounds=1 if args.quick else 3,
-                big_rounds=1 if args.quick else 12,
+                big_rounds=1 if args.quick else 12, mobilenet_dir=args.mobilenet_dir,
             )  # fmt: skip
             results += drain_part(
                 broker, tmp, rounds=1 if args.quick else 3, single_n=3000 if args.quick else 10_000,

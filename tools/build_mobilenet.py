@@ -9,8 +9,13 @@ and are not committed (``models/mobilenet/`` is git-ignored).
 
 Usage (needs edgerun's optional ``build`` extra)::
 
-    python tools/build_mobilenet.py [--out models/mobilenet] [--bench]
+    python tools/build_mobilenet.py [--out models/mobilenet] [--alpha 1.0] [--bench]
 
+``--alpha`` is Keras's width multiplier (0.35, 0.5, 0.75, 1.0, 1.3, 1.4): a
+narrower network runs the same graph with fewer channels, so its call is
+shorter. The default builds the sample models; ``--alpha 0.5 --out DIR`` builds
+the stand-in that ``benchmarks/bench_sync.py --mobilenet-dir DIR`` uses to put
+a fast CPU's ratio of inference to MQTT work on a slower one.
 ``--bench`` also measures the median latency (2 threads, batch 1) of every
 file and of the other ONNX INT8 format (built into a temporary folder).
 """
@@ -67,15 +72,16 @@ def preprocess(pixels: np.ndarray) -> np.ndarray:
     return pixels.astype(np.float32) / 127.5 - 1.0
 
 
-def card(precision: str, notes: str) -> dict[str, Any]:
+def card(precision: str, notes: str, alpha: float) -> dict[str, Any]:
     """The edgerun model card for one mobilenet file (no labels, no metrics)."""
+    width = "" if alpha == 1.0 else f", width multiplier alpha={alpha}"
     return {
         "name": "mobilenet",
         "version": "1.0.0",
         "task": "classification",
         "precision": precision,
         "description": (
-            "MobileNetV2 (224x224 RGB, 1000 classes) with UNTRAINED random weights "
+            f"MobileNetV2 (224x224 RGB, 1000 classes{width}) with UNTRAINED random weights "
             "(fixed seed): a size/speed benchmark, its predictions are meaningless."
         ),
         "preprocess": {
@@ -97,14 +103,15 @@ def main(argv: list[str] | None = None) -> int:
     """Build the four files into ``--out``; return a process exit code."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=REPO_ROOT / "models" / "mobilenet")
+    parser.add_argument("--alpha", type=float, default=1.0, help="width multiplier (default 1.0: the sample models)")
     parser.add_argument("--bench", action="store_true", help="measure latencies (2 threads)")
     args = parser.parse_args(argv)
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
 
     mk.set_seeds(SEED)
-    model = tf.keras.applications.MobileNetV2(weights=None, input_shape=INPUT_SHAPE, classes=1000)
-    print(f"model: MobileNetV2, {model.count_params()} parameters, untrained (seed {SEED})")
+    model = tf.keras.applications.MobileNetV2(weights=None, input_shape=INPUT_SHAPE, classes=1000, alpha=args.alpha)
+    print(f"model: MobileNetV2 (alpha {args.alpha}), {model.count_params()} parameters, untrained (seed {SEED})")
     calibration = preprocess(synthetic_images(N_CALIBRATION, seed=SEED))
     check = preprocess(synthetic_images(20, seed=SEED + 1))
 
@@ -125,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
         "Gaussian-blurred (sigma 2), stretched to 0..255"
     )
     untrained = (
-        "UNTRAINED: tf.keras.applications.MobileNetV2(weights=None, classes=1000) with "
+        f"UNTRAINED: tf.keras.applications.MobileNetV2(weights=None, classes=1000, alpha={args.alpha}) with "
         f"random initial weights (seed {SEED}); outputs are softmax probabilities but "
         "carry no meaning. No accuracy metric. Built on demand by tools/build_mobilenet.py."
     )
@@ -146,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     for key, path in paths.items():
         precision = "int8" if key.startswith("int8") else "fp32"
-        mk.write_card(path.with_name(path.name + ".card.yaml"), card(precision, notes[key]), SCRIPT)
+        mk.write_card(path.with_name(path.name + ".card.yaml"), card(precision, notes[key], args.alpha), SCRIPT)
 
     runners = {
         key: (mk.OnnxRunner if path.suffix == ".onnx" else mk.TfliteRunner)(path, THREADS)
