@@ -243,7 +243,8 @@ def latency_part(
     if big_path.is_file():
         models["mobilenet"] = edgerun.load(big_path, threads=1)
     else:
-        print(f"SKIP sync on vs off (the target set): {big_path} not found (python tools/build_mobilenet.py)")
+        build = "" if mobilenet_dir == MOBILENET_DIR else f" --out {mobilenet_dir}"
+        print(f"SKIP sync on vs off (the target set): {big_path} not found (python tools/build_mobilenet.py{build})")
     settings = MqttSettings(host="127.0.0.1", port=broker.port, client_id="bench-device")
     runs = [0]
 

@@ -172,6 +172,17 @@ def test_a_retried_connection_returns_the_first_success_or_none_when_stopped() -
     assert attempts == [1]
 
 
+def test_a_source_closed_during_its_last_attempt_stops_without_an_error() -> None:
+    stop = _RecordingStop()
+
+    def closed_meanwhile() -> None:
+        if len(stop.waits) == 1:  # the last of 2 attempts: the source is closed while it runs
+            stop.set()
+        raise OSError("not opened")
+
+    assert connect_with_retries("peer", closed_meanwhile, retries=2, delay_s=0.01, stop=stop) is None
+
+
 def test_a_dropped_stream_reconnects(tmp_path: Path) -> None:
     video = make_video(tmp_path / "s.avi", frames=5)
     stream = StreamSource(

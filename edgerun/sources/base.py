@@ -169,11 +169,12 @@ class LiveSource:
 def connect_with_retries(
     what: str, attempt: Callable[[], T], *, retries: int, delay_s: float, stop: threading.Event
 ) -> T | None:
-    """``attempt()``'s result, tried up to ``retries`` times; None when ``stop`` is set while waiting.
+    """``attempt()``'s result, tried up to ``retries`` times; None when ``stop`` is set meanwhile.
 
     A live source's connection (a stream, a broker) is tried at most ``retries``
     times, ``delay_s * n`` apart after the n-th failure, each failure logged;
-    nothing is waited for after the last one.
+    nothing is waited for after the last one. A source closed during a wait or
+    an attempt ends without an error: the caller stopped it.
 
     Args:
         what: the peer, as messages name it (``stream rtsp://cam/1``, ``MQTT broker host:1883``).
@@ -191,4 +192,6 @@ def connect_with_retries(
         log.warning("%s: attempt %d of %d failed: %s", what, n, retries, last)
         if n < retries and stop.wait(delay_s * n):
             return None
+    if stop.is_set():  # closed while the last attempt ran: a stop, not a failure
+        return None
     raise SourceError(f"{what} unreachable after {retries} attempts: {last}")
