@@ -341,3 +341,68 @@ def test_bench_reports_figures_per_delegate_and_the_int8_speed_ratio() -> None:
     assert {r["delegate"] for r in ratios} == {"xnnpack", "cpu"}
     for r in ratios:
         assert r["int8_speedup"] == pytest.approx(r["fp32_p50_ms"] / r["int8_p50_ms"])
+
+
+def test_the_progress_bar_shows_on_a_terminal_but_never_beside_json_records() -> None:
+    import pty
+
+    from edgerun.cli.predict import progress_bar
+
+    leader, follower = pty.openpty()
+    with os.fdopen(leader, "rb", buffering=0), os.fdopen(follower, "w") as terminal:
+        bar = progress_bar(10, no_progress=False, as_json=False, stream=terminal)
+        assert bar is not None
+        bar.close()
+        assert progress_bar(10, no_progress=False, as_json=True, stream=terminal) is None
+        assert progress_bar(10, no_progress=True, as_json=False, stream=terminal) is None
+        assert progress_bar(1, no_progress=False, as_json=False, stream=terminal) is None
+    with tempfile.TemporaryFile("w+") as not_a_terminal:
+        assert progress_bar(10, no_progress=False, as_json=False, stream=not_a_terminal) is None
+
+
+def _predict_on_a_terminal(*args: str) -> tuple[int, str]:
+    """``edgerun predict ARGS`` with stdout and stderr on one pseudo-terminal: exit code and what it showed."""
+    import fcntl
+    import pty
+    import struct
+    import termios
+
+    leader, follower = pty.openpty()
+    fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 120, 0, 0))  # a new one is 0 columns wide
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "edgerun", "predict", *args],
+        cwd=ROOT,
+        stdout=follower,
+        stderr=follower,
+        env={**os.environ, "TQDM_MININTERVAL": "0"},  # the bar redrawn after every input, however fast
+    )
+    os.close(follower)
+    shown = bytearray()
+    while True:
+        try:
+            chunk = os.read(leader, 65536)
+        except OSError:  # EIO: the process closed its end
+            break
+        if not chunk:
+            break
+        shown += chunk
+    os.close(leader)
+    return proc.wait(timeout=120), shown.decode("utf-8", errors="replace")
+
+
+def test_predict_json_on_a_terminal_shows_records_and_no_progress_bar() -> None:
+    code, shown = _predict_on_a_terminal(str(DIGITS / "digits_fp32.onnx"), str(SAMPLES), "--json")
+    assert code == 0, shown
+    assert "input/s" not in shown and "%|" not in shown, shown  # tqdm's rate and bar
+    lines = shown.replace("\r\n", "\n").splitlines()
+    assert len(lines) == 11 and all(json.loads(line)["input"] for line in lines), shown
+
+
+def test_predict_table_lines_are_written_around_the_progress_bar_not_through_it() -> None:
+    code, shown = _predict_on_a_terminal(str(DIGITS / "digits_fp32.onnx"), str(SAMPLES))
+    assert code == 0, shown
+    assert "input/s" in shown, shown  # the bar was there
+    for raw in shown.split("\n"):
+        visible = raw.rstrip("\r").rpartition("\r")[2]  # what a terminal shows: the text after the last return
+        if "digit_" in raw:
+            assert visible.startswith(str(SAMPLES)), repr(raw)

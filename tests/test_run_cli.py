@@ -104,6 +104,93 @@ def test_sigterm_stops_a_stdin_sensor_run_cleanly_with_outputs_flushed(tmp_path:
     assert csv_rows[0].startswith("input,model,version") and len(csv_rows) == 4
 
 
+def test_sigterm_stops_a_stdin_sensor_run_whose_sender_has_gone_quiet(tmp_path: Path) -> None:
+    out = tmp_path / "out.jsonl"
+    command = [sys.executable, "-m", "edgerun", "run", str(VIBRATION / "vibration_int8.tflite"), "--source", "-"]
+    proc = subprocess.Popen(
+        [*command, "--sink", str(out)],
+        cwd=ROOT,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdin is not None and proc.stderr is not None
+    try:
+        text = "\n".join((VIBRATION / "samples" / "looseness.csv").read_text().splitlines()[:257]) + "\n"
+        cut = len(text) // 2 + 3  # in the middle of a line: the reader keeps the partial line
+        for part in (text[:cut], text[cut:]):
+            proc.stdin.write(part)
+            proc.stdin.flush()
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and (not out.exists() or out.read_text().count("\n") < 1):
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGTERM)  # standard input stays open, and nothing more comes
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            pytest.fail("the run did not stop on SIGTERM while its standard input was open and quiet")
+        stderr = proc.stderr.read()
+        assert proc.returncode == 0, stderr
+        assert "stopped by SIGTERM" in stderr and "Traceback" not in stderr
+        assert [json.loads(line)["output"][0]["label"] for line in out.read_text().splitlines()] == ["looseness"]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        proc.stdin.close()
+        proc.stderr.close()
+
+
+def test_the_last_stdin_row_counts_without_its_newline() -> None:
+    rows = (VIBRATION / "samples" / "normal.csv").read_text().splitlines()[:257]
+    result = subprocess.run(
+        [sys.executable, "-m", "edgerun", "run", str(VIBRATION / "vibration_int8.tflite"), "--source", "-"],
+        cwd=ROOT,
+        input="\n".join(rows),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "1 frames (1 ok, 0 failed" in result.stderr
+
+
+def test_a_model_that_does_not_take_sensor_windows_is_refused_before_starting() -> None:
+    csv = VIBRATION / "samples" / "normal.csv"
+    result = run_cli("run", str(ROOT / "models" / "digits" / "digits_int8.onnx"), "--source", str(csv))
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [
+        f"edgerun: error: digits does not take sensor windows: its input tensor input [N,8,8,1] float32 is not "
+        f"[batch, rows, channels], and {csv} gives windows of [rows, channels]"
+    ]
+
+
+@pytest.mark.parametrize("header", [True, False])
+def test_a_sensor_file_with_another_channel_count_than_the_model_is_refused_before_starting(
+    tmp_path: Path, header: bool
+) -> None:
+    rows = (VIBRATION / "samples" / "normal.csv").read_text().splitlines()
+    two = tmp_path / "two.csv"
+    two.write_text("".join(",".join(r.split(",")[1:3]) + "\n" for r in rows[0 if header else 1 :]))
+    result = run_cli("run", str(VIBRATION / "vibration_int8.tflite"), "--source", str(two))
+    assert result.returncode == 2
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1
+    assert lines[0].startswith(f"edgerun: error: {two} has 2 channels per row, and vibration takes 3")
+    assert "serving_default_input:0 [1,256,3]" in lines[0]
+
+
+def test_an_annotated_video_plays_at_the_requested_rate_else_at_the_source_rate(tmp_path: Path) -> None:
+    video = make_video(tmp_path / "in.avi", frames=4)  # 30 frames per second
+    model = str(ROOT / "models" / "digits" / "digits_int8.onnx")
+    for fps, expected in ((["--fps", "50"], 50.0), ([], 30.0)):
+        out = tmp_path / f"out{len(fps)}.avi"
+        result = run_cli("run", model, "--source", str(video), "--sink", str(out), *fps)
+        assert result.returncode == 0, result.stderr
+        assert cv2.VideoCapture(str(out)).get(cv2.CAP_PROP_FPS) == expected
+
+
 def test_a_video_runs_into_an_annotated_video_and_a_jsonl_file(tmp_path: Path) -> None:
     video = make_video(tmp_path / "in.avi", frames=20, size=(96, 64))
     result = run_cli(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import threading
 import time
 from pathlib import Path
@@ -105,6 +106,23 @@ def test_a_video_file_stands_in_for_the_camera_at_the_opencv_boundary(tmp_path: 
     assert len(seen) + camera.dropped == 40
 
 
+def _held_by_this_process(path: Path) -> bool:
+    """Whether a file descriptor of this process points at ``path`` (Linux's /proc)."""
+    fds = Path("/proc/self/fd")
+    return any(os.path.realpath(fds / fd) == str(path.resolve()) for fd in os.listdir(fds))
+
+
+def test_a_video_or_camera_closed_before_it_was_read_lets_go_of_its_file_at_once(tmp_path: Path) -> None:
+    video = make_video(tmp_path / "in.avi", frames=5)
+    file_source = open_source(str(video))
+    camera = CameraSource("camera:0", open_capture=lambda device: cv2.VideoCapture(str(video)))
+    assert _held_by_this_process(video)
+    file_source.close()
+    camera.close()
+    assert not _held_by_this_process(video)  # both still referenced here: closing released them
+    assert list(file_source.frames()) == []  # and a closed source yields nothing
+
+
 def test_an_absent_camera_is_a_clear_error() -> None:
     with pytest.raises(SourceError, match="camera camera:9 not found: no /dev/video9"):
         CameraSource("camera:9", open_capture=lambda device: cv2.VideoCapture())
@@ -197,6 +215,13 @@ def test_a_dropped_stream_reconnects(tmp_path: Path) -> None:
     assert [f.index for f in got[:12]] == list(range(12))
 
 
+def test_a_stream_reports_the_frame_rate_it_declares(tmp_path: Path) -> None:
+    video = make_video(tmp_path / "s.avi", frames=2)  # declares 30 frames per second
+    stream = StreamSource("http://127.0.0.1:9/mjpeg", open_capture=lambda url: cv2.VideoCapture(str(video)))
+    stream.close()
+    assert stream.fps == 30.0
+
+
 def test_the_latest_buffer_keeps_the_newest_and_counts_what_it_drops() -> None:
     buf = LatestBuffer(2)
     from edgerun.sources.base import Frame
@@ -237,6 +262,49 @@ def test_json_lines_sensor_rows_as_arrays_or_objects(tmp_path: Path) -> None:
     frames = list(SensorSource(str(path), window=3).frames())
     assert frames[0].error is not None and "line 3" in frames[0].error
     assert frames[1].data.tolist() == [[1, 2], [3, 4], [5, 6]]
+
+
+def test_json_lines_object_rows_are_read_by_the_names_of_the_first_one(tmp_path: Path) -> None:
+    path = tmp_path / "s.jsonl"
+    rows = [
+        {"x": 1, "y": 2, "z": 3},
+        {"z": 6, "t": 0.2, "y": 5, "x": 4},  # another order, and a time column: the same channels
+        {"x": 7, "y": 8},  # z missing
+        {"x": 7, "y": 8, "z": 9, "w": 0},  # a name the first row does not have
+        {"Z": 9, "Y": 8, "X": 7},  # names are matched as written
+        [7, 8, 9],
+    ]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    source = SensorSource(str(path), window=3)
+    frames = list(source.frames())
+    errors = [f.error for f in frames if f.error]
+    assert len(errors) == 3 and source.bad_rows == 3
+    assert "line 3" in errors[0] and "has no 'z'" in errors[0]
+    assert "line 4" in errors[1] and "'w'" in errors[1]
+    assert "line 5" in errors[2] and "has no 'x'" in errors[2]
+    assert [f.data.tolist() for f in frames if f.error is None] == [[[1, 2, 3], [4, 5, 6], [7, 8, 9]]]
+
+
+@pytest.mark.parametrize("kind", ["video file", "sensor file"])
+def test_several_videos_or_sensor_files_are_refused_as_one_source(tmp_path: Path, kind: str) -> None:
+    if kind == "video file":
+        names = [make_video(tmp_path / f"v{i}.avi", frames=2).name for i in range(2)]
+    else:
+        names = [f"s{i}.csv" for i in range(2)]
+        for name in names:
+            (tmp_path / name).write_text("x,y\n1,2\n")
+    paths = [str(tmp_path / name) for name in names]
+    with pytest.raises(ConfigError) as listed:
+        open_source(paths, window=1)
+    assert str(listed.value) == (
+        f"2 sources were given, and {paths[0]} is a {kind}: only images and .npy arrays can be given "
+        f"several at a time; a {kind} must be the only source"
+    )
+    pattern = str(tmp_path / f"{names[0][0]}*{Path(names[0]).suffix}")
+    with pytest.raises(ConfigError, match=f"matches 2 files, and {paths[0]} is a {kind}"):
+        open_source(pattern, window=1)
+    (tmp_path / names[1]).unlink()  # a glob that matches one file opens it
+    assert open_source(pattern, window=1).uri == paths[0]
 
 
 @pytest.mark.parametrize(

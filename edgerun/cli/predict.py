@@ -6,7 +6,7 @@ import argparse
 import json
 import os
 import sys
-from typing import Any
+from typing import IO, Any, cast
 
 from edgerun.cli.common import (
     add_model_options,
@@ -105,25 +105,30 @@ def run(args: argparse.Namespace) -> int:
     if args.top_k is not None:
         model.card = replace(model.card, postprocess=replace(model.card.postprocess, top_k=args.top_k))
     source = FileSource(args.inputs, skip=skip)
-    sinks: list[Any] = [JsonlSink() if args.json else TableSink()]
-    if args.output:
-        sinks.append(JsonlSink(os.fspath(args.output)))
-    bar = _progress(len(source.refs), disabled=args.no_progress)
-
-    def on_result(result: Any) -> None:
-        report_failure(result)
-        if bar is not None:
-            bar.update(1)
-
     if not args.json:
         print(
             f"# {model.name} {model.version} ({model.format}) on {model.delegate}"
             + (f"; resuming, {len(skip)} input(s) already done" if skip else ""),
             flush=True,
         )
-    if len(source.refs) <= _DIRECT_MAX and args.batch_size == 1 and not args.mqtt:
+    direct = len(source.refs) <= _DIRECT_MAX and args.batch_size == 1 and not args.mqtt
+    bar = None if direct else progress_bar(len(source.refs), no_progress=args.no_progress, as_json=args.json)
+    table_out = sys.stdout if bar is None else cast(IO[str], _AroundBar(sys.stdout))  # it writes and flushes
+    sinks: list[Any] = [JsonlSink() if args.json else TableSink(table_out)]
+    if args.output:
+        sinks.append(JsonlSink(os.fspath(args.output)))
+    if direct:
         with model:
             return _run_direct(model, source, sinks, args.json)
+
+    def on_result(result: Any) -> None:
+        if bar is None:
+            report_failure(result)
+            return
+        with bar.external_write_mode(file=sys.stderr):  # the error line where the bar was, then the bar again
+            report_failure(result)
+        bar.update(1)
+
     from edgerun.pipeline import Pipeline
     from edgerun.telemetry.metrics import Metrics
 
@@ -205,10 +210,37 @@ def _run_direct(model: Any, source: Any, sinks: list[Any], as_json: bool) -> int
     return 1 if failed else 0
 
 
-def _progress(total: int, disabled: bool) -> Any:
-    """A progress bar on stderr when it is a terminal; None otherwise."""
-    if disabled or total < 2 or not sys.stderr.isatty():
+def progress_bar(total: int, *, no_progress: bool, as_json: bool, stream: IO[str] | None = None) -> Any:
+    """A progress bar on ``stream`` (stderr) when it is a terminal; None otherwise.
+
+    None as well with ``--no-progress``, with ``--json`` (its output is records, for a
+    program: no bar beside them even on a terminal), or for a single input.
+    """
+    stream = stream or sys.stderr
+    if no_progress or as_json or total < 2 or not stream.isatty():
         return None
     from tqdm import tqdm
 
-    return tqdm(total=total, unit="input", file=sys.stderr, dynamic_ncols=True, leave=False)
+    return tqdm(total=total, unit="input", file=stream, dynamic_ncols=True, leave=False)
+
+
+class _AroundBar:
+    """A text stream whose writes clear the progress bar first and draw it again after.
+
+    Standard output and the bar's standard error share one terminal: a result line
+    written through the bar would start where the bar's text ends.
+    """
+
+    def __init__(self, stream: IO[str]) -> None:
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        from tqdm import tqdm
+
+        with tqdm.external_write_mode(file=self._stream):
+            written = self._stream.write(text)
+            self._stream.flush()  # before the bar is drawn again
+        return written
+
+    def flush(self) -> None:
+        self._stream.flush()

@@ -124,12 +124,16 @@ def run(args: argparse.Namespace) -> int:
         source = open_configured(args.source, args, window)
         specs = args.sink or ["stdout"]
         drawn = first_drawing_sink(specs)
-        if drawn is not None and isinstance(source, SensorSource):  # before any sink creates its file or folder
-            raise ConfigError(
-                f"--sink {drawn}: an annotated sink needs image frames, and the sensor source {source.uri} "
-                "gives windows of readings, with no image to draw on (use stdout, jsonl, FILE.jsonl or FILE.csv)"
-            )
-        sinks = [open_sink(s, fps=getattr(source, "fps", 0.0) or 25.0) for s in specs]
+        if isinstance(source, SensorSource):
+            source.check_model(model)  # a model that takes no [rows, channels] windows: one line, not one per window
+            if drawn is not None:  # before any sink creates its file or folder
+                raise ConfigError(
+                    f"--sink {drawn}: an annotated sink needs image frames, and the sensor source {source.uri} "
+                    "gives windows of readings, with no image to draw on (use stdout, jsonl, FILE.jsonl or FILE.csv)"
+                )
+        # an annotated video plays at the rate frames are taken: --fps, else the source's own, else 25
+        video_fps = args.fps or getattr(source, "fps", 0.0) or 25.0
+        sinks = [open_sink(s, fps=video_fps) for s in specs]
         metrics = Metrics()
         sync = start_sync(args, mqtt, metrics, [model])
         ota = start_ota(args, sync, slot, metrics)

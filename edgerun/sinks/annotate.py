@@ -17,8 +17,9 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from edgerun.errors import ConfigError
+from edgerun.errors import ConfigError, InputError
 from edgerun.opencv import opencv
+from edgerun.processing.image import decode_image
 from edgerun.sinks.base import Result
 from edgerun.sinks.text import top1
 
@@ -28,12 +29,20 @@ __all__ = ["AnnotatedImageSink", "AnnotatedVideoSink"]
 
 
 def _image(result: Result) -> np.ndarray | None:
-    """The frame as a BGR image, decoding image bytes if needed; None for non-image frames."""
+    """The frame as a BGR image, decoding image bytes if needed; None for non-image frames.
+
+    Bytes that do not decode (an empty file, an image over the pixel limit) are no
+    image either: that frame already failed in preparing and was reported, so one
+    bad file never stops the sink and the frames after it.
+    """
     cv2 = opencv()
 
     data = result.frame.data
     if isinstance(data, (bytes, bytearray)):
-        image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+        try:
+            image = decode_image(bytes(data), result.frame.source_id)
+        except InputError:
+            return None
     elif isinstance(data, np.ndarray) and data.dtype == np.uint8 and data.ndim in (2, 3):
         image = data
     else:

@@ -8,6 +8,11 @@
 | ``-``, ``stdin``, ``*.csv``, ``*.jsonl`` | ``SensorSource`` (windows of readings)   |
 | ``*.mp4``, ``*.avi``, ``*.mkv``, ...     | ``VideoFileSource``                      |
 | anything else: file, glob, directory     | ``FileSource`` (images and ``.npy``)     |
+
+Only image and array files can be given several at a time (several strings, a
+glob that matches several files): a video, sensor file, camera, stream or MQTT
+source among several is refused before anything runs, rather than read as an
+image that does not decode. A glob that matches one file opens it as if named.
 """
 
 from __future__ import annotations
@@ -63,11 +68,12 @@ def open_source(
     queue: int | None = None,
     decode_threads: int = 1,
 ) -> Source:
-    """Open the source named by ``specs`` (several paths make one file source).
+    """Open the source named by ``specs`` (several paths, or a glob matching several, make one file source).
 
     Raises:
         SourceError: the source cannot be opened.
-        ConfigError: the string or options are malformed.
+        ConfigError: the string or options are malformed, or a source that must
+            be the only one (a video, a sensor file...) is among several.
     """
     from edgerun.errors import ConfigError
     from edgerun.sources.files import FileSource
@@ -78,20 +84,50 @@ def open_source(
     if not items:
         raise ConfigError("no source given")
     first = items[0]
-    suffix = Path(first).suffix.lower()
     if len(items) == 1:
         if first.startswith("camera:") or first.startswith("/dev/video"):
             return CameraSource(first, width=width, height=height, fps=fps, queue=queue or 2)
-        if first.startswith(("rtsp://", "rtsps://", "http://", "https://")):
+        if first.startswith(_STREAM_SCHEMES):
             return StreamSource(first, queue=queue or 2, decode_threads=decode_threads)
-        if first.startswith(("mqtt://", "mqtts://")):
+        if first.startswith(_MQTT_SCHEMES):
             from edgerun.sources.mqtt import MqttSource
 
             return MqttSource(first, queue=queue or 8)
-        if is_sensor_spec(first):
+    paths = FileSource.expand(items)  # a glob that matches one file names that file
+    if len(paths) == 1:
+        path = paths[0]
+        if is_sensor_spec(path):
             if window is None:
-                raise ConfigError(f"a sensor source needs a window length (rows per inference): {first}")
-            return SensorSource(first, window=window, hop=hop)
-        if suffix in VIDEO_SUFFIXES:
-            return VideoFileSource(first, decode_threads=decode_threads)
+                raise ConfigError(f"a sensor source needs a window length (rows per inference): {path}")
+            return SensorSource(path, window=window, hop=hop)
+        if Path(path).suffix.lower() in VIDEO_SUFFIXES:
+            return VideoFileSource(path, decode_threads=decode_threads)
+        return FileSource(items)
+    for path in paths:
+        kind = _only_source_kind(path, VIDEO_SUFFIXES, is_sensor_spec(path))
+        if kind is not None:
+            given = f"{first} matches {len(paths)} files" if len(items) == 1 else f"{len(items)} sources were given"
+            raise ConfigError(
+                f"{given}, and {path} is {kind}: only images and .npy arrays can be given several at a time; "
+                f"{kind} must be the only source"
+            )
     return FileSource(items)
+
+
+_STREAM_SCHEMES = ("rtsp://", "rtsps://", "http://", "https://")
+_MQTT_SCHEMES = ("mqtt://", "mqtts://")
+
+
+def _only_source_kind(path: str, video_suffixes: frozenset[str], sensor: bool) -> str | None:
+    """What ``path`` is, where it must be the only source (``"a video file"``...); None for an image or array."""
+    if sensor:
+        return "standard input" if path in ("-", "stdin") else "a sensor file"
+    if Path(path).suffix.lower() in video_suffixes:
+        return "a video file"
+    if path.startswith("camera:") or path.startswith("/dev/video"):
+        return "a camera"
+    if path.startswith(_STREAM_SCHEMES):
+        return "a stream"
+    if path.startswith(_MQTT_SCHEMES):
+        return "an MQTT source"
+    return None

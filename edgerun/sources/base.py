@@ -158,10 +158,15 @@ class LiveSource:
         if self._error is not None:
             raise self._error
 
+    def _release(self) -> None:
+        """Let go of what ``__init__`` opened (a capture), for a source closed before it ran; idempotent."""
+
     def close(self) -> None:
-        """Stop the capture thread and let ``frames()`` finish."""
+        """Stop the capture thread and let ``frames()`` finish; a source that never ran lets go of its device."""
         self._stop.set()
-        if self._thread is not None and self._thread is not threading.current_thread():
+        if self._thread is None:
+            self._release()  # no capture thread will: a camera would stay busy until garbage collection
+        elif self._thread is not threading.current_thread():
             self._thread.join(timeout=5.0)
         self._buffer.close()
 

@@ -3,11 +3,16 @@
 Each message is one input: a JSON array of numbers, a base64-encoded ``.npy``
 (loaded without pickle), or raw image bytes (JPEG, PNG, BMP). Anything else,
 or a message over the size limit, becomes an error frame that the pipeline
-counts; the run goes on. A broker that cannot be reached at the start is tried
-a bounded number of times, then the run stops with the reason (as a stream
-does); a connection lost later is logged and re-established by paho. This is a
-minimal subscriber of its own, separate from the device's MQTT link
-(``edgerun.sync``).
+counts; the run goes on. No message ever raises out of paho's callbacks: an
+exception there would end paho's network thread, and the source would go on
+receiving nothing, silently. A broker that cannot be reached at the start is
+tried a bounded number of times, then the run stops with the reason (as a
+stream does); a broker that answers but refuses the connection (bad credentials,
+not authorised) or the subscription stops the run at once, since retrying cannot
+help; a connection lost later is logged and re-established by paho. Credentials
+may be given in the URL (``mqtt://user:password@host/topic``, percent-encoded);
+the source's ``uri`` shows the user, never the password. This is a minimal
+subscriber of its own, separate from the device's MQTT link (``edgerun.sync``).
 """
 
 from __future__ import annotations
@@ -20,16 +25,18 @@ import json
 import logging
 import threading
 import time
+import urllib.parse
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
-from edgerun.errors import ConfigError
+from edgerun.errors import ConfigError, SourceError
 from edgerun.sources.base import Frame, LatestBuffer, LiveSource, connect_with_retries
 
 log = logging.getLogger(__name__)
 
-__all__ = ["MqttSource", "decode_message", "parse_mqtt_url"]
+__all__ = ["MqttSource", "decode_message", "parse_mqtt_url", "split_credentials"]
 
 _IMAGE_MAGIC = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"BM")
 _NPY_MAGIC = b"\x93NUMPY"
@@ -60,6 +67,21 @@ def parse_mqtt_url(url: str) -> tuple[str, int, str]:
     return host, int(port_text), topic
 
 
+def split_credentials(url: str) -> tuple[str, str | None, str | None]:
+    """``mqtt://user:pass@host/t`` -> (``mqtt://host/t``, user, password); (url, None, None) without any.
+
+    Both parts are percent-decoded, so a password may hold ``@`` or ``:`` as ``%40`` and ``%3A``.
+    """
+    scheme, sep, rest = url.partition("://")
+    authority, slash, path = rest.partition("/")
+    userinfo, at, hostport = authority.rpartition("@")
+    if not sep or not at:
+        return url, None, None
+    user, colon, password = userinfo.partition(":")
+    bare = f"{scheme}://{hostport}{slash}{path}"
+    return bare, urllib.parse.unquote(user), urllib.parse.unquote(password) if colon else None
+
+
 def decode_message(payload: bytes, max_bytes: int) -> Any:
     """A message payload -> an array or image bytes; raises ValueError with a plain reason."""
     if len(payload) > max_bytes:
@@ -73,6 +95,8 @@ def decode_message(payload: bytes, max_bytes: int) -> Any:
         try:
             data = json.loads(text)
             array = np.asarray(data, dtype=np.float32)
+        except RecursionError:  # "[[[[..." deeper than Python's stack; without "from": its traceback is huge
+            raise ValueError("a JSON array nested too deeply") from None
         except (ValueError, TypeError) as exc:
             raise ValueError("not a JSON array of numbers") from exc
         if array.dtype == object or array.ndim == 0:
@@ -105,8 +129,10 @@ class MqttSource(LiveSource):
         retries: int = 3,
         retry_delay_s: float = 1.0,
     ) -> None:
-        super().__init__(url, queue)
-        self.host, self.port, self.topic = parse_mqtt_url(url)
+        bare, self._username, self._password = split_credentials(url)
+        self.host, self.port, self.topic = parse_mqtt_url(bare)
+        shown = bare if self._username is None else bare.replace("://", f"://{self._username}@", 1)
+        super().__init__(shown, queue)  # the uri is logged and shown: never with the password
         self._max_bytes = max_bytes
         self._client_id = client_id
         self._retries, self._delay = retries, retry_delay_s
@@ -118,22 +144,55 @@ class MqttSource(LiveSource):
         counter = iter(range(1 << 62))
         client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=self._client_id)
         client.reconnect_delay_set(min_delay=1, max_delay=30)
+        if self._username is not None:
+            client.username_pw_set(self._username, self._password)
+        what = f"MQTT broker {self.host}:{self.port}"
+        fatal: list[SourceError] = []
+
+        def fail(message: str) -> None:
+            """End the source with ``message``: ``stop`` wakes the capture below, which disconnects and raises it."""
+            if not fatal:
+                fatal.append(SourceError(message))
+            stop.set()
+
+        def guarded(callback: Callable[..., None]) -> Callable[..., None]:
+            """``callback``, its unexpected exception a fatal error rather than the end of paho's thread."""
+
+            @functools.wraps(callback)
+            def call(*args: Any) -> None:
+                try:
+                    callback(*args)
+                except Exception as exc:
+                    log.warning("MQTT source %s: %s failed", self.uri, callback.__name__, exc_info=True)
+                    fail(f"MQTT source {self.uri}: {callback.__name__} failed: {exc}")
+
+            return call
 
         def on_connect(client: Any, userdata: Any, flags: Any, reason: Any, properties: Any) -> None:
-            if reason.is_failure:
-                log.warning("MQTT source %s: connection refused: %s", self.uri, reason)
+            if reason.is_failure:  # bad credentials, not authorised: the same again would be refused again
+                fail(f"{what} refused the connection: {reason}")
                 return
             client.subscribe(self.topic, qos=1)
             log.info("MQTT source subscribed to %s on %s:%d", self.topic, self.host, self.port)
+
+        def on_subscribe(client: Any, userdata: Any, mid: Any, reasons: Any, properties: Any) -> None:
+            refused = [reason for reason in reasons if reason.is_failure]
+            if refused:  # an ACL that denies the topic: nothing would ever arrive
+                fail(f"{what} refused the subscription to {self.topic}: {refused[0]}")
 
         def on_message(client: Any, userdata: Any, message: Any) -> None:
             index = next(counter)
             source_id = f"{message.topic}#{index}"
             try:
                 data = decode_message(message.payload, self._max_bytes)
-            except ValueError as exc:
+            except Exception as exc:  # whatever the message: an error frame, never an exception into paho
+                if isinstance(exc, ValueError):
+                    reason = str(exc)
+                else:  # a bug in decoding, not in the message: its traceback, once per message
+                    log.warning("MQTT source %s: decoding %s failed", self.uri, source_id, exc_info=True)
+                    reason = f"cannot be decoded ({type(exc).__name__}: {exc})"
                 self.bad_messages += 1
-                buffer.put(Frame(None, time.time(), source_id, index, error=f"{source_id}: {exc}"))
+                buffer.put(Frame(None, time.time(), source_id, index, error=f"{source_id}: {reason}"))
                 return
             buffer.put(Frame(data, time.time(), source_id, index))
 
@@ -141,16 +200,18 @@ class MqttSource(LiveSource):
             if not stop.is_set():  # paho reconnects by itself (1 s, doubling up to 30 s)
                 log.warning("MQTT source %s: connection lost (%s); reconnecting", self.uri, reason)
 
-        client.on_connect = on_connect
-        client.on_message = on_message
-        client.on_disconnect = on_disconnect
+        client.on_connect = guarded(on_connect)
+        client.on_subscribe = guarded(on_subscribe)
+        client.on_message = guarded(on_message)
+        client.on_disconnect = guarded(on_disconnect)
         connect = functools.partial(client.connect, self.host, self.port, keepalive=30)
-        what = f"MQTT broker {self.host}:{self.port}"
         if connect_with_retries(what, connect, retries=self._retries, delay_s=self._delay, stop=stop) is None:
             return
         client.loop_start()
         try:
-            stop.wait()
+            stop.wait()  # closed, or a fatal error above
         finally:
             client.disconnect()
             client.loop_stop()
+        if fatal:
+            raise fatal[0]

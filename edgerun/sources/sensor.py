@@ -3,8 +3,15 @@
 Each row is one reading of one or more channels. A CSV may have a header; a
 column named ``t``, ``ts``, ``time`` or ``timestamp`` is taken as the time and
 not fed to the model. A JSON Lines row is an array of numbers or an object of
-named numbers. Windows of ``window`` rows start every ``hop`` rows and are
-yielded as float32 arrays of shape ``[window, channels]``.
+named numbers; the names of the first object row fix the channels, and later
+object rows are mapped by name (a row missing one of them, or with another
+name, is a bad row). Windows of ``window`` rows start every ``hop`` rows and
+are yielded as float32 arrays of shape ``[window, channels]``.
+
+Standard input is read with ``select`` and a short timeout, never a blocking
+read: ``close()`` (SIGINT, SIGTERM) stops a run whose sender has gone quiet
+within ``_POLL_S``, where a read blocked until the next line would hold it
+forever.
 
 A row with a missing or non-numeric field is reported (yielded as an error
 frame naming its line, so the run counts it and its consumer reports it: the
@@ -19,11 +26,13 @@ from __future__ import annotations
 import collections
 import json
 import math
+import os
+import select
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import numpy as np
 
@@ -34,6 +43,8 @@ __all__ = ["SENSOR_SUFFIXES", "SensorSource", "is_sensor_spec", "window_for"]
 
 SENSOR_SUFFIXES = frozenset({".csv", ".jsonl", ".ndjson"})
 _TIME_COLUMNS = frozenset({"t", "ts", "time", "timestamp"})
+_POLL_S = 0.2  # how often a read of a quiet standard input looks at the closed flag
+_READ_BYTES = 65536
 
 
 def is_sensor_spec(spec: str) -> bool:
@@ -47,6 +58,8 @@ def window_for(model: Any, requested: int | None) -> int | None:
     A model whose first input is ``[batch, rows, ...]`` takes windows of ``rows``; a
     requested window that differs is a ``ConfigError`` naming both, raised before
     anything runs (``edgerun run --window``, a daemon pipeline's ``window:``).
+    Whether the model takes sensor windows at all is ``SensorSource.check_model``'s
+    question, asked once the source is known to be one.
     """
     shape = model.inputs[0].shape
     needed = shape[1] if len(shape) >= 2 else None
@@ -83,28 +96,91 @@ class SensorSource:
         self._closed = False
         self.bad_rows = 0
 
-    def _lines(self) -> Iterator[tuple[int, str]]:
-        stream: IO[str] = sys.stdin if self._stdin else open(self.uri, encoding="utf-8", errors="replace")  # noqa: SIM115
+    def check_model(self, model: Any) -> None:
+        """Refuse, before anything runs, a model that cannot take this source's windows.
+
+        A sensor window is ``[rows, channels]``, so the model's first input must
+        be ``[batch, rows, channels]``; a file's channel count (its header less
+        the time column, or its first data row) must be the model's. Standard
+        input cannot be looked at in advance: there a wrong width fails window
+        by window.
+
+        Raises:
+            ConfigError: naming the model's input tensor and what does not fit.
+        """
+        spec = model.inputs[0]
+        if len(spec.shape) != 3:
+            raise ConfigError(
+                f"{model.name} does not take sensor windows: its input tensor {spec.describe()} is not "
+                f"[batch, rows, channels], and {self.uri} gives windows of [rows, channels]"
+            )
+        channels = spec.shape[2]
+        found = None if self._stdin or channels is None else self._channels()
+        if found is not None and found != channels:
+            raise ConfigError(
+                f"{self.uri} has {found} channel{'' if found == 1 else 's'} per row, and {model.name} takes "
+                f"{channels} (input tensor {spec.describe()})"
+            )
+
+    def _channels(self) -> int | None:
+        """The file's channel count, from its first readable data row (None when it has none)."""
+        rows = self._rows()
         try:
+            for _, values in rows:
+                if isinstance(values, list):
+                    return len(values)
+            return None
+        finally:
+            rows.close()  # closes the file
+
+    def _lines(self) -> Iterator[tuple[int, str]]:
+        if self._stdin:
+            yield from enumerate(self._stdin_lines(), start=1)
+            return
+        with open(self.uri, encoding="utf-8", errors="replace") as stream:
             for number, line in enumerate(stream, start=1):
                 if self._closed:
                     return
                 yield number, line
-        finally:
-            if not self._stdin:
-                stream.close()
 
-    def _rows(self) -> Iterator[tuple[int, list[float] | str]]:
+    def _stdin_lines(self) -> Iterator[str]:
+        """Lines of standard input, read without blocking for longer than ``_POLL_S`` so ``close()`` is seen.
+
+        Bytes are split into lines here (a partial line is kept until its newline
+        or the end of input) and each line is decoded as UTF-8, bad bytes replaced.
+        """
+        try:
+            fd = sys.stdin.fileno()
+        except (AttributeError, OSError, ValueError) as exc:  # None, closed, or not a file
+            raise SourceError(f"standard input cannot be read: {exc}") from exc
+        pending = b""
+        while not self._closed:
+            ready, _, _ = select.select([fd], [], [], _POLL_S)
+            if not ready:
+                continue
+            chunk = os.read(fd, _READ_BYTES)
+            if not chunk:
+                break
+            *lines, pending = (pending + chunk).split(b"\n")
+            for line in lines:
+                if self._closed:
+                    return
+                yield line.decode("utf-8", errors="replace") + "\n"
+        if pending and not self._closed:
+            yield pending.decode("utf-8", errors="replace")
+
+    def _rows(self) -> Generator[tuple[int, list[float] | str], None, None]:
         """(line number, values) or (line number, error text)."""
         header: list[str] | None = None
         keep: list[int] | None = None
         width: int | None = None
+        names: list[str] | None = None  # a JSON Lines file's channels, from its first object row
         for number, raw in self._lines():
             line = raw.strip()
             if not line or line.startswith("#"):
                 continue
             if self._format == "jsonl":
-                values = _json_row(line)
+                values, names = _json_row(line, names)
             else:
                 fields = [f.strip() for f in line.split(",")]
                 if header is None and keep is None and not _is_number(fields[0]) and fields[0] != "":
@@ -181,17 +257,28 @@ def _numbers(fields: list[str]) -> list[float] | str:
     return values
 
 
-def _json_row(line: str) -> list[float] | str:
+def _json_row(line: str, names: list[str] | None) -> tuple[list[float] | str, list[str] | None]:
+    """(values or error text, channel names): an object row is read by the names of the first one."""
     try:
         data = json.loads(line)
     except ValueError:
-        return "not valid JSON"
+        return "not valid JSON", names
     if isinstance(data, dict):
-        data = [v for k, v in data.items() if k.lower() not in _TIME_COLUMNS]
+        fields = {k: v for k, v in data.items() if k.lower() not in _TIME_COLUMNS}
+        if names is None and fields:
+            names = list(fields)
+        elif names is not None:
+            missing = [n for n in names if n not in fields]
+            if missing:
+                return f"has no {missing[0]!r}, which the first object row has", names
+            extra = [n for n in fields if n not in names]
+            if extra:
+                return f"has {extra[0]!r}, which the first object row does not", names
+        data = [fields[n] for n in names or []]
     if not isinstance(data, list) or not data:
-        return "not a JSON array or object of numbers"
+        return "not a JSON array or object of numbers", names
     if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in data):
-        return "has a value that is not a number"
+        return "has a value that is not a number", names
     if not all(math.isfinite(v) for v in data):
-        return "has a value that is not finite"
-    return [float(v) for v in data]
+        return "has a value that is not finite", names
+    return [float(v) for v in data], names

@@ -91,11 +91,15 @@ class VideoFileSource:
         declared = self._cap.get(cv2.CAP_PROP_FRAME_COUNT)
         self.declared_frames = int(declared) if math.isfinite(declared) and declared > 0 else None
         self._closed = False
+        self._started = False
 
     def frames(self) -> Iterator[Frame]:
         """Every frame, as BGR uint8 arrays; then an error frame if the file ended early."""
         index, image = 0, self._first
+        self._started = True  # before looking at _closed: close() checks them the other way round
         try:
+            if self._closed:
+                return
             while image is not None and not self._closed:
                 yield Frame(image, time.time(), f"{self.uri}#{index}", index)
                 index += 1
@@ -112,8 +116,10 @@ class VideoFileSource:
             self._cap.release()
 
     def close(self) -> None:
-        """Stop after the current frame."""
+        """Stop after the current frame; a source never read lets go of its file now."""
         self._closed = True
+        if not self._started:
+            self._cap.release()  # frames() never ran, so its own release never will
 
 
 def _parse_camera(spec: str) -> int | str:
@@ -169,6 +175,9 @@ class CameraSource(LiveSource):
         self._cap, self._first = cap, first
         self.fps = float(cap.get(cv2.CAP_PROP_FPS) or fps or 0.0)
 
+    def _release(self) -> None:
+        self._cap.release()
+
     def _capture(self, buffer: LatestBuffer, stop: threading.Event) -> None:
         index, image = 0, self._first
         try:
@@ -205,6 +214,9 @@ class StreamSource(LiveSource):
         self._retries = retries
         self._delay = retry_delay_s
         self._cap = self._connect()
+        fps = float(self._cap.get(opencv().CAP_PROP_FPS) or 0.0) if self._cap is not None else 0.0
+        #: the rate the stream declares, in frames per second; 0 when it declares none
+        self.fps = fps if math.isfinite(fps) and fps > 0 else 0.0
         self.reconnects = 0
 
     def _open_ffmpeg(self, url: str) -> Any:
@@ -222,6 +234,10 @@ class StreamSource(LiveSource):
 
         what = f"stream {self.uri}"
         return connect_with_retries(what, attempt, retries=self._retries, delay_s=self._delay, stop=self._stop)
+
+    def _release(self) -> None:
+        if self._cap is not None:
+            self._cap.release()
 
     def _capture(self, buffer: LatestBuffer, stop: threading.Event) -> None:
         index = 0
