@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import logging
+import signal
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -90,7 +93,8 @@ def own_broker(tmp_path: Path) -> Iterator[Broker]:
 
 
 def _settings(port: int, **kw: Any) -> MqttSettings:
-    return MqttSettings(host="127.0.0.1", port=port, keepalive_s=2, reconnect_min_s=0.1, reconnect_max_s=0.5, **kw)
+    kw = {"keepalive_s": 2, **kw}
+    return MqttSettings(host="127.0.0.1", port=port, reconnect_min_s=0.1, reconnect_max_s=0.5, **kw)
 
 
 def _device(state: Path, port: int, device: str, count: int, rate: float = 0.0) -> subprocess.Popen[str]:
@@ -311,6 +315,69 @@ def test_evictions_during_a_long_outage_are_counted_and_reported(tmp_path: Path)
         collector.close()
         link.stop()
         broker.stop()
+
+
+@pytest.mark.logs_errors
+def test_an_outbox_failure_while_connected_is_logged_and_the_link_reconnects_and_delivers_everything(
+    broker: Broker, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    topics = Topics("edgerun", "locked-dev")
+    collector = Collector(broker.port, topics.metrics)
+    outbox = Outbox(tmp_path / "o.sqlite")
+    for n in range(20):
+        outbox.put("metrics", topics.metrics, {"n": n})
+    # Another process holds the outbox's write lock (an `sqlite3` shell left open, say):
+    # the link can send and read acknowledgements, but deleting acknowledged records fails.
+    holder = sqlite3.connect(tmp_path / "o.sqlite", timeout=0, isolation_level=None)
+    holder.execute("BEGIN EXCLUSIVE")
+    link = MqttLink(_settings(broker.port), topics, outbox)
+    link.start()
+    try:
+        wait_until(lambda: "database is locked" in (link.last_error or ""), 30, "the outbox failure reported")
+        assert len(outbox) == 20  # nothing deleted without its acknowledgement reaching the outbox
+        holder.execute("ROLLBACK")
+        assert link.wait_drained(30)  # the link went on: reconnected, and the acknowledgements were kept
+        wait_until(lambda: set(collector.seqs(topics.metrics)) == set(range(1, 21)), 10, "every record")
+        assert link.connected and link.state().connects >= 2
+    finally:
+        holder.close()
+        link.stop()
+        collector.close()
+    errors = [r for r in caplog.records if r.name == "edgerun.sync.link" and r.levelno >= logging.ERROR]
+    assert len(errors) == 1 and "database is locked" in errors[0].getMessage()  # one line, with the reason
+    assert errors[0].exc_info is None  # the traceback goes to DEBUG
+
+
+def test_a_stale_acknowledgement_never_deletes_a_later_record_that_reuses_its_message_id(
+    own_broker: Broker, tmp_path: Path
+) -> None:
+    topics = Topics("edgerun", "wrap-dev")
+    outbox = Outbox(tmp_path / "o.sqlite")
+    link = MqttLink(_settings(own_broker.port, keepalive_s=60), topics, outbox)
+    link.start()
+    assert own_broker.proc is not None
+    try:
+        assert link.wait_connected(10)
+        # paho reports a QoS 0 message published inside publish(), before the link knows its
+        # message id; 65,535 of them use every id once, so the next ids are all reused.
+        for _ in range(65_535):
+            link.publish("edgerun/wrap-dev/noise", b"", qos=0)
+        assert link.wait_drained(120)
+        own_broker.proc.send_signal(signal.SIGSTOP)  # connected, but no PUBACK comes back now
+        try:
+            outbox.put("metrics", topics.metrics, {"n": 1})
+            link.notify()
+            wait_until(lambda: link.state().sent == 1, 10, "the first record handed to paho")
+            outbox.put("metrics", topics.metrics, {"n": 2})  # its pass deletes what was acknowledged
+            link.notify()
+            wait_until(lambda: link.state().sent == 2, 10, "the second record handed to paho")
+            assert len(outbox) == 2  # neither was acknowledged by the broker
+        finally:
+            own_broker.proc.send_signal(signal.SIGCONT)
+        assert link.wait_drained(20)
+        assert link.state().acked == 2
+    finally:
+        link.stop()
 
 
 def test_predict_with_mqtt_reports_every_inference_and_goes_offline(broker: Broker, tmp_path: Path) -> None:

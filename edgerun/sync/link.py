@@ -13,6 +13,11 @@ broker acknowledged it (PUBACK). After a reconnect, sending restarts at the
 oldest unacknowledged record, so a receiver may see duplicates, which it drops
 by ``(device, epoch, seq)``; after de-duplication the order is the order of
 ``seq``.
+
+The link never dies of an error of its own: an unexpected exception in a serve
+pass (the outbox's disk full or failing, a bug) is logged, the connection is
+closed, and the link reconnects after the backoff; acknowledgements not yet
+written to the outbox are kept and written on a later pass.
 """
 
 from __future__ import annotations
@@ -120,7 +125,7 @@ class MqttLink:
         self._unsubscribe: queue.Queue[str] = queue.Queue()
         self._direct_mids: set[int] = set()
         self._inflight: dict[int, int] = {}  # mid -> outbox id
-        self._early: set[int] = set()  # acks that arrived before publish() returned
+        self._early: set[int] = set()  # acks that arrived inside the publish() call in progress
         self._acked: list[int] = []
         self._last_sent = 0  # outbox id of the newest record handed to paho
         self._subscribed: set[str] = set()
@@ -133,6 +138,7 @@ class MqttLink:
         self._status_dirty = False
         self.last_error: str | None = None
         self._logged_error: str | None = None
+        self._logged_failure: str | None = None  # the last serve-pass failure logged at ERROR
         self._counts = {"connects": 0, "sent": 0, "acked": 0, "refused": 0}
 
     # -- for other threads -----------------------------------------------------
@@ -234,6 +240,9 @@ class MqttLink:
         native_calls.watch()  # the link takes turns with inference calls (edgerun.native)
         try:
             self._connect_and_serve()
+        except Exception:  # a bug outside a serve pass: say so, and never report a dead link as connected
+            self._connected.clear()
+            log.exception("MQTT link stopped")
         finally:
             native_calls.unwatch()
 
@@ -249,7 +258,10 @@ class MqttLink:
             except Exception as exc:  # DNS, TCP, TLS: described, retried
                 self._note_error(describe_connect_error(exc, s))
             else:
-                self._serve()
+                try:
+                    self._serve()
+                except Exception as exc:  # the outbox's disk full or failing, a bug: reconnect, never die
+                    self._serve_failed(exc, lasted=time.monotonic() - started > 60)
             if self._stop.is_set():
                 break
             if self._connected.is_set() or time.monotonic() - started > 60:
@@ -263,6 +275,26 @@ class MqttLink:
             self._client.disconnect()
         except Exception as exc:  # already gone
             log.debug("disconnect: %s", exc)
+
+    def _serve_failed(self, exc: Exception, *, lasted: bool) -> None:
+        """A serve pass raised: log it, close the connection, and let the loop reconnect after the backoff.
+
+        One ERROR line per distinct reason (again after a connection that lasted
+        60 s), the traceback at DEBUG. Nothing is lost: a record leaves the outbox
+        only when ``Outbox.ack`` succeeds, the acknowledgements not yet written stay
+        in ``_acked`` for a later pass, and paho resends what is in flight.
+        """
+        reason = f"{type(exc).__name__}: {exc}"
+        self.last_error = f"link failed ({reason})"
+        if reason != self._logged_failure or lasted:
+            log.error("MQTT: the link failed (%s); closing the connection and reconnecting with backoff", reason)
+            log.debug("MQTT: the link's failure", exc_info=exc)
+            self._logged_failure = reason
+        self._connected.clear()
+        try:
+            self._client.disconnect()
+        except Exception as close_exc:  # already gone
+            log.debug("disconnect: %s", close_exc)
 
     def _connect(self) -> None:
         s = self.settings
@@ -348,9 +380,37 @@ class MqttLink:
                 topic, payload, qos, retain = self._direct.get_nowait()
             except queue.Empty:
                 break
-            info = self._client.publish(topic, payload, qos=qos, retain=retain)
-            self._direct_mids.add(info.mid)
+            info, done = self._send(topic, payload, qos, retain)
+            if not done and self._kept(info, qos):
+                self._direct_mids.add(info.mid)
         self._drain()
+
+    def _send(self, topic: str, payload: bytes, qos: int, retain: bool = False) -> tuple[Any, bool]:
+        """Hand one message to paho; returns its ``MQTTMessageInfo`` and whether paho already reported it sent.
+
+        paho calls ``on_publish`` for a QoS 0 message inside ``publish`` when it
+        writes the packet at once, before the link knows the message id; such an id
+        lands in ``_early``. ``_early`` holds only the acknowledgements of the call in
+        progress: a stale one (an id the link never tracked) would otherwise mark a
+        later message acknowledged at once when paho's 16-bit ids wrap.
+        """
+        self._early.clear()
+        info = self._client.publish(topic, payload, qos=qos, retain=retain)
+        done = info.mid in self._early
+        self._early.clear()
+        return info, done
+
+    def _kept(self, info: Any, qos: int) -> bool:
+        """Whether paho holds the message and will send it (or send it again after the reconnect).
+
+        Without a connection (``NO_CONN``) or when the write fails (``CONN_LOST``)
+        paho keeps a QoS 1 or 2 message and resends it, with the same id, after the
+        next CONNACK; a QoS 0 message is dropped.
+        """
+        mqtt = self._mqtt
+        if info.rc == mqtt.MQTT_ERR_SUCCESS:
+            return True
+        return qos > 0 and info.rc in (mqtt.MQTT_ERR_NO_CONN, mqtt.MQTT_ERR_CONN_LOST)
 
     def _drain(self) -> None:
         if self.outbox is None:
@@ -365,22 +425,24 @@ class MqttLink:
             if i and native_calls.time_left() <= 0:
                 self._wake.set()  # the rest in the next turn
                 return
-            info = self._client.publish(record.topic, record.payload, qos=record.qos)
-            if info.rc != self._mqtt.MQTT_ERR_SUCCESS:
-                return  # connection gone; resent after the reconnect
+            info, done = self._send(record.topic, record.payload, record.qos)
+            if not self._kept(info, record.qos):
+                return  # not taken (QoS 0 without a connection): sent again after the reconnect
             self._last_sent = record.id
             self._counts["sent"] += 1
-            if info.mid in self._early:
-                self._early.discard(info.mid)
+            if done:
                 self._acked.append(record.id)
             else:
-                self._inflight[info.mid] = record.id
+                self._inflight[info.mid] = record.id  # also when paho resends it after the reconnect
+            if info.rc != self._mqtt.MQTT_ERR_SUCCESS:
+                return  # connection gone
 
     def _publish_status(self) -> None:
+        self._status_dirty = False  # first: a ``set_status`` while the record is built publishes again
         record = {"schema": 1, "state": "online", "ts": int(time.time()), "runtime": __version__, **self._status}
-        info = self._client.publish(self.topics.status, json.dumps(record), qos=1, retain=True)
-        self._direct_mids.add(info.mid)
-        self._status_dirty = False
+        info, done = self._send(self.topics.status, json.dumps(record).encode(), 1, retain=True)
+        if not done and self._kept(info, 1):
+            self._direct_mids.add(info.mid)
 
     def _closed_early_reason(self) -> str:
         """Why the broker hung up before CONNACK; over TLS, a handshake of our own hears its alert."""
