@@ -1,4 +1,4 @@
-"""Helpers for the OTA tests: keys, model copies, device processes and a status watcher."""
+"""Helpers for the OTA tests: keys, model copies, device processes, an in-process agent and a status watcher."""
 
 from __future__ import annotations
 
@@ -16,6 +16,19 @@ import paho.mqtt.client as mqtt
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+import edgerun
+from edgerun.card import ModelCard
+from edgerun.model import Model
+from edgerun.ota.agent import OtaAgent, OtaSettings
+from edgerun.ota.envelope import seal
+from edgerun.ota.operator import build_manifest
+from edgerun.ota.serving import serve_from_store
+from edgerun.ota.slot import ModelSlot
+from edgerun.ota.store import ModelStore
+from edgerun.sync.link import MqttLink
+from edgerun.sync.settings import MqttSettings
+from edgerun.sync.topics import Topics
+from edgerun.telemetry.metrics import Metrics
 from tests.conftest import DIGITS, ROOT
 
 
@@ -172,3 +185,120 @@ def publish(port: int, topic: str, payload: bytes, retain: bool = False) -> None
     client.publish(topic, payload, qos=1, retain=retain).wait_for_publish(10)
     client.loop_stop()
     client.disconnect()
+
+
+def load_digits(path: Path, card: ModelCard | None) -> Model:
+    """The loader ``edgerun run`` gives the agent, with default delegate options."""
+    return edgerun.load(path, card=card)
+
+
+class Agent:
+    """An ``OtaAgent`` in this process, built as ``edgerun run --ota-key`` builds it: a real link,
+    store, slot, metrics and models, so a test can reach its store and slot between two steps.
+
+    ``load`` is the agent's model loader (a test may pass one that waits for a moment it chooses);
+    ``settings`` override ``OtaSettings`` fields. Stop it with ``stop()`` (like a process that dies:
+    probations in progress stay in ``active.json``).
+    """
+
+    def __init__(
+        self,
+        port: int,
+        state: Path,
+        model: Path,
+        public_key: Path,
+        device: str,
+        load: Any = load_digits,
+        **settings: Any,
+    ) -> None:
+        self.state, self.device = state, device
+        self.store = ModelStore(state / "models", settings.get("keep", 2))
+        self.slot = ModelSlot(serve_from_store(model, self.store, load_digits))
+        self.metrics = Metrics()
+        self.link = MqttLink(
+            MqttSettings.from_url(f"mqtt://127.0.0.1:{port}", client_id=f"{device}-{time.monotonic_ns()}"),
+            Topics("edgerun", device),
+            None,
+        )
+        self.link.start()
+        assert self.link.wait_connected(10), "no connection to the test broker"
+        self.agent = OtaAgent(
+            OtaSettings(trusted_keys=(str(public_key),), **settings),
+            link=self.link,
+            topics=Topics("edgerun", device),
+            groups=(),
+            store=self.store,
+            slots={"digits": self.slot},
+            metrics=self.metrics,
+            state_dir=state,
+            load_model=load,
+        )
+        try:
+            self.agent.start()
+        except BaseException:
+            self.link.stop()
+            raise
+
+    def journal(self, ident: str) -> dict[str, Any]:
+        """The journal entry of an update or command."""
+        return dict(json.loads((self.state / "ota" / "journal" / f"{ident}.json").read_text()))
+
+    def stop(self) -> None:
+        self.agent.stop()
+        for watch in list(self.agent._probations.values()):
+            watch.join(timeout=10)
+        self.link.stop()
+
+
+def push_update(
+    port: int,
+    key: Any,
+    model: Path,
+    version: str,
+    device: str,
+    *,
+    chunks: range | None = None,
+    chunk_size: int = 256 * 1024,
+    **options: Any,
+) -> dict[str, Any]:
+    """Publish the chunks (all, or ``chunks``) and then the signed manifest of an update of digits."""
+    card = _card(model)
+    manifest = build_manifest(
+        model,
+        model="digits",
+        version=version,
+        fmt="onnx",
+        card=card,
+        devices=[device],
+        groups=[],
+        prefix="edgerun",
+        chunk_size=chunk_size,
+        **options,
+    )
+    data, blob = model.read_bytes(), manifest["source"]["mqtt"]
+    for i in range(blob["chunks"]) if chunks is None else chunks:
+        publish(port, f"{blob['topic']}/{i}", data[i * chunk_size : (i + 1) * chunk_size], retain=True)
+    publish(port, f"edgerun/{device}/ota/manifest", seal(manifest, key))
+    return manifest
+
+
+def unique_model(folder: Path, source: str, name: str = "digits.onnx") -> Path:
+    """``model_with_card`` of an ONNX model with a random doc string: the same model under a SHA-256
+    no other test uses, so its retained chunks cannot collide with anyone else's."""
+    import secrets
+
+    import onnx
+
+    target = model_with_card(folder, source, name)
+    model = onnx.load(str(target))
+    model.doc_string = f"edgerun OTA test {secrets.token_hex(8)}"
+    onnx.save(model, str(target))
+    return target
+
+
+def _card(model: Path) -> dict[str, Any]:
+    from edgerun.card import load_card
+
+    card = load_card(model.with_name(model.name + ".card.yaml")).to_dict()
+    card.pop("inferred", None)
+    return card

@@ -18,7 +18,17 @@ from edgerun.card import load_card
 from edgerun.ota.envelope import seal
 from edgerun.ota.operator import build_command, build_manifest
 from tests.conftest import SAMPLES, Broker, run_cli
-from tests.ota_helpers import Device, StatusWatcher, make_key, model_with_card, publish
+from tests.ota_helpers import (
+    Agent,
+    Device,
+    StatusWatcher,
+    load_digits,
+    make_key,
+    model_with_card,
+    publish,
+    push_update,
+    unique_model,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -601,4 +611,184 @@ def test_an_activate_command_during_a_probation_closes_the_update_and_a_restart_
         assert json.loads((journal / f"{uid}.json").read_text())["state"] == state
     finally:
         device.stop()
+        watcher.close()
+
+
+# -- an agent in this process: its store and slot can be looked at between two steps ----------------
+
+
+@pytest.fixture
+def agents(broker: Broker, setup: dict[str, Any]) -> Any:
+    """Start ``Agent``s on the session broker; every one is stopped at the end."""
+    started: list[Agent] = []
+
+    def start(name: str, **options: Any) -> Agent:
+        agent = Agent(broker.port, setup["tmp"] / "state" / name, setup["v1"], setup["public"], name, **options)
+        started.append(agent)
+        return agent
+
+    yield start
+    for agent in started:
+        agent.stop()
+
+
+def test_an_update_arriving_during_another_s_probation_is_not_pruned_when_that_probation_ends(
+    broker: Broker, setup: dict[str, Any], agents: Any
+) -> None:
+    name = "prune1"
+    first_id: list[str] = []
+
+    def load(path: Path, card: Any) -> Any:
+        # 1.2.0 validates until the probation of 1.1.0 has ended (and pruned the store).
+        if card is not None and card.version == "1.2.0":
+            entry = setup["tmp"] / "state" / name / "ota" / "journal" / f"{first_id[0]}.json"
+            deadline = time.monotonic() + 30
+            while json.loads(entry.read_text())["state"] != "active" and time.monotonic() < deadline:
+                time.sleep(0.05)
+        return load_digits(path, card)
+
+    watcher = StatusWatcher(broker.port)
+    try:
+        agent = agents(name, load=load)
+        v11 = unique_model(setup["tmp"] / "v11", "digits_int8.onnx")
+        v12 = unique_model(setup["tmp"] / "v12", "digits_fp32.onnx")
+        first = push_update(broker.port, setup["key"], v11, "1.1.0", name, probation_s=2)
+        first_id.append(first["update_id"])
+        assert watcher.wait_state(name, first["update_id"], {"probation", "rejected", "failed"})["state"] == "probation"
+        second = push_update(broker.port, setup["key"], v12, "1.2.0", name, probation_s=0)
+        done = watcher.wait_state(name, second["update_id"], {"active", "rejected", "failed"})
+        assert done["state"] == "active", done
+        assert agent.journal(first["update_id"])["state"] == "active"
+        assert agent.journal(second["update_id"])["state"] == "active"
+        assert agent.slot.primary.version == "1.2.0"
+        assert agent.store.versions("digits") == ["1.0.0", "1.1.0", "1.2.0"]
+    finally:
+        watcher.close()
+
+
+def test_an_update_whose_version_vanishes_before_it_is_activated_fails_with_the_reason(
+    broker: Broker, setup: dict[str, Any], agents: Any
+) -> None:
+    name = "vanish1"
+
+    def load(path: Path, card: Any) -> Any:
+        model = load_digits(path, card)
+        if card is not None and card.version == "1.1.0":  # a bad sector takes it while it validates
+            (path.parent / "manifest.json").unlink()
+        return model
+
+    watcher = StatusWatcher(broker.port)
+    try:
+        agent = agents(name, load=load)
+        v11 = unique_model(setup["tmp"] / "v11", "digits_int8.onnx")
+        update = push_update(broker.port, setup["key"], v11, "1.1.0", name, probation_s=0)
+        record = watcher.wait_state(name, update["update_id"], {"active", "rejected", "failed"})
+        assert record["state"] == "failed", record
+        assert record["reason"] == "cannot activate digits 1.1.0: not installed", record
+        assert agent.journal(update["update_id"])["state"] == "failed"
+        assert agent.slot.primary.version == "1.0.0"
+    finally:
+        watcher.close()
+
+
+def on_probation_here(broker: Broker, setup: dict[str, Any], agent: Agent, watcher: StatusWatcher) -> dict[str, Any]:
+    """Update ``agent`` to 1.1.0 with a long probation, then corrupt 1.0.0 in its store."""
+    v11 = unique_model(setup["tmp"] / "v11", "digits_int8.onnx")
+    manifest = push_update(broker.port, setup["key"], v11, "1.1.0", agent.device, probation_s=600)
+    record = watcher.wait_state(agent.device, manifest["update_id"], {"probation", "rejected", "failed"})
+    assert record["state"] == "probation", record
+    with open(agent.store.model_file("digits", "1.0.0"), "r+b") as fh:  # a bad SD card sector
+        fh.seek(1000)
+        fh.write(b"\x00\xff")
+    return manifest
+
+
+def test_a_probation_rollback_that_cannot_load_the_previous_version_fails_and_keeps_serving(
+    broker: Broker, setup: dict[str, Any], agents: Any
+) -> None:
+    name = "badback1"
+    watcher = StatusWatcher(broker.port)
+    try:
+        agent = agents(name)
+        manifest = on_probation_here(broker, setup, agent, watcher)
+        for _ in range(40):  # every request on 1.1.0 fails: a breach
+            agent.metrics.error("digits", "1.1.0", agent.slot.primary.delegate)
+        record = watcher.wait_state(name, manifest["update_id"], {"failed", "rolled_back", "active"})
+        assert record["state"] == "failed", record
+        assert "rolling back to 1.0.0 failed" in record["reason"] and "corrupt" in record["reason"], record
+        assert record["reason"].endswith("still serving 1.1.0"), record
+        assert agent.journal(manifest["update_id"])["state"] == "failed"
+        active = agent.store.active("digits")
+        assert active is not None and active.version == "1.1.0" and active.probation is None, active
+        assert agent.slot.primary.version == "1.1.0"
+    finally:
+        watcher.close()
+
+
+def test_a_restart_during_probation_that_cannot_load_the_previous_version_fails_and_keeps_serving(
+    broker: Broker, setup: dict[str, Any], agents: Any
+) -> None:
+    name = "badback2"
+    watcher = StatusWatcher(broker.port)
+    try:
+        first = agents(name)
+        manifest = on_probation_here(broker, setup, first, watcher)
+        first.stop()  # dies during the probation
+        again = agents(name)  # the start must not fail: a daemon would crash-loop
+        record = watcher.wait_state(name, manifest["update_id"], {"failed", "rolled_back"})
+        assert record["state"] == "failed", record
+        assert "the device restarted during the probation of 1.1.0; rolling back to 1.0.0 failed" in record["reason"]
+        assert again.journal(manifest["update_id"])["state"] == "failed"
+        assert again.slot.primary.version == "1.1.0"
+        active = again.store.active("digits")
+        assert active is not None and active.probation is None, active
+    finally:
+        watcher.close()
+
+
+def test_partial_downloads_are_deleted_by_the_next_update_and_at_a_start(
+    broker: Broker, setup: dict[str, Any], agents: Any
+) -> None:
+    name = "partial1"
+    downloads = setup["tmp"] / "state" / name / "ota" / "downloads"
+    watcher = StatusWatcher(broker.port)
+    try:
+        agent = agents(name, download_timeout_s=1.0)
+        v11 = unique_model(setup["tmp"] / "v11", "digits_fp32.onnx")
+        cut = push_update(broker.port, setup["key"], v11, "1.1.0", name, chunk_size=16 * 1024, chunks=range(2))
+        record = watcher.wait_state(name, cut["update_id"], {"failed", "rejected", "active"})
+        assert record["state"] == "failed" and "missing" in record["reason"], record
+        assert (downloads / cut["sha256"]).is_dir()  # kept: published again, it would resume
+        v12 = unique_model(setup["tmp"] / "v12", "digits_int8.onnx")
+        done = push_update(broker.port, setup["key"], v12, "1.2.0", name, probation_s=0)
+        assert watcher.wait_state(name, done["update_id"], {"failed", "rejected", "active"})["state"] == "active"
+        assert list(downloads.iterdir()) == []
+        agent.stop()
+        (downloads / ("0" * 64)).mkdir()  # left by an update whose journal is closed
+        (downloads / ("0" * 64) / "blob.part").write_bytes(b"x" * 1000)
+        agents(name)
+        assert list(downloads.iterdir()) == []
+    finally:
+        watcher.close()
+
+
+def test_an_a_b_split_set_by_a_command_survives_a_restart(broker: Broker, setup: dict[str, Any], agents: Any) -> None:
+    name = "abrestart1"
+    watcher = StatusWatcher(broker.port)
+    try:
+        agent = agents(name)
+        v11 = unique_model(setup["tmp"] / "v11", "digits_int8.onnx")
+        update = push_update(broker.port, setup["key"], v11, "1.1.0", name, probation_s=0)
+        assert watcher.wait_state(name, update["update_id"], {"active", "rejected", "failed"})["state"] == "active"
+        command = build_command("set-ab", model="digits", devices=[name], groups=[], version="1.0.0", fraction=0.1)
+        publish(broker.port, f"edgerun/{name}/cmd", seal(command, setup["key"]))
+        assert watcher.wait_state(name, command["command_id"], {"active", "rejected", "failed"})["state"] == "active"
+        agent.stop()
+        again = agents(name)
+        candidate = again.slot.candidate
+        assert candidate is not None, "the A/B candidate was not restored"
+        assert candidate[0].version == "1.0.0" and candidate[1] == pytest.approx(0.1)
+        assert again.slot.primary.version == "1.1.0"
+        assert again.slot.describe()["candidate"] == {"version": "1.0.0", "fraction": 0.1}
+    finally:
         watcher.close()

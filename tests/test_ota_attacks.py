@@ -362,6 +362,19 @@ def test_a_signed_payload_that_is_not_json_is_rejected(att: Rig) -> None:
     att.assert_unharmed()
 
 
+@pytest.mark.parametrize("topic", ["ota/manifest", "cmd"])
+def test_json_nested_a_hundred_thousand_deep_is_rejected_in_plain_words(att: Rig, topic: str) -> None:
+    record = att.attack(b"[" * 100_000 + b"]" * 100_000, None, topic=topic)
+    rejected(record, "malformed envelope: JSON nested too deeply")
+    att.assert_unharmed()
+
+
+def test_a_signed_payload_nested_a_hundred_thousand_deep_is_rejected_in_plain_words(att: Rig) -> None:
+    record = att.attack(seal(b"[" * 100_000 + b"]" * 100_000, att.key), None)
+    rejected(record, "the signed payload is JSON nested too deeply")
+    att.assert_unharmed()
+
+
 def test_ten_megabytes_of_garbage_on_the_manifest_topic_are_dropped_unread(att: Rig) -> None:
     mark = att.send(os.urandom(10 * 1024 * 1024))
     deadline = time.monotonic() + WAIT_S
@@ -502,6 +515,17 @@ def test_a_chunk_count_that_does_not_fit_the_size_is_rejected(att: Rig) -> None:
     doc = att.manifest(os.urandom(3000), "2.0.0")
     doc["source"]["mqtt"]["chunks"] = 2
     rejected(att.attack(seal(doc, att.key), doc["update_id"]), "source.mqtt.chunks is 2", "make 3")
+    att.assert_unharmed()
+
+
+def test_chunks_larger_than_the_link_s_message_limit_are_rejected_before_downloading(att: Rig) -> None:
+    # The link drops every message over 1 MiB unread: 2 MiB chunks could never arrive.
+    doc = att.manifest(os.urandom(3 * 1024 * 1024), "2.0.0", chunk_size=2 * 1024 * 1024)
+    rejected(
+        att.attack(seal(doc, att.key), doc["update_id"]),
+        "chunk_size 2097152 bytes is above the 1048576-byte message limit of this device's MQTT link",
+    )
+    assert not downloads_of(att, doc).exists()
     att.assert_unharmed()
 
 
@@ -838,13 +862,9 @@ def link(broker: Broker) -> Iterator[MqttLink]:
     mqtt_link.stop()
 
 
-def test_a_missing_chunk_fails_the_download_after_its_timeout_and_the_rest_is_kept(
-    publisher: Publisher, link: MqttLink, tmp_path: Path
-) -> None:
-    data = os.urandom(5000)
-    blob = tmp_path / "blob"
-    blob.write_bytes(data)
-    doc = build_manifest(
+def _lib1_manifest(blob: Path, chunk_size: int) -> dict[str, Any]:
+    """An unsigned manifest of ``blob`` as version 2.0.0 of digits for device lib1, in chunks of ``chunk_size``."""
+    return build_manifest(
         blob,
         model="digits",
         version="2.0.0",
@@ -853,8 +873,17 @@ def test_a_missing_chunk_fails_the_download_after_its_timeout_and_the_rest_is_ke
         devices=["lib1"],
         groups=[],
         prefix="edgerun",
-        chunk_size=1024,
+        chunk_size=chunk_size,
     )
+
+
+def test_a_missing_chunk_fails_the_download_after_its_timeout_and_the_rest_is_kept(
+    publisher: Publisher, link: MqttLink, tmp_path: Path
+) -> None:
+    data = os.urandom(5000)
+    blob = tmp_path / "blob"
+    blob.write_bytes(data)
+    doc = _lib1_manifest(blob, 1024)
     manifest = parse_manifest(doc)
     topic = doc["source"]["mqtt"]["topic"]
     for i in range(4):  # of 5
@@ -878,25 +907,64 @@ def test_a_stopped_download_fails_at_once_without_waiting_for_the_timeout(link: 
     data = os.urandom(3000)
     blob = tmp_path / "blob"
     blob.write_bytes(data)
-    manifest = parse_manifest(
-        build_manifest(
-            blob,
-            model="digits",
-            version="2.0.0",
-            fmt="onnx",
-            card=DIGITS_CARD,
-            devices=["lib1"],
-            groups=[],
-            prefix="edgerun",
-            chunk_size=1024,
-        )
-    )
+    manifest = parse_manifest(_lib1_manifest(blob, 1024))
     stop = threading.Event()
     threading.Timer(0.5, stop.set).start()
     started = time.monotonic()
     with pytest.raises(UpdateFailed, match="stopped while downloading"):
         download(manifest, link=link, downloads=tmp_path / "dl", progress=lambda f: None, timeout_s=60, stop=stop)
     assert time.monotonic() - started < 5
+
+
+def test_every_chunk_listed_in_have_is_fsynced_before_it_is_listed(
+    publisher: Publisher, link: MqttLink, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A power cut loses what was not fsynced. The disk is the boundary faked here: os.pwrite and
+    # os.fsync are watched, and at every one of them the chunks ``have`` lists on disk must be
+    # chunks whose data an fsync of blob.part has already made durable (else a resume skips them
+    # and the SHA-256 check rejects the update).
+    size = 1024
+    data = os.urandom(12 * size)
+    blob = tmp_path / "blob"
+    blob.write_bytes(data)
+    doc = _lib1_manifest(blob, size)
+    manifest = parse_manifest(doc)
+    folder = tmp_path / "dl" / manifest.sha256
+    written: set[int] = set()
+    durable: set[int] = set()
+    listed_seen: list[set[int]] = []
+    real_pwrite, real_fsync = os.pwrite, os.fsync
+
+    def is_part(fd: int) -> bool:
+        return os.readlink(f"/proc/self/fd/{fd}").endswith("blob.part")
+
+    def check() -> None:
+        have = folder / "have"
+        listed = {int(x) for x in have.read_text().split()} if have.exists() else set()
+        listed_seen.append(listed)
+        assert listed <= durable, f"have lists chunks {sorted(listed - durable)} not yet fsynced"
+
+    def pwrite(fd: int, payload: bytes, offset: int) -> int:
+        check()
+        if is_part(fd):
+            written.add(offset // size)
+        return real_pwrite(fd, payload, offset)
+
+    def fsync(fd: int) -> None:
+        check()
+        part = is_part(fd)
+        real_fsync(fd)
+        if part:
+            durable.update(written)
+
+    monkeypatch.setattr(os, "pwrite", pwrite)
+    monkeypatch.setattr(os, "fsync", fsync)
+    topic = doc["source"]["mqtt"]["topic"]
+    for i in range(12):
+        publisher(f"{topic}/{i}", data[i * size : (i + 1) * size], retain=True)
+    done = download(manifest, link=link, downloads=tmp_path / "dl", progress=lambda f: None, timeout_s=10)
+    assert done.read_bytes() == data
+    assert any(listed_seen), "have was never written while downloading"
 
 
 # -- the clock policy ------------------------------------------------------------------------------

@@ -10,7 +10,8 @@ State kept in ``<state dir>/ota``::
 
     journal/<id>.json   one per update or command: its state, the payload's hash, the manifest
     clock.json          the newest ``issued`` ever verified (see ``policy``)
-    downloads/<sha256>/ chunks and partial blobs, resumed after a restart
+    downloads/<sha256>/ chunks and partial blobs, resumed after a restart; deleted (at the next
+                        update or start) once no unfinished update needs them
 
 Restart rules: an update not yet finished is resumed from its journal; a model
 that was on probation when the process died is rolled back (a crash during
@@ -35,6 +36,7 @@ import json
 import logging
 import queue
 import re
+import shutil
 import threading
 import time
 from collections.abc import Callable
@@ -123,7 +125,7 @@ class OtaAgent:
 
     # -- life cycle ----------------------------------------------------------------
     def start(self) -> None:
-        """Subscribe, roll back what was on probation at a crash, resume unfinished updates."""
+        """Subscribe, roll back what was on probation at a crash, restore A/B splits, resume unfinished updates."""
         for name, active in list(self.store):
             if active.probation is not None and name in self.slots:
                 self._rollback(
@@ -132,6 +134,9 @@ class OtaAgent:
                     f"the device restarted during the probation of {active.version}",
                     active.probation.get("update_id"),
                 )
+            elif active.ab is not None and name in self.slots and self.slots[name].candidate is None:
+                self._restore_candidate(name, active)
+        self._tidy_downloads()
         for path in sorted(self.journal.glob("*.json")):
             entry = json.loads(path.read_text())
             if entry.get("kind") == "model-update" and entry.get("state") not in DONE:
@@ -211,6 +216,26 @@ class OtaAgent:
         path = self._entry(ident)
         return json.loads(path.read_text()) if path.exists() else None
 
+    def _tidy_downloads(self) -> None:
+        """Delete the download folders that no unfinished update needs.
+
+        A failed download keeps its chunks until the next update starts (or the next start), so
+        the same file published again resumes from them; a refused, replaced or finished update's
+        are deleted then at the latest, so partial downloads never pile up.
+        """
+        needed = set()
+        for path in self.journal.glob("*.json"):
+            try:
+                entry = json.loads(path.read_text())
+                if entry.get("kind") == "model-update" and entry.get("state") not in DONE:
+                    needed.add(str(entry["manifest"]["sha256"]))
+            except (OSError, ValueError, KeyError, TypeError):
+                continue  # not an update this agent could resume
+        for folder in self.downloads.iterdir():
+            if folder.name not in needed:
+                shutil.rmtree(folder, ignore_errors=True)
+                log.info("OTA: removed the download %s (no unfinished update needs it)", folder.name)
+
     def _clock(self) -> Clock:
         try:
             newest = float(json.loads((self.dir / "clock.json").read_text())["newest_issued"])
@@ -278,6 +303,12 @@ class OtaAgent:
     def _check(self, manifest: Manifest) -> None:
         if manifest.model not in self.slots:
             raise UpdateRejected(f"this device does not serve a model named {manifest.model!r}")
+        blob, limit = manifest.source.mqtt, self.link.settings.max_message_bytes
+        if blob is not None and min(blob.chunk_size, manifest.size) > limit:  # the link drops them unread
+            raise UpdateRejected(
+                f"chunk_size {blob.chunk_size} bytes is above the {limit}-byte message limit of this "
+                "device's MQTT link: its chunks could never arrive"
+            )
         active = self.store.active(manifest.model)
         check_manifest(
             manifest,
@@ -308,6 +339,7 @@ class OtaAgent:
             # Closed quietly: the retained status record belongs to whatever replaced it.
             log.info("OTA %s %s %s: not resumed after a restart: %s", uid, name, version, stale)
             self._journal(uid, state="superseded", reason=stale)
+            self._tidy_downloads()
             return
         log.info("OTA %s: resuming after a restart (was %s)", uid, entry.get("state"))
         self._apply(manifest)
@@ -329,7 +361,32 @@ class OtaAgent:
         return None
 
     def _apply(self, manifest: Manifest) -> None:
-        """Download, verify, install, validate, activate; every step reported."""
+        """Download, verify, install, validate, activate; every step reported.
+
+        The new version is held in the store from install to activation, so another update's
+        probation ending meanwhile cannot prune it.
+        """
+        uid, name, version = manifest.update_id, manifest.model, manifest.version
+        self._tidy_downloads()
+        with self.store.hold(name, version):
+            model = self._install(manifest)
+            if model is None:
+                return
+            try:
+                self._activate(manifest, model)
+            except Exception as exc:  # the store or the disk refused: end the update, never leave it validating
+                reason = (
+                    str(exc)
+                    if isinstance(exc, EdgerunError)
+                    else f"cannot activate {name} {version}: {type(exc).__name__}: {one_line(exc)}"
+                )
+                log.warning("OTA %s: %s", uid, reason)
+                self._forget(name, version)
+                self._journal(uid, state="failed", reason=reason)
+                self._status(uid, "failed", model=name, version=version, reason=reason)
+
+    def _install(self, manifest: Manifest) -> Model | None:
+        """Download, verify, install and validate; the loaded model, or None when the update ended here."""
         uid, name, version = manifest.update_id, manifest.model, manifest.version
         last = [0.0]
 
@@ -369,17 +426,18 @@ class OtaAgent:
             model = self._load_and_validate(name, version, card, manifest)
         except UpdateFailed as exc:
             if self._stop.is_set():
-                return  # resumes at the next start
+                return None  # resumes at the next start
+            # The chunks stay until the next update or start (_tidy_downloads): published again, it resumes.
             self._journal(uid, state="failed", reason=str(exc))
             self._status(uid, "failed", model=name, version=version, reason=str(exc))
-            return
+            return None
         except EdgerunError as exc:
             reason = str(exc)
             discard(self.downloads, manifest.sha256)
             self._forget(name, version)
             self._journal(uid, state="rejected", reason=reason)
             self._status(uid, "rejected", model=name, version=version, reason=reason)
-            return
+            return None
         except Exception as exc:  # a bug or a vendor error: end the update, never leave it half done
             reason = f"unexpected error while {step}: {type(exc).__name__.lstrip('_')}: {one_line(exc)}"
             log.warning("OTA %s: %s", uid, reason)
@@ -389,8 +447,8 @@ class OtaAgent:
             self._forget(name, version)
             self._journal(uid, state=state, reason=reason)
             self._status(uid, state, model=name, version=version, reason=reason)
-            return
-        self._activate(manifest, model)
+            return None
+        return model
 
     def _load_and_validate(self, name: str, version: str, card: ModelCard, manifest: Manifest) -> Model:
         path = self.store.verified_file(name, version)  # hashed, then opened: nothing rewrites it between
@@ -418,8 +476,6 @@ class OtaAgent:
     def _forget(self, name: str, version: str) -> None:
         active = self.store.active(name)
         if self.store.installed(name, version) and (active is None or active.version != version):
-            import shutil
-
             shutil.rmtree(self.store.version_dir(name, version), ignore_errors=True)
 
     def _activate(self, manifest: Manifest, model: Model) -> None:
@@ -556,7 +612,13 @@ class OtaAgent:
             if not active.previous:
                 raise UpdateRejected(f"{name} has no previous version to roll back to")
             failed, back = active.version, active.previous[0]
-            model = self.load_model(self.store.verified_file(name, back), self._card(name, back))
+            try:
+                model = self.load_model(self.store.verified_file(name, back), self._card(name, back))
+            except Exception as exc:
+                if command:
+                    raise
+                self._keep_serving(name, active, reason, ident, back, exc)
+                return
             self.store.activate(name, back)
             slot.swap(model)
         if command and ident is not None:
@@ -567,6 +629,42 @@ class OtaAgent:
         self._status(
             ident, "rolled_back", model=name, version=failed, reason=f"{reason}; serving {back} again", command=command
         )
+
+    def _keep_serving(
+        self, name: str, active: Active, reason: str, ident: str | None, back: str, exc: Exception
+    ) -> None:
+        """A probation's rollback cannot load ``back``: end the probation as ``failed``, keep serving.
+
+        The version on probation stays active (its probation cleared, so no restart tries again):
+        a device serving the new model beats one that crash-loops trying to load the old one.
+        """
+        version = active.version
+        why = f"{reason}; rolling back to {back} failed ({one_line(exc)}); still serving {version}"
+        log.warning("OTA %s %s: %s", ident, name, why)
+        active.probation = None
+        self.store.set_active(name, active)
+        if ident is not None:
+            self._journal(ident, state="failed", reason=why)
+        self._status(ident, "failed", model=name, version=version, reason=why)
+
+    def _restore_candidate(self, name: str, active: Active) -> None:
+        """Serve again the A/B candidate ``active.json`` names (a start loads only the primary).
+
+        A candidate that no longer loads ends the split, so ``active.json`` never claims one the
+        device does not serve.
+        """
+        ab = active.ab or {}
+        version, fraction = str(ab.get("version")), float(ab.get("fraction") or 0.0)
+        try:
+            model = self.load_model(self.store.verified_file(name, version), self._card(name, version))
+        except Exception as exc:
+            log.warning("OTA: the A/B candidate %s %s does not load (%s): the split ends", name, version, one_line(exc))
+            active.ab = None
+            self.store.set_active(name, active)
+            return
+        self.slots[name].set_candidate(model, fraction)
+        log.info("OTA: %s %s serves a fraction %.2f of requests again (A/B split)", name, version, fraction)
+        self._publish_models()
 
     def _card(self, name: str, version: str) -> ModelCard:
         from edgerun.card import load_card
@@ -655,7 +753,7 @@ def _claimed(raw: bytes) -> dict[str, Any]:
     try:
         envelope = json.loads(raw)
         document = json.loads(base64.b64decode(envelope["payload"], validate=True))
-    except (ValueError, TypeError, KeyError, binascii.Error, UnicodeDecodeError):
+    except (ValueError, TypeError, KeyError, binascii.Error, UnicodeDecodeError, RecursionError):
         return {}
     if not isinstance(document, dict):
         return {}

@@ -90,7 +90,7 @@ def open_envelope(raw: bytes, trusted: TrustedKeys) -> dict[str, Any]:
     """Verify an envelope and return its payload document (a JSON object).
 
     Raises:
-        UpdateRejected: too large, not JSON, unsigned, unknown key, bad signature, or a
+        UpdateRejected: too large, not JSON (or nested too deeply), unsigned, unknown key, bad signature, or a
             payload that is not a JSON object.
     """
     if len(raw) > MAX_ENVELOPE_BYTES:
@@ -99,6 +99,8 @@ def open_envelope(raw: bytes, trusted: TrustedKeys) -> dict[str, Any]:
         envelope = json.loads(raw)
     except (ValueError, UnicodeDecodeError):
         raise UpdateRejected("malformed envelope: not JSON") from None
+    except RecursionError:  # [[[...]]] nested deeper than the parser's stack
+        raise UpdateRejected("malformed envelope: JSON nested too deeply") from None
     if not isinstance(envelope, dict):
         raise UpdateRejected("malformed envelope: not a JSON object")
     if "sig" not in envelope or "key" not in envelope:
@@ -115,6 +117,8 @@ def open_envelope(raw: bytes, trusted: TrustedKeys) -> dict[str, Any]:
         document = json.loads(payload)
     except (ValueError, UnicodeDecodeError):
         raise UpdateRejected("the signed payload is not JSON") from None
+    except RecursionError:
+        raise UpdateRejected("the signed payload is JSON nested too deeply") from None
     if not isinstance(document, dict):
         raise UpdateRejected("the signed payload is not a JSON object")
     return document

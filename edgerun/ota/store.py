@@ -13,7 +13,9 @@ Invariants, whatever is killed when:
   fsynced, then renamed into place);
 * ``active.json`` is replaced atomically (write, fsync, rename, fsync the
   folder) and only ever names a complete version;
-* the active version and the ``keep`` most recent previous ones are never deleted.
+* the active version and the ``keep`` most recent previous ones are never deleted;
+* nor is a version held by an update still in progress (installed, not yet activated or
+  refused: ``hold``), nor a ``.building`` folder an install of this store is writing.
 """
 
 from __future__ import annotations
@@ -23,7 +25,9 @@ import logging
 import os
 import secrets
 import shutil
+import threading
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -59,6 +63,9 @@ class ModelStore:
         self.root = Path(root)
         self.keep = keep
         self.root.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        self._held: dict[tuple[str, str], int] = {}  # (name, version) -> holders: spared by _prune
+        self._building: set[Path] = set()  # folders an install is writing now: spared by _prune
 
     # -- paths -----------------------------------------------------------------
     def _model_dir(self, name: str) -> Path:
@@ -140,7 +147,9 @@ class ModelStore:
         final = self.version_dir(name, version)
         final.parent.mkdir(parents=True, exist_ok=True)
         building = final.parent / f".{version}.{secrets.token_hex(4)}.building"
-        building.mkdir()
+        with self._lock:
+            building.mkdir()
+            self._building.add(building)
         try:
             target = building / f"model.{fmt}"
             if move:
@@ -165,6 +174,9 @@ class ModelStore:
         except BaseException:
             shutil.rmtree(building, ignore_errors=True)
             raise
+        finally:
+            with self._lock:
+                self._building.discard(building)
         log.info("installed %s %s in the store", name, version)
         return final / f"model.{fmt}"
 
@@ -185,14 +197,35 @@ class ModelStore:
         self.set_active(name, active)
         return active
 
+    @contextmanager
+    def hold(self, name: str, version: str) -> Iterator[None]:
+        """Spare ``version`` from pruning while an update installs, validates and activates it.
+
+        Without it, another update's probation ending meanwhile (``set_active``) would delete
+        the version the worker is about to activate.
+        """
+        key = (name, version)
+        with self._lock:
+            self._held[key] = self._held.get(key, 0) + 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._held[key] -= 1
+                if not self._held[key]:
+                    del self._held[key]
+
     def _prune(self, name: str, active: Active) -> None:
-        needed = {active.version, *active.previous, (active.ab or {}).get("version")}
-        for version in self.versions(name):
-            if version not in needed:
-                shutil.rmtree(self.version_dir(name, version), ignore_errors=True)
-                log.info("removed %s %s from the store (keeping %d previous)", name, version, self.keep)
-        for leftover in (self._model_dir(name) / "versions").glob(".*.building"):
-            shutil.rmtree(leftover, ignore_errors=True)
+        with self._lock:
+            needed = {active.version, *active.previous, (active.ab or {}).get("version")}
+            needed |= {version for held, version in self._held if held == name}
+            for version in self.versions(name):
+                if version not in needed:
+                    shutil.rmtree(self.version_dir(name, version), ignore_errors=True)
+                    log.info("removed %s %s from the store (keeping %d previous)", name, version, self.keep)
+            for leftover in (self._model_dir(name) / "versions").glob(".*.building"):
+                if leftover not in self._building:  # left by a process killed while installing
+                    shutil.rmtree(leftover, ignore_errors=True)
 
     def __iter__(self) -> Iterator[tuple[str, Active]]:
         for name in self.models():

@@ -4,8 +4,10 @@ Chunks are written into place in ``<downloads>/<sha256>/blob.part`` as they
 arrive, and their numbers appended to ``have`` beside it, so a download
 interrupted by a disconnect or a restart fetches only the chunks it lacks: a fresh download subscribes to
 ``<topic>/+`` (and so sees, and refuses, chunks out of range), a resumed one
-only to the missing ``<topic>/<i>``. A URL download appends to ``blob.part``
-and asks for the rest with an HTTP ``Range`` request.
+only to the missing ``<topic>/<i>``. After a reconnect the link subscribes again
+to the same topics, so a fresh download is sent every retained chunk again:
+those on disk are compared, not rewritten. A URL download appends to
+``blob.part`` and asks for the rest with an HTTP ``Range`` request.
 """
 
 from __future__ import annotations
@@ -68,6 +70,11 @@ class _Chunks:
     number to ``have``, the record a restart resumes from. Chunks arriving in
     order are hashed as they are written, so a blob that came in one go needs
     no second read.
+
+    Invariant, whatever a power cut loses: every number in ``have`` names a chunk
+    whose data is on disk. Per batch of arrived chunks, ``blob.part`` is fsynced
+    before their numbers are appended, and ``have`` is fsynced after (two fsyncs
+    a batch, not two a chunk).
     """
 
     def __init__(self, manifest: Manifest, folder: Path) -> None:
@@ -115,27 +122,37 @@ class _Chunks:
         self.changed.set()
 
     def store(self) -> None:
-        """Write the chunks that arrived (on the downloading thread)."""
+        """Write the chunks that arrived (on the downloading thread), then record them durably."""
+        written: list[int] = []
         while True:
             try:
                 index, payload = self._arrived.get_nowait()
             except queue.Empty:
                 break
-            self._store(index, payload)
-        self._log.flush()
+            if self._store(index, payload):
+                written.append(index)
+        if not written:
+            return
+        try:
+            os.fsync(self._fd)  # the data first: ``have`` must never name a chunk a power cut can lose
+            self._log.write("".join(f"{i}\n" for i in written))
+            self._log.flush()
+            os.fsync(self._log.fileno())
+        except OSError as exc:
+            self._fail(_disk_error(exc))
 
-    def _store(self, index: int, payload: bytes) -> None:
+    def _store(self, index: int, payload: bytes) -> bool:
+        """Write one chunk in place; True when it is new (its number goes to ``have``)."""
         offset = index * self.blob.chunk_size
         if index in self.have:
             if os.pread(self._fd, len(payload), offset) != payload:
                 self._fail(UpdateRejected(f"chunk {index} arrived twice with different content"))
-            return  # an identical duplicate: QoS 1 is at least once
+            return False  # an identical duplicate: QoS 1 is at least once
         try:
             os.pwrite(self._fd, payload, offset)
-            self._log.write(f"{index}\n")
         except OSError as exc:
             self._fail(_disk_error(exc))
-            return
+            return False
         self.have.add(index)
         if index == self._hashed:
             self._digest.update(payload)
@@ -144,6 +161,7 @@ class _Chunks:
                 i = self._hashed
                 self._digest.update(os.pread(self._fd, self.expected_size(i), i * self.blob.chunk_size))
                 self._hashed += 1
+        return True
 
     def finish(self, target: Path, manifest: Manifest) -> None:
         """fsync, check size and SHA-256, and move the blob to ``target``."""
