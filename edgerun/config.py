@@ -43,11 +43,20 @@ class ModelConfig(_Strict):
 
     path: str = Field(description="model file (.onnx/.tflite); with OTA on, the store's active version wins")
     delegate: str | list[str] = Field(
-        "auto", description="auto, fastest, a delegate name, or a preference order such as [edgetpu, xnnpack, cpu]"
+        "auto",
+        description="auto, fastest, a delegate name, or a non-empty preference order such as [edgetpu, xnnpack, cpu]",
     )
     threads: int | None = Field(None, ge=1, le=64, description="CPU threads; default 1 for tiny models, else up to 4")
     strict_accelerator: bool = Field(False, description="fail instead of falling back from a present accelerator")
     publish_results: bool = Field(False, description="publish every result on P/ID/results/<model>")
+
+    @field_validator("delegate")
+    @classmethod
+    def _an_order_names_a_delegate(cls, delegate: str | list[str]) -> str | list[str]:
+        """An empty order would leave the daemon nothing to load the model with."""
+        if isinstance(delegate, list) and not delegate:
+            raise ValueError("an empty preference order: name at least one delegate, or use auto")
+        return delegate
 
 
 class PipelineConfig(_Strict):
@@ -292,6 +301,8 @@ def load_config(path: str | os.PathLike[str]) -> Config:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark is not None else ""
         raise ConfigError(f"{path}: not valid YAML{where}: {getattr(exc, 'problem', None) or exc}") from None
+    except RecursionError:  # PyYAML composes nested collections recursively
+        raise ConfigError(f"{path}: not valid YAML: nested too deeply") from None
     return parse_config(data, str(path), base=path.parent)
 
 

@@ -10,8 +10,10 @@ Wiring and life cycle only; every part is its own module. Signals:
   allows and ``offline`` published.
 * SIGHUP: re-read the config file; models and pipelines that changed are
   reloaded without dropping requests (a new model is loaded and warmed, then
-  swapped in); a broken file is logged and the running config kept. Changes
-  to the device, MQTT, OTA or API sections are logged as needing a restart.
+  swapped in); a broken file is logged and the running config kept, as is a
+  reload that fails with a bug. Changes to the device, MQTT, OTA or API
+  sections are logged as needing a restart. systemd is told (RELOADING=1,
+  READY=1) and its watchdog kept fed while the reload runs.
   A model is chosen by the one function used at start (``_serve``): with OTA
   on, the store's active version wins over the config's ``path``, so a reload
   reloads the version installed over the air, with the new settings.
@@ -20,7 +22,9 @@ The state directory is checked first (``edgerun.state.check_state_dir``): one
 ``ConfigError`` line naming it and the reason, before anything is loaded.
 
 A pipeline whose source fails (a camera unplugged, a stream gone) is reopened
-every ``restart_s`` seconds until it comes back; the rest keeps running.
+every ``restart_s`` seconds until it comes back; the rest keeps running. What a
+failed open had opened is closed again, and a pipeline stopped while its source
+opens never runs.
 """
 
 from __future__ import annotations
@@ -44,10 +48,13 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-__all__ = ["API_GRACE_S", "Daemon"]
+__all__ = ["API_GRACE_S", "RELOAD_WATCHDOG_S", "Daemon"]
 
 #: Seconds a stopping daemon waits for the HTTP requests in progress to be answered.
 API_GRACE_S = 30
+
+#: Seconds a SIGHUP reload keeps the systemd watchdog fed; one that takes longer counts as hung.
+RELOAD_WATCHDOG_S = 600
 
 
 class _PipelineRunner:
@@ -65,29 +72,17 @@ class _PipelineRunner:
         self.thread.start()
 
     def _run(self) -> None:
-        from edgerun.pipeline import Pipeline
-        from edgerun.sinks import open_sink
-        from edgerun.sources import open_configured
-        from edgerun.sources.sensor import window_for
-
         c = self.config
         while not self._stop.is_set():
             try:
-                source = open_configured(c.source, c, window_for(self.slot.primary, c.window))
-                sinks = [open_sink(s) for s in c.sinks] + list(self._extra)
-                self._pipeline = Pipeline(
-                    source,
-                    self.slot,
-                    sinks,
-                    metrics=self.metrics,
-                    fps=c.fps,
-                    batch_size=c.batch_size,
-                    prepare_workers=c.prepare_workers,
-                    on_result=self._report_failure,
-                )
+                pipeline = self._open()
+                self._pipeline = pipeline
+                if self._stop.is_set():  # stop() ran while the source opened and saw no pipeline to stop
+                    self._discard(pipeline.source, pipeline.sinks)
+                    break
                 self.state = "running"
-                summary = self._pipeline.run()
-                if not source.live:
+                summary = pipeline.run()
+                if not pipeline.source.live:
                     self.state = "finished"
                     log.info("pipeline %s: source ended after %d frames", self.name, summary.frames)
                     return
@@ -97,6 +92,47 @@ class _PipelineRunner:
             if self._stop.wait(c.restart_s):
                 break
         self.state = "stopped"
+
+    def _open(self) -> Any:
+        """A new ``Pipeline`` on a freshly opened source and sinks; what was opened is closed if a later part fails
+        (a camera left open would stay busy for every retry)."""
+        from edgerun.pipeline import Pipeline
+        from edgerun.sinks import open_sink
+        from edgerun.sources import open_configured
+        from edgerun.sources.sensor import SensorSource, window_for
+
+        c = self.config
+        source = open_configured(c.source, c, window_for(self.slot.primary, c.window))
+        sinks: list[Any] = []
+        try:
+            if isinstance(source, SensorSource):
+                source.check_model(self.slot.primary)  # one line now, not one error per window
+            # an annotated video plays at the rate frames are taken: fps:, else the source's own, else 25
+            video_fps = c.fps or getattr(source, "fps", 0.0) or 25.0
+            for spec in c.sinks:
+                sinks.append(open_sink(spec, fps=video_fps))
+            return Pipeline(
+                source,
+                self.slot,
+                sinks + list(self._extra),
+                metrics=self.metrics,
+                fps=c.fps,
+                batch_size=c.batch_size,
+                prepare_workers=c.prepare_workers,
+                on_result=self._report_failure,
+            )
+        except BaseException:
+            self._discard(source, sinks)
+            raise
+
+    def _discard(self, source: Any, sinks: list[Any]) -> None:
+        """Close a source and sinks that will never run; a sink that fails to close is one warning."""
+        source.close()
+        for sink in sinks:
+            try:
+                sink.close()
+            except Exception as exc:  # the others still get closed
+                log.warning("pipeline %s: a sink did not close: %s", self.name, exc)
 
     def _report_failure(self, result: Any) -> None:
         """One log line per failed frame (a corrupt image, a bad sensor row, a truncated video): the
@@ -365,16 +401,25 @@ class Daemon:
         except EdgerunError as exc:
             log.error("SIGHUP: config not reloaded, the running one is kept: %s", exc)
             return
+        except Exception:  # a bug, not a broken file: still no reason to stop serving
+            log.exception("SIGHUP: config not reloaded (unexpected error), the running one is kept")
+            return
         old = self.config
         for section in ("device", "mqtt", "ota", "api", "state_dir", "isolation"):
             if getattr(old, section) != getattr(new, section):
                 log.warning("SIGHUP: the %s section changed; it applies at the next restart", section)
+        changed = {n for n, mc in new.models.items() if old.models.get(n) != mc}
+        loaded: dict[str, Model] = {}
         try:
-            changed = {n for n, mc in new.models.items() if old.models.get(n) != mc}
-            # chosen as at start (the store's active version wins), loaded and warmed before any swap
-            loaded = {n: self._serve(n, new.models[n]) for n in changed}
-        except EdgerunError as exc:
-            log.error("SIGHUP: a changed model does not load, the running config is kept: %s", exc)
+            for n in changed:  # chosen as at start (the store's active version wins), loaded and warmed before any swap
+                loaded[n] = self._serve(n, new.models[n])
+        except Exception as exc:
+            for model in loaded.values():  # never served: an isolated one would keep its worker
+                model.close()
+            if isinstance(exc, EdgerunError):
+                log.error("SIGHUP: a changed model does not load, the running config is kept: %s", exc)
+            else:
+                log.exception("SIGHUP: a changed model does not load (unexpected error), the running config is kept")
             return
         self.config = new.model_copy(
             update={s: getattr(old, s) for s in ("device", "mqtt", "ota", "api", "state_dir", "isolation")}
@@ -445,12 +490,45 @@ class Daemon:
             self.stop()
             raise
         watchdog = systemd.watchdog_interval_s()
-        while not self._stop.is_set():
-            self._stop.wait(min(watchdog or 1.0, 1.0))
-            if self._reload.is_set():
-                self._reload.clear()
-                self.reload()
-            if watchdog is not None:
-                systemd.notify("WATCHDOG=1")
-        self.stop()
+        try:
+            while not self._stop.is_set():
+                self._stop.wait(min(watchdog or 1.0, 1.0))
+                if self._reload.is_set():
+                    self._reload.clear()
+                    self._reload_watched(watchdog)
+                if watchdog is not None:
+                    systemd.notify("WATCHDOG=1")
+        finally:
+            self.stop()
         return 0
+
+    def _reload_watched(self, watchdog: float | None) -> None:
+        """``reload()`` on the main thread, systemd told and its watchdog fed meanwhile.
+
+        Stopping pipelines (up to 30 s each) and loading and warming models can outlast
+        ``WatchdogSec``; a small thread sends ``WATCHDOG=1`` every ``watchdog`` seconds until the
+        reload returns, for ``RELOAD_WATCHDOG_S`` at most, so a reload that hangs still lets
+        systemd restart the daemon. A reload that fails with a bug is logged; the daemon goes on.
+        """
+        systemd.notify("RELOADING=1", f"MONOTONIC_USEC={time.monotonic_ns() // 1000}")
+        done = threading.Event()
+        feeder = None
+        if watchdog is not None:
+            interval = watchdog
+
+            def feed() -> None:
+                deadline = time.monotonic() + RELOAD_WATCHDOG_S
+                while not done.wait(interval) and time.monotonic() < deadline:
+                    systemd.notify("WATCHDOG=1")
+
+            feeder = threading.Thread(target=feed, name="watchdog", daemon=True)
+            feeder.start()
+        try:
+            self.reload()
+        except Exception:
+            log.exception("SIGHUP: the reload failed part way; the daemon keeps serving")
+        finally:
+            done.set()
+            if feeder is not None:
+                feeder.join()
+            systemd.notify("READY=1", f"STATUS=serving {', '.join(self.slots)}")

@@ -4,7 +4,10 @@ Vendor libraries can abort the whole process (a Coral USB transfer error does,
 in other runtimes). ``IsolatedBackend`` runs the model in a child process and
 moves tensors through shared memory, so such a crash costs one restart of the
 worker; a worker that keeps crashing on one delegate is restarted on the next
-delegate of the preference order, and the daemon itself never goes down.
+delegate of the preference order, and the daemon itself never goes down. When
+the last delegate is given up too, calls fail with ``InferenceError`` for a
+cool-down (``cooldown_s``), then the worker starts over from the first delegate
+of the original order: a model is never dead until the daemon restarts.
 
 The seam is the ordinary ``Backend`` protocol: a ``Model`` built on an
 ``IsolatedBackend`` pre- and post-processes in the daemon and runs only the
@@ -19,6 +22,7 @@ import logging
 import multiprocessing
 import threading
 import time
+import weakref
 from collections.abc import Sequence
 from multiprocessing import shared_memory
 from pathlib import Path
@@ -119,6 +123,37 @@ class _WorkerDied(Exception):
     pass
 
 
+class _Child:
+    """The worker process, its pipe and the shared memory between them: what closing releases.
+
+    Kept apart from ``IsolatedBackend`` so that a finalizer holding only this can release it
+    once the backend is unreachable (a model swapped out by an update or a reload is dropped,
+    never closed, when its last request is done): a worker left running and shared-memory
+    blocks never unlinked would pile up in /dev/shm with every swap until the daemon exits.
+    """
+
+    def __init__(self) -> None:
+        self.conn: Any = None
+        self.process: Any = None
+        self.inputs = _Buffers()
+        self.attached: dict[str, shared_memory.SharedMemory] = {}
+
+    def release(self) -> None:
+        """Stop the worker (killed if it does not stop in 5 s) and free the shared memory."""
+        if self.conn is not None:
+            with contextlib.suppress(OSError, BrokenPipeError):
+                self.conn.send(None)
+        if self.process is not None:
+            self.process.join(timeout=5)
+            if self.process.is_alive():
+                self.process.kill()
+                self.process.join(timeout=5)
+        for block in self.attached.values():
+            block.close()
+        self.attached = {}
+        self.inputs.close()
+
+
 class IsolatedBackend:
     """A ``Backend`` whose runtime lives in a supervised child process.
 
@@ -128,6 +163,8 @@ class IsolatedBackend:
             ``restarts`` times within ``window_s`` is given up for the next one.
         threads, state_dir: as for ``edgerun.load`` in the child.
         timeout_s: a call that gets no answer in this time counts as a crash.
+        cooldown_s: once every delegate is given up, calls fail for this many seconds,
+            then the worker starts over from the first delegate of ``delegates``.
     """
 
     threadsafe = True  # calls are serialised here
@@ -142,19 +179,28 @@ class IsolatedBackend:
         restarts: int = 1,
         window_s: float = 60.0,
         timeout_s: float = 30.0,
+        cooldown_s: float = 60.0,
     ) -> None:
         self.path = Path(path)
+        self._order = tuple(delegates)  # kept: the list below shrinks as delegates are given up
         self._delegates = list(delegates)
+        self._cooldown = cooldown_s
+        self._cool_until = 0.0
         self._threads, self._state_dir = threads, state_dir
         self._restarts, self._window, self._timeout = restarts, window_s, timeout_s
         self._ctx = multiprocessing.get_context("spawn")
         self._lock = threading.Lock()
         self._crashes: list[float] = []
-        self._inputs = _Buffers()
-        self._attached: dict[str, shared_memory.SharedMemory] = {}
+        self._child = _Child()
         self.crashes = 0
-        self.process: Any = None
+        # run by close(), or once this backend is unreachable (a swapped-out model), or at exit
+        self._release = weakref.finalize(self, self._child.release)
         self._start()
+
+    @property
+    def process(self) -> Any:
+        """The current worker process (a new one after each restart)."""
+        return self._child.process
 
     def _start(self) -> None:
         while self._delegates:
@@ -172,11 +218,12 @@ class IsolatedBackend:
                 parent.recv() if parent.poll(120) else {"error": "the worker did not start in 120 s"}
             )
             if "error" not in hello:
-                self._conn, self.process = parent, process
+                for block in self._child.attached.values():  # the previous worker's outputs
+                    block.close()
+                self._child.conn, self._child.process, self._child.attached = parent, process, {}
                 self.delegate, self.format = hello["delegate"], hello["format"]
                 self.inputs = tuple(_spec_from_dict(d) for d in hello["inputs"])
                 self.outputs = tuple(_spec_from_dict(d) for d in hello["outputs"])
-                self._attached = {}
                 log.info("worker process %d runs %s on %s", process.pid, self.path.name, self.delegate)
                 return
             process.join(timeout=5)
@@ -187,27 +234,51 @@ class IsolatedBackend:
         raise DelegateError(f"no delegate left to run {self.path.name} in a worker")
 
     def _call(self, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
-        request = [self._inputs.put(i, x) for i, x in enumerate(inputs)]
+        child = self._child
+        request = [child.inputs.put(i, x) for i, x in enumerate(inputs)]
         try:
-            self._conn.send(request)
-            if not self._conn.poll(self._timeout):
-                self.process.kill()
+            child.conn.send(request)
+            if not child.conn.poll(self._timeout):
+                child.process.kill()
                 raise _WorkerDied(f"no answer in {self._timeout:.0f} s")
-            reply = self._conn.recv()
+            reply = child.conn.recv()
         except (EOFError, OSError, BrokenPipeError) as exc:
             raise _WorkerDied(f"exit code {self.process.exitcode}") from exc
         if "error" in reply:
             raise InferenceError(reply["error"])
-        return [_read(n, tuple(s), d, self._attached).copy() for n, s, d in reply["outputs"]]
+        return [_read(n, tuple(s), d, child.attached).copy() for n, s, d in reply["outputs"]]
 
     def run(self, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
         """Run in the worker; a crashed worker is restarted (or replaced by the next delegate), the call retried."""
         with self._lock:
+            if not self._delegates:
+                self._start_over()
             while True:
                 try:
                     return self._call(inputs)
                 except _WorkerDied as exc:
                     self._recover(str(exc))
+
+    def _start_over(self) -> None:
+        """Every delegate was given up: fail while cooling down, then restart from the original order."""
+        left = self._cool_until - time.monotonic()
+        if left > 0:
+            raise InferenceError(
+                f"the worker for {self.path.name} keeps crashing on every delegate: "
+                f"cooling down, starting over from {self._order[0]} in {left:.0f} s"
+            )
+        log.warning("worker for %s: cool-down over, starting over from %s", self.path.name, self._order[0])
+        self._delegates = list(self._order)
+        try:
+            self._start()
+        except DelegateError as exc:
+            self._give_up()
+            raise InferenceError(f"{exc}; trying again in {self._cooldown:.0f} s") from None
+
+    def _give_up(self) -> None:
+        """No delegate left: start the cool-down (calls fail until it is over)."""
+        self._delegates, self._crashes = [], []
+        self._cool_until = time.monotonic() + self._cooldown
 
     def _recover(self, why: str) -> None:
         self.process.join(timeout=5)
@@ -218,7 +289,11 @@ class IsolatedBackend:
             gone = self._delegates.pop(0)
             self._crashes = []
             if not self._delegates:
-                raise InferenceError(f"the worker on {gone} keeps crashing ({why}) and no delegate is left")
+                self._give_up()
+                raise InferenceError(
+                    f"the worker on {gone} keeps crashing ({why}) and no delegate is left; "
+                    f"starting over from {self._order[0]} in {self._cooldown:.0f} s"
+                )
             log.warning(
                 "worker on %s crashed %d times (%s): moving to %s", gone, self._restarts + 1, why, self._delegates[0]
             )
@@ -227,17 +302,9 @@ class IsolatedBackend:
         self._start()
 
     def close(self) -> None:
-        """Stop the worker and free the shared memory."""
+        """Stop the worker and free the shared memory (once: later calls do nothing)."""
         with self._lock:
-            with contextlib.suppress(OSError, BrokenPipeError):
-                self._conn.send(None)
-            if self.process is not None:
-                self.process.join(timeout=5)
-                if self.process.is_alive():
-                    self.process.kill()
-            for block in self._attached.values():
-                block.close()
-            self._inputs.close()
+            self._release()
 
 
 def load_isolated(

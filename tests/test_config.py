@@ -52,6 +52,7 @@ MODEL = f"models:\n  digits:\n    path: {ROOT}/models/digits/digits_int8.tflite\
             "pipelines.photos.prepare_workers: Input should be greater than or equal to 1",
         ),
         ("models: {}\n", "models: Dictionary should have at least 1 item"),
+        (MODEL + "    delegate: []\n", "models.digits.delegate: an empty preference order: name at least one delegate"),
         (MODEL + "device:\n  id: ../evil\n", "device.id: String should match pattern"),
         ("models: [oops\n", "not valid YAML at line 2"),
         ("- just\n- a list\n", "the config must be a mapping"),
@@ -181,3 +182,10 @@ def test_an_annotated_sink_on_a_sensor_pipeline_is_refused_in_the_config() -> No
     }
     with pytest.raises(ConfigError, match=r"sink 'frames\.mp4' draws on images, and the sensor source 'readings\.csv'"):
         parse_config(data, "c.yaml")
+
+
+def test_a_config_nested_too_deeply_is_one_line_naming_the_file(tmp_path: Path) -> None:
+    path = _write(tmp_path, "models: " + "[" * 100_000 + "]" * 100_000 + "\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    assert str(err.value) == f"{path}: not valid YAML: nested too deeply"

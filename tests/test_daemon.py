@@ -206,7 +206,7 @@ def test_a_delegate_preference_order_takes_the_first_that_works(tmp_path: Path) 
         Daemon(only_absent)._load("digits", only_absent.models["digits"])
 
 
-def test_a_sensor_window_the_model_does_not_accept_is_named_and_the_daemon_keeps_running(
+def test_a_sensor_window_or_channel_count_the_model_does_not_accept_is_named_and_the_daemon_keeps_running(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     from edgerun.config import parse_config
@@ -214,11 +214,14 @@ def test_a_sensor_window_the_model_does_not_accept_is_named_and_the_daemon_keeps
 
     model = str(ROOT / "models/vibration/vibration_int8.tflite")
     samples = str(ROOT / "models/vibration/samples/normal.csv")
+    two = tmp_path / "two.csv"
+    two.write_text("".join(f"{i * 0.1:.1f},{i * 0.2:.1f}\n" for i in range(300)))
     config = parse_config(
         {
             "models": {"vibration": {"path": model}},
             "pipelines": {
                 "wrong": {"source": samples, "model": "vibration", "window": 100, "restart_s": 0.1},
+                "columns": {"source": str(two), "model": "vibration", "restart_s": 0.1},
                 "fits": {"source": samples, "model": "vibration"},
             },
             "api": {"enabled": False},
@@ -231,8 +234,11 @@ def test_a_sensor_window_the_model_does_not_accept_is_named_and_the_daemon_keeps
     try:
         wait_until(lambda: daemon.runners["fits"].state == "finished", 30, "the pipeline that fits to finish")
         wait_until(lambda: daemon.runners["wrong"].state == "waiting", 30, "the other to wait")
+        wait_until(lambda: daemon.runners["columns"].state == "waiting", 30, "the two-column one to wait")
         assert daemon.metrics.snapshot()["models"]["vibration"]["count"] > 0  # the other pipeline ran
-        assert any("window of 100 rows does not fit vibration" in r.getMessage() for r in caplog.records)
+        messages = [r.getMessage() for r in caplog.records]
+        assert any("window of 100 rows does not fit vibration" in m for m in messages)
+        assert any("two.csv has 2 channels per row, and vibration takes 3" in m for m in messages)
     finally:
         daemon.stop()
 
@@ -446,3 +452,204 @@ def test_config_check_accepts_a_state_dir_it_can_create_and_leaves_nothing_behin
     result = run_cli("config", "check", str(config))
     assert result.returncode == 0, result.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["c.yaml"]
+
+
+@pytest.mark.logs_errors
+def test_an_unexpected_error_while_reloading_is_logged_and_the_running_config_kept(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    import yaml
+
+    from edgerun.config import load_config
+    from edgerun.daemon import Daemon
+
+    path = tmp_path / "c.yaml"
+    path.write_text(f"models:\n  digits:\n    path: {DIGITS_INT8}\napi:\n  enabled: false\nstate_dir: {tmp_path}\n")
+    daemon = Daemon(load_config(path), path)
+    daemon.start()
+    try:
+        running = daemon.config
+
+        def bug(*args: Any, **kwargs: Any) -> Any:  # a library failing in a way nobody foresaw
+            raise RuntimeError("unforeseen")
+
+        monkeypatch.setattr(yaml, "safe_load", bug)
+        daemon.reload()  # returns: the daemon's main loop goes on
+        assert daemon.config is running
+        errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+        assert errors == ["SIGHUP: config not reloaded (unexpected error), the running one is kept"]
+        assert daemon.slots["digits"].get().predict(SAMPLES / "digit_3.png").output[0]["label"] == "3"
+    finally:
+        daemon.stop()
+
+
+def test_the_systemd_watchdog_is_fed_while_a_sighup_reload_loads_a_model(tmp_path: Path) -> None:
+    import os
+    import socket
+    import sys
+    import tempfile
+
+    config = tmp_path / "c.yaml"
+    text = "models:\n  digits:\n    path: {model}\n    threads: {threads}\napi:\n  enabled: false\n"
+    text += f"isolation: process\nstate_dir: {tmp_path / 'state'}\nlogging:\n  format: text\n"
+    config.write_text(text.format(model=DIGITS_INT8, threads=1))
+    received: list[str] = []
+    with tempfile.TemporaryDirectory(prefix="edgerun-") as folder:  # a socket path is at most 107 bytes
+        address = str(Path(folder) / "notify")
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        sock.bind(address)
+        sock.settimeout(0.2)
+
+        def listen() -> None:
+            while True:
+                try:
+                    received.append(sock.recv(4096).decode())
+                except TimeoutError:
+                    continue
+                except OSError:
+                    return
+
+        listener = threading.Thread(target=listen, daemon=True)
+        listener.start()
+        # WatchdogSec of 20 ms: a ping every 10 ms; a reload that starts a worker process takes far longer
+        env = {k: v for k, v in os.environ.items() if k != "WATCHDOG_PID"}
+        env.update(NOTIFY_SOCKET=address, WATCHDOG_USEC="20000")
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "edgerun", "daemon", "--config", str(config)],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            wait_until(lambda: any(m.startswith("READY=1") for m in received), 60, "READY=1")
+            config.write_text(text.format(model=DIGITS_INT8, threads=2))  # a changed model: loaded in a new worker
+            proc.send_signal(signal.SIGHUP)
+            wait_until(lambda: sum(m.startswith("READY=1") for m in received) == 2, 60, "READY=1 after the reload")
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(timeout=60) == 0
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+            sock.close()
+            listener.join(timeout=5)
+    start = next(i for i, m in enumerate(received) if m.startswith("RELOADING=1"))
+    end = next(i for i, m in enumerate(received) if i > start and m.startswith("READY=1"))
+    assert "WATCHDOG=1" in received[start + 1 : end], received[start : end + 1]
+    assert received[-1] == "STOPPING=1"
+
+
+def _held_by_this_process(path: Path) -> bool:
+    """Whether a file descriptor of this process points at ``path`` (Linux's /proc)."""
+    import os
+
+    fds = Path("/proc/self/fd")
+    return any(os.path.realpath(fds / fd) == str(path.resolve()) for fd in os.listdir(fds))
+
+
+def test_a_sink_that_fails_to_open_leaves_the_source_closed(tmp_path: Path) -> None:
+    from edgerun.config import parse_config
+    from edgerun.daemon import Daemon
+
+    video = make_video(tmp_path / "in.avi", frames=5, size=(64, 48))
+    config = parse_config(
+        {
+            "models": {"digits": {"path": str(DIGITS_INT8)}},
+            "pipelines": {
+                "cam": {"source": str(video), "model": "digits", "sinks": [str(tmp_path / "gone" / "out.jsonl")]}
+            },
+            "api": {"enabled": False},
+            "state_dir": str(tmp_path / "state"),
+        },
+        "test",
+    )
+    daemon = Daemon(config)
+    daemon.start()
+    try:
+        wait_until(lambda: daemon.runners["cam"].state == "waiting", 30, "the pipeline to wait for a retry")
+        assert not _held_by_this_process(video)  # a camera would be free for the retry, or for another program
+    finally:
+        daemon.stop()
+
+
+class _HeldStream:
+    """An MJPEG stream over HTTP whose answer is held back until ``release()``: a source still opening."""
+
+    def __init__(self) -> None:
+        import socket
+
+        import cv2
+        import numpy as np
+
+        self._jpeg = bytes(cv2.imencode(".jpg", np.full((48, 64, 3), 128, np.uint8))[1])
+        self._server = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self._server.getsockname()[1]}/"
+        self.asked = threading.Event()
+        self._release = threading.Event()
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def release(self) -> None:
+        self._release.set()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self._server.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._answer, args=(conn,), daemon=True).start()
+
+    def _answer(self, conn: Any) -> None:
+        with conn:
+            request = b""
+            while b"\r\n\r\n" not in request:
+                request += conn.recv(4096)
+            self.asked.set()
+            self._release.wait(60)
+            part = b"--frame\r\nContent-Type: image/jpeg\r\nContent-Length: %d\r\n\r\n" % len(self._jpeg)
+            try:
+                conn.sendall(b"HTTP/1.0 200 OK\r\nContent-Type: multipart/x-mixed-replace;boundary=frame\r\n\r\n")
+                for _ in range(50):
+                    conn.sendall(part + self._jpeg + b"\r\n")
+                    time.sleep(0.02)
+            except OSError:
+                return
+
+    def close(self) -> None:
+        self._release.set()
+        self._server.close()
+
+
+def test_a_pipeline_stopped_while_its_source_opens_never_runs(tmp_path: Path) -> None:
+    from edgerun.config import parse_config
+    from edgerun.daemon import Daemon
+
+    stream = _HeldStream()
+    out = tmp_path / "out.jsonl"
+    config = parse_config(
+        {
+            "models": {"digits": {"path": str(DIGITS_INT8)}},
+            "pipelines": {"cam": {"source": stream.url, "model": "digits", "sinks": [str(out)]}},
+            "api": {"enabled": False},
+            "state_dir": str(tmp_path / "state"),
+        },
+        "test",
+    )
+    daemon = Daemon(config)
+    daemon.start()
+    runner = daemon.runners["cam"]
+    stopper = threading.Thread(target=runner.stop)
+    try:
+        assert stream.asked.wait(30)  # the source is opening: the stream has not answered yet
+        stopper.start()
+        wait_until(runner._stop.is_set, 10, "the stop to be asked for")
+        stream.release()  # the source opens after the stop
+        stopper.join(timeout=60)
+        assert not runner.thread.is_alive() and runner.state == "stopped"
+        assert out.read_text() == ""  # not one frame inferred after the stop
+    finally:
+        stream.close()
+        if stopper.is_alive():
+            stopper.join(timeout=60)
+        daemon.stop()

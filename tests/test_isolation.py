@@ -87,3 +87,61 @@ def test_the_daemon_config_can_isolate_a_model(tmp_path) -> None:  # type: ignor
         assert model.predict(SAMPLES / "digit_4.png").output[0]["label"] == "4"
     finally:
         model.close()
+
+
+def test_a_worker_given_up_on_every_delegate_fails_clearly_while_it_cools_down() -> None:
+    backend = IsolatedBackend(DIGITS / "digits_int8.tflite", delegates=["cpu"], restarts=0, cooldown_s=3600)
+    x = np.load(SAMPLES / "digit_7.npy")[None]
+    try:
+        os.kill(backend.process.pid, signal.SIGSEGV)
+        backend.process.join(timeout=10)
+        with pytest.raises(edgerun.InferenceError, match="starting over from cpu in 3600 s"):
+            backend.run([x])
+        for _ in range(2):  # every later call: the same kind of error, never an IndexError
+            with pytest.raises(edgerun.InferenceError, match="cooling down, starting over from cpu in"):
+                backend.run([x])
+    finally:
+        backend.close()
+
+
+def test_after_the_cool_down_the_worker_starts_over_from_the_first_delegate() -> None:
+    backend = IsolatedBackend(DIGITS / "digits_int8.tflite", delegates=["xnnpack", "cpu"], restarts=0, cooldown_s=0)
+    x = np.load(SAMPLES / "digit_7.npy")[None]
+    try:
+        for delegate in ("xnnpack", "cpu"):  # one crash each: both given up
+            assert backend.delegate == delegate
+            os.kill(backend.process.pid, signal.SIGSEGV)
+            backend.process.join(timeout=10)
+            if delegate == "xnnpack":
+                assert int(np.argmax(backend.run([x])[0])) == 7
+        with pytest.raises(edgerun.InferenceError, match="no delegate is left"):
+            backend.run([x])
+        assert int(np.argmax(backend.run([x])[0])) == 7  # the cool-down (none here) is over: back on xnnpack
+        assert backend.delegate == "xnnpack" and backend.crashes == 2
+    finally:
+        backend.close()
+
+
+def test_a_swapped_out_isolated_model_frees_its_worker_and_shared_memory_after_its_last_request() -> None:
+    import gc
+    from pathlib import Path
+
+    from edgerun.ota.slot import ModelSlot
+
+    old = load_isolated(DIGITS / "digits_int8.onnx", delegates=["cpu"])
+    slot = ModelSlot(old)
+    request = slot.get()  # a request that took the model just before the swap
+    assert request.predict(SAMPLES / "digit_3.png").output[0]["label"] == "3"
+    worker, blocks = old.backend.process, [b.name for b in old.backend._child.inputs.blocks]
+    assert blocks and all(Path("/dev/shm", name).exists() for name in blocks)
+    new = load_isolated(DIGITS / "digits_int8.onnx", delegates=["cpu"])
+    try:
+        slot.swap(new)
+        assert request.predict(SAMPLES / "digit_5.png").output[0]["label"] == "5"  # it finishes on the old one
+        del old, request  # the last references: the slot dropped its own
+        gc.collect()
+        worker.join(timeout=10)
+        assert worker.exitcode == 0  # told to stop, not killed
+        assert not any(Path("/dev/shm", name).exists() for name in blocks)
+    finally:
+        new.close()

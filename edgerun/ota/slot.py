@@ -6,7 +6,9 @@ candidate serving a fraction of requests. ``get()`` is called once per request
 post-processing, so a swap never mixes two models inside one request. A new
 model is loaded and warmed *before* it is put in the slot; the swap itself is
 one reference assignment. The replaced model is not closed here: requests
-still holding it finish on it, and it is freed with its last reference.
+still holding it finish on it, and it is freed with its last reference (an
+isolated model's worker process and shared memory too: ``edgerun.isolation``
+releases them then).
 """
 
 from __future__ import annotations
