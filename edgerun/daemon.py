@@ -97,20 +97,17 @@ class _PipelineRunner:
         """A new ``Pipeline`` on a freshly opened source and sinks; what was opened is closed if a later part fails
         (a camera left open would stay busy for every retry)."""
         from edgerun.pipeline import Pipeline
-        from edgerun.sinks import open_sink
-        from edgerun.sources import open_configured
-        from edgerun.sources.sensor import SensorSource, window_for
+        from edgerun.sinks import open_sink, video_rate
+        from edgerun.sources import check_fits, open_configured
+        from edgerun.sources.sensor import window_for
 
         c = self.config
         source = open_configured(c.source, c, window_for(self.slot.primary, c.window))
         sinks: list[Any] = []
         try:
-            if isinstance(source, SensorSource):
-                source.check_model(self.slot.primary)  # one line now, not one error per window
-            # an annotated video plays at the rate frames are taken: fps:, else the source's own, else 25
-            video_fps = c.fps or getattr(source, "fps", 0.0) or 25.0
+            check_fits(source, self.slot.primary)  # one line now, not one error per sensor window
             for spec in c.sinks:
-                sinks.append(open_sink(spec, fps=video_fps))
+                sinks.append(open_sink(spec, fps=video_rate(c.fps, source)))
             return Pipeline(
                 source,
                 self.slot,

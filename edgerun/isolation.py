@@ -144,14 +144,38 @@ class _Child:
             with contextlib.suppress(OSError, BrokenPipeError):
                 self.conn.send(None)
         if self.process is not None:
-            self.process.join(timeout=5)
-            if self.process.is_alive():
-                self.process.kill()
-                self.process.join(timeout=5)
+            _end(self.process)
+        self.drop_outputs()
+        self.inputs.close()
+
+    def drop_outputs(self) -> None:
+        """Let go of the output blocks of a worker that has ended, unlinking them: one that
+        crashed never ran its own clean-up, and its blocks would stay in /dev/shm."""
         for block in self.attached.values():
             block.close()
+            with contextlib.suppress(FileNotFoundError):  # a worker that stopped cleanly unlinked it
+                block.unlink()
         self.attached = {}
-        self.inputs.close()
+
+
+def _end(process: Any) -> None:
+    """Wait up to 5 s for a worker to exit, then kill it: none is ever left running."""
+    process.join(timeout=5)
+    if process.is_alive():
+        process.kill()
+        process.join(timeout=5)
+
+
+def _hello(conn: Any, process: Any) -> dict[str, Any]:
+    """The worker's first message: its model's description, or ``{"error": ...}`` (a load error,
+    a worker that died while loading (a vendor library that aborts), or no answer in 120 s)."""
+    try:
+        if conn.poll(120):
+            return conn.recv()
+    except (EOFError, OSError):
+        process.join(timeout=5)
+        return {"error": f"the worker exited while loading (exit code {process.exitcode})"}
+    return {"error": "the worker did not start in 120 s"}
 
 
 class IsolatedBackend:
@@ -214,19 +238,16 @@ class IsolatedBackend:
             )
             process.start()
             child.close()
-            hello: dict[str, Any] = (
-                parent.recv() if parent.poll(120) else {"error": "the worker did not start in 120 s"}
-            )
+            hello = _hello(parent, process)
             if "error" not in hello:
-                for block in self._child.attached.values():  # the previous worker's outputs
-                    block.close()
-                self._child.conn, self._child.process, self._child.attached = parent, process, {}
+                self._child.drop_outputs()  # the previous worker's, if any: it has ended
+                self._child.conn, self._child.process = parent, process
                 self.delegate, self.format = hello["delegate"], hello["format"]
                 self.inputs = tuple(_spec_from_dict(d) for d in hello["inputs"])
                 self.outputs = tuple(_spec_from_dict(d) for d in hello["outputs"])
                 log.info("worker process %d runs %s on %s", process.pid, self.path.name, self.delegate)
                 return
-            process.join(timeout=5)
+            _end(process)
             if hello.get("kind") != "DelegateError" or len(self._delegates) == 1:
                 raise DelegateError(f"the worker cannot load {self.path.name}: {hello['error']}")
             log.info("worker: delegate %s not used (%s)", delegate, hello["error"])
@@ -251,6 +272,8 @@ class IsolatedBackend:
     def run(self, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
         """Run in the worker; a crashed worker is restarted (or replaced by the next delegate), the call retried."""
         with self._lock:
+            if not self._release.alive:  # closed: a new worker here would never be released
+                raise InferenceError(f"{self.path.name}: its worker was closed")
             if not self._delegates:
                 self._start_over()
             while True:
@@ -299,7 +322,11 @@ class IsolatedBackend:
             )
         else:
             log.warning("worker on %s crashed (%s): restarting it", self._delegates[0], why)
-        self._start()
+        try:
+            self._start()
+        except DelegateError as exc:  # the restart failed too: cool down, as when every delegate is spent
+            self._give_up()
+            raise InferenceError(f"{exc}; starting over from {self._order[0]} in {self._cooldown:.0f} s") from None
 
     def close(self) -> None:
         """Stop the worker and free the shared memory (once: later calls do nothing)."""

@@ -108,6 +108,12 @@ def run_cli(*args: str, cwd: Path = ROOT, env: dict[str, str] | None = None) -> 
     )
 
 
+def held_by_this_process(path: Path) -> bool:
+    """Whether a file descriptor of this process points at ``path`` (Linux's /proc): a capture left open."""
+    fds = Path("/proc/self/fd")
+    return any(os.path.realpath(fds / fd) == str(path.resolve()) for fd in os.listdir(fds))
+
+
 def start_daemon(config: Path, *, stderr: Any = subprocess.DEVNULL) -> subprocess.Popen[bytes]:
     """``edgerun daemon --config CONFIG`` as a real process from the repository root, its stdout discarded."""
     return subprocess.Popen(

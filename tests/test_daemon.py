@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import ROOT, SAMPLES, Broker, free_port, run_cli, start_daemon
+from tests.conftest import ROOT, SAMPLES, Broker, free_port, held_by_this_process, run_cli, start_daemon
 from tests.ota_helpers import StatusWatcher, make_key, model_with_card
 from tests.test_ota import push
 from tests.test_sources import make_video
@@ -540,14 +540,6 @@ def test_the_systemd_watchdog_is_fed_while_a_sighup_reload_loads_a_model(tmp_pat
     assert received[-1] == "STOPPING=1"
 
 
-def _held_by_this_process(path: Path) -> bool:
-    """Whether a file descriptor of this process points at ``path`` (Linux's /proc)."""
-    import os
-
-    fds = Path("/proc/self/fd")
-    return any(os.path.realpath(fds / fd) == str(path.resolve()) for fd in os.listdir(fds))
-
-
 def test_a_sink_that_fails_to_open_leaves_the_source_closed(tmp_path: Path) -> None:
     from edgerun.config import parse_config
     from edgerun.daemon import Daemon
@@ -568,7 +560,7 @@ def test_a_sink_that_fails_to_open_leaves_the_source_closed(tmp_path: Path) -> N
     daemon.start()
     try:
         wait_until(lambda: daemon.runners["cam"].state == "waiting", 30, "the pipeline to wait for a retry")
-        assert not _held_by_this_process(video)  # a camera would be free for the retry, or for another program
+        assert not held_by_this_process(video)  # a camera would be free for the retry, or for another program
     finally:
         daemon.stop()
 

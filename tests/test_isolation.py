@@ -145,3 +145,51 @@ def test_a_swapped_out_isolated_model_frees_its_worker_and_shared_memory_after_i
         assert not any(Path("/dev/shm", name).exists() for name in blocks)
     finally:
         new.close()
+
+
+def test_a_crashed_worker_s_output_memory_is_unlinked_when_the_worker_is_replaced() -> None:
+    from pathlib import Path
+
+    backend = IsolatedBackend(DIGITS / "digits_int8.onnx", delegates=["cpu"], restarts=1)
+    x = np.load(SAMPLES / "digit_7.npy")[None]
+    try:
+        backend.run([x])
+        outputs = list(backend._child.attached)  # the worker's output blocks, which the worker unlinks itself
+        assert outputs and all(Path("/dev/shm", name).exists() for name in outputs)
+        os.kill(backend.process.pid, signal.SIGKILL)  # it never gets to clean up
+        backend.process.join(timeout=10)
+        assert int(np.argmax(backend.run([x])[0])) == 7  # restarted
+        assert not any(Path("/dev/shm", name).exists() for name in outputs)
+    finally:
+        backend.close()
+
+
+def test_a_closed_isolated_backend_refuses_calls_instead_of_starting_a_worker_nobody_stops() -> None:
+    backend = IsolatedBackend(DIGITS / "digits_int8.onnx", delegates=["cpu"])
+    backend.close()
+    with pytest.raises(edgerun.InferenceError, match="its worker was closed"):
+        backend.run([np.load(SAMPLES / "digit_7.npy")[None]])
+    assert not backend.process.is_alive()
+
+
+def test_a_worker_that_dies_while_loading_is_a_clear_load_error() -> None:
+    import multiprocessing
+    import threading
+
+    killed: list[int] = []
+
+    def kill_the_worker_as_it_starts() -> None:  # a vendor library aborting during load, seen from outside
+        for _ in range(1000):
+            workers = [p for p in multiprocessing.active_children() if p.name == "edgerun-worker"]
+            if workers and workers[0].pid is not None:
+                os.kill(workers[0].pid, signal.SIGKILL)
+                killed.append(workers[0].pid)
+                return
+            threading.Event().wait(0.005)
+
+    killer = threading.Thread(target=kill_the_worker_as_it_starts)
+    killer.start()
+    with pytest.raises(edgerun.DelegateError, match=r"exited while loading \(exit code -9\)"):
+        IsolatedBackend(DIGITS / "digits_int8.onnx", delegates=["cpu"])
+    killer.join()
+    assert killed

@@ -10,6 +10,7 @@ good ones and reports the bad ones. The command lines run as real processes.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import threading
@@ -188,3 +189,58 @@ def test_an_annotated_image_sink_skips_an_empty_and_an_oversized_image_and_write
     assert len(errors) == 2, result.stderr
     assert "a_empty.png: empty file" in errors[0] and "b_big.png: image has more than 2,000 pixels" in errors[1]
     assert sorted(p.name for p in out.iterdir()) == ["000002.jpg", "000003.jpg"]
+
+
+def test_a_refusal_while_the_broker_restarts_mid_run_is_retried_and_the_source_receives_again(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    open_conf = "allow_anonymous true\n"
+    passwords = tmp_path / "passwd"
+    subprocess.run(["mosquitto_passwd", "-b", "-c", str(passwords), "other", "pw"], check=True, timeout=30)
+    passwords.chmod(0o600)
+    b = _private_broker(tmp_path / "broker", open_conf)
+    listener = b.conf.read_text().replace(open_conf, "")
+    source = MqttSource(f"mqtt://127.0.0.1:{b.port}/in", retries=3, retry_delay_s=0.2)
+    got: list[Frame] = []
+    failed: list[BaseException] = []
+
+    def consume() -> None:
+        try:
+            got.extend(source.frames())
+        except BaseException as exc:
+            failed.append(exc)
+
+    def publish_until(count: int) -> None:
+        """Publish anonymously until ``got`` holds ``count`` frames (20 s at most)."""
+        deadline = time.monotonic() + 20
+        while len(got) < count and time.monotonic() < deadline:
+            with contextlib.suppress(OSError):
+                pub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
+                pub.connect("127.0.0.1", b.port)
+                pub.loop_start()
+                pub.publish("in", b"[1.0, 2.0]", qos=1).wait_for_publish(2)
+                pub.loop_stop()
+                pub.disconnect()
+            time.sleep(0.2)
+        assert len(got) >= count, f"{len(got)} frames, {count} expected"
+
+    consumer = threading.Thread(target=consume, daemon=True)
+    consumer.start()
+    try:
+        publish_until(1)
+        b.stop()  # the broker restarts with anonymous access off: paho's reconnect is refused
+        b.conf.write_text(f"{listener}allow_anonymous false\npassword_file {passwords}\n")
+        b.start()
+        deadline = time.monotonic() + 30
+        while "reconnection refused" not in caplog.text and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert "reconnection refused" in caplog.text and not failed
+        b.stop()  # and back: the source was never ended
+        b.conf.write_text(f"{listener}{open_conf}")
+        b.start()
+        publish_until(len(got) + 1)
+        assert not failed
+    finally:
+        source.close()
+        consumer.join(timeout=10)
+        b.stop()

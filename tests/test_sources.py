@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 import threading
 import time
 from pathlib import Path
@@ -22,7 +21,7 @@ from edgerun.sources.files import FileSource
 from edgerun.sources.mqtt import MqttSource, decode_message, parse_mqtt_url
 from edgerun.sources.sensor import SensorSource
 from edgerun.sources.video import CameraSource, StreamSource, VideoFileSource, open_decoder
-from tests.conftest import SAMPLES, Broker, free_port, npy_bytes
+from tests.conftest import SAMPLES, Broker, free_port, held_by_this_process, npy_bytes
 
 
 def make_video(path: Path, frames: int = 30, size: tuple[int, int] = (64, 48), fourcc: str = "MJPG") -> Path:
@@ -106,20 +105,14 @@ def test_a_video_file_stands_in_for_the_camera_at_the_opencv_boundary(tmp_path: 
     assert len(seen) + camera.dropped == 40
 
 
-def _held_by_this_process(path: Path) -> bool:
-    """Whether a file descriptor of this process points at ``path`` (Linux's /proc)."""
-    fds = Path("/proc/self/fd")
-    return any(os.path.realpath(fds / fd) == str(path.resolve()) for fd in os.listdir(fds))
-
-
 def test_a_video_or_camera_closed_before_it_was_read_lets_go_of_its_file_at_once(tmp_path: Path) -> None:
     video = make_video(tmp_path / "in.avi", frames=5)
     file_source = open_source(str(video))
     camera = CameraSource("camera:0", open_capture=lambda device: cv2.VideoCapture(str(video)))
-    assert _held_by_this_process(video)
+    assert held_by_this_process(video)
     file_source.close()
     camera.close()
-    assert not _held_by_this_process(video)  # both still referenced here: closing released them
+    assert not held_by_this_process(video)  # both still referenced here: closing released them
     assert list(file_source.frames()) == []  # and a closed source yields nothing
 
 
@@ -264,9 +257,10 @@ def test_json_lines_sensor_rows_as_arrays_or_objects(tmp_path: Path) -> None:
     assert frames[1].data.tolist() == [[1, 2], [3, 4], [5, 6]]
 
 
-def test_json_lines_object_rows_are_read_by_the_names_of_the_first_one(tmp_path: Path) -> None:
+def test_json_lines_object_rows_are_read_by_the_names_of_the_first_good_one(tmp_path: Path) -> None:
     path = tmp_path / "s.jsonl"
     rows = [
+        {"x": 1, "y": "two", "zz": 3},  # a bad first row names no channels
         {"x": 1, "y": 2, "z": 3},
         {"z": 6, "t": 0.2, "y": 5, "x": 4},  # another order, and a time column: the same channels
         {"x": 7, "y": 8},  # z missing
@@ -278,10 +272,11 @@ def test_json_lines_object_rows_are_read_by_the_names_of_the_first_one(tmp_path:
     source = SensorSource(str(path), window=3)
     frames = list(source.frames())
     errors = [f.error for f in frames if f.error]
-    assert len(errors) == 3 and source.bad_rows == 3
-    assert "line 3" in errors[0] and "has no 'z'" in errors[0]
-    assert "line 4" in errors[1] and "'w'" in errors[1]
-    assert "line 5" in errors[2] and "has no 'x'" in errors[2]
+    assert len(errors) == 4 and source.bad_rows == 4
+    assert "line 1" in errors[0] and "not a number" in errors[0]
+    assert "line 4" in errors[1] and "has no 'z'" in errors[1]
+    assert "line 5" in errors[2] and "'w'" in errors[2]
+    assert "line 6" in errors[3] and "has no 'x'" in errors[3]
     assert [f.data.tolist() for f in frames if f.error is None] == [[[1, 2, 3], [4, 5, 6], [7, 8, 9]]]
 
 

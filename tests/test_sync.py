@@ -322,7 +322,7 @@ def test_an_outbox_failure_while_connected_is_logged_and_the_link_reconnects_and
     broker: Broker, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     topics = Topics("edgerun", "locked-dev")
-    collector = Collector(broker.port, topics.metrics)
+    collector = Collector(broker.port, "edgerun/locked-dev/#")
     outbox = Outbox(tmp_path / "o.sqlite")
     for n in range(20):
         outbox.put("metrics", topics.metrics, {"n": n})
@@ -335,10 +335,13 @@ def test_an_outbox_failure_while_connected_is_logged_and_the_link_reconnects_and
     try:
         wait_until(lambda: "database is locked" in (link.last_error or ""), 30, "the outbox failure reported")
         assert len(outbox) == 20  # nothing deleted without its acknowledgement reaching the outbox
+        # closing cleanly drops the last will, so the link says offline itself while it backs off
+        wait_until(lambda: "offline" in [d["state"] for d in collector.on(topics.status)], 10, "offline")
         holder.execute("ROLLBACK")
         assert link.wait_drained(30)  # the link went on: reconnected, and the acknowledgements were kept
         wait_until(lambda: set(collector.seqs(topics.metrics)) == set(range(1, 21)), 10, "every record")
         assert link.connected and link.state().connects >= 2
+        wait_until(lambda: collector.on(topics.status)[-1]["state"] == "online", 10, "online again")
     finally:
         holder.close()
         link.stop()

@@ -99,8 +99,8 @@ def run(args: argparse.Namespace) -> int:
     from edgerun.errors import ConfigError
     from edgerun.ota.slot import ModelSlot
     from edgerun.pipeline import Pipeline
-    from edgerun.sinks import first_drawing_sink, open_sink
-    from edgerun.sources import open_configured
+    from edgerun.sinks import first_drawing_sink, open_sink, video_rate
+    from edgerun.sources import check_fits, open_configured
     from edgerun.sources.sensor import SensorSource, window_for
     from edgerun.telemetry.metrics import Metrics
 
@@ -124,16 +124,13 @@ def run(args: argparse.Namespace) -> int:
         source = open_configured(args.source, args, window)
         specs = args.sink or ["stdout"]
         drawn = first_drawing_sink(specs)
-        if isinstance(source, SensorSource):
-            source.check_model(model)  # a model that takes no [rows, channels] windows: one line, not one per window
-            if drawn is not None:  # before any sink creates its file or folder
-                raise ConfigError(
-                    f"--sink {drawn}: an annotated sink needs image frames, and the sensor source {source.uri} "
-                    "gives windows of readings, with no image to draw on (use stdout, jsonl, FILE.jsonl or FILE.csv)"
-                )
-        # an annotated video plays at the rate frames are taken: --fps, else the source's own, else 25
-        video_fps = args.fps or getattr(source, "fps", 0.0) or 25.0
-        sinks = [open_sink(s, fps=video_fps) for s in specs]
+        check_fits(source, model)  # a model that takes no [rows, channels] windows: one line, not one per window
+        if isinstance(source, SensorSource) and drawn is not None:  # before any sink creates its file or folder
+            raise ConfigError(
+                f"--sink {drawn}: an annotated sink needs image frames, and the sensor source {source.uri} "
+                "gives windows of readings, with no image to draw on (use stdout, jsonl, FILE.jsonl or FILE.csv)"
+            )
+        sinks = [open_sink(s, fps=video_rate(args.fps, source)) for s in specs]
         metrics = Metrics()
         sync = start_sync(args, mqtt, metrics, [model])
         ota = start_ota(args, sync, slot, metrics)

@@ -366,24 +366,27 @@ class OtaAgent:
         The new version is held in the store from install to activation, so another update's
         probation ending meanwhile cannot prune it.
         """
-        uid, name, version = manifest.update_id, manifest.model, manifest.version
+        name, version = manifest.model, manifest.version
         self._tidy_downloads()
         with self.store.hold(name, version):
             model = self._install(manifest)
-            if model is None:
-                return
-            try:
+            if model is not None:
                 self._activate(manifest, model)
-            except Exception as exc:  # the store or the disk refused: end the update, never leave it validating
-                reason = (
-                    str(exc)
-                    if isinstance(exc, EdgerunError)
-                    else f"cannot activate {name} {version}: {type(exc).__name__}: {one_line(exc)}"
-                )
-                log.warning("OTA %s: %s", uid, reason)
-                self._forget(name, version)
-                self._journal(uid, state="failed", reason=reason)
-                self._status(uid, "failed", model=name, version=version, reason=reason)
+
+    def _not_activated(self, manifest: Manifest, model: Model, exc: Exception) -> None:
+        """The store refused to switch to the new version (it vanished, the disk failed): nothing
+        switched, so the update ends ``failed`` with the reason, never left ``validating``."""
+        uid, name, version = manifest.update_id, manifest.model, manifest.version
+        reason = (
+            str(exc)
+            if isinstance(exc, EdgerunError)
+            else f"cannot activate {name} {version}: {type(exc).__name__}: {one_line(exc)}"
+        )
+        log.warning("OTA %s: %s", uid, reason)
+        model.close()
+        self._forget(name, version)
+        self._journal(uid, state="failed", reason=reason)
+        self._status(uid, "failed", model=name, version=version, reason=reason)
 
     def _install(self, manifest: Manifest) -> Model | None:
         """Download, verify, install and validate; the loaded model, or None when the update ended here."""
@@ -490,14 +493,20 @@ class OtaAgent:
             current = self.store.active(name)
             if current is not None:
                 self._close_replaced(name, current, f"update {uid} ({name} {version})")
+            try:  # the switch on disk first: when it fails, nothing has changed
+                if fraction is not None:
+                    assert current is not None
+                    current.ab = {"version": version, "fraction": fraction}
+                    current.probation = probation
+                    self.store.set_active(name, current)
+                else:
+                    self.store.activate(name, version, probation=probation)
+            except Exception as exc:
+                self._not_activated(manifest, model, exc)
+                return
             if fraction is not None:
-                assert current is not None
-                current.ab = {"version": version, "fraction": fraction}
-                current.probation = probation
-                self.store.set_active(name, current)
                 slot.set_candidate(model, fraction)
             else:
-                self.store.activate(name, version, probation=probation)
                 slot.swap(model)
                 slot.set_candidate(None)  # a candidate of the update it replaced serves no more
             self._publish_models()

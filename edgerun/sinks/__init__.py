@@ -16,10 +16,11 @@ Annotated sinks draw on the frame, so they need frames that are images
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 from edgerun.sinks.base import Result, Sink
 
-__all__ = ["Result", "Sink", "first_drawing_sink", "open_sink", "sink_kind"]
+__all__ = ["Result", "Sink", "first_drawing_sink", "open_sink", "sink_kind", "video_rate"]
 
 
 def sink_kind(spec: str) -> str:
@@ -54,6 +55,12 @@ def first_drawing_sink(specs: Sequence[str]) -> str | None:
     """The first of ``specs`` that names an annotated sink (a video file or ``DIR/``), which needs image
     frames; None when there is none."""
     return next((spec for spec in specs if sink_kind(spec) in ("video", "images")), None)
+
+
+def video_rate(fps: float | None, source: Any) -> float:
+    """The rate an annotated video plays at: the rate frames are taken (the pipeline's ``fps``),
+    else the source's own (``source.fps``, 0 when it declares none), else 25 frames per second."""
+    return fps or getattr(source, "fps", 0.0) or 25.0
 
 
 def open_sink(spec: str, *, fps: float = 25.0) -> Sink:

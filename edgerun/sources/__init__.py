@@ -19,11 +19,20 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from edgerun.sources.base import Frame, LatestBuffer, LiveSource, Source
 
-__all__ = ["Frame", "LatestBuffer", "LiveSource", "Source", "SourceOptions", "open_configured", "open_source"]
+__all__ = [
+    "Frame",
+    "LatestBuffer",
+    "LiveSource",
+    "Source",
+    "SourceOptions",
+    "check_fits",
+    "open_configured",
+    "open_source",
+]
 
 
 class SourceOptions(Protocol):
@@ -41,6 +50,19 @@ class SourceOptions(Protocol):
     def queue(self) -> int | None: ...
     @property
     def decode_threads(self) -> int: ...
+
+
+def check_fits(source: Source, model: Any) -> None:
+    """Refuse, before anything runs, a model that cannot take ``source``'s frames.
+
+    Only a sensor source can be checked ahead (its windows' shape and channel count,
+    ``SensorSource.check_model``); an image or video frame is fitted by the model's
+    preprocessing, and a message's shape is known only when it arrives.
+    """
+    from edgerun.sources.sensor import SensorSource
+
+    if isinstance(source, SensorSource):
+        source.check_model(model)
 
 
 def open_configured(specs: str | Sequence[str], options: SourceOptions, window: int | None) -> Source:

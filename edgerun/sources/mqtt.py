@@ -8,8 +8,9 @@ exception there would end paho's network thread, and the source would go on
 receiving nothing, silently. A broker that cannot be reached at the start is
 tried a bounded number of times, then the run stops with the reason (as a
 stream does); a broker that answers but refuses the connection (bad credentials,
-not authorised) or the subscription stops the run at once, since retrying cannot
-help; a connection lost later is logged and re-established by paho. Credentials
+not authorised) or the subscription at the start stops the run at once, since
+retrying cannot help; a connection lost later (or refused while the broker
+restarts) is logged and re-established by paho. Credentials
 may be given in the URL (``mqtt://user:password@host/topic``, percent-encoded);
 the source's ``uri`` shows the user, never the password. This is a minimal
 subscriber of its own, separate from the device's MQTT link (``edgerun.sync``).
@@ -168,10 +169,16 @@ class MqttSource(LiveSource):
 
             return call
 
+        connected = threading.Event()  # a first CONNACK accepted: later refusals are paho's to retry
+
         def on_connect(client: Any, userdata: Any, flags: Any, reason: Any, properties: Any) -> None:
-            if reason.is_failure:  # bad credentials, not authorised: the same again would be refused again
-                fail(f"{what} refused the connection: {reason}")
+            if reason.is_failure:
+                if not connected.is_set():  # bad credentials, not authorised: asking again would be refused again
+                    fail(f"{what} refused the connection: {reason}")
+                else:  # a broker restarting ("server unavailable") mid-run: paho retries, as after a drop
+                    log.warning("MQTT source %s: reconnection refused (%s); retrying", self.uri, reason)
                 return
+            connected.set()
             client.subscribe(self.topic, qos=1)
             log.info("MQTT source subscribed to %s on %s:%d", self.topic, self.host, self.port)
 

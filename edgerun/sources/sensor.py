@@ -258,27 +258,28 @@ def _numbers(fields: list[str]) -> list[float] | str:
 
 
 def _json_row(line: str, names: list[str] | None) -> tuple[list[float] | str, list[str] | None]:
-    """(values or error text, channel names): an object row is read by the names of the first one."""
+    """(values or error text, channel names): an object row is read by the names of the first good one."""
     try:
         data = json.loads(line)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: "[[[[..." nested deeper than Python's stack
         return "not valid JSON", names
+    row_names = names
     if isinstance(data, dict):
         fields = {k: v for k, v in data.items() if k.lower() not in _TIME_COLUMNS}
-        if names is None and fields:
-            names = list(fields)
-        elif names is not None:
+        if names is None:
+            row_names = list(fields)  # the channels, once this row proves good
+        else:
             missing = [n for n in names if n not in fields]
             if missing:
                 return f"has no {missing[0]!r}, which the first object row has", names
             extra = [n for n in fields if n not in names]
             if extra:
                 return f"has {extra[0]!r}, which the first object row does not", names
-        data = [fields[n] for n in names or []]
+        data = [fields[n] for n in row_names or []]
     if not isinstance(data, list) or not data:
         return "not a JSON array or object of numbers", names
     if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in data):
         return "has a value that is not a number", names
     if not all(math.isfinite(v) for v in data):
         return "has a value that is not finite", names
-    return [float(v) for v in data], names
+    return [float(v) for v in data], row_names

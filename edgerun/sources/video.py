@@ -87,7 +87,7 @@ class VideoFileSource:
             self._cap.release()
             raise SourceError(f"cannot decode video {path}: no frame could be read")
         self._first = first
-        self.fps = float(self._cap.get(cv2.CAP_PROP_FPS) or 0.0)
+        self.fps = _declared_fps(self._cap)
         declared = self._cap.get(cv2.CAP_PROP_FRAME_COUNT)
         self.declared_frames = int(declared) if math.isfinite(declared) and declared > 0 else None
         self._closed = False
@@ -120,6 +120,12 @@ class VideoFileSource:
         self._closed = True
         if not self._started:
             self._cap.release()  # frames() never ran, so its own release never will
+
+
+def _declared_fps(cap: Any) -> float:
+    """The frame rate a capture declares; 0 when it declares none (or 0, NaN, a negative value)."""
+    fps = float(cap.get(opencv().CAP_PROP_FPS) or 0.0)
+    return fps if math.isfinite(fps) and fps > 0 else 0.0
 
 
 def _parse_camera(spec: str) -> int | str:
@@ -173,7 +179,7 @@ class CameraSource(LiveSource):
             cap.release()
             raise SourceError(f"camera {spec} opened but gives no frames (busy or unsupported format)")
         self._cap, self._first = cap, first
-        self.fps = float(cap.get(cv2.CAP_PROP_FPS) or fps or 0.0)
+        self.fps = _declared_fps(cap) or fps or 0.0
 
     def _release(self) -> None:
         self._cap.release()
@@ -214,9 +220,8 @@ class StreamSource(LiveSource):
         self._retries = retries
         self._delay = retry_delay_s
         self._cap = self._connect()
-        fps = float(self._cap.get(opencv().CAP_PROP_FPS) or 0.0) if self._cap is not None else 0.0
         #: the rate the stream declares, in frames per second; 0 when it declares none
-        self.fps = fps if math.isfinite(fps) and fps > 0 else 0.0
+        self.fps = _declared_fps(self._cap) if self._cap is not None else 0.0
         self.reconnects = 0
 
     def _open_ffmpeg(self, url: str) -> Any:

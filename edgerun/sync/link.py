@@ -58,6 +58,11 @@ class Message:
 Handler = Callable[[Message], None]
 
 
+def _offline() -> str:
+    """The retained status record of a device that is going offline (PROTOCOL.md, status)."""
+    return json.dumps({"schema": 1, "state": "offline", "ts": int(time.time())})
+
+
 @dataclass(frozen=True)
 class LinkState:
     """What the link is doing, for status pages and ``edgerun mqtt check``."""
@@ -227,8 +232,7 @@ class MqttLink:
             return
         if self.connected:
             self.wait_drained(flush_timeout_s)
-            offline = {"schema": 1, "state": "offline", "ts": int(time.time())}
-            self.publish(self.topics.status, json.dumps(offline), qos=1, retain=True)
+            self.publish(self.topics.status, _offline(), qos=1, retain=True)
             self.wait_drained(min(2.0, flush_timeout_s))
         self._stop.set()
         self._poke()
@@ -292,6 +296,9 @@ class MqttLink:
             self._logged_failure = reason
         self._connected.clear()
         try:
+            # A clean DISCONNECT makes the broker discard the last will, so the retained status
+            # would say online through the backoff: say offline first (online again after CONNACK).
+            self._client.publish(self.topics.status, _offline(), qos=1, retain=True)
             self._client.disconnect()
         except Exception as close_exc:  # already gone
             log.debug("disconnect: %s", close_exc)
@@ -381,8 +388,8 @@ class MqttLink:
             except queue.Empty:
                 break
             info, done = self._send(topic, payload, qos, retain)
-            if not done and self._kept(info, qos):
-                self._direct_mids.add(info.mid)
+            if qos > 0 and not done and self._kept(info, qos):  # a QoS 0 id is not kept: paho may drop
+                self._direct_mids.add(info.mid)  # the message unsent, and its id would linger until reused
         self._drain()
 
     def _send(self, topic: str, payload: bytes, qos: int, retain: bool = False) -> tuple[Any, bool]:
