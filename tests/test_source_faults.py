@@ -148,6 +148,16 @@ def test_credentials_in_the_url_log_in_and_receive_messages(locked_broker: Broke
     assert [f.data.tolist() for f in got[:2]] == [[4.0, 5.0], [4.0, 5.0]]
 
 
+def test_a_user_without_a_password_in_the_url_takes_it_from_the_environment(
+    locked_broker: Broker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("EDGERUN_MQTT_PASSWORD", "s3cret")  # kept out of the process list
+    topic = f"allowed/{time.monotonic_ns()}"
+    source = MqttSource(f"mqtt://reader@127.0.0.1:{locked_broker.port}/{topic}")
+    got = _frames_until(source, 1, [b"[6.0]"], locked_broker.port, topic)
+    assert [f.data.tolist() for f in got[:1]] == [[6.0]]
+
+
 def test_url_credentials_are_percent_decoded_and_optional() -> None:
     assert split_credentials("mqtt://u%40x:p%3Aw%40@host:1884/t/#") == ("mqtt://host:1884/t/#", "u@x", "p:w@")
     assert split_credentials("mqtt://u@host/t") == ("mqtt://host/t", "u", None)

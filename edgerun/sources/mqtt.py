@@ -12,7 +12,9 @@ not authorised) or the subscription at the start stops the run at once, since
 retrying cannot help; a connection lost later (or refused while the broker
 restarts) is logged and re-established by paho. Credentials
 may be given in the URL (``mqtt://user:password@host/topic``, percent-encoded);
-the source's ``uri`` shows the user, never the password. This is a minimal
+the source's ``uri`` shows the user, never the password. A user without a
+password in the URL takes it from ``$EDGERUN_MQTT_PASSWORD``, as the device's
+link does, which keeps it out of the process list. This is a minimal
 subscriber of its own, separate from the device's MQTT link (``edgerun.sync``).
 """
 
@@ -24,6 +26,7 @@ import functools
 import io
 import json
 import logging
+import os
 import threading
 import time
 import urllib.parse
@@ -131,6 +134,8 @@ class MqttSource(LiveSource):
         retry_delay_s: float = 1.0,
     ) -> None:
         bare, self._username, self._password = split_credentials(url)
+        if self._username is not None and self._password is None:  # as for the device's link: out of `ps`
+            self._password = os.environ.get("EDGERUN_MQTT_PASSWORD")
         self.host, self.port, self.topic = parse_mqtt_url(bare)
         shown = bare if self._username is None else bare.replace("://", f"://{self._username}@", 1)
         super().__init__(shown, queue)  # the uri is logged and shown: never with the password
