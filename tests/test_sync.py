@@ -416,3 +416,31 @@ def test_predict_with_mqtt_reports_every_inference_and_goes_offline(broker: Brok
     assert {r["model"] for r in results} == {"digits"} and all(r["output"][0]["label"] for r in results)
     wait_until(lambda: collector.on("edgerun/predict-dev/status")[-1]["state"] == "offline", 10, "offline")
     collector.close()
+
+
+def test_qos0_records_cut_off_by_a_lost_connection_are_sent_again_after_the_reconnect(
+    own_broker: Broker, tmp_path: Path
+) -> None:
+    topics = Topics("edgerun", "cut-dev")
+    outbox = Outbox(tmp_path / "o.sqlite")
+    link = MqttLink(_settings(own_broker.port, keepalive_s=60), topics, outbox)
+    link.start()
+    assert own_broker.proc is not None
+    try:
+        assert link.wait_connected(10)
+        own_broker.proc.send_signal(signal.SIGSTOP)  # reads nothing: the socket's buffers fill up
+        pad = "x" * 200_000
+        for n in range(100):  # 20 MB, more than loopback's buffers hold: paho keeps the rest queued
+            outbox.put("metrics", topics.metrics, {"n": n, "pad": pad}, qos=0)
+        link.notify()
+        wait_until(lambda: link.state().sent == 100, 20, "every record handed to paho")
+        own_broker.proc.kill()  # the connection is lost with QoS 0 packets still in paho's queue
+        own_broker.proc.wait()
+        own_broker.proc = None
+        own_broker.start()
+        # paho drops unsent QoS 0 packets when it reconnects and never reports them sent: the link
+        # must send those records again, or they would wait in its in-flight map until a restart
+        assert link.wait_drained(30)
+        assert len(outbox) == 0
+    finally:
+        link.stop()

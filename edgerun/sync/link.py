@@ -130,6 +130,7 @@ class MqttLink:
         self._unsubscribe: queue.Queue[str] = queue.Queue()
         self._direct_mids: set[int] = set()
         self._inflight: dict[int, int] = {}  # mid -> outbox id
+        self._inflight_qos0: set[int] = set()  # those mids of QoS 0 records: paho drops them unsent on a reconnect
         self._early: set[int] = set()  # acks that arrived inside the publish() call in progress
         self._acked: list[int] = []
         self._last_sent = 0  # outbox id of the newest record handed to paho
@@ -441,6 +442,8 @@ class MqttLink:
                 self._acked.append(record.id)
             else:
                 self._inflight[info.mid] = record.id  # also when paho resends it after the reconnect
+                if record.qos == 0:
+                    self._inflight_qos0.add(info.mid)
             if info.rc != self._mqtt.MQTT_ERR_SUCCESS:
                 return  # connection gone
 
@@ -477,6 +480,7 @@ class MqttLink:
         self._logged_error = None
         # What was in flight stays mapped: paho re-sends its unacknowledged QoS 1
         # messages (same mids) on every reconnect, so we must not send them again.
+        self._resend_lost_qos0()
         self._subscribed.clear()  # subscribe again: the broker may have lost the session
         self._status_dirty = True
         self._connected.set()
@@ -486,6 +490,16 @@ class MqttLink:
             getattr(flags, "session_present", "?"),
         )
 
+    def _resend_lost_qos0(self) -> None:
+        """Send again the QoS 0 records paho had not written when the connection went: it drops
+        them on reconnecting and never reports them sent, so they would wait in ``_inflight`` (and
+        in the outbox) until a restart. Sending restarts at the oldest of them; a record after it
+        that is sent twice is dropped by receivers by ``(device, epoch, seq)``."""
+        lost = [self._inflight.pop(mid) for mid in self._inflight_qos0 if mid in self._inflight]
+        self._inflight_qos0.clear()
+        if lost:
+            self._last_sent = min(self._last_sent, min(lost) - 1)
+
     def _on_disconnect(self, client: Any, userdata: Any, flags: Any, reason_code: Any, properties: Any) -> None:
         self._connected.clear()
 
@@ -494,6 +508,7 @@ class MqttLink:
             self._direct_mids.discard(mid)
             return
         rid = self._inflight.pop(mid, None)
+        self._inflight_qos0.discard(mid)
         if rid is None:
             self._early.add(mid)
             return
