@@ -99,34 +99,36 @@ def open_source(
     """
     from edgerun.errors import ConfigError
     from edgerun.sources.files import FileSource
-    from edgerun.sources.sensor import SensorSource, is_sensor_spec
-    from edgerun.sources.video import VIDEO_SUFFIXES, CameraSource, StreamSource, VideoFileSource
+    from edgerun.sources.sensor import SensorSource
+    from edgerun.sources.video import CameraSource, StreamSource, VideoFileSource
 
     items = [specs] if isinstance(specs, str) else list(specs)
     if not items:
         raise ConfigError("no source given")
     first = items[0]
     if len(items) == 1:
-        if first.startswith("camera:") or first.startswith("/dev/video"):
+        kind = _only_source_kind(first)
+        if kind == _CAMERA:
             return CameraSource(first, width=width, height=height, fps=fps, queue=queue or 2)
-        if first.startswith(_STREAM_SCHEMES):
+        if kind == _STREAM:
             return StreamSource(first, queue=queue or 2, decode_threads=decode_threads)
-        if first.startswith(_MQTT_SCHEMES):
+        if kind == _MQTT:
             from edgerun.sources.mqtt import MqttSource
 
             return MqttSource(first, queue=queue or 8)
     paths = FileSource.expand(items)  # a glob that matches one file names that file
     if len(paths) == 1:
         path = paths[0]
-        if is_sensor_spec(path):
+        kind = _only_source_kind(path)
+        if kind in (_STDIN, _SENSOR):
             if window is None:
                 raise ConfigError(f"a sensor source needs a window length (rows per inference): {path}")
             return SensorSource(path, window=window, hop=hop)
-        if Path(path).suffix.lower() in VIDEO_SUFFIXES:
+        if kind == _VIDEO:
             return VideoFileSource(path, decode_threads=decode_threads)
         return FileSource(items)
     for path in paths:
-        kind = _only_source_kind(path, VIDEO_SUFFIXES, is_sensor_spec(path))
+        kind = _only_source_kind(path)
         if kind is not None:
             given = f"{first} matches {len(paths)} files" if len(items) == 1 else f"{len(items)} sources were given"
             raise ConfigError(
@@ -136,20 +138,24 @@ def open_source(
     return FileSource(items)
 
 
-_STREAM_SCHEMES = ("rtsp://", "rtsps://", "http://", "https://")
-_MQTT_SCHEMES = ("mqtt://", "mqtts://")
+# What a source string names where it must be the only source, as messages say it.
+_CAMERA, _STREAM, _MQTT = "a camera", "a stream", "an MQTT source"
+_STDIN, _SENSOR, _VIDEO = "standard input", "a sensor file", "a video file"
 
 
-def _only_source_kind(path: str, video_suffixes: frozenset[str], sensor: bool) -> str | None:
-    """What ``path`` is, where it must be the only source (``"a video file"``...); None for an image or array."""
-    if sensor:
-        return "standard input" if path in ("-", "stdin") else "a sensor file"
-    if Path(path).suffix.lower() in video_suffixes:
-        return "a video file"
-    if path.startswith("camera:") or path.startswith("/dev/video"):
-        return "a camera"
-    if path.startswith(_STREAM_SCHEMES):
-        return "a stream"
-    if path.startswith(_MQTT_SCHEMES):
-        return "an MQTT source"
+def _only_source_kind(spec: str) -> str | None:
+    """What ``spec`` names, where it must be the only source (``_CAMERA``...); None for an image or array file."""
+    from edgerun.sources.sensor import is_sensor_spec
+    from edgerun.sources.video import VIDEO_SUFFIXES
+
+    if spec.startswith(("camera:", "/dev/video")):
+        return _CAMERA
+    if spec.startswith(("rtsp://", "rtsps://", "http://", "https://")):
+        return _STREAM
+    if spec.startswith(("mqtt://", "mqtts://")):
+        return _MQTT
+    if is_sensor_spec(spec):
+        return _STDIN if spec in ("-", "stdin") else _SENSOR
+    if Path(spec).suffix.lower() in VIDEO_SUFFIXES:
+        return _VIDEO
     return None
