@@ -206,30 +206,39 @@ def test_a_delegate_preference_order_takes_the_first_that_works(tmp_path: Path) 
         Daemon(only_absent)._load("digits", only_absent.models["digits"])
 
 
-def test_a_sensor_window_or_channel_count_the_model_does_not_accept_is_named_and_the_daemon_keeps_running(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
-) -> None:
+def _in_process_daemon(state_dir: Path, models: dict[str, str], pipelines: dict[str, Any]) -> Any:
+    """A ``Daemon`` in this process (not started) serving ``models`` (name -> path) to ``pipelines``, no HTTP API."""
     from edgerun.config import parse_config
     from edgerun.daemon import Daemon
 
+    config = parse_config(
+        {
+            "models": {name: {"path": path} for name, path in models.items()},
+            "pipelines": pipelines,
+            "api": {"enabled": False},
+            "state_dir": str(state_dir),
+        },
+        "test",
+    )
+    return Daemon(config)
+
+
+def test_a_sensor_window_or_channel_count_the_model_does_not_accept_is_named_and_the_daemon_keeps_running(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     model = str(ROOT / "models/vibration/vibration_int8.tflite")
     samples = str(ROOT / "models/vibration/samples/normal.csv")
     two = tmp_path / "two.csv"
     two.write_text("".join(f"{i * 0.1:.1f},{i * 0.2:.1f}\n" for i in range(300)))
-    config = parse_config(
+    daemon = _in_process_daemon(
+        tmp_path,
+        {"vibration": model},
         {
-            "models": {"vibration": {"path": model}},
-            "pipelines": {
-                "wrong": {"source": samples, "model": "vibration", "window": 100, "restart_s": 0.1},
-                "columns": {"source": str(two), "model": "vibration", "restart_s": 0.1},
-                "fits": {"source": samples, "model": "vibration"},
-            },
-            "api": {"enabled": False},
-            "state_dir": str(tmp_path),
+            "wrong": {"source": samples, "model": "vibration", "window": 100, "restart_s": 0.1},
+            "columns": {"source": str(two), "model": "vibration", "restart_s": 0.1},
+            "fits": {"source": samples, "model": "vibration"},
         },
-        "test",
     )
-    daemon = Daemon(config)
     daemon.start()
     try:
         wait_until(lambda: daemon.runners["fits"].state == "finished", 30, "the pipeline that fits to finish")
@@ -246,22 +255,14 @@ def test_a_sensor_window_or_channel_count_the_model_does_not_accept_is_named_and
 def test_a_frame_that_fails_in_a_pipeline_is_one_warning_naming_the_pipeline(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    from edgerun.config import parse_config
-    from edgerun.daemon import Daemon
-
     rows = (ROOT / "models/vibration/samples/normal.csv").read_text().splitlines()
     readings = tmp_path / "readings.csv"
     readings.write_text("\n".join([*rows[:5], "0.005,1.0,oops,2.0", *rows[5:300]]) + "\n")  # one bad row
-    config = parse_config(
-        {
-            "models": {"vibration": {"path": str(ROOT / "models/vibration/vibration_int8.tflite")}},
-            "pipelines": {"line": {"source": str(readings), "model": "vibration"}},
-            "api": {"enabled": False},
-            "state_dir": str(tmp_path / "state"),
-        },
-        "test",
+    daemon = _in_process_daemon(
+        tmp_path / "state",
+        {"vibration": str(ROOT / "models/vibration/vibration_int8.tflite")},
+        {"line": {"source": str(readings), "model": "vibration"}},
     )
-    daemon = Daemon(config)
     daemon.start()
     try:
         wait_until(lambda: daemon.runners["line"].state == "finished", 30, "the pipeline to finish")
@@ -541,22 +542,12 @@ def test_the_systemd_watchdog_is_fed_while_a_sighup_reload_loads_a_model(tmp_pat
 
 
 def test_a_sink_that_fails_to_open_leaves_the_source_closed(tmp_path: Path) -> None:
-    from edgerun.config import parse_config
-    from edgerun.daemon import Daemon
-
     video = make_video(tmp_path / "in.avi", frames=5, size=(64, 48))
-    config = parse_config(
-        {
-            "models": {"digits": {"path": str(DIGITS_INT8)}},
-            "pipelines": {
-                "cam": {"source": str(video), "model": "digits", "sinks": [str(tmp_path / "gone" / "out.jsonl")]}
-            },
-            "api": {"enabled": False},
-            "state_dir": str(tmp_path / "state"),
-        },
-        "test",
+    daemon = _in_process_daemon(
+        tmp_path / "state",
+        {"digits": str(DIGITS_INT8)},
+        {"cam": {"source": str(video), "model": "digits", "sinks": [str(tmp_path / "gone" / "out.jsonl")]}},
     )
-    daemon = Daemon(config)
     daemon.start()
     try:
         wait_until(lambda: daemon.runners["cam"].state == "waiting", 30, "the pipeline to wait for a retry")
@@ -614,21 +605,13 @@ class _HeldStream:
 
 
 def test_a_pipeline_stopped_while_its_source_opens_never_runs(tmp_path: Path) -> None:
-    from edgerun.config import parse_config
-    from edgerun.daemon import Daemon
-
     stream = _HeldStream()
     out = tmp_path / "out.jsonl"
-    config = parse_config(
-        {
-            "models": {"digits": {"path": str(DIGITS_INT8)}},
-            "pipelines": {"cam": {"source": stream.url, "model": "digits", "sinks": [str(out)]}},
-            "api": {"enabled": False},
-            "state_dir": str(tmp_path / "state"),
-        },
-        "test",
+    daemon = _in_process_daemon(
+        tmp_path / "state",
+        {"digits": str(DIGITS_INT8)},
+        {"cam": {"source": stream.url, "model": "digits", "sinks": [str(out)]}},
     )
-    daemon = Daemon(config)
     daemon.start()
     runner = daemon.runners["cam"]
     stopper = threading.Thread(target=runner.stop)

@@ -351,16 +351,24 @@ def test_an_outbox_failure_while_connected_is_logged_and_the_link_reconnects_and
     assert errors[0].exc_info is None  # the traceback goes to DEBUG
 
 
+def _connected_link(broker: Broker, tmp_path: Path, device: str) -> tuple[Topics, Outbox, MqttLink]:
+    """A started link of ``device`` to ``broker`` (a 60 s keepalive: the test may freeze the broker), connected."""
+    assert broker.proc is not None
+    topics = Topics("edgerun", device)
+    outbox = Outbox(tmp_path / "o.sqlite")
+    link = MqttLink(_settings(broker.port, keepalive_s=60), topics, outbox)
+    link.start()
+    if not link.wait_connected(10):
+        link.stop()
+        raise AssertionError(f"the link did not connect to {broker.url} in 10 s")
+    return topics, outbox, link
+
+
 def test_a_stale_acknowledgement_never_deletes_a_later_record_that_reuses_its_message_id(
     own_broker: Broker, tmp_path: Path
 ) -> None:
-    topics = Topics("edgerun", "wrap-dev")
-    outbox = Outbox(tmp_path / "o.sqlite")
-    link = MqttLink(_settings(own_broker.port, keepalive_s=60), topics, outbox)
-    link.start()
-    assert own_broker.proc is not None
+    topics, outbox, link = _connected_link(own_broker, tmp_path, "wrap-dev")
     try:
-        assert link.wait_connected(10)
         # paho reports a QoS 0 message published inside publish(), before the link knows its
         # message id; 65,535 of them use every id once, so the next ids are all reused.
         for _ in range(65_535):
@@ -421,13 +429,8 @@ def test_predict_with_mqtt_reports_every_inference_and_goes_offline(broker: Brok
 def test_qos0_records_cut_off_by_a_lost_connection_are_sent_again_after_the_reconnect(
     own_broker: Broker, tmp_path: Path
 ) -> None:
-    topics = Topics("edgerun", "cut-dev")
-    outbox = Outbox(tmp_path / "o.sqlite")
-    link = MqttLink(_settings(own_broker.port, keepalive_s=60), topics, outbox)
-    link.start()
-    assert own_broker.proc is not None
+    topics, outbox, link = _connected_link(own_broker, tmp_path, "cut-dev")
     try:
-        assert link.wait_connected(10)
         own_broker.proc.send_signal(signal.SIGSTOP)  # reads nothing: the socket's buffers fill up
         pad = "x" * 200_000
         for n in range(100):  # 20 MB, more than loopback's buffers hold: paho keeps the rest queued
