@@ -41,6 +41,9 @@ class Channel:
         self._getters = 0
         self._putters = 0
 
+    def __len__(self) -> int:
+        return len(self._items)
+
     def put(self, item: Any, timeout: float) -> bool:
         """Append, waiting up to ``timeout`` s for room; False if there was none."""
         with self._lock:
@@ -100,6 +103,10 @@ class Lanes:
             return False
         self._put_at = (self._put_at + 1) % len(self.channels)
         return True
+
+    def empty(self) -> bool:
+        """True when the lane the next item goes into holds nothing (its consumer has nothing waiting there)."""
+        return not self.channels[self._put_at]
 
     def end(self) -> None:
         """Put the end marker into every lane (each worker, or the one consumer, needs its own)."""

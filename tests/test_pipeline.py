@@ -7,6 +7,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -230,7 +231,7 @@ def test_metrics_see_every_inference_with_its_stages(model: edgerun.Model) -> No
     assert all(v > 0 for v in entry["stages_ms"].values())
 
 
-def test_a_decoded_source_is_prepared_on_the_reader_with_the_same_results_in_order(
+def test_a_decoded_source_runs_no_prepare_thread_and_gives_the_same_results_in_order(
     tmp_path: Path, model: edgerun.Model
 ) -> None:
     source = open_source(str(make_video(tmp_path / "v.avi", frames=20)))
@@ -244,6 +245,71 @@ def test_a_decoded_source_is_prepared_on_the_reader_with_the_same_results_in_ord
     assert summary.ok == 20 and [r.frame.index for r in sink.results] == list(range(20))
     assert [r.record["output"] for r in sink.results] == expected
     assert "pipeline-read" in threads and not any(name.startswith("pipeline-prepare") for name in threads)
+
+
+class GatedSource:
+    """A real decoded Source that hands out frame 1 only once result 0 reached the sink, then frames 2-5 at once."""
+
+    live = False
+    decoded = True
+    dropped = 0
+    uri = "gated"
+
+    def __init__(self, sink: GatedSink) -> None:
+        self.sink = sink
+        self.images = [cv2.imread(str(SAMPLES / f"digit_{i}.png")) for i in range(6)]
+
+    def frames(self) -> Iterator[Frame]:
+        for i, image in enumerate(self.images):
+            if i == 1:
+                assert self.sink.first.wait(10), "result 0 never reached the sink"
+            yield Frame(image, time.time(), f"gated#{i}", i)
+        self.sink.release.set()  # frame 5 is in the inference queue
+
+    def close(self) -> None:
+        pass
+
+
+class GatedSink(ListSink):
+    """An inline sink that holds the inference thread at result 0 until the source lets it go."""
+
+    def __init__(self) -> None:
+        super().__init__(inline=True)
+        self.first, self.release = threading.Event(), threading.Event()
+
+    def publish(self, result: Result) -> None:
+        super().publish(result)
+        if len(self.results) == 1:
+            self.first.set()
+            assert self.release.wait(10), "the source never finished"
+
+
+def test_a_starved_inference_thread_prepares_decoded_frames_itself_and_a_busy_one_gets_them_prepared(
+    model: edgerun.Model,
+) -> None:
+    """Decoding (the reader) is the slower stage on a fast accelerator: the reader only reads while
+    inference waits for frames, and prepares them too while inference has frames waiting."""
+    prepared_by: dict[str, str] = {}
+
+    def watch(frame: Any, event: str, _arg: Any) -> None:
+        if event == "call" and frame.f_code is edgerun.Model.prepare.__code__:
+            prepared_by[frame.f_locals["name"]] = threading.current_thread().name
+
+    sink = GatedSink()
+    source = GatedSource(sink)
+    expected = [model.predict(image).output for image in source.images]
+    threading.setprofile(watch)  # the pipeline's threads start after this, with it
+    try:
+        summary = Pipeline(source, model, [sink]).run()
+    finally:
+        threading.setprofile(None)
+    assert summary.ok == 6 and [r.record["output"] for r in sink.results] == expected
+    # 0: nothing else to do. 1: the inference thread holds 0 in the sink, its queue is empty.
+    # 2-5: frame 1 waits in the queue, so the reader prepares them.
+    assert prepared_by == {
+        **{f"gated#{i}": "pipeline-infer" for i in (0, 1)},
+        **{f"gated#{i}": "pipeline-read" for i in range(2, 6)},
+    }
 
 
 def test_several_prepare_workers_decode_in_parallel_and_results_keep_the_source_order(
