@@ -52,8 +52,9 @@ class Source(Protocol):
     uri: str
     live: bool
     #: Frames arrive decoded (video, camera, stream, sensor windows): reading is the heavy
-    #: part, so the pipeline prepares each frame on the reading thread. False where frames
-    #: are encoded bytes or paths that preparing decodes (files, MQTT messages).
+    #: part, so the pipeline runs no prepare thread: the reading thread prepares a frame
+    #: while inference has frames queued, the inference thread when it has none. False
+    #: where frames are encoded bytes or paths that preparing decodes (files, MQTT messages).
     decoded: bool
 
     @property
