@@ -32,7 +32,13 @@ Candidates and baselines alternate, run by run; ratios are medians of
 per-pair ratios. As in the other benchmarks, PASS/FAIL is printed, never
 asserted, and the exit status is 0.
 
-    python benchmarks/bench_pipeline.py [--quick]
+    python benchmarks/bench_pipeline.py [--quick] [--mobilenet-dir DIR]
+
+``--mobilenet-dir DIR`` takes the MobileNet files from DIR instead of
+``models/mobilenet``: ``python tools/build_mobilenet.py --alpha 0.6 --out DIR``
+builds a narrower model whose call is shorter: on a machine where inference is
+the slower stage, it stands in for one where decoding is (a fast CPU such as
+Zen 5, or an accelerator).
 """
 
 from __future__ import annotations
@@ -207,12 +213,13 @@ def overlapped_bare(video: Path, model: Any, bare: Callable[[np.ndarray], np.nda
     return n / (time.perf_counter() - t0)
 
 
-def _missing_mobilenet(names: list[str]) -> bool:
-    missing = [n for n in names if not (MOBILENET_DIR / n).is_file()]
+def _missing_mobilenet(names: list[str], folder: Path) -> bool:
+    missing = [n for n in names if not (folder / n).is_file()]
     if missing:
+        out = "" if folder == MOBILENET_DIR else f" --out {folder}"
         print(
-            f"SKIP mobilenet rows: {', '.join(missing)} not found; build them with "
-            "`pip install -e .[build]` then `python tools/build_mobilenet.py`"
+            f"SKIP mobilenet rows: {', '.join(missing)} not found in {folder}; build them with "
+            f"`pip install -e .[build]` then `python tools/build_mobilenet.py{out}`"
         )
     return bool(missing)
 
@@ -220,7 +227,7 @@ def _missing_mobilenet(names: list[str]) -> bool:
 # -- 1. video ------------------------------------------------------------------------------------------------
 
 
-def video_part(video: Path, rounds: int) -> list[tuple[str, bool]]:
+def video_part(video: Path, rounds: int, mobilenet_dir: Path) -> list[tuple[str, bool]]:
     """Pipeline fps over the video against the bare runtime over pre-decoded, pre-processed tensors."""
     import edgerun
     from edgerun.sources import open_source
@@ -231,11 +238,11 @@ def video_part(video: Path, rounds: int) -> list[tuple[str, bool]]:
         f"\n## 1. video pipeline: {VIDEO_SIZE[0]}x{VIDEO_SIZE[1]} mp4v, {VIDEO_FRAMES} frames "
         f"({video}), {rounds} alternating rounds\n"
     )
-    if _missing_mobilenet(names):
+    if _missing_mobilenet(names, mobilenet_dir):
         return []
     rows, breakdown, results = [], [], []
     for name in names:
-        path = MOBILENET_DIR / name
+        path = mobilenet_dir / name
         per_threads = {}
         for threads in (1, 2):
             model = edgerun.load(path, threads=threads)
@@ -475,7 +482,7 @@ class _Null:
         return len(text)
 
 
-def batch_part(images: Path, tmp: Path, runs: int, inproc_runs: int) -> list[tuple[str, bool]]:
+def batch_part(images: Path, tmp: Path, runs: int, inproc_runs: int, mobilenet_dir: Path) -> list[tuple[str, bool]]:
     """``edgerun predict DIR`` against a plain loop, as processes and in-process."""
     import importlib.util
 
@@ -483,8 +490,8 @@ def batch_part(images: Path, tmp: Path, runs: int, inproc_runs: int) -> list[tup
     from edgerun.sources.files import FileSource
 
     cases = [(DIGITS_DIR / "digits_int8.onnx", 1), (DIGITS_DIR / "digits_int8.onnx", 8)]
-    if not _missing_mobilenet(["mobilenet_int8.tflite"]):
-        cases += [(MOBILENET_DIR / "mobilenet_int8.tflite", 1)]
+    if not _missing_mobilenet(["mobilenet_int8.tflite"], mobilenet_dir):
+        cases += [(mobilenet_dir / "mobilenet_int8.tflite", 1)]
     print(f"\n## 2. batch predict over {N_IMAGES} JPEGs ({IMAGE_SIZE[0]}x{IMAGE_SIZE[1]}, {images})\n")
     n = len([p for p in images.iterdir() if p.suffix == ".jpg"])
     proc_rows, inproc_rows, results = [], [], []
@@ -656,8 +663,9 @@ def metrics_part(images: Path, rounds: int, calls: int) -> list[tuple[str, bool]
 
 def main() -> int:
     """Generate the inputs once, run the three parts, print tables and PASS/FAIL."""
-    args = parse_args(__doc__.splitlines()[0])
-    print(f"# bench_pipeline{' --quick' if args.quick else ''}: {machine_summary()}")
+    args = parse_args(__doc__.splitlines()[0], mobilenet_dir=True)
+    other = f" --mobilenet-dir {args.mobilenet_dir}" if args.mobilenet_dir != MOBILENET_DIR else ""
+    print(f"# bench_pipeline{' --quick' if args.quick else ''}{other}: {machine_summary()}")
     print("running `python -m compileall -q edgerun` (PYTHONDONTWRITEBYTECODE is set here; see bench_startup.py)")
     subprocess.run([PY, "-m", "compileall", "-q", str(REPO / "edgerun")], check=True)
     CACHE.mkdir(parents=True, exist_ok=True)
@@ -666,9 +674,15 @@ def main() -> int:
     images = make_images(CACHE / f"jpeg_{IMAGE_SIZE[0]}x{IMAGE_SIZE[1]}_{N_IMAGES}", N_IMAGES, IMAGE_SIZE, 1000)
     print(f"inputs in {CACHE} ({time.perf_counter() - t0:.1f} s to check or generate)")
     results: list[tuple[str, bool]] = []
-    results += video_part(video, rounds=2 if args.quick else 8)
+    results += video_part(video, rounds=2 if args.quick else 8, mobilenet_dir=args.mobilenet_dir)
     with tempfile.TemporaryDirectory() as tmp:
-        results += batch_part(images, Path(tmp), runs=2 if args.quick else 12, inproc_runs=2 if args.quick else 4)
+        results += batch_part(
+            images,
+            Path(tmp),
+            runs=2 if args.quick else 12,
+            inproc_runs=2 if args.quick else 4,
+            mobilenet_dir=args.mobilenet_dir,
+        )
     results += metrics_part(images, rounds=2 if args.quick else 40, calls=20_000 if args.quick else 100_000)
     print_targets(results)
     return 0
