@@ -22,6 +22,7 @@ import msgspec
 
 from edgerun.backends.base import TensorSpec
 from edgerun.errors import CardError
+from edgerun.files import read_utf8
 
 log = logging.getLogger(__name__)
 
@@ -142,10 +143,7 @@ def load_card(path: Path, cache_dir: Path | None = None) -> ModelCard:
         return cached
     import yaml
 
-    try:
-        text = path.read_text()
-    except OSError as exc:
-        raise CardError(f"cannot read card {path}: {exc.strerror}") from exc
+    text = read_utf8(path, "card", CardError)
     try:
         data = yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
     except yaml.YAMLError as exc:

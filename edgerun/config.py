@@ -21,6 +21,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from edgerun.errors import ConfigError
+from edgerun.files import read_utf8
 
 __all__ = ["ApiConfig", "Config", "check_runnable", "default_config", "load_config"]
 
@@ -80,6 +81,20 @@ class PipelineConfig(_Strict):
         1, ge=1, le=64, description="image files and MQTT messages: threads decoding them in parallel"
     )
     restart_s: float = Field(5.0, ge=0.1, le=3600, description="wait before reopening a source that failed")
+
+    @field_validator("source")
+    @classmethod
+    def _source_as_the_command_line_takes_it(cls, source: str) -> str:
+        if not source:
+            raise ValueError("an empty source names nothing")
+        if source.startswith(("mqtt://", "mqtts://")):  # refused here, not retried for ever by the daemon
+            from edgerun.sources.mqtt import parse_mqtt_url, split_credentials
+
+            try:
+                parse_mqtt_url(split_credentials(source)[0])
+            except ConfigError as exc:
+                raise ValueError(str(exc)) from None
+        return source
 
     @field_validator("sinks")
     @classmethod
@@ -284,17 +299,7 @@ def load_config(path: str | os.PathLike[str]) -> Config:
     import yaml
 
     path = Path(path)
-    try:
-        raw = path.read_bytes()
-    except OSError as exc:
-        raise ConfigError(f"cannot read config {path}: {exc.strerror}") from exc
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        line = raw.count(b"\n", 0, exc.start) + 1
-        raise ConfigError(
-            f"{path}: not UTF-8 text (byte 0x{raw[exc.start]:02x} at offset {exc.start}, line {line})"
-        ) from None
+    text = read_utf8(path, "config", ConfigError)
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:

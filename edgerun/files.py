@@ -5,7 +5,22 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-__all__ = ["atomic_write", "fsync_dir", "sha256_file"]
+__all__ = ["atomic_write", "fsync_dir", "read_utf8", "sha256_file"]
+
+
+def read_utf8(path: Path, what: str, error: type[Exception]) -> str:
+    """The text of a UTF-8 file (a config, a card); ``error`` in one line naming the file and,
+    for text that is not UTF-8, the byte, its offset and its line."""
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise error(f"cannot read {what} {path}: {exc.strerror}") from exc
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw.count(b"\n", 0, exc.start) + 1
+        where = f"byte 0x{raw[exc.start]:02x} at offset {exc.start}, line {line}"
+        raise error(f"{path}: not UTF-8 text ({where})") from None
 
 
 def sha256_file(path: Path) -> str:

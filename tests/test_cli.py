@@ -9,6 +9,7 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -88,6 +89,11 @@ def test_bad_inputs_each_get_one_line_exit_1_and_the_good_ones_still_run(tmp_pat
     assert "no usable files" in records[4]["error"]
 
 
+#: ``edgerun ota publish`` with every required option; the key file is never read (the refusals come first).
+OTA_PUBLISH = ["ota", "publish", str(DIGITS / "digits_int8.tflite"), "--model", "digits", "--version", "1.0.1"]
+OTA_PUBLISH += ["--key", "k.pem", "--device", "d1", "--mqtt", "mqtt://127.0.0.1:1"]
+
+
 @pytest.mark.parametrize(
     ("args", "code", "message"),
     [
@@ -122,6 +128,46 @@ def test_bad_inputs_each_get_one_line_exit_1_and_the_good_ones_still_run(tmp_pat
             2,
             "is not a directory",
         ),
+        # an empty string is no path: once it walked the current directory, or wrote no --output at all
+        (["predict", str(DIGITS / "digits_int8.tflite"), ""], 2, "an INPUT is an empty string"),
+        (["predict", str(DIGITS / "digits_int8.tflite"), "x.png", "--output", ""], 2, "--output is an empty string"),
+        (["run", str(DIGITS / "digits_int8.tflite"), "--source", ""], 2, "--source is an empty string"),
+        (["devices", "--model", ""], 2, "--model is an empty string"),
+        # devices checks its options without --model too, instead of ignoring them
+        (["devices", "--threads", "0"], 2, "--threads must be between 1 and 256, got 0"),
+        (["devices", "--delegate", "warp"], 2, "unknown delegate 'warp'"),
+        # values that once ended in a traceback (an allocation, a sleep or a socket timeout out of range)
+        (["bench", str(DIGITS / "digits_int8.tflite"), "--runs", str(10**14)], 2, "--runs must be between 1 and"),
+        (["mqtt", "check", "--mqtt", "mqtt://127.0.0.1", "--timeout", "1e300"], 2, "--timeout must be between 0"),
+        (
+            ["run", str(DIGITS / "digits_int8.tflite"), "--source", "x.png", "--fps", "1e-300"],
+            2,
+            "--fps must be between 0.0001 and 1000, got 1e-300",
+        ),
+        (["run", str(DIGITS / "digits_int8.tflite"), "--source", "x.png", "--width", "-5"], 2, "--width must be"),
+        (
+            ["run", str(DIGITS / "digits_int8.tflite"), "--source", "x.png", "--batch-size", "1000"],
+            2,
+            "--batch-size must be between 1 and 256, got 1000",
+        ),
+        (["ota", "status", "--mqtt", "mqtt://127.0.0.1:1", "--wait", "nan"], 2, "--wait must be between 0 and 3600"),
+        (["ota", "clear", "--mqtt", "mqtt://127.0.0.1:1", "--wait", "-1"], 2, "--wait must be between 0 and 3600"),
+        (["ota", "status", "--mqtt", "mqtt://127.0.0.1:1", "--prefix", "a/#"], 2, "topic prefix 'a/#' is invalid"),
+        (
+            [*OTA_PUBLISH, "--expires-in", "nan"],
+            2,
+            "--expires-in must be a positive number, got nan",
+        ),
+        (
+            [*OTA_PUBLISH, "--expires-in=-100"],
+            2,
+            "--expires-in must be a positive number, got -100",  # once published, already expired
+        ),
+        (
+            ["ota", "rollback", "--model", "a/b#", "--key", "k.pem", "--device", "d1", "--mqtt", "mqtt://127.0.0.1:1"],
+            2,
+            "model name 'a/b#' is invalid",
+        ),
     ],
 )
 def test_model_and_option_errors_are_one_line_with_the_right_exit_code(
@@ -145,6 +191,16 @@ def test_model_and_option_errors_are_one_line_with_the_right_exit_code(
         (["predict", "--mqtt", "mqtt://h", "--results-rate", "-1"], "--results-rate must be a positive number, got -1"),
         (["predict", "--mqtt", "mqtt://[::1"], "MQTT URL is malformed: 'mqtt://[::1' (Invalid IPv6 URL)"),
         (["run", "--source", str(SAMPLES), "--mqtt", "mqtt://h:0"], "MQTT URL has a bad port: 'mqtt://h:0' (port 0)"),
+        (["predict", "--mqtt", "mqtt://h", "--metrics-interval", "1e300"], "--metrics-interval must be between 0 and"),
+        (["run", "--source", str(SAMPLES), "--ota-key", "k.pub.pem"], "OTA updates (--ota-key) need an MQTT broker"),
+        (
+            ["run", "--source", str(SAMPLES), "--mqtt", "mqtt://127.0.0.1:1", "--ota-key", "k.pub.pem"],
+            "cannot read trusted key k.pub.pem: No such file or directory",  # not after dialling the broker
+        ),
+        (
+            ["run", "--source", str(SAMPLES), "--mqtt", "mqtt://h", "--ota-key", "k.pub.pem", "--ota-keep", "0"],
+            "--ota-keep must be between 1 and 20, got 0",  # once a ValueError traceback
+        ),
     ],
 )
 def test_mqtt_options_are_refused_before_the_model_loads(args: list[str], message: str) -> None:
@@ -175,6 +231,60 @@ def test_resume_leaves_a_file_alone_unless_its_unterminated_tail_is_a_torn_recor
     torn.write_text('{"input": "other.png", "output": []}\n{"input": "digit_3.p')  # a run killed mid-line
     assert run_cli("predict", model, image, "--resume", "--output", str(torn)).returncode == 0
     assert [json.loads(line)["input"] for line in torn.read_text().splitlines()] == ["other.png", image]
+
+
+def test_output_that_is_one_of_the_inputs_is_refused_and_left_intact(tmp_path: Path) -> None:
+    image = tmp_path / "digit_3.png"
+    shutil.copy(SAMPLES / "digit_3.png", image)
+    for inputs in ([str(image)], [str(tmp_path)]):
+        result = run_cli("predict", str(DIGITS / "digits_int8.tflite"), *inputs, "--output", str(image))
+        assert result.returncode == 2 and result.stdout == ""
+        _assert_clean_errors(result.stderr, 1)
+        assert f"--output {image} is the input {image}: writing it would damage the input" in result.stderr
+        assert image.read_bytes() == (SAMPLES / "digit_3.png").read_bytes()  # no records appended to the PNG
+
+
+def test_predict_takes_no_ota_options_it_would_ignore() -> None:
+    model, image = str(DIGITS / "digits_int8.tflite"), str(SAMPLES / "digit_3.png")
+    result = run_cli("predict", model, image, "--mqtt", "mqtt://127.0.0.1:1", "--ota-key", "k.pub.pem")
+    assert result.returncode == 2 and result.stdout == ""
+    assert "unrecognized arguments: --ota-key k.pub.pem" in result.stderr
+
+
+def test_a_card_that_is_not_utf8_text_is_one_line(model_copy: Any) -> None:
+    model = model_copy("digits_int8.onnx", "digits_int8.onnx")
+    card = model.with_name(model.name + ".card.yaml")
+    card.write_bytes(b"name: d\xa6gits\n")
+    for args in (["predict", str(model), str(SAMPLES / "digit_3.png")], ["devices", "--model", str(model)]):
+        result = run_cli(*args)
+        assert result.returncode == 1 and result.stdout == ""
+        _assert_clean_errors(result.stderr, 1)
+        assert f"{card}: not UTF-8 text (byte 0xa6 at offset 7, line 1)" in result.stderr
+
+
+def test_a_tensor_output_counts_every_value_in_the_table(model_copy: Any) -> None:
+    model = model_copy("digits_int8.onnx", "raw.onnx")
+    card = model.with_name(model.name + ".card.yaml")
+    card.write_text(card.read_text().replace("task: classification", "task: detection"))  # outputs shown raw
+    result = run_cli("predict", str(model), str(SAMPLES / "digit_3.png"))
+    assert result.returncode == 0, result.stderr
+    assert "logits: 10 value(s)" in result.stdout  # a [1, 10] tensor, once counted as 1
+
+
+def test_config_check_refuses_a_pipeline_mqtt_source_the_daemon_could_never_open(tmp_path: Path) -> None:
+    config = tmp_path / "edgerun.yaml"
+    for source, message in (
+        ("mqtt://127.0.0.1:1", "MQTT source URL has no topic"),
+        ("''", "an empty source names nothing"),
+    ):
+        config.write_text(
+            f"models:\n  digits:\n    path: {DIGITS / 'digits_int8.tflite'}\n"
+            f"pipelines:\n  p:\n    source: {source}\n    model: digits\n"
+        )
+        result = run_cli("config", "check", str(config))
+        assert result.returncode == 2 and result.stdout == ""
+        _assert_clean_errors(result.stderr, 1)
+        assert f"pipelines.p.source: {message}" in result.stderr
 
 
 def test_output_appended_to_a_file_without_a_final_newline_starts_on_a_line_of_its_own(tmp_path: Path) -> None:
@@ -222,6 +332,11 @@ def test_keys_generate_refuses_a_name_that_names_no_file(tmp_path: Path) -> None
         _assert_clean_errors(result.stderr, 1)
         assert "names no file" in result.stderr
     assert list(tmp_path.iterdir()) == []
+    (tmp_path / "afile").write_text("")
+    result = run_cli("keys", "generate", "afile/operator", cwd=tmp_path)
+    assert result.returncode == 2
+    _assert_clean_errors(result.stderr, 1)
+    assert "cannot write the key pair: afile is a file, not a folder" in result.stderr  # once "File exists"
 
 
 def test_bench_of_models_that_all_fail_prints_no_table_header() -> None:

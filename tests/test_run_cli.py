@@ -381,3 +381,57 @@ def test_a_rate_that_is_not_a_positive_finite_number_is_an_option_error(option: 
     assert result.returncode == 2
     name, value = option[0].split("=")[0], option[-1].split("=")[-1]
     assert result.stderr.splitlines() == [f"edgerun: error: {name} must be a positive number, got {value}"]
+
+
+@pytest.mark.parametrize("sink", ["data.csv", "./data.csv"])
+def test_a_sink_that_is_the_source_file_is_refused_and_the_source_left_intact(tmp_path: Path, sink: str) -> None:
+    data = tmp_path / "data.csv"
+    data.write_bytes((VIBRATION / "samples" / "normal.csv").read_bytes())
+    model = str(VIBRATION / "vibration_int8.tflite")
+    result = run_cli("run", model, "--source", str(data), "--sink", sink, cwd=tmp_path)
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr.splitlines() == [
+        f"edgerun: error: --sink {sink} is the source file {data}: writing it would damage the input"
+    ]
+    assert data.read_bytes() == (VIBRATION / "samples" / "normal.csv").read_bytes()  # no results appended
+
+
+def test_a_sensor_csv_with_a_byte_order_mark_reads_its_header(tmp_path: Path) -> None:
+    data = tmp_path / "excel.csv"
+    data.write_bytes(b"\xef\xbb\xbf" + (VIBRATION / "samples" / "normal.csv").read_bytes())
+    result = run_cli("run", str(VIBRATION / "vibration_int8.tflite"), "--source", str(data), "--sink", "jsonl")
+    assert result.returncode == 0, result.stderr  # once: "has 4 channels per row" (the time column unseen)
+    assert [json.loads(line)["output"][0]["label"] for line in result.stdout.splitlines()] == ["normal"] * 8
+
+
+def test_a_sensor_source_that_is_a_directory_is_named_as_such(tmp_path: Path) -> None:
+    folder = tmp_path / "data.csv"
+    folder.mkdir()
+    result = run_cli("run", str(VIBRATION / "vibration_int8.tflite"), "--source", str(folder))
+    assert result.returncode == 1
+    assert result.stderr.splitlines() == [f"edgerun: error: sensor file is a directory, not a file: {folder}"]
+
+
+@pytest.mark.parametrize(("where", "reason"), [("missing/out.mp4", "No such file or directory"), ("d.mp4", None)])
+def test_an_annotated_video_that_cannot_be_written_is_one_line_with_the_reason(
+    tmp_path: Path, where: str, reason: str | None
+) -> None:
+    (tmp_path / "d.mp4").mkdir()
+    model = str(ROOT / "models" / "digits" / "digits_int8.tflite")
+    result = run_cli("run", model, "--source", str(SAMPLES), "--sink", where, cwd=tmp_path)
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr.splitlines() == [f"edgerun: error: cannot write {where}: {reason or 'Is a directory'}"]
+
+
+def test_a_csv_sink_takes_a_file_name_that_is_not_utf8(tmp_path: Path) -> None:
+    folder = tmp_path / "in"
+    folder.mkdir()
+    name = os.fsdecode(b"d\xff.png")  # a Latin-1 name on a UTF-8 system
+    (folder / name).write_bytes((SAMPLES / "digit_3.png").read_bytes())
+    out = tmp_path / "out.csv"
+    result = run_cli(
+        "run", str(ROOT / "models" / "digits" / "digits_int8.tflite"), "--source", str(folder), "--sink", str(out)
+    )
+    assert result.returncode == 0, result.stderr  # once: the sink stopped the run with a UnicodeEncodeError
+    assert "Traceback" not in result.stderr
+    assert os.fsencode(folder / name) + b",digits,1.0.0," in out.read_bytes()

@@ -10,6 +10,8 @@ from edgerun.accel.delegates import check_delegate
 from edgerun.cli.common import add_model_options, error_line, load_kwargs, print_json
 from edgerun.errors import ConfigError, EdgerunError
 
+#: The most timed inferences --runs takes.
+MAX_RUNS = 1_000_000
 HELP = "benchmark models: load time, latency p50/p95/p99, throughput, peak RSS; INT8-vs-FP32 ratios"
 
 
@@ -27,8 +29,8 @@ def run(args: argparse.Namespace) -> int:
     """Benchmark each model (on each delegate with ``all``)."""
     from edgerun.bench import bench_isolated, speed_ratios, usable_delegates
 
-    if args.runs < 1:
-        raise ConfigError(f"--runs must be at least 1, got {args.runs}")
+    if not 1 <= args.runs <= MAX_RUNS:  # the child keeps every timing: 8 bytes a run
+        raise ConfigError(f"--runs must be between 1 and {MAX_RUNS}, got {args.runs}")
     kwargs = load_kwargs(args)
     delegate = check_delegate(kwargs.pop("delegate"), also=("all",))
     threads = kwargs.pop("threads")

@@ -16,7 +16,9 @@ __all__ = [
     "print_json",
     "report_failure",
     "require_at_least_one",
+    "require_not_empty",
     "require_positive",
+    "require_within",
     "run_pipeline",
     "start_ota",
     "start_sync",
@@ -109,6 +111,43 @@ def require_positive(args: argparse.Namespace, *names: str) -> None:
             raise ConfigError(f"--{name.replace('_', '-')} must be a positive number, got {value:g}")
 
 
+def require_within(args: argparse.Namespace, **limits: tuple[float, float]) -> None:
+    """Refuse, in one line, any option ``name=(low, high)`` that is given and outside ``[low, high]`` (or NaN)."""
+    from edgerun.errors import ConfigError
+
+    for name, (low, high) in limits.items():
+        value = getattr(args, name)
+        if value is not None and not low <= value <= high:
+            raise ConfigError(
+                f"--{name.replace('_', '-')} must be between {_number(low)} and {_number(high)}, got {_number(value)}"
+            )
+
+
+def _number(value: float) -> str:
+    """``value`` as an option takes it: whole numbers in full (1048576, not 1.04858e+06), others as %g."""
+    if isinstance(value, int) or (value == value and abs(value) < 1e15 and float(value).is_integer()):
+        return str(int(value))
+    return f"{value:g}"
+
+
+def require_not_empty(what: str, *values: str | None) -> None:
+    """Refuse an empty string given for ``what``: a path left empty must not quietly mean the current directory."""
+    from edgerun.errors import ConfigError
+
+    if any(value == "" for value in values):
+        raise ConfigError(f"{what} is an empty string")
+
+
+def same_file(a: str, b: str) -> bool:
+    """Whether paths ``a`` and ``b`` name one existing file."""
+    import os
+
+    try:
+        return os.path.samefile(a, b)
+    except (OSError, ValueError):
+        return False
+
+
 def print_json(record: Any) -> None:
     """One JSON object on one line of stdout."""
     import json  # only JSON output needs it: a one-image table run does not pay for it
@@ -127,8 +166,8 @@ def report_failure(result: Any) -> None:
         error_line(result.record["error"])
 
 
-def add_mqtt_options(parser: argparse.ArgumentParser, *, results: bool = True) -> None:
-    """--mqtt URL and its TLS, identity and publishing options."""
+def add_mqtt_options(parser: argparse.ArgumentParser, *, results: bool = True, ota: bool = True) -> None:
+    """--mqtt URL and its TLS, identity and publishing options (and, with ``ota``, the OTA ones)."""
     g = parser.add_argument_group("MQTT sync")
     g.add_argument(
         "--mqtt",
@@ -154,6 +193,7 @@ def add_mqtt_options(parser: argparse.ArgumentParser, *, results: bool = True) -
         g.add_argument(
             "--metrics-interval", type=float, default=10.0, metavar="S", help="seconds between metrics records"
         )
+    if results and ota:
         g.add_argument(
             "--ota-key",
             action="append",
@@ -169,6 +209,7 @@ def add_mqtt_options(parser: argparse.ArgumentParser, *, results: bool = True) -
             help="refuse model updates larger than this (default 256 MiB)",
         )
         g.add_argument("--ota-keep", type=int, default=2, metavar="N", help="previous versions kept (default 2)")
+    if results:
         g.add_argument("--publish-results", action="store_true", help="also publish every result")
         g.add_argument("--results-qos", type=int, choices=(0, 1), default=1, help="QoS of results (default 1)")
         g.add_argument(
@@ -205,10 +246,25 @@ def check_sync(args: argparse.Namespace) -> tuple[Any, str] | None:
     from edgerun.sync.topics import check_name
 
     require_positive(args, "metrics_interval", "results_rate")
+    require_within(args, metrics_interval=(0, 3600))  # as the config's mqtt.metrics_interval_s
     device_id = check_name("device", args.device_id) if args.device_id else default_device_id()
     for group in args.group:
         check_name("group", group)
     return mqtt_settings(args), device_id
+
+
+def check_ota(args: argparse.Namespace, checked: tuple[Any, str] | None) -> None:
+    """Refuse now, before the model loads or the broker is dialled, OTA options that cannot work."""
+    from edgerun.errors import ConfigError
+
+    require_within(args, ota_keep=(1, 20), ota_max_bytes=(1, 100_000 * 1024 * 1024))  # as the config's ota keys
+    if not args.ota_key:
+        return
+    if checked is None:
+        raise ConfigError("OTA updates (--ota-key) need an MQTT broker (--mqtt)")
+    from edgerun.ota.envelope import TrustedKeys
+
+    TrustedKeys.load(args.ota_key)  # a missing or wrong key file: one line, now
 
 
 def start_sync(args: argparse.Namespace, checked: tuple[Any, str] | None, metrics: Any, models: list[Any]) -> Any:

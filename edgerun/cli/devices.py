@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from edgerun.cli.common import add_model_options, check_folders, load_kwargs, print_json
+from edgerun.cli.common import add_model_options, load_kwargs, print_json, require_not_empty
 
 HELP = "show accelerators, runtimes and usable delegates (and, with --model, the choice and why)"
 
@@ -24,11 +24,13 @@ def register(sub: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Probe, discover, and (with a model) select for real."""
-    from edgerun.accel.delegates import CATALOGUE
+    from edgerun.accel.delegates import CATALOGUE, check_delegate
     from edgerun.accel.probe import probe
     from edgerun.accel.runtimes import discover
 
-    check_folders(args)
+    require_not_empty("--model", args.model)
+    kwargs = load_kwargs(args)  # the options are checked with or without --model: none is taken and ignored
+    check_delegate(args.delegate)
     device = probe(args.probe_root or "/")
     runtime = discover()
     delegates = []
@@ -47,7 +49,7 @@ def run(args: argparse.Namespace) -> int:
     if args.model:
         import edgerun
 
-        model = edgerun.load(Path(args.model), warmup=False, **load_kwargs(args))
+        model = edgerun.load(Path(args.model), warmup=False, **kwargs)
         with model:
             report["model"] = {
                 "name": model.name,

@@ -47,7 +47,10 @@ def run(args: argparse.Namespace) -> int:
             fh.write(private)
         public_path.write_bytes(public)
     except OSError as exc:
-        raise ConfigError(f"cannot write the key pair: {exc.strerror}") from exc
+        if isinstance(exc, FileExistsError):  # from mkdir: a file is where the folder would go
+            raise ConfigError(f"cannot write the key pair: {exc.filename} is a file, not a folder") from exc
+        where = f" {exc.filename}" if exc.filename else ""
+        raise ConfigError(f"cannot write the key pair{where}: {exc.strerror}") from exc
     print(
         f"key id {key_id(key.public_key())}: private key {private_path}, public key {public_path} "
         "(give devices the public key: --ota-key)"

@@ -5,7 +5,14 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from edgerun.cli.common import add_mqtt_options, error_line, mqtt_settings, print_json, require_positive
+from edgerun.cli.common import (
+    add_mqtt_options,
+    error_line,
+    mqtt_settings,
+    print_json,
+    require_positive,
+    require_within,
+)
 
 HELP = "MQTT tools: 'check' connects step by step (DNS, TCP, TLS, auth, publish ACL) and says what fails"
 
@@ -32,6 +39,7 @@ def run(args: argparse.Namespace) -> int:
     if not args.mqtt:
         raise ConfigError("mqtt check needs --mqtt URL")
     require_positive(args, "timeout")
+    require_within(args, timeout=(0, 3600))  # a socket's timeout has a ceiling
     settings = mqtt_settings(args)
     device = check_name("device", args.device_id) if args.device_id else default_device_id()
     failed = False

@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from edgerun.cli.common import error_line, print_json
+from edgerun.cli.common import error_line, print_json, require_positive, require_within
 
 HELP = "fleet side of OTA: publish a signed model update, watch devices, roll back, clear finished updates"
 TERMINAL = ("active", "rejected", "failed", "rolled_back")
@@ -102,7 +102,9 @@ def register(sub: Any) -> None:
 def _fleet(args: argparse.Namespace) -> Any:
     from edgerun.ota.operator import Fleet
     from edgerun.sync.settings import MqttSettings
+    from edgerun.sync.topics import check_prefix
 
+    check_prefix(args.prefix)  # the rule devices' topics follow
     settings = MqttSettings.from_url(args.mqtt, ca_file=args.mqtt_ca, cert_file=args.mqtt_cert, key_file=args.mqtt_key)
     return Fleet(settings, args.prefix)
 
@@ -127,8 +129,12 @@ def publish(args: argparse.Namespace) -> int:
     from edgerun.ota.envelope import load_private_key
     from edgerun.ota.manifest import parse_manifest
     from edgerun.ota.operator import build_manifest, validation_samples
+    from edgerun.sync.topics import check_name
 
     _check_targets(args)
+    check_name("model", args.model)
+    require_positive(args, "expires_in", "timeout")  # an expiry in the past: every device refuses the update
+    require_within(args, expires_in=(1, 10 * 365 * 86400))  # whole seconds go in the manifest
     key = load_private_key(args.key)
     path = Path(args.model_file)
     fmt = detect_format(path)
@@ -223,6 +229,7 @@ def _follow(fleet: Any, update_id: str, devices: list[str], timeout_s: float) ->
 
 def status(args: argparse.Namespace) -> int:
     """Collect retained records, print a table (and keep it live with --watch)."""
+    require_within(args, wait=(0, 3600))
     fleet = _fleet(args)
     try:
         fleet.watch_devices()
@@ -259,11 +266,15 @@ def _print_table(view: dict[str, Any], as_json: bool) -> None:
 def rollback(args: argparse.Namespace) -> int:
     """Sign and publish a rollback command."""
     from edgerun.ota.envelope import load_private_key
+    from edgerun.ota.manifest import parse_command
     from edgerun.ota.operator import build_command
+    from edgerun.sync.topics import check_name
 
     _check_targets(args)
+    check_name("model", args.model)
     key = load_private_key(args.key)
     command = build_command("rollback", model=args.model, devices=args.device, groups=args.group)
+    parse_command(command)  # what devices will check, checked here first
     fleet = _fleet(args)
     try:
         topics = [f"{args.prefix}/{d}/cmd" for d in args.device] + [f"{args.prefix}/group/{g}/cmd" for g in args.group]
@@ -293,6 +304,7 @@ def clear(args: argparse.Namespace) -> int:
     """Clear retained manifests (and their chunks) whose update every device involved has finished."""
     import base64
 
+    require_within(args, wait=(0, 3600))
     fleet = _fleet(args)
     try:
         fleet.watch(

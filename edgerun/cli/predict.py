@@ -15,7 +15,10 @@ from edgerun.cli.common import (
     load_kwargs,
     report_failure,
     require_at_least_one,
+    require_not_empty,
+    require_within,
     run_pipeline,
+    same_file,
     start_sync,
 )
 from edgerun.errors import ConfigError
@@ -53,7 +56,7 @@ def register(sub: Any) -> None:
     p.add_argument("--resume", action="store_true", help="skip the inputs already recorded in --output")
     p.add_argument("--no-progress", action="store_true", help="no progress bar even on a terminal")
     add_model_options(p)
-    add_mqtt_options(p)
+    add_mqtt_options(p, ota=False)  # a batch run takes no model updates: `edgerun run` and the daemon do
     p.set_defaults(run=run)
 
 
@@ -96,7 +99,10 @@ def run(args: argparse.Namespace) -> int:
     from edgerun.sinks.text import JsonlSink, TableSink
     from edgerun.sources.files import FileSource
 
+    require_not_empty("an INPUT", *args.inputs)
+    require_not_empty("--output", args.output)
     require_at_least_one(args, "top_k", "batch_size", "prepare_workers")
+    require_within(args, batch_size=(1, 256), prepare_workers=(1, 64))  # as for `edgerun run`
     mqtt = check_sync(args)  # before the model loads: a mistyped URL is the only line
     if args.resume and not args.output:
         raise ConfigError("--resume needs --output FILE.jsonl (the file it resumes from)")
@@ -105,6 +111,11 @@ def run(args: argparse.Namespace) -> int:
     if args.top_k is not None:
         model.card = replace(model.card, postprocess=replace(model.card.postprocess, top_k=args.top_k))
     source = FileSource(args.inputs, skip=skip)
+    if args.output and os.path.exists(args.output):  # records appended to an input would damage it
+        suffix = os.path.splitext(args.output)[1].lower()
+        for ref in source.refs:
+            if os.path.splitext(ref.path)[1].lower() == suffix and same_file(ref.path, args.output):
+                raise ConfigError(f"--output {args.output} is the input {ref.path}: writing it would damage the input")
     if not args.json:
         print(
             f"# {model.name} {model.version} ({model.format}) on {model.delegate}"

@@ -10,14 +10,18 @@ from typing import Any
 from edgerun.cli.common import (
     add_model_options,
     add_mqtt_options,
+    check_ota,
     check_sync,
     load_kwargs,
     model_loader,
     print_json,
     report_failure,
     require_at_least_one,
+    require_not_empty,
     require_positive,
+    require_within,
     run_pipeline,
+    same_file,
     start_ota,
     start_sync,
 )
@@ -69,7 +73,9 @@ def register(sub: Any) -> None:
     p.add_argument("--width", type=int, default=None, help="camera: requested frame width")
     p.add_argument("--height", type=int, default=None, help="camera: requested frame height")
     p.add_argument("--camera-fps", type=float, default=None, help="camera: requested capture rate")
-    p.add_argument("--queue", type=int, default=None, metavar="N", help="live sources: frames kept (default 2)")
+    p.add_argument(
+        "--queue", type=int, default=None, metavar="N", help="live sources: frames kept (default 2; 8 for MQTT)"
+    )
     p.add_argument(
         "--decode-threads",
         type=int,
@@ -104,11 +110,25 @@ def run(args: argparse.Namespace) -> int:
     from edgerun.sources.sensor import SensorSource, window_for
     from edgerun.telemetry.metrics import Metrics
 
+    require_not_empty("--source", *args.source)
     require_at_least_one(args, "max_frames", "batch_size", "queue", "window", "hop", "prepare_workers")
     mqtt = check_sync(args)  # before the model loads: a mistyped URL is the only line
+    check_ota(args, mqtt)
     require_positive(args, "fps", "camera_fps")  # nan passes a `<= 0` test; inf means nothing as a rate
     if args.decode_threads < 0:
         raise ConfigError(f"--decode-threads must be 0 (the decoder's choice) or more, got {args.decode_threads}")
+    # The config's bounds for a daemon pipeline's keys, and a lowest rate (1e-300 fps is a wait no clock holds).
+    require_within(
+        args,
+        fps=(0.0001, 1000),
+        camera_fps=(0.0001, 1000),
+        width=(16, 8192),
+        height=(16, 8192),
+        queue=(1, 1024),
+        decode_threads=(0, 64),
+        batch_size=(1, 256),
+        prepare_workers=(1, 64),
+    )
     if args.ota_key:  # serve the store's active version: an update received over the air survives restarts
         from edgerun.ota.serving import serve_from_store
         from edgerun.ota.store import ModelStore
@@ -125,6 +145,7 @@ def run(args: argparse.Namespace) -> int:
         specs = args.sink or ["stdout"]
         drawn = first_drawing_sink(specs)
         check_fits(source, model)  # a model that takes no [rows, channels] windows: one line, not one per window
+        _refuse_sinks_onto_the_source(specs, source)
         if isinstance(source, SensorSource) and drawn is not None:  # before any sink creates its file or folder
             raise ConfigError(
                 f"--sink {drawn}: an annotated sink needs image frames, and the sensor source {source.uri} "
@@ -154,6 +175,22 @@ def run(args: argparse.Namespace) -> int:
     else:
         _print_summary(model, summary)
     return 1 if summary.errors else 0
+
+
+def _refuse_sinks_onto_the_source(specs: list[str], source: Any) -> None:
+    """Refuse a sink file that is one of the source's files: writing it would change (or truncate) the input."""
+    import os
+
+    from edgerun.errors import ConfigError
+
+    inputs = [ref.path for ref in source.refs] if hasattr(source, "refs") else [source.uri]
+    for spec in specs:
+        if spec.lower() in ("stdout", "jsonl", "json") or spec.endswith("/") or not os.path.exists(spec):
+            continue
+        suffix = os.path.splitext(spec)[1].lower()  # only an input of the sink's kind can be its file
+        clash = next((p for p in inputs if os.path.splitext(p)[1].lower() == suffix and same_file(spec, p)), None)
+        if clash is not None:
+            raise ConfigError(f"--sink {spec} is the source file {clash}: writing it would damage the input")
 
 
 def _print_summary(model: Any, summary: Any) -> None:

@@ -109,6 +109,15 @@ class AnnotatedImageSink:
         """Nothing buffered."""
 
 
+def _errno_of(folder: str) -> int:
+    """Why files cannot be made in ``folder``: ENOENT, ENOTDIR or EACCES."""
+    import errno
+
+    if not os.path.exists(folder):
+        return errno.ENOENT
+    return errno.ENOTDIR if not os.path.isdir(folder) else errno.EACCES
+
+
 class AnnotatedVideoSink:
     """Writes annotated frames into one video file (size from the first frame)."""
 
@@ -119,6 +128,11 @@ class AnnotatedVideoSink:
         suffix = os.path.splitext(path)[1].lower()
         if suffix not in self.FOURCC:
             raise ConfigError(f"annotated video must end in {', '.join(sorted(self.FOURCC))}: {path}")
+        folder = os.path.dirname(path) or "."
+        if os.path.isdir(path) or not os.path.isdir(folder) or not os.access(folder, os.W_OK | os.X_OK):
+            # as the text sinks say it, and now: the writer itself opens at the first frame and gives no reason
+            why = "Is a directory" if os.path.isdir(path) else os.strerror(_errno_of(folder))
+            raise ConfigError(f"cannot write {path}: {why}")
         self._fourcc = self.FOURCC[suffix]
         self._fps = fps
         self._writer: Any = None

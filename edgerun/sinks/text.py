@@ -19,8 +19,13 @@ def top1(output: Any) -> tuple[str, float | None]:
     if isinstance(output, list):
         return " ".join(f"{v:.4g}" for v in output[:8]) + (" ..." if len(output) > 8 else ""), None
     if isinstance(output, dict):
-        return "; ".join(f"{k}: {len(v) if isinstance(v, list) else v} value(s)" for k, v in output.items()), None
+        return "; ".join(f"{k}: {_count(v)} value(s)" for k, v in output.items()), None
     return str(output), None
+
+
+def _count(value: Any) -> int:
+    """The numbers in ``value``, however nested its lists are (a [1, 10] tensor holds 10, not 1)."""
+    return sum(_count(v) for v in value) if isinstance(value, list) else 1
 
 
 class TableSink:
@@ -101,7 +106,8 @@ class CsvSink:
         self.path = path
         new = not os.path.exists(path) or os.path.getsize(path) == 0
         try:
-            self._file = open(path, "a", newline="", encoding="utf-8")  # noqa: SIM115
+            # surrogateescape: a file name that is not UTF-8 goes in as its own bytes, as the file system has it
+            self._file = open(path, "a", newline="", encoding="utf-8", errors="surrogateescape")  # noqa: SIM115
         except OSError as exc:
             raise ConfigError(f"cannot write {path}: {exc.strerror}") from exc
         import csv

@@ -90,7 +90,8 @@ class SensorSource:
         self.window, self.hop = window, hop
         self._stdin = path in ("-", "stdin")
         if not self._stdin and not Path(path).is_file():
-            raise SourceError(f"sensor file not found: {path}")
+            what = "is a directory, not a file" if Path(path).is_dir() else "not found"
+            raise SourceError(f"sensor file {what}: {path}")
         suffix = Path(path).suffix.lower()
         self._format = fmt or ("jsonl" if suffix in (".jsonl", ".ndjson") else "csv")
         self._closed = False
@@ -176,7 +177,7 @@ class SensorSource:
         width: int | None = None
         names: list[str] | None = None  # a JSON Lines file's channels, from its first object row
         for number, raw in self._lines():
-            line = raw.strip()
+            line = raw.strip().lstrip("\ufeff") if number == 1 else raw.strip()  # a byte order mark (Excel's CSV)
             if not line or line.startswith("#"):
                 continue
             if self._format == "jsonl":

@@ -6,7 +6,7 @@ import re
 
 from edgerun.errors import ConfigError
 
-__all__ = ["NAME_RE", "Topics", "check_name"]
+__all__ = ["NAME_RE", "Topics", "check_name", "check_prefix"]
 
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
 
@@ -20,13 +20,18 @@ def check_name(kind: str, value: str) -> str:
     return value
 
 
+def check_prefix(prefix: str) -> str:
+    """``prefix`` if it can begin every topic (no wildcards, no leading or trailing '/'), else ``ConfigError``."""
+    if not prefix or any(c in prefix for c in "+#\x00") or prefix.startswith("/") or prefix.endswith("/"):
+        raise ConfigError(f"topic prefix {prefix!r} is invalid: no wildcards, no leading or trailing '/'")
+    return prefix
+
+
 class Topics:
     """The topics of one device under one prefix."""
 
     def __init__(self, prefix: str, device: str) -> None:
-        if not prefix or any(c in prefix for c in "+#\x00") or prefix.startswith("/") or prefix.endswith("/"):
-            raise ConfigError(f"topic prefix {prefix!r} is invalid: no wildcards, no leading or trailing '/'")
-        self.prefix = prefix
+        self.prefix = check_prefix(prefix)
         self.device = check_name("device", device)
         self.base = f"{prefix}/{device}"
 
