@@ -69,10 +69,11 @@ class Preprocess(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_onl
         if any(s == 0 for s in self.std):
             raise ValueError("std must not contain 0")
         channels = 1 if self.color == "gray" else 3
+        needs = "1" if channels == 1 else f"1 or {channels}"
         for name in ("mean", "std"):
             count = len(getattr(self, name))
             if count not in (1, channels):
-                raise ValueError(f"{name} has {count} values; {self.color} needs 1 or {channels}")
+                raise ValueError(f"{name} has {count} values; {self.color} needs {needs}")
 
 
 class Postprocess(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):

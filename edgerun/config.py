@@ -118,6 +118,17 @@ class PipelineConfig(_Strict):
             raise ValueError(f"sink {drawn!r} draws on images, and the sensor source {self.source!r} gives none")
         return self
 
+    @model_validator(mode="after")
+    def _no_sink_onto_the_source(self) -> PipelineConfig:
+        """As ``edgerun run`` refuses ``--sink`` onto its ``--source``: results appended would damage the input."""
+        from edgerun.sinks import sink_onto_input
+        from edgerun.sources.files import FileSource
+
+        clash = sink_onto_input(self.sinks, FileSource.expand([self.source]))  # paths as the daemon opens them
+        if clash is not None:
+            raise ValueError(f"sink {clash[0]!r} is the source file {clash[1]}: writing it would damage the input")
+        return self
+
 
 class MqttConfig(_Strict):
     """The broker link (docs/sync.md)."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-__all__ = ["atomic_write", "fsync_dir", "read_utf8", "sha256_file"]
+__all__ = ["atomic_write", "fsync_dir", "read_utf8", "same_file", "sha256_file"]
 
 
 def read_utf8(path: Path, what: str, error: type[Exception]) -> str:
@@ -21,6 +21,14 @@ def read_utf8(path: Path, what: str, error: type[Exception]) -> str:
         line = raw.count(b"\n", 0, exc.start) + 1
         where = f"byte 0x{raw[exc.start]:02x} at offset {exc.start}, line {line}"
         raise error(f"{path}: not UTF-8 text ({where})") from None
+
+
+def same_file(a: str, b: str) -> bool:
+    """Whether paths ``a`` and ``b`` name one existing file."""
+    try:
+        return os.path.samefile(a, b)
+    except (OSError, ValueError):
+        return False
 
 
 def sha256_file(path: Path) -> str:

@@ -14,6 +14,7 @@ then offers three levels:
 from __future__ import annotations
 
 import logging
+import math
 import os
 import sys
 import threading
@@ -76,6 +77,7 @@ class Model:
         self._lock = None if self.backend.threadsafe else threading.Lock()
         self._n_inputs = len(self.backend.inputs)
         self._preprocessor = self._make_preprocessor()
+        self._check_labels()
         #: The fastest warm-up call (``run`` of constant inputs), ms; None before ``warmup()``.
         self.run_ms: float | None = None
 
@@ -252,6 +254,22 @@ class Model:
         if spec.layout is None:
             spec = replace(spec, layout=kind)
         return ImagePreprocessor(spec, height, width, channels, tensor.dtype, quant=tensor.quant)
+
+    def _check_labels(self) -> None:
+        """Refuse a classification card whose labels do not count the output's classes (where the model fixes them)."""
+        labels = self.card.labels
+        if self.card.task != "classification" or labels is None or not self.outputs:
+            return
+        tensor = self.outputs[0]
+        known = [d for d in tensor.shape[1:] if d is not None]  # a batch row's scores, flattened by ``postprocess``
+        if not known or len(known) < len(tensor.shape) - 1:
+            return  # a dynamic class dimension: the count is known only from an output
+        classes = math.prod(known)
+        if len(labels) != classes:
+            raise CardError(
+                f"card of {self.name} has {len(labels)} label{'s' if len(labels) != 1 else ''}, "
+                f"but output {tensor.describe()} gives {classes} classes"
+            )
 
     def _image_tensor(self, data: bytes, name: str) -> np.ndarray:
         if self._preprocessor is None:

@@ -163,6 +163,11 @@ OTA_PUBLISH += ["--key", "k.pem", "--device", "d1", "--mqtt", "mqtt://127.0.0.1:
             2,
             "--expires-in must be a positive number, got -100",  # once published, already expired
         ),
+        # the rollout's bounds, named by the option typed rather than by the manifest field ($.rollout.probation_s)
+        ([*OTA_PUBLISH, "--probation", "-1"], 2, "--probation must be between 0 and 604800, got -1"),
+        ([*OTA_PUBLISH, "--probation", "nan"], 2, "--probation must be between 0 and 604800, got nan"),
+        ([*OTA_PUBLISH, "--ab", "7"], 2, "--ab must be a fraction between 0 and 1 (both excluded), got 7"),
+        ([*OTA_PUBLISH, "--ab", "0"], 2, "--ab must be a fraction between 0 and 1 (both excluded), got 0"),
         (
             ["ota", "rollback", "--model", "a/b#", "--key", "k.pem", "--device", "d1", "--mqtt", "mqtt://127.0.0.1:1"],
             2,
@@ -260,6 +265,18 @@ def test_a_card_that_is_not_utf8_text_is_one_line(model_copy: Any) -> None:
         assert result.returncode == 1 and result.stdout == ""
         _assert_clean_errors(result.stderr, 1)
         assert f"{card}: not UTF-8 text (byte 0xa6 at offset 7, line 1)" in result.stderr
+
+
+@pytest.mark.parametrize("source", ["digits_int8.tflite", "digits_fp32.onnx"])
+def test_a_card_whose_labels_do_not_count_the_model_classes_is_one_line(model_copy: Any, source: str) -> None:
+    model = model_copy(source, source)
+    card = model.with_name(model.name + ".card.yaml")
+    labels = "labels: ['0', '1', '2', '3', '4', '5', '6', '7', '8', '9']"
+    card.write_text(card.read_text().replace(labels, "labels: [a]"))  # one label for the model's 10 classes
+    result = run_cli("predict", str(model), str(SAMPLES / "digit_3.png"))
+    assert result.returncode == 1 and result.stdout == ""
+    _assert_clean_errors(result.stderr, 1)
+    assert "card of digits has 1 label, but output " in result.stderr and "gives 10 classes" in result.stderr
 
 
 def test_a_tensor_output_counts_every_value_in_the_table(model_copy: Any) -> None:

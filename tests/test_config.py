@@ -184,6 +184,25 @@ def test_an_annotated_sink_on_a_sensor_pipeline_is_refused_in_the_config() -> No
         parse_config(data, "c.yaml")
 
 
+@pytest.mark.parametrize("sink", ["data.csv", "./data.csv"])
+def test_a_sink_that_is_the_source_file_is_refused_in_the_config_naming_the_pipeline(tmp_path: Path, sink: str) -> None:
+    original = (ROOT / "models" / "vibration" / "samples" / "normal.csv").read_bytes()
+    data = tmp_path / "data.csv"
+    data.write_bytes(original)
+    vibration = ROOT / "models" / "vibration" / "vibration_int8.tflite"
+    path = _write(
+        tmp_path,
+        f"models:\n  vib:\n    path: {vibration}\n"
+        f"pipelines:\n  line:\n    source: {data}\n    model: vib\n    sinks: [jsonl, {sink}]\n",
+    )
+    message = f"pipelines.line: sink '{sink}' is the source file {data}: writing it would damage the input"
+    for args in (("config", "check", str(path)), ("daemon", "--config", str(path))):
+        result = run_cli(*args, cwd=tmp_path)  # the sink's path is taken from the daemon's folder
+        assert result.returncode == 2 and result.stdout == "", result.stderr
+        assert result.stderr.splitlines() == [f"edgerun: error: {path}: {message}"]
+    assert data.read_bytes() == original
+
+
 def test_a_config_nested_too_deeply_is_one_line_naming_the_file(tmp_path: Path) -> None:
     path = _write(tmp_path, "models: " + "[" * 100_000 + "]" * 100_000 + "\n")
     with pytest.raises(ConfigError) as err:

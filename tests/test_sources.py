@@ -119,8 +119,12 @@ def test_a_video_or_camera_closed_before_it_was_read_lets_go_of_its_file_at_once
 def test_an_absent_camera_is_a_clear_error() -> None:
     with pytest.raises(SourceError, match="camera camera:9 not found: no /dev/video9"):
         CameraSource("camera:9", open_capture=lambda device: cv2.VideoCapture())
-    with pytest.raises(SourceError, match="index must be a number"):
-        CameraSource("camera:front", open_capture=lambda device: cv2.VideoCapture())
+    for spec in ("camera:front", "camera:-1", "camera:1.5", "camera:\u00b2", "camera:"):
+        with pytest.raises(SourceError) as err:
+            CameraSource(spec, open_capture=lambda device: cv2.VideoCapture())
+        assert str(err.value) == (
+            f"camera index must be a non-negative whole number (camera:0 is /dev/video0), got {spec!r}"
+        )
 
 
 def test_an_unreachable_stream_fails_after_a_bounded_number_of_attempts() -> None:

@@ -138,16 +138,6 @@ def require_not_empty(what: str, *values: str | None) -> None:
         raise ConfigError(f"{what} is an empty string")
 
 
-def same_file(a: str, b: str) -> bool:
-    """Whether paths ``a`` and ``b`` name one existing file."""
-    import os
-
-    try:
-        return os.path.samefile(a, b)
-    except (OSError, ValueError):
-        return False
-
-
 def print_json(record: Any) -> None:
     """One JSON object on one line of stdout."""
     import json  # only JSON output needs it: a one-image table run does not pay for it

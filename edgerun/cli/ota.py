@@ -127,7 +127,7 @@ def publish(args: argparse.Namespace) -> int:
     from edgerun.card import find_card, load_card
     from edgerun.errors import ConfigError
     from edgerun.ota.envelope import load_private_key
-    from edgerun.ota.manifest import parse_manifest
+    from edgerun.ota.manifest import PROBATION_MAX_S, parse_manifest
     from edgerun.ota.operator import build_manifest, validation_samples
     from edgerun.sync.topics import check_name
 
@@ -135,6 +135,9 @@ def publish(args: argparse.Namespace) -> int:
     check_name("model", args.model)
     require_positive(args, "expires_in", "timeout")  # an expiry in the past: every device refuses the update
     require_within(args, expires_in=(1, 10 * 365 * 86400))  # whole seconds go in the manifest
+    require_within(args, probation=(0, PROBATION_MAX_S))  # the manifest's rollout.probation_s, named as typed
+    if args.ab is not None and not 0 < args.ab < 1:  # the manifest's rollout.ab_fraction: both ends excluded
+        raise ConfigError(f"--ab must be a fraction between 0 and 1 (both excluded), got {args.ab:g}")
     key = load_private_key(args.key)
     path = Path(args.model_file)
     fmt = detect_format(path)

@@ -18,7 +18,6 @@ from edgerun.cli.common import (
     require_not_empty,
     require_within,
     run_pipeline,
-    same_file,
     start_sync,
 )
 from edgerun.errors import ConfigError
@@ -96,6 +95,7 @@ def run(args: argparse.Namespace) -> int:
     """Load the model, then stream every input through a pipeline into the sinks."""
     import edgerun
     from edgerun.card import replace
+    from edgerun.sinks import sink_onto_input
     from edgerun.sinks.text import JsonlSink, TableSink
     from edgerun.sources.files import FileSource
 
@@ -111,11 +111,8 @@ def run(args: argparse.Namespace) -> int:
     if args.top_k is not None:
         model.card = replace(model.card, postprocess=replace(model.card.postprocess, top_k=args.top_k))
     source = FileSource(args.inputs, skip=skip)
-    if args.output and os.path.exists(args.output):  # records appended to an input would damage it
-        suffix = os.path.splitext(args.output)[1].lower()
-        for ref in source.refs:
-            if os.path.splitext(ref.path)[1].lower() == suffix and same_file(ref.path, args.output):
-                raise ConfigError(f"--output {args.output} is the input {ref.path}: writing it would damage the input")
+    if args.output and (clash := sink_onto_input([args.output], [ref.path for ref in source.refs])):
+        raise ConfigError(f"--output {args.output} is the input {clash[1]}: writing it would damage the input")
     if not args.json:
         print(
             f"# {model.name} {model.version} ({model.format}) on {model.delegate}"

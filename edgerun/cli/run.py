@@ -21,7 +21,6 @@ from edgerun.cli.common import (
     require_positive,
     require_within,
     run_pipeline,
-    same_file,
     start_ota,
     start_sync,
 )
@@ -179,18 +178,12 @@ def run(args: argparse.Namespace) -> int:
 
 def _refuse_sinks_onto_the_source(specs: list[str], source: Any) -> None:
     """Refuse a sink file that is one of the source's files: writing it would change (or truncate) the input."""
-    import os
-
     from edgerun.errors import ConfigError
+    from edgerun.sinks import sink_onto_input
 
-    inputs = [ref.path for ref in source.refs] if hasattr(source, "refs") else [source.uri]
-    for spec in specs:
-        if spec.lower() in ("stdout", "jsonl", "json") or spec.endswith("/") or not os.path.exists(spec):
-            continue
-        suffix = os.path.splitext(spec)[1].lower()  # only an input of the sink's kind can be its file
-        clash = next((p for p in inputs if os.path.splitext(p)[1].lower() == suffix and same_file(spec, p)), None)
-        if clash is not None:
-            raise ConfigError(f"--sink {spec} is the source file {clash}: writing it would damage the input")
+    clash = sink_onto_input(specs, [ref.path for ref in source.refs] if hasattr(source, "refs") else [source.uri])
+    if clash is not None:
+        raise ConfigError(f"--sink {clash[0]} is the source file {clash[1]}: writing it would damage the input")
 
 
 def _print_summary(model: Any, summary: Any) -> None:

@@ -22,6 +22,8 @@ VERSION = Annotated[str, msgspec.Meta(pattern=r"^(0|[1-9]\d{0,8})\.(0|[1-9]\d{0,
 IDENT = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")]
 SHA256 = Annotated[str, msgspec.Meta(pattern=r"^[0-9a-f]{64}$")]
 TIME = Annotated[float, msgspec.Meta(ge=0)]
+#: The longest probation a manifest may ask for (``rollout.probation_s``), a week.
+PROBATION_MAX_S = 7 * 86400
 
 
 class _Strict(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
@@ -73,7 +75,7 @@ class Validation(_Strict, frozen=True):
 class Rollout(_Strict, frozen=True):
     """Probation bounds and the optional A/B split."""
 
-    probation_s: Annotated[float, msgspec.Meta(ge=0, le=7 * 86400)] = 300.0
+    probation_s: Annotated[float, msgspec.Meta(ge=0, le=PROBATION_MAX_S)] = 300.0
     max_error_rate: Annotated[float, msgspec.Meta(ge=0, le=1)] = 0.05
     max_p95_ratio: Annotated[float, msgspec.Meta(ge=1)] = 1.5
     ab_fraction: Annotated[float, msgspec.Meta(gt=0, lt=1)] | None = None

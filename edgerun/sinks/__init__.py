@@ -10,7 +10,8 @@
 | ``DIR/``                       | annotated images in a directory        |
 
 Annotated sinks draw on the frame, so they need frames that are images
-(``first_drawing_sink``): a caller whose source yields none refuses them up front.
+(``first_drawing_sink``): a caller whose source yields none refuses them up front,
+as it refuses a sink whose file is one of the source's (``sink_onto_input``).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from typing import Any
 
 from edgerun.sinks.base import Result, Sink
 
-__all__ = ["Result", "Sink", "first_drawing_sink", "open_sink", "sink_kind", "video_rate"]
+__all__ = ["Result", "Sink", "first_drawing_sink", "open_sink", "sink_kind", "sink_onto_input", "video_rate"]
 
 
 def sink_kind(spec: str) -> str:
@@ -55,6 +56,23 @@ def first_drawing_sink(specs: Sequence[str]) -> str | None:
     """The first of ``specs`` that names an annotated sink (a video file or ``DIR/``), which needs image
     frames; None when there is none."""
     return next((spec for spec in specs if sink_kind(spec) in ("video", "images")), None)
+
+
+def sink_onto_input(specs: Sequence[str], inputs: Sequence[str]) -> tuple[str, str] | None:
+    """The first of ``specs`` whose file is one of ``inputs`` (a source's files), with that input: writing it
+    would change (or truncate) the input; None when there is none. A file of another kind is never the sink's."""
+    import os
+
+    from edgerun.files import same_file
+
+    for spec in specs:
+        if spec.lower() in ("stdout", "jsonl", "json") or spec.endswith("/") or not os.path.exists(spec):
+            continue
+        suffix = os.path.splitext(spec)[1].lower()  # only an input of the sink's kind can be its file
+        clash = next((p for p in inputs if os.path.splitext(p)[1].lower() == suffix and same_file(spec, p)), None)
+        if clash is not None:
+            return spec, clash
+    return None
 
 
 def video_rate(fps: float | None, source: Any) -> float:

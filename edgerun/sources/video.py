@@ -131,8 +131,10 @@ def _declared_fps(cap: Any) -> float:
 def _parse_camera(spec: str) -> int | str:
     if spec.startswith("camera:"):
         rest = spec[len("camera:") :]
-        if not rest.isdigit():
-            raise SourceError(f"camera index must be a number, got {spec!r}")
+        if not (rest.isascii() and rest.isdigit()):  # '²' is a digit to isdigit, and not to int
+            raise SourceError(
+                f"camera index must be a non-negative whole number (camera:0 is /dev/video0), got {spec!r}"
+            )
         return int(rest)
     return spec
 
