@@ -30,7 +30,7 @@ from edgerun.accel.probe import probe
 from edgerun.accel.select import Selection, select
 from edgerun.backends import Backend, TensorSpec
 from edgerun.card import ModelCard, find_card, image_layout, infer_card, load_card, replace
-from edgerun.errors import CardError, InputError
+from edgerun.errors import CardError, ConfigError, InputError, ModelLoadError
 from edgerun.processing.classify import looks_like_probabilities, softmax, top_k
 from edgerun.state import state_dir as default_state_dir
 
@@ -150,7 +150,7 @@ class Model:
 
         ``item`` may be a path (image or ``.npy``), encoded image bytes, a decoded
         uint8 image (HxW or HxWxC), or a numeric array shaped like the input with
-        or without its batch dimension.
+        or without its batch dimension (a batch of one: ``run`` takes batches).
         """
         if isinstance(item, (str, os.PathLike)):
             from edgerun.inputs import read_input
@@ -291,6 +291,11 @@ class Model:
         if kind == "f" and not np.isfinite(array).all():  # a quantized model would turn it into a confident answer
             raise InputError(f"{name}: array has NaN or infinite values")
         if _fits(array.shape, spec.shape):
+            if spec.shape[:1] == (None,) and array.shape[0] != 1:  # one result comes back: a batch would lose rows
+                raise InputError(
+                    f"{name}: array of shape {list(array.shape)} is a batch of {array.shape[0]}; "
+                    "one input (a batch of 1) is expected"
+                )
             return array
         if _fits((1, *array.shape), spec.shape):
             return array[None]
@@ -321,7 +326,7 @@ def load(
         path: an ``.onnx`` or ``.tflite`` file (the format is read from its content).
         delegate: ``auto``, ``fastest`` or a delegate name (``cpu``, ``xnnpack``,
             ``edgetpu``, ``gpu``, ``cuda``, ``tensorrt``, ``openvino``...).
-        threads: CPU threads; by default 1 for tiny models, else up to 4.
+        threads: CPU threads, 1 to 256; by default 1 for tiny models, else up to 4.
         strict: fail instead of falling back from an accelerator that is present.
         verify: check an accelerated delegate against the CPU reference.
         card: a card, or a card file; found beside the model when None.
@@ -332,6 +337,12 @@ def load(
     Raises:
         EdgerunError: a subclass saying what is wrong (file, card, delegate).
     """
+    if not isinstance(path, (str, os.PathLike)):
+        raise ModelLoadError(f"model path must be a str or os.PathLike, got {type(path).__name__}")
+    if threads is not None and (type(threads) is not int or not 1 <= threads <= 256):
+        raise ConfigError(f"threads must be an integer between 1 and 256, got {threads!r}")
+    if card is not None and not isinstance(card, (ModelCard, str, os.PathLike)):
+        raise CardError(f"card must be a ModelCard or a card file path, got {type(card).__name__}")
     model_path = Path(path)
     threads = threads or default_threads(model_path)
     device = probe(probe_root or "/")

@@ -106,6 +106,42 @@ class Summary(msgspec.Struct):
         }
 
 
+def _whole(name: str, value: Any, low: int, high: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise PipelineError(f"{name} must be a whole number from {low} to {high}, got {value!r}")
+
+
+def _check_arguments(
+    source: Any,
+    model: Any,
+    sinks: Any,
+    fps: Any,
+    max_frames: Any,
+    batch_size: Any,
+    queue_size: Any,
+    prepare_workers: Any,
+) -> None:
+    """Refuse, before any thread starts, what a run could only fail on later (or hang on)."""
+    if not all(hasattr(source, a) for a in ("frames", "close", "live", "uri")):
+        raise PipelineError(f"source must be a Source (see edgerun.sources.open_source), got {type(source).__name__}")
+    if not isinstance(model, (Model, ModelSlot)):
+        raise PipelineError(f"model must be an edgerun Model (edgerun.load), got {type(model).__name__}")
+    if isinstance(sinks, (str, bytes)) or not isinstance(sinks, Sequence):
+        raise PipelineError(f"sinks must be a list of sinks, got {type(sinks).__name__}")
+    for sink in sinks:
+        if not (callable(getattr(sink, "publish", None)) and callable(getattr(sink, "close", None))):
+            raise PipelineError(f"a sink needs publish() and close() (see edgerun.sinks.open_sink), got {sink!r}")
+    if fps is not None and (
+        isinstance(fps, bool) or not isinstance(fps, (int, float)) or not (math.isfinite(fps) and fps > 0)
+    ):
+        raise PipelineError(f"fps must be a positive number, got {fps!r}")
+    if max_frames is not None:
+        _whole("max frames", max_frames, 1, 2**63 - 1)
+    _whole("batch size", batch_size, 1, 256)
+    _whole("queue size", queue_size, 1, 1024)
+    _whole("prepare workers", prepare_workers, 1, 64)
+
+
 class Pipeline:
     """Runs one model over one source into sinks. Use once: ``run()`` then discard."""
 
@@ -123,12 +159,7 @@ class Pipeline:
         prepare_workers: int = 1,
         on_result: Callable[[Result], None] | None = None,
     ) -> None:
-        if fps is not None and not (math.isfinite(fps) and fps > 0):
-            raise PipelineError(f"fps must be a positive number, got {fps}")
-        if batch_size < 1:
-            raise PipelineError(f"batch size must be at least 1, got {batch_size}")
-        if prepare_workers < 1:
-            raise PipelineError(f"prepare workers must be at least 1, got {prepare_workers}")
+        _check_arguments(source, model, sinks, fps, max_frames, batch_size, queue_size, prepare_workers)
         self.source = source
         self.slot = model if isinstance(model, ModelSlot) else ModelSlot(model)
         self.sinks = list(sinks)

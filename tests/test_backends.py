@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from edgerun.backends import detect_format, open_backend
-from edgerun.errors import InputError, ModelLoadError
+from edgerun.errors import InferenceError, InputError, ModelLoadError
 from tests.conftest import DIGITS, SAMPLES
 
 
@@ -117,3 +117,32 @@ def test_an_input_of_the_wrong_shape_is_an_input_error(name: str) -> None:
     backend = open_backend(path, format=detect_format(path), delegate="cpu")
     with pytest.raises(InputError):
         backend.run([np.zeros((1, 9, 9, 1), np.float32)])
+
+
+@pytest.mark.parametrize("name", ["digits_fp32.onnx", "digits_fp32.tflite", "digits_int8.tflite"])
+@pytest.mark.parametrize(
+    ("given", "message"),
+    [
+        ([[[[0.0]] * 8] * 8], "a numpy array is expected, got a list"),
+        (None, "a numpy array is expected, got a NoneType"),
+        (np.zeros((1, 8, 8, 1), np.complex64), "dtype complex64 is not numeric"),  # was cast, imaginary part dropped
+        (np.zeros((1, 8, 8, 1), object), "dtype object is not numeric"),
+        (np.zeros((1, 8, 8, 1), "U2"), "dtype <U2 is not numeric"),
+        (np.zeros((1, 8, 8, 1), bool), "dtype bool is not numeric"),
+    ],
+)
+def test_run_refuses_what_is_not_a_numeric_array_with_an_input_error(name: str, given: object, message: str) -> None:
+    path = DIGITS / name
+    backend = open_backend(path, format=detect_format(path), delegate="cpu")
+    with pytest.raises(InputError, match=message):
+        backend.run([given])  # type: ignore[list-item]
+    assert backend.run([_sample_tensor()])[0].argmax() == 7
+
+
+@pytest.mark.parametrize("name", ["digits_fp32.onnx", "digits_int8.tflite"])
+def test_running_a_closed_backend_says_it_is_closed(name: str) -> None:
+    path = DIGITS / name
+    backend = open_backend(path, format=detect_format(path), delegate="cpu")
+    backend.close()
+    with pytest.raises(InferenceError, match="the model is closed"):
+        backend.run([_sample_tensor()])

@@ -12,7 +12,7 @@ import pytest
 
 import edgerun
 from edgerun.card import ModelCard, load_card
-from edgerun.errors import CardError, InputError
+from edgerun.errors import CardError, ConfigError, InputError, ModelLoadError
 from tests.conftest import DIGITS, SAMPLES
 
 
@@ -47,6 +47,17 @@ def test_npy_arrays_are_used_as_they_are_with_or_without_the_batch_dimension(int
     assert int8_tflite.predict(array).output[0]["label"] == "7"
     assert int8_tflite.predict(array[None]).output[0]["label"] == "7"
     assert int8_tflite.predict(SAMPLES / "digit_7.npy").output[0]["label"] == "7"
+
+
+@pytest.mark.parametrize("name", ["digits_fp32.onnx", "digits_int8.onnx"])
+def test_predict_refuses_a_batch_rather_than_answer_for_its_first_row(name: str) -> None:
+    seven = np.load(SAMPLES / "digit_7.npy")
+    with edgerun.load(DIGITS / name) as model:
+        assert model.batchable
+        with pytest.raises(InputError, match=r"shape \[4, 8, 8, 1\] is a batch of 4; one input"):
+            model.predict(np.stack([seven] * 4))
+        assert model.prepare(seven[None]).shape == (1, 8, 8, 1)
+        assert len(model.run(np.stack([seven] * 4))[0]) == 4  # run() takes the batch
 
 
 def test_decoded_images_and_encoded_bytes_are_both_accepted(int8_tflite: edgerun.Model) -> None:
@@ -181,6 +192,34 @@ def test_a_card_can_be_passed_explicitly(tmp_path: Path) -> None:
         assert (model.name, model.version) == ("renamed", "2.1.0")
         raw = model.predict(np.load(SAMPLES / "digit_7.npy")).output
         assert list(raw) == [model.outputs[0].name]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "message"),
+    [
+        ({"threads": 0}, ConfigError, "threads must be an integer between 1 and 256, got 0"),
+        ({"threads": -1}, ConfigError, "got -1"),  # ONNX Runtime took it silently
+        ({"threads": "2"}, ConfigError, "got '2'"),  # a TypeError from ONNX Runtime
+        ({"threads": 100_000}, ConfigError, "got 100000"),  # LiteRT hung starting the threads
+        ({"card": {"name": "x"}}, CardError, "card must be a ModelCard or a card file path, got dict"),
+        ({"path": None}, ModelLoadError, "model path must be a str or os.PathLike, got NoneType"),
+    ],
+)
+@pytest.mark.parametrize("name", ["digits_fp32.onnx", "digits_int8.tflite"])
+def test_load_arguments_of_the_wrong_type_or_range_are_edgerun_errors(
+    name: str, kwargs: dict[str, object], error: type[Exception], message: str
+) -> None:
+    kwargs = {"path": DIGITS / name, **kwargs}
+    with pytest.raises(error, match=message):
+        edgerun.load(warmup=False, **kwargs)  # type: ignore[arg-type]
+
+
+def test_a_closed_model_says_so_when_run_again() -> None:
+    model = edgerun.load(DIGITS / "digits_int8.tflite")
+    with model:
+        assert model.predict(SAMPLES / "digit_3.png").output[0]["label"] == "3"
+    with model, pytest.raises(edgerun.InferenceError, match="the model is closed"):
+        model.predict(SAMPLES / "digit_3.png")
 
 
 def test_card_yaml_in_the_model_folder_is_found_when_no_per_file_card_exists(tmp_path: Path) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -341,9 +342,26 @@ def test_several_prepare_workers_decode_in_parallel_and_results_keep_the_source_
     assert {"pipeline-prepare-0", "pipeline-prepare-1", "pipeline-prepare-2"} <= threads
 
 
-def test_prepare_workers_below_one_are_refused(model: edgerun.Model) -> None:
-    with pytest.raises(PipelineError, match="prepare workers must be at least 1, got 0"):
-        Pipeline(FileSource([str(SAMPLES)]), model, [ListSink()], prepare_workers=0)
+@pytest.mark.parametrize(
+    ("change", "words"),
+    [
+        ({"prepare_workers": 0}, "prepare workers must be a whole number from 1 to 64, got 0"),
+        ({"queue_size": 0}, "queue size must be a whole number from 1 to 1024, got 0"),  # once: run() hung
+        ({"max_frames": 0}, "max frames must be a whole number from 1"),  # once: one frame ran anyway
+        ({"batch_size": 2.5}, "batch size must be a whole number from 1 to 256, got 2.5"),
+        ({"fps": "5"}, "fps must be a positive number, got '5'"),  # once: a raw TypeError
+        ({"source": str(SAMPLES)}, "source must be a Source"),  # once: the reader died, run() hung
+        ({"model": None}, "model must be an edgerun Model"),
+        ({"sinks": None}, "sinks must be a list of sinks"),
+        ({"sinks": ["stdout"]}, "a sink needs publish() and close()"),  # once: found after reading the source
+    ],
+)
+def test_arguments_a_run_could_only_fail_or_hang_on_are_refused_up_front(
+    model: edgerun.Model, change: dict[str, Any], words: str
+) -> None:
+    args: dict[str, Any] = {"source": FileSource([str(SAMPLES)]), "model": model, "sinks": [ListSink()], **change}
+    with pytest.raises(PipelineError, match=re.escape(words)):
+        Pipeline(args.pop("source"), args.pop("model"), args.pop("sinks"), **args)
 
 
 def test_inline_sinks_are_published_from_the_inference_thread_with_the_same_results(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -14,6 +15,7 @@ from edgerun.accel.probe import probe
 from edgerun.accel.runtimes import discover
 from edgerun.accel.select import select
 from edgerun.backends import Backend, TensorSpec, open_backend
+from edgerun.backends.tflite import TfliteBackend
 from edgerun.errors import ConfigError, DelegateError, ModelLoadError
 from tests.conftest import DIGITS, FakeTree
 
@@ -222,3 +224,19 @@ def test_a_model_every_delegate_refuses_is_reported_as_a_model_error(tmp_path: P
     broken.write_bytes((DIGITS / "digits_fp32.tflite").read_bytes()[:4000])
     with pytest.raises(ModelLoadError, match="cannot load"):
         select(broken, device=probe(fake_tree.root))
+
+
+def test_strict_fastest_closes_the_delegate_it_timed_when_it_refuses_the_fallback(
+    fake_tree: FakeTree, model_copy: Callable[[str, str], Path], state_dir: Path
+) -> None:
+    fake_tree.file("dev/apex_0")
+    plain = model_copy("digits_int8.tflite", "digits.tflite")
+    model_copy("digits_int8.tflite", "digits_edgetpu.tflite")
+
+    def open_backends() -> set[int]:
+        return {id(o) for o in gc.get_objects() if isinstance(o, TfliteBackend) and getattr(o, "_interp", None)}
+
+    before = open_backends()
+    with pytest.raises(DelegateError, match=r"strict-accelerator.*edgetpu"):
+        select(plain, delegate="fastest", device=probe(fake_tree.root), strict=True, state_dir=state_dir)
+    assert open_backends() - before == set()

@@ -352,7 +352,11 @@ def select(
     attempt.reason = f"fastest: {best_ms:.3f} ms median"
     for _, other, *_ in working[1:]:
         other.close()
-    _check_strict(strict, attempts, model_path)
+    try:
+        _check_strict(strict, attempts, model_path)
+    except DelegateError:
+        backend.close()
+        raise
     log.info("delegate for %s: %s (fastest, %.3f ms)", model_path.name, spec.name, best_ms)
     assert cache_key is not None
     cache.put(cache_key, spec.name, {w[2].name: w[0] for w in working})

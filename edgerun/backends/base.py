@@ -23,7 +23,7 @@ from typing import Any, Protocol, runtime_checkable
 import msgspec
 import numpy as np
 
-from edgerun.errors import ModelLoadError
+from edgerun.errors import InputError, ModelLoadError
 from edgerun.opencv import opencv
 
 __all__ = [
@@ -31,6 +31,7 @@ __all__ = [
     "QuantParams",
     "TensorSpec",
     "detect_format",
+    "numeric",
     "Quantizer",
     "dequantize",
     "one_line",
@@ -152,6 +153,19 @@ class Quantizer:
         np.rint(q, out=q)
         np.clip(q, info.min, info.max, out=q)
         return q.astype(self._dtype)
+
+
+def numeric(x: Any, spec: TensorSpec) -> np.ndarray:
+    """``x`` unchanged if it is a numeric array ``run`` may convert to ``spec``'s type; else ``InputError``.
+
+    Called only off the fast path (an input of another type than the tensor's): a list,
+    a string or complex array, a bool array would otherwise fail in numpy or be cast silently.
+    """
+    if not isinstance(x, np.ndarray):
+        raise InputError(f"{spec.name}: a numpy array is expected, got a {type(x).__name__}")
+    if x.dtype.kind not in "fiu" and x.dtype != spec.dtype:
+        raise InputError(f"{spec.name}: array dtype {x.dtype} is not numeric; {spec.describe()} expected")
+    return x
 
 
 def dequantize(q: np.ndarray, quant: QuantParams) -> np.ndarray:

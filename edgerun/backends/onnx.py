@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from edgerun.backends.base import TensorSpec, one_line
+from edgerun.backends.base import TensorSpec, numeric, one_line
 from edgerun.errors import BackendUnavailableError, DelegateError, InferenceError, InputError, ModelLoadError
 from edgerun.native import native_calls
 
@@ -138,19 +138,21 @@ class OnnxBackend:
         self.delegate = delegate
         self.inputs = tuple(_spec(a) for a in self._session.get_inputs())
         self.outputs = tuple(_spec(a) for a in self._session.get_outputs())
-        self._input_names = [s.name for s in self.inputs]
         self._input_dtypes = [s.dtype for s in self.inputs]
         self._output_names = [s.name for s in self.outputs]
         self.runtime_version = f"onnxruntime {ort.__version__}"
 
     def run(self, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
         """Run one inference through ``InferenceSession.run``."""
+        session = self._session
+        if session is None:
+            raise InferenceError("the model is closed; load it again to run it")
         feed = {}
-        for name, dtype, x in zip(self._input_names, self._input_dtypes, inputs):
-            feed[name] = x if x.dtype == dtype else x.astype(dtype)
+        for spec, dtype, x in zip(self.inputs, self._input_dtypes, inputs):
+            feed[spec.name] = x if isinstance(x, np.ndarray) and x.dtype == dtype else numeric(x, spec).astype(dtype)
         started = native_calls.enter()
         try:
-            return self._session.run(self._output_names, feed)
+            return session.run(self._output_names, feed)
         except Exception as exc:
             msg = _ort_message(exc)
             if "dimension" in msg.lower() or "shape" in msg.lower() or "rank" in msg.lower():

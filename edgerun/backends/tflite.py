@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from edgerun.backends.base import Quantizer, QuantParams, TensorSpec, dequantize, one_line
+from edgerun.backends.base import Quantizer, QuantParams, TensorSpec, dequantize, numeric, one_line
 from edgerun.errors import BackendUnavailableError, DelegateError, InferenceError, InputError, ModelLoadError
 from edgerun.native import native_calls
 
@@ -211,9 +211,13 @@ class TfliteBackend:
     def run(self, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
         """Quantize, ``set_tensor``, ``invoke``, ``get_tensor``, dequantize."""
         interp = self._interp
+        if interp is None:
+            raise InferenceError("the model is closed; load it again to run it")
         for slot, x in enumerate(inputs):
             spec = self.inputs[slot]
             prep = self._in_prep[slot]
+            if not isinstance(x, np.ndarray) or x.dtype != spec.dtype:
+                x = numeric(x, spec)
             data = prep(x) if prep is not None else (x if x.dtype == spec.dtype else x.astype(spec.dtype))
             if data.shape != self._in_shape[slot]:
                 self._resize(slot, data.shape)
