@@ -78,14 +78,20 @@ def test_onnx_ranks_tensorrt_and_cuda_above_cpu_and_explains_their_absence(fake_
         sel.backend.close()
 
 
-@pytest.mark.parametrize("given", ["digits_edgetpu.tflite", "digits.tflite"])
-def test_edge_tpu_present_but_libedgetpu_missing_falls_back_to_xnnpack_with_the_reason(
-    fake_tree: FakeTree, model_copy: Callable[[str, str], Path], given: str
-) -> None:
+def edge_tpu_without_its_library(fake_tree: FakeTree, model_copy: Callable[[str, str], Path]) -> Path:
+    """An Edge TPU's /dev node (libedgetpu is not installed) and a model with its compiled twin; the plain model."""
     fake_tree.file("dev/apex_0")
     plain = model_copy("digits_int8.tflite", "digits.tflite")
     # Stands in for the compiled model: the delegate fails before its custom op would matter.
     model_copy("digits_int8.tflite", "digits_edgetpu.tflite")
+    return plain
+
+
+@pytest.mark.parametrize("given", ["digits_edgetpu.tflite", "digits.tflite"])
+def test_edge_tpu_present_but_libedgetpu_missing_falls_back_to_xnnpack_with_the_reason(
+    fake_tree: FakeTree, model_copy: Callable[[str, str], Path], given: str
+) -> None:
+    plain = edge_tpu_without_its_library(fake_tree, model_copy)
     sel = select(plain.with_name(given), device=probe(fake_tree.root))
     try:
         assert sel.delegate == "xnnpack"
@@ -102,9 +108,7 @@ def test_edge_tpu_present_but_libedgetpu_missing_falls_back_to_xnnpack_with_the_
 def test_strict_accelerator_turns_that_fallback_into_an_error(
     fake_tree: FakeTree, model_copy: Callable[[str, str], Path]
 ) -> None:
-    fake_tree.file("dev/apex_0")
-    plain = model_copy("digits_int8.tflite", "digits.tflite")
-    model_copy("digits_int8.tflite", "digits_edgetpu.tflite")
+    plain = edge_tpu_without_its_library(fake_tree, model_copy)
     with pytest.raises(DelegateError, match=r"strict-accelerator.*edgetpu.*libedgetpu"):
         select(plain, device=probe(fake_tree.root), strict=True)
 
@@ -229,9 +233,7 @@ def test_a_model_every_delegate_refuses_is_reported_as_a_model_error(tmp_path: P
 def test_strict_fastest_closes_the_delegate_it_timed_when_it_refuses_the_fallback(
     fake_tree: FakeTree, model_copy: Callable[[str, str], Path], state_dir: Path
 ) -> None:
-    fake_tree.file("dev/apex_0")
-    plain = model_copy("digits_int8.tflite", "digits.tflite")
-    model_copy("digits_int8.tflite", "digits_edgetpu.tflite")
+    plain = edge_tpu_without_its_library(fake_tree, model_copy)
 
     def open_backends() -> set[int]:
         return {id(o) for o in gc.get_objects() if isinstance(o, TfliteBackend) and getattr(o, "_interp", None)}
