@@ -16,7 +16,7 @@ from edgerun.accel.runtimes import discover
 from edgerun.accel.select import select
 from edgerun.backends import Backend, TensorSpec, open_backend
 from edgerun.backends.tflite import TfliteBackend
-from edgerun.errors import ConfigError, DelegateError, ModelLoadError
+from edgerun.errors import ConfigError, DelegateError, InferenceError, ModelLoadError
 from tests.conftest import DIGITS, FakeTree
 
 
@@ -30,25 +30,38 @@ class NoisyBackend:
     format = "tflite"
     threadsafe = False
 
-    def __init__(self, path: Path, error: float) -> None:
+    def __init__(self, path: Path, error: float, fails_after: int | None = None) -> None:
         self._inner = open_backend(path, format="tflite", delegate="cpu")
         self.delegate = "npu"
         self.inputs: tuple[TensorSpec, ...] = self._inner.inputs
         self.outputs: tuple[TensorSpec, ...] = self._inner.outputs
         self._error = error
+        self._runs_left = fails_after  # then it fails, as a device that hangs up or overheats
+        self.closed = False
 
     def run(self, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
+        if self._runs_left is not None:
+            if self._runs_left == 0:
+                raise InferenceError("npu: device stopped answering")
+            self._runs_left -= 1
         return [y + np.float32(self._error) * np.abs(y).max() for y in self._inner.run(inputs)]
 
     def close(self) -> None:
+        self.closed = True
         self._inner.close()
 
 
-def _with_npu(error: float) -> tuple[DelegateSpec, ...]:
-    """The real catalogue plus a top-ranked stand-in accelerator with the given output error."""
+def _with_npu(
+    error: float, fails_after: int | None = None, opened: list[NoisyBackend] | None = None
+) -> tuple[DelegateSpec, ...]:
+    """The real catalogue plus a top-ranked stand-in accelerator with the given output error
+    (failing after ``fails_after`` calls; each one opened is added to ``opened``)."""
 
     def opener(path: Path, fmt: str, name: str, threads: int | None, cache_dir: Path | None) -> Backend:
-        return NoisyBackend(path, error)
+        backend = NoisyBackend(path, error, fails_after)
+        if opened is not None:
+            opened.append(backend)
+        return backend
 
     npu = DelegateSpec("npu", "tflite", "stand-in NPU", lambda d, r: None, opener=opener)
     return (npu, *CATALOGUE)
@@ -154,6 +167,27 @@ def test_a_delegate_within_tolerance_passes_verification_and_is_chosen(fake_tree
         assert sel.delegate == "npu"
         npu = next(a for a in sel.attempts if a.delegate == "npu")
         assert npu.reason == "verified against the CPU reference"
+    finally:
+        sel.backend.close()
+
+
+def test_fastest_drops_a_delegate_that_fails_while_timed_closes_it_and_takes_the_next(
+    fake_tree: FakeTree, state_dir: Path
+) -> None:
+    opened: list[NoisyBackend] = []
+    catalogue = _with_npu(1e-4, fails_after=2, opened=opened)  # verified, then fails in the timing runs
+    sel = select(
+        DIGITS / "digits_fp32.tflite",
+        delegate="fastest",
+        device=probe(fake_tree.root),
+        state_dir=state_dir,
+        catalogue=catalogue,
+    )
+    try:
+        assert sel.delegate != "npu"
+        npu = next(a for a in sel.attempts if a.delegate == "npu")
+        assert npu.status == "failed" and npu.reason == "failed while timed: npu: device stopped answering"
+        assert opened and all(b.closed for b in opened)
     finally:
         sel.backend.close()
 

@@ -339,9 +339,22 @@ def select(
             backend = _open_verified(job, spec, target, reference, attempt)
             if backend is None:
                 continue
-            attempt.latency_ms = _time(backend, make_sample(backend))
+            try:
+                attempt.latency_ms = _time(backend, make_sample(backend))
+            except EdgerunError as exc:  # verified, then failed while timed: as a delegate that fails to load
+                backend.close()
+                attempt.status, attempt.reason = "failed", f"failed while timed: {exc}"
+                log.warning("delegate %s for %s %s", spec.name, model_path.name, attempt.reason)
+                continue
+            except BaseException:
+                backend.close()
+                raise
             attempt.status = "usable"
             working.append((attempt.latency_ms, backend, spec, target, attempt))
+    except BaseException:
+        for _, opened, *_ in working:
+            opened.close()
+        raise
     finally:
         reference.close()
     if not working:
