@@ -115,9 +115,13 @@ def replace(card: Any, **changes: Any) -> Any:
 
 
 def find_card(model_path: Path) -> Path | None:
-    """The card file for ``model_path``: ``<file>.card.yaml``, else ``card.yaml`` in its folder."""
+    """The card file for ``model_path``: ``<file>.card.yaml``, else ``card.yaml`` in its folder.
+
+    Whatever is at that path is the card, a folder too: loading it then fails, rather than the
+    model running with no card, under an inferred name and version, without a word.
+    """
     for candidate in (model_path.with_name(model_path.name + ".card.yaml"), model_path.parent / "card.yaml"):
-        if candidate.is_file():
+        if candidate.exists():
             return candidate
     return None
 

@@ -256,6 +256,17 @@ def test_predict_takes_no_ota_options_it_would_ignore() -> None:
     assert "unrecognized arguments: --ota-key k.pub.pem" in result.stderr
 
 
+def test_a_card_that_is_a_folder_is_one_line_not_a_model_run_without_its_card(model_copy: Any) -> None:
+    model = model_copy("digits_int8.onnx", "digits_int8.onnx")
+    card = model.with_name(model.name + ".card.yaml")
+    card.unlink()
+    card.mkdir()  # once: skipped, and the model ran card-less as "digits_int8 0.0.0"
+    result = run_cli("predict", str(model), str(SAMPLES / "digit_3.png"))
+    assert result.returncode == 1 and result.stdout == ""
+    _assert_clean_errors(result.stderr, 1)
+    assert f"cannot read card {card}: Is a directory" in result.stderr
+
+
 def test_a_card_that_is_not_utf8_text_is_one_line(model_copy: Any) -> None:
     model = model_copy("digits_int8.onnx", "digits_int8.onnx")
     card = model.with_name(model.name + ".card.yaml")
