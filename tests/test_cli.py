@@ -133,6 +133,8 @@ OTA_PUBLISH += ["--key", "k.pem", "--device", "d1", "--mqtt", "mqtt://127.0.0.1:
         (["predict", str(DIGITS / "digits_int8.tflite"), "x.png", "--output", ""], 2, "--output is an empty string"),
         (["run", str(DIGITS / "digits_int8.tflite"), "--source", ""], 2, "--source is an empty string"),
         (["devices", "--model", ""], 2, "--model is an empty string"),
+        (["devices", "--state-dir", ""], 2, "--state-dir is an empty string"),  # once: the default, quietly
+        (["outbox", "--state-dir", ""], 2, "--state-dir is an empty string"),
         # devices checks its options without --model too, instead of ignoring them
         (["devices", "--threads", "0"], 2, "--threads must be between 1 and 256, got 0"),
         (["devices", "--delegate", "warp"], 2, "unknown delegate 'warp'"),

@@ -66,6 +66,7 @@ def check_folders(args: argparse.Namespace) -> None:
 
     from edgerun.errors import ConfigError
 
+    require_not_empty("--state-dir", args.state_dir)  # "" would quietly mean the default state directory
     if args.probe_root is not None and not os.path.isdir(args.probe_root):
         raise ConfigError(f"--probe-root {args.probe_root} is not a directory")
     if args.state_dir is not None and os.path.exists(args.state_dir) and not os.path.isdir(args.state_dir):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from edgerun.cli.common import print_json
+from edgerun.cli.common import print_json, require_not_empty
 
 HELP = "show the records waiting in the outbox: count, bytes and age per stream"
 
@@ -25,6 +25,7 @@ def run(args: argparse.Namespace) -> int:
     from edgerun.sync.outbox import Outbox
     from edgerun.sync.service import OUTBOX_FILE
 
+    require_not_empty("--state-dir", args.state_dir)
     path = state_dir(args.state_dir) / OUTBOX_FILE
     if not path.exists():
         raise ConfigError(f"no outbox at {path} (nothing was ever queued there)")
