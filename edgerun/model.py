@@ -189,7 +189,11 @@ class Model:
             return top_k(scores, self.card.postprocess.top_k, self.card.labels)
         if task == "regression":
             return np.asarray(outputs[0][row], dtype=np.float64).reshape(-1).tolist()
-        return {spec.name: np.asarray(out).tolist() for spec, out in zip(self.outputs, outputs)}
+        # raw outputs, each with its batch dimension: this row's slice of a batched call (a dynamic first dimension)
+        return {
+            spec.name: np.asarray(out[row : row + 1] if spec.shape[:1] == (None,) else out).tolist()
+            for spec, out in zip(self.outputs, outputs)
+        }
 
     def constant_inputs(self) -> list[np.ndarray]:
         """Mid-range constant inputs (0.5 for float and quantized tensors), for warm-up and smoke tests."""

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import edgerun
-from edgerun.card import ModelCard, load_card
+from edgerun.card import ModelCard, load_card, replace
 from edgerun.errors import CardError, ConfigError, InputError, ModelLoadError
 from tests.conftest import DIGITS, SAMPLES
 
@@ -332,3 +332,14 @@ def test_a_validated_card_is_cached_and_a_changed_card_is_read_again(tmp_path: P
     assert load_card(path, cache).version == "1.0.1"  # the change is seen
     entry.write_text("{broken")
     assert load_card(path, cache).version == "1.0.1"  # a broken cache is only a miss
+
+
+@pytest.mark.parametrize("task", ["classification", "regression", "detection"])
+def test_postprocess_of_a_batch_gives_each_row_what_a_call_of_one_gives(task: str) -> None:
+    """A batched pipeline post-processes row by row: each row's record is the one a batch of one gives."""
+    card = replace(load_card(DIGITS / "digits_fp32.onnx.card.yaml"), task=task)  # detection: outputs shown raw
+    with edgerun.load(DIGITS / "digits_fp32.onnx", card=card) as m:
+        tensors = [m.prepare(SAMPLES / f"digit_{d}.png") for d in (3, 7, 1)]
+        outputs = m.run(np.concatenate(tensors))
+        alone = [m.postprocess(m.run(t)) for t in tensors]
+        assert [m.postprocess(outputs, row) for row in range(3)] == alone  # once: every row got all three
