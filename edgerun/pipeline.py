@@ -232,12 +232,8 @@ class Pipeline:
                     self._count_dropped(self.source.dropped - dropped_seen)
                     dropped_seen = self.source.dropped
                 item = _Item(frame, now)
-                if self._prepare_on_reader and not onward.empty():
-                    try:
-                        self._prepare_one(item)
-                    except BaseException as exc:  # a bug in preparing, not in the source
-                        self._fail("preprocess", exc)
-                        return
+                if self._prepare_on_reader and not onward.empty() and not self._prepare_guarded(item):
+                    return
                 if not onward.put(item):
                     return
                 taken += 1
@@ -283,8 +279,9 @@ class Pipeline:
         else:
             item.error = item.frame.error
 
-    def _prepare_late(self, item: _Item) -> bool:
-        """Prepare a frame the reader handed on as read; False if preparing failed (a bug)."""
+    def _prepare_guarded(self, item: _Item) -> bool:
+        """Prepare a decoded frame on the reader or the inference thread; False if preparing failed
+        (a bug, reported as the preprocess stage's, not as the source's or inference's)."""
         try:
             self._prepare_one(item)
         except BaseException as exc:
@@ -299,7 +296,7 @@ class Pipeline:
                 batch: list[_Item] = []
                 item = self._q_inf.get()
                 while item is not END:
-                    if item.model is None and not self._prepare_late(item):
+                    if item.model is None and not self._prepare_guarded(item):  # handed on as read
                         return
                     if item.error is not None:
                         self._emit_error(item)
