@@ -22,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from edgerun.errors import ConfigError
 from edgerun.files import read_utf8
+from edgerun.limits import BATCH_SIZE_MAX, PREPARE_WORKERS_MAX
 
 __all__ = ["ApiConfig", "Config", "check_runnable", "default_config", "load_config"]
 
@@ -76,9 +77,9 @@ class PipelineConfig(_Strict):
     decode_threads: int = Field(
         1, ge=0, le=64, description="video files and streams: decoding threads (0: the decoder's choice)"
     )
-    batch_size: int = Field(1, ge=1, le=256, description="frames per inference call")
+    batch_size: int = Field(1, ge=1, le=BATCH_SIZE_MAX, description="frames per inference call")
     prepare_workers: int = Field(
-        1, ge=1, le=64, description="image files and MQTT messages: threads decoding them in parallel"
+        1, ge=1, le=PREPARE_WORKERS_MAX, description="image files and MQTT messages: threads decoding them in parallel"
     )
     restart_s: float = Field(5.0, ge=0.1, le=3600, description="wait before reopening a source that failed")
 

@@ -31,6 +31,7 @@ from edgerun.accel.select import Selection, select
 from edgerun.backends import Backend, TensorSpec
 from edgerun.card import ModelCard, find_card, image_layout, infer_card, load_card, replace
 from edgerun.errors import CardError, ConfigError, InputError, ModelLoadError
+from edgerun.limits import THREADS_MAX
 from edgerun.processing.classify import looks_like_probabilities, softmax, top_k
 from edgerun.state import state_dir as default_state_dir
 
@@ -343,8 +344,8 @@ def load(
     """
     if not isinstance(path, (str, os.PathLike)):
         raise ModelLoadError(f"model path must be a str or os.PathLike, got {type(path).__name__}")
-    if threads is not None and (type(threads) is not int or not 1 <= threads <= 256):
-        raise ConfigError(f"threads must be an integer between 1 and 256, got {threads!r}")
+    if threads is not None and (type(threads) is not int or not 1 <= threads <= THREADS_MAX):
+        raise ConfigError(f"threads must be an integer between 1 and {THREADS_MAX}, got {threads!r}")
     if card is not None and not isinstance(card, (ModelCard, str, os.PathLike)):
         raise CardError(f"card must be a ModelCard or a card file path, got {type(card).__name__}")
     model_path = Path(path)

@@ -54,6 +54,7 @@ import numpy as np
 from edgerun import lanes
 from edgerun.errors import EdgerunError, PipelineError
 from edgerun.lanes import END, NOTHING, Lanes
+from edgerun.limits import BATCH_SIZE_MAX, PREPARE_WORKERS_MAX
 from edgerun.model import Model
 from edgerun.ota.slot import ModelSlot
 from edgerun.sinks.base import Result, Sink, error_record, result_record
@@ -137,9 +138,9 @@ def _check_arguments(
         raise PipelineError(f"fps must be a positive number, got {fps!r}")
     if max_frames is not None:
         _whole("max frames", max_frames, 1, 2**63 - 1)
-    _whole("batch size", batch_size, 1, 256)
+    _whole("batch size", batch_size, 1, BATCH_SIZE_MAX)
     _whole("queue size", queue_size, 1, 1024)
-    _whole("prepare workers", prepare_workers, 1, 64)
+    _whole("prepare workers", prepare_workers, 1, PREPARE_WORKERS_MAX)
 
 
 class Pipeline:

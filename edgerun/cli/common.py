@@ -75,10 +75,12 @@ def check_folders(args: argparse.Namespace) -> None:
 
 def load_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     """Keyword arguments for ``edgerun.load`` from the shared options (checked)."""
-    if args.threads is not None and not 1 <= args.threads <= 256:
+    from edgerun.limits import THREADS_MAX
+
+    if args.threads is not None and not 1 <= args.threads <= THREADS_MAX:
         from edgerun.errors import ConfigError
 
-        raise ConfigError(f"--threads must be between 1 and 256, got {args.threads}")
+        raise ConfigError(f"--threads must be between 1 and {THREADS_MAX}, got {args.threads}")
     check_folders(args)
     return {
         "delegate": args.delegate,

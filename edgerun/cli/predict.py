@@ -95,6 +95,7 @@ def run(args: argparse.Namespace) -> int:
     """Load the model, then stream every input through a pipeline into the sinks."""
     import edgerun
     from edgerun.card import replace
+    from edgerun.limits import BATCH_SIZE_MAX, PREPARE_WORKERS_MAX
     from edgerun.sinks import sink_onto_input
     from edgerun.sinks.text import JsonlSink, TableSink
     from edgerun.sources.files import FileSource
@@ -102,7 +103,7 @@ def run(args: argparse.Namespace) -> int:
     require_not_empty("an INPUT", *args.inputs)
     require_not_empty("--output", args.output)
     require_at_least_one(args, "top_k", "batch_size", "prepare_workers")
-    require_within(args, batch_size=(1, 256), prepare_workers=(1, 64))  # as for `edgerun run`
+    require_within(args, batch_size=(1, BATCH_SIZE_MAX), prepare_workers=(1, PREPARE_WORKERS_MAX))
     mqtt = check_sync(args)  # before the model loads: a mistyped URL is the only line
     if args.resume and not args.output:
         raise ConfigError("--resume needs --output FILE.jsonl (the file it resumes from)")

@@ -102,6 +102,7 @@ def run(args: argparse.Namespace) -> int:
     """Load, open the source and sinks, run, print the summary."""
     import edgerun
     from edgerun.errors import ConfigError
+    from edgerun.limits import BATCH_SIZE_MAX, PREPARE_WORKERS_MAX
     from edgerun.ota.slot import ModelSlot
     from edgerun.pipeline import Pipeline
     from edgerun.sinks import first_drawing_sink, open_sink, video_rate
@@ -125,8 +126,8 @@ def run(args: argparse.Namespace) -> int:
         height=(16, 8192),
         queue=(1, 1024),
         decode_threads=(0, 64),
-        batch_size=(1, 256),
-        prepare_workers=(1, 64),
+        batch_size=(1, BATCH_SIZE_MAX),
+        prepare_workers=(1, PREPARE_WORKERS_MAX),
     )
     if args.ota_key:  # serve the store's active version: an update received over the air survives restarts
         from edgerun.ota.serving import serve_from_store

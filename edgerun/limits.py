@@ -1,0 +1,14 @@
+"""Bounds shared by the command line, a daemon config and the library, so that each says the same.
+
+A light module (no imports): the command line checks its options against these
+before it loads anything.
+"""
+
+__all__ = ["BATCH_SIZE_MAX", "PREPARE_WORKERS_MAX", "THREADS_MAX"]
+
+#: The most frames one inference call takes (``--batch-size``, ``batch_size:``, ``Pipeline(batch_size=)``).
+BATCH_SIZE_MAX = 256
+#: The most threads decoding encoded inputs in parallel (``--prepare-workers``, ``prepare_workers:``).
+PREPARE_WORKERS_MAX = 64
+#: The most CPU threads a model's runtime is given (``--threads``, ``edgerun.load(threads=)``).
+THREADS_MAX = 256
