@@ -24,6 +24,10 @@ from edgerun.sinks.base import Result, Sink
 __all__ = ["Result", "Sink", "first_drawing_sink", "open_sink", "sink_kind", "sink_onto_input", "video_rate"]
 
 
+#: Sinks on standard output, by name (lower case): no file of theirs can be an input's.
+_STDOUT_SINKS = {"stdout": "table", "jsonl": "jsonl", "json": "jsonl"}
+
+
 def sink_kind(spec: str) -> str:
     """What ``spec`` names: ``table``, ``jsonl`` (standard output), ``jsonl-file``, ``csv``, ``video`` or
     ``images``; nothing is opened or created, so a config check can ask it.
@@ -35,10 +39,8 @@ def sink_kind(spec: str) -> str:
     from edgerun.sinks.annotate import AnnotatedVideoSink
 
     lower = spec.lower()
-    if lower == "stdout":
-        return "table"
-    if lower in ("jsonl", "json"):
-        return "jsonl"
+    if lower in _STDOUT_SINKS:
+        return _STDOUT_SINKS[lower]
     if lower.endswith((".jsonl", ".ndjson", ".json")):
         return "jsonl-file"
     if lower.endswith(".csv"):
@@ -66,7 +68,7 @@ def sink_onto_input(specs: Sequence[str], inputs: Sequence[str]) -> tuple[str, s
     from edgerun.files import same_file
 
     for spec in specs:
-        if spec.lower() in ("stdout", "jsonl", "json") or spec.endswith("/") or not os.path.exists(spec):
+        if spec.lower() in _STDOUT_SINKS or spec.endswith("/") or not os.path.exists(spec):
             continue
         suffix = os.path.splitext(spec)[1].lower()  # only an input of the sink's kind can be its file
         clash = next((p for p in inputs if os.path.splitext(p)[1].lower() == suffix and same_file(spec, p)), None)
