@@ -36,7 +36,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from edgerun import systemd
+from edgerun import signals, systemd
 from edgerun.config import Config, ModelConfig, PipelineConfig, load_config
 from edgerun.errors import ConfigError, EdgerunError
 from edgerun.model import Model
@@ -477,9 +477,17 @@ class Daemon:
 
     def run(self) -> int:
         """Start, then serve until SIGTERM/SIGINT (SIGHUP reloads); returns the exit code."""
-        signal.signal(signal.SIGTERM, lambda n, f: self._stop.set())
-        signal.signal(signal.SIGINT, lambda n, f: self._stop.set())
-        signal.signal(signal.SIGHUP, lambda n, f: self._reload.set())
+
+        def stop(sig: signal.Signals) -> None:
+            self._stop.set()
+
+        def reload(sig: signal.Signals) -> None:
+            self._reload.set()
+
+        with signals.handled({signal.SIGTERM: stop, signal.SIGINT: stop, signal.SIGHUP: reload}):
+            return self._serve_until_stopped()
+
+    def _serve_until_stopped(self) -> int:
         self._check_state_dir()  # before anything starts: one error line, nothing to stop
         try:
             self._start_parts()

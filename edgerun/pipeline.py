@@ -192,7 +192,9 @@ class Pipeline:
 
     # -- control -------------------------------------------------------------
     def stop(self, reason: str = "stopped") -> None:
-        """Stop reading; what is in flight is finished. Safe from a signal handler."""
+        """Stop reading; what is in flight is finished. Safe from any thread, but not from a signal
+        handler itself, which may run while its own thread holds a lock this takes: the command line
+        calls it through ``edgerun.signals``."""
         if not self._stop.is_set():
             self.summary.stopped_by = reason
             self._stop.set()

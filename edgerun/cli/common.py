@@ -290,15 +290,15 @@ def run_pipeline(pipeline: Any, sync: Any = None, ota: Any = None) -> Any:
     """Run a pipeline with SIGINT/SIGTERM stopping it cleanly; then stop OTA and the sync (flushing it)."""
     import signal
 
-    previous = {
-        sig: signal.signal(sig, lambda n, f: pipeline.stop(signal.Signals(n).name))
-        for sig in (signal.SIGINT, signal.SIGTERM)
-    }
+    from edgerun import signals
+
+    def stop(sig: signal.Signals) -> None:
+        pipeline.stop(sig.name)
+
     try:
-        return pipeline.run()
+        with signals.handled({signal.SIGINT: stop, signal.SIGTERM: stop}):
+            return pipeline.run()
     finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
         if ota is not None:
             ota.stop()
         if sync is not None:

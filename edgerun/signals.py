@@ -1,0 +1,73 @@
+"""Signals (SIGTERM, SIGINT, SIGHUP) turned into calls made on a thread of their own.
+
+A Python signal handler runs on the main thread, between two bytecodes of whatever that
+thread was doing. A handler that takes a lock (``Event.set``, a source's ``close``)
+deadlocks when the main thread held that same lock at that moment: every ``Event.wait``
+holds its event's lock for a few bytecodes on the way in and out, so a daemon waiting in
+short steps (a systemd watchdog of 20 ms) froze, now and then, on the SIGTERM that was to
+stop it.
+
+Here the handler does nothing itself. CPython's C-level handler writes the signal's number
+to a wakeup fd (``signal.set_wakeup_fd``), taking no Python lock; a watcher thread reads it
+and makes the call, where taking a lock is safe.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+import threading
+from collections.abc import Callable, Iterator, Mapping
+from types import FrameType
+
+log = logging.getLogger(__name__)
+
+__all__ = ["handled"]
+
+Action = Callable[[signal.Signals], None]
+
+
+@contextlib.contextmanager
+def handled(actions: Mapping[signal.Signals, Action]) -> Iterator[None]:
+    """While inside, each signal of ``actions`` calls its action (with the signal) on a watcher
+    thread; on the way out the previous handlers and wakeup fd are put back.
+
+    Call from the main thread (``signal.signal`` refuses any other). An action that raises is
+    logged; later signals still reach theirs.
+    """
+    read, write = os.pipe()
+    os.set_blocking(write, False)  # set_wakeup_fd refuses a blocking one: a signal storm must never block
+    watcher = threading.Thread(
+        target=_watch, args=(read, {int(sig): a for sig, a in actions.items()}), name="signals", daemon=True
+    )
+    watcher.start()
+    previous_fd = signal.set_wakeup_fd(write)
+    previous = {sig: signal.signal(sig, _wake_only) for sig in actions}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        signal.set_wakeup_fd(previous_fd)
+        os.close(write)  # the watcher reads the end of the pipe and returns
+        watcher.join()
+        os.close(read)
+
+
+def _wake_only(signum: int, frame: FrameType | None) -> None:
+    """The Python-level handler: none is needed, but one must be set for the wakeup fd to be written."""
+
+
+def _watch(fd: int, actions: dict[int, Action]) -> None:
+    while data := os.read(fd, 64):  # b"" once the write end is closed
+        for number in data:
+            action = actions.get(number)
+            if action is None:  # another signal with a Python handler also writes its number here
+                continue
+            sig = signal.Signals(number)
+            try:
+                action(sig)
+            except Exception:
+                log.exception("handling %s failed", sig.name)
