@@ -180,7 +180,11 @@ class Model:
         )
 
     def postprocess(self, outputs: Sequence[np.ndarray], row: int = 0) -> Any:
-        """Outputs of one inference -> the result record's ``output`` for batch row ``row``."""
+        """Outputs of one inference -> the result record's ``output`` for batch row ``row`` (``InputError``
+        for a row the batch does not have)."""
+        rows = len(outputs[0]) if outputs and np.ndim(outputs[0]) else 0
+        if type(row) is not int or not 0 <= row < max(rows, 1):  # bool is not a row; numpy ints come as int()
+            raise InputError(f"row {row!r} is not a row of this batch of {rows}")
         task = self.card.task
         if task == "classification":
             scores = np.asarray(outputs[0][row], dtype=np.float32).reshape(-1)

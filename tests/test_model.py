@@ -5,6 +5,7 @@ from __future__ import annotations
 import shutil
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -343,3 +344,14 @@ def test_postprocess_of_a_batch_gives_each_row_what_a_call_of_one_gives(task: st
         outputs = m.run(np.concatenate(tensors))
         alone = [m.postprocess(m.run(t)) for t in tensors]
         assert [m.postprocess(outputs, row) for row in range(3)] == alone  # once: every row got all three
+
+
+@pytest.mark.parametrize("task", ["classification", "detection"])
+@pytest.mark.parametrize("row", [3, -1, True, 1.0])
+def test_postprocess_of_a_row_outside_the_batch_is_an_input_error(task: str, row: Any) -> None:
+    card = replace(load_card(DIGITS / "digits_fp32.onnx.card.yaml"), task=task)
+    with edgerun.load(DIGITS / "digits_fp32.onnx", card=card) as m:
+        tensors = [m.prepare(SAMPLES / f"digit_{d}.png") for d in (3, 7, 1)]
+        outputs = m.run(np.concatenate(tensors))
+        with pytest.raises(InputError, match=f"row {row!r} is not a row of this batch of 3"):
+            m.postprocess(outputs, row)
