@@ -2,7 +2,7 @@
 
 Every error names the file, the field and what is wrong, in one line (up to
 three errors, then a count), e.g. ``device-configs/rpi5.yaml:
-models.digits.threads: Input should be less than or equal to 64`` or
+models.digits.threads: Input should be less than or equal to 256`` or
 ``c.yaml: models: Field required; model: unknown key``.
 
 A config that validates can still fail to run; ``check_runnable`` names what
@@ -22,7 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from edgerun.errors import ConfigError
 from edgerun.files import read_utf8
-from edgerun.limits import BATCH_SIZE_MAX, PREPARE_WORKERS_MAX
+from edgerun.limits import BATCH_SIZE_MAX, PREPARE_WORKERS_MAX, THREADS_MAX
 
 __all__ = ["ApiConfig", "Config", "check_runnable", "default_config", "load_config"]
 
@@ -48,7 +48,9 @@ class ModelConfig(_Strict):
         "auto",
         description="auto, fastest, a delegate name, or a non-empty preference order such as [edgetpu, xnnpack, cpu]",
     )
-    threads: int | None = Field(None, ge=1, le=64, description="CPU threads; default 1 for tiny models, else up to 4")
+    threads: int | None = Field(
+        None, ge=1, le=THREADS_MAX, description="CPU threads; default 1 for tiny models, else up to 4"
+    )
     strict_accelerator: bool = Field(False, description="fail instead of falling back from a present accelerator")
     publish_results: bool = Field(False, description="publish every result on P/ID/results/<model>")
 

@@ -41,8 +41,8 @@ MODEL = f"models:\n  digits:\n    path: {ROOT}/models/digits/digits_int8.tflite\
         (MODEL + "colour: red\n", "colour: unknown key"),
         (MODEL.replace("models:", "model:"), "models: Field required; model: unknown key"),
         (
-            MODEL.replace("path:", "threads: 100\n    path:"),
-            "models.digits.threads: Input should be less than or equal to 64",
+            MODEL.replace("path:", "threads: 300\n    path:"),
+            "models.digits.threads: Input should be less than or equal to 256",
         ),
         (MODEL + "api:\n  bind: 0.0.0.0\n", "api: api.bind 0.0.0.0 is not loopback: a token"),
         (MODEL + "pipelines:\n  cam:\n    source: camera:0\n    model: nope\n", "no model named 'nope'"),
