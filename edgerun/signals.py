@@ -39,12 +39,17 @@ def handled(actions: Mapping[signal.Signals, Action]) -> Iterator[None]:
     """
     read, write = os.pipe()
     os.set_blocking(write, False)  # set_wakeup_fd refuses a blocking one: a signal storm must never block
+    try:
+        previous_fd = signal.set_wakeup_fd(write)  # ValueError off the main thread: nothing started yet
+    except BaseException:
+        os.close(read)
+        os.close(write)
+        raise
+    previous = {sig: signal.signal(sig, _wake_only) for sig in actions}
     watcher = threading.Thread(
         target=_watch, args=(read, {int(sig): a for sig, a in actions.items()}), name="signals", daemon=True
     )
     watcher.start()
-    previous_fd = signal.set_wakeup_fd(write)
-    previous = {sig: signal.signal(sig, _wake_only) for sig in actions}
     try:
         yield
     finally:
