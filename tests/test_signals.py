@@ -111,3 +111,23 @@ def test_a_signal_with_no_action_here_is_left_to_its_own_handler() -> None:
         assert others == [signal.SIGUSR2]
     finally:
         signal.signal(signal.SIGUSR2, before)
+
+
+def test_off_the_main_thread_it_is_refused_and_leaves_no_thread_or_pipe_behind() -> None:
+    fds_before = len(os.listdir("/proc/self/fd"))
+    threads_before = threading.active_count()
+    errors: list[BaseException] = []
+
+    def enter() -> None:
+        try:
+            with signals.handled({signal.SIGUSR1: lambda sig: None}):
+                pass
+        except ValueError as exc:
+            errors.append(exc)
+
+    thread = threading.Thread(target=enter)
+    thread.start()
+    thread.join()
+    assert len(errors) == 1
+    assert threading.active_count() == threads_before
+    assert len(os.listdir("/proc/self/fd")) == fds_before
