@@ -200,7 +200,10 @@ class Pipeline:
             self._stop.set()
             self.source.close()
 
-    def _fail(self, stage: str, exc: BaseException) -> None:
+    def _fail(self, stage: str, exc: BaseException, *, abort: bool = True) -> None:
+        """Record the first failure and stop reading. ``abort`` also tells every stage to give up
+        waiting: needed where a consumer died (a producer would block on it for good), not where the
+        source did (the reader is the head of the chain: what it handed on is finished and flushed)."""
         with self._lock:
             if self._failure is None:
                 self._failure = (stage, exc)
@@ -210,7 +213,8 @@ class Pipeline:
             log.debug("pipeline stage %s failed: %s", stage, exc)
         else:
             log.error("pipeline stage %s failed: %s", stage, exc, exc_info=True)
-        self._abort.set()
+        if abort:
+            self._abort.set()
         self.stop(f"{stage} failed")
 
     # -- stages --------------------------------------------------------------
@@ -228,12 +232,13 @@ class Pipeline:
                         if live:
                             self.summary.skipped += 1  # frame skipping to hold the target rate
                             continue
-                        time.sleep(next_due - now)
+                        self._stop.wait(next_due - now)  # a stop ends the wait; the frame read is still handed on
                         now = time.monotonic()
                     next_due = max(next_due + self._interval, now) if next_due else now + self._interval
-                if self.source.dropped != dropped_seen:
-                    self._count_dropped(self.source.dropped - dropped_seen)
-                    dropped_seen = self.source.dropped
+                dropped = self.source.dropped  # read once: the capture thread may drop more meanwhile
+                if dropped != dropped_seen:
+                    self._count_dropped(dropped - dropped_seen)
+                    dropped_seen = dropped
                 item = _Item(frame, now)
                 if self._prepare_on_reader and not onward.empty() and not self._prepare_guarded(item):
                     return
@@ -246,11 +251,11 @@ class Pipeline:
                 if self._stop.is_set() and not live:
                     break  # checked after handing the frame on: a frame read is a frame processed
         except BaseException as exc:
-            self._fail(f"source {self.source.uri}", exc)
+            self._fail(f"source {self.source.uri}", exc, abort=False)
         finally:
-            self.summary.dropped = self.source.dropped
-            if self.source.dropped != dropped_seen:
-                self._count_dropped(self.source.dropped - dropped_seen)
+            self.summary.dropped = dropped = self.source.dropped
+            if dropped != dropped_seen:
+                self._count_dropped(dropped - dropped_seen)
             onward.end()
 
     def _count_dropped(self, n: int) -> None:
@@ -296,31 +301,41 @@ class Pipeline:
         try:
             ended = False
             while not ended:
-                batch: list[_Item] = []
+                batch: list[_Item] = []  # in the source's order, failed frames included
+                good = 0
                 item = self._q_inf.get()
                 while item is not END:
                     if item.model is None and not self._prepare_guarded(item):  # handed on as read
                         return
-                    if item.error is not None:
-                        self._emit_error(item)
-                    else:
-                        batch.append(item)
-                    if len(batch) >= self._batch:
+                    batch.append(item)
+                    good += item.error is None
+                    if good >= self._batch:
                         break
                     item = self._q_inf.get_nowait()  # take what is already waiting, never wait to fill a batch
                     if item is NOTHING:
                         break
                 ended = item is END
-                while batch:  # one call per model: a hot swap can fall inside a batch
-                    model = batch[0].model
-                    same = [i for i in batch if i.model is model]
-                    batch = [i for i in batch if i.model is not model]
-                    self._run_batch(same)
+                self._run_in_order(batch)
         except BaseException as exc:
             self._fail("inference", exc)
         finally:
             if not self._inline:
                 self._q_out.end()
+
+    def _run_in_order(self, batch: list[_Item]) -> None:
+        """Results in the order the frames came: each stretch of frames that share a model (a hot swap
+        can fall inside a batch) is one call, and a failed frame's error goes out in its place."""
+        stretch: list[_Item] = []
+        for item in batch:
+            if stretch and (item.error is not None or item.model is not stretch[0].model):
+                self._run_batch(stretch)
+                stretch = []
+            if item.error is not None:
+                self._emit_error(item)
+            else:
+                stretch.append(item)
+        if stretch:
+            self._run_batch(stretch)
 
     def _run_batch(self, batch: list[_Item]) -> None:
         model = batch[0].model
@@ -420,9 +435,16 @@ class Pipeline:
         for t in threads:
             t.start()
         try:
-            for t in threads:
-                while t.is_alive():
-                    t.join(timeout=0.2)
+            try:
+                for t in threads:
+                    while t.is_alive():
+                        t.join(timeout=0.2)
+            except BaseException:  # KeyboardInterrupt in a library caller: the stages stop before the sinks close
+                self._abort.set()
+                self.stop("interrupted")
+                for t in threads:
+                    t.join(timeout=5.0)
+                raise
         finally:
             for sink in self.sinks:
                 try:

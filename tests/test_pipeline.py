@@ -457,3 +457,146 @@ def test_a_frame_with_no_image_is_not_drawn_and_each_annotated_sink_warns_about_
     assert video.written == images.written == 10
     assert int(cv2.VideoCapture(str(tmp_path / "out.avi")).get(cv2.CAP_PROP_FRAME_COUNT)) == 10
     assert len(list((tmp_path / "imgs").glob("*.jpg"))) == 10
+
+
+def _slow_digits(folder: Path, matmuls: int = 10) -> Path:
+    """A real ONNX model that answers as the digits model's card expects, slowly: each call also
+    multiplies a 1024x1024 matrix that depends on the input ``matmuls`` times (about 0.2 s on one
+    thread here), as a MobileNet-sized model does on a small board."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    n = 1024
+    rng = np.random.default_rng(0)
+    constants = [
+        numpy_helper.from_array((rng.random((n, n), dtype=np.float32) / n).astype(np.float32), "w"),
+        numpy_helper.from_array(rng.standard_normal((64, 10)).astype(np.float32), "w_out"),
+        numpy_helper.from_array(np.array([-1, 64], np.int64), "flat_shape"),
+        numpy_helper.from_array(np.array([n, n], np.int64), "big_shape"),
+        numpy_helper.from_array(np.array(0.0, np.float32), "zero"),
+    ]
+    nodes = [
+        helper.make_node("Reshape", ["input", "flat_shape"], ["flat"]),
+        helper.make_node("ReduceMean", ["flat"], ["mean"], keepdims=0),
+        helper.make_node("Expand", ["mean", "big_shape"], ["m0"]),  # from the input: never folded at load
+    ]
+    nodes += [helper.make_node("MatMul", [f"m{i}", "w"], [f"m{i + 1}"]) for i in range(matmuls)]
+    nodes += [
+        helper.make_node("ReduceMean", [f"m{matmuls}"], ["busy"], keepdims=0),
+        helper.make_node("Mul", ["busy", "zero"], ["nothing"]),
+        helper.make_node("MatMul", ["flat", "w_out"], ["raw"]),
+        helper.make_node("Add", ["raw", "nothing"], ["logits"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "slow",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 8, 8, 1])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 10])],
+        constants,
+    )
+    path = folder / "slow.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), path)
+    (folder / "slow.onnx.card.yaml").write_text((DIGITS / "digits_fp32.onnx.card.yaml").read_text())
+    return path
+
+
+@pytest.fixture(scope="module")
+def slow_model(tmp_path_factory: pytest.TempPathFactory) -> Iterator[edgerun.Model]:
+    with edgerun.load(_slow_digits(tmp_path_factory.mktemp("slow")), threads=1) as m:
+        yield m
+
+
+def test_a_source_that_fails_still_gets_the_results_of_what_a_slow_model_had_in_flight(
+    slow_model: edgerun.Model,
+) -> None:
+    class ThreeThenUnplugged(BurstSource):
+        def _capture(self, buffer: LatestBuffer, stop: threading.Event) -> None:
+            for i in range(3):
+                buffer.put(Frame(self.image, time.time(), f"x#{i}", i))
+            raise SourceError("camera unplugged")
+
+    sink = ListSink()  # published from the sink thread, which waited on an empty queue while inference ran
+    pipeline = Pipeline(ThreeThenUnplugged(3, queue=4), slow_model, [sink])
+    with pytest.raises(PipelineError, match="source burst: camera unplugged"):
+        pipeline.run()
+    assert [r.frame.index for r in sink.results] == [0, 1, 2]
+    assert pipeline.summary.frames == 3
+
+
+def test_with_batches_results_keep_the_source_order_failed_frames_included(
+    tmp_path: Path, slow_model: edgerun.Model
+) -> None:
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"not a png")
+    paths = [str(SAMPLES / f"digit_{d}.png") for d in range(6)]
+    paths[2:2] = [str(bad)]
+    paths[5:5] = [str(tmp_path / "missing.png")]
+    sink = ListSink()
+    # the first call runs one frame; meanwhile the rest queue up and go in batches with the failed ones among them
+    summary = Pipeline(FileSource(paths), slow_model, [sink], batch_size=4).run()
+    assert (summary.frames, summary.errors) == (8, 2)
+    assert [r.record["input"] for r in sink.results] == paths
+    assert [r.ok for r in sink.results] == [True, True, False, True, True, False, True, True]
+
+
+def test_a_stop_ends_the_wait_for_the_next_paced_frame(model: edgerun.Model) -> None:
+    pipeline: Pipeline
+    pipeline = Pipeline(
+        FileSource([str(SAMPLES)]), model, [ListSink()], fps=0.001, on_result=lambda _: pipeline.stop("SIGTERM")
+    )
+    summaries: list[Any] = []
+    runner = threading.Thread(target=lambda: summaries.append(pipeline.run()), daemon=True)
+    runner.start()
+    runner.join(timeout=30)  # the next frame is due in 1,000 s
+    assert not runner.is_alive()
+    assert summaries[0].stopped_by == "SIGTERM"
+    assert summaries[0].frames == 2  # the frame read while waiting is still processed
+
+
+def test_an_interrupt_in_run_stops_every_stage_before_the_sinks_close(model: edgerun.Model) -> None:
+    import os
+    import signal
+
+    class Endless(BurstSource):
+        def _capture(self, buffer: LatestBuffer, stop: threading.Event) -> None:
+            i = 0
+            while not stop.is_set():
+                buffer.put(Frame(self.image, time.time(), f"x#{i}", i))
+                i += 1
+                time.sleep(0.001)
+
+    class InterruptingSink(ListSink):
+        late = 0
+
+        def publish(self, result: Result) -> None:
+            if self.closed:
+                self.late += 1
+            super().publish(result)
+            if len(self.results) == 3:
+                os.kill(os.getpid(), signal.SIGINT)  # KeyboardInterrupt in the main thread, inside run()
+
+    sink = InterruptingSink()
+    source = Endless(0, queue=4)
+    with pytest.raises(KeyboardInterrupt):
+        Pipeline(source, model, [sink]).run()
+    alive = [t.name for t in threading.enumerate() if t.name.startswith(("pipeline-", "capture burst"))]
+    assert alive == []
+    assert sink.closed == 1 and sink.late == 0
+
+
+def test_every_frame_the_source_drops_is_counted_once_in_the_metrics(model: edgerun.Model) -> None:
+    class DroppingWhileRead(BurstSource):
+        """Its capture drops a frame between any two looks at the count, as a busy camera can."""
+
+        looks = 0
+
+        @property
+        def dropped(self) -> int:
+            self.looks += 1
+            return self.looks
+
+    source = DroppingWhileRead(20, queue=32)
+    pipeline = Pipeline(source, model, [ListSink()])
+    summary = pipeline.run()
+    counted = pipeline.metrics.totals()[f"{model.name}@{model.version}"]["dropped"]
+    assert counted == summary.dropped
