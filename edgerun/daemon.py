@@ -33,6 +33,7 @@ import logging
 import signal
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -55,6 +56,9 @@ API_GRACE_S = 30
 
 #: Seconds a SIGHUP reload keeps the systemd watchdog fed; one that takes longer counts as hung.
 RELOAD_WATCHDOG_S = 600
+
+#: Seconds a stop waits for the pipelines (all of them together, at a daemon's stop) to finish.
+RUNNER_STOP_S = 30
 
 
 class _PipelineRunner:
@@ -86,9 +90,12 @@ class _PipelineRunner:
                     self.state = "finished"
                     log.info("pipeline %s: source ended after %d frames", self.name, summary.frames)
                     return
-            except EdgerunError as exc:
+            except (EdgerunError, OSError) as exc:  # a source gone, a full disk, a closed standard output
                 self.state = "waiting"
                 log.warning("pipeline %s: %s; retrying in %.1f s", self.name, exc, c.restart_s)
+            except Exception:  # a bug: said with its traceback, and the pipeline still comes back
+                self.state = "waiting"
+                log.exception("pipeline %s failed unexpectedly; retrying in %.1f s", self.name, c.restart_s)
             if self._stop.wait(c.restart_s):
                 break
         self.state = "stopped"
@@ -102,7 +109,7 @@ class _PipelineRunner:
         from edgerun.sources.sensor import window_for
 
         c = self.config
-        source = open_configured(c.source, c, window_for(self.slot.primary, c.window))
+        source = open_configured(c.source, c, window_for(self.slot.primary, c.window), self._stop)
         sinks: list[Any] = []
         try:
             check_fits(source, self.slot.primary)  # one line now, not one error per sensor window
@@ -138,10 +145,21 @@ class _PipelineRunner:
             log.warning("pipeline %s: %s", self.name, result.record["error"])
 
     def stop(self) -> None:
+        """Stop and wait for the pipeline (up to ``RUNNER_STOP_S``)."""
+        self.request_stop()
+        self.join(time.monotonic() + RUNNER_STOP_S)
+
+    def request_stop(self) -> None:
+        """Tell the pipeline to stop (its source is closed; what is in flight is finished); returns at once."""
         self._stop.set()
         if self._pipeline is not None:
             self._pipeline.stop("shutdown")
-        self.thread.join(timeout=30)
+
+    def join(self, deadline: float) -> None:
+        """Wait for the runner's thread until ``deadline`` (``time.monotonic()``); say so if it is still running."""
+        self.thread.join(timeout=max(0.0, deadline - time.monotonic()))
+        if self.thread.is_alive():
+            log.warning("pipeline %s: still stopping after %.0f s; going on without it", self.name, RUNNER_STOP_S)
 
 
 class Daemon:
@@ -450,19 +468,31 @@ class Daemon:
         log.info("SIGHUP: config reloaded from %s", self.config_path)
 
     def stop(self) -> None:
-        """Stop everything, in the order that loses nothing."""
+        """Stop everything, in the order that loses nothing; a part that fails to stop is logged and the
+        parts after it still stop (the outbox is flushed and ``offline`` published whatever came before)."""
         systemd.notify("STOPPING=1")
         self.ready = False
         if self.server is not None:
             self.server.should_exit = True  # no new connections; the requests in progress are answered
-        for runner in self.runners.values():
-            runner.stop()
+        runners = list(self.runners.values())
+        for runner in runners:  # all at once: a source slow to close (a stream mid-connect) delays none of the others
+            self._guarded(f"pipeline {runner.name}", runner.request_stop)
+        deadline = time.monotonic() + RUNNER_STOP_S
+        for runner in runners:
+            runner.join(deadline)
         self._wait_api()
         if self.ota is not None:
-            self.ota.stop()
+            self._guarded("OTA", self.ota.stop)
         if self.sync is not None:
-            self.sync.stop()
+            self._guarded("MQTT sync", self.sync.stop)
         log.info("edgerun daemon stopped")
+
+    @staticmethod
+    def _guarded(part: str, stop: Callable[[], None]) -> None:
+        try:
+            stop()
+        except Exception:
+            log.exception("stopping %s failed; stopping the rest", part)
 
     def _wait_api(self) -> None:
         """Wait for the API thread: it ends once every request in progress is answered (``API_GRACE_S``

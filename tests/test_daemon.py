@@ -628,3 +628,35 @@ def test_a_pipeline_stopped_while_its_source_opens_never_runs(tmp_path: Path) ->
         if stopper.is_alive():
             stopper.join(timeout=60)
         daemon.stop()
+
+
+def test_a_pipeline_whose_standard_output_went_away_is_retried_not_left_dead(tmp_path: Path) -> None:
+    import sys
+
+    config = tmp_path / "c.yaml"
+    config.write_text(
+        f"models:\n  digits:\n    path: {DIGITS_INT8}\n"
+        f"pipelines:\n  p:\n    source: {SAMPLES}\n    model: digits\n    sinks: [jsonl]\n    restart_s: 0.2\n"
+        f"api:\n  enabled: false\nstate_dir: {tmp_path / 'state'}\nlogging:\n  format: text\n"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "edgerun", "daemon", "--config", str(config)],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.close()  # whoever read the results (a pipe, a log collector) went away
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(proc.stderr), daemon=True)  # type: ignore[arg-type]
+    reader.start()
+    try:
+        wait_until(lambda: sum("pipeline p: " in x and "retrying in 0.2 s" in x for x in lines) >= 2, 60, "two retries")
+        assert proc.poll() is None
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0
+    reader.join(timeout=10)
+    assert not any("Exception in thread" in x for x in lines)
+    assert any("Broken pipe" in x for x in lines)

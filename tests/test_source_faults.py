@@ -254,3 +254,56 @@ def test_a_refusal_while_the_broker_restarts_mid_run_is_retried_and_the_source_r
         source.close()
         consumer.join(timeout=10)
         b.stop()
+
+
+@pytest.fixture
+def silent_server() -> Iterator[int]:
+    """A loopback port that accepts connections and never answers: a wedged IP camera."""
+    import socket
+
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(16)
+    accepted: list[socket.socket] = []
+    done = threading.Event()
+
+    def accept() -> None:
+        server.settimeout(0.2)
+        while not done.is_set():
+            with contextlib.suppress(TimeoutError):
+                accepted.append(server.accept()[0])
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    yield server.getsockname()[1]
+    done.set()
+    thread.join()
+    for conn in accepted:
+        conn.close()
+    server.close()
+
+
+def test_a_stream_that_accepts_and_never_answers_times_out_instead_of_holding_for_ffmpegs_30_s(
+    silent_server: int,
+) -> None:
+    from edgerun.sources.video import StreamSource
+
+    start = time.monotonic()
+    with pytest.raises(SourceError, match="unreachable after 1 attempts: not opened"):
+        StreamSource(f"rtsp://127.0.0.1:{silent_server}/cam", retries=1, timeout_s=0.5)
+    assert time.monotonic() - start < 15  # FFmpeg's own limit, which held before, is 30 s
+
+
+def test_a_stop_given_to_a_stream_ends_its_first_connection_retries(
+    silent_server: int, caplog: pytest.LogCaptureFixture
+) -> None:
+    from edgerun.sources.video import StreamSource
+
+    stop = threading.Event()
+    stop.set()  # a daemon stopping while the pipeline opens: the attempt under way is the last
+    url = f"rtsp://127.0.0.1:{silent_server}/cam"
+    source = StreamSource(url, retries=3, retry_delay_s=60, timeout_s=0.5, stop=stop)
+    assert list(source.frames()) == []
+    source.close()
+    attempts = [r.getMessage() for r in caplog.records if "attempt" in r.getMessage()]
+    assert len(attempts) == 1 and "attempt 1 of 3 failed" in attempts[0]

@@ -17,6 +17,7 @@ image that does not decode. A glob that matches one file opens it as if named.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Protocol
@@ -65,7 +66,9 @@ def check_fits(source: Source, model: Any) -> None:
         source.check_model(model)
 
 
-def open_configured(specs: str | Sequence[str], options: SourceOptions, window: int | None) -> Source:
+def open_configured(
+    specs: str | Sequence[str], options: SourceOptions, window: int | None, stop: threading.Event | None = None
+) -> Source:
     """``open_source`` with the options of ``edgerun run`` or of a daemon pipeline (one place to add one)."""
     return open_source(
         specs,
@@ -76,6 +79,7 @@ def open_configured(specs: str | Sequence[str], options: SourceOptions, window: 
         fps=options.camera_fps,
         queue=options.queue,
         decode_threads=options.decode_threads,
+        stop=stop,
     )
 
 
@@ -89,8 +93,11 @@ def open_source(
     fps: float | None = None,
     queue: int | None = None,
     decode_threads: int = 1,
+    stop: threading.Event | None = None,
 ) -> Source:
     """Open the source named by ``specs`` (several paths, or a glob matching several, make one file source).
+
+    ``stop`` ends a stream's first connection retries early (a daemon stopping meanwhile).
 
     Raises:
         SourceError: the source cannot be opened.
@@ -111,7 +118,7 @@ def open_source(
         if kind == _CAMERA:
             return CameraSource(first, width=width, height=height, fps=fps, queue=queue or 2)
         if kind == _STREAM:
-            return StreamSource(first, queue=queue or 2, decode_threads=decode_threads)
+            return StreamSource(first, queue=queue or 2, decode_threads=decode_threads, stop=stop)
         if kind == _MQTT:
             from edgerun.sources.mqtt import MqttSource
 

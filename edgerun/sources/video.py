@@ -41,19 +41,26 @@ VIDEO_SUFFIXES = frozenset({".mp4", ".avi", ".mkv", ".mov", ".webm", ".m4v", ".m
 OpenCapture = Callable[[Any], Any]
 
 
-def open_decoder(uri: str, api: int, decode_threads: int) -> Any:
+def open_decoder(uri: str, api: int, decode_threads: int, timeout_s: float | None = None) -> Any:
     """``cv2.VideoCapture`` on ``decode_threads`` FFmpeg decoding threads (0: the decoder's choice).
 
     The setting is FFmpeg's: it applies where OpenCV has the FFmpeg backend and
     knows the property. A local file that FFmpeg cannot open with it is handed to
     the other backends without it; a stream that does not answer is not tried a
-    second time (its retries are the caller's).
+    second time (its retries are the caller's). ``timeout_s`` bounds opening and
+    each read (FFmpeg's own default is 30 s: a camera that accepts the connection
+    and never answers held a daemon's stop that long for each attempt).
     """
     cv2 = opencv()
-    prop = getattr(cv2, "CAP_PROP_N_THREADS", None)
     ffmpeg = getattr(cv2, "CAP_FFMPEG", None)
-    if decode_threads > 0 and prop is not None and ffmpeg is not None and cv2.videoio_registry.hasBackend(ffmpeg):
-        cap = cv2.VideoCapture(uri, ffmpeg, [prop, decode_threads])
+    params: list[int] = []
+    if decode_threads > 0 and hasattr(cv2, "CAP_PROP_N_THREADS"):
+        params += [cv2.CAP_PROP_N_THREADS, decode_threads]
+    if timeout_s is not None and hasattr(cv2, "CAP_PROP_OPEN_TIMEOUT_MSEC"):
+        msec = max(1, round(timeout_s * 1000))
+        params += [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, msec, cv2.CAP_PROP_READ_TIMEOUT_MSEC, msec]
+    if params and ffmpeg is not None and cv2.videoio_registry.hasBackend(ffmpeg):
+        cap = cv2.VideoCapture(uri, ffmpeg, params)
         if cap.isOpened() or not Path(uri).is_file():
             return cap
         cap.release()
@@ -214,24 +221,29 @@ class StreamSource(LiveSource):
         retries: int = 3,
         retry_delay_s: float = 1.0,
         decode_threads: int = 1,
+        timeout_s: float = 10.0,
         open_capture: OpenCapture | None = None,
+        stop: threading.Event | None = None,
     ) -> None:
         super().__init__(url, queue)
         self._decode_threads = decode_threads
+        self._timeout = timeout_s
         self._open = open_capture or self._open_ffmpeg
         self._retries = retries
         self._delay = retry_delay_s
-        self._cap = self._connect()
+        # the first connection is made here, so a stream that cannot be reached is an error before a run
+        # starts; ``stop`` (a daemon's) ends its retries early: None then, and the caller discards the source
+        self._cap = self._connect(stop or self._stop)
         #: the rate the stream declares, in frames per second; 0 when it declares none
         self.fps = _declared_fps(self._cap) if self._cap is not None else 0.0
         self.reconnects = 0
 
     def _open_ffmpeg(self, url: str) -> Any:
         cv2 = opencv()
-        return open_decoder(url, getattr(cv2, "CAP_FFMPEG", cv2.CAP_ANY), self._decode_threads)
+        return open_decoder(url, getattr(cv2, "CAP_FFMPEG", cv2.CAP_ANY), self._decode_threads, self._timeout)
 
-    def _connect(self) -> Any:
-        """An open capture; None when the source was closed while waiting to retry."""
+    def _connect(self, stop: threading.Event) -> Any:
+        """An open capture; None when ``stop`` was set while waiting to retry."""
 
         def attempt() -> Any:
             cap = self._open(self.uri)
@@ -240,7 +252,7 @@ class StreamSource(LiveSource):
             return cap
 
         what = f"stream {self.uri}"
-        return connect_with_retries(what, attempt, retries=self._retries, delay_s=self._delay, stop=self._stop)
+        return connect_with_retries(what, attempt, retries=self._retries, delay_s=self._delay, stop=stop)
 
     def _release(self) -> None:
         if self._cap is not None:
@@ -249,6 +261,8 @@ class StreamSource(LiveSource):
     def _capture(self, buffer: LatestBuffer, stop: threading.Event) -> None:
         index = 0
         cap = self._cap
+        if cap is None:  # stopped while the first connection was retried
+            return
         try:
             while not stop.is_set():
                 ok, image = cap.read()
@@ -260,7 +274,7 @@ class StreamSource(LiveSource):
                 if stop.is_set():
                     break
                 log.warning("stream %s dropped; reconnecting", self.uri)
-                cap = self._connect()
+                cap = self._connect(stop)
                 if cap is None:
                     break
                 self.reconnects += 1
