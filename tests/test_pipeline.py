@@ -459,6 +459,28 @@ def test_a_frame_with_no_image_is_not_drawn_and_each_annotated_sink_warns_about_
     assert len(list((tmp_path / "imgs").glob("*.jpg"))) == 10
 
 
+def test_a_second_run_into_the_same_annotated_sinks_keeps_what_the_first_wrote(
+    tmp_path: Path, model: edgerun.Model, caplog: pytest.LogCaptureFixture
+) -> None:
+    """As a daemon pipeline restarted after its camera came back, or a second ``edgerun run``, does."""
+    video, folder = tmp_path / "out.avi", tmp_path / "imgs"
+    three = [str(SAMPLES / f"digit_{d}.png") for d in (1, 2, 3)]
+    Pipeline(FileSource(three), model, [AnnotatedVideoSink(str(video)), AnnotatedImageSink(str(folder))]).run()
+    first = {p.name: p.read_bytes() for p in folder.iterdir()}
+    first_video = video.read_bytes()
+    again = AnnotatedVideoSink(str(video))
+    Pipeline(FileSource(three[:2]), model, [again, AnnotatedImageSink(str(folder))]).run()
+    assert video.read_bytes() == first_video
+    assert again.path == str(tmp_path / "out-1.avi")
+    assert int(cv2.VideoCapture(again.path).get(cv2.CAP_PROP_FRAME_COUNT)) == 2
+    assert sorted(first) == ["000000.jpg", "000001.jpg", "000002.jpg"]
+    assert sorted(p.name for p in folder.iterdir()) == [f"{i:06d}.jpg" for i in range(5)]
+    assert all((folder / name).read_bytes() == data for name, data in first.items())
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert f"{video} exists: this run's annotated video goes to {tmp_path / 'out-1.avi'}" in warnings
+    assert f"{folder} holds images up to 000002.jpg: this run's are numbered on from there" in warnings
+
+
 def _slow_digits(folder: Path, matmuls: int = 10) -> Path:
     """A real ONNX model that answers as the digits model's card expects, slowly: each call also
     multiplies a 1024x1024 matrix that depends on the input ``matmuls`` times (about 0.2 s on one

@@ -6,6 +6,11 @@ never silent: each such frame is one WARNING line naming the sink and the input
 (a failed frame, already reported as an error, only at DEBUG). ``edgerun run``
 refuses an annotated sink for a sensor source before it starts, since none of
 its frames could be written.
+
+Neither sink overwrites what an earlier run wrote (a daemon pipeline restarted
+after its camera came back, a second ``edgerun run``): images are numbered on
+from the highest number already in the folder, and a video file that exists is
+left alone for the next free name (``out-1.mp4``), as the text sinks append.
 """
 
 from __future__ import annotations
@@ -82,14 +87,18 @@ def annotate(image: np.ndarray, result: Result) -> np.ndarray:
 
 
 class AnnotatedImageSink:
-    """Writes ``<index>.jpg`` per frame into a directory."""
+    """Writes ``<number>.jpg`` per frame into a directory: the frame's index, after the numbers already there."""
 
     def __init__(self, directory: str) -> None:
         self.directory = Path(directory)
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
+            taken = [int(p.stem) for p in self.directory.glob("*.jpg") if p.stem.isdigit()]
         except OSError as exc:
             raise ConfigError(f"cannot create {directory}: {exc.strerror}") from exc
+        self._first = max(taken) + 1 if taken else 0
+        if taken:
+            log.warning("%s holds images up to %06d.jpg: this run's are numbered on from there", directory, max(taken))
         self.written = 0
 
     def publish(self, result: Result) -> None:
@@ -100,13 +109,25 @@ class AnnotatedImageSink:
         if image is None:
             _not_drawn(f"{self.directory}/", result)
             return
-        path = self.directory / f"{result.frame.index:06d}.jpg"
+        path = self.directory / f"{self._first + result.frame.index:06d}.jpg"
         if not cv2.imwrite(str(path), annotate(image, result)):
             raise ConfigError(f"cannot write {path}")
         self.written += 1
 
     def close(self) -> None:
         """Nothing buffered."""
+
+
+def _free_name(path: str) -> str:
+    """``path``, or where a file is there already, the first free ``<stem>-<n><suffix>`` beside it."""
+    if not os.path.lexists(path):
+        return path
+    stem, suffix = os.path.splitext(path)
+    n = 1
+    while os.path.lexists(f"{stem}-{n}{suffix}"):
+        n += 1
+    log.warning("%s exists: this run's annotated video goes to %s-%d%s", path, stem, n, suffix)
+    return f"{stem}-{n}{suffix}"
 
 
 def _errno_of(folder: str) -> int:
@@ -149,6 +170,7 @@ class AnnotatedVideoSink:
         if self._writer is None:
             h, w = image.shape[:2]
             self._size = (w, h)
+            self.path = _free_name(self.path)
             fourcc = cv2.VideoWriter.fourcc(*self._fourcc)
             self._writer = cv2.VideoWriter(self.path, fourcc, self._fps, (w, h))
             if not self._writer.isOpened():
