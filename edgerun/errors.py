@@ -18,6 +18,7 @@ The tree::
     ├── InferenceError           the runtime failed while running a valid input
     ├── SourceError              a source (video, camera, stream, sensor, MQTT) cannot be opened or read
     ├── PipelineError            a pipeline stage failed and stopped the run
+    ├── SyncError                the outbox's storage refused a write (disk full, I/O error)
     ├── UpdateRejected           an OTA manifest or command is refused (signature, fields, model)
     └── UpdateFailed             an accepted OTA update could not be completed (download, disk)
 """
@@ -35,6 +36,7 @@ __all__ = [
     "ModelLoadError",
     "PipelineError",
     "SourceError",
+    "SyncError",
     "UpdateFailed",
     "UpdateRejected",
 ]
@@ -82,6 +84,11 @@ class SourceError(EdgerunError):
 
 class PipelineError(EdgerunError):
     """Raised when a pipeline stage failed and stopped the run (the message names the stage)."""
+
+
+class SyncError(EdgerunError):
+    """Raised when the MQTT sync's outbox cannot store what was asked: its storage refused the write
+    (disk full, I/O error, write lock held elsewhere, read-only, corrupt); nothing changed."""
 
 
 class UpdateRejected(EdgerunError):

@@ -145,3 +145,49 @@ def test_system_figures_come_from_the_board_or_are_null(tmp_path: Path) -> None:
     pi = SystemSampler(root).sample()
     assert pi["temp_c"] == 48.25  # the disconnected zone is ignored
     assert pi["throttled"] == 0x50005
+
+
+def test_consecutive_windows_count_every_inference_and_error_exactly_once_while_recording_goes_on() -> None:
+    """Each ``MetricsWindow.take()`` reads its counts and the next window's base in one hold of the lock:
+    an inference recorded between two holds was counted in two windows."""
+    import sys
+
+    from edgerun.telemetry.metrics import MetricsWindow
+
+    m = Metrics(window_s=60)
+    window = MetricsWindow(m)
+    stop = threading.Event()
+
+    def infer() -> None:
+        n = 0
+        while not stop.is_set():
+            n += 1
+            if n % 5:
+                _record(m, 1.0)
+            else:
+                m.error("digits", "1.0.0", "xnnpack")
+
+    count = errors = 0
+
+    def add(snap: dict[str, Any]) -> None:
+        nonlocal count, errors
+        entry = snap["models"].get("digits", {"count": 0, "errors": 0})
+        count += entry["count"]
+        errors += entry["errors"]
+
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # switch threads as often as the interpreter can: between the two holds too
+    threads = [threading.Thread(target=infer) for _ in range(2)]
+    try:
+        for t in threads:
+            t.start()
+        for _ in range(300):
+            add(window.take())
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(timeout=10)
+        sys.setswitchinterval(interval)
+    add(window.take())
+    total, total_errors = m.counters()[("digits", "1.0.0")]
+    assert (count, errors) == (total, total_errors)

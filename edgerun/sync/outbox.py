@@ -16,10 +16,18 @@ Every metrics and results record is written here *before* it is sent, gets its
   reported it was itself evicted.
 
 Writes are the hot path: ``put_many`` commits a batch in one transaction.
+
+A write that fails changes nothing: its transaction is rolled back (SQLite has
+already done so itself after ``SQLITE_FULL``, ``SQLITE_IOERR`` and
+``SQLITE_NOMEM``), the records already queued stay and ``len()`` stays exact.
+When the storage is the cause (the disk full, an I/O error, the write lock held
+by another process), :class:`SyncError` says so in one line, with the
+``sqlite3`` error as its cause; any other error (a bug) is raised as it is.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import secrets
 import sqlite3
@@ -32,7 +40,9 @@ from typing import Any
 
 import msgspec
 
-from edgerun.errors import ConfigError
+from edgerun.errors import ConfigError, SyncError
+
+log = logging.getLogger(__name__)
 
 __all__ = ["Outbox", "OutboxStats", "Pending"]
 
@@ -56,6 +66,27 @@ CREATE TABLE IF NOT EXISTS records (
     created REAL NOT NULL
 );
 """
+
+
+# What a failed write means: SQLite's primary result code (the low byte of an extended one), the
+# message SQLite gives for it (matched where Python, before 3.11, gives no code), and our words.
+# SQLITE_NOMEM is not here: Python raises MemoryError for it.
+_REASONS = (
+    (13, "database or disk is full", "the disk is full"),  # SQLITE_FULL
+    (10, "disk I/O error", "an I/O error on its storage"),  # SQLITE_IOERR
+    (5, "database is locked", "another connection holds its write lock"),  # SQLITE_BUSY
+    (8, "readonly database", "it is read-only"),  # SQLITE_READONLY
+    (11, "malformed", "its file is corrupt"),  # SQLITE_CORRUPT
+)
+
+
+def _reason(exc: sqlite3.Error) -> str | None:
+    """Why a write failed, in words; None when the storage is not the cause (a bug)."""
+    code = getattr(exc, "sqlite_errorcode", None)  # Python 3.11+
+    for primary, message, words in _REASONS:
+        if (code & 0xFF == primary) if isinstance(code, int) else (message in str(exc)):
+            return words
+    return None
 
 
 @dataclass(frozen=True)
@@ -97,20 +128,20 @@ class Outbox:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.executescript(_SCHEMA)
+            with self._db:  # commits, or rolls back what SQLite has not already rolled back
+                self._db.execute("BEGIN IMMEDIATE")
+                if self._meta("epoch") is None:
+                    self._set_meta("epoch", secrets.token_hex(8))
+                    self._set_meta("bytes", "0")
+                    self._set_meta("evicted", "0")
+                self._db.execute("COMMIT")
+            self.epoch: str = self._meta("epoch") or ""
+            self._count = self._count_rows()
         except sqlite3.DatabaseError as exc:
             raise ConfigError(f"outbox {self.path} is unusable: {exc}") from exc
         except OSError as exc:
             raise ConfigError(f"cannot create the outbox in {self.path.parent}: {exc.strerror}") from exc
         self._lock = threading.Lock()
-        with self._lock, self._db:
-            self._db.execute("BEGIN IMMEDIATE")
-            if self._meta("epoch") is None:
-                self._set_meta("epoch", secrets.token_hex(8))
-                self._set_meta("bytes", "0")
-                self._set_meta("evicted", "0")
-            self._db.execute("COMMIT")
-        self.epoch: str = self._meta("epoch") or ""
-        self._count = self._count_rows()
 
     # -- meta ----------------------------------------------------------------
     def _meta(self, key: str) -> str | None:
@@ -136,12 +167,17 @@ class Outbox:
 
         ``fill`` may complete a record inside the transaction (metrics records take
         the eviction count there, so it is reported exactly once).
+
+        Raises:
+            SyncError: the write failed (disk full, I/O error, write lock held
+                elsewhere); none of ``items`` was stored, the records already queued stay.
         """
         now = time.time()
         seqs = []
         with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
+            added = evicted = 0  # applied to the count once the transaction is committed
             try:
+                self._db.execute("BEGIN IMMEDIATE")
                 total = int(self._meta("bytes") or 0)
                 last: dict[str, int] = {}  # each stream's seq, read once per batch, written once at the end
                 for stream, topic, record, qos in items:
@@ -154,7 +190,9 @@ class Outbox:
                     payload = _encode(record)
                     # Make room first, so a record reports the evictions made for it too.
                     room = len(payload) + (64 if fill is not None else 0)
-                    total = self._evict(total + room) - room
+                    total, gone = self._evict(total + room)
+                    total -= room
+                    evicted += gone
                     if fill is not None:
                         fill(record)
                         payload = _encode(record)
@@ -164,7 +202,7 @@ class Outbox:
                     )
                     total += len(payload)
                     seqs.append(seq)
-                    self._count += 1
+                    added += 1
                 self._db.executemany(
                     "INSERT INTO seqs(stream, last) VALUES(?, ?) "
                     "ON CONFLICT(stream) DO UPDATE SET last = excluded.last",
@@ -172,16 +210,25 @@ class Outbox:
                 )
                 self._set_meta("bytes", str(total))
                 self._db.execute("COMMIT")
+            except sqlite3.Error as exc:
+                self._undo()
+                failure = self._failure("queue records in", exc)
+                if failure is None:
+                    raise  # not the storage: a bug (a closed outbox, a bad statement), as it is
+                raise failure from exc
             except BaseException:
-                self._db.execute("ROLLBACK")
-                self._count = self._count_rows()
+                self._undo()
                 raise
+            self._count += added - evicted
         return seqs
 
-    def _evict(self, total: int) -> int:
-        """Delete the oldest records until ``total`` bytes fit the bound; count them."""
+    def _evict(self, total: int) -> tuple[int, int]:
+        """Delete the oldest records until ``total`` bytes fit the bound; count them.
+
+        Returns the bytes left and the records deleted (inside the caller's transaction).
+        """
         if total <= self.max_bytes:
-            return total
+            return total, 0
         evicted = 0
         for rid, size in self._db.execute("SELECT id, length(payload) FROM records ORDER BY id").fetchall():
             if total <= self.max_bytes * 0.9:  # leave headroom, so eviction is not per record
@@ -189,9 +236,8 @@ class Outbox:
             self._db.execute("DELETE FROM records WHERE id = ?", (rid,))
             total -= size
             evicted += 1
-            self._count -= 1
         self._set_meta("evicted", str(int(self._meta("evicted") or 0) + evicted))
-        return total
+        return total, evicted
 
     def evicted_total(self) -> int:
         """Records evicted since the epoch began (cumulative, so a lost report loses nothing).
@@ -211,13 +257,19 @@ class Outbox:
         return [Pending(r[0], r[1], r[2], r[3], r[4], bytes(r[5])) for r in rows]
 
     def ack(self, ids: Iterable[int]) -> None:
-        """Delete acknowledged records (in one transaction)."""
+        """Delete acknowledged records (in one transaction).
+
+        Raises:
+            SyncError: the write failed (disk full, I/O error, write lock held
+                elsewhere); every record stays queued, to be acknowledged again.
+        """
         ids = list(ids)
         if not ids:
             return
         with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
+            deleted = 0  # applied to the count once the transaction is committed
             try:
+                self._db.execute("BEGIN IMMEDIATE")
                 removed = 0
                 for start in range(0, len(ids), 500):  # SQLite's bound-parameter limit is 999 on old builds
                     chunk = ids[start : start + 500]
@@ -232,13 +284,41 @@ class Outbox:
                         ).fetchall()
                         self._db.execute(f"DELETE FROM records WHERE id IN ({marks})", chunk)
                     removed += sum(size for (size,) in sizes)
-                    self._count -= len(sizes)
+                    deleted += len(sizes)
                 self._set_meta("bytes", str(max(0, int(self._meta("bytes") or 0) - removed)))
                 self._db.execute("COMMIT")
+            except sqlite3.Error as exc:
+                self._undo()
+                failure = self._failure("delete acknowledged records from", exc)
+                if failure is None:
+                    raise  # not the storage: a bug (a closed outbox, a bad statement), as it is
+                raise failure from exc
             except BaseException:
-                self._db.execute("ROLLBACK")
-                self._count = self._count_rows()
+                self._undo()
                 raise
+            self._count -= deleted
+
+    def _undo(self) -> None:
+        """After a failed write (under the lock): roll back, unless SQLite already has, and recount.
+
+        On ``SQLITE_FULL``, ``SQLITE_IOERR`` and ``SQLITE_NOMEM`` SQLite rolls the
+        transaction back itself, and a ``ROLLBACK`` would fail ("no transaction is
+        active") and hide the real error. Nothing raised here replaces the caller's
+        error: the count, which a failed transaction never changed, stays.
+        """
+        try:
+            if self._db.in_transaction:
+                self._db.execute("ROLLBACK")
+            self._count = self._count_rows()
+        except sqlite3.Error as exc:
+            log.debug("outbox %s: after a failed write: %s", self.path, exc)
+
+    def _failure(self, doing: str, exc: sqlite3.Error) -> SyncError | None:
+        """One line: what could not be done, why in words, and SQLite's own message; None for a bug."""
+        reason = _reason(exc)
+        if reason is None:
+            return None
+        return SyncError(f"could not {doing} the outbox {self.path}: {reason} ({exc})")
 
     def _count_rows(self) -> int:
         return int(self._db.execute("SELECT count(*) FROM records").fetchone()[0])

@@ -12,6 +12,7 @@ import threading
 import time
 from typing import Any
 
+from edgerun.errors import SyncError
 from edgerun.native import native_calls
 from edgerun.sinks.base import Result
 from edgerun.sync.link import MqttLink
@@ -53,9 +54,15 @@ class MetricsPublisher:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
+        self._failing: str | None = None  # why the last tick could not queue its record
 
     def publish_now(self) -> int:
-        """Build and queue one record now; returns its ``seq``."""
+        """Build and queue one record now; returns its ``seq``.
+
+        Raises:
+            SyncError: the outbox refused the record (disk full, I/O error); the
+                window it covered is not reported.
+        """
         with self._lock:
             snap = self._window.take()
             record: dict[str, Any] = {
@@ -80,8 +87,16 @@ class MetricsPublisher:
             native_calls.wait_turn()  # its ~0.6 ms of Python runs while inference is native
             try:
                 self.publish_now()
-            except Exception:  # a full disk must not kill the timer; the next tick tries again
+            except SyncError as exc:  # a full disk must not kill the timer; the next tick tries again
+                if str(exc) != self._failing:  # one line per distinct reason, not one per tick
+                    log.error("could not queue a metrics record: %s; trying again every %g s", exc, self._interval)
+                    self._failing = str(exc)
+            except Exception:  # a bug: the timer goes on
                 log.exception("could not queue a metrics record")
+            else:
+                if self._failing is not None:
+                    log.info("metrics records are queued again")
+                    self._failing = None
 
     def start(self) -> None:
         """Start the timer thread."""
@@ -90,7 +105,13 @@ class MetricsPublisher:
             self._thread.start()
 
     def stop(self) -> None:
-        """Stop the timer and queue a last record covering the time since the previous one."""
+        """Stop the timer and queue a last record covering the time since the previous one.
+
+        The timer is stopped first, so it is stopped even when the last record cannot be queued.
+
+        Raises:
+            SyncError: the outbox refused the last record (disk full, I/O error).
+        """
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=5)

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from edgerun.errors import EdgerunError
 from edgerun.sync.link import MqttLink
 from edgerun.sync.outbox import Outbox
 from edgerun.sync.publish import MetricsPublisher, ResultsSink
@@ -61,11 +63,27 @@ class SyncService:
     def stop(self, flush_timeout_s: float = 5.0) -> None:
         """Queue a last metrics record, deliver what can be delivered in time, publish offline, close.
 
-        What is not delivered stays in the outbox for the next start.
+        What is not delivered stays in the outbox for the next start. Every step
+        runs even when an earlier one failed (a full disk refuses the last metrics
+        record; the link still delivers what is queued, says offline and
+        disconnects, and the outbox is still closed): each failure is one ERROR
+        line, and ``stop`` itself does not raise, so a daemon's SIGTERM still ends
+        with exit code 0.
         """
-        self.metrics_publisher.stop()
-        self.link.stop(flush_timeout_s)
+        _step("queue the last metrics record", self.metrics_publisher.stop)
+        _step("stop the MQTT link", lambda: self.link.stop(flush_timeout_s))
         left = len(self.outbox)
         if left:
             log.info("%d record(s) stay in the outbox for the next connection", left)
-        self.outbox.close()
+        _step("close the outbox", self.outbox.close)
+
+
+def _step(what: str, action: Callable[[], None]) -> None:
+    """Run one stop step; a failure is logged in one line (a bug's traceback at DEBUG), never raised."""
+    try:
+        action()
+    except EdgerunError as exc:  # the outbox's disk full or failing: the reason is the message
+        log.error("MQTT sync stop: could not %s: %s", what, exc)
+    except Exception as exc:  # a bug: the later steps still run
+        log.error("MQTT sync stop: could not %s (%s: %s)", what, type(exc).__name__, exc)
+        log.debug("MQTT sync stop: %s failed", what, exc_info=exc)

@@ -185,12 +185,21 @@ class Metrics:
         now = self._clock()
         return self._collect(now - window, now, None)
 
-    def _collect(self, since: float, now: float, base: dict[tuple[str, str], tuple[int, int]] | None) -> dict[str, Any]:
+    def _collect(
+        self,
+        since: float,
+        now: float,
+        base: dict[tuple[str, str], tuple[int, int]] | None,
+        counters: dict[tuple[str, str], tuple[int, int]] | None = None,
+    ) -> dict[str, Any]:
         # Under the lock, only copies (list slices, a few microseconds a stage); the arrays and
         # percentiles are computed after it, so a snapshot never holds up ``record``.
+        # ``counters``, when given, is filled with ``counters()`` from the same moment.
         kept = []
         with self._lock:
             for (name, version), stats in self._models.items():
+                if counters is not None:
+                    counters[(name, version)] = (stats.count, stats.errors)
                 if base is None:
                     counts = None
                     errors = sum(1 for t in stats.error_ts if t >= since)
@@ -278,8 +287,11 @@ class MetricsWindow:
     def take(self) -> dict[str, Any]:
         """The window since the previous ``take`` (or since creation)."""
         now = self.metrics._clock()
-        base, self._base = self._base, self.metrics.counters()
-        snap = self.metrics._collect(self._since, now, base)
+        # This window's counts and the next one's base in one hold of the lock: an inference
+        # recorded between two holds would be counted in both windows.
+        counters: dict[tuple[str, str], tuple[int, int]] = {}
+        snap = self.metrics._collect(self._since, now, self._base, counters=counters)
+        self._base = counters
         snap["window_s"] = round(now - self._since, 3)
         self._since = now
         return snap
