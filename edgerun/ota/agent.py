@@ -21,6 +21,10 @@ with the reason) and is never resumed; nor is one whose model's active version
 changed since it was received, so a restart never installs an older version
 over a newer active one.
 
+A probation watcher outlives any error while it ends the probation (a full or failing disk):
+it logs it and tries again until the end is made and recorded. A model a config reload stops
+serving during its probation is rolled back in the store, as a restart would.
+
 Changes to the store's active pointers and to the slots happen under one lock:
 the worker and the probation watchers never act on a pointer the other is
 changing.
@@ -73,6 +77,23 @@ DONE = TERMINAL | {"superseded"}
 _FORMAT_NAMES = {"onnx": "an ONNX", "tflite": "a TFLite"}
 _IDENT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 LoadModel = Callable[[Path, ModelCard], Model]
+
+
+@dataclass(frozen=True)
+class _Ending:
+    """How a probation (or a rollback) ended: the records its switch in the store and slot still needs.
+
+    Kept apart from the switch so that a watcher whose journal write failed writes the records
+    again without switching twice.
+    """
+
+    ident: str | None
+    model: str
+    version: str
+    state: str  # the journal's and the status record's
+    reason: str  # the status record's
+    journal_reason: str | None = None  # the journal's, when it keeps one
+    command: bool = False
 
 
 @dataclass(frozen=True)
@@ -552,23 +573,61 @@ class OtaAgent:
 
     # -- probation ------------------------------------------------------------------------
     def _probation(self, manifest: Manifest, previous: str, probation_s: float) -> None:
+        """Watch one update's probation until it passes, breaches, is replaced or the agent stops.
+
+        Ending it is two steps: the switch (store and slot), then its records (journal, status).
+        An error in either (a full or failing disk, a model removed meanwhile, a bug) is logged and
+        the step tried again, 1 s later and then after longer pauses (up to 30 s), for as long as the
+        agent runs; a switch that was made is never made twice, only its records are written again.
+        Otherwise the thread would die, ``active.json`` and the journal would say ``probation`` for
+        good, and the next start would roll the update back.
+        """
         name, version, uid = manifest.model, manifest.version, manifest.update_id
+        deadline = time.monotonic() + probation_s
+        ended: _Ending | None = None  # set once the switch is made: only its records remain to write
+        failures = 0
+        pause = min(1.0, probation_s)
+        while not self._stop.wait(pause):
+            try:
+                with self._lock:
+                    if ended is None:
+                        active = self.store.active(name)
+                        if active is None or (active.probation or {}).get("update_id") != uid:
+                            return  # another update or a command replaced it (and closed its journal)
+                        ended = self._probation_ends(manifest, previous, active, deadline)
+                    if ended is not None:
+                        self._record(ended)
+            except Exception as exc:
+                failures += 1
+                pause = min(30.0, 2.0 ** (failures - 1))
+                what = f"{'recording the end of' if ended is not None else 'ending'} the probation failed"
+                if failures == 1:
+                    log.exception("OTA %s %s %s: %s; trying again in %.0f s", uid, name, version, what, pause)
+                elif failures % 10 == 0:
+                    log.error(
+                        "OTA %s %s %s: %s %d times, still trying: %s", uid, name, version, what, failures, one_line(exc)
+                    )
+                continue
+            if ended is not None:
+                if failures:
+                    log.info("OTA %s %s %s: the probation ended after %d failed attempts", uid, name, version, failures)
+                return
+            pause = min(1.0, max(0.0, deadline - time.monotonic()))
+
+    def _probation_ends(self, manifest: Manifest, previous: str, active: Active, deadline: float) -> _Ending | None:
+        """Make the switch that ends ``manifest``'s probation if it ends now, else None (under the lock)."""
+        name, version, uid = manifest.model, manifest.version, manifest.update_id
+        if name not in self.slots:
+            return self._unserved(name, active, uid)
         rollout = manifest.rollout
         max_errors = rollout.max_error_rate if rollout else self.settings.max_error_rate
         max_ratio = rollout.max_p95_ratio if rollout else self.settings.max_p95_ratio
-        deadline = time.monotonic() + probation_s
-        while not self._stop.wait(min(1.0, max(0.0, deadline - time.monotonic()))):
-            breach = self._breach(name, version, previous, max_errors, max_ratio)
-            with self._lock:
-                active = self.store.active(name)
-                if active is None or (active.probation or {}).get("update_id") != uid:
-                    return  # another update or a command replaced it (and closed its journal)
-                if breach:
-                    self._rollback(name, active, breach, uid)
-                    return
-                if time.monotonic() >= deadline:
-                    self._finish(name, active, uid)
-                    return
+        breach = self._breach(name, version, previous, max_errors, max_ratio)
+        if breach:
+            return self._switch_back(name, active, breach, uid, command=False)
+        if time.monotonic() >= deadline:
+            return self._pass(name, active, uid)
+        return None
 
     def _breach(self, name: str, version: str, previous: str, max_errors: float, max_ratio: float) -> str | None:
         totals = self.metrics.totals()
@@ -588,7 +647,8 @@ class OtaAgent:
                 return f"p95 latency {p95_new:.3f} ms is {ratio:.2f}x the previous version's (bound {max_ratio}x)"
         return None
 
-    def _finish(self, name: str, active: Active, uid: str) -> None:
+    def _pass(self, name: str, active: Active, uid: str) -> _Ending:
+        """The probation passed: the new version is final (the switch; its records are the caller's)."""
         slot = self.slots[name]
         if active.ab is not None:  # the candidate passed: it serves everything now
             candidate = slot.candidate
@@ -600,15 +660,57 @@ class OtaAgent:
             version = active.version
             active.probation = None
             self.store.set_active(name, active)
+        return _Ending(uid, name, version, "active", "probation passed")
+
+    def _unserved(self, name: str, active: Active, uid: str) -> _Ending:
+        """The device stopped serving ``name`` during its probation (a config reload removed it).
+
+        The probation cannot pass without requests, so it ends as a restart would end it: the
+        store goes back to the previous version (nothing is loaded, there is no slot), and a
+        model served again later starts on that one. If the previous version is not intact,
+        the probation ends ``failed`` and the new version stays active.
+        """
+        version = (active.ab or {}).get("version") or active.version
+        reason = f"this device stopped serving {name} during the probation of {version}"
+        if active.ab is not None:
+            active.ab, active.probation = None, None
+            self.store.set_active(name, active)
+            back = active.version
+        else:
+            back = active.previous[0] if active.previous else "the previous version"
+            try:
+                if not active.previous:
+                    raise ModelLoadError("none is installed")
+                self.store.verified_file(name, back)
+            except (ModelLoadError, OSError, ValueError, KeyError) as exc:
+                return self._keep_serving(name, active, reason, uid, back, exc)
+            self.store.activate(name, back)
+        log.warning("OTA %s %s: %s: %s is its active version again", uid, name, reason, back)
+        return _Ending(uid, name, version, "rolled_back", f"{reason}; {back} is active again", journal_reason=reason)
+
+    def _record(self, ended: _Ending) -> None:
+        """Write what a switch ended: the models in the status record, the journal, the OTA status."""
         self._publish_models()
-        self._journal(uid, state="active")
-        self._status(uid, "active", model=name, version=version, reason="probation passed")
+        if ended.ident is not None:
+            fields = {"state": ended.state}
+            if ended.journal_reason is not None:
+                fields["reason"] = ended.journal_reason
+            self._journal(ended.ident, **fields)
+        self._status(
+            ended.ident,
+            ended.state,
+            model=ended.model,
+            version=ended.version,
+            reason=ended.reason,
+            command=ended.command,
+        )
 
     def _rollback(self, name: str, active: Active, reason: str, ident: str | None, command: bool = False) -> None:
         with self._lock:
-            self._rollback_locked(name, active, reason, ident, command)
+            self._record(self._switch_back(name, active, reason, ident, command=command))
 
-    def _rollback_locked(self, name: str, active: Active, reason: str, ident: str | None, command: bool) -> None:
+    def _switch_back(self, name: str, active: Active, reason: str, ident: str | None, *, command: bool) -> _Ending:
+        """Roll back to the previous version in the store and the slot; the records are the caller's."""
         slot = self.slots[name]
         before = replace(active)  # the branches below change ``active``
         if active.ab is not None:
@@ -626,22 +728,24 @@ class OtaAgent:
             except Exception as exc:
                 if command:
                     raise
-                self._keep_serving(name, active, reason, ident, back, exc)
-                return
+                return self._keep_serving(name, active, reason, ident, back, exc)
             self.store.activate(name, back)
             slot.swap(model)
         if command and ident is not None:
             self._close_replaced(name, before, f"command {ident}", state="rolled_back")
-        self._publish_models()
-        if ident is not None:
-            self._journal(ident, state="rolled_back", reason=reason)
-        self._status(
-            ident, "rolled_back", model=name, version=failed, reason=f"{reason}; serving {back} again", command=command
+        return _Ending(
+            ident,
+            name,
+            failed,
+            "rolled_back",
+            f"{reason}; serving {back} again",
+            journal_reason=reason,
+            command=command,
         )
 
     def _keep_serving(
         self, name: str, active: Active, reason: str, ident: str | None, back: str, exc: Exception
-    ) -> None:
+    ) -> _Ending:
         """A probation's rollback cannot load ``back``: end the probation as ``failed``, keep serving.
 
         The version on probation stays active (its probation cleared, so no restart tries again):
@@ -652,9 +756,7 @@ class OtaAgent:
         log.warning("OTA %s %s: %s", ident, name, why)
         active.probation = None
         self.store.set_active(name, active)
-        if ident is not None:
-            self._journal(ident, state="failed", reason=why)
-        self._status(ident, "failed", model=name, version=version, reason=why)
+        return _Ending(ident, name, version, "failed", why, journal_reason=why)
 
     def _restore_candidate(self, name: str, active: Active) -> None:
         """Serve again the A/B candidate ``active.json`` names (a start loads only the primary).

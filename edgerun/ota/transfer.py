@@ -7,23 +7,31 @@ interrupted by a disconnect or a restart fetches only the chunks it lacks: a fre
 only to the missing ``<topic>/<i>``. After a reconnect the link subscribes again
 to the same topics, so a fresh download is sent every retained chunk again:
 those on disk are compared, not rewritten. A URL download appends to
-``blob.part`` and asks for the rest with an HTTP ``Range`` request.
+``blob.part`` and asks for the rest with an HTTP ``Range`` request. It reads
+what has arrived, 64 KiB at most at a time, and fails (keeping ``blob.part``)
+when stopped or when less than 64 KiB arrived in ``timeout_s``; a watcher
+thread shuts the socket down when that happens while a read waits on it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
+import http.client
 import logging
 import os
 import queue
 import shutil
+import socket
+import stat
 import threading
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any, BinaryIO
 
 from edgerun.errors import UpdateFailed, UpdateRejected
 from edgerun.files import sha256_file
@@ -35,6 +43,9 @@ log = logging.getLogger(__name__)
 __all__ = ["download"]
 
 Progress = Callable[[float], None]
+#: Bytes asked for per read of a URL download; a read returns what has arrived, up to this. At least
+#: this much (or the rest of the blob) must arrive per ``timeout_s``, or the download has stalled.
+URL_BLOCK = 64 * 1024
 
 
 def _disk_error(exc: OSError) -> UpdateFailed:
@@ -238,6 +249,116 @@ def _collect(
         raise chunks.problem
 
 
+class _UrlWatch:
+    """Ends a URL download that is stopped or stalls, also while a read waits on its socket.
+
+    A read returns what has arrived (up to ``URL_BLOCK`` bytes), so the downloading thread looks
+    at ``stop`` and the pace after every read; while nothing arrives, a read waits for up to the
+    socket timeout, so this watcher's thread shuts the connection's socket down instead: the
+    read returns at once and the download fails with ``reason``. A download has stalled when
+    fewer than ``URL_BLOCK`` bytes (or the rest of the blob) arrived in ``timeout_s``: a server
+    that trickles bytes cannot hold the one OTA worker for longer than that per 64 KiB.
+    """
+
+    def __init__(self, url: str, fd: int | None, stop: threading.Event, timeout_s: float, size: int, have: int):
+        self.url, self.stop, self.timeout_s, self.size, self.have = url, stop, timeout_s, size, have
+        self.reason: str | None = None
+        self.cut = False  # the watcher shut the socket down
+        self._lock = threading.Lock()
+        self._start = time.monotonic()  # of the current window: it ends when ``_need`` bytes arrived
+        self._got = 0
+        self._need = min(URL_BLOCK, size - have)
+        self._done = threading.Event()
+        self._sock: socket.socket | None = None
+        self._thread: threading.Thread | None = None
+        if fd is not None:  # a socket: a read on it can block; a file's read cannot
+            self._sock = socket.socket(fileno=os.dup(fd))  # a duplicate: shut down, never closed twice
+            self._thread = threading.Thread(target=self._watch, name="ota-url-watch", daemon=True)
+            self._thread.start()
+
+    def arrived(self, count: int) -> None:
+        """``count`` more bytes were written."""
+        with self._lock:
+            self.have += count
+            self._got += count
+            if self._got >= self._need:
+                self._start, self._got, self._need = time.monotonic(), 0, min(URL_BLOCK, self.size - self.have)
+
+    def check(self) -> None:
+        """Raise ``UpdateFailed`` when the download was stopped or has stalled."""
+        reason = self._why()
+        if reason is not None:
+            raise UpdateFailed(reason)
+
+    def _why(self) -> str | None:
+        with self._lock:
+            if self.reason is None:
+                if self.stop.is_set():
+                    self.reason = "stopped while downloading; it resumes at the next start"
+                elif time.monotonic() - self._start > self.timeout_s and self._got < self._need:
+                    got = "nothing" if not self._got else f"only {self._got} bytes"
+                    self.reason = (
+                        f"{got} arrived from {self.url} in {self.timeout_s:.0f} s "
+                        f"({self.have} of {self.size} bytes so far): the download stalled"
+                    )
+            return self.reason
+
+    def _watch(self) -> None:
+        while not self._done.wait(0.2):
+            if self._why() is not None and self._sock is not None:
+                self.cut = True  # before the shutdown: the end of the response it causes is no real end
+                with contextlib.suppress(OSError):  # OSError: the server closed it already
+                    self._sock.shutdown(socket.SHUT_RDWR)  # the blocked read returns now
+                return
+
+    def close(self) -> None:
+        self._done.set()
+        if self._thread is not None:
+            self._thread.join()
+        if self._sock is not None:
+            self._sock.close()
+
+
+def _socket_fd(response: Any) -> int | None:
+    """The descriptor of the socket a response reads from, or None (a ``file://`` URL)."""
+    try:
+        fd = int(response.fileno())
+        return fd if stat.S_ISSOCK(os.fstat(fd).st_mode) else None
+    except (OSError, AttributeError, ValueError, TypeError):
+        return None
+
+
+def _copy(
+    read: Callable[[int], bytes], out: BinaryIO, watch: _UrlWatch, manifest: Manifest, progress: Progress
+) -> None:
+    """Append what ``read`` returns to ``out`` until the end of the response, then fsync it."""
+    url = watch.url
+    while True:
+        watch.check()
+        try:
+            block = read(URL_BLOCK)
+        except (OSError, http.client.HTTPException) as exc:
+            watch.check()  # a read the watcher cut short says why
+            raise UpdateFailed(f"downloading {url} failed: {exc}") from exc
+        if not block:
+            if watch.cut:
+                watch.check()  # so does the end of a socket the watcher shut down
+            break
+        if watch.have + len(block) > manifest.size:
+            raise UpdateRejected(f"the blob is larger than the {manifest.size} bytes its manifest says")
+        try:
+            out.write(block)
+        except OSError as exc:
+            raise _disk_error(exc) from exc
+        watch.arrived(len(block))
+        progress(watch.have / manifest.size)
+    try:
+        out.flush()
+        os.fsync(out.fileno())
+    except OSError as exc:
+        raise _disk_error(exc) from exc
+
+
 def _download_url(
     manifest: Manifest, folder: Path, target: Path, progress: Progress, timeout_s: float, stop: threading.Event
 ) -> None:
@@ -256,26 +377,22 @@ def _download_url(
     with response:
         if have and getattr(response, "status", 200) != 206 and not url.startswith("file://"):
             have = 0  # the server ignored the range: start again
-        mode = "ab" if have else "wb"
+        if url.startswith("file://") and have:
+            response.read(have)  # file:// ignores Range: skip what we have
+        read = getattr(response, "read1", response.read)  # read1: what has arrived, not a full block
+        watch = _UrlWatch(url, _socket_fd(response), stop, timeout_s, manifest.size, have)
         try:
-            with open(part, mode) as out:
-                if url.startswith("file://") and have:
-                    response.read(have)  # file:// ignores Range: skip what we have
-                while True:
-                    if stop.is_set():
-                        raise UpdateFailed("stopped while downloading; it resumes at the next start")
-                    block = response.read(1 << 20)
-                    if not block:
-                        break
-                    have += len(block)
-                    if have > manifest.size:
-                        raise UpdateRejected(f"the blob is larger than the {manifest.size} bytes its manifest says")
-                    out.write(block)
-                    progress(have / manifest.size)
-                out.flush()
-                os.fsync(out.fileno())
-        except OSError as exc:
-            raise _disk_error(exc) from exc
+            try:
+                out = open(part, "ab" if have else "wb")  # noqa: SIM115 - closed below
+            except OSError as exc:
+                raise _disk_error(exc) from exc
+            try:
+                _copy(read, out, watch, manifest, progress)
+            finally:
+                with contextlib.suppress(OSError):  # the error that matters was raised already
+                    out.close()
+        finally:
+            watch.close()
     _finish_file(part, target, manifest)
 
 
