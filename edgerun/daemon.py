@@ -29,6 +29,7 @@ opens never runs.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import signal
 import threading
@@ -440,13 +441,17 @@ class Daemon:
             update={s: getattr(old, s) for s in ("device", "mqtt", "ota", "api", "state_dir", "isolation")}
         )
         for name, model in loaded.items():
-            if not self._still_active(name, model):
-                log.warning("SIGHUP: model %s not reloaded: an OTA update activated another version meanwhile", name)
-                continue
-            if name in self.slots:
-                self.slots[name].swap(model)
-            else:
-                self.slots[name] = ModelSlot(model)
+            with self.ota.holding_slots() if self.ota is not None else contextlib.nullcontext():
+                if not self._still_active(name, model):
+                    log.warning(
+                        "SIGHUP: model %s not reloaded: an OTA update activated another version meanwhile", name
+                    )
+                    model.close()  # never served: an isolated one would keep its worker
+                    continue
+                if name in self.slots:
+                    self.slots[name].swap(model)
+                else:
+                    self.slots[name] = ModelSlot(model)
             log.info("SIGHUP: model %s reloaded (%s %s on %s)", name, model.name, model.version, model.delegate)
         for name in set(old.pipelines) | set(new.pipelines):
             if old.pipelines.get(name) != new.pipelines.get(name) or (

@@ -44,6 +44,7 @@ import shutil
 import threading
 import time
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -175,6 +176,12 @@ class OtaAgent:
         self._work.put(("stop", None))
         if self._thread is not None:
             self._thread.join(timeout=10)
+
+    def holding_slots(self) -> AbstractContextManager[Any]:
+        """Hold back activations, rollbacks and probation ends while the caller checks which version
+        is active and swaps a slot accordingly (a SIGHUP reload): otherwise an update activated
+        between the two would be swapped out again by the older version."""
+        return self._lock
 
     def idle(self) -> bool:
         """True when nothing is queued or in progress (for tests and clean shutdowns)."""
