@@ -27,6 +27,7 @@ import json
 import logging
 import queue
 import random
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -139,6 +140,10 @@ class MqttLink:
         self._refused: str | None = None
         self._socket_error: str | None = None  # paho's last receive failure, for the next reason
         self._stop = threading.Event()
+        self._stopping = threading.Event()  # stop() began: no ``online`` is published from now on
+        self._offline_wait_s = 2.0  # how long the link thread waits for the final ``offline``'s PUBACK
+        self._offline_mid: int | None = None  # the final ``offline``'s message id, while it is awaited
+        self._offline_acked = False
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
         self._status_dirty = False
@@ -228,13 +233,20 @@ class MqttLink:
         return False
 
     def stop(self, flush_timeout_s: float = 5.0) -> None:
-        """Publish ``offline``, deliver what is queued (up to the timeout), disconnect cleanly."""
+        """Deliver what is queued (up to the timeout), then leave the retained status ``offline``.
+
+        From the first line on, no ``online`` is published (not after a CONNACK that was on
+        its way, nor after a ``set_status``). The link thread ends the connection itself
+        (``_close``): a retained ``offline`` acknowledged within ``min(2 s, flush_timeout_s)``,
+        then a clean DISCONNECT; without that acknowledgement, the socket is closed without a
+        DISCONNECT so the broker publishes the last will, which says ``offline`` too.
+        """
         if self._thread is None:
             return
+        self._stopping.set()
         if self.connected:
             self.wait_drained(flush_timeout_s)
-            self.publish(self.topics.status, _offline(), qos=1, retain=True)
-            self.wait_drained(min(2.0, flush_timeout_s))
+        self._offline_wait_s = max(0.0, min(2.0, flush_timeout_s))
         self._stop.set()
         self._poke()
         self._thread.join(timeout=10)
@@ -277,7 +289,7 @@ class MqttLink:
             self._stop.wait(delay)
             backoff = min(backoff * 2, s.reconnect_max_s)
         try:
-            self._client.disconnect()
+            self._close(self._offline_wait_s)
         except Exception as exc:  # already gone
             log.debug("disconnect: %s", exc)
 
@@ -297,12 +309,42 @@ class MqttLink:
             self._logged_failure = reason
         self._connected.clear()
         try:
-            # A clean DISCONNECT makes the broker discard the last will, so the retained status
-            # would say online through the backoff: say offline first (online again after CONNACK).
-            self._client.publish(self.topics.status, _offline(), qos=1, retain=True)
-            self._client.disconnect()
+            # The retained status says offline through the backoff (online again after CONNACK).
+            self._close(2.0)
         except Exception as close_exc:  # already gone
             log.debug("disconnect: %s", close_exc)
+
+    def _close(self, offline_wait_s: float) -> None:
+        """End the connection so that the retained status says ``offline``.
+
+        A clean DISCONNECT makes the broker discard the last will, so it is sent only once
+        the broker acknowledged a retained ``offline`` published on this connection (after
+        anything the link published on it before, ``online`` included), waiting up to
+        ``offline_wait_s`` for that PUBACK. Without it (no CONNACK yet, the connection lost,
+        the acknowledgement late or refused), the socket is closed without a DISCONNECT and
+        the broker publishes the last will, the same retained ``offline``.
+        """
+        mqtt = self._mqtt
+        client = self._client
+        self._offline_acked = False
+        if client.is_connected() and client.socket() is not None:
+            info = client.publish(self.topics.status, _offline(), qos=1, retain=True)
+            if info.rc == mqtt.MQTT_ERR_SUCCESS:
+                self._offline_mid = info.mid
+                deadline = time.monotonic() + offline_wait_s
+                while not self._offline_acked and (left := deadline - time.monotonic()) > 0:
+                    if client.loop(timeout=min(left, 0.05)) != mqtt.MQTT_ERR_SUCCESS:
+                        break
+                self._offline_mid = None
+        self._connected.clear()
+        if self._offline_acked:
+            client.disconnect()
+            return
+        sock = client.socket()
+        if sock is not None:  # paho has no call that closes without a DISCONNECT; its next connect replaces it
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+            sock.close()
 
     def _connect(self) -> None:
         s = self.settings
@@ -369,7 +411,7 @@ class MqttLink:
 
     def _work(self) -> None:
         self._wake.clear()  # first: a poke while this batch is taken wakes the next look
-        if self._status_dirty:
+        if self._status_dirty and not self._stopping.is_set():  # stopping: the last status is offline
             self._publish_status()
         while True:
             try:
@@ -504,6 +546,9 @@ class MqttLink:
         self._connected.clear()
 
     def _on_publish(self, client: Any, userdata: Any, mid: int, reason_code: Any, properties: Any) -> None:
+        if mid == self._offline_mid:
+            self._offline_acked = not getattr(reason_code, "is_failure", False)
+            return
         if mid in self._direct_mids:
             self._direct_mids.discard(mid)
             return
