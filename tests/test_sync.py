@@ -447,3 +447,32 @@ def test_qos0_records_cut_off_by_a_lost_connection_are_sent_again_after_the_reco
         assert len(outbox) == 0
     finally:
         link.stop()
+
+
+def test_a_result_reaches_the_outbox_while_the_source_is_quiet(tmp_path: Path) -> None:
+    """A camera that gave one frame and then nothing (or an MQTT source between messages): its result
+    is on disk within moments, not held until the next frame, which a power cut would lose."""
+    import edgerun
+    from edgerun.pipeline import Pipeline
+    from edgerun.sources.base import Frame, LatestBuffer, LiveSource
+    from edgerun.sync.publish import ResultsSink
+
+    class OneThenQuiet(LiveSource):
+        def _capture(self, buffer: LatestBuffer, stop: threading.Event) -> None:
+            buffer.put(Frame((SAMPLES / "digit_4.png").read_bytes(), time.time(), "cam#0", 0))
+            stop.wait()
+
+    outbox = Outbox(tmp_path / "outbox.sqlite")
+    source = OneThenQuiet("cam")
+    with edgerun.load(ROOT / "models/digits/digits_int8.onnx") as model:
+        pipeline = Pipeline(source, model, [ResultsSink(outbox, None, Topics("edgerun", "dev"))])
+        runner = threading.Thread(target=pipeline.run, daemon=True)
+        runner.start()
+        try:
+            wait_until(lambda: len(outbox) == 1, 30, "the result in the outbox")
+            assert runner.is_alive()  # still running: nothing but the wait committed it
+        finally:
+            pipeline.stop()
+            runner.join(timeout=30)
+    assert json.loads(outbox.pending()[0].payload)["source"] == "cam#0"
+    outbox.close()

@@ -125,6 +125,9 @@ class ResultsSink:
     Records are committed to the outbox in batches (``batch`` records or
     ``max_delay_s``, whichever first) to keep the per-record cost down; a rate
     limit (records per second, token bucket) skips and counts what is over it.
+    A batch is committed when a result comes, or, when none comes (a quiet
+    camera, an MQTT source between messages), by a small thread at twice
+    ``max_delay_s``: a result never waits for the next one to reach the disk.
     """
 
     def __init__(
@@ -148,6 +151,10 @@ class ResultsSink:
         self._pending: list[tuple[str, str, dict[str, Any], int]] = []
         self._oldest = 0.0
         self._batch, self._max_delay = batch, max_delay_s
+        self._cond = threading.Condition()  # guards the batch; the flusher waits on it
+        self._flusher: threading.Thread | None = None
+        self._closed = False
+        self._failure = ""  # the flusher's last failure, said once
         self.skipped = 0
 
     def _allow(self) -> bool:
@@ -174,14 +181,45 @@ class ResultsSink:
             "version": r["version"],
             "output": r["output"],
         }
-        if not self._pending:
-            self._oldest = time.monotonic()
-        self._pending.append((f"results/{r['model']}", self._topics.results(r["model"]), record, self._qos))
-        if len(self._pending) >= self._batch or time.monotonic() - self._oldest >= self._max_delay:
-            self.flush()
+        with self._cond:
+            if not self._pending:
+                self._oldest = time.monotonic()
+                self._wake_flusher()  # once per batch, not per record
+            self._pending.append((f"results/{r['model']}", self._topics.results(r["model"]), record, self._qos))
+            if len(self._pending) >= self._batch or time.monotonic() - self._oldest >= self._max_delay:
+                self._flush()
+
+    def _wake_flusher(self) -> None:
+        if self._flusher is None:
+            self._flusher = threading.Thread(target=self._flush_when_quiet, name="results-flush", daemon=True)
+            self._flusher.start()
+        else:
+            self._cond.notify()
+
+    def _flush_when_quiet(self) -> None:
+        """Commit a batch that no later result came to commit, ``2 * max_delay_s`` after it began."""
+        with self._cond:
+            while not self._closed:
+                left = self._oldest + 2 * self._max_delay - time.monotonic()
+                if not self._pending or left > 0:
+                    self._cond.wait(left if self._pending else None)
+                    continue
+                try:
+                    self._flush()
+                except Exception as exc:  # a full disk: the batch is kept and tried again in 5 s
+                    if str(exc) != self._failure:
+                        log.warning("results: %d record(s) not queued yet: %s", len(self._pending), exc)
+                    self._failure = str(exc)
+                    self._oldest = time.monotonic() + 5.0
+                else:
+                    self._failure = ""
 
     def flush(self) -> None:
         """Commit what is buffered."""
+        with self._cond:
+            self._flush()
+
+    def _flush(self) -> None:
         if self._pending:
             self._outbox.put_many(self._pending)
             self._pending = []
@@ -190,4 +228,9 @@ class ResultsSink:
 
     def close(self) -> None:
         """Commit the rest."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify()
+        if self._flusher is not None:
+            self._flusher.join()
         self.flush()
