@@ -52,6 +52,12 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         served.ranges.append(asked)
         mode = served.modes.pop(0) if served.modes else "whole"
         start = int(re.fullmatch(r"bytes=(\d+)-", asked).group(1)) if asked else 0  # type: ignore[union-attr]
+        if start >= len(served.data):  # as a real server answers a range past the end
+            self.send_response(416)
+            self.send_header("Content-Range", f"bytes */{len(served.data)}")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
         body = served.data[start:]
         self.send_response(206 if start else 200)
         self.send_header("Content-Length", str(len(body)))
@@ -261,3 +267,19 @@ def test_stopping_the_agent_during_a_url_download_from_a_quiet_server_ends_its_w
     worker = agent.agent._thread
     assert worker is not None and not worker.is_alive(), "the OTA worker still runs after stop()"
     assert agent.journal(uid)["state"] == "downloading"  # resumed at the next start
+
+
+def test_a_blob_part_already_whole_is_verified_without_asking_for_a_range_past_its_end(
+    server: tuple[Served, str], tmp_path: Path
+) -> None:
+    """Stopped at the last read, or killed before the rename: every retry asked for bytes=<size>-."""
+    served, url = server
+    manifest = url_manifest(tmp_path, served.data, url)
+    folder = tmp_path / "dl" / manifest.sha256
+    folder.mkdir(parents=True)
+    (folder / "blob.part").write_bytes(served.data)
+    thread, outcome = download_in_thread(manifest, tmp_path / "dl", 5.0, threading.Event())
+    thread.join(LIVENESS_S)
+    assert outcome.get("path") == folder / "blob", outcome
+    assert (folder / "blob").read_bytes() == served.data
+    assert served.ranges == []

@@ -369,6 +369,9 @@ def _download_url(
     if have > manifest.size:
         part.unlink()
         have = 0
+    if have == manifest.size:  # whole already (stopped at the last read, or a crash before the rename):
+        _finish_file(part, target, manifest)  # a range past the end would be refused (416) at every retry
+        return
     request = urllib.request.Request(url, headers={"Range": f"bytes={have}-"} if have else {})
     try:
         response = urllib.request.urlopen(request, timeout=timeout_s)  # schemes checked in the manifest
