@@ -19,6 +19,7 @@ from edgerun.sync.settings import MqttSettings
 from edgerun.sync.topics import Topics
 from edgerun.telemetry.metrics import Metrics
 from tests.conftest import Broker
+from tests.test_sync import wait_until
 
 DISK_BYTES = 2 * 1024 * 1024
 
@@ -41,15 +42,6 @@ def fill_disk(folder: Path) -> Path:
     finally:
         os.close(fd)
     return filler
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.02)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
 def _queued(box: Outbox) -> list[tuple[str, int]]:

@@ -27,13 +27,14 @@ by another process), :class:`SyncError` says so in one line, with the
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import secrets
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -174,10 +175,9 @@ class Outbox:
         """
         now = time.time()
         seqs = []
+        added = evicted = 0  # applied to the count once the transaction is committed
         with self._lock:
-            added = evicted = 0  # applied to the count once the transaction is committed
-            try:
-                self._db.execute("BEGIN IMMEDIATE")
+            with self._transaction("queue records in"):
                 total = int(self._meta("bytes") or 0)
                 last: dict[str, int] = {}  # each stream's seq, read once per batch, written once at the end
                 for stream, topic, record, qos in items:
@@ -209,16 +209,6 @@ class Outbox:
                     list(last.items()),
                 )
                 self._set_meta("bytes", str(total))
-                self._db.execute("COMMIT")
-            except sqlite3.Error as exc:
-                self._undo()
-                failure = self._failure("queue records in", exc)
-                if failure is None:
-                    raise  # not the storage: a bug (a closed outbox, a bad statement), as it is
-                raise failure from exc
-            except BaseException:
-                self._undo()
-                raise
             self._count += added - evicted
         return seqs
 
@@ -266,10 +256,9 @@ class Outbox:
         ids = list(ids)
         if not ids:
             return
+        deleted = 0  # applied to the count once the transaction is committed
         with self._lock:
-            deleted = 0  # applied to the count once the transaction is committed
-            try:
-                self._db.execute("BEGIN IMMEDIATE")
+            with self._transaction("delete acknowledged records from"):
                 removed = 0
                 for start in range(0, len(ids), 500):  # SQLite's bound-parameter limit is 999 on old builds
                     chunk = ids[start : start + 500]
@@ -286,17 +275,25 @@ class Outbox:
                     removed += sum(size for (size,) in sizes)
                     deleted += len(sizes)
                 self._set_meta("bytes", str(max(0, int(self._meta("bytes") or 0) - removed)))
-                self._db.execute("COMMIT")
-            except sqlite3.Error as exc:
-                self._undo()
-                failure = self._failure("delete acknowledged records from", exc)
-                if failure is None:
-                    raise  # not the storage: a bug (a closed outbox, a bad statement), as it is
-                raise failure from exc
-            except BaseException:
-                self._undo()
-                raise
             self._count -= deleted
+
+    @contextlib.contextmanager
+    def _transaction(self, doing: str) -> Iterator[None]:
+        """``BEGIN IMMEDIATE`` ... ``COMMIT`` (the caller holds the lock). A failure rolls back and
+        raises ``SyncError`` naming ``doing`` where the storage is the cause; a bug is raised as it is."""
+        try:
+            self._db.execute("BEGIN IMMEDIATE")
+            yield
+            self._db.execute("COMMIT")
+        except sqlite3.Error as exc:
+            self._undo()
+            failure = self._failure(doing, exc)
+            if failure is None:
+                raise  # not the storage: a bug (a closed outbox, a bad statement), as it is
+            raise failure from exc
+        except BaseException:
+            self._undo()
+            raise
 
     def _undo(self) -> None:
         """After a failed write (under the lock): roll back, unless SQLite already has, and recount.
