@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import multiprocessing
+import signal
 import threading
 import time
 import weakref
@@ -30,8 +31,8 @@ from typing import Any
 
 import numpy as np
 
-from edgerun.backends.base import QuantParams, TensorSpec
-from edgerun.errors import DelegateError, EdgerunError, InferenceError
+from edgerun.backends.base import QuantParams, TensorSpec, numeric
+from edgerun.errors import DelegateError, EdgerunError, InferenceError, InputError
 
 log = logging.getLogger(__name__)
 
@@ -121,6 +122,18 @@ def _worker(conn: Any, path: str, delegate: str, threads: int | None, state_dir:
 
 class _WorkerDied(Exception):
     pass
+
+
+def _how_it_ended(process: Any) -> str:
+    """``exit code N`` or ``killed by SIGSEGV``, once the ended worker is reaped (up to 5 s)."""
+    process.join(timeout=5)
+    code = process.exitcode
+    if code is None:
+        return "no exit status"
+    if code < 0:
+        with contextlib.suppress(ValueError):
+            return f"killed by {signal.Signals(-code).name}"
+    return f"exit code {code}"
 
 
 class _Child:
@@ -254,6 +267,24 @@ class IsolatedBackend:
             self._delegates.pop(0)
         raise DelegateError(f"no delegate left to run {self.path.name} in a worker")
 
+    def _checked(self, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """The inputs as numeric arrays, or ``InputError``: only numbers go into shared memory.
+
+        An object array there would hand the worker this process's pointers (it crashes on
+        them, and a few such requests give every delegate up); a string array is refused here
+        as the backend in the worker would refuse it.
+        """
+        if len(inputs) != len(self.inputs):
+            raise InputError(f"{self.path.name} takes {len(self.inputs)} input(s), got {len(inputs)}")
+        checked = []
+        for spec, x in zip(self.inputs, inputs):
+            if not isinstance(x, np.ndarray) or x.dtype != spec.dtype:
+                x = numeric(x, spec)
+            if x.dtype.kind not in "biuf":
+                raise InputError(f"{spec.name}: array dtype {x.dtype} is not numeric; {spec.describe()} expected")
+            checked.append(x)
+        return checked
+
     def _call(self, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
         child = self._child
         request = [child.inputs.put(i, x) for i, x in enumerate(inputs)]
@@ -264,9 +295,9 @@ class IsolatedBackend:
                 raise _WorkerDied(f"no answer in {self._timeout:.0f} s")
             reply = child.conn.recv()
         except (EOFError, OSError, BrokenPipeError) as exc:
-            raise _WorkerDied(f"exit code {self.process.exitcode}") from exc
-        if "error" in reply:
-            raise InferenceError(reply["error"])
+            raise _WorkerDied(_how_it_ended(child.process)) from exc
+        if "error" in reply:  # the worker's own EdgerunError: a bad input stays an InputError
+            raise (InputError if reply.get("kind") == "InputError" else InferenceError)(reply["error"])
         return [_read(n, tuple(s), d, child.attached).copy() for n, s, d in reply["outputs"]]
 
     def run(self, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
@@ -274,6 +305,7 @@ class IsolatedBackend:
         with self._lock:
             if not self._release.alive:  # closed: a new worker here would never be released
                 raise InferenceError(f"{self.path.name}: its worker was closed")
+            inputs = self._checked(inputs)
             if not self._delegates:
                 self._start_over()
             while True:

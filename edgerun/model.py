@@ -252,6 +252,11 @@ class Model:
         kind, channels, height, width = layout
         if spec.layout is not None and spec.layout != kind:
             raise CardError(f"card of {self.name} says layout {spec.layout}, but input {tensor.describe()} is {kind}")
+        if spec.color == "gray" and channels != 1:
+            # The image would be decoded in colour and fed as BGR: neither gray nor the model's order.
+            raise CardError(
+                f"card of {self.name} says color gray, but input {tensor.describe()} takes {channels} channels"
+            )
         if spec.size is not None:
             if (height and height != spec.size[0]) or (width and width != spec.size[1]):
                 raise CardError(

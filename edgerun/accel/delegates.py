@@ -59,10 +59,16 @@ class DelegateSpec(msgspec.Struct, frozen=True):
     opener: Opener = _open
 
 
+def _absent(runtime: RuntimeFacts, name: str, default: str) -> str:
+    """Why runtime ``name`` is absent: ``default``, unless it is installed and failed to import."""
+    why = runtime.why_missing(name)
+    return why if why and "does not import" in why else default
+
+
 def _ort_provider(provider: str, hardware: Need | None = None) -> Need:
     def need(device: DeviceFacts, runtime: RuntimeFacts) -> str | None:
         if runtime.onnxruntime is None:
-            return "onnxruntime is not installed"
+            return _absent(runtime, "onnxruntime", "onnxruntime is not installed")
         if provider not in runtime.ort_providers:
             return f"this onnxruntime build has no {provider}"
         return hardware(device, runtime) if hardware else None
@@ -77,7 +83,9 @@ def _nvidia(device: DeviceFacts, runtime: RuntimeFacts) -> str | None:
 
 
 def _tflite(device: DeviceFacts, runtime: RuntimeFacts) -> str | None:
-    return None if runtime.tflite else "no TFLite interpreter is installed (pip install ai-edge-litert)"
+    if runtime.tflite:
+        return None
+    return _absent(runtime, "tflite", "no TFLite interpreter is installed (pip install ai-edge-litert)")
 
 
 def _edgetpu(device: DeviceFacts, runtime: RuntimeFacts) -> str | None:

@@ -165,7 +165,8 @@ def probe(root: str | os.PathLike[str] = "/") -> DeviceFacts:
     cpu_count = os.cpu_count() or 1
     if str(base) != "/":
         # A fake tree describes another machine: count its CPUs from its cpuinfo.
-        processors = (_read(base / "proc/cpuinfo") or "").count("processor")
+        lines = (_read(base / "proc/cpuinfo") or "").splitlines()
+        processors = sum(1 for line in lines if line.partition(":")[0].strip() == "processor")
         cpu_count = processors or cpu_count
     return DeviceFacts(
         machine=platform.machine(),

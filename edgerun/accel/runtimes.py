@@ -34,6 +34,10 @@ class RuntimeFacts(msgspec.Struct, frozen=True):
                 return error
         return None
 
+    def why_missing(self, runtime: str) -> str | None:
+        """Why ``runtime`` (``onnxruntime`` or ``tflite``) is absent, as its import said; None if present."""
+        return dict(self.missing).get(runtime)
+
     def versions(self) -> str:
         """The runtime versions, for cache keys."""
         return f"{self.onnxruntime or '-'}|{self.tflite or '-'}"

@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -30,7 +31,7 @@ from edgerun.accel.delegates import CATALOGUE, DelegateSpec, check_delegate
 from edgerun.accel.probe import DeviceFacts, probe
 from edgerun.accel.runtimes import RuntimeFacts, discover
 from edgerun.backends import Backend, TensorSpec, detect_format
-from edgerun.errors import DelegateError, EdgerunError, ModelLoadError
+from edgerun.errors import BackendUnavailableError, DelegateError, EdgerunError, ModelLoadError
 from edgerun.files import atomic_write, sha256_file
 
 log = logging.getLogger(__name__)
@@ -321,7 +322,7 @@ def select(
             chosen = [(s, p) for s, p in candidates if s.name == winner]
             try:
                 return _try_in_order(job, chosen, "fastest", attempts, cached=True)
-            except DelegateError as exc:
+            except EdgerunError as exc:  # a DelegateError, or a ModelLoadError from an accelerator's compiler
                 log.warning("cached fastest delegate %s no longer works (%s); timing again", winner, exc)
                 attempts = [a for a in attempts if a.status == "unavailable"]
 
@@ -430,7 +431,7 @@ def _open_verified(
     try:
         backend = spec.opener(target, job.fmt, spec.name, job.threads, cache_dir)
     except EdgerunError as exc:
-        attempt.status, attempt.reason, attempt.error = "failed", str(exc), exc
+        attempt.status, attempt.reason, attempt.error = "failed", str(exc), _without_frames(exc)
         log.info("delegate %s failed for %s: %s", spec.name, target.name, exc)
         return None
     if not job.verify or not spec.accelerator:
@@ -443,6 +444,9 @@ def _open_verified(
         problem = _compare(backend.outputs, backend.run(ref[0]), ref[1], job.rtol)
     except EdgerunError as exc:
         problem = f"verification run failed: {exc}"
+    except BaseException:  # a bug or Ctrl-C while verifying: the accelerator is not left open
+        backend.close()
+        raise
     if problem:
         backend.close()
         attempt.status, attempt.reason = "wrong-output", problem
@@ -450,6 +454,23 @@ def _open_verified(
         return None
     attempt.reason = "verified against the CPU reference"
     return backend
+
+
+def _without_frames(exc: EdgerunError) -> EdgerunError:
+    """``exc`` with the local variables of its traceback's frames (and its causes') let go.
+
+    ``Attempt.error`` lives as long as the model; through its traceback it would keep the
+    half-built backend of a delegate that failed to open (an Edge TPU delegate holding the
+    device, a session that fell back to the CPU) alive with it. The line numbers stay.
+    """
+    seen: set[int] = set()
+    cause: BaseException | None = exc
+    while cause is not None and id(cause) not in seen:
+        seen.add(id(cause))
+        if cause.__traceback__ is not None:
+            traceback.clear_frames(cause.__traceback__)
+        cause = cause.__cause__ or cause.__context__
+    return exc
 
 
 def _try_in_order(
@@ -514,6 +535,9 @@ def _nothing_runs(
     device: DeviceFacts,
     runtime: RuntimeFacts,
 ) -> EdgerunError:
+    missing = runtime.why_missing("onnxruntime" if fmt == "onnx" else "tflite")
+    if missing:  # every delegate of the format would give this same reason: give it once
+        return BackendUnavailableError(f"cannot run {model_path.name} ({fmt}): {missing}")
     if delegate in ("auto", "fastest"):
         reasons = "; ".join(f"{a.delegate}: {a.reason}" for a in attempts)
         return DelegateError(f"no delegate can run {model_path.name} ({fmt}): {reasons}")

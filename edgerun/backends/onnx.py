@@ -50,13 +50,23 @@ _ONNX_TYPES: dict[str, Any] = {
 
 
 def import_onnxruntime() -> Any:
-    """Import ONNX Runtime or explain how to install it."""
+    """Import ONNX Runtime or explain how to install it.
+
+    Raises:
+        BackendUnavailableError: it is not installed, or is installed and does not import
+            (a wheel built for another numpy, a missing CUDA library in onnxruntime-gpu).
+    """
     try:
         import onnxruntime
     except ImportError as exc:
         raise BackendUnavailableError(
             "ONNX Runtime is not installed: pip install onnxruntime "
             "(onnxruntime-gpu on NVIDIA machines, onnxruntime-openvino on Intel)"
+        ) from exc
+    except Exception as exc:  # whatever a broken vendor package raises on import
+        raise BackendUnavailableError(
+            f"ONNX Runtime is installed but does not import ({type(exc).__name__}: {one_line(exc)}): "
+            "reinstall onnxruntime for this Python and numpy"
         ) from exc
     return onnxruntime
 
@@ -74,20 +84,23 @@ def _spec(arg: Any) -> TensorSpec:
 
 def _provider_options(delegate: str, cache_dir: Path | None) -> dict[str, Any]:
     """Options for providers that compile engines: their caches go under ``cache_dir``."""
-    if cache_dir is None:
+    if cache_dir is None or delegate not in ("tensorrt", "openvino"):
+        return {}
+    try:
+        cache_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:  # a read-only or full state directory costs a compile per start, not the delegate
+        log.warning(
+            "engine cache %s cannot be created (%s): %s compiles its engine without a cache", cache_dir, exc, delegate
+        )
         return {}
     if delegate == "tensorrt":
-        cache_dir.mkdir(parents=True, exist_ok=True)
         return {
             "trt_engine_cache_enable": "True",
             "trt_engine_cache_path": str(cache_dir),
             "trt_timing_cache_enable": "True",
             "trt_timing_cache_path": str(cache_dir),
         }
-    if delegate == "openvino":
-        cache_dir.mkdir(parents=True, exist_ok=True)
-        return {"cache_dir": str(cache_dir)}
-    return {}
+    return {"cache_dir": str(cache_dir)}
 
 
 class OnnxBackend:

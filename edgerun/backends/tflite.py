@@ -19,6 +19,7 @@ import logging
 import os
 import platform
 import sys
+import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -60,7 +61,16 @@ def delegate_library(name: str) -> str | None:
 
 
 def import_interpreter() -> tuple[Any, str]:
-    """The interpreter module of the best TFLite runtime installed, and its name and version."""
+    """The interpreter module of the best TFLite runtime installed, and its name and version.
+
+    A runtime that is installed but does not import (built for numpy 1 under numpy 2, a
+    TensorFlow next to a protobuf it does not accept: ``TypeError: Descriptors cannot be
+    created directly``) is skipped like a missing one, its reason kept for the error.
+
+    Raises:
+        BackendUnavailableError: none of them imports.
+    """
+    broken: list[str] = []
     try:
         import ai_edge_litert
         from ai_edge_litert import interpreter as litert
@@ -68,23 +78,38 @@ def import_interpreter() -> tuple[Any, str]:
         return litert, f"ai-edge-litert {getattr(ai_edge_litert, '__version__', '?')}"
     except ImportError:
         pass
+    except Exception as exc:  # any failure of a vendor package's import: try the next one
+        broken.append(f"ai-edge-litert does not import ({type(exc).__name__}: {one_line(exc)})")
     try:
         from tflite_runtime import interpreter as tflite_rt
 
         return tflite_rt, f"tflite-runtime {getattr(tflite_rt, '__version__', '?')}"
     except ImportError:
         pass
+    except Exception as exc:
+        broken.append(f"tflite-runtime does not import ({type(exc).__name__}: {one_line(exc)})")
     try:
         import tensorflow as tf
+
+        lite = tf.lite
+
+        class _TfLite:  # tensorflow.lite spelled like the interpreter modules above
+            Interpreter = lite.Interpreter
+            load_delegate = lite.experimental.load_delegate
+            OpResolverType = lite.experimental.OpResolverType
+
+        return _TfLite, f"tensorflow {tf.__version__}"
     except ImportError as exc:
-        raise BackendUnavailableError("no TFLite interpreter is installed: pip install ai-edge-litert") from exc
+        if not broken:
+            raise BackendUnavailableError("no TFLite interpreter is installed: pip install ai-edge-litert") from exc
+    except Exception as exc:
+        broken.append(f"tensorflow does not import ({type(exc).__name__}: {one_line(exc)})")
+    raise BackendUnavailableError(f"no TFLite interpreter works: {'; '.join(broken)}; pip install ai-edge-litert")
 
-    class _TfLite:  # tensorflow.lite spelled like the interpreter modules above
-        Interpreter = tf.lite.Interpreter
-        load_delegate = tf.lite.experimental.load_delegate
-        OpResolverType = tf.lite.experimental.OpResolverType
 
-    return _TfLite, f"tensorflow {tf.__version__}"
+#: fd 2 is one per process: two loads redirecting it at once would leave it pointing at a
+#: closed memfd for good (the second restores what the first had put there).
+_STDERR_LOCK = threading.RLock()
 
 
 @contextlib.contextmanager
@@ -94,27 +119,35 @@ def _native_log_to_logger() -> Iterator[None]:
     LiteRT prints ``INFO: Created TensorFlow Lite XNNPACK delegate for CPU.``
     straight to the stderr file descriptor and offers Python no switch for it;
     on a CLI that must print one line per error, that line is noise. Its lines
-    go to DEBUG, anything not marked INFO to WARNING.
+    go to DEBUG, anything not marked INFO to WARNING. Redirections are serialised
+    (``_STDERR_LOCK``): models loaded or resized from several threads at once.
     """
-    try:
-        sys.stderr.flush()
-        saved = os.dup(2)
-    except (OSError, ValueError):
-        yield
-        return
-    # memfd: an anonymous in-memory file, no temp dir needed (tempfile costs 3 ms to import).
-    sink = os.fdopen(os.memfd_create("litert-log"), "w+b") if hasattr(os, "memfd_create") else _tempfile()
-    with sink:
-        os.dup2(sink.fileno(), 2)
+    with _STDERR_LOCK:
         try:
+            sys.stderr.flush()
+            saved = os.dup(2)
+        except (OSError, ValueError):
             yield
-        finally:
-            os.dup2(saved, 2)
+            return
+        try:
+            # memfd: an anonymous in-memory file, no temp dir needed (tempfile costs 3 ms to import).
+            sink = os.fdopen(os.memfd_create("litert-log"), "w+b") if hasattr(os, "memfd_create") else _tempfile()
+        except OSError as exc:  # out of file descriptors: let the runtime print where it would
             os.close(saved)
-            sink.seek(0)
-            for line in sink.read().decode(errors="replace").splitlines():
-                if line.strip():
-                    log.log(logging.DEBUG if line.startswith("INFO:") else logging.WARNING, "litert: %s", line)
+            log.debug("litert: its native log is not captured: %s", exc)
+            yield
+            return
+        with sink:
+            os.dup2(sink.fileno(), 2)
+            try:
+                yield
+            finally:
+                os.dup2(saved, 2)
+                os.close(saved)
+                sink.seek(0)
+                for line in sink.read().decode(errors="replace").splitlines():
+                    if line.strip():
+                        log.log(logging.DEBUG if line.startswith("INFO:") else logging.WARNING, "litert: %s", line)
 
 
 def _tempfile() -> Any:
