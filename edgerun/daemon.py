@@ -197,7 +197,12 @@ class Daemon:
             from edgerun.isolation import load_isolated
 
             model = load_isolated(
-                path or mc.path, delegates=order, threads=mc.threads, state_dir=self.config.state_dir, card=card
+                path or mc.path,
+                delegates=order,
+                threads=mc.threads,
+                state_dir=self.config.state_dir,
+                strict=mc.strict_accelerator,
+                card=card,
             )
             if model.name != name:
                 model.card = replace(model.card, name=name)

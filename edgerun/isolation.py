@@ -85,12 +85,14 @@ def _read(name: str, shape: tuple[int, ...], dtype: str, cache: dict[str, shared
     return np.ndarray(shape, np.dtype(dtype), buffer=block.buf)
 
 
-def _worker(conn: Any, path: str, delegate: str, threads: int | None, state_dir: str | None) -> None:
+def _worker(
+    conn: Any, path: str, delegate: str, threads: int | None, state_dir: str | None, strict: bool = False
+) -> None:
     """The child: load the model, then answer run requests until told to stop."""
     import edgerun
 
     try:
-        model = edgerun.load(path, delegate=delegate, threads=threads, state_dir=state_dir, warmup=True)
+        model = edgerun.load(path, delegate=delegate, threads=threads, state_dir=state_dir, strict=strict, warmup=True)
     except EdgerunError as exc:
         conn.send({"error": str(exc), "kind": type(exc).__name__})
         return
@@ -198,7 +200,7 @@ class IsolatedBackend:
         path: the model file.
         delegates: the preference order; a delegate whose worker crashes more than
             ``restarts`` times within ``window_s`` is given up for the next one.
-        threads, state_dir: as for ``edgerun.load`` in the child.
+        threads, state_dir, strict: as for ``edgerun.load`` in the child.
         timeout_s: a call that gets no answer in this time counts as a crash.
         cooldown_s: once every delegate is given up, calls fail for this many seconds,
             then the worker starts over from the first delegate of ``delegates``.
@@ -213,6 +215,7 @@ class IsolatedBackend:
         delegates: Sequence[str],
         threads: int | None = None,
         state_dir: str | None = None,
+        strict: bool = False,
         restarts: int = 1,
         window_s: float = 60.0,
         timeout_s: float = 30.0,
@@ -223,7 +226,7 @@ class IsolatedBackend:
         self._delegates = list(delegates)
         self._cooldown = cooldown_s
         self._cool_until = 0.0
-        self._threads, self._state_dir = threads, state_dir
+        self._threads, self._state_dir, self._strict = threads, state_dir, strict
         self._restarts, self._window, self._timeout = restarts, window_s, timeout_s
         self._ctx = multiprocessing.get_context("spawn")
         self._lock = threading.Lock()
@@ -245,7 +248,7 @@ class IsolatedBackend:
             parent, child = self._ctx.Pipe()
             process = self._ctx.Process(
                 target=_worker,
-                args=(child, str(self.path), delegate, self._threads, self._state_dir),
+                args=(child, str(self.path), delegate, self._threads, self._state_dir, self._strict),
                 daemon=True,
                 name="edgerun-worker",
             )
@@ -372,6 +375,7 @@ def load_isolated(
     delegates: Sequence[str],
     threads: int | None = None,
     state_dir: str | None = None,
+    strict: bool = False,
     card: Any = None,
 ) -> Any:
     """A ``Model`` whose inference runs in a supervised worker process."""
@@ -380,7 +384,7 @@ def load_isolated(
     from edgerun.model import Model
 
     path = Path(path)
-    backend = IsolatedBackend(path, delegates=delegates, threads=threads, state_dir=state_dir)
+    backend = IsolatedBackend(path, delegates=delegates, threads=threads, state_dir=state_dir, strict=strict)
     try:
         card_path = None
         if card is None:
