@@ -8,6 +8,7 @@ with ``allow_pickle=False`` (arrays from outside are untrusted data).
 from __future__ import annotations
 
 import os
+import stat
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import NamedTuple
@@ -32,12 +33,24 @@ class InputRef(NamedTuple):
 def expand_inputs(paths: Iterable[str]) -> Iterator[InputRef]:
     """Files given directly, and the usable files under directories (walked, sorted).
 
-    A missing path or a directory without usable files yields an ``InputRef``
-    carrying the error, so the caller reports it and goes on with the rest.
+    A missing path, a device (``/dev/zero`` would be read without end), or a
+    directory without usable files yields an ``InputRef`` carrying the error, so
+    the caller reports it and goes on with the rest.
     """
     for raw in paths:
         path = Path(raw)
-        if path.is_dir():
+        try:
+            mode = os.stat(raw).st_mode
+        except FileNotFoundError:
+            yield InputRef(raw, f"{raw}: no such file or directory")
+            continue
+        except OSError as exc:  # a link loop, a folder on the way we may not enter
+            yield InputRef(raw, f"{raw}: cannot read ({exc.strerror})")
+            continue
+        except ValueError:  # a NUL byte in the name
+            yield InputRef(raw, f"{raw!r}: not a valid file name")
+            continue
+        if stat.S_ISDIR(mode):
             try:
                 os.scandir(path).close()
             except OSError as exc:  # a folder we may not list: say so, not "no usable files"
@@ -49,10 +62,10 @@ def expand_inputs(paths: Iterable[str]) -> Iterator[InputRef]:
                 yield InputRef(raw, f"{raw}: no usable files in directory (looked for {kinds})")
             for p in found:
                 yield InputRef(p)
-        elif path.exists():
+        elif stat.S_ISCHR(mode) or stat.S_ISBLK(mode):  # read whole: /dev/zero would fill the memory
+            yield InputRef(raw, f"{raw}: is a device, not a file")
+        else:  # a file, or a pipe (/dev/stdin), read to its end
             yield InputRef(raw)
-        else:
-            yield InputRef(raw, f"{raw}: no such file or directory")
 
 
 def _usable_files(folder: str, prefix: str) -> Iterator[str]:

@@ -6,7 +6,7 @@ import argparse
 import json
 import os
 import sys
-from typing import IO, Any, cast
+from typing import IO, Any, NamedTuple, cast
 
 from edgerun.cli.common import (
     add_model_options,
@@ -63,8 +63,15 @@ def register(sub: Any) -> None:
 _RECORD_START = b'{"input": '
 
 
-def recorded_inputs(path: str) -> frozenset[str]:
-    """Inputs already in a JSON Lines output; a torn last line (a killed run) is cut off first.
+class Recorded(NamedTuple):
+    """What a JSON Lines output already holds: the inputs recorded, and the models (name, version) that ran."""
+
+    inputs: frozenset[str]
+    models: frozenset[tuple[str, str]]
+
+
+def recorded_inputs(path: str) -> Recorded:
+    """Inputs already in a JSON Lines output, and its models; a torn last line (a killed run) is cut off first.
 
     The file is checked before anything is cut: every complete line must be an edgerun
     record, and the unterminated tail, if any, the beginning of one.
@@ -74,21 +81,43 @@ def recorded_inputs(path: str) -> frozenset[str]:
             data = fh.read()
             end = data.rfind(b"\n") + 1
             done = set()
+            models = set()
             for number, line in enumerate(data[:end].decode("utf-8", errors="replace").splitlines(), start=1):
                 try:
-                    done.add(json.loads(line)["input"])
+                    record = json.loads(line)
+                    done.add(record["input"])
                 except (ValueError, KeyError, TypeError):
                     raise ConfigError(f"{path} line {number} is not an edgerun record; cannot resume from it") from None
+                if isinstance(record.get("model"), str) and isinstance(record.get("version"), str):
+                    models.add((record["model"], record["version"]))
             tail = data[end:]
             if tail:
                 if not (tail.startswith(_RECORD_START) or _RECORD_START.startswith(tail)):
                     raise ConfigError(f"{path} ends in a line that is not an edgerun record; cannot resume from it")
                 fh.truncate(end)  # the line being written when the run was killed
     except FileNotFoundError:
-        return frozenset()
+        return Recorded(frozenset(), frozenset())
     except OSError as exc:
-        raise ConfigError(f"cannot read {path} to resume: {exc.strerror}") from exc
-    return frozenset(done)
+        raise ConfigError(f"cannot resume from {path}: {exc.strerror}") from exc
+    return Recorded(frozenset(done), frozenset(models))
+
+
+def check_same_model(path: str, recorded: Recorded, model: Any) -> None:
+    """Refuse to resume a file that holds another model's results (another name, or another version).
+
+    Its inputs would count as done, and the file would end up holding two models' answers
+    with nothing to tell which input got which.
+
+    Raises:
+        ConfigError: naming the model the file holds and the one given.
+    """
+    other = sorted(m for m in recorded.models if m != (model.name, model.version))
+    if other:
+        name, version = other[0]
+        raise ConfigError(
+            f"{path} holds results of {name} {version}, not of {model.name} {model.version}: cannot resume "
+            f"from it with this model (give it another --output)"
+        )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -107,8 +136,10 @@ def run(args: argparse.Namespace) -> int:
     mqtt = check_sync(args)  # before the model loads: a mistyped URL is the only line
     if args.resume and not args.output:
         raise ConfigError("--resume needs --output FILE.jsonl (the file it resumes from)")
-    skip = recorded_inputs(args.output) if args.resume else frozenset()
+    recorded = recorded_inputs(args.output) if args.resume else Recorded(frozenset(), frozenset())
+    skip = recorded.inputs
     model = edgerun.load(args.model, **load_kwargs(args))
+    check_same_model(args.output, recorded, model)
     if args.top_k is not None:
         model.card = replace(model.card, postprocess=replace(model.card.postprocess, top_k=args.top_k))
     source = FileSource(args.inputs, skip=skip)

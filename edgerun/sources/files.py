@@ -7,7 +7,7 @@ import time
 from collections.abc import Iterator, Sequence
 
 from edgerun.errors import InputError
-from edgerun.inputs import expand_inputs, read_input
+from edgerun.inputs import InputRef, expand_inputs, read_input
 from edgerun.sources.base import Frame
 
 __all__ = ["FileSource"]
@@ -26,8 +26,14 @@ class FileSource:
 
     def __init__(self, paths: Sequence[str], skip: frozenset[str] = frozenset()) -> None:
         self.uri = " ".join(paths)
-        #: every input to read, in order (directories walked once, here), without the skipped ones
-        self.refs = [r for r in expand_inputs(self.expand(paths)) if r.path not in skip]
+        #: every input to read, in order (directories walked once, here), without the skipped ones, each once
+        #: (``'imgs/**'`` matches the folder and every file in it; a file named beside its folder is in both)
+        self.refs: list[InputRef] = []
+        seen = set(skip)
+        for ref in expand_inputs(self.expand(paths)):
+            if ref.path not in seen:
+                seen.add(ref.path)
+                self.refs.append(ref)
         self._closed = False
 
     @staticmethod

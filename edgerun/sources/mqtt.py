@@ -1,7 +1,8 @@
 """An MQTT topic as a live source: ``mqtt://host:port/topic`` (wildcards allowed).
 
 Each message is one input: a JSON array of numbers, a base64-encoded ``.npy``
-(loaded without pickle), or raw image bytes (JPEG, PNG, BMP). Anything else,
+(loaded without pickle), or raw image bytes (JPEG, PNG, BMP). Anything else (a
+JSON array holding strings, booleans or nulls, or numbers beyond float32's range),
 or a message over the size limit, becomes an error frame that the pipeline
 counts; the run goes on. No message ever raises out of paho's callbacks: an
 exception there would end paho's network thread, and the source would go on
@@ -97,14 +98,17 @@ def decode_message(payload: bytes, max_bytes: int) -> Any:
     text = payload.strip()
     if text[:1] == b"[":
         try:
-            data = json.loads(text)
-            array = np.asarray(data, dtype=np.float32)
+            data = np.asarray(json.loads(text))  # no dtype: a cast would take "1", true and null as numbers
         except RecursionError:  # "[[[[..." deeper than Python's stack; without "from": its traceback is huge
             raise ValueError("a JSON array nested too deeply") from None
-        except (ValueError, TypeError) as exc:
-            raise ValueError("not a JSON array of numbers") from exc
-        if array.dtype == object or array.ndim == 0:
+        except (ValueError, TypeError, OverflowError) as exc:  # not JSON, or ragged ([[1, 2], [3]])
+            raise ValueError("not a rectangular JSON array of numbers") from exc
+        if data.ndim == 0 or data.dtype.kind not in "iuf":  # strings, true/false, null, integers past int64
             raise ValueError("not a rectangular JSON array of numbers")
+        with np.errstate(over="ignore"):  # a value past float32's range becomes infinite, refused just below
+            array = data.astype(np.float32)
+        if not np.isfinite(array).all():
+            raise ValueError("a JSON array with NaN, infinite values or values beyond float32's range")
         return array
     try:
         raw = base64.b64decode(text, validate=True)

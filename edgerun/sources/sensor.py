@@ -13,7 +13,9 @@ read: ``close()`` (SIGINT, SIGTERM) stops a run whose sender has gone quiet
 within ``_POLL_S``, where a read blocked until the next line would hold it
 forever.
 
-A row with a missing or non-numeric field is reported (yielded as an error
+A row with a missing, extra or non-numeric field, a value beyond float32's
+range (windows are float32), or more than ``MAX_ROW_CHARS`` characters (read
+in pieces and dropped, never held whole) is reported (yielded as an error
 frame naming its line, so the run counts it and its consumer reports it: the
 CLI prints it, the daemon logs it) and skipped; the run goes on. An input that
 ends before it filled one window (an empty file, a header alone, fewer rows
@@ -39,12 +41,17 @@ import numpy as np
 from edgerun.errors import ConfigError, SourceError
 from edgerun.sources.base import Frame
 
-__all__ = ["SENSOR_SUFFIXES", "SensorSource", "is_sensor_spec", "window_for"]
+__all__ = ["MAX_ROW_CHARS", "SENSOR_SUFFIXES", "SensorSource", "is_sensor_spec", "window_for"]
 
 SENSOR_SUFFIXES = frozenset({".csv", ".jsonl", ".ndjson"})
 _TIME_COLUMNS = frozenset({"t", "ts", "time", "timestamp"})
 _POLL_S = 0.2  # how often a read of a quiet standard input looks at the closed flag
 _READ_BYTES = 65536
+#: The longest row read, in characters: a row of a thousand channels is some 20 KB. A longer one (a
+#: binary file, a sender that never writes a newline) is skipped as a bad row, not held in memory whole.
+MAX_ROW_CHARS = 1 << 20
+#: Windows are float32: a reading beyond this (3.4e38) would become infinite in one.
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
 def is_sensor_spec(spec: str) -> bool:
@@ -134,27 +141,38 @@ class SensorSource:
         finally:
             rows.close()  # closes the file
 
-    def _lines(self) -> Iterator[tuple[int, str]]:
+    def _lines(self) -> Iterator[tuple[int, str | None]]:
+        """(line number, line); the line is None where it is longer than ``MAX_ROW_CHARS``."""
         if self._stdin:
             yield from enumerate(self._stdin_lines(), start=1)
             return
         with open(self.uri, encoding="utf-8", errors="replace") as stream:
-            for number, line in enumerate(stream, start=1):
-                if self._closed:
+            number = 0
+            while not self._closed:
+                line = stream.readline(MAX_ROW_CHARS + 1)
+                if not line:
                     return
-                yield number, line
+                number += 1
+                if len(line) > MAX_ROW_CHARS and not line.endswith("\n"):
+                    while line and not line.endswith("\n"):  # the rest of the row, read and dropped
+                        line = stream.readline(MAX_ROW_CHARS + 1)
+                    yield number, None
+                else:
+                    yield number, line
 
-    def _stdin_lines(self) -> Iterator[str]:
+    def _stdin_lines(self) -> Iterator[str | None]:
         """Lines of standard input, read without blocking for longer than ``_POLL_S`` so ``close()`` is seen.
 
         Bytes are split into lines here (a partial line is kept until its newline
         or the end of input) and each line is decoded as UTF-8, bad bytes replaced.
+        A line longer than ``MAX_ROW_CHARS`` bytes is None, its bytes dropped as they come.
         """
         try:
             fd = sys.stdin.fileno()
         except (AttributeError, OSError, ValueError) as exc:  # None, closed, or not a file
             raise SourceError(f"standard input cannot be read: {exc}") from exc
         pending = b""
+        dropping = False  # inside a line too long to keep
         while not self._closed:
             ready, _, _ = select.select([fd], [], [], _POLL_S)
             if not ready:
@@ -166,9 +184,12 @@ class SensorSource:
             for line in lines:
                 if self._closed:
                     return
-                yield line.decode("utf-8", errors="replace") + "\n"
-        if pending and not self._closed:
-            yield pending.decode("utf-8", errors="replace")
+                yield None if dropping or len(line) > MAX_ROW_CHARS else line.decode("utf-8", errors="replace") + "\n"
+                dropping = False
+            if len(pending) > MAX_ROW_CHARS:
+                pending, dropping = b"", True
+        if (pending or dropping) and not self._closed:
+            yield None if dropping else pending.decode("utf-8", errors="replace")
 
     def _rows(self) -> Generator[tuple[int, list[float] | str], None, None]:
         """(line number, values) or (line number, error text)."""
@@ -177,6 +198,9 @@ class SensorSource:
         width: int | None = None
         names: list[str] | None = None  # a JSON Lines file's channels, from its first object row
         for number, raw in self._lines():
+            if raw is None:
+                yield number, f"longer than {MAX_ROW_CHARS} characters"
+                continue
             line = raw.strip().lstrip("\ufeff") if number == 1 else raw.strip()  # a byte order mark (Excel's CSV)
             if not line or line.startswith("#"):
                 continue
@@ -194,6 +218,8 @@ class SensorSource:
                     width = len(keep)
                 if header is not None and len(fields) != len(header):
                     values = f"has {len(fields)} fields, the header has {len(header)}"
+                elif header is None and len(fields) > len(keep):  # its extra fields would be dropped unread
+                    values = f"has {len(fields)} fields, earlier rows have {len(keep)}"
                 else:
                     values = _numbers([fields[i] if i < len(fields) else "" for i in keep])
             if isinstance(values, list):
@@ -254,6 +280,8 @@ def _numbers(fields: list[str]) -> list[float] | str:
             return f"field {i + 1} is not a number: {text[:20]!r}"
         if not math.isfinite(value):
             return f"field {i + 1} is not finite: {text[:20]!r}"
+        if abs(value) > _FLOAT32_MAX:
+            return f"field {i + 1} is beyond float32's range: {text[:20]!r}"
         values.append(value)
     return values
 
@@ -281,6 +309,12 @@ def _json_row(line: str, names: list[str] | None) -> tuple[list[float] | str, li
         return "not a JSON array or object of numbers", names
     if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in data):
         return "has a value that is not a number", names
-    if not all(math.isfinite(v) for v in data):
+    try:
+        values = [float(v) for v in data]
+    except OverflowError:  # an integer of 400 digits: no float holds it
+        return "has a value beyond float32's range", names
+    if not all(math.isfinite(v) for v in values):
         return "has a value that is not finite", names
-    return [float(v) for v in data], row_names
+    if not all(abs(v) <= _FLOAT32_MAX for v in values):
+        return "has a value beyond float32's range", names
+    return values, row_names

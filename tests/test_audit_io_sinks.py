@@ -1,0 +1,113 @@
+"""Text sinks and `edgerun predict --output/--resume` against bad outputs, as real processes."""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import json
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tests.conftest import DIGITS, ROOT, SAMPLES, run_cli
+
+MODEL = str(DIGITS / "digits_int8.tflite")
+
+
+def _strict(line: str) -> Any:
+    """``line`` parsed as JSON proper: ``NaN`` and ``Infinity`` are not JSON."""
+
+    def refuse(token: str) -> Any:
+        raise ValueError(f"not JSON: {token}")
+
+    return json.loads(line, parse_constant=refuse)
+
+
+def _one_error_line(stderr: str) -> str:
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert "Traceback" not in stderr and len(lines) == 1, stderr
+    assert lines[0].startswith("edgerun: error: "), stderr
+    return lines[0]
+
+
+def test_a_nan_in_a_models_output_is_written_as_null_so_every_line_is_json(tmp_path: Path) -> None:
+    extreme = tmp_path / "extreme.npy"
+    np.save(extreme, np.full((8, 8, 1), 3e38, np.float32))  # finite, but the float model's logits overflow
+    out = tmp_path / "out.jsonl"
+    result = run_cli("predict", str(DIGITS / "digits_fp32.onnx"), str(extreme), "--json", "--output", str(out))
+    assert result.returncode == 0, result.stderr
+    for text in (result.stdout, out.read_text()):  # once `"score": NaN`, which no JSON parser but Python's reads
+        (record,) = [_strict(line) for line in text.splitlines()]
+        assert record["input"] == str(extreme)
+        assert [o["score"] for o in record["output"]] == [None, None, None]
+
+
+def test_a_full_disk_under_the_output_is_one_line_naming_the_file(small_disk: Callable[[int], Path]) -> None:
+    disk = small_disk(64 * 1024)
+    filler = disk / "filler"
+    with open(filler, "wb", buffering=0) as fh, contextlib.suppress(OSError):  # the card fills up before the run
+        while True:
+            fh.write(b"x" * 4096)
+    for inputs in ([str(SAMPLES / "digit_3.png")], [str(SAMPLES)]):  # run in the calling thread, and by a pipeline
+        out = disk / "out.jsonl"
+        result = run_cli("predict", MODEL, *inputs, "--output", str(out))
+        assert result.returncode == 1
+        line = _one_error_line(result.stderr)  # once a traceback (one input), or "sink: [Errno 28] ..." (a folder)
+        assert line.endswith(f"cannot write {out}: No space left on device"), line
+    table = disk / "out.csv"
+    result = run_cli("run", MODEL, "--source", str(SAMPLES), "--sink", str(table))
+    assert result.returncode == 1
+    assert _one_error_line(result.stderr) == f"edgerun: error: sink: cannot write {table}: No space left on device"
+
+
+def test_the_output_may_be_a_pipe(tmp_path: Path) -> None:
+    result = subprocess.run(  # once "cannot write /dev/stdout: None" (a pipe has no size to look at), exit 2
+        [sys.executable, "-m", "edgerun", "predict", MODEL, str(SAMPLES / "digit_3.png"), "--output", "/dev/stdout"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    records = [_strict(line) for line in result.stdout.splitlines() if line.startswith("{")]
+    assert [r["output"][0]["label"] for r in records] == ["3"]
+
+
+def test_csv_rows_appended_after_a_torn_row_start_on_a_line_of_their_own(tmp_path: Path) -> None:
+    table = tmp_path / "out.csv"
+    header = "input,model,version,delegate,label,score,latency_ms,error\r\n"
+    table.write_bytes((header + "x.png,digits,1.0.0,xnnpack,3,0.99").encode())  # a run killed mid-row
+    result = run_cli("run", MODEL, "--source", str(SAMPLES / "digit_3.png"), "--sink", str(table))
+    assert result.returncode == 0, result.stderr
+    rows = list(csv.reader(io.StringIO(table.read_text(), newline="")))
+    assert rows[0] == header.strip().split(",")
+    assert rows[1] == ["x.png", "digits", "1.0.0", "xnnpack", "3", "0.99"]  # left as it was, not merged into
+    assert rows[2][0] == str(SAMPLES / "digit_3.png") and rows[2][4] == "3" and len(rows) == 3
+
+
+def test_resume_refuses_a_file_that_holds_another_models_results_and_leaves_it_alone(tmp_path: Path) -> None:
+    out = tmp_path / "out.jsonl"
+    done = str(SAMPLES / "digit_3.png")
+    older = {"input": done, "model": "digits", "version": "0.9.0", "delegate": "cpu", "output": [], "latency_ms": 1.0}
+    out.write_text(json.dumps(older) + "\n")
+    before = out.read_bytes()
+    result = run_cli("predict", MODEL, str(SAMPLES), "--output", str(out), "--resume")
+    assert result.returncode == 2 and result.stdout == ""  # once exit 0: digit_3 skipped as done by 0.9.0
+    line = _one_error_line(result.stderr)
+    assert line == (
+        f"edgerun: error: {out} holds results of digits 0.9.0, not of digits 1.0.0: cannot resume from it with "
+        "this model (give it another --output)"
+    )
+    assert out.read_bytes() == before
+    out.write_text(
+        json.dumps({**older, "version": "1.0.0"}) + "\n" + json.dumps({"input": "y.png", "error": "e"}) + "\n"
+    )
+    resumed = run_cli("predict", MODEL, str(SAMPLES), "--output", str(out), "--resume")
+    assert resumed.returncode == 0, resumed.stderr  # the same model (error records carry none): resumed
+    inputs = [_strict(line)["input"] for line in out.read_text().splitlines()]
+    assert sorted(inputs) == sorted({done, "y.png", *(str(p) for p in SAMPLES.iterdir())})
