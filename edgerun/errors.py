@@ -39,6 +39,7 @@ __all__ = [
     "SyncError",
     "UpdateFailed",
     "UpdateRejected",
+    "shown",
 ]
 
 
@@ -97,3 +98,11 @@ class UpdateRejected(EdgerunError):
 
 class UpdateFailed(EdgerunError):
     """Raised when an accepted OTA update cannot be completed (download timeout, full disk...)."""
+
+
+def shown(text: str) -> str:
+    """``text`` as one line on a terminal: a line break or another control character in it (a file
+    name may hold any) is written as its escape (``\\n``), so one error or result stays one line."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)

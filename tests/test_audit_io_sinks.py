@@ -111,3 +111,15 @@ def test_resume_refuses_a_file_that_holds_another_models_results_and_leaves_it_a
     assert resumed.returncode == 0, resumed.stderr  # the same model (error records carry none): resumed
     inputs = [_strict(line)["input"] for line in out.read_text().splitlines()]
     assert sorted(inputs) == sorted({done, "y.png", *(str(p) for p in SAMPLES.iterdir())})
+
+
+def test_an_input_whose_name_holds_a_line_break_stays_one_line_on_screen(tmp_path: Path) -> None:
+    odd = tmp_path / "two\nlines.png"
+    odd.write_bytes((SAMPLES / "digit_3.png").read_bytes())
+    broken = tmp_path / "bad\nname.png"
+    broken.write_bytes(b"not a png")
+    done = run_cli("predict", str(DIGITS / "digits_int8.onnx"), str(odd), str(broken))
+    table = [line for line in done.stdout.splitlines() if line.strip() and not line.startswith("#")]
+    errors = [line for line in done.stderr.splitlines() if line.strip()]
+    assert len(table) == 1 and "two\\nlines.png" in table[0], done.stdout
+    assert len(errors) == 1 and "bad\\nname.png" in errors[0] and errors[0].startswith("edgerun: error: "), done.stderr

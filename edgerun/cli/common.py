@@ -150,7 +150,9 @@ def print_json(record: Any) -> None:
 
 def error_line(message: str) -> None:
     """One line on stderr, the form every user error takes."""
-    sys.stderr.write(f"edgerun: error: {message}\n")
+    from edgerun.errors import shown
+
+    sys.stderr.write(f"edgerun: error: {shown(message)}\n")
 
 
 def report_failure(result: Any) -> None:

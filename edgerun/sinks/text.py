@@ -9,7 +9,7 @@ import stat
 import sys
 from typing import IO, Any
 
-from edgerun.errors import ConfigError, PipelineError
+from edgerun.errors import ConfigError, PipelineError, shown
 from edgerun.sinks.base import Result
 
 __all__ = ["CsvSink", "JsonlSink", "TableSink", "top1"]
@@ -49,7 +49,7 @@ class TableSink:
         text = f"{label:<12} {score:.4f}" if score is not None else label
         if isinstance(output, list) and len(output) > 1 and isinstance(output[0], dict):
             text += "   (then " + ", ".join(f"{o['label']} {o['score']:.3f}" for o in output[1:]) + ")"
-        self._stream.write(f"{record['input']:<40} {text}   {record['latency_ms']:.2f} ms\n")
+        self._stream.write(f"{shown(record['input']):<40} {shown(text)}   {record['latency_ms']:.2f} ms\n")
 
     def close(self) -> None:
         """Flush standard output."""
