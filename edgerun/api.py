@@ -129,12 +129,7 @@ def _decode_body(body: bytes, content_type: str) -> Any:
     """Request body -> what ``Model.prepare`` takes: image bytes, a .npy array, or a JSON array."""
     kind = content_type.split(";")[0].strip().lower()
     if body.startswith(_NPY_MAGIC):
-        import io
-
-        try:
-            return np.load(io.BytesIO(body), allow_pickle=False)
-        except (ValueError, EOFError, OSError) as exc:
-            raise InputError(f"body is not a plain numeric .npy array: {exc}") from None
+        return _load_npy(body)
     if kind == "application/json":
         try:
             data = json.loads(body)
@@ -150,6 +145,36 @@ def _decode_body(body: bytes, content_type: str) -> Any:
     if not body:
         raise InputError("empty body")
     return body  # image bytes, decoded (and checked) by the model's preprocessing
+
+
+def _load_npy(body: bytes) -> np.ndarray:
+    """A .npy body as an array, its header checked against the bytes that follow it first.
+
+    ``np.load`` allocates the array its header declares before reading any data: a
+    body of a hundred bytes declaring a terabyte got a ``MemoryError`` (a 500), and
+    one declaring a few gigabytes reserved them on a small device.
+    """
+    import io
+    import math
+
+    from numpy.lib import format as npy
+
+    stream = io.BytesIO(body)
+    try:
+        version = npy.read_magic(stream)
+        if version == (1, 0):
+            shape, _, dtype = npy.read_array_header_1_0(stream)
+        elif version == (2, 0):
+            shape, _, dtype = npy.read_array_header_2_0(stream)
+        else:  # 3.0 exists only for non-Latin-1 field names, never a plain numeric array
+            raise ValueError(f".npy format version {version[0]}.{version[1]} is not supported")
+        declared = math.prod(shape) * dtype.itemsize
+        if declared > len(body) - stream.tell():
+            raise ValueError(f"its header declares {declared} bytes of data, the body has {len(body) - stream.tell()}")
+        stream.seek(0)
+        return np.load(stream, allow_pickle=False)
+    except (ValueError, EOFError, OSError) as exc:
+        raise InputError(f"body is not a plain numeric .npy array: {exc}") from None
 
 
 _PREDICT = re.compile(r"^/v1/models/([^/]+)/predict$")
@@ -228,11 +253,14 @@ class _Predictor:
                 raise _Refused(404, f"no model named {name!r}")
             if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
                 raise _Refused(413, f"request of {declared} bytes is over the {self.max_bytes}-byte limit")
-            body = b""
+            parts: list[bytes] = []  # joined once: a body sent in many small pieces is not copied per piece
+            size = 0
             async for chunk in chunks:
-                body += chunk
-                if len(body) > self.max_bytes:
+                parts.append(chunk)
+                size += len(chunk)
+                if size > self.max_bytes:
                     raise _Refused(413, f"request is over the {self.max_bytes}-byte limit")
+            body = parts[0] if len(parts) == 1 else b"".join(parts)
             data = _decode_body(body, content_type)
             model = slot.get()  # once per request: an A/B split never mixes two models
             try:
@@ -476,9 +504,12 @@ def create_app(
             return JSONResponse({"ready": False}, status_code=503)
         return {"ready": True, "models": {n: s.describe() for n, s in slots.items()}}
 
-    @app.get("/v1/status", summary="The device: models, MQTT link, outbox, OTA events")
+    @app.get("/v1/status", summary="The device: models, MQTT link, outbox, OTA events, inferences since start")
     async def device_status() -> Any:
-        return status() if status is not None else {}
+        inferences: dict[str, int] = {}  # exact, all versions of a model together (the window's count is capped)
+        for (name, _), (count, _) in metrics.counters().items():
+            inferences[name] = inferences.get(name, 0) + count
+        return {**(status() if status is not None else {}), "inferences": inferences}
 
     @app.get("/metrics", summary="Prometheus text format", response_class=PlainTextResponse)
     async def prometheus() -> Response:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -27,6 +28,21 @@ from edgerun.limits import BATCH_SIZE_MAX, PREPARE_WORKERS_MAX, THREADS_MAX
 __all__ = ["ApiConfig", "Config", "check_runnable", "default_config", "load_config"]
 
 Name = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9._-]{0,63}$")]
+
+#: A bearer token a client can send: visible ASCII, no spaces. HTTP servers strip the spaces
+#: around a header value and cannot carry control characters, and non-ASCII bytes reach the
+#: server in whatever encoding the client chose: such a token could never be matched.
+TOKEN_PATTERN = r"^[\x21-\x7e]+$"
+TOKEN_MIN = 16
+
+
+def _check_token(token: str, where: str) -> str:
+    """``token`` if it can be sent and is not trivially short, else a ConfigError naming ``where``."""
+    if len(token) < TOKEN_MIN:
+        raise ConfigError(f"{where}: the token has {len(token)} characters; at least {TOKEN_MIN} are needed")
+    if re.fullmatch(TOKEN_PATTERN, token) is None:
+        raise ConfigError(f"{where}: the token has spaces, control or non-ASCII characters, which no client can send")
+    return token
 
 
 class _Strict(BaseModel):
@@ -57,9 +73,17 @@ class ModelConfig(_Strict):
     @field_validator("delegate")
     @classmethod
     def _an_order_names_a_delegate(cls, delegate: str | list[str]) -> str | list[str]:
-        """An empty order would leave the daemon nothing to load the model with."""
+        """An empty order would leave the daemon nothing to load the model with; a misspelt
+        name is refused here, as the daemon would refuse it at start, not found by ``config check``."""
+        from edgerun.accel.delegates import check_delegate
+
         if isinstance(delegate, list) and not delegate:
             raise ValueError("an empty preference order: name at least one delegate, or use auto")
+        for name in [delegate] if isinstance(delegate, str) else delegate:
+            try:
+                check_delegate(name)
+            except ConfigError as exc:
+                raise ValueError(str(exc)) from None
         return delegate
 
 
@@ -180,7 +204,12 @@ class ApiConfig(_Strict):
     enabled: bool = True
     bind: str = Field("127.0.0.1", description="address to listen on; anything but loopback needs a token")
     port: int = Field(8470, ge=0, le=65535, description="0 picks a free port (logged)")
-    token: str | None = Field(None, min_length=16, description="bearer token (or token_file)")
+    token: str | None = Field(
+        None,
+        min_length=TOKEN_MIN,
+        pattern=TOKEN_PATTERN,
+        description="bearer token (or token_file): visible ASCII, no spaces",
+    )
     token_file: str | None = None
     max_request_mb: float = Field(8.0, gt=0, le=1024)
     max_concurrency: int = Field(32, ge=1, le=4096, description="requests in progress; more get 429")
@@ -188,14 +217,20 @@ class ApiConfig(_Strict):
     batch_max_wait_ms: float = Field(2.0, ge=0, le=1000)
 
     def resolved_token(self) -> str | None:
-        """The token, from the config or its file."""
+        """The token, from the config or its file (surrounding whitespace dropped).
+
+        Raises:
+            ConfigError: the file cannot be read, or its token is empty, short or cannot be
+                sent: an empty file must not leave an exposed API without a token.
+        """
         if self.token_file:
             try:
-                return Path(self.token_file).read_text(encoding="utf-8").strip() or None
+                text = Path(self.token_file).read_text(encoding="utf-8").strip()
             except OSError as exc:
                 raise ConfigError(f"cannot read api.token_file {self.token_file}: {exc.strerror}") from exc
             except UnicodeDecodeError:
                 raise ConfigError(f"api.token_file {self.token_file}: not UTF-8 text") from None
+            return _check_token(text, f"api.token_file {self.token_file}")
         return self.token
 
     @model_validator(mode="after")
@@ -285,7 +320,15 @@ def _resolve(config: Config, base: Path) -> Config:
 
     models = {k: m.model_copy(update={"path": fix(m.path)}) for k, m in config.models.items()}
     keys = [fix(k) or k for k in config.ota.trusted_keys]
-    return config.model_copy(update={"models": models, "ota": config.ota.model_copy(update={"trusted_keys": keys})})
+    update: dict[str, Any] = {
+        "models": models,
+        "ota": config.ota.model_copy(update={"trusted_keys": keys}),
+        "api": config.api.model_copy(update={"token_file": fix(config.api.token_file)}),
+    }
+    if config.mqtt is not None:
+        files = ("ca_file", "cert_file", "key_file", "password_file")
+        update["mqtt"] = config.mqtt.model_copy(update={f: fix(getattr(config.mqtt, f)) for f in files})
+    return config.model_copy(update=update)
 
 
 def check_runnable(config: Config, source: str) -> None:
@@ -295,7 +338,8 @@ def check_runnable(config: Config, source: str) -> None:
     directory once ``load_config`` has resolved them against the config's folder.
 
     Raises:
-        ConfigError: a model file is missing or is not a file (up to three named, then a count).
+        ConfigError: a model file is missing or is not a file, or the API's token file is
+            there but unreadable or holds no usable token (up to three named, then a count).
     """
     problems = []
     for name, model in config.models.items():
@@ -304,8 +348,40 @@ def check_runnable(config: Config, source: str) -> None:
             problems.append(f"models.{name}.path: model file not found: {model.path}")
         elif not path.is_file():
             problems.append(f"models.{name}.path: not a model file: {model.path}")
+    # A token file not there yet is left to the daemon (it may be installed on the device
+    # after the config is checked elsewhere); one that is there must hold a usable token.
+    if config.api.enabled and config.api.token_file and Path(config.api.token_file).exists():
+        try:
+            config.api.resolved_token()  # read as the daemon reads it when the API starts
+        except ConfigError as exc:
+            problems.append(str(exc))
     if problems:
         raise ConfigError(f"{source}: {_one_line(problems)}")
+
+
+def _unique_key_loader() -> Any:
+    """PyYAML's SafeLoader, refusing a key given twice in one mapping.
+
+    SafeLoader keeps the last of two equal keys without a word: a second model or
+    pipeline pasted under a name already used would silently replace the first.
+    """
+    import yaml
+
+    class UniqueKeyLoader(yaml.SafeLoader):  # type: ignore[misc]  # PyYAML ships no type stubs here
+        def construct_mapping(self, node: Any, deep: bool = False) -> Any:
+            seen: set[tuple[str, str]] = set()
+            for key_node, _ in node.value:
+                if not isinstance(key_node, yaml.ScalarNode) or key_node.tag == "tag:yaml.org,2002:merge":
+                    continue
+                key = (key_node.tag, key_node.value)
+                if key in seen:
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"duplicate key {key_node.value!r} in one mapping", key_node.start_mark
+                    )
+                seen.add(key)
+            return super().construct_mapping(node, deep)
+
+    return UniqueKeyLoader
 
 
 def load_config(path: str | os.PathLike[str]) -> Config:
@@ -315,7 +391,7 @@ def load_config(path: str | os.PathLike[str]) -> Config:
     path = Path(path)
     text = read_utf8(path, "config", ConfigError)
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_unique_key_loader())  # a SafeLoader subclass
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark is not None else ""

@@ -1,10 +1,13 @@
 """The status page served at ``GET /``: one self-contained HTML file, no external scripts.
 
 It polls ``/v1/status`` every 2 seconds (with the page's own bearer token when
-one is given as ``#token=...`` in the URL) and shows the device, its
-accelerators, each model's version and delegate, MQTT state, outbox depth,
+one is given as ``#token=...`` in the URL, percent-decoded) and shows the device,
+its accelerators, each model's version and delegate, MQTT state, outbox depth,
 the last OTA events, and a chart of end-to-end p50 latency and throughput over
-the last minutes, drawn on a canvas.
+the last minutes, drawn on a canvas. Counts are the exact ones since start
+(``inferences``), throughput their change between two polls: the latency window
+keeps 4,096 samples, so a count taken from it stops at 4,096. A poll that fails
+(a missing token: 401) says so and shows no figures rather than empty ones.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ PAGE = """<!doctype html>
  .ok{color:#1a7f37} .bad{color:#cf222e} .muted{color:#777} canvas{border:1px solid #ddd}
 </style></head><body>
 <h1>edgerun <span id="device" class="muted"></span></h1>
+<div id="error" class="bad"></div>
 <div>accelerators: <span id="accelerators">-</span> &middot; MQTT: <span id="mqtt">-</span>
  &middot; outbox: <span id="outbox">-</span> &middot; updated <span id="updates">0</span> times</div>
 <h2>Models</h2><table id="models"><tr><th>model</th><th>version</th><th>delegate</th><th>count</th>
@@ -31,8 +35,9 @@ PAGE = """<!doctype html>
 <th>version</th><th>state</th><th>reason</th></tr></table>
 <script>
 "use strict";
-const token = (location.hash.match(/token=([^&]+)/) || [])[1];
-const history = []; let updates = 0;
+const token = (raw => { try { return raw && decodeURIComponent(raw); } catch (e) { return raw; } })(
+  (location.hash.match(/token=([^&]+)/) || [])[1]);
+const history = []; let updates = 0, last = null;  // last: the previous poll's exact counts and time
 function cell(row, text, cls) { const td = row.insertCell(); td.textContent = text; if (cls) td.className = cls; }
 function clear(table) { while (table.rows.length > 1) table.deleteRow(1); }
 function draw() {
@@ -51,7 +56,12 @@ function draw() {
 async function refresh() {
   try {
     const r = await fetch("/v1/status", {headers: token ? {Authorization: "Bearer " + token} : {}});
-    const s = await r.json();
+    if (!r.ok) {
+      const why = await r.json().then(b => b.detail, () => r.statusText);
+      throw new Error("HTTP " + r.status + (why ? ": " + why : "")
+                      + (r.status === 401 ? " (open the page as /#token=...)" : ""));
+    }
+    const s = await r.json(); document.getElementById("error").textContent = "";
     document.getElementById("device").textContent = s.device || "";
     document.getElementById("accelerators").textContent = (s.accelerators || []).join(", ") || "none (CPU)";
     const m = document.getElementById("mqtt");
@@ -60,15 +70,18 @@ async function refresh() {
            + (s.mqtt.last_error ? " (" + s.mqtt.last_error + ")" : ""); m.className = s.mqtt.connected ? "ok" : "bad"; }
     document.getElementById("outbox").textContent = s.mqtt ? s.mqtt.outbox + " record(s)" : "-";
     const table = document.getElementById("models"); clear(table);
-    const window = (s.metrics && s.metrics.window_s) || 1; let p50 = 0, rate = 0;
+    const now = performance.now(), counts = s.inferences || {}; let p50 = 0, rate = 0;
     for (const [name, info] of Object.entries(s.models || {})) {
       const met = ((s.metrics || {}).models || {})[name] || {}; const lat = met.latency_ms || {};
+      const count = counts[name] ?? 0;
+      const perS = last && Math.max(0, count - (last.counts[name] ?? 0)) / Math.max((now - last.t) / 1000, 0.001);
       const row = table.insertRow(); cell(row, name); cell(row, info.version); cell(row, info.delegate);
-      cell(row, met.count ?? 0); cell(row, lat.p50 ?? "-"); cell(row, lat.p95 ?? "-");
-      cell(row, ((met.count || 0) / window).toFixed(1));
-      p50 = Math.max(p50, lat.p50 || 0); rate += (met.count || 0) / window;
+      cell(row, count); cell(row, lat.p50 ?? "-"); cell(row, lat.p95 ?? "-");
+      cell(row, last ? perS.toFixed(1) : "-");
+      p50 = Math.max(p50, lat.p50 || 0); rate += perS || 0;
     }
-    history.push({p50, rate}); if (history.length > 150) history.shift(); draw();
+    if (last) { history.push({p50, rate}); if (history.length > 150) history.shift(); draw(); }
+    last = {t: now, counts};
     const ota = document.getElementById("ota"); clear(ota);
     for (const e of (s.ota_events || []).slice().reverse()) {
       const row = ota.insertRow(); cell(row, new Date(e.ts * 1000).toLocaleTimeString());
@@ -76,7 +89,7 @@ async function refresh() {
       cell(row, e.state, ["rejected", "failed", "rolled_back"].includes(e.state) ? "bad" : "ok"); cell(row, e.reason || "");
     }
     document.getElementById("updates").textContent = ++updates;
-  } catch (err) { document.getElementById("mqtt").textContent = "status unavailable: " + err; }
+  } catch (err) { document.getElementById("error").textContent = "status unavailable: " + err.message; }
 }
 refresh(); setInterval(refresh, 2000);
 </script></body></html>

@@ -474,7 +474,7 @@ def test_an_unexpected_error_while_reloading_is_logged_and_the_running_config_ke
         def bug(*args: Any, **kwargs: Any) -> Any:  # a library failing in a way nobody foresaw
             raise RuntimeError("unforeseen")
 
-        monkeypatch.setattr(yaml, "safe_load", bug)
+        monkeypatch.setattr(yaml, "load", bug)  # what load_config parses with
         daemon.reload()  # returns: the daemon's main loop goes on
         assert daemon.config is running
         errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
