@@ -1,7 +1,13 @@
 """Benchmarking one model on one delegate: load time, latency percentiles, throughput, peak RSS.
 
 Each (model, delegate) is measured in a fresh child process (``spawn``), so its
-peak RSS is its own and one model's allocations do not slow the next.
+peak RSS is its own and one model's allocations do not slow the next. On Linux that
+peak is the child's ``VmHWM``: ``getrusage``'s ``ru_maxrss`` survives ``exec`` and so
+starts at the RSS of the process that spawned the child.
+
+A percentile is only a tail estimate when some runs lie above it: p95 needs at least
+20 runs, p99 at least 100. With fewer the figure is still the interpolated percentile
+of the runs made, and ``BenchResult.sparse`` names it, so that the output can say so.
 """
 
 from __future__ import annotations
@@ -18,7 +24,15 @@ import numpy as np
 
 from edgerun.errors import EdgerunError
 
-__all__ = ["BenchResult", "bench_in_process", "bench_isolated", "percentile", "speed_ratios"]
+__all__ = [
+    "MIN_RUNS",
+    "BenchResult",
+    "bench_in_process",
+    "bench_isolated",
+    "percentile",
+    "sparse_percentiles",
+    "speed_ratios",
+]
 
 
 @dataclass(frozen=True)
@@ -40,10 +54,16 @@ class BenchResult:
     mean_ms: float
     throughput_per_s: float
     peak_rss_mb: float
+    sparse: tuple[str, ...] = ()
+    """The percentiles (``"p95"``, ``"p99"``) taken over too few runs to have any run above them."""
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready form."""
         return asdict(self)
+
+
+#: The fewest runs for which a percentile has at least one run above it.
+MIN_RUNS = {"p95": 20, "p99": 100}
 
 
 def percentile(samples: np.ndarray, q: float) -> float:
@@ -51,7 +71,20 @@ def percentile(samples: np.ndarray, q: float) -> float:
     return float(np.percentile(samples, q))
 
 
+def sparse_percentiles(runs: int) -> tuple[str, ...]:
+    """The percentiles that ``runs`` samples are too few to estimate (see ``MIN_RUNS``)."""
+    return tuple(name for name, least in MIN_RUNS.items() if runs < least)
+
+
 def _peak_rss_mb() -> float:
+    """This process's peak resident set in MiB: its own, not the spawning process's."""
+    try:
+        with open("/proc/self/status", "rb") as f:
+            for line in f:
+                if line.startswith(b"VmHWM:"):
+                    return int(line.split()[1]) / 1024  # kB
+    except (OSError, ValueError, IndexError):
+        pass
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024
 
@@ -94,6 +127,7 @@ def bench_in_process(path: str, delegate: str, runs: int, threads: int | None, *
             mean_ms=float(samples.mean()),
             throughput_per_s=runs / wall,
             peak_rss_mb=_peak_rss_mb(),
+            sparse=sparse_percentiles(runs),
         )
 
 
@@ -111,7 +145,8 @@ def bench_isolated(path: str, delegate: str, runs: int, threads: int | None, **l
         reply = pool.apply(_child, (path, delegate, runs, threads, load_kwargs))
     if "error" in reply:
         raise EdgerunError(reply["error"])
-    return BenchResult(**reply["ok"])
+    fields = reply["ok"]
+    return BenchResult(**{**fields, "sparse": tuple(fields["sparse"])})
 
 
 def speed_ratios(results: list[BenchResult]) -> list[dict[str, Any]]:

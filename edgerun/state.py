@@ -39,9 +39,13 @@ def check_state_dir(path: Path, *, create: bool) -> None:
             ``cannot create it: Read-only file system``.
     """
     existing = path
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
-    if not existing.is_dir():
+    try:
+        while not existing.exists() and existing != existing.parent:
+            existing = existing.parent
+        is_dir = existing.is_dir()
+    except OSError as exc:  # a folder on the way that this user may not search (EACCES)
+        raise ConfigError(f"state_dir {path}: cannot reach it: {exc.strerror or exc}") from None
+    if not is_dir:
         where = "" if existing == path else f" ({existing} is not one)"
         raise ConfigError(f"state_dir {path}: not a directory{where}")
     try:

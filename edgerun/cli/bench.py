@@ -27,7 +27,7 @@ def register(sub: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Benchmark each model (on each delegate with ``all``)."""
-    from edgerun.bench import bench_isolated, speed_ratios, usable_delegates
+    from edgerun.bench import MIN_RUNS, bench_isolated, speed_ratios, usable_delegates
 
     if not 1 <= args.runs <= MAX_RUNS:  # the child keeps every timing: 8 bytes a run
         raise ConfigError(f"--runs must be between 1 and {MAX_RUNS}, got {args.runs}")
@@ -59,12 +59,19 @@ def run(args: argparse.Namespace) -> int:
                         f"{'model':<28} {'fmt':<6} {'prec':<5} {'delegate':<9} {'load ms':>8} {'p50 ms':>9} "
                         f"{'p95 ms':>9} {'p99 ms':>9} {'inf/s':>9} {'RSS MB':>7}"
                     )
+                p95, p99 = (_tail(value, name in r.sparse) for name, value in (("p95", r.p95_ms), ("p99", r.p99_ms)))
                 print(
                     f"{Path(r.path).name:<28} {r.format:<6} {r.precision or '?':<5} {r.delegate:<9} "
-                    f"{r.load_ms:>8.1f} {r.p50_ms:>9.4f} {r.p95_ms:>9.4f} {r.p99_ms:>9.4f} "
+                    f"{r.load_ms:>8.1f} {r.p50_ms:>9.4f} {p95} {p99} "
                     f"{r.throughput_per_s:>9.0f} {r.peak_rss_mb:>7.1f}",
                     flush=True,
                 )
+    if not args.json and (sparse := sorted({name for r in results for name in r.sparse})):
+        needs = ", ".join(f"{name} {MIN_RUNS[name]}" for name in sparse)
+        print(
+            f"* from {args.runs} runs, too few for a tail percentile (runs needed: {needs}): "
+            f"it is close to the slowest run; use --runs {max(MIN_RUNS[name] for name in sparse)} or more"
+        )
     for ratio in speed_ratios(results):
         if args.json:
             print_json({"type": "ratio", **ratio})
@@ -74,3 +81,8 @@ def run(args: argparse.Namespace) -> int:
                 f"{ratio['int8_speedup']:.2f}x FP32 (p50 {ratio['int8_p50_ms']:.4f} vs {ratio['fp32_p50_ms']:.4f} ms)"
             )
     return 1 if failed else 0
+
+
+def _tail(value: float, sparse: bool) -> str:
+    """A p95/p99 cell, 9 wide: marked ``*`` when too few runs lie above it (see the footnote)."""
+    return f"{value:>8.4f}*" if sparse else f"{value:>9.4f}"
