@@ -44,6 +44,7 @@ def run(args: argparse.Namespace) -> int:
         private_path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(private_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "wb") as fh:
+            os.fchmod(fd, 0o600)  # the mode above applies to a new file only, not to one --force overwrites
             fh.write(private)
         public_path.write_bytes(public)
     except OSError as exc:

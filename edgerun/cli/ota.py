@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 import time
 from pathlib import Path
@@ -13,6 +14,7 @@ from edgerun.cli.common import error_line, print_json, require_positive, require
 
 HELP = "fleet side of OTA: publish a signed model update, watch devices, roll back, clear finished updates"
 TERMINAL = ("active", "rejected", "failed", "rolled_back")
+MAX_CHUNKS = 1_000_000  # the manifest schema's bound on source.mqtt.chunks
 
 
 def _connection(p: argparse.ArgumentParser) -> None:
@@ -305,8 +307,6 @@ def _publish_chunks(fleet: Any, blob: dict[str, Any], data: bytes) -> None:
 
 def clear(args: argparse.Namespace) -> int:
     """Clear retained manifests (and their chunks) whose update every device involved has finished."""
-    import base64
-
     require_within(args, wait=(0, 3600))
     fleet = _fleet(args)
     try:
@@ -319,13 +319,14 @@ def clear(args: argparse.Namespace) -> int:
         for topic, raw in sorted(fleet.retained.items()):
             if not topic.endswith("/ota/manifest") or not raw:
                 continue
-            try:
-                manifest = json.loads(base64.b64decode(json.loads(raw)["payload"]))
-            except (ValueError, KeyError, TypeError):
+            manifest = _retained_manifest(raw)
+            if manifest is None:
                 continue
             uid = manifest.get("update_id")
             states = [v.ota.get("state") for v in view.values() if v.ota.get("update_id") == uid]
-            targeted = (manifest.get("targets") or {}).get("devices") or []
+            targets = manifest.get("targets")
+            targeted = targets.get("devices") if isinstance(targets, dict) else None
+            targeted = [d for d in targeted if isinstance(d, str)] if isinstance(targeted, list) else []
             silent = [d for d in targeted if d not in view or not view[d].ota]
             # Finished: nobody is still working on it, and every device named has reported since.
             if not args.force and (silent or any(s not in TERMINAL for s in states)):
@@ -333,13 +334,48 @@ def clear(args: argparse.Namespace) -> int:
                 print(f"keeping {topic}: update {uid} is not finished everywhere ({seen})")
                 continue
             fleet.publish(topic, b"", retain=True)
-            blob = (manifest.get("source") or {}).get("mqtt")
-            if blob:
-                for i in range(int(blob.get("chunks", 0))):
-                    fleet.publish(f"{blob['topic']}/{i}", b"", retain=True)
+            chunk_topics = _chunk_topics(manifest, args.prefix)
+            for chunk_topic in chunk_topics:
+                fleet.publish(chunk_topic, b"", retain=True)
             cleared += 1
-            print(f"cleared {topic} (update {uid}) and its chunks")
+            print(f"cleared {topic} (update {uid}) and its {len(chunk_topics)} chunk(s)")
         print(f"{cleared} finished update(s) cleared")
         return 0
     finally:
         fleet.close()
+
+
+def _retained_manifest(raw: bytes) -> dict[str, Any] | None:
+    """The payload document of a retained envelope (its signature unchecked: it only names what to clear)."""
+    import base64
+
+    try:
+        document = json.loads(base64.b64decode(json.loads(raw)["payload"]))
+    except (ValueError, KeyError, TypeError, RecursionError):
+        return None
+    return document if isinstance(document, dict) else None
+
+
+def _chunk_topics(manifest: dict[str, Any], prefix: str) -> list[str]:
+    """The chunk topics of a retained manifest, only where they are what a device would accept.
+
+    The manifest read back from the broker is unverified: a topic outside ``P/blobs/<sha256>`` or
+    a count outside the schema's bounds would make ``clear`` empty other retained topics, or
+    publish for ever; such a manifest has its own topic cleared and no chunks.
+    """
+    source = manifest.get("source")
+    blob = source.get("mqtt") if isinstance(source, dict) else None
+    if not isinstance(blob, dict):
+        return []
+    sha = manifest.get("sha256")
+    chunks = blob.get("chunks")
+    if (
+        not isinstance(sha, str)
+        or not re.fullmatch(r"[0-9a-f]{64}", sha)
+        or blob.get("topic") != f"{prefix}/blobs/{sha}"
+        or not isinstance(chunks, int)
+        or isinstance(chunks, bool)
+        or not 1 <= chunks <= MAX_CHUNKS
+    ):
+        return []
+    return [f"{prefix}/blobs/{sha}/{i}" for i in range(chunks)]

@@ -169,6 +169,8 @@ class Fleet:
             self._client.tls_set(ca_certs=settings.ca_file, certfile=settings.cert_file, keyfile=settings.key_file)
         self._client.max_inflight_messages_set(100)
         self._client.on_message = self._on_message
+        self._client.on_publish = self._on_publish
+        self._refused: dict[int, Any] = {}  # message id -> the broker's failure reason code (MQTT v5 PUBACK)
         connected = threading.Event()
         refused: list[Any] = []
 
@@ -207,6 +209,29 @@ class Fleet:
                     view.models = data.get("models") or view.models
         self.changed.set()
 
+    def _on_publish(self, client: Any, userdata: Any, mid: int, reason_code: Any, properties: Any) -> None:
+        # Called before paho marks the message published, so _sent sees the refusal.
+        if reason_code.is_failure:
+            with self._lock:
+                self._refused[mid] = reason_code
+
+    def _sent(self, info: Any, topic: str, timeout_s: float) -> None:
+        """Wait for one QoS 1 publish: ``EdgerunError`` unless the broker acknowledged *and accepted* it.
+
+        An MQTT v5 broker acknowledges a publish it refuses (an ACL, a quota) with a failure reason
+        code in its PUBACK; paho counts that as published, so the reason code is checked here.
+        """
+        try:
+            info.wait_for_publish(timeout_s)
+        except (RuntimeError, ValueError) as exc:  # not sent at all: disconnected, queue full
+            raise EdgerunError(f"cannot publish to {topic}: {exc}") from exc
+        if not info.is_published():
+            raise EdgerunError(f"the broker did not acknowledge a publish to {topic} in {timeout_s:.0f} s")
+        with self._lock:
+            refused = self._refused.pop(info.mid, None)
+        if refused is not None:
+            raise EdgerunError(f"the broker refused the publish to {topic}: {refused} [code:{refused.value}]")
+
     def watch(self, *topics: str) -> None:
         """Subscribe (QoS 1); retained records arrive at once."""
         for topic in topics:
@@ -218,21 +243,16 @@ class Fleet:
 
     def publish(self, topic: str, payload: bytes, *, retain: bool = False, timeout_s: float = 30.0) -> None:
         """QoS 1, waiting for the broker's acknowledgement."""
-        info = self._client.publish(topic, payload, qos=1, retain=retain)
-        info.wait_for_publish(timeout_s)
-        if not info.is_published():
-            raise EdgerunError(f"the broker did not acknowledge a publish to {topic} in {timeout_s:.0f} s")
+        self._sent(self._client.publish(topic, payload, qos=1, retain=retain), topic, timeout_s)
 
     def publish_many(self, items: list[tuple[str, bytes]], *, retain: bool, progress: Callable[[int], None]) -> None:
         """Pipelined QoS 1 publishes (up to 100 in flight), then wait for every acknowledgement."""
         infos = []
         for topic, payload in items:
-            infos.append(self._client.publish(topic, payload, qos=1, retain=retain))
+            infos.append((topic, self._client.publish(topic, payload, qos=1, retain=retain)))
             progress(1)
-        for info in infos:
-            info.wait_for_publish(60)
-            if not info.is_published():
-                raise EdgerunError("the broker stopped acknowledging the chunks")
+        for topic, info in infos:
+            self._sent(info, topic, 60)
 
     def sign_and_publish(self, topic: str, document: dict[str, Any], key: Any, *, retain: bool) -> None:
         """Seal ``document`` with ``key`` and publish it."""

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from edgerun.card import ModelCard, load_card
+from edgerun.errors import ModelLoadError
 from edgerun.files import sha256_file
 from edgerun.model import Model
 from edgerun.ota.store import ModelStore
@@ -37,8 +38,14 @@ def serve_from_store(path: Path, store: ModelStore, load: LoadModel) -> Model:
             "format": given.format,
             "source": str(path),
         }
-        store.install(name, given.version, given.format, path, manifest, given.card.to_dict())
-        store.activate(name, given.version)
+        try:
+            store.install(name, given.version, given.format, path, manifest, given.card.to_dict())
+            store.activate(name, given.version)
+        except OSError as exc:  # a full or read-only disk: the store is left as it was (install is all or nothing)
+            given.close()
+            raise ModelLoadError(
+                f"cannot put {name} {given.version} in the model store {store.root}: {exc.strerror or exc}"
+            ) from exc
         log.info("model store: %s %s installed from %s and active", name, given.version, path)
         return given
     if active.version == given.version and not active.ab:
