@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import secrets
 from collections.abc import Callable
 from pathlib import Path
 
@@ -13,7 +15,8 @@ from edgerun.errors import EdgerunError
 from edgerun.model import Model
 from edgerun.ota.serving import serve_from_store
 from edgerun.ota.store import ModelStore
-from tests.conftest import DIGITS
+from tests.conftest import DIGITS, Broker
+from tests.ota_helpers import Agent, StatusWatcher, make_key, model_with_card, push_update, unique_model
 
 
 def load(path: Path, card: ModelCard | None) -> Model:
@@ -29,3 +32,28 @@ def test_a_first_start_on_a_full_disk_refuses_in_one_line_and_leaves_the_store_e
     assert store.active("digits") is None
     assert store.versions("digits") == []
     assert list((store.root / "digits" / "versions").iterdir()) == []  # no half-built folder left
+
+
+def test_a_rejected_update_of_the_rollback_target_s_version_never_deletes_it(broker: Broker, tmp_path: Path) -> None:
+    """A downgrade to the version ``active.json`` names as the one to roll back to, with bytes that are
+    not a model: the update is rejected, and the version a rollback needs is still there, intact."""
+    key, _, public = make_key(tmp_path)
+    v1 = model_with_card(tmp_path / "v1", "digits_fp32.onnx", "digits.onnx")
+    device = f"keep-{secrets.token_hex(3)}"
+    agent = Agent(broker.port, tmp_path / "state", v1, public, device)
+    watcher = StatusWatcher(broker.port)
+    try:
+        v11 = unique_model(tmp_path / "v11", "digits_int8.onnx")
+        update = push_update(broker.port, key, v11, "1.1.0", device, probation_s=0)
+        assert watcher.wait_state(device, update["update_id"], {"active", "rejected", "failed"})["state"] == "active"
+        assert agent.store.active("digits").previous == ["1.0.0"]
+        bad = unique_model(tmp_path / "bad", "digits_fp32.onnx")
+        bad.write_bytes(os.urandom(3000))
+        update = push_update(broker.port, key, bad, "1.0.0", device, allow_downgrade=True, probation_s=0)
+        record = watcher.wait_state(device, update["update_id"], {"active", "rejected", "failed"})
+        assert record["state"] == "rejected", record
+        assert "installed here already, with other bytes" in record["reason"], record
+        assert agent.store.verified_file("digits", "1.0.0").read_bytes() == v1.read_bytes()
+    finally:
+        agent.stop()
+        watcher.close()

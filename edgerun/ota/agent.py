@@ -348,6 +348,11 @@ class OtaAgent:
             blob_prefix=f"{self.topics.prefix}/blobs",
         )
         manifest.model_card()
+        name, version = manifest.model, manifest.version
+        if self.store.installed(name, version) and self.store.manifest(name, version).get("sha256") != manifest.sha256:
+            raise UpdateRejected(
+                f"{name} {version} is installed here already, with other bytes: an update needs a version of its own"
+            )
 
     def _resume(self, entry: dict[str, Any]) -> None:
         manifest = parse_manifest(entry["manifest"])
@@ -505,8 +510,12 @@ class OtaAgent:
         return model
 
     def _forget(self, name: str, version: str) -> None:
+        """Delete the version an update that ended here installed, unless ``active.json`` names it
+        (the active version, a rollback target, an A/B candidate): an update that failed must never
+        take one of those with it."""
         active = self.store.active(name)
-        if self.store.installed(name, version) and (active is None or active.version != version):
+        named = set() if active is None else {active.version, *active.previous, (active.ab or {}).get("version")}
+        if self.store.installed(name, version) and version not in named:
             shutil.rmtree(self.store.version_dir(name, version), ignore_errors=True)
 
     def _activate(self, manifest: Manifest, model: Model) -> None:
