@@ -38,6 +38,8 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 SEED = 0
 SIZE = 224
 INPUT_SHAPE = (SIZE, SIZE, 3)
+#: Keras's width multipliers: 0, a negative or NaN one would build nonsense or fail deep in Keras.
+ALPHAS = (0.35, 0.5, 0.75, 1.0, 1.3, 1.4)
 N_CALIBRATION = 100
 #: INT8 must be at least this many times faster than FP32 (checked with --bench).
 MIN_INT8_SPEEDUP = 2.0
@@ -103,7 +105,13 @@ def main(argv: list[str] | None = None) -> int:
     """Build the four files into ``--out``; return a process exit code."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=REPO_ROOT / "models" / "mobilenet")
-    parser.add_argument("--alpha", type=float, default=1.0, help="width multiplier (default 1.0: the sample models)")
+    parser.add_argument(
+        "--alpha",
+        type=float,
+        default=1.0,
+        choices=ALPHAS,
+        help="width multiplier, one of %(choices)s (default 1.0: the sample models)",
+    )
     parser.add_argument("--bench", action="store_true", help="measure latencies (2 threads)")
     args = parser.parse_args(argv)
     out: Path = args.out

@@ -40,9 +40,9 @@ def decode_image(data: bytes, name: str = "image", gray: bool = False) -> np.nda
     """
     if not data:
         raise InputError(f"{name}: empty file")
-    if data[:2] == _JPEG_SOI and _JPEG_EOI not in data[-64:]:
+    if data[:2] == _JPEG_SOI and _JPEG_EOI not in data[-64:] and not _jpeg_complete(data):
         raise InputError(f"{name}: truncated JPEG (no end-of-image marker)")
-    if data[:8] == _PNG_MAGIC and _PNG_IEND not in data[-64:]:
+    if data[:8] == _PNG_MAGIC and _PNG_IEND not in data[-64:] and not _png_complete(data):
         raise InputError(f"{name}: truncated PNG (no IEND chunk)")
     cv2 = opencv()
     buf = np.frombuffer(data, dtype=np.uint8)
@@ -56,6 +56,39 @@ def decode_image(data: bytes, name: str = "image", gray: bool = False) -> np.nda
     if image is None or image.size == 0:
         raise InputError(f"{name}: not a decodable image")
     return image
+
+
+def _jpeg_complete(data: bytes) -> bool:
+    """True when the JPEG's entropy-coded data ends with its end-of-image marker, wherever that is.
+
+    Phones append data after the marker (a Motion Photo's MP4, Samsung's trailer), so it is
+    not always among the last bytes. The header segments are skipped by their lengths (an EXIF
+    thumbnail carries an end-of-image marker of its own); from the first start-of-scan on, the
+    coded data stuffs every 0xFF byte, so the first 0xFF 0xD9 there is the image's end.
+    """
+    pos = 2
+    while pos + 4 <= len(data):
+        if data[pos] != 0xFF:
+            return False
+        marker = data[pos + 1]
+        if marker == 0xFF:  # fill byte
+            pos += 1
+            continue
+        if marker == 0xDA:  # start of scan
+            return data.find(_JPEG_EOI, pos) != -1
+        pos += 2 + int.from_bytes(data[pos + 2 : pos + 4], "big")
+    return False
+
+
+def _png_complete(data: bytes) -> bool:
+    """True when the PNG's chunks, walked by their lengths, reach IEND (bytes after it are ignored)."""
+    pos = 8
+    while pos + 8 <= len(data):
+        length = int.from_bytes(data[pos : pos + 4], "big")
+        if data[pos + 4 : pos + 8] == _PNG_IEND:
+            return pos + 12 <= len(data)
+        pos += 12 + length
+    return False
 
 
 _CV_8U, _CV_8S = 0, 1  # OpenCV's depth codes, fixed in its ABI
@@ -199,12 +232,16 @@ class ImagePreprocessor:
         mode = self.spec.resize
         if mode == "stretch":
             return cv2.resize(image, (tw, th), interpolation=self._interp)
-        ratio = min(th / h, tw / w) if mode == "letterbox" else max(th / h, tw / w)
+        if mode == "crop":
+            # The centre region with the input's aspect ratio, cut before resizing: scaling first
+            # would take a 1x60000 image (a 257-byte PNG) to 224x13,440,000 pixels, 9 GB.
+            ratio = max(th / h, tw / w)
+            ch, cw = min(h, max(1, round(th / ratio))), min(w, max(1, round(tw / ratio)))
+            top, left = (h - ch) // 2, (w - cw) // 2
+            return cv2.resize(image[top : top + ch, left : left + cw], (tw, th), interpolation=self._interp)
+        ratio = min(th / h, tw / w)
         nh, nw = max(1, round(h * ratio)), max(1, round(w * ratio))
         scaled = cv2.resize(image, (nw, nh), interpolation=self._interp)
-        if mode == "crop":
-            top, left = (nh - th) // 2, (nw - tw) // 2
-            return scaled[top : top + th, left : left + tw]
         top, left = (th - nh) // 2, (tw - nw) // 2
         return cv2.copyMakeBorder(
             scaled, top, th - nh - top, left, tw - nw - left, cv2.BORDER_CONSTANT, value=[self.spec.pad_value] * 3
