@@ -127,6 +127,6 @@ def test_build_mobilenet_refuses_a_width_multiplier_keras_does_not_have(alpha: s
         check=False,
     )
     assert proc.returncode == 2, proc.stderr[-2000:]
-    assert "invalid choice" in proc.stderr
+    assert "a width multiplier is above 0 and at most 4" in proc.stderr
     assert "Traceback" not in proc.stderr
     assert not any(tmp_path.iterdir())
