@@ -150,6 +150,16 @@ def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
 
 
 @pytest.fixture
+def own_broker(tmp_path: Path) -> Iterator[Broker]:
+    """A private broker for this test alone, which it may stop and start (persistent, so sessions
+    survive a clean restart) or fill with retained messages no other test should meet."""
+    b = Broker(tmp_path / "broker")
+    b.start()
+    yield b
+    b.stop()
+
+
+@pytest.fixture
 def small_disk(tmp_path: Path) -> Iterator[Callable[[int], Path]]:
     """``small_disk(size_bytes)``: a folder on a real filesystem of that size (a tmpfs mounted under
     ``tmp_path``, unmounted after the test), for a full SD card without faking a write."""

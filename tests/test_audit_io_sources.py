@@ -6,17 +6,16 @@ import json
 import os
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
-import paho.mqtt.client as mqtt
 import pytest
 
 from edgerun.sources.files import FileSource
 from edgerun.sources.mqtt import MqttSource, decode_message
 from edgerun.sources.sensor import MAX_ROW_CHARS, SensorSource
 from tests.conftest import ROOT, SAMPLES, Broker
+from tests.test_sources import frames_while_publishing
 
 VIBRATION = ROOT / "models" / "vibration"
 
@@ -115,32 +114,7 @@ def test_mqtt_messages_of_strings_or_huge_numbers_are_error_frames_and_the_sourc
     topic = f"test/audit/{time.monotonic_ns()}"
     source = MqttSource(f"{broker.url}/{topic}", queue=64)
     payloads = [b'["1", "2", "3"]', b"[1, " + b"9" * 400 + b", 3]", b"[1.0, 2.0, 3.0]"]
-    stop = threading.Event()
-
-    def publish() -> None:  # until the subscription is in place and the test has what it needs
-        pub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
-        pub.connect("127.0.0.1", broker.port)
-        pub.loop_start()
-        for _ in range(100):
-            for p in payloads:
-                pub.publish(topic, p, qos=1).wait_for_publish(5)
-            if stop.wait(0.1):
-                break
-        pub.loop_stop()
-        pub.disconnect()
-
-    got = []
-    publisher = threading.Thread(target=publish)
-    publisher.start()
-    try:
-        for frame in source.frames():
-            got.append(frame)
-            if len(got) >= 6:
-                break
-    finally:
-        stop.set()
-        source.close()
-        publisher.join()
+    got = frames_while_publishing(source, broker.port, topic, payloads, 6)
     assert len(got) >= 6
     for frame in got:
         if frame.error is None:

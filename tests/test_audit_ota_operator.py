@@ -35,14 +35,6 @@ def read_only_broker(tmp_path: Path) -> Iterator[Broker]:
 
 
 @pytest.fixture
-def own_broker(tmp_path: Path) -> Iterator[Broker]:
-    b = Broker(tmp_path / "broker")
-    b.start()
-    yield b
-    b.stop()
-
-
-@pytest.fixture
 def key_pair(tmp_path: Path) -> Path:
     done = run_cli("keys", "generate", str(tmp_path / "keys" / "op"))
     assert done.returncode == 0, done.stderr

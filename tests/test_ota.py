@@ -105,14 +105,6 @@ def setup(tmp_path: Path) -> dict[str, Any]:
     return {"key": key, "private": private, "public": public, "v1": v1, "v2": v2, "tmp": tmp_path}
 
 
-@pytest.fixture
-def own_broker(tmp_path: Path) -> Any:
-    b = Broker(tmp_path / "broker")
-    b.start()
-    yield b
-    b.stop()
-
-
 @pytest.mark.parametrize("stream", [False, True], ids=["chunks-first", "streamed-by-default"])
 def test_an_update_published_with_the_cli_is_applied_and_survives_a_restart(
     broker: Broker, setup: dict, stream: bool

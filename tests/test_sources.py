@@ -16,7 +16,7 @@ import pytest
 
 from edgerun.errors import ConfigError, SourceError
 from edgerun.sources import open_source
-from edgerun.sources.base import LatestBuffer, connect_with_retries
+from edgerun.sources.base import Frame, LatestBuffer, connect_with_retries
 from edgerun.sources.files import FileSource
 from edgerun.sources.mqtt import MqttSource, decode_message, parse_mqtt_url
 from edgerun.sources.sensor import SensorSource
@@ -387,15 +387,14 @@ def test_mqtt_messages_decode_as_json_arrays_base64_npy_or_images() -> None:
             decode_message(bad, 40)
 
 
-def test_an_mqtt_topic_source_receives_real_messages_and_counts_bad_ones(broker: Broker) -> None:
-    topic = f"test/sensor/{time.monotonic_ns()}"
-    source = MqttSource(f"{broker.url}/{topic}", queue=64)
-    payloads = [json.dumps([1.0, 2.0, 3.0]).encode(), b"garbage", _npy_b64(np.ones((2, 2), np.float32))]
+def frames_while_publishing(source: Any, port: int, topic: str, payloads: list[bytes], count: int) -> list[Frame]:
+    """The first ``count`` frames of an MQTT ``source`` while ``payloads`` are published to ``topic`` in
+    turn, every 0.1 s, until the subscription is in place and they have arrived (100 rounds at most)."""
     stop = threading.Event()
 
-    def publish() -> None:  # until the subscription is in place and the test has what it needs
+    def publish() -> None:
         pub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
-        pub.connect("127.0.0.1", broker.port)
+        pub.connect("127.0.0.1", port)
         pub.loop_start()
         for _ in range(100):
             for p in payloads:
@@ -407,16 +406,24 @@ def test_an_mqtt_topic_source_receives_real_messages_and_counts_bad_ones(broker:
 
     publisher = threading.Thread(target=publish)
     publisher.start()
-    got = []
+    got: list[Frame] = []
     try:
         for frame in source.frames():
             got.append(frame)
-            if len(got) >= 6:
+            if len(got) >= count:
                 break
     finally:
         stop.set()
         source.close()
         publisher.join()
+    return got
+
+
+def test_an_mqtt_topic_source_receives_real_messages_and_counts_bad_ones(broker: Broker) -> None:
+    topic = f"test/sensor/{time.monotonic_ns()}"
+    source = MqttSource(f"{broker.url}/{topic}", queue=64)
+    payloads = [json.dumps([1.0, 2.0, 3.0]).encode(), b"garbage", _npy_b64(np.ones((2, 2), np.float32))]
+    got = frames_while_publishing(source, broker.port, topic, payloads, 6)
     kinds = {("error" if f.error else type(f.data).__name__) for f in got}
     assert kinds == {"ndarray", "error"}
     assert source.bad_messages >= 1

@@ -10,7 +10,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -81,15 +81,6 @@ def deduplicated(seqs: list[int]) -> list[int]:
             seen.add(s)
             out.append(s)
     return out
-
-
-@pytest.fixture
-def own_broker(tmp_path: Path) -> Iterator[Broker]:
-    """A broker this test may stop and start (persistent, so sessions survive a clean restart)."""
-    b = Broker(tmp_path / "broker")
-    b.start()
-    yield b
-    b.stop()
 
 
 def _settings(port: int, **kw: Any) -> MqttSettings:
