@@ -45,7 +45,7 @@ class SystemSampler:
 
         self._root = Path(root)
         self._proc = psutil.Process()
-        self._last = (time.monotonic(), self._cpu_seconds())  # the first sample covers the time since now
+        self._last = (time.monotonic(), self._cpu_seconds(self._processes()))  # the first sample covers since now
 
     def _processes(self) -> list[Any]:
         """This process and its live descendants (those that vanish while listed are skipped)."""
@@ -56,12 +56,12 @@ class SystemSampler:
         except psutil.Error:
             return [self._proc]
 
-    def _cpu_seconds(self) -> float:
-        """CPU seconds used by this process tree: the live processes' own and their reaped children's."""
+    def _cpu_seconds(self, processes: list[Any]) -> float:
+        """CPU seconds used by ``processes``: their own and their reaped children's."""
         import psutil
 
         total = 0.0
-        for proc in self._processes():
+        for proc in processes:
             try:
                 t = proc.cpu_times()
             except psutil.Error:  # exited since it was listed
@@ -69,9 +69,9 @@ class SystemSampler:
             total += t.user + t.system + t.children_user + t.children_system
         return total
 
-    def cpu_percent(self) -> float:
-        """CPU % of the process tree since the previous call (or since construction)."""
-        now, cpu = time.monotonic(), self._cpu_seconds()
+    def cpu_percent(self, processes: list[Any]) -> float:
+        """CPU % of the process tree (``_processes()``) since the previous call (or since construction)."""
+        now, cpu = time.monotonic(), self._cpu_seconds(processes)
         then, cpu_then = self._last
         self._last = (now, cpu)
         if now <= then:
@@ -80,12 +80,12 @@ class SystemSampler:
         # never report a negative figure for that.
         return max(0.0, (cpu - cpu_then) / (now - then) * 100.0)
 
-    def rss_mb(self) -> float:
-        """Resident set of the process tree, in MiB."""
+    def rss_mb(self, processes: list[Any]) -> float:
+        """Resident set of the process tree (``_processes()``), in MiB."""
         import psutil
 
         total = 0
-        for proc in self._processes():
+        for proc in processes:
             try:
                 total += proc.memory_info().rss
             except psutil.Error:
@@ -123,9 +123,10 @@ class SystemSampler:
 
     def sample(self) -> dict[str, Any]:
         """``{"cpu_pct", "rss_mb", "temp_c", "throttled"}`` as in PROTOCOL.md."""
+        processes = self._processes()  # listed once: it walks /proc
         return {
-            "cpu_pct": round(self.cpu_percent(), 1),
-            "rss_mb": round(self.rss_mb(), 1),
+            "cpu_pct": round(self.cpu_percent(processes), 1),
+            "rss_mb": round(self.rss_mb(processes), 1),
             "temp_c": self.temperature_c(),
             "throttled": self.throttled(),
         }
