@@ -14,7 +14,6 @@ from edgerun.cli.common import error_line, print_json, require_positive, require
 
 HELP = "fleet side of OTA: publish a signed model update, watch devices, roll back, clear finished updates"
 TERMINAL = ("active", "rejected", "failed", "rolled_back")
-MAX_CHUNKS = 1_000_000  # the manifest schema's bound on source.mqtt.chunks
 
 
 def _connection(p: argparse.ArgumentParser) -> None:
@@ -363,6 +362,8 @@ def _chunk_topics(manifest: dict[str, Any], prefix: str) -> list[str]:
     a count outside the schema's bounds would make ``clear`` empty other retained topics, or
     publish for ever; such a manifest has its own topic cleared and no chunks.
     """
+    from edgerun.ota.manifest import CHUNKS_MAX, SHA256_PATTERN
+
     source = manifest.get("source")
     blob = source.get("mqtt") if isinstance(source, dict) else None
     if not isinstance(blob, dict):
@@ -371,11 +372,11 @@ def _chunk_topics(manifest: dict[str, Any], prefix: str) -> list[str]:
     chunks = blob.get("chunks")
     if (
         not isinstance(sha, str)
-        or not re.fullmatch(r"[0-9a-f]{64}", sha)
+        or not re.fullmatch(SHA256_PATTERN, sha)
         or blob.get("topic") != f"{prefix}/blobs/{sha}"
         or not isinstance(chunks, int)
         or isinstance(chunks, bool)
-        or not 1 <= chunks <= MAX_CHUNKS
+        or not 1 <= chunks <= CHUNKS_MAX
     ):
         return []
     return [f"{prefix}/blobs/{sha}/{i}" for i in range(chunks)]

@@ -20,7 +20,11 @@ __all__ = ["Command", "Manifest", "parse_command", "parse_manifest", "version_tu
 NAME = Annotated[str, msgspec.Meta(pattern=r"^[a-z0-9][a-z0-9._-]{0,63}$")]
 VERSION = Annotated[str, msgspec.Meta(pattern=r"^(0|[1-9]\d{0,8})\.(0|[1-9]\d{0,8})\.(0|[1-9]\d{0,8})$")]
 IDENT = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")]
-SHA256 = Annotated[str, msgspec.Meta(pattern=r"^[0-9a-f]{64}$")]
+#: A blob's SHA-256 as manifests carry it (``edgerun ota clear`` checks retained ones against it too).
+SHA256_PATTERN = r"^[0-9a-f]{64}$"
+SHA256 = Annotated[str, msgspec.Meta(pattern=SHA256_PATTERN)]
+#: The most chunks one blob may come in (``source.mqtt.chunks``).
+CHUNKS_MAX = 1_000_000
 TIME = Annotated[float, msgspec.Meta(ge=0)]
 #: The longest probation a manifest may ask for (``rollout.probation_s``), a week.
 PROBATION_MAX_S = 7 * 86400
@@ -35,7 +39,7 @@ class MqttBlob(_Strict, frozen=True):
 
     topic: str
     chunk_size: Annotated[int, msgspec.Meta(ge=1024, le=16 * 1024 * 1024)]
-    chunks: Annotated[int, msgspec.Meta(ge=1, le=1_000_000)]
+    chunks: Annotated[int, msgspec.Meta(ge=1, le=CHUNKS_MAX)]
 
 
 class Source(_Strict, frozen=True):
