@@ -6,6 +6,7 @@ import contextlib
 import csv
 import io
 import json
+import os
 import subprocess
 import sys
 from collections.abc import Callable
@@ -13,7 +14,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pytest
 
+import edgerun
 from tests.conftest import DIGITS, ROOT, SAMPLES, run_cli
 
 MODEL = str(DIGITS / "digits_int8.tflite")
@@ -61,8 +64,9 @@ def test_a_full_disk_under_the_output_is_one_line_naming_the_file(small_disk: Ca
         assert line.endswith(f"cannot write {out}: No space left on device"), line
     table = disk / "out.csv"
     result = run_cli("run", MODEL, "--source", str(SAMPLES), "--sink", str(table))
-    assert result.returncode == 1
-    assert _one_error_line(result.stderr) == f"edgerun: error: sink: cannot write {table}: No space left on device"
+    assert result.returncode == 2  # its header is written when the sink opens, before any input runs
+    assert _one_error_line(result.stderr) == f"edgerun: error: cannot write {table}: No space left on device"
+    assert table.stat().st_size == 0  # no torn header left to put the next run's rows under
 
 
 def test_the_output_may_be_a_pipe(tmp_path: Path) -> None:
@@ -123,3 +127,49 @@ def test_an_input_whose_name_holds_a_line_break_stays_one_line_on_screen(tmp_pat
     errors = [line for line in done.stderr.splitlines() if line.strip()]
     assert len(table) == 1 and "two\\nlines.png" in table[0], done.stdout
     assert len(errors) == 1 and "bad\\nname.png" in errors[0] and errors[0].startswith("edgerun: error: "), done.stderr
+
+
+def _one_page_left(disk: Path) -> None:
+    """Fill ``disk`` with one file, then free one 4 KiB page of it: room for a few records, then a full card."""
+    filler = disk / "filler"
+    with open(filler, "wb", buffering=0) as fh, contextlib.suppress(OSError):
+        while True:
+            fh.write(b"x" * 4096)
+    os.truncate(filler, filler.stat().st_size - 4096)
+
+
+def test_a_record_the_full_disk_cuts_short_is_cut_off_so_the_file_holds_whole_records(
+    small_disk: Callable[[int], Path],
+) -> None:
+    from edgerun.errors import PipelineError
+    from edgerun.sinks.base import Result
+    from edgerun.sinks.text import CsvSink, JsonlSink
+    from edgerun.sources.base import Frame
+
+    disk = small_disk(64 * 1024)
+    _one_page_left(disk)
+    model = edgerun.load(MODEL)
+    output = model.predict(SAMPLES / "digit_3.png").output
+    for sink_type, name in ((JsonlSink, "out.jsonl"), (CsvSink, "out.csv")):
+        path = disk / name
+        sink = sink_type(str(path))
+        written = 0
+        with pytest.raises(PipelineError, match=f"cannot write {path}: No space left on device"):
+            for i in range(1000):  # some 20 records fill the page; one is cut short by the full disk
+                record = {"input": f"img_{i:03d}.png", "model": "digits", "version": "1.0.0", "delegate": "cpu"}
+                sink.publish(
+                    Result(Frame(None, 0.0, record["input"], i), {**record, "output": output, "latency_ms": 0.2})
+                )
+                written += 1
+        sink.close()
+        text = path.read_text()
+        assert text.endswith("\n")  # once the beginning of the record the disk refused
+        if sink_type is JsonlSink:
+            assert [json.loads(line)["input"] for line in text.splitlines()] == [
+                f"img_{i:03d}.png" for i in range(written)
+            ]
+        else:
+            rows = list(csv.reader(io.StringIO(text)))
+            assert [row[0] for row in rows] == ["input"] + [f"img_{i:03d}.png" for i in range(written)]
+            assert all(len(row) == len(CsvSink.COLUMNS) for row in rows)
+        path.unlink()  # the page again, for the next sink

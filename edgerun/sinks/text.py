@@ -71,15 +71,8 @@ class JsonlSink:
         self._dumps = json.dumps
         self.path = path
         self.inline = path is None  # standard output; a file is flushed per record, off the inference thread
-        if path is None:
-            self._stream: IO[str] = sys.stdout
-        else:
-            try:
-                self._stream = open(path, "a", encoding="utf-8")  # noqa: SIM115
-                if not _ends_a_line(self._stream, path):
-                    self._stream.write("\n")  # records start on a line of their own, whatever the file held
-            except OSError as exc:
-                raise ConfigError(f"cannot write {path}: {_reason(exc)}") from exc
+        self._stream: IO[str] = sys.stdout
+        self._file: _AppendFile | None = None if path is None else _AppendFile(path, b"\n")
 
     def publish(self, result: Result) -> None:
         """Write the record as one line.
@@ -91,24 +84,17 @@ class JsonlSink:
             line = self._dumps(result.record, separators=(", ", ": "), allow_nan=False)
         except ValueError:  # NaN or an infinity somewhere in the output
             line = self._dumps(_finite(result.record), separators=(", ", ": "))
-        if self.path is None:
+        if self._file is None:
             self._stream.write(line + "\n")  # a reader gone away is a BrokenPipeError, which callers end on
             return
-        try:
-            self._stream.write(line + "\n")
-            self._stream.flush()
-        except OSError as exc:
-            raise PipelineError(f"cannot write {self.path}: {_reason(exc)}") from exc
+        self._file.write((line + "\n").encode("utf-8"))  # json.dumps writes ASCII
 
     def close(self) -> None:
-        """Flush, and for a file fsync and close it."""
-        if self.path is None:
+        """Flush standard output, or fsync and close the file."""
+        if self._file is None:
             self._stream.flush()
             return
-        try:
-            _flush_and_close(self._stream)
-        except OSError as exc:
-            raise PipelineError(f"cannot write {self.path}: {_reason(exc)}") from exc
+        self._file.close()
 
 
 def _finite(value: Any) -> Any:
@@ -122,30 +108,60 @@ def _finite(value: Any) -> Any:
     return value
 
 
-def _size(stream: IO[str]) -> int | None:
-    """The size of a file opened for appending; None for a pipe or a device, which has none."""
-    return stream.tell() if stat.S_ISREG(os.fstat(stream.fileno()).st_mode) else None
+class _AppendFile:
+    """A file that whole records are appended to, each with write(2) at once (nothing left in a buffer).
+
+    A record that the disk refuses part way (a full disk) is cut off again, so the file never keeps
+    the beginning of a record: a retried run would write that record again, whole, after it, and
+    ``--resume`` would find a line that is not a record. A pipe or a device (``/dev/stdout``) has no
+    size to cut back to and is written as it is. Every ``OSError`` is a ``ConfigError`` at open and
+    a ``PipelineError`` later, naming the file.
+    """
+
+    def __init__(self, path: str, line_break: bytes) -> None:
+        self.path = path
+        try:
+            self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o666)
+        except OSError as exc:
+            raise ConfigError(f"cannot write {path}: {_reason(exc)}") from exc
+        try:
+            info = os.fstat(self._fd)
+            self._regular = stat.S_ISREG(info.st_mode)
+            self.new = not (self._regular and info.st_size)
+            if not self.new and _last_byte(path) != line_break[-1:]:
+                os.write(self._fd, line_break)  # records start on a line of their own, whatever the file held
+        except OSError as exc:
+            os.close(self._fd)
+            raise ConfigError(f"cannot write {path}: {_reason(exc)}") from exc
+
+    def write(self, data: bytes) -> None:
+        """Append ``data`` whole, or raise ``PipelineError`` with the file as it was before."""
+        try:
+            start = os.fstat(self._fd).st_size if self._regular else 0
+            view = memoryview(data)
+            while view:
+                view = view[os.write(self._fd, view) :]
+        except OSError as exc:
+            if self._regular:
+                with contextlib.suppress(OSError):  # the record's beginning, where the disk took one
+                    os.ftruncate(self._fd, start)
+            raise PipelineError(f"cannot write {self.path}: {_reason(exc)}") from exc
+
+    def close(self) -> None:
+        """fsync (a regular file: a pipe or a device cannot be) and close; closed whatever fails."""
+        try:
+            if self._regular:
+                os.fsync(self._fd)
+        except OSError as exc:
+            raise PipelineError(f"cannot write {self.path}: {_reason(exc)}") from exc
+        finally:
+            os.close(self._fd)
 
 
-def _ends_a_line(stream: IO[str], path: str) -> bool:
-    """Whether ``path``, opened for appending as ``stream``, is empty or its last byte ends a line; true for a
-    pipe or a device, which has no last byte to look at."""
-    if not _size(stream):
-        return True
+def _last_byte(path: str) -> bytes:
     with open(path, "rb") as fh:
         fh.seek(-1, os.SEEK_END)
-        return fh.read(1) == b"\n"
-
-
-def _flush_and_close(stream: IO[str]) -> None:
-    """Flush, fsync (a regular file: a pipe or a device cannot be) and close ``stream``; closed whatever fails."""
-    try:
-        stream.flush()
-        if stat.S_ISREG(os.fstat(stream.fileno()).st_mode):
-            os.fsync(stream.fileno())
-    finally:
-        with contextlib.suppress(OSError):  # the flush above failed the same way, and that is raised
-            stream.close()
+        return fh.read(1)
 
 
 def _reason(exc: OSError) -> str:
@@ -165,20 +181,19 @@ class CsvSink:
     COLUMNS = ("input", "model", "version", "delegate", "label", "score", "latency_ms", "error")
 
     def __init__(self, path: str) -> None:
-        self.path = path
-        try:
-            # surrogateescape: a file name that is not UTF-8 goes in as its own bytes, as the file system has it
-            self._file = open(path, "a", newline="", encoding="utf-8", errors="surrogateescape")  # noqa: SIM115
-            new = not _size(self._file)
-            import csv
+        import csv
+        import io
 
-            self._writer = csv.writer(self._file)
-            if not _ends_a_line(self._file, path):
-                self._file.write("\r\n")  # the csv module's line ending
-            if new:
-                self._writer.writerow(self.COLUMNS)
-        except OSError as exc:
-            raise ConfigError(f"cannot write {path}: {_reason(exc)}") from exc
+        self.path = path
+        self._file = _AppendFile(path, b"\r\n")  # the csv module's line ending
+        self._row = io.StringIO()
+        self._writer = csv.writer(self._row)
+        if self._file.new:
+            try:
+                self._write(self.COLUMNS)
+            except PipelineError as exc:
+                self._file.close()
+                raise ConfigError(str(exc)) from exc
 
     def publish(self, result: Result) -> None:
         """One row; classification outputs give their best label and score.
@@ -201,15 +216,15 @@ class CsvSink:
             ]
         else:
             row = [r["input"], "", "", "", "", "", "", r["error"]]
-        try:
-            self._writer.writerow(row)
-            self._file.flush()
-        except OSError as exc:
-            raise PipelineError(f"cannot write {self.path}: {_reason(exc)}") from exc
+        self._write(row)
+
+    def _write(self, row: Any) -> None:
+        self._row.seek(0)
+        self._row.truncate()
+        self._writer.writerow(row)
+        # surrogateescape: a file name that is not UTF-8 goes in as its own bytes, as the file system has it
+        self._file.write(self._row.getvalue().encode("utf-8", errors="surrogateescape"))
 
     def close(self) -> None:
-        """Flush, fsync and close."""
-        try:
-            _flush_and_close(self._file)
-        except OSError as exc:
-            raise PipelineError(f"cannot write {self.path}: {_reason(exc)}") from exc
+        """fsync and close."""
+        self._file.close()
