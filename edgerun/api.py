@@ -2,8 +2,11 @@
 
 Bound to 127.0.0.1 by default; the config refuses any other address without a
 bearer token. FastAPI reads the endpoints' annotations at run time, so its
-types are imported at module level here. Every error is a 4xx with one clear message and nothing about the
-models for a caller without the token.
+types are imported at module level here. Every error is one clear message
+(``{"detail": ...}``) with nothing about the models for a caller without the token: a
+4xx for a request at fault, a 500 where the runtime fails on a valid input, and a 503
+with ``Retry-After`` where a batched request gets no answer within ``PREDICT_WAIT_S``
+(a model call stuck, more requests queued than the model serves); the API goes on.
 
 Predict is the hot path and is answered as plain ASGI by ``_Predictor``, in
 front of FastAPI's routing (the route stays declared, for the OpenAPI document,
@@ -26,7 +29,7 @@ import re
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
-from concurrent.futures import Future
+from concurrent.futures import Future, InvalidStateError
 from typing import Any
 
 import numpy as np
@@ -45,7 +48,11 @@ from edgerun.telemetry.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Batcher", "create_app"]
+__all__ = ["PREDICT_WAIT_S", "Batcher", "create_app"]
+
+#: Seconds a request handed to a model's batching thread waits for its answer (its turn in the
+#: queue and the call itself); one that waits longer is answered 503 (its input left out if not yet run).
+PREDICT_WAIT_S = 60.0
 
 _NPY_MAGIC = b"\x93NUMPY"
 
@@ -109,20 +116,34 @@ def _by_model(items: Sequence[tuple[Model, np.ndarray, Any]]) -> Iterator[tuple[
 def _run_group(model: Model, group: Sequence[tuple[np.ndarray, Any]]) -> None:
     """One call for a group of batch-of-one tensors; each future gets ``(outputs, row, infer_ms)``.
 
-    Works with thread futures and asyncio futures alike (``set_result``/``set_exception``).
+    Works with thread futures and asyncio futures alike (``set_result``/``set_exception``). A future
+    already done was given up (a client gone, a request that stopped waiting): its input is not run.
     """
+    group = [(t, f) for t, f in group if not f.done()]
+    if not group:
+        return
     t0 = time.perf_counter()
     try:
         outputs = model.run(np.concatenate([t for t, _ in group]) if len(group) > 1 else group[0][0])
     except BaseException as exc:
         for _, f in group:
-            if not f.done():  # a request whose client went away is cancelled
-                f.set_exception(exc)
+            _settle(f, exc, error=True)
         return
     share = (time.perf_counter() - t0) * 1e3 / len(group)
     for row, (_, f) in enumerate(group):
-        if not f.done():
-            f.set_result((outputs, row, share))
+        _settle(f, (outputs, row, share))
+
+
+def _settle(future: Any, value: Any, *, error: bool = False) -> None:
+    """Give ``future`` its result (or exception) unless it was given up meanwhile: a request that
+    stopped waiting cancels its thread future from another thread, between any check and the set."""
+    try:
+        if error:
+            future.set_exception(value)
+        else:
+            future.set_result(value)
+    except (InvalidStateError, asyncio.InvalidStateError):
+        pass
 
 
 def _decode_body(body: bytes, content_type: str) -> Any:
@@ -201,9 +222,9 @@ class _ClientGone(Exception):
 
 
 class _Refused(Exception):
-    def __init__(self, status: int, detail: str) -> None:
+    def __init__(self, status: int, detail: str, *headers: tuple[bytes, bytes]) -> None:
         super().__init__(detail)
-        self.status, self.detail = status, detail
+        self.status, self.detail, self.headers = status, detail, headers
 
 
 class _Predictor:
@@ -228,10 +249,10 @@ class _Predictor:
         content_type = headers.get(b"content-type", b"application/octet-stream").decode("latin-1")
         declared = headers.get(b"content-length", b"").decode("latin-1") or None
         try:
-            status, body = await self.answer(name, content_type, declared, self._chunks(receive))
+            status, body, extra = await self.answer(name, content_type, declared, self._chunks(receive))
         except _ClientGone:
             return
-        await _send_json(send, status, body)
+        await _send_json(send, status, body, *extra)
 
     @staticmethod
     async def _chunks(receive: Any) -> AsyncIterator[bytes]:
@@ -245,8 +266,8 @@ class _Predictor:
 
     async def answer(
         self, name: str, content_type: str, declared: str | None, chunks: AsyncIterator[bytes]
-    ) -> tuple[int, bytes]:
-        """(status, JSON body) for one request; every refusal is ``{"detail": "<one line>"}``."""
+    ) -> tuple[int, bytes, tuple[tuple[bytes, bytes], ...]]:
+        """(status, JSON body, extra headers) for one request; every refusal is ``{"detail": "<one line>"}``."""
         try:
             slot = self.slots.get(name)
             if slot is None:
@@ -275,13 +296,13 @@ class _Predictor:
             except EdgerunError:
                 self.metrics.error(model.name, model.version, model.delegate)
                 raise
-            return 200, _dumps(record)
+            return 200, _dumps(record), ()
         except _Refused as exc:
-            return exc.status, _dumps({"detail": exc.detail})
+            return exc.status, _dumps({"detail": exc.detail}), exc.headers
         except InputError as exc:
-            return 422, _dumps({"detail": str(exc)})
+            return 422, _dumps({"detail": str(exc)}), ()
         except EdgerunError as exc:
-            return 500, _dumps({"detail": str(exc)})
+            return 500, _dumps({"detail": str(exc)}), ()
 
     def _cheap(self, model: Model) -> bool:
         fast = model.run_ms is not None and model.run_ms < self.INLINE_MS
@@ -292,10 +313,29 @@ class _Predictor:
         tensor, pre = self._prepare(model, data)
         batcher = self._batcher(name) if self._threaded > 1 and model.batchable else None
         if batcher is not None:
-            outputs, row, infer = batcher.submit(model, tensor).result(timeout=60)
+            outputs, row, infer = self._wait(name, batcher.submit(model, tensor))
         else:
             outputs, row, infer = self._run_alone(model, tensor)
         return self._record(model, outputs, row, pre, infer)
+
+    @staticmethod
+    def _wait(name: str, future: Future[Any]) -> Any:
+        """The batching thread's answer, or ``_Refused(503)`` after ``PREDICT_WAIT_S``; the request
+        given up is cancelled, so the batching thread leaves its input out if it has not run it yet."""
+        try:
+            return future.result(timeout=PREDICT_WAIT_S)
+        except TimeoutError:
+            future.cancel()
+            log.warning(
+                "API: model %s gave a request no answer in %g s (a call stuck, or too many queued)",
+                name,
+                PREDICT_WAIT_S,
+            )
+            raise _Refused(
+                503,
+                f"model {name} gave no answer in {PREDICT_WAIT_S:g} s (busy, or a call stuck); retry shortly",
+                (b"retry-after", b"1"),
+            ) from None
 
     async def _infer_on_loop(self, model: Model, data: np.ndarray) -> dict[str, Any]:
         """On the event loop: requests that arrive in the same turn of the loop share one call."""
@@ -428,6 +468,7 @@ _ERRORS = {
     422: "the input cannot be used (undecodable, wrong shape or type)",
     429: "too many requests in progress",
     500: "the runtime failed on a valid input",
+    503: "the model gave no answer in time (a call stuck, or too many requests); retry after Retry-After seconds",
 }
 
 
@@ -476,10 +517,11 @@ def create_app(
     async def predict(name: str, request: Request) -> Any:
         # Reached only where the guard does not answer first (it serves every POST here).
         content_type = request.headers.get("content-type", "application/octet-stream")
-        status, body = await predictor.answer(
+        status, body, extra = await predictor.answer(
             name, content_type, request.headers.get("content-length"), request.stream()
         )
-        return Response(body, status_code=status, media_type="application/json")
+        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in extra}
+        return Response(body, status_code=status, media_type="application/json", headers=headers)
 
     @app.get("/v1/models", summary="Models served: version, format, delegate, tensors, card")
     async def models() -> Any:

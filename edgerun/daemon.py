@@ -24,7 +24,10 @@ The state directory is checked first (``edgerun.state.check_state_dir``): one
 A pipeline whose source fails (a camera unplugged, a stream gone) is reopened
 every ``restart_s`` seconds until it comes back; the rest keeps running. What a
 failed open had opened is closed again, and a pipeline stopped while its source
-opens never runs.
+opens never runs. A pipeline over files (images, a video, a sensor file: not live) that
+fails part way (a full disk under its sink) is retried without the inputs whose results
+already reached every sink (error records included), so none is written or published
+twice; a SIGHUP that changes the pipeline starts it afresh.
 """
 
 from __future__ import annotations
@@ -70,6 +73,8 @@ class _PipelineRunner:
         self._extra = extra_sinks
         self._stop = threading.Event()
         self._pipeline: Any = None
+        #: the inputs of a file source whose results reached every sink: a retry leaves them out
+        self._delivered: set[str] = set()
         self.thread = threading.Thread(target=self._run, name=f"pipeline-{name}", daemon=True)
         self.state = "starting"
 
@@ -89,7 +94,10 @@ class _PipelineRunner:
                 summary = pipeline.run()
                 if not pipeline.source.live:
                     self.state = "finished"
-                    log.info("pipeline %s: source ended after %d frames", self.name, summary.frames)
+                    # a retried file source: every input delivered, not only this run's
+                    frames = len(self._delivered) or summary.frames
+                    log.info("pipeline %s: source ended after %d frames", self.name, frames)
+                    self._delivered.clear()
                     return
             except (EdgerunError, OSError) as exc:  # a source gone, a full disk, a closed standard output
                 self.state = "waiting"
@@ -106,14 +114,18 @@ class _PipelineRunner:
         (a camera left open would stay busy for every retry)."""
         from edgerun.pipeline import Pipeline
         from edgerun.sinks import open_sink, video_rate
-        from edgerun.sources import check_fits, open_configured
+        from edgerun.sources import check_fits, open_configured, without_frames
         from edgerun.sources.sensor import window_for
 
         c = self.config
-        source = open_configured(c.source, c, window_for(self.slot.primary, c.window), self._stop)
+        window = window_for(self.slot.primary, c.window)
+        done = frozenset(self._delivered)
+        source = open_configured(c.source, c, window, self._stop, skip=done)  # files: left out unread
         sinks: list[Any] = []
         try:
-            check_fits(source, self.slot.primary)  # one line now, not one error per sensor window
+            check_fits(source, self.slot.primary)  # one line now, not one error per window or frame
+            if done and not source.live:
+                source = without_frames(source, done)  # a video's frames, a sensor file's windows: read, not run
             for spec in c.sinks:
                 sinks.append(open_sink(spec, fps=video_rate(c.fps, source)))
             return Pipeline(
@@ -124,7 +136,7 @@ class _PipelineRunner:
                 fps=c.fps,
                 batch_size=c.batch_size,
                 prepare_workers=c.prepare_workers,
-                on_result=self._report_failure,
+                on_result=self._report_failure if source.live else self._note_delivered,
             )
         except BaseException:
             self._discard(source, sinks)
@@ -144,6 +156,14 @@ class _PipelineRunner:
         sources only yield them as error frames, and here nothing else would say so."""
         if not result.ok:
             log.warning("pipeline %s: %s", self.name, result.record["error"])
+
+    def _note_delivered(self, result: Any) -> None:
+        """``_report_failure``, and the input noted as delivered (called once every sink has it), so a
+        retry of this file source leaves it out. An error record counts: it was delivered too. One
+        string per input (an image, a video frame, a sensor window), and only for sources that are
+        not live: a live source's frames are never read twice."""
+        self._report_failure(result)
+        self._delivered.add(result.frame.source_id)
 
     def stop(self) -> None:
         """Stop and wait for the pipeline (up to ``RUNNER_STOP_S``)."""
@@ -268,14 +288,7 @@ class Daemon:
         from edgerun.sync.service import SyncService
         from edgerun.sync.settings import MqttSettings
 
-        password = None
-        if c.password_file:
-            try:
-                password = Path(c.password_file).read_text(encoding="utf-8").strip()
-            except OSError as exc:
-                raise ConfigError(f"cannot read mqtt.password_file {c.password_file}: {exc.strerror}") from exc
-            except UnicodeDecodeError:
-                raise ConfigError(f"mqtt.password_file {c.password_file}: not UTF-8 text") from None
+        password = c.resolved_password()
         settings = MqttSettings.from_url(
             c.url,
             ca_file=c.ca_file,

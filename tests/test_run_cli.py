@@ -166,6 +166,17 @@ def test_a_model_that_does_not_take_sensor_windows_is_refused_before_starting() 
     ]
 
 
+def test_a_video_into_a_model_that_takes_no_images_is_refused_before_starting(tmp_path: Path) -> None:
+    video = make_video(tmp_path / "in.avi", frames=4)
+    result = run_cli("run", str(VIBRATION / "vibration_int8.tflite"), "--source", str(video))
+    assert result.returncode == 2  # once exit 1 after one "does not fit" line per frame: forever, for a camera
+    assert result.stderr.splitlines() == [
+        "edgerun: error: vibration takes no images: its input tensor serving_default_input:0 [1,256,3] int8 "
+        "(scale 0.00914533, zero point -13) has no image preprocessing (its card has no preprocess section), "
+        f"and {video} gives video frames"
+    ]
+
+
 @pytest.mark.parametrize("header", [True, False])
 def test_a_sensor_file_with_another_channel_count_than_the_model_is_refused_before_starting(
     tmp_path: Path, header: bool

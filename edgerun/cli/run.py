@@ -144,7 +144,7 @@ def run(args: argparse.Namespace) -> int:
         source = open_configured(args.source, args, window)
         specs = args.sink or ["stdout"]
         drawn = first_drawing_sink(specs)
-        check_fits(source, model)  # a model that takes no [rows, channels] windows: one line, not one per window
+        check_fits(source, model)  # a model that cannot take these windows or frames: one line, not one per frame
         _refuse_sinks_onto_the_source(specs, source)
         if isinstance(source, SensorSource) and drawn is not None:  # before any sink creates its file or folder
             raise ConfigError(

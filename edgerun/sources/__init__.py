@@ -18,9 +18,9 @@ image that does not decode. A glob that matches one file opens it as if named.
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 from edgerun.sources.base import Frame, LatestBuffer, LiveSource, Source
 
@@ -33,6 +33,7 @@ __all__ = [
     "check_fits",
     "open_configured",
     "open_source",
+    "without_frames",
 ]
 
 
@@ -56,18 +57,64 @@ class SourceOptions(Protocol):
 def check_fits(source: Source, model: Any) -> None:
     """Refuse, before anything runs, a model that cannot take ``source``'s frames.
 
-    Only a sensor source can be checked ahead (its windows' shape and channel count,
-    ``SensorSource.check_model``); an image or video frame is fitted by the model's
-    preprocessing, and a message's shape is known only when it arrives.
+    A sensor source is checked for its windows' shape and channel count
+    (``SensorSource.check_model``). A video, camera or stream gives decoded images: a
+    model with no image preprocessing takes them only where its input tensor has an
+    image's shape (``_image_shaped``); a sensor model, say, would fail every frame. An
+    image file is fitted by the model's preprocessing, and a message's shape is known
+    only when it arrives.
+
+    Raises:
+        ConfigError: naming the model's input tensor and the source.
     """
+    from edgerun.errors import ConfigError
     from edgerun.sources.sensor import SensorSource
 
     if isinstance(source, SensorSource):
         source.check_model(model)
+        return
+    spec = model.inputs[0]
+    if source.decoded and not model.takes_images and not _image_shaped(spec.shape):
+        raise ConfigError(
+            f"{model.name} takes no images: its input tensor {spec.describe()} has no image preprocessing "
+            f"(its card has no preprocess section), and {source.uri} gives video frames"
+        )
+
+
+class _Without:
+    """A source whose frames named in ``done`` are read and left out (see ``without_frames``)."""
+
+    def __init__(self, source: Source, done: frozenset[str]) -> None:
+        self._source, self._done = source, done
+
+    def __getattr__(self, name: str) -> Any:  # uri, live, decoded, dropped, fps, close: the source's own
+        return getattr(self._source, name)
+
+    def frames(self) -> Iterator[Frame]:
+        return (frame for frame in self._source.frames() if frame.source_id not in self._done)
+
+
+def without_frames(source: Source, done: frozenset[str]) -> Source:
+    """``source`` without the frames whose ``source_id`` is in ``done``: a video or sensor file read
+    again after a failure, whose frames up to there were delivered (they are decoded again, not run).
+    Image files are left out unread instead (``FileSource``'s ``skip``)."""
+    return cast(Source, _Without(source, done))
+
+
+def _image_shaped(shape: tuple[int | None, ...]) -> bool:
+    """Whether a tensor of ``shape`` can hold a decoded colour image as it is: ``[N, H, W, 3]``, or ``[H, W, 3]``
+    with no batch dimension (a first dimension of 1 or N is a batch: ``[1, 256, 3]`` is a sensor window)."""
+    if not shape or shape[-1] not in (3, None):
+        return False
+    return len(shape) == 4 or (len(shape) == 3 and shape[0] not in (1, None))
 
 
 def open_configured(
-    specs: str | Sequence[str], options: SourceOptions, window: int | None, stop: threading.Event | None = None
+    specs: str | Sequence[str],
+    options: SourceOptions,
+    window: int | None,
+    stop: threading.Event | None = None,
+    skip: frozenset[str] = frozenset(),
 ) -> Source:
     """``open_source`` with the options of ``edgerun run`` or of a daemon pipeline (one place to add one)."""
     return open_source(
@@ -80,6 +127,7 @@ def open_configured(
         queue=options.queue,
         decode_threads=options.decode_threads,
         stop=stop,
+        skip=skip,
     )
 
 
@@ -94,10 +142,12 @@ def open_source(
     queue: int | None = None,
     decode_threads: int = 1,
     stop: threading.Event | None = None,
+    skip: frozenset[str] = frozenset(),
 ) -> Source:
     """Open the source named by ``specs`` (several paths, or a glob matching several, make one file source).
 
-    ``stop`` ends a stream's first connection retries early (a daemon stopping meanwhile).
+    ``stop`` ends a stream's first connection retries early (a daemon stopping meanwhile). ``skip``
+    names image and array files a file source leaves out (done already: a retried daemon pipeline).
 
     Raises:
         SourceError: the source cannot be opened.
@@ -133,7 +183,7 @@ def open_source(
             return SensorSource(path, window=window, hop=hop)
         if kind == _VIDEO:
             return VideoFileSource(path, decode_threads=decode_threads)
-        return FileSource(items)
+        return FileSource(items, skip=skip)
     for path in paths:
         kind = _only_source_kind(path)
         if kind is not None:
@@ -142,7 +192,7 @@ def open_source(
                 f"{given}, and {path} is {kind}: only images and .npy arrays can be given several at a time; "
                 f"{kind} must be the only source"
             )
-    return FileSource(items)
+    return FileSource(items, skip=skip)
 
 
 # What a source string names where it must be the only source, as messages say it.
