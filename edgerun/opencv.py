@@ -13,21 +13,32 @@ A daemon that only ever gets arrays never imports OpenCV at all.
 Images are refused above :data:`MAX_IMAGE_PIXELS` before they are decoded (a
 400 KB PNG can declare 20000x20000 pixels and take a gigabyte to decode):
 OpenCV's own ``OPENCV_IO_MAX_IMAGE_PIXELS``, 1 << 30 by default, is lowered to
-it unless the user set it, which must happen before ``cv2`` is first imported.
+it unless the user set it, which must happen before ``cv2`` is first imported:
+OpenCV reads the variable once, when it is loaded. An application that imported
+``cv2`` before edgerun, without setting it, keeps OpenCV's 1 << 30 (3 GB decoded in
+colour); edgerun then says so in one warning, and its messages give that limit.
 """
 
 from __future__ import annotations
 
+import logging
 import os
+import sys
 from typing import Any
 
-__all__ = ["MAX_IMAGE_PIXELS", "max_image_pixels", "opencv", "quiet"]
+log = logging.getLogger(__name__)
+
+__all__ = ["MAX_IMAGE_PIXELS", "OPENCV_DEFAULT_PIXELS", "max_image_pixels", "opencv", "quiet"]
 
 #: The largest image decoded, in pixels: 64 Mpx (8192 x 8192), about 200 MB decoded in colour.
 MAX_IMAGE_PIXELS = 1 << 26
 
+#: OpenCV's own limit, which it keeps when ``cv2`` was loaded without the variable set.
+OPENCV_DEFAULT_PIXELS = 1 << 30
+
 _module: Any = None
 _quiet = False
+_limit: int | None = None  # the limit OpenCV applies, once edgerun imported it (None: the variable decides)
 
 
 def quiet() -> None:
@@ -46,8 +57,16 @@ def quiet() -> None:
 
 def opencv() -> Any:
     """The ``cv2`` module, imported once."""
-    global _module
+    global _module, _limit
     if _module is None:
+        if "cv2" in sys.modules and "OPENCV_IO_MAX_IMAGE_PIXELS" not in os.environ:
+            _limit = OPENCV_DEFAULT_PIXELS  # loaded by the application: too late to lower its limit
+            log.warning(
+                "cv2 was imported before edgerun: OpenCV decodes images of up to %s pixels, not edgerun's %s; "
+                "set OPENCV_IO_MAX_IMAGE_PIXELS before importing cv2 to bound them",
+                f"{OPENCV_DEFAULT_PIXELS:,}",
+                f"{MAX_IMAGE_PIXELS:,}",
+            )
         os.environ.setdefault("OPENCV_IO_MAX_IMAGE_PIXELS", str(MAX_IMAGE_PIXELS))
         import cv2
 
@@ -59,6 +78,8 @@ def opencv() -> Any:
 
 def max_image_pixels() -> int:
     """The decoding limit in force (OpenCV reads it once, when it is imported)."""
+    if _limit is not None:
+        return _limit
     try:
         return int(os.environ.get("OPENCV_IO_MAX_IMAGE_PIXELS", MAX_IMAGE_PIXELS))
     except ValueError:

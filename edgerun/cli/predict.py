@@ -85,6 +85,8 @@ def recorded_inputs(path: str) -> Recorded:
             for number, line in enumerate(data[:end].decode("utf-8", errors="replace").splitlines(), start=1):
                 try:
                     record = json.loads(line)
+                    if not isinstance(record["input"], str):
+                        raise TypeError("an input is a path")
                     done.add(record["input"])
                 except (ValueError, KeyError, TypeError):
                     raise ConfigError(f"{path} line {number} is not an edgerun record; cannot resume from it") from None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import glob
+import os
 import time
 from collections.abc import Iterator, Sequence
 
@@ -17,7 +18,12 @@ class FileSource:
     """Reads each file's bytes (images) or array (``.npy``); decoding happens downstream.
 
     A path that cannot be read yields a frame carrying the error, so the run
-    reports it and goes on.
+    reports it and goes on. ``skip`` names inputs to leave out, by the path their
+    frames carry (``Frame.source_id``): those an earlier run already delivered
+    (``edgerun predict --resume``, a daemon pipeline retried after a failure). Paths
+    are compared by what they name, made absolute from the current directory and
+    normalised without resolving links: ``imgs/a.png``, ``./imgs/a.png`` and
+    ``imgs//a.png`` are one input, to skip and to read once.
     """
 
     live = False
@@ -29,10 +35,10 @@ class FileSource:
         #: every input to read, in order (directories walked once, here), without the skipped ones, each once
         #: (``'imgs/**'`` matches the folder and every file in it; a file named beside its folder is in both)
         self.refs: list[InputRef] = []
-        seen = set(skip)
+        seen = {os.path.abspath(path) for path in skip}
         for ref in expand_inputs(self.expand(paths)):
-            if ref.path not in seen:
-                seen.add(ref.path)
+            if (key := os.path.abspath(ref.path)) not in seen:
+                seen.add(key)
                 self.refs.append(ref)
         self._closed = False
 

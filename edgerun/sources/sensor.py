@@ -142,7 +142,14 @@ class SensorSource:
             rows.close()  # closes the file
 
     def _lines(self) -> Iterator[tuple[int, str | None]]:
-        """(line number, line); the line is None where it is longer than ``MAX_ROW_CHARS``."""
+        """(line number, line); the line is None where it is longer than ``MAX_ROW_CHARS``.
+
+        A file is read up to the first end of file met, and a line without its newline is
+        only taken once the end of the file is known to follow it: where another process is
+        still writing the file, the next read may bring the rest of the line, and the two
+        pieces are one row, not a row with a cut value and a bad row after it. A line cut
+        where the reading stops is the last row (a file's last line often lacks its newline).
+        """
         if self._stdin:
             yield from enumerate(self._stdin_lines(), start=1)
             return
@@ -153,6 +160,12 @@ class SensorSource:
                 if not line:
                     return
                 number += 1
+                while not line.endswith("\n") and len(line) <= MAX_ROW_CHARS:
+                    rest = stream.readline(MAX_ROW_CHARS + 1 - len(line))
+                    if not rest:  # the end of the file: this is its last line, and the reading ends here
+                        yield number, line
+                        return
+                    line += rest
                 if len(line) > MAX_ROW_CHARS and not line.endswith("\n"):
                     while line and not line.endswith("\n"):  # the rest of the row, read and dropped
                         line = stream.readline(MAX_ROW_CHARS + 1)
