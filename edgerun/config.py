@@ -16,6 +16,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -173,6 +174,14 @@ class MqttConfig(_Strict):
     results_qos: Literal[0, 1] = 1
     results_max_per_s: float | None = Field(None, gt=0)
 
+    def resolved_password(self) -> str | None:
+        """The password from ``password_file`` (surrounding whitespace dropped), or None without one.
+
+        Raises:
+            ConfigError: the file cannot be read, or is not UTF-8 text.
+        """
+        return _secret_file(self.password_file, "mqtt.password_file") if self.password_file else None
+
     @field_validator("url")
     @classmethod
     def _url_as_the_command_line_takes_it(cls, url: str) -> str:
@@ -224,12 +233,7 @@ class ApiConfig(_Strict):
                 sent: an empty file must not leave an exposed API without a token.
         """
         if self.token_file:
-            try:
-                text = Path(self.token_file).read_text(encoding="utf-8").strip()
-            except OSError as exc:
-                raise ConfigError(f"cannot read api.token_file {self.token_file}: {exc.strerror}") from exc
-            except UnicodeDecodeError:
-                raise ConfigError(f"api.token_file {self.token_file}: not UTF-8 text") from None
+            text = _secret_file(self.token_file, "api.token_file")
             return _check_token(text, f"api.token_file {self.token_file}")
         return self.token
 
@@ -244,6 +248,16 @@ class ApiConfig(_Strict):
         if self.enabled and not loopback and not (self.token or self.token_file):
             raise ValueError(f"api.bind {self.bind} is not loopback: a token (api.token or api.token_file) is needed")
         return self
+
+
+def _secret_file(path: str, key: str) -> str:
+    """The text of a token or password file, surrounding whitespace dropped; ``ConfigError`` naming ``key``."""
+    try:
+        return Path(path).read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        raise ConfigError(f"cannot read {key} {path}: {exc.strerror}") from exc
+    except UnicodeDecodeError:
+        raise ConfigError(f"{key} {path}: not UTF-8 text") from None
 
 
 class LoggingConfig(_Strict):
@@ -331,15 +345,22 @@ def _resolve(config: Config, base: Path) -> Config:
     return config.model_copy(update=update)
 
 
-def check_runnable(config: Config, source: str) -> None:
-    """Refuse, in one line, a valid config whose model files are not there.
+def check_runnable(config: Config, source: str) -> list[str]:
+    """Refuse, in one line, a valid config whose model files are not there or whose secret files
+    the daemon could not use; name the secret files that are not there yet.
 
     Model paths are checked as the daemon opens them: relative to the working
-    directory once ``load_config`` has resolved them against the config's folder.
+    directory once ``load_config`` has resolved them against the config's folder. The
+    API's token file (with the API on) and the MQTT password file are read as the daemon
+    reads them at start. One that is not there is a note, not an error: a config is often
+    checked on another machine than the device its secrets are installed on.
+
+    Returns:
+        One line per secret file that is not there (the daemon stops at start without it).
 
     Raises:
-        ConfigError: a model file is missing or is not a file, or the API's token file is
-            there but unreadable or holds no usable token (up to three named, then a count).
+        ConfigError: a model file is missing or is not a file, or a secret file that is
+            there cannot be read or holds no usable token (up to three named, then a count).
     """
     problems = []
     for name, model in config.models.items():
@@ -348,15 +369,23 @@ def check_runnable(config: Config, source: str) -> None:
             problems.append(f"models.{name}.path: model file not found: {model.path}")
         elif not path.is_file():
             problems.append(f"models.{name}.path: not a model file: {model.path}")
-    # A token file not there yet is left to the daemon (it may be installed on the device
-    # after the config is checked elsewhere); one that is there must hold a usable token.
-    if config.api.enabled and config.api.token_file and Path(config.api.token_file).exists():
+    secrets: list[tuple[str, str, Callable[[], str | None]]] = []
+    if config.api.enabled and config.api.token_file:  # read only to start the API
+        secrets.append(("api.token_file", config.api.token_file, config.api.resolved_token))
+    if config.mqtt is not None and config.mqtt.password_file:
+        secrets.append(("mqtt.password_file", config.mqtt.password_file, config.mqtt.resolved_password))
+    notes = []
+    for key, file, read in secrets:
+        if not os.path.lexists(file):
+            notes.append(f"{key} {file} is not there: the daemon stops at start until it is")
+            continue
         try:
-            config.api.resolved_token()  # read as the daemon reads it when the API starts
+            read()  # as the daemon reads it at start
         except ConfigError as exc:
             problems.append(str(exc))
     if problems:
         raise ConfigError(f"{source}: {_one_line(problems)}")
+    return notes
 
 
 def _unique_key_loader() -> Any:

@@ -1,7 +1,10 @@
 """Where edgerun keeps state: delegate caches, compiled engines, the outbox and the model store.
 
 Resolution order: an explicit path, ``$EDGERUN_STATE_DIR``, ``$XDG_STATE_HOME/edgerun``,
-``~/.local/state/edgerun``. The daemon's config names ``/var/lib/edgerun``.
+``~/.local/state/edgerun``. The daemon's config names ``/var/lib/edgerun``. Where none of
+these is set and there is no home directory (``$HOME`` unset and the user not in the password
+database: a systemd unit with ``DynamicUser=``, a container run as an arbitrary uid), asking for
+the state directory is a ``ConfigError`` saying how to name one, not a guess.
 """
 
 from __future__ import annotations
@@ -16,14 +19,26 @@ __all__ = ["check_state_dir", "state_dir"]
 
 
 def state_dir(explicit: str | os.PathLike[str] | None = None) -> Path:
-    """The state directory to use (not created here; writers create what they need)."""
+    """The state directory to use (not created here; writers create what they need).
+
+    Raises:
+        ConfigError: nothing names one and this user has no home directory to put it in.
+    """
     if explicit:
         return Path(explicit)
     if env := os.environ.get("EDGERUN_STATE_DIR"):
         return Path(env)
     if xdg := os.environ.get("XDG_STATE_HOME"):
         return Path(xdg) / "edgerun"
-    return Path.home() / ".local" / "state" / "edgerun"
+    try:
+        home = Path.home()  # $HOME, else the password database's entry for this uid
+    except RuntimeError:  # neither: Python cannot tell where ~ is
+        raise ConfigError(
+            f"no state directory: $HOME is not set and uid {os.getuid()} has no home directory in the "
+            "password database; set EDGERUN_STATE_DIR (or XDG_STATE_HOME), or state_dir in the daemon's "
+            "config (--state-dir for a command)"
+        ) from None
+    return home / ".local" / "state" / "edgerun"
 
 
 def check_state_dir(path: Path, *, create: bool) -> None:

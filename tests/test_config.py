@@ -158,8 +158,19 @@ def test_config_check_finds_a_relative_model_where_the_daemon_would(tmp_path: Pa
 
 def test_config_check_passes_every_shipped_device_config_from_the_repo_root() -> None:
     for path in CONFIGS:
-        result = run_cli("config", "check", str(path.relative_to(ROOT)), cwd=ROOT)
+        shown = path.relative_to(ROOT)
+        result = run_cli("config", "check", str(shown), cwd=ROOT)
         assert result.returncode == 0, result.stderr
+        config = load_config(path)
+        secrets = [
+            ("api.token_file", config.api.token_file),
+            ("mqtt.password_file", config.mqtt and config.mqtt.password_file),
+        ]
+        missing = [(key, file) for key, file in secrets if file and not Path(file).exists()]  # installed on the device
+        assert result.stderr.splitlines() == [
+            f"edgerun: warning: {shown}: {key} {file} is not there: the daemon stops at start until it is"
+            for key, file in missing
+        ]
 
 
 def test_a_sink_the_command_line_would_refuse_is_refused_in_the_config_without_touching_the_disk(

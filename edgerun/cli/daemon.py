@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +38,8 @@ def check_config(args: argparse.Namespace) -> int:
     from edgerun.state import check_state_dir, state_dir
 
     config = load_config(args.file)
-    check_runnable(config, args.file)
+    for note in check_runnable(config, args.file):
+        print(f"edgerun: warning: {args.file}: {note}", file=sys.stderr)
     try:
         check_state_dir(state_dir(config.state_dir), create=False)  # writable, or can be made; nothing left behind
     except ConfigError as exc:
