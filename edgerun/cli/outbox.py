@@ -42,7 +42,7 @@ def run(args: argparse.Namespace) -> int:
     age = "-" if stats.oldest_age_s is None else f"{stats.oldest_age_s:.1f} s"
     print(
         f"outbox {stats.path}: epoch {stats.epoch}, {stats.records} record(s), {stats.bytes} bytes, "
-        f"oldest {age}, evicted so far {stats.evicted}"
+        f"oldest {age}, evicted so far {stats.evicted}, refused by the broker {stats.refused}"
     )
     for stream, s in sorted(stats.streams.items()):
         print(

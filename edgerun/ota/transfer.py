@@ -229,6 +229,8 @@ def _collect(
         while len(chunks.have) < blob.chunks and chunks.problem is None:
             if stop.is_set():
                 raise UpdateFailed("stopped while downloading; it resumes at the next start")
+            if refused := next(filter(None, map(link.refusal, topics)), None):  # an ACL: nothing will arrive
+                raise UpdateFailed(refused)
             chunks.changed.wait(0.5)
             if chunks.changed.is_set():
                 chunks.changed.clear()

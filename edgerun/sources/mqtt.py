@@ -9,9 +9,12 @@ exception there would end paho's network thread, and the source would go on
 receiving nothing, silently. A broker that cannot be reached at the start is
 tried a bounded number of times, then the run stops with the reason (as a
 stream does); a broker that answers but refuses the connection (bad credentials,
-not authorised) or the subscription at the start stops the run at once, since
-retrying cannot help; a connection lost later (or refused while the broker
-restarts) is logged and re-established by paho. Credentials
+not authorised) or the subscription (its SUBACK, at the start or after a
+reconnect) stops the run at once, since retrying cannot help; the subscription is
+logged only once the broker granted it. (Mosquitto's ``acl_file`` grants a
+subscription it denies and withholds the messages: no subscriber can tell.) A
+connection lost later (or refused while the broker restarts) is logged and
+re-established by paho. Credentials
 may be given in the URL (``mqtt://user:password@host/topic``, percent-encoded);
 the source's ``uri`` shows the user, never the password. A user without a
 password in the URL takes it from ``$EDGERUN_MQTT_PASSWORD``, as the device's
@@ -38,6 +41,7 @@ import numpy as np
 
 from edgerun.errors import ConfigError, SourceError
 from edgerun.sources.base import Frame, LatestBuffer, LiveSource, connect_with_retries
+from edgerun.sync.diagnose import subscribe_refusal
 
 log = logging.getLogger(__name__)
 
@@ -188,13 +192,14 @@ class MqttSource(LiveSource):
                     log.warning("MQTT source %s: reconnection refused (%s); retrying", self.uri, reason)
                 return
             connected.set()
-            client.subscribe(self.topic, qos=1)
-            log.info("MQTT source subscribed to %s on %s:%d", self.topic, self.host, self.port)
+            client.subscribe(self.topic, qos=1)  # said in on_subscribe, once the broker answered
 
         def on_subscribe(client: Any, userdata: Any, mid: Any, reasons: Any, properties: Any) -> None:
             refused = [reason for reason in reasons if reason.is_failure]
             if refused:  # an ACL that denies the topic: nothing would ever arrive
-                fail(f"{what} refused the subscription to {self.topic}: {refused[0]}")
+                fail(subscribe_refusal(self.topic, refused[0], who=what))
+                return
+            log.info("MQTT source subscribed to %s on %s:%d", self.topic, self.host, self.port)
 
         def on_message(client: Any, userdata: Any, message: Any) -> None:
             index = next(counter)

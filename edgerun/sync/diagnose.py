@@ -1,7 +1,8 @@
-"""Turning connection failures into one line that says which layer failed and why.
+"""Turning connection failures and refusals into one line that says which layer failed and why.
 
-Shared by the link (which logs the reason and retries) and ``edgerun mqtt check``
-(which walks the layers one by one: DNS, TCP, TLS, MQTT CONNECT, publish).
+Shared by the link (which logs the reason and retries), ``edgerun mqtt check``
+(which walks the layers one by one: DNS, TCP, TLS, MQTT CONNECT, publish) and the
+MQTT source (a refused subscription).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from typing import Any
 
 from edgerun.sync.settings import MqttSettings
 
-__all__ = ["closed_before_connack", "connack_reason", "describe_connect_error"]
+__all__ = ["closed_before_connack", "connack_reason", "describe_connect_error", "reason_text", "subscribe_refusal"]
 
 _TLS_HINTS = {
     "CERTIFICATE_EXPIRED": "the broker rejected our client certificate: it has expired",
@@ -80,3 +81,26 @@ def closed_before_connack(settings: MqttSettings, socket_error: str | None) -> s
     detail = f" ({text})" if text else ""
     hint = "; is our client certificate valid for it?" if settings.tls else ""
     return f"the broker at {where} closed the connection before answering CONNECT{detail}{hint}"
+
+
+def reason_text(reason_code: Any) -> str:
+    """paho's name of an MQTT reason code with its number, ``Not authorized [code:135]``."""
+    value = getattr(reason_code, "value", None)
+    return f"{reason_code} [code:{value}]" if isinstance(value, int) else str(reason_code)
+
+
+def subscribe_refusal(topic: str, reason_code: Any, *, who: str = "the broker") -> str:
+    """One line for a subscription the broker refused in its SUBACK.
+
+    MQTT 5 brokers give a reason (0x87 ``Not authorized`` from an ACL). MQTT 3.1.1 has a
+    single failure code, 0x80, which paho names "Unspecified error"; brokers send it for an
+    ACL that denies the topic (Mosquitto's dynamic security, AWS IoT policies), so the line
+    says what it most likely means.
+    """
+    text = reason_text(reason_code)
+    if getattr(reason_code, "value", None) == 0x80:
+        return (
+            f"{who} refused the subscription to {topic} ({text}: no reason given, "
+            "most likely this client is not authorized to read it)"
+        )
+    return f"{who} refused the subscription to {topic}: {text}"

@@ -18,6 +18,15 @@ The link never dies of an error of its own: an unexpected exception in a serve
 pass (the outbox's disk full or failing, a bug) is logged, the connection is
 closed, and the link reconnects after the backoff; acknowledgements not yet
 written to the outbox are kept and written on a later pass.
+
+Refusals: a subscription the broker refuses in its SUBACK (an ACL) is said in one
+WARNING line naming the topic, kept in ``last_error``, and asked for again only
+after the next connect (said again only when the reason changes, or after the
+broker granted it meanwhile). A record the broker refuses in its PUBACK (MQTT 5
+only; 3.1.1 has no way to say so) leaves the outbox, since it would be refused
+again, and is counted in ``refused``; the first refusal per topic is one WARNING
+line, the rest are counted, until that topic is accepted again. A direct publish
+(status, OTA status) refused is said the same way.
 """
 
 from __future__ import annotations
@@ -36,7 +45,13 @@ from typing import Any
 
 from edgerun import __version__
 from edgerun.native import native_calls
-from edgerun.sync.diagnose import closed_before_connack, connack_reason, describe_connect_error
+from edgerun.sync.diagnose import (
+    closed_before_connack,
+    connack_reason,
+    describe_connect_error,
+    reason_text,
+    subscribe_refusal,
+)
 from edgerun.sync.outbox import Outbox
 from edgerun.sync.settings import MqttSettings
 from edgerun.sync.topics import Topics
@@ -126,16 +141,22 @@ class MqttLink:
         c.on_disconnect = self._on_disconnect
         c.on_publish = self._on_publish
         c.on_message = self._on_message
+        c.on_subscribe = self._on_subscribe
         self._subs: dict[str, tuple[int, Handler]] = {}
         self._direct: queue.Queue[tuple[str, bytes, int, bool]] = queue.Queue()
         self._unsubscribe: queue.Queue[str] = queue.Queue()
-        self._direct_mids: set[int] = set()
+        self._direct_mids: dict[int, str] = {}  # mid -> topic of a direct publish awaiting its PUBACK
         self._inflight: dict[int, int] = {}  # mid -> outbox id
+        self._inflight_topics: dict[int, str] = {}  # mid -> topic of that record, to name a refusal
         self._inflight_qos0: set[int] = set()  # those mids of QoS 0 records: paho drops them unsent on a reconnect
         self._early: set[int] = set()  # acks that arrived inside the publish() call in progress
         self._acked: list[int] = []
+        self._acked_refused = 0  # how many of ``_acked`` the broker refused (counted in the outbox)
         self._last_sent = 0  # outbox id of the newest record handed to paho
-        self._subscribed: set[str] = set()
+        self._subscribed: set[str] = set()  # asked for on this connection (granted or not): not asked again
+        self._sub_mids: dict[int, str] = {}  # SUBSCRIBE mid -> topic, until its SUBACK
+        self._sub_refused: dict[str, str] = {}  # topic -> the refusal said for it (once)
+        self._pub_refused: dict[str, str] = {}  # topic -> the publish refusal said for it (once)
         self._connected = threading.Event()
         self._refused: str | None = None
         self._socket_error: str | None = None  # paho's last receive failure, for the next reason
@@ -166,6 +187,14 @@ class MqttLink:
         """Call ``handler(message)`` for messages on ``topic`` (wildcards allowed); kept across reconnects."""
         self._subs[topic] = (qos, handler)
         self._poke()
+
+    def refusal(self, topic: str) -> str | None:
+        """Why the broker refused the subscription to ``topic`` (one line), or None while it has not.
+
+        For a subscriber that waits for messages on ``topic`` (a chunk download) and should
+        stop waiting at once: nothing on a refused topic will arrive before the next connect.
+        """
+        return self._sub_refused.get(topic)
 
     def unsubscribe(self, topic: str) -> None:
         """Stop receiving ``topic``."""
@@ -421,10 +450,13 @@ class MqttLink:
             if gone in self._subscribed and gone not in self._subs:
                 self._client.unsubscribe(gone)
                 self._subscribed.discard(gone)
+                self._forget_refusal(gone)
         for topic, (qos, _) in list(self._subs.items()):
             if topic not in self._subscribed:
-                self._client.subscribe(topic, qos)
-                self._subscribed.add(topic)
+                rc, mid = self._client.subscribe(topic, qos)
+                if rc == self._mqtt.MQTT_ERR_SUCCESS:
+                    self._sub_mids[mid] = topic
+                self._subscribed.add(topic)  # refused or not: asked again only after the next connect
         while True:
             try:
                 topic, payload, qos, retain = self._direct.get_nowait()
@@ -432,7 +464,7 @@ class MqttLink:
                 break
             info, done = self._send(topic, payload, qos, retain)
             if qos > 0 and not done and self._kept(info, qos):  # a QoS 0 id is not kept: paho may drop
-                self._direct_mids.add(info.mid)  # the message unsent, and its id would linger until reused
+                self._direct_mids[info.mid] = topic  # the message unsent, and its id would linger until reused
         self._drain()
 
     def _send(self, topic: str, payload: bytes, qos: int, retain: bool = False) -> tuple[Any, bool]:
@@ -466,8 +498,8 @@ class MqttLink:
         if self.outbox is None:
             return
         if self._acked:
-            self.outbox.ack(self._acked)
-            self._acked = []
+            self.outbox.ack(self._acked, refused=self._acked_refused)
+            self._acked, self._acked_refused = [], 0
         room = self.settings.max_inflight - len(self._inflight)
         if room <= 0:
             return
@@ -484,6 +516,7 @@ class MqttLink:
                 self._acked.append(record.id)
             else:
                 self._inflight[info.mid] = record.id  # also when paho resends it after the reconnect
+                self._inflight_topics[info.mid] = record.topic
                 if record.qos == 0:
                     self._inflight_qos0.add(info.mid)
             if info.rc != self._mqtt.MQTT_ERR_SUCCESS:
@@ -494,7 +527,7 @@ class MqttLink:
         record = {"schema": 1, "state": "online", "ts": int(time.time()), "runtime": __version__, **self._status}
         info, done = self._send(self.topics.status, json.dumps(record).encode(), 1, retain=True)
         if not done and self._kept(info, 1):
-            self._direct_mids.add(info.mid)
+            self._direct_mids[info.mid] = self.topics.status
 
     def _closed_early_reason(self) -> str:
         """Why the broker hung up before CONNACK; over TLS, a handshake of our own hears its alert."""
@@ -524,6 +557,7 @@ class MqttLink:
         # messages (same mids) on every reconnect, so we must not send them again.
         self._resend_lost_qos0()
         self._subscribed.clear()  # subscribe again: the broker may have lost the session
+        self._sub_mids.clear()  # SUBACKs of the last connection never come
         self._status_dirty = True
         self._connected.set()
         log.info(
@@ -538,6 +572,8 @@ class MqttLink:
         in the outbox) until a restart. Sending restarts at the oldest of them; a record after it
         that is sent twice is dropped by receivers by ``(device, epoch, seq)``."""
         lost = [self._inflight.pop(mid) for mid in self._inflight_qos0 if mid in self._inflight]
+        for mid in self._inflight_qos0:
+            self._inflight_topics.pop(mid, None)
         self._inflight_qos0.clear()
         if lost:
             self._last_sent = min(self._last_sent, min(lost) - 1)
@@ -549,20 +585,64 @@ class MqttLink:
         if mid == self._offline_mid:
             self._offline_acked = not getattr(reason_code, "is_failure", False)
             return
+        refused = reason_code is not None and getattr(reason_code, "is_failure", False)
         if mid in self._direct_mids:
-            self._direct_mids.discard(mid)
+            topic = self._direct_mids.pop(mid)
+            what = "a publish to {topic} ({reason}); further refusals on this topic are not logged"
+            self._publish_answered(topic, reason_code if refused else None, what)
             return
         rid = self._inflight.pop(mid, None)
+        topic = self._inflight_topics.pop(mid, "?")
         self._inflight_qos0.discard(mid)
         if rid is None:
             self._early.add(mid)
             return
-        if reason_code is not None and getattr(reason_code, "is_failure", False):
+        if refused:
             self._counts["refused"] += 1
-            log.warning("MQTT: the broker refused a record (%s); dropped, it would be refused again", reason_code)
+            self._acked_refused += 1
         else:
             self._counts["acked"] += 1
+        what = (
+            "a record on {topic} ({reason}); dropped, since it would be refused again "
+            "(counted in 'refused'; further refusals on this topic are not logged)"
+        )
+        self._publish_answered(topic, reason_code if refused else None, what)
         self._acked.append(rid)
+
+    def _publish_answered(self, topic: str, refusal: Any, what: str) -> None:
+        """Say a refused publish once per topic and reason (``what`` names it); forget it once one is accepted."""
+        if refusal is None:
+            if self._pub_refused.pop(topic, None) is not None:
+                log.info("MQTT: the broker accepts publishes to %s again", topic)
+            return
+        reason = reason_text(refusal)
+        if self._pub_refused.get(topic) != reason:
+            self._pub_refused[topic] = reason
+            line = what.format(topic=topic, reason=reason)
+            log.warning("MQTT: the broker refused %s", line)
+
+    def _on_subscribe(self, client: Any, userdata: Any, mid: int, reason_codes: Any, properties: Any) -> None:
+        """A SUBACK: a refusal is said once per topic and reason, and asked again only after the next connect."""
+        topic = self._sub_mids.pop(mid, None)
+        if topic is None or topic not in self._subs:  # not ours, or unsubscribed meanwhile
+            return
+        failed = [code for code in reason_codes if getattr(code, "is_failure", False)]
+        if not failed:
+            if self._forget_refusal(topic):
+                log.info("MQTT: the broker now grants the subscription to %s", topic)
+            return
+        message = subscribe_refusal(topic, failed[0])
+        self.last_error = message
+        if self._sub_refused.get(topic) != message:
+            self._sub_refused[topic] = message
+            log.warning("MQTT: %s; nothing on it will arrive (asked again after the next reconnect)", message)
+
+    def _forget_refusal(self, topic: str) -> bool:
+        """Forget a refused subscription (granted, or unsubscribed); whether there was one."""
+        message = self._sub_refused.pop(topic, None)
+        if message is not None and self.last_error == message:
+            self.last_error = None
+        return message is not None
 
     def _on_paho_log(self, client: Any, userdata: Any, level: int, text: str) -> None:
         # paho reports a dropped connection at ERROR; the link says that itself, once,

@@ -104,13 +104,14 @@ class Pending:
 
 @dataclass(frozen=True)
 class OutboxStats:
-    """What is queued: records and bytes per stream, the oldest record's age, evictions so far."""
+    """What is queued: records and bytes per stream, the oldest record's age, evictions and refusals so far."""
 
     epoch: str
     records: int
     bytes: int
     oldest_age_s: float | None
     evicted: int
+    refused: int
     streams: dict[str, dict[str, int]]
     path: str
 
@@ -236,6 +237,13 @@ class Outbox:
         """
         return int(self._meta("evicted") or 0)
 
+    def refused_total(self) -> int:
+        """Records the broker refused since the epoch began (``ack``'s ``refused``; cumulative too).
+
+        Safe inside ``put_many``'s ``fill``, which runs under the outbox's lock.
+        """
+        return int(self._meta("refused") or 0)
+
     # -- reading and acknowledging ------------------------------------------
     def pending(self, after_id: int = 0, limit: int = 500) -> list[Pending]:
         """The oldest records with ``id > after_id``, in order."""
@@ -246,8 +254,9 @@ class Outbox:
             ).fetchall()
         return [Pending(r[0], r[1], r[2], r[3], r[4], bytes(r[5])) for r in rows]
 
-    def ack(self, ids: Iterable[int]) -> None:
-        """Delete acknowledged records (in one transaction).
+    def ack(self, ids: Iterable[int], refused: int = 0) -> None:
+        """Delete acknowledged records (in one transaction); ``refused`` of them the broker refused
+        (an ACL, in an MQTT 5 PUBACK), counted as ``refused_total`` so their ``seq`` gaps are told.
 
         Raises:
             SyncError: the write failed (disk full, I/O error, write lock held
@@ -275,6 +284,8 @@ class Outbox:
                     removed += sum(size for (size,) in sizes)
                     deleted += len(sizes)
                 self._set_meta("bytes", str(max(0, int(self._meta("bytes") or 0) - removed)))
+                if refused:
+                    self._set_meta("refused", str(self.refused_total() + refused))
             self._count -= deleted
 
     @contextlib.contextmanager
@@ -334,13 +345,14 @@ class Outbox:
                 )
             }
             oldest = self._db.execute("SELECT min(created) FROM records").fetchone()[0]
-            evicted = int(self._meta("evicted") or 0)
+            evicted, refused = int(self._meta("evicted") or 0), int(self._meta("refused") or 0)
         return OutboxStats(
             epoch=self.epoch,
             records=sum(s["records"] for s in streams.values()),
             bytes=sum(s["bytes"] for s in streams.values()),
             oldest_age_s=None if oldest is None else max(0.0, time.time() - oldest),
             evicted=evicted,
+            refused=refused,
             streams=streams,
             path=str(self.path),
         )

@@ -31,8 +31,8 @@ class MetricsPublisher:
 
     Records carry an ``outbox`` object (an extension of the protocol record,
     see docs/protocol-notes.md): ``evicted`` is the number of records the
-    outbox's size bound has removed since the epoch began, so a gap in ``seq``
-    is never silent.
+    outbox's size bound has removed since the epoch began, and ``refused`` the
+    number the broker refused (an ACL, MQTT 5), so a gap in ``seq`` is never silent.
     """
 
     def __init__(
@@ -75,7 +75,7 @@ class MetricsPublisher:
             }
 
             def fill(rec: dict[str, Any]) -> None:
-                rec["outbox"] = {"evicted": self._outbox.evicted_total()}
+                rec["outbox"] = {"evicted": self._outbox.evicted_total(), "refused": self._outbox.refused_total()}
 
             (seq,) = self._outbox.put_many([("metrics", self._topics.metrics, record, 1)], fill=fill)
         if self._link is not None:
