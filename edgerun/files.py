@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import contextlib
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
-__all__ = ["atomic_write", "fsync_dir", "read_utf8", "same_file", "sha256_file"]
+__all__ = ["atomic_output", "atomic_write", "fsync_dir", "read_utf8", "same_file", "sha256_file"]
 
 
 def read_utf8(path: Path, what: str, error: type[Exception]) -> str:
@@ -52,17 +53,22 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def atomic_write(path: Path, data: bytes) -> None:
-    """Replace ``path`` with ``data`` so that a reader sees the old or the new file, never a mix.
+@contextlib.contextmanager
+def atomic_output(path: Path, mark: str = ".tmp") -> Iterator[Path]:
+    """A temporary path for a writer to fill, renamed over ``path`` when the block ends without error,
+    so that a reader sees the old or the new file, never a mix.
 
-    A write that fails (a full disk) leaves ``path`` as it was and no temporary file behind: one
-    retried every few seconds would otherwise fill the folder with them.
+    The temporary file is hidden beside ``path`` (``.<stem>.<random><mark><suffix>``: the suffix is
+    kept, since writers that take a file name, as ``cv2.imwrite`` and ``np.save`` do, pick the format
+    by it) and fsynced before the rename, and the rename is made durable. A block that raises (a full
+    disk, Ctrl-C) leaves ``path`` as it was and no temporary file behind: one retried every few
+    seconds would otherwise fill the folder with them. A process killed meanwhile leaves only the
+    hidden file.
     """
-    tmp = path.with_name(f".{path.name}.{os.urandom(4).hex()}.tmp")
+    tmp = path.with_name(f".{path.stem}.{os.urandom(4).hex()}{mark}{path.suffix}")
     try:
-        with open(tmp, "wb") as fh:
-            fh.write(data)
-            fh.flush()
+        yield tmp
+        with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, path)
     except BaseException:
@@ -70,3 +76,9 @@ def atomic_write(path: Path, data: bytes) -> None:
             tmp.unlink()
         raise
     fsync_dir(path.parent)
+
+
+def atomic_write(path: Path, data: bytes) -> None:
+    """Replace ``path`` with ``data`` through :func:`atomic_output`."""
+    with atomic_output(path) as tmp:
+        tmp.write_bytes(data)

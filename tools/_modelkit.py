@@ -6,8 +6,14 @@ Keras -> TFLite export (FP32 and full-integer INT8), runners that execute the
 *written files* through onnxruntime / ai-edge-litert, a latency benchmark and
 the model-card writer.
 
+Every file is written atomically (a hidden ``.<stem>.<random>.partial<suffix>`` beside it,
+fsynced, then renamed over it): a build that is interrupted (Ctrl-C, killed, a full disk)
+leaves the file it was writing as it was before, never truncated; the next build deletes
+the hidden files a killed one left (:func:`remove_partial_files`).
+
 Only the packages of edgerun's optional ``build`` extra are needed here; this
-module is not part of the ``edgerun`` package itself.
+module is not part of the ``edgerun`` package itself. TensorFlow and tf2onnx are
+imported by the functions that convert, so the writers and runners work without them.
 """
 
 from __future__ import annotations
@@ -24,13 +30,11 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import onnx
 import onnxruntime as ort
-import tensorflow as tf
-import tf2onnx
 import yaml
 from ai_edge_litert.interpreter import Interpreter
 from onnxruntime.quantization import (
@@ -41,6 +45,11 @@ from onnxruntime.quantization import (
     quant_pre_process,
     quantize_static,
 )
+
+from edgerun import files
+
+if TYPE_CHECKING:
+    import tensorflow as tf
 
 #: ONNX opset used for every export.
 ONNX_OPSET = 13
@@ -62,6 +71,8 @@ DEFAULT_ONNX_INT8_FORMAT = "qdq"
 
 def set_seeds(seed: int) -> None:
     """Seed Python, NumPy and TensorFlow and make TF ops deterministic."""
+    import tensorflow as tf
+
     tf.keras.utils.set_random_seed(seed)
     tf.config.experimental.enable_op_determinism()
 
@@ -85,6 +96,9 @@ def export_onnx(
     and the symbolic batch dimension of every graph input/output is renamed to
     :data:`BATCH_DIM`.
     """
+    import tensorflow as tf
+    import tf2onnx
+
     spec = tf.TensorSpec([None, *input_shape], tf.float32, name=input_name)
 
     @tf.function(input_signature=[spec])
@@ -98,8 +112,8 @@ def export_onnx(
         dim0.dim_param = BATCH_DIM
     model_proto.producer_name = "edgerun-tools (tf2onnx)"
     onnx.checker.check_model(model_proto)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    onnx.save(model_proto, str(path))
+    with atomic_output(path) as tmp:
+        onnx.save(model_proto, str(tmp))
 
 
 class ArrayCalibrationReader(CalibrationDataReader):
@@ -139,7 +153,8 @@ def quantize_onnx(
     graph optimisation, as the onnxruntime docs recommend); it is then
     quantized with MinMax calibration over ``calibration``, uint8 activations
     and per-channel int8 weights in the requested ``fmt`` (see
-    :data:`ONNX_INT8_FORMATS`). The dynamic batch dimension is kept.
+    :data:`ONNX_INT8_FORMATS`). The dynamic batch dimension is kept. The
+    intermediate models stay in a temporary folder; ``int8_path`` is written once, whole.
     """
     if fmt not in ONNX_INT8_FORMATS:
         raise ValueError(f"unknown ONNX INT8 format {fmt!r}; expected one of {ONNX_INT8_FORMATS}")
@@ -149,9 +164,10 @@ def quantize_onnx(
         # ONNX's own shape inference is enough for these CNNs; onnxruntime's
         # symbolic shape inference would add sympy to the build dependencies.
         quant_pre_process(str(fp32_path), str(prepped), skip_symbolic_shape=True)
+        quantized = Path(tmp) / "quantized.onnx"
         quantize_static(
             str(prepped),
-            str(int8_path),
+            str(quantized),
             ArrayCalibrationReader(input_name, calibration),
             quant_format=QuantFormat.QOperator if fmt == "qoperator" else QuantFormat.QDQ,
             activation_type=QuantType.QUInt8,
@@ -159,18 +175,19 @@ def quantize_onnx(
             per_channel=True,
             calibrate_method=CalibrationMethod.MinMax,
         )
-    _drop_unused_opsets(int8_path)
+        model = _drop_unused_opsets(onnx.load(str(quantized)))
+    with atomic_output(int8_path) as out:
+        onnx.save(model, str(out))
 
 
-def _drop_unused_opsets(path: Path) -> None:
-    """Remove opset imports of domains no node uses (quant_pre_process adds many)."""
-    model = onnx.load(str(path))
+def _drop_unused_opsets(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Remove opset imports of domains no node uses (quant_pre_process adds many); checked."""
     used = {node.domain for node in model.graph.node} | {""}
     keep = [opset for opset in model.opset_import if opset.domain in used]
     del model.opset_import[:]
     model.opset_import.extend(keep)
     onnx.checker.check_model(model)
-    onnx.save(model, str(path))
+    return model
 
 
 def onnx_session(path: Path, threads: int = 2) -> ort.InferenceSession:
@@ -219,6 +236,8 @@ def export_tflite(
     images, model layout, no batch dimension), the model is fully quantized
     to INT8, including int8 input and output tensors.
     """
+    import tensorflow as tf
+
     spec = tf.TensorSpec([1, *input_shape], tf.float32, name="input")
     # Keras 3 models traced through a plain tf.function / tf.Module keep their
     # variables as resources (calibration then fails on READ_VARIABLE), so go
@@ -302,6 +321,44 @@ def describe_tflite(path: Path) -> list[str]:
     return lines
 
 
+# --------------------------------------------------------------------------- files
+
+#: Marks the temporary file an atomic write fills before renaming it over its target.
+PARTIAL = ".partial"
+
+
+@contextlib.contextmanager
+def atomic_output(path: Path) -> Iterator[Path]:
+    """A temporary path beside ``path`` for a writer that takes a file name (``onnx.save``,
+    ``cv2.imwrite``, ``np.save``), renamed over it when the block ends without error
+    (``edgerun.files.atomic_output``, marked :data:`PARTIAL` so :func:`remove_partial_files`
+    finds what a killed build left)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with files.atomic_output(path, PARTIAL) as tmp:
+        yield tmp
+
+
+def write_bytes(path: Path, data: bytes) -> None:
+    """Replace ``path`` with ``data`` atomically (see :func:`atomic_output`)."""
+    with atomic_output(path) as tmp:
+        tmp.write_bytes(data)
+
+
+def write_text(path: Path, text: str) -> None:
+    """Replace ``path`` with UTF-8 ``text`` atomically (see :func:`atomic_output`)."""
+    write_bytes(path, text.encode("utf-8"))
+
+
+def remove_partial_files(folder: Path) -> list[Path]:
+    """Delete the temporary files a killed build left in ``folder`` and its subfolders; those deleted."""
+    removed = []
+    for leftover in sorted(folder.rglob(f".*{PARTIAL}*")):
+        if leftover.is_file():
+            leftover.unlink(missing_ok=True)
+            removed.append(leftover)
+    return removed
+
+
 # --------------------------------------------------------------------------- misc
 
 
@@ -329,9 +386,9 @@ _CardDumper.add_representer(list, _represent_list)
 
 
 def write_card(path: Path, card: dict[str, Any], script: str) -> None:
-    """Write an edgerun model card (YAML) with a provenance header comment."""
+    """Write an edgerun model card (YAML) with a provenance header comment, atomically."""
     text = yaml.dump(card, Dumper=_CardDumper, sort_keys=False, default_flow_style=False, width=100)
-    path.write_text(f"# edgerun model card (written by {script})\n{text}", encoding="utf-8")
+    write_text(path, f"# edgerun model card (written by {script})\n{text}")
 
 
 def export_variants(
@@ -346,8 +403,8 @@ def export_variants(
     }
     export_onnx(model, paths["fp32_onnx"], input_shape, output_name="logits")
     quantize_onnx(paths["fp32_onnx"], paths["int8_onnx"], calibration)
-    paths["fp32_tflite"].write_bytes(export_tflite(model, input_shape))
-    paths["int8_tflite"].write_bytes(export_tflite(model, input_shape, calibration))
+    write_bytes(paths["fp32_tflite"], export_tflite(model, input_shape))
+    write_bytes(paths["int8_tflite"], export_tflite(model, input_shape, calibration))
     return paths
 
 

@@ -131,6 +131,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
+    mk.remove_partial_files(out)  # what a killed build left; every file here is written atomically
 
     raw_train, raw_test, y_train, y_test = load_split()
     x_train, x_test = preprocess(raw_train), preprocess(raw_test)
@@ -216,14 +217,16 @@ def write_samples(folder: Path, raw_test: np.ndarray, y_test: np.ndarray, ok: np
         pixels = to_png_pixels(raw_test[index])
         big = cv2.resize(pixels, None, fx=SAMPLE_UPSCALE, fy=SAMPLE_UPSCALE, interpolation=cv2.INTER_NEAREST)
         path = folder / f"digit_{label}.png"
-        if not cv2.imwrite(str(path), big):
-            raise RuntimeError(f"could not write {path}")
+        with mk.atomic_output(path) as tmp:
+            if not cv2.imwrite(str(tmp), big):
+                raise RuntimeError(f"could not write {path}")
         back = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
         if not np.array_equal(cv2.resize(back, (8, 8), interpolation=cv2.INTER_AREA), pixels):
             raise RuntimeError(f"{path}: INTER_AREA resize does not reproduce the 8x8 image")
         print(f"sample {path.name}: held-out test index {index}")
         if label == 7:
-            np.save(folder / "digit_7.npy", preprocess(raw_test[index : index + 1])[0])
+            with mk.atomic_output(folder / "digit_7.npy") as tmp:
+                np.save(tmp, preprocess(raw_test[index : index + 1])[0])
 
 
 if __name__ == "__main__":

@@ -135,6 +135,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.exit(1, f"{SCRIPT}: {exc.name} is not installed: pip install -e '.[build]'\n")
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
+    mk.remove_partial_files(out)  # what a killed build left; every file here is written atomically
 
     mk.set_seeds(SEED)
     model = tf.keras.applications.MobileNetV2(weights=None, input_shape=INPUT_SHAPE, classes=1000, alpha=args.alpha)
@@ -150,8 +151,8 @@ def main(argv: list[str] | None = None) -> int:
     }
     mk.export_onnx(model, paths["fp32_onnx"], INPUT_SHAPE, output_name="probabilities")
     mk.quantize_onnx(paths["fp32_onnx"], paths["int8_onnx"], calibration)
-    paths["fp32_tflite"].write_bytes(mk.export_tflite(model, INPUT_SHAPE))
-    paths["int8_tflite"].write_bytes(mk.export_tflite(model, INPUT_SHAPE, calibration))
+    mk.write_bytes(paths["fp32_tflite"], mk.export_tflite(model, INPUT_SHAPE))
+    mk.write_bytes(paths["int8_tflite"], mk.export_tflite(model, INPUT_SHAPE, calibration))
 
     calib_doc = (
         f"{N_CALIBRATION} deterministic synthetic images (seed {SEED}): three octaves of "

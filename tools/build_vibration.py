@@ -300,11 +300,11 @@ def train(x_train: np.ndarray, y_train: np.ndarray) -> tf.keras.Model:
 
 
 def write_csv(path: Path, rec: np.ndarray) -> None:
-    """Write one recording as ``t,x,y,z`` (t in s, 4 decimals; g, 5 decimals)."""
+    """Write one recording as ``t,x,y,z`` (t in s, 4 decimals; g, 5 decimals), atomically."""
     lines = ["t," + ",".join(AXES)]
     for i, (x, y, z) in enumerate(rec):
         lines.append(f"{i / FS:.4f},{x:.5f},{y:.5f},{z:.5f}")
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    mk.write_text(path, "\n".join(lines) + "\n")
 
 
 def read_csv_windows(path: Path) -> np.ndarray:
@@ -409,6 +409,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
+    mk.remove_partial_files(out)  # what a killed build left; every file here is written atomically
 
     start = time.perf_counter()
     recs, labels = make_recordings()

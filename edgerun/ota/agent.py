@@ -516,7 +516,10 @@ class OtaAgent:
         active = self.store.active(name)
         named = set() if active is None else {active.version, *active.previous, (active.ab or {}).get("version")}
         if self.store.installed(name, version) and version not in named:
-            shutil.rmtree(self.store.version_dir(name, version), ignore_errors=True)
+            try:
+                self.store.remove(name, version)  # set aside first: a crash never leaves a part of it listed
+            except OSError as exc:  # left for the next prune or start; the update's own outcome stands
+                log.warning("OTA: could not remove %s %s from the store: %s", name, version, exc)
 
     def _activate(self, manifest: Manifest, model: Model) -> None:
         uid, name, version = manifest.update_id, manifest.model, manifest.version

@@ -15,11 +15,17 @@ Invariants, whatever is killed when:
   folder) and only ever names a complete version;
 * the active version and the ``keep`` most recent previous ones are never deleted;
 * nor is a version held by an update still in progress (installed, not yet activated or
-  refused: ``hold``), nor a ``.building`` folder an install of this store is writing.
+  refused: ``hold``), nor a ``.building`` folder an install of this store is writing;
+* a version folder leaves ``versions/`` whole too: it is renamed to a hidden
+  ``.<version>.<random>.removing`` name first (atomic, fsynced), then deleted. A process
+  killed meanwhile leaves that hidden folder, which ``versions()`` never lists and the next
+  start (``ModelStore()``) or prune deletes, never a half-deleted version that still looks
+  installed.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -37,6 +43,9 @@ from edgerun.files import atomic_write, fsync_dir, sha256_file
 from edgerun.ota.manifest import version_tuple
 
 log = logging.getLogger(__name__)
+
+#: Suffix of a version folder set aside to be deleted (hidden, so ``versions()`` never lists it).
+_REMOVING = ".removing"
 
 __all__ = ["Active", "ModelStore"]
 
@@ -66,6 +75,8 @@ class ModelStore:
         self._lock = threading.Lock()
         self._held: dict[tuple[str, str], int] = {}  # (name, version) -> holders: spared by _prune
         self._building: set[Path] = set()  # folders an install is writing now: spared by _prune
+        for leftover in self.root.glob(f"*/versions/.*{_REMOVING}"):  # a delete a killed process left half done
+            shutil.rmtree(leftover, ignore_errors=True)
 
     # -- paths -----------------------------------------------------------------
     def _model_dir(self, name: str) -> Path:
@@ -147,6 +158,7 @@ class ModelStore:
         final = self.version_dir(name, version)
         final.parent.mkdir(parents=True, exist_ok=True)
         building = final.parent / f".{version}.{secrets.token_hex(4)}.building"
+        aside: Path | None = None  # the copy of this version installed before, while it is replaced
         with self._lock:
             building.mkdir()
             self._building.add(building)
@@ -168,17 +180,42 @@ class ModelStore:
                 active = self.active(name)
                 if active is not None and version in (active.version, (active.ab or {}).get("version")):
                     raise UpdateRejected(f"{name} {version} is installed and in use; it cannot be replaced")
-                shutil.rmtree(final)
+                aside = self._set_aside(final)  # the old copy goes once the new one is in its place
             os.replace(building, final)
             fsync_dir(final.parent)
         except BaseException:
             shutil.rmtree(building, ignore_errors=True)
+            if aside is not None and not final.exists():  # the new copy never took its place
+                with contextlib.suppress(OSError):
+                    os.rename(aside, final)
             raise
         finally:
             with self._lock:
                 self._building.discard(building)
+        if aside is not None:
+            shutil.rmtree(aside, ignore_errors=True)
         log.info("installed %s %s in the store", name, version)
         return final / f"model.{fmt}"
+
+    def remove(self, name: str, version: str) -> None:
+        """Delete an installed version (nothing when it is not there), so that a process killed
+        meanwhile never leaves a part of it listed; the caller has checked that nothing needs it."""
+        aside = self._set_aside(self.version_dir(name, version))
+        if aside is not None:
+            shutil.rmtree(aside, ignore_errors=True)
+            log.info("removed %s %s from the store", name, version)
+
+    def _set_aside(self, folder: Path) -> Path | None:
+        """Rename a version folder to a hidden name to be deleted, durably: one atomic step after
+        which no query sees the version, so deleting its files can be cut short by a crash.
+        The hidden name, or None when the folder is not there."""
+        aside = folder.with_name(f".{folder.name}.{secrets.token_hex(4)}{_REMOVING}")
+        try:
+            os.rename(folder, aside)
+        except FileNotFoundError:
+            return None
+        fsync_dir(folder.parent)
+        return aside
 
     def set_active(self, name: str, active: Active) -> None:
         """Replace the active pointer atomically, then prune versions nobody needs."""
@@ -221,11 +258,16 @@ class ModelStore:
             needed |= {version for held, version in self._held if held == name}
             for version in self.versions(name):
                 if version not in needed:
-                    shutil.rmtree(self.version_dir(name, version), ignore_errors=True)
-                    log.info("removed %s %s from the store (keeping %d previous)", name, version, self.keep)
-            for leftover in (self._model_dir(name) / "versions").glob(".*.building"):
+                    try:
+                        self.remove(name, version)
+                    except OSError as exc:  # the switch is made: a version left over goes at the next prune
+                        log.warning("cannot remove %s %s from the store: %s", name, version, exc)
+            versions = self._model_dir(name) / "versions"
+            for leftover in versions.glob(".*.building"):
                 if leftover not in self._building:  # left by a process killed while installing
                     shutil.rmtree(leftover, ignore_errors=True)
+            for leftover in versions.glob(f".*{_REMOVING}"):  # left by a process killed while deleting
+                shutil.rmtree(leftover, ignore_errors=True)
 
     def __iter__(self) -> Iterator[tuple[str, Active]]:
         for name in self.models():
