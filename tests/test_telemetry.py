@@ -191,3 +191,42 @@ def test_consecutive_windows_count_every_inference_and_error_exactly_once_while_
     add(window.take())
     total, total_errors = m.counters()[("digits", "1.0.0")]
     assert (count, errors) == (total, total_errors)
+
+
+def test_a_metrics_record_names_the_version_serving_now_and_counts_every_version() -> None:
+    """Once: an idle window named the first version ever seen (after an update, the one replaced), and
+    a window where the version named served nothing dropped the other version's errors."""
+    from edgerun.telemetry.metrics import MetricsWindow
+
+    clock = Clock()
+    m = Metrics(clock=clock)
+    window = MetricsWindow(m)
+    stages = {"pre": 0.1, "infer": 1.0, "post": 0.1, "total": 1.3}
+    for _ in range(3):
+        clock.now += 1
+        m.record("digits", "1.0.0", "cpu", stages)
+    clock.now += 1
+    m.record("digits", "1.1.0", "cpu", stages)  # the update takes over
+    records = [window.take()["models"]["digits"]]
+    clock.now += 10
+    records.append(window.take()["models"]["digits"])  # nobody asked anything
+    for _ in range(2):
+        clock.now += 1
+        m.error("digits", "1.1.0", "cpu")  # bad frames only
+    records.append(window.take()["models"]["digits"])
+    clock.now += 1
+    m.record("digits", "1.0.0", "cpu", stages)  # rolled back
+    clock.now += 10
+    records.append(window.take()["models"]["digits"])
+    clock.now += 10
+    records.append(window.take()["models"]["digits"])
+    assert [(r["version"], r["count"], r["errors"]) for r in records] == [
+        ("1.0.0", 4, 0),  # 1.0.0 served most; 1.1.0's one inference counted too
+        ("1.1.0", 0, 0),  # quiet: the version that served last
+        ("1.1.0", 0, 2),
+        ("1.0.0", 1, 0),
+        ("1.0.0", 0, 0),
+    ]
+    totals = m.counters()
+    assert sum(r["count"] for r in records) == sum(c for c, _ in totals.values())
+    assert sum(r["errors"] for r in records) == sum(e for _, e in totals.values())

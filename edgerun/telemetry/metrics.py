@@ -122,6 +122,7 @@ class _ModelStats(msgspec.Struct):
     errors: int = 0
     dropped: int = 0
     error_ts: list[float] = msgspec.field(default_factory=list)
+    last: float = 0.0  # the clock at its latest inference or error: which version served last
 
 
 class Metrics:
@@ -152,6 +153,7 @@ class Metrics:
         with self._lock:
             stats = self._get(name, version, delegate)
             stats.count += 1
+            stats.last = now
             for stage, ms in stages_ms.items():
                 s = stats.stages.get(stage)
                 if s is not None:
@@ -163,6 +165,7 @@ class Metrics:
         with self._lock:
             stats = self._get(name, version, delegate)
             stats.errors += 1
+            stats.last = now
             stats.error_ts.append(now)
             if len(stats.error_ts) > _RING:
                 del stats.error_ts[: len(stats.error_ts) - _RING]
@@ -177,9 +180,12 @@ class Metrics:
 
         ``count`` and ``errors`` are over the window (``count`` is capped by the
         4,096 samples kept; ``MetricsWindow`` gives exact counts); ``latency_ms``
-        is end to end, ``stages_ms`` the p50 of each stage. When several versions
-        of one model ran in the window, the one with most inferences is reported
-        under the name (PROTOCOL.md keys models by name only).
+        is end to end, ``stages_ms`` the p50 of each stage. PROTOCOL.md keys models
+        by name only: where several versions of one model are known, the one with
+        most inferences in the window is reported under the name, or, in a window
+        without any, the one that served last (never a version long replaced); its
+        latencies are given, and ``count`` and ``errors`` are those of every version,
+        so consecutive records still add up to the totals.
         """
         window = self.window_s if window_s is None else window_s
         now = self._clock()
@@ -207,14 +213,16 @@ class Metrics:
                     count0, errors0 = base.get((name, version), (0, 0))
                     counts, errors = stats.count - count0, stats.errors - errors0
                 recent = {stage: stats.stages[stage].recent() for stage in STAGES}
-                kept.append((name, version, stats.delegate, counts, errors, recent))
+                kept.append((name, version, stats.delegate, counts, errors, recent, stats.last))
         models: dict[str, Any] = {}
-        for name, version, delegate, counts, errors, recent in kept:
+        rank: dict[str, tuple[int, float]] = {}  # name -> (count, last) of the version reported
+        for name, version, delegate, counts, errors, recent, last in kept:
             total = _since(*recent["total"], since)
+            count = int(total.size) if counts is None else counts
             entry = {
                 "version": version,
                 "delegate": delegate,
-                "count": int(total.size) if counts is None else counts,
+                "count": count,
                 "errors": errors,
                 "latency_ms": _summary(total),
                 "stages_ms": {
@@ -222,9 +230,13 @@ class Metrics:
                     for stage in ("pre", "infer", "post")
                 },
             }
-            previous = models.get(name)
-            if previous is None or entry["count"] > previous["count"]:
-                models[name] = entry
+            other = models.get(name)
+            if other is not None:  # every version's counts: consecutive records add up to the totals
+                entry["count"], entry["errors"] = count + other["count"], errors + other["errors"]
+                if (count, last) < rank[name]:  # the other served more, or last in a quiet window
+                    other["count"], other["errors"] = entry["count"], entry["errors"]
+                    continue
+            models[name], rank[name] = entry, (count, last)
         return {"window_s": round(max(0.0, min(now - since, now - self.started)), 3), "models": models}
 
     def counters(self) -> dict[tuple[str, str], tuple[int, int]]:
