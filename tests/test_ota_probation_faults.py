@@ -218,3 +218,26 @@ def test_a_model_removed_by_a_reload_during_its_probation_ends_it_rolled_back_in
             proc.kill()
             proc.wait()
         watcher.close()
+
+
+def test_a_rollout_that_names_only_an_ab_fraction_keeps_the_devices_own_probation_bounds(
+    own_broker: Broker, keys: dict[str, Any], tmp_path: Path
+) -> None:
+    """Once the manifest's field defaults (300 s, 5%, 1.5x) replaced the device's config as soon as a
+    manifest had any rollout field: ``ota publish --ab 0.5`` gave a 300 s probation on a device set to 2 s."""
+    broker = own_broker
+    watcher = StatusWatcher(broker.port)
+    agent = Agent(broker.port, tmp_path / "state", keys["v1"], keys["public"], "ab1", probation_s=2.0)
+    try:
+        v11 = unique_model(tmp_path / "v11", "digits_int8.onnx")
+        manifest = push_update(broker.port, keys["key"], v11, "1.1.0", "ab1", ab_fraction=0.5)
+        record = watcher.wait_state("ab1", manifest["update_id"], {"probation", "rejected", "failed"})
+        assert record["state"] == "probation", record
+        active = agent.store.active("digits")
+        assert active is not None and active.probation is not None and (active.ab or {}).get("fraction") == 0.5
+        assert active.probation["until"] - time.time() <= 2.0  # the device's 2 s, not the manifest schema's 300
+        record = watcher.wait_state("ab1", manifest["update_id"], {"active", "rolled_back", "failed"}, timeout=30)
+        assert record["state"] == "active" and record["reason"] == "probation passed", record
+    finally:
+        agent.stop()
+        watcher.close()

@@ -55,6 +55,7 @@ from edgerun.backends.base import detect_format, one_line
 from edgerun.card import ModelCard
 from edgerun.errors import EdgerunError, ModelLoadError, UpdateFailed, UpdateRejected
 from edgerun.files import atomic_write
+from edgerun.inputs import NPY_ERRORS
 from edgerun.model import Model
 from edgerun.ota.envelope import TrustedKeys, open_envelope
 from edgerun.ota.manifest import Command, Manifest, parse_command, parse_manifest, version_tuple
@@ -521,10 +522,15 @@ class OtaAgent:
             except OSError as exc:  # left for the next prune or start; the update's own outcome stands
                 log.warning("OTA: could not remove %s %s from the store: %s", name, version, exc)
 
+    def _bound(self, manifest: Manifest, field: str) -> float:
+        """A probation bound: the manifest's ``rollout`` value, else the device's own setting."""
+        value = getattr(manifest.rollout, field, None)
+        return float(getattr(self.settings, field) if value is None else value)
+
     def _activate(self, manifest: Manifest, model: Model) -> None:
         uid, name, version = manifest.update_id, manifest.model, manifest.version
         rollout = manifest.rollout
-        probation_s = rollout.probation_s if rollout else self.settings.probation_s
+        probation_s = self._bound(manifest, "probation_s")
         slot = self.slots[name]
         previous = slot.primary.version
         probation = {"update_id": uid, "from": previous, "until": time.time() + probation_s} if probation_s else None
@@ -638,9 +644,7 @@ class OtaAgent:
         name, version, uid = manifest.model, manifest.version, manifest.update_id
         if name not in self.slots:
             return self._unserved(name, active, uid)
-        rollout = manifest.rollout
-        max_errors = rollout.max_error_rate if rollout else self.settings.max_error_rate
-        max_ratio = rollout.max_p95_ratio if rollout else self.settings.max_p95_ratio
+        max_errors, max_ratio = self._bound(manifest, "max_error_rate"), self._bound(manifest, "max_p95_ratio")
         breach = self._breach(name, version, previous, max_errors, max_ratio)
         if breach:
             return self._switch_back(name, active, breach, uid, command=False)
@@ -903,5 +907,5 @@ def _check_format(blob: Path, declared: str) -> None:
 def _npy(text: str, what: str) -> np.ndarray:
     try:
         return np.load(io.BytesIO(base64.b64decode(text, validate=True)), allow_pickle=False)
-    except (ValueError, binascii.Error, OSError, EOFError) as exc:
+    except NPY_ERRORS as exc:  # binascii.Error is a ValueError
         raise UpdateRejected(f"{what} is not a base64 .npy array: {exc}") from None

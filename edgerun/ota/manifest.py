@@ -77,11 +77,12 @@ class Validation(_Strict, frozen=True):
 
 
 class Rollout(_Strict, frozen=True):
-    """Probation bounds and the optional A/B split."""
+    """Probation bounds and the optional A/B split. A bound the manifest leaves out is the device's own
+    (``OtaSettings``: the daemon's ``ota`` section; PROTOCOL.md's 300 s, 5% and 1.5x by default)."""
 
-    probation_s: Annotated[float, msgspec.Meta(ge=0, le=PROBATION_MAX_S)] = 300.0
-    max_error_rate: Annotated[float, msgspec.Meta(ge=0, le=1)] = 0.05
-    max_p95_ratio: Annotated[float, msgspec.Meta(ge=1)] = 1.5
+    probation_s: Annotated[float, msgspec.Meta(ge=0, le=PROBATION_MAX_S)] | None = None
+    max_error_rate: Annotated[float, msgspec.Meta(ge=0, le=1)] | None = None
+    max_p95_ratio: Annotated[float, msgspec.Meta(ge=1)] | None = None
     ab_fraction: Annotated[float, msgspec.Meta(gt=0, lt=1)] | None = None
 
 
