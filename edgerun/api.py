@@ -40,6 +40,7 @@ from starlette.concurrency import run_in_threadpool
 
 from edgerun.config import ApiConfig
 from edgerun.errors import EdgerunError, InputError
+from edgerun.inputs import NPY_ERRORS
 from edgerun.isolation import IsolatedBackend
 from edgerun.model import Model
 from edgerun.ota.slot import ModelSlot
@@ -194,7 +195,7 @@ def _load_npy(body: bytes) -> np.ndarray:
             raise ValueError(f"its header declares {declared} bytes of data, the body has {len(body) - stream.tell()}")
         stream.seek(0)
         return np.load(stream, allow_pickle=False)
-    except (ValueError, EOFError, OSError) as exc:
+    except NPY_ERRORS as exc:
         raise InputError(f"body is not a plain numeric .npy array: {exc}") from None
 
 
@@ -293,6 +294,8 @@ class _Predictor:
                         record = await run_in_threadpool(self._infer, slot.name, model, data)
                     finally:
                         self._threaded -= 1
+            except InputError:  # the request's fault (422), not the model's: never counted against an update
+                raise
             except EdgerunError:
                 self.metrics.error(model.name, model.version, model.delegate)
                 raise
@@ -488,6 +491,7 @@ def create_app(
         title="edgerun",
         version=__version__,
         description="Local inference API of an edgerun device: predict, models, health, metrics.",
+        redoc_url=None,  # one documentation page (/docs), public as the document it renders
     )
     app.state.predictor = predictor
     app.add_middleware(

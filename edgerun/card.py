@@ -21,7 +21,7 @@ from typing import Annotated, Any, Literal
 import msgspec
 
 from edgerun.backends.base import TensorSpec
-from edgerun.errors import CardError
+from edgerun.errors import CardError, ConfigError
 from edgerun.files import read_utf8
 
 log = logging.getLogger(__name__)
@@ -168,9 +168,10 @@ def _cache_entry(path: Path, cache_dir: Path | None) -> tuple[Path, str, list[in
     try:
         st = path.stat()
         resolved = str(path.resolve())
-    except OSError:
+        cache_dir = cache_dir or state_dir() / "cards"
+    except (OSError, ConfigError):  # no state directory to keep it in (no home directory): read each time
         return None
-    where = (cache_dir or state_dir() / "cards") / f"{zlib.crc32(resolved.encode()):08x}.json"
+    where = cache_dir / f"{zlib.crc32(resolved.encode()):08x}.json"
     return where, resolved, [st.st_size, st.st_mtime_ns]
 
 

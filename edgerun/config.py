@@ -193,6 +193,16 @@ class MqttConfig(_Strict):
             raise ValueError(str(exc)) from None
         return url
 
+    @field_validator("topic_prefix")
+    @classmethod
+    def _prefix_as_the_link_takes_it(cls, prefix: str) -> str:
+        from edgerun.sync.topics import check_prefix
+
+        try:
+            return check_prefix(prefix)
+        except ConfigError as exc:
+            raise ValueError(str(exc)) from None
+
 
 class OtaConfig(_Strict):
     """Over-the-air updates (docs/ota.md)."""

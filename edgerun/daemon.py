@@ -18,8 +18,9 @@ Wiring and life cycle only; every part is its own module. Signals:
   on, the store's active version wins over the config's ``path``, so a reload
   reloads the version installed over the air, with the new settings.
 
-The state directory is checked first (``edgerun.state.check_state_dir``): one
-``ConfigError`` line naming it and the reason, before anything is loaded.
+The state directory (``edgerun.state.check_state_dir``) and the secret files
+(``api.token_file``, ``mqtt.password_file``) are checked first: one ``ConfigError``
+line naming the config file, the path and the reason, before anything is loaded.
 
 A pipeline whose source fails (a camera unplugged, a stream gone) is reopened
 every ``restart_s`` seconds until it comes back; the rest keeps running. What a
@@ -254,12 +255,18 @@ class Daemon:
 
         return ModelStore(self._state_dir() / "models", self.config.ota.keep)
 
-    def _check_state_dir(self) -> None:
-        """Create the state directory; a ``ConfigError`` naming it and the reason when it is unusable."""
+    def _check_before_start(self) -> None:
+        """Create the state directory and read the secret files the API and the link will need: a
+        ``ConfigError`` naming the config file, the path and the reason, before anything has started
+        (a token file read only when the API starts would stop the daemon after its pipelines ran)."""
         from edgerun.state import check_state_dir
 
         try:
             check_state_dir(self._state_dir(), create=True)
+            if self.config.api.enabled:
+                self.config.api.resolved_token()
+            if self.config.mqtt is not None:
+                self.config.mqtt.resolved_password()
         except ConfigError as exc:
             raise ConfigError(f"{self.config_path}: {exc}" if self.config_path else str(exc)) from None
 
@@ -406,12 +413,12 @@ class Daemon:
 
     # -- life cycle ----------------------------------------------------------------
     def start(self) -> None:
-        """Check the state directory, load every model, then start sync, OTA, pipelines and the API."""
-        self._check_state_dir()
+        """Check the state directory and secret files, load every model, then start sync, OTA, pipelines and the API."""
+        self._check_before_start()
         self._start_parts()
 
     def _start_parts(self) -> None:
-        """Everything ``start`` does after the state directory is checked."""
+        """Everything ``start`` does after the state directory and secret files are checked."""
         for name, mc in self.config.models.items():
             self.slots[name] = ModelSlot(self._serve(name, mc))
         self._start_sync()
@@ -541,7 +548,7 @@ class Daemon:
             return self._serve_until_stopped()
 
     def _serve_until_stopped(self) -> int:
-        self._check_state_dir()  # before anything starts: one error line, nothing to stop
+        self._check_before_start()  # before anything starts: one error line, nothing to stop
         try:
             self._start_parts()
         except BaseException:

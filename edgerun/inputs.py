@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import stat
+import tokenize
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import NamedTuple
@@ -18,7 +19,11 @@ import numpy as np
 from edgerun.errors import InputError
 from edgerun.processing.image import IMAGE_SUFFIXES
 
-__all__ = ["InputRef", "expand_inputs", "read_input", "USABLE_SUFFIXES"]
+__all__ = ["NPY_ERRORS", "InputRef", "expand_inputs", "read_input", "USABLE_SUFFIXES"]
+
+#: What ``np.load`` raises for a malformed or cut ``.npy``: its header parser lets ``SyntaxError`` and
+#: ``tokenize.TokenError`` through (a header with a NUL byte, an unclosed quote), besides ``ValueError``.
+NPY_ERRORS: tuple[type[Exception], ...] = (ValueError, EOFError, OSError, SyntaxError, tokenize.TokenError)
 
 USABLE_SUFFIXES = IMAGE_SUFFIXES | {".npy"}
 
@@ -102,10 +107,11 @@ def read_input(path: str | os.PathLike[str]) -> bytes | np.ndarray:
         if os.path.splitext(path)[1].lower() == ".npy":
             try:
                 return np.load(path, allow_pickle=False)
-            except ValueError as exc:
-                raise InputError(f"{path}: not a plain numeric .npy array ({str(exc).splitlines()[0]})") from exc
             except EOFError:
                 raise InputError(f"{path}: empty or truncated .npy file") from None
+            except (ValueError, SyntaxError, tokenize.TokenError) as exc:
+                reason = str(exc).splitlines()[0] if isinstance(exc, ValueError) else "malformed header"
+                raise InputError(f"{path}: not a plain numeric .npy array ({reason})") from exc
         with open(path, "rb") as f:
             return f.read()
     except FileNotFoundError:

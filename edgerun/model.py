@@ -304,6 +304,8 @@ class Model:
             raise InputError(f"{name}: array of shape {list(array.shape)} is empty")
         if kind == "f" and not np.isfinite(array).all():  # a quantized model would turn it into a confident answer
             raise InputError(f"{name}: array has NaN or infinite values")
+        if kind == "f" and array.dtype.itemsize > 4 and np.abs(array).max() > _FLOAT32_MAX:  # inf once cast
+            raise InputError(f"{name}: array has values beyond float32's range (above {_FLOAT32_MAX:.4g} in size)")
         if _fits(array.shape, spec.shape):
             if spec.shape[:1] == (None,) and array.shape[0] != 1:  # one result comes back: a batch would lose rows
                 raise InputError(
@@ -316,6 +318,9 @@ class Model:
         if self._preprocessor is not None and array.dtype == np.uint8 and array.ndim in (2, 3):
             return self._preprocessor(array)
         raise InputError(f"{name}: array of shape {list(array.shape)} does not fit {spec.describe()}")
+
+
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
 def _fits(shape: tuple[int, ...], spec: tuple[int | None, ...]) -> bool:
@@ -360,6 +365,7 @@ def load(
     model_path = Path(path)
     threads = threads or default_threads(model_path)
     device = probe(probe_root or "/")
+    state = default_state_dir(state_dir)
     selection = select(
         model_path,
         delegate=delegate,
@@ -367,7 +373,7 @@ def load(
         strict=strict,
         verify=verify,
         device=device,
-        state_dir=default_state_dir(state_dir),
+        state_dir=state,
     )
     try:
         card_path: Path | None = None
@@ -376,7 +382,7 @@ def load(
         else:
             card_path = Path(card) if card is not None else find_card(model_path)
             if card_path is not None:
-                model_card = load_card(card_path)
+                model_card = load_card(card_path, state / "cards")  # the caches' state directory, as given
             else:
                 model_card = infer_card(model_path, selection.backend.inputs, selection.backend.outputs)
         model = Model(model_path, selection, model_card, card_path)

@@ -149,6 +149,8 @@ def test_the_status_page_docs_and_document_stay_public_with_a_token(token_client
         assert token_client.get(path).status_code == 200, path
     assert token_client.get("/v1/status").status_code == 401
     assert token_client.get("/v1/status", headers={"authorization": f"Bearer {TOKEN}"}).status_code == 200
+    # once a second documentation page that, unlike /docs, asked for the token
+    assert token_client.get("/redoc", headers={"authorization": f"Bearer {TOKEN}"}).status_code == 404
 
 
 @FUZZ
@@ -256,6 +258,14 @@ def test_any_body_to_predict_gets_200_or_a_4xx_with_a_detail_and_the_app_keeps_s
 
 
 OCTET = "application/octet-stream"
+
+
+def npy_with_header(header: bytes) -> bytes:
+    """A version 1.0 .npy whose header dictionary is ``header`` (padded as numpy pads it), then some data."""
+    padded = header + b" " * ((64 - (10 + len(header) + 1) % 64) % 64) + b"\n"
+    return b"\x93NUMPY\x01\x00" + len(padded).to_bytes(2, "little") + padded + bytes(16)
+
+
 EDGE_CASES = [
     pytest.param(
         b"[1" + b"0" * 400 + b"]",
@@ -280,6 +290,11 @@ EDGE_CASES = [
         )
         for shape in [(5, 5, 1), (5, 5, 2), (0, 5, 3), (5, 0)]
     ),
+    *(  # numpy's header parser lets tokenize.TokenError through (once a 500)
+        pytest.param(npy_with_header(header), OCTET, id=f"npy-header-{name}")
+        for name, header in [("unclosed-quote", b"'''\x00"), ("nul-in-dict", b"{'descr': '<f4', }\x00'''")]
+    ),
+    pytest.param(npy_bytes(np.full((8, 8, 1), 1e300)), OCTET, id="npy-float64-beyond-float32"),
 ]
 
 

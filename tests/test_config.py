@@ -121,6 +121,18 @@ def test_a_broker_url_the_command_line_would_refuse_is_refused_in_the_config_too
     assert result.returncode == 2 and result.stderr.startswith(f"edgerun: error: {path}: {message}")
 
 
+@pytest.mark.parametrize("prefix", ["fleet/+/x", "fleet/#", "/fleet", "fleet/"])
+def test_a_topic_prefix_the_link_would_refuse_is_refused_by_config_check(tmp_path: Path, prefix: str) -> None:
+    """Once config check passed it and the daemon stopped at start (exit 2) on the same prefix."""
+    path = _write(tmp_path, MODEL + f"mqtt:\n  url: mqtt://127.0.0.1\n  topic_prefix: {prefix!r}\n")
+    result = run_cli("config", "check", str(path))
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [
+        f"edgerun: error: {path}: mqtt.topic_prefix: topic prefix {prefix!r} is invalid: "
+        "no wildcards, no leading or trailing '/'"
+    ]
+
+
 def test_config_check_reports_every_missing_model_file_in_one_line_and_exit_2(tmp_path: Path) -> None:
     path = _write(
         tmp_path,

@@ -230,3 +230,34 @@ def test_a_standard_input_line_sent_in_two_pieces_is_parsed_once_its_newline_com
     assert proc.returncode == 0, stderr
     rows = [json.loads(line) for line in stdout.splitlines()]
     assert rows == [pytest.approx([0.1, 0.2, 0.3]), pytest.approx([0.4, 0.5, 0.625]), pytest.approx([0.7, 0.8, 0.9])]
+
+
+# --- .npy files whose header numpy's parser chokes on ----------------------------------------------
+
+
+def _npy_with_header(header: bytes) -> bytes:
+    padded = header + b" " * ((64 - (10 + len(header) + 1) % 64) % 64) + b"\n"
+    return b"\x93NUMPY\x01\x00" + len(padded).to_bytes(2, "little") + padded + bytes(16)
+
+
+BROKEN_HEADERS = [b"'''\x00", b"{'descr': '<f4', }\x00'''"]  # tokenize.TokenError out of np.load
+
+
+@pytest.mark.parametrize("header", BROKEN_HEADERS, ids=["unclosed-quote", "nul-in-dict"])
+def test_a_npy_file_with_a_header_numpy_cannot_tokenize_is_one_error_line(tmp_path: Path, header: bytes) -> None:
+    bad = tmp_path / "bad.npy"
+    bad.write_bytes(_npy_with_header(header))
+    result = _edgerun("predict", str(DIGITS / "digits_fp32.onnx"), str(bad), str(SAMPLES / "digit_3.png"), cwd=ROOT)
+    assert result.returncode == 1, result.stderr  # once a traceback, and the image after it never ran
+    assert result.stderr.splitlines() == [f"edgerun: error: {bad}: not a plain numeric .npy array (malformed header)"]
+    assert "digit_3.png" in result.stdout
+
+
+@pytest.mark.parametrize("header", BROKEN_HEADERS, ids=["unclosed-quote", "nul-in-dict"])
+def test_an_mqtt_message_of_a_npy_numpy_cannot_tokenize_is_a_plain_decoding_error(header: bytes) -> None:
+    import base64
+
+    from edgerun.sources.mqtt import decode_message
+
+    with pytest.raises(ValueError, match=r"base64 \.npy that does not load"):  # once TokenError: the source died
+        decode_message(base64.b64encode(_npy_with_header(header)), 1 << 20)

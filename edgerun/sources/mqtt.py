@@ -40,6 +40,7 @@ from typing import Any
 import numpy as np
 
 from edgerun.errors import ConfigError, SourceError
+from edgerun.inputs import NPY_ERRORS
 from edgerun.sources.base import Frame, LatestBuffer, LiveSource, connect_with_retries
 from edgerun.sync.diagnose import subscribe_refusal
 
@@ -121,7 +122,7 @@ def decode_message(payload: bytes, max_bytes: int) -> Any:
     if raw.startswith(_NPY_MAGIC):
         try:
             return np.load(io.BytesIO(raw), allow_pickle=False)
-        except (ValueError, EOFError, OSError) as exc:
+        except NPY_ERRORS as exc:
             raise ValueError(f"base64 .npy that does not load: {exc}") from exc
     raise ValueError("neither a JSON array, a base64 .npy nor an image")
 
