@@ -10,6 +10,7 @@ __all__ = [
     "add_model_options",
     "add_mqtt_options",
     "check_folders",
+    "check_tls_files",
     "error_line",
     "load_kwargs",
     "mqtt_settings",
@@ -235,17 +236,73 @@ def check_sync(args: argparse.Namespace) -> tuple[Any, str] | None:
 
     Commands call it before loading a model, so a mistyped URL is the first and only line.
     """
+    from edgerun.errors import ConfigError
+
     if not args.mqtt:
+        if getattr(args, "publish_results", False):  # else nothing would say that no result goes anywhere
+            raise ConfigError("--publish-results needs an MQTT broker (--mqtt URL)")
         return None
     from edgerun.device import default_device_id
-    from edgerun.sync.topics import check_name
+    from edgerun.sync.topics import check_name, check_prefix
 
     require_positive(args, "metrics_interval", "results_rate")
     require_within(args, metrics_interval=(0, 3600))  # as the config's mqtt.metrics_interval_s
     device_id = check_name("device", args.device_id) if args.device_id else default_device_id()
     for group in args.group:
         check_name("group", group)
-    return mqtt_settings(args), device_id
+    settings = mqtt_settings(args)
+    check_prefix(settings.topic_prefix)  # Topics would refuse it too, but only once the model is loaded
+    if settings.tls:
+        check_tls_files(settings)
+    if getattr(args, "results_rate", None) is not None and not getattr(args, "publish_results", False):
+        raise ConfigError("--results-rate limits published results: it needs --publish-results")
+    return settings, device_id
+
+
+def check_tls_files(settings: Any) -> None:
+    """Refuse, in one line naming the option, TLS files that are not what they should be.
+
+    paho reads them only when the link is built, after the model loaded, and its ``ssl.SSLError``
+    ("PEM lib") names neither the option nor the file. An encrypted client key is refused too:
+    OpenSSL would ask for its passphrase on the terminal, which an unattended device does not have.
+    """
+    import ssl
+
+    from edgerun.errors import ConfigError
+
+    def no_passphrase() -> bytes:
+        raise ConfigError(
+            f"--mqtt-key {settings.key_file} is encrypted with a passphrase, which edgerun cannot ask for: "
+            "store it decrypted, readable by this user only (openssl pkey -in KEY -out PLAIN.key)"
+        )
+
+    def unreadable(option: str, path: str, exc: OSError) -> ConfigError:
+        return ConfigError(f"{option} {path} cannot be read: {exc.strerror or exc}")
+
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    for option, path in (("--mqtt-ca", settings.ca_file), ("--mqtt-cert", settings.cert_file)):
+        if path is None:
+            continue
+        try:
+            ctx.load_verify_locations(cafile=path)  # any PEM certificate loads here, a CA's or a client's
+        except ssl.SSLError as exc:
+            why = f" ({exc.reason})" if exc.reason else ""
+            raise ConfigError(f"{option} {path} holds no PEM certificate{why}") from None
+        except OSError as exc:
+            raise unreadable(option, path, exc) from None
+    if settings.cert_file is None or settings.key_file is None:
+        return
+    try:
+        ctx.load_cert_chain(settings.cert_file, settings.key_file, password=no_passphrase)
+    except ssl.SSLError as exc:
+        if exc.reason == "KEY_VALUES_MISMATCH":
+            raise ConfigError(
+                f"--mqtt-key {settings.key_file} is not the key of --mqtt-cert {settings.cert_file}"
+            ) from None
+        why = f" ({exc.reason})" if exc.reason else ""  # OpenSSL's "PEM lib" says nothing more
+        raise ConfigError(f"--mqtt-key {settings.key_file} holds no PEM private key{why}") from None
+    except OSError as exc:
+        raise unreadable("--mqtt-key", settings.key_file, exc) from None
 
 
 def check_ota(args: argparse.Namespace, checked: tuple[Any, str] | None) -> None:
@@ -288,23 +345,65 @@ def start_sync(args: argparse.Namespace, checked: tuple[Any, str] | None, metric
     return service
 
 
+#: After the input ended, how long a run goes on delivering its queued records at most, while the
+#: broker takes them (an acknowledgement at least every ``DELIVER_STALLED_S``); SIGINT/SIGTERM cut it short.
+DELIVER_MAX_S = 300.0
+DELIVER_STALLED_S = 5.0
+
+
 def run_pipeline(pipeline: Any, sync: Any = None, ota: Any = None) -> Any:
-    """Run a pipeline with SIGINT/SIGTERM stopping it cleanly; then stop OTA and the sync (flushing it)."""
+    """Run a pipeline with SIGINT/SIGTERM stopping it cleanly; then stop OTA and the sync (flushing it).
+
+    Stopped by a signal, the sync gets the 5 s of ``SyncService.stop`` (a service manager expects
+    a quick stop). When the input ended (or ``--max-frames`` was reached), delivering what the run
+    queued is its last job: it waits while the broker takes records (``SyncService.deliver``), up
+    to ``DELIVER_MAX_S``, saying so on stderr if that takes more than a second; a signal then
+    ends the wait, and what is left stays in the outbox for the next start. The signals stay
+    handled until everything is stopped.
+    """
     import signal
+    import threading
 
     from edgerun import signals
 
-    def stop(sig: signal.Signals) -> None:
-        pipeline.stop(sig.name)
+    signalled = threading.Event()
+    ran = threading.Event()
 
-    try:
-        with signals.handled({signal.SIGINT: stop, signal.SIGTERM: stop}):
-            return pipeline.run()
-    finally:
-        if ota is not None:
-            ota.stop()
-        if sync is not None:
-            sync.stop()
+    def stop(sig: signal.Signals) -> None:
+        signalled.set()
+        if not ran.is_set():  # a signal during the delivery ends the wait; the summary keeps its reason
+            pipeline.stop(sig.name)
+
+    with signals.handled({signal.SIGINT: stop, signal.SIGTERM: stop}):
+        ended = False
+        try:
+            summary = pipeline.run()
+            ended = not signalled.is_set()
+        finally:
+            ran.set()
+            if ota is not None:
+                ota.stop()
+            if sync is not None:
+                if ended:
+                    try:
+                        _deliver(sync, signalled)
+                    finally:  # 2 s for the last metrics record: the backlog was given its time
+                        sync.stop(flush_timeout_s=2.0)
+                else:
+                    sync.stop()
+    return summary
+
+
+def _deliver(sync: Any, cancel: Any) -> None:
+    """Deliver the queued records of a run whose input ended (``DELIVER_MAX_S`` at most, or until ``cancel``)."""
+    left = sync.deliver(max_s=1.0, stalled_s=DELIVER_STALLED_S, cancel=cancel)
+    if left and (sync.link.connected or sync.link.last_error is None) and not cancel.is_set():
+        sys.stderr.write(
+            f"# MQTT: delivering {left} queued record(s) before exiting (at most {DELIVER_MAX_S:g} s; "
+            "Ctrl-C or SIGTERM leaves them in the outbox for the next start)\n"
+        )
+        sys.stderr.flush()
+        sync.deliver(max_s=DELIVER_MAX_S - 1.0, stalled_s=DELIVER_STALLED_S, cancel=cancel)
 
 
 def start_ota(args: argparse.Namespace, sync: Any, slot: Any, metrics: Any) -> Any:

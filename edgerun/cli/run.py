@@ -155,8 +155,9 @@ def run(args: argparse.Namespace) -> int:
         metrics = Metrics()
         sync = start_sync(args, mqtt, metrics, [model])
         ota = start_ota(args, sync, slot, metrics)
-        if sync is not None and args.publish_results:
-            sinks.append(sync.results_sink())
+        results = sync.results_sink() if sync is not None and args.publish_results else None
+        if results is not None:
+            sinks.append(results)
         pipeline = Pipeline(
             source,
             slot,
@@ -170,11 +171,25 @@ def run(args: argparse.Namespace) -> int:
         )
         summary = run_pipeline(pipeline, sync, ota)
     model = slot.primary
+    published = _mqtt_figures(sync, results)
     if args.json:
-        print_json({"model": model.name, "version": model.version, "delegate": model.delegate, **summary.to_dict()})
+        record = {"model": model.name, "version": model.version, "delegate": model.delegate, **summary.to_dict()}
+        print_json(record if published is None else {**record, "mqtt": published})
     else:
-        _print_summary(model, summary)
+        _print_summary(model, summary, published)
     return 1 if summary.errors else 0
+
+
+def _mqtt_figures(sync: Any, results: Any) -> dict[str, Any] | None:
+    """What went to the broker, beside the frames: results queued, results over ``--results-rate``
+    (never published), and records the broker had not acknowledged at exit (left in the outbox)."""
+    if sync is None:
+        return None
+    figures: dict[str, Any] = {"undelivered": sync.undelivered, "outbox": str(sync.outbox.path)}
+    if results is not None:
+        figures["results"] = results.queued
+        figures["results_skipped"] = results.skipped
+    return figures
 
 
 def _refuse_sinks_onto_the_source(specs: list[str], source: Any) -> None:
@@ -187,7 +202,7 @@ def _refuse_sinks_onto_the_source(specs: list[str], source: Any) -> None:
         raise ConfigError(f"--sink {clash[0]} is the source file {clash[1]}: writing it would damage the input")
 
 
-def _print_summary(model: Any, summary: Any) -> None:
+def _print_summary(model: Any, summary: Any, published: dict[str, Any] | None = None) -> None:
     out = sys.stderr  # stdout may be carrying JSON Lines records
     print(
         f"# {model.name} {model.version} on {model.delegate}: {summary.frames} frames ({summary.ok} ok, "
@@ -202,3 +217,13 @@ def _print_summary(model: Any, summary: Any) -> None:
                 f"#   {stage:<5} p50 {s['p50']:.3f}  p95 {s['p95']:.3f}  p99 {s['p99']:.3f}  max {s['max']:.3f} ms",
                 file=out,
             )
+    if published is not None:
+        parts = []
+        if "results" in published:
+            parts.append(f"{published['results']} results queued, {published['results_skipped']} over --results-rate")
+        left = published["undelivered"]
+        if left:
+            parts.append(f"{left} record(s) not delivered, kept in {published['outbox']} for the next start")
+        elif left == 0:
+            parts.append("everything delivered")
+        print(f"# MQTT: {'; '.join(parts)}", file=out)

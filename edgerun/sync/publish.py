@@ -128,6 +128,8 @@ class ResultsSink:
     A batch is committed when a result comes, or, when none comes (a quiet
     camera, an MQTT source between messages), by a small thread at twice
     ``max_delay_s``: a result never waits for the next one to reach the disk.
+    ``queued`` counts the results stored in the outbox and ``skipped`` those over
+    the rate limit, for the run's summary.
     """
 
     def __init__(
@@ -155,7 +157,8 @@ class ResultsSink:
         self._flusher: threading.Thread | None = None
         self._closed = False
         self._failure = ""  # the flusher's last failure, said once
-        self.skipped = 0
+        self.skipped = 0  # results over the rate limit, never queued
+        self.queued = 0  # results stored in the outbox
 
     def _allow(self) -> bool:
         if self._rate is None:
@@ -222,6 +225,7 @@ class ResultsSink:
     def _flush(self) -> None:
         if self._pending:
             self._outbox.put_many(self._pending)
+            self.queued += len(self._pending)
             self._pending = []
             if self._link is not None:
                 self._link.notify()

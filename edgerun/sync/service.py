@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -23,7 +25,11 @@ OUTBOX_FILE = "outbox.sqlite"
 
 
 class SyncService:
-    """Owns the device's MQTT side; ``start()`` returns at once, offline or not."""
+    """Owns the device's MQTT side; ``start()`` returns at once, offline or not.
+
+    A run whose input ended calls ``deliver()`` before ``stop()``; ``undelivered`` then says
+    how many records stayed in the outbox (each also said in one WARNING line).
+    """
 
     def __init__(
         self,
@@ -43,6 +49,7 @@ class SyncService:
         self.metrics_publisher = MetricsPublisher(metrics, self.outbox, self.link, self.topics, interval_s=interval_s)
         self._results_qos = results_qos
         self._results_rate = results_max_per_s
+        self.undelivered: int | None = None  # records left in the outbox by ``stop`` (None before it)
 
     def start(self) -> None:
         """Connect in the background and start the metrics timer."""
@@ -60,6 +67,40 @@ class SyncService:
         """A sink that publishes every result on ``P/ID/results/<model>``."""
         return ResultsSink(self.outbox, self.link, self.topics, qos=self._results_qos, max_per_s=self._results_rate)
 
+    def deliver(self, *, max_s: float, stalled_s: float = 5.0, cancel: threading.Event | None = None) -> int:
+        """Wait while the broker takes the queued records; returns how many are still queued.
+
+        For a run whose input ended, delivering what it queued is its last job, and the
+        5 s of ``stop`` is not enough for a backlog (a fast model, a slow uplink). The wait
+        ends as soon as the outbox is empty and nothing is in flight, a connection attempt
+        failed or the connection was lost (the broker down: the records wait in the outbox
+        for the next start), no record was acknowledged for ``stalled_s`` seconds (a broker
+        or network that stopped taking them, or a first connection still not made: a short
+        run over TLS ends before its CONNACK), ``max_s`` seconds passed, or ``cancel`` is
+        set (a signal).
+        """
+        start = since = time.monotonic()
+        answered, fewest = self._answered(), len(self.outbox)
+        while cancel is None or not cancel.is_set():
+            if self.link.wait_drained(0.1):
+                break
+            if not self.link.connected and self.link.last_error is not None:
+                break
+            now, answered_now, left = time.monotonic(), self._answered(), len(self.outbox)
+            if answered_now != answered or left < fewest:  # QoS 0 records leave with no PUBACK
+                answered, fewest, since = answered_now, min(left, fewest), now
+            elif now - since >= stalled_s:  # a metrics record queued meanwhile is no progress
+                log.info("MQTT: no record acknowledged for %g s; %d stay queued", stalled_s, len(self.outbox))
+                break
+            if now - start >= max_s:
+                break
+        return len(self.outbox)
+
+    def _answered(self) -> int:
+        """QoS 1 records the broker has answered (acknowledged or refused) since the link started."""
+        state = self.link.state()
+        return state.acked + state.refused
+
     def stop(self, flush_timeout_s: float = 5.0) -> None:
         """Queue a last metrics record, deliver what can be delivered in time, publish offline, close.
 
@@ -72,9 +113,14 @@ class SyncService:
         """
         _step("queue the last metrics record", self.metrics_publisher.stop)
         _step("stop the MQTT link", lambda: self.link.stop(flush_timeout_s))
-        left = len(self.outbox)
-        if left:
-            log.info("%d record(s) stay in the outbox for the next connection", left)
+        self.undelivered = left = len(self.outbox)
+        if left:  # a run whose input ended may never start again: say so where it shows
+            log.warning(
+                "MQTT: %d record(s) not delivered stay in the outbox %s; they are sent after the next start "
+                "with this state directory",
+                left,
+                self.outbox.path,
+            )
         _step("close the outbox", self.outbox.close)
 
 
