@@ -40,7 +40,7 @@ from starlette.concurrency import run_in_threadpool
 
 from edgerun.config import ApiConfig
 from edgerun.errors import EdgerunError, InputError
-from edgerun.inputs import NPY_ERRORS
+from edgerun.inputs import NPY_ERRORS, json_array
 from edgerun.isolation import IsolatedBackend
 from edgerun.model import Model
 from edgerun.ota.slot import ModelSlot
@@ -154,16 +154,9 @@ def _decode_body(body: bytes, content_type: str) -> Any:
         return _load_npy(body)
     if kind == "application/json":
         try:
-            data = json.loads(body)
-            with np.errstate(over="ignore"):
-                array = np.asarray(data, dtype=np.float32)
-        except (ValueError, TypeError, OverflowError, RecursionError):
-            raise InputError("body is not a JSON array of numbers (nested at most a few levels)") from None
-        if array.ndim == 0 or array.dtype == object:
-            raise InputError("body is not a rectangular JSON array of numbers")
-        if not np.all(np.isfinite(array)):
-            raise InputError("body has numbers that are not finite (or too large for float32)")
-        return array
+            return json_array(body)
+        except ValueError as exc:
+            raise InputError(f"body is {exc}") from None
     if not body:
         raise InputError("empty body")
     return body  # image bytes, decoded (and checked) by the model's preprocessing

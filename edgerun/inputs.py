@@ -7,6 +7,7 @@ with ``allow_pickle=False`` (arrays from outside are untrusted data).
 
 from __future__ import annotations
 
+import json
 import os
 import stat
 import tokenize
@@ -19,7 +20,7 @@ import numpy as np
 from edgerun.errors import InputError
 from edgerun.processing.image import IMAGE_SUFFIXES
 
-__all__ = ["NPY_ERRORS", "InputRef", "expand_inputs", "read_input", "USABLE_SUFFIXES"]
+__all__ = ["NPY_ERRORS", "InputRef", "expand_inputs", "json_array", "read_input", "USABLE_SUFFIXES"]
 
 #: What ``np.load`` raises for a malformed or cut ``.npy``: its header parser lets ``SyntaxError`` and
 #: ``tokenize.TokenError`` through (a header with a NUL byte, an unclosed quote), besides ``ValueError``.
@@ -120,3 +121,26 @@ def read_input(path: str | os.PathLike[str]) -> bytes | np.ndarray:
         raise InputError(f"{path}: is a directory") from None
     except OSError as exc:
         raise InputError(f"{path}: cannot read ({exc.strerror})") from exc
+
+
+def json_array(text: bytes | str) -> np.ndarray:
+    """A JSON array of numbers, nested and rectangular, as float32; ``ValueError`` saying what is wrong.
+
+    Only numbers count: numpy would read strings (``"1"``), ``true``, ``false`` and ``null`` as
+    numbers once cast, and a ``true`` among numbers as 1.0 without a cast. A number past float32's
+    range, NaN and an infinity are refused too: a model would turn them into a confident answer.
+    """
+    try:
+        data = np.asarray(json.loads(text))  # no dtype: a cast would take "1", true and null as numbers
+    except RecursionError:  # "[[[[..." deeper than Python's stack; without "from": its traceback is huge
+        raise ValueError("a JSON array nested too deeply") from None
+    except (ValueError, TypeError, OverflowError) as exc:  # not JSON, or ragged ([[1, 2], [3]])
+        raise ValueError("not a rectangular JSON array of numbers") from exc
+    words = (b"true", b"false", b"null") if isinstance(text, bytes) else ("true", "false", "null")
+    if data.ndim == 0 or data.dtype.kind not in "iuf" or any(w in text for w in words):  # type: ignore[operator]
+        raise ValueError("not a rectangular JSON array of numbers")  # strings, booleans, null, past int64
+    with np.errstate(over="ignore"):  # a value past float32's range becomes infinite, refused just below
+        array = data.astype(np.float32)
+    if not np.isfinite(array).all():
+        raise ValueError("a JSON array with NaN, infinite values or values beyond float32's range")
+    return array

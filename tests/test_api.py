@@ -54,6 +54,13 @@ def test_predict_takes_image_bytes_npy_and_json_and_answers_like_predict_json(cl
         ("/v1/models/digits/predict", b"not an image", "image/png", 422, "not a decodable image"),
         ("/v1/models/digits/predict", b"[1, 2, 3]", "application/json", 422, "does not fit"),
         ("/v1/models/digits/predict", b"[1, [2]]", "application/json", 422, "not a"),
+        (  # once [1.0, 1.0, 0.0, 2.0]: strings and booleans cast to numbers
+            "/v1/models/digits/predict",
+            b'["1", true, false, 2]',
+            "application/json",
+            422,
+            "body is not a rectangular JSON array of numbers",
+        ),
         ("/v1/models/digits/predict", b"", "image/png", 422, "empty body"),
         ("/v1/models/digits/predict", b"x" * 20000, "image/png", 413, "over the"),
         (  # once cast to float32 as it was: infinities into the model, an answer out

@@ -97,6 +97,8 @@ def test_a_row_on_standard_input_longer_than_the_limit_is_dropped_as_it_comes(tm
     [
         (b'["1", "2", "3"]', "not a rectangular JSON array of numbers"),  # once read as [1, 2, 3]
         (b"[true, false, true]", "not a rectangular JSON array of numbers"),  # once [1, 0, 1]
+        (b"[true, 0.5]", "not a rectangular JSON array of numbers"),  # once [1.0, 0.5]: numpy makes it float
+        (b"[[0.5, null], [1, 2]]", "not a rectangular JSON array of numbers"),
         (b"[null, 1, 2]", "not a rectangular JSON array of numbers"),  # once NaN, refused later without a reason
         (b"[1, " + b"9" * 400 + b", 3]", "not a rectangular JSON array of numbers"),  # once an OverflowError
         (b"[1e39, 1, 2]", "NaN, infinite values or values beyond float32's range"),  # once inf, and a warning

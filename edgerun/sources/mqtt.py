@@ -28,7 +28,6 @@ import base64
 import binascii
 import functools
 import io
-import json
 import logging
 import os
 import threading
@@ -40,7 +39,7 @@ from typing import Any
 import numpy as np
 
 from edgerun.errors import ConfigError, SourceError
-from edgerun.inputs import NPY_ERRORS
+from edgerun.inputs import NPY_ERRORS, json_array
 from edgerun.sources.base import Frame, LatestBuffer, LiveSource, connect_with_retries
 from edgerun.sync.diagnose import subscribe_refusal
 
@@ -102,19 +101,7 @@ def decode_message(payload: bytes, max_bytes: int) -> Any:
         return payload
     text = payload.strip()
     if text[:1] == b"[":
-        try:
-            data = np.asarray(json.loads(text))  # no dtype: a cast would take "1", true and null as numbers
-        except RecursionError:  # "[[[[..." deeper than Python's stack; without "from": its traceback is huge
-            raise ValueError("a JSON array nested too deeply") from None
-        except (ValueError, TypeError, OverflowError) as exc:  # not JSON, or ragged ([[1, 2], [3]])
-            raise ValueError("not a rectangular JSON array of numbers") from exc
-        if data.ndim == 0 or data.dtype.kind not in "iuf":  # strings, true/false, null, integers past int64
-            raise ValueError("not a rectangular JSON array of numbers")
-        with np.errstate(over="ignore"):  # a value past float32's range becomes infinite, refused just below
-            array = data.astype(np.float32)
-        if not np.isfinite(array).all():
-            raise ValueError("a JSON array with NaN, infinite values or values beyond float32's range")
-        return array
+        return json_array(text)
     try:
         raw = base64.b64decode(text, validate=True)
     except (binascii.Error, ValueError):
@@ -146,6 +133,7 @@ class MqttSource(LiveSource):
         if self._username is not None and self._password is None:  # as for the device's link: out of `ps`
             self._password = os.environ.get("EDGERUN_MQTT_PASSWORD")
         self.host, self.port, self.topic = parse_mqtt_url(bare)
+        self._where = f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"  # IPv6
         shown = bare if self._username is None else bare.replace("://", f"://{self._username}@", 1)
         super().__init__(shown, queue)  # the uri is logged and shown: never with the password
         self._max_bytes = max_bytes
@@ -161,7 +149,7 @@ class MqttSource(LiveSource):
         client.reconnect_delay_set(min_delay=1, max_delay=30)
         if self._username is not None:
             client.username_pw_set(self._username, self._password)
-        what = f"MQTT broker {self.host}:{self.port}"
+        what = f"MQTT broker {self._where}"
         fatal: list[SourceError] = []
 
         def fail(message: str) -> None:
@@ -200,7 +188,7 @@ class MqttSource(LiveSource):
             if refused:  # an ACL that denies the topic: nothing would ever arrive
                 fail(subscribe_refusal(self.topic, refused[0], who=what))
                 return
-            log.info("MQTT source subscribed to %s on %s:%d", self.topic, self.host, self.port)
+            log.info("MQTT source subscribed to %s on %s", self.topic, self._where)
 
         def on_message(client: Any, userdata: Any, message: Any) -> None:
             index = next(counter)
