@@ -24,7 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from edgerun.errors import ConfigError
 from edgerun.files import read_utf8
-from edgerun.limits import BATCH_SIZE_MAX, PREPARE_WORKERS_MAX, THREADS_MAX
+from edgerun.limits import BATCH_SIZE_MAX, FPS_MAX, FPS_MIN, PREPARE_WORKERS_MAX, THREADS_MAX
 
 __all__ = ["ApiConfig", "Config", "check_runnable", "default_config", "load_config"]
 
@@ -94,12 +94,12 @@ class PipelineConfig(_Strict):
     source: str = Field(description="a source string as for `edgerun run --source`")
     model: Name = Field(description="a key of `models`")
     sinks: list[str] = Field(default_factory=list, description="sink strings as for `edgerun run --sink`")
-    fps: float | None = Field(None, gt=0, le=1000, description="target frames per second")
+    fps: float | None = Field(None, ge=FPS_MIN, le=FPS_MAX, description="target frames per second")
     window: int | None = Field(None, ge=1, description="sensor sources: rows per inference")
     hop: int | None = Field(None, ge=1, description="sensor sources: rows between windows")
     width: int | None = Field(None, ge=16, le=8192, description="camera width")
     height: int | None = Field(None, ge=16, le=8192, description="camera height")
-    camera_fps: float | None = Field(None, gt=0, le=1000, description="camera capture rate")
+    camera_fps: float | None = Field(None, ge=FPS_MIN, le=FPS_MAX, description="camera capture rate")
     queue: int | None = Field(None, ge=1, le=1024, description="live sources: frames kept")
     decode_threads: int = Field(
         1, ge=0, le=64, description="video files and streams: decoding threads (0: the decoder's choice)"

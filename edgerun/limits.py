@@ -4,7 +4,7 @@ A light module (no imports): the command line checks its options against these
 before it loads anything.
 """
 
-__all__ = ["BATCH_SIZE_MAX", "PREPARE_WORKERS_MAX", "THREADS_MAX"]
+__all__ = ["BATCH_SIZE_MAX", "FPS_MAX", "FPS_MIN", "PREPARE_WORKERS_MAX", "THREADS_MAX"]
 
 #: The most frames one inference call takes (``--batch-size``, ``batch_size:``, ``Pipeline(batch_size=)``).
 BATCH_SIZE_MAX = 256
@@ -12,3 +12,7 @@ BATCH_SIZE_MAX = 256
 PREPARE_WORKERS_MAX = 64
 #: The most CPU threads a model's runtime is given (``--threads``, ``edgerun.load(threads=)``).
 THREADS_MAX = 256
+#: The rates a pipeline is paced to, and a camera asked for (``--fps``, ``fps:``, ``Pipeline(fps=)``):
+#: below, the wait between two frames is longer than any clock holds (1e-300 fps overflowed ``Event.wait``).
+FPS_MIN = 0.0001
+FPS_MAX = 1000.0

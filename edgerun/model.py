@@ -358,6 +358,8 @@ def load(
     """
     if not isinstance(path, (str, os.PathLike)):
         raise ModelLoadError(f"model path must be a str or os.PathLike, got {type(path).__name__}")
+    if not os.fspath(path):  # Path("") is "."; "a directory, not a model file: ." would name no mistake
+        raise ConfigError("model path is an empty string")
     if threads is not None and (type(threads) is not int or not 1 <= threads <= THREADS_MAX):
         raise ConfigError(f"threads must be an integer between 1 and {THREADS_MAX}, got {threads!r}")
     if card is not None and not isinstance(card, (ModelCard, str, os.PathLike)):

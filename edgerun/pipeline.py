@@ -54,7 +54,7 @@ import numpy as np
 from edgerun import lanes
 from edgerun.errors import EdgerunError, PipelineError
 from edgerun.lanes import END, NOTHING, Lanes
-from edgerun.limits import BATCH_SIZE_MAX, PREPARE_WORKERS_MAX
+from edgerun.limits import BATCH_SIZE_MAX, FPS_MAX, FPS_MIN, PREPARE_WORKERS_MAX
 from edgerun.model import Model
 from edgerun.ota.slot import ModelSlot
 from edgerun.sinks.base import Result, Sink, error_record, result_record
@@ -136,6 +136,8 @@ def _check_arguments(
         isinstance(fps, bool) or not isinstance(fps, (int, float)) or not (math.isfinite(fps) and fps > 0)
     ):
         raise PipelineError(f"fps must be a positive number, got {fps!r}")
+    if fps is not None and not FPS_MIN <= fps <= FPS_MAX:
+        raise PipelineError(f"fps must be from {FPS_MIN:g} to {FPS_MAX:g}, got {fps!r}")
     if max_frames is not None:
         _whole("max frames", max_frames, 1, 2**63 - 1)
     _whole("batch size", batch_size, 1, BATCH_SIZE_MAX)

@@ -551,3 +551,18 @@ def test_predict_table_lines_are_written_around_the_progress_bar_not_through_it(
         visible = raw.rstrip("\r").rpartition("\r")[2]  # what a terminal shows: the text after the last return
         if "digit_" in raw:
             assert visible.startswith(str(SAMPLES)), repr(raw)
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["predict", "", str(SAMPLES / "digit_3.png")],
+        ["run", "", "--source", str(SAMPLES)],
+    ],
+    ids=["predict", "run"],
+)
+def test_an_empty_model_path_is_named_as_such(args: list[str]) -> None:
+    """Once "model path is a directory, not a model file: ." (Path("") is "."), exit 1."""
+    result = run_cli(*args)
+    assert result.returncode == 2
+    assert result.stderr.splitlines()[-1] == "edgerun: error: model path is an empty string"

@@ -121,6 +121,15 @@ def test_a_broker_url_the_command_line_would_refuse_is_refused_in_the_config_too
     assert result.returncode == 2 and result.stderr.startswith(f"edgerun: error: {path}: {message}")
 
 
+@pytest.mark.parametrize("key", ["fps", "camera_fps"])
+def test_a_rate_the_command_line_refuses_is_refused_in_a_pipeline_too(tmp_path: Path, key: str) -> None:
+    """Once fps: 1.0e-300 passed config check and the pipeline died of it in the daemon, with a traceback."""
+    pipeline = f"pipelines:\n  cam:\n    source: camera:0\n    model: digits\n    {key}: 1.0e-300\n"
+    result = run_cli("config", "check", str(_write(tmp_path, MODEL + pipeline)))
+    assert result.returncode == 2
+    assert f"pipelines.cam.{key}: Input should be greater than or equal to 0.0001" in result.stderr
+
+
 @pytest.mark.parametrize("prefix", ["fleet/+/x", "fleet/#", "/fleet", "fleet/"])
 def test_a_topic_prefix_the_link_would_refuse_is_refused_by_config_check(tmp_path: Path, prefix: str) -> None:
     """Once config check passed it and the daemon stopped at start (exit 2) on the same prefix."""

@@ -350,6 +350,7 @@ def test_several_prepare_workers_decode_in_parallel_and_results_keep_the_source_
         ({"max_frames": 0}, "max frames must be a whole number from 1"),  # once: one frame ran anyway
         ({"batch_size": 2.5}, "batch size must be a whole number from 1 to 256, got 2.5"),
         ({"fps": "5"}, "fps must be a positive number, got '5'"),  # once: a raw TypeError
+        ({"fps": 1e-300}, "fps must be from 0.0001 to 1000, got 1e-300"),  # once: OverflowError in the reader
         ({"source": str(SAMPLES)}, "source must be a Source"),  # once: the reader died, run() hung
         ({"model": None}, "model must be an edgerun Model"),
         ({"sinks": None}, "sinks must be a list of sinks"),

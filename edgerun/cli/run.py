@@ -102,7 +102,7 @@ def run(args: argparse.Namespace) -> int:
     """Load, open the source and sinks, run, print the summary."""
     import edgerun
     from edgerun.errors import ConfigError
-    from edgerun.limits import BATCH_SIZE_MAX, PREPARE_WORKERS_MAX
+    from edgerun.limits import BATCH_SIZE_MAX, FPS_MAX, FPS_MIN, PREPARE_WORKERS_MAX
     from edgerun.ota.slot import ModelSlot
     from edgerun.pipeline import Pipeline
     from edgerun.sinks import first_drawing_sink, open_sink, video_rate
@@ -120,8 +120,8 @@ def run(args: argparse.Namespace) -> int:
     # The config's bounds for a daemon pipeline's keys, and a lowest rate (1e-300 fps is a wait no clock holds).
     require_within(
         args,
-        fps=(0.0001, 1000),
-        camera_fps=(0.0001, 1000),
+        fps=(FPS_MIN, FPS_MAX),
+        camera_fps=(FPS_MIN, FPS_MAX),
         width=(16, 8192),
         height=(16, 8192),
         queue=(1, 1024),
