@@ -467,3 +467,23 @@ def test_a_result_reaches_the_outbox_while_the_source_is_quiet(tmp_path: Path) -
             runner.join(timeout=30)
     assert json.loads(outbox.pending()[0].payload)["source"] == "cam#0"
     outbox.close()
+
+
+def test_a_connection_lost_after_it_was_made_is_said_as_lost(
+    own_broker: Broker, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Once "the broker ... closed the connection before answering CONNECT" for a broker that went away
+    long after it had answered: paho's on_disconnect clears the connected flag before the link looks."""
+    settings = MqttSettings.from_url(f"mqtt://127.0.0.1:{own_broker.port}", client_id="lost-dev")
+    link = MqttLink(settings, Topics("edgerun", "lost-dev"), None)
+    link.start()
+    try:
+        assert link.wait_connected(20)
+        own_broker.stop()
+        wait_until(lambda: link.state().last_error is not None, 20, "the loss to be noticed")
+        assert (link.state().last_error or "").startswith(f"connection to {settings.describe()} lost"), link.state()
+        said = [r.getMessage() for r in caplog.records if r.name == "edgerun.sync.link" and r.levelname == "WARNING"]
+        assert not [line for line in said if "before answering CONNECT" in line], said
+    finally:
+        link.stop(1)
+        own_broker.start()

@@ -158,6 +158,7 @@ class MqttLink:
         self._sub_refused: dict[str, str] = {}  # topic -> the refusal said for it (once)
         self._pub_refused: dict[str, str] = {}  # topic -> the publish refusal said for it (once)
         self._connected = threading.Event()
+        self._connack = False  # the current connection was accepted (CONNACK), until the next attempt
         self._refused: str | None = None
         self._socket_error: str | None = None  # paho's last receive failure, for the next reason
         self._stop = threading.Event()
@@ -299,6 +300,7 @@ class MqttLink:
             started = time.monotonic()
             self._refused = None
             self._socket_error = None
+            self._connack = False  # this connection's CONNACK; _connected is cleared by paho's on_disconnect
             try:
                 self._connect()
             except Exception as exc:  # DNS, TCP, TLS: described, retried
@@ -310,8 +312,8 @@ class MqttLink:
                     self._serve_failed(exc, lasted=time.monotonic() - started > 60)
             if self._stop.is_set():
                 break
-            if self._connected.is_set() or time.monotonic() - started > 60:
-                backoff = s.reconnect_min_s  # a connection that lasted resets the backoff
+            if self._connack or time.monotonic() - started > 60:
+                backoff = s.reconnect_min_s  # a connection made, or an attempt that lasted, resets the backoff
             self._connected.clear()
             delay = random.uniform(0, backoff)  # full jitter: a fleet does not reconnect in step
             log.debug("reconnecting to %s in %.2f s", s.describe(), delay)
@@ -427,7 +429,7 @@ class MqttLink:
                 self._client.disconnect()
                 return
             if rc != mqtt.MQTT_ERR_SUCCESS:
-                if self._connected.is_set():
+                if self._connack:  # not _connected: paho's on_disconnect has cleared it inside loop()
                     self._note_error(f"connection to {self.settings.describe()} lost ({mqtt.error_string(rc)})")
                 else:
                     self._note_error(self._closed_early_reason())
@@ -551,6 +553,7 @@ class MqttLink:
             self._refused = connack_reason(reason_code)
             return
         self._counts["connects"] += 1
+        self._connack = True
         self.last_error = None
         self._logged_error = None
         # What was in flight stays mapped: paho re-sends its unacknowledged QoS 1
