@@ -174,6 +174,16 @@ class MqttConfig(_Strict):
     results_qos: Literal[0, 1] = 1
     results_max_per_s: float | None = Field(None, gt=0)
 
+    def check_tls_files(self) -> None:
+        """``MqttSettings.check_tls_files`` with this section's keys as the names (``ConfigError``)."""
+        from edgerun.sync.settings import MqttSettings
+
+        settings = MqttSettings.from_url(
+            self.url, ca_file=self.ca_file, cert_file=self.cert_file, key_file=self.key_file
+        )
+        if settings.tls:
+            settings.check_tls_files(("mqtt.ca_file", "mqtt.cert_file", "mqtt.key_file"))
+
     def resolved_password(self) -> str | None:
         """The password from ``password_file`` (surrounding whitespace dropped), or None without one.
 
@@ -384,6 +394,11 @@ def check_runnable(config: Config, source: str) -> list[str]:
         secrets.append(("api.token_file", config.api.token_file, config.api.resolved_token))
     if config.mqtt is not None and config.mqtt.password_file:
         secrets.append(("mqtt.password_file", config.mqtt.password_file, config.mqtt.resolved_password))
+    if config.mqtt is not None:
+        try:
+            config.mqtt.check_tls_files()  # as the daemon checks them at start
+        except ConfigError as exc:
+            problems.append(str(exc))
     notes = []
     for key, file, read in secrets:
         if not os.path.lexists(file):

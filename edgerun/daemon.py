@@ -267,6 +267,7 @@ class Daemon:
                 self.config.api.resolved_token()
             if self.config.mqtt is not None:
                 self.config.mqtt.resolved_password()
+                self.config.mqtt.check_tls_files()
         except ConfigError as exc:
             raise ConfigError(f"{self.config_path}: {exc}" if self.config_path else str(exc)) from None
 

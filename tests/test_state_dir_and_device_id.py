@@ -288,3 +288,20 @@ def test_config_check_passes_a_missing_token_file_when_the_api_is_off(tmp_path: 
     config.write_text(MODEL + f"api:\n  enabled: false\n  token_file: api-token\nstate_dir: {tmp_path / 'state'}\n")
     check = run_cli("config", "check", str(config))
     assert check.returncode == 0, check.stderr
+
+
+def test_a_tls_file_that_cannot_work_is_one_line_from_config_check_and_the_daemon(tmp_path: Path) -> None:
+    """Once the daemon died of paho's ssl.SSLError ("PEM lib") with a traceback, after loading its models."""
+    not_pem = tmp_path / "ca.pem"
+    not_pem.write_text("not a certificate\n")
+    config = tmp_path / "c.yaml"
+    config.write_text(
+        MODEL + f"api:\n  enabled: false\nmqtt:\n  url: mqtts://127.0.0.1:1\n  ca_file: {not_pem}\n"
+        f"state_dir: {tmp_path / 'state'}\n"
+    )
+    daemon = _daemon(config)
+    assert daemon.returncode == 2 and "Traceback" not in daemon.stderr, daemon.stderr
+    line = daemon.stderr.splitlines()[-1]
+    assert line.startswith(f"edgerun: error: {config}: mqtt.ca_file {not_pem} holds no PEM certificate"), line
+    check = run_cli("config", "check", str(config))
+    assert check.returncode == 2 and check.stderr.splitlines() == [line]

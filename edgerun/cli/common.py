@@ -10,7 +10,6 @@ __all__ = [
     "add_model_options",
     "add_mqtt_options",
     "check_folders",
-    "check_tls_files",
     "error_line",
     "load_kwargs",
     "mqtt_settings",
@@ -253,56 +252,10 @@ def check_sync(args: argparse.Namespace) -> tuple[Any, str] | None:
     settings = mqtt_settings(args)
     check_prefix(settings.topic_prefix)  # Topics would refuse it too, but only once the model is loaded
     if settings.tls:
-        check_tls_files(settings)
+        settings.check_tls_files()
     if getattr(args, "results_rate", None) is not None and not getattr(args, "publish_results", False):
         raise ConfigError("--results-rate limits published results: it needs --publish-results")
     return settings, device_id
-
-
-def check_tls_files(settings: Any) -> None:
-    """Refuse, in one line naming the option, TLS files that are not what they should be.
-
-    paho reads them only when the link is built, after the model loaded, and its ``ssl.SSLError``
-    ("PEM lib") names neither the option nor the file. An encrypted client key is refused too:
-    OpenSSL would ask for its passphrase on the terminal, which an unattended device does not have.
-    """
-    import ssl
-
-    from edgerun.errors import ConfigError
-
-    def no_passphrase() -> bytes:
-        raise ConfigError(
-            f"--mqtt-key {settings.key_file} is encrypted with a passphrase, which edgerun cannot ask for: "
-            "store it decrypted, readable by this user only (openssl pkey -in KEY -out PLAIN.key)"
-        )
-
-    def unreadable(option: str, path: str, exc: OSError) -> ConfigError:
-        return ConfigError(f"{option} {path} cannot be read: {exc.strerror or exc}")
-
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    for option, path in (("--mqtt-ca", settings.ca_file), ("--mqtt-cert", settings.cert_file)):
-        if path is None:
-            continue
-        try:
-            ctx.load_verify_locations(cafile=path)  # any PEM certificate loads here, a CA's or a client's
-        except ssl.SSLError as exc:
-            why = f" ({exc.reason})" if exc.reason else ""
-            raise ConfigError(f"{option} {path} holds no PEM certificate{why}") from None
-        except OSError as exc:
-            raise unreadable(option, path, exc) from None
-    if settings.cert_file is None or settings.key_file is None:
-        return
-    try:
-        ctx.load_cert_chain(settings.cert_file, settings.key_file, password=no_passphrase)
-    except ssl.SSLError as exc:
-        if exc.reason == "KEY_VALUES_MISMATCH":
-            raise ConfigError(
-                f"--mqtt-key {settings.key_file} is not the key of --mqtt-cert {settings.cert_file}"
-            ) from None
-        why = f" ({exc.reason})" if exc.reason else ""  # OpenSSL's "PEM lib" says nothing more
-        raise ConfigError(f"--mqtt-key {settings.key_file} holds no PEM private key{why}") from None
-    except OSError as exc:
-        raise unreadable("--mqtt-key", settings.key_file, exc) from None
 
 
 def check_ota(args: argparse.Namespace, checked: tuple[Any, str] | None) -> None:

@@ -105,6 +105,55 @@ class MqttSettings:
             given.setdefault("tls", True)
         return replace(settings, **given)  # type: ignore[arg-type]
 
+    def check_tls_files(self, names: tuple[str, str, str] = ("--mqtt-ca", "--mqtt-cert", "--mqtt-key")) -> None:
+        """Refuse, in one line naming the option (or config key: ``names`` for the CA, the
+        certificate and the key), TLS files that cannot work, before anything is loaded.
+
+        paho reads them only when the link is built, and its ``ssl.SSLError`` ("PEM lib") names
+        neither the option nor the file. An encrypted client key is refused too: OpenSSL would
+        ask for its passphrase on the terminal, which an unattended device does not have.
+
+        Raises:
+            ConfigError: a file that cannot be read, holds no PEM certificate or key, a key
+                that is not the certificate's, or a key with a passphrase.
+        """
+        import ssl
+
+        ca_name, cert_name, key_name = names
+        ca_file, cert_file, key_file = self.ca_file, self.cert_file, self.key_file
+
+        def no_passphrase() -> bytes:
+            raise ConfigError(
+                f"{key_name} {key_file} is encrypted with a passphrase, which edgerun cannot ask for: "
+                "store it decrypted, readable by this user only (openssl pkey -in KEY -out PLAIN.key)"
+            )
+
+        def unreadable(option: str, path: str, exc: OSError) -> ConfigError:
+            return ConfigError(f"{option} {path} cannot be read: {exc.strerror or exc}")
+
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        for option, path in ((ca_name, ca_file), (cert_name, cert_file)):
+            if path is None:
+                continue
+            try:
+                ctx.load_verify_locations(cafile=path)  # any PEM certificate loads here, a CA's or a client's
+            except ssl.SSLError as exc:
+                why = f" ({exc.reason})" if exc.reason else ""
+                raise ConfigError(f"{option} {path} holds no PEM certificate{why}") from None
+            except OSError as exc:
+                raise unreadable(option, path, exc) from None
+        if cert_file is None or key_file is None:
+            return
+        try:
+            ctx.load_cert_chain(cert_file, key_file, password=no_passphrase)
+        except ssl.SSLError as exc:
+            if exc.reason == "KEY_VALUES_MISMATCH":
+                raise ConfigError(f"{key_name} {key_file} is not the key of {cert_name} {cert_file}") from None
+            why = f" ({exc.reason})" if exc.reason else ""  # OpenSSL's "PEM lib" says nothing more
+            raise ConfigError(f"{key_name} {key_file} holds no PEM private key{why}") from None
+        except OSError as exc:
+            raise unreadable(key_name, key_file, exc) from None
+
     def describe(self) -> str:
         """``mqtts://user@host:port`` without the password."""
         user = f"{self.username}@" if self.username else ""
