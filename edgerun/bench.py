@@ -3,22 +3,35 @@
 Each (model, delegate) is measured in a fresh child process (``spawn``), so its
 peak RSS is its own and one model's allocations do not slow the next. On Linux that
 peak is the child's ``VmHWM``: ``getrusage``'s ``ru_maxrss`` survives ``exec`` and so
-starts at the RSS of the process that spawned the child.
+starts at the RSS of the process that spawned the child. The bench's own bookkeeping
+(8 bytes a timed run, and the sorted copy the percentiles take) is left out of it.
 
 A percentile is only a tail estimate when some runs lie above it: p95 needs at least
 20 runs, p99 at least 100. With fewer the figure is still the interpolated percentile
 of the runs made, and ``BenchResult.sparse`` names it, so that the output can say so.
+
+The child and Ctrl-C: the child starts with SIGINT held, so a Ctrl-C while it imports
+cannot end it with a traceback; it takes SIGINT once it can answer. Ctrl-C during the
+timed runs stops them, and the figures of the runs made come back as
+``BenchInterrupted.partial``. A child that dies without answering (a crash, the OOM
+killer) is an ``EdgerunError`` naming the signal, never a wait for ever; a child whose
+parent has gone stops at its next progress tick.
 """
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
+import os
 import resource
+import signal
 import sys
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import numpy as np
 
@@ -26,18 +39,25 @@ from edgerun.errors import EdgerunError
 
 __all__ = [
     "MIN_RUNS",
+    "BenchInterrupted",
     "BenchResult",
     "bench_in_process",
     "bench_isolated",
     "percentile",
+    "ratio_gaps",
     "sparse_percentiles",
     "speed_ratios",
 ]
 
+#: Seconds between progress lines, and between checks that the spawning process still waits.
+TICK_S = 0.5
+#: Seconds the parent waits, after Ctrl-C, for the child's figures of the runs it made.
+GRACE_S = 5.0
+
 
 @dataclass(frozen=True)
 class BenchResult:
-    """Figures for one model on one delegate; times in ms, RSS in MB."""
+    """Figures for one model on one delegate; times in ms, RSS in MiB."""
 
     model: str
     path: str
@@ -45,7 +65,9 @@ class BenchResult:
     precision: str | None
     delegate: str
     threads: int | None
+    """The CPU threads the runtime was given: ``--threads``, else what ``edgerun.load`` picks for this file."""
     runs: int
+    """The timed runs the figures come from (fewer than asked when ``interrupted``)."""
     load_ms: float
     first_ms: float
     p50_ms: float
@@ -53,13 +75,35 @@ class BenchResult:
     p99_ms: float
     mean_ms: float
     throughput_per_s: float
+    """Timed runs (one inference of a batch of one each) per second of the timed loop's wall time."""
     peak_rss_mb: float
+    """The benchmarking process's peak resident set, MiB, less the bench's own timing arrays."""
     sparse: tuple[str, ...] = ()
     """The percentiles (``"p95"``, ``"p99"``) taken over too few runs to have any run above them."""
+    interrupted: bool = False
+    """Ctrl-C stopped the timed runs: the figures are from the ``runs`` made before it."""
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready form."""
         return asdict(self)
+
+    @classmethod
+    def from_dict(cls, fields: dict[str, Any]) -> BenchResult:
+        """The inverse of ``to_dict`` (a child's reply)."""
+        return cls(**{**fields, "sparse": tuple(fields["sparse"])})
+
+
+class BenchInterrupted(KeyboardInterrupt):
+    """Raised when Ctrl-C (SIGINT) stops a benchmark.
+
+    Attributes:
+        partial: the figures of the timed runs made before it, or None when it came
+            before the first one (while loading or warming up).
+    """
+
+    def __init__(self, partial: BenchResult | None = None) -> None:
+        super().__init__("interrupted")
+        self.partial = partial
 
 
 #: The fewest runs for which a percentile has at least one run above it.
@@ -76,100 +120,397 @@ def sparse_percentiles(runs: int) -> tuple[str, ...]:
     return tuple(name for name, least in MIN_RUNS.items() if runs < least)
 
 
-def _peak_rss_mb() -> float:
-    """This process's peak resident set in MiB: its own, not the spawning process's."""
+def _memory_kb() -> tuple[int | None, int]:
+    """This process's (current, peak) resident set in KiB; current is None where only the peak is known.
+
+    The peak is this process's own, not the spawning process's (see the module docstring).
+    """
+    current = peak = None
     try:
         with open("/proc/self/status", "rb") as f:
             for line in f:
-                if line.startswith(b"VmHWM:"):
-                    return int(line.split()[1]) / 1024  # kB
+                if line.startswith(b"VmRSS:"):
+                    current = int(line.split()[1])  # kB
+                elif line.startswith(b"VmHWM:"):
+                    peak = int(line.split()[1])
     except (OSError, ValueError, IndexError):
         pass
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024
+    if peak is None:
+        maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        peak = maxrss // 1024 if sys.platform == "darwin" else maxrss  # bytes on macOS, KiB elsewhere
+    return current, peak
 
 
-def bench_in_process(path: str, delegate: str, runs: int, threads: int | None, **load_kwargs: Any) -> BenchResult:
-    """Load ``path`` on ``delegate`` and time ``runs`` inferences of a synthetic input."""
+def _peak_rss_mb() -> float:
+    """This process's peak resident set in MiB: its own, not the spawning process's."""
+    return _memory_kb()[1] / 1024
+
+
+class _Progress:
+    """One line on a terminal, drawn again in place: what is being measured and how far it has got."""
+
+    def __init__(self, stream: TextIO | None, path: str, delegate: str) -> None:
+        self._stream = stream
+        self._name = Path(path).name
+        self.delegate = delegate
+        self._drawn = False
+
+    def show(self, text: str) -> None:
+        if self._stream is None:
+            return
+        line = f"{self._name} on {self.delegate}: {text}"
+        try:
+            columns = os.get_terminal_size(self._stream.fileno()).columns
+        except (OSError, ValueError):
+            columns = 0
+        width = (columns or 80) - 1  # a line that wraps could not be drawn again in place
+        try:
+            self._stream.write(f"\r\x1b[K{line[:width]}")
+            self._stream.flush()
+            self._drawn = True
+        except (OSError, ValueError):  # the terminal went away: measure on without it
+            self._stream = None
+
+    def clear(self) -> None:
+        if self._drawn:
+            self.clear_line()
+
+    def clear_line(self) -> None:
+        """Blank the terminal's current line, drawn by this object or not."""
+        if self._stream is not None:
+            try:
+                self._stream.write("\r\x1b[K")
+                self._stream.flush()
+            except (OSError, ValueError):
+                pass
+        self._drawn = False
+
+
+class _ParentGone(Exception):
+    """The process that spawned the child has ended: nobody waits for the figures."""
+
+
+def bench_in_process(
+    path: str,
+    delegate: str,
+    runs: int,
+    threads: int | None,
+    *,
+    progress: TextIO | None = None,
+    parent: int | None = None,
+    **load_kwargs: Any,
+) -> BenchResult:
+    """Load ``path`` on ``delegate`` and time ``runs`` inferences of a synthetic input.
+
+    The first run is timed on its own (``first_ms``), then a few warm-up runs are made
+    untimed; the percentiles, mean and throughput are over the ``runs`` after them.
+
+    Args:
+        path: the model file.
+        delegate: ``auto``, ``fastest`` or a delegate name.
+        runs: timed inferences.
+        threads: CPU threads; None for what ``edgerun.load`` picks (the result says which).
+        progress: a terminal to show how far the runs have got on, or None.
+        parent: the spawning process's pid: when it has gone, stop (a spawned child's own use).
+        load_kwargs: more ``edgerun.load`` arguments.
+
+    Raises:
+        EdgerunError: the model cannot be loaded or run.
+        BenchInterrupted: Ctrl-C; ``partial`` has the figures of the timed runs made.
+    """
     import edgerun
     from edgerun.accel.select import synthetic_inputs
+    from edgerun.model import default_threads
 
-    t0 = time.perf_counter()
-    model = edgerun.load(path, delegate=delegate, threads=threads, warmup=False, **load_kwargs)
-    load_ms = (time.perf_counter() - t0) * 1e3
-    with model:
-        inputs = synthetic_inputs(model.backend)
-        t0 = time.perf_counter_ns()
-        model.run(*inputs)
-        first_ms = (time.perf_counter_ns() - t0) / 1e6
-        for _ in range(min(10, max(2, runs // 20))):
-            model.run(*inputs)
-        samples = np.empty(runs, dtype=np.float64)
-        start = time.perf_counter()
-        for i in range(runs):
-            t = time.perf_counter_ns()
-            model.run(*inputs)
-            samples[i] = (time.perf_counter_ns() - t) / 1e6
-        wall = time.perf_counter() - start
-        return BenchResult(
-            model=model.name,
-            path=str(path),
-            format=model.format,
-            precision=model.card.precision,
-            delegate=model.delegate,
-            threads=threads,
-            runs=runs,
-            load_ms=load_ms,
-            first_ms=first_ms,
-            p50_ms=percentile(samples, 50),
-            p95_ms=percentile(samples, 95),
-            p99_ms=percentile(samples, 99),
-            mean_ms=float(samples.mean()),
-            throughput_per_s=runs / wall,
-            peak_rss_mb=_peak_rss_mb(),
-            sparse=sparse_percentiles(runs),
-        )
-
-
-def _child(path: str, delegate: str, runs: int, threads: int | None, load_kwargs: dict[str, Any]) -> dict[str, Any]:
+    threads = threads or default_threads(Path(path))  # as edgerun.load would pick: the figure says what ran
+    shown = _Progress(progress, path, delegate)
     try:
-        return {"ok": bench_in_process(path, delegate, runs, threads, **load_kwargs).to_dict()}
+        shown.show("loading")
+        t0 = time.perf_counter()
+        model = edgerun.load(path, delegate=delegate, threads=threads, warmup=False, **load_kwargs)
+        load_ms = (time.perf_counter() - t0) * 1e3
+        with model:
+            shown.delegate = model.delegate
+            shown.show("warming up")
+            inputs = synthetic_inputs(model.backend)
+            t0 = time.perf_counter_ns()
+            model.run(*inputs)
+            first_ms = (time.perf_counter_ns() - t0) / 1e6
+            for _ in range(min(10, max(2, runs // 20))):
+                model.run(*inputs)
+
+            def tick(done: int) -> None:
+                if parent is not None and os.getppid() != parent:
+                    raise _ParentGone
+                shown.show(f"{done:,}/{runs:,} runs")
+
+            rss_before, peak_before = _memory_kb()
+            samples = np.zeros(runs, dtype=np.float64)
+            samples.fill(0.0)  # its pages are touched now, not inside the timed runs
+            rss_with_samples = _memory_kb()[0]
+            done, wall = _timed(model.run, inputs, samples, tick)
+            peak_after = _memory_kb()[1]
+            shown.clear()
+            # The timing array is the bench's, not the model's: it is resident throughout the
+            # timed runs, so their peak less its pages is what the model held.
+            own = (rss_with_samples - rss_before) if rss_before is not None and rss_with_samples is not None else 0
+            peak_kb = max(peak_before, peak_after - max(own, 0))
+            timed = samples[:done]
+            result = BenchResult(
+                model=model.name,
+                path=str(path),
+                format=model.format,
+                precision=model.card.precision,
+                delegate=model.delegate,
+                threads=threads,
+                runs=done,
+                load_ms=load_ms,
+                first_ms=first_ms,
+                p50_ms=percentile(timed, 50),
+                p95_ms=percentile(timed, 95),
+                p99_ms=percentile(timed, 99),
+                mean_ms=float(timed.mean()),
+                throughput_per_s=done / wall,
+                peak_rss_mb=peak_kb / 1024,
+                sparse=sparse_percentiles(done),
+                interrupted=done < runs,
+            )
+    except KeyboardInterrupt:  # while loading or warming up: no run timed yet
+        raise BenchInterrupted(None) from None
+    finally:
+        shown.clear()
+    if result.interrupted:
+        raise BenchInterrupted(result)
+    return result
+
+
+def _timed(
+    run: Callable[..., Any], inputs: list[np.ndarray], samples: np.ndarray, tick: Callable[[int], None]
+) -> tuple[int, float]:
+    """Time ``len(samples)`` calls of ``run(*inputs)`` into ``samples`` (ms); (runs made, wall seconds).
+
+    Ctrl-C ends it early: the runs made so far count, unless there are none.
+    """
+    step = int(TICK_S * 1e9)
+    next_tick = 0
+    done = 0
+    start = time.perf_counter()
+    try:
+        for i in range(len(samples)):
+            t = time.perf_counter_ns()
+            run(*inputs)
+            end = time.perf_counter_ns()
+            samples[i] = (end - t) / 1e6
+            done = i + 1
+            if end >= next_tick:
+                tick(done)
+                next_tick = end + step
+    except KeyboardInterrupt:
+        if done == 0:
+            raise
+    return done, time.perf_counter() - start
+
+
+def _take_sigint(signum: int, frame: Any) -> None:
+    """The child's SIGINT handler: stop what is running, once; a second Ctrl-C must not cut the reply."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    raise KeyboardInterrupt
+
+
+def _child(
+    conn: Any,
+    path: str,
+    delegate: str,
+    runs: int,
+    threads: int | None,
+    progress: bool,
+    parent: int,
+    load_kwargs: dict[str, Any],
+) -> None:
+    """The spawned process: benchmark, send one reply, end. SIGINT arrives held (see ``_sigint_held``)."""
+    reply: dict[str, Any]
+    try:
+        if signal.getsignal(signal.SIGINT) != signal.SIG_IGN:  # ignored: started in the background, as we were
+            signal.signal(signal.SIGINT, _take_sigint)
+        if hasattr(signal, "pthread_sigmask"):
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})  # a Ctrl-C held till now lands here
+        stream = sys.stderr if progress else None
+        result = bench_in_process(path, delegate, runs, threads, progress=stream, parent=parent, **load_kwargs)
+        reply = {"ok": result.to_dict()}
+    except BenchInterrupted as exc:
+        reply = {"interrupted": exc.partial.to_dict() if exc.partial else None}
+    except KeyboardInterrupt:
+        reply = {"interrupted": None}
     except EdgerunError as exc:
-        return {"error": str(exc)}
+        reply = {"error": str(exc)}
+    except MemoryError:
+        reply = {"error": "out of memory"}
+    except _ParentGone:
+        return
+    try:
+        conn.send(reply)
+    except (OSError, KeyboardInterrupt):
+        pass
+    finally:
+        conn.close()
 
 
-def bench_isolated(path: str, delegate: str, runs: int, threads: int | None, **load_kwargs: Any) -> BenchResult:
-    """``bench_in_process`` in a fresh child process; errors come back as ``EdgerunError``."""
+@contextmanager
+def _sigint_held() -> Iterator[None]:
+    """SIGINT blocked in this thread while a child is spawned: the child starts with it blocked too.
+
+    A Ctrl-C meanwhile waits, and is raised here in the parent as the block ends.
+    """
+    if not hasattr(signal, "pthread_sigmask"):  # Windows: no signal masks
+        yield
+        return
+    from multiprocessing import resource_tracker
+
+    # Started by the first spawn, the tracker unblocks SIGINT as it returns: start it before the block.
+    resource_tracker.ensure_running()
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
+def _ended(exitcode: int | None) -> str:
+    """How a child ended, in words."""
+    if exitcode is None:
+        return "still running"
+    if exitcode < 0:
+        try:
+            return f"killed by {signal.Signals(-exitcode).name}"
+        except ValueError:
+            return f"killed by signal {-exitcode}"
+    return f"exit status {exitcode}"
+
+
+def bench_isolated(
+    path: str, delegate: str, runs: int, threads: int | None, *, progress: bool = False, **load_kwargs: Any
+) -> BenchResult:
+    """``bench_in_process`` in a fresh child process.
+
+    Args:
+        progress: show how far the runs have got on this process's stderr (a terminal).
+
+    Raises:
+        EdgerunError: the model failed (the child's own error), or the child ended
+            without a reply (a crash, the OOM killer): the message names how it ended.
+        BenchInterrupted: Ctrl-C; ``partial`` has the child's figures of the runs it made.
+    """
     ctx = multiprocessing.get_context("spawn")
-    with ctx.Pool(1) as pool:
-        reply = pool.apply(_child, (path, delegate, runs, threads, load_kwargs))
+    receiver, sender = ctx.Pipe(duplex=False)
+    args = (sender, path, delegate, runs, threads, progress, os.getpid(), load_kwargs)
+    child = ctx.Process(target=_child, args=args, name="edgerun-bench", daemon=True)
+    wait = 10.0  # for a child that has replied to end on its own
+    try:
+        with _sigint_held():
+            child.start()
+        sender.close()  # the child holds the only writing end: its end is an EOF here
+        try:
+            reply = receiver.recv()
+        except EOFError:
+            child.join(wait)
+            raise EdgerunError(f"the benchmark process ended without a result ({_ended(child.exitcode)})") from None
+    except KeyboardInterrupt:
+        wait = 0.0
+        raise BenchInterrupted(_partial(receiver, child)) from None
+    finally:
+        sender.close()
+        _stop(child, wait)
+        receiver.close()
+        if progress:  # a child cut short left its progress line: the next line must start clean
+            _Progress(sys.stderr, path, delegate).clear_line()
     if "error" in reply:
         raise EdgerunError(reply["error"])
-    fields = reply["ok"]
-    return BenchResult(**{**fields, "sparse": tuple(fields["sparse"])})
+    if "interrupted" in reply:  # a SIGINT that reached the child alone
+        raise BenchInterrupted(BenchResult.from_dict(reply["interrupted"]) if reply["interrupted"] else None)
+    return BenchResult.from_dict(reply["ok"])
+
+
+def _partial(receiver: Any, child: Any) -> BenchResult | None:
+    """After Ctrl-C: the child's figures of the runs it made, if it sends them within ``GRACE_S``."""
+    if child.pid is None:
+        return None
+    with contextlib.suppress(OSError):  # a Ctrl-C typed reached the child already; a `kill -INT` of ours did not
+        os.kill(child.pid, signal.SIGINT)
+    try:
+        if not receiver.poll(GRACE_S):
+            return None
+        reply = receiver.recv()
+    except (EOFError, OSError, KeyboardInterrupt):  # a second Ctrl-C: stop waiting
+        return None
+    fields = reply.get("interrupted") or reply.get("ok")  # "ok": it finished as Ctrl-C came
+    return BenchResult.from_dict(fields) if fields else None
+
+
+def _stop(child: Any, wait: float) -> None:
+    """End ``child``: give it ``wait`` seconds to end on its own, then SIGTERM, then SIGKILL."""
+    if child.pid is None:
+        return
+    child.join(wait)
+    if child.is_alive():
+        child.terminate()
+        child.join(2.0)
+    if child.is_alive():
+        child.kill()
+        child.join()
 
 
 def speed_ratios(results: list[BenchResult]) -> list[dict[str, Any]]:
-    """FP32-over-INT8 p50 ratios for variants of one model (same card name, format and delegate)."""
-    groups: dict[tuple[str, str, str], dict[str, BenchResult]] = {}
+    """FP32-over-INT8 p50 ratios for variants of one model run alike.
+
+    Variants pair when they have the same card name and format and ran on the same
+    delegate with the same threads; interrupted results are left out.
+    """
+    groups: dict[tuple[str, str, str, int], dict[str, BenchResult]] = {}
     for r in results:
-        if r.precision:
-            groups.setdefault((r.model, r.format, r.delegate), {})[r.precision] = r
+        if r.precision and not r.interrupted:
+            groups.setdefault((r.model, r.format, r.delegate, r.threads or 0), {})[r.precision] = r
     ratios = []
-    for (model, fmt, delegate), by_precision in sorted(groups.items()):
+    for (model, fmt, delegate, threads), by_precision in sorted(groups.items()):
         if "fp32" in by_precision and "int8" in by_precision:
             fp32, int8 = by_precision["fp32"], by_precision["int8"]
+            if int8.p50_ms <= 0:  # a clock too coarse to time it: no finite ratio
+                continue
             ratios.append(
                 {
                     "model": model,
                     "format": fmt,
                     "delegate": delegate,
+                    "threads": threads,
                     "fp32_p50_ms": fp32.p50_ms,
                     "int8_p50_ms": int8.p50_ms,
                     "int8_speedup": fp32.p50_ms / int8.p50_ms,
                 }
             )
     return ratios
+
+
+def ratio_gaps(results: list[BenchResult]) -> list[str]:
+    """Why a model measured in both FP32 and INT8 got no ratio: the two never ran alike.
+
+    One line for each (card name, format) with both precisions measured but no
+    delegate and thread count in common, naming what each ran on.
+    """
+    found: dict[tuple[str, str], dict[str, set[tuple[str, int]]]] = {}
+    for r in results:
+        if r.precision in ("fp32", "int8") and not r.interrupted:
+            found.setdefault((r.model, r.format), {}).setdefault(r.precision, set()).add((r.delegate, r.threads or 0))
+    lines = []
+    for (model, fmt), ran in sorted(found.items()):
+        if "fp32" in ran and "int8" in ran and not ran["fp32"] & ran["int8"]:
+            lines.append(
+                f"no INT8/FP32 ratio for {model} {fmt}: FP32 ran on {_alike(ran['fp32'])}, "
+                f"INT8 on {_alike(ran['int8'])}; give --delegate and --threads to run both alike"
+            )
+    return lines
+
+
+def _alike(ran: set[tuple[str, int]]) -> str:
+    return " and ".join(f"{d} with {t} thread{'s' if t != 1 else ''}" for d, t in sorted(ran))
 
 
 def usable_delegates(path: Path, probe_root: str | None = None) -> list[str]:

@@ -29,6 +29,7 @@ def run(args: argparse.Namespace) -> int:
     from edgerun.accel.runtimes import discover
 
     require_not_empty("--model", args.model)
+    require_not_empty("--probe-root", args.probe_root)  # else "--probe-root  is not a directory"
     kwargs = load_kwargs(args)  # the options are checked with or without --model: none is taken and ignored
     check_delegate(args.delegate)
     device = probe(args.probe_root or "/")
@@ -36,6 +37,10 @@ def run(args: argparse.Namespace) -> int:
     delegates = []
     for spec in CATALOGUE:
         reason = spec.needs(device, runtime)
+        if reason is None and (error := runtime.library_error(spec.name)):
+            # Selection still tries it (a fallback with its reason, see accel.delegates._edgetpu);
+            # here "yes" would claim that a model can run on it, and none can.
+            reason = f"the accelerator is present, but its delegate library does not load ({error})"
         delegates.append(
             {
                 "name": spec.name,
