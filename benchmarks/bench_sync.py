@@ -436,8 +436,8 @@ def edgerun_drain(
             def pending(self, after_id: int = 0, limit: int = 500) -> Any:
                 return timed.wrap("Outbox.pending", super().pending)(after_id, limit)
 
-            def ack(self, ids: Any) -> None:
-                timed.wrap("Outbox.ack", super().ack)(ids)
+            def ack(self, ids: Any, refused: int = 0) -> None:
+                timed.wrap("Outbox.ack", super().ack)(ids, refused)
 
             def __len__(self) -> int:
                 return timed.wrap("len(outbox) (count(*), in wait_drained)", super().__len__)()
