@@ -365,6 +365,9 @@ def _resolve(config: Config, base: Path) -> Config:
     return config.model_copy(update=update)
 
 
+_TLS_KEYS = ("ca_file", "cert_file", "key_file")
+
+
 def check_runnable(config: Config, source: str) -> list[str]:
     """Refuse, in one line, a valid config whose model files are not there or whose secret files
     the daemon could not use; name the secret files that are not there yet.
@@ -372,11 +375,11 @@ def check_runnable(config: Config, source: str) -> list[str]:
     Model paths are checked as the daemon opens them: relative to the working
     directory once ``load_config`` has resolved them against the config's folder. The
     API's token file (with the API on) and the MQTT password file are read as the daemon
-    reads them at start. One that is not there is a note, not an error: a config is often
-    checked on another machine than the device its secrets are installed on.
+    reads them at start, and so are the MQTT TLS files. One that is not there is a note, not an
+    error: a config is often checked on another machine than the device its files are installed on.
 
     Returns:
-        One line per secret file that is not there (the daemon stops at start without it).
+        One line per secret or TLS file that is not there (the daemon stops at start without it).
 
     Raises:
         ConfigError: a model file is missing or is not a file, or a secret file that is
@@ -394,20 +397,23 @@ def check_runnable(config: Config, source: str) -> list[str]:
         secrets.append(("api.token_file", config.api.token_file, config.api.resolved_token))
     if config.mqtt is not None and config.mqtt.password_file:
         secrets.append(("mqtt.password_file", config.mqtt.password_file, config.mqtt.resolved_password))
-    if config.mqtt is not None:
+    tls = [] if config.mqtt is None else [(f"mqtt.{k}", getattr(config.mqtt, k)) for k in _TLS_KEYS]
+    missing = [
+        (key, file) for key, file in [*tls, *((k, f) for k, f, _ in secrets)] if file and not os.path.lexists(file)
+    ]
+    notes = [f"{key} {file} is not there: the daemon stops at start until it is" for key, file in missing]
+    gone = {key for key, _ in missing}
+    if config.mqtt is not None and not gone & {key for key, _ in tls}:
         try:
             config.mqtt.check_tls_files()  # as the daemon checks them at start
         except ConfigError as exc:
             problems.append(str(exc))
-    notes = []
-    for key, file, read in secrets:
-        if not os.path.lexists(file):
-            notes.append(f"{key} {file} is not there: the daemon stops at start until it is")
-            continue
-        try:
-            read()  # as the daemon reads it at start
-        except ConfigError as exc:
-            problems.append(str(exc))
+    for key, _, read in secrets:
+        if key not in gone:
+            try:
+                read()  # as the daemon reads it at start
+            except ConfigError as exc:
+                problems.append(str(exc))
     if problems:
         raise ConfigError(f"{source}: {_one_line(problems)}")
     return notes

@@ -183,11 +183,11 @@ def test_config_check_passes_every_shipped_device_config_from_the_repo_root() ->
         result = run_cli("config", "check", str(shown), cwd=ROOT)
         assert result.returncode == 0, result.stderr
         config = load_config(path)
-        secrets = [
-            ("api.token_file", config.api.token_file),
-            ("mqtt.password_file", config.mqtt and config.mqtt.password_file),
-        ]
-        missing = [(key, file) for key, file in secrets if file and not Path(file).exists()]  # installed on the device
+        mqtt = config.mqtt
+        files = [("mqtt.ca_file", mqtt and mqtt.ca_file), ("mqtt.cert_file", mqtt and mqtt.cert_file)]
+        files += [("mqtt.key_file", mqtt and mqtt.key_file), ("api.token_file", config.api.token_file)]
+        files += [("mqtt.password_file", mqtt and mqtt.password_file)]
+        missing = [(key, file) for key, file in files if file and not Path(file).exists()]  # installed on the device
         assert result.stderr.splitlines() == [
             f"edgerun: warning: {shown}: {key} {file} is not there: the daemon stops at start until it is"
             for key, file in missing
