@@ -36,6 +36,7 @@ from typing import Any, TextIO
 import numpy as np
 
 from edgerun.errors import EdgerunError
+from edgerun.signals import exit_in_words
 
 __all__ = [
     "MIN_RUNS",
@@ -250,7 +251,6 @@ def bench_in_process(
             rss_with_samples = _memory_kb()[0]
             done, wall = _timed(model.run, inputs, samples, tick)
             peak_after = _memory_kb()[1]
-            shown.clear()
             # The timing array is the bench's, not the model's: it is resident throughout the
             # timed runs, so their peak less its pages is what the model held.
             own = (rss_with_samples - rss_before) if rss_before is not None and rss_with_samples is not None else 0
@@ -375,18 +375,6 @@ def _sigint_held() -> Iterator[None]:
         signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
 
-def _ended(exitcode: int | None) -> str:
-    """How a child ended, in words."""
-    if exitcode is None:
-        return "still running"
-    if exitcode < 0:
-        try:
-            return f"killed by {signal.Signals(-exitcode).name}"
-        except ValueError:
-            return f"killed by signal {-exitcode}"
-    return f"exit status {exitcode}"
-
-
 def bench_isolated(
     path: str, delegate: str, runs: int, threads: int | None, *, progress: bool = False, **load_kwargs: Any
 ) -> BenchResult:
@@ -413,7 +401,9 @@ def bench_isolated(
             reply = receiver.recv()
         except EOFError:
             child.join(wait)
-            raise EdgerunError(f"the benchmark process ended without a result ({_ended(child.exitcode)})") from None
+            raise EdgerunError(
+                f"the benchmark process ended without a result ({exit_in_words(child.exitcode)})"
+            ) from None
     except KeyboardInterrupt:
         wait = 0.0
         raise BenchInterrupted(_partial(receiver, child)) from None

@@ -20,7 +20,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import multiprocessing
-import signal
 import threading
 import time
 import weakref
@@ -33,6 +32,7 @@ import numpy as np
 
 from edgerun.backends.base import QuantParams, TensorSpec, numeric
 from edgerun.errors import DelegateError, EdgerunError, InferenceError, InputError
+from edgerun.signals import exit_in_words
 
 log = logging.getLogger(__name__)
 
@@ -129,13 +129,7 @@ class _WorkerDied(Exception):
 def _how_it_ended(process: Any) -> str:
     """``exit code N`` or ``killed by SIGSEGV``, once the ended worker is reaped (up to 5 s)."""
     process.join(timeout=5)
-    code = process.exitcode
-    if code is None:
-        return "no exit status"
-    if code < 0:
-        with contextlib.suppress(ValueError):
-            return f"killed by {signal.Signals(-code).name}"
-    return f"exit code {code}"
+    return exit_in_words(process.exitcode)
 
 
 class _Child:

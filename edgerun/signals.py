@@ -10,6 +10,8 @@ stop it.
 Here the handler does nothing itself. CPython's C-level handler writes the signal's number
 to a wakeup fd (``signal.set_wakeup_fd``), taking no Python lock; a watcher thread reads it
 and makes the call, where taking a lock is safe.
+
+``exit_in_words`` says how a child process ended (an isolated worker, a benchmark process).
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from types import FrameType
 
 log = logging.getLogger(__name__)
 
-__all__ = ["handled"]
+__all__ = ["exit_in_words", "handled"]
 
 Action = Callable[[signal.Signals], None]
 
@@ -76,3 +78,17 @@ def _watch(fd: int, actions: dict[int, Action]) -> None:
                 action(sig)
             except Exception:
                 log.exception("handling %s failed", sig.name)
+
+
+def exit_in_words(code: int | None) -> str:
+    """How a child process ended, from its ``exitcode``: ``exit code 1``, ``killed by SIGKILL``
+    (``killed by signal 99`` for a number this platform does not name), or ``no exit status``
+    for one not reaped yet."""
+    if code is None:
+        return "no exit status"
+    if code < 0:
+        try:
+            return f"killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"killed by signal {-code}"
+    return f"exit code {code}"
