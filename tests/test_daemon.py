@@ -269,7 +269,7 @@ def test_a_frame_that_fails_in_a_pipeline_is_one_warning_naming_the_pipeline(
     finally:
         daemon.stop()
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
-    assert warnings == [f"pipeline line: {readings} line 6: field 2 is not a number: 'oops'; row skipped"]
+    assert warnings == [f"pipeline line: {readings} line 6: field 3 ('y') is not a number: 'oops'; row skipped"]
 
 
 OTA_CONFIG = """

@@ -51,7 +51,12 @@ def register(sub: Any) -> None:
         metavar="N",
         help="image files: threads decoding them in parallel (default: one per CPU core, up to 4)",
     )
-    p.add_argument("--output", default=None, metavar="FILE.jsonl", help="also append every record to this file")
+    p.add_argument(
+        "--output",
+        default=None,
+        metavar="FILE.jsonl",
+        help="also append every record to this JSON Lines file (a .csv or video file name is refused)",
+    )
     p.add_argument("--resume", action="store_true", help="skip the inputs already recorded in --output")
     p.add_argument("--no-progress", action="store_true", help="no progress bar even on a terminal")
     add_model_options(p)
@@ -104,6 +109,33 @@ def recorded_inputs(path: str) -> Recorded:
     return Recorded(frozenset(done), frozenset(models))
 
 
+def check_output_name(path: str | None) -> None:
+    """Refuse an ``--output`` whose name says another format than the JSON Lines written into it.
+
+    A ``.csv`` file (or a video file, or ``DIR/``) would get JSON Lines under that name, and a
+    CSV file that ``edgerun run --sink`` wrote would get JSON lines among its rows. A name of
+    no known kind (``notes.txt``, ``/dev/stdout``) is written as JSON Lines, as asked.
+
+    Raises:
+        ConfigError: naming the file and what to call it instead; raised before anything runs.
+    """
+    from edgerun.sinks import sink_kind
+
+    if path is None:
+        return
+    try:
+        kind = sink_kind(path)
+    except ConfigError:  # no kind of sink: a plain file name
+        return
+    if kind in ("csv", "video", "images"):
+        what = {"csv": "a CSV file", "video": "a video file", "images": "a folder"}[kind]
+        hint = " (edgerun run MODEL --source INPUT --sink FILE.csv writes CSV)" if kind == "csv" else ""
+        raise ConfigError(
+            f"--output {path} names {what}, but predict writes JSON Lines: name it FILE.jsonl, FILE.ndjson or FILE.json"
+            + hint
+        )
+
+
 def check_same_model(path: str, recorded: Recorded, model: Any) -> None:
     """Refuse to resume a file that holds another model's results (another name, or another version).
 
@@ -133,6 +165,7 @@ def run(args: argparse.Namespace) -> int:
 
     require_not_empty("an INPUT", *args.inputs)
     require_not_empty("--output", args.output)
+    check_output_name(args.output)
     require_at_least_one(args, "top_k", "batch_size", "prepare_workers")
     require_within(args, batch_size=(1, BATCH_SIZE_MAX), prepare_workers=(1, PREPARE_WORKERS_MAX))
     mqtt = check_sync(args)  # before the model loads: a mistyped URL is the only line

@@ -13,11 +13,14 @@ read: ``close()`` (SIGINT, SIGTERM) stops a run whose sender has gone quiet
 within ``_POLL_S``, where a read blocked until the next line would hold it
 forever.
 
-A row with a missing, extra or non-numeric field, a value beyond float32's
-range (windows are float32), or more than ``MAX_ROW_CHARS`` characters (read
-in pieces and dropped, never held whole) is reported (yielded as an error
+A row with a missing, extra or non-numeric field, a value that is not finite
+(``nan``, ``inf``), a value beyond float32's range (windows are float32: ``1e39``,
+``1e400``, an integer of 400 digits), or more than ``MAX_ROW_CHARS`` characters
+(read in pieces and dropped, never held whole) is reported (yielded as an error
 frame naming its line, so the run counts it and its consumer reports it: the
-CLI prints it, the daemon logs it) and skipped; the run goes on. An input that
+CLI prints it, the daemon logs it) and skipped; the run goes on. A CSV field is
+named as the file has it: its 1-based column in the file, the time column
+counted, and its header name where there is a header (``field 4 ('z')``). An input that
 ends before it filled one window (an empty file, a header alone, fewer rows
 than the window) is a ``SourceError``: nothing was classified, and the run must
 not pass for a success.
@@ -208,6 +211,7 @@ class SensorSource:
         """(line number, values) or (line number, error text)."""
         header: list[str] | None = None
         keep: list[int] | None = None
+        labels: list[str] = []  # each kept CSV field as messages name it: its column in the file, its header name
         width: int | None = None
         names: list[str] | None = None  # a JSON Lines file's channels, from its first object row
         for number, raw in self._lines():
@@ -224,17 +228,19 @@ class SensorSource:
                 if header is None and keep is None and not _is_number(fields[0]) and fields[0] != "":
                     header = [f.lower() for f in fields]
                     keep = [i for i, name in enumerate(header) if name not in _TIME_COLUMNS]
+                    labels = [_field_label(i, fields[i]) for i in keep]
                     width = len(keep)
                     continue
                 if keep is None:
                     keep = list(range(len(fields)))
+                    labels = [_field_label(i, "") for i in keep]
                     width = len(keep)
                 if header is not None and len(fields) != len(header):
                     values = f"has {len(fields)} fields, the header has {len(header)}"
                 elif header is None and len(fields) > len(keep):  # its extra fields would be dropped unread
                     values = f"has {len(fields)} fields, earlier rows have {len(keep)}"
                 else:
-                    values = _numbers([fields[i] if i < len(fields) else "" for i in keep])
+                    values = _numbers([fields[i] if i < len(fields) else "" for i in keep], labels)
             if isinstance(values, list):
                 width = width or len(values)
                 if len(values) != width:
@@ -282,27 +288,50 @@ def _is_number(text: str) -> bool:
     return True
 
 
-def _numbers(fields: list[str]) -> list[float] | str:
+def _field_label(index: int, name: str) -> str:
+    """A CSV field as a message names it: its 1-based column in the file, and its header name if it has one."""
+    return f"field {index + 1}" + (f" ({name!r})" if name else "")
+
+
+#: How ``float()`` spells a value that is not finite (after a sign): any other text it reads as infinite
+#: (``1e400``, an integer of 400 digits) is a finite number too large for a float.
+_NOT_FINITE = frozenset({"inf", "infinity", "nan"})
+
+
+def _numbers(fields: list[str], labels: list[str]) -> list[float] | str:
+    """The fields as numbers, or the first bad one's error text (``labels`` name them)."""
     values = []
-    for i, text in enumerate(fields):
+    for label, text in zip(labels, fields, strict=True):
+        shown = repr(text) if len(text) <= 20 else f"{text[:20]!r}... ({len(text)} characters)"  # not a shorter number
         if text == "":
-            return f"field {i + 1} is missing"
+            return f"{label} is missing"
         try:
             value = float(text)
         except ValueError:
-            return f"field {i + 1} is not a number: {text[:20]!r}"
-        if not math.isfinite(value):
-            return f"field {i + 1} is not finite: {text[:20]!r}"
-        if abs(value) > _FLOAT32_MAX:
-            return f"field {i + 1} is beyond float32's range: {text[:20]!r}"
+            return f"{label} is {'not a decimal number' if _is_integer_literal(text) else 'not a number'}: {shown}"
+        if math.isnan(value) or (math.isinf(value) and text.lstrip("+-").lower() in _NOT_FINITE):
+            return f"{label} is not finite: {shown}"
+        if abs(value) > _FLOAT32_MAX:  # 1e39, or past any float: 1e400 (float() gives inf)
+            return f"{label} is beyond float32's range: {shown}"
         values.append(value)
     return values
+
+
+def _is_integer_literal(text: str) -> bool:
+    """Whether ``text`` is an integer in another base (``0x10``, ``0o17``, ``0b101``): a number, but not decimal."""
+    try:
+        int(text, 0)
+    except ValueError:
+        return False
+    return True
 
 
 def _json_row(line: str, names: list[str] | None) -> tuple[list[float] | str, list[str] | None]:
     """(values or error text, channel names): an object row is read by the names of the first good one."""
     try:
-        data = json.loads(line)
+        # Integers are read as floats: an int() of over 4,300 digits is refused (a ValueError, which
+        # is no reason to call the line invalid JSON), and a float of one is infinite, hence too large.
+        data = json.loads(line, parse_int=float, parse_constant=_NotFinite)
     except (ValueError, RecursionError):  # RecursionError: "[[[[..." nested deeper than Python's stack
         return "not valid JSON", names
     row_names = names
@@ -320,14 +349,15 @@ def _json_row(line: str, names: list[str] | None) -> tuple[list[float] | str, li
         data = [fields[n] for n in row_names or []]
     if not isinstance(data, list) or not data:
         return "not a JSON array or object of numbers", names
-    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in data):
+    if not all(isinstance(v, float) for v in data):  # numbers are floats here; true, false, null, strings are not
         return "has a value that is not a number", names
-    try:
-        values = [float(v) for v in data]
-    except OverflowError:  # an integer of 400 digits: no float holds it
-        return "has a value beyond float32's range", names
-    if not all(math.isfinite(v) for v in values):
+    if any(isinstance(v, _NotFinite) for v in data):
         return "has a value that is not finite", names
-    if not all(abs(v) <= _FLOAT32_MAX for v in values):
+    if not all(abs(v) <= _FLOAT32_MAX for v in data):  # 1e39, or past any float: 1e400 is read as inf
         return "has a value beyond float32's range", names
-    return values, row_names
+    return [float(v) for v in data], row_names
+
+
+class _NotFinite(float):
+    """A JSON Lines ``NaN``, ``Infinity`` or ``-Infinity``: written as not finite, where ``1e400``, which
+    ``json`` also reads as infinite, is a finite number beyond float32's range."""
