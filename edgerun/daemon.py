@@ -34,6 +34,7 @@ twice; a SIGHUP that changes the pipeline starts it afresh.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import signal
 import threading
@@ -51,6 +52,7 @@ from edgerun.telemetry.metrics import Metrics
 
 if TYPE_CHECKING:
     from edgerun.ota.store import ModelStore
+    from edgerun.sync.publish import ResultsSink
 
 log = logging.getLogger(__name__)
 
@@ -69,15 +71,28 @@ RUNNER_STOP_S = 30
 class _PipelineRunner:
     """Runs one configured pipeline on its own thread, reopening its source after a failure."""
 
-    def __init__(self, name: str, config: PipelineConfig, slot: ModelSlot, metrics: Metrics, extra_sinks: list[Any]):
+    def __init__(
+        self,
+        name: str,
+        config: PipelineConfig,
+        slot: ModelSlot,
+        metrics: Metrics,
+        results_sink: Callable[[], ResultsSink] | None = None,
+    ):
         self.name, self.config, self.slot, self.metrics = name, config, slot, metrics
-        self._extra = extra_sinks
+        #: makes the sink publishing results over MQTT, a new one for each run: a pipeline closes its sinks
+        #: when it ends, and a closed one's flusher thread is gone (a retried run's last result waited for
+        #: the next one, not 0.2 s, to reach the outbox)
+        self._new_results = results_sink
         self._stop = threading.Event()
         self._pipeline: Any = None
         #: the inputs of a file source whose results reached every sink: a retry leaves them out
         self._delivered: set[str] = set()
         self.thread = threading.Thread(target=self._run, name=f"pipeline-{name}", daemon=True)
         self.state = "starting"
+        #: the current run's sink publishing results over MQTT, if any; its ``skipped`` (shown in the
+        #: status) counts from the pipeline's start, across retries
+        self.results: ResultsSink | None = None
 
     def start(self) -> None:
         self.thread.start()
@@ -129,10 +144,16 @@ class _PipelineRunner:
                 source = without_frames(source, done)  # a video's frames, a sensor file's windows: read, not run
             for spec in c.sinks:
                 sinks.append(open_sink(spec, fps=video_rate(c.fps, source)))
+            if self._new_results is not None:
+                results = self._new_results()
+                if self.results is not None:
+                    results.skipped = self.results.skipped  # counted from the pipeline's start
+                self.results = results
+                sinks.append(results)
             return Pipeline(
                 source,
                 self.slot,
-                sinks + list(self._extra),
+                sinks,
                 metrics=self.metrics,
                 fps=c.fps,
                 batch_size=c.batch_size,
@@ -351,10 +372,10 @@ class Daemon:
         self.ota.start()
 
     def _start_pipeline(self, name: str, pc: PipelineConfig) -> None:
-        extra = []
+        results = None  # a sink per run, logging its skipped results under the pipeline's name
         if self.sync is not None and self.config.models[pc.model].publish_results:
-            extra.append(self.sync.results_sink())
-        runner = _PipelineRunner(name, pc, self.slots[pc.model], self.metrics, extra)
+            results = functools.partial(self.sync.results_sink, name)
+        runner = _PipelineRunner(name, pc, self.slots[pc.model], self.metrics, results)
         self.runners[name] = runner
         runner.start()
 
@@ -367,6 +388,8 @@ class Daemon:
             "accelerators": probe().accelerators(),
             "models": {n: s.describe() for n, s in self.slots.items()},
             "pipelines": {n: r.state for n, r in self.runners.items()},
+            # per pipeline publishing results: those skipped over mqtt.results_max_per_s since it started
+            "results_skipped": {n: r.results.skipped for n, r in self.runners.items() if r.results is not None},
             "metrics": self.metrics.snapshot(300.0),
             "mqtt": None,
             "ota_events": self.ota.events[-10:] if self.ota else [],

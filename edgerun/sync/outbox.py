@@ -216,17 +216,27 @@ class Outbox:
     def _evict(self, total: int) -> tuple[int, int]:
         """Delete the oldest records until ``total`` bytes fit the bound; count them.
 
-        Returns the bytes left and the records deleted (inside the caller's transaction).
+        Returns the bytes left and the records deleted (inside the caller's transaction). Costs
+        what it deletes: only those rows are read, and they go in one ranged ``DELETE``.
         """
         if total <= self.max_bytes:
             return total, 0
-        evicted = 0
-        for rid, size in self._db.execute("SELECT id, length(payload) FROM records ORDER BY id").fetchall():
-            if total <= self.max_bytes * 0.9:  # leave headroom, so eviction is not per record
-                break
-            self._db.execute("DELETE FROM records WHERE id = ?", (rid,))
-            total -= size
-            evicted += 1
+        evicted, last = 0, None
+        # Read the oldest rows only as far as needed (the cursor steps one row at a time; a
+        # ``fetchall`` read the whole outbox, ~0.4 s at 64 MiB), then delete them in one statement:
+        # ids only grow, and under the lock nothing is inserted meanwhile.
+        rows = self._db.execute("SELECT id, length(payload) FROM records ORDER BY id")
+        try:
+            for rid, size in rows:
+                if total <= self.max_bytes * 0.9:  # leave headroom, so eviction is not per record
+                    break
+                total -= size
+                evicted += 1
+                last = rid
+        finally:
+            rows.close()
+        if last is not None:
+            self._db.execute("DELETE FROM records WHERE id <= ?", (last,))
         self._set_meta("evicted", str(int(self._meta("evicted") or 0) + evicted))
         return total, evicted
 

@@ -129,7 +129,10 @@ class ResultsSink:
     camera, an MQTT source between messages), by a small thread at twice
     ``max_delay_s``: a result never waits for the next one to reach the disk.
     ``queued`` counts the results stored in the outbox and ``skipped`` those over
-    the rate limit, for the run's summary.
+    the rate limit, for the run's summary. With ``label`` (the daemon's
+    ``"pipeline NAME"``, where no summary is printed) the skipped results are also
+    logged: one INFO line at the first, then at most one per ``say_every_s`` with the
+    count since the line before, and the rest at ``close``.
     """
 
     def __init__(
@@ -142,6 +145,8 @@ class ResultsSink:
         max_per_s: float | None = None,
         batch: int = 64,
         max_delay_s: float = 0.1,
+        label: str | None = None,
+        say_every_s: float = 60.0,
     ) -> None:
         if qos not in (0, 1):
             raise ValueError("results QoS must be 0 or 1")
@@ -159,6 +164,9 @@ class ResultsSink:
         self._failure = ""  # the flusher's last failure, said once
         self.skipped = 0  # results over the rate limit, never queued
         self.queued = 0  # results stored in the outbox
+        self._label, self._say_every = label, say_every_s
+        self._unsaid = 0  # skipped results not logged yet
+        self._said = float("-inf")  # when the last such line was logged (time.monotonic())
 
     def _allow(self) -> bool:
         if self._rate is None:
@@ -166,11 +174,26 @@ class ResultsSink:
         now = time.monotonic()
         self._tokens = min(self._rate, self._tokens + (now - self._last) * self._rate)
         self._last = now
-        if self._tokens >= 1.0:
+        allowed = self._tokens >= 1.0
+        if allowed:
             self._tokens -= 1.0
-            return True
-        self.skipped += 1
-        return False
+        else:
+            self.skipped += 1
+            self._unsaid += 1
+        if self._unsaid and self._label is not None and now - self._said >= self._say_every:
+            self._say_skipped(now)
+        return allowed
+
+    def _say_skipped(self, now: float) -> None:
+        """One line for the results skipped since the last one (the sink thread, or ``close``)."""
+        log.info(
+            "%s: %d result(s) skipped over the results rate limit (%g per second) since the last such line, %d in all",
+            self._label,
+            self._unsaid,
+            self._rate,
+            self.skipped,
+        )
+        self._unsaid, self._said = 0, now
 
     def publish(self, result: Result) -> None:
         """Queue the result of one inference (failed frames are not results)."""
@@ -231,10 +254,12 @@ class ResultsSink:
                 self._link.notify()
 
     def close(self) -> None:
-        """Commit the rest."""
+        """Commit the rest (and, with a ``label``, log the skipped results not said yet)."""
         with self._cond:
             self._closed = True
             self._cond.notify()
         if self._flusher is not None:
             self._flusher.join()
+        if self._unsaid and self._label is not None:
+            self._say_skipped(time.monotonic())
         self.flush()

@@ -63,9 +63,20 @@ class SyncService:
         else:
             self.link.set_status(models=models, accelerators=accelerators)
 
-    def results_sink(self) -> ResultsSink:
-        """A sink that publishes every result on ``P/ID/results/<model>``."""
-        return ResultsSink(self.outbox, self.link, self.topics, qos=self._results_qos, max_per_s=self._results_rate)
+    def results_sink(self, pipeline: str | None = None) -> ResultsSink:
+        """A sink that publishes every result on ``P/ID/results/<model>``.
+
+        With ``pipeline`` (the daemon's, which prints no summary) the results skipped over the
+        rate limit are logged under that name, at most once a minute (``ResultsSink``).
+        """
+        return ResultsSink(
+            self.outbox,
+            self.link,
+            self.topics,
+            qos=self._results_qos,
+            max_per_s=self._results_rate,
+            label=None if pipeline is None else f"pipeline {pipeline}",
+        )
 
     def deliver(self, *, max_s: float, stalled_s: float = 5.0, cancel: threading.Event | None = None) -> int:
         """Wait while the broker takes the queued records; returns how many are still queued.
