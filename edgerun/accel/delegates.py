@@ -60,9 +60,8 @@ class DelegateSpec(msgspec.Struct, frozen=True):
 
 
 def _absent(runtime: RuntimeFacts, name: str, default: str) -> str:
-    """Why runtime ``name`` is absent: ``default``, unless it is installed and failed to import."""
-    why = runtime.why_missing(name)
-    return why if why and "does not import" in why else default
+    """Why runtime ``name`` cannot run: ``default`` (not installed), unless it is installed and failed to import."""
+    return runtime.why_unusable(name) or default
 
 
 def _ort_provider(provider: str, hardware: Need | None = None) -> Need:

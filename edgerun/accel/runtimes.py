@@ -3,6 +3,11 @@
 Unlike ``probe``, this module imports the runtimes and tries to load delegate
 libraries (``ctypes``), because a library that is on disk but does not load
 (wrong architecture, missing dependency) is as good as absent.
+
+A runtime whose Python package is installed but whose import fails (a shared
+library it needs is missing, a wheel built for another numpy) cannot run a model
+either, but it is not absent: it is reported as *unusable*, with the import's
+reason, so ``edgerun devices`` does not tell the user to install what is there.
 """
 
 from __future__ import annotations
@@ -25,7 +30,8 @@ class RuntimeFacts(msgspec.Struct, frozen=True):
     ort_providers: tuple[str, ...]
     tflite: str | None
     delegate_libraries: tuple[tuple[str, str | None], ...]  # (delegate, error or None when it loads)
-    missing: tuple[tuple[str, str], ...] = ()  # (runtime, why)
+    missing: tuple[tuple[str, str], ...] = ()  # (runtime, why): absent or unusable
+    unusable: tuple[tuple[str, str], ...] = ()  # (runtime, why): installed, and its import fails
 
     def library_error(self, delegate: str) -> str | None:
         """Why delegate's library does not load, or None when it does (or needs none)."""
@@ -38,6 +44,10 @@ class RuntimeFacts(msgspec.Struct, frozen=True):
         """Why ``runtime`` (``onnxruntime`` or ``tflite``) is absent, as its import said; None if present."""
         return dict(self.missing).get(runtime)
 
+    def why_unusable(self, runtime: str) -> str | None:
+        """Why ``runtime`` is installed and does not import; None if it imports or is not installed."""
+        return dict(self.unusable).get(runtime)
+
     def versions(self) -> str:
         """The runtime versions, for cache keys."""
         return f"{self.onnxruntime or '-'}|{self.tflite or '-'}"
@@ -47,7 +57,25 @@ class RuntimeFacts(msgspec.Struct, frozen=True):
         data = msgspec.structs.asdict(self)
         data["delegate_libraries"] = {k: ("loads" if v is None else v) for k, v in self.delegate_libraries}
         data["missing"] = dict(self.missing)
+        data["unusable"] = dict(self.unusable)
         return data
+
+
+#: The Python packages of each runtime, in the order they are tried.
+_PACKAGES = {"onnxruntime": ("onnxruntime",), "tflite": ("ai_edge_litert", "tflite_runtime", "tensorflow")}
+
+
+def _installed(runtime: str, exc: BackendUnavailableError) -> bool:
+    """Whether ``exc``, the runtime's failed import, says that the runtime is installed.
+
+    "Not installed" is raised from the ``ModuleNotFoundError`` of one of its packages itself;
+    any other cause (or none: every TFLite package tried was there and failed) is a package
+    that is there and does not import.
+    """
+    from edgerun.backends.base import not_installed
+
+    cause = exc.__cause__
+    return not (isinstance(cause, ImportError) and any(not_installed(cause, p) for p in _PACKAGES[runtime]))
 
 
 def discover(formats: tuple[str, ...] = ("onnx", "tflite")) -> RuntimeFacts:
@@ -60,6 +88,7 @@ def discover(formats: tuple[str, ...] = ("onnx", "tflite")) -> RuntimeFacts:
     from edgerun.backends.tflite import DELEGATE_LIBRARIES, delegate_library, import_interpreter, library_loads
 
     missing: list[tuple[str, str]] = []
+    unusable: list[tuple[str, str]] = []
     ort_version, providers = None, ()
     try:
         if "onnx" not in formats:
@@ -69,6 +98,8 @@ def discover(formats: tuple[str, ...] = ("onnx", "tflite")) -> RuntimeFacts:
         providers = tuple(ort.get_available_providers())
     except BackendUnavailableError as exc:
         missing.append(("onnxruntime", str(exc)))
+        if "onnx" in formats and _installed("onnxruntime", exc):
+            unusable.append(("onnxruntime", str(exc)))
     tflite = None
     try:
         if "tflite" not in formats:
@@ -76,6 +107,8 @@ def discover(formats: tuple[str, ...] = ("onnx", "tflite")) -> RuntimeFacts:
         _, tflite = import_interpreter()
     except BackendUnavailableError as exc:
         missing.append(("tflite", str(exc)))
+        if "tflite" in formats and _installed("tflite", exc):
+            unusable.append(("tflite", str(exc)))
     libraries = []
     for delegate in DELEGATE_LIBRARIES if "tflite" in formats else ():
         library = delegate_library(delegate)
@@ -87,4 +120,5 @@ def discover(formats: tuple[str, ...] = ("onnx", "tflite")) -> RuntimeFacts:
         tflite=tflite,
         delegate_libraries=tuple(libraries),
         missing=tuple(missing),
+        unusable=tuple(unusable),
     )

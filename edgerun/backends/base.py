@@ -34,6 +34,9 @@ __all__ = [
     "numeric",
     "Quantizer",
     "dequantize",
+    "import_failure",
+    "missing_library",
+    "not_installed",
     "one_line",
 ]
 
@@ -212,3 +215,34 @@ def one_line(exc: BaseException) -> str:
     """The first line of a vendor exception's message, for a one-line error."""
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
+
+
+def not_installed(exc: ImportError, package: str) -> bool:
+    """True when ``exc`` says that ``package`` itself is absent.
+
+    Any other ``ImportError`` means the package is there and its import failed: a
+    shared library it links against is missing (``libXYZ.so: cannot open shared
+    object file``), or a module it needs. That runtime is installed but unusable,
+    and the user needs the import's reason, not "pip install" advice.
+    """
+    return isinstance(exc, ModuleNotFoundError) and exc.name == package
+
+
+#: How a failed load of a shared library reads on Linux, macOS and Windows.
+_LIBRARY_MISSING = ("cannot open shared object file", "Library not loaded", "DLL load failed")
+
+
+def missing_library(text: str) -> bool:
+    """True when an import error's ``text`` says a shared library could not be loaded."""
+    return any(m in text for m in _LIBRARY_MISSING)
+
+
+def import_failure(exc: BaseException, reinstall: str) -> str:
+    """``(ImportError: ...): hint`` for a vendor package that is installed and does not import.
+
+    The hint is to install the shared library the error names when that is what is
+    missing, else ``reinstall`` (e.g. "reinstall onnxruntime for this Python and numpy").
+    """
+    text = one_line(exc)
+    hint = "install the shared library it names" if missing_library(text) else reinstall
+    return f"({type(exc).__name__}: {text}): {hint}"

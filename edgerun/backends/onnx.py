@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from edgerun.backends.base import TensorSpec, numeric, one_line
+from edgerun.backends.base import TensorSpec, import_failure, not_installed, numeric
 from edgerun.errors import BackendUnavailableError, DelegateError, InferenceError, InputError, ModelLoadError
 from edgerun.native import native_calls
 
@@ -59,21 +59,44 @@ def import_onnxruntime() -> Any:
     try:
         import onnxruntime
     except ImportError as exc:
+        if not not_installed(exc, "onnxruntime"):  # e.g. onnxruntime-gpu without libcudart.so
+            raise BackendUnavailableError(
+                "ONNX Runtime is installed but does not import "
+                + import_failure(exc, "reinstall onnxruntime for this Python and numpy")
+            ) from exc
         raise BackendUnavailableError(
             "ONNX Runtime is not installed: pip install onnxruntime "
             "(onnxruntime-gpu on NVIDIA machines, onnxruntime-openvino on Intel)"
         ) from exc
     except Exception as exc:  # whatever a broken vendor package raises on import
         raise BackendUnavailableError(
-            f"ONNX Runtime is installed but does not import ({type(exc).__name__}: {one_line(exc)}): "
-            "reinstall onnxruntime for this Python and numpy"
+            "ONNX Runtime is installed but does not import "
+            + import_failure(exc, "reinstall onnxruntime for this Python and numpy")
         ) from exc
     return onnxruntime
 
 
+_ORT_PREFIX = re.compile(r"^\[ONNXRuntimeError\]\s*:\s*\d+\s*:\s*\w+\s*:\s*")
+_ORT_NODE = re.compile(r"^Non-zero status code returned while running (\S+) node\. Name:'([^']*)' Status Message: ")
+#: ``ORT_ENFORCE``'s ``/onnxruntime_src/...h:91 onnxruntime::F(const T&, ...) a == b was false. `` before the reason.
+_ORT_ENFORCE = re.compile(r"^\S+\.(?:h|cc|cpp|cu):\d+ .*? was false\.\s*")
+
+
 def _ort_message(exc: BaseException) -> str:
-    """ORT's message without its ``[ONNXRuntimeError] : 7 : INVALID_PROTOBUF :`` prefix."""
-    return re.sub(r"^\[ONNXRuntimeError\]\s*:\s*\d+\s*:\s*\w+\s*:\s*", "", one_line(exc))
+    """The useful part of ORT's message, on one line.
+
+    Drops the ``[ONNXRuntimeError] : 7 : INVALID_PROTOBUF :`` prefix, shortens a
+    failing node to ``Reshape node 'name':`` and drops an ``ORT_ENFORCE`` source
+    location and condition; a message ORT wraps over lines is joined.
+    """
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    text = _ORT_PREFIX.sub("", text)
+    node = _ORT_NODE.match(text)
+    if node:
+        op, name = node.groups()
+        rest = _ORT_ENFORCE.sub("", text[node.end() :])
+        text = f"{op} node{f' {name!r}' if name else ''}: {rest}"
+    return _ORT_ENFORCE.sub("", text)
 
 
 def _spec(arg: Any) -> TensorSpec:
@@ -154,6 +177,10 @@ class OnnxBackend:
         self._input_dtypes = [s.dtype for s in self.inputs]
         self._output_names = [s.name for s in self.outputs]
         self.runtime_version = f"onnxruntime {ort.__version__}"
+        # A node that fails at run time makes ORT write a multi-line "[E:onnxruntime:...]" log to
+        # stderr, then raise the same text, which ``run`` turns into one line: the log adds nothing.
+        self._run_options = ort.RunOptions()
+        self._run_options.log_severity_level = 4  # fatal only, for runs; loading still logs errors
 
     def run(self, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
         """Run one inference through ``InferenceSession.run``."""
@@ -165,7 +192,7 @@ class OnnxBackend:
             feed[spec.name] = x if isinstance(x, np.ndarray) and x.dtype == dtype else numeric(x, spec).astype(dtype)
         started = native_calls.enter()
         try:
-            return session.run(self._output_names, feed)
+            return session.run(self._output_names, feed, self._run_options)
         except Exception as exc:
             msg = _ort_message(exc)
             if "dimension" in msg.lower() or "shape" in msg.lower() or "rank" in msg.lower():

@@ -26,7 +26,16 @@ from typing import Any
 
 import numpy as np
 
-from edgerun.backends.base import Quantizer, QuantParams, TensorSpec, dequantize, numeric, one_line
+from edgerun.backends.base import (
+    Quantizer,
+    QuantParams,
+    TensorSpec,
+    dequantize,
+    missing_library,
+    not_installed,
+    numeric,
+    one_line,
+)
 from edgerun.errors import BackendUnavailableError, DelegateError, InferenceError, InputError, ModelLoadError
 from edgerun.native import native_calls
 
@@ -65,7 +74,9 @@ def import_interpreter() -> tuple[Any, str]:
 
     A runtime that is installed but does not import (built for numpy 1 under numpy 2, a
     TensorFlow next to a protobuf it does not accept: ``TypeError: Descriptors cannot be
-    created directly``) is skipped like a missing one, its reason kept for the error.
+    created directly``, a shared library it needs missing: ``ImportError: libXYZ.so: cannot
+    open shared object file``) is skipped like a missing one, its reason kept for the error;
+    only a ``ModuleNotFoundError`` for the package itself means it is not installed.
 
     Raises:
         BackendUnavailableError: none of them imports.
@@ -76,18 +87,16 @@ def import_interpreter() -> tuple[Any, str]:
         from ai_edge_litert import interpreter as litert
 
         return litert, f"ai-edge-litert {getattr(ai_edge_litert, '__version__', '?')}"
-    except ImportError:
-        pass
     except Exception as exc:  # any failure of a vendor package's import: try the next one
-        broken.append(f"ai-edge-litert does not import ({type(exc).__name__}: {one_line(exc)})")
+        if not (isinstance(exc, ImportError) and not_installed(exc, "ai_edge_litert")):
+            broken.append(f"ai-edge-litert does not import ({type(exc).__name__}: {one_line(exc)})")
     try:
         from tflite_runtime import interpreter as tflite_rt
 
         return tflite_rt, f"tflite-runtime {getattr(tflite_rt, '__version__', '?')}"
-    except ImportError:
-        pass
     except Exception as exc:
-        broken.append(f"tflite-runtime does not import ({type(exc).__name__}: {one_line(exc)})")
+        if not (isinstance(exc, ImportError) and not_installed(exc, "tflite_runtime")):
+            broken.append(f"tflite-runtime does not import ({type(exc).__name__}: {one_line(exc)})")
     try:
         import tensorflow as tf
 
@@ -99,12 +108,15 @@ def import_interpreter() -> tuple[Any, str]:
             OpResolverType = lite.experimental.OpResolverType
 
         return _TfLite, f"tensorflow {tf.__version__}"
-    except ImportError as exc:
-        if not broken:
-            raise BackendUnavailableError("no TFLite interpreter is installed: pip install ai-edge-litert") from exc
     except Exception as exc:
-        broken.append(f"tensorflow does not import ({type(exc).__name__}: {one_line(exc)})")
-    raise BackendUnavailableError(f"no TFLite interpreter works: {'; '.join(broken)}; pip install ai-edge-litert")
+        if not (isinstance(exc, ImportError) and not_installed(exc, "tensorflow")):
+            broken.append(f"tensorflow does not import ({type(exc).__name__}: {one_line(exc)})")
+        elif not broken:
+            raise BackendUnavailableError("no TFLite interpreter is installed: pip install ai-edge-litert") from exc
+    reasons = "; ".join(broken)
+    hint = "install the shared library named, or pip install ai-edge-litert"
+    hint = hint if missing_library(reasons) else "pip install ai-edge-litert"
+    raise BackendUnavailableError(f"no TFLite interpreter works: {reasons}; {hint}")
 
 
 #: fd 2 is one per process: two loads redirecting it at once would leave it pointing at a

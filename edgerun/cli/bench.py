@@ -35,7 +35,6 @@ def run(args: argparse.Namespace) -> int:
     from edgerun.bench import BenchInterrupted, bench_isolated, usable_delegates
 
     require_not_empty("MODEL", *args.models)  # "" would be the current directory
-    require_not_empty("--probe-root", args.probe_root)
     if not 1 <= args.runs <= MAX_RUNS:  # the child keeps every timing: 8 bytes a run
         raise ConfigError(f"--runs must be between 1 and {MAX_RUNS}, got {args.runs}")
     kwargs = load_kwargs(args)

@@ -61,11 +61,16 @@ def add_model_options(parser: argparse.ArgumentParser, *, delegate_help: str | N
 
 
 def check_folders(args: argparse.Namespace) -> None:
-    """Refuse a --probe-root that is not a directory, and a --state-dir that exists and is not one."""
+    """Refuse an empty or non-directory --probe-root, and an empty --state-dir or one that is not a directory.
+
+    Every command that takes ``add_model_options`` comes through here (``load_kwargs``), so an
+    empty string reads the same everywhere: "--probe-root is an empty string", not "is not a directory".
+    """
     import os
 
     from edgerun.errors import ConfigError
 
+    require_not_empty("--probe-root", args.probe_root)  # else "--probe-root  is not a directory"
     require_not_empty("--state-dir", args.state_dir)  # "" would quietly mean the default state directory
     if args.probe_root is not None and not os.path.isdir(args.probe_root):
         raise ConfigError(f"--probe-root {args.probe_root} is not a directory")

@@ -29,7 +29,6 @@ def run(args: argparse.Namespace) -> int:
     from edgerun.accel.runtimes import discover
 
     require_not_empty("--model", args.model)
-    require_not_empty("--probe-root", args.probe_root)  # else "--probe-root  is not a directory"
     kwargs = load_kwargs(args)  # the options are checked with or without --model: none is taken and ignored
     check_delegate(args.delegate)
     device = probe(args.probe_root or "/")
@@ -75,7 +74,12 @@ def _print_human(report: dict[str, Any]) -> None:
     print(f"cpu:         {dev['cpu_model'] or '?'}; features: {', '.join(dev['cpu_features']) or 'none of note'}")
     print(f"accelerators: {', '.join(dev['accelerators']) or 'none found'}")
     rt = report["runtimes"]
-    print(f"runtimes:    {rt['onnxruntime'] or 'onnxruntime missing'}; {rt['tflite'] or 'no TFLite interpreter'}")
+    unusable = rt["unusable"]  # installed, and the import fails: say so, not "missing"
+    onnx = rt["onnxruntime"] or ("onnxruntime unusable" if "onnxruntime" in unusable else "onnxruntime missing")
+    tflite = rt["tflite"] or ("TFLite interpreter unusable" if "tflite" in unusable else "no TFLite interpreter")
+    print(f"runtimes:    {onnx}; {tflite}")
+    for why in unusable.values():
+        print(f"  unusable:  {why}")
     print(f"ORT providers: {', '.join(rt['ort_providers']) or 'none'}")
     print("delegates (rank order per format):")
     for d in report["delegates"]:
