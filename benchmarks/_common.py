@@ -85,7 +85,9 @@ def mobilenet_models() -> list[Path] | None:
 
 def make_test_jpeg(path: Path, width: int = 640, height: int = 480, seed: int = 0) -> Path:
     """Write a deterministic smooth-noise colour JPEG (a stand-in for a camera still)."""
-    import cv2
+    from edgerun.opencv import opencv
+
+    cv2 = opencv()  # through edgerun, so that its image-size bound applies (and no warning)
 
     rng = np.random.default_rng(seed)
     coarse = rng.integers(0, 256, size=(height // 16, width // 16, 3), dtype=np.uint8)

@@ -88,7 +88,9 @@ def make_video(path: Path, frames: int = VIDEO_FRAMES) -> Path:
     """A deterministic 720p mp4v video whose content moves (gradient, blobs, noise), written once."""
     if path.is_file() and path.stat().st_size > 0:
         return path
-    import cv2
+    from edgerun.opencv import opencv
+
+    cv2 = opencv()  # through edgerun, so that its image-size bound applies (and no warning)
 
     width, height = VIDEO_SIZE
     rng = np.random.default_rng(0)

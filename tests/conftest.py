@@ -15,7 +15,13 @@ from typing import Any
 import numpy as np
 import pytest
 
+from edgerun.opencv import opencv
 from tools.broker import Broker, free_port
+
+# OpenCV through edgerun before any test module imports cv2, as the command line loads it: its
+# image-size bound applies in-process too, and the warning for a cv2 imported first does not land in
+# whichever test happens to call OpenCV first (a test's logs must not depend on the order tests run in).
+opencv()
 
 __all__ = ["Broker", "free_port"]
 
