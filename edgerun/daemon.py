@@ -147,7 +147,7 @@ class _PipelineRunner:
             if self._new_results is not None:
                 results = self._new_results()
                 if self.results is not None:
-                    results.skipped = self.results.skipped  # counted from the pipeline's start
+                    results.carry_on(self.results)  # counted from the pipeline's start
                 self.results = results
                 sinks.append(results)
             return Pipeline(

@@ -12,7 +12,8 @@ The tree::
     ├── ConfigError              a config file or option is invalid
     ├── CardError                a model card is missing a field, malformed or contradicts the model
     ├── ModelLoadError           a model file is missing, not a model, or the runtime refused it
-    ├── BackendUnavailableError  the runtime for a model format is not installed
+    ├── BackendUnavailableError  the runtime for a model format is not installed, or does not import
+    │   └── RuntimeUnusableError the runtime is installed, and its import fails (a missing shared library)
     ├── DelegateError            no delegate could run the model, or a forced one is unusable
     ├── InputError               an input (image, array, file) cannot be fed to the model
     ├── InferenceError           the runtime failed while running a valid input
@@ -35,6 +36,7 @@ __all__ = [
     "InputError",
     "ModelLoadError",
     "PipelineError",
+    "RuntimeUnusableError",
     "SourceError",
     "SyncError",
     "UpdateFailed",
@@ -65,6 +67,11 @@ class ModelLoadError(EdgerunError):
 
 class BackendUnavailableError(EdgerunError):
     """Raised when no installed runtime can load a model of this format."""
+
+
+class RuntimeUnusableError(BackendUnavailableError):
+    """Raised when a model format's runtime is installed and its import fails (a missing shared library,
+    a wheel built for another numpy): not absent, so the user needs the import's reason, not pip advice."""
 
 
 class DelegateError(EdgerunError):

@@ -30,7 +30,7 @@ from edgerun.accel.probe import probe
 from edgerun.accel.select import Selection, select
 from edgerun.backends import Backend, TensorSpec
 from edgerun.card import ModelCard, find_card, image_layout, infer_card, load_card, replace
-from edgerun.errors import CardError, ConfigError, InputError, ModelLoadError
+from edgerun.errors import CardError, ConfigError, EdgerunError, InputError, ModelLoadError
 from edgerun.limits import THREADS_MAX
 from edgerun.processing.classify import looks_like_probabilities, softmax, top_k
 from edgerun.state import state_dir as default_state_dir
@@ -164,12 +164,23 @@ class Model:
             return self._array_tensor(item, name)
         raise InputError(f"{name}: cannot use a {type(item).__name__} as model input")
 
-    def predict(self, item: Any, name: str = "input") -> Prediction:
-        """Prepare, run and post-process one input."""
+    def predict(self, item: Any, name: str | None = None) -> Prediction:
+        """Prepare, run and post-process one input.
+
+        ``name`` (a path's own by default) starts the message of an error the runtime raises, as it
+        starts a failed prepare's: which input of many failed.
+        """
+        if name is None and isinstance(item, (str, os.PathLike)):
+            name = os.fspath(item)
         t0 = time.perf_counter()
-        tensor = self.prepare(item, name)
+        tensor = self.prepare(item, name or "input")
         t1 = time.perf_counter()
-        outputs = self.run(tensor)
+        try:
+            outputs = self.run(tensor)
+        except EdgerunError as exc:
+            if name is None:
+                raise
+            raise type(exc)(f"{name}: {exc}") from exc
         t2 = time.perf_counter()
         output = self.postprocess(outputs)
         t3 = time.perf_counter()

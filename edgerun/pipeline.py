@@ -357,7 +357,7 @@ class Pipeline:
                 try:
                     outputs = model.run(item.tensor)  # type: ignore[arg-type]
                 except EdgerunError as exc:
-                    item.error = str(exc)
+                    item.error = f"{item.frame.source_id}: {exc}"  # named, as a failed prepare's error is
                     self._emit_error(item)
                     continue
                 rows.append((item, outputs, 0, (time.perf_counter() - t1) * 1e3))

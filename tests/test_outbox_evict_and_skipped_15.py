@@ -104,3 +104,40 @@ def test_the_daemon_logs_and_shows_the_results_it_skipped_over_its_rate_limit(
     said = [m for r in caplog.records if r.levelno == logging.INFO and (m := line.fullmatch(r.getMessage()))]
     # the first skip is said at once, the rest when the source ended: not one line per result
     assert [(int(m[1]), int(m[2])) for m in said] == [(1, 1), (frames - 1, frames)]
+
+
+def test_a_retried_pipeline_s_new_results_sink_counts_on_and_does_not_say_its_skips_again_at_once(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A source that fails and reopens gets a new sink per run: it carries the count on, and the
+    once-a-minute line is not said again at the new sink's first skip."""
+    import time
+
+    import edgerun
+    from edgerun.sinks.base import Result, result_record
+    from edgerun.sources.base import Frame
+    from edgerun.sync.publish import ResultsSink
+    from edgerun.sync.topics import Topics
+
+    outbox = Outbox(tmp_path / "outbox.sqlite")
+    with edgerun.load(ROOT / "models/digits/digits_int8.onnx") as model:
+        prediction = model.predict(SAMPLES / "digit_3.png")
+        result = Result(Frame(None, time.time(), "cam#0", 0), result_record(model, "cam#0", prediction.output, 1.0))
+
+    def sink() -> ResultsSink:
+        return ResultsSink(outbox, None, Topics("edgerun", "dev"), max_per_s=0.01, label="pipeline cam")
+
+    first = sink()
+    for _ in range(3):
+        first.publish(result)  # the bucket starts below one token: every one is skipped
+    first.close()
+    second = sink()
+    second.carry_on(first)
+    for _ in range(2):
+        second.publish(result)
+    assert second.skipped == 5
+    said = [r.getMessage() for r in caplog.records if "skipped over the results rate limit" in r.getMessage()]
+    # the first run: its first skip, then the rest at its close; the second run: nothing within the minute
+    assert [m.split(": ", 1)[1].split(" result")[0] for m in said] == ["1", "2"]
+    second.close()
+    outbox.close()

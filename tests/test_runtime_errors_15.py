@@ -54,9 +54,27 @@ def test_an_onnx_node_that_fails_at_run_time_is_only_edgerun_s_one_line_on_stder
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1, result.stderr  # no "[E:onnxruntime:...]" block before it
     assert lines[0] == (
-        "edgerun: error: input does not fit the model: Reshape node: The input tensor cannot be reshaped "
-        "to the requested shape. Input shape:{1,3}, requested shape:{1}"
+        f"edgerun: error: {tmp_path / 'wide.npy'}: input does not fit the model: Reshape node: The input tensor "
+        "cannot be reshaped to the requested shape. Input shape:{1,3}, requested shape:{1}"
     )
+
+
+def test_an_input_that_fails_in_the_runtime_is_named_in_a_batch_run(tmp_path: Path) -> None:
+    """Six inputs go through the pipeline (more than run one by one): the one the runtime refuses is
+    named in its error line and record, as an input that fails to decode is."""
+    model = _reshape_to_one(tmp_path / "reshape.onnx")
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    for i in range(5):
+        np.save(inputs / f"fits_{i}.npy", np.zeros((1, 1), np.float32))
+    np.save(inputs / "wide.npy", np.zeros((1, 3), np.float32))
+    result = run_cli("predict", str(model), str(inputs), "--json")
+    assert result.returncode == 1, result.stderr
+    records = [json.loads(line) for line in result.stdout.splitlines()]
+    failed = [r for r in records if "error" in r]
+    assert len(records) == 6 and [r["input"] for r in failed] == [str(inputs / "wide.npy")]
+    assert failed[0]["error"].startswith(f"{inputs / 'wide.npy'}: input does not fit the model: Reshape node")
+    assert result.stderr == f"edgerun: error: {failed[0]['error']}\n"
 
 
 def test_a_kernel_failure_raises_ort_s_reason_without_ort_writing_to_stderr(
@@ -169,3 +187,23 @@ def test_an_empty_folder_option_is_named_as_empty_by_every_command(command: list
     assert result.returncode == 2, result.stderr
     assert result.stdout == ""
     assert result.stderr == f"edgerun: error: {option} is an empty string\n"
+
+
+def test_predict_names_a_path_or_a_given_name_in_a_runtime_error_and_nothing_for_an_unnamed_array(
+    tmp_path: Path,
+) -> None:
+    import edgerun
+    from edgerun.errors import InputError
+
+    wide = tmp_path / "wide.npy"
+    np.save(wide, np.zeros((1, 3), np.float32))
+    with edgerun.load(_reshape_to_one(tmp_path / "reshape.onnx")) as model:
+        with pytest.raises(InputError) as unnamed:
+            model.predict(np.zeros((1, 3), np.float32))
+        with pytest.raises(InputError) as by_path:
+            model.predict(wide)
+        with pytest.raises(InputError) as named:
+            model.predict(np.zeros((1, 3), np.float32), name="cam#7")
+    assert str(unnamed.value).startswith("input does not fit the model: Reshape node")  # not "input: input ..."
+    assert str(by_path.value).startswith(f"{wide}: input does not fit the model: Reshape node")
+    assert str(named.value).startswith("cam#7: input does not fit the model: Reshape node")

@@ -38,6 +38,14 @@ def test_a_bad_csv_value_after_a_time_column_is_named_by_its_column_in_the_file_
     )
 
 
+def test_a_long_header_name_is_cut_in_a_bad_row_message_as_a_long_value_is(tmp_path: Path) -> None:
+    name = "acceleration_x_in_metres_per_second_squared"  # 43 characters, said in every bad row's message
+    path = tmp_path / "long.csv"
+    assert _errors(path, f"t,{name}\n0,1\n1,oops\n")[1] == _skipped(
+        path, 3, f"field 2 ({name[:20]!r}... (43 characters)) is not a number: 'oops'"
+    )
+
+
 def test_a_bad_csv_value_without_a_header_is_named_by_its_column_alone(tmp_path: Path) -> None:
     # Already right before: without a header no column is dropped, so the kept index was the column.
     path = tmp_path / "plain.csv"

@@ -16,7 +16,7 @@ import logging
 
 import msgspec
 
-from edgerun.errors import BackendUnavailableError
+from edgerun.errors import BackendUnavailableError, RuntimeUnusableError
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +41,7 @@ class RuntimeFacts(msgspec.Struct, frozen=True):
         return None
 
     def why_missing(self, runtime: str) -> str | None:
-        """Why ``runtime`` (``onnxruntime`` or ``tflite``) is absent, as its import said; None if present."""
+        """Why ``runtime`` (``onnxruntime``, ``tflite``) cannot run (absent or unusable); None if it imports."""
         return dict(self.missing).get(runtime)
 
     def why_unusable(self, runtime: str) -> str | None:
@@ -59,23 +59,6 @@ class RuntimeFacts(msgspec.Struct, frozen=True):
         data["missing"] = dict(self.missing)
         data["unusable"] = dict(self.unusable)
         return data
-
-
-#: The Python packages of each runtime, in the order they are tried.
-_PACKAGES = {"onnxruntime": ("onnxruntime",), "tflite": ("ai_edge_litert", "tflite_runtime", "tensorflow")}
-
-
-def _installed(runtime: str, exc: BackendUnavailableError) -> bool:
-    """Whether ``exc``, the runtime's failed import, says that the runtime is installed.
-
-    "Not installed" is raised from the ``ModuleNotFoundError`` of one of its packages itself;
-    any other cause (or none: every TFLite package tried was there and failed) is a package
-    that is there and does not import.
-    """
-    from edgerun.backends.base import not_installed
-
-    cause = exc.__cause__
-    return not (isinstance(cause, ImportError) and any(not_installed(cause, p) for p in _PACKAGES[runtime]))
 
 
 def discover(formats: tuple[str, ...] = ("onnx", "tflite")) -> RuntimeFacts:
@@ -98,7 +81,7 @@ def discover(formats: tuple[str, ...] = ("onnx", "tflite")) -> RuntimeFacts:
         providers = tuple(ort.get_available_providers())
     except BackendUnavailableError as exc:
         missing.append(("onnxruntime", str(exc)))
-        if "onnx" in formats and _installed("onnxruntime", exc):
+        if isinstance(exc, RuntimeUnusableError):
             unusable.append(("onnxruntime", str(exc)))
     tflite = None
     try:
@@ -107,7 +90,7 @@ def discover(formats: tuple[str, ...] = ("onnx", "tflite")) -> RuntimeFacts:
         _, tflite = import_interpreter()
     except BackendUnavailableError as exc:
         missing.append(("tflite", str(exc)))
-        if "tflite" in formats and _installed("tflite", exc):
+        if isinstance(exc, RuntimeUnusableError):
             unusable.append(("tflite", str(exc)))
     libraries = []
     for delegate in DELEGATE_LIBRARIES if "tflite" in formats else ():

@@ -16,8 +16,15 @@ from typing import Any
 
 import numpy as np
 
-from edgerun.backends.base import TensorSpec, import_failure, not_installed, numeric
-from edgerun.errors import BackendUnavailableError, DelegateError, InferenceError, InputError, ModelLoadError
+from edgerun.backends.base import TensorSpec, import_failure, not_installed, numeric, one_line
+from edgerun.errors import (
+    BackendUnavailableError,
+    DelegateError,
+    InferenceError,
+    InputError,
+    ModelLoadError,
+    RuntimeUnusableError,
+)
 from edgerun.native import native_calls
 
 log = logging.getLogger(__name__)
@@ -53,23 +60,19 @@ def import_onnxruntime() -> Any:
     """Import ONNX Runtime or explain how to install it.
 
     Raises:
-        BackendUnavailableError: it is not installed, or is installed and does not import
-            (a wheel built for another numpy, a missing CUDA library in onnxruntime-gpu).
+        BackendUnavailableError: it is not installed.
+        RuntimeUnusableError: it is installed and does not import (a wheel built for another
+            numpy, a missing CUDA library in onnxruntime-gpu).
     """
     try:
         import onnxruntime
-    except ImportError as exc:
-        if not not_installed(exc, "onnxruntime"):  # e.g. onnxruntime-gpu without libcudart.so
-            raise BackendUnavailableError(
-                "ONNX Runtime is installed but does not import "
-                + import_failure(exc, "reinstall onnxruntime for this Python and numpy")
-            ) from exc
-        raise BackendUnavailableError(
-            "ONNX Runtime is not installed: pip install onnxruntime "
-            "(onnxruntime-gpu on NVIDIA machines, onnxruntime-openvino on Intel)"
-        ) from exc
     except Exception as exc:  # whatever a broken vendor package raises on import
-        raise BackendUnavailableError(
+        if isinstance(exc, ImportError) and not_installed(exc, "onnxruntime"):
+            raise BackendUnavailableError(
+                "ONNX Runtime is not installed: pip install onnxruntime "
+                "(onnxruntime-gpu on NVIDIA machines, onnxruntime-openvino on Intel)"
+            ) from exc
+        raise RuntimeUnusableError(  # e.g. onnxruntime-gpu without libcudart.so
             "ONNX Runtime is installed but does not import "
             + import_failure(exc, "reinstall onnxruntime for this Python and numpy")
         ) from exc
@@ -82,14 +85,27 @@ _ORT_NODE = re.compile(r"^Non-zero status code returned while running (\S+) node
 _ORT_ENFORCE = re.compile(r"^\S+\.(?:h|cc|cpp|cu):\d+ .*? was false\.\s*")
 
 
+#: The longest ORT message kept in an error line, in characters.
+_ORT_MESSAGE_MAX = 500
+
+
+def _kind(exc: BaseException, *words: str) -> bool:
+    """Whether ORT's first line names one of ``words`` (a later line is detail: a word there
+    would turn the model's own failure into the caller's)."""
+    return any(word in one_line(exc).lower() for word in words)
+
+
 def _ort_message(exc: BaseException) -> str:
     """The useful part of ORT's message, on one line.
 
     Drops the ``[ONNXRuntimeError] : 7 : INVALID_PROTOBUF :`` prefix, shortens a
     failing node to ``Reshape node 'name':`` and drops an ``ORT_ENFORCE`` source
-    location and condition; a message ORT wraps over lines is joined.
+    location and condition; a message ORT wraps over lines is joined, and cut after
+    ``_ORT_MESSAGE_MAX`` characters (a load error can carry a whole graph dump).
     """
     text = " ".join(str(exc).split()) or type(exc).__name__
+    if len(text) > _ORT_MESSAGE_MAX:
+        text = text[:_ORT_MESSAGE_MAX] + "..."
     text = _ORT_PREFIX.sub("", text)
     node = _ORT_NODE.match(text)
     if node:
@@ -165,7 +181,7 @@ class OnnxBackend:
             self._session = ort.InferenceSession(str(path), sess_options=opts, providers=providers)
         except Exception as exc:  # ORT raises its own Fail/InvalidGraph/RuntimeError types
             msg = _ort_message(exc)
-            if delegate != "cpu" and "provider" in msg.lower():
+            if delegate != "cpu" and _kind(exc, "provider"):
                 raise DelegateError(f"{provider} failed to initialise: {msg}") from exc
             raise ModelLoadError(f"ONNX Runtime cannot load {path}: {msg}") from exc
         got = self._session.get_providers()
@@ -195,7 +211,7 @@ class OnnxBackend:
             return session.run(self._output_names, feed, self._run_options)
         except Exception as exc:
             msg = _ort_message(exc)
-            if "dimension" in msg.lower() or "shape" in msg.lower() or "rank" in msg.lower():
+            if _kind(exc, "dimension", "shape", "rank"):
                 raise InputError(f"input does not fit the model: {msg}") from exc
             raise InferenceError(f"ONNX Runtime failed: {msg}") from exc
         finally:

@@ -36,7 +36,14 @@ from edgerun.backends.base import (
     numeric,
     one_line,
 )
-from edgerun.errors import BackendUnavailableError, DelegateError, InferenceError, InputError, ModelLoadError
+from edgerun.errors import (
+    BackendUnavailableError,
+    DelegateError,
+    InferenceError,
+    InputError,
+    ModelLoadError,
+    RuntimeUnusableError,
+)
 from edgerun.native import native_calls
 
 log = logging.getLogger(__name__)
@@ -79,7 +86,8 @@ def import_interpreter() -> tuple[Any, str]:
     only a ``ModuleNotFoundError`` for the package itself means it is not installed.
 
     Raises:
-        BackendUnavailableError: none of them imports.
+        BackendUnavailableError: none of them is installed.
+        RuntimeUnusableError: one or more is installed, and none imports.
     """
     broken: list[str] = []
     try:
@@ -116,7 +124,7 @@ def import_interpreter() -> tuple[Any, str]:
     reasons = "; ".join(broken)
     hint = "install the shared library named, or pip install ai-edge-litert"
     hint = hint if missing_library(reasons) else "pip install ai-edge-litert"
-    raise BackendUnavailableError(f"no TFLite interpreter works: {reasons}; {hint}")
+    raise RuntimeUnusableError(f"no TFLite interpreter works: {reasons}; {hint}")
 
 
 #: fd 2 is one per process: two loads redirecting it at once would leave it pointing at a

@@ -290,7 +290,12 @@ def _is_number(text: str) -> bool:
 
 def _field_label(index: int, name: str) -> str:
     """A CSV field as a message names it: its 1-based column in the file, and its header name if it has one."""
-    return f"field {index + 1}" + (f" ({name!r})" if name else "")
+    return f"field {index + 1}" + (f" ({_shown(name)})" if name else "")
+
+
+def _shown(text: str) -> str:
+    """``text`` quoted for a message; past 20 characters cut, with its length (not read as a shorter value)."""
+    return repr(text) if len(text) <= 20 else f"{text[:20]!r}... ({len(text)} characters)"
 
 
 #: How ``float()`` spells a value that is not finite (after a sign): any other text it reads as infinite
@@ -302,7 +307,7 @@ def _numbers(fields: list[str], labels: list[str]) -> list[float] | str:
     """The fields as numbers, or the first bad one's error text (``labels`` name them)."""
     values = []
     for label, text in zip(labels, fields, strict=True):
-        shown = repr(text) if len(text) <= 20 else f"{text[:20]!r}... ({len(text)} characters)"  # not a shorter number
+        shown = _shown(text)
         if text == "":
             return f"{label} is missing"
         try:

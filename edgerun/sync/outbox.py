@@ -224,7 +224,8 @@ class Outbox:
         evicted, last = 0, None
         # Read the oldest rows only as far as needed (the cursor steps one row at a time; a
         # ``fetchall`` read the whole outbox, ~0.4 s at 64 MiB), then delete them in one statement:
-        # ids only grow, and under the lock nothing is inserted meanwhile.
+        # the scan starts at the smallest id, and the caller's write transaction keeps every other
+        # writer (another process too) out until it commits, so ``id <= last`` is exactly those rows.
         rows = self._db.execute("SELECT id, length(payload) FROM records ORDER BY id")
         try:
             for rid, size in rows:

@@ -168,6 +168,11 @@ class ResultsSink:
         self._unsaid = 0  # skipped results not logged yet
         self._said = float("-inf")  # when the last such line was logged (time.monotonic())
 
+    def carry_on(self, previous: ResultsSink) -> None:
+        """Count on from ``previous`` (a retried pipeline's sink before this one): its skipped results,
+        and when it last said so, so a source that fails and reopens does not say it more often."""
+        self.skipped, self._said = previous.skipped, previous._said
+
     def _allow(self) -> bool:
         if self._rate is None:
             return True
