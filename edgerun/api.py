@@ -40,7 +40,7 @@ from starlette.concurrency import run_in_threadpool
 
 from edgerun.config import ApiConfig
 from edgerun.errors import EdgerunError, InputError
-from edgerun.inputs import NPY_ERRORS, json_array
+from edgerun.inputs import NPY_ERRORS, json_array, load_npy, npy_reason
 from edgerun.isolation import IsolatedBackend
 from edgerun.model import Model
 from edgerun.ota.slot import ModelSlot
@@ -163,33 +163,14 @@ def _decode_body(body: bytes, content_type: str) -> Any:
 
 
 def _load_npy(body: bytes) -> np.ndarray:
-    """A .npy body as an array, its header checked against the bytes that follow it first.
-
-    ``np.load`` allocates the array its header declares before reading any data: a
-    body of a hundred bytes declaring a terabyte got a ``MemoryError`` (a 500), and
-    one declaring a few gigabytes reserved them on a small device.
-    """
+    """A .npy body as an array, its header checked against the bytes that follow it first
+    (``load_npy``: a hundred bytes declaring a terabyte were a ``MemoryError``, a 500)."""
     import io
-    import math
 
-    from numpy.lib import format as npy
-
-    stream = io.BytesIO(body)
     try:
-        version = npy.read_magic(stream)
-        if version == (1, 0):
-            shape, _, dtype = npy.read_array_header_1_0(stream)
-        elif version == (2, 0):
-            shape, _, dtype = npy.read_array_header_2_0(stream)
-        else:  # 3.0 exists only for non-Latin-1 field names, never a plain numeric array
-            raise ValueError(f".npy format version {version[0]}.{version[1]} is not supported")
-        declared = math.prod(shape) * dtype.itemsize
-        if declared > len(body) - stream.tell():
-            raise ValueError(f"its header declares {declared} bytes of data, the body has {len(body) - stream.tell()}")
-        stream.seek(0)
-        return np.load(stream, allow_pickle=False)
+        return load_npy(io.BytesIO(body), len(body))
     except NPY_ERRORS as exc:
-        raise InputError(f"body is not a plain numeric .npy array: {exc}") from None
+        raise InputError(f"body is not a plain numeric .npy array: {npy_reason(exc)}") from None
 
 
 _PREDICT = re.compile(r"^/v1/models/([^/]+)/predict$")

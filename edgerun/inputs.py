@@ -2,12 +2,16 @@
 
 Reading is separate from decoding: an image file is returned as its encoded
 bytes (the model decides gray or colour), an ``.npy`` file as an array loaded
-with ``allow_pickle=False`` (arrays from outside are untrusted data).
+with ``allow_pickle=False`` (arrays from outside are untrusted data), its
+header's declared size checked against the bytes that follow it before numpy
+allocates anything (:func:`load_npy`, shared with the MQTT source).
 """
 
 from __future__ import annotations
 
+import io
 import json
+import math
 import os
 import stat
 import tokenize
@@ -16,17 +20,30 @@ from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
+from numpy.lib import format as npy_format
 
 from edgerun.errors import InputError
 from edgerun.processing.image import IMAGE_SUFFIXES
 
-__all__ = ["NPY_ERRORS", "InputRef", "expand_inputs", "json_array", "read_input", "USABLE_SUFFIXES"]
+__all__ = [
+    "NPY_ERRORS",
+    "InputRef",
+    "expand_inputs",
+    "json_array",
+    "load_npy",
+    "npy_reason",
+    "read_input",
+    "USABLE_SUFFIXES",
+]
 
 #: What ``np.load`` raises for a malformed or cut ``.npy``: its header parser lets ``SyntaxError`` and
 #: ``tokenize.TokenError`` through (a header with a NUL byte, an unclosed quote), besides ``ValueError``.
 NPY_ERRORS: tuple[type[Exception], ...] = (ValueError, EOFError, OSError, SyntaxError, tokenize.TokenError)
 
 USABLE_SUFFIXES = IMAGE_SUFFIXES | {".npy"}
+
+_NPY_MAGIC = b"\x93NUMPY"
+_INTP_MAX = int(np.iinfo(np.intp).max)
 
 
 class InputRef(NamedTuple):
@@ -107,12 +124,16 @@ def read_input(path: str | os.PathLike[str]) -> bytes | np.ndarray:
     try:
         if os.path.splitext(path)[1].lower() == ".npy":
             try:
-                return np.load(path, allow_pickle=False)
+                with open(path, "rb") as f:
+                    info = os.fstat(f.fileno())
+                    if stat.S_ISREG(info.st_mode):
+                        return load_npy(f, info.st_size)
+                    data = f.read()  # a pipe: read to its end, as an image is
+                return load_npy(io.BytesIO(data), len(data))
             except EOFError:
                 raise InputError(f"{path}: empty or truncated .npy file") from None
             except (ValueError, SyntaxError, tokenize.TokenError) as exc:
-                reason = str(exc).splitlines()[0] if isinstance(exc, ValueError) else "malformed header"
-                raise InputError(f"{path}: not a plain numeric .npy array ({reason})") from exc
+                raise InputError(f"{path}: not a plain numeric .npy array ({npy_reason(exc)})") from exc
         with open(path, "rb") as f:
             return f.read()
     except FileNotFoundError:
@@ -121,6 +142,54 @@ def read_input(path: str | os.PathLike[str]) -> bytes | np.ndarray:
         raise InputError(f"{path}: is a directory") from None
     except OSError as exc:
         raise InputError(f"{path}: cannot read ({exc.strerror})") from exc
+
+
+def load_npy(stream: io.BufferedIOBase, size: int) -> np.ndarray:
+    """The ``.npy`` array in ``stream``, of which ``size`` bytes from its position on are all there is.
+
+    ``np.load`` allocates the whole array its header declares before reading any of it, so
+    128 bytes declaring 10**12 float32 values were a ``MemoryError``, and a header declaring
+    a few gigabytes reserved them on a small device; a dimension past the platform's
+    integers (``(2**70,)``) was an ``OverflowError``. So the header is read first (numpy's
+    own reader) and the data it declares checked against the bytes that follow it; then
+    ``np.load`` reads the array, without pickles. What is no ``.npy`` at all goes to
+    ``np.load`` as it is, and a ``.npz`` archive is refused, not returned open.
+
+    Raises:
+        One of ``NPY_ERRORS`` (``npy_reason`` gives it as one line): ``EOFError`` for empty
+        or cut data, ``ValueError`` for a header that is malformed, declares a negative or
+        oversized dimension or more data than follows, an object array, or data that is no
+        ``.npy`` at all.
+    """
+    start = stream.tell()
+    if stream.read(len(_NPY_MAGIC)) == _NPY_MAGIC:
+        stream.seek(start)
+        version = npy_format.read_magic(stream)
+        if version not in ((1, 0), (2, 0), (3, 0)):
+            raise ValueError(f".npy format version {version[0]}.{version[1]} is not supported")
+        # 3.0 differs from 2.0 only in its header's encoding (UTF-8 field names), not in any size
+        read = npy_format.read_array_header_1_0 if version == (1, 0) else npy_format.read_array_header_2_0
+        shape, _, dtype = read(stream)
+        if any(not 0 <= d <= _INTP_MAX for d in shape):  # np.load let an OverflowError through
+            raise ValueError("its header declares a dimension that is negative or too large")
+        declared = math.prod(shape) * dtype.itemsize  # Python integers: no overflow
+        follows = size - (stream.tell() - start)
+        if declared > follows:
+            raise ValueError(f"its header declares {declared:,} bytes of data, and {max(follows, 0):,} follow it")
+    stream.seek(start)
+    loaded = np.load(stream, allow_pickle=False)  # a pickle refused; nothing at all an EOFError
+    if not isinstance(loaded, np.ndarray):  # an NpzFile: np.load opens a .npz archive whatever the name
+        loaded.close()
+        raise ValueError("a .npz archive, not a .npy array")
+    return loaded
+
+
+def npy_reason(exc: BaseException) -> str:
+    """One of ``NPY_ERRORS`` from ``load_npy`` as a one-line reason (numpy's own may run to three lines)."""
+    if isinstance(exc, (SyntaxError, tokenize.TokenError)):  # numpy's header parser, on a NUL or an open quote
+        return "malformed header"
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__
 
 
 def json_array(text: bytes | str) -> np.ndarray:

@@ -327,7 +327,10 @@ class Model:
         if _fits((1, *array.shape), spec.shape):
             return array[None]
         if self._preprocessor is not None and array.dtype == np.uint8 and array.ndim in (2, 3):
-            return self._preprocessor(array)
+            try:
+                return self._preprocessor(array)
+            except InputError as exc:  # its message (HxWx2 is no image) does not know the input's name
+                raise InputError(f"{name}: {exc}") from None
         raise InputError(f"{name}: array of shape {list(array.shape)} does not fit {spec.describe()}")
 
 

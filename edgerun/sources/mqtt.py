@@ -36,10 +36,8 @@ import urllib.parse
 from collections.abc import Callable
 from typing import Any
 
-import numpy as np
-
 from edgerun.errors import ConfigError, SourceError
-from edgerun.inputs import NPY_ERRORS, json_array
+from edgerun.inputs import NPY_ERRORS, json_array, load_npy, npy_reason
 from edgerun.sources.base import Frame, LatestBuffer, LiveSource, connect_with_retries
 from edgerun.sync.diagnose import subscribe_refusal
 
@@ -107,10 +105,10 @@ def decode_message(payload: bytes, max_bytes: int) -> Any:
     except (binascii.Error, ValueError):
         raw = b""
     if raw.startswith(_NPY_MAGIC):
-        try:
-            return np.load(io.BytesIO(raw), allow_pickle=False)
+        try:  # its header checked against its length first: np.load would allocate what it declares
+            return load_npy(io.BytesIO(raw), len(raw))
         except NPY_ERRORS as exc:
-            raise ValueError(f"base64 .npy that does not load: {exc}") from exc
+            raise ValueError(f"base64 .npy that does not load: {npy_reason(exc)}") from exc
     raise ValueError("neither a JSON array, a base64 .npy nor an image")
 
 
