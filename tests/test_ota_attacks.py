@@ -691,9 +691,10 @@ def _npy_claiming_shape(shape: str) -> bytes:
     return real[:8] + len(header).to_bytes(2, "little") + header + real[end:]
 
 
-def test_an_unexpected_error_while_validating_ends_the_update_with_its_reason(att: Rig) -> None:
-    # A sample claiming 4 PiB makes numpy raise MemoryError, which no check foresees: the update
-    # must still end (not stay "validating" and come back at every restart) and leave nothing behind.
+def test_a_validation_sample_claiming_4_pib_is_refused_by_its_header_and_ends_the_update(att: Rig) -> None:
+    # A sample claiming 4 PiB made numpy raise MemoryError (an "unexpected error while validating"):
+    # its header is now checked against its bytes before anything is allocated. The update must
+    # end (not stay "validating" and come back at every restart) and leave nothing behind.
     model = unique_onnx(DIGITS / "digits_int8.onnx", att.tmp / "huge" / "digits.onnx")
     samples = _digits_samples(model, "2.0.0")
     samples[0]["output"] = base64.b64encode(_npy_claiming_shape("(1125899906842624,)")).decode()
@@ -701,7 +702,11 @@ def test_an_unexpected_error_while_validating_ends_the_update_with_its_reason(at
     card = card_of(DIGITS / "digits_int8.onnx")
     doc = att.manifest(data, "2.0.0", chunk_size=16 * 1024, card=card, validation={"samples": samples})
     att.chunks(doc, data)
-    rejected(att.attack(seal(doc, att.key), doc["update_id"]), "unexpected error while validating", "MemoryError")
+    rejected(
+        att.attack(seal(doc, att.key), doc["update_id"]),
+        "sample 0 output is not a base64 .npy array",
+        "its header declares 4,503,599,627,370,496 bytes of data",
+    )
     assert att.versions() == ["1.0.0"]
     assert not (att.state / "ota" / "downloads" / doc["sha256"]).exists()
     journal = json.loads((att.state / "ota" / "journal" / f"{doc['update_id']}.json").read_text())

@@ -53,9 +53,9 @@ import numpy as np
 
 from edgerun.backends.base import detect_format, one_line
 from edgerun.card import ModelCard
-from edgerun.errors import EdgerunError, ModelLoadError, UpdateFailed, UpdateRejected
+from edgerun.errors import EdgerunError, ModelLoadError, UpdateFailed, UpdateRejected, shown
 from edgerun.files import atomic_write
-from edgerun.inputs import NPY_ERRORS
+from edgerun.inputs import NPY_ERRORS, load_npy, npy_reason
 from edgerun.model import Model
 from edgerun.ota.envelope import TrustedKeys, open_envelope
 from edgerun.ota.manifest import Command, Manifest, parse_command, parse_manifest, version_tuple
@@ -883,7 +883,8 @@ class OtaAgent:
 
 
 def _claimed(raw: bytes) -> dict[str, Any]:
-    """Identifiers from an envelope's payload before verification, for reporting only."""
+    """Identifiers from an envelope's payload before verification, for reporting only: anyone may
+    send them, so a line break or another control character in one is escaped (one log line)."""
     try:
         envelope = json.loads(raw)
         document = json.loads(base64.b64decode(envelope["payload"], validate=True))
@@ -891,7 +892,7 @@ def _claimed(raw: bytes) -> dict[str, Any]:
         return {}
     if not isinstance(document, dict):
         return {}
-    return {k: str(document[k])[:128] for k in ("update_id", "command_id", "model", "version") if k in document}
+    return {k: shown(str(document[k])[:128]) for k in ("update_id", "command_id", "model", "version") if k in document}
 
 
 def _check_format(blob: Path, declared: str) -> None:
@@ -906,6 +907,7 @@ def _check_format(blob: Path, declared: str) -> None:
 
 def _npy(text: str, what: str) -> np.ndarray:
     try:
-        return np.load(io.BytesIO(base64.b64decode(text, validate=True)), allow_pickle=False)
+        raw = base64.b64decode(text, validate=True)
+        return load_npy(io.BytesIO(raw), len(raw))  # its header checked first: np.load allocates what it declares
     except NPY_ERRORS as exc:  # binascii.Error is a ValueError
-        raise UpdateRejected(f"{what} is not a base64 .npy array: {exc}") from None
+        raise UpdateRejected(f"{what} is not a base64 .npy array: {npy_reason(exc)}") from None

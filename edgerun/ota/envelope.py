@@ -13,6 +13,7 @@ import binascii
 import hashlib
 import json
 import os
+import reprlib
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -68,7 +69,8 @@ class TrustedKeys:
 
         key = self._keys.get(kid)
         if key is None:
-            raise UpdateRejected(f"signed by key {kid!r}, which this device does not trust")
+            # reprlib: the key id comes unverified, of any length (a reason is one short line)
+            raise UpdateRejected(f"signed by key {reprlib.repr(kid)}, which this device does not trust")
         try:
             key.verify(signature, payload)
         except InvalidSignature:

@@ -8,14 +8,15 @@ device's state (targets, clock, replay, versions, size limit) live in
 
 from __future__ import annotations
 
+import reprlib
 from typing import Annotated, Any, Literal
 
 import msgspec
 
 from edgerun.card import ModelCard, parse_card
-from edgerun.errors import CardError, UpdateRejected
+from edgerun.errors import CardError, UpdateRejected, shown
 
-__all__ = ["Command", "Manifest", "parse_command", "parse_manifest", "version_tuple"]
+__all__ = ["Command", "Manifest", "parse_command", "parse_manifest", "quoted", "version_tuple"]
 
 NAME = Annotated[str, msgspec.Meta(pattern=r"^[a-z0-9][a-z0-9._-]{0,63}$")]
 VERSION = Annotated[str, msgspec.Meta(pattern=r"^(0|[1-9]\d{0,8})\.(0|[1-9]\d{0,8})\.(0|[1-9]\d{0,8})$")]
@@ -25,9 +26,20 @@ SHA256_PATTERN = r"^[0-9a-f]{64}$"
 SHA256 = Annotated[str, msgspec.Meta(pattern=SHA256_PATTERN)]
 #: The most chunks one blob may come in (``source.mqtt.chunks``).
 CHUNKS_MAX = 1_000_000
-TIME = Annotated[float, msgspec.Meta(ge=0)]
+#: Unix seconds. Bounded at 10**11 (the year 5138): a time in milliseconds (10**12 and more since 2001)
+#: is refused, not taken as the newest time seen, which would make every later manifest look expired.
+TIME = Annotated[float, msgspec.Meta(ge=0, le=1e11)]
 #: The longest probation a manifest may ask for (``rollout.probation_s``), a week.
 PROBATION_MAX_S = 7 * 86400
+#: The most characters of a reason that quotes what was received (a reason is retained and logged).
+QUOTE_MAX = 200
+
+
+def quoted(text: str) -> str:
+    """``text``, a message that quotes what came over the network, as one line of at most ``QUOTE_MAX``
+    characters: line breaks and control characters escaped, the middle of a long one cut."""
+    text = shown(text)
+    return text if len(text) <= QUOTE_MAX else f"{text[: QUOTE_MAX - 63]}...{text[-60:]}"
 
 
 class _Strict(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
@@ -53,6 +65,8 @@ class Source(_Strict, frozen=True):
             raise ValueError("source must have exactly one of mqtt or url")
         if self.url is not None and not self.url.startswith(("https://", "http://", "file://")):
             raise ValueError("source url must be https://, http:// or file://")
+        if self.url is not None and not (self.url.isascii() and self.url.isprintable() and " " not in self.url):
+            raise ValueError("source url must be printable ASCII without spaces (percent-encode the rest)")
 
 
 class Targets(_Strict, frozen=True):
@@ -110,13 +124,13 @@ class Manifest(_Strict, frozen=True):
         """The card, checked against the schema, with the manifest's name and version."""
         data = dict(self.card)
         if data.get("name", self.model) != self.model:
-            raise UpdateRejected(f"card names model {data.get('name')!r}, the manifest {self.model!r}")
+            raise UpdateRejected(f"card names model {reprlib.repr(data.get('name'))}, the manifest {self.model!r}")
         data["name"] = self.model
         data["version"] = self.version
         try:
             return parse_card(data, "card")
         except CardError as exc:
-            raise UpdateRejected(f"invalid card: {exc}") from None
+            raise UpdateRejected(f"invalid card: {quoted(str(exc))}") from None
 
 
 class Command(_Strict, frozen=True):
@@ -138,13 +152,13 @@ def _convert(document: dict[str, Any], cls: type[Any], what: str) -> Any:
     try:
         return msgspec.convert(document, cls)
     except msgspec.ValidationError as exc:
-        raise UpdateRejected(f"invalid {what}: {exc}") from None
+        raise UpdateRejected(f"invalid {what}: {quoted(str(exc))}") from None  # it may quote unknown field names
 
 
 def parse_manifest(document: dict[str, Any]) -> Manifest:
     """A checked manifest, or ``UpdateRejected`` naming the first bad field."""
     if document.get("kind") != "model-update":
-        raise UpdateRejected(f"not a model-update manifest (kind {document.get('kind')!r})")
+        raise UpdateRejected(f"not a model-update manifest (kind {reprlib.repr(document.get('kind'))})")
     manifest: Manifest = _convert(document, Manifest, "manifest")
     if manifest.source.mqtt is not None:
         blob = manifest.source.mqtt

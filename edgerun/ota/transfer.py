@@ -22,6 +22,7 @@ import http.client
 import logging
 import os
 import queue
+import reprlib
 import shutil
 import socket
 import stat
@@ -35,7 +36,7 @@ from typing import Any, BinaryIO
 
 from edgerun.errors import UpdateFailed, UpdateRejected
 from edgerun.files import sha256_file
-from edgerun.ota.manifest import Manifest
+from edgerun.ota.manifest import CHUNKS_MAX, Manifest, quoted
 from edgerun.sync.link import Message, MqttLink
 
 log = logging.getLogger(__name__)
@@ -117,13 +118,15 @@ class _Chunks:
 
     def on_message(self, message: Message) -> None:
         tail = message.topic.rsplit("/", 1)[-1]
-        if not tail.isdigit():
-            self._fail(UpdateRejected(f"chunk topic {message.topic} does not end in a chunk number"))
+        if not (tail.isascii() and tail.isdigit()):  # isdigit() alone takes "²", which int() refuses
+            ending = reprlib.repr(tail)  # any text, of any length
+            self._fail(UpdateRejected(f"a chunk topic under {self.blob.topic} ends in {ending}, not a chunk number"))
+            return
+        if len(tail) > len(str(CHUNKS_MAX)) or int(tail) >= self.blob.chunks:  # int() refuses 4301 digits
+            number = tail if len(tail) <= 12 else f"{tail[:12]}..."
+            self._fail(UpdateRejected(f"chunk {number} is out of range (the manifest says {self.blob.chunks} chunks)"))
             return
         index = int(tail)
-        if index >= self.blob.chunks:
-            self._fail(UpdateRejected(f"chunk {index} is out of range (the manifest says {self.blob.chunks} chunks)"))
-            return
         expected = self.expected_size(index)
         if len(message.payload) != expected:
             kind = "oversized" if len(message.payload) > expected else "truncated"
@@ -374,11 +377,12 @@ def _download_url(
     if have == manifest.size:  # whole already (stopped at the last read, or a crash before the rename):
         _finish_file(part, target, manifest)  # a range past the end would be refused (416) at every retry
         return
-    request = urllib.request.Request(url, headers={"Range": f"bytes={have}-"} if have else {})
     try:
+        request = urllib.request.Request(url, headers={"Range": f"bytes={have}-"} if have else {})
         response = urllib.request.urlopen(request, timeout=timeout_s)  # schemes checked in the manifest
-    except (urllib.error.URLError, OSError, ValueError) as exc:
-        raise UpdateFailed(f"cannot fetch {url}: {getattr(exc, 'reason', exc)}") from exc
+    except (urllib.error.URLError, OSError, ValueError, http.client.HTTPException) as exc:
+        # HTTPException: a port that is no number, or an answer that is no HTTP (its status line, its headers)
+        raise UpdateFailed(f"cannot fetch {url}: {quoted(str(getattr(exc, 'reason', exc)).strip())}") from exc
     with response:
         if have and getattr(response, "status", 200) != 206 and not url.startswith("file://"):
             have = 0  # the server ignored the range: start again
