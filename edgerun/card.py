@@ -8,12 +8,17 @@ tensors (``infer_card``) and says so in the log.
 The schema is declared with ``msgspec`` structs rather than pydantic: a card is
 read on every ``edgerun predict``, and pydantic's first model class costs about
 80 ms of start-up on the reference machine against 8 ms for msgspec, which
-would be most of a one-image run. Unknown keys are errors, as everywhere.
+would be most of a one-image run. Unknown keys are errors, as everywhere, and so is a key
+given twice in one mapping (as in the daemon's config) and a number that is NaN or infinite
+(a card is served as JSON by the API and over MQTT, and JSON has neither). Every error is one
+line naming the file and the field, or the line of a YAML error.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
+import math
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -21,7 +26,7 @@ from typing import Annotated, Any, Literal
 import msgspec
 
 from edgerun.backends.base import TensorSpec
-from edgerun.errors import CardError, ConfigError
+from edgerun.errors import CardError, ConfigError, shown
 from edgerun.files import read_utf8
 
 log = logging.getLogger(__name__)
@@ -36,6 +41,8 @@ __all__ = [
     "load_card",
     "parse_card",
     "replace",
+    "yaml_loader",
+    "yaml_problem",
 ]
 
 NAME_RE = r"^[a-z0-9][a-z0-9._-]{0,63}$"
@@ -66,6 +73,9 @@ class Preprocess(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_onl
     pad_value: Annotated[int, msgspec.Meta(ge=0, le=255, description="letterbox padding pixel value")] = 114
 
     def __post_init__(self) -> None:
+        for name, values in (("scale", (self.scale,)), ("mean", self.mean), ("std", self.std)):
+            if not all(math.isfinite(v) for v in values):
+                raise ValueError(f"{name} must be a finite number, not NaN or infinite")
         if any(s == 0 for s in self.std):
             raise ValueError("std must not contain 0")
         channels = 1 if self.color == "gray" else 3
@@ -129,11 +139,88 @@ def find_card(model_path: Path) -> Path | None:
 def parse_card(data: Any, source: str) -> ModelCard:
     """Validate card data (a mapping from YAML or from an OTA manifest)."""
     if not isinstance(data, dict):
-        raise CardError(f"{source}: a card must be a mapping, got {type(data).__name__}")
+        what = "an empty file" if data is None else type(data).__name__
+        raise CardError(shown(f"{source}: a card must be a mapping, got {what}"))
+    metrics = data.get("metrics")
+    if isinstance(metrics, dict):  # checked here to name the figure: msgspec says only `$.metrics[...]`
+        for key, value in metrics.items():
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not _finite(value):
+                got = value if isinstance(value, float) else type(value).__name__  # no repr: it may be huge
+                # JSON has no NaN or infinity, and /v1/models and the MQTT status record carry the card
+                raise CardError(shown(f"{source}: metrics.{key}: must be a finite number, got {got}"))
     try:
         return msgspec.convert(data, ModelCard)
     except msgspec.ValidationError as exc:
-        raise CardError(f"{source}: {exc}") from None
+        raise CardError(shown(f"{source}: {exc}")) from None  # a key may hold a line break
+
+
+def _finite(value: float) -> bool:
+    """Whether ``value`` is a finite float, or an int a float can hold (10**400 is neither)."""
+    try:
+        return math.isfinite(value)
+    except OverflowError:
+        return False
+
+
+def yaml_problem(exc: Exception, text: str) -> str:
+    """`` at line N: what`` for a PyYAML error on ``text``, on one line.
+
+    A scanner, parser or constructor error carries a mark and a problem; a reader error
+    (a control character, which YAML does not allow) carries only an offset into ``text``
+    and a two-line message of its own.
+    """
+    import yaml
+
+    if isinstance(exc, yaml.reader.ReaderError):
+        line = text.count("\n", 0, exc.position) + 1
+        char = chr(exc.character) if isinstance(exc.character, int) else exc.character
+        return f" at line {line}: character {char!r} is not allowed ({exc.reason})"
+    mark = getattr(exc, "problem_mark", None)
+    where = f" at line {mark.line + 1}" if mark is not None else ""
+    return f"{where}: {getattr(exc, 'problem', None) or str(exc).splitlines()[0]}"
+
+
+@functools.cache
+def yaml_loader(pure: bool = False) -> Any:
+    """PyYAML's safe loader (libyaml's where it is built, unless ``pure``), made strict in two ways.
+
+    A key given twice in one mapping is refused, as in the daemon's config: SafeLoader keeps the
+    last of two equal keys without a word. A tagged scalar its constructor cannot read
+    (``!!float ""``, ``!!bool maybe``, ``!!timestamp x``) is a ``ConstructorError`` at its line:
+    PyYAML lets ``IndexError``, ``KeyError``, ``ValueError`` or ``AttributeError`` through there.
+    The config uses the pure-Python one (``pure``), whose deep nesting ends in ``RecursionError``.
+    """
+    import yaml
+
+    base = yaml.SafeLoader if pure else getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+    class StrictLoader(base):  # type: ignore[misc,valid-type]  # PyYAML ships no type stubs here
+        def construct_object(self, node: Any, deep: bool = False) -> Any:
+            try:
+                return super().construct_object(node, deep)
+            except (ValueError, TypeError, KeyError, IndexError, AttributeError, OverflowError):
+                value = node.value if isinstance(node.value, str) else ""
+                tag = node.tag.replace("tag:yaml.org,2002:", "!!")
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"cannot read {value[:40]!r} as {tag}", node.start_mark
+                ) from None
+
+        def construct_mapping(self, node: Any, deep: bool = False) -> Any:
+            if not isinstance(node, yaml.MappingNode):  # `!!set x`, `!!map [a]`: PyYAML's own error
+                return super().construct_mapping(node, deep)
+            seen: set[tuple[str, str]] = set()
+            for key_node, _ in node.value:
+                if not isinstance(key_node, yaml.ScalarNode) or key_node.tag == "tag:yaml.org,2002:merge":
+                    continue
+                key = (key_node.tag, key_node.value)
+                if key in seen:
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"duplicate key {key_node.value!r} in one mapping", key_node.start_mark
+                    )
+                seen.add(key)
+            return super().construct_mapping(node, deep)
+
+    return StrictLoader
 
 
 def load_card(path: Path, cache_dir: Path | None = None) -> ModelCard:
@@ -150,9 +237,11 @@ def load_card(path: Path, cache_dir: Path | None = None) -> ModelCard:
 
     text = read_utf8(path, "card", CardError)
     try:
-        data = yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+        data = yaml.load(text, Loader=yaml_loader())  # a safe loader: no tag builds an object
     except yaml.YAMLError as exc:
-        raise CardError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from exc
+        raise CardError(shown(f"{path}: not valid YAML{yaml_problem(exc, text)}")) from exc
+    except RecursionError:  # the pure-Python loader, where libyaml is not built, composes recursively
+        raise CardError(shown(f"{path}: not valid YAML: nested too deeply")) from None
     card = parse_card(data, str(path))
     if entry is not None:
         _remember(*entry, card)

@@ -5,6 +5,10 @@ three errors, then a count), e.g. ``device-configs/rpi5.yaml:
 models.digits.threads: Input should be less than or equal to 256`` or
 ``c.yaml: models: Field required; model: unknown key``.
 
+Every string that names a file is refused when it holds a NUL byte, which no file name can
+hold (it would only fail later, with a traceback, where the file is opened). Loading walks no
+directory: a pipeline whose source is a glob is checked against its sinks by the pattern alone.
+
 A config that validates can still fail to run; ``check_runnable`` names what
 ``edgerun config check`` finds missing on disk (model files), in the same form.
 The MQTT URL is checked by the same ``MqttSettings.from_url`` the ``--mqtt``
@@ -13,6 +17,8 @@ option goes through, so the file and the command line accept the same URLs.
 
 from __future__ import annotations
 
+import fnmatch
+import glob
 import ipaddress
 import os
 import re
@@ -20,15 +26,27 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from edgerun.errors import ConfigError
+from edgerun.errors import ConfigError, shown
 from edgerun.files import read_utf8
 from edgerun.limits import BATCH_SIZE_MAX, FPS_MAX, FPS_MIN, PREPARE_WORKERS_MAX, THREADS_MAX
 
 __all__ = ["ApiConfig", "Config", "check_runnable", "default_config", "load_config"]
 
 Name = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9._-]{0,63}$")]
+
+
+def _no_nul(text: str) -> str:
+    """A file name, source or sink string without a NUL byte: no file name can hold one, and
+    the OS calls that would open it raise ``ValueError`` far from the config that named it."""
+    if "\0" in text:
+        raise ValueError("holds a NUL byte (\\0), which no file name can hold")
+    return text
+
+
+#: A string naming a file (or a source or sink, which may be one).
+FileName = Annotated[str, AfterValidator(_no_nul)]
 
 #: A bearer token a client can send: visible ASCII, no spaces. HTTP servers strip the spaces
 #: around a header value and cannot carry control characters, and non-ASCII bytes reach the
@@ -60,7 +78,7 @@ class DeviceConfig(_Strict):
 class ModelConfig(_Strict):
     """One model the device serves."""
 
-    path: str = Field(description="model file (.onnx/.tflite); with OTA on, the store's active version wins")
+    path: FileName = Field(description="model file (.onnx/.tflite); with OTA on, the store's active version wins")
     delegate: str | list[str] = Field(
         "auto",
         description="auto, fastest, a delegate name, or a non-empty preference order such as [edgetpu, xnnpack, cpu]",
@@ -91,9 +109,9 @@ class ModelConfig(_Strict):
 class PipelineConfig(_Strict):
     """A source feeding one model into sinks."""
 
-    source: str = Field(description="a source string as for `edgerun run --source`")
+    source: FileName = Field(description="a source string as for `edgerun run --source`")
     model: Name = Field(description="a key of `models`")
-    sinks: list[str] = Field(default_factory=list, description="sink strings as for `edgerun run --sink`")
+    sinks: list[FileName] = Field(default_factory=list, description="sink strings as for `edgerun run --sink`")
     fps: float | None = Field(None, ge=FPS_MIN, le=FPS_MAX, description="target frames per second")
     window: int | None = Field(None, ge=1, description="sensor sources: rows per inference")
     hop: int | None = Field(None, ge=1, description="sensor sources: rows between windows")
@@ -148,24 +166,81 @@ class PipelineConfig(_Strict):
 
     @model_validator(mode="after")
     def _no_sink_onto_the_source(self) -> PipelineConfig:
-        """As ``edgerun run`` refuses ``--sink`` onto its ``--source``: results appended would damage the input."""
-        from edgerun.sinks import sink_onto_input
-        from edgerun.sources.files import FileSource
+        """As ``edgerun run`` refuses ``--sink`` onto its ``--source``: results appended would damage the input.
 
-        clash = sink_onto_input(self.sinks, FileSource.expand([self.source]))  # paths as the daemon opens them
+        A glob source is not expanded here: each sink is matched against the pattern instead, so
+        loading walks no directory (``/**/*.jpg``, or a tree with a symlink loop, would take for ever).
+        """
+        from edgerun.sinks import sink_onto_input
+
+        if glob.has_magic(self.source):
+            inputs = [s for s in self.sinks if _glob_lists(s, self.source)]  # paths as the daemon's glob gives them
+        else:
+            inputs = [self.source]
+        clash = sink_onto_input(self.sinks, inputs)
         if clash is not None:
             raise ValueError(f"sink {clash[0]!r} is the source file {clash[1]}: writing it would damage the input")
         return self
+
+
+def _glob_lists(path: str, pattern: str) -> bool:
+    """Whether ``glob.glob(pattern, recursive=True)`` lists the existing ``path``, decided from the
+    two strings (and whether ``path`` is a folder), without listing any folder.
+
+    Both are taken from the working directory, as glob takes a relative pattern; ``**`` stands
+    for any number of folders (and, at the end, for every name below), and a wildcard does not
+    match a hidden name (``.x``), as in glob. A path reached through a symlink under another name
+    is not seen as the pattern's, and neither is one matched by a pattern with ``..`` after a
+    wildcard.
+    """
+    given = os.path.join(os.getcwd(), pattern).split(os.sep)
+    if given[-1] in ("", ".", "..") and not os.path.isdir(path):  # `*/`, `*/.`: folders only
+        return False
+    parts: list[str] = []
+    for part in given:
+        if part in ("", "."):
+            continue
+        if part == "..":
+            if any(glob.has_magic(p) for p in parts):  # where it leads depends on what the wildcard found
+                return False
+            parts = parts[:-1]
+            continue
+        parts.append(part)
+    names = [name for name in os.path.abspath(path).split(os.sep) if name]
+    reach = [True] + [False] * len(names)  # reach[j]: the parts so far match names[:j]
+    for index, part in enumerate(parts):
+        after = [False] * (len(names) + 1)
+        for j in (j for j in range(len(names) + 1) if reach[j]):
+            if part == "**":
+                if index < len(parts) - 1 or j < len(names) or os.path.isdir(path):
+                    after[j] = True  # none at all: at the end, only for the folder itself, as glob gives `d/`
+                k = j
+                while k < len(names) and not names[k].startswith("."):
+                    k += 1
+                    after[k] = True
+            elif j < len(names) and _name_matches(names[j], part):
+                after[j + 1] = True
+        reach = after
+    return reach[-1]
+
+
+def _name_matches(name: str, part: str) -> bool:
+    """One path component against one pattern component, as glob matches them."""
+    if not glob.has_magic(part):
+        return name == part
+    if name.startswith(".") and not part.startswith("."):
+        return False
+    return fnmatch.fnmatchcase(name, part)
 
 
 class MqttConfig(_Strict):
     """The broker link (docs/sync.md)."""
 
     url: str = Field(description="mqtt[s]://[user@]host[:port]")
-    ca_file: str | None = None
-    cert_file: str | None = None
-    key_file: str | None = None
-    password_file: str | None = Field(None, description="file holding the MQTT password")
+    ca_file: FileName | None = None
+    cert_file: FileName | None = None
+    key_file: FileName | None = None
+    password_file: FileName | None = Field(None, description="file holding the MQTT password")
     protocol: Literal["5", "3.1.1"] = "5"
     topic_prefix: str = Field("edgerun", min_length=1, max_length=64)
     keepalive_s: int = Field(30, ge=5, le=3600)
@@ -217,7 +292,7 @@ class MqttConfig(_Strict):
 class OtaConfig(_Strict):
     """Over-the-air updates (docs/ota.md)."""
 
-    trusted_keys: list[str] = Field(default_factory=list, description="PEM Ed25519 public keys; empty: OTA off")
+    trusted_keys: list[FileName] = Field(default_factory=list, description="PEM Ed25519 public keys; empty: OTA off")
     max_mb: float = Field(256.0, gt=0, le=100_000)
     keep: int = Field(2, ge=1, le=20)
     clock_skew_s: float = Field(300.0, ge=0, le=86400)
@@ -239,7 +314,7 @@ class ApiConfig(_Strict):
         pattern=TOKEN_PATTERN,
         description="bearer token (or token_file): visible ASCII, no spaces",
     )
-    token_file: str | None = None
+    token_file: FileName | None = None
     max_request_mb: float = Field(8.0, gt=0, le=1024)
     max_concurrency: int = Field(32, ge=1, le=4096, description="requests in progress; more get 429")
     batch_max_size: int = Field(8, ge=1, le=256, description="requests grouped into one call (dynamic batch models)")
@@ -298,7 +373,7 @@ class Config(_Strict):
     mqtt: MqttConfig | None = None
     ota: OtaConfig = Field(default_factory=OtaConfig)
     api: ApiConfig = Field(default_factory=ApiConfig)
-    state_dir: str | None = Field(None, description="default: $EDGERUN_STATE_DIR or ~/.local/state/edgerun")
+    state_dir: FileName | None = Field(None, description="default: $EDGERUN_STATE_DIR or ~/.local/state/edgerun")
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
     isolation: Literal["thread", "process"] = Field(
         "thread", description="process: inference in a supervised worker process that survives native crashes"
@@ -328,20 +403,21 @@ def _errors_line(exc: ValidationError) -> str:
     """Pydantic's errors on one line: a typo'd key shows as its unknown key and the key it missed."""
     problems = []
     for err in exc.errors():
-        where = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        where = ".".join(shown(str(p)) for p in err["loc"]) or "(top level)"  # a key may hold a line break
         message = "unknown key" if err["type"] == "extra_forbidden" else err["msg"].removeprefix("Value error, ")
-        problems.append(f"{where}: {message}")
+        problems.append(f"{where}: {shown(message)}")
     return _one_line(problems)
 
 
 def parse_config(data: Any, source: str, base: Path | None = None) -> Config:
     """Validate config data; relative paths are taken from the config file's folder."""
     if not isinstance(data, dict):
-        raise ConfigError(f"{source}: the config must be a mapping, got {type(data).__name__}")
+        what = "an empty file" if data is None else type(data).__name__
+        raise ConfigError(f"{shown(source)}: the config must be a mapping, got {what}")
     try:
         config = Config.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(f"{source}: {_errors_line(exc)}") from None
+        raise ConfigError(f"{shown(source)}: {_errors_line(exc)}") from None
     return _resolve(config, base) if base is not None else config
 
 
@@ -350,7 +426,7 @@ def _resolve(config: Config, base: Path) -> Config:
         if path is None or path.startswith("/") or "://" in path or path.startswith(("camera:", "-")):
             return path
         candidate = base / path
-        return str(candidate) if candidate.exists() or not Path(path).exists() else path
+        return str(candidate) if _exists(candidate) or not _exists(Path(path)) else path
 
     models = {k: m.model_copy(update={"path": fix(m.path)}) for k, m in config.models.items()}
     keys = [fix(k) or k for k in config.ota.trusted_keys]
@@ -363,6 +439,15 @@ def _resolve(config: Config, base: Path) -> Config:
         files = ("ca_file", "cert_file", "key_file", "password_file")
         update["mqtt"] = config.mqtt.model_copy(update={f: fix(getattr(config.mqtt, f)) for f in files})
     return config.model_copy(update=update)
+
+
+def _exists(path: Path) -> bool:
+    """``path.exists()``, False where the name cannot be looked up at all (longer than the
+    filesystem allows: ``OSError`` ENAMETOOLONG, which ``Path.exists`` lets through)."""
+    try:
+        return path.exists()
+    except (OSError, ValueError):
+        return False
 
 
 _TLS_KEYS = ("ca_file", "cert_file", "key_file")
@@ -388,9 +473,15 @@ def check_runnable(config: Config, source: str) -> list[str]:
     problems = []
     for name, model in config.models.items():
         path = Path(model.path)
-        if not path.exists():
+        try:
+            path.stat()
+        except FileNotFoundError:
             problems.append(f"models.{name}.path: model file not found: {model.path}")
-        elif not path.is_file():
+            continue
+        except OSError as exc:  # a name too long, a folder on the way that is not one or cannot be searched
+            problems.append(f"models.{name}.path: model file not found: {model.path} ({exc.strerror})")
+            continue
+        if not path.is_file():
             problems.append(f"models.{name}.path: not a model file: {model.path}")
     secrets: list[tuple[str, str, Callable[[], str | None]]] = []
     if config.api.enabled and config.api.token_file:  # read only to start the API
@@ -415,49 +506,24 @@ def check_runnable(config: Config, source: str) -> list[str]:
             except ConfigError as exc:
                 problems.append(str(exc))
     if problems:
-        raise ConfigError(f"{source}: {_one_line(problems)}")
+        raise ConfigError(shown(f"{source}: {_one_line(problems)}"))
     return notes
-
-
-def _unique_key_loader() -> Any:
-    """PyYAML's SafeLoader, refusing a key given twice in one mapping.
-
-    SafeLoader keeps the last of two equal keys without a word: a second model or
-    pipeline pasted under a name already used would silently replace the first.
-    """
-    import yaml
-
-    class UniqueKeyLoader(yaml.SafeLoader):  # type: ignore[misc]  # PyYAML ships no type stubs here
-        def construct_mapping(self, node: Any, deep: bool = False) -> Any:
-            seen: set[tuple[str, str]] = set()
-            for key_node, _ in node.value:
-                if not isinstance(key_node, yaml.ScalarNode) or key_node.tag == "tag:yaml.org,2002:merge":
-                    continue
-                key = (key_node.tag, key_node.value)
-                if key in seen:
-                    raise yaml.constructor.ConstructorError(
-                        None, None, f"duplicate key {key_node.value!r} in one mapping", key_node.start_mark
-                    )
-                seen.add(key)
-            return super().construct_mapping(node, deep)
-
-    return UniqueKeyLoader
 
 
 def load_config(path: str | os.PathLike[str]) -> Config:
     """Read and validate a YAML config file (UTF-8)."""
     import yaml
 
+    from edgerun.card import yaml_loader, yaml_problem
+
     path = Path(path)
     text = read_utf8(path, "config", ConfigError)
     try:
-        data = yaml.load(text, Loader=_unique_key_loader())  # a SafeLoader subclass
+        data = yaml.load(text, Loader=yaml_loader(pure=True))  # a SafeLoader subclass: keys once, no objects
     except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark is not None else ""
-        raise ConfigError(f"{path}: not valid YAML{where}: {getattr(exc, 'problem', None) or exc}") from None
+        raise ConfigError(shown(f"{path}: not valid YAML{yaml_problem(exc, text)}")) from None
     except RecursionError:  # PyYAML composes nested collections recursively
-        raise ConfigError(f"{path}: not valid YAML: nested too deeply") from None
+        raise ConfigError(shown(f"{path}: not valid YAML: nested too deeply")) from None
     return parse_config(data, str(path), base=path.parent)
 
 
