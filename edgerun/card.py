@@ -195,6 +195,10 @@ def yaml_loader(pure: bool = False) -> Any:
     base = yaml.SafeLoader if pure else getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
     class StrictLoader(base):  # type: ignore[misc,valid-type]  # PyYAML ships no type stubs here
+        def __init__(self, stream: Any) -> None:
+            super().__init__(stream)
+            self._checked: set[int] = set()  # the mappings whose own keys were checked (their nodes' ids)
+
         def construct_object(self, node: Any, deep: bool = False) -> Any:
             try:
                 return super().construct_object(node, deep)
@@ -205,20 +209,23 @@ def yaml_loader(pure: bool = False) -> Any:
                     None, None, f"cannot read {value[:40]!r} as {tag}", node.start_mark
                 ) from None
 
-        def construct_mapping(self, node: Any, deep: bool = False) -> Any:
-            if not isinstance(node, yaml.MappingNode):  # `!!set x`, `!!map [a]`: PyYAML's own error
-                return super().construct_mapping(node, deep)
-            seen: set[tuple[str, str]] = set()
-            for key_node, _ in node.value:
-                if not isinstance(key_node, yaml.ScalarNode) or key_node.tag == "tag:yaml.org,2002:merge":
-                    continue
-                key = (key_node.tag, key_node.value)
-                if key in seen:
-                    raise yaml.constructor.ConstructorError(
-                        None, None, f"duplicate key {key_node.value!r} in one mapping", key_node.start_mark
-                    )
-                seen.add(key)
-            return super().construct_mapping(node, deep)
+        def flatten_mapping(self, node: Any) -> None:
+            # Each mapping's own keys, checked once and before any merge (``<<``) is flattened into
+            # it: flattening rewrites an anchored mapping in place, and a key it overrides would
+            # then be seen twice where it was written once.
+            if id(node) not in self._checked:
+                self._checked.add(id(node))
+                seen: set[tuple[str, str]] = set()
+                for key_node, _ in node.value:
+                    if not isinstance(key_node, yaml.ScalarNode) or key_node.tag == "tag:yaml.org,2002:merge":
+                        continue
+                    key = (key_node.tag, key_node.value)
+                    if key in seen:
+                        raise yaml.constructor.ConstructorError(
+                            None, None, f"duplicate key {key_node.value!r} in one mapping", key_node.start_mark
+                        )
+                    seen.add(key)
+            super().flatten_mapping(node)
 
     return StrictLoader
 

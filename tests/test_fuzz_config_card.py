@@ -666,3 +666,22 @@ def test_predict_with_a_broken_card_exits_non_zero_with_one_error_line(tmp_path:
         assert len(lines) == 1 and lines[0].startswith("edgerun: error: "), (name, lines)
         assert f"{name}/{MODEL.name}.card.yaml" in lines[0], (name, lines)
     assert not (tmp_path / "pwned").exists()
+
+
+def test_a_merged_anchor_that_overrides_a_key_is_not_a_duplicate(tmp_path: Path) -> None:
+    """PyYAML flattens an anchored mapping in place when it is merged: a key it overrides, written
+    once, must not be taken for a key given twice (nor a key two merged mappings share)."""
+    from edgerun.card import yaml_loader
+
+    text = (
+        "a: &a {threads: 1, delegate: cpu}\n"
+        "c: &c {threads: 3}\n"
+        "defs: {base: &b {<<: *a, threads: 2}}\n"
+        "m: {<<: *b}\n"
+        "n: {<<: [*a, *c]}\n"
+    )
+    for pure in (True, False):
+        data = yaml.load(text, Loader=yaml_loader(pure))
+        assert data["m"] == {"threads": 2, "delegate": "cpu"} and data["n"]["delegate"] == "cpu"
+    with pytest.raises(yaml.YAMLError, match="duplicate key 'threads'"):
+        yaml.load("m: {threads: 1, threads: 2}\n", Loader=yaml_loader())

@@ -733,3 +733,9 @@ def test_a_manifest_time_in_milliseconds_is_refused_when_parsed() -> None:
     for field in ("issued", "expires"):
         with pytest.raises(UpdateRejected, match=rf"<= 100000000000.0 - at `\$.{field}`"):
             parse_manifest({"kind": "model-update", "issued": 1.0, "expires": 2.0, field: 1.7e12})
+
+
+def test_a_file_url_with_spaces_or_non_ascii_letters_parses_and_one_with_a_control_character_does_not() -> None:
+    assert _url_manifest("file:///srv/models/my model é.onnx").source.url == "file:///srv/models/my model é.onnx"
+    with pytest.raises(UpdateRejected, match="source url must not hold control characters"):
+        _url_manifest("file:///srv/models/m\n.onnx")

@@ -65,8 +65,8 @@ class Source(_Strict, frozen=True):
             raise ValueError("source must have exactly one of mqtt or url")
         if self.url is not None and not self.url.startswith(("https://", "http://", "file://")):
             raise ValueError("source url must be https://, http:// or file://")
-        if self.url is not None and not (self.url.isascii() and self.url.isprintable() and " " not in self.url):
-            raise ValueError("source url must be printable ASCII without spaces (percent-encode the rest)")
+        if self.url is not None and not self.url.isprintable():  # a line break would split a log line
+            raise ValueError("source url must not hold control characters (percent-encode them)")
 
 
 class Targets(_Strict, frozen=True):
