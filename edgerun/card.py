@@ -271,10 +271,16 @@ def _cache_entry(path: Path, cache_dir: Path | None) -> tuple[Path, str, list[in
     return where, resolved, [st.st_size, st.st_mtime_ns]
 
 
+#: The card rules a cached card was checked by. Raise it when a card that passed may fail now (as
+#: duplicate keys and NaN did, rule 1): a card cached under older rules is read and checked again.
+CARD_RULES = 1
+
+
 class _CachedCard(msgspec.Struct, frozen=True):
     path: str
     stamp: list[int]
     card: ModelCard
+    rules: int = 0  # CARD_RULES when it was cached (0: before the field)
 
 
 def _cached(where: Path, resolved: str, stamp: list[int]) -> ModelCard | None:
@@ -282,8 +288,8 @@ def _cached(where: Path, resolved: str, stamp: list[int]) -> ModelCard | None:
         cached = msgspec.json.decode(where.read_bytes(), type=_CachedCard)
     except (OSError, msgspec.DecodeError, msgspec.ValidationError):
         return None
-    if cached.path != resolved or cached.stamp != stamp:
-        return None  # another card with the same hash, or this one changed since
+    if cached.path != resolved or cached.stamp != stamp or cached.rules != CARD_RULES:
+        return None  # another card with the same hash, this one changed since, or checked by older rules
     return cached.card
 
 
@@ -292,7 +298,7 @@ def _remember(where: Path, resolved: str, stamp: list[int], card: ModelCard) -> 
         from edgerun.files import atomic_write
 
         where.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write(where, msgspec.json.encode(_CachedCard(resolved, stamp, card)))
+        atomic_write(where, msgspec.json.encode(_CachedCard(resolved, stamp, card, CARD_RULES)))
     except OSError as exc:  # a read-only state directory only costs speed
         log.debug("card cache not written (%s): %s", where, exc)
 

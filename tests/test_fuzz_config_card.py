@@ -685,3 +685,27 @@ def test_a_merged_anchor_that_overrides_a_key_is_not_a_duplicate(tmp_path: Path)
         assert data["m"] == {"threads": 2, "delegate": "cpu"} and data["n"]["delegate"] == "cpu"
     with pytest.raises(yaml.YAMLError, match="duplicate key 'threads'"):
         yaml.load("m: {threads: 1, threads: 2}\n", Loader=yaml_loader())
+
+
+def test_a_card_cached_before_the_stricter_rules_is_checked_again(tmp_path: Path) -> None:
+    """A card with a key given twice passed before duplicate keys were refused, and its cache entry
+    (written then, without ``rules``) must not keep serving it."""
+    import msgspec
+
+    from edgerun.card import _cache_entry, load_card
+    from edgerun.errors import CardError
+
+    good = (DIGITS / "digits_int8.onnx.card.yaml").read_text()
+    card = tmp_path / "m.onnx.card.yaml"
+    card.write_text(good + "name: digits\n")  # `name` is in the card already: now a duplicate
+    cache = tmp_path / "cards"
+    where, resolved, stamp = _cache_entry(card, cache)  # type: ignore[misc]
+    cache.mkdir()
+    old_entry = {
+        "path": resolved,
+        "stamp": stamp,
+        "card": msgspec.to_builtins(load_card(DIGITS / "digits_int8.onnx.card.yaml", tmp_path / "c2")),
+    }
+    where.write_bytes(msgspec.json.encode(old_entry))  # as the cache was written before `rules`
+    with pytest.raises(CardError, match="duplicate key 'name'"):
+        load_card(card, cache)
