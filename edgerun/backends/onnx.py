@@ -108,11 +108,10 @@ def _ort_message(exc: BaseException) -> str:
         text = text[:_ORT_MESSAGE_MAX] + "..."
     text = _ORT_PREFIX.sub("", text)
     node = _ORT_NODE.match(text)
-    if node:
-        op, name = node.groups()
-        rest = _ORT_ENFORCE.sub("", text[node.end() :])
-        text = f"{op} node{f' {name!r}' if name else ''}: {rest}"
-    return _ORT_ENFORCE.sub("", text)
+    if node is None:
+        return _ORT_ENFORCE.sub("", text)
+    op, name = node.groups()
+    return f"{op} node{f' {name!r}' if name else ''}: {_ORT_ENFORCE.sub('', text[node.end() :])}"
 
 
 def _spec(arg: Any) -> TensorSpec:

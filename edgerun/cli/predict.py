@@ -127,8 +127,8 @@ def check_output_name(path: str | None) -> None:
         kind = sink_kind(path)
     except ConfigError:  # no kind of sink: a plain file name
         return
-    if kind in ("csv", "video", "images"):
-        what = {"csv": "a CSV file", "video": "a video file", "images": "a folder"}[kind]
+    what = {"csv": "a CSV file", "video": "a video file", "images": "a folder"}.get(kind)
+    if what is not None:
         hint = " (edgerun run MODEL --source INPUT --sink FILE.csv writes CSV)" if kind == "csv" else ""
         raise ConfigError(
             f"--output {path} names {what}, but predict writes JSON Lines: name it FILE.jsonl, FILE.ndjson or FILE.json"
