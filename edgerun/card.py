@@ -166,14 +166,17 @@ def yaml_problem(exc: Exception, text: str) -> str:
     """`` at line N: what`` for a PyYAML error on ``text``, on one line.
 
     A scanner, parser or constructor error carries a mark and a problem; a reader error
-    (a control character, which YAML does not allow) carries only an offset into ``text``
-    and a two-line message of its own.
+    (a control character, which YAML does not allow) carries only an offset into ``text`` (in
+    characters from the pure-Python reader, in bytes from libyaml) and a two-line message of its own.
     """
     import yaml
 
     if isinstance(exc, yaml.reader.ReaderError):
-        line = text.count("\n", 0, exc.position) + 1
         char = chr(exc.character) if isinstance(exc.character, int) else exc.character
+        if 0 <= exc.position < len(text) and text[exc.position] == char:  # the pure-Python reader: characters
+            line = text.count("\n", 0, exc.position) + 1
+        else:  # libyaml counts bytes of the UTF-8 text
+            line = text.encode("utf-8", "surrogatepass").count(b"\n", 0, exc.position) + 1
         return f" at line {line}: character {char!r} is not allowed ({exc.reason})"
     mark = getattr(exc, "problem_mark", None)
     where = f" at line {mark.line + 1}" if mark is not None else ""

@@ -4,19 +4,34 @@ from __future__ import annotations
 
 import contextlib
 import os
+import stat
 from collections.abc import Iterator
 from pathlib import Path
 
 __all__ = ["atomic_output", "atomic_write", "fsync_dir", "read_utf8", "same_file", "sha256_file"]
 
 
+#: the most a config or a card may hold: 30 times a card with 1,000 labels, and a bound on what a
+#: file given by mistake costs before it is refused (the pure-Python YAML reader takes ~1 s a MiB)
+TEXT_MAX_BYTES = 1 << 20
+
+
 def read_utf8(path: Path, what: str, error: type[Exception]) -> str:
     """The text of a UTF-8 file (a config, a card); ``error`` in one line naming the file and,
-    for text that is not UTF-8, the byte, its offset and its line."""
+    for text that is not UTF-8, the byte, its offset and its line.
+
+    A device is refused, and so is text over ``TEXT_MAX_BYTES``. A pipe is read to its end
+    (``edgerun config check <(...)``), waiting for its writer as ``cat`` would.
+    """
     try:
-        raw = path.read_bytes()
+        with open(path, "rb") as fh:
+            if stat.S_ISCHR(mode := os.fstat(fh.fileno()).st_mode) or stat.S_ISBLK(mode):
+                raise error(f"cannot read {what} {path}: is a device, not a file")
+            raw = fh.read(TEXT_MAX_BYTES + 1)
     except OSError as exc:
         raise error(f"cannot read {what} {path}: {exc.strerror}") from exc
+    if len(raw) > TEXT_MAX_BYTES:
+        raise error(f"cannot read {what} {path}: larger than {TEXT_MAX_BYTES >> 20} MiB, more than any config or card")
     try:
         return raw.decode("utf-8")
     except UnicodeDecodeError as exc:

@@ -89,6 +89,8 @@ class MqttSettings:
             raise ConfigError(f"MQTT URL has a bad port: {url!r} (port 0)")
         if not parts.hostname:
             raise ConfigError(f"MQTT URL has no host: {url!r}")
+        if not all(c.isalnum() or c in "._-:%" for c in parts.hostname):  # a NUL or a space reaches the resolver
+            raise ConfigError(f"MQTT URL has a bad host name: {url!r}")
         if parts.path not in ("", "/"):
             raise ConfigError(f"MQTT broker URL takes no path (the topics come from the protocol): {url!r}")
         tls = parts.scheme == "mqtts"
