@@ -17,7 +17,6 @@ option goes through, so the file and the command line accept the same URLs.
 
 from __future__ import annotations
 
-import fnmatch
 import glob
 import ipaddress
 import os
@@ -30,6 +29,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationErr
 
 from edgerun.errors import ConfigError, shown
 from edgerun.files import read_utf8
+from edgerun.globbing import glob_lists
 from edgerun.limits import BATCH_SIZE_MAX, FPS_MAX, FPS_MIN, PREPARE_WORKERS_MAX, THREADS_MAX
 
 __all__ = ["ApiConfig", "Config", "check_runnable", "default_config", "load_config"]
@@ -173,64 +173,12 @@ class PipelineConfig(_Strict):
         """
         from edgerun.sinks import sink_onto_input
 
-        if glob.has_magic(self.source):
-            inputs = [s for s in self.sinks if _glob_lists(s, self.source)]  # paths as the daemon's glob gives them
-        else:
-            inputs = [self.source]
+        # a glob source: the sinks it lists, by the names the daemon's glob gives them
+        inputs = [s for s in self.sinks if glob_lists(s, self.source)] if glob.has_magic(self.source) else [self.source]
         clash = sink_onto_input(self.sinks, inputs)
         if clash is not None:
             raise ValueError(f"sink {clash[0]!r} is the source file {clash[1]}: writing it would damage the input")
         return self
-
-
-def _glob_lists(path: str, pattern: str) -> bool:
-    """Whether ``glob.glob(pattern, recursive=True)`` lists the existing ``path``, decided from the
-    two strings (and whether ``path`` is a folder), without listing any folder.
-
-    Both are taken from the working directory, as glob takes a relative pattern; ``**`` stands
-    for any number of folders (and, at the end, for every name below), and a wildcard does not
-    match a hidden name (``.x``), as in glob. A path reached through a symlink under another name
-    is not seen as the pattern's, and neither is one matched by a pattern with ``..`` after a
-    wildcard.
-    """
-    given = os.path.join(os.getcwd(), pattern).split(os.sep)
-    if given[-1] in ("", ".", "..") and not os.path.isdir(path):  # `*/`, `*/.`: folders only
-        return False
-    parts: list[str] = []
-    for part in given:
-        if part in ("", "."):
-            continue
-        if part == "..":
-            if any(glob.has_magic(p) for p in parts):  # where it leads depends on what the wildcard found
-                return False
-            parts = parts[:-1]
-            continue
-        parts.append(part)
-    names = [name for name in os.path.abspath(path).split(os.sep) if name]
-    reach = [True] + [False] * len(names)  # reach[j]: the parts so far match names[:j]
-    for index, part in enumerate(parts):
-        after = [False] * (len(names) + 1)
-        for j in (j for j in range(len(names) + 1) if reach[j]):
-            if part == "**":
-                if index < len(parts) - 1 or j < len(names) or os.path.isdir(path):
-                    after[j] = True  # none at all: at the end, only for the folder itself, as glob gives `d/`
-                k = j
-                while k < len(names) and not names[k].startswith("."):
-                    k += 1
-                    after[k] = True
-            elif j < len(names) and _name_matches(names[j], part):
-                after[j + 1] = True
-        reach = after
-    return reach[-1]
-
-
-def _name_matches(name: str, part: str) -> bool:
-    """One path component against one pattern component, as glob matches them."""
-    if not glob.has_magic(part):
-        return name == part
-    if name.startswith(".") and not part.startswith("."):
-        return False
-    return fnmatch.fnmatchcase(name, part)
 
 
 class MqttConfig(_Strict):

@@ -8,6 +8,7 @@ import time
 from collections.abc import Iterator, Sequence
 
 from edgerun.errors import InputError
+from edgerun.globbing import glob_files
 from edgerun.inputs import InputRef, expand_inputs, read_input
 from edgerun.sources.base import Frame
 
@@ -44,11 +45,12 @@ class FileSource:
 
     @staticmethod
     def expand(paths: Sequence[str]) -> list[str]:
-        """Globs expanded (sorted); other paths kept for ``expand_inputs``."""
+        """Globs expanded (sorted, ``**`` entering no linked folder: see ``edgerun.globbing``); other
+        paths kept for ``expand_inputs``; a glob that matches nothing kept as it is, to be reported."""
         out: list[str] = []
         for p in paths:
             if glob.has_magic(p):
-                out.extend(sorted(glob.glob(p, recursive=True)) or [p])
+                out.extend(glob_files(p) or [p])
             else:
                 out.append(p)
         return out
