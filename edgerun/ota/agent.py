@@ -455,16 +455,27 @@ class OtaAgent:
                 "format": manifest.format,
                 "installed": int(time.time()),
             }
-            self.store.install(name, version, manifest.format, blob, record, card.to_dict(), move=True)
+            step = "installing"
+            try:
+                self.store.install(name, version, manifest.format, blob, record, card.to_dict(), move=True)
+            except OSError as exc:  # the store's disk (full, read-only): not the update's fault, so not rejected
+                cause = exc.strerror or one_line(exc)
+                raise UpdateFailed(f"cannot install {name} {version} in the store: {cause}") from exc
             discard(self.downloads, manifest.sha256)
             step = "validating"
             self._journal(uid, state="validating")
             self._status(uid, "validating", model=name, version=version, progress=1.0)
             model = self._load_and_validate(name, version, card, manifest)
         except UpdateFailed as exc:
+            if step == "installing":
+                # The blob is whole, and a download never reuses a whole blob (published again, it fetches
+                # every chunk anew beside it): kept, it would only take room, maybe on the disk that is full.
+                discard(self.downloads, manifest.sha256)
+                self._forget(name, version)  # there only when the install's last step (an fsync) failed
             if self._stop.is_set():
                 return None  # resumes at the next start
-            # The chunks stay until the next update or start (_tidy_downloads): published again, it resumes.
+            # The chunks of a failed download stay until the next update or start (_tidy_downloads):
+            # published again, it resumes.
             self._journal(uid, state="failed", reason=str(exc))
             self._status(uid, "failed", model=name, version=version, reason=str(exc))
             return None

@@ -26,6 +26,7 @@ Invariants, whatever is killed when:
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import logging
 import os
@@ -154,19 +155,37 @@ class ModelStore:
         *,
         move: bool = False,
     ) -> Path:
-        """Put a version in the store beside the others (complete, or not at all)."""
+        """Put a version in the store beside the others (complete, or not at all).
+
+        With ``move``, ``source`` is renamed into the store, or, when the store is on another
+        filesystem than ``source`` (``EXDEV``: a store mounted from a USB disk or another
+        partition), copied and deleted once the version is in place. When the install fails,
+        ``source`` is left where it was and its ``.building`` folder is deleted; the version is
+        in the store only when the last step failed (the fsync of ``versions/`` after the rename).
+
+        Raises:
+            OSError: the store's disk refused (full, read-only, a path that is not a folder).
+            UpdateRejected: the version is installed and in use.
+        """
         final = self.version_dir(name, version)
         final.parent.mkdir(parents=True, exist_ok=True)
         building = final.parent / f".{version}.{secrets.token_hex(4)}.building"
         aside: Path | None = None  # the copy of this version installed before, while it is replaced
+        moved = False  # source was renamed into ``building``: it goes back if the install fails
         with self._lock:
             building.mkdir()
             self._building.add(building)
+        target = building / f"model.{fmt}"
         try:
-            target = building / f"model.{fmt}"
             if move:
-                os.replace(source, target)
-            else:
+                try:
+                    os.replace(source, target)
+                    moved = True
+                except OSError as exc:
+                    if exc.errno != errno.EXDEV:
+                        raise
+                    log.info("the store %s is on another filesystem than %s: copying it", self.root, source)
+            if not moved:
                 shutil.copyfile(source, target)
             with open(target, "rb+") as fh:
                 os.fsync(fh.fileno())
@@ -184,6 +203,9 @@ class ModelStore:
             os.replace(building, final)
             fsync_dir(final.parent)
         except BaseException:
+            if moved:  # the caller's file goes back (a rename in one filesystem: no space needed)
+                with contextlib.suppress(OSError):
+                    os.replace(target, source)
             shutil.rmtree(building, ignore_errors=True)
             if aside is not None and not final.exists():  # the new copy never took its place
                 with contextlib.suppress(OSError):
@@ -194,6 +216,11 @@ class ModelStore:
                 self._building.discard(building)
         if aside is not None:
             shutil.rmtree(aside, ignore_errors=True)
+        if move and not moved:  # copied across filesystems: the version is in place, the source goes
+            try:
+                os.unlink(source)
+            except OSError as exc:
+                log.warning("installed %s %s, but cannot delete %s: %s", name, version, source, exc)
         log.info("installed %s %s in the store", name, version)
         return final / f"model.{fmt}"
 
