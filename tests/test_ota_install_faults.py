@@ -4,13 +4,15 @@ The store (``<state dir>/models``) may be on another filesystem than the downloa
 another partition mounted there): the downloaded blob cannot be renamed into the store (EXDEV) and
 is copied instead. A full or read-only store fails the update (``failed``, a one-line reason naming
 the step and the cause), leaves nothing of the new version in the store and keeps the old version
-serving. The other filesystems are real tmpfs mounts (``small_disk``), filled with a real file and
-freed by deleting it; the updates are real signed manifests through a real broker and agent.
+serving; the whole blob downloaded stays, and the same update published again installs from it.
+The other filesystems are real tmpfs mounts (``small_disk``), filled with a real file and freed by
+deleting it; the updates are real signed manifests through a real broker and agent.
 """
 
 from __future__ import annotations
 
 import errno
+import logging
 import os
 import secrets
 import subprocess
@@ -24,7 +26,7 @@ import pytest
 import edgerun
 from edgerun.ota.store import ModelStore
 from tests.conftest import Broker
-from tests.ota_helpers import Agent, StatusWatcher, make_key, model_with_card, push_update, unique_model
+from tests.ota_helpers import Agent, StatusWatcher, make_key, model_with_card, publish, push_update, unique_model
 
 ENDED = {"active", "rejected", "failed", "rolled_back"}
 
@@ -81,7 +83,7 @@ def assert_still_serving_1_0_0(agent: Agent, uid: str, sha256: str) -> None:
     assert active is not None and active.version == "1.0.0", active
     assert agent.slot.primary.version == "1.0.0"
     assert agent.journal(uid)["state"] == "failed"
-    assert not (agent.state / "ota" / "downloads" / sha256).exists()  # a whole blob is never resumed from
+    assert (agent.state / "ota" / "downloads" / sha256 / "blob").is_file()  # kept: published again, it is reused
 
 
 def test_an_update_installs_into_a_store_on_another_filesystem_by_copying_the_download(
@@ -127,7 +129,10 @@ def test_a_full_store_fails_the_update_in_one_line_and_the_same_update_installs_
         assert_still_serving_1_0_0(agent, uid, update["sha256"])
 
         filler.unlink()  # space is back: the same file and version, published again, installs
-        again = push_update(broker.port, keys["key"], v11, "1.1.0", device, probation_s=0)
+        blob = update["source"]["mqtt"]
+        for i in range(blob["chunks"]):  # its retained chunks cleared: the blob on the device is all there is
+            publish(broker.port, f"{blob['topic']}/{i}", b"", retain=True)
+        again = push_update(broker.port, keys["key"], v11, "1.1.0", device, probation_s=0, chunks=range(0))
         assert again["update_id"] != uid
         record = watcher.wait_state(device, again["update_id"], ENDED, timeout=30)
         assert record["state"] == "active", record
@@ -138,8 +143,13 @@ def test_a_full_store_fails_the_update_in_one_line_and_the_same_update_installs_
         agent.stop()
 
 
-def test_a_read_only_store_fails_the_update_in_one_line_and_keeps_the_old_version_serving(
-    broker: Broker, keys: dict[str, Any], watcher: StatusWatcher, small_disk: Callable[[int], Path], tmp_path: Path
+def test_a_read_only_store_fails_the_update_in_one_line_and_a_kept_blob_damaged_since_is_fetched_again(
+    broker: Broker,
+    keys: dict[str, Any],
+    watcher: StatusWatcher,
+    small_disk: Callable[[int], Path],
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     device = f"erofs-{secrets.token_hex(3)}"
     disk = small_disk(1 << 20)
@@ -152,6 +162,20 @@ def test_a_read_only_store_fails_the_update_in_one_line_and_keeps_the_old_versio
         assert record["state"] == "failed", record
         assert record["reason"] == "cannot install digits 1.1.0 in the store: Read-only file system", record
         assert_still_serving_1_0_0(agent, update["update_id"], update["sha256"])
+
+        # The blob kept on disk is damaged meanwhile: published again, the update fetches it anew (its
+        # chunks are still retained), never installs the damaged copy.
+        subprocess.run(["mount", "-o", "remount,rw", str(disk)], check=True, capture_output=True)
+        kept = agent.state / "ota" / "downloads" / update["sha256"] / "blob"
+        damaged = bytearray(kept.read_bytes())
+        damaged[len(damaged) // 2] ^= 0xFF
+        kept.write_bytes(bytes(damaged))
+        with caplog.at_level(logging.WARNING, logger="edgerun.ota.transfer"):
+            again = push_update(broker.port, keys["key"], v11, "1.1.0", device, probation_s=0)
+            record = watcher.wait_state(device, again["update_id"], ENDED, timeout=30)
+        assert record["state"] == "active", record
+        assert agent.store.verified_file("digits", "1.1.0").read_bytes() == v11.read_bytes()
+        assert any("the blob on disk is not the manifest's" in r.getMessage() for r in caplog.records)
     finally:
         agent.stop()
 

@@ -468,14 +468,11 @@ class OtaAgent:
             model = self._load_and_validate(name, version, card, manifest)
         except UpdateFailed as exc:
             if step == "installing":
-                # The blob is whole, and a download never reuses a whole blob (published again, it fetches
-                # every chunk anew beside it): kept, it would only take room, maybe on the disk that is full.
-                discard(self.downloads, manifest.sha256)
                 self._forget(name, version)  # there only when the install's last step (an fsync) failed
             if self._stop.is_set():
                 return None  # resumes at the next start
-            # The chunks of a failed download stay until the next update or start (_tidy_downloads):
-            # published again, it resumes.
+            # What was downloaded (chunks, or the whole blob when the store refused it) stays until the
+            # next update or start (_tidy_downloads): published again, the update resumes from it.
             self._journal(uid, state="failed", reason=str(exc))
             self._status(uid, "failed", model=name, version=version, reason=str(exc))
             return None

@@ -423,6 +423,10 @@ def download(
     folder = downloads / manifest.sha256
     folder.mkdir(parents=True, exist_ok=True)
     target = folder / "blob"
+    if _whole(target, manifest):
+        log.info("%s: the whole blob is on disk already (an earlier try ended after its download)", manifest.update_id)
+        progress(1.0)
+        return target
     stop = stop or threading.Event()
     if manifest.source.mqtt is not None:
         if link is None:
@@ -431,6 +435,20 @@ def download(
     else:
         _download_url(manifest, folder, target, progress, timeout_s, stop)
     return target
+
+
+def _whole(target: Path, manifest: Manifest) -> bool:
+    """Whether ``target`` holds the manifest's whole blob: a download that finished before the update
+    ended (a restart before the install, a store that refused it), to be installed without fetching
+    every chunk again over what may be a metered link. One that is not (corrupted since) is deleted."""
+    try:
+        _check(target.stat().st_size, sha256_file(target), manifest, target)
+    except OSError:  # none (the usual case), or unreadable: fetched anew
+        return False
+    except UpdateRejected as exc:
+        log.warning("%s: the blob on disk is not the manifest's (%s); downloading it again", manifest.update_id, exc)
+        return False
+    return True
 
 
 def discard(downloads: Path, sha256: str) -> None:
