@@ -47,6 +47,9 @@ __all__ = [
 
 NAME_RE = r"^[a-z0-9][a-z0-9._-]{0,63}$"
 VERSION_RE = r"^\d+\.\d+\.\d+$"
+#: the most a card file may hold: a bound on a file given by mistake, far above any card. The store
+#: writes an OTA card as indented, ASCII-escaped JSON, up to ~2.3x the 1 MiB envelope it came in.
+CARD_MAX_BYTES = 16 << 20
 
 Dim = Annotated[int, msgspec.Meta(ge=1, le=8192)]
 
@@ -167,16 +170,17 @@ def yaml_problem(exc: Exception, text: str) -> str:
 
     A scanner, parser or constructor error carries a mark and a problem; a reader error
     (a control character, which YAML does not allow) carries only an offset into ``text`` (in
-    characters from the pure-Python reader, in bytes from libyaml) and a two-line message of its own.
+    characters from the pure-Python reader, in bytes from libyaml), the character, and a two-line
+    message of its own.
     """
     import yaml
 
     if isinstance(exc, yaml.reader.ReaderError):
         char = chr(exc.character) if isinstance(exc.character, int) else exc.character
-        if 0 <= exc.position < len(text) and text[exc.position] == char:  # the pure-Python reader: characters
-            line = text.count("\n", 0, exc.position) + 1
-        else:  # libyaml counts bytes of the UTF-8 text
-            line = text.encode("utf-8", "surrogatepass").count(b"\n", 0, exc.position) + 1
+        # Both readers stop at the first character YAML does not allow, but libyaml gives its place in
+        # bytes of the UTF-8 text and the pure-Python reader in characters: it is found in the text.
+        first = text.find(char)
+        line = text.count("\n", 0, first if first >= 0 else exc.position) + 1
         return f" at line {line}: character {char!r} is not allowed ({exc.reason})"
     mark = getattr(exc, "problem_mark", None)
     where = f" at line {mark.line + 1}" if mark is not None else ""
@@ -245,7 +249,7 @@ def load_card(path: Path, cache_dir: Path | None = None) -> ModelCard:
         return cached
     import yaml
 
-    text = read_utf8(path, "card", CardError)
+    text = read_utf8(path, "card", CardError, CARD_MAX_BYTES)
     try:
         data = yaml.load(text, Loader=yaml_loader())  # a safe loader: no tag builds an object
     except yaml.YAMLError as exc:

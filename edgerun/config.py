@@ -53,6 +53,9 @@ FileName = Annotated[str, AfterValidator(_no_nul)]
 #: server in whatever encoding the client chose: such a token could never be matched.
 TOKEN_PATTERN = r"^[\x21-\x7e]+$"
 TOKEN_MIN = 16
+#: the most a config may hold: hundreds of times a real one, and a bound on what a file given by
+#: mistake costs before it is refused (the pure-Python YAML reader the config uses takes ~1 s a MiB)
+CONFIG_MAX_BYTES = 1 << 20
 
 
 def _check_token(token: str, where: str) -> str:
@@ -465,7 +468,7 @@ def load_config(path: str | os.PathLike[str]) -> Config:
     from edgerun.card import yaml_loader, yaml_problem
 
     path = Path(path)
-    text = read_utf8(path, "config", ConfigError)
+    text = read_utf8(path, "config", ConfigError, CONFIG_MAX_BYTES)
     try:
         data = yaml.load(text, Loader=yaml_loader(pure=True))  # a SafeLoader subclass: keys once, no objects
     except yaml.YAMLError as exc:

@@ -11,33 +11,35 @@ from pathlib import Path
 __all__ = ["atomic_output", "atomic_write", "fsync_dir", "read_utf8", "same_file", "sha256_file"]
 
 
-#: the most a config or a card may hold: 30 times a card with 1,000 labels, and a bound on what a
-#: file given by mistake costs before it is refused (the pure-Python YAML reader takes ~1 s a MiB)
-TEXT_MAX_BYTES = 1 << 20
-
-
-def read_utf8(path: Path, what: str, error: type[Exception]) -> str:
+def read_utf8(path: Path, what: str, error: type[Exception], max_bytes: int) -> str:
     """The text of a UTF-8 file (a config, a card); ``error`` in one line naming the file and,
     for text that is not UTF-8, the byte, its offset and its line.
 
-    A device is refused, and so is text over ``TEXT_MAX_BYTES``. A pipe is read to its end
-    (``edgerun config check <(...)``), waiting for its writer as ``cat`` would.
+    A device is refused before it is opened (opening ``/dev/watchdog`` arms it, a serial line
+    may block), and so is text over ``max_bytes``, before it is parsed. A pipe is read to its
+    end (``edgerun config check <(...)``), waiting for its writer as ``cat`` would.
     """
     try:
+        if _device(os.stat(path).st_mode):
+            raise error(f"cannot read {what} {path}: is a device, not a file")
         with open(path, "rb") as fh:
-            if stat.S_ISCHR(mode := os.fstat(fh.fileno()).st_mode) or stat.S_ISBLK(mode):
+            if _device(os.fstat(fh.fileno()).st_mode):  # replaced by one since the stat
                 raise error(f"cannot read {what} {path}: is a device, not a file")
-            raw = fh.read(TEXT_MAX_BYTES + 1)
+            raw = fh.read(max_bytes + 1)
     except OSError as exc:
         raise error(f"cannot read {what} {path}: {exc.strerror}") from exc
-    if len(raw) > TEXT_MAX_BYTES:
-        raise error(f"cannot read {what} {path}: larger than {TEXT_MAX_BYTES >> 20} MiB, more than any config or card")
+    if len(raw) > max_bytes:
+        raise error(f"cannot read {what} {path}: larger than {max_bytes >> 20} MiB, more than any {what}")
     try:
         return raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         line = raw.count(b"\n", 0, exc.start) + 1
         where = f"byte 0x{raw[exc.start]:02x} at offset {exc.start}, line {line}"
         raise error(f"{path}: not UTF-8 text ({where})") from None
+
+
+def _device(mode: int) -> bool:
+    return stat.S_ISCHR(mode) or stat.S_ISBLK(mode)
 
 
 def same_file(a: str, b: str) -> bool:

@@ -30,10 +30,13 @@ from __future__ import annotations
 
 import fnmatch
 import glob
+import logging
 import os
 from collections.abc import Iterable, Iterator
 
 __all__ = ["glob_files", "glob_lists"]
+
+log = logging.getLogger(__name__)
 
 
 def glob_files(pattern: str) -> list[str]:
@@ -113,7 +116,10 @@ def _below(folder: str, *, folders_only: bool) -> Iterator[str]:
             continue
         try:
             real_folder = entry.is_dir(follow_symlinks=False)
-            if (folders_only and not real_folder) or (entry.is_symlink() and entry.is_dir()):
+            if entry.is_symlink() and entry.is_dir():
+                log.info("'**' does not enter %s, a link to a folder (name it in the pattern to read it)", entry.path)
+                continue
+            if folders_only and not real_folder:
                 continue
         except OSError:
             continue
@@ -158,7 +164,10 @@ def glob_lists(path: str, pattern: str) -> bool:
     rest = [part for part in given[first:] if part not in ("", ".")]
     if ".." in rest:
         return False
-    start = os.path.realpath(os.path.join(cwd or os.sep, os.sep.join(given[:first])))
+    literal = os.sep.join(given[:first]) or (os.sep if pattern.startswith(os.sep) else "")  # `/**`: the root
+    if not os.path.isdir(os.path.join(cwd or os.sep, literal)):  # `missing/../d/*`: nothing through a missing folder
+        return False
+    start = os.path.realpath(os.path.join(cwd or os.sep, literal))
     folder = [name for name in start.split(os.sep) if name]  # names, compared as they are
     spellings = _spellings(os.path.join(cwd or os.sep, path))
     return any(names[: len(folder)] == folder and _matches(names, len(folder), rest) for names in spellings)

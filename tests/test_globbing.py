@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import glob
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -90,7 +91,7 @@ def test_a_double_star_source_over_two_loops_into_each_others_parents_ends(
 
 
 def test_a_wildcard_follows_a_linked_folder_as_glob_does_while_double_star_does_not_enter_it(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     for name in ("data/own.png", "elsewhere/x.png", "elsewhere/deep/y.png"):
         _png(tmp_path / name)
@@ -99,7 +100,10 @@ def test_a_wildcard_follows_a_linked_folder_as_glob_does_while_double_star_does_
     for pattern in ("data/*/*.png", "data/*/*/*.png", "data/link/**/*.png", "data/l?nk/*.png"):
         assert glob_files(pattern) == sorted(glob.glob(pattern, recursive=True)) != []  # `*` and a named link
     assert [r.path for r in FileSource(["data/*"]).refs] == ["data/link/deep/y.png", "data/link/x.png", "data/own.png"]
-    assert [r.path for r in FileSource(["data/**/*.png"]).refs] == ["data/own.png"]
+    with caplog.at_level(logging.INFO, logger="edgerun.globbing"):
+        assert [r.path for r in FileSource(["data/**/*.png"]).refs] == ["data/own.png"]
+    skipped = "'**' does not enter data/link, a link to a folder (name it in the pattern to read it)"
+    assert [r.getMessage() for r in caplog.records] == [skipped]  # said, not silently left out
     assert [r.path for r in FileSource(["data/**/*/*.png"]).refs] == ["data/link/x.png"]  # `*` took the link
 
 
@@ -247,3 +251,34 @@ def test_a_sink_under_a_linked_folder_is_refused_only_where_double_star_reaches_
     with pytest.raises(ConfigError, match="is the source file"):  # its real file is data/sub/in.jsonl
         parse_config(_config("data/**/*.jsonl", "data/inside/in.jsonl"), "c.yaml")
     parse_config(_config("data/**/*.jsonl", "data/outside/out.jsonl"), "c.yaml")  # `**` does not go there
+
+
+def test_a_pattern_whose_first_wildcard_is_in_the_root_folder_is_matched_from_the_root(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``/**/x.jsonl`` once started from the working folder: the sink onto the source went unseen from
+    elsewhere, and a relative sink was refused for a pattern that lists nothing."""
+    sink = tmp_path / "w" / "out.jsonl"
+    sink.parent.mkdir()
+    sink.write_text("{}\n")
+    top = tmp_path.parts[1]  # `/tmp/...` -> 'tmp'
+    monkeypatch.chdir("/usr")
+    for pattern in ("/**/out.jsonl", f"/{top[0]}*/{os.path.relpath(sink, '/' + top)}"):
+        assert glob_lists(str(sink), pattern), pattern
+        with pytest.raises(ConfigError, match="is the source file"):
+            parse_config(_config(pattern, str(sink)), "c.yaml")
+    monkeypatch.chdir(sink.parent)
+    assert glob_files("/*.jsonl") == [] or "/out.jsonl" not in glob_files("/*.jsonl")
+    assert not glob_lists("out.jsonl", "/*.jsonl")
+    parse_config(_config("/*.jsonl", "out.jsonl"), "c.yaml")
+
+
+def test_a_pattern_through_a_missing_folder_and_dot_dot_lists_nothing_and_refuses_no_sink(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "out.jsonl").write_text("{}\n")
+    monkeypatch.chdir(tmp_path)
+    assert glob_files("missing/../data/*.jsonl") == []  # the system resolves no `..` through a missing folder
+    assert not glob_lists("data/out.jsonl", "missing/../data/*.jsonl")
+    parse_config(_config("missing/../data/*.jsonl", "data/out.jsonl"), "c.yaml")

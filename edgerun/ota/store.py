@@ -144,6 +144,17 @@ class ModelStore:
         return path
 
     # -- changes ---------------------------------------------------------------
+    def _linked(self, source: Path, target: Path) -> bool:
+        """Hard-link ``source`` as ``target``; False where the filesystems allow no link between them."""
+        try:
+            os.link(source, target)
+        except OSError as exc:
+            if exc.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK, errno.EOPNOTSUPP, errno.ENOTSUP):
+                raise
+            log.info("the store %s cannot link %s (%s): copying it", self.root, source.name, exc.strerror)
+            return False
+        return True
+
     def install(
         self,
         name: str,
@@ -157,11 +168,10 @@ class ModelStore:
     ) -> Path:
         """Put a version in the store beside the others (complete, or not at all).
 
-        With ``move``, ``source`` is renamed into the store, or, when the store is on another
-        filesystem than ``source`` (``EXDEV``: a store mounted from a USB disk or another
-        partition), copied and deleted once the version is in place. When the install fails,
-        ``source`` is left where it was and its ``.building`` folder is deleted; the version is
-        in the store only when the last step failed (the fsync of ``versions/`` after the rename).
+        With ``move``, ``source`` is hard-linked into the store (or copied, where the store is on
+        another filesystem or one without links: a USB disk, FAT) and deleted once the version is
+        in place; until then it stays where it was, whatever fails or however the process ends, so
+        an update resumed or published again installs it without downloading it again.
 
         Raises:
             OSError: the store's disk refused (full, read-only, a path that is not a folder).
@@ -171,21 +181,12 @@ class ModelStore:
         final.parent.mkdir(parents=True, exist_ok=True)
         building = final.parent / f".{version}.{secrets.token_hex(4)}.building"
         aside: Path | None = None  # the copy of this version installed before, while it is replaced
-        moved = False  # source was renamed into ``building``: it goes back if the install fails
         with self._lock:
             building.mkdir()
             self._building.add(building)
-        target = building / f"model.{fmt}"
         try:
-            if move:
-                try:
-                    os.replace(source, target)
-                    moved = True
-                except OSError as exc:
-                    if exc.errno != errno.EXDEV:
-                        raise
-                    log.info("the store %s is on another filesystem than %s: copying it", self.root, source)
-            if not moved:
+            target = building / f"model.{fmt}"
+            if not (move and self._linked(source, target)):
                 shutil.copyfile(source, target)
             with open(target, "rb+") as fh:
                 os.fsync(fh.fileno())
@@ -203,9 +204,6 @@ class ModelStore:
             os.replace(building, final)
             fsync_dir(final.parent)
         except BaseException:
-            if moved:  # the caller's file goes back (a rename in one filesystem: no space needed)
-                with contextlib.suppress(OSError):
-                    os.replace(target, source)
             shutil.rmtree(building, ignore_errors=True)
             if aside is not None and not final.exists():  # the new copy never took its place
                 with contextlib.suppress(OSError):
@@ -216,7 +214,7 @@ class ModelStore:
                 self._building.discard(building)
         if aside is not None:
             shutil.rmtree(aside, ignore_errors=True)
-        if move and not moved:  # copied across filesystems: the version is in place, the source goes
+        if move:  # the version is in place, durably: the download goes
             try:
                 os.unlink(source)
             except OSError as exc:

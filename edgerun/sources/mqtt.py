@@ -40,6 +40,7 @@ from edgerun.errors import ConfigError, SourceError
 from edgerun.inputs import NPY_ERRORS, json_array, load_npy, npy_reason
 from edgerun.sources.base import Frame, LatestBuffer, LiveSource, connect_with_retries
 from edgerun.sync.diagnose import subscribe_refusal
+from edgerun.sync.settings import host_name_ok
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +70,7 @@ def parse_mqtt_url(url: str) -> tuple[str, int, str]:
     else:
         host, colon, port_text = hostport.partition(":")
         port_text = port_text if colon else "1883"
-    if not host or any(c in host for c in "[]@ ") or not port_text.isdigit() or not 0 < int(port_text) < 65536:
+    if not host_name_ok(host) or not port_text.isdigit() or not 0 < int(port_text) < 65536:
         raise ConfigError(f"MQTT source URL has a bad host or port: {url!r}")
     return host, int(port_text), topic
 

@@ -9,7 +9,14 @@ from urllib.parse import unquote, urlsplit
 
 from edgerun.errors import ConfigError
 
-__all__ = ["MqttSettings"]
+__all__ = ["MqttSettings", "host_name_ok"]
+
+
+def host_name_ok(host: str) -> bool:
+    """Whether ``host`` (a name, an international one included, or an address) can reach a resolver:
+    no space, control character or character a URL's host cannot hold. A NUL there once passed
+    ``config check`` and the command line."""
+    return bool(host) and not any(c.isspace() or not c.isprintable() or c in '<>"\\^`{|}[]@/?#' for c in host)
 
 
 @dataclass(frozen=True)
@@ -89,7 +96,7 @@ class MqttSettings:
             raise ConfigError(f"MQTT URL has a bad port: {url!r} (port 0)")
         if not parts.hostname:
             raise ConfigError(f"MQTT URL has no host: {url!r}")
-        if not all(c.isalnum() or c in "._-:%" for c in parts.hostname):  # a NUL or a space reaches the resolver
+        if not host_name_ok(parts.hostname):
             raise ConfigError(f"MQTT URL has a bad host name: {url!r}")
         if parts.path not in ("", "/"):
             raise ConfigError(f"MQTT broker URL takes no path (the topics come from the protocol): {url!r}")
