@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import io
 import logging
 import os
@@ -23,7 +24,7 @@ from tools.broker import Broker, free_port
 # whichever test happens to call OpenCV first (a test's logs must not depend on the order tests run in).
 opencv()
 
-__all__ = ["Broker", "free_port"]
+__all__ = ["Broker", "fill_disk", "free_port"]
 
 ROOT = Path(__file__).resolve().parent.parent
 DIGITS = ROOT / "models" / "digits"
@@ -163,6 +164,24 @@ def own_broker(tmp_path: Path) -> Iterator[Broker]:
     b.start()
     yield b
     b.stop()
+
+
+def fill_disk(folder: Path) -> Path:
+    """Fill the filesystem ``folder`` is on with one real file, to its last page, as a full SD card;
+    returns the file (delete it to free the disk)."""
+    filler = folder / "filler"
+    fd = os.open(filler, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        for block in (1 << 20, 1 << 16, 1 << 12):
+            try:
+                while True:
+                    os.write(fd, bytes(block))
+            except OSError as exc:
+                if exc.errno != errno.ENOSPC:
+                    raise
+    finally:
+        os.close(fd)
+    return filler
 
 
 @pytest.fixture

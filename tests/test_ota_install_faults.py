@@ -25,7 +25,7 @@ import pytest
 
 import edgerun
 from edgerun.ota.store import ModelStore
-from tests.conftest import Broker
+from tests.conftest import Broker, fill_disk
 from tests.ota_helpers import Agent, StatusWatcher, make_key, model_with_card, publish, push_update, unique_model
 
 ENDED = {"active", "rejected", "failed", "rolled_back"}
@@ -44,22 +44,6 @@ def watcher(broker: Broker) -> Iterator[StatusWatcher]:
     w = StatusWatcher(broker.port)
     yield w
     w.close()
-
-
-def fill(folder: Path) -> Path:
-    """Fill the filesystem of ``folder`` with one real file, to its last page; returns the file."""
-    filler = folder / "filler"
-    fd = os.open(filler, os.O_WRONLY | os.O_CREAT, 0o600)
-    try:
-        for block in (1 << 20, 1 << 16, 1 << 12):
-            try:
-                while True:
-                    os.write(fd, b"\0" * block)
-            except OSError as exc:
-                assert exc.errno == errno.ENOSPC, exc
-    finally:
-        os.close(fd)
-    return filler
 
 
 def state_with_store_on(disk: Path, tmp_path: Path) -> Path:
@@ -119,7 +103,7 @@ def test_a_full_store_fails_the_update_in_one_line_and_the_same_update_installs_
     disk = small_disk(1 << 20)  # 1.0.0 (120 KB) is installed at the start; then the disk is filled
     agent = Agent(broker.port, state_with_store_on(disk, tmp_path), keys["v1"], keys["public"], device)
     try:
-        filler = fill(disk)
+        filler = fill_disk(disk)
         v11 = unique_model(tmp_path / "v11", "digits_int8.onnx")
         update = push_update(broker.port, keys["key"], v11, "1.1.0", device, probation_s=0)
         uid = update["update_id"]
@@ -192,7 +176,7 @@ def test_a_move_into_a_full_store_on_the_same_filesystem_leaves_the_downloaded_f
     blob.parent.mkdir()
     blob.write_bytes(v11.read_bytes())
     card = {"name": "digits", "version": "1.1.0"}
-    filler = fill(disk)
+    filler = fill_disk(disk)
     with pytest.raises(OSError) as caught:
         store.install("digits", "1.1.0", "onnx", blob, {"sha256": "0" * 64}, card, move=True)
     assert caught.value.errno == errno.ENOSPC, caught.value

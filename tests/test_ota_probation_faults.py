@@ -9,10 +9,8 @@ removed model is a real daemon process reloading a config without it on SIGHUP.
 
 from __future__ import annotations
 
-import errno
 import json
 import logging
-import os
 import signal
 import time
 from collections.abc import Callable
@@ -21,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import Broker, free_port, start_daemon
+from tests.conftest import Broker, fill_disk, free_port, start_daemon
 from tests.ota_helpers import Agent, StatusWatcher, make_key, model_with_card, push_update, unique_model
 
 pytestmark = pytest.mark.slow
@@ -35,22 +33,6 @@ def keys(tmp_path: Path) -> dict[str, Any]:
     key, _, public = make_key(tmp_path)
     v1 = model_with_card(tmp_path / "v1", "digits_fp32.onnx", "digits.onnx")
     return {"key": key, "public": public, "v1": v1}
-
-
-def fill(folder: Path) -> Path:
-    """Fill the filesystem of ``folder`` with one real file, to its last page; returns the file."""
-    filler = folder / "filler"
-    fd = os.open(filler, os.O_WRONLY | os.O_CREAT, 0o600)
-    try:
-        for block in (1 << 20, 1 << 16, 1 << 12):
-            try:
-                while True:
-                    os.write(fd, b"\0" * block)
-            except OSError as exc:
-                assert exc.errno == errno.ENOSPC, exc
-    finally:
-        os.close(fd)
-    return filler
 
 
 def wait_for(predicate: Callable[[], bool], timeout: float, what: str) -> None:
@@ -89,7 +71,7 @@ def test_a_disk_full_when_the_probation_ends_is_logged_and_the_update_made_final
     running = [agent]
     try:
         uid = on_probation(broker, keys, agent, watcher, 4)
-        filler = fill(disk)  # the SD card is full when the probation ends
+        filler = fill_disk(disk)  # the SD card is full when the probation ends
         wait_for(lambda: bool(logged(caplog, FAILED_END)), 30, "the failed end of the probation to be logged")
         first = logged(caplog, FAILED_END)[0]
         assert f"OTA {uid} digits 1.1.0: {FAILED_END}; trying again in 1 s" == first.getMessage()
@@ -140,7 +122,7 @@ def test_a_journal_write_that_fails_after_the_switch_is_written_again_and_the_sw
     agent = Agent(broker.port, state, keys["v1"], keys["public"], name)
     try:
         uid = on_probation(broker, keys, agent, watcher, 4)
-        filler = fill(journal_disk)
+        filler = fill_disk(journal_disk)
         wait_for(lambda: bool(logged(caplog, FAILED_RECORD)), 30, "the failed record to be logged")
         active = agent.store.active("digits")
         assert active is not None and active.version == "1.1.0" and active.probation is None, active  # switched

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import errno
 import logging
-import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -18,7 +16,7 @@ from edgerun.sync.publish import MetricsPublisher
 from edgerun.sync.settings import MqttSettings
 from edgerun.sync.topics import Topics
 from edgerun.telemetry.metrics import Metrics
-from tests.conftest import Broker
+from tests.conftest import Broker, fill_disk
 from tests.test_sync import wait_until
 
 DISK_BYTES = 2 * 1024 * 1024
@@ -27,21 +25,6 @@ DISK_BYTES = 2 * 1024 * 1024
 def big() -> list[tuple[str, str, dict[str, str], int]]:
     """150 KB of results: more than a full disk has room for."""
     return [("results/m", "t", {"blob": "x" * 3000}, 1) for _ in range(50)]
-
-
-def fill_disk(folder: Path) -> Path:
-    """Fill the filesystem ``folder`` is on with a real file, as a full SD card; delete it to free the disk."""
-    filler = folder / "filler"
-    fd = os.open(filler, os.O_WRONLY | os.O_CREAT | os.O_EXCL)
-    try:
-        while True:
-            os.write(fd, bytes(64 * 1024))  # the last write is partial, the next one fails
-    except OSError as exc:
-        if exc.errno != errno.ENOSPC:
-            raise
-    finally:
-        os.close(fd)
-    return filler
 
 
 def _queued(box: Outbox) -> list[tuple[str, int]]:
