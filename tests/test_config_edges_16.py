@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 from pathlib import Path
 
 import pytest
@@ -132,3 +133,11 @@ def test_a_control_character_is_given_its_line_whichever_yaml_reader_reads_the_c
     card.write_text("éé\x01\n\x01\n", encoding="utf-8")
     with pytest.raises(CardError, match="not valid YAML at line 1: character"):
         load_card(card)
+
+
+def test_an_ipv6_zone_in_a_broker_url_reaches_the_resolver_as_it_takes_it() -> None:
+    """A URL spells the zone ``%25`` (RFC 6874); the resolver takes ``fe80::1%lo`` and not ``%25lo``."""
+    host = MqttSettings.from_url("mqtt://[fe80::1%25lo]:1883").host
+    assert host == "fe80::1%lo"
+    assert parse_mqtt_url("mqtt://[fe80::1%25lo]:1883/t") == ("fe80::1%lo", 1883, "t")
+    assert socket.getaddrinfo(host, 1883, proto=socket.IPPROTO_TCP)[0][4][0] == "fe80::1"

@@ -40,7 +40,7 @@ from edgerun.errors import ConfigError, SourceError
 from edgerun.inputs import NPY_ERRORS, json_array, load_npy, npy_reason
 from edgerun.sources.base import Frame, LatestBuffer, LiveSource, connect_with_retries
 from edgerun.sync.diagnose import subscribe_refusal
-from edgerun.sync.settings import host_name_ok
+from edgerun.sync.settings import host_name_ok, zone_unquoted
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +65,7 @@ def parse_mqtt_url(url: str) -> tuple[str, int, str]:
         raise ConfigError(f"MQTT source URL has no topic: {url!r}")
     if hostport.startswith("["):  # [IPv6]:port
         close = hostport.find("]")
-        host, after = (hostport[1:close], hostport[close + 1 :]) if close > 0 else ("", "")
+        host, after = (zone_unquoted(hostport[1:close]), hostport[close + 1 :]) if close > 0 else ("", "")
         port_text = after[1:] if after.startswith(":") else ("1883" if after == "" else "")
     else:
         host, colon, port_text = hostport.partition(":")

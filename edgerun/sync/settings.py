@@ -9,7 +9,7 @@ from urllib.parse import unquote, urlsplit
 
 from edgerun.errors import ConfigError
 
-__all__ = ["MqttSettings", "host_name_ok"]
+__all__ = ["MqttSettings", "host_name_ok", "zone_unquoted"]
 
 
 def host_name_ok(host: str) -> bool:
@@ -17,6 +17,12 @@ def host_name_ok(host: str) -> bool:
     no space, control character or character a URL's host cannot hold. A NUL there once passed
     ``config check`` and the command line."""
     return bool(host) and not any(c.isspace() or not c.isprintable() or c in '<>"\\^`{|}[]@/?#' for c in host)
+
+
+def zone_unquoted(host: str) -> str:
+    """An IPv6 address's zone as the resolver takes it: a URL spells ``fe80::1%eth0`` as
+    ``[fe80::1%25eth0]`` (RFC 6874), which ``urlsplit`` leaves encoded."""
+    return host.replace("%25", "%", 1) if ":" in host else host
 
 
 @dataclass(frozen=True)
@@ -103,7 +109,7 @@ class MqttSettings:
         tls = parts.scheme == "mqtts"
         password = unquote(parts.password) if parts.password else os.environ.get("EDGERUN_MQTT_PASSWORD")
         settings = cls(
-            host=parts.hostname,
+            host=zone_unquoted(parts.hostname),
             port=port or (8883 if tls else 1883),
             tls=tls,
             username=unquote(parts.username) if parts.username else None,
