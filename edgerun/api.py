@@ -40,7 +40,7 @@ from starlette.concurrency import run_in_threadpool
 
 from edgerun.config import ApiConfig
 from edgerun.errors import EdgerunError, InputError
-from edgerun.inputs import NPY_ERRORS, json_array, load_npy, npy_reason
+from edgerun.inputs import NPY_ERRORS, NPY_MAGIC, json_array, load_npy, npy_reason
 from edgerun.isolation import IsolatedBackend
 from edgerun.model import Model
 from edgerun.ota.slot import ModelSlot
@@ -54,8 +54,6 @@ __all__ = ["PREDICT_WAIT_S", "Batcher", "create_app"]
 #: Seconds a request handed to a model's batching thread waits for its answer (its turn in the
 #: queue and the call itself); one that waits longer is answered 503 (its input left out if not yet run).
 PREDICT_WAIT_S = 60.0
-
-_NPY_MAGIC = b"\x93NUMPY"
 
 
 class Batcher:
@@ -150,7 +148,7 @@ def _settle(future: Any, value: Any, *, error: bool = False) -> None:
 def _decode_body(body: bytes, content_type: str) -> Any:
     """Request body -> what ``Model.prepare`` takes: image bytes, a .npy array, or a JSON array."""
     kind = content_type.split(";")[0].strip().lower()
-    if body.startswith(_NPY_MAGIC):
+    if body.startswith(NPY_MAGIC):
         return _load_npy(body)
     if kind == "application/json":
         try:

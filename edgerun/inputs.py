@@ -27,6 +27,7 @@ from edgerun.processing.image import IMAGE_SUFFIXES
 
 __all__ = [
     "NPY_ERRORS",
+    "NPY_MAGIC",
     "InputRef",
     "expand_inputs",
     "json_array",
@@ -42,7 +43,8 @@ NPY_ERRORS: tuple[type[Exception], ...] = (ValueError, EOFError, OSError, Syntax
 
 USABLE_SUFFIXES = IMAGE_SUFFIXES | {".npy"}
 
-_NPY_MAGIC = b"\x93NUMPY"
+#: the first bytes of every ``.npy`` file
+NPY_MAGIC = b"\x93NUMPY"
 _INTP_MAX = int(np.iinfo(np.intp).max)
 
 
@@ -162,7 +164,7 @@ def load_npy(stream: io.BufferedIOBase, size: int) -> np.ndarray:
         ``.npy`` at all.
     """
     start = stream.tell()
-    if stream.read(len(_NPY_MAGIC)) == _NPY_MAGIC:
+    if stream.read(len(NPY_MAGIC)) == NPY_MAGIC:
         stream.seek(start)
         version = npy_format.read_magic(stream)
         if version not in ((1, 0), (2, 0), (3, 0)):

@@ -37,7 +37,7 @@ from collections.abc import Callable
 from typing import Any
 
 from edgerun.errors import ConfigError, SourceError
-from edgerun.inputs import NPY_ERRORS, json_array, load_npy, npy_reason
+from edgerun.inputs import NPY_ERRORS, NPY_MAGIC, json_array, load_npy, npy_reason
 from edgerun.sources.base import Frame, LatestBuffer, LiveSource, connect_with_retries
 from edgerun.sync.diagnose import subscribe_refusal
 from edgerun.sync.settings import host_name_ok, zone_unquoted
@@ -47,7 +47,6 @@ log = logging.getLogger(__name__)
 __all__ = ["MqttSource", "decode_message", "parse_mqtt_url", "split_credentials"]
 
 _IMAGE_MAGIC = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"BM")
-_NPY_MAGIC = b"\x93NUMPY"
 
 
 def parse_mqtt_url(url: str) -> tuple[str, int, str]:
@@ -105,7 +104,7 @@ def decode_message(payload: bytes, max_bytes: int) -> Any:
         raw = base64.b64decode(text, validate=True)
     except (binascii.Error, ValueError):
         raw = b""
-    if raw.startswith(_NPY_MAGIC):
+    if raw.startswith(NPY_MAGIC):
         try:  # its header checked against its length first: np.load would allocate what it declares
             return load_npy(io.BytesIO(raw), len(raw))
         except NPY_ERRORS as exc:
