@@ -434,34 +434,37 @@ class OtaAgent:
 
         step = "downloading"
         try:
-            self._journal(uid, state="downloading")
-            blob = download(
-                manifest,
-                link=self.link,
-                downloads=self.downloads,
-                progress=progress,
-                timeout_s=self.settings.download_timeout_s,
-                stop=self._stop,
-            )
-            step = "verifying"
-            self._journal(uid, state="verifying")
-            self._status(uid, "verifying", model=name, version=version, progress=1.0)
-            _check_format(blob, manifest.format)
             card = manifest.model_card()
-            record = {
-                "update_id": uid,
-                "sha256": manifest.sha256,
-                "size": manifest.size,
-                "format": manifest.format,
-                "installed": int(time.time()),
-            }
-            step = "installing"
-            try:
-                self.store.install(name, version, manifest.format, blob, record, card.to_dict(), move=True)
-            except OSError as exc:  # the store's disk (full, read-only): not the update's fault, so not rejected
-                cause = exc.strerror or one_line(exc)
-                raise UpdateFailed(f"cannot install {name} {version} in the store: {cause}") from exc
-            discard(self.downloads, manifest.sha256)
+            if self._in_store(manifest):
+                log.info("OTA %s: %s %s is in the store already (installed before a restart)", uid, name, version)
+            else:
+                self._journal(uid, state="downloading")
+                blob = download(
+                    manifest,
+                    link=self.link,
+                    downloads=self.downloads,
+                    progress=progress,
+                    timeout_s=self.settings.download_timeout_s,
+                    stop=self._stop,
+                )
+                step = "verifying"
+                self._journal(uid, state="verifying")
+                self._status(uid, "verifying", model=name, version=version, progress=1.0)
+                _check_format(blob, manifest.format)
+                record = {
+                    "update_id": uid,
+                    "sha256": manifest.sha256,
+                    "size": manifest.size,
+                    "format": manifest.format,
+                    "installed": int(time.time()),
+                }
+                step = "installing"
+                try:
+                    self.store.install(name, version, manifest.format, blob, record, card.to_dict(), move=True)
+                except OSError as exc:  # the store's disk (full, read-only): not the update's fault, so not rejected
+                    cause = exc.strerror or one_line(exc)
+                    raise UpdateFailed(f"cannot install {name} {version} in the store: {cause}") from exc
+                discard(self.downloads, manifest.sha256)
             step = "validating"
             self._journal(uid, state="validating")
             self._status(uid, "validating", model=name, version=version, progress=1.0)
@@ -494,6 +497,23 @@ class OtaAgent:
             self._status(uid, state, model=name, version=version, reason=reason)
             return None
         return model
+
+    def _in_store(self, manifest: Manifest) -> bool:
+        """Whether this very update installed its version before the process ended (killed while
+        validating): it is validated from the store then, not downloaded again. A copy damaged since
+        is left for the install to replace, after a new download."""
+        name, version = manifest.model, manifest.version
+        if not self.store.installed(name, version):
+            return False
+        try:
+            record = self.store.manifest(name, version)
+            if record.get("update_id") != manifest.update_id or record.get("sha256") != manifest.sha256:
+                return False
+            self.store.verified_file(name, version)
+        except (OSError, ValueError, ModelLoadError) as exc:
+            log.warning("OTA %s: the copy in the store is unusable (%s); downloading it again", manifest.update_id, exc)
+            return False
+        return True
 
     def _load_and_validate(self, name: str, version: str, card: ModelCard, manifest: Manifest) -> Model:
         path = self.store.verified_file(name, version)  # hashed, then opened: nothing rewrites it between
