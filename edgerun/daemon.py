@@ -220,6 +220,7 @@ class Daemon:
         self._api_thread: threading.Thread | None = None
         self.api_port: int | None = None
         self.ready = False
+        self._claimed = False  # this daemon holds its state directory (claim_state_dir)
         self._stop = threading.Event()
         self._reload = threading.Event()
 
@@ -280,7 +281,7 @@ class Daemon:
         """Create the state directory and read the secret files the API and the link will need: a
         ``ConfigError`` naming the config file, the path and the reason, before anything has started
         (a token file read only when the API starts would stop the daemon after its pipelines ran)."""
-        from edgerun.state import check_state_dir
+        from edgerun.state import check_state_dir, claim_state_dir
 
         try:
             check_state_dir(self._state_dir(), create=True)
@@ -289,6 +290,9 @@ class Daemon:
             if self.config.mqtt is not None:
                 self.config.mqtt.resolved_password()
                 self.config.mqtt.check_tls_files()
+                if not self._claimed:  # before the OTA store is read; the link claims it again
+                    claim_state_dir(self._state_dir())
+                    self._claimed = True
         except ConfigError as exc:
             raise ConfigError(f"{self.config_path}: {exc}" if self.config_path else str(exc)) from None
 
@@ -419,6 +423,7 @@ class Daemon:
                 host=a.bind,
                 port=a.port,
                 log_level="warning",
+                log_config=None,  # its records go to the daemon's own handler (JSON lines where configured)
                 lifespan="off",
                 access_log=False,
                 timeout_graceful_shutdown=API_GRACE_S,
@@ -539,6 +544,11 @@ class Daemon:
             self._guarded("OTA", self.ota.stop)
         if self.sync is not None:
             self._guarded("MQTT sync", self.sync.stop)
+        if self._claimed:
+            from edgerun.state import release_state_dir
+
+            self._claimed = False
+            release_state_dir(self._state_dir())
         log.info("edgerun daemon stopped")
 
     @staticmethod

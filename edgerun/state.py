@@ -9,13 +9,25 @@ the state directory is a ``ConfigError`` saying how to name one, not a guess.
 
 from __future__ import annotations
 
+import errno
+import fcntl
+import logging
 import os
 import tempfile
+import threading
 from pathlib import Path
 
 from edgerun.errors import ConfigError
 
-__all__ = ["check_state_dir", "state_dir"]
+__all__ = ["LOCK_FILE", "check_state_dir", "claim_state_dir", "release_state_dir", "state_dir"]
+
+log = logging.getLogger(__name__)
+
+#: The file a process holds locked while it owns a state directory (its pid inside, for the message).
+LOCK_FILE = "lock"
+
+_claims: dict[Path, list[int]] = {}  # resolved state dir -> [file descriptor, holders in this process]
+_claims_lock = threading.Lock()
 
 
 def state_dir(explicit: str | os.PathLike[str] | None = None) -> Path:
@@ -76,3 +88,66 @@ def check_state_dir(path: Path, *, create: bool) -> None:
     except OSError as exc:
         verb = "cannot write in it" if existing == path else "cannot create it"
         raise ConfigError(f"state_dir {path}: {verb}: {exc.strerror or exc}") from None
+
+
+def claim_state_dir(path: Path) -> None:
+    """Own ``path`` for this process: a second process that claims it (a second daemon, or an
+    ``edgerun run --mqtt`` beside the daemon) is refused in one line. Two owners would send the same
+    outbox twice, take turns on the broker under one client id, and share the OTA store and journal.
+
+    The claim is an exclusive ``flock`` on ``<path>/lock``, so the kernel ends it with the process,
+    however it ends (SIGKILL, a power cut: nothing stale to clean up). Claims in one process nest;
+    ``release_state_dir`` undoes one. A filesystem without locks (some network mounts) is logged at
+    WARNING and not enforced.
+
+    Raises:
+        ConfigError: another process holds it (``state_dir X is in use by another edgerun process
+            (pid N) ...``), or the lock file cannot be written.
+    """
+    path.mkdir(parents=True, exist_ok=True)
+    key = path.resolve()
+    with _claims_lock:
+        if key in _claims:
+            _claims[key][1] += 1
+            return
+        try:
+            fd = os.open(key / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        except OSError as exc:
+            raise ConfigError(f"state_dir {path}: cannot write in it: {exc.strerror or exc}") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            holder = _holder(fd)
+            os.close(fd)
+            if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                log.warning("state_dir %s: cannot lock it (%s); not checked for another owner", path, exc.strerror)
+                return
+            raise ConfigError(
+                f"state_dir {path} is in use by another edgerun process{holder}: two processes would send one "
+                "outbox twice and share one OTA store; give each its own state directory"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        _claims[key] = [fd, 1]
+
+
+def release_state_dir(path: Path) -> None:
+    """Undo one ``claim_state_dir`` of ``path`` by this process; the last one unlocks it."""
+    key = path.resolve()
+    with _claims_lock:
+        claim = _claims.get(key)
+        if claim is None:
+            return
+        claim[1] -= 1
+        if claim[1] == 0:
+            del _claims[key]
+            os.close(claim[0])  # the lock goes with the descriptor; the file stays (its pid is stale then)
+
+
+def _holder(fd: int) -> str:
+    """`` (pid N)`` from the lock file of the process holding it, or nothing when it has not said."""
+    try:
+        text = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
+    except OSError:
+        return ""
+    return f" (pid {text})" if text.isdigit() else ""

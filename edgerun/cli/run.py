@@ -132,8 +132,9 @@ def run(args: argparse.Namespace) -> int:
     if args.ota_key:  # serve the store's active version: an update received over the air survives restarts
         from edgerun.ota.serving import serve_from_store
         from edgerun.ota.store import ModelStore
-        from edgerun.state import state_dir
+        from edgerun.state import claim_state_dir, state_dir
 
+        claim_state_dir(state_dir(args.state_dir))  # held to the end: the store is this process's alone
         store = ModelStore(state_dir(args.state_dir) / "models", args.ota_keep)
         model = serve_from_store(Path(args.model), store, model_loader(args))
     else:

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from edgerun.errors import EdgerunError
+from edgerun.state import claim_state_dir, release_state_dir
 from edgerun.sync.link import MqttLink
 from edgerun.sync.outbox import Outbox
 from edgerun.sync.publish import MetricsPublisher, ResultsSink
@@ -44,7 +45,13 @@ class SyncService:
         results_max_per_s: float | None = None,
     ) -> None:
         self.topics = Topics(settings.topic_prefix, device_id)
-        self.outbox = Outbox(Path(state_dir) / OUTBOX_FILE, max_bytes=outbox_max_bytes)
+        self._state_dir = Path(state_dir)
+        claim_state_dir(self._state_dir)  # one owner of an outbox: a second is refused in one line
+        try:
+            self.outbox = Outbox(self._state_dir / OUTBOX_FILE, max_bytes=outbox_max_bytes)
+        except BaseException:
+            release_state_dir(self._state_dir)
+            raise
         self.link = MqttLink(settings, self.topics, self.outbox)
         self.metrics_publisher = MetricsPublisher(metrics, self.outbox, self.link, self.topics, interval_s=interval_s)
         self._results_qos = results_qos
@@ -133,6 +140,7 @@ class SyncService:
                 self.outbox.path,
             )
         _step("close the outbox", self.outbox.close)
+        release_state_dir(self._state_dir)
 
 
 def _step(what: str, action: Callable[[], None]) -> None:
