@@ -1,12 +1,14 @@
-"""Audit of the model store's seeding on a full disk (a real tmpfs)."""
+"""Audit of the model store's seeding: on a full disk (a real tmpfs), and by a file of the active version."""
 
 from __future__ import annotations
 
+import logging
 import os
 import secrets
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 import edgerun
@@ -57,3 +59,32 @@ def test_a_rejected_update_of_the_rollback_target_s_version_never_deletes_it(bro
     finally:
         agent.stop()
         watcher.close()
+
+
+def test_a_file_of_the_active_version_with_other_bytes_is_not_served_in_its_place(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A daemon's ``path`` changed (SIGHUP, restart) to another file whose card gives the active
+    version: it was served while the store kept the first file under that version, so a later
+    rollback or activation of it would have brought back other bytes than those that had served."""
+    store = ModelStore(tmp_path / "models")
+    int8 = model_with_card(tmp_path / "a", "digits_int8.onnx", "digits.onnx")
+    serve_from_store(int8, store, load).close()
+    other = model_with_card(tmp_path / "b", "digits_fp32.onnx", "digits.onnx")  # its card says 1.0.0 too
+    with caplog.at_level(logging.WARNING, logger="edgerun.ota.serving"):
+        served = serve_from_store(other, store, load)
+    with served, edgerun.load(int8) as reference, edgerun.load(other) as fp32:
+        x = served.constant_inputs()
+        assert not np.array_equal(reference.run(*x)[0], fp32.run(*x)[0])
+        np.testing.assert_array_equal(served.run(*x)[0], reference.run(*x)[0])
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert warnings == [
+        f"model store: {other} is not the digits 1.0.0 in the store (the same version, other bytes): serving the "
+        "store's; give the new file a version of its own in its card, or send it as an OTA update"
+    ]
+
+    caplog.clear()
+    same = model_with_card(tmp_path / "c", "digits_int8.onnx", "digits.onnx")  # the same bytes elsewhere: served
+    with caplog.at_level(logging.INFO, logger="edgerun.ota.serving"), serve_from_store(same, store, load):
+        pass
+    assert [r for r in caplog.records if r.name == "edgerun.ota.serving"] == []

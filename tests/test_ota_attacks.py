@@ -364,8 +364,12 @@ def test_a_signed_payload_that_is_not_json_is_rejected(att: Rig) -> None:
 
 @pytest.mark.parametrize("topic", ["ota/manifest", "cmd"])
 def test_json_nested_a_hundred_thousand_deep_is_rejected_in_plain_words(att: Rig, topic: str) -> None:
+    logged = len(att.device.log())
     record = att.attack(b"[" * 100_000 + b"]" * 100_000, None, topic=topic)
     rejected(record, "malformed envelope: JSON nested too deeply")
+    what = "manifest" if topic == "ota/manifest" else "command"
+    line = f"OTA (a {what} that names no id): rejected (malformed envelope: JSON nested too deeply)"
+    assert line in att.device.log()[logged:], att.device.log()[logged:]  # no "OTA None None None"
     att.assert_unharmed()
 
 

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from edgerun.errors import SyncError
+from edgerun.errors import ConfigError, SyncError
 from edgerun.sync.link import MqttLink
 from edgerun.sync.outbox import Outbox
 from edgerun.sync.publish import MetricsPublisher
@@ -133,3 +134,19 @@ def test_the_metrics_timer_on_a_full_disk_says_so_in_one_line_and_goes_on_once_t
         publisher.stop()
         box.close()
     assert any("queued again" in r.getMessage() for r in caplog.records if r.name == "edgerun.sync.publish")
+
+
+@pytest.mark.parametrize("left", [0, 16 * 1024])
+def test_an_outbox_that_cannot_be_created_on_a_full_disk_says_the_disk_is_full(
+    small_disk: Callable[[int], Path], left: int
+) -> None:
+    # With some room left, SQLite creates the database and then fails on its WAL file with
+    # "disk I/O error": a daemon started on a full SD card said only that.
+    disk = small_disk(256 * 1024)
+    filler = fill_disk(disk)
+    if left:
+        os.truncate(filler, filler.stat().st_size - left)
+    with pytest.raises(ConfigError) as caught:
+        Outbox(disk / "outbox.sqlite")
+    message = str(caught.value)
+    assert message.startswith(f"outbox {disk / 'outbox.sqlite'} is unusable: the disk is full ("), message

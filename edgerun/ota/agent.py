@@ -226,7 +226,9 @@ class OtaAgent:
             "ts": int(time.time()),
         }
         self.events = [*self.events[-49:], record]
-        log.info("OTA %s %s %s: %s%s", ident, model, version, state, f" ({reason})" if reason else "")
+        named = " ".join(str(part) for part in (ident, model, version) if part is not None)
+        what = named or f"(a {'command' if command else 'manifest'} that names no id)"  # unreadable, unsigned
+        log.info("OTA %s: %s%s", what, state, f" ({reason})" if reason else "")
         self.link.publish(self.topics.ota_status, json.dumps(record), qos=1, retain=True)
 
     def _entry(self, ident: str) -> Path:

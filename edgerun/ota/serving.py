@@ -3,7 +3,9 @@
 The first start installs the given file into the store as its card's version
 and activates it; later starts serve whatever the store says is active (an
 update received over the air survives restarts), after hashing it against its
-manifest.
+manifest. The given file is served itself only where it is the active version's
+very bytes; a file of the same version with other bytes is refused with a WARNING
+(the store's copy is what a rollback or an activation would come back to).
 """
 
 from __future__ import annotations
@@ -49,9 +51,23 @@ def serve_from_store(path: Path, store: ModelStore, load: LoadModel) -> Model:
         log.info("model store: %s %s installed from %s and active", name, given.version, path)
         return given
     if active.version == given.version and not active.ab:
-        return given
+        if _installed_as(path, store, name, active.version):
+            return given
+        log.warning(
+            "model store: %s is not the %s %s in the store (the same version, other bytes): serving the store's; "
+            "give the new file a version of its own in its card, or send it as an OTA update",
+            path,
+            name,
+            active.version,
+        )
     installed = store.verified_file(name, active.version)
     card = load_card(installed.with_name(installed.name + ".card.yaml"))
     given.close()
-    log.info("model store: serving %s %s (installed over the air) instead of %s", name, active.version, path)
+    log.info("model store: serving %s %s from the store instead of %s", name, active.version, path)
     return load(installed, card)
+
+
+def _installed_as(path: Path, store: ModelStore, name: str, version: str) -> bool:
+    """Whether ``path`` holds the bytes the store has for ``name`` ``version`` (size, then SHA-256)."""
+    record = store.manifest(name, version)
+    return bool(path.stat().st_size == record.get("size") and sha256_file(path) == record.get("sha256"))

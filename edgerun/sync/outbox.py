@@ -90,6 +90,15 @@ def _reason(exc: sqlite3.Error) -> str | None:
     return None
 
 
+def _full(folder: Path) -> bool:
+    """Whether the filesystem of ``folder`` has no room left for this user (less than a page or two)."""
+    try:
+        stat = os.statvfs(folder)
+    except OSError:
+        return False
+    return stat.f_bavail * stat.f_frsize < 2 * max(stat.f_bsize, 4096)
+
+
 @dataclass(frozen=True)
 class Pending:
     """A record waiting to be sent."""
@@ -140,7 +149,10 @@ class Outbox:
             self.epoch: str = self._meta("epoch") or ""
             self._count = self._count_rows()
         except sqlite3.DatabaseError as exc:
-            raise ConfigError(f"outbox {self.path} is unusable: {exc}") from exc
+            words = _reason(exc)
+            if words == "an I/O error on its storage" and _full(self.path.parent):
+                words = "the disk is full"  # SQLite says I/O error when it cannot create its WAL file on a full disk
+            raise ConfigError(f"outbox {self.path} is unusable: {f'{words} ({exc})' if words else exc}") from exc
         except OSError as exc:
             raise ConfigError(f"cannot create the outbox in {self.path.parent}: {exc.strerror}") from exc
         self._lock = threading.Lock()
