@@ -39,7 +39,7 @@ from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 
 from edgerun.config import ApiConfig
-from edgerun.errors import EdgerunError, InputError
+from edgerun.errors import EdgerunError, InputError, quoted
 from edgerun.inputs import NPY_ERRORS, NPY_MAGIC, json_array, load_npy, npy_reason
 from edgerun.isolation import IsolatedBackend
 from edgerun.model import Model
@@ -148,6 +148,8 @@ def _settle(future: Any, value: Any, *, error: bool = False) -> None:
 def _decode_body(body: bytes, content_type: str) -> Any:
     """Request body -> what ``Model.prepare`` takes: image bytes, a .npy array, or a JSON array."""
     kind = content_type.split(";")[0].strip().lower()
+    if not body:
+        raise InputError("empty body")
     if body.startswith(NPY_MAGIC):
         return _load_npy(body)
     if kind == "application/json":
@@ -155,8 +157,6 @@ def _decode_body(body: bytes, content_type: str) -> Any:
             return json_array(body)
         except ValueError as exc:
             raise InputError(f"body is {exc}") from None
-    if not body:
-        raise InputError("empty body")
     return body  # image bytes, decoded (and checked) by the model's preprocessing
 
 
@@ -244,7 +244,7 @@ class _Predictor:
         try:
             slot = self.slots.get(name)
             if slot is None:
-                raise _Refused(404, f"no model named {name!r}")
+                raise _Refused(404, f"no model named '{quoted(name)}'")
             if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
                 raise _Refused(413, f"request of {declared} bytes is over the {self.max_bytes}-byte limit")
             parts: list[bytes] = []  # joined once: a body sent in many small pieces is not copied per piece
@@ -512,7 +512,7 @@ def create_app(
 
         return HTMLResponse(PAGE)
 
-    @app.get("/health", summary="Alive")
+    @app.api_route("/health", methods=["GET", "HEAD"], summary="Alive")  # HEAD: what some health checkers send
     async def health() -> Any:
         return {"status": "ok"}
 

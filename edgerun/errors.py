@@ -41,6 +41,7 @@ __all__ = [
     "SyncError",
     "UpdateFailed",
     "UpdateRejected",
+    "quoted",
     "shown",
 ]
 
@@ -113,3 +114,14 @@ def shown(text: str) -> str:
     if text.isprintable():
         return text
     return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
+#: The most characters of a message that quotes what was received (reasons are retained and logged).
+QUOTE_MAX = 200
+
+
+def quoted(text: str) -> str:
+    """``text``, a message that quotes what came over the network, as one line of at most ``QUOTE_MAX``
+    characters: line breaks and control characters escaped, the middle of a long one cut."""
+    text = shown(text)
+    return text if len(text) <= QUOTE_MAX else f"{text[: QUOTE_MAX - 63]}...{text[-60:]}"

@@ -14,9 +14,9 @@ from typing import Annotated, Any, Literal
 import msgspec
 
 from edgerun.card import ModelCard, parse_card
-from edgerun.errors import CardError, UpdateRejected, shown
+from edgerun.errors import CardError, UpdateRejected, quoted
 
-__all__ = ["Command", "Manifest", "parse_command", "parse_manifest", "quoted", "version_tuple"]
+__all__ = ["Command", "Manifest", "parse_command", "parse_manifest", "version_tuple"]
 
 NAME = Annotated[str, msgspec.Meta(pattern=r"^[a-z0-9][a-z0-9._-]{0,63}$")]
 VERSION = Annotated[str, msgspec.Meta(pattern=r"^(0|[1-9]\d{0,8})\.(0|[1-9]\d{0,8})\.(0|[1-9]\d{0,8})$")]
@@ -31,15 +31,6 @@ CHUNKS_MAX = 1_000_000
 TIME = Annotated[float, msgspec.Meta(ge=0, le=1e11)]
 #: The longest probation a manifest may ask for (``rollout.probation_s``), a week.
 PROBATION_MAX_S = 7 * 86400
-#: The most characters of a reason that quotes what was received (a reason is retained and logged).
-QUOTE_MAX = 200
-
-
-def quoted(text: str) -> str:
-    """``text``, a message that quotes what came over the network, as one line of at most ``QUOTE_MAX``
-    characters: line breaks and control characters escaped, the middle of a long one cut."""
-    text = shown(text)
-    return text if len(text) <= QUOTE_MAX else f"{text[: QUOTE_MAX - 63]}...{text[-60:]}"
 
 
 class _Strict(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):

@@ -34,9 +34,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from edgerun.errors import UpdateFailed, UpdateRejected
+from edgerun.errors import UpdateFailed, UpdateRejected, quoted
 from edgerun.files import sha256_file
-from edgerun.ota.manifest import CHUNKS_MAX, Manifest, quoted
+from edgerun.ota.manifest import CHUNKS_MAX, Manifest
 from edgerun.sync.link import Message, MqttLink
 
 log = logging.getLogger(__name__)

@@ -97,7 +97,7 @@ def decode_message(payload: bytes, max_bytes: int) -> Any:
         raise ValueError("empty message")
     if payload.startswith(_IMAGE_MAGIC):
         return payload
-    text = payload.strip()
+    text = payload.removeprefix(b"\xef\xbb\xbf").strip()  # a UTF-8 BOM, as some JSON writers put (HTTP takes it too)
     if text[:1] == b"[":
         return json_array(text)
     try:
