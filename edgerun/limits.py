@@ -4,7 +4,7 @@ A light module (no imports): the command line checks its options against these
 before it loads anything.
 """
 
-__all__ = ["BATCH_SIZE_MAX", "FPS_MAX", "FPS_MIN", "PREPARE_WORKERS_MAX", "THREADS_MAX"]
+__all__ = ["BATCH_SIZE_MAX", "FPS_MAX", "FPS_MIN", "MAX_FRAMES_MAX", "PREPARE_WORKERS_MAX", "THREADS_MAX"]
 
 #: The most frames one inference call takes (``--batch-size``, ``batch_size:``, ``Pipeline(batch_size=)``).
 BATCH_SIZE_MAX = 256
@@ -16,3 +16,5 @@ THREADS_MAX = 256
 #: below, the wait between two frames is longer than any clock holds (1e-300 fps overflowed ``Event.wait``).
 FPS_MIN = 0.0001
 FPS_MAX = 1000.0
+#: The most frames a run may be limited to (``--max-frames``, ``Pipeline(max_frames=)``): a signed 64-bit count.
+MAX_FRAMES_MAX = 2**63 - 1

@@ -54,7 +54,7 @@ import numpy as np
 from edgerun import lanes
 from edgerun.errors import EdgerunError, PipelineError
 from edgerun.lanes import END, NOTHING, Lanes
-from edgerun.limits import BATCH_SIZE_MAX, FPS_MAX, FPS_MIN, PREPARE_WORKERS_MAX
+from edgerun.limits import BATCH_SIZE_MAX, FPS_MAX, FPS_MIN, MAX_FRAMES_MAX, PREPARE_WORKERS_MAX
 from edgerun.model import Model
 from edgerun.ota.slot import ModelSlot
 from edgerun.sinks.base import Result, Sink, error_record, result_record
@@ -64,6 +64,9 @@ from edgerun.telemetry.metrics import Metrics
 log = logging.getLogger(__name__)
 
 __all__ = ["Pipeline", "Summary"]
+
+#: How long after a stop the pipeline waits for a reader blocked in the source (``Pipeline._leave_reader``).
+READ_STOP_GRACE_S = 2.0
 
 
 class _Item(msgspec.Struct):
@@ -139,7 +142,7 @@ def _check_arguments(
     if fps is not None and not FPS_MIN <= fps <= FPS_MAX:
         raise PipelineError(f"fps must be from {FPS_MIN:g} to {FPS_MAX:g}, got {fps!r}")
     if max_frames is not None:
-        _whole("max frames", max_frames, 1, 2**63 - 1)
+        _whole("max frames", max_frames, 1, MAX_FRAMES_MAX)
     _whole("batch size", batch_size, 1, BATCH_SIZE_MAX)
     _whole("queue size", queue_size, 1, 1024)
     _whole("prepare workers", prepare_workers, 1, PREPARE_WORKERS_MAX)
@@ -185,6 +188,9 @@ class Pipeline:
         self._q_out = Lanes(1, queue_size * max(1, batch_size), self._abort)
         self._failure: tuple[str, BaseException] | None = None
         self._lock = threading.Lock()
+        self._stopped_at = math.inf  # monotonic time of the first stop()
+        self._reading_since: float | None = None  # while the reader waits in the source for a frame
+        self._reader_left = False  # the reader, stuck in a read after the stop, was left behind
         self.summary = Summary()
 
     @property
@@ -199,6 +205,7 @@ class Pipeline:
         calls it through ``edgerun.signals``."""
         if not self._stop.is_set():
             self.summary.stopped_by = reason
+            self._stopped_at = time.monotonic()
             self._stop.set()
             self.source.close()
 
@@ -226,8 +233,14 @@ class Pipeline:
         live = self.source.live
         dropped_seen = 0
         onward = self._q_inf if self._prepare_on_reader else self._q_pre  # prepared here, or by the prepare workers
+        frames = iter(self.source.frames())
         try:
-            for frame in self.source.frames():
+            while True:
+                self._reading_since = time.monotonic()
+                frame = next(frames, None)
+                self._reading_since = None
+                if frame is None or self._reader_left:
+                    break
                 now = time.monotonic()
                 if self._interval:
                     if now < next_due:
@@ -420,6 +433,24 @@ class Pipeline:
                 pass
 
     # -- running -------------------------------------------------------------
+    def _leave_reader(self) -> bool:
+        """After a stop, stop waiting for a reader that has been waiting in the source for a frame
+        for ``READ_STOP_GRACE_S``: a pipe with no writer, a quiet producer on standard input, a
+        camera that hangs. No ``close()`` reaches a thread blocked in ``read()`` or ``open()``, and
+        SIGINT or SIGTERM would otherwise be ignored until the read returned. The stages after it
+        get the end of input in its place; everything read before is finished and flushed."""
+        since = self._reading_since
+        if since is None or time.monotonic() - max(since, self._stopped_at) < READ_STOP_GRACE_S:
+            return False
+        self._reader_left = True
+        log.warning(
+            "pipeline: the source %s is still waiting for input %.0f s after the stop; stopped without it",
+            self.source.uri,
+            READ_STOP_GRACE_S,
+        )
+        (self._q_inf if self._prepare_on_reader else self._q_pre).end()
+        return True
+
     def run(self) -> Summary:
         """Run until the source ends, ``stop()`` is called or a stage fails; then flush sinks.
 
@@ -439,8 +470,10 @@ class Pipeline:
         try:
             try:
                 for t in threads:
-                    while t.is_alive():
+                    while t.is_alive() and not (t is threads[0] and self._leave_reader()):
                         t.join(timeout=0.2)
+                if self._reader_left:
+                    self._abort.set()  # the reader, should its read ever return, hands nothing on
             except BaseException:  # KeyboardInterrupt in a library caller: the stages stop before the sinks close
                 self._abort.set()
                 self.stop("interrupted")

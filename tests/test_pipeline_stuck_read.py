@@ -1,0 +1,74 @@
+"""SIGTERM stops a run whose source waits in a read that never returns.
+
+A named pipe among the inputs (or ``--source /dev/stdin`` with a quiet producer) left the reader
+thread blocked in ``open()`` or ``read()``, where no ``close()`` reaches it, and ``run`` waited
+for that thread: SIGINT and SIGTERM were ignored until a writer came, and a service manager could
+stop the process only with SIGKILL. The pipeline now stops waiting for such a reader a moment
+after the stop (one WARNING line), and everything read before is finished and flushed. Real
+processes, a real FIFO with no writer, a real model.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from edgerun.pipeline import READ_STOP_GRACE_S
+from tests.conftest import DIGITS, ROOT, SAMPLES
+
+
+def test_sigterm_ends_a_run_whose_source_waits_on_a_pipe_with_no_writer(tmp_path: Path) -> None:
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    shutil.copy(SAMPLES / "digit_3.png", inputs / "a.png")
+    shutil.copy(SAMPLES / "digit_7.png", inputs / "b.png")
+    os.mkfifo(inputs / "z.png")  # sorted last: read after the two images, and no one ever writes it
+    out = tmp_path / "out.jsonl"
+    command = [sys.executable, "-m", "edgerun", "run", str(DIGITS / "digits_int8.tflite")]
+    command += ["--source", f"{inputs}/*", "--sink", str(out)]
+    proc = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and (not out.exists() or len(out.read_text().splitlines()) < 2):
+            time.sleep(0.05)
+        assert len(out.read_text().splitlines()) == 2, "the two images never came through"
+        proc.send_signal(signal.SIGTERM)
+        _, stderr = proc.communicate(timeout=READ_STOP_GRACE_S + 20)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, stderr
+    assert f"the source {inputs}/* is still waiting for input 2 s after the stop; stopped without it" in stderr
+    assert "2 frames (2 ok, 0 failed" in stderr and "stopped by SIGTERM" in stderr, stderr
+    assert "Traceback" not in stderr
+    labels = [json.loads(line)["output"][0]["label"] for line in out.read_text().splitlines()]
+    assert labels == ["3", "7"]
+
+
+def test_sigterm_ends_predict_waiting_on_a_pipe_as_ctrl_c_does(tmp_path: Path) -> None:
+    # One input runs on the main thread (no pipeline): SIGTERM there ended the process with no word, 143.
+    fifo = tmp_path / "in.png"
+    os.mkfifo(fifo)
+    command = [sys.executable, "-m", "edgerun", "predict", str(DIGITS / "digits_int8.tflite"), str(fifo)]
+    proc = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        wchan = Path(f"/proc/{proc.pid}/wchan")
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and wchan.read_text() != "wait_for_partner":  # in open(), no writer
+            time.sleep(0.05)
+        assert wchan.read_text() == "wait_for_partner", "predict never came to open the pipe"
+        proc.send_signal(signal.SIGTERM)
+        _, stderr = proc.communicate(timeout=20)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 130, stderr
+    assert stderr.strip() == "edgerun: error: interrupted"
