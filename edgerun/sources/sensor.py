@@ -1,4 +1,4 @@
-"""Numeric sensor streams: CSV or JSON Lines files, or standard input, cut into windows.
+"""Numeric sensor streams: CSV or JSON Lines files, named pipes or standard input, cut into windows.
 
 Each row is one reading of one or more channels. A CSV may have a header; a
 column named ``t``, ``ts``, ``time`` or ``timestamp`` is taken as the time and
@@ -8,10 +8,19 @@ object rows are mapped by name (a row missing one of them, or with another
 name, is a bad row). Windows of ``window`` rows start every ``hop`` rows and
 are yielded as float32 arrays of shape ``[window, channels]``.
 
-Standard input is read with ``select`` and a short timeout, never a blocking
-read: ``close()`` (SIGINT, SIGTERM) stops a run whose sender has gone quiet
-within ``_POLL_S``, where a read blocked until the next line would hold it
-forever.
+Standard input, and a named pipe (a FIFO) given as the file, are streams: read
+with ``select`` and a short timeout, never a blocking read, so ``close()``
+(SIGINT, SIGTERM) stops a run whose sender has gone quiet within ``_POLL_S``,
+where a read blocked until the next line would hold it forever. A named pipe is
+opened without waiting for its writer (``O_NONBLOCK``), and only once the run
+reads it: nothing is read from a stream before the run, where it would be lost.
+A device (``/dev/zero``) is refused, as a directory is.
+
+Before the run, ``check_model`` reads the head of a file (not of a stream): its
+channel count (the header's less the time column, or the first readable row's)
+must be the model's, and a file none of whose first ``_LOOK_ROWS`` data rows can
+be read (a semicolon-separated CSV) is refused in one line, not reported row by
+row.
 
 A row with a missing, extra or non-numeric field, a value that is not finite
 (``nan``, ``inf``), a value beyond float32's range (windows are float32: ``1e39``,
@@ -33,6 +42,7 @@ import json
 import math
 import os
 import select
+import stat
 import sys
 import time
 from collections.abc import Generator, Iterator
@@ -48,7 +58,12 @@ __all__ = ["MAX_ROW_CHARS", "SENSOR_SUFFIXES", "SensorSource", "is_sensor_spec",
 
 SENSOR_SUFFIXES = frozenset({".csv", ".jsonl", ".ndjson"})
 _TIME_COLUMNS = frozenset({"t", "ts", "time", "timestamp"})
-_POLL_S = 0.2  # how often a read of a quiet standard input looks at the closed flag
+_POLL_S = 0.2  # how often a read of a quiet stream (standard input, a named pipe) looks at the closed flag
+#: A file none of whose first this many data rows can be read is refused before the run (``check_model``):
+#: a few bad rows among good ones are reported one by one, and the run goes on.
+_LOOK_ROWS = 100
+#: Separators a CSV that is not comma-separated may use, as a message names them.
+_OTHER_SEPARATORS = ((";", "';'"), ("\t", "tabs"), ("|", "'|'"), (" ", "spaces"))
 _READ_BYTES = 65536
 #: The longest row read, in characters: a row of a thousand channels is some 20 KB. A longer one (a
 #: binary file, a sender that never writes a newline) is skipped as a bad row, not held in memory whole.
@@ -99,9 +114,8 @@ class SensorSource:
         self.uri = path
         self.window, self.hop = window, hop
         self._stdin = path in ("-", "stdin")
-        if not self._stdin and not Path(path).is_file():
-            what = "is a directory, not a file" if Path(path).is_dir() else "not found"
-            raise SourceError(f"sensor file {what}: {path}")
+        #: a stream (standard input or a named pipe): read as it comes, never looked at before the run
+        self._stream = self._stdin or _is_pipe(path)
         suffix = Path(path).suffix.lower()
         self._format = fmt or ("jsonl" if suffix in (".jsonl", ".ndjson") else "csv")
         self._closed = False
@@ -112,12 +126,15 @@ class SensorSource:
 
         A sensor window is ``[rows, channels]``, so the model's first input must
         be ``[batch, rows, channels]``; a file's channel count (its header less
-        the time column, or its first data row) must be the model's. Standard
-        input cannot be looked at in advance: there a wrong width fails window
-        by window.
+        the time column, or its first readable data row) must be the model's,
+        and one of its first ``_LOOK_ROWS`` data rows (all, in a shorter file)
+        must be readable. Standard input and a named pipe cannot be looked at in
+        advance (what is read is gone): there a wrong width fails row by row.
 
         Raises:
-            ConfigError: naming the model's input tensor and what does not fit.
+            ConfigError: naming the model's input tensor and what does not fit,
+                or the file's first bad row (and another separator than commas,
+                where its first line suggests one).
         """
         spec = model.inputs[0]
         if len(spec.shape) != 3:
@@ -125,24 +142,54 @@ class SensorSource:
                 f"{model.name} does not take sensor windows: its input tensor {spec.describe()} is not "
                 f"[batch, rows, channels], and {self.uri} gives windows of [rows, channels]"
             )
+        if self._stream:
+            return
         channels = spec.shape[2]
-        found = None if self._stdin or channels is None else self._channels()
-        if found is not None and found != channels:
+        found, unreadable, hint = self._look()
+        if unreadable is not None:
+            raise ConfigError(f"{self.uri}: {unreadable}{hint}")
+        if found is not None and channels is not None and found != channels:
             raise ConfigError(
                 f"{self.uri} has {found} channel{'' if found == 1 else 's'} per row, and {model.name} takes "
-                f"{channels} (input tensor {spec.describe()})"
+                f"{channels} (input tensor {spec.describe()}){hint}"
             )
 
-    def _channels(self) -> int | None:
-        """The file's channel count, from its first readable data row (None when it has none)."""
+    def _look(self) -> tuple[int | None, str | None, str]:
+        """What the head of the file says, before the run: (channel count, why its rows cannot be read, hint).
+
+        The channel count is the header's less the time column, else the first readable
+        row's; None for a file with neither (empty: the run says it ended before one
+        window). The reason is None unless none of the first ``_LOOK_ROWS`` data rows
+        can be read; it names the first bad one. The hint (or "") is a CSV's first line
+        holding another separator and no comma: its rows cannot be read as their fields.
+        """
+        lines = self._content()
+        try:
+            first = next((line for _, line in lines if line is not None), None)
+        finally:
+            lines.close()  # closes the file
+        header = _csv_fields(first) if self._format == "csv" and first is not None else None
+        if header is not None and not _is_header(header):
+            header = None
+        found = None if header is None else sum(1 for name in header if name.lower() not in _TIME_COLUMNS)
+        hint = _separator_hint(first) if self._format == "csv" and first is not None else ""
+        looked, bad = 0, ""
         rows = self._rows()
         try:
-            for _, values in rows:
+            for number, values in rows:
                 if isinstance(values, list):
-                    return len(values)
-            return None
+                    return (len(values) if found is None else found), None, hint
+                looked += 1
+                bad = bad or f"line {number}: {values}"
+                if looked == _LOOK_ROWS:
+                    return found, f"none of its first {looked} data rows can be read ({bad})", hint
         finally:
-            rows.close()  # closes the file
+            rows.close()
+        if looked == 0:
+            return found, None, hint
+        if looked == 1:
+            return found, f"its one data row cannot be read ({bad})", hint
+        return found, f"none of its {looked} data rows can be read ({bad})", hint
 
     def _lines(self) -> Iterator[tuple[int, str | None]]:
         """(line number, line); the line is None where it is longer than ``MAX_ROW_CHARS``.
@@ -154,9 +201,20 @@ class SensorSource:
         where the reading stops is the last row (a file's last line often lacks its newline).
         """
         if self._stdin:
-            yield from enumerate(self._stdin_lines(), start=1)
+            yield from enumerate(self._stream_lines(_stdin_fd()), start=1)
             return
-        with open(self.uri, encoding="utf-8", errors="replace") as stream:
+        if self._stream:
+            fd = _open_pipe(self.uri)
+            try:
+                yield from enumerate(self._stream_lines(fd), start=1)
+            finally:
+                os.close(fd)
+            return
+        try:
+            opened = open(self.uri, encoding="utf-8", errors="replace")  # noqa: SIM115 (the with below closes it)
+        except OSError as exc:  # made unreadable, or removed, since the source was opened
+            raise SourceError(f"sensor file cannot be read: {self.uri}: {exc.strerror}") from exc
+        with opened as stream:
             number = 0
             while not self._closed:
                 line = stream.readline(MAX_ROW_CHARS + 1)
@@ -176,24 +234,24 @@ class SensorSource:
                 else:
                     yield number, line
 
-    def _stdin_lines(self) -> Iterator[str | None]:
-        """Lines of standard input, read without blocking for longer than ``_POLL_S`` so ``close()`` is seen.
+    def _stream_lines(self, fd: int) -> Iterator[str | None]:
+        """Lines of a stream (standard input, a named pipe), read without blocking for longer than ``_POLL_S``
+        so ``close()`` is seen.
 
         Bytes are split into lines here (a partial line is kept until its newline
         or the end of input) and each line is decoded as UTF-8, bad bytes replaced.
         A line longer than ``MAX_ROW_CHARS`` bytes is None, its bytes dropped as they come.
         """
-        try:
-            fd = sys.stdin.fileno()
-        except (AttributeError, OSError, ValueError) as exc:  # None, closed, or not a file
-            raise SourceError(f"standard input cannot be read: {exc}") from exc
         pending = b""
         dropping = False  # inside a line too long to keep
         while not self._closed:
             ready, _, _ = select.select([fd], [], [], _POLL_S)
             if not ready:
                 continue
-            chunk = os.read(fd, _READ_BYTES)
+            try:
+                chunk = os.read(fd, _READ_BYTES)
+            except BlockingIOError:  # a named pipe is read without blocking: said ready, and had nothing yet
+                continue
             if not chunk:
                 break
             *lines, pending = (pending + chunk).split(b"\n")
@@ -207,6 +265,17 @@ class SensorSource:
         if (pending or dropping) and not self._closed:
             yield None if dropping else pending.decode("utf-8", errors="replace")
 
+    def _content(self) -> Generator[tuple[int, str | None], None, None]:
+        """(line number, line stripped) of the lines that hold a row or a header: blank lines and comments
+        are passed over; the line is None where it is longer than ``MAX_ROW_CHARS``."""
+        for number, raw in self._lines():
+            if raw is None:
+                yield number, None
+                continue
+            line = raw.strip().lstrip("\ufeff") if number == 1 else raw.strip()  # a byte order mark (Excel's CSV)
+            if line and not line.startswith("#"):
+                yield number, line
+
     def _rows(self) -> Generator[tuple[int, list[float] | str], None, None]:
         """(line number, values) or (line number, error text)."""
         header: list[str] | None = None
@@ -214,18 +283,15 @@ class SensorSource:
         labels: list[str] = []  # each kept CSV field as messages name it: its column in the file, its header name
         width: int | None = None
         names: list[str] | None = None  # a JSON Lines file's channels, from its first object row
-        for number, raw in self._lines():
-            if raw is None:
+        for number, line in self._content():
+            if line is None:
                 yield number, f"longer than {MAX_ROW_CHARS} characters"
-                continue
-            line = raw.strip().lstrip("\ufeff") if number == 1 else raw.strip()  # a byte order mark (Excel's CSV)
-            if not line or line.startswith("#"):
                 continue
             if self._format == "jsonl":
                 values, names = _json_row(line, names)
             else:
-                fields = [f.strip() for f in line.split(",")]
-                if header is None and keep is None and not _is_number(fields[0]) and fields[0] != "":
+                fields = _csv_fields(line)
+                if header is None and keep is None and _is_header(fields):
                     header = [f.lower() for f in fields]
                     keep = [i for i, name in enumerate(header) if name not in _TIME_COLUMNS]
                     labels = [_field_label(i, fields[i]) for i in keep]
@@ -278,6 +344,76 @@ class SensorSource:
     def close(self) -> None:
         """Stop after the current row."""
         self._closed = True
+
+
+def _is_pipe(path: str) -> bool:
+    """Whether ``path`` is a named pipe (read as a stream) rather than a regular file.
+
+    Only the path's metadata is read: opening a device may have effects of its own
+    (``/dev/watchdog`` arms), and opening a named pipe waits for its writer.
+
+    Raises:
+        SourceError: ``path`` is missing, cannot be looked at, or is a directory, a device or a socket.
+    """
+    try:
+        mode = os.stat(path).st_mode
+    except (FileNotFoundError, NotADirectoryError, ValueError):  # ValueError: a NUL in the path
+        raise SourceError(f"sensor file not found: {path}") from None
+    except OSError as exc:  # a name too long, a loop of links, a folder it may not look into
+        raise SourceError(f"sensor file cannot be read: {path}: {exc.strerror}") from exc
+    if stat.S_ISREG(mode):
+        return False
+    if stat.S_ISFIFO(mode):
+        return True
+    if stat.S_ISDIR(mode):
+        what = "a directory"
+    elif stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        what = "a device"
+    else:
+        what = "a socket" if stat.S_ISSOCK(mode) else "no regular file"
+    raise SourceError(f"sensor file is {what}, not a file: {path}")
+
+
+def _stdin_fd() -> int:
+    """Standard input's file descriptor; SourceError where it has none."""
+    try:
+        return sys.stdin.fileno()
+    except (AttributeError, OSError, ValueError) as exc:  # None, closed, or not a file
+        raise SourceError(f"standard input cannot be read: {exc}") from exc
+
+
+def _open_pipe(path: str) -> int:
+    """A named pipe opened for reading without waiting for a writer: ``select`` waits for one instead.
+
+    Linux reports such a pipe readable only once a writer has written or come and
+    gone; until then ``select`` times out, so a run stopped with no writer ends.
+    """
+    try:
+        return os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    except OSError as exc:  # removed, or made unreadable, since the source was opened
+        raise SourceError(f"sensor file cannot be read: {path}: {exc.strerror}") from exc
+
+
+def _csv_fields(line: str) -> list[str]:
+    return [f.strip() for f in line.split(",")]
+
+
+def _is_header(fields: list[str]) -> bool:
+    """Whether a CSV's first row of ``fields`` is its header: its first field is neither empty nor a number."""
+    return fields[0] != "" and not _is_number(fields[0])
+
+
+def _separator_hint(first: str) -> str:
+    """A note for a CSV whose first line holds no comma and another separator, or ""."""
+    if "," in first:
+        return ""
+    for separator, name in _OTHER_SEPARATORS:
+        if separator in first:
+            return (
+                f": its first line {_shown(first)} has {name} and no comma: the file may be separated by {name}, "
+                "not commas, and a sensor CSV must be comma-separated"
+            )
+    return ""
 
 
 def _is_number(text: str) -> bool:
