@@ -21,6 +21,7 @@ import glob
 import ipaddress
 import os
 import re
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -116,7 +117,7 @@ class PipelineConfig(_Strict):
     model: Name = Field(description="a key of `models`")
     sinks: list[FileName] = Field(default_factory=list, description="sink strings as for `edgerun run --sink`")
     fps: float | None = Field(None, ge=FPS_MIN, le=FPS_MAX, description="target frames per second")
-    window: int | None = Field(None, ge=1, description="sensor sources: rows per inference")
+    window: int | None = Field(None, ge=1, le=sys.maxsize, description="sensor sources: rows per inference")
     hop: int | None = Field(None, ge=1, description="sensor sources: rows between windows")
     width: int | None = Field(None, ge=16, le=8192, description="camera width")
     height: int | None = Field(None, ge=16, le=8192, description="camera height")
@@ -174,8 +175,13 @@ class PipelineConfig(_Strict):
         A glob source is not expanded here: each sink is matched against the pattern instead, so
         loading walks no directory (``/**/*.jpg``, or a tree with a symlink loop, would take for ever).
         """
-        from edgerun.sinks import sink_onto_input
+        from edgerun.sinks import repeated_sink, sink_onto_input
 
+        again = repeated_sink(self.sinks)
+        if again is not None:
+            raise ValueError(
+                f"sink {again[0]!r} names the file of sink {again[1]!r} again: each record would be written twice"
+            )
         # a glob source: the sinks it lists, by the names the daemon's glob gives them
         inputs = [s for s in self.sinks if glob_lists(s, self.source)] if glob.has_magic(self.source) else [self.source]
         clash = sink_onto_input(self.sinks, inputs)

@@ -18,6 +18,7 @@ __all__ = [
     "require_at_least_one",
     "require_not_empty",
     "require_positive",
+    "require_tls_files_named",
     "require_within",
     "run_pipeline",
     "start_ota",
@@ -221,10 +222,22 @@ def add_mqtt_options(parser: argparse.ArgumentParser, *, results: bool = True, o
         )
 
 
+def require_tls_files_named(args: argparse.Namespace) -> None:
+    """Refuse an empty ``--mqtt-ca``, ``--mqtt-cert`` or ``--mqtt-key``: "" names no file, and is no option left out.
+
+    Once "MQTT ca file not found: " (naming nothing), or "mutual TLS needs both a client
+    certificate and its key" for a certificate and a key both given.
+    """
+    require_not_empty("--mqtt-ca", args.mqtt_ca)
+    require_not_empty("--mqtt-cert", args.mqtt_cert)
+    require_not_empty("--mqtt-key", args.mqtt_key)
+
+
 def mqtt_settings(args: argparse.Namespace) -> Any:
     """``MqttSettings`` from the command line's MQTT options."""
     from edgerun.sync.settings import MqttSettings
 
+    require_tls_files_named(args)
     return MqttSettings.from_url(
         args.mqtt,
         ca_file=args.mqtt_ca,
@@ -242,6 +255,7 @@ def check_sync(args: argparse.Namespace) -> tuple[Any, str] | None:
     """
     from edgerun.errors import ConfigError
 
+    require_not_empty("--mqtt", args.mqtt)  # "" would quietly mean no broker: a run that publishes nothing
     if not args.mqtt:
         if getattr(args, "publish_results", False):  # else nothing would say that no result goes anywhere
             raise ConfigError("--publish-results needs an MQTT broker (--mqtt URL)")
@@ -268,6 +282,7 @@ def check_ota(args: argparse.Namespace, checked: tuple[Any, str] | None) -> None
     from edgerun.errors import ConfigError
 
     require_within(args, ota_keep=(1, 20), ota_max_bytes=(1, 100_000 * 1024 * 1024))  # as the config's ota keys
+    require_not_empty("--ota-key", *args.ota_key)  # else "cannot read trusted key : Is a directory"
     if not args.ota_key:
         return
     if checked is None:

@@ -25,7 +25,7 @@ def register(sub: Any) -> None:
     actions = c.add_subparsers(dest="action", metavar="ACTION")
     actions.required = True
     check = actions.add_parser("check", help="validate a config and print it with every default filled in")
-    check.add_argument("file")
+    check.add_argument("file", metavar="FILE")
     check.set_defaults(run=check_config)
 
 
@@ -33,10 +33,12 @@ def check_config(args: argparse.Namespace) -> int:
     """Validate, check the model files and the state directory; print the effective config as YAML."""
     import yaml
 
+    from edgerun.cli.common import require_not_empty
     from edgerun.config import check_runnable, load_config
     from edgerun.errors import ConfigError
     from edgerun.state import check_state_dir, state_dir
 
+    require_not_empty("config FILE", args.file)  # else "cannot read config .: Is a directory"
     config = load_config(args.file)
     for note in check_runnable(config, args.file):
         print(f"edgerun: warning: {args.file}: {note}", file=sys.stderr)
@@ -51,10 +53,12 @@ def check_config(args: argparse.Namespace) -> int:
 
 def run(args: argparse.Namespace) -> int:
     """Load the config (exit 2 if broken), set up logging, run until stopped."""
+    from edgerun.cli.common import require_not_empty
     from edgerun.config import default_config, load_config
     from edgerun.daemon import Daemon
     from edgerun.logs import setup_logging
 
+    require_not_empty("--config", args.config)  # "" would quietly run the sample daemon, with no config
     config = load_config(args.config) if args.config else default_config()
     setup_logging(config.logging.level, config.logging.format)
     return Daemon(config, Path(args.config) if args.config else None).run()

@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from edgerun.cli.common import error_line, print_json, require_positive, require_within
+from edgerun.cli.common import error_line, print_json, require_not_empty, require_positive, require_within
 
 HELP = "fleet side of OTA: publish a signed model update, watch devices, roll back, clear finished updates"
 TERMINAL = ("active", "rejected", "failed", "rolled_back")
@@ -100,20 +100,30 @@ def register(sub: Any) -> None:
     cl.set_defaults(run=clear)
 
 
-def _fleet(args: argparse.Namespace) -> Any:
-    from edgerun.ota.operator import Fleet
+def _settings(args: argparse.Namespace) -> Any:
+    """The broker settings of the connection options, checked; nothing is dialled yet."""
+    from edgerun.cli.common import require_tls_files_named
     from edgerun.sync.settings import MqttSettings
     from edgerun.sync.topics import check_prefix
 
     check_prefix(args.prefix)  # the rule devices' topics follow
-    settings = MqttSettings.from_url(args.mqtt, ca_file=args.mqtt_ca, cert_file=args.mqtt_cert, key_file=args.mqtt_key)
-    return Fleet(settings, args.prefix)
+    require_tls_files_named(args)
+    return MqttSettings.from_url(args.mqtt, ca_file=args.mqtt_ca, cert_file=args.mqtt_cert, key_file=args.mqtt_key)
+
+
+def _fleet(args: argparse.Namespace, settings: Any = None) -> Any:
+    """A ``Fleet`` on the broker of ``settings`` (by default, of the connection options)."""
+    from edgerun.ota.operator import Fleet
+
+    return Fleet(_settings(args) if settings is None else settings, args.prefix)
 
 
 def _check_targets(args: argparse.Namespace) -> None:
+    """Refuse no target, a bad device or group name, and an empty ``--key``."""
     from edgerun.errors import ConfigError
     from edgerun.sync.topics import check_name
 
+    require_not_empty("--key", args.key)  # else "cannot read key : Is a directory"
     if not args.device and not args.group:
         raise ConfigError("name at least one --device or --group")
     for d in args.device:
@@ -134,11 +144,17 @@ def publish(args: argparse.Namespace) -> int:
 
     _check_targets(args)
     check_name("model", args.model)
+    _check_version(args.version)  # the manifest's rule, named by the option typed rather than by $.version
+    require_not_empty("MODEL_FILE", args.model_file)  # "" would be the current directory
+    require_not_empty("--card", args.card)  # "" would quietly mean the card beside MODEL_FILE
+    require_not_empty("--validate-with", *args.validate_with)
+    _check_via(args.via)
     require_positive(args, "expires_in", "timeout")  # an expiry in the past: every device refuses the update
     require_within(args, expires_in=(1, 10 * 365 * 86400))  # whole seconds go in the manifest
     require_within(args, probation=(0, PROBATION_MAX_S))  # the manifest's rollout.probation_s, named as typed
     if args.ab is not None and not 0 < args.ab < 1:  # the manifest's rollout.ab_fraction: both ends excluded
         raise ConfigError(f"--ab must be a fraction between 0 and 1 (both excluded), got {args.ab:g}")
+    settings = _settings(args)  # a missing TLS file: one line now, before the model runs for --validate-with
     key = load_private_key(args.key)
     path = Path(args.model_file)
     fmt = detect_format(path)
@@ -170,7 +186,7 @@ def publish(args: argparse.Namespace) -> int:
         allow_downgrade=args.allow_downgrade,
     )
     parse_manifest(manifest)  # what devices will check, checked here first
-    fleet = _fleet(args)
+    fleet = _fleet(args, settings)
     try:
         if args.wait:
             fleet.watch_devices()
@@ -194,6 +210,64 @@ def publish(args: argparse.Namespace) -> int:
         return _follow(fleet, manifest["update_id"], args.device, args.timeout)
     finally:
         fleet.close()
+
+
+#: What ``--version`` is told to look like when it looks like no version at all.
+_VERSION_FORM = "MAJOR.MINOR.PATCH, three whole numbers of up to 9 digits (1.0.0)"
+
+
+def _check_version(version: str) -> None:
+    """Refuse a ``--version`` devices would refuse, in one line naming the option.
+
+    The rule is the manifest's (``edgerun.ota.manifest.VERSION``): checked here, it is
+    "--version 1.1 is not a version: use MAJOR.MINOR.PATCH (1.1.0)", not the schema's regular
+    expression at ``$.version`` once the model file has been hashed.
+
+    Raises:
+        ConfigError: with the version it was likely meant to be, where there is one.
+    """
+    from edgerun.errors import ConfigError, quoted
+
+    require_not_empty("--version", version)
+    if _is_version(version):
+        return
+    meant = _meant_version(version)
+    form = f"MAJOR.MINOR.PATCH ({meant})" if meant is not None else _VERSION_FORM
+    raise ConfigError(f"--version {quoted(version)} is not a version: use {form}")
+
+
+def _is_version(text: str) -> bool:
+    import msgspec
+
+    from edgerun.ota.manifest import VERSION
+
+    try:
+        msgspec.convert(text, VERSION)
+    except msgspec.ValidationError:
+        return False
+    return True
+
+
+def _meant_version(text: str) -> str | None:
+    """``text`` made MAJOR.MINOR.PATCH where it is one to three numbers (``1.1``, ``v1.2.3``, ``01.2.3``)."""
+    parts = text.strip().removeprefix("v").removeprefix("V").split(".")
+    if len(parts) > 3 or not all(p.isascii() and p.isdigit() and len(p.lstrip("0")) <= 9 for p in parts):
+        return None
+    meant = ".".join(str(int(p.lstrip("0") or "0")) for p in parts + ["0"] * (3 - len(parts)))
+    return meant if _is_version(meant) else None
+
+
+def _check_via(via: str) -> None:
+    """Refuse a ``--via`` the manifest's ``source`` would refuse (empty, another scheme, a control character)."""
+    from edgerun.errors import ConfigError, quoted
+
+    require_not_empty("--via", via)
+    if via == "mqtt":
+        return
+    if not via.startswith(("https://", "http://", "file://")):
+        raise ConfigError(f"--via {quoted(via)} is neither mqtt nor an https://, http:// or file:// URL")
+    if not via.isprintable():  # a line break would split a log line on the devices
+        raise ConfigError(f"--via {quoted(via)} holds a control character: percent-encode it")
 
 
 def _bar(total: int, unit: str) -> Any:

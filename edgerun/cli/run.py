@@ -102,7 +102,7 @@ def run(args: argparse.Namespace) -> int:
     """Load, open the source and sinks, run, print the summary."""
     import edgerun
     from edgerun.errors import ConfigError
-    from edgerun.limits import BATCH_SIZE_MAX, FPS_MAX, FPS_MIN, PREPARE_WORKERS_MAX
+    from edgerun.limits import BATCH_SIZE_MAX, FPS_MAX, FPS_MIN, MAX_FRAMES_MAX, PREPARE_WORKERS_MAX
     from edgerun.ota.slot import ModelSlot
     from edgerun.pipeline import Pipeline
     from edgerun.sinks import first_drawing_sink, open_sink, video_rate
@@ -128,6 +128,8 @@ def run(args: argparse.Namespace) -> int:
         decode_threads=(0, 64),
         batch_size=(1, BATCH_SIZE_MAX),
         prepare_workers=(1, PREPARE_WORKERS_MAX),
+        max_frames=(1, MAX_FRAMES_MAX),  # the pipeline's bound, which it checks only once the model is loaded
+        window=(1, sys.maxsize),  # a sensor window is a deque's maxlen: a C ssize_t (once an OverflowError)
     )
     if args.ota_key:  # serve the store's active version: an update received over the air survives restarts
         from edgerun.ota.serving import serve_from_store
@@ -194,13 +196,19 @@ def _mqtt_figures(sync: Any, results: Any) -> dict[str, Any] | None:
 
 
 def _refuse_sinks_onto_the_source(specs: list[str], source: Any) -> None:
-    """Refuse a sink file that is one of the source's files: writing it would change (or truncate) the input."""
+    """Refuse a sink file that is one of the source's files (writing it would change or truncate the
+    input), and one sink file named twice."""
     from edgerun.errors import ConfigError
-    from edgerun.sinks import sink_onto_input
+    from edgerun.sinks import repeated_sink, sink_onto_input
 
     clash = sink_onto_input(specs, [ref.path for ref in source.refs] if hasattr(source, "refs") else [source.uri])
     if clash is not None:
         raise ConfigError(f"--sink {clash[0]} is the source file {clash[1]}: writing it would damage the input")
+    again = repeated_sink(specs)
+    if again is not None:
+        raise ConfigError(
+            f"--sink {again[0]} names the file of --sink {again[1]} again: each record would be written twice"
+        )
 
 
 def _print_summary(model: Any, summary: Any, published: dict[str, Any] | None = None) -> None:

@@ -77,6 +77,26 @@ def sink_onto_input(specs: Sequence[str], inputs: Sequence[str]) -> tuple[str, s
     return None
 
 
+def repeated_sink(specs: Sequence[str]) -> tuple[str, str] | None:
+    """The first of ``specs`` that names the file or folder an earlier one names, with that one (every
+    record would be written twice, or two writers would number the same images); None when none does.
+    Standard output is not a file here: a table and JSON Lines on it are two views a user may want."""
+    import os
+
+    from edgerun.files import same_file
+
+    seen: list[str] = []
+    for spec in specs:
+        if spec.lower() in _STDOUT_SINKS:
+            continue
+        here = os.path.realpath(spec)
+        earlier = next((s for s in seen if os.path.realpath(s) == here or same_file(s, spec)), None)
+        if earlier is not None:
+            return spec, earlier
+        seen.append(spec)
+    return None
+
+
 def video_rate(fps: float | None, source: Any) -> float:
     """The rate an annotated video plays at: the rate frames are taken (the pipeline's ``fps``),
     else the source's own (``source.fps``, 0 when it declares none), else 25 frames per second."""

@@ -164,6 +164,26 @@ def _last_byte(path: str) -> bytes:
         return fh.read(1)
 
 
+def _check_header(path: str, header: str) -> None:
+    """Refuse a CSV file that holds another table: rows appended under its header would not be its.
+
+    A file that is empty, not there, or not a regular file (a pipe, ``/dev/stdout``) has no header
+    to check; one that edgerun wrote starts with ``header``.
+    """
+    try:
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            return
+        with open(path, "rb") as fh:
+            first = fh.read(len(header) + 2).splitlines()[:1]
+    except OSError:
+        return  # not there yet, or unreadable: opening it for writing says why
+    if first and first[0].decode("utf-8", "replace") != header:
+        raise ConfigError(
+            f"{path} holds another table (its first line starts {shown(first[0].decode('utf-8', 'replace'))!r}, "
+            f"not edgerun's {header}): name a new file, or one that edgerun wrote"
+        )
+
+
 def _reason(exc: OSError) -> str:
     """An OSError's reason in words (``No space left on device``), without its errno and file name."""
     return exc.strerror or str(exc)
@@ -185,6 +205,7 @@ class CsvSink:
         import io
 
         self.path = path
+        _check_header(path, ",".join(self.COLUMNS))  # before anything is appended to another table
         self._file = _AppendFile(path, b"\r\n")  # the csv module's line ending
         self._row = io.StringIO()
         self._writer = csv.writer(self._row)
