@@ -512,9 +512,11 @@ def create_app(
 
         return HTMLResponse(PAGE)
 
-    @app.api_route("/health", methods=["GET", "HEAD"], summary="Alive")  # HEAD: what some health checkers send
+    @app.get("/health", summary="Alive")
     async def health() -> Any:
         return {"status": "ok"}
+
+    app.add_api_route("/health", health, methods=["HEAD"], include_in_schema=False)  # what some health checkers send
 
     @app.get("/ready", summary="Every model loaded and warmed")
     async def readiness() -> Any:

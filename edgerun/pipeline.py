@@ -191,6 +191,7 @@ class Pipeline:
         self._stopped_at = math.inf  # monotonic time of the first stop()
         self._reading_since: float | None = None  # while the reader waits in the source for a frame
         self._reader_left = False  # the reader, stuck in a read after the stop, was left behind
+        self._reading_lock = threading.Lock()  # the reader's way out of a read against its leaving
         self.summary = Summary()
 
     @property
@@ -238,9 +239,10 @@ class Pipeline:
             while True:
                 self._reading_since = time.monotonic()
                 frame = next(frames, None)
-                self._reading_since = None
-                if frame is None or self._reader_left:
-                    break
+                with self._reading_lock:  # a frame read as the reader is left behind is not handed on
+                    self._reading_since = None
+                    if frame is None or self._reader_left:
+                        break
                 now = time.monotonic()
                 if self._interval:
                     if now < next_due:
@@ -439,10 +441,11 @@ class Pipeline:
         camera that hangs. No ``close()`` reaches a thread blocked in ``read()`` or ``open()``, and
         SIGINT or SIGTERM would otherwise be ignored until the read returned. The stages after it
         get the end of input in its place; everything read before is finished and flushed."""
-        since = self._reading_since
-        if since is None or time.monotonic() - max(since, self._stopped_at) < READ_STOP_GRACE_S:
-            return False
-        self._reader_left = True
+        with self._reading_lock:
+            since = self._reading_since
+            if since is None or time.monotonic() - max(since, self._stopped_at) < READ_STOP_GRACE_S:
+                return False
+            self._reader_left = True
         log.warning(
             "pipeline: the source %s is still waiting for input %.0f s after the stop; stopped without it",
             self.source.uri,

@@ -104,7 +104,10 @@ def claim_state_dir(path: Path) -> None:
         ConfigError: another process holds it (``state_dir X is in use by another edgerun process
             (pid N) ...``), or the lock file cannot be written.
     """
-    path.mkdir(parents=True, exist_ok=True)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:  # a file on the way, a folder this user may not write in
+        raise ConfigError(f"state_dir {path}: cannot create it: {exc.strerror or exc}") from None
     key = path.resolve()
     with _claims_lock:
         if key in _claims:

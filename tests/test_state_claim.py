@@ -111,3 +111,39 @@ def test_claims_nest_in_one_process_and_the_last_release_frees_the_directory(tmp
     finally:
         release_state_dir(state)
     assert claimed_elsewhere(state).returncode == 0
+
+
+def test_a_state_dir_that_cannot_be_created_is_one_line_not_a_traceback(broker: Broker, tmp_path: Path) -> None:
+    afile = tmp_path / "afile"
+    afile.touch()
+    result = run_cli(
+        "run",
+        str(DIGITS / "digits_int8.tflite"),
+        "--source",
+        str(DIGITS / "samples" / "digit_3.png"),
+        "--mqtt",
+        f"mqtt://127.0.0.1:{broker.port}",
+        "--state-dir",
+        str(afile / "sub"),
+    )
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip() == f"edgerun: error: state_dir {afile / 'sub'}: cannot create it: Not a directory"
+
+
+def test_a_sync_service_stopped_twice_gives_back_only_its_own_claim(broker: Broker, tmp_path: Path) -> None:
+    from edgerun.sync.service import SyncService
+    from edgerun.sync.settings import MqttSettings
+    from edgerun.telemetry.metrics import Metrics
+
+    state = tmp_path / "state"
+    claim_state_dir(state)  # another holder in this process: a daemon's own claim
+    try:
+        settings = MqttSettings.from_url(f"mqtt://127.0.0.1:{broker.port}", client_id=f"twice-{time.monotonic_ns()}")
+        service = SyncService(settings, device_id="twice", state_dir=state, metrics=Metrics())
+        service.start()
+        service.stop()
+        service.stop()  # a try/finally that stops again
+        assert claimed_elsewhere(state).returncode == 1  # the other holder's claim stands
+    finally:
+        release_state_dir(state)
+    assert claimed_elsewhere(state).returncode == 0

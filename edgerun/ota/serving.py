@@ -3,9 +3,11 @@
 The first start installs the given file into the store as its card's version
 and activates it; later starts serve whatever the store says is active (an
 update received over the air survives restarts), after hashing it against its
-manifest. The given file is served itself only where it is the active version's
-very bytes; a file of the same version with other bytes is refused with a WARNING
-(the store's copy is what a rollback or an activation would come back to).
+manifest. A file given under the active version's number with other bytes (the
+operator changed the file, not the version) replaces the store's copy where that
+copy was given at start too, and is refused where an OTA update installed it: the
+store's copy is what a rollback or an activation comes back to, so it must be
+what serves. Both say so in a WARNING.
 """
 
 from __future__ import annotations
@@ -26,6 +28,9 @@ __all__ = ["serve_from_store"]
 
 LoadModel = Callable[[Path, "ModelCard | None"], Model]
 
+#: The ``update_id`` of a version installed from a model file given at start, not over the air.
+LOCAL = "local"
+
 
 def serve_from_store(path: Path, store: ModelStore, load: LoadModel) -> Model:
     """The model to serve for ``path``: the store's active version of its name, seeding the store first."""
@@ -33,29 +38,32 @@ def serve_from_store(path: Path, store: ModelStore, load: LoadModel) -> Model:
     name = given.name
     active = store.active(name)
     if active is None:
-        manifest = {
-            "update_id": "local",
-            "sha256": sha256_file(path),
-            "size": path.stat().st_size,
-            "format": given.format,
-            "source": str(path),
-        }
-        try:
-            store.install(name, given.version, given.format, path, manifest, given.card.to_dict())
-            store.activate(name, given.version)
-        except OSError as exc:  # a full or read-only disk: the store is left as it was (install is all or nothing)
-            given.close()
-            raise ModelLoadError(
-                f"cannot put {name} {given.version} in the model store {store.root}: {exc.strerror or exc}"
-            ) from exc
+        _install_local(path, store, given, first=True)
         log.info("model store: %s %s installed from %s and active", name, given.version, path)
         return given
     if active.version == given.version and not active.ab:
-        if _installed_as(path, store, name, active.version):
+        try:
+            record = store.manifest(name, active.version)
+        except (OSError, ValueError) as exc:  # a version folder damaged by hand: serve the file given, as before
+            log.warning(
+                "model store: the record of %s %s cannot be read (%s): serving %s", name, given.version, exc, path
+            )
+            return given
+        if path.stat().st_size == record.get("size") and sha256_file(path) == record.get("sha256"):
+            return given
+        if record.get("update_id") == LOCAL:  # the operator's own file, changed under the same version: it wins
+            _install_local(path, store, given, first=False)
+            log.warning(
+                "model store: %s %s replaced by %s (the same version, other bytes; give a new file a version of "
+                "its own in its card, so that a rollback can tell the two apart)",
+                name,
+                given.version,
+                path,
+            )
             return given
         log.warning(
-            "model store: %s is not the %s %s in the store (the same version, other bytes): serving the store's; "
-            "give the new file a version of its own in its card, or send it as an OTA update",
+            "model store: %s is not the %s %s that an OTA update installed (the same version, other bytes): serving "
+            "the update's; give the new file a version of its own in its card, or send it as an OTA update",
             path,
             name,
             active.version,
@@ -67,7 +75,22 @@ def serve_from_store(path: Path, store: ModelStore, load: LoadModel) -> Model:
     return load(installed, card)
 
 
-def _installed_as(path: Path, store: ModelStore, name: str, version: str) -> bool:
-    """Whether ``path`` holds the bytes the store has for ``name`` ``version`` (size, then SHA-256)."""
-    record = store.manifest(name, version)
-    return bool(path.stat().st_size == record.get("size") and sha256_file(path) == record.get("sha256"))
+def _install_local(path: Path, store: ModelStore, given: Model, *, first: bool) -> None:
+    """Put the model file given into the store under its card's version: ``first``, and make it active;
+    else over the active version's copy, before anything serves from the store."""
+    manifest = {
+        "update_id": LOCAL,
+        "sha256": sha256_file(path),
+        "size": path.stat().st_size,
+        "format": given.format,
+        "source": str(path),
+    }
+    name, version = given.name, given.version
+    try:
+        store.install(name, version, given.format, path, manifest, given.card.to_dict(), replace_active=not first)
+        if first:
+            store.activate(name, version)
+    except OSError as exc:  # a full or read-only disk: the store is left as it was (install is all or nothing)
+        given.close()
+        reason = exc.strerror or exc
+        raise ModelLoadError(f"cannot put {name} {version} in the model store {store.root}: {reason}") from exc

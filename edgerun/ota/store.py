@@ -165,6 +165,7 @@ class ModelStore:
         card: dict[str, Any],
         *,
         move: bool = False,
+        replace_active: bool = False,
     ) -> Path:
         """Put a version in the store beside the others (complete, or not at all).
 
@@ -172,6 +173,10 @@ class ModelStore:
         another filesystem or one without links: a USB disk, FAT) and deleted once the version is
         in place; until then it stays where it was, whatever fails or however the process ends, so
         an update resumed or published again installs it without downloading it again.
+
+        A version in use (active, or an A/B candidate) is refused, unless ``replace_active``: at
+        start, before anything serves from the store, a model file given again under the active
+        version's number replaces that version's copy (``serve_from_store``).
 
         Raises:
             OSError: the store's disk refused (full, read-only, a path that is not a folder).
@@ -198,7 +203,8 @@ class ModelStore:
             fsync_dir(building)
             if final.exists():
                 active = self.active(name)
-                if active is not None and version in (active.version, (active.ab or {}).get("version")):
+                in_use = active is not None and version in (active.version, (active.ab or {}).get("version"))
+                if in_use and not replace_active:
                     raise UpdateRejected(f"{name} {version} is installed and in use; it cannot be replaced")
                 aside = self._set_aside(final)  # the old copy goes once the new one is in its place
             os.replace(building, final)

@@ -85,15 +85,21 @@ def repeated_sink(specs: Sequence[str]) -> tuple[str, str] | None:
 
     from edgerun.files import same_file
 
-    seen: list[str] = []
+    def where(spec: str) -> str:
+        try:
+            return os.path.realpath(spec)
+        except OSError:  # a relative name, and the working folder deleted: as written
+            return os.path.normpath(spec)
+
+    seen: list[tuple[str, str]] = []
     for spec in specs:
         if spec.lower() in _STDOUT_SINKS:
             continue
-        here = os.path.realpath(spec)
-        earlier = next((s for s in seen if os.path.realpath(s) == here or same_file(s, spec)), None)
+        here = where(spec)
+        earlier = next((s for s, w in seen if w == here or same_file(s, spec)), None)
         if earlier is not None:
             return spec, earlier
-        seen.append(spec)
+        seen.append((spec, here))
     return None
 
 

@@ -129,6 +129,8 @@ class SyncService:
         line, and ``stop`` itself does not raise, so a daemon's SIGTERM still ends
         with exit code 0.
         """
+        if self.undelivered is not None:  # stopped already: a second stop (a try/finally) does nothing
+            return
         _step("queue the last metrics record", self.metrics_publisher.stop)
         _step("stop the MQTT link", lambda: self.link.stop(flush_timeout_s))
         self.undelivered = left = len(self.outbox)
