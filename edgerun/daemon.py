@@ -140,7 +140,10 @@ class _PipelineRunner:
         sinks: list[Any] = []
         try:
             check_fits(source, self.slot.primary)  # one line now, not one error per window or frame
-            if done and not source.live:
+            # a file read again after a failure: what it gave before is left out. Not a live source, and not
+            # a stream (standard input, a named pipe), whose line numbers start again on new data
+            again = not source.live and not getattr(source, "stream", False)
+            if done and again:
                 source = without_frames(source, done)  # a video's frames, a sensor file's windows: read, not run
             for spec in c.sinks:
                 sinks.append(open_sink(spec, fps=video_rate(c.fps, source)))
@@ -158,7 +161,7 @@ class _PipelineRunner:
                 fps=c.fps,
                 batch_size=c.batch_size,
                 prepare_workers=c.prepare_workers,
-                on_result=self._report_failure if source.live else self._note_delivered,
+                on_result=self._note_delivered if again else self._report_failure,  # a stream's ids pile up
             )
         except BaseException:
             self._discard(source, sinks)

@@ -72,3 +72,42 @@ def test_sigterm_ends_predict_waiting_on_a_pipe_as_ctrl_c_does(tmp_path: Path) -
             proc.wait()
     assert proc.returncode == 130, stderr
     assert stderr.strip() == "edgerun: error: interrupted"
+
+
+def test_a_daemon_pipeline_on_a_named_pipe_keeps_no_id_per_window(tmp_path: Path) -> None:
+    """A file source's delivered inputs are remembered, so a retry leaves them out; a stream's are not:
+    its line numbers start again on new data (a retry would have skipped fresh windows), and a daemon
+    reading a sensor's pipe for months kept one string per window, for ever."""
+    import threading
+
+    from tests.test_daemon import _in_process_daemon
+    from tests.test_sync import wait_until
+
+    fifo = tmp_path / "sensor.csv"
+    os.mkfifo(fifo)
+    rows = (ROOT / "models/vibration/samples/normal.csv").read_text().splitlines()[:513]  # header + 2 windows
+    daemon = _in_process_daemon(
+        tmp_path / "state",
+        {"vibration": str(ROOT / "models" / "vibration" / "vibration_int8.tflite")},
+        {"pipe": {"source": str(fifo), "model": "vibration", "sinks": [str(tmp_path / "out.jsonl")]}},
+    )
+    daemon.start()
+    done = threading.Event()
+
+    def write() -> None:
+        with open(fifo, "w") as pipe:  # waits for the daemon to open it
+            pipe.write("\n".join(rows) + "\n")
+            pipe.flush()
+            done.wait(30)  # kept open: the stream goes on
+
+    writer = threading.Thread(target=write, daemon=True)
+    writer.start()
+    try:
+        out = tmp_path / "out.jsonl"
+        wait_until(lambda: out.exists() and len(out.read_text().splitlines()) == 2, 30, "two windows' results")
+        assert json.loads(out.read_text().splitlines()[0])["output"][0]["label"] == "normal"
+        assert daemon.runners["pipe"]._delivered == set()
+    finally:
+        done.set()
+        daemon.stop()
+        writer.join(10)

@@ -116,6 +116,9 @@ class SensorSource:
         self._stdin = path in ("-", "stdin")
         #: a stream (standard input or a named pipe): read as it comes, never looked at before the run
         self._stream = self._stdin or _is_pipe(path)
+        #: True for standard input and a named pipe: what is read is gone, so a retry reads new data,
+        #: never the windows it read before (a daemon neither skips nor remembers their ids)
+        self.stream = self._stream
         suffix = Path(path).suffix.lower()
         self._format = fmt or ("jsonl" if suffix in (".jsonl", ".ndjson") else "csv")
         self._closed = False
