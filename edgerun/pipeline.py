@@ -234,8 +234,8 @@ class Pipeline:
         live = self.source.live
         dropped_seen = 0
         onward = self._q_inf if self._prepare_on_reader else self._q_pre  # prepared here, or by the prepare workers
-        frames = iter(self.source.frames())
         try:
+            frames = iter(self.source.frames())  # in the try: a source that fails to start is that stage's failure
             while True:
                 self._reading_since = time.monotonic()
                 frame = next(frames, None)

@@ -18,7 +18,9 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
+from edgerun.errors import PipelineError, SourceError
 from edgerun.pipeline import READ_STOP_GRACE_S
 from tests.conftest import DIGITS, ROOT, SAMPLES
 
@@ -111,3 +113,43 @@ def test_a_daemon_pipeline_on_a_named_pipe_keeps_no_id_per_window(tmp_path: Path
         done.set()
         daemon.stop()
         writer.join(10)
+
+
+class _FailsToStart:
+    """A library user's source whose ``frames()`` is a plain function that fails before it returns."""
+
+    live = False
+    uri = "failing://cam"
+    dropped = 0
+
+    def frames(self) -> Any:
+        raise SourceError("camera gone")
+
+    def close(self) -> None:
+        pass
+
+
+def test_a_source_whose_frames_call_fails_stops_the_run_with_its_reason(tmp_path: Path) -> None:
+    # The reader's loop once started outside its try: the exception ended the thread without the end of
+    # input being passed on, and run() waited for ever.
+    import threading
+
+    import edgerun
+    from edgerun.pipeline import Pipeline
+
+    outcome: list[BaseException] = []
+    with edgerun.load(DIGITS / "digits_int8.tflite") as model:
+        pipeline = Pipeline(_FailsToStart(), model, [])
+
+        def run() -> None:
+            try:
+                pipeline.run()
+            except BaseException as exc:
+                outcome.append(exc)
+
+        thread = threading.Thread(target=run, daemon=True)
+        thread.start()
+        thread.join(20)
+    assert not thread.is_alive(), "run() never returned"
+    assert len(outcome) == 1 and isinstance(outcome[0], PipelineError), outcome
+    assert str(outcome[0]) == "source failing://cam: camera gone"
