@@ -26,7 +26,7 @@ from types import FrameType
 
 log = logging.getLogger(__name__)
 
-__all__ = ["exit_in_words", "handled"]
+__all__ = ["exit_in_words", "handled", "sigterm_as_interrupt"]
 
 Action = Callable[[signal.Signals], None]
 
@@ -61,6 +61,25 @@ def handled(actions: Mapping[signal.Signals, Action]) -> Iterator[None]:
         os.close(write)  # the watcher reads the end of the pipe and returns
         watcher.join()
         os.close(read)
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """While inside, SIGTERM raises ``KeyboardInterrupt`` on the main thread, as Ctrl-C does.
+
+    For work done on the main thread itself, maybe blocked reading a pipe (``predict``'s direct
+    run), where only an exception raised by the handler ends the read: without it SIGTERM ends the
+    process with no word (exit 143). Raising takes no lock, so this handler may do it (see above).
+    """
+
+    def interrupt(signum: int, frame: FrameType | None) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _wake_only(signum: int, frame: FrameType | None) -> None:

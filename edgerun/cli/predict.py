@@ -3,12 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
-import signal
 import sys
-from collections.abc import Iterator
 from typing import IO, Any, NamedTuple, cast
 
 from edgerun.cli.common import (
@@ -196,7 +193,9 @@ def run(args: argparse.Namespace) -> int:
     if args.output:
         sinks.append(JsonlSink(os.fspath(args.output)))
     if direct:
-        with model, _sigterm_as_interrupt():
+        from edgerun.signals import sigterm_as_interrupt
+
+        with model, sigterm_as_interrupt():
             return _run_direct(model, source, sinks, args.json)
 
     def on_result(result: Any) -> None:
@@ -254,22 +253,6 @@ def batch_prepare_workers() -> int:
 #: Up to this many inputs run in the calling thread: starting the pipeline's threads (and
 #: importing them) would be most of a one-image run.
 _DIRECT_MAX = 4
-
-
-@contextlib.contextmanager
-def _sigterm_as_interrupt() -> Iterator[None]:
-    """SIGTERM ends a direct run as Ctrl-C does (``interrupted``, exit 130), where it would otherwise end the
-    process with no word (143). The direct run is on this thread, maybe blocked reading a pipe: only an
-    exception raised by the handler ends that read. Raising takes no lock, so this handler may raise."""
-
-    def interrupt(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGTERM, interrupt)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 def _run_direct(model: Any, source: Any, sinks: list[Any], as_json: bool) -> int:
