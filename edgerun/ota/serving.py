@@ -49,10 +49,11 @@ def serve_from_store(path: Path, store: ModelStore, load: LoadModel) -> Model:
                 "model store: the record of %s %s cannot be read (%s): serving %s", name, given.version, exc, path
             )
             return given
-        if path.stat().st_size == record.get("size") and sha256_file(path) == record.get("sha256"):
+        digest = sha256_file(path)
+        if path.stat().st_size == record.get("size") and digest == record.get("sha256"):
             return given
         if record.get("update_id") == LOCAL:  # the operator's own file, changed under the same version: it wins
-            _install_local(path, store, given, first=False)
+            _install_local(path, store, given, first=False, digest=digest)
             log.warning(
                 "model store: %s %s replaced by %s (the same version, other bytes; give a new file a version of "
                 "its own in its card, so that a rollback can tell the two apart)",
@@ -75,12 +76,13 @@ def serve_from_store(path: Path, store: ModelStore, load: LoadModel) -> Model:
     return load(installed, card)
 
 
-def _install_local(path: Path, store: ModelStore, given: Model, *, first: bool) -> None:
+def _install_local(path: Path, store: ModelStore, given: Model, *, first: bool, digest: str | None = None) -> None:
     """Put the model file given into the store under its card's version: ``first``, and make it active;
-    else over the active version's copy, before anything serves from the store."""
+    else over the active version's copy, before anything serves from the store. ``digest``: its SHA-256,
+    where the caller has it already."""
     manifest = {
         "update_id": LOCAL,
-        "sha256": sha256_file(path),
+        "sha256": digest or sha256_file(path),
         "size": path.stat().st_size,
         "format": given.format,
         "source": str(path),
