@@ -194,6 +194,11 @@ def npy_reason(exc: BaseException) -> str:
     return lines[0] if lines else type(exc).__name__
 
 
+_NOT_ARRAY = "not a rectangular JSON array of numbers"
+_BEYOND = "a JSON array with NaN, infinite values or values beyond float32's range"
+_MAX_DIMS = 64  # numpy's limit on an array's dimensions (NPY_MAXDIMS since numpy 2)
+
+
 def json_array(text: bytes | str) -> np.ndarray:
     """A JSON array of numbers, nested and rectangular, as float32; ``ValueError`` saying what is wrong.
 
@@ -201,13 +206,12 @@ def json_array(text: bytes | str) -> np.ndarray:
     numbers once cast, and a ``true`` among numbers as 1.0 without a cast. A number past float32's
     range, NaN and an infinity are refused too: a model would turn them into a confident answer.
     """
-    beyond = "a JSON array with NaN, infinite values or values beyond float32's range"
     try:
         parsed = json.loads(text)
     except RecursionError:  # "[[[[..." deeper than Python's stack; without "from": its traceback is huge
         raise ValueError("a JSON array nested too deeply") from None
     except ValueError as exc:  # not JSON, or an integer of more digits than Python converts (4,300)
-        raise ValueError(beyond if "integer string conversion" in str(exc) else _NOT_ARRAY) from exc
+        raise ValueError(_BEYOND if "integer string conversion" in str(exc) else _NOT_ARRAY) from exc
     try:
         data = np.asarray(parsed)  # no dtype: a cast would take "1", true and null as numbers
     except (ValueError, TypeError, OverflowError) as exc:  # ragged ([[1, 2], [3]]), or too many dimensions
@@ -216,14 +220,10 @@ def json_array(text: bytes | str) -> np.ndarray:
     words = (b"true", b"false", b"null") if isinstance(text, bytes) else ("true", "false", "null")
     if data.ndim == 0 or data.dtype.kind not in "iuf" or any(w in text for w in words):  # type: ignore[operator]
         if data.dtype.kind == "O" and all(type(v) is int for v in data.flat):
-            raise ValueError(beyond)  # integers past int64
+            raise ValueError(_BEYOND)  # integers past int64
         raise ValueError(_NOT_ARRAY)  # strings, booleans, null
     with np.errstate(over="ignore"):  # a value past float32's range becomes infinite, refused just below
         array = data.astype(np.float32)
     if not np.isfinite(array).all():
-        raise ValueError(beyond)
+        raise ValueError(_BEYOND)
     return array
-
-
-_NOT_ARRAY = "not a rectangular JSON array of numbers"
-_MAX_DIMS = 64  # numpy's limit on an array's dimensions (NPY_MAXDIMS since numpy 2)

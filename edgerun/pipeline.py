@@ -186,6 +186,7 @@ class Pipeline:
         self._q_pre = Lanes(n_lanes, lane_size, self._abort)
         self._q_inf = Lanes(n_lanes, lane_size, self._abort)
         self._q_out = Lanes(1, queue_size * max(1, batch_size), self._abort)
+        self._onward = self._q_inf if self._prepare_on_reader else self._q_pre  # the reader's next stage
         self._failure: tuple[str, BaseException] | None = None
         self._lock = threading.Lock()
         self._stopped_at = math.inf  # monotonic time of the first stop()
@@ -233,7 +234,7 @@ class Pipeline:
         next_due = 0.0
         live = self.source.live
         dropped_seen = 0
-        onward = self._q_inf if self._prepare_on_reader else self._q_pre  # prepared here, or by the prepare workers
+        onward = self._onward  # prepared here, or by the prepare workers
         try:
             frames = iter(self.source.frames())  # in the try: a source that fails to start is that stage's failure
             while True:
@@ -451,7 +452,7 @@ class Pipeline:
             self.source.uri,
             READ_STOP_GRACE_S,
         )
-        (self._q_inf if self._prepare_on_reader else self._q_pre).end()
+        self._onward.end()
         return True
 
     def run(self) -> Summary:
