@@ -28,7 +28,9 @@ failed open had opened is closed again, and a pipeline stopped while its source
 opens never runs. A pipeline over files (images, a video, a sensor file: not live) that
 fails part way (a full disk under its sink) is retried without the inputs whose results
 already reached every sink (error records included), so none is written or published
-twice; a SIGHUP that changes the pipeline starts it afresh.
+twice; a SIGHUP that changes the pipeline starts it afresh. A named pipe given as a sensor
+file is read again when its writer closes, for the next writer (standard input ends the
+pipeline: nothing can write to it again).
 """
 
 from __future__ import annotations
@@ -108,6 +110,14 @@ class _PipelineRunner:
                     break
                 self.state = "running"
                 summary = pipeline.run()
+                if getattr(pipeline.source, "pipe", False):  # a named pipe: its writer closed; another may come
+                    log.info(
+                        "pipeline %s: the writer of %s closed after %d windows; waiting for the next writer",
+                        self.name,
+                        pipeline.source.uri,
+                        summary.frames,
+                    )
+                    continue
                 if not pipeline.source.live:
                     self.state = "finished"
                     # a retried file source: every input delivered, not only this run's

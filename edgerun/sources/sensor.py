@@ -119,6 +119,8 @@ class SensorSource:
         #: True for standard input and a named pipe: what is read is gone, so a retry reads new data,
         #: never the windows it read before (a daemon neither skips nor remembers their ids)
         self.stream = self._stream
+        #: True for a named pipe: its writer closing ends a run, and a daemon reads it again for the next writer
+        self.pipe = self._stream and not self._stdin
         suffix = Path(path).suffix.lower()
         self._format = fmt or ("jsonl" if suffix in (".jsonl", ".ndjson") else "csv")
         self._closed = False
