@@ -163,11 +163,10 @@ def publish(args: argparse.Namespace) -> int:
         raise ConfigError(f"no card beside {path}: give one with --card (devices need its task and preprocessing)")
     card = load_card(card_path).to_dict()
     card.pop("inferred", None)
-    samples = (
-        validation_samples(path, {**card, "name": args.model, "version": args.version}, args.validate_with)
-        if args.validate_with
-        else None
-    )
+    named = {**card, "name": args.model, "version": args.version}
+    samples = validation_samples(path, named, args.validate_with) if args.validate_with else None
+    if samples is None:
+        _check_loads(path, named)  # a truncated file or another model's card: refused here, not by every device
     url = None if args.via == "mqtt" else args.via
     manifest = build_manifest(
         path,
@@ -210,6 +209,24 @@ def publish(args: argparse.Namespace) -> int:
         return _follow(fleet, manifest["update_id"], args.device, args.timeout)
     finally:
         fleet.close()
+
+
+def _check_loads(path: Path, card: dict[str, Any]) -> None:
+    """Load ``path`` with ``card`` on this machine's CPU, as each device will before it runs it, so a file the
+    runtime cannot read (truncated, another format) or a card that does not fit it (another model's labels or
+    input size) is refused before anything is published. An Edge TPU-compiled model (``*_edgetpu.tflite``)
+    runs only on an Edge TPU, so it is not loaded here.
+
+    Raises:
+        EdgerunError: the runtime's or the card's one line (``ModelLoadError``, ``CardError``).
+    """
+    import edgerun
+    from edgerun.card import parse_card
+
+    if path.name.endswith("_edgetpu.tflite"):
+        return
+    with edgerun.load(path, card=parse_card(card, "card"), delegate="cpu", verify=False):
+        pass
 
 
 #: What ``--version`` is told to look like when it looks like no version at all.

@@ -1,0 +1,66 @@
+"""``ota publish`` loads the model with its card before publishing: a file the runtime cannot read or
+a card of another model is refused in one line, and nothing reaches the broker (it was published,
+and every device downloaded it only to reject it)."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import DIGITS, ROOT, Broker, run_cli
+from tests.test_audit_ota_operator import key_pair, retained  # noqa: F401 (key_pair is a fixture)
+
+VIBRATION_CARD = ROOT / "models/vibration/vibration_int8.tflite.card.yaml"
+
+
+def _publish(model: Path, key: Path, broker: Broker, *extra: str) -> tuple[int, str]:
+    done = run_cli(
+        "ota", "publish", str(model), "--model", "digits", "--version", "1.1.0", "--device", "dev1",
+        "--key", str(key), "--mqtt", broker.url, *extra,
+    )  # fmt: skip
+    assert "Traceback" not in done.stderr
+    return done.returncode, done.stderr.strip()
+
+
+@pytest.mark.parametrize("name", ["digits_int8.onnx", "digits_int8.tflite"])
+def test_a_truncated_model_file_is_refused_and_nothing_is_published(
+    tmp_path: Path,
+    own_broker: Broker,
+    key_pair: Path,
+    name: str,  # noqa: F811
+) -> None:
+    model = tmp_path / name
+    model.write_bytes((DIGITS / name).read_bytes()[:3000])
+    shutil.copy(DIGITS / f"{name}.card.yaml", tmp_path / f"{name}.card.yaml")
+    code, stderr = _publish(model, key_pair, own_broker)
+    assert code == 1
+    assert len(stderr.splitlines()) == 1 and stderr.startswith("edgerun: error: "), stderr
+    assert "cannot load" in stderr and name in stderr, stderr
+    assert retained(own_broker.port) == {}
+
+
+def test_a_card_of_another_model_is_refused_and_nothing_is_published(
+    own_broker: Broker,
+    key_pair: Path,  # noqa: F811
+) -> None:
+    code, stderr = _publish(DIGITS / "digits_int8.onnx", key_pair, own_broker, "--card", str(VIBRATION_CARD))
+    assert code == 1
+    assert stderr == "edgerun: error: card of digits has 5 labels, but output logits [N,10] float32 gives 10 classes"
+    assert retained(own_broker.port) == {}
+
+
+def test_an_edge_tpu_compiled_model_is_not_loaded_here_and_is_published(
+    tmp_path: Path,
+    own_broker: Broker,
+    key_pair: Path,  # noqa: F811
+) -> None:
+    """No CPU runtime runs an Edge TPU-compiled model (its ops are one custom op): a load here would refuse every
+    Coral update. The file stands in for one (a compiled model is a .tflite only libedgetpu can run)."""
+    model = tmp_path / "digits_int8_edgetpu.tflite"
+    model.write_bytes(b"\x1c\x00\x00\x00TFL3" + b"\x00" * 64)  # a FlatBuffer header and no more
+    shutil.copy(DIGITS / "digits_int8.tflite.card.yaml", tmp_path / "digits_int8_edgetpu.tflite.card.yaml")
+    code, stderr = _publish(model, key_pair, own_broker)
+    assert code == 0, stderr
+    assert "edgerun/dev1/ota/manifest" in retained(own_broker.port)
