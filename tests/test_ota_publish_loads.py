@@ -10,9 +10,18 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import DIGITS, ROOT, Broker, run_cli
-from tests.test_audit_ota_operator import key_pair, retained  # noqa: F401 (key_pair is a fixture)
+from tests.test_audit_ota_operator import retained
 
 VIBRATION_CARD = ROOT / "models/vibration/vibration_int8.tflite.card.yaml"
+
+
+@pytest.fixture(scope="module")
+def key_pair(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A real Ed25519 private key from ``edgerun keys generate``."""
+    base = tmp_path_factory.mktemp("keys") / "op"
+    done = run_cli("keys", "generate", str(base))
+    assert done.returncode == 0, done.stderr
+    return base.with_name("op.pem")
 
 
 def _publish(model: Path, key: Path, broker: Broker, *extra: str) -> tuple[int, str]:
@@ -29,7 +38,7 @@ def test_a_truncated_model_file_is_refused_and_nothing_is_published(
     tmp_path: Path,
     own_broker: Broker,
     key_pair: Path,
-    name: str,  # noqa: F811
+    name: str,
 ) -> None:
     model = tmp_path / name
     model.write_bytes((DIGITS / name).read_bytes()[:3000])
@@ -43,7 +52,7 @@ def test_a_truncated_model_file_is_refused_and_nothing_is_published(
 
 def test_a_card_of_another_model_is_refused_and_nothing_is_published(
     own_broker: Broker,
-    key_pair: Path,  # noqa: F811
+    key_pair: Path,
 ) -> None:
     code, stderr = _publish(DIGITS / "digits_int8.onnx", key_pair, own_broker, "--card", str(VIBRATION_CARD))
     assert code == 1
@@ -54,7 +63,7 @@ def test_a_card_of_another_model_is_refused_and_nothing_is_published(
 def test_an_edge_tpu_compiled_model_is_not_loaded_here_and_is_published(
     tmp_path: Path,
     own_broker: Broker,
-    key_pair: Path,  # noqa: F811
+    key_pair: Path,
 ) -> None:
     """No CPU runtime runs an Edge TPU-compiled model (its ops are one custom op): a load here would refuse every
     Coral update. The file stands in for one (a compiled model is a .tflite only libedgetpu can run)."""
