@@ -180,10 +180,17 @@ def run(args: argparse.Namespace) -> int:
     source = FileSource(args.inputs, skip=skip)
     if args.output and (clash := sink_onto_input([args.output], [ref.path for ref in source.refs])):
         raise ConfigError(f"--output {args.output} is the input {clash[1]}: writing it would damage the input")
+    if skip and not source.skipped:
+        print(
+            f"edgerun: warning: none of the {len(skip)} input(s) recorded in {args.output} is among these inputs; "
+            "a relative path is taken from the current folder, so run from the folder of the run that recorded them",
+            file=sys.stderr,
+            flush=True,
+        )
     if not args.json:
         print(
             f"# {model.name} {model.version} ({model.format}) on {model.delegate}"
-            + (f"; resuming, {len(skip)} input(s) already done" if skip else ""),
+            + (f"; resuming, {source.skipped} input(s) already done" if source.skipped else ""),
             flush=True,
         )
     direct = len(source.refs) <= _DIRECT_MAX and args.batch_size == 1 and not args.mqtt

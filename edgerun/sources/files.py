@@ -36,10 +36,18 @@ class FileSource:
         #: every input to read, in order (directories walked once, here), without the skipped ones, each once
         #: (``'imgs/**'`` matches the folder and every file in it; a file named beside its folder is in both)
         self.refs: list[InputRef] = []
-        seen = {os.path.abspath(path) for path in skip}
+        #: how many of these inputs ``skip`` left out (not how many it names: a file resumed from another
+        #: folder names relative paths that are not these)
+        self.skipped = 0
+        done = {os.path.abspath(path) for path in skip}
+        seen: set[str] = set()
         for ref in expand_inputs(self.expand(paths)):
-            if (key := os.path.abspath(ref.path)) not in seen:
-                seen.add(key)
+            if (key := os.path.abspath(ref.path)) in seen:
+                continue
+            seen.add(key)
+            if key in done:
+                self.skipped += 1
+            else:
                 self.refs.append(ref)
         self._closed = False
 
