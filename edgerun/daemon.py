@@ -140,7 +140,7 @@ class _PipelineRunner:
         (a camera left open would stay busy for every retry)."""
         from edgerun.pipeline import Pipeline
         from edgerun.sinks import open_sink, video_rate
-        from edgerun.sources import check_fits, open_configured, without_frames
+        from edgerun.sources import check_fits, gives_images, open_configured, without_frames
         from edgerun.sources.sensor import window_for
 
         c = self.config
@@ -150,6 +150,8 @@ class _PipelineRunner:
         sinks: list[Any] = []
         try:
             check_fits(source, self.slot.primary)  # one line now, not one error per window or frame
+            if gives_images(source):
+                self.slot.primary.warm_images()  # OpenCV's import out of the first frame's latency
             # a file read again after a failure: what it gave before is left out. Not a live source, and not
             # a stream (standard input, a named pipe), whose line numbers start again on new data
             again = not source.live and not getattr(source, "stream", False)

@@ -45,6 +45,7 @@ USABLE_SUFFIXES = IMAGE_SUFFIXES | {".npy"}
 
 #: the first bytes of every ``.npy`` file
 NPY_MAGIC = b"\x93NUMPY"
+_ZIP_MAGIC = b"PK\x03\x04"  # a .npz archive: refused by name once np.load has opened it
 _INTP_MAX = int(np.iinfo(np.intp).max)
 
 
@@ -99,7 +100,9 @@ def _usable_files(folder: str, prefix: str) -> Iterator[str]:
     ``os.scandir`` rather than ``Path.rglob``: a directory of 1,000 images is
     walked in 3 ms instead of 13 (no ``Path`` object and no extra ``stat`` per
     entry). Like ``rglob``, it does not descend into linked directories, and
-    a link to a file counts as that file.
+    a link to a file counts as that file; a link that leads to no file (broken, or
+    a loop) is listed, so that the run reports it as a failed input (given on its
+    own, it would be), where it was left out without a word.
     """
     try:
         entries = list(os.scandir(folder))
@@ -110,10 +113,23 @@ def _usable_files(folder: str, prefix: str) -> Iterator[str]:
             name = os.path.join(prefix, entry.name)  # as Path would spell it: no "./" in front
             if entry.is_dir(follow_symlinks=False):
                 yield from _usable_files(entry.path, name)
-            elif os.path.splitext(entry.name)[1].lower() in USABLE_SUFFIXES and entry.is_file():
-                yield name
+            elif os.path.splitext(entry.name)[1].lower() in USABLE_SUFFIXES and (
+                _leads_nowhere(entry) or entry.is_file()
+            ):
+                yield name  # a broken link or a link loop too: reading it says which, rather than nothing
         except OSError:
             continue
+
+
+def _leads_nowhere(entry: os.DirEntry[str]) -> bool:
+    """Whether ``entry`` is a link to nothing: its target missing, or a loop of links."""
+    if not entry.is_symlink():
+        return False
+    try:
+        os.stat(entry.path)
+    except OSError:
+        return True
+    return False
 
 
 def read_input(path: str | os.PathLike[str]) -> bytes | np.ndarray:
@@ -123,6 +139,8 @@ def read_input(path: str | os.PathLike[str]) -> bytes | np.ndarray:
     run, and the ``Path`` object was half of its 30 us.
     """
     path = os.fspath(path)
+    if "\0" in path:  # open() would say so as a bare ValueError
+        raise InputError(f"{path!r}: holds a NUL character, which no file name can")
     try:
         if os.path.splitext(path)[1].lower() == ".npy":
             try:
@@ -154,8 +172,9 @@ def load_npy(stream: io.BufferedIOBase, size: int) -> np.ndarray:
     a few gigabytes reserved them on a small device; a dimension past the platform's
     integers (``(2**70,)``) was an ``OverflowError``. So the header is read first (numpy's
     own reader) and the data it declares checked against the bytes that follow it; then
-    ``np.load`` reads the array, without pickles. What is no ``.npy`` at all goes to
-    ``np.load`` as it is, and a ``.npz`` archive is refused, not returned open.
+    ``np.load`` reads the array, without pickles. What is no ``.npy`` at all is refused by its
+    first bytes (``np.load`` took it for pickled data and said how to load that unsafely), and a
+    ``.npz`` archive is refused, not returned open.
 
     Raises:
         One of ``NPY_ERRORS`` (``npy_reason`` gives it as one line): ``EOFError`` for empty
@@ -164,7 +183,10 @@ def load_npy(stream: io.BufferedIOBase, size: int) -> np.ndarray:
         ``.npy`` at all.
     """
     start = stream.tell()
-    if stream.read(len(NPY_MAGIC)) == NPY_MAGIC:
+    head = stream.read(len(NPY_MAGIC))
+    if head and head != NPY_MAGIC and not head.startswith(_ZIP_MAGIC):  # np.load would call it pickled data
+        raise ValueError("no .npy header: it does not begin with \\x93NUMPY")
+    if head == NPY_MAGIC:
         stream.seek(start)
         version = npy_format.read_magic(stream)
         if version not in ((1, 0), (2, 0), (3, 0)):

@@ -193,7 +193,9 @@ class Model:
     def postprocess(self, outputs: Sequence[np.ndarray], row: int = 0) -> Any:
         """Outputs of one inference -> the result record's ``output`` for batch row ``row`` (``InputError``
         for a row the batch does not have)."""
-        rows = len(outputs[0]) if outputs and np.ndim(outputs[0]) else 0
+        if len(outputs) != len(self.outputs):  # what run() returns: one array per output tensor
+            raise InputError(f"{len(outputs)} output array(s) given; {self.name} has {len(self.outputs)}")
+        rows = len(outputs[0]) if np.ndim(outputs[0]) else 0
         if type(row) is not int or not 0 <= row < max(rows, 1):  # bool is not a row; numpy ints come as int()
             raise InputError(f"row {row!r} is not a row of this batch of {rows}")
         task = self.card.task
@@ -230,8 +232,18 @@ class Model:
             self.run_ms = took if self.run_ms is None else min(self.run_ms, took)
         # The image path too, if OpenCV is loaded already; loading it (15 MB) for a warm-up would
         # cost every process that only ever receives arrays.
-        if self._preprocessor is not None and "cv2" in sys.modules:
-            self._preprocessor(np.zeros((self._preprocessor.height, self._preprocessor.width, 3), np.uint8))
+        if "cv2" in sys.modules:
+            self.warm_images()
+
+    def warm_images(self) -> None:
+        """Import OpenCV and run the image preprocessing once, for a caller about to give images: the first
+        image's ``pre`` time is then the image's own, not OpenCV's import (~20 ms, 50-100x a digit's)."""
+        if self._preprocessor is None:
+            return
+        from edgerun.processing.image import preload
+
+        preload()
+        self._preprocessor(np.zeros((self._preprocessor.height, self._preprocessor.width, 3), np.uint8))
 
     def close(self) -> None:
         """Release the runtime."""
@@ -298,6 +310,13 @@ class Model:
 
     def _image_tensor(self, data: bytes, name: str) -> np.ndarray:
         if self._preprocessor is None:
+            from edgerun.sources.sensor import SENSOR_SUFFIXES  # here: an error's path only
+
+            if os.path.splitext(name)[1].lower() in SENSOR_SUFFIXES:  # readings, not an image: another command
+                raise InputError(
+                    f"{name}: a sensor file is read in windows by 'edgerun run MODEL --source {name}'; "
+                    "predict takes images and .npy arrays"
+                )
             raise InputError(
                 f"{name}: {self.name} has no image preprocessing (input {self.inputs[0].describe()}); "
                 "give it a card with a preprocess section, or pass a .npy array"
@@ -337,6 +356,17 @@ class Model:
 _FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
+def _check_file_name(what: str, value: str | os.PathLike[str]) -> None:
+    """Refuse a file name that names no file: an empty one (``Path("")`` is the current folder, and "a directory,
+    not a model file: ." would name no mistake) or one with a NUL character (the system takes none, and Python
+    says so as a bare ``ValueError``)."""
+    name = os.fspath(value)
+    if not name:
+        raise ConfigError(f"{what} is an empty string")
+    if "\0" in str(name):
+        raise ConfigError(f"{what} {str(name)!r} holds a NUL character, which no file name can")
+
+
 def _fits(shape: tuple[int, ...], spec: tuple[int | None, ...]) -> bool:
     return len(shape) == len(spec) and all(d is None or d == s for s, d in zip(shape, spec))
 
@@ -372,8 +402,15 @@ def load(
     """
     if not isinstance(path, (str, os.PathLike)):
         raise ModelLoadError(f"model path must be a str or os.PathLike, got {type(path).__name__}")
-    if not os.fspath(path):  # Path("") is "."; "a directory, not a model file: ." would name no mistake
-        raise ConfigError("model path is an empty string")
+    _check_file_name("model path", path)
+    for what, value in (("card", card), ("state_dir", state_dir), ("probe_root", probe_root)):
+        if isinstance(value, (str, os.PathLike)):
+            _check_file_name(what, value)
+    for what, flag in (("strict", strict), ("verify", verify), ("warmup", warmup)):
+        if not isinstance(flag, bool):  # "no" would be true
+            raise ConfigError(f"{what} must be True or False, got {flag!r}")
+    if probe_root is not None and not os.path.isdir(probe_root):  # nothing would be found, without a word
+        raise ConfigError(f"probe_root is not a directory: {os.fspath(probe_root)}")
     if threads is not None and (type(threads) is not int or not 1 <= threads <= THREADS_MAX):
         raise ConfigError(f"threads must be an integer between 1 and {THREADS_MAX}, got {threads!r}")
     if card is not None and not isinstance(card, (ModelCard, str, os.PathLike)):

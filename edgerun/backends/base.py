@@ -151,11 +151,12 @@ class Quantizer:
             out = self._cv2.addWeighted(flat, self._inv_scale, flat, 0.0, self._zero_point, dtype=self._cv_type)
             return out.reshape(x.shape)
         info = np.iinfo(self._dtype)
-        q = np.multiply(x, np.float32(self._inv_scale), dtype=np.float32)
-        q += np.float32(self._zero_point)
-        np.rint(q, out=q)
-        np.clip(q, info.min, info.max, out=q)
-        return q.astype(self._dtype)
+        with np.errstate(over="ignore", invalid="ignore"):  # a float64 past float32's range: clipped, not a warning
+            q = np.multiply(x, np.float32(self._inv_scale), dtype=np.float32)
+            q += np.float32(self._zero_point)
+            np.rint(q, out=q)
+            np.clip(q, info.min, info.max, out=q)
+            return q.astype(self._dtype)
 
 
 def numeric(x: Any, spec: TensorSpec) -> np.ndarray:
@@ -168,7 +169,18 @@ def numeric(x: Any, spec: TensorSpec) -> np.ndarray:
         raise InputError(f"{spec.name}: a numpy array is expected, got a {type(x).__name__}")
     if x.dtype.kind not in "fiu" and x.dtype != spec.dtype:
         raise InputError(f"{spec.name}: array dtype {x.dtype} is not numeric; {spec.describe()} expected")
+    # float64 into a float32 tensor, or into a quantized one (which takes float32 values): a value past float32's
+    # range would be cast to infinity (or clipped to the integer range), with numpy's warning on stderr
+    wide = spec.dtype.itemsize if spec.dtype.kind == "f" else 4
+    if x.dtype.kind == "f" and x.dtype.itemsize > wide:
+        with np.errstate(invalid="ignore"):  # NaN is not compared here: it is passed on, as given
+            beyond = np.abs(x).max(initial=0) > _FLOAT32_MAX
+        if beyond:
+            raise InputError(f"{spec.name}: array has values beyond float32's range; {spec.describe()} expected")
     return x
+
+
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
 def dequantize(q: np.ndarray, quant: QuantParams) -> np.ndarray:

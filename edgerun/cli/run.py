@@ -106,7 +106,7 @@ def run(args: argparse.Namespace) -> int:
     from edgerun.ota.slot import ModelSlot
     from edgerun.pipeline import Pipeline
     from edgerun.sinks import first_drawing_sink, open_sink, video_rate
-    from edgerun.sources import check_fits, open_configured
+    from edgerun.sources import check_fits, gives_images, open_configured
     from edgerun.sources.sensor import SensorSource, window_for
     from edgerun.telemetry.metrics import Metrics
 
@@ -154,6 +154,8 @@ def run(args: argparse.Namespace) -> int:
                 f"--sink {drawn}: an annotated sink needs image frames, and the sensor source {source.uri} "
                 "gives windows of readings, with no image to draw on (use stdout, jsonl, FILE.jsonl or FILE.csv)"
             )
+        if gives_images(source):
+            model.warm_images()  # OpenCV's import out of the first frame's figures
         sinks = [open_sink(s, fps=video_rate(args.fps, source)) for s in specs]
         metrics = Metrics()
         sync = start_sync(args, mqtt, metrics, [model])

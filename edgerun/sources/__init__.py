@@ -31,6 +31,7 @@ __all__ = [
     "Source",
     "SourceOptions",
     "check_fits",
+    "gives_images",
     "open_configured",
     "open_source",
     "without_frames",
@@ -79,6 +80,19 @@ def check_fits(source: Source, model: Any) -> None:
             f"{model.name} takes no images: its input tensor {spec.describe()} has no image preprocessing "
             f"(its card has no preprocess section), and {source.uri} gives video frames"
         )
+
+
+def gives_images(source: Source) -> bool:
+    """Whether ``source`` is known to give images: video frames (a video, a camera, a stream), or image files
+    among its files (``.npy`` arrays are not). An MQTT topic's messages are known only when they arrive."""
+    from edgerun.sources.sensor import SensorSource
+
+    if isinstance(source, SensorSource):
+        return False
+    if source.decoded:
+        return True
+    refs = getattr(source, "refs", ())
+    return any(not ref.path.lower().endswith(".npy") for ref in refs)
 
 
 class _Without:
