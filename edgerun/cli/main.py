@@ -35,6 +35,9 @@ COMMANDS: dict[str, str] = {
     "outbox": "edgerun.cli.outbox",
 }
 
+#: commands that another command's module registers, by that command
+_REGISTERED_WITH = {"config": "daemon"}
+
 
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     """The ``edgerun`` parser; sub-commands other than ``command`` get a stub parser."""
@@ -58,8 +61,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit code."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    command = next((a for a in argv if a in COMMANDS), None)
-    args = build_parser(command).parse_args(argv)
+    args = build_parser(_command(argv)).parse_args(argv)
     level = logging.WARNING - 10 * min(args.verbose, 2)
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     opencv.quiet()  # one line per error: not OpenCV's and FFmpeg's own lines too
@@ -75,6 +77,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     except BrokenPipeError:
         return 1
+
+
+def _command(argv: Sequence[str]) -> str | None:
+    """The command whose module parses ``argv``: its first word that is no option (the options before a command
+    take no value), not its first word that names a command (``edgerun config check predict`` checks a file
+    named ``predict``); None for none known, which the full parser then names."""
+    word = next((a for a in argv if not a.startswith("-")), None)
+    if word in COMMANDS:
+        return word
+    return _REGISTERED_WITH.get(word or "")
 
 
 def entry() -> NoReturn:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import stat
 import sys
 from typing import IO, Any, NamedTuple, cast
 
@@ -69,20 +70,32 @@ _RECORD_START = b'{"input": '
 
 
 class Recorded(NamedTuple):
-    """What a JSON Lines output already holds: the inputs recorded, and the models (name, version) that ran."""
+    """What a JSON Lines output already holds: the inputs recorded, and the models (name, version) that ran;
+    ``torn_at`` is where a line torn by a kill begins (None where there is none), cut off by ``cut_torn_line``
+    once the run is known to go ahead."""
 
     inputs: frozenset[str]
     models: frozenset[tuple[str, str]]
+    torn_at: int | None = None
 
 
 def recorded_inputs(path: str) -> Recorded:
-    """Inputs already in a JSON Lines output, and its models; a torn last line (a killed run) is cut off first.
+    """Inputs already in a JSON Lines output, and its models; nothing in the file is changed here.
 
-    The file is checked before anything is cut: every complete line must be an edgerun
-    record, and the unterminated tail, if any, the beginning of one.
+    Every complete line must be an edgerun record, and the unterminated tail, if any, the
+    beginning of one. Only a regular file is read: a device (``/dev/zero``) or a named pipe
+    would be read without end, or not at all.
     """
     try:
-        with open(path, "rb+") as fh:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        return Recorded(frozenset(), frozenset())
+    except OSError as exc:
+        raise ConfigError(f"cannot resume from {path}: {exc.strerror or exc}") from exc
+    if not stat.S_ISREG(mode):
+        raise ConfigError(f"cannot resume from {path}: it is not a regular file (--resume reads what --output holds)")
+    try:
+        with open(path, "rb") as fh:
             data = fh.read()
             end = data.rfind(b"\n") + 1
             done = set()
@@ -98,15 +111,22 @@ def recorded_inputs(path: str) -> Recorded:
                 if isinstance(record.get("model"), str) and isinstance(record.get("version"), str):
                     models.add((record["model"], record["version"]))
             tail = data[end:]
-            if tail:
-                if not (tail.startswith(_RECORD_START) or _RECORD_START.startswith(tail)):
-                    raise ConfigError(f"{path} ends in a line that is not an edgerun record; cannot resume from it")
-                fh.truncate(end)  # the line being written when the run was killed
-    except FileNotFoundError:
-        return Recorded(frozenset(), frozenset())
+            if tail and not (tail.startswith(_RECORD_START) or _RECORD_START.startswith(tail)):
+                raise ConfigError(f"{path} ends in a line that is not an edgerun record; cannot resume from it")
+    except OSError as exc:  # removed or made unreadable since
+        raise ConfigError(f"cannot resume from {path}: {exc.strerror or exc}") from exc
+    return Recorded(frozenset(done), frozenset(models), end if tail else None)
+
+
+def cut_torn_line(path: str, recorded: Recorded) -> None:
+    """Cut off the line a killed run was writing (``recorded.torn_at``), once nothing refuses the run: a run
+    refused before it starts (another model's file, a model that does not load) leaves the file as it was."""
+    if recorded.torn_at is None:
+        return
+    try:
+        os.truncate(path, recorded.torn_at)
     except OSError as exc:
-        raise ConfigError(f"cannot resume from {path}: {exc.strerror}") from exc
-    return Recorded(frozenset(done), frozenset(models))
+        raise ConfigError(f"cannot resume from {path}: {exc.strerror or exc}") from exc
 
 
 def check_output_name(path: str | None) -> None:
@@ -159,8 +179,9 @@ def run(args: argparse.Namespace) -> int:
     import edgerun
     from edgerun.card import replace
     from edgerun.limits import BATCH_SIZE_MAX, PREPARE_WORKERS_MAX
-    from edgerun.sinks import sink_onto_input
+    from edgerun.sinks import sink_onto_input, sink_onto_model
     from edgerun.sinks.text import JsonlSink, TableSink
+    from edgerun.sources import gives_images
     from edgerun.sources.files import FileSource
 
     require_not_empty("an INPUT", *args.inputs)
@@ -180,7 +201,11 @@ def run(args: argparse.Namespace) -> int:
     source = FileSource(args.inputs, skip=skip)
     if args.output and (clash := sink_onto_input([args.output], [ref.path for ref in source.refs])):
         raise ConfigError(f"--output {args.output} is the input {clash[1]}: writing it would damage the input")
-    if skip and not source.skipped:
+    if args.output and (onto := sink_onto_model([args.output], model)):
+        raise ConfigError(f"--output {args.output} is the {onto[2]} {onto[1]}: writing it would damage the model")
+    if args.resume:
+        cut_torn_line(args.output, recorded)  # nothing refused the run: the torn line goes
+    if skip and not source.skipped and not all(os.path.isabs(path) for path in skip):  # else new inputs, not a move
         print(
             f"edgerun: warning: none of the {len(skip)} input(s) recorded in {args.output} is among these inputs; "
             "a relative path is taken from the current folder, so run from the folder of the run that recorded them",
@@ -193,6 +218,8 @@ def run(args: argparse.Namespace) -> int:
             + (f"; resuming, {source.skipped} input(s) already done" if source.skipped else ""),
             flush=True,
         )
+    if gives_images(source):
+        model.warm_images()  # before a pipeline's threads start, and out of the first image's figures
     direct = len(source.refs) <= _DIRECT_MAX and args.batch_size == 1 and not args.mqtt
     bar = None if direct else progress_bar(len(source.refs), no_progress=args.no_progress, as_json=args.json)
     table_out = sys.stdout if bar is None else cast(IO[str], _AroundBar(sys.stdout))  # it writes and flushes
@@ -216,10 +243,6 @@ def run(args: argparse.Namespace) -> int:
     from edgerun.pipeline import Pipeline
     from edgerun.telemetry.metrics import Metrics
 
-    if model.takes_images and any(not ref.path.endswith(".npy") for ref in source.refs):
-        from edgerun.processing.image import preload
-
-        preload()
     metrics = Metrics()
     sync = start_sync(args, mqtt, metrics, [model])
     if sync is not None and args.publish_results:

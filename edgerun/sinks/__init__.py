@@ -21,7 +21,16 @@ from typing import Any
 
 from edgerun.sinks.base import Result, Sink
 
-__all__ = ["Result", "Sink", "first_drawing_sink", "open_sink", "sink_kind", "sink_onto_input", "video_rate"]
+__all__ = [
+    "Result",
+    "Sink",
+    "first_drawing_sink",
+    "open_sink",
+    "sink_kind",
+    "sink_onto_input",
+    "sink_onto_model",
+    "video_rate",
+]
 
 
 #: Sinks on standard output, by name (lower case): no file of theirs can be an input's.
@@ -74,6 +83,17 @@ def sink_onto_input(specs: Sequence[str], inputs: Sequence[str]) -> tuple[str, s
         clash = next((p for p in inputs if os.path.splitext(p)[1].lower() == suffix and same_file(spec, p)), None)
         if clash is not None:
             return spec, clash
+    return None
+
+
+def sink_onto_model(specs: Sequence[str], model: Any) -> tuple[str, str, str] | None:
+    """The first of ``specs`` whose file is ``model``'s file or its card, with that file and which of the two it
+    is; None when there is none. Records appended to either leave a model that no longer loads."""
+    import os
+
+    for path, what in ((model.path, "model file"), (model.card_path, "card")):
+        if path is not None and (clash := sink_onto_input(specs, [os.fspath(path)])) is not None:
+            return clash[0], clash[1], what
     return None
 
 
