@@ -175,7 +175,7 @@ class PipelineConfig(_Strict):
         A glob source is not expanded here: each sink is matched against the pattern instead, so
         loading walks no directory (``/**/*.jpg``, or a tree with a symlink loop, would take for ever).
         """
-        from edgerun.sinks import repeated_sink, sink_onto_input
+        from edgerun.sinks import images_into_source, repeated_sink, sink_onto_input
 
         again = repeated_sink(self.sinks)
         if again is not None:
@@ -187,6 +187,12 @@ class PipelineConfig(_Strict):
         clash = sink_onto_input(self.sinks, inputs)
         if clash is not None:
             raise ValueError(f"sink {clash[0]!r} is the source file {clash[1]}: writing it would damage the input")
+        into = images_into_source(self.sinks, [self.source])
+        if into is not None:
+            raise ValueError(
+                f"sink {into[0]!r} is inside the source folder {into[1]}: the next run over it would take its "
+                "annotated images for inputs (write them outside the folder)"
+            )
         return self
 
 

@@ -228,3 +228,47 @@ def test_warm_images_imports_opencv_before_the_first_image_only_for_a_model_that
     done = subprocess.run([sys.executable, "-c", WARM, str(model)], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["False", after]
+
+
+# -- an annotated-images sink inside the source folder --------------------------------------------------------
+
+
+@pytest.mark.parametrize("sink", ["imgs/", "imgs/out/", "./imgs/"])
+def test_run_refuses_annotated_images_written_inside_the_source_folder(tmp_path: Path, sink: str) -> None:
+    """Once accepted: the next run over the folder classified the last run's drawings too (4 frames, then 8)."""
+    (tmp_path / "imgs").mkdir()
+    for digit in range(2):
+        shutil.copy(SAMPLES / f"digit_{digit}.png", tmp_path / "imgs")
+    done = run_cli("run", str(DIGITS / "digits_int8.tflite"), "--source", "imgs", "--sink", sink, cwd=tmp_path)
+    assert done.returncode == 2
+    assert _only_error(done.stderr) == (
+        f"edgerun: error: --sink {sink} is inside the source folder imgs: the next run over it would take its "
+        "annotated images for inputs (write them outside the folder)"
+    )
+    assert sorted(p.name for p in (tmp_path / "imgs").iterdir()) == ["digit_0.png", "digit_1.png"]
+
+
+def test_annotated_images_beside_a_source_of_named_files_or_outside_the_folder_are_written(tmp_path: Path) -> None:
+    model = str(DIGITS / "digits_int8.tflite")
+    for folder in ("named", "walked"):
+        (tmp_path / folder).mkdir()
+        shutil.copy(SAMPLES / "digit_0.png", tmp_path / folder)
+    named = run_cli("run", model, "--source", "named/digit_0.png", "--sink", "named/", cwd=tmp_path)
+    assert named.returncode == 0, named.stderr
+    assert (tmp_path / "named" / "000000.jpg").is_file()
+    outside = run_cli("run", model, "--source", "walked", "--sink", "drawn/", cwd=tmp_path)
+    assert outside.returncode == 0, outside.stderr
+    assert [p.name for p in (tmp_path / "drawn").iterdir()] == ["000000.jpg"]
+
+
+def test_a_daemon_config_with_annotated_images_inside_its_source_folder_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "imgs").mkdir()
+    config = tmp_path / "edgerun.yaml"
+    config.write_text(
+        f"models:\n  digits:\n    path: {DIGITS / 'digits_int8.tflite'}\n"
+        f"pipelines:\n  p:\n    source: {tmp_path / 'imgs'}\n    model: digits\n    sinks: ['{tmp_path / 'imgs'}/']\n"
+        f"state_dir: {tmp_path / 'state'}\n"
+    )
+    done = run_cli("config", "check", str(config))
+    assert done.returncode == 2
+    assert "is inside the source folder" in _only_error(done.stderr)

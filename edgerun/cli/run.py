@@ -105,7 +105,7 @@ def run(args: argparse.Namespace) -> int:
     from edgerun.limits import BATCH_SIZE_MAX, FPS_MAX, FPS_MIN, MAX_FRAMES_MAX, PREPARE_WORKERS_MAX
     from edgerun.ota.slot import ModelSlot
     from edgerun.pipeline import Pipeline
-    from edgerun.sinks import first_drawing_sink, open_sink, video_rate
+    from edgerun.sinks import first_drawing_sink, images_into_source, open_sink, video_rate
     from edgerun.sources import check_fits, gives_images, open_configured
     from edgerun.sources.sensor import SensorSource, window_for
     from edgerun.telemetry.metrics import Metrics
@@ -149,6 +149,11 @@ def run(args: argparse.Namespace) -> int:
         drawn = first_drawing_sink(specs)
         check_fits(source, model)  # a model that cannot take these windows or frames: one line, not one per frame
         _refuse_sinks_onto_the_source(specs, source)
+        if into := images_into_source(specs, args.source):
+            raise ConfigError(
+                f"--sink {into[0]} is inside the source folder {into[1]}: the next run over it would take its "
+                "annotated images for inputs (write them outside the folder)"
+            )
         if isinstance(source, SensorSource) and drawn is not None:  # before any sink creates its file or folder
             raise ConfigError(
                 f"--sink {drawn}: an annotated sink needs image frames, and the sensor source {source.uri} "

@@ -25,6 +25,7 @@ __all__ = [
     "Result",
     "Sink",
     "first_drawing_sink",
+    "images_into_source",
     "open_sink",
     "sink_kind",
     "sink_onto_input",
@@ -83,6 +84,31 @@ def sink_onto_input(specs: Sequence[str], inputs: Sequence[str]) -> tuple[str, s
         clash = next((p for p in inputs if os.path.splitext(p)[1].lower() == suffix and same_file(spec, p)), None)
         if clash is not None:
             return spec, clash
+    return None
+
+
+def images_into_source(specs: Sequence[str], sources: Sequence[str]) -> tuple[str, str] | None:
+    """The first of ``specs`` that is an annotated-images folder (``DIR/``) inside a source folder (or that folder
+    itself), with that folder; None when there is none. Its images would be inputs of the next run over the
+    folder (a folder is walked at any depth), each run reading the last one's drawings. Files named one by one
+    are read again, not what is beside them; a glob is not looked at (it reads what its pattern names: the
+    drawings are ``NNNNNN.jpg`` files)."""
+    import os
+
+    def where(path: str) -> str:
+        try:
+            return os.path.realpath(path)
+        except OSError:  # a relative name, and the working folder deleted
+            return os.path.normpath(path)
+
+    folders = [(source, where(source)) for source in sources if os.path.isdir(source)]
+    for spec in specs:
+        if not spec.endswith("/"):
+            continue
+        drawn = where(spec)
+        for source, folder in folders:
+            if drawn == folder or drawn.startswith(folder.rstrip(os.sep) + os.sep):
+                return spec, source
     return None
 
 
