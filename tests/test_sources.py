@@ -199,7 +199,10 @@ def test_a_source_closed_during_its_last_attempt_stops_without_an_error() -> Non
 
 
 def test_a_dropped_stream_reconnects(tmp_path: Path) -> None:
-    video = make_video(tmp_path / "s.avi", frames=5)
+    video = tmp_path / "s.mjpeg"  # raw MJPEG, as a camera sends it: no declared length (a live stream, not a recording)
+    video.write_bytes(
+        b"".join(cv2.imencode(".jpg", np.full((48, 64, 3), i * 8, np.uint8))[1].tobytes() for i in range(5))
+    )
     stream = StreamSource(
         "http://127.0.0.1:9/mjpeg", queue=100, retry_delay_s=0.01, open_capture=lambda url: cv2.VideoCapture(str(video))
     )

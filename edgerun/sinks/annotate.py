@@ -1,11 +1,22 @@
 """Annotated output: each frame with its best label and score drawn on it, as images or a video.
 
-Only frames that are images can be drawn on. A frame that is not one (a
-``.npy`` array among image files, a sensor window) is not written, and that is
-never silent: each such frame is one WARNING line naming the sink and the input
-(a failed frame, already reported as an error, only at DEBUG). ``edgerun run``
-refuses an annotated sink for a sensor source before it starts, since none of
-its frames could be written.
+Only frames that are images can be drawn on: uint8 arrays of HxW or HxWx1 (gray), HxWx3 (BGR)
+or HxWx4 (BGRA) pixels, as preprocessing reads them, or image bytes; each is written as BGR, so
+a video gets every one of them (OpenCV's writer drops a frame of another channel count without a
+word). A frame that is not one (a ``.npy`` array among image files, a sensor window, an HxWx2
+array) is not written, and that is never silent: each such frame is one WARNING line naming the
+sink and the input (a failed frame, already reported as an error, only at DEBUG). ``edgerun run``
+refuses an annotated sink for a sensor source before it starts, since none of its frames could be
+written.
+
+A sink that cannot write stops the run with the reason, as the text sinks do. An image is encoded
+here and written with ``os.write``, so the reason is the system's (``No space left on device``),
+and a file the disk took only part of is removed. OpenCV's video writer reports no failed write
+at all: it buffers 256 KiB and drops what the disk refuses, leaving a file that does not play.
+So the video sink looks at its file every ``CHECK_EVERY`` frames (one ``stat``): one that stopped
+growing where its disk has less than ``LOW_ROOM`` bytes left, or at the process's file-size limit,
+stops the run; and when it closes, the finished file is opened again and must hold every frame
+written (and, on a disk left full, its last frame must decode).
 
 Neither sink overwrites what an earlier run wrote (a daemon pipeline restarted
 after its camera came back, a second ``edgerun run``): images are numbered on
@@ -15,14 +26,17 @@ left alone for the next free name (``out-1.mp4``), as the text sinks append.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import logging
 import os
+import resource
 from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
 
-from edgerun.errors import ConfigError, InputError
+from edgerun.errors import ConfigError, InputError, PipelineError
 from edgerun.opencv import opencv
 from edgerun.processing.image import decode_image
 from edgerun.sinks.base import Result
@@ -38,25 +52,36 @@ def _image(result: Result) -> np.ndarray | None:
 
     Bytes that do not decode (an empty file, an image over the pixel limit) are no
     image either: that frame already failed in preparing and was reported, so one
-    bad file never stops the sink and the frames after it.
+    bad file never stops the sink and the frames after it. Nor is an array of
+    another shape (HxWx2, HxWx5, empty), which preprocessing refuses the same way.
     """
-    cv2 = opencv()
-
     data = result.frame.data
     if isinstance(data, (bytes, bytearray)):
         try:
             image = decode_image(bytes(data), result.frame.source_id)
         except InputError:
             return None
-    elif isinstance(data, np.ndarray) and data.dtype == np.uint8 and data.ndim in (2, 3):
+    elif isinstance(data, np.ndarray) and data.dtype == np.uint8:
         image = data
     else:
         return None
-    if image is None:
+    return _bgr(image)
+
+
+def _bgr(image: np.ndarray) -> np.ndarray | None:
+    """``image`` as HxWx3 BGR: gray (HxW, HxWx1) and BGRA (HxWx4) converted as preprocessing reads
+    them, BGR as it is; None for any other shape."""
+    if image.size == 0 or image.ndim not in (2, 3):
         return None
-    if image.ndim == 2:
-        image = cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)
-    return image
+    channels = 1 if image.ndim == 2 else image.shape[2]
+    if channels == 3:  # a video's frames: nothing more to do
+        return image
+    cv2 = opencv()
+    if channels == 1:
+        return cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)
+    if channels == 4:
+        return cv2.cvtColor(image, cv2.COLOR_BGRA2BGR)
+    return None
 
 
 def _not_drawn(sink: str, result: Result) -> None:
@@ -110,12 +135,33 @@ class AnnotatedImageSink:
             _not_drawn(f"{self.directory}/", result)
             return
         path = self.directory / f"{self._first + result.frame.index:06d}.jpg"
-        if not cv2.imwrite(str(path), annotate(image, result)):
-            raise ConfigError(f"cannot write {path}")
+        ok, encoded = cv2.imencode(".jpg", annotate(image, result))
+        if not ok:
+            raise PipelineError(f"cannot write {path}: OpenCV could not encode it as JPEG")
+        try:
+            _write_whole(path, encoded.tobytes())
+        except OSError as exc:
+            raise PipelineError(f"cannot write {path}: {exc.strerror or exc}") from exc
         self.written += 1
 
     def close(self) -> None:
         """Nothing buffered."""
+
+
+def _write_whole(path: Path, data: bytes) -> None:
+    """``data`` as the file ``path``, or ``OSError``; a file the disk took only part of is removed, so a
+    folder holds whole images only."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+    except OSError:
+        os.close(fd)
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+        raise
+    os.close(fd)
 
 
 def _free_name(path: str) -> str:
@@ -132,15 +178,41 @@ def _free_name(path: str) -> str:
 
 def _errno_of(folder: str) -> int:
     """Why files cannot be made in ``folder``: ENOENT, ENOTDIR or EACCES."""
-    import errno
-
     if not os.path.exists(folder):
         return errno.ENOENT
     return errno.ENOTDIR if not os.path.isdir(folder) else errno.EACCES
 
 
+#: The video sink looks at its file every this many frames (one ``stat``; a ``statvfs`` when it did not grow).
+CHECK_EVERY = 32
+#: Bytes: a video file that stopped growing with less room than this left for it (free space on its disk, or
+#: what the file-size limit allows) cannot be written. OpenCV's FFmpeg writer flushes 256 KiB at a time, so a
+#: file may rightly not grow for many frames; a refused write fills the disk to its last block (ENOSPC) or the
+#: file to the limit (EFBIG) first, so less than this is left once one was refused.
+LOW_ROOM = 64 * 1024
+
+
+def _no_room(path: str, size: int) -> str | None:
+    """Why a file of ``size`` bytes at ``path`` cannot grow: ``No space left on device`` where its disk has
+    less than ``LOW_ROOM`` bytes free (for this user: root may use ext4's reserved blocks), ``File too large``
+    where the process's file-size limit (``ulimit -f``) is less than that away; None while there is room."""
+    limit = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
+    if limit != resource.RLIM_INFINITY and limit - size < LOW_ROOM:
+        return os.strerror(errno.EFBIG)
+    try:
+        disk = os.statvfs(os.path.dirname(path) or ".")
+    except OSError:  # the folder went away: the check that follows (or the next one) says so
+        return None
+    free = (disk.f_bfree if os.geteuid() == 0 else disk.f_bavail) * disk.f_frsize
+    return os.strerror(errno.ENOSPC) if free < LOW_ROOM else None
+
+
 class AnnotatedVideoSink:
-    """Writes annotated frames into one video file (size from the first frame)."""
+    """Writes annotated frames into one video file (size from the first frame).
+
+    ``written`` counts the frames handed to the writer; a file that cannot hold them all (a full disk,
+    the file-size limit) stops the run with the reason (see the module docstring).
+    """
 
     FOURCC: ClassVar[dict[str, str]] = {".mp4": "mp4v", ".m4v": "mp4v", ".avi": "MJPG", ".mkv": "MJPG", ".mov": "mp4v"}
 
@@ -157,6 +229,8 @@ class AnnotatedVideoSink:
         self._fourcc = self.FOURCC[suffix]
         self._fps = fps
         self._writer: Any = None
+        self._size_seen = 0  # the file's size at the last check, in bytes
+        self._failed = False
         self.written = 0
 
     def publish(self, result: Result) -> None:
@@ -179,8 +253,56 @@ class AnnotatedVideoSink:
             image = cv2.resize(image, self._size)
         self._writer.write(annotate(image, result))
         self.written += 1
+        if self.written % CHECK_EVERY == 0:
+            self._check_growing()
+
+    def _fail(self, why: str) -> PipelineError:
+        self._failed = True  # close() releases the writer and checks no further
+        return PipelineError(f"cannot write {self.path}: {why}")
+
+    def _check_growing(self) -> None:
+        """Raise ``PipelineError`` when the file stopped growing and has no room to grow into."""
+        try:
+            size = os.stat(self.path).st_size
+        except OSError as exc:  # deleted under the writer: what it writes goes nowhere anyone can read
+            raise self._fail(exc.strerror or str(exc)) from exc
+        if size > self._size_seen:
+            self._size_seen = size
+            return
+        why = _no_room(self.path, size)
+        if why is not None:
+            raise self._fail(why)
 
     def close(self) -> None:
-        """Finish the file."""
-        if self._writer is not None:
-            self._writer.release()
+        """Finish the file, and check that it holds every frame written.
+
+        Raises:
+            PipelineError: the finished file does not (a full disk, the file-size limit).
+        """
+        if self._writer is None:
+            return
+        writer, self._writer = self._writer, None
+        writer.release()
+        if not self._failed:
+            self._check_finished()
+
+    def _check_finished(self) -> None:
+        """Open the released file again: it must declare every frame written, and where its disk is left
+        full (or it is at the size limit) its last frame must decode, since its tail is what would be missing."""
+        cv2 = opencv()
+
+        try:
+            size = os.stat(self.path).st_size
+        except OSError as exc:
+            raise self._fail(exc.strerror or str(exc)) from exc
+        why = _no_room(self.path, size)
+        cap = cv2.VideoCapture(self.path)
+        try:
+            frames = int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) if cap.isOpened() else 0
+            whole = frames == self.written
+            if whole and why is not None:  # opening reads the header, and a header written first can be whole
+                whole = bool(cap.set(cv2.CAP_PROP_POS_FRAMES, self.written - 1)) and cap.read()[0]
+        finally:
+            cap.release()
+        if not whole:
+            raise self._fail(why or f"the finished file holds {max(frames, 0)} of the {self.written} frames written")

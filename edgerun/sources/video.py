@@ -5,8 +5,13 @@
   frame saying so, so the run counts the lost input instead of calling it the end;
 * a camera (``camera:0``, ``/dev/video0``) is captured on its own thread into a
   latest-frames buffer, with the requested width, height and FPS;
-* a network stream (``rtsp://``, ``http://`` MJPEG) likewise, reconnecting with
-  a bounded number of attempts when it drops.
+* a network stream (``rtsp://``, ``http://`` MJPEG) likewise. One that drops is
+  reconnected after a wait that doubles with each drop, from the retry delay up
+  to ``RECONNECT_MAX_S``, and starts again from the retry delay once a connection
+  gave frames for ``RECONNECT_RESET_S``; each connection is a bounded number of
+  attempts. A stream that declares its length (a video file served over HTTP, a
+  recording over RTSP) is a recording: once a connection gave all its frames,
+  that is the end of input, not a drop (reconnecting would play it again).
 
 ``open_capture`` is the hardware boundary: tests give the camera source a
 function that opens a video file instead of a device.
@@ -39,6 +44,11 @@ __all__ = ["CameraSource", "StreamSource", "VideoFileSource", "VIDEO_SUFFIXES", 
 VIDEO_SUFFIXES = frozenset({".mp4", ".avi", ".mkv", ".mov", ".webm", ".m4v", ".mpg", ".mpeg", ".ts", ".mjpeg"})
 
 OpenCapture = Callable[[Any], Any]
+
+#: Seconds: the longest wait before reconnecting a stream that keeps dropping.
+RECONNECT_MAX_S = 30.0
+#: Seconds: a connection that gave frames this long was a working stream; the next drop waits the retry delay.
+RECONNECT_RESET_S = 30.0
 
 
 def open_decoder(uri: str, api: int, decode_threads: int, timeout_s: float | None = None) -> Any:
@@ -236,6 +246,8 @@ class StreamSource(LiveSource):
         self._cap = self._connect(stop or self._stop)
         #: the rate the stream declares, in frames per second; 0 when it declares none
         self.fps = _declared_fps(self._cap) if self._cap is not None else 0.0
+        #: the frames a recording declares (a served file); None for a live stream, which declares none
+        self.declared_frames = _declared_frames(self._cap) if self._cap is not None else None
         self.reconnects = 0
 
     def _open_ffmpeg(self, url: str) -> Any:
@@ -263,6 +275,8 @@ class StreamSource(LiveSource):
         cap = self._cap
         if cap is None:  # stopped while the first connection was retried
             return
+        wait = self._delay  # before the next reconnection, in seconds
+        since, first = time.monotonic(), index  # this connection's start
         try:
             while not stop.is_set():
                 ok, image = cap.read()
@@ -273,11 +287,28 @@ class StreamSource(LiveSource):
                 cap.release()
                 if stop.is_set():
                     break
-                log.warning("stream %s dropped; reconnecting", self.uri)
+                got = index - first
+                if self.declared_frames is not None and got >= self.declared_frames:
+                    log.info("stream %s ended after its %d frames (a recording, not a live stream)", self.uri, got)
+                    break
+                if time.monotonic() - since >= RECONNECT_RESET_S:
+                    wait = self._delay
+                log.warning("stream %s dropped after %d frames; reconnecting in %.3g s", self.uri, got, wait)
+                if stop.wait(wait):
+                    break
+                wait = min(wait * 2, RECONNECT_MAX_S)
                 cap = self._connect(stop)
                 if cap is None:
                     break
                 self.reconnects += 1
+                since, first = time.monotonic(), index
         finally:
             if cap is not None:
                 cap.release()
+
+
+def _declared_frames(cap: Any) -> int | None:
+    """The frame count a capture declares; None where it declares none (a live stream gives 0, a negative
+    number or NaN)."""
+    count = float(cap.get(opencv().CAP_PROP_FRAME_COUNT) or 0.0)
+    return int(count) if math.isfinite(count) and count > 0 else None
