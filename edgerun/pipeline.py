@@ -78,6 +78,10 @@ class _Item(msgspec.Struct):
     error: str | None = None
 
 
+#: Frames of a live source that each queue before inference holds, at most: enough to keep the model busy.
+LIVE_QUEUE = 2
+
+
 class Summary(msgspec.Struct):
     """What a run did. Latencies in ms (since start, per stage), rates per second."""
 
@@ -182,7 +186,10 @@ class Pipeline:
         # frames read here and decoded elsewhere: prepared by one worker, or several in parallel
         self._workers = 0 if self._prepare_on_reader else prepare_workers
         n_lanes = max(1, self._workers)
-        lane_size = -(-queue_size // n_lanes)  # the lanes of a stage hold about queue_size frames in all
+        # A live source keeps its newest frames in its own buffer (``--queue``), the newest replacing the oldest;
+        # queued here as well they would only age: 8 more frames of a camera behind a slow model
+        inner = min(queue_size, LIVE_QUEUE) if source.live else queue_size
+        lane_size = -(-inner // n_lanes)  # the lanes of a stage hold about that many frames in all
         self._q_pre = Lanes(n_lanes, lane_size, self._abort)
         self._q_inf = Lanes(n_lanes, lane_size, self._abort)
         self._q_out = Lanes(1, queue_size * max(1, batch_size), self._abort)
