@@ -29,6 +29,7 @@ import numpy as np
 from edgerun.accel.probe import probe
 from edgerun.accel.select import Selection, select
 from edgerun.backends import Backend, TensorSpec
+from edgerun.backends.base import FLOAT32_MAX, beyond_float32
 from edgerun.card import ModelCard, find_card, image_layout, infer_card, load_card, replace
 from edgerun.errors import CardError, ConfigError, EdgerunError, InputError, ModelLoadError
 from edgerun.limits import THREADS_MAX
@@ -334,8 +335,8 @@ class Model:
             raise InputError(f"{name}: array of shape {list(array.shape)} is empty")
         if kind == "f" and not np.isfinite(array).all():  # a quantized model would turn it into a confident answer
             raise InputError(f"{name}: array has NaN or infinite values")
-        if kind == "f" and array.dtype.itemsize > 4 and np.abs(array).max() > _FLOAT32_MAX:  # inf once cast
-            raise InputError(f"{name}: array has values beyond float32's range (above {_FLOAT32_MAX:.4g} in size)")
+        if kind == "f" and array.dtype.itemsize > 4 and beyond_float32(array):  # inf once cast
+            raise InputError(f"{name}: array has values beyond float32's range (above {FLOAT32_MAX:.4g} in size)")
         if _fits(array.shape, spec.shape):
             if spec.shape[:1] == (None,) and array.shape[0] != 1:  # one result comes back: a batch would lose rows
                 raise InputError(
@@ -351,9 +352,6 @@ class Model:
             except InputError as exc:  # its message (HxWx2 is no image) does not know the input's name
                 raise InputError(f"{name}: {exc}") from None
         raise InputError(f"{name}: array of shape {list(array.shape)} does not fit {spec.describe()}")
-
-
-_FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
 def _check_file_name(what: str, value: str | os.PathLike[str]) -> None:
@@ -407,7 +405,7 @@ def load(
         if isinstance(value, (str, os.PathLike)):
             _check_file_name(what, value)
     for what, flag in (("strict", strict), ("verify", verify), ("warmup", warmup)):
-        if not isinstance(flag, bool):  # "no" would be true
+        if not isinstance(flag, (bool, np.bool_)):  # "no" would be true
             raise ConfigError(f"{what} must be True or False, got {flag!r}")
     if probe_root is not None and not os.path.isdir(probe_root):  # nothing would be found, without a word
         raise ConfigError(f"probe_root is not a directory: {os.fspath(probe_root)}")

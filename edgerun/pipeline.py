@@ -188,8 +188,9 @@ class Pipeline:
         n_lanes = max(1, self._workers)
         # A live source keeps its newest frames in its own buffer (``--queue``), the newest replacing the oldest;
         # queued here as well they would only age: 8 more frames of a camera behind a slow model
-        inner = min(queue_size, LIVE_QUEUE) if source.live else queue_size
-        lane_size = -(-inner // n_lanes)  # the lanes of a stage hold about that many frames in all
+        # (a batch of a live source still fills: inference takes the frames that wait, and waits for none)
+        inner = min(queue_size, max(LIVE_QUEUE, batch_size)) if source.live else queue_size
+        lane_size = -(-inner // n_lanes)  # the lanes of a stage hold about that many frames (one a lane at least)
         self._q_pre = Lanes(n_lanes, lane_size, self._abort)
         self._q_inf = Lanes(n_lanes, lane_size, self._abort)
         self._q_out = Lanes(1, queue_size * max(1, batch_size), self._abort)

@@ -11,6 +11,7 @@ import pytest
 
 from tests.conftest import DIGITS, ROOT, Broker, run_cli
 from tests.test_audit_ota_operator import retained
+from tests.test_runtime_errors_15 import _absent, _shadow
 
 VIBRATION_CARD = ROOT / "models/vibration/vibration_int8.tflite.card.yaml"
 
@@ -72,4 +73,21 @@ def test_an_edge_tpu_compiled_model_is_not_loaded_here_and_is_published(
     shutil.copy(DIGITS / "digits_int8.tflite.card.yaml", tmp_path / "digits_int8_edgetpu.tflite.card.yaml")
     code, stderr = _publish(model, key_pair, own_broker)
     assert code == 0, stderr
+    assert "edgerun/dev1/ota/manifest" in retained(own_broker.port)
+
+
+def test_a_model_whose_runtime_this_machine_lacks_is_published_with_a_warning(
+    tmp_path: Path, own_broker: Broker, key_pair: Path
+) -> None:
+    """An operator's laptop may have no TFLite interpreter (none is installed on Windows): the load check cannot
+    run there, and refusing would stop every TFLite update from it."""
+    no_tflite = {name: _absent(name) for name in ("ai_edge_litert", "tflite_runtime", "tensorflow")}
+    done = run_cli(
+        "ota", "publish", str(DIGITS / "digits_int8.tflite"), "--model", "digits", "--version", "1.1.0",
+        "--device", "dev1", "--key", str(key_pair), "--mqtt", own_broker.url, env=_shadow(tmp_path, no_tflite),
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    warning = done.stderr.strip()
+    assert warning.startswith(f"edgerun: warning: {DIGITS / 'digits_int8.tflite'} not loaded here (")
+    assert warning.endswith("); each device checks it as it installs it") and len(warning.splitlines()) == 1
     assert "edgerun/dev1/ota/manifest" in retained(own_broker.port)

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from tests.conftest import DIGITS
 from tests.test_input_edges import _edgerun, _recorded, _samples
 
@@ -47,3 +49,36 @@ def test_a_resume_with_nothing_left_to_do_says_so_without_a_warning(tmp_path: Pa
     assert resumed.returncode == 0, resumed.stderr
     assert "resuming, 2 input(s) already done" in resumed.stdout
     assert "warning" not in resumed.stderr
+
+
+def test_a_file_that_collects_one_batch_after_another_resumes_over_new_inputs_without_a_warning(
+    tmp_path: Path,
+) -> None:
+    """The recorded relative paths still name files from here: the inputs are new, not moved."""
+    _samples(tmp_path, range(2))
+    (tmp_path / "day2").mkdir()
+    (tmp_path / "imgs" / "digit_1.png").rename(tmp_path / "day2" / "digit_1.png")
+    first = _edgerun("predict", MODEL, "imgs", "--output", "all.jsonl", "--no-progress", cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    second = _edgerun("predict", MODEL, "day2", "--output", "all.jsonl", "--resume", "--no-progress", cwd=tmp_path)
+    assert second.returncode == 0, second.stderr
+    assert second.stderr == ""
+    assert _recorded(tmp_path / "all.jsonl") == ["imgs/digit_0.png", "day2/digit_1.png"]
+
+
+def test_a_torn_line_is_not_cut_from_a_file_that_changed_after_it_was_read(tmp_path: Path) -> None:
+    """The model loads between the reading and the cut: records another process appended meanwhile stay."""
+    from edgerun.cli.predict import cut_torn_line, recorded_inputs
+    from edgerun.errors import ConfigError
+
+    out = tmp_path / "out.jsonl"
+    out.write_text('{"input": "a.png", "model": "digits", "version": "1.0.0", "output": []}\n{"input": "b.p')
+    recorded = recorded_inputs(str(out))
+    with out.open("a") as other:
+        other.write('ng", "model": "digits", "version": "1.0.0", "output": []}\n')
+    changed = out.read_bytes()
+    with pytest.raises(ConfigError, match=r"out\.jsonl changed while the model loaded; cannot resume from it"):
+        cut_torn_line(str(out), recorded)
+    assert out.read_bytes() == changed
+    cut_torn_line(str(out), recorded_inputs(str(out)))  # read again: nothing torn, nothing cut
+    assert out.read_bytes() == changed

@@ -352,12 +352,14 @@ def test_a_live_stream_that_keeps_dropping_is_reconnected_after_waits_that_doubl
         source = StreamSource(url, queue=64, retry_delay_s=0.02)
         assert source.declared_frames is None  # a live stream: no length
         got, ended = _read_until(source, 25)
-    assert not ended and source.reconnects == 4
+    # the fifth drop may be seen (and logged, with its wait of 0.32 s) before the reader closes the source
+    assert not ended and source.reconnects in (4, 5)
     assert [f.index for f in got] == list(range(25))  # numbered on across connections
     drops = [r.getMessage() for r in caplog.records if "dropped" in r.getMessage()]
-    assert drops == [  # once "stream ... dropped; reconnecting", at once and a thousand times a second
+    assert drops[:4] == [  # once "stream ... dropped; reconnecting", at once and a thousand times a second
         f"stream {url} dropped after 5 frames; reconnecting in {wait} s" for wait in ("0.02", "0.04", "0.08", "0.16")
     ]
+    assert drops[4:] in ([], [f"stream {url} dropped after 5 frames; reconnecting in 0.32 s"])
 
 
 def test_a_stream_gone_for_good_after_a_drop_still_stops_after_its_attempts(

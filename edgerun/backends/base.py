@@ -151,7 +151,7 @@ class Quantizer:
             out = self._cv2.addWeighted(flat, self._inv_scale, flat, 0.0, self._zero_point, dtype=self._cv_type)
             return out.reshape(x.shape)
         info = np.iinfo(self._dtype)
-        with np.errstate(over="ignore", invalid="ignore"):  # a float64 past float32's range: clipped, not a warning
+        with np.errstate(over="ignore"):  # x / scale may pass float32's range: clipped to the integers below
             q = np.multiply(x, np.float32(self._inv_scale), dtype=np.float32)
             q += np.float32(self._zero_point)
             np.rint(q, out=q)
@@ -172,15 +172,22 @@ def numeric(x: Any, spec: TensorSpec) -> np.ndarray:
     # float64 into a float32 tensor, or into a quantized one (which takes float32 values): a value past float32's
     # range would be cast to infinity (or clipped to the integer range), with numpy's warning on stderr
     wide = spec.dtype.itemsize if spec.dtype.kind == "f" else 4
-    if x.dtype.kind == "f" and x.dtype.itemsize > wide:
-        with np.errstate(invalid="ignore"):  # NaN is not compared here: it is passed on, as given
-            beyond = np.abs(x).max(initial=0) > _FLOAT32_MAX
-        if beyond:
+    if x.dtype.kind == "f" and x.dtype.itemsize > wide and x.size:
+        if spec.quant is not None and not np.isfinite(x).all():  # quantized, NaN is a confident answer
+            raise InputError(f"{spec.name}: array has NaN or infinite values; {spec.describe()} expected")
+        if beyond_float32(x):
             raise InputError(f"{spec.name}: array has values beyond float32's range; {spec.describe()} expected")
     return x
 
 
-_FLOAT32_MAX = float(np.finfo(np.float32).max)
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
+def beyond_float32(x: np.ndarray) -> bool:
+    """Whether a wider float array holds a value past float32's range (infinite once cast); NaN is not. No copy
+    of the array is made (``np.abs`` would make one)."""
+    with np.errstate(invalid="ignore"):
+        return bool(x.size) and bool(max(x.max(), -x.min()) > FLOAT32_MAX)
 
 
 def dequantize(q: np.ndarray, quant: QuantParams) -> np.ndarray:

@@ -215,18 +215,24 @@ def _check_loads(path: Path, card: dict[str, Any]) -> None:
     """Load ``path`` with ``card`` on this machine's CPU, as each device will before it runs it, so a file the
     runtime cannot read (truncated, another format) or a card that does not fit it (another model's labels or
     input size) is refused before anything is published. An Edge TPU-compiled model (``*_edgetpu.tflite``)
-    runs only on an Edge TPU, so it is not loaded here.
+    runs only on an Edge TPU, so it is not loaded here, and a model whose runtime this machine lacks is published
+    with a warning (each device still checks it).
 
     Raises:
         EdgerunError: the runtime's or the card's one line (``ModelLoadError``, ``CardError``).
     """
     import edgerun
     from edgerun.card import parse_card
+    from edgerun.errors import BackendUnavailableError
 
     if path.name.endswith("_edgetpu.tflite"):
         return
-    with edgerun.load(path, card=parse_card(card, "card"), delegate="cpu", verify=False):
-        pass
+    try:
+        with edgerun.load(path, card=parse_card(card, "card"), delegate="cpu", verify=False):
+            pass
+    except BackendUnavailableError as exc:  # no runtime for it here (an operator's laptop): each device checks it
+        print(f"edgerun: warning: {path} not loaded here ({exc}); each device checks it as it installs it",
+              file=sys.stderr, flush=True)  # fmt: skip
 
 
 #: What ``--version`` is told to look like when it looks like no version at all.

@@ -77,6 +77,8 @@ class Recorded(NamedTuple):
     inputs: frozenset[str]
     models: frozenset[tuple[str, str]]
     torn_at: int | None = None
+    #: the file as read, from ``torn_at`` on (the torn line): cut only if it is still so
+    torn: bytes = b""
 
 
 def recorded_inputs(path: str) -> Recorded:
@@ -115,7 +117,15 @@ def recorded_inputs(path: str) -> Recorded:
                 raise ConfigError(f"{path} ends in a line that is not an edgerun record; cannot resume from it")
     except OSError as exc:  # removed or made unreadable since
         raise ConfigError(f"cannot resume from {path}: {exc.strerror or exc}") from exc
-    return Recorded(frozenset(done), frozenset(models), end if tail else None)
+    return Recorded(frozenset(done), frozenset(models), end if tail else None, tail)
+
+
+def _moved(recorded: frozenset[str]) -> bool:
+    """Whether recorded inputs, none of which is among this run's, look recorded from another folder: some are
+    relative paths and none of those names a file from here. Where they do, the run is over new inputs (a
+    file that collects one batch after another), and nothing is wrong."""
+    relative = [path for path in recorded if not os.path.isabs(path)]
+    return bool(relative) and not any(os.path.exists(path) for path in relative)
 
 
 def cut_torn_line(path: str, recorded: Recorded) -> None:
@@ -124,7 +134,13 @@ def cut_torn_line(path: str, recorded: Recorded) -> None:
     if recorded.torn_at is None:
         return
     try:
-        os.truncate(path, recorded.torn_at)
+        with open(path, "rb+") as fh:  # the model loaded meanwhile: the file must end in that same torn line
+            if os.fstat(fh.fileno()).st_size != recorded.torn_at + len(recorded.torn):
+                raise ConfigError(f"{path} changed while the model loaded; cannot resume from it (run again)")
+            fh.seek(recorded.torn_at)
+            if fh.read() != recorded.torn:
+                raise ConfigError(f"{path} changed while the model loaded; cannot resume from it (run again)")
+            fh.truncate(recorded.torn_at)
     except OSError as exc:
         raise ConfigError(f"cannot resume from {path}: {exc.strerror or exc}") from exc
 
@@ -205,7 +221,7 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--output {args.output} is the {onto[2]} {onto[1]}: writing it would damage the model")
     if args.resume:
         cut_torn_line(args.output, recorded)  # nothing refused the run: the torn line goes
-    if skip and not source.skipped and not all(os.path.isabs(path) for path in skip):  # else new inputs, not a move
+    if skip and not source.skipped and _moved(skip):
         print(
             f"edgerun: warning: none of the {len(skip)} input(s) recorded in {args.output} is among these inputs; "
             "a relative path is taken from the current folder, so run from the folder of the run that recorded them",

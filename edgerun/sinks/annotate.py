@@ -248,6 +248,7 @@ class AnnotatedVideoSink:
             fourcc = cv2.VideoWriter.fourcc(*self._fourcc)
             self._writer = cv2.VideoWriter(self.path, fourcc, self._fps, (w, h))
             if not self._writer.isOpened():
+                self._failed = True  # close() releases it, with nothing to check
                 raise ConfigError(f"cannot write video {self.path}")
         if (image.shape[1], image.shape[0]) != self._size:
             image = cv2.resize(image, self._size)
@@ -298,6 +299,8 @@ class AnnotatedVideoSink:
         why = _no_room(self.path, size)
         cap = cv2.VideoCapture(self.path)
         try:
+            if not cap.isOpened() and why is None:  # an OpenCV that writes, and reads no video back: not checkable
+                return
             frames = int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) if cap.isOpened() else 0
             whole = frames == self.written
             if whole and why is not None:  # opening reads the header, and a header written first can be whole

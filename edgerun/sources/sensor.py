@@ -120,7 +120,7 @@ class SensorSource:
         #: never the windows it read before (a daemon neither skips nor remembers their ids)
         self.stream = self._stream
         #: True for a named pipe: its writer closing ends a run, and a daemon reads it again for the next writer
-        self.pipe = self._stream and not self._stdin
+        self.pipe = self._stream and not self._stdin and not _descriptor(path)
         suffix = Path(path).suffix.lower()
         self._format = fmt or ("jsonl" if suffix in (".jsonl", ".ndjson") else "csv")
         self._closed = False
@@ -377,6 +377,12 @@ def _is_pipe(path: str) -> bool:
     else:
         what = "a socket" if stat.S_ISSOCK(mode) else "no regular file"
     raise SourceError(f"sensor file is {what}, not a file: {path}")
+
+
+def _descriptor(path: str) -> bool:
+    """Whether ``path`` leads to a process's open descriptor (``/dev/stdin``, ``/dev/fd/0``, ``/proc/self/fd/0``,
+    a link to one) rather than a named pipe of its own: opened again after its end, such a pipe ends at once."""
+    return os.path.realpath(path).startswith(("/proc/", "/dev/fd/"))
 
 
 def _stdin_fd() -> int:
