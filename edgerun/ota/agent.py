@@ -4,7 +4,12 @@ Messages arrive on the link's thread and are only queued there; one worker
 thread handles them in order, so a 50 MB download never stalls MQTT. Every step
 publishes a retained ``P/ID/ota/status`` record (PROTOCOL.md); every refusal is
 ``rejected`` with the reason in plain words, every operational failure
-``failed``; in neither case is the active model touched.
+``failed``; in neither case is the active model touched. A replay (an id already
+used) is the exception: it is refused in a log line, since a record under that id
+would replace the outcome of the update or command the id belongs to.
+
+A rollback, automatic or commanded, walks back through the model's history
+(``ModelStore.roll_back``): it never brings back a version rolled back from.
 
 State kept in ``<state dir>/ota``::
 
@@ -57,11 +62,11 @@ from edgerun.errors import EdgerunError, ModelLoadError, UpdateFailed, UpdateRej
 from edgerun.files import atomic_write
 from edgerun.inputs import NPY_ERRORS, load_npy, npy_reason
 from edgerun.model import Model
-from edgerun.ota.envelope import TrustedKeys, open_envelope
+from edgerun.ota.envelope import TrustedKeys, loads_utf8, open_envelope
 from edgerun.ota.manifest import Command, Manifest, parse_command, parse_manifest, version_tuple
 from edgerun.ota.policy import Clock, check_manifest, check_targets, check_times
 from edgerun.ota.slot import ModelSlot
-from edgerun.ota.store import Active, ModelStore
+from edgerun.ota.store import Active, ModelStore, nothing_earlier
 from edgerun.ota.transfer import discard, download
 from edgerun.sync.link import Message, MqttLink
 from edgerun.sync.topics import Topics
@@ -231,6 +236,23 @@ class OtaAgent:
         log.info("OTA %s: %s%s", what, state, f" ({reason})" if reason else "")
         self.link.publish(self.topics.ota_status, json.dumps(record), qos=1, retain=True)
 
+    def _replayed(self, kind: str, ident: str, model: str, version: str | None) -> None:
+        """Refuse a replay (an id already used) in one log line, without a status record.
+
+        ``P/ID/ota/status`` holds one retained record, and a record names its id: a ``rejected``
+        record under the replayed id would replace that update's (or command's) own outcome, so an
+        update that serves would show as rejected in the fleet view. The device does not act on a
+        replay at all (PROTOCOL.md: never twice on one id), so there is no step of it to report.
+        """
+        named = " ".join(part for part in (ident, model, version) if part)
+        log.warning(
+            "OTA %s: refused: %s %s was already used (replay); no status record (the %s's own stays)",
+            named,
+            kind,
+            ident,
+            "command" if kind == "command_id" else "update",
+        )
+
     def _entry(self, ident: str) -> Path:
         if not _IDENT.match(ident):  # ids come from verified documents; this is defence in depth
             raise UpdateRejected(f"identifier {ident[:40]!r} is not a valid update or command id")
@@ -302,13 +324,7 @@ class OtaAgent:
             if seen.get("digest") == digest and (message.retained or seen.get("state") not in DONE):
                 log.debug("OTA %s: already handled (retained copy)", manifest.update_id)
                 return
-            self._status(
-                manifest.update_id,
-                "rejected",
-                model=manifest.model,
-                version=manifest.version,
-                reason=f"update_id {manifest.update_id} was already used (replay)",
-            )
+            self._replayed("update_id", manifest.update_id, manifest.model, manifest.version)
             return
         try:
             self._check(manifest)
@@ -435,6 +451,15 @@ class OtaAgent:
                 self._status(uid, "downloading", model=name, version=version, progress=fraction)
 
         step = "downloading"
+
+        def verifying() -> None:
+            # Called by download() once every byte is there, before the size and SHA-256 are
+            # checked: a blob refused for them is reported verifying first, as the step it failed.
+            nonlocal step
+            step = "verifying"
+            self._journal(uid, state="verifying")
+            self._status(uid, "verifying", model=name, version=version, progress=1.0)
+
         try:
             card = manifest.model_card()
             if self._in_store(manifest):
@@ -446,12 +471,10 @@ class OtaAgent:
                     link=self.link,
                     downloads=self.downloads,
                     progress=progress,
+                    verifying=verifying,
                     timeout_s=self.settings.download_timeout_s,
                     stop=self._stop,
                 )
-                step = "verifying"
-                self._journal(uid, state="verifying")
-                self._status(uid, "verifying", model=name, version=version, progress=1.0)
                 _check_format(blob, manifest.format)
                 record = {
                     "update_id": uid,
@@ -542,10 +565,14 @@ class OtaAgent:
 
     def _forget(self, name: str, version: str) -> None:
         """Delete the version an update that ended here installed, unless ``active.json`` names it
-        (the active version, a rollback target, an A/B candidate): an update that failed must never
-        take one of those with it."""
+        (the active version, a rollback target, a withdrawn version, an A/B candidate): an update
+        that failed must never take one of those with it."""
         active = self.store.active(name)
-        named = set() if active is None else {active.version, *active.previous, (active.ab or {}).get("version")}
+        named = (
+            set()
+            if active is None
+            else {active.version, *active.previous, *active.withdrawn, (active.ab or {}).get("version")}
+        )
         if self.store.installed(name, version) and version not in named:
             try:
                 self.store.remove(name, version)  # set aside first: a crash never leaves a part of it listed
@@ -737,7 +764,7 @@ class OtaAgent:
                 self.store.verified_file(name, back)
             except (ModelLoadError, OSError, ValueError, KeyError) as exc:
                 return self._keep_serving(name, active, reason, uid, back, exc)
-            self.store.activate(name, back)
+            self.store.roll_back(name)
         log.warning("OTA %s %s: %s: %s is its active version again", uid, name, reason, back)
         return _Ending(uid, name, version, "rolled_back", f"{reason}; {back} is active again", journal_reason=reason)
 
@@ -763,7 +790,12 @@ class OtaAgent:
             self._record(self._switch_back(name, active, reason, ident, command=command))
 
     def _switch_back(self, name: str, active: Active, reason: str, ident: str | None, *, command: bool) -> _Ending:
-        """Roll back to the previous version in the store and the slot; the records are the caller's."""
+        """Roll back to the previous version in the store and the slot; the records are the caller's.
+
+        A rollback walks back through the history (``ModelStore.roll_back``): the version left is
+        not remembered as a rollback target, so an operator's rollback after an automatic one goes
+        further back instead of bringing back the version that failed.
+        """
         slot = self.slots[name]
         before = replace(active)  # the branches below change ``active``
         if active.ab is not None:
@@ -774,7 +806,7 @@ class OtaAgent:
             back = active.version
         else:
             if not active.previous:
-                raise UpdateRejected(f"{name} has no previous version to roll back to")
+                raise UpdateRejected(nothing_earlier(name, active))
             failed, back = active.version, active.previous[0]
             try:
                 model = self.load_model(self.store.verified_file(name, back), self._card(name, back))
@@ -782,7 +814,7 @@ class OtaAgent:
                 if command:
                     raise
                 return self._keep_serving(name, active, reason, ident, back, exc)
-            self.store.activate(name, back)
+            self.store.roll_back(name)  # back one step: ``failed`` is never a rollback target again
             slot.swap(model)
         if command and ident is not None:
             self._close_replaced(name, before, f"command {ident}", state="rolled_back")
@@ -846,23 +878,25 @@ class OtaAgent:
             return
         claimed = _claimed(message.payload)
         ident = claimed.get("command_id")
-        verified = None  # only a verified command_id is ever journaled
+        fresh = None  # a verified command_id used for the first time: the only kind ever journaled
         try:
             document = open_envelope(message.payload, self.trusted)
             command = parse_command(document)
-            ident = verified = command.command_id
+            ident = command.command_id
             if self._seen(command.command_id) is not None:
-                if message.retained:
-                    return
-                raise UpdateRejected(f"command_id {command.command_id} was already used (replay)")
+                if not message.retained:
+                    self._replayed("command_id", command.command_id, command.model, command.version)
+                return
+            fresh = command.command_id
             check_targets(command.targets, self.topics.device, self.groups)
             check_times(command.issued, command.expires, self._clock())
             self._journal(command.command_id, kind="command", state="received")
             self._saw_issued(command.issued)
             self._run_command(command)
         except EdgerunError as exc:
-            if verified and self._seen(verified) is None:
-                self._journal(verified, kind="command", state="rejected", reason=str(exc))
+            # The journal says how the command ended, also when it was refused after ``received``.
+            if fresh is not None:
+                self._journal(fresh, kind="command", state="rejected", reason=str(exc))
             self._status(
                 ident,
                 "rejected",
@@ -871,6 +905,15 @@ class OtaAgent:
                 reason=str(exc),
                 command=True,
             )
+        except Exception as exc:  # a bug or a vendor error while it ran: ``failed``, never left ``received``
+            if fresh is None:
+                raise
+            reason = f"unexpected error: {type(exc).__name__.lstrip('_')}: {one_line(exc)}"
+            log.warning("OTA %s: %s", fresh, reason)
+            log.debug("OTA %s: the unexpected error", fresh, exc_info=True)
+            self._journal(fresh, state="failed", reason=reason)
+            model, version = claimed.get("model"), claimed.get("version")
+            self._status(fresh, "failed", model=model, version=version, reason=reason, command=True)
 
     def _run_command(self, command: Command) -> None:
         name = command.model
@@ -914,11 +957,12 @@ class OtaAgent:
 
 def _claimed(raw: bytes) -> dict[str, Any]:
     """Identifiers from an envelope's payload before verification, for reporting only: anyone may
-    send them, so a line break or another control character in one is escaped (one log line)."""
+    send them, so a line break or another control character in one is escaped (one log line).
+    Read as strictly as ``open_envelope`` reads (UTF-8 only): what it refuses claims nothing."""
     try:
-        envelope = json.loads(raw)
-        document = json.loads(base64.b64decode(envelope["payload"], validate=True))
-    except (ValueError, TypeError, KeyError, binascii.Error, UnicodeDecodeError, RecursionError):
+        envelope = loads_utf8(raw)
+        document = loads_utf8(base64.b64decode(envelope["payload"], validate=True))
+    except (ValueError, TypeError, KeyError, binascii.Error, RecursionError):
         return {}
     if not isinstance(document, dict):
         return {}

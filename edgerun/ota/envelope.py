@@ -4,6 +4,11 @@ The signature is Ed25519 over the exact payload bytes as sent, so no canonical
 JSON is needed. Which algorithm and which keys are trusted comes from the
 device's configuration (PEM public keys), never from the envelope: the ``key``
 field only says which trusted key to try.
+
+The envelope and the signed document inside are read as UTF-8 and nothing else (PROTOCOL.md: all
+payloads are UTF-8 JSON): ``json.loads`` given bytes would guess UTF-16 or UTF-32 from a byte order
+mark or from NUL bytes, and act on a text no other reader of the protocol takes. A UTF-8 byte order
+mark is skipped, as edgerun's MQTT inputs skip it.
 """
 
 from __future__ import annotations
@@ -20,9 +25,34 @@ from typing import Any
 
 from edgerun.errors import ConfigError, UpdateRejected
 
-__all__ = ["TrustedKeys", "key_id", "seal", "open_envelope", "load_private_key"]
+__all__ = ["NotUtf8", "TrustedKeys", "key_id", "load_private_key", "loads_utf8", "open_envelope", "seal"]
 
 MAX_ENVELOPE_BYTES = 1024 * 1024
+_UTF8_BOM = b"\xef\xbb\xbf"
+
+
+class NotUtf8(ValueError):
+    """Raised when bytes that must be UTF-8 JSON are in another encoding; the message says why."""
+
+
+def loads_utf8(raw: bytes) -> Any:
+    """The JSON value of ``raw``, which must be UTF-8 (a UTF-8 byte order mark is skipped).
+
+    Raises:
+        NotUtf8: another encoding (UTF-16 or UTF-32, or bytes UTF-8 does not allow).
+        ValueError: UTF-8, but not JSON.
+        RecursionError: JSON nested deeper than the parser's stack.
+    """
+    body = raw.removeprefix(_UTF8_BOM)
+    guess = json.detect_encoding(body)  # UTF-16/32 by a byte order mark or NULs: never valid UTF-8 JSON
+    if guess.startswith(("utf-16", "utf-32")):
+        raise NotUtf8(f"it looks like {guess.upper()}")
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        at = exc.start + len(raw) - len(body)
+        raise NotUtf8(f"byte 0x{raw[at]:02x} at offset {at}") from None
+    return json.loads(text)
 
 
 def key_id(public_key: Any) -> str:
@@ -98,8 +128,10 @@ def open_envelope(raw: bytes, trusted: TrustedKeys) -> dict[str, Any]:
     if len(raw) > MAX_ENVELOPE_BYTES:
         raise UpdateRejected(f"envelope of {len(raw)} bytes is over the {MAX_ENVELOPE_BYTES}-byte limit")
     try:
-        envelope = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
+        envelope = loads_utf8(raw)
+    except NotUtf8 as exc:
+        raise UpdateRejected(f"malformed envelope: not JSON (not UTF-8: {exc})") from None
+    except ValueError:
         raise UpdateRejected("malformed envelope: not JSON") from None
     except RecursionError:  # [[[...]]] nested deeper than the parser's stack
         raise UpdateRejected("malformed envelope: JSON nested too deeply") from None
@@ -116,8 +148,10 @@ def open_envelope(raw: bytes, trusted: TrustedKeys) -> dict[str, Any]:
         raise UpdateRejected("malformed envelope: key must be a string")
     trusted.verify(kid, payload, signature)
     try:
-        document = json.loads(payload)
-    except (ValueError, UnicodeDecodeError):
+        document = loads_utf8(payload)
+    except NotUtf8 as exc:
+        raise UpdateRejected(f"the signed payload is not JSON (not UTF-8: {exc})") from None
+    except ValueError:
         raise UpdateRejected("the signed payload is not JSON") from None
     except RecursionError:
         raise UpdateRejected("the signed payload is JSON nested too deeply") from None

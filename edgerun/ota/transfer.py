@@ -11,6 +11,12 @@ those on disk are compared, not rewritten. A URL download appends to
 what has arrived, 64 KiB at most at a time, and fails (keeping ``blob.part``)
 when stopped or when less than 64 KiB arrived in ``timeout_s``; a watcher
 thread shuts the socket down when that happens while a read waits on it.
+
+Once every byte is there, ``download`` calls its ``verifying`` callback and only then checks the
+size and SHA-256 (PROTOCOL.md's verifying step), so a blob refused for them is reported
+``verifying`` first. The check uses the digest taken while the chunks were written where there is
+one: a blob is hashed once on the normal path. What is refused while it arrives (a chunk out of
+range or of the wrong size, a URL sending more than ``size`` bytes) is refused while downloading.
 """
 
 from __future__ import annotations
@@ -44,6 +50,14 @@ log = logging.getLogger(__name__)
 __all__ = ["download"]
 
 Progress = Callable[[float], None]
+#: Called once the whole blob is on disk, before its size and SHA-256 are checked.
+Verifying = Callable[[], None]
+
+
+def _unreported() -> None:
+    """The ``verifying`` of a caller that reports no steps."""
+
+
 #: Bytes asked for per read of a URL download; a read returns what has arrived, up to this. At least
 #: this much (or the rest of the blob) must arrive per ``timeout_s``, or the download has stalled.
 URL_BLOCK = 64 * 1024
@@ -55,12 +69,13 @@ def _disk_error(exc: OSError) -> UpdateFailed:
     return UpdateFailed(f"cannot write the download: {exc.strerror or exc}")
 
 
-def _finish_file(part: Path, target: Path, manifest: Manifest, sha: str | None = None) -> None:
-    """Check a downloaded file's size and SHA-256 and move it to ``target``.
+def _finish_file(part: Path, target: Path, manifest: Manifest, verifying: Verifying, sha: str | None = None) -> None:
+    """Report ``verifying``, check a downloaded file's size and SHA-256, and move it to ``target``.
 
     ``sha`` is the digest taken while writing; without it the file is read back (a resumed
-    download counts whole).
+    download counts whole), after ``verifying`` so the reading shows as that step.
     """
+    verifying()
     _check(part.stat().st_size, sha or sha256_file(part), manifest, part)
     os.replace(part, target)
 
@@ -177,8 +192,8 @@ class _Chunks:
                 self._hashed += 1
         return True
 
-    def finish(self, target: Path, manifest: Manifest) -> None:
-        """fsync, check size and SHA-256, and move the blob to ``target``."""
+    def finish(self, target: Path, manifest: Manifest, verifying: Verifying = _unreported) -> None:
+        """fsync, report ``verifying``, check size and SHA-256, and move the blob to ``target``."""
         try:
             os.ftruncate(self._fd, self.size)
             os.fsync(self._fd)
@@ -186,7 +201,7 @@ class _Chunks:
             raise _disk_error(exc) from exc
         # Resumed after a restart, some chunks were never hashed here: the file is read back.
         sha = self._digest.hexdigest() if self._hashed == self.blob.chunks else None
-        _finish_file(self.part, target, manifest, sha)
+        _finish_file(self.part, target, manifest, verifying, sha)
         self.log.unlink(missing_ok=True)
 
     def close(self) -> None:
@@ -205,13 +220,14 @@ def _download_mqtt(
     folder: Path,
     target: Path,
     progress: Progress,
+    verifying: Verifying,
     timeout_s: float,
     stop: threading.Event,
 ) -> None:
     chunks = _Chunks(manifest, folder)
     try:
         _collect(chunks, manifest, link, progress, timeout_s, stop)
-        chunks.finish(target, manifest)
+        chunks.finish(target, manifest, verifying)
     finally:
         chunks.close()
 
@@ -365,7 +381,13 @@ def _copy(
 
 
 def _download_url(
-    manifest: Manifest, folder: Path, target: Path, progress: Progress, timeout_s: float, stop: threading.Event
+    manifest: Manifest,
+    folder: Path,
+    target: Path,
+    progress: Progress,
+    verifying: Verifying,
+    timeout_s: float,
+    stop: threading.Event,
 ) -> None:
     url = manifest.source.url
     assert url is not None
@@ -375,7 +397,7 @@ def _download_url(
         part.unlink()
         have = 0
     if have == manifest.size:  # whole already (stopped at the last read, or a crash before the rename):
-        _finish_file(part, target, manifest)  # a range past the end would be refused (416) at every retry
+        _finish_file(part, target, manifest, verifying)  # a range past the end would be refused (416) at every retry
         return
     try:
         request = urllib.request.Request(url, headers={"Range": f"bytes={have}-"} if have else {})
@@ -402,7 +424,7 @@ def _download_url(
                     out.close()
         finally:
             watch.close()
-    _finish_file(part, target, manifest)
+    _finish_file(part, target, manifest, verifying)
 
 
 def download(
@@ -411,10 +433,15 @@ def download(
     link: MqttLink | None,
     downloads: Path,
     progress: Progress,
+    verifying: Verifying | None = None,
     timeout_s: float = 120.0,
     stop: threading.Event | None = None,
 ) -> Path:
     """Fetch the manifest's blob into ``downloads``; returns the verified file.
+
+    ``verifying`` is called once, when the whole blob is on disk and before its size and SHA-256
+    are checked (also for a blob found whole on disk already), so the caller can report that step
+    before any refusal of it.
 
     Raises:
         UpdateRejected: the blob or a chunk is not what the manifest says.
@@ -423,17 +450,19 @@ def download(
     folder = downloads / manifest.sha256
     folder.mkdir(parents=True, exist_ok=True)
     target = folder / "blob"
+    verifying = verifying or _unreported
     if _whole(target, manifest):
         log.info("%s: the whole blob is on disk already (an earlier try ended after its download)", manifest.update_id)
         progress(1.0)
+        verifying()
         return target
     stop = stop or threading.Event()
     if manifest.source.mqtt is not None:
         if link is None:
             raise UpdateFailed("the update comes over MQTT chunks, but there is no MQTT link")
-        _download_mqtt(manifest, link, folder, target, progress, timeout_s, stop)
+        _download_mqtt(manifest, link, folder, target, progress, verifying, timeout_s, stop)
     else:
-        _download_url(manifest, folder, target, progress, timeout_s, stop)
+        _download_url(manifest, folder, target, progress, verifying, timeout_s, stop)
     return target
 
 
