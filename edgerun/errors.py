@@ -40,6 +40,7 @@ __all__ = [
     "SourceError",
     "SyncError",
     "UpdateFailed",
+    "UnusableInput",
     "UpdateRejected",
     "quoted",
     "shown",
@@ -81,6 +82,13 @@ class DelegateError(EdgerunError):
 
 class InputError(EdgerunError):
     """Raised when an input cannot be read or mapped onto the model's input tensor."""
+
+
+class UnusableInput(InputError):
+    """Raised for an input no model could take, whatever its tensors: unreadable, not a decodable image, an
+    array that is not numbers (empty, NaN). A pipeline reports it as a failed frame and does not count it
+    against the model, as the HTTP API does not count its 422s: OTA probation judges a model, not its inputs
+    (25 garbage messages on an MQTT source rolled a good update back)."""
 
 
 class InferenceError(EdgerunError):

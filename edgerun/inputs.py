@@ -22,7 +22,7 @@ from typing import NamedTuple
 import numpy as np
 from numpy.lib import format as npy_format
 
-from edgerun.errors import InputError
+from edgerun.errors import UnusableInput
 from edgerun.processing.image import IMAGE_SUFFIXES
 
 __all__ = [
@@ -140,7 +140,7 @@ def read_input(path: str | os.PathLike[str]) -> bytes | np.ndarray:
     """
     path = os.fspath(path)
     if "\0" in path:  # open() would say so as a bare ValueError
-        raise InputError(f"{path!r}: holds a NUL character, which no file name can")
+        raise UnusableInput(f"{path!r}: holds a NUL character, which no file name can")
     try:
         if os.path.splitext(path)[1].lower() == ".npy":
             try:
@@ -151,17 +151,17 @@ def read_input(path: str | os.PathLike[str]) -> bytes | np.ndarray:
                     data = f.read()  # a pipe: read to its end, as an image is
                 return load_npy(io.BytesIO(data), len(data))
             except EOFError:
-                raise InputError(f"{path}: empty or truncated .npy file") from None
+                raise UnusableInput(f"{path}: empty or truncated .npy file") from None
             except (ValueError, SyntaxError, tokenize.TokenError) as exc:
-                raise InputError(f"{path}: not a plain numeric .npy array ({npy_reason(exc)})") from exc
+                raise UnusableInput(f"{path}: not a plain numeric .npy array ({npy_reason(exc)})") from exc
         with open(path, "rb") as f:
             return f.read()
     except FileNotFoundError:
-        raise InputError(f"{path}: no such file") from None
+        raise UnusableInput(f"{path}: no such file") from None
     except IsADirectoryError:
-        raise InputError(f"{path}: is a directory") from None
+        raise UnusableInput(f"{path}: is a directory") from None
     except OSError as exc:
-        raise InputError(f"{path}: cannot read ({exc.strerror})") from exc
+        raise UnusableInput(f"{path}: cannot read ({exc.strerror})") from exc
 
 
 def load_npy(stream: io.BufferedIOBase, size: int) -> np.ndarray:

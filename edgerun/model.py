@@ -31,7 +31,7 @@ from edgerun.accel.select import Selection, select
 from edgerun.backends import Backend, TensorSpec
 from edgerun.backends.base import FLOAT32_MAX, beyond_float32
 from edgerun.card import ModelCard, find_card, image_layout, infer_card, load_card, replace
-from edgerun.errors import CardError, ConfigError, EdgerunError, InputError, ModelLoadError
+from edgerun.errors import CardError, ConfigError, EdgerunError, InputError, ModelLoadError, UnusableInput
 from edgerun.limits import THREADS_MAX
 from edgerun.processing.classify import looks_like_probabilities, softmax, top_k
 from edgerun.state import state_dir as default_state_dir
@@ -330,13 +330,13 @@ class Model:
         spec = self.inputs[0]
         kind = array.dtype.kind
         if kind not in "fiub" or kind == "b":
-            raise InputError(f"{name}: array dtype {array.dtype} is not numeric; {spec.describe()} expected")
+            raise UnusableInput(f"{name}: array dtype {array.dtype} is not numeric; {spec.describe()} expected")
         if array.size == 0:
-            raise InputError(f"{name}: array of shape {list(array.shape)} is empty")
+            raise UnusableInput(f"{name}: array of shape {list(array.shape)} is empty")
         if kind == "f" and not np.isfinite(array).all():  # a quantized model would turn it into a confident answer
-            raise InputError(f"{name}: array has NaN or infinite values")
+            raise UnusableInput(f"{name}: array has NaN or infinite values")
         if kind == "f" and array.dtype.itemsize > 4 and beyond_float32(array):  # inf once cast
-            raise InputError(f"{name}: array has values beyond float32's range (above {FLOAT32_MAX:.4g} in size)")
+            raise UnusableInput(f"{name}: array has values beyond float32's range (above {FLOAT32_MAX:.4g} in size)")
         if _fits(array.shape, spec.shape):
             if spec.shape[:1] == (None,) and array.shape[0] != 1:  # one result comes back: a batch would lose rows
                 raise InputError(
@@ -350,7 +350,7 @@ class Model:
             try:
                 return self._preprocessor(array)
             except InputError as exc:  # its message (HxWx2 is no image) does not know the input's name
-                raise InputError(f"{name}: {exc}") from None
+                raise type(exc)(f"{name}: {exc}") from None
         raise InputError(f"{name}: array of shape {list(array.shape)} does not fit {spec.describe()}")
 
 

@@ -52,7 +52,7 @@ import msgspec
 import numpy as np
 
 from edgerun import lanes
-from edgerun.errors import EdgerunError, PipelineError
+from edgerun.errors import EdgerunError, PipelineError, UnusableInput
 from edgerun.lanes import END, NOTHING, Lanes
 from edgerun.limits import BATCH_SIZE_MAX, FPS_MAX, FPS_MIN, MAX_FRAMES_MAX, PREPARE_WORKERS_MAX
 from edgerun.model import Model
@@ -76,6 +76,9 @@ class _Item(msgspec.Struct):
     tensor: np.ndarray | None = None
     pre_ms: float = 0.0
     error: str | None = None
+    #: the error is the model's to answer for (counted in its metrics, which OTA probation judges); not where the
+    #: input was unusable whatever the model (unreadable, not an image, not numbers: ``UnusableInput``)
+    model_error: bool = True
 
 
 #: Frames of a live source that each queue before inference holds, at most: enough to keep the model busy.
@@ -309,9 +312,11 @@ class Pipeline:
                 item.tensor = item.model.prepare(item.frame.data, item.frame.source_id)
             except EdgerunError as exc:
                 item.error = str(exc)
+                item.model_error = not isinstance(exc, UnusableInput)
             item.pre_ms = (time.perf_counter() - t0) * 1e3
         else:
-            item.error = item.frame.error
+            item.error = item.frame.error  # the source could not give this input (a bad file, row or message)
+            item.model_error = False
 
     def _prepare_guarded(self, item: _Item) -> bool:
         """Prepare a decoded frame on the reader or the inference thread; False if preparing failed
@@ -401,8 +406,9 @@ class Pipeline:
                 return
 
     def _emit_error(self, item: _Item) -> None:
-        m = item.model or self.slot.primary
-        self.metrics.error(m.name, m.version, m.delegate)
+        if item.model_error:
+            m = item.model or self.slot.primary
+            self.metrics.error(m.name, m.version, m.delegate)
         self._emit(Result(item.frame, error_record(item.frame, item.error or "")))
 
     def _emit(self, result: Result) -> bool:

@@ -13,7 +13,7 @@ import msgspec
 import numpy as np
 
 from edgerun.card import Preprocess
-from edgerun.errors import CardError, InputError
+from edgerun.errors import CardError, UnusableInput
 from edgerun.opencv import max_image_pixels, opencv
 
 __all__ = ["decode_image", "ImagePreprocessor", "IMAGE_SUFFIXES", "preload"]
@@ -39,11 +39,11 @@ def decode_image(data: bytes, name: str = "image", gray: bool = False) -> np.nda
         InputError: empty, truncated or undecodable data.
     """
     if not data:
-        raise InputError(f"{name}: empty file")
+        raise UnusableInput(f"{name}: empty file")
     if data[:2] == _JPEG_SOI and _JPEG_EOI not in data[-64:] and not _jpeg_complete(data):
-        raise InputError(f"{name}: truncated JPEG (no end-of-image marker)")
+        raise UnusableInput(f"{name}: truncated JPEG (no end-of-image marker)")
     if data[:8] == _PNG_MAGIC and _PNG_IEND not in data[-64:] and not _png_complete(data):
-        raise InputError(f"{name}: truncated PNG (no IEND chunk)")
+        raise UnusableInput(f"{name}: truncated PNG (no IEND chunk)")
     cv2 = opencv()
     buf = np.frombuffer(data, dtype=np.uint8)
     flags = cv2.IMREAD_GRAYSCALE if gray else cv2.IMREAD_COLOR
@@ -51,10 +51,10 @@ def decode_image(data: bytes, name: str = "image", gray: bool = False) -> np.nda
         image = cv2.imdecode(buf, flags)
     except cv2.error as exc:
         if "CV_IO_MAX_IMAGE_PIXELS" in str(exc):
-            raise InputError(f"{name}: image has more than {max_image_pixels():,} pixels; not decoded") from None
-        raise InputError(f"{name}: cannot decode image ({str(exc).strip().splitlines()[-1]})") from exc
+            raise UnusableInput(f"{name}: image has more than {max_image_pixels():,} pixels; not decoded") from None
+        raise UnusableInput(f"{name}: cannot decode image ({str(exc).strip().splitlines()[-1]})") from exc
     if image is None or image.size == 0:
-        raise InputError(f"{name}: not a decodable image")
+        raise UnusableInput(f"{name}: not a decodable image")
     return image
 
 
@@ -180,9 +180,9 @@ class ImagePreprocessor:
         cv2 = opencv()
         plan = self._plan
         if image.dtype != np.uint8:
-            raise InputError(f"image must be uint8 pixels, got {image.dtype}")
+            raise UnusableInput(f"image must be uint8 pixels, got {image.dtype}")
         if image.ndim not in (2, 3) or image.size == 0 or (image.ndim == 3 and image.shape[2] not in (1, 3, 4)):
-            raise InputError(f"an image is HxW or HxWx1/3/4 pixels, got shape {list(image.shape)}")
+            raise UnusableInput(f"an image is HxW or HxWx1/3/4 pixels, got shape {list(image.shape)}")
         if image.ndim == 3 and image.shape[2] == 1:
             image = image[:, :, 0]
         if image.ndim == 3 and image.shape[2] == 4:
