@@ -23,6 +23,7 @@ from edgerun.errors import (
     InferenceError,
     InputError,
     ModelLoadError,
+    UnusableInput,
 )
 
 __version__ = "0.1.0"
@@ -40,6 +41,7 @@ __all__ = [
     "ModelLoadError",
     "Prediction",
     "TensorSpec",
+    "UnusableInput",
     "__version__",
     "load",
     "probe",

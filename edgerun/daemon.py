@@ -112,10 +112,12 @@ class _PipelineRunner:
                 summary = pipeline.run()
                 if getattr(pipeline.source, "pipe", False):  # a named pipe: its writer closed; another may come
                     log.info(
-                        "pipeline %s: the writer of %s closed after %d windows; waiting for the next writer",
+                        "pipeline %s: the writer of %s closed after %d windows and %d bad rows; waiting for the "
+                        "next writer",
                         self.name,
                         pipeline.source.uri,
-                        summary.frames,
+                        summary.ok,
+                        summary.errors,
                     )
                     continue
                 if not pipeline.source.live:

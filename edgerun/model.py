@@ -339,19 +339,25 @@ class Model:
             raise UnusableInput(f"{name}: array has values beyond float32's range (above {FLOAT32_MAX:.4g} in size)")
         if _fits(array.shape, spec.shape):
             if spec.shape[:1] == (None,) and array.shape[0] != 1:  # one result comes back: a batch would lose rows
-                raise InputError(
+                raise UnusableInput(
                     f"{name}: array of shape {list(array.shape)} is a batch of {array.shape[0]}; "
                     "one input (a batch of 1) is expected"
                 )
             return array
         if _fits((1, *array.shape), spec.shape):
             return array[None]
-        if self._preprocessor is not None and array.dtype == np.uint8 and array.ndim in (2, 3):
+        if array.dtype == np.uint8 and array.ndim in (2, 3):  # pixels: what the card's preprocessing takes
+            if self._preprocessor is None:  # the card's doing (an update that dropped it): counted against the model
+                raise InputError(
+                    f"{name}: {self.name} has no image preprocessing (input {spec.describe()}), and this is an "
+                    f"image of {list(array.shape)} pixels"
+                )
             try:
                 return self._preprocessor(array)
             except InputError as exc:  # its message (HxWx2 is no image) does not know the input's name
                 raise type(exc)(f"{name}: {exc}") from None
-        raise InputError(f"{name}: array of shape {list(array.shape)} does not fit {spec.describe()}")
+        # An array of another shape: the input's, whatever the version (an update must keep the input's shape)
+        raise UnusableInput(f"{name}: array of shape {list(array.shape)} does not fit {spec.describe()}")
 
 
 def _check_file_name(what: str, value: str | os.PathLike[str]) -> None:

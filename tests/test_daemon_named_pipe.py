@@ -73,7 +73,10 @@ def test_a_daemon_pipeline_on_a_named_pipe_reads_each_writer_in_turn_and_stops_c
     assert daemon.runners["accel"].state == "stopped"
     assert not daemon.runners["accel"].thread.is_alive()
     messages = [r.getMessage() for r in caplog.records]
-    assert any("the writer of" in m and "closed after 2 windows; waiting for the next writer" in m for m in messages)
+    assert any(
+        "the writer of" in m and "closed after 2 windows and 0 bad rows; waiting for the next writer" in m
+        for m in messages
+    )
     assert not any("retrying" in m for m in messages)
 
 

@@ -186,8 +186,11 @@ FLOAT32_MAX = float(np.finfo(np.float32).max)
 def beyond_float32(x: np.ndarray) -> bool:
     """Whether a wider float array holds a value past float32's range (infinite once cast); NaN is not. No copy
     of the array is made (``np.abs`` would make one)."""
-    with np.errstate(invalid="ignore"):
-        return bool(x.size) and bool(max(x.max(), -x.min()) > FLOAT32_MAX)
+    if not x.size:
+        return False
+    largest = np.fmax.reduce(x, axis=None)  # fmax passes NaN over, where max() would give NaN for the whole array
+    smallest = np.fmin.reduce(x, axis=None)
+    return bool(largest > FLOAT32_MAX or -smallest > FLOAT32_MAX)
 
 
 def dequantize(q: np.ndarray, quant: QuantParams) -> np.ndarray:
