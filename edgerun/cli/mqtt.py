@@ -41,6 +41,8 @@ def run(args: argparse.Namespace) -> int:
     require_positive(args, "timeout")
     require_within(args, timeout=(0, 3600))  # a socket's timeout has a ceiling
     settings = mqtt_settings(args)
+    if settings.tls:  # a key with a passphrase would prompt on the terminal; another certificate's key, ssl's words
+        settings.check_tls_files()
     device = check_name("device", args.device_id) if args.device_id else default_device_id()
     failed = False
     for step in check(settings, Topics(settings.topic_prefix, device), timeout_s=args.timeout):

@@ -108,7 +108,10 @@ def _settings(args: argparse.Namespace) -> Any:
 
     check_prefix(args.prefix)  # the rule devices' topics follow
     require_tls_files_named(args)
-    return MqttSettings.from_url(args.mqtt, ca_file=args.mqtt_ca, cert_file=args.mqtt_cert, key_file=args.mqtt_key)
+    settings = MqttSettings.from_url(args.mqtt, ca_file=args.mqtt_ca, cert_file=args.mqtt_cert, key_file=args.mqtt_key)
+    if settings.tls:  # a key of another certificate, or one with a passphrase: one line, not ssl's traceback
+        settings.check_tls_files()
+    return settings
 
 
 def _fleet(args: argparse.Namespace, settings: Any = None) -> Any:
