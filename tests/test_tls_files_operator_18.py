@@ -27,6 +27,7 @@ def test_a_tls_file_that_cannot_work_is_one_line_naming_the_option(
     tmp_path: Path, operator_key: Path, command: str, case: str
 ) -> None:
     pki = make_pki(tmp_path / "pki")
+    encrypted = _encrypted_key(tmp_path / "enc.key")
     options, option, path = {
         "ca-not-a-certificate": (["--mqtt-ca", str(pki.server_key)], "--mqtt-ca", pki.server_key),
         "key-of-another-cert": (
@@ -35,8 +36,7 @@ def test_a_tls_file_that_cannot_work_is_one_line_naming_the_option(
             pki.server_key,
         ),
         "key-encrypted": (
-            ["--mqtt-ca", str(pki.ca), "--mqtt-cert", str(pki.client_cert)]
-            + ["--mqtt-key", str(_encrypted_key(tmp_path / "enc.key"))],
+            ["--mqtt-ca", str(pki.ca), "--mqtt-cert", str(pki.client_cert), "--mqtt-key", str(encrypted)],
             "--mqtt-key",
             tmp_path / "enc.key",
         ),
