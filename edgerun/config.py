@@ -196,6 +196,10 @@ class PipelineConfig(_Strict):
         return self
 
 
+#: The smallest outbox bound, in MiB: 4096 bytes, below which ``Outbox`` refuses to open.
+OUTBOX_MIN_MB = 4096 / (1024 * 1024)
+
+
 class MqttConfig(_Strict):
     """The broker link (docs/sync.md)."""
 
@@ -208,7 +212,8 @@ class MqttConfig(_Strict):
     topic_prefix: str = Field("edgerun", min_length=1, max_length=64)
     keepalive_s: int = Field(30, ge=5, le=3600)
     metrics_interval_s: float = Field(10.0, gt=0, le=3600)
-    outbox_max_mb: float = Field(64.0, gt=0, le=100_000)
+    #: at least 4096 bytes, the outbox's own floor (a config check passed a bound the daemon then refused)
+    outbox_max_mb: float = Field(64.0, ge=OUTBOX_MIN_MB, le=100_000)
     results_qos: Literal[0, 1] = 1
     results_max_per_s: float | None = Field(None, gt=0)
 
@@ -423,7 +428,7 @@ def check_runnable(config: Config, source: str) -> list[str]:
     Model paths are checked as the daemon opens them: relative to the working
     directory once ``load_config`` has resolved them against the config's folder. The
     API's token file (with the API on) and the MQTT password file are read as the daemon
-    reads them at start, and so are the MQTT TLS files. One that is not there is a note, not an
+    reads them at start, and so are the MQTT TLS files and OTA's trusted keys. One that is not there is a note, not an
     error: a config is often checked on another machine than the device its files are installed on.
 
     Returns:
@@ -452,8 +457,11 @@ def check_runnable(config: Config, source: str) -> list[str]:
     if config.mqtt is not None and config.mqtt.password_file:
         secrets.append(("mqtt.password_file", config.mqtt.password_file, config.mqtt.resolved_password))
     tls = [] if config.mqtt is None else [(f"mqtt.{k}", getattr(config.mqtt, k)) for k in _TLS_KEYS]
+    keys = [(f"ota.trusted_keys[{i}]", key) for i, key in enumerate(config.ota.trusted_keys)]
     missing = [
-        (key, file) for key, file in [*tls, *((k, f) for k, f, _ in secrets)] if file and not os.path.lexists(file)
+        (key, file)
+        for key, file in [*tls, *((k, f) for k, f, _ in secrets), *keys]
+        if file and not os.path.lexists(file)
     ]
     notes = [f"{key} {file} is not there: the daemon stops at start until it is" for key, file in missing]
     gone = {key for key, _ in missing}
@@ -468,6 +476,13 @@ def check_runnable(config: Config, source: str) -> list[str]:
                 read()  # as the daemon reads it at start
             except ConfigError as exc:
                 problems.append(str(exc))
+    if there := [file for key, file in keys if key not in gone]:
+        from edgerun.ota.envelope import TrustedKeys
+
+        try:
+            TrustedKeys.load(there)  # as the daemon reads them at start: a certificate, a private key
+        except ConfigError as exc:
+            problems.append(str(exc))
     if problems:
         raise ConfigError(shown(f"{source}: {_one_line(problems)}"))
     return notes

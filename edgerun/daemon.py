@@ -307,6 +307,10 @@ class Daemon:
             if self.config.mqtt is not None:
                 self.config.mqtt.resolved_password()
                 self.config.mqtt.check_tls_files()
+                if self.config.ota.trusted_keys:  # read before anything connects, as `run --ota-key` reads them
+                    from edgerun.ota.envelope import TrustedKeys
+
+                    TrustedKeys.load(self.config.ota.trusted_keys)
                 if not self._claimed:  # before the OTA store is read; the link claims it again
                     claim_state_dir(self._state_dir())
                     self._claimed = True

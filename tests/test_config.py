@@ -187,6 +187,7 @@ def test_config_check_passes_every_shipped_device_config_from_the_repo_root() ->
         files = [("mqtt.ca_file", mqtt and mqtt.ca_file), ("mqtt.cert_file", mqtt and mqtt.cert_file)]
         files += [("mqtt.key_file", mqtt and mqtt.key_file), ("api.token_file", config.api.token_file)]
         files += [("mqtt.password_file", mqtt and mqtt.password_file)]
+        files += [(f"ota.trusted_keys[{i}]", key) for i, key in enumerate(config.ota.trusted_keys)]
         missing = [(key, file) for key, file in files if file and not Path(file).exists()]  # installed on the device
         assert result.stderr.splitlines() == [
             f"edgerun: warning: {shown}: {key} {file} is not there: the daemon stops at start until it is"
@@ -240,3 +241,42 @@ def test_a_config_nested_too_deeply_is_one_line_naming_the_file(tmp_path: Path) 
     with pytest.raises(ConfigError) as err:
         load_config(path)
     assert str(err.value) == f"{path}: not valid YAML: nested too deeply"
+
+
+def test_config_check_refuses_what_the_daemon_would_refuse_at_start_about_the_outbox_and_trusted_keys(
+    tmp_path: Path,
+) -> None:
+    """config check passed these, and the daemon then stopped at start (after loading, or after connecting)."""
+    key = tmp_path / "op.pem"
+    assert run_cli("keys", "generate", str(tmp_path / "op")).returncode == 0
+    mqtt = "mqtt:\n  url: mqtt://127.0.0.1:1\n"
+    small = _write(tmp_path, MODEL + mqtt + "  outbox_max_mb: 0.001\n")
+    refused = run_cli("config", "check", str(small))
+    assert refused.returncode == 2
+    assert "mqtt.outbox_max_mb: Input should be greater than or equal to 0.00390625" in refused.stderr
+    private = _write(tmp_path, MODEL + mqtt + f"ota:\n  trusted_keys: [{key}]\n")  # the private key, not the .pub
+    refused = run_cli("config", "check", str(private))
+    assert refused.returncode == 2
+    assert f"trusted key {key} is not a PEM public key" in refused.stderr
+    missing = _write(tmp_path, MODEL + mqtt + f"ota:\n  trusted_keys: [{tmp_path / 'nowhere.pub.pem'}]\n")
+    noted = run_cli("config", "check", str(missing))
+    assert noted.returncode == 0, noted.stderr
+    assert noted.stderr.splitlines() == [
+        f"edgerun: warning: {missing}: ota.trusted_keys[0] {tmp_path / 'nowhere.pub.pem'} is not there: "
+        "the daemon stops at start until it is"
+    ]
+
+
+def test_the_daemon_reads_its_trusted_keys_before_anything_starts(tmp_path: Path) -> None:
+    """Once read only when OTA started, after the broker link: the daemon ran, then stopped."""
+    assert run_cli("keys", "generate", str(tmp_path / "op")).returncode == 0
+    config = _write(
+        tmp_path,
+        MODEL + "mqtt:\n  url: mqtt://127.0.0.1:1\n"
+        f"ota:\n  trusted_keys: [{tmp_path / 'op.pem'}]\napi:\n  enabled: false\nstate_dir: {tmp_path / 'state'}\n",
+    )
+    done = run_cli("daemon", "--config", str(config))
+    assert done.returncode == 2
+    lines = done.stderr.splitlines()
+    assert len(lines) == 1, done.stderr  # nothing loaded, nothing connected before it
+    assert lines[0].startswith(f"edgerun: error: {config}: trusted key {tmp_path / 'op.pem'} is not a PEM public key")
