@@ -412,3 +412,28 @@ def model_loader(args: argparse.Namespace) -> Any:
 
     kwargs = load_kwargs(args)
     return lambda path, card: edgerun.load(path, card=card, **kwargs)
+
+
+def mqtt_figures(sync: Any, results: Any) -> dict[str, Any] | None:
+    """What went to the broker, beside the frames: results queued, results over ``--results-rate``
+    (never published), and records the broker had not acknowledged at exit (left in the outbox)."""
+    if sync is None:
+        return None
+    figures: dict[str, Any] = {"undelivered": sync.undelivered, "outbox": str(sync.outbox.path)}
+    if results is not None:
+        figures["results"] = results.queued
+        figures["results_skipped"] = results.skipped
+    return figures
+
+
+def mqtt_line(published: dict[str, Any]) -> str:
+    """``mqtt_figures`` as the summary's ``# MQTT:`` line."""
+    parts = []
+    if "results" in published:
+        parts.append(f"{published['results']} results queued, {published['results_skipped']} over --results-rate")
+    left = published["undelivered"]
+    if left:
+        parts.append(f"{left} record(s) not delivered, kept in {published['outbox']} for the next start")
+    elif left == 0:
+        parts.append("everything delivered")
+    return f"# MQTT: {'; '.join(parts)}"

@@ -14,6 +14,8 @@ from edgerun.cli.common import (
     add_mqtt_options,
     check_sync,
     load_kwargs,
+    mqtt_figures,
+    mqtt_line,
     report_failure,
     require_at_least_one,
     require_not_empty,
@@ -261,8 +263,9 @@ def run(args: argparse.Namespace) -> int:
 
     metrics = Metrics()
     sync = start_sync(args, mqtt, metrics, [model])
-    if sync is not None and args.publish_results:
-        sinks.append(sync.results_sink())
+    results = sync.results_sink() if sync is not None and args.publish_results else None
+    if results is not None:
+        sinks.append(results)
     pipeline = Pipeline(
         source,
         model,
@@ -280,6 +283,8 @@ def run(args: argparse.Namespace) -> int:
             bar.close()
     if not args.json:
         print(f"# {summary.ok} ok, {summary.errors} failed in {summary.elapsed_s:.2f} s ({summary.fps:.1f} inputs/s)")
+        if (published := mqtt_figures(sync, results)) is not None:
+            print(mqtt_line(published))
     if summary.stopped_by != "end of input":
         return 130
     return 1 if summary.errors else 0

@@ -14,6 +14,8 @@ from edgerun.cli.common import (
     check_sync,
     load_kwargs,
     model_loader,
+    mqtt_figures,
+    mqtt_line,
     print_json,
     report_failure,
     require_at_least_one,
@@ -181,25 +183,13 @@ def run(args: argparse.Namespace) -> int:
         )
         summary = run_pipeline(pipeline, sync, ota)
     model = slot.primary
-    published = _mqtt_figures(sync, results)
+    published = mqtt_figures(sync, results)
     if args.json:
         record = {"model": model.name, "version": model.version, "delegate": model.delegate, **summary.to_dict()}
         print_json(record if published is None else {**record, "mqtt": published})
     else:
         _print_summary(model, summary, published)
     return 1 if summary.errors else 0
-
-
-def _mqtt_figures(sync: Any, results: Any) -> dict[str, Any] | None:
-    """What went to the broker, beside the frames: results queued, results over ``--results-rate``
-    (never published), and records the broker had not acknowledged at exit (left in the outbox)."""
-    if sync is None:
-        return None
-    figures: dict[str, Any] = {"undelivered": sync.undelivered, "outbox": str(sync.outbox.path)}
-    if results is not None:
-        figures["results"] = results.queued
-        figures["results_skipped"] = results.skipped
-    return figures
 
 
 def _refuse_sinks_onto_the_source(specs: list[str], source: Any) -> None:
@@ -234,12 +224,4 @@ def _print_summary(model: Any, summary: Any, published: dict[str, Any] | None = 
                 file=out,
             )
     if published is not None:
-        parts = []
-        if "results" in published:
-            parts.append(f"{published['results']} results queued, {published['results_skipped']} over --results-rate")
-        left = published["undelivered"]
-        if left:
-            parts.append(f"{left} record(s) not delivered, kept in {published['outbox']} for the next start")
-        elif left == 0:
-            parts.append("everything delivered")
-        print(f"# MQTT: {'; '.join(parts)}", file=out)
+        print(mqtt_line(published), file=out)
