@@ -217,7 +217,12 @@ def test_fastest_times_every_working_delegate_then_reuses_the_cached_winner(
     second.backend.close()
     assert second.cached
     assert second.delegate == first.delegate
-    assert [a.delegate for a in second.attempts if a.status != "unavailable"] == [first.delegate]
+    # only the winner is opened; the others are listed with the times the cache holds
+    assert [(a.delegate, a.status) for a in second.attempts if a.status != "unavailable"] == [
+        (first.delegate, "chosen"),
+        *((name, "not-tried") for name in ("xnnpack", "cpu") if name != first.delegate),
+    ]
+    assert {a.delegate: a.latency_ms for a in second.attempts if a.latency_ms is not None} == timed
 
 
 def test_the_fastest_cache_is_not_used_for_another_device(tmp_path: Path, state_dir: Path) -> None:

@@ -214,10 +214,16 @@ class _FastestCache:
             return {}
         return data if isinstance(data, dict) else {}
 
-    def get(self, key: str) -> str | None:
+    def get(self, key: str) -> tuple[str, dict[str, float]] | None:
+        """The cached winner and every candidate's timed median (ms), or None."""
         entry = self._load().get(key)
         delegate = entry.get("delegate") if isinstance(entry, dict) else None
-        return delegate if isinstance(delegate, str) else None
+        if not isinstance(entry, dict) or not isinstance(delegate, str):
+            return None
+        timings = entry.get("timings_ms")
+        if not isinstance(timings, dict):
+            return delegate, {}
+        return delegate, {k: float(v) for k, v in timings.items() if isinstance(v, (int, float))}
 
     def put(self, key: str, delegate: str, timings: dict[str, float]) -> None:
         if self.file is None:
@@ -316,15 +322,26 @@ def select(
     cache_key = None
     if delegate == "fastest":
         cache_key = f"{sha256_file(model_path)}|{device.fingerprint()}|{runtime.versions()}|threads={threads or 0}"
-        winner = cache.get(cache_key)
+        hit = cache.get(cache_key)
+        winner, timings = hit if hit is not None else (None, {})
         if winner is not None and any(s.name == winner for s, _ in candidates):
             log.info("fastest delegate for %s from cache: %s", model_path.name, winner)
             chosen = [(s, p) for s, p in candidates if s.name == winner]
             try:
-                return _try_in_order(job, chosen, "fastest", attempts, cached=True)
+                selection = _try_in_order(job, chosen, "fastest", attempts, cached=True, reason="fastest (cached)")
             except EdgerunError as exc:  # a DelegateError, or a ModelLoadError from an accelerator's compiler
                 log.warning("cached fastest delegate %s no longer works (%s); timing again", winner, exc)
                 attempts = [a for a in attempts if a.status == "unavailable"]
+            else:  # the candidates the timing ranked lower, still listed, as a timed run lists them
+                for spec, target in candidates:
+                    if spec.name != winner:
+                        why = "slower when timed (cached)" if spec.name in timings else "not timed then (cached)"
+                        attempt = Attempt(spec.name, str(target), "not-tried", why, latency_ms=timings.get(spec.name))
+                        selection.attempts.append(attempt)
+                for attempt in selection.attempts:
+                    if attempt.status == "chosen":
+                        attempt.latency_ms = timings.get(winner)
+                return selection
 
     if delegate != "fastest":
         mode = "auto" if delegate == "auto" else "forced"
@@ -474,7 +491,12 @@ def _without_frames(exc: EdgerunError) -> EdgerunError:
 
 
 def _try_in_order(
-    job: _Job, candidates: list[tuple[DelegateSpec, Path]], mode: str, attempts: list[Attempt], cached: bool = False
+    job: _Job,
+    candidates: list[tuple[DelegateSpec, Path]],
+    mode: str,
+    attempts: list[Attempt],
+    cached: bool = False,
+    reason: str | None = None,
 ) -> Selection:
     model_path = job.model_path
     reference = _Reference(job)
@@ -486,7 +508,9 @@ def _try_in_order(
             if backend is None:
                 continue
             attempt.status = "chosen"
-            attempt.reason = attempt.reason or ("forced" if mode == "forced" else "first usable in rank order")
+            attempt.reason = (
+                attempt.reason or reason or ("forced" if mode == "forced" else "first usable in rank order")
+            )
             for spec_left, target_left in candidates[i + 1 :]:
                 attempts.append(
                     Attempt(spec_left.name, str(target_left), "not-tried", "a higher-ranked delegate works")
