@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
+import secrets
 from pathlib import Path
 from typing import Any
 
@@ -42,11 +44,7 @@ def run(args: argparse.Namespace) -> int:
     public = key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
     try:
         private_path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(private_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "wb") as fh:
-            os.fchmod(fd, 0o600)  # the mode above applies to a new file only, not to one --force overwrites
-            fh.write(private)
-        public_path.write_bytes(public)
+        _write_pair(private_path, private, public_path, public)
     except OSError as exc:
         if isinstance(exc, FileExistsError):  # from mkdir: a file is where the folder would go
             raise ConfigError(f"cannot write the key pair: {exc.filename} is a file, not a folder") from exc
@@ -57,3 +55,64 @@ def run(args: argparse.Namespace) -> int:
         "(give devices the public key: --ota-key)"
     )
     return 0
+
+
+def _write_pair(private_path: Path, private: bytes, public_path: Path, public: bytes) -> None:
+    """Put both keys in place, or change neither file (``--force`` must never leave a private key
+    without its public key, nor destroy the old private key and fail).
+
+    Both are written to temporary files beside their targets (the private one mode 0600 from its
+    creation) and synced; then the public key is renamed into place, then the private key. Should
+    the second rename fail (the file immutable, a folder in the way), the old public key, kept
+    in a third temporary file, is renamed back. The temporary files are removed on failure.
+
+    Raises:
+        OSError: a file could not be written or renamed; its ``filename`` is the key file.
+    """
+    temporaries: list[Path] = []
+
+    def temporary(target: Path, data: bytes, mode: int) -> Path:
+        path = target.with_name(f".{target.name}.{secrets.token_hex(4)}.tmp")
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)  # the umask may only narrow it
+        except OSError as exc:
+            raise OSError(exc.errno, exc.strerror, str(target)) from exc
+        temporaries.append(path)
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(data)
+                fh.flush()
+                os.fsync(fh.fileno())
+        except OSError as exc:
+            raise OSError(exc.errno, exc.strerror, str(target)) from exc
+        return path
+
+    def rename(source: Path, target: Path) -> None:
+        try:
+            os.replace(source, target)
+        except OSError as exc:
+            raise OSError(exc.errno, exc.strerror, str(target)) from exc
+
+    try:
+        new_private = temporary(private_path, private, 0o600)
+        new_public = temporary(public_path, public, 0o666)
+        old_public = temporary(public_path, public_path.read_bytes(), 0o666) if public_path.is_file() else None
+        rename(new_public, public_path)
+        try:
+            rename(new_private, private_path)
+        except OSError:
+            if old_public is not None:
+                os.replace(old_public, public_path)
+            else:
+                public_path.unlink()
+            raise
+    finally:
+        for path in temporaries:
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+    with contextlib.suppress(OSError):  # the renames reach the disk too (not all filesystems can sync a folder)
+        fd = os.open(private_path.parent, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)

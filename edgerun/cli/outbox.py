@@ -19,23 +19,14 @@ def register(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Open the outbox read-write (SQLite needs it for WAL) and print its stats."""
-    from edgerun.errors import ConfigError
+    """Read the outbox's stats, writing and creating nothing (a full or read-only disk, a running
+    daemon), and print them."""
     from edgerun.state import state_dir
-    from edgerun.sync.outbox import Outbox
+    from edgerun.sync.outbox import read_stats
     from edgerun.sync.service import OUTBOX_FILE
 
     require_not_empty("--state-dir", args.state_dir)
-    path = state_dir(args.state_dir) / OUTBOX_FILE
-    if not path.exists():
-        raise ConfigError(f"no outbox at {path} (nothing was ever queued there)")
-    if path.is_file() and path.stat().st_size == 0:  # SQLite would make it a fresh outbox: this command only reads
-        raise ConfigError(f"{path} is an empty file, not an outbox")
-    box = Outbox(path)
-    try:
-        stats = box.stats()
-    finally:
-        box.close()
+    stats = read_stats(state_dir(args.state_dir) / OUTBOX_FILE)
     if args.json:
         print_json(stats.__dict__)
         return 0

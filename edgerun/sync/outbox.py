@@ -23,6 +23,12 @@ already done so itself after ``SQLITE_FULL``, ``SQLITE_IOERR`` and
 When the storage is the cause (the disk full, an I/O error, the write lock held
 by another process), :class:`SyncError` says so in one line, with the
 ``sqlite3`` error as its cause; any other error (a bug) is raised as it is.
+
+An existing database that is not an outbox (other tables, or tables of our names with other
+columns) is refused before anything is written to it (``ConfigError``, "... is not an edgerun
+outbox: ..."), and left byte for byte as it was; a missing or empty file becomes a new outbox,
+its tables and epoch made in one transaction. :func:`read_stats` reads an outbox without writing
+or creating any file, so it works on a full or read-only filesystem and beside a running writer.
 """
 
 from __future__ import annotations
@@ -31,9 +37,12 @@ import contextlib
 import logging
 import os
 import secrets
+import shutil
 import sqlite3
+import tempfile
 import threading
 import time
+import urllib.parse
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,7 +54,7 @@ from edgerun.errors import ConfigError, SyncError
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Outbox", "OutboxStats", "Pending"]
+__all__ = ["Outbox", "OutboxStats", "Pending", "read_stats"]
 
 _RETURNING = sqlite3.sqlite_version_info >= (3, 35, 0)
 
@@ -54,10 +63,10 @@ _RETURNING = sqlite3.sqlite_version_info >= (3, 35, 0)
 # ``\u`` escapes, and ``null`` for a NaN, which ``json.dumps`` would write as invalid JSON).
 _encode = msgspec.json.encode
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS seqs (stream TEXT PRIMARY KEY, last INTEGER NOT NULL);
-CREATE TABLE IF NOT EXISTS records (
+_TABLES = {  # each table of an outbox and its statement; nothing else may be in the file
+    "meta": "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+    "seqs": "CREATE TABLE IF NOT EXISTS seqs (stream TEXT PRIMARY KEY, last INTEGER NOT NULL)",
+    "records": """CREATE TABLE IF NOT EXISTS records (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     stream TEXT NOT NULL,
     seq INTEGER NOT NULL,
@@ -65,8 +74,13 @@ CREATE TABLE IF NOT EXISTS records (
     qos INTEGER NOT NULL,
     payload BLOB NOT NULL,
     created REAL NOT NULL
-);
-"""
+)""",
+}
+_COLUMNS = {
+    "meta": ["key", "value"],
+    "seqs": ["stream", "last"],
+    "records": ["id", "stream", "seq", "topic", "qos", "payload", "created"],
+}
 
 
 # What a failed write means: SQLite's primary result code (the low byte of an extended one), the
@@ -97,6 +111,127 @@ def _full(folder: Path) -> bool:
     except OSError:
         return False
     return stat.f_bavail * stat.f_frsize < 2 * max(stat.f_bsize, 4096)
+
+
+def _check_outbox(db: sqlite3.Connection, path: Path) -> list[str]:
+    """The outbox tables ``db`` already has (none for a new file); ``ConfigError`` where the file
+    is another program's database: a table or view not ours, or one of our names with other columns."""
+    names = [
+        str(row[0])
+        for row in db.execute(
+            "SELECT name FROM sqlite_master WHERE type IN ('table', 'view') AND name NOT LIKE 'sqlite!_%' ESCAPE '!'"
+        )
+    ]
+    foreign = sorted(name for name in names if name not in _COLUMNS)
+    if foreign:
+        raise ConfigError(f"{path} is not an edgerun outbox: it holds the table(s) {', '.join(foreign)}")
+    for name in names:
+        columns = [str(row[1]) for row in db.execute(f"PRAGMA table_info({name})")]
+        if columns != _COLUMNS[name]:
+            raise ConfigError(
+                f"{path} is not an edgerun outbox: its table {name} has the column(s) {', '.join(columns)}, "
+                f"not {', '.join(_COLUMNS[name])}"
+            )
+    return names
+
+
+def _uri(path: Path, query: str) -> str:
+    return f"file:{urllib.parse.quote(str(path.absolute()))}?{query}"
+
+
+@contextlib.contextmanager
+def _reading(path: Path, *, copy: bool = True) -> Iterator[sqlite3.Connection]:
+    """A read-only connection to the database at ``path`` that creates no file and writes nothing.
+
+    SQLite reads a WAL-mode database through its ``-wal`` file and an index of it, the ``-shm``
+    file; a read-only connection (``mode=ro``) still creates both where they are missing (and
+    cannot where the folder is read-only or the disk full). So: with no WAL, or an empty one, the
+    main file holds everything and is read as ``immutable`` (no locks, no other file); with a WAL
+    and its index (a writer running, or one killed), ``mode=ro`` reads through them, beside the
+    writer; with a WAL and no index (rare: a writer killed while closing) a private copy of both
+    files in a temporary folder is read, or, without ``copy`` (a writer about to open it, which
+    makes the index anyway), it is read through ``mode=ro``, which makes the index.
+
+    Raises:
+        sqlite3.Error: SQLite could not read it (not a database, corrupt).
+        OSError: the copy could not be made.
+    """
+    wal, shm = Path(f"{path}-wal"), Path(f"{path}-shm")
+    with contextlib.ExitStack() as stack:
+        if not (wal.is_file() and wal.stat().st_size > 0):
+            db = sqlite3.connect(_uri(path, "mode=ro&immutable=1"), uri=True, isolation_level=None)
+        elif shm.is_file() or not copy:
+            db = sqlite3.connect(_uri(path, "mode=ro"), uri=True, isolation_level=None)
+        else:
+            folder = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="edgerun-outbox-")))
+            shutil.copyfile(path, folder / "outbox.sqlite")
+            shutil.copyfile(wal, folder / "outbox.sqlite-wal")
+            db = sqlite3.connect(folder / "outbox.sqlite", isolation_level=None)
+        stack.callback(db.close)
+        yield db
+
+
+def _cause(path: Path, exc: BaseException) -> str:
+    """Why reading ``path`` failed: in words where the storage is the cause, and the error itself."""
+    if isinstance(exc, OSError):
+        return exc.strerror or str(exc)
+    words = _reason(exc) if isinstance(exc, sqlite3.Error) else None
+    if words in ("it is read-only", "an I/O error on its storage") or "unable to open" in str(exc):  # not content
+        try:
+            if os.statvfs(path.parent).f_flag & os.ST_RDONLY:
+                words = "read-only file system"
+            elif words is not None and _full(path.parent):
+                words = "the disk is full"
+        except OSError:
+            pass
+    return f"{words} ({exc})" if words else str(exc)
+
+
+def read_stats(path: str | os.PathLike[str]) -> OutboxStats:
+    """What is queued in the outbox at ``path``, read without writing or creating any file.
+
+    For ``edgerun outbox``: it works on a full or read-only filesystem and while a writer (the
+    daemon, a run) has the outbox open, and shows what that writer has committed.
+
+    Raises:
+        ConfigError: no outbox there (missing, empty, another program's database), or it
+            cannot be read (the cause in words, and SQLite's own message).
+    """
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"no outbox at {path} (nothing was ever queued there)")
+    if path.is_file() and path.stat().st_size == 0:
+        raise ConfigError(f"{path} is an empty file, not an outbox")
+    try:
+        with _reading(path) as db:
+            missing = sorted(set(_COLUMNS) - set(_check_outbox(db, path)))
+            if missing:
+                raise ConfigError(f"{path} is not an edgerun outbox: it has no table(s) {', '.join(missing)}")
+            return _stats(db, path)
+    except (sqlite3.Error, OSError) as exc:
+        raise ConfigError(f"cannot read the outbox {path}: {_cause(path, exc)}") from exc
+
+
+def _stats(db: sqlite3.Connection, path: Path) -> OutboxStats:
+    """The stats of the outbox ``db`` (the caller holds its lock, if any)."""
+    meta = dict(db.execute("SELECT key, value FROM meta WHERE key IN ('epoch', 'evicted', 'refused')").fetchall())
+    streams = {
+        row[0]: {"records": row[1], "bytes": row[2] or 0, "first_seq": row[3], "last_seq": row[4]}
+        for row in db.execute(
+            "SELECT stream, count(*), sum(length(payload)), min(seq), max(seq) FROM records GROUP BY stream"
+        )
+    }
+    oldest = db.execute("SELECT min(created) FROM records").fetchone()[0]
+    return OutboxStats(
+        epoch=str(meta.get("epoch", "")),
+        records=sum(s["records"] for s in streams.values()),
+        bytes=sum(s["bytes"] for s in streams.values()),
+        oldest_age_s=None if oldest is None else max(0.0, time.time() - oldest),
+        evicted=int(meta.get("evicted") or 0),
+        refused=int(meta.get("refused") or 0),
+        streams=streams,
+        path=str(path),
+    )
 
 
 @dataclass(frozen=True)
@@ -135,12 +270,18 @@ class Outbox:
         self.max_bytes = max_bytes
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
+            if self.path.is_file() and self.path.stat().st_size > 0:
+                with _reading(self.path, copy=False) as db:  # refused before another program's database changes
+                    _check_outbox(db, self.path)
             self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
-            self._db.executescript(_SCHEMA)
             with self._db:  # commits, or rolls back what SQLite has not already rolled back
                 self._db.execute("BEGIN IMMEDIATE")
+                tables = {row[0] for row in self._db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+                if not tables.issuperset(_TABLES):  # a new file: its tables and epoch in one transaction
+                    for statement in _TABLES.values():
+                        self._db.execute(statement)
                 if self._meta("epoch") is None:
                     self._set_meta("epoch", secrets.token_hex(8))
                     self._set_meta("bytes", "0")
@@ -361,24 +502,7 @@ class Outbox:
     def stats(self) -> OutboxStats:
         """What is queued now."""
         with self._lock:
-            streams = {
-                row[0]: {"records": row[1], "bytes": row[2] or 0, "first_seq": row[3], "last_seq": row[4]}
-                for row in self._db.execute(
-                    "SELECT stream, count(*), sum(length(payload)), min(seq), max(seq) FROM records GROUP BY stream"
-                )
-            }
-            oldest = self._db.execute("SELECT min(created) FROM records").fetchone()[0]
-            evicted, refused = int(self._meta("evicted") or 0), int(self._meta("refused") or 0)
-        return OutboxStats(
-            epoch=self.epoch,
-            records=sum(s["records"] for s in streams.values()),
-            bytes=sum(s["bytes"] for s in streams.values()),
-            oldest_age_s=None if oldest is None else max(0.0, time.time() - oldest),
-            evicted=evicted,
-            refused=refused,
-            streams=streams,
-            path=str(self.path),
-        )
+            return _stats(self._db, self.path)
 
     def close(self) -> None:
         """Close the database (the WAL is checkpointed by SQLite)."""
