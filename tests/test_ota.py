@@ -419,14 +419,22 @@ def test_a_replayed_update_is_rejected_also_after_a_restart(broker: Broker, setu
         device = Device(broker.port, state, setup["v1"], setup["public"], device="replay1")
         watcher.wait_online_version("replay1", "1.1.0")
         # the retained manifest came back on subscribe: handled quietly; a live replay is refused in a
-        # log line, with no status record (a rejected one would make the update that serves look rejected)
+        # record that is not retained (a retained one would make the update that serves look rejected)
         mark = len(watcher.ota("replay1"))
         publish(broker.port, "edgerun/replay1/ota/manifest", seal(manifest, setup["key"]))
-        deadline = time.monotonic() + 30
-        while f"update_id {manifest['update_id']} was already used (replay)" not in device.log():
-            assert time.monotonic() < deadline, device.log()[-3000:]
-            time.sleep(0.05)
-        assert [r for r in watcher.ota("replay1")[mark:] if r.get("update_id") == manifest["update_id"]] == []
+        record = watcher.wait_state("replay1", manifest["update_id"], {"rejected"}, timeout=30)
+        assert f"update_id {manifest['update_id']} was already used (replay)" in record["reason"], record
+        assert record["version"] == "1.1.0" and record in watcher.ota("replay1")[mark:], record  # seen live
+        fresh = StatusWatcher(broker.port)  # a fleet view that starts now sees the update's own record
+        try:
+            deadline = time.monotonic() + 10
+            while not fresh.ota("replay1"):
+                assert time.monotonic() < deadline, "no retained OTA record"
+                time.sleep(0.05)
+            kept = fresh.ota("replay1")[0]
+            assert kept["update_id"] == manifest["update_id"] and kept["state"] == "active", kept
+        finally:
+            fresh.close()
         assert predict_over_mqtt(broker.port, device)[-1]["version"] == "1.1.0"
     finally:
         device.stop()

@@ -269,20 +269,28 @@ def updated(broker: Broker, tmp_path_factory: pytest.TempPathFactory) -> Iterato
         stop_rig(rig)
 
 
-def refused_as_replay(rig: Rig, payload: bytes, ident: str, topic: str = "ota/manifest") -> str:
-    """Send a replay; the device's log line refusing it. A replay publishes no status record: one
-    under that id would replace the outcome of the update or command the id belongs to."""
-    logged = len(rig.device.log())
-    mark = rig.send(payload, topic)
-    deadline = time.monotonic() + WAIT_S
-    while True:
-        lines = [line for line in rig.device.log()[logged:].splitlines() if "already used (replay)" in line]
-        if lines:
-            break
-        assert time.monotonic() < deadline, rig.device.log()[-3000:]
-        time.sleep(0.05)
-    assert [r for r in rig.watcher.ota(rig.name)[mark:] if (r.get("update_id") or r.get("command_id")) == ident] == []
-    return lines[0]
+def refused_as_replay(rig: Rig, payload: bytes, ident: str, topic: str = "ota/manifest") -> dict[str, Any]:
+    """Send a replay; its refusal, as a watcher sees it live. The refusal is not retained: the
+    retained record stays the outcome of the update or command the id belongs to (checked here)."""
+    before = retained_record(rig)
+    assert (before.get("update_id") or before.get("command_id")) == ident, before
+    record = rig.attack(payload, ident, topic, states={"rejected", "failed", "active", "rolled_back"})
+    assert record["state"] == "rejected", record
+    assert retained_record(rig) == before  # a fleet view that starts now sees the original's outcome
+    return record
+
+
+def retained_record(rig: Rig) -> dict[str, Any]:
+    """The record the broker keeps on the device's ``ota/status``, as a watcher that starts now gets it."""
+    fresh = StatusWatcher(rig.broker.port)
+    try:
+        deadline = time.monotonic() + WAIT_S
+        while not fresh.ota(rig.name):
+            assert time.monotonic() < deadline, f"no retained OTA record for {rig.name}"
+            time.sleep(0.05)
+        return fresh.ota(rig.name)[0]
+    finally:
+        fresh.close()
 
 
 def rejected(record: dict[str, Any], *words: str) -> str:
@@ -802,8 +810,8 @@ def test_a_replayed_command_is_rejected(att: Rig) -> None:
     envelope = seal(command, att.key)
     first = att.attack(envelope, command["command_id"], topic="cmd")
     assert first["state"] == "active", first  # 1.0.0 again: harmless, and it proves the command was good
-    line = refused_as_replay(att, envelope, command["command_id"], topic="cmd")
-    assert f"command_id {command['command_id']} was already used (replay)" in line, line
+    record = refused_as_replay(att, envelope, command["command_id"], topic="cmd")
+    rejected(record, f"command_id {command['command_id']} was already used (replay)")
     att.assert_unharmed()
 
 
@@ -833,8 +841,8 @@ def test_an_unsigned_command_cannot_use_up_the_id_of_a_signed_one(att: Rig) -> N
 
 def test_an_applied_update_republished_live_is_rejected_as_a_replay(updated: dict[str, Any]) -> None:
     rig, doc = updated["rig"], updated["doc"]
-    line = refused_as_replay(rig, updated["envelope"], doc["update_id"])
-    assert f"update_id {doc['update_id']} was already used (replay)" in line, line
+    record = refused_as_replay(rig, updated["envelope"], doc["update_id"])
+    rejected(record, f"update_id {doc['update_id']} was already used (replay)")
     rig.assert_unharmed("1.1.0")
 
 
@@ -842,8 +850,9 @@ def test_a_different_payload_reusing_an_update_id_is_rejected_as_a_replay(update
     rig, doc = updated["rig"], updated["doc"]
     other = rig.manifest(os.urandom(3000), "1.2.0", update_id=doc["update_id"])
     rig.chunks(other, os.urandom(3000))
-    line = refused_as_replay(rig, seal(other, rig.key), doc["update_id"])
-    assert f"OTA {doc['update_id']} digits 1.2.0: refused: update_id" in line, line
+    record = refused_as_replay(rig, seal(other, rig.key), doc["update_id"])
+    rejected(record, f"update_id {doc['update_id']} was already used (replay)")
+    assert record["version"] == "1.2.0", record  # the refused document's own version, said live
     rig.assert_unharmed("1.1.0")
 
 

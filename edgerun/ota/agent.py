@@ -5,8 +5,9 @@ thread handles them in order, so a 50 MB download never stalls MQTT. Every step
 publishes a retained ``P/ID/ota/status`` record (PROTOCOL.md); every refusal is
 ``rejected`` with the reason in plain words, every operational failure
 ``failed``; in neither case is the active model touched. A replay (an id already
-used) is the exception: it is refused in a log line, since a record under that id
-would replace the outcome of the update or command the id belongs to.
+used) is the exception: its refusal is published on the same topic but not retained,
+so watchers see it while the retained record stays the outcome of the update or
+command the id belongs to.
 
 A rollback, automatic or commanded, walks back through the model's history
 (``ModelStore.roll_back``): it never brings back a version rolled back from.
@@ -219,7 +220,10 @@ class OtaAgent:
         progress: float | None = None,
         reason: str = "",
         command: bool = False,
+        retain: bool = True,
     ) -> None:
+        """Publish a status record on ``P/ID/ota/status``: retained, unless ``retain`` is False
+        (a replay's refusal: the retained record stays the one of the update the id belongs to)."""
         record: dict[str, Any] = {
             "schema": 1,
             "command_id" if command else "update_id": ident,
@@ -234,23 +238,25 @@ class OtaAgent:
         named = " ".join(str(part) for part in (ident, model, version) if part is not None)
         what = named or f"(a {'command' if command else 'manifest'} that names no id)"  # unreadable, unsigned
         log.info("OTA %s: %s%s", what, state, f" ({reason})" if reason else "")
-        self.link.publish(self.topics.ota_status, json.dumps(record), qos=1, retain=True)
+        self.link.publish(self.topics.ota_status, json.dumps(record), qos=1, retain=retain)
 
     def _replayed(self, kind: str, ident: str, model: str, version: str | None) -> None:
-        """Refuse a replay (an id already used) in one log line, without a status record.
+        """Refuse a replay (an id already used): a ``rejected`` record that is not retained.
 
-        ``P/ID/ota/status`` holds one retained record, and a record names its id: a ``rejected``
-        record under the replayed id would replace that update's (or command's) own outcome, so an
-        update that serves would show as rejected in the fleet view. The device does not act on a
-        replay at all (PROTOCOL.md: never twice on one id), so there is no step of it to report.
+        ``P/ID/ota/status`` holds one retained record, and a record names its id: a retained
+        ``rejected`` record under the replayed id would replace that update's (or command's) own
+        outcome, so an update that serves would show as rejected in the fleet view. Published live
+        only, it tells whoever watches now (an operator who sent a changed manifest under the same
+        id) why nothing happened, and the retained record stays the original's. The device does not
+        act on a replay at all (PROTOCOL.md: never twice on one id).
         """
-        named = " ".join(part for part in (ident, model, version) if part)
-        log.warning(
-            "OTA %s: refused: %s %s was already used (replay); no status record (the %s's own stays)",
-            named,
-            kind,
-            ident,
-            "command" if kind == "command_id" else "update",
+        what = "command" if kind == "command_id" else "update"
+        reason = (
+            f"{kind} {ident} was already used (replay): not acted on; the retained record is the "
+            f"{what}'s own (a new {what} needs an id of its own)"
+        )
+        self._status(
+            ident, "rejected", model=model, version=version, reason=reason, command=what == "command", retain=False
         )
 
     def _entry(self, ident: str) -> Path:
@@ -565,14 +571,10 @@ class OtaAgent:
 
     def _forget(self, name: str, version: str) -> None:
         """Delete the version an update that ended here installed, unless ``active.json`` names it
-        (the active version, a rollback target, a withdrawn version, an A/B candidate): an update
-        that failed must never take one of those with it."""
+        (``Active.needed``: the active version, a rollback target, an A/B candidate): an update that
+        failed must never take one of those with it."""
         active = self.store.active(name)
-        named = (
-            set()
-            if active is None
-            else {active.version, *active.previous, *active.withdrawn, (active.ab or {}).get("version")}
-        )
+        named = set() if active is None else active.needed()
         if self.store.installed(name, version) and version not in named:
             try:
                 self.store.remove(name, version)  # set aside first: a crash never leaves a part of it listed
@@ -930,6 +932,8 @@ class OtaAgent:
         if command.command == "rollback":
             self._rollback(name, active, "rollback command", command.command_id, command=True)
             return
+        if command.command == "set-ab" and active.probation:
+            raise UpdateRejected(_on_probation(name, active.probation))
         version = command.version or active.version
         if not self.store.installed(name, version):
             raise UpdateRejected(
@@ -953,6 +957,18 @@ class OtaAgent:
         self._publish_models()
         self._journal(command.command_id, state=state)
         self._status(command.command_id, state, model=name, version=version, reason=reason, command=True)
+
+
+def _on_probation(name: str, probation: dict[str, Any]) -> str:
+    """Why a ``set-ab`` is refused during a probation, in one line.
+
+    The probation's end acts on ``active.json`` as the update left it: passing makes the update's
+    version final (its A/B candidate, or the active version), a breach rolls it back. A split set
+    meanwhile would be promoted in its place, or rolled back while the failed version stays active.
+    """
+    until = probation.get("until")
+    when = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(until)) if isinstance(until, (int, float)) else "its end"
+    return f"{name} is on probation (update {probation.get('update_id')}) until {when}: set-ab once it has ended"
 
 
 def _claimed(raw: bytes) -> dict[str, Any]:

@@ -5,13 +5,14 @@ Layout under ``<state dir>/models``::
     <name>/versions/<version>/model.<onnx|tflite>     the model file, never modified once here
     <name>/versions/<version>/model.<fmt>.card.yaml   its card (JSON, which is YAML)
     <name>/versions/<version>/manifest.json           what was verified: sha256, size, update id
-    <name>/active.json                                {"version", "previous", "probation", "ab"[, "withdrawn"]}
+    <name>/active.json                                {"version", "previous", "probation", "ab"}
 
 ``previous`` is the history a rollback walks back through, newest first, like a stack: an
 activation pushes the version it replaces, a rollback pops the version it goes back to and never
-pushes the one it leaves (that one goes to ``withdrawn``: kept installed, so an ``activate``
-command can still name it, but never a rollback's target). Successive rollbacks therefore walk
-further back (1.6.0 -> 1.5.0 -> 1.3.0) and never bring back a version rolled back from.
+pushes the one it leaves. That version is then named nowhere in ``active.json`` and is pruned like
+any other, so successive rollbacks walk further back (1.6.0 -> 1.5.0 -> 1.3.0) and never bring
+back a version rolled back from. ``active.json`` holds exactly the four keys earlier releases
+read with ``Active(**...)``: a file this store writes stays readable after a downgrade.
 
 Invariants, whatever is killed when:
 
@@ -19,8 +20,9 @@ Invariants, whatever is killed when:
   fsynced, then renamed into place);
 * ``active.json`` is replaced atomically (write, fsync, rename, fsync the
   folder) and only ever names a complete version;
-* the active version, the ``keep`` most recent previous ones and the ``keep`` most recently
-  withdrawn ones are never deleted;
+* the versions ``active.json`` names (``Active.needed``: the active version, the ``keep`` most
+  recent previous ones, an A/B candidate) are never deleted, so a store holds at most ``keep + 1``
+  versions besides a candidate and those held;
 * nor is a version held by an update still in progress (installed, not yet activated or
   refused: ``hold``), nor a ``.building`` folder an install of this store is writing;
 * a version folder leaves ``versions/`` whole too: it is renamed to a hidden
@@ -66,25 +68,32 @@ class Active:
     previous: list[str] = field(default_factory=list)  # rollback targets, newest first
     probation: dict[str, Any] | None = None  # {"update_id", "until", "from"} while on probation
     ab: dict[str, Any] | None = None  # {"version", "fraction"}: a candidate serving a fraction
-    withdrawn: list[str] = field(default_factory=list)  # rolled back from, newest first: never rolled back to
 
     @classmethod
     def from_json(cls, raw: str | bytes) -> Active:
-        """Read ``active.json``; a file written before ``withdrawn`` existed has none."""
+        """Read ``active.json``, ignoring keys it does not know.
+
+        A build of 2026-12-07 (never released) wrote ``withdrawn`` (versions rolled back from); such
+        a file is read without it, and those versions are pruned like any other at the next change.
+        """
         data = json.loads(raw)
         return cls(
             version=data["version"],
             previous=list(data.get("previous") or []),
             probation=data.get("probation"),
             ab=data.get("ab"),
-            withdrawn=list(data.get("withdrawn") or []),
         )
 
     def to_json(self) -> bytes:
-        data = dict(self.__dict__)
-        if not self.withdrawn:  # left out while empty: the file is then what earlier releases wrote and read
-            del data["withdrawn"]
-        return json.dumps(data, indent=1).encode()
+        """The four keys every release reads: ``version``, ``previous``, ``probation``, ``ab``."""
+        return json.dumps(self.__dict__, indent=1).encode()
+
+    def needed(self) -> set[str]:
+        """The versions this pointer names, which nothing may delete: the active one, the rollback
+        targets and an A/B candidate. The one place that says so (``ModelStore._prune`` adds the
+        versions held by installs in progress; the OTA agent's clean-up after a failed update)."""
+        candidate = (self.ab or {}).get("version")
+        return {self.version, *self.previous, *([str(candidate)] if candidate else [])}
 
 
 class ModelStore:
@@ -282,37 +291,35 @@ class ModelStore:
         """Make ``version`` active, remembering the one it replaces as the first rollback target.
 
         For an update or an ``activate`` command; a rollback uses ``roll_back``, which remembers
-        nothing. An explicitly named version that was withdrawn (rolled back from) is active again
-        and so no longer withdrawn.
+        nothing. The ``keep`` newest previous versions stay rollback targets; older ones are pruned.
         """
         current = self.active(name)
         previous: list[str] = []
-        withdrawn: list[str] = []
         if current is not None:
             previous = [v for v in [current.version, *current.previous] if v != version]
-            withdrawn = [v for v in current.withdrawn if v != version]
-        active = Active(version=version, previous=previous[: self.keep], probation=probation, withdrawn=withdrawn)
+        active = Active(version=version, previous=previous[: self.keep], probation=probation)
         self.set_active(name, active)
         return active
 
     def roll_back(self, name: str) -> Active:
         """Go back one step in the history: the newest previous version becomes active.
 
-        The version taken off ``previous`` is the one now active, and the version left is not put
-        there (it goes to ``withdrawn``, kept installed for an explicit ``activate``), so a second
-        rollback goes further back instead of toggling between two versions, and no rollback
-        brings back a version rolled back from. An A/B split and a probation end with it.
+        The version taken off ``previous`` is the one now active, and the version left is put
+        nowhere: it is pruned (unless an install in progress holds it), so a second rollback goes
+        further back instead of toggling between two versions, no rollback brings back a version
+        rolled back from, and failed versions never crowd good rollback targets out of the store.
+        An A/B split and a probation end with it.
 
         Raises:
             UpdateRejected: there is no earlier version to go back to.
+            ModelLoadError: the previous version is no longer installed.
             OSError: the store's disk refused the write.
         """
         current = self.active(name)
         if current is None or not current.previous:
             raise UpdateRejected(nothing_earlier(name, current))
         back, *rest = current.previous
-        withdrawn = [current.version, *(v for v in current.withdrawn if v not in (current.version, back))]
-        active = Active(version=back, previous=rest, withdrawn=withdrawn[: self.keep])
+        active = Active(version=back, previous=rest)
         self.set_active(name, active)
         return active
 
@@ -336,7 +343,7 @@ class ModelStore:
 
     def _prune(self, name: str, active: Active) -> None:
         with self._lock:
-            needed = {active.version, *active.previous, *active.withdrawn, (active.ab or {}).get("version")}
+            needed = active.needed()
             needed |= {version for held, version in self._held if held == name}
             for version in self.versions(name):
                 if version not in needed:
@@ -362,7 +369,4 @@ def nothing_earlier(name: str, current: Active | None) -> str:
     """Why ``name`` cannot be rolled back: no version before the active one, in one line."""
     if current is None:
         return f"{name} has no active version to roll back from"
-    reason = f"{name} has no previous version to roll back to: {current.version} is the earliest in its history"
-    if current.withdrawn:
-        reason += f" (rolled back from: {', '.join(current.withdrawn)}; an activate command may name one)"
-    return reason
+    return f"{name} has no previous version to roll back to: {current.version} is the earliest in its history"

@@ -9,8 +9,16 @@ to the same topics, so a fresh download is sent every retained chunk again:
 those on disk are compared, not rewritten. A URL download appends to
 ``blob.part`` and asks for the rest with an HTTP ``Range`` request. It reads
 what has arrived, 64 KiB at most at a time, and fails (keeping ``blob.part``)
-when stopped or when less than 64 KiB arrived in ``timeout_s``; a watcher
-thread shuts the socket down when that happens while a read waits on it.
+when stopped, when less than 64 KiB arrived in ``timeout_s`` (a watcher
+thread shuts the socket down when that happens while a read waits on it), or
+when an HTTP(S) server closes the connection before the body it announced is
+all there. ``read1`` reports that close as an empty read, not an error: the
+response's own count of what its ``Content-Length`` still owes tells the two
+apart (a response with neither a ``Content-Length`` nor chunks ends only by a
+close, so its short end counts as one). Only a response that ended where its
+server said it ends (a ``Content-Length`` or a whole chunked body shorter than
+``size``, a short ``file://`` file) is a blob that is not what the manifest
+says: rejected.
 
 Once every byte is there, ``download`` calls its ``verifying`` callback and only then checks the
 size and SHA-256 (PROTOCOL.md's verifying step), so a blob refused for them is reported
@@ -380,6 +388,17 @@ def _copy(
         raise _disk_error(exc) from exc
 
 
+def _closed_early(response: Any) -> bool:
+    """Whether an HTTP(S) response ended before its body did: the server or the network closed the
+    connection. ``HTTPResponse.read1`` returns b"" then, where ``read`` would raise ``IncompleteRead``;
+    ``length`` is what its ``Content-Length`` still owes. A chunked body cut short raises instead;
+    one without either ends only when the connection closes, so such an end counts as a close."""
+    if getattr(response, "chunked", False):
+        return False
+    length = getattr(response, "length", None)
+    return not isinstance(length, int) or length > 0
+
+
 def _download_url(
     manifest: Manifest,
     folder: Path,
@@ -424,6 +443,11 @@ def _download_url(
                     out.close()
         finally:
             watch.close()
+        if watch.have < manifest.size and not url.startswith("file://") and _closed_early(response):
+            raise UpdateFailed(  # blob.part is kept: the next try asks for the rest
+                f"the connection to {url} closed after {watch.have} of {manifest.size} bytes; "
+                "the next try resumes from there"
+            )
     _finish_file(part, target, manifest, verifying)
 
 
@@ -445,7 +469,8 @@ def download(
 
     Raises:
         UpdateRejected: the blob or a chunk is not what the manifest says.
-        UpdateFailed: the download could not finish (timeout, disk full, stopped).
+        UpdateFailed: the download could not finish (timeout, a connection closed early, disk
+            full, stopped); what arrived is kept for the next try.
     """
     folder = downloads / manifest.sha256
     folder.mkdir(parents=True, exist_ok=True)
