@@ -27,7 +27,7 @@ import pytest
 from edgerun.card import load_card
 from edgerun.errors import UpdateFailed, UpdateRejected
 from edgerun.ota.envelope import seal
-from edgerun.ota.manifest import Manifest, parse_manifest
+from edgerun.ota.manifest import Manifest
 from edgerun.ota.operator import build_command, build_manifest
 from edgerun.ota.store import Active, ModelStore
 from edgerun.ota.transfer import download
@@ -42,6 +42,7 @@ from tests.ota_helpers import (
     push_update,
     unique_model,
 )
+from tests.test_ota_url_faults import url_manifest
 
 ENDED = {"active", "rejected", "failed", "rolled_back"}
 KEYS = {"version", "previous", "probation", "ab"}  # what releases before b150bec read with Active(**...)
@@ -172,26 +173,6 @@ def server() -> Iterator[tuple[Served, str]]:
     httpd.shutdown()
     httpd.server_close()
     thread.join(SERVER_MAX_S)
-
-
-def url_manifest(tmp_path: Path, data: bytes, url: str) -> Manifest:
-    blob = tmp_path / "blob.onnx"
-    blob.write_bytes(data)
-    card = load_card(DIGITS / "digits_fp32.onnx.card.yaml").to_dict()
-    card.pop("inferred", None)
-    return parse_manifest(
-        build_manifest(
-            blob,
-            model="digits",
-            version="2.0.0",
-            fmt="onnx",
-            card=card,
-            devices=["u1"],
-            groups=[],
-            prefix="edgerun",
-            url=url,
-        )
-    )
 
 
 def fetch(manifest: Manifest, downloads: Path) -> Path:
