@@ -496,3 +496,39 @@ def test_a_utf16_command_envelope_is_not_executed(broker: Broker, keys: dict[str
     assert record["reason"] == "the signed payload is not JSON (not UTF-8: it looks like UTF-16)", record
     assert agent.slot.primary.version == "1.1.0"  # the rollback never ran
     assert not (agent.state / "ota" / "journal" / f"{doc['command_id']}.json").exists()
+
+
+# -- set-ab during a probation ------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_set_ab_during_a_probation_is_refused_and_the_probation_still_rolls_the_update_back(
+    broker: Broker, keys: dict[str, Any], rig: Any
+) -> None:
+    agent, watcher = rig()
+    device = agent.device
+    update = push_update(
+        broker.port, keys["key"], unique_model(agent.state.parent / "v11", "digits_int8.onnx"), "1.1.0", device,
+        probation_s=600,
+    )  # fmt: skip
+    uid = update["update_id"]
+    assert watcher.wait_state(device, uid, ENDED | {"probation"})["state"] == "probation"
+    before = agent.store.active("digits")
+    assert before is not None and before.probation is not None
+    until = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(before.probation["until"]))
+
+    doc = build_command("set-ab", model="digits", devices=[device], groups=[], version="1.0.0", fraction=0.5)
+    publish(broker.port, f"edgerun/{device}/cmd", seal(doc, keys["key"]))
+    record = watcher.wait_state(device, doc["command_id"], ENDED)
+    reason = f"digits is on probation (update {uid}) until {until}: set-ab once it has ended"
+    assert record["state"] == "rejected" and record["reason"] == reason, record
+    assert agent.journal(doc["command_id"]) == {"kind": "command", "state": "rejected", "reason": reason}
+    assert agent.store.active("digits") == before  # no split: the probation acts on what the update left
+    assert agent.slot.candidate is None
+
+    for _ in range(40):  # every request on 1.1.0 fails: the probation's error bound is broken
+        agent.metrics.error("digits", "1.1.0", agent.slot.primary.delegate)
+    record = watcher.wait_state(device, uid, {"rolled_back", "failed", "active"})
+    assert record["state"] == "rolled_back" and record["version"] == "1.1.0", record
+    assert agent.slot.primary.version == "1.0.0"
+    assert agent.store.active("digits") == Active(version="1.0.0")

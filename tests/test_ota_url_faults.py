@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from edgerun.card import load_card
-from edgerun.errors import UpdateFailed
+from edgerun.errors import UpdateFailed, UpdateRejected
 from edgerun.ota.envelope import seal
 from edgerun.ota.manifest import Manifest, parse_manifest
 from edgerun.ota.operator import build_manifest
@@ -32,7 +32,13 @@ SERVER_MAX_S = 60.0  # no handler of the test server lives longer
 
 
 class Served:
-    """What the test server sends, and what it was asked."""
+    """What the test server sends, and what it was asked.
+
+    Per request, in order (``"whole"`` once the list is used up): ``"whole"``; ``"trickle"`` (a byte
+    every 50 ms); ``"half"`` (half the rest, then quiet); ``"quiet"`` (the headers, then nothing);
+    ``"close"`` (the headers for the whole rest, half of it, then the connection closed); ``"short"``
+    (a Content-Length of half the rest, and that half: a whole response, shorter than the blob).
+    """
 
     def __init__(self, data: bytes) -> None:
         self.data = data
@@ -59,15 +65,16 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             self.end_headers()
             return
         body = served.data[start:]
+        sent = body[: len(body) // 2] if mode in ("close", "short") else body
         self.send_response(206 if start else 200)
-        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Content-Length", str(len(sent) if mode == "short" else len(body)))
         if start:
             self.send_header("Content-Range", f"bytes {start}-{len(served.data) - 1}/{len(served.data)}")
         self.end_headers()
         served.asked.set()
         try:
-            if mode == "whole":
-                self.wfile.write(body)
+            if mode in ("whole", "close", "short"):  # "close": the connection ends before the body it announced
+                self.wfile.write(sent)
             elif mode == "trickle":  # a byte every 50 ms: never quiet for long, never done
                 deadline = time.monotonic() + SERVER_MAX_S
                 for i in range(len(body)):
@@ -195,6 +202,44 @@ def test_a_url_download_that_stalled_resumes_with_a_range_request_and_is_verifie
     assert served.ranges == [None, "bytes=150000-"]
 
 
+# -- a URL download cut short by the server: failed and resumed, or rejected where the response was whole
+
+
+def fetch(manifest: Manifest, downloads: Path) -> Path:
+    return download(manifest, link=None, downloads=downloads, progress=lambda f: None, timeout_s=10.0)
+
+
+def test_a_url_download_the_server_closes_early_fails_keeps_what_arrived_and_resumes(
+    server: tuple[Served, str], tmp_path: Path
+) -> None:
+    served, url = server
+    served.modes = ["close", "close"]
+    manifest = url_manifest(tmp_path, served.data, url)
+    part = tmp_path / "dl" / manifest.sha256 / "blob.part"
+    with pytest.raises(UpdateFailed) as failed:
+        fetch(manifest, tmp_path / "dl")
+    assert str(failed.value) == (
+        f"the connection to {url} closed after 150000 of 300000 bytes; the next try resumes from there"
+    )
+    assert part.read_bytes() == served.data[:150_000]  # kept
+    with pytest.raises(UpdateFailed, match=r"closed after 225000 of 300000 bytes"):
+        fetch(manifest, tmp_path / "dl")  # resumed, and cut short again
+    assert fetch(manifest, tmp_path / "dl").read_bytes() == served.data
+    assert served.ranges == [None, "bytes=150000-", "bytes=225000-"]
+
+
+def test_a_url_whose_server_announces_fewer_bytes_than_the_manifest_says_is_rejected(
+    server: tuple[Served, str], tmp_path: Path
+) -> None:
+    served, url = server
+    served.modes = ["short"]
+    manifest = url_manifest(tmp_path, served.data, url)
+    with pytest.raises(UpdateRejected) as refused:
+        fetch(manifest, tmp_path / "dl")
+    assert str(refused.value) == "the blob has 150000 bytes, the manifest says 300000"
+    assert not (tmp_path / "dl" / manifest.sha256 / "blob.part").exists()
+
+
 # -- the OTA worker: an agent in this process, on the session broker ----------------------------------
 
 
@@ -283,3 +328,34 @@ def test_a_blob_part_already_whole_is_verified_without_asking_for_a_range_past_i
     assert outcome.get("path") == folder / "blob", outcome
     assert (folder / "blob").read_bytes() == served.data
     assert served.ranges == []
+
+
+@pytest.mark.slow
+def test_an_update_whose_server_closes_early_fails_and_the_same_file_published_again_resumes(
+    broker: Broker, server: tuple[Served, str], rig: dict[str, Any], tmp_path: Path
+) -> None:
+    """Once rejected, and what had arrived thrown away: a network drop refused the update for good."""
+    served, url = server
+    served.data = rig["v11"].read_bytes()
+    served.modes = ["close"]
+    size = len(served.data)
+    name = "urlclosed1"
+    watcher = StatusWatcher(broker.port)
+    agent = Agent(broker.port, tmp_path / "state", rig["v1"], rig["public"], name)
+    try:
+        first = publish_url_update(broker.port, rig, name, url)
+        record = watcher.wait_state(name, first, {"active", "failed", "rejected"}, timeout=LIVENESS_S)
+        assert record["state"] == "failed", record
+        assert record["reason"] == (
+            f"the connection to {url} closed after {size // 2} of {size} bytes; the next try resumes from there"
+        )
+        assert agent.journal(first)["state"] == "failed"
+        assert agent.slot.primary.version == "1.0.0"
+        second = publish_url_update(broker.port, rig, name, url)  # published again: it asks only for the rest
+        record = watcher.wait_state(name, second, {"active", "failed", "rejected"}, timeout=LIVENESS_S)
+        assert record["state"] == "active", record
+        assert agent.slot.primary.version == "1.1.0"
+        assert served.ranges == [None, f"bytes={size // 2}-"]
+    finally:
+        agent.stop()
+        watcher.close()
