@@ -136,11 +136,9 @@ def cut_torn_line(path: str, recorded: Recorded) -> None:
     if recorded.torn_at is None:
         return
     try:
-        with open(path, "rb+") as fh:  # the model loaded meanwhile: the file must end in that same torn line
-            if os.fstat(fh.fileno()).st_size != recorded.torn_at + len(recorded.torn):
-                raise ConfigError(f"{path} changed while the model loaded; cannot resume from it (run again)")
+        with open(path, "rb+") as fh:  # the model loaded meanwhile: the file must still end in that torn line
             fh.seek(recorded.torn_at)
-            if fh.read() != recorded.torn:
+            if fh.read() != recorded.torn:  # read to the end: anything appended, or cut, differs
                 raise ConfigError(f"{path} changed while the model loaded; cannot resume from it (run again)")
             fh.truncate(recorded.torn_at)
     except OSError as exc:

@@ -95,17 +95,11 @@ def images_into_source(specs: Sequence[str], sources: Sequence[str]) -> tuple[st
     drawings are ``NNNNNN.jpg`` files)."""
     import os
 
-    def where(path: str) -> str:
-        try:
-            return os.path.realpath(path)
-        except OSError:  # a relative name, and the working folder deleted
-            return os.path.normpath(path)
-
-    folders = [(source, where(source)) for source in sources if os.path.isdir(source)]
+    folders = [(source, _where(source)) for source in sources if os.path.isdir(source)]
     for spec in specs:
         if not spec.endswith("/"):
             continue
-        drawn = where(spec)
+        drawn = _where(spec)
         for source, folder in folders:
             if drawn == folder or drawn.startswith(folder.rstrip(os.sep) + os.sep):
                 return spec, source
@@ -127,26 +121,29 @@ def repeated_sink(specs: Sequence[str]) -> tuple[str, str] | None:
     """The first of ``specs`` that names the file or folder an earlier one names, with that one (every
     record would be written twice, or two writers would number the same images); None when none does.
     Standard output is not a file here: a table and JSON Lines on it are two views a user may want."""
-    import os
-
     from edgerun.files import same_file
-
-    def where(spec: str) -> str:
-        try:
-            return os.path.realpath(spec)
-        except OSError:  # a relative name, and the working folder deleted: as written
-            return os.path.normpath(spec)
 
     seen: list[tuple[str, str]] = []
     for spec in specs:
         if spec.lower() in _STDOUT_SINKS:
             continue
-        here = where(spec)
+        here = _where(spec)
         earlier = next((s for s, w in seen if w == here or same_file(s, spec)), None)
         if earlier is not None:
             return spec, earlier
         seen.append((spec, here))
     return None
+
+
+def _where(path: str) -> str:
+    """Where ``path`` leads, links resolved as the system resolves them; as written (normalised) where the
+    working folder of a relative name was deleted."""
+    import os
+
+    try:
+        return os.path.realpath(path)
+    except OSError:
+        return os.path.normpath(path)
 
 
 def video_rate(fps: float | None, source: Any) -> float:
