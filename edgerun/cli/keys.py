@@ -37,6 +37,12 @@ def run(args: argparse.Namespace) -> int:
     for path in (private_path, public_path):
         if path.exists() and not args.force:
             raise ConfigError(f"{path} exists; use --force to overwrite it")
+    private_file, public_file = _file(private_path), _file(public_path)
+    if os.path.realpath(private_file) == os.path.realpath(public_file):  # a link to the other key
+        raise ConfigError(
+            f"{private_path} and {public_path} are both {os.path.realpath(private_file)}: "
+            "each key needs a file of its own"
+        )
     key = Ed25519PrivateKey.generate()
     private = key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
@@ -44,17 +50,47 @@ def run(args: argparse.Namespace) -> int:
     public = key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
     try:
         private_path.parent.mkdir(parents=True, exist_ok=True)
-        _write_pair(private_path, private, public_path, public)
+        _write_pair(private_file, private, public_file, public)
     except OSError as exc:
         if isinstance(exc, FileExistsError):  # from mkdir: a file is where the folder would go
             raise ConfigError(f"cannot write the key pair: {exc.filename} is a file, not a folder") from exc
-        where = f" {exc.filename}" if exc.filename else ""
+        linked = {
+            str(file): f"{file} (linked from {path})"
+            for path, file in ((private_path, private_file), (public_path, public_file))
+            if file != path
+        }
+        where = f" {linked.get(exc.filename, exc.filename)}" if exc.filename else ""
         raise ConfigError(f"cannot write the key pair{where}: {exc.strerror}") from exc
     print(
         f"key id {key_id(key.public_key())}: private key {private_path}, public key {public_path} "
         "(give devices the public key: --ota-key)"
     )
     return 0
+
+
+def _file(path: Path) -> Path:
+    """The file a key named ``path`` is written to: ``path`` itself, or, where it is a symbolic link
+    (or a chain of them), the file the link leads to, so the link stays and the file an operator
+    or a config-management tool linked gets the new key (a rename onto the link itself would put a
+    regular file in its place and leave the linked file with the old key).
+
+    Raises:
+        ConfigError: ``path`` is a link to nothing (a dangling link: writing there would create a
+            file wherever the link happens to point, so nothing is written, as ``cp`` refuses
+            too), or a link that cannot be followed (a loop, a folder that cannot be searched).
+    """
+    from edgerun.errors import ConfigError
+
+    if not path.is_symlink():
+        return path
+    try:
+        return Path(os.path.realpath(path, strict=True))
+    except FileNotFoundError:
+        raise ConfigError(
+            f"{path} is a link to {os.path.realpath(path)}, which does not exist: create that file or remove the link"
+        ) from None
+    except OSError as exc:
+        raise ConfigError(f"cannot follow the link {path}: {exc.strerror}") from exc
 
 
 def _write_pair(private_path: Path, private: bytes, public_path: Path, public: bytes) -> None:
@@ -65,6 +101,8 @@ def _write_pair(private_path: Path, private: bytes, public_path: Path, public: b
     creation) and synced; then the public key is renamed into place, then the private key. Should
     the second rename fail (the file immutable, a folder in the way), the old public key, kept
     in a third temporary file, is renamed back. The temporary files are removed on failure.
+    The targets are files, never links (:func:`_file` resolves them): the two may be in
+    different folders.
 
     Raises:
         OSError: a file could not be written or renamed; its ``filename`` is the key file.
@@ -110,9 +148,10 @@ def _write_pair(private_path: Path, private: bytes, public_path: Path, public: b
         for path in temporaries:
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()
-    with contextlib.suppress(OSError):  # the renames reach the disk too (not all filesystems can sync a folder)
-        fd = os.open(private_path.parent, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+    for folder in dict.fromkeys((private_path.parent, public_path.parent)):
+        with contextlib.suppress(OSError):  # the renames reach the disk too (not all filesystems can sync a folder)
+            fd = os.open(folder, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)

@@ -34,6 +34,7 @@ or creating any file, so it works on a full or read-only filesystem and beside a
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
 import secrets
@@ -149,12 +150,12 @@ def _reading(path: Path, *, copy: bool = True) -> Iterator[sqlite3.Connection]:
     main file holds everything and is read as ``immutable`` (no locks, no other file); with a WAL
     and its index (a writer running, or one killed), ``mode=ro`` reads through them, beside the
     writer; with a WAL and no index (rare: a writer killed while closing) a private copy of both
-    files in a temporary folder is read, or, without ``copy`` (a writer about to open it, which
-    makes the index anyway), it is read through ``mode=ro``, which makes the index.
+    files in a temporary folder is read (:func:`_copy`), or, without ``copy`` (a writer about to
+    open it, which makes the index anyway), it is read through ``mode=ro``, which makes the index.
 
     Raises:
         sqlite3.Error: SQLite could not read it (not a database, corrupt).
-        OSError: the copy could not be made.
+        OSError: a file of it could not be read, or the copy could not be made (said in ``strerror``).
     """
     wal, shm = Path(f"{path}-wal"), Path(f"{path}-shm")
     with contextlib.ExitStack() as stack:
@@ -163,12 +164,52 @@ def _reading(path: Path, *, copy: bool = True) -> Iterator[sqlite3.Connection]:
         elif shm.is_file() or not copy:
             db = sqlite3.connect(_uri(path, "mode=ro"), uri=True, isolation_level=None)
         else:
-            folder = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="edgerun-outbox-")))
-            shutil.copyfile(path, folder / "outbox.sqlite")
-            shutil.copyfile(wal, folder / "outbox.sqlite-wal")
-            db = sqlite3.connect(folder / "outbox.sqlite", isolation_level=None)
+            db = sqlite3.connect(_copy(path, wal, stack) / "outbox.sqlite", isolation_level=None)
         stack.callback(db.close)
         yield db
+
+
+_WRITING_ERRORS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS})  # never a read's
+
+
+def _copy(path: Path, wal: Path, stack: contextlib.ExitStack) -> Path:
+    """A new temporary folder holding a copy of the outbox ``path`` and its ``wal``, removed (with
+    whatever part of the copy was made) when ``stack`` closes.
+
+    The folder is made where Python makes them (:func:`tempfile.gettempdir`): in ``TMPDIR`` where a
+    file can be created there, else in the first of ``/tmp``, ``/var/tmp``, ``/usr/tmp`` and the
+    current folder where one can. The copy can still fail there: too little room for it (a small
+    RAM-backed ``/tmp``), or no such folder at all.
+
+    Raises:
+        OSError: ``path`` or ``wal`` could not be opened (as it is), or the copy could not be made:
+            ``strerror`` then says so, in which folder, why, and the room the copy needs (the
+            outbox's own storage is not the cause, and the message must not suggest it is).
+    """
+    size = path.stat().st_size + wal.stat().st_size
+    folder: Path | None = None
+    try:
+        folder = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="edgerun-outbox-")))
+        shutil.copyfile(path, folder / "outbox.sqlite")
+        shutil.copyfile(wal, folder / "outbox.sqlite-wal")
+    except OSError as exc:
+        # shutil names the source in ``filename`` and, once copying (sendfile), the copy in
+        # ``filename2``: an error then is the copy's where it is one only writing can cause.
+        reading = exc.filename is not None and Path(exc.filename) in (path, wal)
+        if reading and (exc.filename2 is None or exc.errno not in _WRITING_ERRORS):
+            raise  # the outbox itself could not be read, copy or not
+        if folder is not None:
+            where = f" in {folder.parent}"
+        elif exc.filename is not None:  # mkdtemp, in the folder tempfile chose
+            where = f" in {Path(exc.filename).parent}"
+        else:  # tempfile found no usable folder: its message names those it tried
+            where = ""
+        raise OSError(
+            exc.errno,
+            f"it has a WAL and no -shm index, so it is read from a copy, which could not be made{where}: "
+            f"{exc.strerror or exc} (the copy needs {size} bytes: point TMPDIR at a writable folder with room for it)",
+        ) from exc
+    return folder
 
 
 def _cause(path: Path, exc: BaseException) -> str:
