@@ -25,7 +25,10 @@ probation counts against the new version). An update that another update or a
 command replaced is closed at once (journal ``superseded``, status ``failed``
 with the reason) and is never resumed; nor is one whose model's active version
 changed since it was received, so a restart never installs an older version
-over a newer active one.
+over a newer active one. A start first deletes the temporary files of writes killed
+before their rename (a hidden ``.<id>.<random>.tmp.json`` is never a journal entry),
+then publishes again how the update journaled last ended: its record, published after
+its journal, may never have reached the broker.
 
 A probation watcher outlives any error while it ends the probation (a full or failing disk):
 it logs it and tries again until the end is made and recorded. A model a config reload stops
@@ -154,7 +157,10 @@ class OtaAgent:
 
     # -- life cycle ----------------------------------------------------------------
     def start(self) -> None:
-        """Subscribe, roll back what was on probation at a crash, restore A/B splits, resume unfinished updates."""
+        """Tidy what a killed process left, report its last outcome again, roll back what was on probation
+        at a crash, restore A/B splits, resume unfinished updates, subscribe."""
+        self._remove_temporary_files()
+        self._report_last()
         for name, active in list(self.store):
             if active.probation is not None and name in self.slots:
                 self._rollback(
@@ -166,7 +172,7 @@ class OtaAgent:
             elif active.ab is not None and name in self.slots and self.slots[name].candidate is None:
                 self._restore_candidate(name, active)
         self._tidy_downloads()
-        for path in sorted(self.journal.glob("*.json")):
+        for path in self._entries():
             entry = json.loads(path.read_text())
             if entry.get("kind") == "model-update" and entry.get("state") not in DONE:
                 self._work.put(("resume", entry))
@@ -275,6 +281,59 @@ class OtaAgent:
         path = self._entry(ident)
         return json.loads(path.read_text()) if path.exists() else None
 
+    def _entries(self) -> list[Path]:
+        """The journal's entries, by name. A hidden ``.<id>.<random>.tmp.json`` is a journal write
+        that a killed process left before its rename: never an entry (it may say a state the entry
+        never reached, and resumed it would close the update again as ``superseded``)."""
+        return sorted(p for p in self.journal.glob("*.json") if not p.name.startswith("."))
+
+    def _remove_temporary_files(self) -> None:
+        """Delete the temporary files that writes killed before their rename left (``atomic_write``):
+        in the journal, beside ``clock.json``, and beside the ``active.json`` of each model served.
+
+        Nothing writes them yet: the worker and the probation watchers start later, and the only
+        other writer of an ``active.json`` (the first start of a model, ``serve_from_store``) writes
+        it before the model is served."""
+        left = [*self.journal.glob(".*.tmp.json"), *self.dir.glob(".*.tmp.json")]
+        for name in self.slots:
+            left += (self.store.root / name).glob(".active.*.tmp.json")
+        for path in left:
+            try:
+                path.unlink()
+            except OSError as exc:
+                log.warning("OTA: cannot remove %s, left by a process killed while writing it: %s", path, exc)
+            else:
+                log.info("OTA: removed %s, left by a process killed while writing it", path)
+
+    def _report_last(self) -> None:
+        """Publish again, retained, how the update journaled last ended, as its journal says.
+
+        An update's last record is published after its journal says how it ended, and the link holds
+        a record in memory until the broker has it: a process killed in between (or while the broker
+        was out of reach) would leave the retained ``P/ID/ota/status`` on an earlier step
+        (``validating``) of an update that is ``active`` on disk, for good. An unfinished update
+        reports for itself when it resumes; one ``superseded`` was closed quietly (the retained
+        record is its replacement's); a command's journal keeps no model or version for a record:
+        none of those is published again.
+        """
+        entries = self._entries()
+        if not entries:
+            return
+        try:
+            path = max(entries, key=lambda p: p.stat().st_mtime_ns)
+            entry = json.loads(path.read_text())
+        except (OSError, ValueError):
+            return  # not an update this agent could report; the start's own reading says why
+        if not isinstance(entry, dict) or entry.get("kind") != "model-update" or entry.get("state") not in TERMINAL:
+            return
+        manifest = entry.get("manifest")
+        named: dict[str, Any] = manifest if isinstance(manifest, dict) else entry  # refused at the check: no manifest
+        model, version = named.get("model"), named.get("version")
+        if model is None or version is None:
+            return
+        reason = str(entry.get("reason") or "")
+        self._status(path.stem, str(entry["state"]), model=str(model), version=str(version), reason=reason)
+
     def _tidy_downloads(self) -> None:
         """Delete the download folders that no unfinished update needs.
 
@@ -283,7 +342,7 @@ class OtaAgent:
         are deleted then at the latest, so partial downloads never pile up.
         """
         needed = set()
-        for path in self.journal.glob("*.json"):
+        for path in self._entries():
             try:
                 entry = json.loads(path.read_text())
                 if entry.get("kind") == "model-update" and entry.get("state") not in DONE:
@@ -335,7 +394,15 @@ class OtaAgent:
         try:
             self._check(manifest)
         except UpdateRejected as exc:
-            self._journal(manifest.update_id, kind="model-update", state="rejected", digest=digest, reason=str(exc))
+            self._journal(
+                manifest.update_id,
+                kind="model-update",
+                state="rejected",
+                digest=digest,
+                reason=str(exc),
+                model=manifest.model,  # for its record, published again by a start (``_report_last``)
+                version=manifest.version,
+            )
             self._status(
                 manifest.update_id, "rejected", model=manifest.model, version=manifest.version, reason=str(exc)
             )
@@ -470,6 +537,7 @@ class OtaAgent:
             card = manifest.model_card()
             if self._in_store(manifest):
                 log.info("OTA %s: %s %s is in the store already (installed before a restart)", uid, name, version)
+                discard(self.downloads, manifest.sha256)  # a kill after the install, before its download went
             else:
                 self._journal(uid, state="downloading")
                 blob = download(
