@@ -2,7 +2,8 @@
 
 Decoding is strict: a truncated JPEG, which libjpeg would "decode" into a
 half-grey picture with a warning, is an error here, because a model fed a
-half image returns a confident wrong answer.
+half image returns a confident wrong answer. The bytes are checked before
+OpenCV sees them (``edgerun.processing.integrity``).
 """
 
 from __future__ import annotations
@@ -15,15 +16,11 @@ import numpy as np
 from edgerun.card import Preprocess
 from edgerun.errors import CardError, UnusableInput
 from edgerun.opencv import max_image_pixels, opencv
+from edgerun.processing.integrity import image_fault
 
 __all__ = ["decode_image", "ImagePreprocessor", "IMAGE_SUFFIXES", "preload"]
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".pgm", ".ppm"})
-
-_JPEG_SOI = b"\xff\xd8"
-_JPEG_EOI = b"\xff\xd9"
-_PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-_PNG_IEND = b"IEND"
 
 
 def preload() -> None:
@@ -36,14 +33,13 @@ def decode_image(data: bytes, name: str = "image", gray: bool = False) -> np.nda
     """Decode encoded image bytes to an HxWx3 BGR (or HxW gray) uint8 array.
 
     Raises:
-        InputError: empty, truncated or undecodable data.
+        InputError: empty, truncated, damaged or undecodable data.
     """
     if not data:
         raise UnusableInput(f"{name}: empty file")
-    if data[:2] == _JPEG_SOI and _JPEG_EOI not in data[-64:] and not _jpeg_complete(data):
-        raise UnusableInput(f"{name}: truncated JPEG (no end-of-image marker)")
-    if data[:8] == _PNG_MAGIC and _PNG_IEND not in data[-64:] and not _png_complete(data):
-        raise UnusableInput(f"{name}: truncated PNG (no IEND chunk)")
+    fault = image_fault(data)
+    if fault is not None:
+        raise UnusableInput(f"{name}: {fault}")
     cv2 = opencv()
     buf = np.frombuffer(data, dtype=np.uint8)
     flags = cv2.IMREAD_GRAYSCALE if gray else cv2.IMREAD_COLOR
@@ -56,39 +52,6 @@ def decode_image(data: bytes, name: str = "image", gray: bool = False) -> np.nda
     if image is None or image.size == 0:
         raise UnusableInput(f"{name}: not a decodable image")
     return image
-
-
-def _jpeg_complete(data: bytes) -> bool:
-    """True when the JPEG's entropy-coded data ends with its end-of-image marker, wherever that is.
-
-    Phones append data after the marker (a Motion Photo's MP4, Samsung's trailer), so it is
-    not always among the last bytes. The header segments are skipped by their lengths (an EXIF
-    thumbnail carries an end-of-image marker of its own); from the first start-of-scan on, the
-    coded data stuffs every 0xFF byte, so the first 0xFF 0xD9 there is the image's end.
-    """
-    pos = 2
-    while pos + 4 <= len(data):
-        if data[pos] != 0xFF:
-            return False
-        marker = data[pos + 1]
-        if marker == 0xFF:  # fill byte
-            pos += 1
-            continue
-        if marker == 0xDA:  # start of scan
-            return data.find(_JPEG_EOI, pos) != -1
-        pos += 2 + int.from_bytes(data[pos + 2 : pos + 4], "big")
-    return False
-
-
-def _png_complete(data: bytes) -> bool:
-    """True when the PNG's chunks, walked by their lengths, reach IEND (bytes after it are ignored)."""
-    pos = 8
-    while pos + 8 <= len(data):
-        length = int.from_bytes(data[pos : pos + 4], "big")
-        if data[pos + 4 : pos + 8] == _PNG_IEND:
-            return pos + 12 <= len(data)
-        pos += 12 + length
-    return False
 
 
 _CV_8U, _CV_8S = 0, 1  # OpenCV's depth codes, fixed in its ABI
