@@ -120,7 +120,8 @@ class _PipelineRunner:
                         summary.errors,
                     )
                     continue
-                if not pipeline.source.live:
+                # a file, or a recording served as a stream that came to its end: not played again
+                if not pipeline.source.live or getattr(pipeline.source, "ended", False):
                     self.state = "finished"
                     # a retried file source: every input delivered, not only this run's
                     frames = len(self._delivered) or summary.frames

@@ -10,8 +10,16 @@
   to ``RECONNECT_MAX_S``, and starts again from the retry delay once a connection
   gave frames for ``RECONNECT_RESET_S``; each connection is a bounded number of
   attempts. A stream that declares its length (a video file served over HTTP, a
-  recording over RTSP) is a recording: once a connection gave all its frames,
-  that is the end of input, not a drop (reconnecting would play it again).
+  recording over RTSP) is a recording: once it gave all its frames, that is the
+  end of input, not a drop (reconnecting would play it again). One that drops
+  before is reconnected likewise, and the new connection decodes and passes over
+  the frames already given (OpenCV cannot ask a server for the rest only), so no
+  frame is given twice. A recording's last frame read is held back until the next
+  read succeeds: a connection that drops can end in a frame decoded from part of
+  its data, which the next connection reads again whole. Where a connection stops
+  at the frame an earlier one stopped at, the recording ends there (truncated or
+  corrupt, or its declared count is wrong): one error frame says so, as for a
+  video file, and the capture ends.
 
 ``open_capture`` is the hardware boundary: tests give the camera source a
 function that opens a video file instead of a device.
@@ -265,7 +273,15 @@ class CameraSource(LiveSource):
 
 
 class StreamSource(LiveSource):
-    """A network stream (RTSP, HTTP MJPEG) through OpenCV's FFmpeg backend, reconnecting on drops."""
+    """A network stream (RTSP, HTTP MJPEG) through OpenCV's FFmpeg backend, reconnecting on drops.
+
+    A recording (a stream that declares its frame count) gives each frame once,
+    one frame after reading it: a reconnection passes over the frames given and
+    goes on from the last one read (a connection's last frame may be decoded from
+    part of its data), and a recording that stops at the same frame on two
+    connections ends with an error frame (``decoding stopped at frame N of M on two
+    connections``).
+    """
 
     decoded = True
 
@@ -295,6 +311,9 @@ class StreamSource(LiveSource):
         #: the frames a recording declares (a served file); None for a live stream, which declares none
         self.declared_frames = _declared_frames(self._cap) if self._cap is not None else None
         self.reconnects = 0
+        #: a recording came to its end (all its frames, or where it stops for good): its end of input,
+        #: which a daemon does not play again, as it does not read a finished file again
+        self.ended = False
 
     def _open_ffmpeg(self, url: str) -> Any:
         cv2 = opencv()
@@ -317,30 +336,79 @@ class StreamSource(LiveSource):
             self._cap.release()
 
     def _capture(self, buffer: LatestBuffer, stop: threading.Event) -> None:
-        index = 0
+        index = 0  # frames read so far, across connections; in a recording, the position in it
         cap = self._cap
         if cap is None:  # stopped while the first connection was retried
             return
+        declared = self.declared_frames
         wait = self._delay  # before the next reconnection, in seconds
         since, first = time.monotonic(), index  # this connection's start
+        # A recording's last frame read is held until the next read succeeds: a connection that drops can
+        # end in a frame decoded from part of its data, and the next connection then reads that frame whole.
+        held: Frame | None = None
+        skip = 0  # frames of a recording this connection still passes over: they were given before
+        furthest = -1  # the furthest frame of a recording any connection stopped at
         buffers = FrameBuffers()
         try:
             while not stop.is_set():
-                image = buffers.read(cap)
-                if image is not None:
-                    buffer.put(Frame(image, time.time(), f"{self.uri}#{index}", index))
-                    index += 1
-                    continue
+                if skip:
+                    if cap.grab():  # decoded and passed over, never given again
+                        skip -= 1
+                        if not skip:
+                            log.info("stream %s: passed again the %d frames given before the drop", self.uri, index)
+                        continue
+                else:
+                    image = buffers.read(cap)
+                    if image is not None:
+                        frame = Frame(image, time.time(), f"{self.uri}#{index}", index)
+                        index += 1
+                        if declared is None:
+                            buffer.put(frame)
+                        else:
+                            if held is not None:
+                                buffer.put(held)
+                            held = frame
+                        continue
                 cap.release()
                 if stop.is_set():
                     break
-                got = index - first
-                if self.declared_frames is not None and got >= self.declared_frames:
-                    log.info("stream %s ended after its %d frames (a recording, not a live stream)", self.uri, got)
-                    break
                 if time.monotonic() - since >= RECONNECT_RESET_S:
                     wait = self._delay
-                log.warning("stream %s dropped after %d frames; reconnecting in %.3g s", self.uri, got, wait)
+                if declared is None:
+                    got = index - first
+                    log.warning("stream %s dropped after %d frames; reconnecting in %.3g s", self.uri, got, wait)
+                else:
+                    at = index - skip  # where this connection stopped
+                    if held is not None and (index >= declared or at == furthest):
+                        buffer.put(held)  # the last frame there is: as a video file's, given as decoded
+                    if index >= declared:
+                        log.info(
+                            "stream %s ended after its %d frames (a recording, not a live stream)", self.uri, index
+                        )
+                        self.ended = True
+                        break
+                    if at == furthest:
+                        # two connections stopped at this frame: the recording ends here (a network that drops
+                        # a connection does not do it twice at one frame), and playing it again would not help
+                        message = (
+                            f"{self.uri}: decoding stopped at frame {at} of {declared} on two connections "
+                            "(truncated or corrupt recording)"
+                        )
+                        buffer.put(Frame(None, time.time(), f"{self.uri}#{at}", at, error=message))
+                        self.ended = True
+                        break
+                    furthest = max(furthest, at)
+                    if held is not None:  # read again by the next connection
+                        held, index = None, index - 1
+                    log.warning(
+                        "stream %s dropped at frame %d of the %d its recording declares; reconnecting in %.3g s "
+                        "to go on from frame %d",
+                        self.uri,
+                        at,
+                        declared,
+                        wait,
+                        index,
+                    )
                 if stop.wait(wait):
                     break
                 wait = min(wait * 2, RECONNECT_MAX_S)
@@ -349,6 +417,7 @@ class StreamSource(LiveSource):
                     break
                 self.reconnects += 1
                 since, first = time.monotonic(), index
+                skip = index if declared is not None else 0  # a recording starts again from its first frame
         finally:
             if cap is not None:
                 cap.release()
