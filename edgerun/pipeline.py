@@ -452,10 +452,18 @@ class Pipeline:
     # -- running -------------------------------------------------------------
     def _leave_reader(self) -> bool:
         """After a stop, stop waiting for a reader that has been waiting in the source for a frame
-        for ``READ_STOP_GRACE_S``: a pipe with no writer, a quiet producer on standard input, a
-        camera that hangs. No ``close()`` reaches a thread blocked in ``read()`` or ``open()``, and
-        SIGINT or SIGTERM would otherwise be ignored until the read returned. The stages after it
-        get the end of input in its place; everything read before is finished and flushed."""
+        for ``READ_STOP_GRACE_S``: storage that hangs (a network mount gone), a camera whose
+        driver hangs, a library user's source that blocks. No ``close()`` reaches a thread blocked
+        in ``read()`` or ``open()``, and SIGINT or SIGTERM would otherwise be ignored until the
+        read returned. The stages after it get the end of input in its place; everything read
+        before is finished and flushed. The thread left behind, and what it has open, stay until
+        its read returns (perhaps never): one more for each such run, each restart of a daemon's
+        pipeline included. A pipe is never left: a sensor stream (standard input, a named pipe)
+        and an image or ``.npy`` input that is a named pipe or ``/dev/stdin`` are polled
+        (``edgerun.inputs.stream_chunks``) and end within 0.2 s of ``close()``, their pipe closed.
+        A live source's reader waits on the source's buffer, which ``close()`` ends once it has
+        waited up to 5 s for the capture thread; a camera hung in ``cap.read()`` keeps that thread
+        (see docs/pipelines.md)."""
         with self._reading_lock:
             since = self._reading_since
             if since is None or time.monotonic() - max(since, self._stopped_at) < READ_STOP_GRACE_S:

@@ -72,10 +72,16 @@ class FileSource:
                 yield Frame(None, time.time(), ref.path, index, error=ref.error)
             else:
                 try:
-                    yield Frame(read_input(ref.path), time.time(), ref.path, index)
+                    yield Frame(read_input(ref.path, stopped=self._stopped), time.time(), ref.path, index)
                 except InputError as exc:
+                    if self._closed:  # a pipe's read ends so when stopped: the run is ending, nothing to report
+                        return
                     yield Frame(None, time.time(), ref.path, index, error=str(exc))
 
+    def _stopped(self) -> bool:
+        return self._closed
+
     def close(self) -> None:
-        """Stop after the current file."""
+        """Stop after the current file; a named pipe or ``/dev/stdin`` being read (its writer quiet, or none
+        yet) within ``POLL_S`` (0.2 s), its descriptor closed (see ``edgerun.inputs``)."""
         self._closed = True

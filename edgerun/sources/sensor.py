@@ -9,12 +9,18 @@ name, is a bad row). Windows of ``window`` rows start every ``hop`` rows and
 are yielded as float32 arrays of shape ``[window, channels]``.
 
 Standard input, and a named pipe (a FIFO) given as the file, are streams: read
-with ``select`` and a short timeout, never a blocking read, so ``close()``
-(SIGINT, SIGTERM) stops a run whose sender has gone quiet within ``_POLL_S``,
-where a read blocked until the next line would hold it forever. A named pipe is
-opened without waiting for its writer (``O_NONBLOCK``), and only once the run
-reads it: nothing is read from a stream before the run, where it would be lost.
-A device (``/dev/zero``) is refused, as a directory is.
+with ``poll`` and a short timeout, never a blocking read, so ``close()``
+(SIGINT, SIGTERM, a daemon's reload) stops a run whose sender has gone quiet
+within ``POLL_S`` (0.2 s, ``edgerun.inputs.stream_chunks``, shared with image
+inputs read from a pipe): the reading thread ends and the pipe's descriptor is closed,
+where a read blocked until the next line would hold both forever (one more
+thread and descriptor for each reload of a daemon). ``poll``, not ``select``:
+``select`` refuses a descriptor numbered 1024 or more, which a daemon holding
+many files open gets for the pipe. A named pipe is opened without waiting for
+its writer (``O_NONBLOCK``), and only once the run reads it: nothing is read
+from a stream before the run, where it would be lost. A regular file is read
+with plain buffered reads (a local file's read does not wait for a writer). A
+device (``/dev/zero``) is refused, as a directory is.
 
 Before the run, ``check_model`` reads the head of a file (not of a stream): its
 channel count (the header's less the time column, or the first readable row's)
@@ -41,7 +47,6 @@ import collections
 import json
 import math
 import os
-import select
 import stat
 import sys
 import time
@@ -52,19 +57,18 @@ from typing import Any
 import numpy as np
 
 from edgerun.errors import ConfigError, SourceError
+from edgerun.inputs import stream_chunks
 from edgerun.sources.base import Frame
 
 __all__ = ["MAX_ROW_CHARS", "SENSOR_SUFFIXES", "SensorSource", "is_sensor_spec", "window_for"]
 
 SENSOR_SUFFIXES = frozenset({".csv", ".jsonl", ".ndjson"})
 _TIME_COLUMNS = frozenset({"t", "ts", "time", "timestamp"})
-_POLL_S = 0.2  # how often a read of a quiet stream (standard input, a named pipe) looks at the closed flag
 #: A file none of whose first this many data rows can be read is refused before the run (``check_model``):
 #: a few bad rows among good ones are reported one by one, and the run goes on.
 _LOOK_ROWS = 100
 #: Separators a CSV that is not comma-separated may use, as a message names them.
 _OTHER_SEPARATORS = ((";", "';'"), ("\t", "tabs"), ("|", "'|'"), (" ", "spaces"))
-_READ_BYTES = 65536
 #: The longest row read, in characters: a row of a thousand channels is some 20 KB. A longer one (a
 #: binary file, a sender that never writes a newline) is skipped as a bad row, not held in memory whole.
 MAX_ROW_CHARS = 1 << 20
@@ -240,8 +244,11 @@ class SensorSource:
                     yield number, line
 
     def _stream_lines(self, fd: int) -> Iterator[str | None]:
-        """Lines of a stream (standard input, a named pipe), read without blocking for longer than ``_POLL_S``
-        so ``close()`` is seen.
+        """Lines of a stream (standard input, a named pipe), read without blocking for longer than ``POLL_S``
+        so ``close()`` is seen: the lines end then, and the caller closes the pipe it opened.
+
+        A named pipe's descriptor is non-blocking (``_open_pipe``). Standard input's is the
+        starting process's too, so its flags are left alone (``stream_chunks`` says why that is safe).
 
         Bytes are split into lines here (a partial line is kept until its newline
         or the end of input) and each line is decoded as UTF-8, bad bytes replaced.
@@ -249,14 +256,7 @@ class SensorSource:
         """
         pending = b""
         dropping = False  # inside a line too long to keep
-        while not self._closed:
-            ready, _, _ = select.select([fd], [], [], _POLL_S)
-            if not ready:
-                continue
-            try:
-                chunk = os.read(fd, _READ_BYTES)
-            except BlockingIOError:  # a named pipe is read without blocking: said ready, and had nothing yet
-                continue
+        for chunk in stream_chunks(fd, lambda: self._closed):
             if not chunk:
                 break
             *lines, pending = (pending + chunk).split(b"\n")
@@ -394,10 +394,10 @@ def _stdin_fd() -> int:
 
 
 def _open_pipe(path: str) -> int:
-    """A named pipe opened for reading without waiting for a writer: ``select`` waits for one instead.
+    """A named pipe opened for reading without waiting for a writer: ``poll`` waits for one instead.
 
     Linux reports such a pipe readable only once a writer has written or come and
-    gone; until then ``select`` times out, so a run stopped with no writer ends.
+    gone; until then ``poll`` times out, so a run stopped with no writer ends.
     """
     try:
         return os.open(path, os.O_RDONLY | os.O_NONBLOCK)
