@@ -32,12 +32,15 @@ def test_frames_that_are_kept_are_never_written_over(tmp_path: Path) -> None:
     expected = plain_decode(video)
     kept: dict[int, np.ndarray] = {}
     views: dict[int, np.ndarray] = {}
+    addresses = set()
     for frame in VideoFileSource(str(video)).frames():
+        addresses.add(frame.data.ctypes.data)
         if frame.index % 3 == 0:
             kept[frame.index] = frame.data  # the array itself
         elif frame.index % 5 == 0:
             views[frame.index] = frame.data[4:20, 8:30, 1]  # only a view of it: its base must stay as it was
     assert len(expected) == 40 and kept and views
+    assert len(addresses) < 40 - len(kept) - len(views)  # the frames let go lent their memory: the test's premise
     for index, image in kept.items():
         assert np.array_equal(image, expected[index]), index
     for index, view in views.items():
@@ -90,11 +93,29 @@ def test_the_pool_holds_no_more_arrays_than_its_size(tmp_path: Path) -> None:
 
 
 def test_a_stream_keeps_every_frame_it_hands_on_intact(tmp_path: Path) -> None:
-    # a recording opened as a stream (the served-file case): every frame it buffers stays as decoded
+    # a recording opened as a stream (the served-file case): every frame kept stays as decoded while
+    # those let go lend their memory to later ones
     video = make_video(tmp_path / "v.avi", frames=20)
     expected = plain_decode(video)
     source = StreamSource(str(video), queue=64, retries=1, retry_delay_s=0.01)
-    got = list(source.frames())
-    assert [f.index for f in got] == list(range(20))
-    for frame in got:
+    kept, addresses = [], set()
+    for frame in source.frames():
+        addresses.add(frame.data.ctypes.data)
+        if frame.index % 2:
+            kept.append(frame)
+    assert [f.index for f in kept] == list(range(1, 20, 2))
+    for frame in kept:
         assert np.array_equal(frame.data, expected[frame.index]), frame.index
+    assert len(addresses) < 20
+
+
+def test_frames_made_read_only_by_their_holder_leave_the_pool_and_the_video_goes_on(tmp_path: Path) -> None:
+    # OpenCV refuses to write into a read-only array: once let go, such a frame stopped the source with cv2.error
+    video = make_video(tmp_path / "v.avi", frames=12)
+    expected = plain_decode(video)
+    got = 0
+    for frame in VideoFileSource(str(video)).frames():
+        assert np.array_equal(frame.data, expected[frame.index])
+        frame.data.setflags(write=False)
+        got += 1
+    assert got == 12

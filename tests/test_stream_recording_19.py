@@ -276,3 +276,64 @@ def test_a_daemon_pipeline_on_a_served_recording_finishes_at_its_end_and_does_no
         assert indexes[-1] == n - 1 and not any("error" in r for r in records)
     else:  # its frames, then where it stopped
         assert indexes[-1] == n and [i for i, r in zip(indexes, records) if "error" in r] == [n]
+
+
+RETRY_SERVER = """
+import socketserver, sys, threading, http.server
+port, path = int(sys.argv[1]), sys.argv[2]
+data = open(path, "rb").read()
+answered = [0]
+lock = threading.Lock()
+
+class Handler(http.server.BaseHTTPRequestHandler):
+    def log_message(self, *args):
+        pass
+
+    def do_GET(self):
+        with lock:
+            answered[0] += 1
+            n = answered[0]
+        if 2 <= n <= 4:  # away for the source's three reconnection attempts: the source fails
+            self.send_error(503)
+            return
+        self.send_response(200)
+        self.send_header("Content-Type", "video/x-msvideo")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data[: len(data) // 2] if n == 1 else data)  # the first answer cut at half
+        self.wfile.flush()
+        self.close_connection = True
+
+class Server(socketserver.ThreadingMixIn, http.server.HTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+
+Server(("127.0.0.1", port), Handler).serve_forever()
+"""
+
+
+def test_a_daemon_retrying_a_served_recording_after_its_source_failed_gives_no_frame_twice(tmp_path: Path) -> None:
+    # the source gives up after its reconnections fail; the daemon opens it again after restart_s, and the
+    # recording plays from its first frame: the frames delivered before are left out, as a file's are
+    from tests.test_daemon import _in_process_daemon
+    from tests.test_sync import wait_until
+
+    video = _noisy_video(tmp_path / "a.avi", DECLARED)
+    (tmp_path / "server.py").write_text(RETRY_SERVER)
+    port = free_port()
+    url = f"http://127.0.0.1:{port}/a.avi"
+    out = tmp_path / "out.jsonl"
+    with _server([sys.executable, "server.py", str(port), str(video)], tmp_path, port):
+        daemon = _in_process_daemon(
+            tmp_path / "state",
+            {"m": str(MODEL)},
+            {"rec": {"source": url, "model": "m", "sinks": [str(out)], "restart_s": 0.1, "queue": 64}},
+        )
+        daemon.start()
+        try:
+            wait_until(lambda: daemon.runners["rec"].state == "finished", 90, "the pipeline to finish")
+        finally:
+            daemon.stop()
+    inputs = [json.loads(line)["input"] for line in out.read_text().splitlines()]
+    assert len(inputs) == len(set(inputs))  # before: frames 0-13 twice (44 records for 30 frames)
+    assert inputs[-1] == f"{url}#{DECLARED - 1}" and len(inputs) > DECLARED // 2  # it did play on to the end

@@ -33,6 +33,11 @@ _PNG_CHUNK_HEAD = struct.Struct(">I4s")  # a chunk's length and type; its data a
 _PNG_CRC = struct.Struct(">I")
 _PNG_DEPTHS = {0: (1, 2, 4, 8, 16), 2: (8, 16), 3: (1, 2, 4, 8), 4: (8, 16), 6: (8, 16)}  # colour type: bit depths
 _PNG_SIDE_MAX = 1_000_000  # libpng's default limit on width and height (PNG_USER_WIDTH_MAX); an error beyond
+# The walk costs 0.2 us of Python a chunk of image data and 0.7 us any other: a file of 8 MB of empty chunks
+# took 0.5 s, 20 decodes' time. Bounds no encoder comes near: libpng itself keeps at most 1,000 ancillary
+# chunks, and an image's data chunks hold 8 KB or more each (one every 64 bytes is allowed).
+_PNG_OTHER_CHUNKS_MAX = 4096
+_PNG_BYTES_PER_DATA_CHUNK = 64
 
 
 def image_fault(data: bytes) -> str | None:
@@ -89,16 +94,23 @@ def _png_fault(data: bytes) -> str | None:
     view = memoryview(data)
     size = len(data)
     pos, color, palette, image_data, previous = 8, -1, False, False, b""
+    data_chunks, data_chunks_max, other_chunks = 0, 256 + size // _PNG_BYTES_PER_DATA_CHUNK, 0
     while True:
         if pos + 8 > size:
             return _PNG_TRUNCATED
         length, kind = _PNG_CHUNK_HEAD.unpack_from(data, pos)
         end = pos + 12 + length
         if kind == b"IDAT" and previous == b"IDAT" and end <= size:  # most chunks of a large image: only the CRC
+            data_chunks += 1
+            if data_chunks > data_chunks_max:
+                return f"malformed PNG (more than {data_chunks_max:,} image data chunks in {size:,} bytes)"
             if zlib.crc32(view[pos + 4 : end - 4]) != _PNG_CRC.unpack_from(data, end - 4)[0]:
                 return f"damaged PNG (chunk IDAT at byte {pos:,} fails its CRC check)"
             pos = end
             continue
+        other_chunks += 1
+        if other_chunks > _PNG_OTHER_CHUNKS_MAX:
+            return f"malformed PNG (more than {_PNG_OTHER_CHUNKS_MAX:,} chunks besides its image data)"
         if not kind.isalpha():
             if data.count(0, pos) == size - pos:  # zeros to the end: a file cut short and padded
                 return _PNG_TRUNCATED

@@ -13,8 +13,8 @@
   recording over RTSP) is a recording: once it gave all its frames, that is the
   end of input, not a drop (reconnecting would play it again). One that drops
   before is reconnected likewise, and the new connection decodes and passes over
-  the frames already given (OpenCV cannot ask a server for the rest only), so no
-  frame is given twice. A recording's last frame read is held back until the next
+  the frames already given (no seek: OpenCV's lands on the exact frame for some
+  containers only), so no frame is given twice. A recording's last frame read is held back until the next
   read succeeds: a connection that drops can end in a frame decoded from part of
   its data, which the next connection reads again whole. Where a connection stops
   at the frame an earlier one stopped at, the recording ends there (truncated or
@@ -32,8 +32,8 @@ threads, 1 unless asked otherwise; 0 leaves the choice to the decoder.
 
 Frame memory: each source decodes into the arrays of frames that nothing refers
 to any more (``FrameBuffers``), instead of a fresh 2.7 MB array for each 720p
-frame (measured on 2 vCPUs, Zen 5: 8-10% more frames per second through a
-1-thread TFLite MobileNet INT8 pipeline).
+frame (measured on 2 vCPUs, Zen 5: 2-10% more frames per second through a
+1-thread TFLite MobileNet INT8 pipeline, docs/performance.md).
 """
 
 from __future__ import annotations
@@ -64,35 +64,41 @@ RECONNECT_MAX_S = 30.0
 #: Seconds: a connection that gave frames this long was a working stream; the next drop waits the retry delay.
 RECONNECT_RESET_S = 30.0
 
-# What ``sys.getrefcount`` says of an object that one list alone holds, asked as ``FrameBuffers`` asks
-# (the interpreter's own count varies between Python versions: 3.14 leaves out the call's own)
-_held = [object()]
-_ALONE = sys.getrefcount(_held[0])
-del _held
+# Arrays are used again only where CPython's reference count can tell that no one else holds one: not on
+# another interpreter (PyPy has no ``sys.getrefcount``), nor in a build without the GIL, where another
+# thread's reference may be on its way while the count is read.
+_POOLING = hasattr(sys, "getrefcount") and bool(getattr(sys, "_is_gil_enabled", lambda: True)())
 
 
 class FrameBuffers:
     """Reads a capture's frames into the arrays of earlier frames that nothing refers to any more.
 
     An array is used again only when this pool holds its one reference (CPython's
-    reference count): a frame still queued, kept by a sink or by the caller, or
-    seen through a view (a view holds its base) is never written over. The pool
-    keeps at most ``size`` arrays, of one shape: a frame of another size (a stream
-    reconnected at another resolution) starts it again. It never holds more than
-    the frames in flight at once held anyway, and it goes with its source.
+    reference count, compared with that of an object the pool alone holds, read the
+    same way, since what ``sys.getrefcount`` counts differs between Python versions):
+    a frame still queued, kept by a sink or by the caller, or seen through a view (a
+    view holds its base) is never written over. A weak reference or a raw pointer
+    (``ctypes.data``, ``__array_interface__``) to a frame let go does not hold it:
+    it may show a later frame's pixels. An array someone made read-only before
+    letting it go leaves the pool. The pool keeps at most ``size`` arrays, of one
+    shape: a frame of another size (a stream reconnected at another resolution)
+    starts it again. It holds no more than the frames in flight at the busiest
+    moment held anyway, and it goes with its source. Without CPython's reference
+    counts to rely on (``_POOLING``), every frame is a new array.
     """
 
     def __init__(self, size: int = 16) -> None:
         self._arrays: list[Any] = []
-        self._size = size
+        self._size = size if _POOLING else 0
+        self._probe = [object()]  # held by this list alone
 
     def read(self, cap: Any) -> Any:
         """The next frame of ``cap`` (``cap.read()``), or None where it gives none."""
-        spare = self._spare()
+        spare = self._spare() if self._size else None
         ok, image = cap.read(spare) if spare is not None else cap.read()
         if not ok or image is None:
             return None
-        if image is not spare:  # a new array: OpenCV allocated it (none was free, or the size changed)
+        if image is not spare and self._size:  # a new array: OpenCV allocated it (none was free, or the size changed)
             if self._arrays and self._arrays[0].shape != image.shape:
                 self._arrays.clear()
             if len(self._arrays) < self._size:
@@ -100,10 +106,14 @@ class FrameBuffers:
         return image
 
     def _spare(self) -> Any:
-        arrays = self._arrays
+        arrays, probe = self._arrays, self._probe
+        alone = sys.getrefcount(probe[0])  # asked as for the arrays below: the list's reference alone
         for i in range(len(arrays)):
-            if sys.getrefcount(arrays[i]) == _ALONE:  # the list's reference alone: no one else's
-                return arrays[i]
+            if sys.getrefcount(arrays[i]) == alone:
+                if arrays[i].flags.writeable:
+                    return arrays[i]
+                del arrays[i]  # made read-only by its last holder: OpenCV would refuse to write into it
+                return None
         return None
 
 

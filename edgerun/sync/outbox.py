@@ -193,10 +193,17 @@ def _copy(path: Path, wal: Path, stack: contextlib.ExitStack) -> Path:
         shutil.copyfile(path, folder / "outbox.sqlite")
         shutil.copyfile(wal, folder / "outbox.sqlite-wal")
     except OSError as exc:
-        # shutil names the source in ``filename`` and, once copying (sendfile), the copy in
-        # ``filename2``: an error then is the copy's where it is one only writing can cause.
-        reading = exc.filename is not None and Path(exc.filename) in (path, wal)
-        if reading and (exc.filename2 is None or exc.errno not in _WRITING_ERRORS):
+        # The copy's fault where the folder could not be made, where only writing causes the error (a full or
+        # read-only disk), or where the error names a file of the copy. Anything else is reading the outbox:
+        # shutil names the source in ``filename`` (and the copy in ``filename2``) when it gets that far, and
+        # names nothing when its plain read-and-write loop fails, as it does for an SD card's read error.
+        named = [Path(name) for name in (exc.filename, exc.filename2) if name is not None]
+        copy_failed = (
+            folder is None
+            or exc.errno in _WRITING_ERRORS
+            or any(name.parent == folder for name in named if name not in (path, wal))
+        )
+        if not copy_failed:
             raise  # the outbox itself could not be read, copy or not
         if folder is not None:
             where = f" in {folder.parent}"
