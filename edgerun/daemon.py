@@ -155,9 +155,11 @@ class _PipelineRunner:
             check_fits(source, self.slot.primary)  # one line now, not one error per window or frame
             if gives_images(source):
                 self.slot.primary.warm_images()  # OpenCV's import out of the first frame's latency
-            # a file read again after a failure: what it gave before is left out. Not a live source, and not
-            # a stream (standard input, a named pipe), whose line numbers start again on new data
-            again = not source.live and not getattr(source, "stream", False)
+            # a file read again after a failure: what it gave before is left out, as from a recording served as a
+            # stream (it declares its frame count), which plays from its start again. Not a live source, and not
+            # a stream of lines (standard input, a named pipe), whose line numbers start again on new data
+            recording = getattr(source, "declared_frames", None) is not None
+            again = (not source.live or recording) and not getattr(source, "stream", False)
             if done and again:
                 source = without_frames(source, done)  # a video's frames, a sensor file's windows: read, not run
             for spec in c.sinks:
