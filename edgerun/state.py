@@ -9,6 +9,7 @@ the state directory is a ``ConfigError`` saying how to name one, not a guess.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import logging
@@ -56,14 +57,16 @@ def state_dir(explicit: str | os.PathLike[str] | None = None) -> Path:
 def check_state_dir(path: Path, *, create: bool) -> None:
     """Refuse, in one line, a state directory that is not (and cannot be made) a writable directory.
 
-    Writing is tried for real (a temporary file, or a temporary folder where ``path``
-    would be created), since permission bits do not tell: root passes every
-    ``access`` check and still cannot write under /sys. With ``create`` the directory
-    is made (as the daemon needs it); without, nothing is left behind (``config check``).
+    Writing is tried for real (``_try_write``: one page written and synced in a temporary
+    file, inside a temporary folder where ``path`` would be created), since permission bits
+    do not tell (root passes every ``access`` check and still cannot write under /sys) and
+    neither does creating an empty file (it succeeds on a full filesystem). With ``create``
+    the directory is made (as the daemon needs it); without, nothing is left behind
+    (``config check``).
 
     Raises:
-        ConfigError: ``state_dir <path>: <reason>``, e.g. ``not a directory`` or
-            ``cannot create it: Read-only file system``.
+        ConfigError: ``state_dir <path>: <reason>``, e.g. ``not a directory``,
+            ``cannot create it: Read-only file system`` or ``cannot write in it: No space left on device``.
     """
     existing = path
     try:
@@ -77,17 +80,19 @@ def check_state_dir(path: Path, *, create: bool) -> None:
         raise ConfigError(f"state_dir {path}: not a directory{where}")
     try:
         if existing == path:
-            with tempfile.TemporaryFile(dir=path):
-                pass
+            _try_write(path)
         elif create:
             path.mkdir(parents=True, exist_ok=True)
-            with tempfile.TemporaryFile(dir=path):
-                pass
+            _try_write(path)
         else:
-            os.rmdir(tempfile.mkdtemp(dir=existing, prefix=".edgerun-check-"))
+            folder = tempfile.mkdtemp(dir=existing, prefix=".edgerun-check-")
+            try:
+                _try_write(Path(folder))
+            finally:
+                os.rmdir(folder)
     except OSError as exc:
         verb = "cannot write in it" if existing == path else "cannot create it"
-        raise ConfigError(f"state_dir {path}: {verb}: {exc.strerror or exc}") from None
+        raise ConfigError(f"state_dir {path}: {verb}: {_reason(exc, existing)}") from None
 
 
 def claim_state_dir(path: Path) -> None:
@@ -102,12 +107,13 @@ def claim_state_dir(path: Path) -> None:
 
     Raises:
         ConfigError: another process holds it (``state_dir X is in use by another edgerun process
-            (pid N) ...``), or the lock file cannot be written.
+            (pid N) ...``), or it cannot be written (``state_dir X: cannot write in it: No space
+            left on device``: the lock file, then ``_try_write``, as ``check_state_dir`` tries it).
     """
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as exc:  # a file on the way, a folder this user may not write in
-        raise ConfigError(f"state_dir {path}: cannot create it: {exc.strerror or exc}") from None
+        raise ConfigError(f"state_dir {path}: cannot create it: {_reason(exc, path)}") from None
     key = path.resolve()
     with _claims_lock:
         if key in _claims:
@@ -116,7 +122,7 @@ def claim_state_dir(path: Path) -> None:
         try:
             fd = os.open(key / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
         except OSError as exc:
-            raise ConfigError(f"state_dir {path}: cannot write in it: {exc.strerror or exc}") from None
+            raise ConfigError(f"state_dir {path}: cannot write in it: {_reason(exc, key)}") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as exc:
@@ -129,8 +135,13 @@ def claim_state_dir(path: Path) -> None:
                 f"state_dir {path} is in use by another edgerun process{holder}: two processes would send one "
                 "outbox twice and share one OTA store; give each its own state directory"
             ) from None
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
+        try:  # the pid, for a second claimant's message; then a real write (the pid may reuse a freed block)
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+            _try_write(key)
+        except OSError as exc:  # a full disk: nothing stays locked, a later claim (space freed) works
+            os.close(fd)
+            raise ConfigError(f"state_dir {path}: cannot write in it: {_reason(exc, key)}") from None
         _claims[key] = [fd, 1]
 
 
@@ -154,3 +165,36 @@ def _holder(fd: int) -> str:
     except OSError:
         return ""
     return f" (pid {text})" if text.isdigit() else ""
+
+
+#: Bytes ``_try_write`` writes: one page. A few bytes can be stored inside the inode or its
+#: metadata (btrfs inlines small files, ext4 with inline_data) and pass on a filesystem with no
+#: free data block left; a page needs one, as the outbox's first page does.
+_PROBE_BYTES = 4096
+
+
+def _try_write(folder: Path) -> None:
+    """Write ``_PROBE_BYTES`` into an unnamed temporary file in ``folder`` and sync them: one
+    inode and one data block, taken for real and given back (an empty file succeeds on a full
+    filesystem; a network or FUSE filesystem may only refuse at the sync).
+
+    Raises:
+        OSError: ``ENOSPC`` when the filesystem has no free block or no free inode, ``EROFS``, ``EIO``...
+    """
+    with tempfile.TemporaryFile(dir=folder, buffering=0) as probe:
+        left = memoryview(bytes(_PROBE_BYTES))
+        while left:  # a short write is no refusal yet: the next one says why
+            left = left[os.write(probe.fileno(), left) :]
+        os.fsync(probe.fileno())
+
+
+def _reason(exc: OSError, folder: Path) -> str:
+    """``exc``'s reason; for ``ENOSPC`` on a filesystem that has free blocks but no free inodes,
+    says so (``df`` shows free space there and the message alone would puzzle)."""
+    reason = exc.strerror or str(exc)
+    if exc.errno == errno.ENOSPC:
+        with contextlib.suppress(OSError):
+            fs = os.statvfs(folder)
+            if fs.f_files > 0 and fs.f_favail == 0 and fs.f_bavail > 0:
+                reason += " (no free inodes: see df -i)"
+    return reason
