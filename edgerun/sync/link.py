@@ -27,6 +27,27 @@ only; 3.1.1 has no way to say so) leaves the outbox, since it would be refused
 again, and is counted in ``refused``; the first refusal per topic is one WARNING
 line, the rest are counted, until that topic is accepted again. A direct publish
 (status, OTA status) refused is said the same way.
+
+Packet size: a broker closes the connection on a packet over its maximum size, and
+paho sends the same message again after every reconnect, so one such record would
+hold the link forever. The link never sends a packet over the Maximum Packet Size of
+the MQTT 5 CONNACK: the record is refused (dropped and counted as above, one WARNING
+line per topic and limit), a direct publish is dropped with the same line. Where the
+broker says no limit (MQTT 3.1.1) or says it wrongly, a record is taken as refused
+when the broker closed an accepted connection ``WEDGE_STRIKES`` times in a row within
+``WEDGE_WINDOW_S`` of that record going on the wire as the only one in flight (at
+once for a DISCONNECT 0x95 ``Packet too large``): after such a close with several in
+flight, records are sent one at a time until one is acknowledged or refused. A loss
+the broker explains otherwise, or a keepalive timeout, counts against no record.
+
+Reconnecting: the backoff and the log-once state are reset only by a connection that
+stayed up ``STEADY_S`` seconds, not by every CONNACK, so a broker that accepts the
+client and drops it at once sees the backoff grow and the log gets one line. A
+DISCONNECT 0x8E ``Session taken over`` (another client connected with this client
+id), or ``QUICK_CLOSES`` consecutive connections closed soon after CONNACK with no
+reason and no record to blame (the same, from a broker that does not say it), is
+one WARNING line, and the link then waits between half the maximum backoff and the
+maximum before each reconnect, until a connection outlasts that maximum.
 """
 
 from __future__ import annotations
@@ -58,7 +79,26 @@ from edgerun.sync.topics import Topics
 
 log = logging.getLogger(__name__)
 
-__all__ = ["LinkState", "Message", "MqttLink"]
+__all__ = ["LinkState", "Message", "MqttLink", "publish_packet_size"]
+
+STEADY_S = 10.0  # a connection up this long resets the backoff and the log-once state
+WEDGE_STRIKES = 3  # consecutive losses with one record oldest in flight before it counts as refused
+WEDGE_WINDOW_S = 5.0  # a loss counts against that record only this soon after it went on the wire
+QUICK_CLOSES = 3  # consecutive unexplained closes soon after CONNACK before a client id clash is suspected
+_TAKEN_OVER = 0x8E  # DISCONNECT reason: another client connected with this client id
+_TOO_LARGE = 0x95  # DISCONNECT reason: Packet too large
+_KEEPALIVE = 0x8D  # Keep alive timeout (paho's reason for a ping that went unanswered)
+
+
+def publish_packet_size(topic: str, payload: bytes, qos: int, *, v5: bool) -> int:
+    """Bytes of the PUBLISH packet paho sends for this message with no properties, fixed
+    header included: what MQTT 5's Maximum Packet Size bounds (Mosquitto 2.0 bounds the
+    remaining length, 2 to 5 bytes less, so this errs on the safe side)."""
+    remaining = 2 + len(topic.encode()) + (2 if qos else 0) + (1 if v5 else 0) + len(payload)
+    length_bytes = 1
+    while remaining >= 128**length_bytes and length_bytes < 4:
+        length_bytes += 1
+    return 1 + length_bytes + remaining
 
 
 @dataclass(frozen=True)
@@ -173,6 +213,17 @@ class MqttLink:
         self._logged_error: str | None = None
         self._logged_failure: str | None = None  # the last serve-pass failure logged at ERROR
         self._counts = {"connects": 0, "sent": 0, "acked": 0, "refused": 0}
+        self._max_packet: int | None = None  # the broker's Maximum Packet Size (MQTT 5 CONNACK), this connection
+        self._too_large: dict[str, str] = {}  # topic -> why a message on it was too large, said once per reason
+        self._wire: dict[int, float] = {}  # QoS 1 mid -> when it last went on the wire, oldest first, until PUBACK
+        # (outbox id, losses in a row it was the oldest in flight at); while set, one record is sent at a time
+        self._suspect: tuple[int, int] | None = None
+        self._connack_at = 0.0  # time.monotonic() of this connection's CONNACK
+        self._steady = False  # this connection stayed up long enough to reset the backoff and the log-once state
+        self._broker_reason: Any = None  # the reason of a DISCONNECT the broker sent on this connection
+        self._keepalive_lost = False  # this connection ended with a ping left unanswered
+        self._quick_closes = 0  # unexplained closes soon after CONNACK, in a row
+        self._taken_over = False  # another client connects with this client id: reconnect late
 
     # -- for other threads -----------------------------------------------------
     @property
@@ -301,6 +352,10 @@ class MqttLink:
             self._refused = None
             self._socket_error = None
             self._connack = False  # this connection's CONNACK; _connected is cleared by paho's on_disconnect
+            self._steady = False
+            self._broker_reason = None
+            self._keepalive_lost = False
+            failed = False
             try:
                 self._connect()
             except Exception as exc:  # DNS, TCP, TLS: described, retried
@@ -309,13 +364,20 @@ class MqttLink:
                 try:
                     self._serve()
                 except Exception as exc:  # the outbox's disk full or failing, a bug: reconnect, never die
+                    failed = True
                     self._serve_failed(exc, lasted=time.monotonic() - started > 60)
             if self._stop.is_set():
                 break
-            if self._connack or time.monotonic() - started > 60:
-                backoff = s.reconnect_min_s  # a connection made, or an attempt that lasted, resets the backoff
+            if self._connack and not failed:
+                self._connection_lost(time.monotonic())
+            if self._steady or (not self._connack and time.monotonic() - started > 60):
+                backoff = s.reconnect_min_s  # a connection that lasted, or an attempt that lasted, resets it
             self._connected.clear()
-            delay = random.uniform(0, backoff)  # full jitter: a fleet does not reconnect in step
+            if self._taken_over:  # the other client's wait is drawn the same way: the two rarely meet
+                backoff = s.reconnect_max_s
+                delay = random.uniform(backoff / 2, backoff)
+            else:
+                delay = random.uniform(0, backoff)  # full jitter: a fleet does not reconnect in step
             log.debug("reconnecting to %s in %.2f s", s.describe(), delay)
             self._stop.wait(delay)
             backoff = min(backoff * 2, s.reconnect_max_s)
@@ -428,13 +490,19 @@ class MqttLink:
                 self._note_error(self._refused)
                 self._client.disconnect()
                 return
+            if self._broker_reason is not None:  # a DISCONNECT from the broker: paho has closed the socket
+                self._note_error(self._disconnect_reason(self._broker_reason))
+                return
             if rc != mqtt.MQTT_ERR_SUCCESS:
                 if self._connack:  # not _connected: paho's on_disconnect has cleared it inside loop()
+                    if rc == mqtt.MQTT_ERR_NO_CONN:  # paho closed it in an earlier call: one reason, one line
+                        rc = mqtt.MQTT_ERR_CONN_LOST
                     self._note_error(f"connection to {self.settings.describe()} lost ({mqtt.error_string(rc)})")
                 else:
                     self._note_error(self._closed_early_reason())
                 return
             if self._connected.is_set():
+                self._check_steady()
                 if native_calls.time_left() > 0:
                     self._work()
                 else:
@@ -464,10 +532,17 @@ class MqttLink:
                 topic, payload, qos, retain = self._direct.get_nowait()
             except queue.Empty:
                 break
-            info, done = self._send(topic, payload, qos, retain)
-            if qos > 0 and not done and self._kept(info, qos):  # a QoS 0 id is not kept: paho may drop
-                self._direct_mids[info.mid] = topic  # the message unsent, and its id would linger until reused
+            self._publish_direct(topic, payload, qos, retain)
         self._drain()
+
+    def _publish_direct(self, topic: str, payload: bytes, qos: int, retain: bool) -> None:
+        """Hand a direct publish (status, OTA status) to paho, unless it is over the broker's packet size."""
+        if self._over_limit(topic, payload, qos):
+            return
+        info, done = self._send(topic, payload, qos, retain)
+        if qos > 0 and not done and self._kept(info, qos):  # a QoS 0 id is not kept: paho may drop
+            self._direct_mids[info.mid] = topic  # the message unsent, and its id would linger until reused
+            self._wire[info.mid] = time.monotonic()
 
     def _send(self, topic: str, payload: bytes, qos: int, retain: bool = False) -> tuple[Any, bool]:
         """Hand one message to paho; returns its ``MQTTMessageInfo`` and whether paho already reported it sent.
@@ -502,13 +577,19 @@ class MqttLink:
         if self._acked:
             self.outbox.ack(self._acked, refused=self._acked_refused)
             self._acked, self._acked_refused = [], 0
-        room = self.settings.max_inflight - len(self._inflight)
+        most = 1 if self._suspect is not None else self.settings.max_inflight  # one at a time: whose fault is sure
+        room = most - len(self._inflight)
         if room <= 0:
             return
         for i, record in enumerate(self.outbox.pending(after_id=self._last_sent, limit=room)):
             if i and native_calls.time_left() <= 0:
                 self._wake.set()  # the rest in the next turn
                 return
+            if self._over_limit(record.topic, record.payload, record.qos):
+                self._refuse_record(record.id)
+                self._last_sent = record.id
+                self._wake.set()  # its removal is written, and the records after it sent, in the next pass
+                continue
             info, done = self._send(record.topic, record.payload, record.qos)
             if not self._kept(info, record.qos):
                 return  # not taken (QoS 0 without a connection): sent again after the reconnect
@@ -521,15 +602,180 @@ class MqttLink:
                 self._inflight_topics[info.mid] = record.topic
                 if record.qos == 0:
                     self._inflight_qos0.add(info.mid)
+                else:
+                    self._wire[info.mid] = time.monotonic()
             if info.rc != self._mqtt.MQTT_ERR_SUCCESS:
                 return  # connection gone
 
     def _publish_status(self) -> None:
         self._status_dirty = False  # first: a ``set_status`` while the record is built publishes again
         record = {"schema": 1, "state": "online", "ts": int(time.time()), "runtime": __version__, **self._status}
-        info, done = self._send(self.topics.status, json.dumps(record).encode(), 1, retain=True)
-        if not done and self._kept(info, 1):
-            self._direct_mids[info.mid] = self.topics.status
+        self._publish_direct(self.topics.status, json.dumps(record).encode(), 1, True)
+
+    def _over_limit(self, topic: str, payload: bytes, qos: int) -> bool:
+        """Whether this message's packet is over the broker's Maximum Packet Size (said once per topic and limit).
+
+        The broker would close the connection on it, and paho would send it again after every reconnect.
+        """
+        limit = self._max_packet
+        if limit is None:
+            return False
+        size = publish_packet_size(topic, payload, qos, v5=self.settings.protocol == "5")
+        if size <= limit:
+            return False
+        if self._too_large.get(topic) != f"over {limit}":
+            self._too_large[topic] = f"over {limit}"
+            log.warning(
+                "MQTT: a %d-byte message on %s is over the broker's maximum packet size (%d bytes); dropped, "
+                "since it would be refused again (a record is counted in 'refused'; further ones over this limit "
+                "on this topic are not logged)",
+                size,
+                topic,
+                limit,
+            )
+        return True
+
+    def _refuse_record(self, rid: int) -> None:
+        """Count the record ``rid`` refused; it leaves the outbox with the next acknowledgements written."""
+        self._acked.append(rid)
+        self._acked_refused += 1
+        self._counts["refused"] += 1
+
+    def _check_steady(self) -> None:
+        """Once a connection has stayed up long enough, a later loss is news again and the backoff starts over.
+
+        While another client takes this client id over, that takes longer than the other's longest wait.
+        """
+        wanted = STEADY_S + (self.settings.reconnect_max_s if self._taken_over else 0.0)
+        if self._steady or time.monotonic() - self._connack_at < wanted:
+            return
+        self._steady = True
+        self._logged_error = None
+        self._suspect = None
+        self._quick_closes = 0
+        if self._taken_over:
+            self._taken_over = False
+            log.info("MQTT: connected for %g s without being taken over; the usual backoff again", wanted)
+
+    def _disconnect_reason(self, reason: Any) -> str:
+        """One line for a DISCONNECT the broker sent (MQTT 5), with its reason code."""
+        where = self.settings.describe()
+        if getattr(reason, "value", None) == _TAKEN_OVER:
+            return (
+                f"the broker at {where} closed the connection because another client connected with this "
+                f"device's client id {self._client_id()} ({reason_text(reason)}): two edgerun processes with "
+                f"one device id? Reconnecting after {self.settings.reconnect_max_s / 2:g}-"
+                f"{self.settings.reconnect_max_s:g} s"
+            )
+        return f"the broker at {where} closed the connection: {reason_text(reason)}"
+
+    def _client_id(self) -> str:
+        return self.settings.client_id or f"edgerun-{self.topics.device}"
+
+    def _connection_lost(self, now: float) -> None:
+        """After an accepted connection ended: count the loss against the record it may be due to, or
+        against the client id (another client taking it over), which decides how the link waits."""
+        code = getattr(self._broker_reason, "value", None)
+        if code == _TAKEN_OVER:
+            self._taken_over = True  # said by _serve, once per distinct reason
+            self._suspect = None
+            return
+        explained = self._keepalive_lost or code not in (None, _TOO_LARGE)
+        if not explained and self._strike(now, decisive=code == _TOO_LARGE):
+            self._quick_closes = 0
+            return
+        if explained or self._steady:
+            self._quick_closes = 0
+            return
+        self._quick_closes += 1
+        if self._quick_closes >= QUICK_CLOSES and not self._taken_over:
+            self._taken_over = True
+            log.warning(
+                "MQTT: the broker at %s closed the connection %d times in a row soon after accepting it, giving "
+                "no reason; most likely another client connects with this device's client id %s (two edgerun "
+                "processes with one device id?); reconnecting after %g-%g s",
+                self.settings.describe(),
+                self._quick_closes,
+                self._client_id(),
+                self.settings.reconnect_max_s / 2,
+                self.settings.reconnect_max_s,
+            )
+
+    def _strike(self, now: float, *, decisive: bool) -> bool:
+        """Count a loss against the oldest record in flight, when it came right after that record went on
+        the wire; whether the loss was taken as the doing of a message.
+
+        The broker handles packets in order, so it closed the connection on the oldest message it had
+        not acknowledged, unless the close cut off acknowledgements on their way: the records are then
+        sent one at a time (``_drain``), and a record alone on the wire that the broker closes the
+        connection on ``WEDGE_STRIKES`` times in a row (or once with a DISCONNECT 0x95) is refused.
+        """
+        oldest = next(iter(self._wire.items()), None)
+        if oldest is None or now - oldest[1] > WEDGE_WINDOW_S:
+            self._suspect = None
+            return False
+        rid = self._inflight.get(oldest[0])
+        if rid is None:  # a direct publish (status, OTA status) was older: whose doing is not known
+            return True
+        alone = len(self._wire) == 1
+        losses = self._suspect[1] + 1 if self._suspect is not None and self._suspect[0] == rid else 1
+        self._suspect = (rid, losses)
+        if alone and (decisive or losses >= WEDGE_STRIKES):
+            self._suspect = None
+            self._refuse_wedged(oldest[0], losses, decisive=decisive)
+        elif not alone:
+            self._take_back()  # sent again one at a time
+        return True
+
+    def _take_back(self, drop: int | None = None) -> Any:
+        """Take every unacknowledged message back from paho, which has no call that drops one message
+        (``drop_out_messages`` drops all) and would send them all again after the next CONNACK; returns
+        the message ``drop`` (None when paho had none with that id).
+
+        The outbox records are sent again from the outbox, oldest first, at the pace of ``_drain``;
+        the direct publishes but ``drop`` are handed back to paho at once, in their order.
+        """
+        messages = {m.mid: m for m in self._client.drop_out_messages()}
+        self._wire.clear()
+        again = [r for m, r in self._inflight.items() if m != drop]
+        self._inflight.clear()
+        self._inflight_topics.clear()
+        self._inflight_qos0.clear()
+        if again:
+            self._last_sent = min(self._last_sent, min(again) - 1)
+        direct = [m for m in messages.values() if m.mid in self._direct_mids and m.mid != drop]
+        self._direct_mids.clear()
+        for m in direct:  # paho sends them after the next CONNACK, before anything newer
+            self._publish_direct(m.topic, m.payload, m.qos, m.retain)
+        return messages.get(drop) if drop is not None else None
+
+    def _refuse_wedged(self, mid: int, losses: int, *, decisive: bool) -> None:
+        """Drop the record sent as ``mid``, which the broker keeps closing the connection on, as refused."""
+        rid = self._inflight.get(mid)
+        topic = self._inflight_topics.get(mid, "?")
+        culprit = self._take_back(drop=mid)
+        size = 0
+        if culprit is not None:
+            size = publish_packet_size(topic, culprit.payload, culprit.qos, v5=self.settings.protocol == "5")
+        why = (
+            f"as too large ({reason_text(self._broker_reason)})"
+            if decisive
+            else f"{losses} times in a row right after it was sent, giving no reason (most likely it is over the "
+            "broker's maximum packet size, which MQTT 3.1.1 cannot say)"
+        )
+        said = "0x95" if decisive else "closed"
+        if self._too_large.get(topic) != said:
+            self._too_large[topic] = said
+            log.warning(
+                "MQTT: the broker at %s closed the connection on a %d-byte message on %s %s; dropped, since it "
+                "would be refused again (a record is counted in 'refused'; further ones on this topic are not logged)",
+                self.settings.describe(),
+                size,
+                topic,
+                why,
+            )
+        if rid is not None:
+            self._refuse_record(rid)
 
     def _closed_early_reason(self) -> str:
         """Why the broker hung up before CONNACK; over TLS, a handshake of our own hears its alert."""
@@ -554,10 +800,16 @@ class MqttLink:
             return
         self._counts["connects"] += 1
         self._connack = True
-        self.last_error = None
-        self._logged_error = None
+        self._connack_at = now = time.monotonic()
+        self.last_error = None  # the log-once state stays until the connection is steady (_check_steady)
+        limit = getattr(properties, "MaximumPacketSize", None)  # MQTT 5 only; paho does not enforce it
+        previous, self._max_packet = self._max_packet, limit if isinstance(limit, int) and limit > 0 else None
+        if self._max_packet != previous and self._wire:  # a new limit: what paho would resend is checked first
+            self._take_back()
         # What was in flight stays mapped: paho re-sends its unacknowledged QoS 1
-        # messages (same mids) on every reconnect, so we must not send them again.
+        # messages (same mids) on every reconnect, right after this callback, so we must not send them again.
+        for mid in self._wire:
+            self._wire[mid] = now
         self._resend_lost_qos0()
         self._subscribed.clear()  # subscribe again: the broker may have lost the session
         self._sub_mids.clear()  # SUBACKs of the last connection never come
@@ -583,12 +835,17 @@ class MqttLink:
 
     def _on_disconnect(self, client: Any, userdata: Any, flags: Any, reason_code: Any, properties: Any) -> None:
         self._connected.clear()
+        if getattr(flags, "is_disconnect_packet_from_server", False):
+            self._broker_reason = reason_code  # MQTT 5: the broker says why (0x8E taken over, 0x95 too large)
+        elif getattr(reason_code, "value", None) == _KEEPALIVE:
+            self._keepalive_lost = True
 
     def _on_publish(self, client: Any, userdata: Any, mid: int, reason_code: Any, properties: Any) -> None:
         if mid == self._offline_mid:
             self._offline_acked = not getattr(reason_code, "is_failure", False)
             return
         refused = reason_code is not None and getattr(reason_code, "is_failure", False)
+        self._wire.pop(mid, None)
         if mid in self._direct_mids:
             topic = self._direct_mids.pop(mid)
             what = "a publish to {topic} ({reason}); further refusals on this topic are not logged"
@@ -600,6 +857,8 @@ class MqttLink:
         if rid is None:
             self._early.add(mid)
             return
+        if self._suspect is not None and self._suspect[0] == rid:
+            self._suspect = None  # answered: the losses were not its doing; all records may go again
         if refused:
             self._counts["refused"] += 1
             self._acked_refused += 1
