@@ -32,6 +32,7 @@ from edgerun.errors import ConfigError, shown
 from edgerun.files import read_utf8
 from edgerun.globbing import glob_lists
 from edgerun.limits import BATCH_SIZE_MAX, FPS_MAX, FPS_MIN, PREPARE_WORKERS_MAX, THREADS_MAX
+from edgerun.sync.topics import METRICS_INTERVAL_MAX_S, METRICS_INTERVAL_MIN_S, PREFIX_MAX
 
 __all__ = ["ApiConfig", "Config", "check_runnable", "default_config", "load_config"]
 
@@ -209,9 +210,11 @@ class MqttConfig(_Strict):
     key_file: FileName | None = None
     password_file: FileName | None = Field(None, description="file holding the MQTT password")
     protocol: Literal["5", "3.1.1"] = "5"
-    topic_prefix: str = Field("edgerun", min_length=1, max_length=64)
+    topic_prefix: str = Field(
+        "edgerun", description=f"P of PROTOCOL.md: 1-{PREFIX_MAX} characters, checked by check_prefix"
+    )
     keepalive_s: int = Field(30, ge=5, le=3600)
-    metrics_interval_s: float = Field(10.0, gt=0, le=3600)
+    metrics_interval_s: float = Field(10.0, ge=METRICS_INTERVAL_MIN_S, le=METRICS_INTERVAL_MAX_S)
     #: at least 4096 bytes, the outbox's own floor (a config check passed a bound the daemon then refused)
     outbox_max_mb: float = Field(64.0, ge=OUTBOX_MIN_MB, le=100_000)
     results_qos: Literal[0, 1] = 1

@@ -340,10 +340,15 @@ def json_array(text: bytes | str) -> np.ndarray:
     except (ValueError, TypeError, OverflowError) as exc:  # ragged ([[1, 2], [3]]), or too many dimensions
         too_deep = "maximum number of dimension" in str(exc)
         raise ValueError(f"a JSON array of more than {_MAX_DIMS} dimensions" if too_deep else _NOT_ARRAY) from exc
+    if data.dtype.kind == "O" and data.ndim and all(type(v) in (int, float) for v in data.flat):
+        # integers past int64, which numpy keeps as Python objects: numbers all the same, taken as floats
+        # (1e29 is well inside float32's range) and checked against that range below like any other
+        try:
+            data = np.array([float(v) for v in data.flat], dtype=np.float64).reshape(data.shape)
+        except OverflowError:  # past float64's range, so far past float32's
+            raise ValueError(_BEYOND) from None
     words = (b"true", b"false", b"null") if isinstance(text, bytes) else ("true", "false", "null")
     if data.ndim == 0 or data.dtype.kind not in "iuf" or any(w in text for w in words):  # type: ignore[operator]
-        if data.dtype.kind == "O" and all(type(v) is int for v in data.flat):
-            raise ValueError(_BEYOND)  # integers past int64
         raise ValueError(_NOT_ARRAY)  # strings, booleans, null
     with np.errstate(over="ignore"):  # a value past float32's range becomes infinite, refused just below
         array = data.astype(np.float32)

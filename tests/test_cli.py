@@ -198,7 +198,7 @@ def test_model_and_option_errors_are_one_line_with_the_right_exit_code(
         (["predict", "--mqtt", "mqtt://h", "--results-rate", "-1"], "--results-rate must be a positive number, got -1"),
         (["predict", "--mqtt", "mqtt://[::1"], "MQTT URL is malformed: 'mqtt://[::1' (Invalid IPv6 URL)"),
         (["run", "--source", str(SAMPLES), "--mqtt", "mqtt://h:0"], "MQTT URL has a bad port: 'mqtt://h:0' (port 0)"),
-        (["predict", "--mqtt", "mqtt://h", "--metrics-interval", "1e300"], "--metrics-interval must be between 0 and"),
+        (["predict", "--mqtt", "mqtt://h", "--metrics-interval", "1e300"], "--metrics-interval must be between 1 and"),
         (["run", "--source", str(SAMPLES), "--ota-key", "k.pub.pem"], "OTA updates (--ota-key) need an MQTT broker"),
         (
             ["run", "--source", str(SAMPLES), "--mqtt", "mqtt://127.0.0.1:1", "--ota-key", "k.pub.pem"],

@@ -97,7 +97,7 @@ def test_a_two_or_five_channel_array_is_a_failed_frame_left_out_of_annotated_sin
 
 
 def test_one_bad_array_message_does_not_stop_a_live_pipeline_into_an_annotated_video(
-    tmp_path: Path, own_broker: Broker
+    tmp_path: Path, own_broker: Broker, caplog: pytest.LogCaptureFixture
 ) -> None:
     model = edgerun.load(MODEL)
     topic = "cam/18"
@@ -117,12 +117,13 @@ def test_one_bad_array_message_does_not_stop_a_live_pipeline_into_an_annotated_v
     thread.start()
     two = base64_npy(np.zeros((32, 32, 2), np.uint8))
     good = (SAMPLES / "digit_3.png").read_bytes()
-    # retained, so that they reach the subscription whenever it is in place
+    # once the subscription is in place (a retained message is not run: it may be a stale one)
+    deadline = time.monotonic() + 30
+    subscribed = f"MQTT source subscribed to {topic}/#"
+    while not any(subscribed in r.getMessage() for r in caplog.records) and time.monotonic() < deadline:
+        time.sleep(0.05)
     mqtt_publish.multiple(
-        [
-            {"topic": f"{topic}/a", "payload": two, "retain": True},
-            {"topic": f"{topic}/b", "payload": good, "retain": True},
-        ],
+        [{"topic": f"{topic}/a", "payload": two}, {"topic": f"{topic}/b", "payload": good}],
         hostname="127.0.0.1",
         port=own_broker.port,
     )

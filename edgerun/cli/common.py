@@ -261,15 +261,17 @@ def check_sync(args: argparse.Namespace) -> tuple[Any, str] | None:
             raise ConfigError("--publish-results needs an MQTT broker (--mqtt URL)")
         return None
     from edgerun.device import default_device_id
-    from edgerun.sync.topics import check_name, check_prefix
+    from edgerun.sync.topics import METRICS_INTERVAL_MAX_S, METRICS_INTERVAL_MIN_S, check_name, check_prefix
 
     require_positive(args, "metrics_interval", "results_rate")
-    require_within(args, metrics_interval=(0, 3600))  # as the config's mqtt.metrics_interval_s
-    device_id = check_name("device", args.device_id) if args.device_id else default_device_id()
+    # as the config's mqtt.metrics_interval_s: a shorter interval is a busy loop of outbox writes and publishes
+    require_within(args, metrics_interval=(METRICS_INTERVAL_MIN_S, METRICS_INTERVAL_MAX_S))
+    # "" is refused as the name it is not, rather than quietly meaning the default id
+    device_id = check_name("device", args.device_id) if args.device_id is not None else default_device_id()
     for group in args.group:
         check_name("group", group)
     settings = mqtt_settings(args)
-    check_prefix(settings.topic_prefix)  # Topics would refuse it too, but only once the model is loaded
+    check_prefix(settings.topic_prefix)  # the config's rule and cap; Topics would refuse it only once the model loaded
     if settings.tls:
         settings.check_tls_files()
     if getattr(args, "results_rate", None) is not None and not getattr(args, "publish_results", False):

@@ -1,25 +1,24 @@
 """An MQTT topic as a live source: ``mqtt://host:port/topic`` (wildcards allowed).
 
-Each message is one input: a JSON array of numbers, a base64-encoded ``.npy``
-(loaded without pickle), or raw image bytes (JPEG, PNG, BMP). Anything else (a
-JSON array holding strings, booleans or nulls, or numbers beyond float32's range),
-or a message over the size limit, becomes an error frame that the pipeline
-counts; the run goes on. No message ever raises out of paho's callbacks: an
-exception there would end paho's network thread, and the source would go on
-receiving nothing, silently. A broker that cannot be reached at the start is
-tried a bounded number of times, then the run stops with the reason (as a
-stream does); a broker that answers but refuses the connection (bad credentials,
-not authorised) or the subscription (its SUBACK, at the start or after a
-reconnect) stops the run at once, since retrying cannot help; the subscription is
-logged only once the broker granted it. (Mosquitto's ``acl_file`` grants a
-subscription it denies and withholds the messages: no subscriber can tell.) A
-connection lost later (or refused while the broker restarts) is logged and
-re-established by paho. Credentials
-may be given in the URL (``mqtt://user:password@host/topic``, percent-encoded);
-the source's ``uri`` shows the user, never the password. A user without a
-password in the URL takes it from ``$EDGERUN_MQTT_PASSWORD``, as the device's
-link does, which keeps it out of the process list. This is a minimal
-subscriber of its own, separate from the device's MQTT link (``edgerun.sync``).
+Each message is one input: a JSON array of numbers, a base64-encoded ``.npy`` (loaded without
+pickle), or raw image bytes (JPEG, PNG, BMP). Anything else (a JSON array holding strings, booleans
+or nulls, or numbers beyond float32's range), or a message over the size limit, becomes an error
+frame that the pipeline counts; the run goes on. No message ever raises out of paho's callbacks: an
+exception there would end paho's network thread, and the source would go on receiving nothing,
+silently. A retained message, which the broker sends at every subscription (each start, each
+reconnect), is skipped with one INFO line per subscription: it was published before the source
+subscribed, and running it again at every restart would give a stale reading a new result. The
+subscription filter is checked before anything connects (``check_filter``). A broker that cannot be
+reached at the start is tried a bounded number of times, then the run stops with the reason (as a
+stream does); a broker that answers but refuses the connection (bad credentials, not authorised) or
+the subscription (its SUBACK, at the start or after a reconnect) stops the run at once, since
+retrying cannot help; the subscription is logged only once the broker granted it. (Mosquitto's
+``acl_file`` grants a subscription it denies and withholds the messages: no subscriber can tell.) A
+connection lost later (or refused while the broker restarts) is logged and re-established by paho.
+Credentials may be given in the URL (``mqtt://user:password@host/topic``, percent-encoded); the
+source's ``uri`` shows the user, never the password. A user without a password in the URL takes it
+from ``$EDGERUN_MQTT_PASSWORD``, as the device's link does, which keeps it out of the process list.
+This is a minimal subscriber of its own, separate from the device's MQTT link (``edgerun.sync``).
 """
 
 from __future__ import annotations
@@ -41,10 +40,11 @@ from edgerun.inputs import NPY_ERRORS, NPY_MAGIC, json_array, load_npy, npy_reas
 from edgerun.sources.base import Frame, LatestBuffer, LiveSource, connect_with_retries
 from edgerun.sync.diagnose import subscribe_refusal
 from edgerun.sync.settings import host_name_ok, zone_unquoted
+from edgerun.sync.topics import topic_text_problem
 
 log = logging.getLogger(__name__)
 
-__all__ = ["MqttSource", "decode_message", "parse_mqtt_url", "split_credentials"]
+__all__ = ["MqttSource", "check_filter", "decode_message", "parse_mqtt_url", "split_credentials"]
 
 _IMAGE_MAGIC = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"BM")
 
@@ -71,7 +71,27 @@ def parse_mqtt_url(url: str) -> tuple[str, int, str]:
         port_text = port_text if colon else "1883"
     if not host_name_ok(host) or not port_text.isdigit() or not 0 < int(port_text) < 65536:
         raise ConfigError(f"MQTT source URL has a bad host or port: {url!r}")
-    return host, int(port_text), topic
+    return host, int(port_text), check_filter(topic)
+
+
+def check_filter(topic: str) -> str:
+    """``topic`` if it is a subscription filter MQTT allows, else ``ConfigError`` saying which rule it breaks.
+
+    ``#`` only as the whole last level, ``+`` only as a whole level, and the text rules of every
+    topic (``topic_text_problem``). Checked before anything connects: paho refuses such a filter
+    only once connected (a traceback), and the broker closes the connection on the rest.
+    """
+    levels = topic.split("/")
+    if any("#" in level and (level != "#" or i < len(levels) - 1) for i, level in enumerate(levels)):
+        problem: str | None = "'#' may only be a whole level, the last one (in/#)"
+    elif any("+" in level and level != "+" for level in levels):
+        problem = "'+' may only be a whole level (in/+/temp)"
+    else:
+        problem = topic_text_problem(topic)
+    if problem is not None:
+        shown = repr(topic) if len(topic) <= 200 else f"{topic[:32]!r}... ({len(topic)} characters)"
+        raise ConfigError(f"MQTT source topic {shown} is not a valid subscription filter: {problem}")
+    return topic
 
 
 def split_credentials(url: str) -> tuple[str, str | None, str | None]:
@@ -138,6 +158,7 @@ class MqttSource(LiveSource):
         self._client_id = client_id
         self._retries, self._delay = retries, retry_delay_s
         self.bad_messages = 0
+        self.retained_skipped = 0  # retained messages the broker sent at a subscription, never run
 
     def _capture(self, buffer: LatestBuffer, stop: threading.Event) -> None:
         import paho.mqtt.client as mqtt
@@ -170,6 +191,7 @@ class MqttSource(LiveSource):
             return call
 
         connected = threading.Event()  # a first CONNACK accepted: later refusals are paho's to retry
+        retained_said = threading.Event()  # the INFO line on skipping retained messages, once per subscription
 
         def on_connect(client: Any, userdata: Any, flags: Any, reason: Any, properties: Any) -> None:
             if reason.is_failure:
@@ -179,6 +201,7 @@ class MqttSource(LiveSource):
                     log.warning("MQTT source %s: reconnection refused (%s); retrying", self.uri, reason)
                 return
             connected.set()
+            retained_said.clear()  # a new subscription: the broker sends its retained messages again
             client.subscribe(self.topic, qos=1)  # said in on_subscribe, once the broker answered
 
         def on_subscribe(client: Any, userdata: Any, mid: Any, reasons: Any, properties: Any) -> None:
@@ -189,6 +212,17 @@ class MqttSource(LiveSource):
             log.info("MQTT source subscribed to %s on %s", self.topic, self._where)
 
         def on_message(client: Any, userdata: Any, message: Any) -> None:
+            if message.retain:  # kept by the broker from before this subscription, not a new input
+                self.retained_skipped += 1
+                if not retained_said.is_set():
+                    retained_said.set()
+                    log.info(
+                        "MQTT source %s: skipping retained messages (first on %s): each was published before "
+                        "this subscription, and only messages published from now on are run",
+                        self.uri,
+                        message.topic,
+                    )
+                return
             index = next(counter)
             source_id = f"{message.topic}#{index}"
             try:
