@@ -14,8 +14,12 @@ Between a verified download and an active, reported version the device writes th
 6. ``activating``: ``active.json``'s temporary file, naming the new version, is renamed over it;
 7. ``journal-active`` / ``journal-probation``: the journal's final state is renamed into place (the
    store already says the new version, the old journal says ``validating``);
-8. ``reporting``: the journal says ``active``, the retained ``P/ID/ota/status`` record is still
-   ``validating`` (the record is published after the journal is written).
+8. ``reporting``: the journal says ``active``; the status record kept (``last_status.json``) and
+   retained (``P/ID/ota/status``) is still ``validating`` (a record is kept, then published, after
+   the journal is written);
+9. ``kept``: the ``active`` record is renamed into ``last_status.json``, not yet handed to the link
+   (the retained record is still ``validating``). The one point the process stops right after: the
+   hook makes that rename itself, as the agent asked it, and stops there.
 
 For each point the first device, an OTA agent in a process of its own (``tests.ota_helpers.Agent``,
 built as ``edgerun run --ota-key`` builds it), runs with a CPython audit hook
@@ -26,11 +30,12 @@ SIGKILLs the process. Nothing of edgerun is replaced or patched: the operation t
 before is the real store's, agent's or download's own. The chunks are then cleared from the broker
 (nothing can be fetched again) and a real ``edgerun run`` starts on the same state folder.
 
-After the restart the device must be consistent: the update is resumed and ends ``active`` (or, for
-a kill during its probation, ``rolled_back``) in exactly one record; the retained OTA status, the
-journal, ``active.json`` and the retained device status all say the same; the store holds exactly
-the versions ``active.json`` names, complete, and no hidden temporary file or folder; the download
-is gone; and the worker has nothing left to do (a live replay of the manifest is refused after it).
+After the restart the device must be consistent: the update is resumed (or, killed once its journal
+said so, reported by the start) and ends ``active`` (or, for a kill during its probation,
+``rolled_back``) in exactly one record; the retained OTA status, ``last_status.json``, the journal,
+``active.json`` and the retained device status all say the same; the store holds exactly the
+versions ``active.json`` names, complete, and no hidden temporary file or folder; the download is
+gone; and the worker has nothing left to do (a live replay of the manifest is refused after it).
 """
 
 from __future__ import annotations
@@ -63,7 +68,7 @@ VERSION_FILES = ["manifest.json", "model.onnx", "model.onnx.card.yaml"]  # a com
 #: The agent process: stops for good before the file operation ``point`` names (see the module doc).
 STOPPED_BEFORE = textwrap.dedent(
     """
-    import json, sys, threading, time
+    import json, os, sys, threading, time
     from pathlib import Path
 
     port, state, model, public, device, marker, point = sys.argv[1:]
@@ -95,7 +100,12 @@ STOPPED_BEFORE = textwrap.dedent(
             and a[0] == journal
             and any(says(p, "state") == "active" for p in Path(journal).glob("[!.]*.json"))
         ),
+        # the final record renamed into last_status.json, before the link is given it
+        "kept": lambda e, a: (
+            e == "os.rename" and a[1].endswith("/ota/last_status.json") and says(a[0], "state") == "active"
+        ),
     }
+    AFTER = {"kept"}  # the hook makes the operation itself and stops right after it
     stop = POINTS[point]
 
     def hook(event, args):
@@ -105,6 +115,8 @@ STOPPED_BEFORE = textwrap.dedent(
         try:
             if not stop(event, [str(a) for a in args[:2]]):
                 return
+            if point in AFTER:
+                os.replace(args[0], args[1])  # raises its own event: ignored, the hook is busy
             Path(marker).write_text(point)
         finally:
             inside.busy = False
@@ -181,6 +193,14 @@ def left_reporting(state: Path, update: dict[str, Any]) -> None:
     assert entry(state / "models" / "digits" / "active.json")["version"] == "1.1.0"
     assert entry(state / "ota" / "journal" / f"{update['update_id']}.json")["state"] == "active"
     assert hidden(state / "ota" / "journal") == []
+    assert entry(state / "ota" / "last_status.json")["state"] == "validating"
+
+
+def left_kept(state: Path, update: dict[str, Any]) -> None:
+    assert entry(state / "ota" / "journal" / f"{update['update_id']}.json")["state"] == "active"
+    kept = entry(state / "ota" / "last_status.json")
+    assert kept["update_id"] == update["update_id"] and kept["state"] == "active", kept
+    assert hidden(state / "ota") == [], hidden(state / "ota")
 
 
 # point -> (probation_s, what the kill left, how the update ends after the restart, the version then served)
@@ -198,6 +218,7 @@ POINTS: dict[str, tuple[int, Callable[[Path, dict[str, Any]], None], str, str]] 
         "1.0.0",
     ),
     "reporting": (0, left_reporting, "active", "1.1.0"),
+    "kept": (0, left_kept, "active", "1.1.0"),
 }
 
 
@@ -248,12 +269,7 @@ def test_an_update_killed_between_its_verified_download_and_its_report_ends_cons
             record = watcher.wait_state(device, uid, ENDED, timeout=60)
             assert record["state"] == ends, (record, restarted.log()[-3000:])
             watcher.wait_online_version(device, serves)
-            # A live replay is answered after whatever the restart queued before it: the worker is done then.
-            publish(broker.port, f"edgerun/{device}/ota/manifest", seal(update_manifest(update), keys["key"]))
-            deadline = time.monotonic() + 30
-            while not [r for r in watcher.ota(device)[seen:] if "(replay)" in r.get("reason", "")]:
-                assert time.monotonic() < deadline, watcher.ota(device)[seen:]
-                time.sleep(0.05)
+            replay_refused(broker, keys, watcher, device, update, seen)
             after = [r for r in watcher.ota(device)[seen:] if r.get("update_id") == uid]
             ended = [r for r in after if r["state"] in ENDED and "(replay)" not in r["reason"]]
             assert [r["state"] for r in ended] == [ends], after  # one outcome, reported once
@@ -268,6 +284,7 @@ def test_an_update_killed_between_its_verified_download_and_its_report_ends_cons
         # What is on disk says what the broker says, and nothing half done is left.
         ota = state / "ota"
         assert entry(ota / "journal" / f"{uid}.json")["state"] == kept["state"]
+        assert entry(ota / "last_status.json") == kept  # a later start publishes that record again
         assert sorted(p.name for p in (ota / "journal").iterdir()) == [f"{uid}.json"]
         assert hidden(ota) == [] and list((ota / "downloads").iterdir()) == []
         store = state / "models" / "digits"
@@ -283,6 +300,26 @@ def test_an_update_killed_between_its_verified_download_and_its_report_ends_cons
             assert entry(installed / "manifest.json")["update_id"] == uid
     finally:
         publish(broker.port, f"edgerun/{device}/ota/manifest", b"", retain=True)
+
+
+def replay_refused(
+    broker: Broker, keys: dict[str, Any], watcher: StatusWatcher, device: str, update: dict[str, Any], seen: int
+) -> None:
+    """Publish ``update`` again, live, until the device refuses it as a replay (after its ``seen`` first records).
+
+    A live replay is answered after whatever the restart queued before it: the worker is done then.
+    It is sent again each second: the device says it is online (with the version a start serves)
+    before the broker has its subscription to manifests, and a live message before that reaches no one.
+    """
+    deadline = time.monotonic() + 30
+    while True:
+        publish(broker.port, f"edgerun/{device}/ota/manifest", seal(update_manifest(update), keys["key"]))
+        again = time.monotonic() + 1
+        while time.monotonic() < again:
+            if [r for r in watcher.ota(device)[seen:] if "(replay)" in r.get("reason", "")]:
+                return
+            time.sleep(0.05)
+        assert time.monotonic() < deadline, watcher.ota(device)[seen:]
 
 
 def update_manifest(update: dict[str, Any]) -> dict[str, Any]:

@@ -16,6 +16,7 @@ State kept in ``<state dir>/ota``::
 
     journal/<id>.json   one per update or command: its state, the payload's hash, the manifest
     clock.json          the newest ``issued`` ever verified (see ``policy``)
+    last_status.json    the last retained ``P/ID/ota/status`` record, the bytes published
     downloads/<sha256>/ chunks and partial blobs, resumed after a restart; deleted (at the next
                         update or start) once no unfinished update needs them
 
@@ -27,8 +28,8 @@ with the reason) and is never resumed; nor is one whose model's active version
 changed since it was received, so a restart never installs an older version
 over a newer active one. A start first deletes the temporary files of writes killed
 before their rename (a hidden ``.<id>.<random>.tmp.json`` is never a journal entry),
-then publishes again how the update journaled last ended: its record, published after
-its journal, may never have reached the broker.
+then publishes again, verbatim, the last retained status record (``last_status.json``,
+written before each is published): the process may have ended before the broker had it.
 
 A probation watcher outlives any error while it ends the probation (a full or failing disk):
 it logs it and tries again until the end is made and recorded. A model a config reload stops
@@ -47,13 +48,14 @@ import hashlib
 import io
 import json
 import logging
+import os
 import queue
 import re
 import shutil
 import threading
 import time
 from collections.abc import Callable
-from contextlib import AbstractContextManager
+from contextlib import AbstractContextManager, suppress
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -85,6 +87,10 @@ TERMINAL = frozenset({"active", "rejected", "failed", "rolled_back"})
 #: ``superseded`` (another update or a command replaced it; reported as ``failed``, PROTOCOL.md has
 #: no state of its own for it).
 DONE = TERMINAL | {"superseded"}
+#: Every state a ``P/ID/ota/status`` record may say (PROTOCOL.md).
+STATES = TERMINAL | {"received", "downloading", "verifying", "validating", "probation"}
+#: In the agent's state folder: the last retained status record, as published (``OtaAgent._status``).
+LAST_STATUS = "last_status.json"
 _FORMAT_NAMES = {"onnx": "an ONNX", "tflite": "a TFLite"}
 _IDENT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 LoadModel = Callable[[Path, ModelCard], Model]
@@ -153,6 +159,9 @@ class OtaAgent:
         self._thread: threading.Thread | None = None
         self._probations: dict[str, threading.Thread] = {}
         self._lock = threading.RLock()  # held while active pointers and slots change
+        # Held from keeping a retained status record to handing it to the link: the worker and the
+        # probation watchers publish in the order they keep, so ``last_status.json`` is the last sent.
+        self._publishing = threading.Lock()
         self.events: list[dict[str, Any]] = []  # the last status records, for status pages
 
     # -- life cycle ----------------------------------------------------------------
@@ -229,7 +238,11 @@ class OtaAgent:
         retain: bool = True,
     ) -> None:
         """Publish a status record on ``P/ID/ota/status``: retained, unless ``retain`` is False
-        (a replay's refusal: the retained record stays the one of the update the id belongs to)."""
+        (a replay's refusal: the retained record stays the one of the update the id belongs to).
+
+        A retained record is kept in ``last_status.json`` first, as published (``_keep``), for a
+        start to publish again (``_report_last``); a record not retained is never kept.
+        """
         record: dict[str, Any] = {
             "schema": 1,
             "command_id" if command else "update_id": ident,
@@ -244,7 +257,42 @@ class OtaAgent:
         named = " ".join(str(part) for part in (ident, model, version) if part is not None)
         what = named or f"(a {'command' if command else 'manifest'} that names no id)"  # unreadable, unsigned
         log.info("OTA %s: %s%s", what, state, f" ({reason})" if reason else "")
-        self.link.publish(self.topics.ota_status, json.dumps(record), qos=1, retain=retain)
+        payload = json.dumps(record).encode()
+        if not retain:
+            self.link.publish(self.topics.ota_status, payload, qos=1, retain=False)
+            return
+        with self._publishing:
+            self._keep(payload)
+            self.link.publish(self.topics.ota_status, payload, qos=1, retain=True)
+
+    def _keep(self, payload: bytes) -> None:
+        """Replace ``last_status.json`` with ``payload``, the retained record about to be published.
+
+        Written to a hidden temporary file and renamed over it (never half a record), without an
+        fsync: the file must outlive the process (a kill, a crash), which the page cache gives, not a
+        power cut; after one, the journal says how each update ended (``_report_last``). So it costs
+        two system calls per record, not two flash writes, and a flood of forged manifests (each
+        refused with a retained record) wears nothing out. A record that cannot be kept (a full disk)
+        is published all the same; the older one kept is deleted, so a start never publishes a
+        record older than the one the broker holds.
+        """
+        path = self.dir / LAST_STATUS
+        tmp = path.with_name(f".{path.stem}.{os.urandom(4).hex()}.tmp{path.suffix}")  # as ``atomic_output``
+        try:
+            try:
+                tmp.write_bytes(payload)
+                os.replace(tmp, path)
+            except BaseException:
+                with suppress(OSError):
+                    tmp.unlink()
+                raise
+        except OSError as exc:
+            try:
+                path.unlink(missing_ok=True)
+                then = "a restart publishes no record again until one is kept"
+            except OSError:
+                then = "a restart may publish an older record again"
+            log.warning("OTA: cannot keep the status record in %s (%s): %s", path, exc.strerror or one_line(exc), then)
 
     def _replayed(self, kind: str, ident: str, model: str, version: str | None) -> None:
         """Refuse a replay (an id already used): a ``rejected`` record that is not retained.
@@ -288,8 +336,9 @@ class OtaAgent:
         return sorted(p for p in self.journal.glob("*.json") if not p.name.startswith("."))
 
     def _remove_temporary_files(self) -> None:
-        """Delete the temporary files that writes killed before their rename left (``atomic_write``):
-        in the journal, beside ``clock.json``, and beside the ``active.json`` of each model served.
+        """Delete the temporary files that writes killed before their rename left (``atomic_write``,
+        ``_keep``): in the journal, beside ``clock.json`` and ``last_status.json``, and beside the
+        ``active.json`` of each model served.
 
         Nothing writes them yet: the worker and the probation watchers start later, and the only
         other writer of an ``active.json`` (the first start of a model, ``serve_from_store``) writes
@@ -306,33 +355,69 @@ class OtaAgent:
                 log.info("OTA: removed %s, left by a process killed while writing it", path)
 
     def _report_last(self) -> None:
-        """Publish again, retained, how the update journaled last ended, as its journal says.
+        """Publish again, retained, the last retained ``P/ID/ota/status`` record, as it was published.
 
-        An update's last record is published after its journal says how it ended, and the link holds
-        a record in memory until the broker has it: a process killed in between (or while the broker
-        was out of reach) would leave the retained ``P/ID/ota/status`` on an earlier step
-        (``validating``) of an update that is ``active`` on disk, for good. An unfinished update
-        reports for itself when it resumes; one ``superseded`` was closed quietly (the retained
-        record is its replacement's); a command's journal keeps no model or version for a record:
-        none of those is published again.
+        The link holds a record in memory until the broker has it, so a process killed (or stopped
+        while the broker was out of reach) may have left the retained record on an earlier one: an
+        update's ``validating`` when it is ``active`` on disk, for good. ``_status`` keeps each retained
+        record in ``last_status.json`` before it publishes it; here that record is published again
+        verbatim, its ``ts`` and its reason included. It is the newest this device retained, journaled
+        or not (a forged manifest's rejection is never journaled), so it never replaces a newer one
+        (short of a power cut: ``_keep``), and no file date decides anything (a clock set back moves them).
+
+        One record is built instead: when the one kept is a step of an update (``validating``) whose
+        journal already says how it ended (``_unreported``). A missing file publishes nothing; a
+        damaged one (a power cut: nothing here is fsynced) nothing but one WARNING line.
         """
-        entries = self._entries()
-        if not entries:
-            return
+        path = self.dir / LAST_STATUS
         try:
-            path = max(entries, key=lambda p: p.stat().st_mtime_ns)
-            entry = json.loads(path.read_text())
+            raw = path.read_bytes()
+        except FileNotFoundError:
+            return  # nothing retained yet (or not since this release)
+        except OSError as exc:
+            log.warning("OTA: cannot read %s (%s): no status record is published again", path, exc.strerror or exc)
+            return
+        record, why = _kept_record(raw)
+        if record is None:
+            log.warning("OTA: %s is damaged (%s): no status record is published again", path, why)
+            return
+        if self._unreported(record):
+            return
+        ident = record.get("update_id", record.get("command_id"))
+        log.info("OTA %s: publishing its retained status record again (%s)", ident, record["state"])
+        self.events = [*self.events[-49:], record]
+        with self._publishing:
+            self.link.publish(self.topics.ota_status, raw, qos=1, retain=True)
+
+    def _unreported(self, record: dict[str, Any]) -> bool:
+        """Report how an update ended when the record kept is one of its steps: True if it did.
+
+        Its journal says how it ended, and its record would have been kept next, but the process
+        was killed in between (or the power cut took the record kept, never fsynced, while the
+        journal was): that outcome was never published. Its record is built from the journal (a
+        ``ts`` of now, the journal's reason), published, and kept. A kept outcome (``rejected`` ...)
+        is never rebuilt, even if the journal of the id it names says otherwise: anyone may send a
+        manifest naming an id, and its refusal is what was retained.
+        """
+        ident = record.get("update_id")
+        if record["state"] in TERMINAL or not isinstance(ident, str) or not _IDENT.match(ident):
+            return False
+        try:
+            entry = self._seen(ident)
         except (OSError, ValueError):
-            return  # not an update this agent could report; the start's own reading says why
-        if not isinstance(entry, dict) or entry.get("kind") != "model-update" or entry.get("state") not in TERMINAL:
-            return
-        manifest = entry.get("manifest")
-        named: dict[str, Any] = manifest if isinstance(manifest, dict) else entry  # refused at the check: no manifest
-        model, version = named.get("model"), named.get("version")
-        if model is None or version is None:
-            return
-        reason = str(entry.get("reason") or "")
-        self._status(path.stem, str(entry["state"]), model=str(model), version=str(version), reason=reason)
+            return False  # the start's own reading of the journal says why
+        if not isinstance(entry, dict) or entry.get("state") not in TERMINAL:
+            return False  # unfinished: it is resumed and reports for itself; superseded: closed quietly
+        model, version = record.get("model"), record.get("version")
+        reason = str(entry.get("reason") or "") or "reported after a restart (the process ended before reporting it)"
+        self._status(
+            ident,
+            str(entry["state"]),
+            model=None if model is None else str(model),
+            version=None if version is None else str(version),
+            reason=reason,
+        )
+        return True
 
     def _tidy_downloads(self) -> None:
         """Delete the download folders that no unfinished update needs.
@@ -394,15 +479,7 @@ class OtaAgent:
         try:
             self._check(manifest)
         except UpdateRejected as exc:
-            self._journal(
-                manifest.update_id,
-                kind="model-update",
-                state="rejected",
-                digest=digest,
-                reason=str(exc),
-                model=manifest.model,  # for its record, published again by a start (``_report_last``)
-                version=manifest.version,
-            )
+            self._journal(manifest.update_id, kind="model-update", state="rejected", digest=digest, reason=str(exc))
             self._status(
                 manifest.update_id, "rejected", model=manifest.model, version=manifest.version, reason=str(exc)
             )
@@ -1037,6 +1114,19 @@ def _on_probation(name: str, probation: dict[str, Any]) -> str:
     until = probation.get("until")
     when = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(until)) if isinstance(until, (int, float)) else "its end"
     return f"{name} is on probation (update {probation.get('update_id')}) until {when}: set-ab once it has ended"
+
+
+def _kept_record(raw: bytes) -> tuple[dict[str, Any] | None, str]:
+    """The status record ``last_status.json`` holds, or None and why it is not one."""
+    try:
+        record = json.loads(raw)
+    except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
+        return None, f"not JSON: {one_line(exc)}" if raw else "empty"
+    if not isinstance(record, dict) or record.get("schema") != 1:
+        return None, "not a status record"
+    if record.get("state") not in STATES or not isinstance(record.get("ts"), int):
+        return None, "no state or no ts"
+    return record, ""
 
 
 def _claimed(raw: bytes) -> dict[str, Any]:
