@@ -208,3 +208,17 @@ def test_a_filesystem_with_free_blocks_but_no_free_inodes_is_named_as_such(tmp_p
         assert run_cli("config", "check", str(config)).returncode == 0
     finally:
         subprocess.run(["umount", "--lazy", str(disk)], check=False)
+
+
+def test_an_ota_folder_that_cannot_be_made_is_one_line_not_a_traceback(tmp_path: Path, broker: Broker) -> None:
+    # the OTA agent makes state/ota/journal and state/ota/downloads at start; a file where the folder goes stands
+    # in for a disk with no inode left (both were an OSError traceback from OtaAgent.__init__)
+    state = tmp_path / "state"
+    state.mkdir()
+    (state / "ota").write_text("not a folder")
+    args = claiming_commands(state, broker, tmp_path)["run --ota-key"]
+    refused = run_cli(*args)
+    assert refused.returncode == 2, refused.stderr
+    assert only_error_line(refused) == (
+        f"edgerun: error: state_dir {state}: cannot create {state / 'ota' / 'journal'}: Not a directory"
+    )

@@ -64,7 +64,7 @@ import numpy as np
 
 from edgerun.backends.base import detect_format, one_line
 from edgerun.card import ModelCard
-from edgerun.errors import EdgerunError, ModelLoadError, UpdateFailed, UpdateRejected, shown
+from edgerun.errors import ConfigError, EdgerunError, ModelLoadError, UpdateFailed, UpdateRejected, shown
 from edgerun.files import atomic_write
 from edgerun.inputs import NPY_ERRORS, load_npy, npy_reason
 from edgerun.model import Model
@@ -152,8 +152,11 @@ class OtaAgent:
         self.dir = Path(state_dir) / "ota"
         self.journal = self.dir / "journal"
         self.downloads = self.dir / "downloads"
-        self.journal.mkdir(parents=True, exist_ok=True)
-        self.downloads.mkdir(parents=True, exist_ok=True)
+        for folder in (self.journal, self.downloads):
+            try:
+                folder.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:  # a full disk, no inode left, a file in the way: one line, not a traceback
+                raise ConfigError(f"state_dir {state_dir}: cannot create {folder}: {exc.strerror or exc}") from exc
         self._work: queue.Queue[tuple[str, Any]] = queue.Queue()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
