@@ -45,8 +45,9 @@ __all__ = [
     "yaml_problem",
 ]
 
-NAME_RE = r"^[a-z0-9][a-z0-9._-]{0,63}$"
-VERSION_RE = r"^\d+\.\d+\.\d+$"
+# ``\Z``, not ``$``: msgspec matches with Python's ``re``, whose ``$`` also matches before a final newline
+NAME_RE = r"^[a-z0-9][a-z0-9._-]{0,63}\Z"
+VERSION_RE = r"^\d+\.\d+\.\d+\Z"
 #: the most a card file may hold: a bound on a file given by mistake, far above any card. The store
 #: writes an OTA card as indented, ASCII-escaped JSON, up to ~2.3x the 1 MiB envelope it came in.
 CARD_MAX_BYTES = 16 << 20

@@ -221,3 +221,24 @@ def test_a_retained_message_is_skipped_with_one_info_line_and_a_new_one_runs(
     assert (
         len(skipped) == 1 and skipped[0].startswith("INFO edgerun.sources.mqtt: ") and "(first on cam/a)" in skipped[0]
     )
+
+
+def test_a_model_card_or_manifest_name_with_a_final_newline_is_refused() -> None:
+    # msgspec matches patterns with Python's re, whose $ also matches before a final newline: 'digits\n' passed
+    from edgerun.card import parse_card
+    from edgerun.errors import CardError, UpdateRejected
+    from edgerun.ota.manifest import parse_manifest
+
+    with pytest.raises(CardError, match="name"):
+        parse_card({"name": "digits\n", "version": "1.0.0", "task": "classification"}, "test")
+    with pytest.raises(CardError, match="version"):
+        parse_card({"name": "digits", "version": "1.0.0\n", "task": "classification"}, "test")
+    assert parse_card({"name": "digits", "version": "1.0.0", "task": "classification"}, "test").name == "digits"
+    from tests.test_fuzz_ota import MANIFEST
+
+    assert parse_manifest(dict(MANIFEST)).model == "digits"
+    for field, value in (("model", "digits\n"), ("version", "2.0.0\n"), ("update_id", "u1\n")):
+        with pytest.raises(UpdateRejected, match=field):
+            parse_manifest({**MANIFEST, field: value})
+    with pytest.raises(UpdateRejected, match="sha256"):
+        parse_manifest({**MANIFEST, "sha256": MANIFEST["sha256"] + "\n"})

@@ -18,11 +18,12 @@ from edgerun.errors import CardError, UpdateRejected, quoted
 
 __all__ = ["Command", "Manifest", "parse_command", "parse_manifest", "version_tuple"]
 
-NAME = Annotated[str, msgspec.Meta(pattern=r"^[a-z0-9][a-z0-9._-]{0,63}$")]
-VERSION = Annotated[str, msgspec.Meta(pattern=r"^(0|[1-9]\d{0,8})\.(0|[1-9]\d{0,8})\.(0|[1-9]\d{0,8})$")]
-IDENT = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")]
+# ``\Z``, not ``$``: msgspec matches with Python's ``re``, whose ``$`` also matches before a final newline
+NAME = Annotated[str, msgspec.Meta(pattern=r"^[a-z0-9][a-z0-9._-]{0,63}\Z")]
+VERSION = Annotated[str, msgspec.Meta(pattern=r"^(0|[1-9]\d{0,8})\.(0|[1-9]\d{0,8})\.(0|[1-9]\d{0,8})\Z")]
+IDENT = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}\Z")]
 #: A blob's SHA-256 as manifests carry it (``edgerun ota clear`` checks retained ones against it too).
-SHA256_PATTERN = r"^[0-9a-f]{64}$"
+SHA256_PATTERN = r"^[0-9a-f]{64}\Z"
 SHA256 = Annotated[str, msgspec.Meta(pattern=SHA256_PATTERN)]
 #: The most chunks one blob may come in (``source.mqtt.chunks``).
 CHUNKS_MAX = 1_000_000
