@@ -15,7 +15,12 @@ to a model whose requests take well under a millisecond runs on the event loop
 itself: any hand-off to a thread costs more than such a model. Other requests
 run in the thread pool, and concurrent ones to a model whose batch dimension is
 dynamic are grouped into batches (``batch_max_size`` within
-``batch_max_wait_ms``) by one batching thread per model.
+``batch_max_wait_ms``) by one batching thread per model, which ends when the
+model's name is removed (``ModelSlot.retire``).
+
+A request holds the model it runs (``ModelSlot.hold``) from preparing its input
+to its answer, so a model swapped out meanwhile stops its worker only after it;
+nothing here keeps a model in use once its request is answered.
 """
 
 from __future__ import annotations
@@ -64,16 +69,22 @@ class Batcher:
         self._max_size, self._max_wait = max_size, max_wait_s
         self._count_lock = threading.Lock()
         self.pending = 0  # submitted and not answered: the requests that could share a call
+        self._closed = False
         self._thread = threading.Thread(target=self._run, name="api-batcher", daemon=True)
         self._thread.start()
 
     def submit(self, model: Model, tensor: np.ndarray) -> Future[Any]:
-        """Queue one batch-of-one tensor; the future gives ``(outputs, row, infer_ms)``."""
+        """Queue one batch-of-one tensor; the future gives ``(outputs, row, infer_ms)``. After ``close``
+        the tensor is run at once, in the caller's thread: the future comes back answered."""
         future: Future[Any] = Future()
-        with self._count_lock:
-            self.pending += 1
-        future.add_done_callback(self._done)
-        self._queue.put((model, tensor, future))
+        with self._count_lock:  # queued before close()'s end marker, or not at all
+            closed = self._closed
+            if not closed:
+                self.pending += 1
+                future.add_done_callback(self._done)
+                self._queue.put((model, tensor, future))
+        if closed:
+            _run_group(model, [(tensor, future)])
         return future
 
     def _done(self, _: Future[Any]) -> None:
@@ -82,28 +93,39 @@ class Batcher:
 
     def _run(self) -> None:
         while True:
-            first = self._queue.get()
-            if first is None:
+            batch = self._next_batch()
+            if batch is None:
                 return
-            batch = [first]
-            deadline = time.monotonic() + self._max_wait
-            # Wait only for requests already in flight: a lone request never waits.
-            while len(batch) < min(self._max_size, self.pending):
-                remaining = deadline - time.monotonic()
-                try:
-                    item = self._queue.get(timeout=max(0.0, remaining)) if remaining > 0 else self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                if item is None:
-                    self._queue.put(None)
-                    break
-                batch.append(item)
             for model, group in _by_model(batch):
                 _run_group(model, group)
+            del batch, model, group  # waiting for the next request, the thread holds no model
+
+    def _next_batch(self) -> list[tuple[Model, np.ndarray, Future[Any]]] | None:
+        """The requests for the next calls, or None once closed and drained."""
+        first = self._queue.get()
+        if first is None:
+            return None
+        batch = [first]
+        deadline = time.monotonic() + self._max_wait
+        # Wait only for requests already in flight: a lone request never waits.
+        while len(batch) < min(self._max_size, self.pending):
+            remaining = deadline - time.monotonic()
+            try:
+                item = self._queue.get(timeout=max(0.0, remaining)) if remaining > 0 else self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if item is None:
+                self._queue.put(None)
+                break
+            batch.append(item)
+        return batch
 
     def close(self) -> None:
-        """Stop the batching thread after what is queued."""
-        self._queue.put(None)
+        """Stop the batching thread after what is queued; later submissions run in their caller's thread."""
+        with self._count_lock:
+            if not self._closed:
+                self._closed = True
+                self._queue.put(None)
 
 
 def _by_model(items: Sequence[tuple[Model, np.ndarray, Any]]) -> Iterator[tuple[Model, list[tuple[np.ndarray, Any]]]]:
@@ -212,6 +234,7 @@ class _Predictor:
         self.slots, self.metrics, self.config = slots, metrics, config
         self.max_bytes = int(config.max_request_mb * 1024 * 1024)
         self.batchers: dict[str, Batcher] = {}
+        self._batchers_lock = threading.Lock()
         self._threaded = 0  # requests in the thread pool now: with one alone, no batching hand-off
         self._gathered: list[tuple[Model, np.ndarray, asyncio.Future[Any]]] = []  # for the next loop turn
         self.largest_batch = 0  # the most requests one call on the event loop has carried
@@ -256,14 +279,16 @@ class _Predictor:
                     raise _Refused(413, f"request is over the {self.max_bytes}-byte limit")
             body = parts[0] if len(parts) == 1 else b"".join(parts)
             data = _decode_body(body, content_type)
-            model = slot.get()  # once per request: an A/B split never mixes two models
+            # once per request: an A/B split never mixes two models; held until answered, so a swap
+            # meanwhile stops the model's worker only after this request
+            model = slot.hold()
             try:
                 if isinstance(data, np.ndarray) and self._cheap(model):
                     record = await self._infer_on_loop(model, data)
                 else:
                     self._threaded += 1
                     try:
-                        record = await run_in_threadpool(self._infer, slot.name, model, data)
+                        record = await run_in_threadpool(self._infer, slot, model, data)
                     finally:
                         self._threaded -= 1
             except InputError:  # the request's fault (422), not the model's: never counted against an update
@@ -271,6 +296,8 @@ class _Predictor:
             except EdgerunError:
                 self.metrics.error(model.name, model.version, model.delegate)
                 raise
+            finally:
+                model.let_go()
             return 200, _dumps(record), ()
         except _Refused as exc:
             return exc.status, _dumps({"detail": exc.detail}), exc.headers
@@ -283,12 +310,12 @@ class _Predictor:
         fast = model.run_ms is not None and model.run_ms < self.INLINE_MS
         return fast and not isinstance(model.backend, IsolatedBackend)
 
-    def _infer(self, name: str, model: Model, data: Any) -> dict[str, Any]:
+    def _infer(self, slot: ModelSlot, model: Model, data: Any) -> dict[str, Any]:
         """In a pool thread: concurrent requests go through the model's batching thread."""
         tensor, pre = self._prepare(model, data)
-        batcher = self._batcher(name) if self._threaded > 1 and model.batchable else None
+        batcher = self._batcher(slot) if self._threaded > 1 and model.batchable else None
         if batcher is not None:
-            outputs, row, infer = self._wait(name, batcher.submit(model, tensor))
+            outputs, row, infer = self._wait(slot.name, batcher.submit(model, tensor))
         else:
             outputs, row, infer = self._run_alone(model, tensor)
         return self._record(model, outputs, row, pre, infer)
@@ -358,13 +385,30 @@ class _Predictor:
         )
         return result_record(model, "request", output, total)
 
-    def _batcher(self, name: str) -> Batcher | None:
+    def _batcher(self, slot: ModelSlot) -> Batcher | None:
+        """The batching thread of ``slot``'s name, started on first use; it ends when the slot is retired
+        (the name removed), and a name served again later gets a new one."""
         if self.config.batch_max_size <= 1:
             return None
-        batcher = self.batchers.get(name)
-        if batcher is None:
-            batcher = self.batchers[name] = Batcher(self.config.batch_max_size, self.config.batch_max_wait_ms / 1000)
+        name = slot.name
+        with self._batchers_lock:  # two pool threads asking at once start one thread, not two
+            batcher = self.batchers.get(name)
+            if batcher is None:
+                batcher = Batcher(self.config.batch_max_size, self.config.batch_max_wait_ms / 1000)
+                self.batchers[name] = batcher
+                new = True
+            else:
+                new = False
+        if new:
+            slot.when_retired(lambda: self._end_batcher(name, batcher))
         return batcher
+
+    def _end_batcher(self, name: str, batcher: Batcher) -> None:
+        """Close ``batcher`` (what it has queued is still run) and forget it, unless a newer one serves ``name``."""
+        with self._batchers_lock:
+            if self.batchers.get(name) is batcher:
+                del self.batchers[name]
+        batcher.close()
 
 
 def _bearer_matches(header: bytes, token: bytes) -> bool:
@@ -518,10 +562,14 @@ def create_app(
 
     app.add_api_route("/health", health, methods=["HEAD"], include_in_schema=False)  # what some health checkers send
 
-    @app.get("/ready", summary="Every model loaded and warmed")
+    @app.get("/ready", summary="Every model loaded, warmed and able to answer")
     async def readiness() -> Any:
         if not ready():
             return JSONResponse({"ready": False}, status_code=503)
+        # a model cooling down (its isolated worker crashed on every delegate) answers nothing now
+        cooling = sorted(n for n, s in list(slots.items()) if not s.primary.available)
+        if cooling:
+            return JSONResponse({"ready": False, "cooling_down": cooling}, status_code=503)
         return {"ready": True, "models": {n: s.describe() for n, s in slots.items()}}
 
     @app.get("/v1/status", summary="The device: models, MQTT link, outbox, OTA events, inferences since start")

@@ -257,6 +257,8 @@ class Daemon:
 
         order = [mc.delegate] if isinstance(mc.delegate, str) else list(mc.delegate)
         if self.config.isolation == "process":
+            # ``auto`` in the order stands for the delegates the worker's selection ranks usable: a worker
+            # that keeps crashing moves down them to the CPU (edgerun.isolation), never loaded in the daemon
             from edgerun.isolation import load_isolated
 
             model = load_isolated(
@@ -527,7 +529,7 @@ class Daemon:
                     model.close()  # never served: an isolated one would keep its worker
                     continue
                 if name in self.slots:
-                    self.slots[name].swap(model)
+                    self.slots[name].swap(model)  # the old version is retired: stopped after its last request
                 else:
                     self.slots[name] = ModelSlot(model)
             log.info("SIGHUP: model %s reloaded (%s %s on %s)", name, model.name, model.version, model.delegate)
@@ -543,7 +545,8 @@ class Daemon:
                 log.info("SIGHUP: pipeline %s %s", name, "restarted" if name in new.pipelines else "removed")
         for name in set(self.slots) - set(new.models):
             if not any(p.model == name for p in new.pipelines.values()):
-                del self.slots[name]
+                # its requests in progress finish; then an isolated model's worker stops (ModelSlot.retire)
+                self.slots.pop(name).retire()
                 log.info("SIGHUP: model %s removed", name)
         if self.sync is not None:
             self.sync.set_models({n: s.describe() for n, s in self.slots.items()})

@@ -4,10 +4,21 @@ Vendor libraries can abort the whole process (a Coral USB transfer error does,
 in other runtimes). ``IsolatedBackend`` runs the model in a child process and
 moves tensors through shared memory, so such a crash costs one restart of the
 worker; a worker that keeps crashing on one delegate is restarted on the next
-delegate of the preference order, and the daemon itself never goes down. When
-the last delegate is given up too, calls fail with ``InferenceError`` for a
-cool-down (``cooldown_s``), then the worker starts over from the first delegate
-of the original order: a model is never dead until the daemon restarts.
+delegate of the preference order, and the daemon itself never goes down. ``auto``
+(and ``fastest``) in that order stands for the delegates the worker's selection
+ranked usable: given up, it is replaced by those ranked below the one it chose,
+down to the CPU (none with ``strict``). When the last delegate is given up too,
+one warning says so, calls fail with ``InferenceError`` for a cool-down
+(``cooldown_s``, ``available`` is False meanwhile), then the worker starts over
+from the first delegate of the original order: a model is never dead until the
+daemon restarts.
+
+A backend that is no longer served (a model swapped out or removed) is
+``retire``d: its worker stops and its shared memory is freed as soon as the calls
+in progress and the requests that ``hold`` it are done, without waiting for the
+garbage collector (idle threads keep references to the last model they used). A
+call that comes after that (a frame a pipeline prepared before the swap) still
+gets its answer from a worker started for it, stopped again after it.
 
 The seam is the ordinary ``Backend`` protocol: a ``Model`` built on an
 ``IsolatedBackend`` pre- and post-processes in the daemon and runs only the
@@ -74,7 +85,8 @@ class _Buffers:
     def close(self) -> None:
         for block in self.blocks:
             block.close()
-            block.unlink()
+            with contextlib.suppress(FileNotFoundError):
+                block.unlink()
         self.blocks = []
 
 
@@ -100,6 +112,7 @@ def _worker(
     conn.send(
         {
             "delegate": model.delegate,
+            "fallbacks": [] if strict else _ranked_below(model.selection, delegate),
             "format": backend.format,
             "inputs": [_spec_to_dict(s) for s in backend.inputs],
             "outputs": [_spec_to_dict(s) for s in backend.outputs],
@@ -122,6 +135,16 @@ def _worker(
         outputs.close()
 
 
+def _ranked_below(selection: Any, asked: str) -> list[str]:
+    """For ``auto`` and ``fastest``: the delegates the selection found usable or left untried (a
+    higher-ranked one worked), in rank order, without the one it chose; the CPU, the reference, ranks
+    last. For a named delegate: none."""
+    if asked not in ("auto", "fastest"):
+        return []
+    below = [a.delegate for a in selection.attempts if a.status in ("not-tried", "usable")]
+    return [d for d in dict.fromkeys(below) if d != selection.delegate]
+
+
 class _WorkerDied(Exception):
     pass
 
@@ -136,26 +159,32 @@ class _Child:
     """The worker process, its pipe and the shared memory between them: what closing releases.
 
     Kept apart from ``IsolatedBackend`` so that a finalizer holding only this can release it
-    once the backend is unreachable (a model swapped out by an update or a reload is dropped,
-    never closed, when its last request is done): a worker left running and shared-memory
-    blocks never unlinked would pile up in /dev/shm with every swap until the daemon exits.
+    once the backend is unreachable, or at exit: a backend retired (``IsolatedBackend.retire``)
+    releases it as soon as its last call is done; one dropped without being retired or closed
+    (a library user's) releases it with its last reference.
     """
 
     def __init__(self) -> None:
-        self.conn: Any = None
-        self.process: Any = None
+        self.conn: Any = None  # None while no worker runs (before the first, after a release)
+        self.process: Any = None  # the last worker started, kept after it ends (its exit code)
         self.inputs = _Buffers()
         self.attached: dict[str, shared_memory.SharedMemory] = {}
+        self._releasing = threading.Lock()  # the finalizer and a retired backend's stop may meet
 
     def release(self) -> None:
-        """Stop the worker (killed if it does not stop in 5 s) and free the shared memory."""
-        if self.conn is not None:
-            with contextlib.suppress(OSError, BrokenPipeError):
-                self.conn.send(None)
-        if self.process is not None:
-            _end(self.process)
-        self.drop_outputs()
-        self.inputs.close()
+        """Stop the worker (killed if it does not stop in 5 s) and free the shared memory; a
+        second call finds nothing to do. A worker can be started again afterwards."""
+        with self._releasing:
+            conn, self.conn = self.conn, None
+            if conn is not None:
+                with contextlib.suppress(OSError, BrokenPipeError):
+                    conn.send(None)
+            if self.process is not None:
+                _end(self.process)
+            if conn is not None:
+                conn.close()
+            self.drop_outputs()
+            self.inputs.close()
 
     def drop_outputs(self) -> None:
         """Let go of the output blocks of a worker that has ended, unlinking them: one that
@@ -198,6 +227,9 @@ class IsolatedBackend:
         timeout_s: a call that gets no answer in this time counts as a crash.
         cooldown_s: once every delegate is given up, calls fail for this many seconds,
             then the worker starts over from the first delegate of ``delegates``.
+
+    ``delegate`` is the delegate the current worker runs on: after a move to the next one,
+    the new one.
     """
 
     threadsafe = True  # calls are serialised here
@@ -227,9 +259,20 @@ class IsolatedBackend:
         self._crashes: list[float] = []
         self._child = _Child()
         self.crashes = 0
-        # run by close(), or once this backend is unreachable (a swapped-out model), or at exit
+        self._fallbacks: list[str] = []  # what ``auto`` in the order stands for once given up
+        # calls in progress and requests holding this backend (``hold``), counted under their own
+        # lock: a request takes it on the event loop, where waiting for a call would stall every request
+        self._users = 0
+        self._retired = False
+        self._counting = threading.Lock()
+        # run by close(), or once this backend is unreachable (one never closed nor retired), or at exit
         self._release = weakref.finalize(self, self._child.release)
         self._start()
+
+    @property
+    def available(self) -> bool:
+        """False while calls fail for the cool-down after every delegate was given up."""
+        return bool(self._delegates) or time.monotonic() >= self._cool_until
 
     @property
     def process(self) -> Any:
@@ -253,6 +296,7 @@ class IsolatedBackend:
                 self._child.drop_outputs()  # the previous worker's, if any: it has ended
                 self._child.conn, self._child.process = parent, process
                 self.delegate, self.format = hello["delegate"], hello["format"]
+                self._fallbacks = list(hello.get("fallbacks", []))
                 self.inputs = tuple(_spec_from_dict(d) for d in hello["inputs"])
                 self.outputs = tuple(_spec_from_dict(d) for d in hello["outputs"])
                 log.info("worker process %d runs %s on %s", process.pid, self.path.name, self.delegate)
@@ -299,17 +343,83 @@ class IsolatedBackend:
 
     def run(self, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
         """Run in the worker; a crashed worker is restarted (or replaced by the next delegate), the call retried."""
+        self.hold()
+        try:
+            with self._lock:
+                if not self._release.alive:  # closed: a new worker here would never be released
+                    raise InferenceError(f"{self.path.name}: its worker was closed")
+                inputs = self._checked(inputs)
+                if not self._delegates:
+                    self._start_over()
+                elif self._child.conn is None:
+                    self._start_again()
+                while True:
+                    try:
+                        return self._call(inputs)
+                    except _WorkerDied as exc:
+                        self._recover(str(exc))
+        finally:
+            self.let_go()
+
+    # -- retiring: a backend no longer served stops its worker after its last call --------
+    def hold(self) -> bool:
+        """Count one request that is going to call ``run`` (until its ``let_go``), so that a
+        ``retire`` meanwhile keeps the worker for it. Returns False when the backend was retired
+        already: the request had better take the model that replaced it (it is counted all the
+        same, and must ``let_go``)."""
+        with self._counting:
+            self._users += 1
+            return not self._retired
+
+    def let_go(self) -> None:
+        """The end of a ``hold``: a retired backend's last one stops the worker."""
+        with self._counting:
+            self._users -= 1
+            drained = self._retired and self._users == 0
+        if drained:
+            self._stop_soon()
+
+    def retire(self) -> None:
+        """No longer served (swapped out, removed): stop the worker and free the shared memory once
+        the calls in progress and the requests holding the backend are done (now, if none is).
+
+        The stop runs on a thread of its own: no request's thread (the event loop's among them)
+        waits for a worker to exit. A call that comes after it starts a worker for itself."""
+        with self._counting:
+            if self._retired:
+                return
+            self._retired = True
+            drained = self._users == 0
+        if drained:
+            self._stop_soon()
+
+    @property
+    def retired(self) -> bool:
+        """Whether ``retire`` was called."""
+        return self._retired
+
+    def _stop_soon(self) -> None:
+        threading.Thread(target=self._stop_if_idle, name="edgerun-worker-stop", daemon=True).start()
+
+    def _stop_if_idle(self) -> None:
         with self._lock:
-            if not self._release.alive:  # closed: a new worker here would never be released
-                raise InferenceError(f"{self.path.name}: its worker was closed")
-            inputs = self._checked(inputs)
-            if not self._delegates:
-                self._start_over()
-            while True:
-                try:
-                    return self._call(inputs)
-                except _WorkerDied as exc:
-                    self._recover(str(exc))
+            with self._counting:
+                if self._users:  # a late call came meanwhile: its own let_go stops the worker
+                    return
+            if self._child.conn is None or not self._release.alive:
+                return
+            pid = self._child.process.pid
+            self._child.release()
+        log.info("worker process %d for %s stopped: no longer served, its last call done", pid, self.path.name)
+
+    def _start_again(self) -> None:
+        """A call to a retired backend whose worker was stopped (a frame prepared before a swap and
+        run after it): a worker for that call, stopped again once it is done."""
+        log.info("%s: a call that took it before it was swapped out: starting a worker for that call", self.path.name)
+        try:
+            self._start()
+        except DelegateError as exc:
+            raise InferenceError(str(exc)) from None
 
     def _start_over(self) -> None:
         """Every delegate was given up: fail while cooling down, then restart from the original order."""
@@ -324,37 +434,52 @@ class IsolatedBackend:
         try:
             self._start()
         except DelegateError as exc:
-            self._give_up()
+            self._give_up(f"starting over failed ({exc})")
             raise InferenceError(f"{exc}; trying again in {self._cooldown:.0f} s") from None
 
-    def _give_up(self) -> None:
-        """No delegate left: start the cool-down (calls fail until it is over)."""
+    def _give_up(self, why: str) -> None:
+        """No delegate left: start the cool-down (calls fail until it is over), said once."""
         self._delegates, self._crashes = [], []
         self._cool_until = time.monotonic() + self._cooldown
+        log.warning(
+            "worker for %s: %s; no delegate is left, calls fail until it starts over from %s in %.0f s",
+            self.path.name,
+            why,
+            self._order[0],
+            self._cooldown,
+        )
+
+    def _next_delegates(self, gone: str) -> list[str]:
+        """The order after ``gone`` is given up: ``auto`` (or ``fastest``) gives way to the delegates its
+        selection ranked below the one it chose, then what followed it; never the delegate that crashed."""
+        rest = self._delegates[1:]
+        if gone in ("auto", "fastest"):
+            rest = [*self._fallbacks, *rest]
+        return [d for d in dict.fromkeys(rest) if d != self.delegate]
 
     def _recover(self, why: str) -> None:
         self.process.join(timeout=5)
         self.crashes += 1
         now = time.monotonic()
         self._crashes = [t for t in self._crashes if now - t < self._window] + [now]
+        crashed = self.delegate
         if len(self._crashes) > self._restarts:
-            gone = self._delegates.pop(0)
+            times = f"{self._restarts + 1} time{'s' if self._restarts else ''}"
+            self._delegates = self._next_delegates(self._delegates[0])
             self._crashes = []
             if not self._delegates:
-                self._give_up()
+                self._give_up(f"the worker on {crashed} crashed {times} ({why})")
                 raise InferenceError(
-                    f"the worker on {gone} keeps crashing ({why}) and no delegate is left; "
+                    f"the worker on {crashed} keeps crashing ({why}) and no delegate is left; "
                     f"starting over from {self._order[0]} in {self._cooldown:.0f} s"
                 )
-            log.warning(
-                "worker on %s crashed %d times (%s): moving to %s", gone, self._restarts + 1, why, self._delegates[0]
-            )
+            log.warning("worker on %s crashed %s (%s): moving to %s", crashed, times, why, self._delegates[0])
         else:
-            log.warning("worker on %s crashed (%s): restarting it", self._delegates[0], why)
+            log.warning("worker on %s crashed (%s): restarting it", crashed, why)
         try:
             self._start()
         except DelegateError as exc:  # the restart failed too: cool down, as when every delegate is spent
-            self._give_up()
+            self._give_up(f"restarting the worker failed ({exc})")
             raise InferenceError(f"{exc}; starting over from {self._order[0]} in {self._cooldown:.0f} s") from None
 
     def close(self) -> None:

@@ -77,6 +77,10 @@ class Model:
         self.card_path = card_path
         self.backend: Backend = selection.backend
         self._lock = None if self.backend.threadsafe else threading.Lock()
+        # A backend that holds more than memory (an isolated model's worker process) counts its users
+        # and is retired when no longer served; the others are freed with their last reference.
+        self._hold = getattr(self.backend, "hold", None)
+        self._let_go = getattr(self.backend, "let_go", None)
         self._n_inputs = len(self.backend.inputs)
         self._preprocessor = self._make_preprocessor()
         self._check_labels()
@@ -96,8 +100,15 @@ class Model:
 
     @property
     def delegate(self) -> str:
-        """The delegate the model runs on."""
-        return self.selection.delegate
+        """The delegate the model runs on now: the backend's, which an isolated model's worker changes
+        when it moves to the next delegate after crashing (the selection's is the one chosen at load)."""
+        return self.backend.delegate
+
+    @property
+    def available(self) -> bool:
+        """Whether calls can be answered now: False while an isolated model cools down after its worker
+        crashed on every delegate (``edgerun.isolation``)."""
+        return bool(getattr(self.backend, "available", True))
 
     @property
     def format(self) -> str:
@@ -249,6 +260,25 @@ class Model:
     def close(self) -> None:
         """Release the runtime."""
         self.backend.close()
+
+    # -- serving: held by requests, retired when swapped out -------------------
+    def hold(self) -> bool:
+        """Count one request that will run this model, until its ``let_go``: a ``retire`` meanwhile waits
+        for it. False when the model was retired already (counted all the same: ``let_go`` it)."""
+        return True if self._hold is None else bool(self._hold())
+
+    def let_go(self) -> None:
+        """The end of a ``hold``."""
+        if self._let_go is not None:
+            self._let_go()
+
+    def retire(self) -> None:
+        """No longer served (swapped out by an update, a rollback or a reload; removed): an isolated
+        model's worker stops and its shared memory is freed once the calls in progress and the requests
+        holding the model are done. An in-process runtime is left to its last reference, as before."""
+        retire = getattr(self.backend, "retire", None)
+        if retire is not None:
+            retire()
 
     def __enter__(self) -> Model:
         return self

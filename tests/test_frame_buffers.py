@@ -98,15 +98,15 @@ def test_a_stream_keeps_every_frame_it_hands_on_intact(tmp_path: Path) -> None:
     video = make_video(tmp_path / "v.avi", frames=20)
     expected = plain_decode(video)
     source = StreamSource(str(video), queue=64, retries=1, retry_delay_s=0.01)
-    kept, addresses = [], set()
+    kept = []
     for frame in source.frames():
-        addresses.add(frame.data.ctypes.data)
         if frame.index % 2:
             kept.append(frame)
     assert [f.index for f in kept] == list(range(1, 20, 2))
     for frame in kept:
         assert np.array_equal(frame.data, expected[frame.index]), frame.index
-    assert len(addresses) < 20
+    # how many arrays were used again depends on how far the capture thread ran ahead of this loop (all 20
+    # frames can wait in its buffer at once on a loaded machine): reuse itself is asserted by the tests above
 
 
 def test_frames_made_read_only_by_their_holder_leave_the_pool_and_the_video_goes_on(tmp_path: Path) -> None:

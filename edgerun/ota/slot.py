@@ -3,18 +3,24 @@
 A ``ModelSlot`` holds the primary model and, during an A/B rollout, a
 candidate serving a fraction of requests. ``get()`` is called once per request
 (per frame) and returns the model that request will use from preparing to
-post-processing, so a swap never mixes two models inside one request. A new
-model is loaded and warmed *before* it is put in the slot; the swap itself is
-one reference assignment. The replaced model is not closed here: requests
-still holding it finish on it, and it is freed with its last reference (an
-isolated model's worker process and shared memory too: ``edgerun.isolation``
-releases them then).
+post-processing, so a swap never mixes two models inside one request; ``hold()``
+does the same and counts the request until its ``Model.let_go()``. A new model
+is loaded and warmed *before* it is put in the slot; the swap itself is one
+reference assignment.
+
+A model the slot stops serving (replaced by ``swap``, a candidate replaced or
+dropped by ``set_candidate``, both at ``retire`` when the name is removed) is
+retired (``Model.retire``): requests still holding it finish on it, and an
+isolated model's worker process stops and its shared memory is freed as soon as
+the last of them is done. Nothing waits for the garbage collector, which never
+came while an idle thread still referred to the last model it ran.
 """
 
 from __future__ import annotations
 
 import random
 import threading
+from collections.abc import Callable
 from typing import Any
 
 from edgerun.model import Model
@@ -31,6 +37,8 @@ class ModelSlot:
         self._fraction = 0.0
         self._rng = random.Random()
         self._lock = threading.Lock()
+        self._retired = False
+        self._on_retire: list[Callable[[], None]] = []
 
     @property
     def name(self) -> str:
@@ -48,6 +56,11 @@ class ModelSlot:
         candidate = self._candidate
         return None if candidate is None else (candidate, self._fraction)
 
+    @property
+    def retired(self) -> bool:
+        """Whether the slot's name is no longer served (``retire``)."""
+        return self._retired
+
     def get(self) -> Model:
         """The model for one request."""
         candidate = self._candidate
@@ -55,18 +68,67 @@ class ModelSlot:
             return candidate
         return self._primary
 
+    def hold(self) -> Model:
+        """The model for one request, held (``Model.hold``) until the request calls its ``let_go()``:
+        a swap meanwhile lets the request finish on it before its worker is stopped.
+
+        A model retired between ``get`` and its hold is let go and the slot asked again: it serves
+        another by then. A retired model is handed out only by a retired slot (a request that found
+        the name just before it was removed) or one that still serves it; it answers all the same.
+        """
+        model = self.get()
+        while not model.hold() and not self._retired and not self._serves(model):
+            model.let_go()
+            model = self.get()
+        return model
+
+    def _serves(self, model: Model) -> bool:
+        return model is self._primary or model is self._candidate
+
     def swap(self, model: Model) -> Model:
-        """Serve ``model`` (already loaded and warmed) from the next request on; returns the old one."""
+        """Serve ``model`` (already loaded and warmed) from the next request on; returns the old one,
+        retired unless it still serves here (it was the candidate, or is ``model`` itself)."""
         with self._lock:
             old, self._primary = self._primary, model
             if self._candidate is model:
                 self._candidate, self._fraction = None, 0.0
+            self._retire_unless_served(old)
             return old
 
     def set_candidate(self, model: Model | None, fraction: float = 0.0) -> None:
-        """Route ``fraction`` of requests to ``model`` (None ends the split)."""
+        """Route ``fraction`` of requests to ``model`` (None ends the split); the candidate it
+        replaces is retired unless it is the primary too."""
         with self._lock:
+            old = self._candidate
             self._candidate, self._fraction = model, (fraction if model is not None else 0.0)
+            if old is not None:
+                self._retire_unless_served(old)
+
+    def _retire_unless_served(self, model: Model) -> None:
+        if not self._serves(model):
+            model.retire()
+
+    def retire(self) -> None:
+        """The name is no longer served (removed from the config): retire its models and run the
+        ``when_retired`` callbacks (the API's batching thread for it ends). Once only."""
+        with self._lock:
+            if self._retired:
+                return
+            self._retired = True
+            callbacks, self._on_retire = self._on_retire, []
+            models = [self._primary] if self._candidate is None else [self._primary, self._candidate]
+        for model in models:
+            model.retire()
+        for callback in callbacks:
+            callback()
+
+    def when_retired(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` when the slot is retired (at once if it is already)."""
+        with self._lock:
+            if not self._retired:
+                self._on_retire.append(callback)
+                return
+        callback()
 
     def describe(self) -> dict[str, Any]:
         """``{"version", "format", "delegate"}`` of the primary, as the status record wants."""
