@@ -589,13 +589,14 @@ def drain_part(broker: Broker, tmp: Path, rounds: int, single_n: int, diagnose: 
 
 def bare_sqlite_writer(path: Path) -> Callable[[int, int], float]:
     """The floor: the same rows, same schema and pragmas, ``json.dumps`` + ``executemany`` per batch."""
-    from edgerun.sync.outbox import _SCHEMA
+    from edgerun.sync.outbox import _TABLES
 
     path.parent.mkdir(parents=True, exist_ok=True)
     db = sqlite3.connect(path, isolation_level=None)
     db.execute("PRAGMA journal_mode=WAL")
     db.execute("PRAGMA synchronous=NORMAL")
-    db.executescript(_SCHEMA)
+    for statement in _TABLES.values():
+        db.execute(statement)
     topic = f"edgerun/{DEVICE}/results/{MODEL}"
     seq = [0]
 
