@@ -178,10 +178,10 @@ def watch_assembly() -> None:
     if getattr(original, "bench_wrapped", False):
         return
 
-    def wrapped(self: Any, target: Path, manifest: Any) -> None:
+    def wrapped(self: Any, target: Path, *args: Any, **kwargs: Any) -> None:
         t0 = time.perf_counter()
         try:
-            original(self, target, manifest)
+            original(self, target, *args, **kwargs)
         finally:
             ASSEMBLY[str(target)] = (t0, time.perf_counter())
 
