@@ -13,18 +13,7 @@ import numpy as np
 
 from edgerun.sources.video import FrameBuffers, StreamSource, VideoFileSource
 from tests.test_sources import make_video
-
-
-def plain_decode(path: Path) -> list[np.ndarray]:
-    cap = cv2.VideoCapture(str(path))
-    frames = []
-    while True:
-        ok, image = cap.read()
-        if not ok:
-            break
-        frames.append(image)
-    cap.release()
-    return frames
+from tests.test_stream_recording_19 import _decoded as plain_decode
 
 
 def test_frames_that_are_kept_are_never_written_over(tmp_path: Path) -> None:
