@@ -32,13 +32,15 @@ Packet size: a broker closes the connection on a packet over its maximum size, a
 paho sends the same message again after every reconnect, so one such record would
 hold the link forever. The link never sends a packet over the Maximum Packet Size of
 the MQTT 5 CONNACK: the record is refused (dropped and counted as above, one WARNING
-line per topic and limit), a direct publish is dropped with the same line. Where the
-broker says no limit (MQTT 3.1.1) or says it wrongly, a record is taken as refused
-when the broker closed an accepted connection ``WEDGE_STRIKES`` times in a row within
-``WEDGE_WINDOW_S`` of that record going on the wire as the only one in flight (at
-once for a DISCONNECT 0x95 ``Packet too large``): after such a close with several in
-flight, records are sent one at a time until one is acknowledged or refused. A loss
-the broker explains otherwise, or a keepalive timeout, counts against no record.
+line per topic and limit), a direct publish is dropped with the same line; so is a
+record the broker closes the connection on with a DISCONNECT 0x95 ``Packet too large``.
+A close right after a record went out, with no reason given (MQTT 3.1.1 cannot give
+one), never deletes it: a network or a broker that drops connections looks the same,
+and records are kept until delivered. After such a close with several in flight,
+records are sent one at a time, and a record alone on the wire that the broker closes
+the connection on ``WEDGE_STRIKES`` times in a row (within ``WEDGE_WINDOW_S`` of it
+going out) is named in one WARNING line that points to MQTT 5. A loss the broker
+explains otherwise, or a keepalive timeout, counts against no record.
 
 Reconnecting: the backoff and the log-once state are reset only by a connection that
 stayed up ``STEADY_S`` seconds, not by every CONNACK, so a broker that accepts the
@@ -82,7 +84,7 @@ log = logging.getLogger(__name__)
 __all__ = ["LinkState", "Message", "MqttLink", "publish_packet_size"]
 
 STEADY_S = 10.0  # a connection up this long resets the backoff and the log-once state
-WEDGE_STRIKES = 3  # consecutive losses with one record oldest in flight before it counts as refused
+WEDGE_STRIKES = 3  # consecutive losses with one record alone in flight before it is named in a WARNING
 WEDGE_WINDOW_S = 5.0  # a loss counts against that record only this soon after it went on the wire
 QUICK_CLOSES = 3  # consecutive unexplained closes soon after CONNACK before a client id clash is suspected
 _TAKEN_OVER = 0x8E  # DISCONNECT reason: another client connected with this client id
@@ -715,17 +717,37 @@ class MqttLink:
             self._suspect = None
             return False
         rid = self._inflight.get(oldest[0])
-        if rid is None:  # a direct publish (status, OTA status) was older: whose doing is not known
-            return True
+        if rid is None:  # a direct publish (status, OTA status) was older: no record's doing, maybe a clash
+            return False
         alone = len(self._wire) == 1
         losses = self._suspect[1] + 1 if self._suspect is not None and self._suspect[0] == rid else 1
         self._suspect = (rid, losses)
-        if alone and (decisive or losses >= WEDGE_STRIKES):
+        if alone and decisive:
             self._suspect = None
-            self._refuse_wedged(oldest[0], losses, decisive=decisive)
+            self._refuse_wedged(oldest[0])
+        elif alone and losses == WEDGE_STRIKES:
+            self._say_suspected(oldest[0], losses)
         elif not alone:
             self._take_back()  # sent again one at a time
         return True
+
+    def _say_suspected(self, mid: int, losses: int) -> None:
+        """One WARNING a topic: the broker keeps closing the connection right after this record, giving
+        no reason. It is kept and sent again: a network or a broker that drops connections looks the
+        same, and a record deleted on a guess would be lost (only MQTT 5 can say a packet is too large)."""
+        topic = self._inflight_topics.get(mid, "?")
+        if self._too_large.get(topic) == "suspected":
+            return
+        self._too_large[topic] = "suspected"
+        log.warning(
+            "MQTT: the broker at %s closed the connection %d times in a row right after a message on %s went out, "
+            "giving no reason; it is kept and sent again (a network that drops connections looks the same). If the "
+            "broker limits the packet size, connect with MQTT 5 so that the limit is known and such records are "
+            "refused (further ones on this topic are not logged)",
+            self.settings.describe(),
+            losses,
+            topic,
+        )
 
     def _take_back(self, drop: int | None = None) -> Any:
         """Take every unacknowledged message back from paho, which has no call that drops one message
@@ -749,30 +771,24 @@ class MqttLink:
             self._publish_direct(m.topic, m.payload, m.qos, m.retain)
         return messages.get(drop) if drop is not None else None
 
-    def _refuse_wedged(self, mid: int, losses: int, *, decisive: bool) -> None:
-        """Drop the record sent as ``mid``, which the broker keeps closing the connection on, as refused."""
+    def _refuse_wedged(self, mid: int) -> None:
+        """Drop the record sent as ``mid``, which the broker closed the connection on as too large (0x95)."""
         rid = self._inflight.get(mid)
         topic = self._inflight_topics.get(mid, "?")
         culprit = self._take_back(drop=mid)
         size = 0
         if culprit is not None:
             size = publish_packet_size(topic, culprit.payload, culprit.qos, v5=self.settings.protocol == "5")
-        why = (
-            f"as too large ({reason_text(self._broker_reason)})"
-            if decisive
-            else f"{losses} times in a row right after it was sent, giving no reason (most likely it is over the "
-            "broker's maximum packet size, which MQTT 3.1.1 cannot say)"
-        )
-        said = "0x95" if decisive else "closed"
-        if self._too_large.get(topic) != said:
-            self._too_large[topic] = said
+        if self._too_large.get(topic) != "0x95":
+            self._too_large[topic] = "0x95"
             log.warning(
-                "MQTT: the broker at %s closed the connection on a %d-byte message on %s %s; dropped, since it "
-                "would be refused again (a record is counted in 'refused'; further ones on this topic are not logged)",
+                "MQTT: the broker at %s closed the connection on a %d-byte message on %s as too large (%s); dropped, "
+                "since it would be refused again (a record is counted in 'refused'; further ones on this topic are "
+                "not logged)",
                 self.settings.describe(),
                 size,
                 topic,
-                why,
+                reason_text(self._broker_reason),
             )
         if rid is not None:
             self._refuse_record(rid)
