@@ -215,10 +215,9 @@ class TakeoverProxy:
                 target=self._pipe, args=(upstream, device, self.DISCONNECT_TAKEN_OVER), daemon=True
             ).start()
 
-    @staticmethod
-    def _pipe(src: socket.socket, dst: socket.socket, last_words: bytes) -> None:
+    def _pipe(self, src: socket.socket, dst: socket.socket, last_words: bytes) -> None:
         try:
-            while data := src.recv(65536):
+            while (data := src.recv(65536)) and self._passes(data):
                 dst.sendall(data)
         except OSError:
             pass
@@ -229,6 +228,10 @@ class TakeoverProxy:
             with contextlib.suppress(OSError):
                 s.shutdown(socket.SHUT_RDWR)
             s.close()
+
+    def _passes(self, data: bytes) -> bool:
+        """Whether ``data`` goes through; a packet that does not ends the connection, both ways."""
+        return True
 
     def close(self) -> None:
         self._closed = True
@@ -274,19 +277,11 @@ class CuttingProxy(TakeoverProxy):
         self.marker, self.left = marker, cuts
         super().__init__(broker_port)
 
-    def _pipe(self, src: socket.socket, dst: socket.socket, last_words: bytes) -> None:  # type: ignore[override]
-        try:
-            while data := src.recv(65536):
-                if self.left and self.marker in data:
-                    self.left -= 1
-                    break
-                dst.sendall(data)
-        except OSError:
-            pass
-        for s in (src, dst):
-            with contextlib.suppress(OSError):
-                s.shutdown(socket.SHUT_RDWR)
-            s.close()
+    def _passes(self, data: bytes) -> bool:
+        if self.left and self.marker in data:
+            self.left -= 1
+            return False
+        return True
 
 
 @pytest.mark.parametrize("protocol", ["3.1.1", "5"])
