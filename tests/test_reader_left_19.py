@@ -21,7 +21,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -176,22 +176,36 @@ def test_a_pipe_read_by_a_process_holding_over_1024_descriptors_gives_its_window
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
 
 
-def test_reloading_a_daemon_again_and_again_over_a_quiet_pipe_leaves_no_reader_or_descriptor_behind(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
-) -> None:
+def reloadable_daemon(
+    tmp_path: Path, model_name: str, model: Path | str, pipeline: str, source: str, out: Path
+) -> tuple[Any, Callable[[float], None]]:
+    """A ``Daemon`` (not started) with one pipeline from ``source`` into ``out``, configured in a file,
+    and a function that rewrites that file with a new ``restart_s`` and reloads it (the pipeline restarts)."""
     from edgerun.config import load_config
     from edgerun.daemon import Daemon
 
-    fifo = tmp_path / "accel.csv"
-    os.mkfifo(fifo)
     config = tmp_path / "edgerun.yaml"
-    text = f"models:\n  vibration:\n    path: {MODEL}\napi:\n  enabled: false\nstate_dir: {tmp_path / 'state'}\n"
-    out = tmp_path / "out.jsonl"
-    text += f"pipelines:\n  accel:\n    source: {fifo}\n    model: vibration\n    sinks: [{out}]\n"
+    text = f"models:\n  {model_name}:\n    path: {model}\napi:\n  enabled: false\nstate_dir: {tmp_path / 'state'}\n"
+    text += f"pipelines:\n  {pipeline}:\n    source: '{source}'\n    model: {model_name}\n    sinks: [{out}]\n"
     text += "    restart_s: {restart}\n"
     config.write_text(text.format(restart=1))
-    before = _readers()
     daemon = Daemon(load_config(config), config)
+
+    def restart_after(seconds: float) -> None:
+        config.write_text(text.format(restart=seconds))
+        daemon.reload()
+
+    return daemon, restart_after
+
+
+def test_reloading_a_daemon_again_and_again_over_a_quiet_pipe_leaves_no_reader_or_descriptor_behind(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    fifo = tmp_path / "accel.csv"
+    os.mkfifo(fifo)
+    out = tmp_path / "out.jsonl"
+    daemon, restart_after = reloadable_daemon(tmp_path, "vibration", MODEL, "accel", str(fifo), out)
+    before = _readers()
     daemon.start()
     try:
         with _quiet_writer(fifo, _rows(1)) as written:
@@ -202,8 +216,7 @@ def test_reloading_a_daemon_again_and_again_over_a_quiet_pipe_leaves_no_reader_o
                 wait_until(lambda: _held(fifo) == 1, 30, "the pipeline reading the pipe")
                 assert runner.state == "running"
                 assert len(_readers() - before) == 1
-                config.write_text(text.format(restart=reload))
-                daemon.reload()
+                restart_after(reload)
                 assert daemon.runners["accel"] is not runner and not runner.thread.is_alive()
                 wait_until(lambda: len(_readers() - before) <= 1 and _held(fifo) <= 1, 10, "one reader, one pipe")
     finally:

@@ -39,7 +39,7 @@ from edgerun.sinks.base import Result
 from edgerun.sources.files import FileSource
 from tests.conftest import DIGITS, ROOT, SAMPLES
 from tests.test_pipeline import ListSink
-from tests.test_reader_left_19 import LEFT, _held, _quiet_writer, _readers, _Run, _said
+from tests.test_reader_left_19 import LEFT, _held, _quiet_writer, _readers, _Run, _said, reloadable_daemon
 from tests.test_sync import wait_until
 
 MODEL = DIGITS / "digits_int8.onnx"
@@ -177,18 +177,10 @@ def test_runs_started_and_stopped_again_and_again_over_an_image_pipe_leave_nothi
 def test_reloading_a_daemon_again_and_again_over_a_quiet_image_pipe_leaves_no_reader_or_descriptor_behind(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    from edgerun.config import load_config
-    from edgerun.daemon import Daemon
-
     folder, fifo = _inputs(tmp_path)
-    config = tmp_path / "edgerun.yaml"
     out = tmp_path / "out.jsonl"
-    text = f"models:\n  digits:\n    path: {MODEL}\napi:\n  enabled: false\nstate_dir: {tmp_path / 'state'}\n"
-    text += f"pipelines:\n  images:\n    source: '{folder}/*'\n    model: digits\n    sinks: [{out}]\n"
-    text += "    restart_s: {restart}\n"
-    config.write_text(text.format(restart=1))
+    daemon, restart_after = reloadable_daemon(tmp_path, "digits", MODEL, "images", f"{folder}/*", out)
     before = _readers()
-    daemon = Daemon(load_config(config), config)
     daemon.start()
     try:
         with _quiet_writer(fifo, "") as written:
@@ -198,8 +190,7 @@ def test_reloading_a_daemon_again_and_again_over_a_quiet_image_pipe_leaves_no_re
                 wait_until(lambda r=runner: r.state == "running" and _held(fifo) >= 1, 30, "the pipeline on the pipe")
                 assert len(_readers() - before) == 1, "a reader of an earlier pipeline is still there"
                 wait_until(lambda: _held(fifo) == 1, 30, "the pipeline reading the pipe")
-                config.write_text(text.format(restart=reload))
-                daemon.reload()
+                restart_after(reload)
                 assert daemon.runners["images"] is not runner and not runner.thread.is_alive()
                 wait_until(lambda: len(_readers() - before) <= 1 and _held(fifo) <= 1, 10, "one reader, one pipe")
     finally:
