@@ -712,21 +712,23 @@ class MqttLink:
         sent one at a time (``_drain``), and a record alone on the wire that the broker closes the
         connection on ``WEDGE_STRIKES`` times in a row (or once with a DISCONNECT 0x95) is refused.
         """
-        oldest = next(iter(self._wire.items()), None)
+        # the oldest record on the wire: a direct publish (the status sent at each CONNACK) may be older
+        # and unacknowledged when the close cut its PUBACK off; with no record in flight, whose doing the
+        # close was is not known (maybe a client id clash: the caller counts it so)
+        oldest = next(((mid, at) for mid, at in self._wire.items() if mid in self._inflight), None)
         if oldest is None or now - oldest[1] > WEDGE_WINDOW_S:
             self._suspect = None
             return False
-        rid = self._inflight.get(oldest[0])
-        if rid is None:  # a direct publish (status, OTA status) was older: no record's doing, maybe a clash
-            return False
-        alone = len(self._wire) == 1
+        mid = oldest[0]
+        rid = self._inflight[mid]
+        alone = sum(m in self._inflight for m in self._wire) == 1
         losses = self._suspect[1] + 1 if self._suspect is not None and self._suspect[0] == rid else 1
         self._suspect = (rid, losses)
-        if alone and decisive:
+        if alone and decisive and next(iter(self._wire)) == mid:  # nothing older: the 0x95 was for it
             self._suspect = None
-            self._refuse_wedged(oldest[0])
+            self._refuse_wedged(mid)
         elif alone and losses == WEDGE_STRIKES:
-            self._say_suspected(oldest[0], losses)
+            self._say_suspected(mid, losses)
         elif not alone:
             self._take_back()  # sent again one at a time
         return True
