@@ -8,6 +8,7 @@ the sink and committed in batches on the pipeline's sink thread.
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from typing import Any
@@ -45,8 +46,8 @@ class MetricsPublisher:
         interval_s: float = 10.0,
         system: SystemSampler | None = None,
     ) -> None:
-        if interval_s <= 0:
-            raise ValueError("metrics interval must be positive")
+        if not 0 < interval_s < math.inf:  # NaN too: a timer that never or always fires
+            raise ValueError(f"metrics interval must be a positive number of seconds, not {interval_s!r}")
         self._window = MetricsWindow(metrics)
         self._outbox, self._link, self._topics = outbox, link, topics
         self._interval = interval_s

@@ -15,7 +15,7 @@ from edgerun.sync.link import MqttLink
 from edgerun.sync.outbox import Outbox
 from edgerun.sync.publish import MetricsPublisher, ResultsSink
 from edgerun.sync.settings import MqttSettings
-from edgerun.sync.topics import Topics
+from edgerun.sync.topics import METRICS_INTERVAL_MAX_S, METRICS_INTERVAL_MIN_S, Topics
 from edgerun.telemetry.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -44,6 +44,10 @@ class SyncService:
         results_qos: int = 1,
         results_max_per_s: float | None = None,
     ) -> None:
+        if not METRICS_INTERVAL_MIN_S <= interval_s <= METRICS_INTERVAL_MAX_S:  # as the CLI and config bound it
+            raise ValueError(
+                f"metrics interval must be {METRICS_INTERVAL_MIN_S:g}-{METRICS_INTERVAL_MAX_S:g} s, not {interval_s!r}"
+            )
         self.topics = Topics(settings.topic_prefix, device_id)
         self._state_dir = Path(state_dir)
         claim_state_dir(self._state_dir)  # one owner of an outbox: a second is refused in one line
