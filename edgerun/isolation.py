@@ -17,8 +17,9 @@ A backend that is no longer served (a model swapped out or removed) is
 ``retire``d: its worker stops and its shared memory is freed as soon as the calls
 in progress and the requests that ``hold`` it are done, without waiting for the
 garbage collector (idle threads keep references to the last model they used). A
-call that comes after that (a frame a pipeline prepared before the swap) still
-gets its answer from a worker started for it, stopped again after it.
+call that comes after that (from a caller that took the model with
+``ModelSlot.get`` and no hold) still gets its answer from a worker started for
+it, stopped again after it.
 
 The seam is the ordinary ``Backend`` protocol: a ``Model`` built on an
 ``IsolatedBackend`` pre- and post-processes in the daemon and runs only the
@@ -413,8 +414,8 @@ class IsolatedBackend:
         log.info("worker process %d for %s stopped: no longer served, its last call done", pid, self.path.name)
 
     def _start_again(self) -> None:
-        """A call to a retired backend whose worker was stopped (a frame prepared before a swap and
-        run after it): a worker for that call, stopped again once it is done."""
+        """A call to a retired backend whose worker was stopped (a caller that took the model before
+        the swap without holding it): a worker for that call, stopped again once it is done."""
         log.info("%s: a call that took it before it was swapped out: starting a worker for that call", self.path.name)
         try:
             self._start()

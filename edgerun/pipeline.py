@@ -35,7 +35,12 @@ Invariants:
   the stage (or the ``BrokenPipeError`` itself when the reader of a sink's
   stream went away, as under ``| head``, which callers end on quietly);
 * ``stop()`` (from SIGINT/SIGTERM) closes the source; everything already read is
-  still processed and every sink is closed (flushed) exactly once.
+  still processed and every sink is closed (flushed) exactly once;
+* a frame holds the model it was given (``ModelSlot.hold``) from the moment it is
+  prepared until its result or error is out, and lets go of it on every path (a frame
+  discarded by a failed run too): a model swapped out meanwhile (an update, a rollback,
+  a reload) finishes these frames and, run in a worker process (``isolation: process``),
+  stops that worker after the last of them instead of starting one again for each.
 """
 
 from __future__ import annotations
@@ -73,6 +78,7 @@ class _Item(msgspec.Struct):
     frame: Frame
     arrived: float  # monotonic time the reader took it
     model: Model | None = None  # chosen once per frame, so a hot swap never mixes two models
+    held: bool = False  # the frame holds ``model`` (``ModelSlot.hold``) until its result is out
     tensor: np.ndarray | None = None
     pre_ms: float = 0.0
     error: str | None = None
@@ -83,6 +89,13 @@ class _Item(msgspec.Struct):
 
 #: Frames of a live source that each queue before inference holds, at most: enough to keep the model busy.
 LIVE_QUEUE = 2
+
+
+def _let_go(item: _Item) -> None:
+    """The end of the frame's hold on its model (once; nothing if it holds none)."""
+    if item.held:
+        item.held = False
+        item.model.let_go()  # type: ignore[union-attr]  # held only once a model was given
 
 
 class Summary(msgspec.Struct):
@@ -272,6 +285,7 @@ class Pipeline:
                 if self._prepare_on_reader and not onward.empty() and not self._prepare_guarded(item):
                     return
                 if not onward.put(item):
+                    _let_go(item)  # the run was aborted: a frame prepared here goes no further
                     return
                 taken += 1
                 if self._max_frames is not None and taken >= self._max_frames:
@@ -298,6 +312,7 @@ class Pipeline:
             while (item := lanes.get(take, self._abort)) is not END:
                 self._prepare_one(item)
                 if not lanes.put(onward, item, self._abort):
+                    _let_go(item)  # the run was aborted: this frame goes no further
                     return
         except BaseException as exc:
             self._fail("preprocess", exc)
@@ -305,14 +320,19 @@ class Pipeline:
             lanes.put(onward, END, self._abort)
 
     def _prepare_one(self, item: _Item) -> None:
-        item.model = self.slot.get()
+        """Give the frame its model, held until its result is out (``_let_go``), and prepare it."""
+        item.model = model = self.slot.hold()  # for an in-process model, a count of nothing: no lock taken
+        item.held = True
         if item.frame.error is None:
             t0 = time.perf_counter()
             try:
-                item.tensor = item.model.prepare(item.frame.data, item.frame.source_id)
+                item.tensor = model.prepare(item.frame.data, item.frame.source_id)
             except EdgerunError as exc:
                 item.error = str(exc)
                 item.model_error = not isinstance(exc, UnusableInput)
+            except BaseException:  # a bug: the stage fails, and the frame with it
+                _let_go(item)
+                raise
             item.pre_ms = (time.perf_counter() - t0) * 1e3
         else:
             item.error = item.frame.error  # the source could not give this input (a bad file, row or message)
@@ -334,19 +354,24 @@ class Pipeline:
             while not ended:
                 batch: list[_Item] = []  # in the source's order, failed frames included
                 good = 0
-                item = self._q_inf.get()
-                while item is not END:
-                    if item.model is None and not self._prepare_guarded(item):  # handed on as read
-                        return
-                    batch.append(item)
-                    good += item.error is None
-                    if good >= self._batch:
-                        break
-                    item = self._q_inf.get_nowait()  # take what is already waiting, never wait to fill a batch
-                    if item is NOTHING:
-                        break
-                ended = item is END
-                self._run_in_order(batch)
+                try:
+                    item = self._q_inf.get()
+                    while item is not END:
+                        if item.model is None and not self._prepare_guarded(item):  # handed on as read
+                            return
+                        batch.append(item)
+                        good += item.error is None
+                        if good >= self._batch:
+                            break
+                        item = self._q_inf.get_nowait()  # take what is already waiting, never wait to fill a batch
+                        if item is NOTHING:
+                            break
+                    ended = item is END
+                    self._run_in_order(batch)
+                finally:
+                    for done in batch:  # each let go once its result is out; still held only where the run failed
+                        if done.held:
+                            _let_go(done)
         except BaseException as exc:
             self._fail("inference", exc)
         finally:
@@ -394,6 +419,7 @@ class Pipeline:
             t2 = time.perf_counter()
             output = model.postprocess(outputs, row)
             post_ms = (time.perf_counter() - t2) * 1e3
+            _let_go(item)  # done with the model: a sink that takes its time keeps no worker for it
             total_ms = (time.monotonic() - item.arrived) * 1e3
             self.metrics.record(
                 model.name,
@@ -406,6 +432,7 @@ class Pipeline:
                 return
 
     def _emit_error(self, item: _Item) -> None:
+        _let_go(item)
         if item.model_error:
             m = item.model or self.slot.primary
             self.metrics.error(m.name, m.version, m.delegate)
@@ -477,6 +504,14 @@ class Pipeline:
         self._onward.end()
         return True
 
+    def _let_go_queued(self) -> None:
+        """Let go of the models of the frames a failed or aborted run left in its queues, never to be run."""
+        for stage in (self._q_pre, self._q_inf):
+            for channel in stage.channels:
+                while (item := channel.get(None)) is not NOTHING:
+                    if item is not END:
+                        _let_go(item)
+
     def run(self) -> Summary:
         """Run until the source ends, ``stop()`` is called or a stage fails; then flush sinks.
 
@@ -507,6 +542,7 @@ class Pipeline:
                     t.join(timeout=5.0)
                 raise
         finally:
+            self._let_go_queued()
             for sink in self.sinks:
                 try:
                     sink.close()

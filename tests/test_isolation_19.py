@@ -286,7 +286,7 @@ def test_a_request_holding_a_swapped_out_model_keeps_its_worker_until_it_lets_go
 def test_a_call_that_took_a_model_before_it_was_swapped_out_is_answered_and_leaves_no_worker() -> None:
     old = load_isolated(DIGITS / "digits_int8.onnx", delegates=["cpu"])
     slot = ModelSlot(old)
-    frame_model = slot.get()  # a pipeline frame prepared on it, run later: no hold taken
+    frame_model = slot.get()  # a caller that took it with no hold (a pipeline frame holds its model)
     new = load_isolated(DIGITS / "digits_int8.onnx", delegates=["cpu"])
     try:
         first_worker = old.backend.process

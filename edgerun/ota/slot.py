@@ -4,7 +4,8 @@ A ``ModelSlot`` holds the primary model and, during an A/B rollout, a
 candidate serving a fraction of requests. ``get()`` is called once per request
 (per frame) and returns the model that request will use from preparing to
 post-processing, so a swap never mixes two models inside one request; ``hold()``
-does the same and counts the request until its ``Model.let_go()``. A new model
+does the same and counts the request until its ``Model.let_go()``: the HTTP API
+holds the model for each request, a pipeline for each frame. A new model
 is loaded and warmed *before* it is put in the slot; the swap itself is one
 reference assignment.
 
