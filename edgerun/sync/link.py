@@ -50,6 +50,9 @@ id), or ``QUICK_CLOSES`` consecutive connections closed soon after CONNACK with 
 reason and no record to blame (the same, from a broker that does not say it), is
 one WARNING line, and the link then waits between half the maximum backoff and the
 maximum before each reconnect, until a connection outlasts that maximum.
+
+Those rules (backoff, log-once, blame, takeover) are ``edgerun.sync.reconnect``, pure logic
+the link consults; the link does the I/O and says what they decide.
 """
 
 from __future__ import annotations
@@ -58,7 +61,6 @@ import contextlib
 import json
 import logging
 import queue
-import random
 import socket
 import threading
 import time
@@ -76,6 +78,7 @@ from edgerun.sync.diagnose import (
     subscribe_refusal,
 )
 from edgerun.sync.outbox import Outbox
+from edgerun.sync.reconnect import TAKEN_OVER, ReconnectPolicy, TooLarge
 from edgerun.sync.settings import MqttSettings
 from edgerun.sync.topics import Topics
 
@@ -83,12 +86,6 @@ log = logging.getLogger(__name__)
 
 __all__ = ["LinkState", "Message", "MqttLink", "publish_packet_size"]
 
-STEADY_S = 10.0  # a connection up this long resets the backoff and the log-once state
-WEDGE_STRIKES = 3  # consecutive losses with one record alone in flight before it is named in a WARNING
-WEDGE_WINDOW_S = 5.0  # a loss counts against that record only this soon after it went on the wire
-QUICK_CLOSES = 3  # consecutive unexplained closes soon after CONNACK before a client id clash is suspected
-_TAKEN_OVER = 0x8E  # DISCONNECT reason: another client connected with this client id
-_TOO_LARGE = 0x95  # DISCONNECT reason: Packet too large
 _KEEPALIVE = 0x8D  # Keep alive timeout (paho's reason for a ping that went unanswered)
 
 
@@ -212,20 +209,14 @@ class MqttLink:
         self._thread: threading.Thread | None = None
         self._status_dirty = False
         self.last_error: str | None = None
-        self._logged_error: str | None = None
         self._logged_failure: str | None = None  # the last serve-pass failure logged at ERROR
         self._counts = {"connects": 0, "sent": 0, "acked": 0, "refused": 0}
-        self._max_packet: int | None = None  # the broker's Maximum Packet Size (MQTT 5 CONNACK), this connection
-        self._too_large: dict[str, str] = {}  # topic -> why a message on it was too large, said once per reason
+        self._too_large = TooLarge()  # the broker's packet size limit, and the records said too large
         self._wire: dict[int, float] = {}  # QoS 1 mid -> when it last went on the wire, oldest first, until PUBACK
-        # (outbox id, losses in a row it was the oldest in flight at); while set, one record is sent at a time
-        self._suspect: tuple[int, int] | None = None
-        self._connack_at = 0.0  # time.monotonic() of this connection's CONNACK
-        self._steady = False  # this connection stayed up long enough to reset the backoff and the log-once state
+        # the backoff, the log-once state, the blame of records, the takeover detection
+        self._policy = ReconnectPolicy(min_s=settings.reconnect_min_s, max_s=settings.reconnect_max_s)
         self._broker_reason: Any = None  # the reason of a DISCONNECT the broker sent on this connection
         self._keepalive_lost = False  # this connection ended with a ping left unanswered
-        self._quick_closes = 0  # unexplained closes soon after CONNACK, in a row
-        self._taken_over = False  # another client connects with this client id: reconnect late
 
     # -- for other threads -----------------------------------------------------
     @property
@@ -348,13 +339,11 @@ class MqttLink:
 
     def _connect_and_serve(self) -> None:
         s = self.settings
-        backoff = s.reconnect_min_s
         while not self._stop.is_set():
             started = time.monotonic()
             self._refused = None
             self._socket_error = None
             self._connack = False  # this connection's CONNACK; _connected is cleared by paho's on_disconnect
-            self._steady = False
             self._broker_reason = None
             self._keepalive_lost = False
             failed = False
@@ -372,17 +361,10 @@ class MqttLink:
                 break
             if self._connack and not failed:
                 self._connection_lost(time.monotonic())
-            if self._steady or (not self._connack and time.monotonic() - started > 60):
-                backoff = s.reconnect_min_s  # a connection that lasted, or an attempt that lasted, resets it
+            delay = self._policy.next_wait(accepted=self._connack, attempt_s=time.monotonic() - started)
             self._connected.clear()
-            if self._taken_over:  # the other client's wait is drawn the same way: the two rarely meet
-                backoff = s.reconnect_max_s
-                delay = random.uniform(backoff / 2, backoff)
-            else:
-                delay = random.uniform(0, backoff)  # full jitter: a fleet does not reconnect in step
             log.debug("reconnecting to %s in %.2f s", s.describe(), delay)
             self._stop.wait(delay)
-            backoff = min(backoff * 2, s.reconnect_max_s)
         try:
             self._close(self._offline_wait_s)
         except Exception as exc:  # already gone
@@ -579,7 +561,7 @@ class MqttLink:
         if self._acked:
             self.outbox.ack(self._acked, refused=self._acked_refused)
             self._acked, self._acked_refused = [], 0
-        most = 1 if self._suspect is not None else self.settings.max_inflight  # one at a time: whose fault is sure
+        most = 1 if self._policy.one_at_a_time else self.settings.max_inflight  # one at a time: whose fault is sure
         room = most - len(self._inflight)
         if room <= 0:
             return
@@ -619,14 +601,13 @@ class MqttLink:
 
         The broker would close the connection on it, and paho would send it again after every reconnect.
         """
-        limit = self._max_packet
+        limit = self._too_large.limit
         if limit is None:
             return False
         size = publish_packet_size(topic, payload, qos, v5=self.settings.protocol == "5")
         if size <= limit:
             return False
-        if self._too_large.get(topic) != f"over {limit}":
-            self._too_large[topic] = f"over {limit}"
+        if self._too_large.news(topic, f"over {limit}"):
             log.warning(
                 "MQTT: a %d-byte message on %s is over the broker's maximum packet size (%d bytes); dropped, "
                 "since it would be refused again (a record is counted in 'refused'; further ones over this limit "
@@ -644,25 +625,16 @@ class MqttLink:
         self._counts["refused"] += 1
 
     def _check_steady(self) -> None:
-        """Once a connection has stayed up long enough, a later loss is news again and the backoff starts over.
-
-        While another client takes this client id over, that takes longer than the other's longest wait.
-        """
-        wanted = STEADY_S + (self.settings.reconnect_max_s if self._taken_over else 0.0)
-        if self._steady or time.monotonic() - self._connack_at < wanted:
-            return
-        self._steady = True
-        self._logged_error = None
-        self._suspect = None
-        self._quick_closes = 0
-        if self._taken_over:
-            self._taken_over = False
+        """Once a connection has stayed up long enough, a later loss is news again and the backoff starts over
+        (``ReconnectPolicy.check_steady``); the end of a takeover is one INFO line."""
+        wanted = self._policy.check_steady(time.monotonic())
+        if wanted is not None:
             log.info("MQTT: connected for %g s without being taken over; the usual backoff again", wanted)
 
     def _disconnect_reason(self, reason: Any) -> str:
         """One line for a DISCONNECT the broker sent (MQTT 5), with its reason code."""
         where = self.settings.describe()
-        if getattr(reason, "value", None) == _TAKEN_OVER:
+        if getattr(reason, "value", None) == TAKEN_OVER:
             return (
                 f"the broker at {where} closed the connection because another client connected with this "
                 f"device's client id {self._client_id()} ({reason_text(reason)}): two edgerun processes with "
@@ -675,72 +647,47 @@ class MqttLink:
         return self.settings.client_id or f"edgerun-{self.topics.device}"
 
     def _connection_lost(self, now: float) -> None:
-        """After an accepted connection ended: count the loss against the record it may be due to, or
-        against the client id (another client taking it over), which decides how the link waits."""
-        code = getattr(self._broker_reason, "value", None)
-        if code == _TAKEN_OVER:
-            self._taken_over = True  # said by _serve, once per distinct reason
-            self._suspect = None
-            return
-        explained = self._keepalive_lost or code not in (None, _TOO_LARGE)
-        if not explained and self._strike(now, decisive=code == _TOO_LARGE):
-            self._quick_closes = 0
-            return
-        if explained or self._steady:
-            self._quick_closes = 0
-            return
-        self._quick_closes += 1
-        if self._quick_closes >= QUICK_CLOSES and not self._taken_over:
-            self._taken_over = True
+        """After an accepted connection ended: ask the policy whom the loss is held against (a record, or
+        the client id: another client taking it over, which decides how the link waits), and act on it.
+
+        A record blamed is refused (a DISCONNECT 0x95 with nothing older on the wire), named in one
+        WARNING (``WEDGE_STRIKES`` closes in a row alone on the wire), or taken back with the others in
+        flight so that they are sent again one at a time (``_drain``).
+        """
+        verdict = self._policy.closed(
+            now,
+            reason=getattr(self._broker_reason, "value", None),
+            keepalive_lost=self._keepalive_lost,
+            wire=self._wire,
+            records=self._inflight,
+        )
+        blame = verdict.blame
+        if blame is not None:
+            if blame.act == "refuse":
+                self._refuse_wedged(blame.mid)
+            elif blame.act == "warn":
+                self._say_suspected(blame.mid, blame.losses)
+            elif blame.act == "take_back":
+                self._take_back()  # sent again one at a time
+        if verdict.takeover_suspected:
             log.warning(
                 "MQTT: the broker at %s closed the connection %d times in a row soon after accepting it, giving "
                 "no reason; most likely another client connects with this device's client id %s (two edgerun "
                 "processes with one device id?); reconnecting after %g-%g s",
                 self.settings.describe(),
-                self._quick_closes,
+                verdict.quick_closes,
                 self._client_id(),
                 self.settings.reconnect_max_s / 2,
                 self.settings.reconnect_max_s,
             )
-
-    def _strike(self, now: float, *, decisive: bool) -> bool:
-        """Count a loss against the oldest record in flight, when it came right after that record went on
-        the wire; whether the loss was taken as the doing of a message.
-
-        The broker handles packets in order, so it closed the connection on the oldest message it had
-        not acknowledged, unless the close cut off acknowledgements on their way: the records are then
-        sent one at a time (``_drain``), and a record alone on the wire that the broker closes the
-        connection on ``WEDGE_STRIKES`` times in a row (or once with a DISCONNECT 0x95) is refused.
-        """
-        # the oldest record on the wire: a direct publish (the status sent at each CONNACK) may be older
-        # and unacknowledged when the close cut its PUBACK off; with no record in flight, whose doing the
-        # close was is not known (maybe a client id clash: the caller counts it so)
-        oldest = next(((mid, at) for mid, at in self._wire.items() if mid in self._inflight), None)
-        if oldest is None or now - oldest[1] > WEDGE_WINDOW_S:
-            self._suspect = None
-            return False
-        mid = oldest[0]
-        rid = self._inflight[mid]
-        alone = sum(m in self._inflight for m in self._wire) == 1
-        losses = self._suspect[1] + 1 if self._suspect is not None and self._suspect[0] == rid else 1
-        self._suspect = (rid, losses)
-        if alone and decisive and next(iter(self._wire)) == mid:  # nothing older: the 0x95 was for it
-            self._suspect = None
-            self._refuse_wedged(mid)
-        elif alone and losses == WEDGE_STRIKES:
-            self._say_suspected(mid, losses)
-        elif not alone:
-            self._take_back()  # sent again one at a time
-        return True
 
     def _say_suspected(self, mid: int, losses: int) -> None:
         """One WARNING a topic: the broker keeps closing the connection right after this record, giving
         no reason. It is kept and sent again: a network or a broker that drops connections looks the
         same, and a record deleted on a guess would be lost (only MQTT 5 can say a packet is too large)."""
         topic = self._inflight_topics.get(mid, "?")
-        if self._too_large.get(topic) == "suspected":
+        if not self._too_large.news(topic, "suspected"):
             return
-        self._too_large[topic] = "suspected"
         log.warning(
             "MQTT: the broker at %s closed the connection %d times in a row right after a message on %s went out, "
             "giving no reason; it is kept and sent again (a network that drops connections looks the same). If the "
@@ -781,8 +728,7 @@ class MqttLink:
         size = 0
         if culprit is not None:
             size = publish_packet_size(topic, culprit.payload, culprit.qos, v5=self.settings.protocol == "5")
-        if self._too_large.get(topic) != "0x95":
-            self._too_large[topic] = "0x95"
+        if self._too_large.news(topic, "0x95"):
             log.warning(
                 "MQTT: the broker at %s closed the connection on a %d-byte message on %s as too large (%s); dropped, "
                 "since it would be refused again (a record is counted in 'refused'; further ones on this topic are "
@@ -807,9 +753,8 @@ class MqttLink:
 
     def _note_error(self, message: str) -> None:
         self.last_error = message
-        if message != self._logged_error:  # one line per distinct reason, not one per retry
+        if self._policy.news(message):  # one line per distinct reason, not one per retry
             log.warning("MQTT: %s; retrying with backoff", message)
-            self._logged_error = message
 
     # -- paho callbacks (run in the link thread, inside loop()) ----------------
     def _on_connect(self, client: Any, userdata: Any, flags: Any, reason_code: Any, properties: Any) -> None:
@@ -818,11 +763,11 @@ class MqttLink:
             return
         self._counts["connects"] += 1
         self._connack = True
-        self._connack_at = now = time.monotonic()
+        now = time.monotonic()
+        self._policy.accepted(now)
         self.last_error = None  # the log-once state stays until the connection is steady (_check_steady)
         limit = getattr(properties, "MaximumPacketSize", None)  # MQTT 5 only; paho does not enforce it
-        previous, self._max_packet = self._max_packet, limit if isinstance(limit, int) and limit > 0 else None
-        if self._max_packet != previous and self._wire:  # a new limit: what paho would resend is checked first
+        if self._too_large.connack(limit) and self._wire:  # a new limit: what paho would resend is checked first
             self._take_back()
         # What was in flight stays mapped: paho re-sends its unacknowledged QoS 1
         # messages (same mids) on every reconnect, right after this callback, so we must not send them again.
@@ -875,8 +820,7 @@ class MqttLink:
         if rid is None:
             self._early.add(mid)
             return
-        if self._suspect is not None and self._suspect[0] == rid:
-            self._suspect = None  # answered: the losses were not its doing; all records may go again
+        self._policy.answered(rid)  # the losses were not its doing; all records may go again
         if refused:
             self._counts["refused"] += 1
             self._acked_refused += 1
