@@ -13,9 +13,10 @@ of the runs made, and ``BenchResult.sparse`` names it, so that the output can sa
 The child and Ctrl-C: the child starts with SIGINT held, so a Ctrl-C while it imports
 cannot end it with a traceback; it takes SIGINT once it can answer. Ctrl-C during the
 timed runs stops them, and the figures of the runs made come back as
-``BenchInterrupted.partial``. A child that dies without answering (a crash, the OOM
-killer) is an ``EdgerunError`` naming the signal, never a wait for ever; a child whose
-parent has gone stops at its next progress tick.
+``BenchInterrupted.partial``. Ctrl-C may stop the parent's wait for the child's reply,
+never its reading of one (see ``_receive``). A child that dies without answering (a
+crash, the OOM killer) is an ``EdgerunError`` naming the signal, never a wait for ever;
+a child whose parent has gone stops at its next progress tick.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import os
 import resource
 import signal
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -401,12 +403,13 @@ def bench_isolated(
     args = (sender, path, delegate, runs, threads, progress, os.getpid(), load_kwargs)
     child = ctx.Process(target=_child, args=args, name="edgerun-bench", daemon=True)
     wait = 10.0  # for a child that has replied to end on its own
+    got: list[dict[str, Any]] = []  # the child's reply, once read whole
     try:
         with _sigint_held():
             child.start()
         sender.close()  # the child holds the only writing end: its end is an EOF here
         try:
-            reply = receiver.recv()
+            _receive(receiver, got)
         except EOFError:
             child.join(wait)
             raise EdgerunError(
@@ -414,13 +417,14 @@ def bench_isolated(
             ) from None
     except KeyboardInterrupt:
         wait = 0.0
-        raise BenchInterrupted(_partial(receiver, child)) from None
+        raise BenchInterrupted(_partial(receiver, child, got)) from None
     finally:
         sender.close()
         _stop(child, wait)
         receiver.close()
         if progress:  # a child cut short left its progress line: the next line must start clean
             _Progress(sys.stderr, path, delegate).clear_line()
+    reply = got[0]
     if "error" in reply:
         raise EdgerunError(reply["error"])
     if "interrupted" in reply:  # a SIGINT that reached the child alone
@@ -428,19 +432,44 @@ def bench_isolated(
     return BenchResult.from_dict(reply["ok"])
 
 
-def _partial(receiver: Any, child: Any) -> BenchResult | None:
-    """After Ctrl-C: the child's figures of the runs it made, if it sends them within ``GRACE_S``."""
-    if child.pid is None:
-        return None
-    with contextlib.suppress(OSError):  # a Ctrl-C typed reached the child already; a `kill -INT` of ours did not
-        os.kill(child.pid, signal.SIGINT)
+def _receive(receiver: Any, got: list[dict[str, Any]]) -> None:
+    """Wait for the child's reply, then read it whole into ``got``.
+
+    Ctrl-C may end the wait (a KeyboardInterrupt with nothing read), never the read: raised
+    between a message's length and its body, it lost the reply, and ``_partial`` took the
+    body for a length (a loaded machine, its parent scheduled only once the child had
+    answered the same Ctrl-C, lost the figures of the runs made). So while the reply is
+    read a SIGINT is only noted, and raised again once the reply is in ``got``.
+    """
+    receiver.poll(None)  # the reply, or the child's end (EOF)
+    handler = signal.getsignal(signal.SIGINT)
+    if handler is None or threading.current_thread() is not threading.main_thread():
+        got.append(receiver.recv())  # no Python handler of ours: no KeyboardInterrupt raised here
+        return
+    noted: list[int] = []
+    signal.signal(signal.SIGINT, lambda signum, frame: noted.append(signum))  # raises one that came before
     try:
-        if not receiver.poll(GRACE_S):
-            return None
-        reply = receiver.recv()
-    except (EOFError, OSError, KeyboardInterrupt):  # a second Ctrl-C: stop waiting
+        got.append(receiver.recv())
+    finally:
+        signal.signal(signal.SIGINT, handler)
+        if noted:  # to the handler it came for: KeyboardInterrupt (after an EOFError too), or nothing if ignored
+            signal.raise_signal(signal.SIGINT)
+
+
+def _partial(receiver: Any, child: Any, got: list[dict[str, Any]]) -> BenchResult | None:
+    """After Ctrl-C: the child's figures of the runs it made, if it sends them within ``GRACE_S``.
+
+    ``got`` holds the reply when Ctrl-C came as it was read: then there is nothing to wait for.
+    """
+    if not got and child.pid is not None:
+        with contextlib.suppress(OSError):  # a Ctrl-C typed reached the child already; a `kill -INT` of ours did not
+            os.kill(child.pid, signal.SIGINT)
+        with contextlib.suppress(EOFError, OSError, KeyboardInterrupt):  # a second Ctrl-C: stop waiting
+            if receiver.poll(GRACE_S):
+                _receive(receiver, got)
+    if not got:
         return None
-    fields = reply.get("interrupted") or reply.get("ok")  # "ok": it finished as Ctrl-C came
+    fields = got[0].get("interrupted") or got[0].get("ok")  # "ok": it finished as Ctrl-C came
     return BenchResult.from_dict(fields) if fields else None
 
 
