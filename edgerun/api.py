@@ -8,6 +8,12 @@ types are imported at module level here. Every error is one clear message
 with ``Retry-After`` where a batched request gets no answer within ``PREDICT_WAIT_S``
 (a model call stuck, more requests queued than the model serves); the API goes on.
 
+A predict body must keep arriving: a pause of over ``api.body_timeout_s`` between its pieces, or
+the whole of it taking longer than twice that plus one second per ``BODY_MIN_RATE`` bytes received,
+is a 408 and the connection is closed; a stalled upload never holds one of the ``max_concurrency``
+places for long. Decoding a body over ``DECODE_ON_LOOP_BYTES`` (JSON, .npy) and the heavier
+handlers (``/v1/status``, ``/metrics``) run in the thread pool, never on the event loop.
+
 Predict is the hot path and is answered as plain ASGI by ``_Predictor``, in
 front of FastAPI's routing (the route stays declared, for the OpenAPI document,
 and answers through the same ``_Predictor`` if ever reached). An array request
@@ -31,6 +37,7 @@ import json
 import logging
 import queue
 import re
+import sys
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
@@ -54,11 +61,21 @@ from edgerun.telemetry.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
-__all__ = ["PREDICT_WAIT_S", "Batcher", "create_app"]
+__all__ = ["BODY_MIN_RATE", "DECODE_ON_LOOP_BYTES", "PREDICT_WAIT_S", "Batcher", "create_app"]
 
 #: Seconds a request handed to a model's batching thread waits for its answer (its turn in the
 #: queue and the call itself); one that waits longer is answered 503 (its input left out if not yet run).
 PREDICT_WAIT_S = 60.0
+
+#: Bytes per second a predict body must average once its allowance (twice ``api.body_timeout_s``)
+#: is spent: its deadline moves one second later for each 8 KiB received. A client on a poor link
+#: (50 KB/s: a 1 MB image in 20 s) is never cut; one trickling a byte at a time is, after 20 s.
+BODY_MIN_RATE = 8 * 1024
+
+#: A body up to this size is decoded on the event loop (a JSON array this long parses in ~0.15 ms,
+#: about what a hand-off to a thread costs); a larger one in the thread pool, where an 8 MB JSON
+#: array's ~0.3 s no longer stalls every other request, ``/health`` included.
+DECODE_ON_LOOP_BYTES = 8 * 1024
 
 
 class Batcher:
@@ -182,6 +199,12 @@ def _decode_body(body: bytes, content_type: str) -> Any:
     return body  # image bytes, decoded (and checked) by the model's preprocessing
 
 
+def _decode_parts(parts: list[bytes], content_type: str) -> Any:
+    """``_decode_body`` of a body received in ``parts``, joined once (a body sent in many small pieces
+    is not copied per piece), here: in the thread pool for a large body, the copy too."""
+    return _decode_body(parts[0] if len(parts) == 1 else b"".join(parts), content_type)
+
+
 def _load_npy(body: bytes) -> np.ndarray:
     """A .npy body as an array, its header checked against the bytes that follow it first
     (``load_npy``: a hundred bytes declaring a terabyte were a ``MemoryError``, a 500)."""
@@ -220,6 +243,37 @@ class _Refused(Exception):
     def __init__(self, status: int, detail: str, *headers: tuple[bytes, bytes]) -> None:
         super().__init__(detail)
         self.status, self.detail, self.headers = status, detail, headers
+
+
+class _Deadline:
+    """Cancels the current task at a loop time that can be moved: ``asyncio.timeout`` is Python 3.11+.
+
+    The task is cancelled only from a timer callback, so only while it waits (for a body piece):
+    the ``CancelledError`` always lands in the code that set the deadline, which checks ``expired``.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, when: float) -> None:
+        task = asyncio.current_task()
+        if task is None:
+            raise RuntimeError("a deadline needs a running task")
+        self._loop, self._task, self.expired = loop, task, False
+        self._timer = loop.call_at(when, self._expire)
+
+    def move(self, when: float) -> None:
+        self._timer.cancel()
+        self._timer = self._loop.call_at(when, self._expire)
+
+    def stop(self) -> None:
+        self._timer.cancel()
+
+    def _expire(self) -> None:
+        self.expired = True
+        self._task.cancel()
+
+    def forget_cancel(self) -> None:
+        """Once its ``CancelledError`` is handled: the task is no longer being cancelled (3.11+ counts)."""
+        if sys.version_info >= (3, 11):
+            self._task.uncancel()
 
 
 class _Predictor:
@@ -270,20 +324,18 @@ class _Predictor:
                 raise _Refused(404, f"no model named '{quoted(name)}'")
             if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
                 raise _Refused(413, f"request of {declared} bytes is over the {self.max_bytes}-byte limit")
-            parts: list[bytes] = []  # joined once: a body sent in many small pieces is not copied per piece
-            size = 0
-            async for chunk in chunks:
-                parts.append(chunk)
-                size += len(chunk)
-                if size > self.max_bytes:
-                    raise _Refused(413, f"request is over the {self.max_bytes}-byte limit")
-            body = parts[0] if len(parts) == 1 else b"".join(parts)
-            data = _decode_body(body, content_type)
+            parts = await self._receive(chunks)
+            small = sum(map(len, parts)) <= DECODE_ON_LOOP_BYTES
+            if small:
+                data = _decode_parts(parts, content_type)
+            else:
+                data = await run_in_threadpool(_decode_parts, parts, content_type)
+            del parts
             # once per request: an A/B split never mixes two models; held until answered, so a swap
             # meanwhile stops the model's worker only after this request
             model = slot.hold()
             try:
-                if isinstance(data, np.ndarray) and self._cheap(model):
+                if small and isinstance(data, np.ndarray) and self._cheap(model):
                     record = await self._infer_on_loop(model, data)
                 else:
                     self._threaded += 1
@@ -305,6 +357,39 @@ class _Predictor:
             return 422, _dumps({"detail": str(exc)}), ()
         except EdgerunError as exc:
             return 500, _dumps({"detail": str(exc)}), ()
+
+    async def _receive(self, chunks: AsyncIterator[bytes]) -> list[bytes]:
+        """The body's pieces; ``_Refused`` 413 past ``max_bytes``, 408 (closing the connection) where it
+        pauses over ``body_timeout_s`` or falls behind ``BODY_MIN_RATE`` once its allowance is spent."""
+        loop = asyncio.get_running_loop()
+        pause = self.config.body_timeout_s
+        allowance = loop.time() + 2 * pause  # the whole body's deadline, before any byte arrives
+        parts: list[bytes] = []
+        size = 0
+        stalled = True  # which limit the deadline now set is: a pause, or the whole body's
+        deadline = _Deadline(loop, loop.time() + pause)
+        try:
+            async for chunk in chunks:
+                parts.append(chunk)
+                size += len(chunk)
+                if size > self.max_bytes:
+                    raise _Refused(413, f"request is over the {self.max_bytes}-byte limit")
+                idle, whole = loop.time() + pause, allowance + size / BODY_MIN_RATE
+                stalled = idle <= whole
+                deadline.move(min(idle, whole))
+        except asyncio.CancelledError:
+            if not deadline.expired:
+                raise  # cancelled from outside (the server stopping): not ours to answer
+            deadline.forget_cancel()
+            why = (
+                f"nothing for {pause:g} s"
+                if stalled
+                else f"{size} bytes so far, under {BODY_MIN_RATE} bytes/s beyond the first {2 * pause:g} s"
+            )
+            raise _Refused(408, f"request body not received in time: {why}", (b"connection", b"close")) from None
+        finally:
+            deadline.stop()
+        return parts
 
     def _cheap(self, model: Model) -> bool:
         fast = model.run_ms is not None and model.run_ms < self.INLINE_MS
@@ -483,6 +568,7 @@ class PredictRecord(BaseModel):
 _ERRORS = {
     401: "missing or wrong bearer token",
     404: "no model of that name",
+    408: "the body stopped arriving (a pause over api.body_timeout_s, or too slow); the connection is closed",
     413: "request over the size limit",
     422: "the input cannot be used (undecodable, wrong shape or type)",
     429: "too many requests in progress",
@@ -573,14 +659,14 @@ def create_app(
         return {"ready": True, "models": {n: s.describe() for n, s in slots.items()}}
 
     @app.get("/v1/status", summary="The device: models, MQTT link, outbox, OTA events, inferences since start")
-    async def device_status() -> Any:
+    def device_status() -> Any:  # a plain def: FastAPI runs it in the thread pool (a snapshot takes ms)
         inferences: dict[str, int] = {}  # exact, all versions of a model together (the window's count is capped)
         for (name, _), (count, _) in metrics.counters().items():
             inferences[name] = inferences.get(name, 0) + count
         return {**(status() if status is not None else {}), "inferences": inferences}
 
     @app.get("/metrics", summary="Prometheus text format", response_class=PlainTextResponse)
-    async def prometheus() -> Response:
+    def prometheus() -> Response:  # in the thread pool, like /v1/status
         from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
         registry = CollectorRegistry()

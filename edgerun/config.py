@@ -8,6 +8,9 @@ models.digits.threads: Input should be less than or equal to 256`` or
 Every string that names a file is refused when it holds a NUL byte, which no file name can
 hold (it would only fail later, with a traceback, where the file is opened). Loading walks no
 directory: a pipeline whose source is a glob is checked against its sinks by the pattern alone.
+The files the config names (models, TLS, secrets, trusted keys, ``state_dir``) are refused when
+empty, have ``~`` expanded and, where relative, are taken from the config file's folder, never
+from the working directory. A value of the wrong type is refused, not converted (``_Strict``).
 
 A config that validates can still fail to run; ``check_runnable`` names what
 ``edgerun config check`` finds missing on disk (model files), in the same form.
@@ -19,6 +22,7 @@ from __future__ import annotations
 
 import glob
 import ipaddress
+import math
 import os
 import re
 import sys
@@ -47,8 +51,19 @@ def _no_nul(text: str) -> str:
     return text
 
 
-#: A string naming a file (or a source or sink, which may be one).
-FileName = Annotated[str, AfterValidator(_no_nul)]
+def _not_empty(text: str) -> str:
+    """A file name that names something: ``""`` would be taken as the config's own folder (or,
+    for ``state_dir``, quietly as the default one)."""
+    if not text:
+        raise ValueError("an empty string names no file")
+    return text
+
+
+#: A string naming a source or sink, which may be a file.
+Spec = Annotated[str, AfterValidator(_no_nul)]
+#: A string naming a file: not empty; a relative one is taken from the config file's folder, and
+#: ``~`` is expanded (``_resolve``).
+FileName = Annotated[str, AfterValidator(_no_nul), AfterValidator(_not_empty)]
 
 #: A bearer token a client can send: visible ASCII, no spaces. HTTP servers strip the spaces
 #: around a header value and cannot carry control characters, and non-ASCII bytes reach the
@@ -70,7 +85,11 @@ def _check_token(token: str, where: str) -> str:
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    """Unknown keys are errors, and so is a value of the wrong type (pydantic's strict mode): no
+    ``port: true`` taken as port 1, no ``enabled: 'off'`` taken as false. An integer is still a
+    number where a float is meant (``fps: 10``), and YAML's own booleans (``true``, ``yes``) are booleans."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
 
 class DeviceConfig(_Strict):
@@ -114,9 +133,9 @@ class ModelConfig(_Strict):
 class PipelineConfig(_Strict):
     """A source feeding one model into sinks."""
 
-    source: FileName = Field(description="a source string as for `edgerun run --source`")
+    source: Spec = Field(description="a source string as for `edgerun run --source`")
     model: Name = Field(description="a key of `models`")
-    sinks: list[FileName] = Field(default_factory=list, description="sink strings as for `edgerun run --sink`")
+    sinks: list[Spec] = Field(default_factory=list, description="sink strings as for `edgerun run --sink`")
     fps: float | None = Field(None, ge=FPS_MIN, le=FPS_MAX, description="target frames per second")
     window: int | None = Field(None, ge=1, le=sys.maxsize, description="sensor sources: rows per inference")
     hop: int | None = Field(None, ge=1, description="sensor sources: rows between windows")
@@ -238,6 +257,14 @@ class MqttConfig(_Strict):
         """
         return _secret_file(self.password_file, "mqtt.password_file") if self.password_file else None
 
+    @field_validator("results_qos", mode="before")
+    @classmethod
+    def _qos_not_a_boolean(cls, qos: Any) -> Any:
+        """``Literal[0, 1]`` takes ``true`` for 1 even in strict mode (``True == 1`` in Python)."""
+        if isinstance(qos, bool):
+            raise ValueError("Input should be 0 or 1, not a boolean")
+        return qos
+
     @field_validator("url")
     @classmethod
     def _url_as_the_command_line_takes_it(cls, url: str) -> str:
@@ -288,6 +315,12 @@ class ApiConfig(_Strict):
     token_file: FileName | None = None
     max_request_mb: float = Field(8.0, gt=0, le=1024)
     max_concurrency: int = Field(32, ge=1, le=4096, description="requests in progress; more get 429")
+    body_timeout_s: float = Field(
+        10.0,
+        gt=0,
+        le=600,
+        description="a predict body pausing longer than this gets 408 (all of it: twice this, plus 1 s per 8 KiB)",
+    )
     batch_max_size: int = Field(8, ge=1, le=256, description="requests grouped into one call (dynamic batch models)")
     batch_max_wait_ms: float = Field(2.0, ge=0, le=1000)
 
@@ -376,8 +409,24 @@ def _errors_line(exc: ValidationError) -> str:
     for err in exc.errors():
         where = ".".join(shown(str(p)) for p in err["loc"]) or "(top level)"  # a key may hold a line break
         message = "unknown key" if err["type"] == "extra_forbidden" else err["msg"].removeprefix("Value error, ")
+        message += _number_hint(err)
         problems.append(f"{where}: {shown(message)}")
     return _one_line(problems)
+
+
+def _number_hint(err: Any) -> str:
+    """How to write a number YAML took for text: ``1e3`` and ``5e-2`` are strings in YAML 1.1 (a
+    float needs a dot and a signed exponent), which a number field refuses (strict mode)."""
+    value = err.get("input")
+    if err["type"] not in ("float_type", "int_type") or not isinstance(value, str):
+        return ""
+    try:
+        number = float(value)
+    except ValueError:
+        return ""
+    if not math.isfinite(number) or (err["type"] == "int_type" and not number.is_integer()):
+        return ""
+    return f" (YAML reads {value!r} as a string: write {int(number) if err['type'] == 'int_type' else number!r})"
 
 
 def parse_config(data: Any, source: str, base: Path | None = None) -> Config:
@@ -389,36 +438,49 @@ def parse_config(data: Any, source: str, base: Path | None = None) -> Config:
         config = Config.model_validate(data)
     except ValidationError as exc:
         raise ConfigError(f"{shown(source)}: {_errors_line(exc)}") from None
-    return _resolve(config, base) if base is not None else config
+    return _resolve(config, base, source) if base is not None else config
 
 
-def _resolve(config: Config, base: Path) -> Config:
-    def fix(path: str | None) -> str | None:
-        if path is None or path.startswith("/") or "://" in path or path.startswith(("camera:", "-")):
-            return path
-        candidate = base / path
-        return str(candidate) if _exists(candidate) or not _exists(Path(path)) else path
+def _resolve(config: Config, base: Path, source: str) -> Config:
+    """Every file the config names (model files, TLS, password, token and key files, ``state_dir``)
+    with ``~`` expanded and a relative one taken from ``base``, the config file's folder: never
+    from the working directory, so a config checked in one folder runs the same under systemd.
 
-    models = {k: m.model_copy(update={"path": fix(m.path)}) for k, m in config.models.items()}
-    keys = [fix(k) or k for k in config.ota.trusted_keys]
+    Raises:
+        ConfigError: a ``~`` or ``~user`` that names no home directory, with the key.
+    """
+
+    def fix(path: str | None, key: str) -> str | None:
+        return None if path is None else str(base / _home(path, key, source))
+
+    models = {k: m.model_copy(update={"path": fix(m.path, f"models.{k}.path")}) for k, m in config.models.items()}
+    keys = [fix(k, f"ota.trusted_keys.{i}") or k for i, k in enumerate(config.ota.trusted_keys)]
     update: dict[str, Any] = {
         "models": models,
         "ota": config.ota.model_copy(update={"trusted_keys": keys}),
-        "api": config.api.model_copy(update={"token_file": fix(config.api.token_file)}),
+        "api": config.api.model_copy(update={"token_file": fix(config.api.token_file, "api.token_file")}),
+        "state_dir": fix(config.state_dir, "state_dir"),
     }
     if config.mqtt is not None:
         files = ("ca_file", "cert_file", "key_file", "password_file")
-        update["mqtt"] = config.mqtt.model_copy(update={f: fix(getattr(config.mqtt, f)) for f in files})
+        update["mqtt"] = config.mqtt.model_copy(update={f: fix(getattr(config.mqtt, f), f"mqtt.{f}") for f in files})
     return config.model_copy(update=update)
 
 
-def _exists(path: Path) -> bool:
-    """``path.exists()``, False where the name cannot be looked up at all (longer than the
-    filesystem allows: ``OSError`` ENAMETOOLONG, which ``Path.exists`` lets through)."""
-    try:
-        return path.exists()
-    except (OSError, ValueError):
-        return False
+def _home(path: str, key: str, source: str) -> str:
+    """``path`` with a leading ``~`` or ``~user`` expanded; ``ConfigError`` naming ``key`` where
+    there is no such home directory (``$HOME`` unset and no password entry, or no such user):
+    left as it is, it would be a folder named ``~`` in the config's folder."""
+    expanded = os.path.expanduser(path)
+    if expanded.startswith("~"):
+        head = path.split("/", 1)[0]
+        reason = (
+            f"$HOME is not set and uid {os.getuid()} has no home directory in the password database"
+            if head == "~"
+            else f"no user {head[1:]!r} in the password database"
+        )
+        raise ConfigError(shown(f"{source}: {key}: cannot expand {head} in {path}: {reason}"))
+    return expanded
 
 
 _TLS_KEYS = ("ca_file", "cert_file", "key_file")
@@ -428,8 +490,8 @@ def check_runnable(config: Config, source: str) -> list[str]:
     """Refuse, in one line, a valid config whose model files are not there or whose secret files
     the daemon could not use; name the secret files that are not there yet.
 
-    Model paths are checked as the daemon opens them: relative to the working
-    directory once ``load_config`` has resolved them against the config's folder. The
+    Model paths are checked as the daemon opens them, once ``load_config`` has resolved
+    them against the config's folder. The
     API's token file (with the API on) and the MQTT password file are read as the daemon
     reads them at start, and so are the MQTT TLS files and OTA's trusted keys. One that is not there is a note, not an
     error: a config is often checked on another machine than the device its files are installed on.

@@ -1,10 +1,13 @@
 """Where edgerun keeps state: delegate caches, compiled engines, the outbox and the model store.
 
 Resolution order: an explicit path, ``$EDGERUN_STATE_DIR``, ``$XDG_STATE_HOME/edgerun``,
-``~/.local/state/edgerun``. The daemon's config names ``/var/lib/edgerun``. Where none of
-these is set and there is no home directory (``$HOME`` unset and the user not in the password
-database: a systemd unit with ``DynamicUser=``, a container run as an arbitrary uid), asking for
-the state directory is a ``ConfigError`` saying how to name one, not a guess.
+``~/.local/state/edgerun``; a leading ``~`` of the first two is expanded. A relative explicit path
+is taken from the working directory (``--state-dir``): the daemon's config resolves its own
+``state_dir`` against the config file's folder first (``edgerun.config``). The daemon's config
+names ``/var/lib/edgerun``. Where none of these is set and there is no home directory (``$HOME``
+unset and the user not in the password database: a systemd unit with ``DynamicUser=``, a container
+run as an arbitrary uid), asking for the state directory is a ``ConfigError`` saying how to name
+one, not a guess.
 """
 
 from __future__ import annotations
@@ -38,9 +41,9 @@ def state_dir(explicit: str | os.PathLike[str] | None = None) -> Path:
         ConfigError: nothing names one and this user has no home directory to put it in.
     """
     if explicit:
-        return Path(explicit)
+        return _home(str(explicit), "state_dir")
     if env := os.environ.get("EDGERUN_STATE_DIR"):
-        return Path(env)
+        return _home(env, "EDGERUN_STATE_DIR")
     if xdg := os.environ.get("XDG_STATE_HOME"):
         return Path(xdg) / "edgerun"
     try:
@@ -52,6 +55,22 @@ def state_dir(explicit: str | os.PathLike[str] | None = None) -> Path:
             "config (--state-dir for a command)"
         ) from None
     return home / ".local" / "state" / "edgerun"
+
+
+def _home(path: str, what: str) -> Path:
+    """``path`` with a leading ``~`` or ``~user`` expanded (where no shell did: a quoted
+    ``--state-dir '~/s'``, a systemd ``Environment=``), never a folder named ``~``.
+
+    Raises:
+        ConfigError: that home directory cannot be found.
+    """
+    expanded = os.path.expanduser(path)
+    if expanded.startswith("~"):
+        raise ConfigError(
+            f"{what} {path}: cannot expand {path.split('/', 1)[0]}: no such user, or $HOME is not set and "
+            f"uid {os.getuid()} has no home directory in the password database"
+        )
+    return Path(expanded)
 
 
 def check_state_dir(path: Path, *, create: bool) -> None:
