@@ -10,9 +10,12 @@ Wiring and life cycle only; every part is its own module. Signals:
   allows and ``offline`` published.
 * SIGHUP: re-read the config file; models and pipelines that changed are
   reloaded without dropping requests (a new model is loaded and warmed, then
-  swapped in); a broken file is logged and the running config kept, as is a
-  reload that fails with a bug. Changes to the device, MQTT, OTA or API
-  sections are logged as needing a restart. systemd is told (RELOADING=1,
+  swapped in); a model changed on disk (its file or card: size, mtime, inode)
+  counts as changed, and the pipelines on a model whose ``publish_results``
+  changed are restarted (the results sink is chosen when a pipeline starts);
+  a broken file is logged and the running config kept, as is a reload that
+  fails with a bug. Changes to the device, MQTT, OTA or API sections (and
+  ``logging.format``) are logged as needing a restart. systemd is told (RELOADING=1,
   READY=1) and its watchdog kept fed while the reload runs.
   A model is chosen by the one function used at start (``_serve``): with OTA
   on, the store's active version wins over the config's ``path``, so a reload
@@ -37,7 +40,9 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import ipaddress
 import logging
+import os
 import signal
 import threading
 import time
@@ -68,6 +73,18 @@ RELOAD_WATCHDOG_S = 600
 
 #: Seconds a stop waits for the pipelines (all of them together, at a daemon's stop) to finish.
 RUNNER_STOP_S = 30
+
+
+def _url_host(host: str) -> str:
+    """``host`` as a URL writes it: an IPv6 address in brackets (``[::1]``), anything else as it is."""
+    try:
+        return f"[{host}]" if ipaddress.ip_address(host).version == 6 else host
+    except ValueError:  # a name such as localhost
+        return host
+
+
+#: The sections a SIGHUP does not apply: a change to one is logged as applying at the next restart.
+_RESTART_ONLY = ("device", "mqtt", "ota", "api", "state_dir", "isolation")
 
 
 class _PipelineRunner:
@@ -225,6 +242,11 @@ class _PipelineRunner:
             log.warning("pipeline %s: still stopping after %.0f s; going on without it", self.name, RUNNER_STOP_S)
 
 
+def _but_publishing(mc: ModelConfig) -> ModelConfig:
+    """``mc`` with ``publish_results`` left out of a comparison: that setting needs no new load of the model."""
+    return mc.model_copy(update={"publish_results": False})
+
+
 class Daemon:
     """One edgerun device process."""
 
@@ -234,6 +256,8 @@ class Daemon:
         self.metrics = Metrics()
         self.slots: dict[str, ModelSlot] = {}
         self.runners: dict[str, _PipelineRunner] = {}
+        #: per model: its config file and card on disk (``_on_disk``) when it was last loaded from them
+        self._files: dict[str, tuple[tuple[int, int, int] | None, ...]] = {}
         self.sync: Any = None
         self.ota: Any = None
         self.server: Any = None
@@ -331,6 +355,22 @@ class Daemon:
         from edgerun.ota.serving import serve_from_store
 
         return serve_from_store(Path(mc.path), store, lambda p, card: self._load(name, mc, p, card))
+
+    @staticmethod
+    def _on_disk(mc: ModelConfig) -> tuple[tuple[int, int, int] | None, ...]:
+        """``mc``'s model file and its card (both places ``find_card`` looks) as they are on disk: size,
+        mtime (ns) and inode of each, None where there is none. A model or card copied over the old
+        one at the same path changes it, so a SIGHUP reloads that model as it does a changed section."""
+        path = Path(mc.path)
+        seen: list[tuple[int, int, int] | None] = []
+        for file in (path, path.with_name(path.name + ".card.yaml"), path.parent / "card.yaml"):
+            try:
+                st = os.stat(file)
+            except OSError:
+                seen.append(None)
+            else:
+                seen.append((st.st_size, st.st_mtime_ns, st.st_ino))
+        return tuple(seen)
 
     def _still_active(self, name: str, model: Model) -> bool:
         """False when an OTA update activated another version of ``name`` while ``model`` loaded."""
@@ -461,10 +501,12 @@ class Daemon:
         while not server.started and thread.is_alive() and time.monotonic() < deadline:
             time.sleep(0.02)
         if not server.started:
-            raise EdgerunError(f"the HTTP API could not listen on {a.bind}:{a.port} (in use, or not allowed)")
+            raise EdgerunError(
+                f"the HTTP API could not listen on {_url_host(a.bind)}:{a.port} (in use, or not allowed)"
+            )
         self.api_port = server.servers[0].sockets[0].getsockname()[1]
         self.server = server
-        log.info("HTTP API on http://%s:%d", a.bind, self.api_port)
+        log.info("HTTP API on http://%s:%d", _url_host(a.bind), self.api_port)
 
     # -- life cycle ----------------------------------------------------------------
     def start(self) -> None:
@@ -475,7 +517,9 @@ class Daemon:
     def _start_parts(self) -> None:
         """Everything ``start`` does after the state directory and secret files are checked."""
         for name, mc in self.config.models.items():
+            files = self._on_disk(mc)  # before the load: a file replaced while it loads is seen at the next SIGHUP
             self.slots[name] = ModelSlot(self._serve(name, mc))
+            self._files[name] = files
         self._start_sync()
         self._start_ota()
         for name, pc in self.config.pipelines.items():
@@ -501,13 +545,31 @@ class Daemon:
             log.exception("SIGHUP: config not reloaded (unexpected error), the running one is kept")
             return
         old = self.config
-        for section in ("device", "mqtt", "ota", "api", "state_dir", "isolation"):
+        for section in _RESTART_ONLY:
             if getattr(old, section) != getattr(new, section):
                 log.warning("SIGHUP: the %s section changed; it applies at the next restart", section)
-        changed = {n for n, mc in new.models.items() if old.models.get(n) != mc}
+        if old.logging.format != new.logging.format:  # the level applies now; the handler stays as it was set up
+            log.warning("SIGHUP: logging.format changed; it applies at the next restart (logging.level applies now)")
+        # publish_results is the pipelines' business (restarted below), not a reason to load the model again
+        changed = {
+            n
+            for n, mc in new.models.items()
+            if n not in old.models or _but_publishing(old.models[n]) != _but_publishing(mc)
+        }
+        for n in sorted((set(new.models) & set(old.models)) - changed):
+            if self._files.get(n) is not None and self._on_disk(new.models[n]) != self._files[n]:
+                log.info("SIGHUP: model %s: %s or its card changed on disk; reloading it", n, new.models[n].path)
+                changed.add(n)
+        publishing = {
+            n
+            for n, mc in new.models.items()
+            if self.sync is not None and n in old.models and old.models[n].publish_results != mc.publish_results
+        }
         loaded: dict[str, Model] = {}
+        files: dict[str, tuple[tuple[int, int, int] | None, ...]] = {}
         try:
             for n in changed:  # chosen as at start (the store's active version wins), loaded and warmed before any swap
+                files[n] = self._on_disk(new.models[n])
                 loaded[n] = self._serve(n, new.models[n])
         except Exception as exc:
             for model in loaded.values():  # never served: an isolated one would keep its worker
@@ -517,9 +579,9 @@ class Daemon:
             else:
                 log.exception("SIGHUP: a changed model does not load (unexpected error), the running config is kept")
             return
-        self.config = new.model_copy(
-            update={s: getattr(old, s) for s in ("device", "mqtt", "ota", "api", "state_dir", "isolation")}
-        )
+        kept: dict[str, Any] = {s: getattr(old, s) for s in _RESTART_ONLY}
+        kept["logging"] = new.logging.model_copy(update={"format": old.logging.format})  # the format in force
+        self.config = new.model_copy(update=kept)
         for name, model in loaded.items():
             with self.ota.holding_slots() if self.ota is not None else contextlib.nullcontext():
                 if not self._still_active(name, model):
@@ -532,6 +594,7 @@ class Daemon:
                     self.slots[name].swap(model)  # the old version is retired: stopped after its last request
                 else:
                     self.slots[name] = ModelSlot(model)
+                self._files[name] = files[name]
             log.info("SIGHUP: model %s reloaded (%s %s on %s)", name, model.name, model.version, model.delegate)
         for name in set(old.pipelines) | set(new.pipelines):
             if old.pipelines.get(name) != new.pipelines.get(name) or (
@@ -543,15 +606,37 @@ class Daemon:
                 if name in new.pipelines:
                     self._start_pipeline(name, new.pipelines[name])
                 log.info("SIGHUP: pipeline %s %s", name, "restarted" if name in new.pipelines else "removed")
+            elif new.pipelines[name].model in publishing and name in self.runners:
+                self._republish(name, new.pipelines[name])
         for name in set(self.slots) - set(new.models):
             if not any(p.model == name for p in new.pipelines.values()):
                 # its requests in progress finish; then an isolated model's worker stops (ModelSlot.retire)
                 self.slots.pop(name).retire()
+                self._files.pop(name, None)
                 log.info("SIGHUP: model %s removed", name)
         if self.sync is not None:
             self.sync.set_models({n: s.describe() for n, s in self.slots.items()})
         logging.getLogger().setLevel(new.logging.level)
         log.info("SIGHUP: config reloaded from %s", self.config_path)
+
+    def _republish(self, name: str, pc: PipelineConfig) -> None:
+        """Restart pipeline ``name`` (unchanged itself) because its model's ``publish_results`` changed: the
+        results sink is chosen when a pipeline starts. As for a changed pipeline, its in-flight frames are
+        finished and it starts afresh; one whose source ended is left finished (started again, it would
+        write every input to its sinks a second time, only to change what is published)."""
+        setting = "on" if self.config.models[pc.model].publish_results else "off"
+        runner = self.runners[name]
+        if runner.state == "finished":
+            log.info(
+                "SIGHUP: pipeline %s not restarted for publish_results of model %s (now %s): its source ended",
+                name,
+                pc.model,
+                setting,
+            )
+            return
+        self.runners.pop(name).stop()
+        self._start_pipeline(name, pc)
+        log.info("SIGHUP: pipeline %s restarted: publish_results of model %s is now %s", name, pc.model, setting)
 
     def stop(self) -> None:
         """Stop everything, in the order that loses nothing; a part that fails to stop is logged and the

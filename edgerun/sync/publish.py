@@ -125,7 +125,8 @@ class ResultsSink:
 
     Records are committed to the outbox in batches (``batch`` records or
     ``max_delay_s``, whichever first) to keep the per-record cost down; a rate
-    limit (records per second, token bucket) skips and counts what is over it.
+    limit (records per second, token bucket; below 1 per second, one result every
+    ``1 / rate`` seconds) skips and counts what is over it.
     A batch is committed when a result comes, or, when none comes (a quiet
     camera, an MQTT source between messages), by a small thread at twice
     ``max_delay_s``: a result never waits for the next one to reach the disk.
@@ -175,10 +176,13 @@ class ResultsSink:
         self.skipped, self._said = previous.skipped, previous._said
 
     def _allow(self) -> bool:
+        """One token per result; the bucket fills at the rate and holds ``max(rate, 1)`` tokens: a rate
+        below 1 per second (0.5: one result every 2 s) still lets a whole result through, where a
+        bucket capped at the rate itself never reached the token one result costs."""
         if self._rate is None:
             return True
         now = time.monotonic()
-        self._tokens = min(self._rate, self._tokens + (now - self._last) * self._rate)
+        self._tokens = min(max(self._rate, 1.0), self._tokens + (now - self._last) * self._rate)
         self._last = now
         allowed = self._tokens >= 1.0
         if allowed:
