@@ -148,7 +148,9 @@ def _where(path: str) -> str:
 
 def video_rate(fps: float | None, source: Any) -> float:
     """The rate an annotated video plays at: the rate frames are taken (the pipeline's ``fps``),
-    else the source's own (``source.fps``, 0 when it declares none), else 25 frames per second."""
+    else the source's own (``source.fps``, 0 when it declares none), else 25 frames per second. The video
+    sink brings a rate OpenCV cannot write within the range it can, with a warning
+    (``edgerun.sinks.annotate.VIDEO_FPS_MIN`` to ``VIDEO_FPS_MAX``)."""
     return fps or getattr(source, "fps", 0.0) or 25.0
 
 

@@ -18,6 +18,16 @@ growing where its disk has less than ``LOW_ROOM`` bytes left, or at the process'
 stops the run; and when it closes, the finished file is opened again and must hold every frame
 written (and, on a disk left full, its last frame must decode).
 
+What OpenCV's video writer cannot take is said, not met as a writer that does not open: a rate outside
+``VIDEO_FPS_MIN`` to ``VIDEO_FPS_MAX`` is brought inside it when the sink opens, with one WARNING (every
+frame is still written; only the speed it plays at differs), and a first frame of a size the container's codec
+does not take (``VIDEO_SIDES``) stops the run with the sides it does take. OpenCV is handed the file's absolute
+path, so FFmpeg never reads a relative name's ``12:30`` or ``file:`` as a URL scheme; a file the writer left
+empty when it failed is removed, so the next run does not move on to ``out-1.mp4``.
+
+The label is drawn as OpenCV's Hershey fonts can draw it (``_drawable``: printable ASCII on one line), and
+shortened with ``...`` where the frame is too narrow for it, so the score is always whole.
+
 Neither sink overwrites what an earlier run wrote (a daemon pipeline restarted
 after its camera came back, a second ``edgerun run``): images are numbered on
 from the highest number already in the folder, and a video file that exists is
@@ -28,9 +38,12 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import logging
+import math
 import os
 import resource
+import unicodedata
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -93,22 +106,87 @@ def _not_drawn(sink: str, result: Result) -> None:
 
 
 def annotate(image: np.ndarray, result: Result) -> np.ndarray:
-    """A copy of ``image`` with the label and score (or the error) written in its top-left corner."""
+    """A copy of ``image`` with the label and score (or the error) written in its top-left corner.
+
+    The label is drawn as ``_drawable`` makes it, and shortened with ``...`` where it and the score are
+    wider than the frame, so the score is always drawn whole (in a smaller font on a frame too narrow for it).
+    """
     cv2 = opencv()
 
     out = image.copy()
     if result.ok:
         label, score = top1(result.record["output"])
-        text = f"{label} {score:.2f}" if score is not None else label
+        tail = f" {score:.2f}" if score is not None else ""
         colour = (0, 255, 0)
     else:
-        text, colour = "error", (0, 0, 255)
-    scale = max(0.3, min(out.shape[:2]) / 400.0)
-    thickness = max(1, round(scale * 2))
-    (w, h), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, thickness)
-    cv2.rectangle(out, (0, 0), (w + 6, h + base + 6), (0, 0, 0), thickness=-1)
-    cv2.putText(out, text, (3, h + 3), cv2.FONT_HERSHEY_SIMPLEX, scale, colour, thickness, cv2.LINE_AA)
+        label, tail, colour = "error", "", (0, 0, 255)
+    height, width = out.shape[:2]
+    text, scale, thickness, (w, h), base = _layout(label, tail, width, max(0.3, min(height, width) / 400.0))
+    cv2.rectangle(out, (0, 0), (w + 2 * MARGIN, h + base + 2 * MARGIN), (0, 0, 0), thickness=-1)
+    cv2.putText(out, text, (MARGIN, h + MARGIN), cv2.FONT_HERSHEY_SIMPLEX, scale, colour, thickness, cv2.LINE_AA)
     return out
+
+
+#: Pixels between the drawn text and the edges of its black box.
+MARGIN = 3
+#: What stands for the end of a label cut short to fit the frame (OpenCV's fonts have no ellipsis character).
+ELLIPSIS = "..."
+
+
+@functools.lru_cache(maxsize=4096)
+def _layout(label: str, tail: str, width: int, scale: float) -> tuple[str, float, int, tuple[int, int], int]:
+    """What ``annotate`` draws on a frame ``width`` pixels wide: (text, scale, thickness, (w, h) of the text,
+    baseline). ``tail`` (the score) is kept whole, at a smaller ``scale`` where it alone is wider than the
+    frame; the label gets the room left, cut short with ``ELLIPSIS`` (or left out where not even that fits).
+
+    Cached: a video's frames are one size and its labels and scores few, so most frames only look it up.
+    """
+    cv2 = opencv()
+    font = cv2.FONT_HERSHEY_SIMPLEX
+
+    def size(text: str, scale: float, thickness: int) -> tuple[tuple[int, int], int]:
+        return cv2.getTextSize(text, font, scale, thickness)
+
+    room = max(1, width - 2 * MARGIN)
+    thickness = max(1, round(scale * 2))
+    text = _drawable(label)
+    if size(text + tail, scale, thickness)[0][0] <= room:
+        return text + tail, scale, thickness, *size(text + tail, scale, thickness)
+    tail_w = size(tail.lstrip(), scale, thickness)[0][0]
+    if tail_w > room:  # a frame narrower than the score: the score alone, as large as fits
+        scale, thickness, text, tail = scale * room / tail_w, 1, "", tail.lstrip()
+    elif not text:
+        tail = tail.lstrip()
+    else:  # the longest start of the label that fits before the score, with the ellipsis
+        lo, hi = 0, len(text) - 1
+        while lo < hi:
+            mid = (lo + hi + 1) // 2
+            if size(text[:mid].rstrip() + ELLIPSIS + tail, scale, thickness)[0][0] <= room:
+                lo = mid
+            else:
+                hi = mid - 1
+        if lo == 0 and size(ELLIPSIS + tail, scale, thickness)[0][0] > room:
+            text, tail = "", tail.lstrip()
+        else:
+            text = text[:lo].rstrip() + ELLIPSIS
+    return text + tail, scale, thickness, *size(text + tail, scale, thickness)
+
+
+@functools.lru_cache(maxsize=1024)
+def _drawable(label: str) -> str:
+    """``label`` as OpenCV's Hershey fonts can draw it (printable ASCII only), one line: accents dropped
+    (``é`` as ``e``, compatibility forms as their ASCII letters), control, format and separator characters
+    (a line break, a NUL) as a space, and every other character outside ASCII as ``?``. Only the drawing:
+    the text sinks write the label as it is."""
+    out = []
+    for ch in unicodedata.normalize("NFKD", label):
+        if ch.isascii():
+            out.append(ch if ch.isprintable() else " ")
+        elif unicodedata.combining(ch):
+            continue
+        else:
+            out.append(" " if unicodedata.category(ch)[0] in "CZ" else "?")
+    return "".join(out)
 
 
 class AnnotatedImageSink:
@@ -118,7 +196,7 @@ class AnnotatedImageSink:
         self.directory = Path(directory)
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
-            taken = [int(p.stem) for p in self.directory.glob("*.jpg") if p.stem.isdigit()]
+            taken = [int(p.stem) for p in self.directory.glob("*.jpg") if p.stem.isascii() and p.stem.isdigit()]
         except OSError as exc:
             raise ConfigError(f"cannot create {directory}: {exc.strerror}") from exc
         self._first = max(taken) + 1 if taken else 0
@@ -177,10 +255,62 @@ def _free_name(path: str) -> str:
 
 
 def _errno_of(folder: str) -> int:
-    """Why files cannot be made in ``folder``: ENOENT, ENOTDIR or EACCES."""
+    """Why files cannot be made in ``folder``: ENOENT, ENOTDIR, EROFS (a read-only file system) or EACCES."""
     if not os.path.exists(folder):
         return errno.ENOENT
-    return errno.ENOTDIR if not os.path.isdir(folder) else errno.EACCES
+    if not os.path.isdir(folder):
+        return errno.ENOTDIR
+    with contextlib.suppress(OSError):
+        if os.statvfs(folder).f_flag & os.ST_RDONLY:
+            return errno.EROFS
+    return errno.EACCES
+
+
+#: Frames per second a video is written at, at least and at most. OpenCV hands FFmpeg the rate as a fraction
+#: within 0.001 of it, and has none for 0.001 or less (the writer does not open). Above 1000, an AVI file loses
+#: frames (of 100 written at 2000, 32 decode) and a Matroska one, whose timestamps are milliseconds, declares
+#: more frames than it holds (102 for 100).
+VIDEO_FPS_MIN = 0.002
+VIDEO_FPS_MAX = 1000.0
+
+#: The frame sides, in pixels, each container's codec takes (least, most): MPEG-4 part 2 (``mp4v``) has 13 bits
+#: for a side and no 1-pixel one; FFmpeg's MJPEG in Matroska none under 2 or above 65500; OpenCV's AVI writer
+#: any that JPEG holds (16 bits). Beyond these OpenCV's writer does not open (an AVI's frames do not decode).
+VIDEO_SIDES: dict[str, tuple[int, int]] = {
+    ".mp4": (2, 8191),
+    ".m4v": (2, 8191),
+    ".mov": (2, 8191),
+    ".mkv": (2, 65500),
+    ".avi": (1, 65535),
+}
+
+
+def _video_rate(path: str, fps: float) -> float:
+    """``fps`` as a video at ``path`` can be written: within ``VIDEO_FPS_MIN`` to ``VIDEO_FPS_MAX``, with
+    one WARNING where it is not (the frames are all written; only the speed they play at differs)."""
+    if not (math.isfinite(fps) and fps > 0):
+        raise ConfigError(f"cannot write {path}: a video's rate must be a positive number of frames per second")
+    rate = min(max(fps, VIDEO_FPS_MIN), VIDEO_FPS_MAX)
+    if rate != fps:
+        log.warning(
+            "%s: OpenCV writes videos at %g to %g frames per second: this one plays at %g, not %g",
+            path,
+            VIDEO_FPS_MIN,
+            VIDEO_FPS_MAX,
+            rate,
+            fps,
+        )
+    return rate
+
+
+def _size_refused(path: str, suffix: str, w: int, h: int) -> str | None:
+    """Why a video at ``path`` cannot hold frames of ``w`` x ``h`` pixels; None where it can."""
+    least, most = VIDEO_SIDES[suffix]
+    if least <= min(w, h) and max(w, h) <= most:
+        return None
+    takers = sorted(s for s, (lo, hi) in VIDEO_SIDES.items() if lo <= min(w, h) and max(w, h) <= hi)
+    instead = f" (write {' or '.join(takers)})" if takers else ""
+    return f"cannot write {path}: a {suffix} video takes {least} to {most} pixels a side, not {w}x{h}{instead}"
 
 
 #: The video sink looks at its file every this many frames (one ``stat``; a ``statvfs`` when it did not grow).
@@ -226,8 +356,10 @@ class AnnotatedVideoSink:
             # as the text sinks say it, and now: the writer itself opens at the first frame and gives no reason
             why = "Is a directory" if os.path.isdir(path) else os.strerror(_errno_of(folder))
             raise ConfigError(f"cannot write {path}: {why}")
+        self._suffix = suffix
         self._fourcc = self.FOURCC[suffix]
-        self._fps = fps
+        self._fps = _video_rate(path, fps)
+        self._file = os.path.abspath(path)  # what OpenCV is given: FFmpeg reads `12:30.mp4` as a URL scheme
         self._writer: Any = None
         self._size_seen = 0  # the file's size at the last check, in bytes
         self._failed = False
@@ -242,20 +374,44 @@ class AnnotatedVideoSink:
             _not_drawn(self.path, result)
             return
         if self._writer is None:
-            h, w = image.shape[:2]
-            self._size = (w, h)
-            self.path = _free_name(self.path)
-            fourcc = cv2.VideoWriter.fourcc(*self._fourcc)
-            self._writer = cv2.VideoWriter(self.path, fourcc, self._fps, (w, h))
-            if not self._writer.isOpened():
-                self._failed = True  # close() releases it, with nothing to check
-                raise ConfigError(f"cannot write video {self.path}")
+            self._open(image.shape[1], image.shape[0])
         if (image.shape[1], image.shape[0]) != self._size:
             image = cv2.resize(image, self._size)
         self._writer.write(annotate(image, result))
         self.written += 1
         if self.written % CHECK_EVERY == 0:
             self._check_growing()
+
+    def _open(self, w: int, h: int) -> None:
+        """Open the writer for frames of ``w`` x ``h`` pixels (the first frame's), at the next free name.
+
+        Raises:
+            ConfigError: the container takes no frame of that size, or OpenCV's writer does not open (with
+                the reason where there is one: the folder, a full disk); no file is left behind.
+        """
+        cv2 = opencv()
+
+        why = _size_refused(self.path, self._suffix, w, h)
+        if why is not None:
+            self._failed = True
+            raise ConfigError(why)
+        self._size = (w, h)
+        self.path = _free_name(self.path)
+        self._file = os.path.abspath(self.path)
+        self._writer = cv2.VideoWriter(self._file, cv2.VideoWriter.fourcc(*self._fourcc), self._fps, self._size)
+        if self._writer.isOpened():
+            return
+        self._failed = True  # close() releases it, with nothing to check
+        with contextlib.suppress(OSError):  # the name was free: whatever is there now, the writer left
+            os.unlink(self._file)
+        folder = os.path.dirname(self._file)
+        if not os.access(folder, os.W_OK | os.X_OK):
+            reason = os.strerror(_errno_of(folder))
+        else:
+            reason = _no_room(self._file, 0) or (
+                f"OpenCV's {self._fourcc} writer does not open for {w}x{h} frames at {self._fps:g} frames per second"
+            )
+        raise ConfigError(f"cannot write {self.path}: {reason}")
 
     def _fail(self, why: str) -> PipelineError:
         self._failed = True  # close() releases the writer and checks no further
@@ -264,13 +420,13 @@ class AnnotatedVideoSink:
     def _check_growing(self) -> None:
         """Raise ``PipelineError`` when the file stopped growing and has no room to grow into."""
         try:
-            size = os.stat(self.path).st_size
+            size = os.stat(self._file).st_size
         except OSError as exc:  # deleted under the writer: what it writes goes nowhere anyone can read
             raise self._fail(exc.strerror or str(exc)) from exc
         if size > self._size_seen:
             self._size_seen = size
             return
-        why = _no_room(self.path, size)
+        why = _no_room(self._file, size)
         if why is not None:
             raise self._fail(why)
 
@@ -284,8 +440,14 @@ class AnnotatedVideoSink:
             return
         writer, self._writer = self._writer, None
         writer.release()
-        if not self._failed:
-            self._check_finished()
+        try:
+            if not self._failed:
+                self._check_finished()
+        finally:
+            if self._failed:  # a file the disk took nothing of would only push the next run to `out-1.mp4`
+                with contextlib.suppress(OSError):
+                    if os.stat(self._file).st_size == 0:
+                        os.unlink(self._file)
 
     def _check_finished(self) -> None:
         """Open the released file again: it must declare every frame written, and where its disk is left
@@ -293,11 +455,11 @@ class AnnotatedVideoSink:
         cv2 = opencv()
 
         try:
-            size = os.stat(self.path).st_size
+            size = os.stat(self._file).st_size
         except OSError as exc:
             raise self._fail(exc.strerror or str(exc)) from exc
-        why = _no_room(self.path, size)
-        cap = cv2.VideoCapture(self.path)
+        why = _no_room(self._file, size)
+        cap = cv2.VideoCapture(self._file)
         try:
             if not cap.isOpened() and why is None:  # an OpenCV that writes, and reads no video back: not checkable
                 return
