@@ -196,6 +196,7 @@ class _PipelineRunner:
                 batch_size=c.batch_size,
                 prepare_workers=c.prepare_workers,
                 on_result=self._note_delivered if again else self._report_failure,  # a stream's ids pile up
+                others_go_on=False,  # a sink that fails stops them all there: the retry then writes nothing twice
             )
         except BaseException:
             self._discard(source, sinks)

@@ -34,8 +34,13 @@ Invariants:
   flight is finished and flushed, and ``run()`` raises ``PipelineError`` naming
   the stage (or the ``BrokenPipeError`` itself when the reader of a sink's
   stream went away, as under ``| head``, which callers end on quietly);
+* a sink that fails gets nothing more; every other sink still gets every result
+  computed (what was in flight), and the run then fails with that sink's error;
 * ``stop()`` (from SIGINT/SIGTERM) closes the source; everything already read is
-  still processed and every sink is closed (flushed) exactly once;
+  still processed and every sink is closed (flushed) exactly once, by the thread
+  that published to it. A sink blocked in a write that takes nothing for
+  ``SINK_STOP_GRACE_S`` after the stop is left behind with its thread (one WARNING;
+  ``Summary.unflushed`` names it), so a stop always ends the run;
 * a frame holds the model it was given (``ModelSlot.hold``) from the moment it is
   prepared until its result or error is out, and lets go of it on every path (a frame
   discarded by a failed run too): a model swapped out meanwhile (an update, a rollback,
@@ -73,6 +78,11 @@ __all__ = ["Pipeline", "Summary"]
 #: How long after a stop the pipeline waits for a reader blocked in the source (``Pipeline._leave_reader``).
 READ_STOP_GRACE_S = 2.0
 
+#: How long after a stop the pipeline waits for a sink that takes nothing more, blocked in a write (a named pipe
+#: or standard output whose reader stopped reading, storage that hangs), before it ends without it
+#: (``Pipeline._leave_sink``).
+SINK_STOP_GRACE_S = 10.0
+
 
 class _Item(msgspec.Struct):
     frame: Frame
@@ -99,7 +109,11 @@ def _let_go(item: _Item) -> None:
 
 
 class Summary(msgspec.Struct):
-    """What a run did. Latencies in ms (since start, per stage), rates per second."""
+    """What a run did. Latencies in ms (since start, per stage), rates per second.
+
+    ``unflushed`` names the sinks (``stdout``, a file) the run ended without, blocked in a write
+    after the stop: their output is not complete (``Pipeline._leave_sink``).
+    """
 
     frames: int = 0
     ok: int = 0
@@ -109,6 +123,7 @@ class Summary(msgspec.Struct):
     elapsed_s: float = 0.0
     stages_ms: dict[str, Any] = msgspec.field(default_factory=dict)
     stopped_by: str = "end of input"
+    unflushed: list[str] = msgspec.field(default_factory=list)
 
     @property
     def fps(self) -> float:
@@ -127,7 +142,17 @@ class Summary(msgspec.Struct):
             "fps": round(self.fps, 2),
             "stages_ms": self.stages_ms,
             "stopped_by": self.stopped_by,
+            "unflushed": list(self.unflushed),
         }
+
+
+def _sink_name(sink: Any) -> str:
+    """How a sink is named in a warning and in ``Summary.unflushed``: ``stdout``, its file or folder."""
+    for attr in ("name", "path", "directory"):
+        value = getattr(sink, attr, None)
+        if (isinstance(value, str) and value) or hasattr(value, "__fspath__"):
+            return str(value)
+    return type(sink).__name__
 
 
 def _whole(name: str, value: Any, low: int, high: int) -> None:
@@ -169,7 +194,14 @@ def _check_arguments(
 
 
 class Pipeline:
-    """Runs one model over one source into sinks. Use once: ``run()`` then discard."""
+    """Runs one model over one source into sinks. Use once: ``run()`` then discard.
+
+    ``others_go_on``: when a sink fails, every other sink still gets every result computed (the
+    default: a run that ends there loses nothing it computed), or, False, every sink stops at the
+    result the failed one refused (a caller that runs the rest again, as the daemon's retry does
+    with the inputs ``on_result`` has not seen, then writes nothing twice). ``sink_stop_grace_s``:
+    how long after a stop a sink blocked in a write is waited for (``SINK_STOP_GRACE_S``).
+    """
 
     def __init__(
         self,
@@ -184,6 +216,8 @@ class Pipeline:
         queue_size: int = 8,
         prepare_workers: int = 1,
         on_result: Callable[[Result], None] | None = None,
+        others_go_on: bool = True,
+        sink_stop_grace_s: float = SINK_STOP_GRACE_S,
     ) -> None:
         _check_arguments(source, model, sinks, fps, max_frames, batch_size, queue_size, prepare_workers)
         self.source = source
@@ -195,8 +229,17 @@ class Pipeline:
         self._batch = batch_size
         self._prepare_on_reader = bool(getattr(source, "decoded", False))
         self._inline = all(getattr(sink, "inline", False) for sink in self.sinks)
-        self._sink_failed = False
+        self._sink_failed = False  # no sink can take results any more (each failed, or the run left them)
+        self._sinks_up = list(self.sinks)  # the sinks that have not failed: each result goes to all of them
+        self._unclosed = list(self.sinks)  # each closed once, by the thread that takes it from here
+        self._close_lock = threading.Lock()  # taken per sink closed, never per frame
+        self._in_sink: Sink | None = None  # the sink the delivering thread is in (publish or close), if any
+        self._mark: tuple[int, Sink | None, int] = (-1, None, -1)  # the delivery's progress, as last seen
+        self._mark_at = 0.0
+        self._left_sink: Sink | None = None  # the sink left blocked in a write after a stop
         self._on_result = on_result
+        self._others_go_on = others_go_on
+        self._sink_grace = sink_stop_grace_s
         self._stop = threading.Event()
         self._abort = threading.Event()
         # frames read here and decoded elsewhere: prepared by one worker, or several in parallel
@@ -375,7 +418,9 @@ class Pipeline:
         except BaseException as exc:
             self._fail("inference", exc)
         finally:
-            if not self._inline:
+            if self._inline:
+                self._close_sinks()  # the sinks' last word, on the thread that published to them
+            else:
                 self._q_out.end()
 
     def _run_in_order(self, batch: list[_Item]) -> None:
@@ -441,7 +486,7 @@ class Pipeline:
     def _emit(self, result: Result) -> bool:
         """Hand one result on: to the sink thread, or to the sinks themselves when they are inline.
 
-        False once results can no longer be delivered (the run was aborted, or a sink failed).
+        False once results can no longer be delivered (the run was aborted, or every sink failed).
         """
         if not self._inline:
             return self._q_out.put(result)
@@ -449,7 +494,7 @@ class Pipeline:
             return False
         try:
             self._deliver_one(result)
-        except BaseException as exc:
+        except BaseException as exc:  # ``on_result`` failed
             self._sink_failed = True
             self._fail("sink", exc)
             return False
@@ -461,20 +506,71 @@ class Pipeline:
             self.summary.ok += 1
         else:
             self.summary.errors += 1
-        for sink in self.sinks:
-            sink.publish(result)
+        for sink in self._sinks_up:
+            self._in_sink = sink
+            try:
+                sink.publish(result)
+            except BaseException as exc:  # that sink is down; the others still get this result and the rest
+                self._sink_down(sink, exc)
+                if self._sink_failed:  # every sink stops here (``others_go_on`` False), or none is left
+                    break
+        self._in_sink = None
         if self._on_result is not None:
             self._on_result(result)
+
+    def _sink_down(self, sink: Sink, exc: BaseException) -> None:
+        """A sink failed: it gets nothing more, while every other sink still gets every result
+        computed (the source is closed, what is in flight finished); the run then fails with the
+        first failure. ``on_result`` is no longer called: it means every sink has the result (the
+        daemon leaves such inputs out of a retry)."""
+        self._sinks_up = [s for s in self._sinks_up if s is not sink] if self._others_go_on else []
+        self._on_result = None
+        self._sink_failed = not self._sinks_up
+        if self._failure is not None and not isinstance(exc, BrokenPipeError):  # not the error run() raises
+            log.warning("pipeline: the sink %s failed too: %s", _sink_name(sink), exc)
+        self._fail("sink", exc, abort=self._sink_failed)
 
     def _deliver(self) -> None:
         try:
             while (result := self._q_out.get()) is not END:
                 self._deliver_one(result)
-        except BaseException as exc:
+                if self._sink_failed:
+                    break
+        except BaseException as exc:  # ``on_result`` failed
+            self._sink_failed = True
             self._fail("sink", exc)
-            # keep draining so upstream stages can finish
-            while self._q_out.get() is not END:
-                pass
+        finally:
+            if self._sink_failed:  # keep draining so upstream stages can finish
+                while self._q_out.get() is not END:
+                    pass
+            self._close_sinks()  # the sinks' last word, on the thread that published to them
+
+    def _close_sinks(self) -> None:
+        """Close each sink not closed yet (every one, failed ones too), on the delivering thread: a
+        close that blocks (a flush to a pipe nobody reads) is waited for as a publish is."""
+        while True:
+            with self._close_lock:
+                if not self._unclosed:
+                    break
+                sink = self._unclosed.pop(0)
+            self._in_sink = sink
+            try:
+                sink.close()
+            except Exception as exc:  # every sink gets closed even if one fails
+                self._fail("sink close", exc)
+        self._in_sink = None
+
+    def _close_left_over(self, busy: Sink | None) -> None:
+        """On the caller's thread, close the sinks the delivering thread did not (it was left behind, or
+        interrupted), all but ``busy``, the one it is still in: that one it closes, if its write returns."""
+        with self._close_lock:
+            rest = [s for s in self._unclosed if s is not busy]
+            self._unclosed[:] = [s for s in self._unclosed if s is busy]
+        for sink in rest:
+            try:
+                sink.close()
+            except Exception as exc:  # every sink gets closed even if one fails
+                self._fail("sink close", exc)
 
     # -- running -------------------------------------------------------------
     def _leave_reader(self) -> bool:
@@ -504,6 +600,53 @@ class Pipeline:
         self._onward.end()
         return True
 
+    def _leave_sink(self) -> bool:
+        """After a stop, stop waiting for the thread that delivers results (the sink thread, or the
+        inference thread where every sink is inline) once it has been in one sink's ``publish`` or
+        ``close``, with no result delivered, for ``SINK_STOP_GRACE_S``: a named pipe or standard
+        output whose reader stopped reading, storage that hangs. No ``close()`` reaches a thread
+        blocked in ``write()``, and SIGINT or SIGTERM would otherwise be ignored until the reader
+        read again. A sink that is slow but moving is waited for. The run ends without it: one
+        WARNING, its name in ``Summary.unflushed``; the stages before it give up (abort), and the
+        other sinks are closed by ``run()``. The thread left behind, and that sink, stay until its
+        write returns (perhaps never): it then delivers nothing more and closes that sink."""
+        sink = self._in_sink
+        frames, unclosed = self.summary.frames, len(self._unclosed)
+        now = time.monotonic()
+        seen_frames, seen_sink, seen_unclosed = self._mark
+        if frames != seen_frames or sink is not seen_sink or unclosed != seen_unclosed:
+            self._mark, self._mark_at = (frames, sink, unclosed), now
+            return False
+        if sink is None or now - max(self._mark_at, self._stopped_at) < self._sink_grace:
+            return False
+        self._left_sink = sink
+        self._sink_failed = True  # a result it hands on, should its write return, goes nowhere
+        self._on_result = None
+        self._sinks_up.clear()  # in place: the loop it is in goes on to no other sink
+        self._abort.set()  # the stages before it give up waiting on it
+        log.warning(
+            "pipeline: the sink %s has taken nothing for %.0f s after the stop (blocked in a write); stopped "
+            "without it, its output not flushed",
+            _sink_name(sink),
+            self._sink_grace,
+        )
+        return True
+
+    def _wait(self, threads: list[threading.Thread]) -> None:
+        """Join every stage, leaving a reader or a sink blocked after a stop (``_leave_reader``, ``_leave_sink``)."""
+        reader, delivering = threads[0], threads[-1]  # the sink thread, or inference where the sinks are inline
+        for t in threads:
+            while t.is_alive():
+                if t is reader and self._leave_reader():
+                    break
+                if self._left_sink is None and self._stop.is_set() and delivering.is_alive():
+                    self._leave_sink()
+                if t is delivering and self._left_sink is not None:
+                    break
+                t.join(timeout=0.2)
+        if self._reader_left:
+            self._abort.set()  # the reader, should its read ever return, hands nothing on
+
     def _let_go_queued(self) -> None:
         """Let go of the models of the frames a failed or aborted run left in its queues, never to be run."""
         for stage in (self._q_pre, self._q_inf):
@@ -530,11 +673,7 @@ class Pipeline:
             t.start()
         try:
             try:
-                for t in threads:
-                    while t.is_alive() and not (t is threads[0] and self._leave_reader()):
-                        t.join(timeout=0.2)
-                if self._reader_left:
-                    self._abort.set()  # the reader, should its read ever return, hands nothing on
+                self._wait(threads)
             except BaseException:  # KeyboardInterrupt in a library caller: the stages stop before the sinks close
                 self._abort.set()
                 self.stop("interrupted")
@@ -543,11 +682,11 @@ class Pipeline:
                 raise
         finally:
             self._let_go_queued()
-            for sink in self.sinks:
-                try:
-                    sink.close()
-                except Exception as exc:  # every sink gets closed even if one fails
-                    self._fail("sink close", exc)
+            # the sinks closed by the delivering thread as it ended; any it did not (left behind, or
+            # interrupted) are closed here, all but the one it is still in
+            self._close_left_over(self._in_sink if threads[-1].is_alive() else None)
+            if self._left_sink is not None:
+                self.summary.unflushed = [_sink_name(self._left_sink)]
             self.summary.elapsed_s = time.monotonic() - start
             totals = self.metrics.totals().get(f"{self.model.name}@{self.model.version}")
             self.summary.stages_ms = totals["stages_ms"] if totals else {}

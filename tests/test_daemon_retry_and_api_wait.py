@@ -83,10 +83,11 @@ def test_a_file_pipeline_retried_after_its_disk_filled_writes_every_input_once(
     disk = small_disk(1 << 20)
     filler = _fill(disk, 2 * 4096)  # some 25 records fit, then the card is full
     out = disk / "out.jsonl"
+    healthy = tmp_path / "healthy.jsonl"  # a second sink on a disk with room: it must not get any twice either
     daemon = _in_process_daemon(
         tmp_path / "state",
         {"m": str(model)},
-        {"files": {"source": source, "model": "m", "sinks": [str(out)], "restart_s": 0.2, **options}},
+        {"files": {"source": source, "model": "m", "sinks": [str(out), str(healthy)], "restart_s": 0.2, **options}},
     )
     daemon.start()
     try:
@@ -100,10 +101,11 @@ def test_a_file_pipeline_retried_after_its_disk_filled_writes_every_input_once(
         wait_until(lambda: daemon.runners["files"].state == "finished", 60, "the pipeline to finish")
     finally:
         daemon.stop()
-    records = [json.loads(line) for line in out.read_text().splitlines()]  # once a torn line of its own
-    counts = Counter(r["input"] for r in records)
-    assert counts == Counter(expected)  # each input exactly once, none written twice
-    assert sum("error" in r for r in records) == 1
+    for sink in (out, healthy):
+        records = [json.loads(line) for line in sink.read_text().splitlines()]  # once a torn line of its own
+        counts = Counter(r["input"] for r in records)
+        assert counts == Counter(expected), sink  # each input exactly once, none written twice
+        assert sum("error" in r for r in records) == 1
 
 
 def _post(port: int, body: bytes) -> tuple[int, dict[str, str], Any]:

@@ -15,7 +15,7 @@ from typing import Any
 import paho.mqtt.client as mqtt
 import pytest
 
-from tests.conftest import DIGITS, ROOT, SAMPLES, Broker, free_port, start_daemon
+from tests.conftest import DIGITS, ROOT, SAMPLES, Broker, start_daemon
 from tests.ota_helpers import model_with_card
 from tests.test_daemon import http
 from tests.test_run_device_audit import _device, _distinct_seqs, _finish
@@ -77,6 +77,24 @@ class _Daemon:
         self.proc.send_signal(signal.SIGTERM)
         assert self.proc.wait(timeout=60) == 0, self.text()[-3000:]
 
+    def ready_port(self) -> int:
+        """The API's port (the config asks for port 0: a free one the daemon picks itself, so no other
+        process can take it first), once ``/ready`` answers 200; the log's tail when it never does."""
+        found: list[int] = []
+
+        def up() -> bool:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"the daemon ended ({self.proc.returncode}): {self.text()[-3000:]}")
+            if not found and (line := re.search(r"HTTP API on http://[^\s\"]+:(\d+)", self.text())):
+                found.append(int(line.group(1)))
+            return bool(found) and _ready(found[0])
+
+        try:
+            wait_until(up, 60, "the daemon to be ready")
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}: {self.text()[-3000:]}") from None
+        return found[0]
+
     def close(self) -> None:
         if self.proc.poll() is None:
             self.proc.kill()
@@ -109,14 +127,13 @@ def test_a_sighup_that_changes_publish_results_restarts_the_pipelines_on_that_mo
 ) -> None:
     device = "hup-publish-dev"
     sink = tmp_path / "cam.jsonl"
-    port = free_port()
     values: dict[str, Any] = {
         "device": device,
         "model": DIGITS / "digits_int8.onnx",
         "publish": "false",
         "mqtt": broker.port,
         "sink": sink,
-        "port": port,
+        "port": 0,
         "state": tmp_path / "state",
     }
     config = tmp_path / "edgerun.yaml"
@@ -137,7 +154,7 @@ def test_a_sighup_that_changes_publish_results_restarts_the_pipelines_on_that_mo
     feeder.start()
     daemon = _Daemon(config)
     try:
-        wait_until(lambda: _ready(port), 60, "the daemon to be ready")
+        daemon.ready_port()
         wait_until(lambda: _lines(sink) >= 20, 30, "20 inferences in the pipeline")
         assert collector.on(results) == []  # publish_results: false
 
@@ -213,14 +230,11 @@ def test_run_with_a_results_rate_below_one_per_second_publishes_results(broker: 
 @pytest.mark.slow
 def test_a_sighup_reloads_a_model_whose_file_and_card_were_replaced_on_disk(tmp_path: Path) -> None:
     model = model_with_card(tmp_path / "m", "digits_fp32.onnx", "digits.onnx")  # 1.0.0, fp32
-    port = free_port()
     config = tmp_path / "edgerun.yaml"
-    config.write_text(
-        API_CONFIG.format(model=model, bind="127.0.0.1", port=port, state=tmp_path / "state", format="text")
-    )
+    config.write_text(API_CONFIG.format(model=model, bind="127.0.0.1", port=0, state=tmp_path / "state", format="text"))
     daemon = _Daemon(config)
     try:
-        wait_until(lambda: _ready(port), 60, "the daemon to be ready")
+        port = daemon.ready_port()
         assert http(port, "/v1/models")[1]["digits"]["version"] == "1.0.0"
 
         daemon.reload(1)  # nothing changed: nothing reloaded
@@ -248,13 +262,12 @@ def test_a_sighup_reloads_a_model_whose_file_and_card_were_replaced_on_disk(tmp_
 
 @pytest.mark.slow
 def test_a_sighup_that_changes_the_logging_format_warns_that_it_applies_at_the_next_restart(tmp_path: Path) -> None:
-    port = free_port()
-    values = {"model": DIGITS / "digits_int8.onnx", "bind": "127.0.0.1", "port": port, "state": tmp_path / "state"}
+    values = {"model": DIGITS / "digits_int8.onnx", "bind": "127.0.0.1", "port": 0, "state": tmp_path / "state"}
     config = tmp_path / "edgerun.yaml"
     config.write_text(API_CONFIG.format(**values, format="json"))
     daemon = _Daemon(config)
     try:
-        wait_until(lambda: _ready(port), 60, "the daemon to be ready")
+        daemon.ready_port()
         config.write_text(API_CONFIG.format(**values, format="text"))
         daemon.reload(1)
         warning = "SIGHUP: logging.format changed; it applies at the next restart (logging.level applies now)"

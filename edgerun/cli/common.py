@@ -75,7 +75,9 @@ def check_folders(args: argparse.Namespace) -> None:
     require_not_empty("--state-dir", args.state_dir)  # "" would quietly mean the default state directory
     if args.probe_root is not None and not os.path.isdir(args.probe_root):
         raise ConfigError(f"--probe-root {args.probe_root} is not a directory")
-    if args.state_dir is not None and os.path.exists(args.state_dir) and not os.path.isdir(args.state_dir):
+    # `~` as edgerun.state.state_dir expands it (quoted, or after `--state-dir=`, no shell did)
+    folder = None if args.state_dir is None else os.path.expanduser(args.state_dir)
+    if folder is not None and os.path.exists(folder) and not os.path.isdir(folder):
         raise ConfigError(f"--state-dir {args.state_dir} is not a directory")
 
 
@@ -148,10 +150,23 @@ def require_not_empty(what: str, *values: str | None) -> None:
 
 
 def print_json(record: Any) -> None:
-    """One JSON object on one line of stdout."""
+    """One JSON object on one line of stdout, written at once: on a file, whole or not at all.
+
+    Raises:
+        EdgerunError: stdout cannot take it (a full disk, ``/dev/full``), naming stdout.
+        BrokenPipeError: the reader of stdout went away (``| head``), which ``main`` ends on quietly.
+    """
     import json  # only JSON output needs it: a one-image table run does not pay for it
 
-    sys.stdout.write(json.dumps(record, separators=(", ", ": ")) + "\n")
+    from edgerun.errors import EdgerunError
+    from edgerun.sinks.text import write_stdout
+
+    try:
+        write_stdout(json.dumps(record, separators=(", ", ": ")) + "\n")
+    except BrokenPipeError:
+        raise
+    except OSError as exc:
+        raise EdgerunError(f"cannot write stdout: {exc.strerror or exc}") from exc
 
 
 def error_line(message: str) -> None:

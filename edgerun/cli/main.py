@@ -1,7 +1,8 @@
 """Entry point: builds the parser from the command modules and turns errors into exit codes.
 
 Exit codes: 0 success, 1 a run in which something failed, 2 a usage or config
-error, 130 interrupted. An ``EdgerunError`` becomes one line on stderr; a
+error, 130 interrupted. An ``EdgerunError`` becomes one line on stderr, and so does a
+stdout that refuses output (``cannot write stdout: No space left on device``); a
 traceback appears only for bugs (or with ``--debug``).
 """
 
@@ -79,6 +80,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
 
 
+def _drop_stdout() -> None:
+    """Send what stdout still holds, and anything written later, to ``/dev/null``: the interpreter
+    flushes stdout as it exits, and a failure there is a traceback-like "Exception ignored" block."""
+    try:
+        null = os.open(os.devnull, os.O_WRONLY)
+        try:
+            os.dup2(null, sys.stdout.fileno())
+        finally:
+            os.close(null)
+    except (OSError, ValueError, AttributeError):  # no descriptor to point elsewhere
+        pass
+
+
 def _command(argv: Sequence[str]) -> str | None:
     """The command whose module parses ``argv``: its first word that is no option (the options before a command
     take no value), not its first word that names a command (``edgerun config check predict`` checks a file
@@ -102,6 +116,11 @@ def entry() -> NoReturn:
     try:
         sys.stdout.flush()
     except (BrokenPipeError, ValueError):  # the reader went away; nothing more to say
+        _drop_stdout()
+        code = code or 1
+    except OSError as exc:  # a full disk took the last of it: one line, as for any failed write there
+        _drop_stdout()
+        error_line(f"cannot write stdout: {exc.strerror or exc}")
         code = code or 1
     sys.stderr.flush()
     if threading.active_count() == 1:

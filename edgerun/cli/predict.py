@@ -23,7 +23,7 @@ from edgerun.cli.common import (
     run_pipeline,
     start_sync,
 )
-from edgerun.errors import ConfigError
+from edgerun.errors import ConfigError, EdgerunError
 
 HELP = "run a model over images, .npy arrays or directories of them"
 
@@ -229,10 +229,9 @@ def run(args: argparse.Namespace) -> int:
             flush=True,
         )
     if not args.json:
-        print(
+        _header(
             f"# {model.name} {model.version} ({model.format}) on {model.delegate}"
-            + (f"; resuming, {source.skipped} input(s) already done" if source.skipped else ""),
-            flush=True,
+            + (f"; resuming, {source.skipped} input(s) already done" if source.skipped else "")
         )
     if gives_images(source):
         model.warm_images()  # before a pipeline's threads start, and out of the first image's figures
@@ -279,13 +278,33 @@ def run(args: argparse.Namespace) -> int:
     finally:
         if bar is not None:
             bar.close()
-    if not args.json:
-        print(f"# {summary.ok} ok, {summary.errors} failed in {summary.elapsed_s:.2f} s ({summary.fps:.1f} inputs/s)")
+    # a sink left blocked on stdout after the stop holds it: the summary goes to stderr, even with --json
+    blocked = "stdout" in summary.unflushed
+    if blocked or not args.json:
+        out = sys.stderr if blocked else sys.stdout
+        print(
+            f"# {summary.ok} ok, {summary.errors} failed in {summary.elapsed_s:.2f} s ({summary.fps:.1f} inputs/s)"
+            + (f"; not flushed: {', '.join(summary.unflushed)}" if summary.unflushed else ""),
+            file=out,
+        )
         if (published := mqtt_figures(sync, results)) is not None:
-            print(mqtt_line(published))
+            print(mqtt_line(published), file=out)
     if summary.stopped_by != "end of input":
         return 130
     return 1 if summary.errors else 0
+
+
+def _header(line: str) -> None:
+    """The header line on stdout, at once (before any record): a stdout that refuses it (a full disk,
+    ``/dev/full``) is one error line naming stdout, not a traceback."""
+    from edgerun.sinks.text import write_stdout
+
+    try:
+        write_stdout(line + "\n")
+    except BrokenPipeError:
+        raise
+    except OSError as exc:
+        raise EdgerunError(f"cannot write stdout: {exc.strerror or exc}") from exc
 
 
 def batch_prepare_workers() -> int:

@@ -184,12 +184,13 @@ def run(args: argparse.Namespace) -> int:
         summary = run_pipeline(pipeline, sync, ota)
     model = slot.primary
     published = mqtt_figures(sync, results)
-    if args.json:
+    # a sink left blocked on stdout after the stop holds it: the summary goes to stderr, as without --json
+    if args.json and "stdout" not in summary.unflushed:
         record = {"model": model.name, "version": model.version, "delegate": model.delegate, **summary.to_dict()}
         print_json(record if published is None else {**record, "mqtt": published})
     else:
         _print_summary(model, summary, published)
-    return 1 if summary.errors else 0
+    return 1 if summary.errors or summary.unflushed else 0  # a sink left behind: its output is not all there
 
 
 def _refuse_sinks_onto_the_source(specs: list[str], source: Any) -> None:
@@ -213,7 +214,8 @@ def _print_summary(model: Any, summary: Any, published: dict[str, Any] | None = 
     print(
         f"# {model.name} {model.version} on {model.delegate}: {summary.frames} frames ({summary.ok} ok, "
         f"{summary.errors} failed, {summary.dropped} dropped, {summary.skipped} skipped) in "
-        f"{summary.elapsed_s:.2f} s, {summary.fps:.1f} fps; stopped by {summary.stopped_by}",
+        f"{summary.elapsed_s:.2f} s, {summary.fps:.1f} fps; stopped by {summary.stopped_by}"
+        + (f"; not flushed: {', '.join(summary.unflushed)}" if summary.unflushed else ""),
         file=out,
     )
     for stage in ("pre", "infer", "post", "total"):

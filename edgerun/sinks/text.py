@@ -3,16 +3,22 @@
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import math
 import os
 import stat
 import sys
+from collections.abc import Callable
 from typing import IO, Any
 
 from edgerun.errors import ConfigError, PipelineError, shown
 from edgerun.sinks.base import Result
 
-__all__ = ["CsvSink", "JsonlSink", "TableSink", "top1"]
+__all__ = ["CsvSink", "JsonlSink", "TableSink", "top1", "write_stdout"]
+
+#: Bytes of lines standard output keeps before writing them (Python's own buffer size); none on a terminal
+#: or where Python's standard output is unbuffered (``python -u``, ``PYTHONUNBUFFERED``).
+STDOUT_BUFFER = 8192
 
 
 def top1(output: Any) -> tuple[str, float | None]:
@@ -32,12 +38,17 @@ def _count(value: Any) -> int:
 
 
 class TableSink:
-    """One human-readable line per result on standard output (errors go to stderr via the run)."""
+    """One human-readable line per result on standard output (errors go to stderr via the run).
+
+    Lines are written whole (see ``_Stdout``); a failed write is a ``PipelineError`` naming
+    stdout (a ``BrokenPipeError`` as it is: the reader went away).
+    """
 
     inline = True  # a formatted line: cheap enough for the inference thread (see Sink)
+    name = "stdout"
 
     def __init__(self, stream: IO[str] | None = None) -> None:
-        self._stream = stream or sys.stdout
+        self._stream = _stdout_lines(stream)
 
     def publish(self, result: Result) -> None:
         """Print one line: input, best label and score (and the runners-up), latency."""
@@ -70,31 +81,32 @@ class JsonlSink:
 
         self._dumps = json.dumps
         self.path = path
+        self.name = path or "stdout"
         self.inline = path is None  # standard output; a file is flushed per record, off the inference thread
-        self._stream: IO[str] = sys.stdout
-        self._file: _AppendFile | None = None if path is None else _AppendFile(path, b"\n")
+        self._write: Callable[[str], None]
+        self._finish: Callable[[], None]
+        if path is None:
+            stdout = _stdout_lines(None)
+            self._write, self._finish = stdout.write, stdout.flush
+        else:
+            file = _AppendFile(path, b"\n")
+            self._write, self._finish = file.write_text, file.close
 
     def publish(self, result: Result) -> None:
         """Write the record as one line.
 
         Raises:
-            PipelineError: the file cannot be written (a full disk); the run stops.
+            PipelineError: the file or standard output cannot be written (a full disk); the run stops.
         """
         try:
             line = self._dumps(result.record, separators=(", ", ": "), allow_nan=False)
         except ValueError:  # NaN or an infinity somewhere in the output
             line = self._dumps(_finite(result.record), separators=(", ", ": "))
-        if self._file is None:
-            self._stream.write(line + "\n")  # a reader gone away is a BrokenPipeError, which callers end on
-            return
-        self._file.write((line + "\n").encode("utf-8"))  # json.dumps writes ASCII
+        self._write(line + "\n")  # json.dumps writes ASCII; a reader gone away is a BrokenPipeError, as it is
 
     def close(self) -> None:
         """Flush standard output, or fsync and close the file."""
-        if self._file is None:
-            self._stream.flush()
-            return
-        self._file.close()
+        self._finish()
 
 
 def _finite(value: Any) -> Any:
@@ -147,15 +159,146 @@ class _AppendFile:
                     os.ftruncate(self._fd, start)
             raise PipelineError(f"cannot write {self.path}: {_reason(exc)}") from exc
 
+    def write_text(self, text: str) -> None:
+        """``write`` of ASCII or UTF-8 text."""
+        self.write(text.encode("utf-8"))
+
     def close(self) -> None:
-        """fsync (a regular file: a pipe or a device cannot be) and close; closed whatever fails."""
+        """fsync (a regular file: a pipe or a device cannot be) and close; closed whatever fails.
+
+        The descriptor is forgotten (-1): a pipeline thread left blocked in another sink that wakes
+        later fails on it (EBADF) instead of writing into whatever file took its number.
+        """
+        fd, self._fd = self._fd, -1
         try:
             if self._regular:
-                os.fsync(self._fd)
+                os.fsync(fd)
         except OSError as exc:
             raise PipelineError(f"cannot write {self.path}: {_reason(exc)}") from exc
         finally:
-            os.close(self._fd)
+            os.close(fd)
+
+
+class _Stdout:
+    """Standard output, written whole lines at a time with write(2) on its descriptor.
+
+    Not through ``sys.stdout``, whose buffer writes as much as fits: a full disk kept the first
+    part of a line (a torn last record), and a write blocked on a pipe nobody reads held the
+    buffer's lock against every later write, the interpreter's own at exit included. Lines wait
+    here until ``STDOUT_BUFFER`` bytes have come (none wait where ``sys.stdout`` would write each
+    at once: a terminal, ``PYTHONUNBUFFERED``), then go in one write;
+    where standard output is a regular file written at its end, what a failed write put there is
+    cut off again, so the file keeps whole lines. A pipe or a terminal keeps what it took: a write
+    to a pipe is only cut short when its reader went away. ``sys.stdout`` is flushed before the
+    first write, so what was printed before comes first. A failed write is a ``PipelineError``
+    naming stdout (``named``, a sink's), else the ``OSError`` itself; a ``BrokenPipeError`` is
+    always itself: the reader went away, which callers end on quietly.
+    """
+
+    def __init__(self, *, named: bool) -> None:
+        self._named = named
+        self._fd = fd = sys.stdout.fileno()
+        self._regular = stat.S_ISREG(os.fstat(fd).st_mode)
+        self._append = self._regular and bool(fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_APPEND)
+        # lines kept before a write: none where sys.stdout would write each at once (a terminal, python -u
+        # or PYTHONUNBUFFERED), else as many bytes as its buffer would keep
+        at_once = (
+            os.isatty(fd) or getattr(sys.stdout, "line_buffering", False) or getattr(sys.stdout, "write_through", False)
+        )
+        self._size = 0 if at_once else STDOUT_BUFFER
+        self._lines: list[str] = []
+        self._kept = 0
+        self._encoding = getattr(sys.stdout, "encoding", None) or "utf-8"
+        self._started = False
+
+    def write(self, text: str) -> None:
+        """Keep ``text`` (whole lines); write what is kept once there is enough."""
+        self._lines.append(text)
+        self._kept += len(text)
+        if self._kept >= self._size:
+            self.flush()
+
+    def flush(self) -> None:
+        """Write what is kept, whole, or raise the ``OSError`` (a regular file cut back to before)."""
+        if not self._lines:
+            return
+        data = "".join(self._lines).encode(self._encoding, "replace")
+        self._lines.clear()
+        self._kept = 0
+        if not self._started:
+            sys.stdout.flush()  # what was printed there before comes first
+            self._started = True
+        fd, start = self._fd, -1
+        try:
+            if self._regular:
+                end = os.fstat(fd).st_size
+                if self._append or os.lseek(fd, 0, os.SEEK_CUR) >= end:
+                    start = end  # written at the end: a failure can be cut off
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+        except BrokenPipeError:
+            raise
+        except OSError as exc:
+            if start >= 0:
+                with contextlib.suppress(OSError):
+                    os.ftruncate(fd, start)
+                    if not self._append:
+                        os.lseek(fd, start, os.SEEK_SET)
+            if self._named:
+                raise PipelineError(f"cannot write stdout: {_reason(exc)}") from exc
+            raise
+
+
+class _Stream:
+    """Another text stream (a library caller's, the progress bar's wrapper) standing for a sink's
+    standard output: an ``OSError`` is a ``PipelineError`` naming stdout (a ``BrokenPipeError`` itself)."""
+
+    def __init__(self, stream: IO[str]) -> None:
+        self._stream = stream
+
+    def write(self, text: str) -> None:
+        try:
+            self._stream.write(text)
+        except BrokenPipeError:
+            raise
+        except OSError as exc:
+            raise PipelineError(f"cannot write stdout: {_reason(exc)}") from exc
+
+    def flush(self) -> None:
+        try:
+            self._stream.flush()
+        except BrokenPipeError:
+            raise
+        except OSError as exc:
+            raise PipelineError(f"cannot write stdout: {_reason(exc)}") from exc
+
+
+def _stdout_lines(stream: IO[str] | None) -> _Stdout | _Stream:
+    """Where a sink's lines for standard output go: its descriptor (``_Stdout``) where ``stream`` is
+    ``sys.stdout`` (or None) and has one, else ``stream`` itself (a ``StringIO`` in its place)."""
+    if stream is None or stream is sys.stdout:
+        try:
+            return _Stdout(named=True)
+        except (OSError, ValueError, AttributeError):  # no descriptor (replaced by a StringIO), or a closed one
+            stream = sys.stdout
+    return _Stream(stream)
+
+
+def write_stdout(text: str) -> None:
+    """``text`` (whole lines) on standard output at once: on a regular file, whole or not at all.
+
+    Raises:
+        OSError: standard output refused it (``BrokenPipeError``: its reader went away).
+    """
+    try:
+        out = _Stdout(named=False)
+    except (OSError, ValueError, AttributeError):  # no descriptor: written as print would
+        sys.stdout.write(text)
+        sys.stdout.flush()
+        return
+    out.write(text)
+    out.flush()
 
 
 def _last_byte(path: str) -> bytes:
