@@ -199,6 +199,12 @@ def _decode_body(body: bytes, content_type: str) -> Any:
     return body  # image bytes, decoded (and checked) by the model's preprocessing
 
 
+def _parsed(head: bytes, content_type: str) -> bool:
+    """Whether ``_decode_body`` parses a body that starts with ``head`` (a .npy or JSON array), rather than
+    handing its bytes on (an image)."""
+    return head.startswith(NPY_MAGIC) or content_type.split(";")[0].strip().lower() == "application/json"
+
+
 def _decode_parts(parts: list[bytes], content_type: str) -> Any:
     """``_decode_body`` of a body received in ``parts``, joined once (a body sent in many small pieces
     is not copied per piece), here: in the thread pool for a large body, the copy too."""
@@ -325,7 +331,10 @@ class _Predictor:
             if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
                 raise _Refused(413, f"request of {declared} bytes is over the {self.max_bytes}-byte limit")
             parts = await self._receive(chunks)
-            small = sum(map(len, parts)) <= DECODE_ON_LOOP_BYTES
+            # parsing a large JSON or .npy body would hold up every other request: in the thread pool;
+            # image bytes are only joined here (decoded by the model's preprocessing, off the loop anyway)
+            parsed = _parsed(parts[0] if parts else b"", content_type)
+            small = not parsed or sum(map(len, parts)) <= DECODE_ON_LOOP_BYTES
             if small:
                 data = _decode_parts(parts, content_type)
             else:

@@ -39,8 +39,9 @@ Invariants:
 * ``stop()`` (from SIGINT/SIGTERM) closes the source; everything already read is
   still processed and every sink is closed (flushed) exactly once, by the thread
   that published to it. A sink blocked in a write that takes nothing for
-  ``SINK_STOP_GRACE_S`` after the stop is left behind with its thread (one WARNING;
-  ``Summary.unflushed`` names it), so a stop always ends the run;
+  ``SINK_STOP_GRACE_S`` after such a stop (a signal, a shutdown; not the run's own
+  stop at ``max_frames`` or a failure) is left behind with its thread (one WARNING;
+  ``Summary.unflushed`` names it), so a signal always ends the run;
 * a frame holds the model it was given (``ModelSlot.hold``) from the moment it is
   prepared until its result or error is out, and lets go of it on every path (a frame
   discarded by a failed run too): a model swapped out meanwhile (an update, a rollback,
@@ -257,6 +258,7 @@ class Pipeline:
         self._failure: tuple[str, BaseException] | None = None
         self._lock = threading.Lock()
         self._stopped_at = math.inf  # monotonic time of the first stop()
+        self._asked_at: float | None = None  # monotonic time of the first stop() asked from outside
         self._reading_since: float | None = None  # while the reader waits in the source for a frame
         self._reader_left = False  # the reader, stuck in a read after the stop, was left behind
         self._reading_lock = threading.Lock()  # the reader's way out of a read against its leaving
@@ -271,7 +273,17 @@ class Pipeline:
     def stop(self, reason: str = "stopped") -> None:
         """Stop reading; what is in flight is finished. Safe from any thread, but not from a signal
         handler itself, which may run while its own thread holds a lock this takes: the command line
-        calls it through ``edgerun.signals``."""
+        calls it through ``edgerun.signals``.
+
+        Asked from outside (SIGINT, SIGTERM, a daemon's shutdown), a stop also bounds the wait for a
+        sink blocked in a write (``SINK_STOP_GRACE_S``); the run's own stops (``--max-frames``, a failed
+        stage) wait for its sinks however long they take, so that a slow disk still gets all of it."""
+        if self._asked_at is None:
+            self._asked_at = time.monotonic()
+        self._halt(reason)
+
+    def _halt(self, reason: str) -> None:
+        """Stop reading (the run's own stop: the end of ``--max-frames``, a failed stage)."""
         if not self._stop.is_set():
             self.summary.stopped_by = reason
             self._stopped_at = time.monotonic()
@@ -293,7 +305,7 @@ class Pipeline:
             log.error("pipeline stage %s failed: %s", stage, exc, exc_info=True)
         if abort:
             self._abort.set()
-        self.stop(f"{stage} failed")
+        self._halt(f"{stage} failed")
 
     # -- stages --------------------------------------------------------------
     def _read(self) -> None:
@@ -332,7 +344,7 @@ class Pipeline:
                     return
                 taken += 1
                 if self._max_frames is not None and taken >= self._max_frames:
-                    self.stop("max frames")
+                    self._halt("max frames")
                     break
                 if self._stop.is_set() and not live:
                     break  # checked after handing the frame on: a frame read is a frame processed
@@ -515,16 +527,19 @@ class Pipeline:
                 if self._sink_failed:  # every sink stops here (``others_go_on`` False), or none is left
                     break
         self._in_sink = None
-        if self._on_result is not None:
-            self._on_result(result)
+        on_result = self._on_result  # read once: a stop that leaves a sink behind clears it from another thread
+        if on_result is not None:
+            on_result(result)
 
     def _sink_down(self, sink: Sink, exc: BaseException) -> None:
         """A sink failed: it gets nothing more, while every other sink still gets every result
         computed (the source is closed, what is in flight finished); the run then fails with the
-        first failure. ``on_result`` is no longer called: it means every sink has the result (the
-        daemon leaves such inputs out of a retry)."""
+        first failure; ``on_result`` goes on for the results they get (a failed input is still
+        reported). With ``others_go_on`` False every sink stops here, and ``on_result`` is no longer
+        called: the daemon leaves the inputs it saw out of a retry, and this one is not on every sink."""
         self._sinks_up = [s for s in self._sinks_up if s is not sink] if self._others_go_on else []
-        self._on_result = None
+        if not self._others_go_on:  # the result it refused is not on every sink: the caller runs it again
+            self._on_result = None
         self._sink_failed = not self._sinks_up
         if self._failure is not None and not isinstance(exc, BrokenPipeError):  # not the error run() raises
             log.warning("pipeline: the sink %s failed too: %s", _sink_name(sink), exc)
@@ -617,7 +632,7 @@ class Pipeline:
         if frames != seen_frames or sink is not seen_sink or unclosed != seen_unclosed:
             self._mark, self._mark_at = (frames, sink, unclosed), now
             return False
-        if sink is None or now - max(self._mark_at, self._stopped_at) < self._sink_grace:
+        if sink is None or now - max(self._mark_at, self._asked_at or now) < self._sink_grace:
             return False
         self._left_sink = sink
         self._sink_failed = True  # a result it hands on, should its write return, goes nowhere
@@ -639,7 +654,7 @@ class Pipeline:
             while t.is_alive():
                 if t is reader and self._leave_reader():
                     break
-                if self._left_sink is None and self._stop.is_set() and delivering.is_alive():
+                if self._left_sink is None and self._asked_at is not None and delivering.is_alive():
                     self._leave_sink()
                 if t is delivering and self._left_sink is not None:
                     break

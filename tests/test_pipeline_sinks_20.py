@@ -14,7 +14,9 @@ fill them), a real tmpfs for the full disk, the real digits model.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
+import io
 import json
 import logging
 import os
@@ -35,7 +37,7 @@ import edgerun
 from edgerun.errors import PipelineError, SourceError
 from edgerun.pipeline import SINK_STOP_GRACE_S, Pipeline, Summary
 from edgerun.sinks.base import Result
-from edgerun.sinks.text import JsonlSink
+from edgerun.sinks.text import JsonlSink, TableSink
 from edgerun.sources.files import FileSource
 from edgerun.telemetry.metrics import LatencyStats, Metrics
 from tests.conftest import DIGITS, ROOT, SAMPLES, run_cli
@@ -370,3 +372,83 @@ def test_the_percentiles_are_exact_up_to_the_ring_s_4096_samples_and_from_the_hi
     exact = [float(p) for p in np.percentile(values, (50, 95, 99))]
     assert s is not None and s["p50"] <= s["p95"] <= s["p99"] <= s["max"] == round(float(values.max()), 4)
     assert all(abs(got / want - 1) < 0.06 for got, want in zip((s["p50"], s["p95"], s["p99"]), exact, strict=True))
+
+
+class _NotebookStream(io.TextIOBase):
+    """What a notebook kernel puts in ``sys.stdout`` (ipykernel's OutStream): text goes to the cell, while
+    ``fileno()`` is the kernel process's own standard output."""
+
+    def __init__(self, fileno: int) -> None:
+        self.text: list[str] = []
+        self._fileno = fileno
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, text: str) -> int:
+        self.text.append(text)
+        return len(text)
+
+    def fileno(self) -> int:
+        return self._fileno
+
+
+def test_stdout_sinks_write_through_a_stand_in_for_stdout_even_one_with_a_descriptor(
+    model: edgerun.Model, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    read, write = os.pipe()
+    try:
+        stream = _NotebookStream(write)
+        monkeypatch.setattr(sys, "stdout", stream)
+        sinks = [JsonlSink(), TableSink()]
+        Pipeline(FileSource([str(SAMPLES / "digit_1.png")]), model, sinks).run()
+        monkeypatch.undo()
+        os.set_blocking(read, False)
+        with contextlib.suppress(BlockingIOError):
+            assert os.read(read, 4096) == b"", "written to the descriptor, not to the cell"
+    finally:
+        os.close(read)
+        os.close(write)
+    text = "".join(stream.text)
+    assert '"input": ' in text and "digit_1.png" in text  # the JSON line and the table's, in the cell
+    assert len(text.splitlines()) == 2
+
+
+class _SlowSink(KeepingSink):
+    """A sink whose writes stall for ``stall_s`` each (storage writing back, an NFS failover)."""
+
+    def __init__(self, stall_s: float) -> None:
+        super().__init__()
+        self.stall_s = stall_s
+
+    def publish(self, result: Result) -> None:
+        threading.Event().wait(self.stall_s)
+        super().publish(result)
+
+
+@pytest.mark.parametrize("ended_by", ["max frames", "a failed sink"])
+def test_the_run_s_own_stop_waits_for_a_slow_sink_however_long_it_takes(
+    images: Path, model: edgerun.Model, ended_by: str
+) -> None:
+    slow = _SlowSink(3 * IN_PROCESS_GRACE_S)
+    failing = KeepingSink(fail_at=1)
+    sinks = [slow, failing] if ended_by == "a failed sink" else [slow]
+    pipeline = Pipeline(FileSource([str(images)]), model, sinks, max_frames=2, sink_stop_grace_s=IN_PROCESS_GRACE_S)
+    try:
+        summary = pipeline.run()
+    except PipelineError:  # the failed sink's error, once the slow one has every result
+        summary = pipeline.summary
+    assert summary.unflushed == []  # not left behind: only a signal (or a shutdown) bounds the wait
+    assert len(slow.results) == summary.frames == 2 and slow.closed == 1
+
+
+def test_results_after_a_sink_failed_still_reach_on_result_where_the_others_go_on(
+    images: Path, model: edgerun.Model
+) -> None:
+    failing, healthy = KeepingSink(fail_at=1), KeepingSink()
+    seen: list[Result] = []
+    pipeline = Pipeline(FileSource([str(images)]), model, [failing, healthy], on_result=seen.append)
+    with pytest.raises(PipelineError):
+        pipeline.run()
+    # the CLI's on_result names each failed input on stderr: it goes on for what the healthy sink gets
+    assert len(healthy.results) >= 1 and seen == healthy.results

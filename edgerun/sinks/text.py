@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import io
 import math
 import os
 import stat
@@ -192,10 +193,14 @@ class _Stdout:
     to a pipe is only cut short when its reader went away. ``sys.stdout`` is flushed before the
     first write, so what was printed before comes first. A failed write is a ``PipelineError``
     naming stdout (``named``, a sink's), else the ``OSError`` itself; a ``BrokenPipeError`` is
-    always itself: the reader went away, which callers end on quietly.
+    always itself: the reader went away, which callers end on quietly. Only where ``sys.stdout`` is
+    the process's own ``TextIOWrapper``: a notebook's stream (ipykernel) or a live display's proxy
+    (rich) has a ``fileno()`` that is not where its text goes, so it is written through as before.
     """
 
     def __init__(self, *, named: bool) -> None:
+        if type(sys.stdout) is not io.TextIOWrapper:  # a notebook's or a live display's stand-in: through it
+            raise ValueError("standard output is not the process's own stream")
         self._named = named
         self._fd = fd = sys.stdout.fileno()
         self._regular = stat.S_ISREG(os.fstat(fd).st_mode)
