@@ -256,7 +256,6 @@ def test_a_run_whose_sink_fails_with_frames_in_flight_lets_go_of_every_one(
 ) -> None:
     """A failed sink aborts the run with frames prepared on the old model still queued: discarded,
     they let go of it all the same."""
-    old, new = models
     decoded = kind == "decoded"
     phases = [[_image(0, decoded)], [_image(d, decoded) for d in range(1, 1 + IN_FLIGHT)], [_image(9, decoded)]]
     run = _swap_with_frames_in_flight(kind, models, phases, batch_size=4)
@@ -264,13 +263,7 @@ def test_a_run_whose_sink_fails_with_frames_in_flight_lets_go_of_every_one(
     run.finish()
     assert len(run.failed) == 1 and isinstance(run.failed[0], PipelineError)
     assert "disk full" in str(run.failed[0]) and not run.sink.results
-    assert run.survived, "the old worker was stopped at the swap, with frames prepared on it still in flight"
-    worker = old.backend.process
-    wait_until(lambda: not worker.is_alive(), 30, "the old worker to stop: no discarded frame holds its model")
-    assert worker.exitcode == 0 and _starts(caplog, "digits_int8.onnx") == [str(worker.pid)]
-    new_worker = new.backend.process
-    new.retire()
-    wait_until(lambda: not new_worker.is_alive(), 30, "the new worker to stop: no discarded frame holds its model")
+    _both_workers_stop(run, models, caplog, "a discarded frame")
 
 
 class BrokenPath(os.PathLike[str]):
@@ -287,16 +280,22 @@ def test_a_run_whose_inference_thread_fails_lets_go_of_the_frames_it_left_queued
     """Decoded frames: the inference thread prepares the first frame queued after the pause itself
     (the reader prepared the rest, on the old model), fails on it and gives up; the frames it left
     queued are never run, and let go of the old model all the same."""
-    old, new = models
     phases = [[_image(0, True)], [BrokenPath(), *(_image(d, True) for d in range(2, 5))], [_image(9, True)]]
     run = _swap_with_frames_in_flight("decoded", models, phases)
     run.finish()
     assert len(run.failed) == 1 and isinstance(run.failed[0], PipelineError)
     assert str(run.failed[0]) == "preprocess: no path for you" and len(run.sink.results) == 1
+    _both_workers_stop(run, models, caplog, "a frame left queued")
+
+
+def _both_workers_stop(run: Any, models: tuple[Model, Model], caplog: pytest.LogCaptureFixture, frames: str) -> None:
+    """After a failed run through a swap: the old worker outlived the swap, then stopped (started once), and
+    the new one stops once retired: none of ``frames`` (discarded, left queued) keeps a hold on either."""
+    old, new = models
     assert run.survived, "the old worker was stopped at the swap, with frames prepared on it still in flight"
     worker = old.backend.process
-    wait_until(lambda: not worker.is_alive(), 30, "the old worker to stop: no frame left queued holds its model")
+    wait_until(lambda: not worker.is_alive(), 30, f"the old worker to stop: no {frames} holds its model")
     assert worker.exitcode == 0 and _starts(caplog, "digits_int8.onnx") == [str(worker.pid)]
     new_worker = new.backend.process
     new.retire()
-    wait_until(lambda: not new_worker.is_alive(), 30, "the new worker to stop: the failed frame let go of it")
+    wait_until(lambda: not new_worker.is_alive(), 30, f"the new worker to stop: no {frames} holds its model")

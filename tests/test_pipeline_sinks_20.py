@@ -132,33 +132,29 @@ def _ended(proc: subprocess.Popen[str]) -> tuple[int, str]:
 # -- a stdout that refuses output (#2) -----------------------------------------------------------------------
 
 
-def test_a_run_s_json_summary_to_a_full_stdout_is_one_error_line_naming_stdout(tmp_path: Path) -> None:
-    csv = tmp_path / "ok.csv"
-    sinks = ["--sink", str(csv), "--json"]
+def _to_full_stdout(*args: str) -> subprocess.CompletedProcess[str]:
+    """``edgerun ARGS`` with its stdout on ``/dev/full`` (every write: ENOSPC)."""
     with open("/dev/full", "w") as full:
-        done = subprocess.run(
-            [sys.executable, "-m", "edgerun", "run", str(MODEL), "--source", str(SAMPLES / "digit_1.png"), *sinks],
+        return subprocess.run(
+            [sys.executable, "-m", "edgerun", *args],
             cwd=ROOT,
             stdout=full,
             stderr=subprocess.PIPE,
             text=True,
             timeout=120,
         )
+
+
+def test_a_run_s_json_summary_to_a_full_stdout_is_one_error_line_naming_stdout(tmp_path: Path) -> None:
+    csv = tmp_path / "ok.csv"
+    done = _to_full_stdout("run", str(MODEL), "--source", str(SAMPLES / "digit_1.png"), "--sink", str(csv), "--json")
     assert (done.returncode, done.stderr) == (1, FULL_STDOUT)
     assert len(csv.read_text().splitlines()) == 2  # the sink still got its record
 
 
 @pytest.mark.parametrize("output", [["--json"], []], ids=["json", "table"])
 def test_predict_to_a_full_stdout_is_one_error_line_naming_stdout(output: list[str]) -> None:
-    with open("/dev/full", "w") as full:
-        done = subprocess.run(
-            [sys.executable, "-m", "edgerun", "predict", str(MODEL), str(SAMPLES / "digit_1.png"), *output],
-            cwd=ROOT,
-            stdout=full,
-            stderr=subprocess.PIPE,
-            text=True,
-            timeout=120,
-        )
+    done = _to_full_stdout("predict", str(MODEL), str(SAMPLES / "digit_1.png"), *output)
     assert (done.returncode, done.stderr) == (1, FULL_STDOUT)
 
 
