@@ -8,7 +8,7 @@ import stat
 from collections.abc import Iterator
 from pathlib import Path
 
-__all__ = ["atomic_output", "atomic_write", "fsync_dir", "read_utf8", "same_file", "sha256_file"]
+__all__ = ["atomic_output", "atomic_write", "fsync_dir", "read_utf8", "same_file", "sha256_file", "write_all"]
 
 
 def read_utf8(path: Path, what: str, error: type[Exception], max_bytes: int) -> str:
@@ -36,6 +36,14 @@ def read_utf8(path: Path, what: str, error: type[Exception], max_bytes: int) -> 
         line = raw.count(b"\n", 0, exc.start) + 1
         where = f"byte 0x{raw[exc.start]:02x} at offset {exc.start}, line {line}"
         raise error(f"{path}: not UTF-8 text ({where})") from None
+
+
+def write_all(fd: int, data: bytes) -> None:
+    """Write all of ``data`` to descriptor ``fd``: a short write is no refusal yet (the next one says
+    why), so write(2) is called until every byte went, or it raises the ``OSError``."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
 
 
 def _device(mode: int) -> bool:

@@ -22,6 +22,7 @@ import threading
 from pathlib import Path
 
 from edgerun.errors import ConfigError
+from edgerun.files import write_all
 
 __all__ = ["LOCK_FILE", "check_state_dir", "claim_state_dir", "release_state_dir", "state_dir"]
 
@@ -201,9 +202,7 @@ def _try_write(folder: Path) -> None:
         OSError: ``ENOSPC`` when the filesystem has no free block or no free inode, ``EROFS``, ``EIO``...
     """
     with tempfile.TemporaryFile(dir=folder, buffering=0) as probe:
-        left = memoryview(bytes(_PROBE_BYTES))
-        while left:  # a short write is no refusal yet: the next one says why
-            left = left[os.write(probe.fileno(), left) :]
+        write_all(probe.fileno(), bytes(_PROBE_BYTES))
         os.fsync(probe.fileno())
 
 

@@ -158,15 +158,9 @@ def print_json(record: Any) -> None:
     """
     import json  # only JSON output needs it: a one-image table run does not pay for it
 
-    from edgerun.errors import EdgerunError
     from edgerun.sinks.text import write_stdout
 
-    try:
-        write_stdout(json.dumps(record, separators=(", ", ": ")) + "\n")
-    except BrokenPipeError:
-        raise
-    except OSError as exc:
-        raise EdgerunError(f"cannot write stdout: {exc.strerror or exc}") from exc
+    write_stdout(json.dumps(record, separators=(", ", ": ")) + "\n")
 
 
 def error_line(message: str) -> None:

@@ -229,9 +229,12 @@ def run(args: argparse.Namespace) -> int:
             flush=True,
         )
     if not args.json:
-        _header(
+        from edgerun.sinks.text import write_stdout  # at once, before any record; a refusal names stdout
+
+        write_stdout(
             f"# {model.name} {model.version} ({model.format}) on {model.delegate}"
             + (f"; resuming, {source.skipped} input(s) already done" if source.skipped else "")
+            + "\n"
         )
     if gives_images(source):
         model.warm_images()  # before a pipeline's threads start, and out of the first image's figures
@@ -294,19 +297,6 @@ def run(args: argparse.Namespace) -> int:
     return 1 if summary.errors else 0
 
 
-def _header(line: str) -> None:
-    """The header line on stdout, at once (before any record): a stdout that refuses it (a full disk,
-    ``/dev/full``) is one error line naming stdout, not a traceback."""
-    from edgerun.sinks.text import write_stdout
-
-    try:
-        write_stdout(line + "\n")
-    except BrokenPipeError:
-        raise
-    except OSError as exc:
-        raise EdgerunError(f"cannot write stdout: {exc.strerror or exc}") from exc
-
-
 def batch_prepare_workers() -> int:
     """Prepare workers for a batch run when none are asked for: one per CPU core, up to four.
 
@@ -327,7 +317,6 @@ def _run_direct(model: Any, source: Any, sinks: list[Any], as_json: bool) -> int
     """A handful of inputs, one after the other, with the records and errors a pipeline gives."""
     import time
 
-    from edgerun.errors import EdgerunError
     from edgerun.sinks.base import Result, error_record, result_record
 
     start = time.perf_counter()

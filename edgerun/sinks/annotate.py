@@ -50,6 +50,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from edgerun.errors import ConfigError, InputError, PipelineError
+from edgerun.files import write_all
 from edgerun.opencv import opencv
 from edgerun.processing.image import decode_image
 from edgerun.sinks.base import Result
@@ -150,8 +151,9 @@ def _layout(label: str, tail: str, width: int, scale: float) -> tuple[str, float
     room = max(1, width - 2 * MARGIN)
     thickness = max(1, round(scale * 2))
     text = _drawable(label)
-    if size(text + tail, scale, thickness)[0][0] <= room:
-        return text + tail, scale, thickness, *size(text + tail, scale, thickness)
+    whole = size(text + tail, scale, thickness)
+    if whole[0][0] <= room:
+        return text + tail, scale, thickness, *whole
     tail_w = size(tail.lstrip(), scale, thickness)[0][0]
     if tail_w > room:  # a frame narrower than the score: the score alone, as large as fits
         scale, thickness, text, tail = scale * room / tail_w, 1, "", tail.lstrip()
@@ -231,9 +233,7 @@ def _write_whole(path: Path, data: bytes) -> None:
     folder holds whole images only."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
     try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
+        write_all(fd, data)
     except OSError:
         os.close(fd)
         with contextlib.suppress(OSError):

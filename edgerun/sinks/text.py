@@ -9,10 +9,11 @@ import math
 import os
 import stat
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import IO, Any
 
 from edgerun.errors import ConfigError, PipelineError, shown
+from edgerun.files import write_all
 from edgerun.sinks.base import Result
 
 __all__ = ["CsvSink", "JsonlSink", "TableSink", "top1", "write_stdout"]
@@ -151,9 +152,7 @@ class _AppendFile:
         """Append ``data`` whole, or raise ``PipelineError`` with the file as it was before."""
         try:
             start = os.fstat(self._fd).st_size if self._regular else 0
-            view = memoryview(data)
-            while view:
-                view = view[os.write(self._fd, view) :]
+            write_all(self._fd, data)
         except OSError as exc:
             if self._regular:
                 with contextlib.suppress(OSError):  # the record's beginning, where the disk took one
@@ -192,16 +191,15 @@ class _Stdout:
     cut off again, so the file keeps whole lines. A pipe or a terminal keeps what it took: a write
     to a pipe is only cut short when its reader went away. ``sys.stdout`` is flushed before the
     first write, so what was printed before comes first. A failed write is a ``PipelineError``
-    naming stdout (``named``, a sink's), else the ``OSError`` itself; a ``BrokenPipeError`` is
-    always itself: the reader went away, which callers end on quietly. Only where ``sys.stdout`` is
+    naming stdout; a ``BrokenPipeError`` is itself: the reader went away, which callers end on
+    quietly. Only where ``sys.stdout`` is
     the process's own ``TextIOWrapper``: a notebook's stream (ipykernel) or a live display's proxy
     (rich) has a ``fileno()`` that is not where its text goes, so it is written through as before.
     """
 
-    def __init__(self, *, named: bool) -> None:
+    def __init__(self) -> None:
         if type(sys.stdout) is not io.TextIOWrapper:  # a notebook's or a live display's stand-in: through it
             raise ValueError("standard output is not the process's own stream")
-        self._named = named
         self._fd = fd = sys.stdout.fileno()
         self._regular = stat.S_ISREG(os.fstat(fd).st_mode)
         self._append = self._regular and bool(fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_APPEND)
@@ -224,7 +222,7 @@ class _Stdout:
             self.flush()
 
     def flush(self) -> None:
-        """Write what is kept, whole, or raise the ``OSError`` (a regular file cut back to before)."""
+        """Write what is kept, whole, or raise (a regular file cut back to before)."""
         if not self._lines:
             return
         data = "".join(self._lines).encode(self._encoding, "replace")
@@ -234,25 +232,20 @@ class _Stdout:
             sys.stdout.flush()  # what was printed there before comes first
             self._started = True
         fd, start = self._fd, -1
-        try:
-            if self._regular:
-                end = os.fstat(fd).st_size
-                if self._append or os.lseek(fd, 0, os.SEEK_CUR) >= end:
-                    start = end  # written at the end: a failure can be cut off
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
-        except BrokenPipeError:
-            raise
-        except OSError as exc:
-            if start >= 0:
-                with contextlib.suppress(OSError):
-                    os.ftruncate(fd, start)
-                    if not self._append:
-                        os.lseek(fd, start, os.SEEK_SET)
-            if self._named:
-                raise PipelineError(f"cannot write stdout: {_reason(exc)}") from exc
-            raise
+        with _naming_stdout():
+            try:
+                if self._regular:
+                    end = os.fstat(fd).st_size
+                    if self._append or os.lseek(fd, 0, os.SEEK_CUR) >= end:
+                        start = end  # written at the end: a failure can be cut off
+                write_all(fd, data)
+            except OSError:
+                if start >= 0:  # a regular file (never a broken pipe)
+                    with contextlib.suppress(OSError):
+                        os.ftruncate(fd, start)
+                        if not self._append:
+                            os.lseek(fd, start, os.SEEK_SET)
+                raise
 
 
 class _Stream:
@@ -263,20 +256,24 @@ class _Stream:
         self._stream = stream
 
     def write(self, text: str) -> None:
-        try:
+        with _naming_stdout():
             self._stream.write(text)
-        except BrokenPipeError:
-            raise
-        except OSError as exc:
-            raise PipelineError(f"cannot write stdout: {_reason(exc)}") from exc
 
     def flush(self) -> None:
-        try:
+        with _naming_stdout():
             self._stream.flush()
-        except BrokenPipeError:
-            raise
-        except OSError as exc:
-            raise PipelineError(f"cannot write stdout: {_reason(exc)}") from exc
+
+
+@contextlib.contextmanager
+def _naming_stdout() -> Iterator[None]:
+    """An ``OSError`` inside as a ``PipelineError`` naming stdout; a ``BrokenPipeError`` as it is (the
+    reader went away, which callers end on quietly)."""
+    try:
+        yield
+    except BrokenPipeError:
+        raise
+    except OSError as exc:
+        raise PipelineError(f"cannot write stdout: {_reason(exc)}") from exc
 
 
 def _stdout_lines(stream: IO[str] | None) -> _Stdout | _Stream:
@@ -284,24 +281,22 @@ def _stdout_lines(stream: IO[str] | None) -> _Stdout | _Stream:
     ``sys.stdout`` (or None) and has one, else ``stream`` itself (a ``StringIO`` in its place)."""
     if stream is None or stream is sys.stdout:
         try:
-            return _Stdout(named=True)
+            return _Stdout()
         except (OSError, ValueError, AttributeError):  # no descriptor (replaced by a StringIO), or a closed one
             stream = sys.stdout
     return _Stream(stream)
 
 
 def write_stdout(text: str) -> None:
-    """``text`` (whole lines) on standard output at once: on a regular file, whole or not at all.
+    """``text`` (whole lines) on standard output at once, as a stdout sink writes: on a regular file,
+    whole or not at all.
 
     Raises:
-        OSError: standard output refused it (``BrokenPipeError``: its reader went away).
+        PipelineError: standard output refused it, naming stdout (``cannot write stdout: No space left
+            on device``).
+        BrokenPipeError: its reader went away.
     """
-    try:
-        out = _Stdout(named=False)
-    except (OSError, ValueError, AttributeError):  # no descriptor: written as print would
-        sys.stdout.write(text)
-        sys.stdout.flush()
-        return
+    out = _stdout_lines(None)
     out.write(text)
     out.flush()
 

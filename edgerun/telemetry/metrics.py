@@ -102,20 +102,19 @@ class LatencyStats:
 def _summary_total(copied: tuple[int, float, float, list[float] | None, list[int] | None]) -> dict[str, float] | None:
     """``LatencyStats.summary_total`` from its copy (computed off the lock)."""
     count, max_ms, sum_ms, samples, hist = copied
-    exact = None if samples is None else _summary(np.array(samples))  # every sample since start
-    if exact is not None:
-        out = exact
-    elif hist is not None and count:
+    if not count:
+        return None
+    out: dict[str, float] = {}
+    if samples is not None:  # every sample since start
+        out.update(_summary(np.array(samples)) or {})
+    else:
         cum = np.cumsum(np.array(hist))
-        out = {}
         for name, q in (("p50", 0.50), ("p95", 0.95), ("p99", 0.99)):
             b = int(np.searchsorted(cum, q * count))
             # The bucket's geometric middle, capped by the true maximum.
             mid = _H_MIN_MS * 10 ** ((b + 0.5) / _H_PER_DECADE)
             out[name] = _r(min(mid, max_ms))
         out["max"] = _r(max_ms)
-    else:
-        return None
     out["mean"] = _r(sum_ms / count)
     return out
 
