@@ -7,6 +7,7 @@ import io
 import logging
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
@@ -129,6 +130,17 @@ def start_daemon(config: Path, *, stderr: Any = subprocess.DEVNULL) -> subproces
         stdout=subprocess.DEVNULL,
         stderr=stderr,
     )
+
+
+def stop_process(proc: subprocess.Popen[Any], timeout_s: float) -> int:
+    """SIGTERM ``proc`` (if still running) and its exit code; SIGKILL where it has not ended in ``timeout_s``."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            return proc.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+    return proc.wait()
 
 
 @pytest.fixture(autouse=True)

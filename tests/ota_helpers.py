@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import signal
 import subprocess
 import sys
 import threading
@@ -29,7 +28,7 @@ from edgerun.sync.link import MqttLink
 from edgerun.sync.settings import MqttSettings
 from edgerun.sync.topics import Topics
 from edgerun.telemetry.metrics import Metrics
-from tests.conftest import DIGITS, ROOT
+from tests.conftest import DIGITS, ROOT, stop_process
 
 
 def make_key(folder: Path, name: str = "op") -> tuple[Ed25519PrivateKey, Path, Path]:
@@ -161,13 +160,7 @@ class Device:
             self.proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=err, preexec_fn=preexec)
 
     def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                return self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-        return self.proc.wait()
+        return stop_process(self.proc, 20)
 
     def kill(self) -> None:
         self.proc.kill()

@@ -27,7 +27,7 @@ import pytest
 
 from edgerun.isolation import load_isolated
 from edgerun.ota.slot import ModelSlot
-from tests.conftest import DIGITS, ROOT, SAMPLES, Broker, free_port
+from tests.conftest import DIGITS, ROOT, SAMPLES, Broker, free_port, stop_process
 from tests.ota_helpers import Agent, StatusWatcher, make_key, model_with_card
 from tests.test_ota_fixes_18 import ENDED, command, listening, update
 from tests.test_sync import wait_until
@@ -113,13 +113,7 @@ class _Daemon:
         return pid
 
     def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                return self.proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-        return self.proc.wait()
+        return stop_process(self.proc, 60)
 
 
 @pytest.fixture

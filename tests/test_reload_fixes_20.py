@@ -17,7 +17,7 @@ import pytest
 
 from tests.conftest import DIGITS, ROOT, SAMPLES, Broker, start_daemon
 from tests.ota_helpers import model_with_card
-from tests.test_daemon import http
+from tests.test_daemon import _ready, http
 from tests.test_run_device_audit import _device, _distinct_seqs, _finish
 from tests.test_sources import make_video
 from tests.test_sync import Collector, wait_until
@@ -100,13 +100,6 @@ class _Daemon:
             self.proc.kill()
             self.proc.wait()
         self._log.close()
-
-
-def _ready(port: int) -> bool:
-    try:
-        return http(port, "/ready")[0] == 200
-    except OSError:
-        return False
 
 
 def _answers(url: str) -> bool:
