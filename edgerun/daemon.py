@@ -30,8 +30,9 @@ every ``restart_s`` seconds until it comes back; the rest keeps running. What a
 failed open had opened is closed again, and a pipeline stopped while its source
 opens never runs. A pipeline over files (images, a video, a sensor file: not live) that
 fails part way (a full disk under its sink) is retried without the inputs whose results
-already reached every sink (error records included), so none is written or published
-twice; a SIGHUP that changes the pipeline starts it afresh. A named pipe given as a sensor
+already reached every sink (error records included), and each sink leaves out the one
+result it took before another sink refused it, so none is written or published twice;
+a SIGHUP that changes the pipeline starts it afresh. A named pipe given as a sensor
 file is read again when its writer closes, for the next writer (standard input ends the
 pipeline: nothing can write to it again).
 """
@@ -107,6 +108,9 @@ class _PipelineRunner:
         self._pipeline: Any = None
         #: the inputs of a file source whose results reached every sink: a retry leaves them out
         self._delivered: set[str] = set()
+        #: per sink (by its place in the run's list), the inputs of a file source whose results it took and
+        #: not every sink did (a later sink refused one): a retry gives it to the others only
+        self._held: list[set[str]] = []
         self.thread = threading.Thread(target=self._run, name=f"pipeline-{name}", daemon=True)
         self.state = "starting"
         #: the current run's sink publishing results over MQTT, if any; its ``skipped`` (shown in the
@@ -144,6 +148,7 @@ class _PipelineRunner:
                     frames = len(self._delivered) or summary.frames
                     log.info("pipeline %s: source ended after %d frames", self.name, frames)
                     self._delivered.clear()
+                    self._held.clear()
                     return
             except (EdgerunError, OSError) as exc:  # a source gone, a full disk, a closed standard output
                 self.state = "waiting"
@@ -159,7 +164,7 @@ class _PipelineRunner:
         """A new ``Pipeline`` on a freshly opened source and sinks; what was opened is closed if a later part fails
         (a camera left open would stay busy for every retry)."""
         from edgerun.pipeline import Pipeline
-        from edgerun.sinks import open_sink, video_rate
+        from edgerun.sinks import once_per_input, open_sink, video_rate
         from edgerun.sources import check_fits, gives_images, open_configured, without_frames
         from edgerun.sources.sensor import window_for
 
@@ -187,6 +192,9 @@ class _PipelineRunner:
                     results.carry_on(self.results)  # counted from the pipeline's start
                 self.results = results
                 sinks.append(results)
+            if again:  # each sink is given each input once, whatever another sink refused
+                self._held += [set() for _ in sinks[len(self._held) :]]
+                sinks = [once_per_input(sink, held) for sink, held in zip(sinks, self._held)]
             return Pipeline(
                 source,
                 self.slot,
@@ -196,7 +204,7 @@ class _PipelineRunner:
                 batch_size=c.batch_size,
                 prepare_workers=c.prepare_workers,
                 on_result=self._note_delivered if again else self._report_failure,  # a stream's ids pile up
-                others_go_on=False,  # a sink that fails stops them all there: the retry then writes nothing twice
+                others_go_on=False,  # a sink that fails stops them all there: the retry runs the rest, none twice
             )
         except BaseException:
             self._discard(source, sinks)
@@ -224,6 +232,8 @@ class _PipelineRunner:
         not live: a live source's frames are never read twice."""
         self._report_failure(result)
         self._delivered.add(result.frame.source_id)
+        for held in self._held:  # every sink has it: no sink needs to remember it any more
+            held.discard(result.frame.source_id)
 
     def stop(self) -> None:
         """Stop and wait for the pipeline (up to ``RUNNER_STOP_S``)."""

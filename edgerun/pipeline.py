@@ -200,7 +200,8 @@ class Pipeline:
     ``others_go_on``: when a sink fails, every other sink still gets every result computed (the
     default: a run that ends there loses nothing it computed), or, False, every sink stops at the
     result the failed one refused (a caller that runs the rest again, as the daemon's retry does
-    with the inputs ``on_result`` has not seen, then writes nothing twice). ``sink_stop_grace_s``:
+    with the inputs ``on_result`` has not seen; the sinks before the failed one took that result, so
+    the retry leaves it out for them: ``edgerun.sinks.once_per_input``). ``sink_stop_grace_s``:
     how long after a stop a sink blocked in a write is waited for (``SINK_STOP_GRACE_S``).
     """
 

@@ -12,11 +12,12 @@
 Annotated sinks draw on the frame, so they need frames that are images
 (``first_drawing_sink``): a caller whose source yields none refuses them up front,
 as it refuses a sink whose file is one of the source's (``sink_onto_input``).
+A daemon's retried pipeline gives each sink each input's result once (``once_per_input``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import MutableSet, Sequence
 from typing import Any
 
 from edgerun.sinks.base import Result, Sink
@@ -26,6 +27,7 @@ __all__ = [
     "Sink",
     "first_drawing_sink",
     "images_into_source",
+    "once_per_input",
     "open_sink",
     "sink_kind",
     "sink_onto_input",
@@ -171,3 +173,31 @@ def open_sink(spec: str, *, fps: float = 25.0) -> Sink:
     if kind == "video":
         return AnnotatedVideoSink(spec, fps=fps)
     return AnnotatedImageSink(spec)
+
+
+class _Once:
+    """A sink that leaves out the results of the inputs in ``held`` and adds to it each it takes (see
+    ``once_per_input``)."""
+
+    def __init__(self, sink: Sink, held: MutableSet[str]) -> None:
+        self._sink, self._held = sink, held
+
+    def __getattr__(self, name: str) -> Any:  # inline, name, path: the sink's own
+        return getattr(self._sink, name)
+
+    def publish(self, result: Result) -> None:
+        source_id = result.frame.source_id
+        if source_id not in self._held:
+            self._sink.publish(result)
+            self._held.add(source_id)  # only once it took it: a sink that refused it gets it again
+
+    def close(self) -> None:
+        self._sink.close()
+
+
+def once_per_input(sink: Sink, held: MutableSet[str]) -> Sink:
+    """``sink`` without the results of the inputs it holds already: ``held`` names them (``source_id``), and
+    each result ``sink`` takes is added to it. A daemon pipeline over files keeps one such set per sink across
+    its retries: a sink that failed stopped every sink at the result it refused, which the sinks before it
+    took, and the retry runs that input again for the others (``_PipelineRunner`` in ``edgerun.daemon``)."""
+    return _Once(sink, held)
