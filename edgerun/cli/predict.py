@@ -240,7 +240,8 @@ def run(args: argparse.Namespace) -> int:
         model.warm_images()  # before a pipeline's threads start, and out of the first image's figures
     direct = len(source.refs) <= _DIRECT_MAX and args.batch_size == 1 and not args.mqtt
     bar = None if direct else progress_bar(len(source.refs), no_progress=args.no_progress, as_json=args.json)
-    table_out = sys.stdout if bar is None else cast(IO[str], _AroundBar(sys.stdout))  # it writes and flushes
+    # around the bar only where both share the terminal: a pipe (``| less``) is written as without a bar
+    table_out = cast(IO[str], _AroundBar(sys.stdout)) if bar is not None and _on_terminal(sys.stdout) else sys.stdout
     sinks: list[Any] = [JsonlSink() if args.json else TableSink(table_out)]
     if args.output:
         sinks.append(JsonlSink(os.fspath(args.output)))
@@ -351,18 +352,28 @@ def progress_bar(total: int, *, no_progress: bool, as_json: bool, stream: IO[str
     program: no bar beside them even on a terminal), or for a single input.
     """
     stream = stream or sys.stderr
-    if no_progress or as_json or total < 2 or not stream.isatty():
+    if no_progress or as_json or total < 2 or not _on_terminal(stream):
         return None
     from tqdm import tqdm
 
     return tqdm(total=total, unit="input", file=stream, dynamic_ncols=True, leave=False)
 
 
+def _on_terminal(stream: IO[str] | None) -> bool:
+    """Whether ``stream`` is a terminal (False for none, or a closed one)."""
+    try:
+        return stream is not None and stream.isatty()
+    except ValueError:  # closed
+        return False
+
+
 class _AroundBar:
     """A text stream whose writes clear the progress bar first and draw it again after.
 
     Standard output and the bar's standard error share one terminal: a result line
-    written through the bar would start where the bar's text ends.
+    written through the bar would start where the bar's text ends. For a terminal only:
+    each write holds tqdm's lock while it waits, and on a pipe nobody reads (``| less``)
+    it waits for ever, the bar's ``close`` after a stop (Ctrl-C) waiting behind it.
     """
 
     def __init__(self, stream: IO[str]) -> None:
