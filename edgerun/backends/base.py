@@ -259,6 +259,22 @@ def missing_library(text: str) -> bool:
     return any(m in text for m in _LIBRARY_MISSING)
 
 
+def raise_if_interrupted(exc: BaseException) -> None:
+    """Raise ``KeyboardInterrupt`` when a vendor import's failure ``exc`` stems from one.
+
+    A Ctrl-C that lands while an extension module initialises comes back as that module's
+    failure, e.g. pybind11's ``ImportError: initialization failed`` with the interrupt as its
+    cause (onnxruntime). It is the user stopping the command, not a broken install to reinstall.
+    """
+    seen: set[int] = set()
+    link: BaseException | None = exc
+    while link is not None and id(link) not in seen:
+        if isinstance(link, KeyboardInterrupt):
+            raise KeyboardInterrupt from exc
+        seen.add(id(link))
+        link = link.__cause__ or link.__context__
+
+
 def import_failure(exc: BaseException, reinstall: str) -> str:
     """``(ImportError: ...): hint`` for a vendor package that is installed and does not import.
 

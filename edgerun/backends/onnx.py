@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from edgerun.backends.base import TensorSpec, import_failure, not_installed, numeric, one_line
+from edgerun.backends.base import TensorSpec, import_failure, not_installed, numeric, one_line, raise_if_interrupted
 from edgerun.errors import (
     BackendUnavailableError,
     DelegateError,
@@ -67,6 +67,7 @@ def import_onnxruntime() -> Any:
     try:
         import onnxruntime
     except Exception as exc:  # whatever a broken vendor package raises on import
+        raise_if_interrupted(exc)
         if isinstance(exc, ImportError) and not_installed(exc, "onnxruntime"):
             raise BackendUnavailableError(
                 "ONNX Runtime is not installed: pip install onnxruntime "

@@ -35,6 +35,7 @@ from edgerun.backends.base import (
     not_installed,
     numeric,
     one_line,
+    raise_if_interrupted,
 )
 from edgerun.errors import (
     BackendUnavailableError,
@@ -96,6 +97,7 @@ def import_interpreter() -> tuple[Any, str]:
 
         return litert, f"ai-edge-litert {getattr(ai_edge_litert, '__version__', '?')}"
     except Exception as exc:  # any failure of a vendor package's import: try the next one
+        raise_if_interrupted(exc)
         if not (isinstance(exc, ImportError) and not_installed(exc, "ai_edge_litert")):
             broken.append(f"ai-edge-litert does not import ({type(exc).__name__}: {one_line(exc)})")
     try:
@@ -103,6 +105,7 @@ def import_interpreter() -> tuple[Any, str]:
 
         return tflite_rt, f"tflite-runtime {getattr(tflite_rt, '__version__', '?')}"
     except Exception as exc:
+        raise_if_interrupted(exc)
         if not (isinstance(exc, ImportError) and not_installed(exc, "tflite_runtime")):
             broken.append(f"tflite-runtime does not import ({type(exc).__name__}: {one_line(exc)})")
     try:
@@ -117,6 +120,7 @@ def import_interpreter() -> tuple[Any, str]:
 
         return _TfLite, f"tensorflow {tf.__version__}"
     except Exception as exc:
+        raise_if_interrupted(exc)
         if not (isinstance(exc, ImportError) and not_installed(exc, "tensorflow")):
             broken.append(f"tensorflow does not import ({type(exc).__name__}: {one_line(exc)})")
         elif not broken:
