@@ -10,7 +10,10 @@ hold (it would only fail later, with a traceback, where the file is opened). Loa
 directory: a pipeline whose source is a glob is checked against its sinks by the pattern alone.
 The files the config names (models, TLS, secrets, trusted keys, ``state_dir``) are refused when
 empty, have ``~`` expanded and, where relative, are taken from the config file's folder, never
-from the working directory. A value of the wrong type is refused, not converted (``_Strict``).
+from the working directory. So are a pipeline's source and sinks where they name files (a glob as
+a pattern, a ``DIR/`` sink with its slash), before they are checked against each other; a camera,
+a stream or MQTT URL, standard input (``-``, ``stdin``) and the standard output sinks (``stdout``,
+``jsonl``) are kept as written. A value of the wrong type is refused, not converted (``_Strict``).
 
 A config that validates can still fail to run; ``check_runnable`` names what
 ``edgerun config check`` finds missing on disk (model files), in the same form.
@@ -30,7 +33,16 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from edgerun.errors import ConfigError, shown
 from edgerun.files import read_utf8
@@ -189,31 +201,76 @@ class PipelineConfig(_Strict):
         return self
 
     @model_validator(mode="after")
-    def _no_sink_onto_the_source(self) -> PipelineConfig:
+    def _no_sink_onto_the_source(self, info: ValidationInfo) -> PipelineConfig:
         """As ``edgerun run`` refuses ``--sink`` onto its ``--source``: results appended would damage the input.
 
+        The files are compared where the daemon opens them (``taken_from`` the config's folder, given by
+        ``parse_config`` as ``info.context["base"]``), and a sink is named as the config writes it.
         A glob source is not expanded here: each sink is matched against the pattern instead, so
         loading walks no directory (``/**/*.jpg``, or a tree with a symlink loop, would take for ever).
         """
         from edgerun.sinks import images_into_source, repeated_sink, sink_onto_input
 
-        again = repeated_sink(self.sinks)
-        if again is not None:
-            raise ValueError(
-                f"sink {again[0]!r} names the file of sink {again[1]!r} again: each record would be written twice"
-            )
+        opened = self.taken_from((info.context or {}).get("base"))
+        source, sinks = opened.source, opened.sinks
+        for i, sink in enumerate(sinks):  # one pair at a time: the sinks named as written
+            earlier = next((j for j in range(i) if repeated_sink([sinks[j], sink])), None)
+            if earlier is not None:
+                raise ValueError(
+                    f"sink {self.sinks[i]!r} names the file of sink {self.sinks[earlier]!r} again: "
+                    "each record would be written twice"
+                )
         # a glob source: the sinks it lists, by the names the daemon's glob gives them
-        inputs = [s for s in self.sinks if glob_lists(s, self.source)] if glob.has_magic(self.source) else [self.source]
-        clash = sink_onto_input(self.sinks, inputs)
-        if clash is not None:
-            raise ValueError(f"sink {clash[0]!r} is the source file {clash[1]}: writing it would damage the input")
-        into = images_into_source(self.sinks, [self.source])
-        if into is not None:
-            raise ValueError(
-                f"sink {into[0]!r} is inside the source folder {into[1]}: the next run over it would take its "
-                "annotated images for inputs (write them outside the folder)"
-            )
+        inputs = [s for s in sinks if glob_lists(s, source)] if glob.has_magic(source) else [source]
+        for written, sink in zip(self.sinks, sinks, strict=True):
+            if clash := sink_onto_input([sink], inputs):
+                raise ValueError(f"sink {written!r} is the source file {clash[1]}: writing it would damage the input")
+        for written, sink in zip(self.sinks, sinks, strict=True):
+            if into := images_into_source([sink], [source]):
+                raise ValueError(
+                    f"sink {written!r} is inside the source folder {into[1]}: the next run over it would take its "
+                    "annotated images for inputs (write them outside the folder)"
+                )
         return self
+
+    def taken_from(self, base: Path | None) -> PipelineConfig:
+        """This pipeline with its source and sinks as the daemon opens them: each that names files taken
+        from ``base``, the config file's folder (``_in_folder``); as written where ``base`` is None.
+
+        A source names files unless it is a camera, a stream, an MQTT topic or standard input (as
+        ``open_source`` tells them apart); a sink does unless it is one on standard output (``sink_kind``).
+
+        Raises:
+            ValueError: a ``~`` or ``~user`` naming no home directory, with the key.
+        """
+        from edgerun.sinks import sink_kind
+        from edgerun.sources import names_files
+
+        if base is None:
+            return self
+        source = _in_folder(self.source, base, "source") if names_files(self.source) else self.source
+        sinks = [
+            _in_folder(spec, base, f"sinks.{i}") if sink_kind(spec) in _FILE_SINKS else spec
+            for i, spec in enumerate(self.sinks)
+        ]
+        return self.model_copy(update={"source": source, "sinks": sinks})
+
+
+#: The sinks that name a file or a folder (``sink_kind``): all but those on standard output.
+_FILE_SINKS = ("jsonl-file", "csv", "video", "images")
+
+
+def _in_folder(spec: str, base: Path, key: str) -> str:
+    """A pipeline's source or sink ``spec`` with ``~`` expanded (``_home``) and, where relative, taken
+    from ``base``; ``ValueError`` naming ``key`` where ``~`` names no home directory. A glob stays a
+    pattern (``base``'s own wildcards escaped), and a trailing ``/`` is kept (a ``DIR/`` sink is named by it)."""
+    try:
+        expanded = _home(spec)
+    except ValueError as exc:
+        raise ValueError(f"{key}: {exc}") from None
+    folder = Path(glob.escape(str(base))) if glob.has_magic(spec) else base
+    joined = str(folder / expanded)
+    return joined + "/" if spec.endswith("/") and not joined.endswith("/") else joined
 
 
 #: The smallest outbox bound, in MiB: 4096 bytes, below which ``Outbox`` refuses to open.
@@ -435,7 +492,7 @@ def parse_config(data: Any, source: str, base: Path | None = None) -> Config:
         what = "an empty file" if data is None else type(data).__name__
         raise ConfigError(f"{shown(source)}: the config must be a mapping, got {what}")
     try:
-        config = Config.model_validate(data)
+        config = Config.model_validate(data, context={"base": base})  # pipelines' files compared where opened
     except ValidationError as exc:
         raise ConfigError(f"{shown(source)}: {_errors_line(exc)}") from None
     return _resolve(config, base, source) if base is not None else config
@@ -445,18 +502,24 @@ def _resolve(config: Config, base: Path, source: str) -> Config:
     """Every file the config names (model files, TLS, password, token and key files, ``state_dir``)
     with ``~`` expanded and a relative one taken from ``base``, the config file's folder: never
     from the working directory, so a config checked in one folder runs the same under systemd.
+    So are a pipeline's source and sinks where they name files (``PipelineConfig.taken_from``).
 
     Raises:
-        ConfigError: a ``~`` or ``~user`` that names no home directory, with the key.
+        ConfigError: a ``~`` or ``~user`` that names no home directory, with the key (a pipeline's
+            was refused as it was validated).
     """
 
     def fix(path: str | None, key: str) -> str | None:
-        return None if path is None else str(base / _home(path, key, source))
+        try:
+            return None if path is None else str(base / _home(path))
+        except ValueError as exc:
+            raise ConfigError(shown(f"{source}: {key}: {exc}")) from None
 
     models = {k: m.model_copy(update={"path": fix(m.path, f"models.{k}.path")}) for k, m in config.models.items()}
     keys = [fix(k, f"ota.trusted_keys.{i}") or k for i, k in enumerate(config.ota.trusted_keys)]
     update: dict[str, Any] = {
         "models": models,
+        "pipelines": {k: p.taken_from(base) for k, p in config.pipelines.items()},
         "ota": config.ota.model_copy(update={"trusted_keys": keys}),
         "api": config.api.model_copy(update={"token_file": fix(config.api.token_file, "api.token_file")}),
         "state_dir": fix(config.state_dir, "state_dir"),
@@ -467,10 +530,10 @@ def _resolve(config: Config, base: Path, source: str) -> Config:
     return config.model_copy(update=update)
 
 
-def _home(path: str, key: str, source: str) -> str:
-    """``path`` with a leading ``~`` or ``~user`` expanded; ``ConfigError`` naming ``key`` where
-    there is no such home directory (``$HOME`` unset and no password entry, or no such user):
-    left as it is, it would be a folder named ``~`` in the config's folder."""
+def _home(path: str) -> str:
+    """``path`` with a leading ``~`` or ``~user`` expanded; ``ValueError`` where there is no such home
+    directory (``$HOME`` unset and no password entry, or no such user): left as it is, it would be a
+    folder named ``~`` in the config's folder."""
     expanded = os.path.expanduser(path)
     if expanded.startswith("~"):
         head = path.split("/", 1)[0]
@@ -479,7 +542,7 @@ def _home(path: str, key: str, source: str) -> str:
             if head == "~"
             else f"no user {head[1:]!r} in the password database"
         )
-        raise ConfigError(shown(f"{source}: {key}: cannot expand {head} in {path}: {reason}"))
+        raise ValueError(f"cannot expand {head} in {path}: {reason}")
     return expanded
 
 

@@ -179,13 +179,16 @@ def test_a_config_with_a_relative_glob_source_loads_when_the_working_folder_was_
     monkeypatch.chdir(gone)
     gone.rmdir()
     text = f"models:\n  m:\n    path: {MODEL}\npipelines:\n  p:\n    source: 'data/*.jsonl'\n    model: m\n"
+    (tmp_path / "apart.yaml").write_text(text + "    sinks: [results/out.jsonl]\n")
+    config = load_config(tmp_path / "apart.yaml")  # taken from the config's folder: no working folder needed
+    assert config.pipelines["p"].source == f"{tmp_path}/data/*.jsonl"
+    assert config.pipelines["p"].sinks == [f"{tmp_path}/results/out.jsonl"]
     (tmp_path / "relative.yaml").write_text(text + "    sinks: [data/out.jsonl]\n")
-    config = load_config(tmp_path / "relative.yaml")  # glob lists nothing from a deleted folder
-    assert config.pipelines["p"].source == "data/*.jsonl"
     absolute = text.replace("'data/*.jsonl'", f"'{tmp_path}/data/*.jsonl'")
     (tmp_path / "absolute.yaml").write_text(absolute + f"    sinks: [{tmp_path}/data/out.jsonl]\n")
-    with pytest.raises(ConfigError, match="is the source file"):  # absolute paths are still compared
-        load_config(tmp_path / "absolute.yaml")
+    for name in ("relative.yaml", "absolute.yaml"):  # the sink among the files the source lists, either way
+        with pytest.raises(ConfigError, match="is the source file"):
+            load_config(tmp_path / name)
 
 
 def test_a_working_folder_whose_name_holds_wildcard_characters_is_taken_as_it_is(

@@ -32,6 +32,7 @@ __all__ = [
     "SourceOptions",
     "check_fits",
     "gives_images",
+    "names_files",
     "open_configured",
     "open_source",
     "without_frames",
@@ -207,6 +208,12 @@ def open_source(
                 f"{kind} must be the only source"
             )
     return FileSource(items, skip=skip)
+
+
+def names_files(spec: str) -> bool:
+    """Whether the source string ``spec`` names files (an image or array file, a glob, a folder, a video
+    or a sensor file), not a camera, a stream, an MQTT topic or standard input."""
+    return _only_source_kind(spec) in (None, _SENSOR, _VIDEO)
 
 
 # What a source string names where it must be the only source, as messages say it.
