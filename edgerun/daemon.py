@@ -389,7 +389,9 @@ class Daemon:
         active = store.active(name) if store is not None else None
         return active is None or active.version == model.version
 
-    def _start_sync(self) -> None:
+    def _make_sync(self) -> None:
+        """The ``SyncService`` of the config's ``mqtt`` section, not started: ``_start_parts`` starts it
+        once the OTA agent has subscribed."""
         c = self.config.mqtt
         if c is None:
             return
@@ -420,7 +422,6 @@ class Daemon:
             results_max_per_s=c.results_max_per_s,
         )
         self.sync.set_models({n: s.describe() for n, s in self.slots.items()}, probe().accelerators())
-        self.sync.start()
 
     def _start_ota(self) -> None:
         o = self.config.ota
@@ -521,7 +522,7 @@ class Daemon:
 
     # -- life cycle ----------------------------------------------------------------
     def start(self) -> None:
-        """Check the state directory and secret files, load every model, then start sync, OTA, pipelines and the API."""
+        """Check the state directory and secret files, load every model, then start OTA, sync, pipelines and the API."""
         self._check_before_start()
         self._start_parts()
 
@@ -531,8 +532,14 @@ class Daemon:
             files = self._on_disk(mc)  # before the load: a file replaced while it loads is seen at the next SIGHUP
             self.slots[name] = ModelSlot(self._serve(name, mc))
             self._files[name] = files
-        self._start_sync()
+        self._make_sync()
+        # OTA subscribes before the link connects: what the broker kept for the device's persistent
+        # session while it was offline (commands included) comes right after CONNACK, and the link
+        # drops a message no handler is registered for. An OTA that fails to start stops the daemon
+        # (``stop``, the sync started or not) before the link connects: nothing kept is taken and lost.
         self._start_ota()
+        if self.sync is not None:
+            self.sync.start()
         for name, pc in self.config.pipelines.items():
             self._start_pipeline(name, pc)
         self._start_api()

@@ -12,6 +12,7 @@ __all__ = [
     "check_folders",
     "error_line",
     "load_kwargs",
+    "make_sync",
     "mqtt_settings",
     "print_json",
     "report_failure",
@@ -305,6 +306,19 @@ def check_ota(args: argparse.Namespace, checked: tuple[Any, str] | None) -> None
 
 def start_sync(args: argparse.Namespace, checked: tuple[Any, str] | None, metrics: Any, models: list[Any]) -> Any:
     """A started ``SyncService`` from what ``check_sync`` returned, else (no ``--mqtt``) None."""
+    service = make_sync(args, checked, metrics, models)
+    if service is not None:
+        service.start()
+    return service
+
+
+def make_sync(args: argparse.Namespace, checked: tuple[Any, str] | None, metrics: Any, models: list[Any]) -> Any:
+    """A ``SyncService`` not started yet (its outbox open, no connection), else (no ``--mqtt``) None.
+
+    For a command that subscribes before the link connects (``start_ota``): the broker delivers
+    what it kept for the device's persistent session right after CONNACK, and the link drops a
+    message no handler is registered for. Its ``stop()`` works whether it started or not.
+    """
     if checked is None:
         return None
     from edgerun.accel.probe import probe
@@ -325,7 +339,6 @@ def start_sync(args: argparse.Namespace, checked: tuple[Any, str] | None, metric
         {m.name: {"version": m.version, "format": m.format, "delegate": m.delegate} for m in models},
         probe(args.probe_root or "/").accelerators(),
     )
-    service.start()
     return service
 
 
@@ -391,7 +404,11 @@ def _deliver(sync: Any, cancel: Any) -> None:
 
 
 def start_ota(args: argparse.Namespace, sync: Any, slot: Any, metrics: Any) -> Any:
-    """A started ``OtaAgent`` when ``--ota-key`` was given (with ``--mqtt``), else None."""
+    """A started ``OtaAgent`` when ``--ota-key`` was given (with ``--mqtt``), else None.
+
+    Called before ``sync.start()`` (``make_sync``): the agent subscribes before the link connects,
+    so the manifests and commands the broker kept for the device while it was offline reach it.
+    """
     if not getattr(args, "ota_key", None):
         return None
     from edgerun.errors import ConfigError

@@ -13,6 +13,7 @@ from edgerun.cli.common import (
     check_ota,
     check_sync,
     load_kwargs,
+    make_sync,
     model_loader,
     mqtt_figures,
     mqtt_line,
@@ -24,7 +25,6 @@ from edgerun.cli.common import (
     require_within,
     run_pipeline,
     start_ota,
-    start_sync,
 )
 
 HELP = "run a pipeline from a source (files, video, camera, stream, sensor CSV, MQTT) into sinks"
@@ -165,8 +165,14 @@ def run(args: argparse.Namespace) -> int:
             model.warm_images()  # OpenCV's import out of the first frame's figures
         sinks = [open_sink(s, fps=video_rate(args.fps, source)) for s in specs]
         metrics = Metrics()
-        sync = start_sync(args, mqtt, metrics, [model])
+        sync = make_sync(args, mqtt, metrics, [model])
+        # OTA subscribes before the link connects: what the broker kept for the device while it was offline
+        # (commands too, never retained) comes right after CONNACK, and the link drops a message no handler
+        # is registered for. An OTA that fails to start ends the run in one line before the link connects,
+        # so that nothing kept for the device is taken and lost.
         ota = start_ota(args, sync, slot, metrics)
+        if sync is not None:
+            sync.start()
         results = sync.results_sink() if sync is not None and args.publish_results else None
         if results is not None:
             sinks.append(results)

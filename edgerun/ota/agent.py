@@ -170,7 +170,12 @@ class OtaAgent:
     # -- life cycle ----------------------------------------------------------------
     def start(self) -> None:
         """Tidy what a killed process left, report its last outcome again, roll back what was on probation
-        at a crash, restore A/B splits, resume unfinished updates, subscribe."""
+        at a crash, restore A/B splits, resume unfinished updates, subscribe.
+
+        Call it before the link starts: it only hands work to the link (published once connected), and
+        its subscriptions are then registered before the first CONNACK, right after which the broker
+        delivers the manifests and commands it kept for the device while it was offline (the link drops
+        a message no handler is registered for, and commands are not retained: one would be lost)."""
         self._remove_temporary_files()
         self._report_last()
         for name, active in list(self.store):

@@ -493,9 +493,13 @@ class MqttLink:
                     self._wake.set()  # this turn is spent: the work goes to the next one
 
     def _work(self) -> None:
+        """One batch of handed-over work: unsubscribes, subscribes, the status record, direct publishes, records.
+
+        The SUBSCRIBEs of a connection go out before its ``online`` status record: the broker handles
+        one client's packets in order, so an operator who sends a command on seeing ``online`` finds
+        the device subscribed (on a first connection the broker keeps nothing sent before it for the device).
+        """
         self._wake.clear()  # first: a poke while this batch is taken wakes the next look
-        if self._status_dirty and not self._stopping.is_set():  # stopping: the last status is offline
-            self._publish_status()
         while True:
             try:
                 gone = self._unsubscribe.get_nowait()
@@ -511,6 +515,8 @@ class MqttLink:
                 if rc == self._mqtt.MQTT_ERR_SUCCESS:
                     self._sub_mids[mid] = topic
                 self._subscribed.add(topic)  # refused or not: asked again only after the next connect
+        if self._status_dirty and not self._stopping.is_set():  # stopping: the last status is offline
+            self._publish_status()
         while True:
             try:
                 topic, payload, qos, retain = self._direct.get_nowait()
