@@ -12,8 +12,9 @@ The files the config names (models, TLS, secrets, trusted keys, ``state_dir``) a
 empty, have ``~`` expanded and, where relative, are taken from the config file's folder, never
 from the working directory. So are a pipeline's source and sinks where they name files (a glob as
 a pattern, a ``DIR/`` sink with its slash), before they are checked against each other; a camera,
-a stream or MQTT URL, standard input (``-``, ``stdin``) and the standard output sinks (``stdout``,
-``jsonl``) are kept as written. A value of the wrong type is refused, not converted (``_Strict``).
+a stream, MQTT or another URL, standard input (``-``, ``stdin``) and the standard output sinks
+(``stdout``, ``jsonl``, ``json``) are kept as written. A value of the wrong type is refused, not
+converted (``_Strict``).
 
 A config that validates can still fail to run; ``check_runnable`` names what
 ``edgerun config check`` finds missing on disk (model files), in the same form.
@@ -248,9 +249,9 @@ class PipelineConfig(_Strict):
 
         if base is None:
             return self
-        source = _in_folder(self.source, base, "source") if names_files(self.source) else self.source
+        source = _in_folder(self.source, base, "source", source=True) if names_files(self.source) else self.source
         sinks = [
-            _in_folder(spec, base, f"sinks.{i}") if sink_kind(spec) in _FILE_SINKS else spec
+            _in_folder(spec, base, f"sinks.{i}", source=False) if sink_kind(spec) in _FILE_SINKS else spec
             for i, spec in enumerate(self.sinks)
         ]
         return self.model_copy(update={"source": source, "sinks": sinks})
@@ -260,16 +261,29 @@ class PipelineConfig(_Strict):
 _FILE_SINKS = ("jsonl-file", "csv", "video", "images")
 
 
-def _in_folder(spec: str, base: Path, key: str) -> str:
+def _in_folder(spec: str, base: Path, key: str, *, source: bool) -> str:
     """A pipeline's source or sink ``spec`` with ``~`` expanded (``_home``) and, where relative, taken
-    from ``base``; ``ValueError`` naming ``key`` where ``~`` names no home directory. A glob stays a
-    pattern (``base``'s own wildcards escaped), and a trailing ``/`` is kept (a ``DIR/`` sink is named by it)."""
+    from ``base``; ``ValueError`` naming ``key`` where ``~`` names no home directory. A trailing ``/``
+    is kept (a ``DIR/`` sink is named by it).
+
+    A sink is a file name, never a pattern. A source is globbed by the file source wherever it holds
+    a wildcard, so the folder it is joined to (``base`` or a home directory, which may hold ``[``)
+    is escaped: a glob keeps only its own wildcards, and a plain name globs to exactly its file.
+    """
     try:
         expanded = _home(spec)
     except ValueError as exc:
         raise ValueError(f"{key}: {exc}") from None
-    folder = Path(glob.escape(str(base))) if glob.has_magic(spec) else base
-    joined = str(folder / expanded)
+    root, tail = str(base), spec
+    if spec.startswith("~"):  # the home directory (``expanduser`` replaced the first part only)
+        rest = spec.partition("/")[1] + spec.partition("/")[2]
+        root, tail = expanded[: len(expanded) - len(rest)], rest.lstrip("/")
+    if not source:
+        joined = str(Path(root) / tail)
+    elif glob.has_magic(spec):
+        joined = str(Path(glob.escape(root)) / tail)
+    else:
+        joined = glob.escape(str(Path(root) / tail))
     return joined + "/" if spec.endswith("/") and not joined.endswith("/") else joined
 
 

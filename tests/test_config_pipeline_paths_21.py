@@ -117,6 +117,7 @@ def test_sources_and_sinks_that_are_not_files_stay_as_written(tmp_path: Path) ->
         "topic": "mqtt://127.0.0.1:1883/sensors/in",
         "pipe": "-",
         "input": "stdin",
+        "other": "rtmp://camera.local/live",  # a URL edgerun cannot open: refused when opened, never a file here
         "file": "in.csv",  # the one file among them
     }
     config = _config(
@@ -187,3 +188,24 @@ def test_a_glob_source_under_a_config_folder_named_with_wildcards_lists_that_fol
     pattern = _checked(config, work)["p"]["source"]
     assert pattern == f"{tmp_path}/c[[]1]/in/*.png"
     assert glob_files(pattern) == [f"{conf}/in/digit_5.png"]  # as the daemon's file source expands it
+
+
+def test_under_a_config_folder_named_with_wildcards_a_plain_source_and_its_sinks_name_exactly_their_files(
+    tmp_path: Path,
+) -> None:
+    """A plain source joined to ``c[1]/`` must glob to its own file only (the file source globs any name
+    with a wildcard), a sink onto it must still be refused, and a sink is never a pattern."""
+    conf, work = tmp_path / "c[1]", tmp_path / "work"
+    for folder in (conf, tmp_path / "c1", work):
+        folder.mkdir(parents=True)
+    original = (VIBRATION / "samples" / "normal.csv").read_bytes()
+    for where in (conf, tmp_path / "c1"):
+        (where / "data.csv").write_bytes(original)
+    config = _config(conf, "  p:\n    source: data.csv\n    model: m\n    window: 8\n    sinks: [data.csv]\n")
+    line = _one_error(run_cli("config", "check", str(config), cwd=work))
+    assert line.startswith(f"edgerun: error: {config}: pipelines.p: sink 'data.csv' is the source file "), line
+    assert (conf / "data.csv").read_bytes() == original
+    config = _config(conf, "  p:\n    source: data.csv\n    model: m\n    window: 8\n    sinks: ['out[a].jsonl']\n")
+    checked = _checked(config, work)["p"]
+    assert glob_files(checked["source"]) == [f"{conf}/data.csv"]  # not c1/data.csv
+    assert checked["sinks"] == [f"{conf}/out[a].jsonl"]  # as written, in the config's folder

@@ -212,8 +212,8 @@ def open_source(
 
 def names_files(spec: str) -> bool:
     """Whether the source string ``spec`` names files (an image or array file, a glob, a folder, a video
-    or a sensor file), not a camera, a stream, an MQTT topic or standard input."""
-    return _only_source_kind(spec) in (None, _SENSOR, _VIDEO)
+    or a sensor file), not a camera, a stream, an MQTT topic, standard input or another URL (``rtmp://``)."""
+    return "://" not in spec and _only_source_kind(spec) in (None, _SENSOR, _VIDEO)
 
 
 # What a source string names where it must be the only source, as messages say it.

@@ -61,9 +61,11 @@ class SyncService:
         self._results_qos = results_qos
         self._results_rate = results_max_per_s
         self.undelivered: int | None = None  # records left in the outbox by ``stop`` (None before it)
+        self._started = False  # a service stopped before it started (a failed start) queues no last metrics
 
     def start(self) -> None:
         """Connect in the background and start the metrics timer."""
+        self._started = True
         self.link.start()
         self.metrics_publisher.start()
 
@@ -124,7 +126,8 @@ class SyncService:
         return state.acked + state.refused
 
     def stop(self, flush_timeout_s: float = 5.0) -> None:
-        """Queue a last metrics record, deliver what can be delivered in time, publish offline, close.
+        """Queue a last metrics record, deliver what can be delivered in time, publish offline, close
+        (a service never started, as where the OTA agent failed to start, only closes its outbox).
 
         What is not delivered stays in the outbox for the next start. Every step
         runs even when an earlier one failed (a full disk refuses the last metrics
@@ -135,7 +138,8 @@ class SyncService:
         """
         if self.undelivered is not None:  # stopped already: a second stop (a try/finally) does nothing
             return
-        _step("queue the last metrics record", self.metrics_publisher.stop)
+        if self._started:
+            _step("queue the last metrics record", self.metrics_publisher.stop)
         _step("stop the MQTT link", lambda: self.link.stop(flush_timeout_s))
         self.undelivered = left = len(self.outbox)
         if left:  # a run whose input ended may never start again: say so where it shows
