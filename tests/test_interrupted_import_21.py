@@ -20,14 +20,12 @@ from tests.conftest import DIGITS, ROOT, SAMPLES
 _INTERRUPTED = 'raise ImportError("initialization failed") from KeyboardInterrupt()'
 
 
-@pytest.mark.parametrize(
-    ("package", "model"), [("onnxruntime", "digits_int8.onnx"), ("ai_edge_litert", "digits_int8.tflite")]
-)
-def test_a_ctrl_c_during_a_runtimes_import_ends_predict_as_a_ctrl_c(tmp_path: Path, package: str, model: str) -> None:
+def _predict_with(tmp_path: Path, package: str, statement: str, model: str) -> subprocess.CompletedProcess[str]:
+    """``edgerun predict`` over one sample with ``package`` standing in for the vendor's, raising ``statement``."""
     shadow = tmp_path / "site" / package
     shadow.mkdir(parents=True)
-    (shadow / "__init__.py").write_text(_INTERRUPTED + "\n")
-    done = subprocess.run(
+    (shadow / "__init__.py").write_text(statement + "\n")
+    return subprocess.run(
         [sys.executable, "-m", "edgerun", "predict", str(DIGITS / model), str(SAMPLES / "digit_7.png")],
         cwd=ROOT,
         env={**os.environ, "PYTHONPATH": f"{tmp_path / 'site'}{os.pathsep}{ROOT}"},
@@ -35,22 +33,20 @@ def test_a_ctrl_c_during_a_runtimes_import_ends_predict_as_a_ctrl_c(tmp_path: Pa
         text=True,
         timeout=120,
     )
+
+
+@pytest.mark.parametrize(
+    ("package", "model"), [("onnxruntime", "digits_int8.onnx"), ("ai_edge_litert", "digits_int8.tflite")]
+)
+def test_a_ctrl_c_during_a_runtimes_import_ends_predict_as_a_ctrl_c(tmp_path: Path, package: str, model: str) -> None:
+    done = _predict_with(tmp_path, package, _INTERRUPTED, model)
     assert done.returncode == 130, done.stderr
     assert "does not import" not in done.stderr and "reinstall" not in done.stderr, done.stderr
     assert "Traceback" not in done.stderr and done.stdout == "", done.stderr
 
 
 def test_an_import_failure_without_an_interrupt_still_says_the_runtime_does_not_import(tmp_path: Path) -> None:
-    shadow = tmp_path / "site" / "onnxruntime"
-    shadow.mkdir(parents=True)
-    (shadow / "__init__.py").write_text('raise ImportError("initialization failed") from ValueError("bad numpy")\n')
-    done = subprocess.run(
-        [sys.executable, "-m", "edgerun", "predict", str(DIGITS / "digits_int8.onnx"), str(SAMPLES / "digit_7.png")],
-        cwd=ROOT,
-        env={**os.environ, "PYTHONPATH": f"{tmp_path / 'site'}{os.pathsep}{ROOT}"},
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    failed = 'raise ImportError("initialization failed") from ValueError("bad numpy")'
+    done = _predict_with(tmp_path, "onnxruntime", failed, "digits_int8.onnx")
     assert done.returncode == 1, done.stderr
     assert "ONNX Runtime is installed but does not import (ImportError: initialization failed)" in done.stderr
