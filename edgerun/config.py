@@ -211,9 +211,13 @@ class PipelineConfig(_Strict):
         loading walks no directory (``/**/*.jpg``, or a tree with a symlink loop, would take for ever).
         """
         from edgerun.sinks import images_into_source, repeated_sink, sink_onto_input
+        from edgerun.sources import names_files
 
-        opened = self.taken_from((info.context or {}).get("base"))
-        source, sinks = opened.source, opened.sinks
+        base = (info.context or {}).get("base")
+        opened = self.taken_from(base)
+        source, sinks, pattern = opened.source, opened.sinks, glob.has_magic(self.source)
+        if base is not None and not pattern and names_files(self.source):  # one file or folder: unescaped
+            source = _in_folder(self.source, base, "source", source=False)
         for i, sink in enumerate(sinks):  # one pair at a time: the sinks named as written
             earlier = next((j for j in range(i) if repeated_sink([sinks[j], sink])), None)
             if earlier is not None:
@@ -222,7 +226,7 @@ class PipelineConfig(_Strict):
                     "each record would be written twice"
                 )
         # a glob source: the sinks it lists, by the names the daemon's glob gives them
-        inputs = [s for s in sinks if glob_lists(s, source)] if glob.has_magic(source) else [source]
+        inputs = [s for s in sinks if glob_lists(s, source)] if pattern else [source]
         for written, sink in zip(self.sinks, sinks, strict=True):
             if clash := sink_onto_input([sink], inputs):
                 raise ValueError(f"sink {written!r} is the source file {clash[1]}: writing it would damage the input")

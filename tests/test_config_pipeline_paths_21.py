@@ -209,3 +209,7 @@ def test_under_a_config_folder_named_with_wildcards_a_plain_source_and_its_sinks
     checked = _checked(config, work)["p"]
     assert glob_files(checked["source"]) == [f"{conf}/data.csv"]  # not c1/data.csv
     assert checked["sinks"] == [f"{conf}/out[a].jsonl"]  # as written, in the config's folder
+    (conf / "inbox").mkdir()
+    config = _config(conf, "  p:\n    source: inbox/\n    model: m\n    sinks: [inbox/drawn/]\n")
+    line = _one_error(run_cli("config", "check", str(config), cwd=work))
+    assert line.startswith(f"edgerun: error: {config}: pipelines.p: sink 'inbox/drawn/' is inside the source "), line
