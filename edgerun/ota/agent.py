@@ -87,6 +87,9 @@ TERMINAL = frozenset({"active", "rejected", "failed", "rolled_back"})
 #: ``superseded`` (another update or a command replaced it; reported as ``failed``, PROTOCOL.md has
 #: no state of its own for it).
 DONE = TERMINAL | {"superseded"}
+#: The state ``_read_entry`` gives a journal entry that cannot be read (a failing SD card, a file
+#: damaged by hand): never resumed, and its id still counts as used (a replay of it is refused).
+DAMAGED = "damaged"
 #: Every state a ``P/ID/ota/status`` record may say (PROTOCOL.md).
 STATES = TERMINAL | {"received", "downloading", "verifying", "validating", "probation"}
 #: In the agent's state folder: the last retained status record, as published (``OtaAgent._status``).
@@ -190,8 +193,14 @@ class OtaAgent:
                 self._restore_candidate(name, active)
         self._tidy_downloads()
         for path in self._entries():
-            entry = json.loads(path.read_text())
-            if entry.get("kind") == "model-update" and entry.get("state") not in DONE:
+            entry = _read_entry(path)
+            if entry.get("state") == DAMAGED:
+                log.warning(
+                    "OTA: the journal entry %s is damaged (%s): it is not resumed, and its id stays refused as used",
+                    path,
+                    entry["reason"],
+                )
+            elif entry.get("kind") == "model-update" and entry.get("state") not in DONE:
                 self._work.put(("resume", entry))
         for topic in (self.topics.manifest, *(self.topics.group_manifest(g) for g in self.groups)):
             self.link.subscribe(topic, lambda m: self._work.put(("manifest", m)))
@@ -328,14 +337,16 @@ class OtaAgent:
 
     def _journal(self, ident: str, **fields: Any) -> dict[str, Any]:
         path = self._entry(ident)
-        entry: dict[str, Any] = json.loads(path.read_text()) if path.exists() else {}
+        entry = _read_entry(path) if path.exists() else {}
+        if entry.get("state") == DAMAGED:
+            entry = {}  # written whole again from here
         entry.update(fields)
         atomic_write(path, json.dumps(entry).encode())
         return entry
 
     def _seen(self, ident: str) -> dict[str, Any] | None:
         path = self._entry(ident)
-        return json.loads(path.read_text()) if path.exists() else None
+        return _read_entry(path) if path.exists() else None
 
     def _entries(self) -> list[Path]:
         """The journal's entries, by name. A hidden ``.<id>.<random>.tmp.json`` is a journal write
@@ -436,11 +447,11 @@ class OtaAgent:
         """
         needed = set()
         for path in self._entries():
+            entry = _read_entry(path)
             try:
-                entry = json.loads(path.read_text())
                 if entry.get("kind") == "model-update" and entry.get("state") not in DONE:
                     needed.add(str(entry["manifest"]["sha256"]))
-            except (OSError, ValueError, KeyError, TypeError):
+            except (KeyError, TypeError):
                 continue  # not an update this agent could resume
         for folder in self.downloads.iterdir():
             if folder.name not in needed:
@@ -479,7 +490,11 @@ class OtaAgent:
             return
         seen = self._seen(manifest.update_id)
         if seen is not None:
-            if seen.get("digest") == digest and (message.retained or seen.get("state") not in DONE):
+            if seen.get("state") == DAMAGED:  # its digest is lost: a retained copy is taken for the same update
+                same = message.retained
+            else:
+                same = seen.get("digest") == digest and (message.retained or seen.get("state") not in DONE)
+            if same:
                 log.debug("OTA %s: already handled (retained copy)", manifest.update_id)
                 return
             self._replayed("update_id", manifest.update_id, manifest.model, manifest.version)
@@ -1167,3 +1182,16 @@ def _npy(text: str, what: str) -> np.ndarray:
         return load_npy(io.BytesIO(raw), len(raw))  # its header checked first: np.load allocates what it declares
     except NPY_ERRORS as exc:  # binascii.Error is a ValueError
         raise UpdateRejected(f"{what} is not a base64 .npy array: {npy_reason(exc)}") from None
+
+
+def _read_entry(path: Path) -> dict[str, Any]:
+    """The journal entry at ``path``, or ``{"state": DAMAGED, "reason": ...}`` where it is not a JSON
+    object (unreadable, not JSON, not UTF-8, a list): a damaged entry must not stop the agent's start,
+    which would keep a device from serving at every boot until someone deleted the file."""
+    try:
+        entry = json.loads(path.read_bytes().decode("utf-8"))
+    except (OSError, ValueError) as exc:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+        return {"state": DAMAGED, "reason": f"{type(exc).__name__}: {exc}"[:200]}
+    if not isinstance(entry, dict):
+        return {"state": DAMAGED, "reason": f"a JSON {type(entry).__name__}, not an object"}
+    return entry
