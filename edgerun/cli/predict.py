@@ -7,6 +7,7 @@ import json
 import os
 import stat
 import sys
+from contextlib import AbstractContextManager, nullcontext
 from typing import IO, Any, NamedTuple, cast
 
 from edgerun.cli.common import (
@@ -263,21 +264,21 @@ def run(args: argparse.Namespace) -> int:
     from edgerun.telemetry.metrics import Metrics
 
     metrics = Metrics()
-    sync = start_sync(args, mqtt, metrics, [model])
-    results = sync.results_sink() if sync is not None and args.publish_results else None
-    if results is not None:
-        sinks.append(results)
-    pipeline = Pipeline(
-        source,
-        model,
-        sinks,
-        metrics=metrics,
-        batch_size=args.batch_size,
-        prepare_workers=args.prepare_workers or batch_prepare_workers(),
-        on_result=on_result,
-    )
     try:
-        with model:
+        with model, _logging_above(bar):  # from the link's start: its first WARNING comes at once
+            sync = start_sync(args, mqtt, metrics, [model])
+            results = sync.results_sink() if sync is not None and args.publish_results else None
+            if results is not None:
+                sinks.append(results)
+            pipeline = Pipeline(
+                source,
+                model,
+                sinks,
+                metrics=metrics,
+                batch_size=args.batch_size,
+                prepare_workers=args.prepare_workers or batch_prepare_workers(),
+                on_result=on_result,
+            )
             summary = run_pipeline(pipeline, sync)
     finally:
         if bar is not None:
@@ -365,6 +366,16 @@ def _on_terminal(stream: IO[str] | None) -> bool:
         return stream is not None and stream.isatty()
     except ValueError:  # closed
         return False
+
+
+def _logging_above(bar: Any) -> AbstractContextManager[Any]:
+    """Log lines (the MQTT link's WARNINGs, say) written above the bar, which is cleared and drawn again
+    under them: through the root logger's console handler they started where the bar's text ends."""
+    if bar is None:
+        return nullcontext()
+    from tqdm.contrib.logging import logging_redirect_tqdm
+
+    return logging_redirect_tqdm()
 
 
 class _AroundBar:
