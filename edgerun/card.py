@@ -82,12 +82,33 @@ class Preprocess(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_onl
                 raise ValueError(f"{name} must be a finite number, not NaN or infinite")
         if any(s == 0 for s in self.std):
             raise ValueError("std must not contain 0")
+        if not _fits_float32(self.scale, self.mean, self.std):
+            raise ValueError(
+                "scale, mean and std put (pixel * scale - mean) / std past float32's range, or round scale or std "
+                "to 0 there: every image would be fed as infinities, NaN or zeros"
+            )
         channels = 1 if self.color == "gray" else 3
         needs = "1" if channels == 1 else f"1 or {channels}"
         for name in ("mean", "std"):
             count = len(getattr(self, name))
             if count not in (1, channels):
                 raise ValueError(f"{name} has {count} values; {self.color} needs {needs}")
+
+
+def _fits_float32(scale: float, mean: tuple[float, ...], std: tuple[float, ...]) -> bool:
+    """Whether ``(pixel * scale - mean) / std`` is finite in float32, as ``ImagePreprocessor`` computes it, for
+    every pixel value, and neither ``scale`` nor any ``std`` is lost in float32 (1e-50 is 0 there)."""
+    import numpy as np  # loaded already, with the backends' TensorSpec
+
+    with np.errstate(all="ignore"):
+        scale32, mean32, std32 = np.float32(scale), np.asarray(mean, np.float32), np.asarray(std, np.float32)
+        ends = np.array([[0.0], [255.0]], np.float32) * (scale32 / std32) + (-mean32 / std32)  # linear in the pixel
+        return bool(
+            scale32 > 0
+            and (std32 != 0).all()
+            and np.isfinite([scale32, *mean32, *std32]).all()
+            and np.isfinite(ends).all()
+        )
 
 
 class Postprocess(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
@@ -140,8 +161,9 @@ def find_card(model_path: Path) -> Path | None:
     return None
 
 
-def parse_card(data: Any, source: str) -> ModelCard:
-    """Validate card data (a mapping from YAML or from an OTA manifest)."""
+def parse_card(data: Any, source: str, *, from_yaml: bool = False) -> ModelCard:
+    """Validate card data (a mapping from YAML or from an OTA manifest); ``from_yaml``: a number YAML read as text
+    (``1e-3``) is refused with how to write it."""
     if not isinstance(data, dict):
         what = "an empty file" if data is None else type(data).__name__
         raise CardError(shown(f"{source}: a card must be a mapping, got {what}"))
@@ -151,11 +173,48 @@ def parse_card(data: Any, source: str) -> ModelCard:
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not _finite(value):
                 got = value if isinstance(value, float) else type(value).__name__  # no repr: it may be huge
                 # JSON has no NaN or infinity, and /v1/models and the MQTT status record carry the card
-                raise CardError(shown(f"{source}: metrics.{key}: must be a finite number, got {got}"))
+                hint = yaml_number_hint(value, "float") if from_yaml else ""
+                raise CardError(shown(f"{source}: metrics.{key}: must be a finite number, got {got}{hint}"))
     try:
         return msgspec.convert(data, ModelCard)
     except msgspec.ValidationError as exc:
-        raise CardError(shown(f"{source}: {exc}")) from None  # a key may hold a line break
+        hint = ""
+        found = _NUMBER_AS_TEXT.match(str(exc)) if from_yaml else None
+        if found is not None:
+            hint = yaml_number_hint(_at(data, found.group(2)), found.group(1))
+        raise CardError(shown(f"{source}: {exc}{hint}")) from None  # a key may hold a line break
+
+
+#: msgspec's message for text where a number was expected, with the number's kind and its place (``$.a.b[0]``)
+_NUMBER_AS_TEXT = re.compile(r"Expected `(float|int)`, got `str` - at `\$((?:\.\w+|\[\d+\])*)`\Z")
+
+
+def _at(data: Any, where: str) -> Any:
+    """The value at msgspec's ``where`` (``.preprocess.std[1]``) in ``data``; None where there is none."""
+    for key, index in re.findall(r"\.(\w+)|\[(\d+)\]", where):
+        try:
+            data = data[key] if key else data[int(index)]
+        except (KeyError, IndexError, TypeError):
+            return None
+    return data
+
+
+def yaml_number_hint(value: Any, kind: str) -> str:
+    """How to write a number YAML took for text (a card's, a config's), for a field of ``kind`` "float" or
+    "int": ``1e-3`` and ``5e2`` are strings in YAML 1.1 (a float needs a dot, and its exponent a sign), which
+    a number field refuses. Empty where ``value`` is no such text."""
+    if not isinstance(value, str):
+        return ""
+    try:
+        number = float(value)
+    except ValueError:
+        return ""
+    if not math.isfinite(number) or (kind == "int" and not number.is_integer()):
+        return ""
+    if kind == "int":
+        return f" (YAML reads {value!r} as a string: write {int(number)})"
+    text = repr(number)  # 1e-300 is repr's own spelling of 1e-300: a dot makes it YAML's float
+    return f" (YAML reads {value!r} as a string: write {text if '.' in text else text.replace('e', '.0e')})"
 
 
 def _finite(value: float) -> bool:
@@ -257,7 +316,7 @@ def load_card(path: Path, cache_dir: Path | None = None) -> ModelCard:
         raise CardError(shown(f"{path}: not valid YAML{yaml_problem(exc, text)}")) from exc
     except RecursionError:  # the pure-Python loader, where libyaml is not built, composes recursively
         raise CardError(shown(f"{path}: not valid YAML: nested too deeply")) from None
-    card = parse_card(data, str(path))
+    card = parse_card(data, str(path), from_yaml=True)
     if entry is not None:
         _remember(*entry, card)
     return card
@@ -280,8 +339,9 @@ def _cache_entry(path: Path, cache_dir: Path | None) -> tuple[Path, str, list[in
 
 
 #: The card rules a cached card was checked by. Raise it when a card that passed may fail now (as
-#: duplicate keys and NaN did, rule 1): a card cached under older rules is read and checked again.
-CARD_RULES = 1
+#: duplicate keys and NaN did, rule 1, and a normalisation past float32's range, rule 2): a card cached under
+#: older rules is read and checked again.
+CARD_RULES = 2
 
 
 class _CachedCard(msgspec.Struct, frozen=True):

@@ -173,6 +173,8 @@ def read_input(path: str | os.PathLike[str], *, stopped: Callable[[], bool] | No
             pipe gives more than ``pipe_max_bytes()``, or ``stopped`` became true before its end.
     """
     path = os.fspath(path)
+    if not path:  # "": no such file" would name nothing
+        raise UnusableInput("an input path is an empty string")
     if "\0" in path:  # os.open would say so as a bare ValueError
         raise UnusableInput(f"{path!r}: holds a NUL character, which no file name can")
     try:

@@ -208,8 +208,9 @@ class Model:
         if len(outputs) != len(self.outputs):  # what run() returns: one array per output tensor
             raise InputError(f"{len(outputs)} output array(s) given; {self.name} has {len(self.outputs)}")
         rows = len(outputs[0]) if np.ndim(outputs[0]) else 0
-        if type(row) is not int or not 0 <= row < max(rows, 1):  # bool is not a row; numpy ints come as int()
-            raise InputError(f"row {row!r} is not a row of this batch of {rows}")
+        if isinstance(row, bool) or not isinstance(row, (int, np.integer)) or not 0 <= row < max(rows, 1):
+            raise InputError(f"row {row!r} is not a row of this batch of {rows}")  # bool is not a row, np.int64 is
+        row = int(row)
         task = self.card.task
         if task == "classification":
             scores = np.asarray(outputs[0][row], dtype=np.float32).reshape(-1)
@@ -348,10 +349,7 @@ class Model:
                     f"{name}: a sensor file is read in windows by 'edgerun run MODEL --source {name}'; "
                     "predict takes images and .npy arrays"
                 )
-            raise InputError(
-                f"{name}: {self.name} has no image preprocessing (input {self.inputs[0].describe()}); "
-                "give it a card with a preprocess section, or pass a .npy array"
-            )
+            raise InputError(f"{name}: {self._no_images()}, or pass a .npy array")
         from edgerun.processing.image import decode_image
 
         return self._preprocessor(decode_image(data, name, gray=self._preprocessor.gray))
@@ -367,6 +365,10 @@ class Model:
             raise UnusableInput(f"{name}: array has NaN or infinite values")
         if kind == "f" and array.dtype.itemsize > 4 and beyond_float32(array):  # inf once cast
             raise UnusableInput(f"{name}: array has values beyond float32's range (above {FLOAT32_MAX:.4g} in size)")
+        if self._preprocessor is not None and _looks_like_image(array):
+            # A decoded image, even one of the input's own size: taken as the tensor without its batch dimension,
+            # a 224x224 BGR image went in as 0-255 values in BGR order where 225x224 was normalised and made RGB.
+            return self._pixels(array, name)
         if _fits(array.shape, spec.shape):
             if spec.shape[:1] == (None,) and array.shape[0] != 1:  # one result comes back: a batch would lose rows
                 raise UnusableInput(
@@ -378,16 +380,33 @@ class Model:
             return array[None]
         if array.dtype == np.uint8 and array.ndim in (2, 3):  # pixels: what the card's preprocessing takes
             if self._preprocessor is None:  # the card's doing (an update that dropped it): counted against the model
-                raise InputError(
-                    f"{name}: {self.name} has no image preprocessing (input {spec.describe()}), and this is an "
-                    f"image of {list(array.shape)} pixels"
-                )
-            try:
-                return self._preprocessor(array)
-            except InputError as exc:  # its message (HxWx2 is no image) does not know the input's name
-                raise type(exc)(f"{name}: {exc}") from None
+                raise InputError(f"{name}: this is an image of {list(array.shape)} pixels, and {self._no_images()}")
+            return self._pixels(array, name)
         # An array of another shape: the input's, whatever the version (an update must keep the input's shape)
-        raise UnusableInput(f"{name}: array of shape {list(array.shape)} does not fit {spec.describe()}")
+        pixels = ""
+        if self._preprocessor is not None and array.ndim in (2, 3):  # a 16-bit or float image, say
+            pixels = f", and an image array is uint8 pixels, not {array.dtype}"
+        raise UnusableInput(f"{name}: array of shape {list(array.shape)} does not fit {spec.describe()}{pixels}")
+
+    def _no_images(self) -> str:
+        """Why this model prepares no images, and what would make it (one clause of an error)."""
+        preprocess, tensor = self.card.preprocess, self.inputs[0].describe()
+        if preprocess is not None and self._n_inputs == 1:  # a preprocess section, and no size for a dynamic input
+            where = "no card gives them" if self.card.inferred else "its card's preprocess gives no size"
+            return (
+                f"{self.name} has no image preprocessing: input {tensor} has no fixed height and width, and {where}; "
+                "give it a card whose preprocess has size: [height, width]"
+            )
+        if preprocess is not None:
+            return f"{self.name} has no image preprocessing: it takes {self._n_inputs} input tensors, not one image"
+        return f"{self.name} has no image preprocessing (input {tensor}); give it a card with a preprocess section"
+
+    def _pixels(self, array: np.ndarray, name: str) -> np.ndarray:
+        """A decoded image (uint8 HxW or HxWxC) through the card's preprocessing, which the model has."""
+        try:
+            return self._preprocessor(array)
+        except InputError as exc:  # its message (HxWx2 is no image) does not know the input's name
+            raise type(exc)(f"{name}: {exc}") from None
 
 
 def _check_file_name(what: str, value: str | os.PathLike[str]) -> None:
@@ -399,6 +418,12 @@ def _check_file_name(what: str, value: str | os.PathLike[str]) -> None:
         raise ConfigError(f"{what} is an empty string")
     if "\0" in str(name):
         raise ConfigError(f"{what} {str(name)!r} holds a NUL character, which no file name can")
+
+
+def _looks_like_image(array: np.ndarray) -> bool:
+    """Whether ``array`` is a decoded image as OpenCV gives one: uint8, HxW or HxWx1/3/4 (a 3-D array of another
+    last dimension, such as a CHW tensor without its batch dimension, is not)."""
+    return array.dtype == np.uint8 and (array.ndim == 2 or (array.ndim == 3 and array.shape[2] in (1, 3, 4)))
 
 
 def _fits(shape: tuple[int, ...], spec: tuple[int | None, ...]) -> bool:
@@ -437,6 +462,9 @@ def load(
     if not isinstance(path, (str, os.PathLike)):
         raise ModelLoadError(f"model path must be a str or os.PathLike, got {type(path).__name__}")
     _check_file_name("model path", path)
+    for what, folder in (("state_dir", state_dir), ("probe_root", probe_root)):
+        if folder is not None and not isinstance(folder, (str, os.PathLike)):  # 5 was a folder "5", or descriptor 5
+            raise ConfigError(f"{what} must be a str or os.PathLike, got {type(folder).__name__}")
     for what, value in (("card", card), ("state_dir", state_dir), ("probe_root", probe_root)):
         if isinstance(value, (str, os.PathLike)):
             _check_file_name(what, value)
@@ -445,8 +473,11 @@ def load(
             raise ConfigError(f"{what} must be True or False, got {flag!r}")
     if probe_root is not None and not os.path.isdir(probe_root):  # nothing would be found, without a word
         raise ConfigError(f"probe_root is not a directory: {os.fspath(probe_root)}")
-    if threads is not None and (type(threads) is not int or not 1 <= threads <= THREADS_MAX):
+    if threads is not None and (
+        isinstance(threads, bool) or not isinstance(threads, (int, np.integer)) or not 1 <= threads <= THREADS_MAX
+    ):
         raise ConfigError(f"threads must be an integer between 1 and {THREADS_MAX}, got {threads!r}")
+    threads = None if threads is None else int(threads)  # np.int64 too (a runtime's options take int)
     if card is not None and not isinstance(card, (ModelCard, str, os.PathLike)):
         raise CardError(f"card must be a ModelCard or a card file path, got {type(card).__name__}")
     model_path = Path(path)
