@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import glob
 import ipaddress
-import math
 import os
 import re
 import sys
@@ -490,18 +489,12 @@ def _errors_line(exc: ValidationError) -> str:
 
 
 def _number_hint(err: Any) -> str:
-    """How to write a number YAML took for text: ``1e3`` and ``5e-2`` are strings in YAML 1.1 (a
-    float needs a dot and a signed exponent), which a number field refuses (strict mode)."""
-    value = err.get("input")
-    if err["type"] not in ("float_type", "int_type") or not isinstance(value, str):
+    """How to write a number YAML took for text (``1e3``), which a number field refuses (strict mode)."""
+    if err["type"] not in ("float_type", "int_type"):
         return ""
-    try:
-        number = float(value)
-    except ValueError:
-        return ""
-    if not math.isfinite(number) or (err["type"] == "int_type" and not number.is_integer()):
-        return ""
-    return f" (YAML reads {value!r} as a string: write {int(number) if err['type'] == 'int_type' else number!r})"
+    from edgerun.card import yaml_number_hint
+
+    return yaml_number_hint(err.get("input"), "int" if err["type"] == "int_type" else "float")
 
 
 def parse_config(data: Any, source: str, base: Path | None = None) -> Config:

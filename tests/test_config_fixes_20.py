@@ -184,6 +184,10 @@ WRONG_TYPES = [
         "mqtt:\n  url: mqtt://h\n  outbox_max_mb: 1e3\n",
         "mqtt.outbox_max_mb: Input should be a valid number (YAML reads '1e3' as a string: write 1000.0)",
     ),
+    (  # Python's own spelling has no dot here, which YAML would read as text again (said "write 5e-20")
+        "mqtt:\n  url: mqtt://h\n  outbox_max_mb: 5e-20\n",
+        "mqtt.outbox_max_mb: Input should be a valid number (YAML reads '5e-20' as a string: write 5.0e-20)",
+    ),
 ]
 
 
