@@ -152,7 +152,8 @@ class Quantizer:
             return out.reshape(x.shape)
         info = np.iinfo(self._dtype)
         with np.errstate(over="ignore"):  # x / scale may pass float32's range: clipped to the integers below
-            q = np.multiply(x, np.float32(self._inv_scale), dtype=np.float32)
+            q = x.astype(np.float32)  # an array whatever its rank: a 0-d product would be a scalar, which out= refuses
+            q *= np.float32(self._inv_scale)
             q += np.float32(self._zero_point)
             np.rint(q, out=q)
             np.clip(q, info.min, info.max, out=q)
@@ -172,10 +173,11 @@ def numeric(x: Any, spec: TensorSpec) -> np.ndarray:
     # float64 into a float32 tensor, or into a quantized one (which takes float32 values): a value past float32's
     # range would be cast to infinity (or clipped to the integer range), with numpy's warning on stderr
     wide = spec.dtype.itemsize if spec.dtype.kind == "f" else 4
-    if x.dtype.kind == "f" and x.dtype.itemsize > wide and x.size:
-        if spec.quant is not None and not np.isfinite(x).all():  # quantized, NaN is a confident answer
+    if x.dtype.kind == "f" and x.size and x.dtype != np.float32:  # float32, a quantized tensor's usual input, as is
+        # quantized, NaN would be a confident answer (and numpy's cast warning on stderr, from float16 too)
+        if spec.quant is not None and not np.isfinite(x).all():
             raise InputError(f"{spec.name}: array has NaN or infinite values; {spec.describe()} expected")
-        if beyond_float32(x):
+        if x.dtype.itemsize > wide and beyond_float32(x):
             raise InputError(f"{spec.name}: array has values beyond float32's range; {spec.describe()} expected")
     return x
 
