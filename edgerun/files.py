@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import stat
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -107,3 +108,28 @@ def atomic_write(path: Path, data: bytes) -> None:
     """Replace ``path`` with ``data`` through :func:`atomic_output`."""
     with atomic_output(path) as tmp:
         tmp.write_bytes(data)
+
+
+def set_aside(path: Path, companions: tuple[str, ...] = ()) -> list[Path]:
+    """Rename a damaged file to ``<name>.damaged-<UTC yyyymmddThhmmssZ>`` (``-2``, ``-3`` ... where that
+    name is taken: nothing earlier is overwritten), durably, for whoever wants to recover what it can;
+    the new names, the main file's first. ``companions``: suffixes of files that go with it (SQLite's
+    ``-wal`` and ``-shm``), renamed first under the same name where they exist (a WAL left behind would
+    be replayed into a new database of the old name).
+
+    Raises:
+        OSError: a rename failed (a read-only disk; ``FileNotFoundError``: the file is gone).
+    """
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    aside, n = f"{path.name}.damaged-{stamp}", 1
+    while any(path.with_name(aside + suffix).exists() for suffix in ("", *companions)):
+        n += 1
+        aside = f"{path.name}.damaged-{stamp}-{n}"
+    moved: list[Path] = []
+    for suffix in companions:
+        with contextlib.suppress(FileNotFoundError):
+            os.rename(path.with_name(path.name + suffix), path.with_name(aside + suffix))
+            moved.append(path.with_name(aside + suffix))
+    os.rename(path, path.with_name(aside))
+    fsync_dir(path.parent)
+    return [path.with_name(aside), *moved]

@@ -461,7 +461,7 @@ class OtaAgent:
     def _clock(self) -> Clock:
         try:
             newest = float(json.loads((self.dir / "clock.json").read_text())["newest_issued"])
-        except (OSError, ValueError, KeyError):
+        except (OSError, ValueError, KeyError, TypeError):  # damaged ([1], null too): as if there were none
             newest = 0.0
         return Clock.current(newest, self.settings.clock_skew_s)
 
@@ -541,10 +541,22 @@ class OtaAgent:
         )
         manifest.model_card()
         name, version = manifest.model, manifest.version
-        if self.store.installed(name, version) and self.store.manifest(name, version).get("sha256") != manifest.sha256:
-            raise UpdateRejected(
-                f"{name} {version} is installed here already, with other bytes: an update needs a version of its own"
-            )
+        if self.store.installed(name, version):
+            record = self._store_record(name, version)
+            if record.get("sha256") != manifest.sha256:
+                how = "with other bytes" if record else "and its record in the store is damaged"
+                raise UpdateRejected(
+                    f"{name} {version} is installed here already, {how}: an update needs a version of its own"
+                )
+
+    def _store_record(self, name: str, version: str) -> dict[str, Any]:
+        """The store's record of an installed version; ``{}`` where it is damaged (one WARNING line): it then
+        matches no update, and the version's copy is checked again before anything serves it."""
+        try:
+            return self.store.manifest(name, version)
+        except (OSError, ValueError) as exc:
+            log.warning("OTA: the record of %s %s in the store cannot be read (%s)", name, version, exc)
+            return {}
 
     def _resume(self, entry: dict[str, Any]) -> None:
         manifest = parse_manifest(entry["manifest"])
@@ -554,7 +566,7 @@ class OtaAgent:
             active is not None
             and active.version == version
             and self.store.installed(name, version)
-            and self.store.manifest(name, version).get("update_id") == uid
+            and self._store_record(name, version).get("update_id") == uid
         ):  # killed after switching over, before the journal said so
             self._journal(uid, state="active")
             self._status(uid, "active", model=name, version=version, reason="activated before a restart")

@@ -8,6 +8,12 @@ operator changed the file, not the version) replaces the store's copy where that
 copy was given at start too, and is refused where an OTA update installed it: the
 store's copy is what a rollback or an activation comes back to, so it must be
 what serves. Both say so in a WARNING.
+
+Damaged state never stops a start (a failing SD card, a power cut, an edit by hand would otherwise
+stop it at every boot): a damaged ``active.json`` is set aside by the store and the file given is
+installed and made active as at a first start; an active version whose copy in the store is
+unusable (its record, card or model file damaged or gone) gives way to the file given, made active,
+the damaged version kept as a rollback target. Each says so in one WARNING line.
 """
 
 from __future__ import annotations
@@ -16,8 +22,9 @@ import logging
 from collections.abc import Callable
 from pathlib import Path
 
+from edgerun.backends.base import one_line
 from edgerun.card import ModelCard, load_card
-from edgerun.errors import ModelLoadError
+from edgerun.errors import CardError, ModelLoadError
 from edgerun.files import sha256_file
 from edgerun.model import Model
 from edgerun.ota.store import ModelStore
@@ -69,8 +76,33 @@ def serve_from_store(path: Path, store: ModelStore, load: LoadModel) -> Model:
             name,
             active.version,
         )
-    installed = store.verified_file(name, active.version)
-    card = load_card(installed.with_name(installed.name + ".card.yaml"))
+    try:
+        installed = store.verified_file(name, active.version)
+        card = load_card(installed.with_name(installed.name + ".card.yaml"))
+    except (OSError, ValueError, ModelLoadError, CardError) as exc:  # damaged since: not a reason to stop serving
+        if active.version == given.version:  # the store's copy of this very version: the file given serves
+            log.warning(
+                "model store: %s %s in the store is unusable (%s): serving %s",
+                name,
+                active.version,
+                one_line(exc),
+                path,
+            )
+            return given
+        kept = active.version in store.versions(name)  # its folder, left for whoever can repair it
+        log.warning(
+            "model store: %s %s, active in the store, is unusable (%s): %s %s from %s is served and made active "
+            "instead%s",
+            name,
+            active.version,
+            one_line(exc),
+            name,
+            given.version,
+            path,
+            f" ({active.version} stays in the store, as a rollback target)" if kept else "",
+        )
+        _install_local(path, store, given, first=True)
+        return given
     given.close()
     log.info("model store: serving %s %s from the store instead of %s", name, active.version, path)
     return load(installed, card)

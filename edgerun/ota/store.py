@@ -30,6 +30,11 @@ Invariants, whatever is killed when:
   killed meanwhile leaves that hidden folder, which ``versions()`` never lists and the next
   start (``ModelStore()``) or prune deletes, never a half-deleted version that still looks
   installed.
+
+Damage from outside (a failing SD card, a power cut, an edit by hand) is never deleted, and never
+stops a start: a damaged ``active.json`` is renamed aside (``active``), and a version whose copy
+was damaged since it was installed stays in ``versions/``, named as a rollback target, when the
+model file given at start takes its place (``activate``; edgerun/ota/serving.py).
 """
 
 from __future__ import annotations
@@ -49,7 +54,7 @@ from pathlib import Path
 from typing import Any
 
 from edgerun.errors import ModelLoadError, UpdateRejected
-from edgerun.files import atomic_write, fsync_dir, sha256_file
+from edgerun.files import atomic_write, fsync_dir, set_aside, sha256_file
 from edgerun.ota.manifest import version_tuple
 
 log = logging.getLogger(__name__)
@@ -75,14 +80,30 @@ class Active:
 
         A build of 2026-12-07 (never released) wrote ``withdrawn`` (versions rolled back from); such
         a file is read without it, and those versions are pruned like any other at the next change.
+
+        Raises:
+            ValueError: it is not such a pointer (damaged: not UTF-8, not JSON, not an object, no
+                ``version``, a key of the wrong type), the reason in one line.
         """
-        data = json.loads(raw)
-        return cls(
-            version=data["version"],
-            previous=list(data.get("previous") or []),
-            probation=data.get("probation"),
-            ab=data.get("ab"),
-        )
+        try:
+            data = json.loads(raw.decode("utf-8") if isinstance(raw, bytes) else raw)
+        except (ValueError, RecursionError) as exc:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+            raise ValueError(f"not JSON ({type(exc).__name__}: {exc})") from None
+        if not isinstance(data, dict):
+            raise ValueError(f"a JSON {type(data).__name__}, not an object")
+        version, previous = data.get("version"), data.get("previous") or []
+        probation, ab = data.get("probation"), data.get("ab")
+        if not isinstance(version, str) or not version:
+            raise ValueError(f'"version" is {version!r}, not a version')
+        if not isinstance(previous, list) or not all(isinstance(v, str) and v for v in previous):
+            raise ValueError(f'"previous" is {previous!r}, not a list of versions')
+        if probation is not None and not isinstance(probation, dict):
+            raise ValueError(f'"probation" is {probation!r}, not an object')
+        if ab is not None:
+            candidate, fraction = (ab.get("version"), ab.get("fraction")) if isinstance(ab, dict) else (None, None)
+            if not isinstance(candidate, str) or not candidate or _fraction(fraction) is None:
+                raise ValueError(f'"ab" is {ab!r}, not a candidate\'s version and fraction')
+        return cls(version=version, previous=list(previous), probation=probation, ab=ab)
 
     def to_json(self) -> bytes:
         """The four keys every release reads: ``version``, ``previous``, ``probation``, ``ab``."""
@@ -94,6 +115,13 @@ class Active:
         versions held by installs in progress; the OTA agent's clean-up after a failed update)."""
         candidate = (self.ab or {}).get("version")
         return {self.version, *self.previous, *([str(candidate)] if candidate else [])}
+
+
+def _fraction(value: Any) -> float | None:
+    """``value`` as an A/B fraction (a number from 0 to 1), or None where it is not one."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 1:
+        return None  # NaN fails the bounds too
+    return float(value)
 
 
 class ModelStore:
@@ -131,8 +159,19 @@ class ModelStore:
         raise ModelLoadError(f"{name} {version} is not installed (no model file in {folder})")
 
     def manifest(self, name: str, version: str) -> dict[str, Any]:
-        """The verified manifest of an installed version."""
-        data: dict[str, Any] = json.loads((self.version_dir(name, version) / "manifest.json").read_text())
+        """The verified manifest of an installed version.
+
+        Raises:
+            OSError: it cannot be read (missing: the version is not installed).
+            ValueError: it is damaged (not UTF-8, not JSON, not a JSON object).
+        """
+        path = self.version_dir(name, version) / "manifest.json"
+        try:
+            data = json.loads(path.read_bytes().decode("utf-8"))
+        except (ValueError, RecursionError) as exc:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+            raise ValueError(f"{path} is not JSON ({type(exc).__name__}: {exc})") from None
+        if not isinstance(data, dict):
+            raise ValueError(f"{path} is a JSON {type(data).__name__}, not an object")
         return data
 
     # -- queries ---------------------------------------------------------------
@@ -153,11 +192,47 @@ class ModelStore:
         return (self.version_dir(name, version) / "manifest.json").is_file()
 
     def active(self, name: str) -> Active | None:
-        """The active pointer of a model, or None when it has none."""
+        """The active pointer of a model, or None when it has none.
+
+        The one place that decides whether ``active.json`` is damaged (a failing SD card, a power
+        cut, an edit by hand): unreadable, not a pointer (``Active.from_json``), or naming a version
+        that would leave the store. A damaged pointer is renamed aside (``active.json.damaged-<UTC
+        time>``, for whoever wants to read it), said in one WARNING line, and the model has none:
+        ``serve_from_store`` then installs the model file given and makes it active, as at a first
+        start, and the versions installed stay as its rollback targets (``activate``), so a device
+        keeps serving instead of failing at every boot.
+        """
         path = self._model_dir(name) / "active.json"
         try:
-            return Active.from_json(path.read_text())
+            active = Active.from_json(path.read_bytes())
+            for version in active.needed():
+                self.version_dir(name, version)  # UpdateRejected where it would leave the store
+            return active
         except FileNotFoundError:
+            return None
+        except (OSError, ValueError, UpdateRejected) as exc:
+            why = exc.strerror or exc if isinstance(exc, OSError) else exc
+            try:
+                aside = set_aside(path)[0]
+            except FileNotFoundError:
+                return None  # set aside meanwhile by another thread's reading
+            except OSError as err:
+                log.warning(
+                    "model store: %s is damaged (%s) and cannot be set aside (%s): %s has no active version",
+                    path,
+                    why,
+                    err.strerror or err,
+                    name,
+                )
+                return None
+            log.warning(
+                "model store: %s is damaged (%s): set aside as %s; the model file given for %s is served and made "
+                "active again, as at a first start",
+                path,
+                why,
+                aside.name,
+                name,
+            )
             return None
 
     def verified_file(self, name: str, version: str) -> Path:
@@ -167,7 +242,9 @@ class ModelStore:
         the runtime opens next.
         """
         path = self.model_file(name, version)
-        expected = self.manifest(name, version)["sha256"]
+        expected = self.manifest(name, version).get("sha256")
+        if not isinstance(expected, str):
+            raise ModelLoadError(f"{name} {version} in the store has no sha256 in its record (damaged)")
         actual = sha256_file(path)
         if actual != expected:
             raise ModelLoadError(
@@ -294,9 +371,11 @@ class ModelStore:
         nothing. The ``keep`` newest previous versions stay rollback targets; older ones are pruned.
         """
         current = self.active(name)
-        previous: list[str] = []
-        if current is not None:
-            previous = [v for v in [current.version, *current.previous] if v != version]
+        if current is not None:  # a version named but not in the store at all (deleted by hand) is no target
+            there = set(self.versions(name))
+            previous = [v for v in [current.version, *current.previous] if v != version and v in there]
+        else:  # a first start, or a pointer set aside as damaged: the versions installed stay, newest first
+            previous = [v for v in reversed(self.versions(name)) if v != version and self.installed(name, v)]
         active = Active(version=version, previous=previous[: self.keep], probation=probation)
         self.set_active(name, active)
         return active

@@ -27,7 +27,10 @@ by another process), :class:`SyncError` says so in one line, with the
 An existing database that is not an outbox (other tables, or tables of our names with other
 columns) is refused before anything is written to it (``ConfigError``, "... is not an edgerun
 outbox: ..."), and left byte for byte as it was; a missing or empty file becomes a new outbox,
-its tables and epoch made in one transaction. :func:`read_stats` reads an outbox without writing
+its tables and epoch made in one transaction. A file SQLite finds damaged (not a database,
+corrupt) is refused too, unless the caller asks for it to be set aside (``set_aside_damaged``,
+as the daemon and ``run``/``predict --mqtt`` do): renamed, never deleted, and a new outbox
+started. :func:`read_stats` reads an outbox without writing
 or creating any file, so it works on a full or read-only filesystem and beside a running writer.
 """
 
@@ -52,6 +55,7 @@ from typing import Any
 import msgspec
 
 from edgerun.errors import ConfigError, SyncError
+from edgerun.files import set_aside
 
 log = logging.getLogger(__name__)
 
@@ -103,6 +107,19 @@ def _reason(exc: sqlite3.Error) -> str | None:
         if (code & 0xFF == primary) if isinstance(code, int) else (message in str(exc)):
             return words
     return None
+
+
+#: SQLite's primary result codes for a file damaged: SQLITE_CORRUPT, SQLITE_NOTADB. Not a full or
+#: read-only disk, an I/O error or a lock held: those are refused, the file left where it is.
+_DAMAGE = ((11, "malformed"), (26, "file is not a database"))
+
+
+def _damaged(exc: sqlite3.Error) -> bool:
+    """Whether SQLite says the file is damaged (its code; its message before Python 3.11)."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    return any(
+        (code & 0xFF == primary) if isinstance(code, int) else (message in str(exc)) for primary, message in _DAMAGE
+    )
 
 
 def _full(folder: Path) -> bool:
@@ -311,17 +328,62 @@ class OutboxStats:
 class Outbox:
     """A durable FIFO of MQTT records; thread-safe (one connection behind a lock)."""
 
-    def __init__(self, path: str | os.PathLike[str], *, max_bytes: int = 64 * 1024 * 1024) -> None:
+    def __init__(
+        self, path: str | os.PathLike[str], *, max_bytes: int = 64 * 1024 * 1024, set_aside_damaged: bool = False
+    ) -> None:
+        """Open the outbox at ``path``, creating it (and its folder) where there is none.
+
+        With ``set_aside_damaged`` (the ``SyncService`` of the daemon and of ``run``/``predict
+        --mqtt``), a file SQLite finds damaged (not a database, or corrupt: a failing SD card, a
+        power cut, an edit by hand) is renamed aside with its ``-wal`` and ``-shm`` files
+        (``edgerun.files.set_aside``), said in one ERROR line, and a new, empty outbox (a new epoch) is
+        started, so a device keeps serving; its records are not delivered, and not deleted either.
+
+        Raises:
+            ConfigError: the bound is below 4096 bytes; the file is another program's database;
+                it cannot be opened or written (a full or read-only disk, the write lock held);
+                it is damaged and ``set_aside_damaged`` is off, or it could not be set aside.
+        """
         if max_bytes < 4096:
             raise ConfigError(f"outbox size bound must be at least 4096 bytes, got {max_bytes}")
         self.path = Path(path)
         self.max_bytes = max_bytes
         try:
+            self._open()
+        except sqlite3.DatabaseError as exc:
+            if not (set_aside_damaged and _damaged(exc)):
+                raise self._unusable(exc) from exc
+            try:
+                aside = set_aside(self.path, ("-wal", "-shm"))
+            except OSError as err:
+                raise ConfigError(
+                    f"outbox {self.path} is unusable: {self._words(exc)}; it could not be set aside: "
+                    f"{err.strerror or err}"
+                ) from exc
+            log.error(
+                "outbox %s is damaged (%s): set aside as %s; the records queued in it will not be delivered; "
+                "a new, empty outbox is started",
+                self.path,
+                exc,
+                ", ".join(moved.name for moved in aside),
+            )
+            try:
+                self._open()
+            except sqlite3.DatabaseError as again:
+                raise self._unusable(again) from again
+        self._lock = threading.Lock()
+
+    def _open(self) -> None:
+        """Open (or create) the database: ``sqlite3.DatabaseError`` where SQLite refuses it, with no
+        connection left open (so the file can be set aside); ``ConfigError`` for another program's
+        database, or a folder or file that cannot be made."""
+        db: sqlite3.Connection | None = None
+        try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             if self.path.is_file() and self.path.stat().st_size > 0:
                 with _reading(self.path, copy=False) as db:  # refused before another program's database changes
                     _check_outbox(db, self.path)
-            self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+            self._db = db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
             with self._db:  # commits, or rolls back what SQLite has not already rolled back
@@ -337,14 +399,22 @@ class Outbox:
                 self._db.execute("COMMIT")
             self.epoch: str = self._meta("epoch") or ""
             self._count = self._count_rows()
-        except sqlite3.DatabaseError as exc:
-            words = _reason(exc)
-            if words == "an I/O error on its storage" and _full(self.path.parent):
-                words = "the disk is full"  # SQLite says I/O error when it cannot create its WAL file on a full disk
-            raise ConfigError(f"outbox {self.path} is unusable: {f'{words} ({exc})' if words else exc}") from exc
-        except OSError as exc:
-            raise ConfigError(f"cannot create the outbox in {self.path.parent}: {exc.strerror}") from exc
-        self._lock = threading.Lock()
+        except BaseException as exc:
+            if db is not None:
+                db.close()
+            if isinstance(exc, OSError):
+                raise ConfigError(f"cannot create the outbox in {self.path.parent}: {exc.strerror}") from exc
+            raise
+
+    def _words(self, exc: sqlite3.DatabaseError) -> str:
+        """Why SQLite refused the file, in words where the storage is the cause, and its own message."""
+        words = _reason(exc)
+        if words == "an I/O error on its storage" and _full(self.path.parent):
+            words = "the disk is full"  # SQLite says I/O error when it cannot create its WAL file on a full disk
+        return f"{words} ({exc})" if words else str(exc)
+
+    def _unusable(self, exc: sqlite3.DatabaseError) -> ConfigError:
+        return ConfigError(f"outbox {self.path} is unusable: {self._words(exc)}")
 
     # -- meta ----------------------------------------------------------------
     def _meta(self, key: str) -> str | None:

@@ -52,7 +52,9 @@ class SyncService:
         self._state_dir = Path(state_dir)
         claim_state_dir(self._state_dir)  # one owner of an outbox: a second is refused in one line
         try:
-            self.outbox = Outbox(self._state_dir / OUTBOX_FILE, max_bytes=outbox_max_bytes)
+            # A damaged outbox is set aside and a new one started: a device whose SD card damaged it must
+            # not refuse to start at every boot (the records in it are lost to the broker, not deleted).
+            self.outbox = Outbox(self._state_dir / OUTBOX_FILE, max_bytes=outbox_max_bytes, set_aside_damaged=True)
         except BaseException:
             release_state_dir(self._state_dir)
             raise
