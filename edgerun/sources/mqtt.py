@@ -1,13 +1,16 @@
 """An MQTT topic as a live source: ``mqtt://host:port/topic`` (wildcards allowed).
 
-Each message is one input: a JSON array of numbers, a base64-encoded ``.npy`` (loaded without
-pickle), or raw image bytes (JPEG, PNG, BMP). Anything else (a JSON array holding strings, booleans
-or nulls, or numbers beyond float32's range), or a message over the size limit, becomes an error
-frame that the pipeline counts; the run goes on. No message ever raises out of paho's callbacks: an
-exception there would end paho's network thread, and the source would go on receiving nothing,
-silently. A retained message, which the broker sends at every subscription (each start, each
-reconnect), is skipped with one INFO line per subscription: it was published before the source
-subscribed, and running it again at every restart would give a stale reading a new result. The
+Each message is one input: a JSON array of numbers, a ``.npy`` as it is or base64-encoded (line
+breaks allowed, as the ``base64`` command writes them; loaded without pickle), or raw image bytes
+(JPEG, PNG, BMP). An empty message is no input: it is how MQTT deletes a retained message (the
+subscribers get it as a new message), so it is skipped, with one INFO line per subscription.
+Anything else (a JSON array holding strings, booleans or nulls, or numbers beyond float32's range),
+or a message over the size limit, becomes an error frame that the pipeline counts; the run goes on.
+No message ever raises out of paho's callbacks: an exception there would end paho's network thread,
+and the source would go on receiving nothing, silently. A retained message, which the broker sends
+at every subscription (each start, each reconnect), is skipped with one INFO line per subscription:
+it was published before the source subscribed, and running it again at every restart would give a
+stale reading a new result. The
 subscription filter is checked before anything connects (``check_filter``). A broker that cannot be
 reached at the start is tried a bounded number of times, then the run stops with the reason (as a
 stream does); a broker that answers but refuses the connection (bad credentials, not authorised) or
@@ -54,14 +57,15 @@ def parse_mqtt_url(url: str) -> tuple[str, int, str]:
 
     An IPv6 address goes in brackets (``mqtt://[::1]:1883/t``), as in any URL.
     """
+    shown = _shown_url(url)
     if url.startswith("mqtts://"):
-        raise ConfigError(f"MQTT sources over TLS are not supported: {url!r} (use mqtt://)")
+        raise ConfigError(f"MQTT sources over TLS are not supported: {shown} (use mqtt://)")
     if not url.startswith("mqtt://"):
-        raise ConfigError(f"not an MQTT source URL: {url!r} (expected mqtt://host:port/topic)")
+        raise ConfigError(f"not an MQTT source URL: {shown} (expected mqtt://host:port/topic)")
     rest = url[len("mqtt://") :]
     hostport, slash, topic = rest.partition("/")
     if not slash or not topic:
-        raise ConfigError(f"MQTT source URL has no topic: {url!r}")
+        raise ConfigError(f"MQTT source URL has no topic: {shown}")
     if hostport.startswith("["):  # [IPv6]:port
         close = hostport.find("]")
         host, after = (zone_unquoted(hostport[1:close]), hostport[close + 1 :]) if close > 0 else ("", "")
@@ -70,8 +74,24 @@ def parse_mqtt_url(url: str) -> tuple[str, int, str]:
         host, colon, port_text = hostport.partition(":")
         port_text = port_text if colon else "1883"
     if not host_name_ok(host) or not port_text.isdigit() or not 0 < int(port_text) < 65536:
-        raise ConfigError(f"MQTT source URL has a bad host or port: {url!r}")
+        raise ConfigError(f"MQTT source URL has a bad host or port: {shown}")
     return host, int(port_text), check_filter(topic)
+
+
+def _shown_url(url: str) -> str:
+    """``url`` quoted for a message, without a password ``split_credentials`` could not take off it.
+
+    Credentials reach ``parse_mqtt_url`` only where a ``/`` in them ends the host part before their
+    ``@`` (``mqtt://bob:pa/ss@host/t``, host ``bob``, port ``pa``): the message then shows the user,
+    hides the rest up to the last ``@``, and says how to write a ``/``. A ``host:1883/topic@x``, whose
+    "password" is a port, is shown as it is.
+    """
+    scheme, sep, rest = url.partition("://")
+    userinfo, at, after = rest.rpartition("@")
+    user, colon, secret = userinfo.partition(":")
+    if not sep or not at or not colon or user.startswith("[") or secret.partition("/")[0].isdigit():
+        return repr(url)
+    return f"{scheme}{sep}{user}:***@{after}"[:200] + " (a '/' in a password is written %2F)"
 
 
 def check_filter(topic: str) -> str:
@@ -120,10 +140,13 @@ def decode_message(payload: bytes, max_bytes: int) -> Any:
     text = payload.removeprefix(b"\xef\xbb\xbf").strip()  # a UTF-8 BOM, as some JSON writers put (HTTP takes it too)
     if text[:1] == b"[":
         return json_array(text)
-    try:
-        raw = base64.b64decode(text, validate=True)
-    except (binascii.Error, ValueError):
-        raw = b""
+    if payload.startswith(NPY_MAGIC):  # a .npy as it is (`mosquitto_pub -f x.npy`), as the HTTP API takes one
+        raw = payload
+    else:
+        try:  # without its line breaks: GNU `base64 x.npy` breaks its output every 76 characters
+            raw = base64.b64decode(b"".join(text.split()), validate=True)
+        except (binascii.Error, ValueError):
+            raw = b""
     if raw.startswith(NPY_MAGIC):
         try:  # its header checked against its length first: np.load would allocate what it declares
             return load_npy(io.BytesIO(raw), len(raw))
@@ -159,6 +182,7 @@ class MqttSource(LiveSource):
         self._retries, self._delay = retries, retry_delay_s
         self.bad_messages = 0
         self.retained_skipped = 0  # retained messages the broker sent at a subscription, never run
+        self.empty_skipped = 0  # empty messages (a retained message deleted), never run
 
     def _capture(self, buffer: LatestBuffer, stop: threading.Event) -> None:
         import paho.mqtt.client as mqtt
@@ -192,6 +216,7 @@ class MqttSource(LiveSource):
 
         connected = threading.Event()  # a first CONNACK accepted: later refusals are paho's to retry
         retained_said = threading.Event()  # the INFO line on skipping retained messages, once per subscription
+        empty_said = threading.Event()  # the INFO line on skipping empty messages, once per subscription
 
         def on_connect(client: Any, userdata: Any, flags: Any, reason: Any, properties: Any) -> None:
             if reason.is_failure:
@@ -202,6 +227,7 @@ class MqttSource(LiveSource):
                 return
             connected.set()
             retained_said.clear()  # a new subscription: the broker sends its retained messages again
+            empty_said.clear()
             client.subscribe(self.topic, qos=1)  # said in on_subscribe, once the broker answered
 
         def on_subscribe(client: Any, userdata: Any, mid: Any, reasons: Any, properties: Any) -> None:
@@ -212,6 +238,17 @@ class MqttSource(LiveSource):
             log.info("MQTT source subscribed to %s on %s", self.topic, self._where)
 
         def on_message(client: Any, userdata: Any, message: Any) -> None:
+            if not message.payload:  # how MQTT deletes a retained message (`mosquitto_pub -r -n`): no input
+                self.empty_skipped += 1
+                if not empty_said.is_set():
+                    empty_said.set()
+                    log.info(
+                        "MQTT source %s: skipping empty messages (first on %s): an empty message is how MQTT "
+                        "deletes a retained message, not an input",
+                        self.uri,
+                        message.topic,
+                    )
+                return
             if message.retain:  # kept by the broker from before this subscription, not a new input
                 self.retained_skipped += 1
                 if not retained_said.is_set():

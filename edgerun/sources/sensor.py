@@ -2,7 +2,10 @@
 
 Each row is one reading of one or more channels. A CSV may have a header; a
 column named ``t``, ``ts``, ``time`` or ``timestamp`` is taken as the time and
-not fed to the model. A JSON Lines row is an array of numbers or an object of
+not fed to the model, nor is a column with no name in the header (pandas' index
+column, ``,t,x,y,z``, or the last one of lines that end with a comma). A field in
+double quotes is the text inside them (``"t","x"``, as Python's ``csv`` module
+quotes a header). A JSON Lines row is an array of numbers or an object of
 named numbers; the names of the first object row fix the channels, and later
 object rows are mapped by name (a row missing one of them, or with another
 name, is a bad row). Windows of ``window`` rows start every ``hop`` rows and
@@ -44,6 +47,7 @@ not pass for a success.
 from __future__ import annotations
 
 import collections
+import csv
 import json
 import math
 import os
@@ -180,7 +184,7 @@ class SensorSource:
         header = _csv_fields(first) if self._format == "csv" and first is not None else None
         if header is not None and not _is_header(header):
             header = None
-        found = None if header is None else sum(1 for name in header if name.lower() not in _TIME_COLUMNS)
+        found = None if header is None else len(_channel_columns(header))
         hint = _separator_hint(first) if self._format == "csv" and first is not None else ""
         looked, bad = 0, ""
         rows = self._rows()
@@ -298,7 +302,7 @@ class SensorSource:
                 fields = _csv_fields(line)
                 if header is None and keep is None and _is_header(fields):
                     header = [f.lower() for f in fields]
-                    keep = [i for i, name in enumerate(header) if name not in _TIME_COLUMNS]
+                    keep = _channel_columns(header)
                     labels = [_field_label(i, fields[i]) for i in keep]
                     width = len(keep)
                     continue
@@ -387,9 +391,11 @@ def _descriptor(path: str) -> bool:
 
 def _stdin_fd() -> int:
     """Standard input's file descriptor; SourceError where it has none."""
+    if sys.stdin is None:  # Python found no descriptor 0 at its start (`edgerun run ... <&-`)
+        raise SourceError("standard input cannot be read: it is closed")
     try:
         return sys.stdin.fileno()
-    except (AttributeError, OSError, ValueError) as exc:  # None, closed, or not a file
+    except (AttributeError, OSError, ValueError) as exc:  # closed since, or not a file
         raise SourceError(f"standard input cannot be read: {exc}") from exc
 
 
@@ -406,12 +412,25 @@ def _open_pipe(path: str) -> int:
 
 
 def _csv_fields(line: str) -> list[str]:
-    return [f.strip() for f in line.split(",")]
+    """A CSV line's fields, stripped; a field in double quotes is the text inside them (``"x"``, ``"2,5"``), as
+    Python's ``csv`` module, pandas and spreadsheets write one (a header in quotes, or every field)."""
+    if '"' not in line:  # the common case, without the csv module's cost per row
+        return [f.strip() for f in line.split(",")]
+    return [f.strip() for f in next(csv.reader([line], skipinitialspace=True), [""])]
 
 
 def _is_header(fields: list[str]) -> bool:
-    """Whether a CSV's first row of ``fields`` is its header: its first field is neither empty nor a number."""
-    return fields[0] != "" and not _is_number(fields[0])
+    """Whether a CSV's first row of ``fields`` is its header: its first field is a name (neither empty nor a
+    number), or it is empty and every other field is a name (pandas writes its index column's name empty)."""
+    if fields[0] == "":
+        return len(fields) > 1 and all(f != "" and not _is_number(f) for f in fields[1:])
+    return not _is_number(fields[0])
+
+
+def _channel_columns(header: list[str]) -> list[int]:
+    """The columns of a CSV ``header`` fed to the model: not the time column, nor one with no name (pandas'
+    index column, or the empty last one of a logger that ends each line with a comma)."""
+    return [i for i, name in enumerate(header) if name != "" and name.lower() not in _TIME_COLUMNS]
 
 
 def _separator_hint(first: str) -> str:
