@@ -132,13 +132,16 @@ class _PipelineRunner:
                 self.state = "running"
                 summary = pipeline.run()
                 if getattr(pipeline.source, "pipe", False):  # a named pipe: its writer closed; another may come
+                    bad_rows = pipeline.source.bad_rows  # the summary's errors also count windows the model failed
+                    failed = summary.errors - bad_rows
                     log.info(
-                        "pipeline %s: the writer of %s closed after %d windows and %d bad rows; waiting for the "
+                        "pipeline %s: the writer of %s closed after %d windows%s and %d bad rows; waiting for the "
                         "next writer",
                         self.name,
                         pipeline.source.uri,
                         summary.ok,
-                        summary.errors,
+                        f" ({failed} more failed)" if failed > 0 else "",
+                        bad_rows,
                     )
                     continue
                 # a file, or a recording served as a stream that came to its end: not played again
