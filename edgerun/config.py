@@ -201,6 +201,18 @@ class PipelineConfig(_Strict):
         return self
 
     @model_validator(mode="after")
+    def _windows_for_sensor_sources_only(self) -> PipelineConfig:
+        from edgerun.sources.sensor import is_sensor_spec
+
+        given = [key for key in ("window", "hop") if getattr(self, key) is not None]
+        if given and not is_sensor_spec(self.source):  # else ignored without a word
+            raise ValueError(
+                f"{' and '.join(given)} {'apply' if len(given) > 1 else 'applies'} to sensor sources only (a .csv "
+                f"or .jsonl file, or - for standard input), and the source {self.source!r} is none"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _no_sink_onto_the_source(self, info: ValidationInfo) -> PipelineConfig:
         """As ``edgerun run`` refuses ``--sink`` onto its ``--source``: results appended would damage the input.
 
