@@ -476,7 +476,25 @@ class Config(_Strict):
                 raise ValueError(f"pipelines.{name}.model: no model named {pipeline.model!r} in models")
         if self.ota.trusted_keys and self.mqtt is None:
             raise ValueError("ota.trusted_keys needs mqtt: updates arrive over MQTT")
+        if self.mqtt is not None and any(p.source.startswith("mqtt://") for p in self.pipelines.values()):
+            self._no_source_hears_own_records(self.mqtt)
         return self
+
+    def _no_source_hears_own_records(self, mqtt: MqttConfig) -> None:
+        """As ``edgerun run`` refuses it: an MQTT source on the device's own broker whose filter matches
+        the device's own records would take each for an input (``check_not_own_records``)."""
+        from edgerun.device import default_device_id
+        from edgerun.sources.mqtt import check_not_own_records
+        from edgerun.sync.settings import MqttSettings
+        from edgerun.sync.topics import Topics
+
+        broker = MqttSettings.from_url(mqtt.url)  # checked already by the url's own validator
+        topics = Topics(mqtt.topic_prefix, self.device.id or default_device_id())
+        for name, pipeline in self.pipelines.items():
+            try:
+                check_not_own_records(pipeline.source, (broker.host, broker.port), topics)
+            except ConfigError as exc:
+                raise ValueError(f"pipelines.{name}.source: {exc}") from None
 
     def effective(self) -> dict[str, Any]:
         """The config with every default filled in, as plain data."""
@@ -493,10 +511,11 @@ def _errors_line(exc: ValidationError) -> str:
     """Pydantic's errors on one line: a typo'd key shows as its unknown key and the key it missed."""
     problems = []
     for err in exc.errors():
-        where = ".".join(shown(str(p)) for p in err["loc"]) or "(top level)"  # a key may hold a line break
+        where = ".".join(shown(str(p)) for p in err["loc"])  # a key may hold a line break
         message = "unknown key" if err["type"] == "extra_forbidden" else err["msg"].removeprefix("Value error, ")
         message += _number_hint(err)
-        problems.append(f"{where}: {shown(message)}")
+        # the whole config's rules (a pipeline's model among the models) name their keys themselves
+        problems.append(f"{where}: {shown(message)}" if where else shown(message))
     return _one_line(problems)
 
 

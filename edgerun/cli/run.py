@@ -116,6 +116,13 @@ def run(args: argparse.Namespace) -> int:
     require_at_least_one(args, "max_frames", "batch_size", "queue", "window", "hop", "prepare_workers")
     mqtt = check_sync(args)  # before the model loads: a mistyped URL is the only line
     check_ota(args, mqtt)
+    if mqtt is not None:  # an MQTT source hearing this device's own records would feed them back as inputs
+        from edgerun.sources.mqtt import check_not_own_records
+        from edgerun.sync.topics import Topics
+
+        settings, device_id = mqtt
+        for spec in args.source:
+            check_not_own_records(spec, (settings.host, settings.port), Topics(settings.topic_prefix, device_id))
     require_positive(args, "fps", "camera_fps")  # nan passes a `<= 0` test; inf means nothing as a rate
     if args.decode_threads < 0:
         raise ConfigError(f"--decode-threads must be 0 (the decoder's choice) or more, got {args.decode_threads}")

@@ -47,7 +47,14 @@ from edgerun.sync.topics import topic_text_problem
 
 log = logging.getLogger(__name__)
 
-__all__ = ["MqttSource", "check_filter", "decode_message", "parse_mqtt_url", "split_credentials"]
+__all__ = [
+    "MqttSource",
+    "check_filter",
+    "check_not_own_records",
+    "decode_message",
+    "parse_mqtt_url",
+    "split_credentials",
+]
 
 _IMAGE_MAGIC = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"BM")
 
@@ -76,6 +83,37 @@ def parse_mqtt_url(url: str) -> tuple[str, int, str]:
     if not host_name_ok(host) or not port_text.isdigit() or not 0 < int(port_text) < 65536:
         raise ConfigError(f"MQTT source URL has a bad host or port: {shown}")
     return host, int(port_text), check_filter(topic)
+
+
+def check_not_own_records(source: str, broker: tuple[str, int], topics: Any) -> None:
+    """Refuse an MQTT ``source`` that would hear the records this device publishes (``topics``, an
+    ``edgerun.sync.topics.Topics``) on its own ``broker`` (host, port): each of them would be taken for
+    an input (an error frame, counted in the metrics, whose next record would come back as one more).
+    Another source string, or another broker, passes.
+
+    Raises:
+        ConfigError: naming the filter and the first of the device's topics it matches.
+    """
+    if not source.startswith("mqtt://"):
+        return
+    host, port, subscription = parse_mqtt_url(split_credentials(source)[0])
+    if port != broker[1] or not _same_host(host, broker[0]):
+        return
+    heard = topics.heard_by(subscription)
+    if heard is not None:
+        raise ConfigError(
+            f"the MQTT source's filter {subscription!r} matches {heard}, where this device publishes its own "
+            f"records on the same broker: each would come back as an input; subscribe outside {topics.base}/"
+        )
+
+
+_LOOPBACK = frozenset({"localhost", "127.0.0.1", "::1", "ip6-localhost"})
+
+
+def _same_host(a: str, b: str) -> bool:
+    """Whether two host names as written name one broker (loopback spelled either way); no lookup is made."""
+    a, b = a.lower().rstrip("."), b.lower().rstrip(".")
+    return a == b or (a in _LOOPBACK and b in _LOOPBACK)
 
 
 def _shown_url(url: str) -> str:

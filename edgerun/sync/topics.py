@@ -137,6 +137,16 @@ class Topics:
         """Commands for a group."""
         return f"{self.prefix}/group/{check_name('group', group)}/cmd"
 
+    def heard_by(self, subscription: str) -> str | None:
+        """The first topic this device publishes on (its status, metrics, any model's results, its OTA
+        status) that ``subscription`` (an MQTT filter) matches; None where it matches none. A model's
+        results are matched as any model's: a filter matches them only with a wildcard at that level."""
+        from paho.mqtt.client import topic_matches_sub
+
+        mine = (self.status, self.metrics, f"{self.base}/results/*", self.ota_status)  # '*': no model name has one
+        heard = next((topic for topic in mine if topic_matches_sub(subscription, topic)), None)
+        return None if heard is None else heard.replace("/results/*", "/results/MODEL")
+
     def blob(self, sha256: str) -> str:
         """Where a model blob's chunks are published."""
         return f"{self.prefix}/blobs/{sha256}"
