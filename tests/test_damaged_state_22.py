@@ -28,6 +28,7 @@ from edgerun.ota.store import Active, ModelStore
 from edgerun.sync.outbox import Outbox
 from tests.conftest import DIGITS, SAMPLES, Broker, free_port, run_cli, start_daemon
 from tests.ota_helpers import load_digits, make_key, model_with_card
+from tests.test_ota_probation_faults import DAEMON_CONFIG
 from tests.test_sync import wait_until
 
 GARBAGE = b"\x8f\x02not a database at all" * 150  # what `head -c 3000 /dev/urandom` leaves, reproducibly
@@ -262,24 +263,6 @@ def test_edgerun_run_with_ota_serves_the_file_given_over_a_damaged_active_pointe
     assert {json.loads(line)["version"] for line in result.stdout.splitlines()} == {"1.0.0"}
 
 
-DAEMON_CONFIG = """
-device:
-  id: {device}
-models:
-  digits:
-    path: {model}
-mqtt:
-  url: mqtt://127.0.0.1:{mqtt}
-ota:
-  trusted_keys: [{key}]
-api:
-  port: {port}
-state_dir: {state}
-logging:
-  format: text
-"""
-
-
 @pytest.mark.slow
 @pytest.mark.logs_errors
 def test_the_daemon_starts_and_serves_over_a_damaged_outbox_and_active_pointer(broker: Broker, tmp_path: Path) -> None:
@@ -297,7 +280,14 @@ def test_the_daemon_starts_and_serves_over_a_damaged_outbox_and_active_pointer(b
     port = free_port()
     config = tmp_path / "edgerun.yaml"
     config.write_text(
-        DAEMON_CONFIG.format(device="dmg-daemon", model=given, mqtt=broker.port, key=public, port=port, state=state)
+        DAEMON_CONFIG.format(
+            device="dmg-daemon",
+            models=f"  digits:\n    path: {given}",
+            mqtt=broker.port,
+            key=public,
+            port=port,
+            state=state,
+        )
     )
     log_path = tmp_path / "daemon.log"
     with open(log_path, "wb") as log:

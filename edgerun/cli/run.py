@@ -159,7 +159,7 @@ def run(args: argparse.Namespace) -> int:
         model = edgerun.load(args.model, **load_kwargs(args))
     slot = ModelSlot(model)
     with model:
-        window = window_for(model, args.window) if sensor else None
+        window = window_for(model, args.window)  # --window was refused already for a source of another kind
         source = open_configured(args.source, args, window)
         specs = args.sink or ["stdout"]
         drawn = first_drawing_sink(specs)
