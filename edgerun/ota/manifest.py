@@ -19,12 +19,23 @@ from edgerun.errors import CardError, UpdateRejected, quoted
 __all__ = ["Command", "Manifest", "parse_command", "parse_manifest", "version_tuple"]
 
 # ``\Z``, not ``$``: msgspec matches with Python's ``re``, whose ``$`` also matches before a final newline
-NAME = Annotated[str, msgspec.Meta(pattern=r"^[a-z0-9][a-z0-9._-]{0,63}\Z")]
-VERSION = Annotated[str, msgspec.Meta(pattern=r"^(0|[1-9]\d{0,8})\.(0|[1-9]\d{0,8})\.(0|[1-9]\d{0,8})\Z")]
-IDENT = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}\Z")]
+_NAME_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,63}\Z"
+_VERSION_PATTERN = r"^(0|[1-9]\d{0,8})\.(0|[1-9]\d{0,8})\.(0|[1-9]\d{0,8})\Z"
+_IDENT_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}\Z"
 #: A blob's SHA-256 as manifests carry it (``edgerun ota clear`` checks retained ones against it too).
 SHA256_PATTERN = r"^[0-9a-f]{64}\Z"
+NAME = Annotated[str, msgspec.Meta(pattern=_NAME_PATTERN)]
+VERSION = Annotated[str, msgspec.Meta(pattern=_VERSION_PATTERN)]
+IDENT = Annotated[str, msgspec.Meta(pattern=_IDENT_PATTERN)]
 SHA256 = Annotated[str, msgspec.Meta(pattern=SHA256_PATTERN)]
+#: Each pattern above in the plain words a refusal gives (PROTOCOL.md: every rejection names its
+#: reason in plain words), in place of msgspec's "Expected `str` matching regex '...'".
+_PATTERN_WORDS = {
+    _NAME_PATTERN: "a name of 1 to 64 characters from a-z 0-9 . _ and -, starting with a letter or digit",
+    _VERSION_PATTERN: "a version MAJOR.MINOR.PATCH, three whole numbers of up to 9 digits (1.2.0)",
+    _IDENT_PATTERN: "an id of 1 to 128 characters from A-Z a-z 0-9 . _ and -, starting with a letter or digit",
+    SHA256_PATTERN: "a SHA-256 of 64 lowercase hex digits",
+}
 #: The most chunks one blob may come in (``source.mqtt.chunks``).
 CHUNKS_MAX = 1_000_000
 #: Unix seconds. Bounded at 10**11 (the year 5138): a time in milliseconds (10**12 and more since 2001)
@@ -144,7 +155,10 @@ def _convert(document: dict[str, Any], cls: type[Any], what: str) -> Any:
     try:
         return msgspec.convert(document, cls)
     except msgspec.ValidationError as exc:
-        raise UpdateRejected(f"invalid {what}: {quoted(str(exc))}") from None  # it may quote unknown field names
+        message = str(exc)
+        for pattern, words in _PATTERN_WORDS.items():
+            message = message.replace(f"`str` matching regex {pattern!r}", words)
+        raise UpdateRejected(f"invalid {what}: {quoted(message)}") from None  # it may quote unknown field names
 
 
 def parse_manifest(document: dict[str, Any]) -> Manifest:
