@@ -69,30 +69,41 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _print_human(report: dict[str, Any]) -> None:
+    """The report as lines, written at once: each one line on a terminal whatever a probed file held (a board
+    name with a line break), and a stdout that refuses them is one error line naming stdout."""
+    from edgerun.errors import shown
+    from edgerun.sinks.text import write_stdout
+
+    lines: list[str] = []
+
+    def add(text: str) -> None:
+        lines.append(shown(text))
+
     dev = report["device"]
-    print(f"device:      {dev['board'] or dev['cpu_model'] or 'unknown'} ({dev['machine']}, {dev['cpu_count']} CPUs)")
-    print(f"cpu:         {dev['cpu_model'] or '?'}; features: {', '.join(dev['cpu_features']) or 'none of note'}")
-    print(f"accelerators: {', '.join(dev['accelerators']) or 'none found'}")
+    add(f"device:      {dev['board'] or dev['cpu_model'] or 'unknown'} ({dev['machine']}, {dev['cpu_count']} CPUs)")
+    add(f"cpu:         {dev['cpu_model'] or '?'}; features: {', '.join(dev['cpu_features']) or 'none of note'}")
+    add(f"accelerators: {', '.join(dev['accelerators']) or 'none found'}")
     rt = report["runtimes"]
     unusable = rt["unusable"]  # installed, and the import fails: say so, not "missing"
     onnx = rt["onnxruntime"] or ("onnxruntime unusable" if "onnxruntime" in unusable else "onnxruntime missing")
     tflite = rt["tflite"] or ("TFLite interpreter unusable" if "tflite" in unusable else "no TFLite interpreter")
-    print(f"runtimes:    {onnx}; {tflite}")
+    add(f"runtimes:    {onnx}; {tflite}")
     for why in unusable.values():
-        print(f"  unusable:  {why}")
-    print(f"ORT providers: {', '.join(rt['ort_providers']) or 'none'}")
-    print("delegates (rank order per format):")
+        add(f"  unusable:  {why}")
+    add(f"ORT providers: {', '.join(rt['ort_providers']) or 'none'}")
+    add("delegates (rank order per format):")
     for d in report["delegates"]:
         mark = "yes" if d["usable"] else "no "
         why = "" if d["usable"] else f"  - {d['reason']}"
-        print(f"  {mark} {d['format']:<6} {d['name']:<9} {d['summary']}{why}")
+        add(f"  {mark} {d['format']:<6} {d['name']:<9} {d['summary']}{why}")
     if "model" in report:
         m = report["model"]
         sel = m["selection"]
-        print(
+        add(
             f"model {m['name']} {m['version']} ({m['format']}): chosen {sel['delegate']} ({sel['mode']}"
             f"{', from cache' if sel['cached'] else ''})"
         )
         for a in sel["attempts"]:
             ms = f" {a['latency_ms']:.3f} ms" if a["latency_ms"] is not None else ""
-            print(f"  {a['status']:<12} {a['delegate']:<9}{ms} {a['reason']}")
+            add(f"  {a['status']:<12} {a['delegate']:<9}{ms} {a['reason']}")
+    write_stdout("".join(line + "\n" for line in lines))

@@ -28,14 +28,24 @@ def run(args: argparse.Namespace) -> int:
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-    from edgerun.errors import ConfigError
+    from edgerun.errors import ConfigError, shown
     from edgerun.ota.envelope import key_id
 
     if not Path(args.name).name or args.name.endswith(("/", ".")):
         raise ConfigError(f"key name {args.name!r} names no file: give a path such as keys/operator")
+    if args.name.endswith(".pem"):  # else NAME.pem.pem beside the NAME.pem it was meant to replace
+        stem = args.name.removesuffix(".pem").removesuffix(".pub")
+        raise ConfigError(
+            f"key name {args.name!r} ends in .pem: give it without the extension "
+            f"({shown(stem)}, and {shown(stem)}.pem and {shown(stem)}.pub.pem are written)"
+        )
     private_path, public_path = Path(f"{args.name}.pem"), Path(f"{args.name}.pub.pem")
     for path in (private_path, public_path):
-        if path.exists() and not args.force:
+        try:
+            there = path.exists()
+        except OSError as exc:  # a name too long, a folder that cannot be searched: one line, not a traceback
+            raise ConfigError(f"cannot write the key pair {path}: {exc.strerror or exc}") from None
+        if there and not args.force:
             raise ConfigError(f"{path} exists; use --force to overwrite it")
     private_file, public_file = _file(private_path), _file(public_path)
     if os.path.realpath(private_file) == os.path.realpath(public_file):  # a link to the other key
@@ -61,9 +71,14 @@ def run(args: argparse.Namespace) -> int:
         }
         where = f" {linked.get(exc.filename, exc.filename)}" if exc.filename else ""
         raise ConfigError(f"cannot write the key pair{where}: {exc.strerror}") from exc
-    print(
-        f"key id {key_id(key.public_key())}: private key {private_path}, public key {public_path} "
-        "(give devices the public key: --ota-key)"
+    from edgerun.sinks.text import write_stdout
+
+    write_stdout(  # one line whatever the name holds; a stdout that refuses it: one error line naming stdout
+        shown(
+            f"key id {key_id(key.public_key())}: private key {private_path}, public key {public_path} "
+            "(give devices the public key: --ota-key)"
+        )
+        + "\n"
     )
     return 0
 
@@ -110,7 +125,8 @@ def _write_pair(private_path: Path, private: bytes, public_path: Path, public: b
     temporaries: list[Path] = []
 
     def temporary(target: Path, data: bytes, mode: int) -> Path:
-        path = target.with_name(f".{target.name}.{secrets.token_hex(4)}.tmp")
+        # named after its target, cut short: a key's name that fits the folder must not fail for its temporary
+        path = target.with_name(f".{target.name[:200]}.{secrets.token_hex(4)}.tmp")
         try:
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)  # the umask may only narrow it
         except OSError as exc:

@@ -2,8 +2,9 @@
 
 Exit codes: 0 success, 1 a run in which something failed, 2 a usage or config
 error, 130 interrupted. An ``EdgerunError`` becomes one line on stderr, and so does a
-stdout that refuses output (``cannot write stdout: No space left on device``); a
-traceback appears only for bugs (or with ``--debug``).
+stdout that refuses output (``cannot write stdout: No space left on device``, exit 1: the commands'
+own lines go through ``edgerun.sinks.text.write_stdout``; a ``print`` that fills stdout's buffer is caught
+here); a traceback appears only for bugs (or with ``--debug``).
 """
 
 from __future__ import annotations
@@ -78,6 +79,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     except BrokenPipeError:
         return 1
+    except OSError as exc:  # a print() of a command's table to a full disk, or /dev/full
+        if args.debug or not _stdout_refuses():
+            raise
+        _drop_stdout()
+        error_line(f"cannot write stdout: {exc.strerror or exc}")
+        return 1
+
+
+def _stdout_refuses() -> bool:
+    """Whether stdout refuses what it holds: after a failed ``print`` its buffer still holds the text,
+    and a second flush fails the same way. An ``OSError`` that stdout did not cause is a bug, and the
+    flush then succeeds (or there was nothing to flush), so it stays a traceback."""
+    try:
+        sys.stdout.flush()
+    except BrokenPipeError:
+        return False
+    except (OSError, ValueError):
+        return True
+    return False
 
 
 def _drop_stdout() -> None:

@@ -13,6 +13,8 @@ from edgerun.cli.common import (
     require_positive,
     require_within,
 )
+from edgerun.errors import shown
+from edgerun.sinks.text import write_stdout
 
 HELP = "MQTT tools: 'check' connects step by step (DNS, TCP, TLS, auth, publish ACL) and says what fails"
 
@@ -43,13 +45,16 @@ def run(args: argparse.Namespace) -> int:
     settings = mqtt_settings(args)
     if settings.tls:  # a key with a passphrase would prompt on the terminal; another certificate's key, ssl's words
         settings.check_tls_files()
-    device = check_name("device", args.device_id) if args.device_id else default_device_id()
+    # "" is refused as the name it is not (as run does), not quietly taken for the default id
+    device = check_name("device", args.device_id) if args.device_id is not None else default_device_id()
+    for group in args.group:  # the names run would refuse, refused here too
+        check_name("group", group)
     failed = False
     for step in check(settings, Topics(settings.topic_prefix, device), timeout_s=args.timeout):
         if args.json:
             print_json({"step": step.name, "ok": step.ok, "detail": step.detail})
         elif step.ok:
-            print(f"ok    {step.name:<8} {step.detail}")
+            write_stdout(f"ok    {step.name:<8} {shown(step.detail)}\n")  # a refusing stdout: one line naming it
         if not step.ok:
             failed = True
             error_line(step.detail)

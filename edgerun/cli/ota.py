@@ -202,10 +202,9 @@ def publish(args: argparse.Namespace) -> int:
             _publish_chunks(fleet, manifest["source"]["mqtt"], path.read_bytes())
         if not args.stream:
             _publish_manifests(fleet, topics, manifest, key)
-        print(
+        _out(
             f"update {manifest['update_id']}: {args.model} {args.version} ({manifest['size']} bytes, "
-            f"sha256 {manifest['sha256'][:12]}...) published to {', '.join(topics)}",
-            flush=True,
+            f"sha256 {manifest['sha256'][:12]}...) published to {', '.join(topics)}"
         )
         if not args.wait:
             return 0
@@ -315,11 +314,11 @@ def _follow(fleet: Any, update_id: str, devices: list[str], timeout_s: float) ->
         view = fleet.snapshot()
         involved = {d: v for d, v in view.items() if v.ota.get("update_id") == update_id}
         for device, v in sorted(involved.items()):
-            state = v.ota.get("state", "?")
-            line = f"{state} {v.ota.get('progress', 0):.0%} {v.ota.get('reason', '')}".strip()
+            state = _field(v.ota.get("state", "?"))
+            line = f"{state} {_percent(v.ota.get('progress', 0))} {_field(v.ota.get('reason', ''))}".strip()
             if last.get(device) != line:
                 last[device] = line
-                print(f"{device:<24} {line}", flush=True)
+                _out(f"{_field(device):<24} {line}")
         waiting_for = [d for d in devices if view.get(d) is None or view[d].online is not False]
         done = all(involved.get(d) and involved[d].ota.get("state") in TERMINAL for d in waiting_for)
         if involved and done and all(v.ota.get("state") in TERMINAL for v in involved.values()):
@@ -355,16 +354,49 @@ def _print_table(view: dict[str, Any], as_json: bool) -> None:
         for device, v in sorted(view.items()):
             print_json({"device": device, "online": v.online, "models": v.models, "ota": v.ota})
         return
-    print(f"{'device':<24} {'online':<7} {'models':<40} {'last update'}")
+    lines = [f"{'device':<24} {'online':<7} {'models':<40} {'last update'}"]
     for device, v in sorted(view.items()):
-        models = ", ".join(f"{n} {m.get('version')} ({m.get('delegate')})" for n, m in v.models.items()) or "-"
+        models = ", ".join(_model(name, m) for name, m in v.models.items()) or "-"
         ota = v.ota
-        update = (
-            f"{ota.get('update_id') or ota.get('command_id') or '-'} {ota.get('state', '')} {ota.get('reason', '')}"
-        )
+        update = " ".join(
+            (_field(ota.get("update_id") or ota.get("command_id") or "-"), _field(ota.get("state", "")),
+             _field(ota.get("reason", "")))
+        )  # fmt: skip
         online = {True: "yes", False: "no", None: "?"}[v.online]
-        print(f"{device:<24} {online:<7} {models:<40} {update.strip()}")
-    sys.stdout.flush()
+        lines.append(f"{_field(device):<24} {online:<7} {models:<40} {update.strip()}")
+    _out("\n".join(lines))
+
+
+def _out(text: str) -> None:
+    """Lines on stdout, written now and whole; a stdout that refuses them is one error line naming stdout."""
+    from edgerun.sinks.text import write_stdout
+
+    write_stdout(text + "\n")
+
+
+def _field(value: Any) -> str:
+    """A value from a device's status record (unsigned, any JSON) as a short piece of one line: its text
+    with line breaks and terminal escapes written out; another JSON value as JSON; nothing as ``?``."""
+    from edgerun.errors import quoted
+
+    if value is None:
+        return "?"
+    return quoted(value if isinstance(value, str) else json.dumps(value))
+
+
+def _model(name: str, record: Any) -> str:
+    """``NAME VERSION (DELEGATE)`` from a device's record of one model, whatever it holds."""
+    record = record if isinstance(record, dict) else {}
+    return f"{_field(name)} {_field(record.get('version'))} ({_field(record.get('delegate'))})"
+
+
+def _percent(value: Any) -> str:
+    """A device's reported progress (0 to 1) as a percentage, ``?`` where it is no number."""
+    import math
+
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        return "?"
+    return f"{value:.0%}"
 
 
 def rollback(args: argparse.Namespace) -> int:
@@ -386,7 +418,7 @@ def rollback(args: argparse.Namespace) -> int:
             fleet.sign_and_publish(topic, command, key, retain=False)
     finally:
         fleet.close()
-    print(f"command {command['command_id']}: rollback of {args.model} sent to {', '.join(topics)}")
+    _out(f"command {command['command_id']}: rollback of {args.model} sent to {', '.join(topics)}")
     return 0
 
 
@@ -430,15 +462,15 @@ def clear(args: argparse.Namespace) -> int:
             # Finished: nobody is still working on it, and every device named has reported since.
             if not args.force and (silent or any(s not in TERMINAL for s in states)):
                 seen = ", ".join(map(str, states)) or "no reports"
-                print(f"keeping {topic}: update {uid} is not finished everywhere ({seen})")
+                _out(f"keeping {_field(topic)}: update {_field(uid)} is not finished everywhere ({_field(seen)})")
                 continue
             fleet.publish(topic, b"", retain=True)
             chunk_topics = _chunk_topics(manifest, args.prefix)
             for chunk_topic in chunk_topics:
                 fleet.publish(chunk_topic, b"", retain=True)
             cleared += 1
-            print(f"cleared {topic} (update {uid}) and its {len(chunk_topics)} chunk(s)")
-        print(f"{cleared} finished update(s) cleared")
+            _out(f"cleared {_field(topic)} (update {_field(uid)}) and its {len(chunk_topics)} chunk(s)")
+        _out(f"{cleared} finished update(s) cleared")
         return 0
     finally:
         fleet.close()

@@ -66,7 +66,7 @@ def check(settings: MqttSettings, topics: Topics, timeout_s: float = 5.0) -> Ite
     s = settings
     try:
         infos = socket.getaddrinfo(s.host, s.port, type=socket.SOCK_STREAM)
-    except socket.gaierror as exc:
+    except (socket.gaierror, UnicodeError) as exc:  # UnicodeError: a name IDNA cannot encode (a part over 63)
         yield Step("dns", False, describe_connect_error(exc, s))
         return
     yield Step("dns", True, f"{s.host} is {infos[0][4][0]}")
@@ -80,12 +80,26 @@ def check(settings: MqttSettings, topics: Topics, timeout_s: float = 5.0) -> Ite
         try:
             version = _handshake(sock, s)
         except (ssl.SSLError, OSError) as exc:
-            yield Step("tls", False, describe_connect_error(exc, s))
+            yield Step("tls", False, _tls_failure(exc, s, timeout_s))
             return
         yield Step("tls", True, f"{version}, broker certificate verified for {s.host}")
     else:
         sock.close()
     yield from _mqtt_steps(s, topics, timeout_s)
+
+
+def _tls_failure(exc: BaseException, s: MqttSettings, timeout_s: float) -> str:
+    """One line for a TLS step that failed: the TCP connection was made, so a timeout or a reset here
+    is the handshake's (a plain MQTT port resets a TLS hello; a port that does not answer it, times out)."""
+    where = f"{s.host}:{s.port}"
+    if isinstance(exc, (TimeoutError, socket.timeout)):
+        return f"TLS: no answer to the TLS handshake from {where} in {timeout_s:g} s (does that port speak TLS?)"
+    if isinstance(exc, (ConnectionResetError, BrokenPipeError, ssl.SSLEOFError)):
+        return (
+            f"TLS handshake with {where} failed: the connection was closed during it ({exc.strerror or exc}); "
+            "does that port speak TLS? (a plain MQTT port closes on a TLS hello)"
+        )
+    return describe_connect_error(exc, s)
 
 
 def _mqtt_steps(s: MqttSettings, topics: Topics, timeout_s: float) -> Iterator[Step]:
@@ -133,7 +147,7 @@ def _mqtt_steps(s: MqttSettings, topics: Topics, timeout_s: float) -> Iterator[S
     client.loop_start()
     try:
         if not event.wait(timeout_s):
-            yield Step("connect", False, "no CONNACK from the broker in time")
+            yield Step("connect", False, f"no CONNACK from {where} in {timeout_s:g} s (is it an MQTT broker?)")
             return
         if "connack" not in done:
             hint = " (a broker that refuses our client certificate does this after the TLS handshake)" if s.tls else ""

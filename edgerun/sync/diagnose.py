@@ -29,6 +29,11 @@ def describe_connect_error(exc: BaseException, settings: MqttSettings) -> str:
     where = f"{settings.host}:{settings.port}"
     if isinstance(exc, socket.gaierror):
         return f"DNS: cannot resolve {settings.host}: {exc.strerror or exc}"
+    if isinstance(exc, UnicodeError):  # the IDNA encoding of the name: a part empty or over 63 characters
+        return (
+            f"DNS: cannot look up {settings.host}: not a valid host name ({exc.__cause__ or exc}; "
+            "each dot-separated part is 1 to 63 characters)"
+        )
     if isinstance(exc, ssl.SSLCertVerificationError):
         message = exc.verify_message or str(exc)
         hint = " (is the CA file right?)" if "issuer" in message or "self-signed" in message else ""
