@@ -46,8 +46,10 @@ def check_config(args: argparse.Namespace) -> int:
         check_state_dir(state_dir(config.state_dir), create=False)  # writable, or can be made; nothing left behind
     except ConfigError as exc:
         raise ConfigError(f"{args.file}: {exc}") from None
-    print(f"# {args.file}: valid; the effective config, defaults filled in:")
-    print(yaml.safe_dump(json.loads(json.dumps(config.effective())), sort_keys=False), end="")
+    from edgerun.sinks.text import write_stdout  # a full stdout: one line naming it, unbuffered too
+
+    effective = yaml.safe_dump(json.loads(json.dumps(config.effective())), sort_keys=False)
+    write_stdout(f"# {args.file}: valid; the effective config, defaults filled in:\n{effective}")
     return 0
 
 

@@ -20,7 +20,6 @@ import json
 import os
 import reprlib
 from collections.abc import Iterable
-from pathlib import Path
 from typing import Any
 
 from edgerun.errors import ConfigError, UpdateRejected
@@ -78,7 +77,7 @@ class TrustedKeys:
         keys = {}
         for path in paths:
             try:
-                key = serialization.load_pem_public_key(Path(path).read_bytes())
+                key = serialization.load_pem_public_key(_pem_bytes(path, "trusted key"))
             except OSError as exc:
                 raise ConfigError(f"cannot read trusted key {path}: {exc.strerror}") from exc
             except ValueError as exc:
@@ -160,13 +159,26 @@ def open_envelope(raw: bytes, trusted: TrustedKeys) -> dict[str, Any]:
     return document
 
 
+#: A PEM key file is a few hundred bytes; more is no key (``/dev/zero`` given by mistake filled the memory).
+_PEM_MAX = 64 * 1024
+
+
+def _pem_bytes(path: str | os.PathLike[str], what: str) -> bytes:
+    """The bytes of a key file, read up to ``_PEM_MAX``: ``ConfigError`` past it, ``OSError`` to the caller."""
+    with open(path, "rb") as fh:
+        data = fh.read(_PEM_MAX + 1)
+    if len(data) > _PEM_MAX:
+        raise ConfigError(f"{what} {path} is not a PEM key: over {_PEM_MAX // 1024} KiB")
+    return data
+
+
 def load_private_key(path: str | os.PathLike[str]) -> Any:
     """An Ed25519 private key from a PEM file (``openssl genpkey -algorithm ed25519``)."""
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
     try:
-        key = serialization.load_pem_private_key(Path(path).read_bytes(), password=None)
+        key = serialization.load_pem_private_key(_pem_bytes(path, "key"), password=None)
     except OSError as exc:
         raise ConfigError(f"cannot read key {path}: {exc.strerror}") from exc
     except (ValueError, TypeError) as exc:

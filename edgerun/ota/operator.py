@@ -206,7 +206,8 @@ class Fleet:
                 else:
                     view = self.devices.setdefault(parts[-2], DeviceView())
                     view.online = data.get("state") == "online"
-                    view.models = data.get("models") or view.models
+                    models = data.get("models")  # a device's record is anyone's JSON: a list here broke every view
+                    view.models = models if isinstance(models, dict) and models else view.models
         self.changed.set()
 
     def _on_publish(self, client: Any, userdata: Any, mid: int, reason_code: Any, properties: Any) -> None:
