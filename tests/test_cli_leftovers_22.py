@@ -1,4 +1,4 @@
-"""Four user errors the CLI sweep found outside the commands it fixed, each one line now:
+"""User errors the CLI sweep found outside the commands it fixed, each one line now:
 
 * ``devices --probe-root`` with a FIFO where a probe reads a file (``proc/cpuinfo``) waited for a
   writer for ever; a device node there (``/dev/zero``) was read without end, until the process was
@@ -9,6 +9,7 @@
   ``models`` ended in a traceback, for every device.
 * ``config check`` writing the effective config to a full stdout with ``PYTHONUNBUFFERED=1`` (as under
   systemd or in a container) ended in a traceback.
+* ``--mqtt-ca DIR`` said the file was "not found".
 """
 
 from __future__ import annotations
@@ -91,3 +92,9 @@ def test_config_check_to_a_full_unbuffered_stdout_is_one_line() -> None:
     assert done.returncode == 1, done.stderr
     assert done.stderr.splitlines()[-1] == "edgerun: error: cannot write stdout: No space left on device"
     assert "Traceback" not in done.stderr
+
+
+def test_a_tls_file_option_naming_a_directory_says_it_is_one(tmp_path: Path) -> None:
+    done = run_cli("mqtt", "check", "--mqtt", "mqtts://127.0.0.1:1", "--mqtt-ca", str(tmp_path))
+    assert done.returncode == 2, done.stderr
+    assert done.stderr == f"edgerun: error: MQTT ca file is a directory, not a file: {tmp_path}\n"  # "not found"

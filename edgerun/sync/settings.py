@@ -79,7 +79,8 @@ class MqttSettings:
         for name in ("ca_file", "cert_file", "key_file"):
             path = getattr(self, name)
             if path is not None and not os.path.isfile(path):
-                raise ConfigError(f"MQTT {name.replace('_', ' ')} not found: {path}")
+                what = "is a directory, not a file" if os.path.isdir(path) else "not found"
+                raise ConfigError(f"MQTT {name.replace('_', ' ')} {what}: {path}")
 
     @classmethod
     def from_url(cls, url: str, **options: object) -> MqttSettings:
