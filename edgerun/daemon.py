@@ -76,6 +76,26 @@ RELOAD_WATCHDOG_S = 600
 RUNNER_STOP_S = 30
 
 
+def _why_not_listening(host: str, port: int) -> str:
+    """Why a server could not listen on ``host``:``port``, found by trying it once more here: the name does
+    not resolve, or the system's own words for the bind (in use, an address not on this machine, a port
+    below 1024 without the right); uvicorn logs only its own line, before the daemon's."""
+    import socket
+
+    try:
+        found = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except (socket.gaierror, UnicodeError) as exc:
+        return f"{host} does not resolve to an address: {getattr(exc, 'strerror', None) or exc}"
+    for family, kind, proto, _, address in found:
+        try:
+            with socket.socket(family, kind, proto) as probe:
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+                probe.bind(address)
+        except OSError as exc:
+            return exc.strerror or str(exc)
+    return "in use, or not allowed"
+
+
 def _url_host(host: str) -> str:
     """``host`` as a URL writes it: an IPv6 address in brackets (``[::1]``), anything else as it is."""
     try:
@@ -517,7 +537,7 @@ class Daemon:
             time.sleep(0.02)
         if not server.started:
             raise EdgerunError(
-                f"the HTTP API could not listen on {_url_host(a.bind)}:{a.port} (in use, or not allowed)"
+                f"the HTTP API could not listen on {_url_host(a.bind)}:{a.port} ({_why_not_listening(a.bind, a.port)})"
             )
         self.api_port = server.servers[0].sockets[0].getsockname()[1]
         self.server = server
