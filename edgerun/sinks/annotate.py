@@ -21,9 +21,11 @@ written (and, on a disk left full, its last frame must decode).
 What OpenCV's video writer cannot take is said, not met as a writer that does not open: a rate outside
 ``VIDEO_FPS_MIN`` to ``VIDEO_FPS_MAX`` is brought inside it when the sink opens, with one WARNING (every
 frame is still written; only the speed it plays at differs), and a first frame of a size the container's codec
-does not take (``VIDEO_SIDES``) stops the run with the sides it does take. OpenCV is handed the file's absolute
-path, so FFmpeg never reads a relative name's ``12:30`` or ``file:`` as a URL scheme; a file the writer left
-empty when it failed is removed, so the next run does not move on to ``out-1.mp4``.
+does not take (``VIDEO_SIDES``) stops the run with the sides it does take. OpenCV's FFmpeg writer leaves out
+the last column of a frame of odd width and the last row of one of odd height; the sink says so in one WARNING.
+OpenCV is handed the file's absolute path, so FFmpeg never reads a relative name's ``12:30`` or ``file:`` as a
+URL scheme; a file the writer left empty when it failed is removed, so the next run does not move on to
+``out-1.mp4``.
 
 The label is drawn as OpenCV's Hershey fonts can draw it (``_drawable``: printable ASCII on one line), and
 shortened with ``...`` where the frame is too narrow for it, so the score is always whole.
@@ -400,6 +402,18 @@ class AnnotatedVideoSink:
         self._file = os.path.abspath(self.path)
         self._writer = cv2.VideoWriter(self._file, cv2.VideoWriter.fourcc(*self._fourcc), self._fps, self._size)
         if self._writer.isOpened():
+            if (w % 2 or h % 2) and self._writer.getBackendName() == "FFMPEG":
+                # OpenCV's FFmpeg writer takes even sides only, and leaves out the last column or row without a word
+                log.warning(
+                    "%s: OpenCV's video writer takes frames of even sides only: these %dx%d frames are written "
+                    "as %dx%d (their last %s left out)",
+                    self.path,
+                    w,
+                    h,
+                    w - w % 2,
+                    h - h % 2,
+                    "column and row" if w % 2 and h % 2 else "column" if w % 2 else "row",
+                )
             return
         self._failed = True  # close() releases it, with nothing to check
         with contextlib.suppress(OSError):  # the name was free: whatever is there now, the writer left

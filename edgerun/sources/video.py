@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import sys
 import threading
 import time
@@ -161,6 +162,10 @@ class VideoFileSource:
         self.uri = path
         if not Path(path).is_file():
             raise SourceError(f"video not found: {path}")
+        try:  # OpenCV says nothing of why it opened nothing: a file this user may not read is not an unknown format
+            os.close(os.open(path, os.O_RDONLY))
+        except OSError as exc:
+            raise SourceError(f"cannot open video {path}: {exc.strerror or exc}") from exc
         cv2 = opencv()
         self._cap = open_decoder(path, cv2.CAP_ANY, decode_threads)
         if not self._cap.isOpened():
