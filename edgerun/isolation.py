@@ -30,8 +30,11 @@ tensors in the child. Messages on the pipe between the two are our own
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import multiprocessing
+import os
+import shutil
 import threading
 import time
 import weakref
@@ -65,29 +68,61 @@ def _spec_from_dict(d: dict[str, Any]) -> TensorSpec:
     return TensorSpec(d["name"], tuple(d["shape"]), np.dtype(d["dtype"]), quant)
 
 
+def _new_block(size: int) -> shared_memory.SharedMemory:
+    """A shared-memory block of ``size`` bytes whose pages are allocated now, or ``InferenceError``.
+
+    /dev/shm is a tmpfs: a block larger than the room left on it is created all the same, and the
+    first write past that room is a SIGBUS that kills the writer (the daemon, for an input) rather
+    than an error. Docker gives a container 64 MiB of it unless told otherwise (``--shm-size``).
+    """
+    block = shared_memory.SharedMemory(create=True, size=max(1, size))
+    fd = getattr(block, "_fd", -1)  # POSIX only; elsewhere the block is not reserved
+    if fd >= 0 and hasattr(os, "posix_fallocate"):
+        try:
+            os.posix_fallocate(fd, 0, block.size)
+        except OSError as exc:
+            _free(block)
+            if exc.errno not in (errno.ENOSPC, errno.ENOMEM):  # a file system that cannot reserve: as before
+                return shared_memory.SharedMemory(create=True, size=max(1, size))
+            free = shutil.disk_usage("/dev/shm").free if Path("/dev/shm").is_dir() else 0
+            raise InferenceError(
+                f"shared memory is full: a tensor of {size} bytes does not fit in /dev/shm ({free} bytes free); "
+                "give it more room (docker: --shm-size) or send smaller batches"
+            ) from None
+    return block
+
+
+def _free(block: shared_memory.SharedMemory) -> None:
+    block.close()
+    with contextlib.suppress(FileNotFoundError):
+        block.unlink()
+
+
 class _Buffers:
-    """Shared-memory blocks by slot, grown when a tensor does not fit."""
+    """Shared-memory blocks by slot, replaced by a larger one when a tensor does not fit."""
 
     def __init__(self) -> None:
         self.blocks: list[shared_memory.SharedMemory] = []
 
     def put(self, slot: int, array: np.ndarray) -> tuple[str, tuple[int, ...], str]:
+        """Copy ``array`` into the block of ``slot`` (slots are filled in order: 0, 1, ...)."""
         array = np.ascontiguousarray(array)
-        while len(self.blocks) <= slot:
-            self.blocks.append(shared_memory.SharedMemory(create=True, size=max(1, array.nbytes)))
-        if self.blocks[slot].size < array.nbytes:
-            self.blocks[slot].close()
-            self.blocks[slot].unlink()
-            self.blocks[slot] = shared_memory.SharedMemory(create=True, size=array.nbytes)
-        view = np.ndarray(array.shape, array.dtype, buffer=self.blocks[slot].buf)
+        if slot < len(self.blocks) and self.blocks[slot].size >= array.nbytes:
+            block = self.blocks[slot]
+        else:  # the new block first: a failure leaves the old one in place
+            block = _new_block(array.nbytes)
+            if slot < len(self.blocks):
+                _free(self.blocks[slot])
+                self.blocks[slot] = block
+            else:
+                self.blocks.append(block)
+        view = np.ndarray(array.shape, array.dtype, buffer=block.buf)
         view[...] = array
-        return self.blocks[slot].name, array.shape, array.dtype.str
+        return block.name, array.shape, array.dtype.str
 
     def close(self) -> None:
         for block in self.blocks:
-            block.close()
-            with contextlib.suppress(FileNotFoundError):
-                block.unlink()
+            _free(block)
         self.blocks = []
 
 
@@ -96,6 +131,16 @@ def _read(name: str, shape: tuple[int, ...], dtype: str, cache: dict[str, shared
     if block is None:
         block = cache[name] = shared_memory.SharedMemory(name=name)
     return np.ndarray(shape, np.dtype(dtype), buffer=block.buf)
+
+
+def _copies(tensors: list[Any], cache: dict[str, shared_memory.SharedMemory]) -> list[np.ndarray]:
+    """Copies of the tensors the other side put in its blocks ``(name, shape, dtype)``, each block mapped
+    once. A block not named any more was replaced by a larger one: it is let go, since kept mapped
+    its memory would stay taken, though unlinked, as long as this process runs."""
+    names = {name for name, _, _ in tensors}
+    for name in [n for n in cache if n not in names]:
+        cache.pop(name).close()
+    return [_read(name, tuple(shape), dtype, cache).copy() for name, shape, dtype in tensors]
 
 
 def _worker(
@@ -127,7 +172,7 @@ def _worker(
             if request is None:
                 return
             try:
-                tensors = [_read(n, tuple(s), d, attached).copy() for n, s, d in request]
+                tensors = _copies(request, attached)
                 results = backend.run(tensors)
                 conn.send({"outputs": [outputs.put(i, r) for i, r in enumerate(results)]})
             except EdgerunError as exc:
@@ -170,12 +215,24 @@ class _Child:
         self.process: Any = None  # the last worker started, kept after it ends (its exit code)
         self.inputs = _Buffers()
         self.attached: dict[str, shared_memory.SharedMemory] = {}
-        self._releasing = threading.Lock()  # the finalizer and a retired backend's stop may meet
+        self.loading: Any = None  # a worker started and loading its model, not yet ``process``
+        self.closing = False  # ``IsolatedBackend.close`` began: no worker is started any more
+        self.releasing = threading.Lock()  # the finalizer and a retired backend's stop may meet
+
+    def abandon(self) -> None:
+        """Start no worker any more, and kill one that is loading (a restart in progress): closing
+        never waits for a load that hangs (up to 120 s), nor does the interpreter's exit."""
+        with self.releasing:
+            self.closing = True
+            if self.loading is not None:
+                self.loading.kill()
 
     def release(self) -> None:
         """Stop the worker (killed if it does not stop in 5 s) and free the shared memory; a
         second call finds nothing to do. A worker can be started again afterwards."""
-        with self._releasing:
+        with self.releasing:
+            if self.loading is not None:  # the finalizer, while a call restarts the worker: nobody will use it
+                self.loading.kill()
             conn, self.conn = self.conn, None
             if conn is not None:
                 with contextlib.suppress(OSError, BrokenPipeError):
@@ -290,9 +347,23 @@ class IsolatedBackend:
                 daemon=True,
                 name="edgerun-worker",
             )
-            process.start()
+            with self._child.releasing:  # a close or the finalizer either comes first or kills it
+                if self._child.closing or not self._release.alive:
+                    parent.close()
+                    child.close()
+                    raise InferenceError(f"{self.path.name}: its worker was closed")
+                process.start()
+                self._child.loading = process
             child.close()
-            hello = _hello(parent, process)
+            try:
+                hello = _hello(parent, process)
+            finally:
+                self._child.loading = None
+            if self._child.closing or not self._release.alive:  # closed meanwhile: killed, or killed now
+                process.kill()
+                process.join(timeout=5)
+                parent.close()
+                raise InferenceError(f"{self.path.name}: its worker was closed")
             if "error" not in hello:
                 self._child.drop_outputs()  # the previous worker's, if any: it has ended
                 self._child.conn, self._child.process = parent, process
@@ -314,7 +385,9 @@ class IsolatedBackend:
 
         An object array there would hand the worker this process's pointers (it crashes on
         them, and a few such requests give every delegate up); a string array is refused here
-        as the backend in the worker would refuse it.
+        as the backend in the worker would refuse it. So is an array whose shape does not fit
+        the model's: a large one would take its size in /dev/shm until the backend closes, and
+        one whose copy outlasts ``timeout_s`` would cost the worker restarts, then the model.
         """
         if len(inputs) != len(self.inputs):
             raise InputError(f"{self.path.name} takes {len(self.inputs)} input(s), got {len(inputs)}")
@@ -324,6 +397,8 @@ class IsolatedBackend:
                 x = numeric(x, spec)
             if x.dtype.kind not in "biuf":
                 raise InputError(f"{spec.name}: array dtype {x.dtype} is not numeric; {spec.describe()} expected")
+            if x.ndim != len(spec.shape) or any(d is not None and d != n for n, d in zip(x.shape, spec.shape)):
+                raise InputError(f"input of shape {list(x.shape)} does not fit {spec.describe()}")
             checked.append(x)
         return checked
 
@@ -340,14 +415,14 @@ class IsolatedBackend:
             raise _WorkerDied(_how_it_ended(child.process)) from exc
         if "error" in reply:  # the worker's own EdgerunError: a bad input stays an InputError
             raise (InputError if reply.get("kind") == "InputError" else InferenceError)(reply["error"])
-        return [_read(n, tuple(s), d, child.attached).copy() for n, s, d in reply["outputs"]]
+        return _copies(reply["outputs"], child.attached)
 
     def run(self, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
         """Run in the worker; a crashed worker is restarted (or replaced by the next delegate), the call retried."""
         self.hold()
         try:
             with self._lock:
-                if not self._release.alive:  # closed: a new worker here would never be released
+                if self._child.closing or not self._release.alive:  # a new worker here would never be released
                     raise InferenceError(f"{self.path.name}: its worker was closed")
                 inputs = self._checked(inputs)
                 if not self._delegates:
@@ -484,7 +559,10 @@ class IsolatedBackend:
             raise InferenceError(f"{exc}; starting over from {self._order[0]} in {self._cooldown:.0f} s") from None
 
     def close(self) -> None:
-        """Stop the worker and free the shared memory (once: later calls do nothing)."""
+        """Stop the worker and free the shared memory (once: later calls do nothing). A worker
+        that is loading (a call restarting it) is killed, and that call fails: closing never waits
+        for a load that hangs."""
+        self._child.abandon()
         with self._lock:
             self._release()
 
