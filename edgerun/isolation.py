@@ -168,7 +168,10 @@ def _worker(
     attached: dict[str, shared_memory.SharedMemory] = {}
     try:
         while True:
-            request = conn.recv()
+            try:
+                request = conn.recv()
+            except (EOFError, OSError):  # the parent is gone (killed): nobody to answer, and no traceback
+                return
             if request is None:
                 return
             try:

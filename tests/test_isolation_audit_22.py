@@ -155,3 +155,35 @@ def test_closing_while_a_call_restarts_the_worker_kills_the_one_loading_and_that
         break
     else:
         pytest.fail("the replacement worker loaded before it could be stopped, 5 times")
+
+
+def test_a_worker_whose_parent_is_killed_ends_without_a_traceback(tmp_path: Path) -> None:
+    """The worker read its pipe with no guard: a parent killed (SIGKILL, the OOM killer) left a traceback
+    of ``EOFError`` on the shared stderr, in the daemon's log, from a process that was simply ending."""
+    script = textwrap.dedent(
+        f"""
+        import sys, numpy as np
+        from edgerun.isolation import IsolatedBackend
+        backend = IsolatedBackend({str(DIGITS / "digits_int8.onnx")!r}, delegates=["cpu"])
+        backend.run([np.zeros((1, 8, 8, 1), np.float32)])
+        print("ready", flush=True)
+        sys.stdin.read()
+        """
+    )
+    log = tmp_path / "stderr.txt"
+    with open(log, "wb") as err:
+        parent = subprocess.Popen(
+            [sys.executable, "-c", script], cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err
+        )
+        try:
+            assert parent.stdout is not None and parent.stdout.readline() == b"ready\n", log.read_text()
+            workers = psutil.Process(parent.pid).children()
+            assert workers, "no worker process"
+            parent.kill()
+            parent.wait(timeout=30)
+            _, alive = psutil.wait_procs(workers, timeout=30)
+            assert not alive, alive
+        finally:
+            parent.kill()
+            parent.wait(timeout=30)
+    assert "Traceback" not in log.read_text(), log.read_text()
