@@ -110,7 +110,8 @@ def _let_go(item: _Item) -> None:
 
 
 class Summary(msgspec.Struct):
-    """What a run did. Latencies in ms (since start, per stage), rates per second.
+    """What a run did. Latencies in ms per stage, of the run's own frames (every model version that served
+    them: ``Metrics.totals_since``), rates per second.
 
     ``unflushed`` names the sinks (``stdout``, a file) the run ended without, blocked in a write
     after the stop: their output is not complete (``Pipeline._leave_sink``).
@@ -679,6 +680,7 @@ class Pipeline:
                 summary up to that point is in ``self.summary``.
         """
         start = time.monotonic()
+        mark = self.metrics.mark()  # the summary's latencies are this run's frames', every version's
         stages: list[tuple[str, Callable[[], None]]] = [("read", self._read)]
         stages += [(f"prepare-{n}", functools.partial(self._prepare, n)) for n in range(self._workers)]
         stages.append(("infer", self._infer))
@@ -704,8 +706,7 @@ class Pipeline:
             if self._left_sink is not None:
                 self.summary.unflushed = [_sink_name(self._left_sink)]
             self.summary.elapsed_s = time.monotonic() - start
-            totals = self.metrics.totals().get(f"{self.model.name}@{self.model.version}")
-            self.summary.stages_ms = totals["stages_ms"] if totals else {}
+            self.summary.stages_ms = self.metrics.totals_since(mark, self.slot.name)
         if self._failure is not None:
             stage, cause = self._failure
             if isinstance(cause, BrokenPipeError):
