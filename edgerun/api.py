@@ -184,8 +184,19 @@ def _settle(future: Any, value: Any, *, error: bool = False) -> None:
         pass
 
 
+#: What predict is sent instead of a body it takes (a form, ``curl -F``/``-d`` without ``-H``): a 415.
+_TAKEN = (
+    "send image bytes or a .npy as the body (curl --data-binary @FILE), "
+    "a JSON array with content-type: application/json"
+)
+
+
 def _decode_body(body: bytes, content_type: str) -> Any:
-    """Request body -> what ``Model.prepare`` takes: image bytes, a .npy array, or a JSON array."""
+    """Request body -> what ``Model.prepare`` takes: image bytes, a .npy array, or a JSON array.
+
+    ``_Refused`` 415 for a form (multipart or urlencoded) and for a JSON array sent as another type
+    (``curl -d``): taken as image bytes, each was "not a decodable image", which misled.
+    """
     kind = content_type.split(";")[0].strip().lower()
     if not body:
         raise InputError("empty body")
@@ -196,6 +207,10 @@ def _decode_body(body: bytes, content_type: str) -> Any:
             return json_array(body)
         except ValueError as exc:
             raise InputError(f"body is {exc}") from None
+    if kind.startswith("multipart/") or kind == "application/x-www-form-urlencoded":
+        raise _Refused(415, f"a body of type {quoted(kind)} is not taken: {_TAKEN}")
+    if body[:1] == b"[":  # no image format starts so; a JSON array does
+        raise _Refused(415, f"a JSON array sent as {quoted(kind)}: {_TAKEN}")
     return body  # image bytes, decoded (and checked) by the model's preprocessing
 
 
@@ -238,7 +253,14 @@ async def _send_json(send: Any, status: int, body: bytes, *headers: tuple[bytes,
 
 
 def _dumps(data: Any) -> bytes:
-    return json.dumps(data, separators=(",", ":")).encode()
+    """``data`` as JSON; a NaN or infinite number (a float model's output overflowing) as ``null``, as
+    the JSONL sink and the outbox write it: ``NaN`` is not JSON, and strict readers refused the answer."""
+    try:
+        return json.dumps(data, separators=(",", ":"), allow_nan=False).encode()
+    except ValueError:
+        from edgerun.sinks.text import nan_as_null
+
+        return json.dumps(nan_as_null(data), separators=(",", ":")).encode()
 
 
 class _ClientGone(Exception):
@@ -579,6 +601,7 @@ _ERRORS = {
     404: "no model of that name",
     408: "the body stopped arriving (a pause over api.body_timeout_s, or too slow); the connection is closed",
     413: "request over the size limit",
+    415: "a form (multipart, urlencoded) or a JSON array sent as another content-type; send the body itself",
     422: "the input cannot be used (undecodable, wrong shape or type)",
     429: "too many requests in progress",
     500: "the runtime failed on a valid input",

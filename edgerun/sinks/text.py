@@ -16,7 +16,7 @@ from edgerun.errors import ConfigError, PipelineError, shown
 from edgerun.files import write_all
 from edgerun.sinks.base import Result
 
-__all__ = ["CsvSink", "JsonlSink", "TableSink", "top1", "write_stdout"]
+__all__ = ["CsvSink", "JsonlSink", "TableSink", "nan_as_null", "top1", "write_stdout"]
 
 #: Bytes of lines standard output keeps before writing them (Python's own buffer size); none on a terminal
 #: or where Python's standard output is unbuffered (``python -u``, ``PYTHONUNBUFFERED``).
@@ -103,7 +103,7 @@ class JsonlSink:
         try:
             line = self._dumps(result.record, separators=(", ", ": "), allow_nan=False)
         except ValueError:  # NaN or an infinity somewhere in the output
-            line = self._dumps(_finite(result.record), separators=(", ", ": "))
+            line = self._dumps(nan_as_null(result.record), separators=(", ", ": "))
         self._write(line + "\n")  # json.dumps writes ASCII; a reader gone away is a BrokenPipeError, as it is
 
     def close(self) -> None:
@@ -111,14 +111,15 @@ class JsonlSink:
         self._finish()
 
 
-def _finite(value: Any) -> Any:
-    """``value`` with every NaN and infinite float, however deeply nested, replaced by None."""
+def nan_as_null(value: Any) -> Any:
+    """``value`` with every NaN and infinite float, however deeply nested, replaced by None (JSON's
+    ``null``: ``NaN`` is not JSON); the JSON Lines sinks' records and the API's answers."""
     if isinstance(value, float):
         return value if math.isfinite(value) else None
     if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
+        return {k: nan_as_null(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_finite(v) for v in value]
+        return [nan_as_null(v) for v in value]
     return value
 
 
