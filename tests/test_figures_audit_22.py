@@ -104,3 +104,17 @@ def test_beyond_the_ring_a_runs_latencies_come_from_what_the_histogram_gained_si
     assert figures["mean"] == pytest.approx(run.mean(), abs=1e-4)  # rounded to 4 places
     # the earlier run's max was larger, and version 1's largest since the mark left its ring: a bucket's edge
     assert run.max() <= figures["max"] <= 1.1 * run.max()
+
+
+def test_a_version_s_throughput_since_start_counts_from_when_its_first_inference_began() -> None:
+    """Its start was the end of its first inference: a version that had served one frame showed a rate of one
+    over the few microseconds since (in /v1/status), not one over the time the frame took."""
+    now = [100.0]
+    metrics = Metrics(clock=lambda: now[0])
+    metrics.record("m", "1", "cpu", {"pre": 1.0, "infer": 3.0, "post": 1.0, "total": 5.0})
+    first = metrics.totals()["m@1"]
+    assert first["elapsed_s"] == 0.005 and first["throughput_per_s"] == 200.0, first
+    now[0] = 100.995  # 199 more, one every 5 ms: 200 in a second since the first began
+    for _ in range(199):
+        metrics.record("m", "1", "cpu", {"total": 5.0})
+    assert metrics.totals()["m@1"]["throughput_per_s"] == 200.0

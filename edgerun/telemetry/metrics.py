@@ -222,6 +222,8 @@ class Metrics:
             stats = self._get(name, version, delegate)
             stats.count += 1
             stats.last = now
+            if stats.count == 1:  # it began serving when this inference began, not when it ended
+                stats.started = min(stats.started, now - stages_ms.get("total", 0.0) / 1000.0)
             for stage, ms in stages_ms.items():
                 s = stats.stages.get(stage)
                 if s is not None:
