@@ -5,42 +5,26 @@ from __future__ import annotations
 
 import http.client
 import json
-import threading
 from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 import pytest
-import uvicorn
 
 import edgerun
-from edgerun.api import create_app
-from edgerun.config import ApiConfig
 from edgerun.ota.slot import ModelSlot
-from edgerun.telemetry.metrics import Metrics
 from tests.conftest import DIGITS, SAMPLES
+from tests.test_audit_api_inputs import serve_slots
 
 
 @pytest.fixture(scope="module")
 def port() -> Iterator[int]:
-    from tests.conftest import free_port
-
-    slots = {
-        "digits": ModelSlot(edgerun.load(DIGITS / "digits_int8.onnx")),
-        "digitsfp": ModelSlot(edgerun.load(DIGITS / "digits_fp32.tflite")),
-    }
-    app = create_app(slots, Metrics(), ApiConfig())
-    chosen = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=chosen, log_level="warning", lifespan="off"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    for _ in range(500):
-        if server.started:
-            break
-        threading.Event().wait(0.01)
-    yield chosen
-    server.should_exit = True
-    thread.join(timeout=30)
+    yield from serve_slots(
+        {
+            "digits": ModelSlot(edgerun.load(DIGITS / "digits_int8.onnx")),
+            "digitsfp": ModelSlot(edgerun.load(DIGITS / "digits_fp32.tflite")),
+        }
+    )
 
 
 def _post(port: int, model: str, body: bytes, content_type: str) -> tuple[int, bytes]:

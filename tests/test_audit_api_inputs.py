@@ -22,7 +22,11 @@ from tests.conftest import DIGITS, SAMPLES, free_port, npy_bytes
 
 @pytest.fixture(scope="module")
 def port() -> Iterator[int]:
-    slots = {"digits": ModelSlot(edgerun.load(DIGITS / "digits_int8.onnx"))}
+    yield from serve_slots({"digits": ModelSlot(edgerun.load(DIGITS / "digits_int8.onnx"))})
+
+
+def serve_slots(slots: dict[str, ModelSlot]) -> Iterator[int]:
+    """The API over ``slots`` on a free loopback port, in a thread of this process, until the generator ends."""
     app = create_app(slots, Metrics(), ApiConfig())
     chosen = free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=chosen, log_level="warning", lifespan="off"))
