@@ -194,8 +194,10 @@ _TAKEN = (
 def _decode_body(body: bytes, content_type: str) -> Any:
     """Request body -> what ``Model.prepare`` takes: image bytes, a .npy array, or a JSON array.
 
-    ``_Refused`` 415 for a form (multipart or urlencoded) and for a JSON array sent as another type
-    (``curl -d``): taken as image bytes, each was "not a decodable image", which misled.
+    ``_Refused`` 415 for a multipart form (``curl -F``) and for a JSON array sent as another type
+    (``curl -d``): taken as image bytes, each was "not a decodable image", which misled. Image bytes
+    under ``application/x-www-form-urlencoded`` are taken: ``curl --data-binary @FILE`` and Python's
+    ``urllib`` send that type unless told another.
     """
     kind = content_type.split(";")[0].strip().lower()
     if not body:
@@ -207,7 +209,7 @@ def _decode_body(body: bytes, content_type: str) -> Any:
             return json_array(body)
         except ValueError as exc:
             raise InputError(f"body is {exc}") from None
-    if kind.startswith("multipart/") or kind == "application/x-www-form-urlencoded":
+    if kind.startswith("multipart/"):
         raise _Refused(415, f"a body of type {quoted(kind)} is not taken: {_TAKEN}")
     if body[:1] == b"[":  # no image format starts so; a JSON array does
         raise _Refused(415, f"a JSON array sent as {quoted(kind)}: {_TAKEN}")
@@ -601,7 +603,7 @@ _ERRORS = {
     404: "no model of that name",
     408: "the body stopped arriving (a pause over api.body_timeout_s, or too slow); the connection is closed",
     413: "request over the size limit",
-    415: "a form (multipart, urlencoded) or a JSON array sent as another content-type; send the body itself",
+    415: "a multipart form, or a JSON array sent as another content-type; send the body itself",
     422: "the input cannot be used (undecodable, wrong shape or type)",
     429: "too many requests in progress",
     500: "the runtime failed on a valid input",

@@ -76,6 +76,16 @@ def test_a_json_array_sent_as_a_form_as_curl_d_sends_it_is_told_to_use_applicati
         assert "content-type: application/json" in _strict_json(answer)["detail"], content_type
 
 
+def test_image_bytes_sent_as_a_urlencoded_form_as_curl_data_binary_and_urllib_send_them_are_answered(
+    port: int,
+) -> None:
+    """``curl --data-binary @digit.png`` and ``urllib`` send ``application/x-www-form-urlencoded`` unless told
+    another type: a first version of the 415 refused every such upload."""
+    status, answer = _post(port, "digits", (SAMPLES / "digit_3.png").read_bytes(), "application/x-www-form-urlencoded")
+    assert status == 200, answer
+    assert _strict_json(answer)["output"][0]["label"] == "3"
+
+
 def test_images_npy_and_json_arrays_are_still_answered_with_their_own_content_types(port: int) -> None:
     png = (SAMPLES / "digit_3.png").read_bytes()
     array = json.dumps(np.full((8, 8, 1), 0.5).tolist()).encode()
