@@ -68,7 +68,7 @@ from edgerun.errors import ConfigError, EdgerunError, ModelLoadError, UpdateFail
 from edgerun.files import atomic_write
 from edgerun.inputs import NPY_ERRORS, load_npy, npy_reason
 from edgerun.model import Model
-from edgerun.ota.envelope import TrustedKeys, loads_utf8, open_envelope
+from edgerun.ota.envelope import TrustedKeys, json_object, loads_utf8, open_envelope
 from edgerun.ota.manifest import Command, Manifest, parse_command, parse_manifest, version_tuple
 from edgerun.ota.policy import Clock, check_manifest, check_targets, check_times
 from edgerun.ota.slot import ModelSlot
@@ -1201,9 +1201,6 @@ def _read_entry(path: Path) -> dict[str, Any]:
     object (unreadable, not JSON, not UTF-8, a list): a damaged entry must not stop the agent's start,
     which would keep a device from serving at every boot until someone deleted the file."""
     try:
-        entry = json.loads(path.read_bytes().decode("utf-8"))
-    except (OSError, ValueError) as exc:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
-        return {"state": DAMAGED, "reason": f"{type(exc).__name__}: {exc}"[:200]}
-    if not isinstance(entry, dict):
-        return {"state": DAMAGED, "reason": f"a JSON {type(entry).__name__}, not an object"}
-    return entry
+        return json_object(path.read_bytes())
+    except (OSError, ValueError) as exc:
+        return {"state": DAMAGED, "reason": one_line(exc)[:200]}

@@ -54,6 +54,21 @@ def loads_utf8(raw: bytes) -> Any:
     return json.loads(text)
 
 
+def json_object(raw: bytes) -> dict[str, Any]:
+    """The JSON object ``raw`` holds, read as ``loads_utf8`` reads (the store's and the journal's files too).
+
+    Raises:
+        ValueError: it holds none, saying why: not UTF-8, not JSON, nested too deep, or another JSON value.
+    """
+    try:
+        value = loads_utf8(raw)
+    except (ValueError, RecursionError) as exc:  # NotUtf8 and JSONDecodeError are ValueErrors
+        raise ValueError(f"not JSON ({type(exc).__name__}: {exc})") from None
+    if not isinstance(value, dict):
+        raise ValueError(f"a JSON {type(value).__name__}, not an object")
+    return value
+
+
 def key_id(public_key: Any) -> str:
     """First 16 hex digits of the SHA-256 of the raw 32-byte Ed25519 public key."""
     from cryptography.hazmat.primitives import serialization

@@ -55,6 +55,7 @@ from typing import Any
 
 from edgerun.errors import ModelLoadError, UpdateRejected
 from edgerun.files import atomic_write, fsync_dir, set_aside, sha256_file
+from edgerun.ota.envelope import json_object
 from edgerun.ota.manifest import version_tuple
 
 log = logging.getLogger(__name__)
@@ -85,12 +86,7 @@ class Active:
             ValueError: it is not such a pointer (damaged: not UTF-8, not JSON, not an object, no
                 ``version``, a key of the wrong type), the reason in one line.
         """
-        try:
-            data = json.loads(raw.decode("utf-8") if isinstance(raw, bytes) else raw)
-        except (ValueError, RecursionError) as exc:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
-            raise ValueError(f"not JSON ({type(exc).__name__}: {exc})") from None
-        if not isinstance(data, dict):
-            raise ValueError(f"a JSON {type(data).__name__}, not an object")
+        data = json_object(raw.encode() if isinstance(raw, str) else raw)
         version, previous = data.get("version"), data.get("previous") or []
         probation, ab = data.get("probation"), data.get("ab")
         if not isinstance(version, str) or not version:
@@ -167,12 +163,9 @@ class ModelStore:
         """
         path = self.version_dir(name, version) / "manifest.json"
         try:
-            data = json.loads(path.read_bytes().decode("utf-8"))
-        except (ValueError, RecursionError) as exc:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
-            raise ValueError(f"{path} is not JSON ({type(exc).__name__}: {exc})") from None
-        if not isinstance(data, dict):
-            raise ValueError(f"{path} is a JSON {type(data).__name__}, not an object")
-        return data
+            return json_object(path.read_bytes())
+        except ValueError as exc:
+            raise ValueError(f"{path} is {exc}") from None
 
     # -- queries ---------------------------------------------------------------
     def models(self) -> list[str]:
