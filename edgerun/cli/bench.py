@@ -8,9 +8,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from edgerun.accel.delegates import check_delegate
-from edgerun.cli.common import add_model_options, error_line, load_kwargs, print_json, require_not_empty
+from edgerun.cli.common import add_model_options, error_line, load_kwargs, print_json, print_lines, require_not_empty
 from edgerun.errors import ConfigError, EdgerunError, shown
-from edgerun.sinks.text import write_stdout
 
 if TYPE_CHECKING:
     from edgerun.bench import BenchResult
@@ -83,23 +82,19 @@ def _show(r: BenchResult, as_json: bool, *, first: bool) -> None:
     if as_json:
         print_json({"type": "result", **r.to_dict()})
         return
-    header = ""
+    lines = []
     if first:  # the header over the first row: a run whose models all fail prints none
-        header = (
+        lines.append(
             f"{'model':<28} {'fmt':<6} {'prec':<5} {'delegate':<9} {'load ms':>8} {'p50 ms':>9} "
-            f"{'p95 ms':>9} {'p99 ms':>9} {'inf/s':>9} {'RSS MiB':>7}\n"
+            f"{'p95 ms':>9} {'p99 ms':>9} {'inf/s':>9} {'RSS MiB':>7}"
         )
     p95, p99 = (_tail(value, name in r.sparse) for name, value in (("p95", r.p95_ms), ("p99", r.p99_ms)))
-    _out(
-        f"{header}{shown(Path(r.path).name):<28} {r.format:<6} {r.precision or '?':<5} {r.delegate:<9} "
+    lines.append(
+        f"{shown(Path(r.path).name):<28} {r.format:<6} {r.precision or '?':<5} {r.delegate:<9} "
         f"{r.load_ms:>8.1f} {r.p50_ms:>9.4f} {p95} {p99} "
         f"{r.throughput_per_s:>9.0f} {r.peak_rss_mb:>7.1f}"
     )
-
-
-def _out(line: str) -> None:
-    """One line on stdout, written now and whole: a stdout that refuses it is one error line naming stdout."""
-    write_stdout(line + "\n")
+    print_lines(*lines)
 
 
 def _footer(results: list[BenchResult], as_json: bool) -> None:
@@ -109,7 +104,7 @@ def _footer(results: list[BenchResult], as_json: bool) -> None:
     if not as_json and (sparse := sorted({name for r in results for name in r.sparse})):
         needs = ", ".join(f"{name} {MIN_RUNS[name]}" for name in sparse)
         counts = " or ".join(f"{n:,}" for n in sorted({r.runs for r in results if r.sparse}))
-        _out(
+        print_lines(
             f"* from {counts} runs, too few for a tail percentile (runs needed: {needs}): "
             f"it is close to the slowest run; use --runs {max(MIN_RUNS[name] for name in sparse)} or more"
         )
@@ -118,14 +113,14 @@ def _footer(results: list[BenchResult], as_json: bool) -> None:
             print_json({"type": "ratio", **ratio})
         else:
             threads = ratio["threads"]
-            _out(
+            print_lines(
                 f"{ratio['model']} {ratio['format']} on {ratio['delegate']} with {threads} "
                 f"thread{'s' if threads != 1 else ''}: INT8 is {ratio['int8_speedup']:.2f}x as fast as FP32 "
                 f"(p50 {ratio['int8_p50_ms']:.4f} vs {ratio['fp32_p50_ms']:.4f} ms)"
             )
     if not as_json:
         for line in ratio_gaps(results):
-            _out(line)
+            print_lines(line)
 
 
 def _tail(value: float, sparse: bool) -> str:

@@ -15,6 +15,7 @@ __all__ = [
     "make_sync",
     "mqtt_settings",
     "print_json",
+    "print_lines",
     "report_failure",
     "require_at_least_one",
     "require_not_empty",
@@ -159,9 +160,19 @@ def print_json(record: Any) -> None:
     """
     import json  # only JSON output needs it: a one-image table run does not pay for it
 
+    print_lines(json.dumps(record, separators=(", ", ": ")))
+
+
+def print_lines(*lines: str) -> None:
+    """Lines of text on stdout, written at once: on a file, whole or not at all.
+
+    Raises:
+        EdgerunError: stdout cannot take them (a full disk, ``/dev/full``), naming stdout.
+        BrokenPipeError: the reader of stdout went away (``| head``), which ``main`` ends on quietly.
+    """
     from edgerun.sinks.text import write_stdout
 
-    write_stdout(json.dumps(record, separators=(", ", ": ")) + "\n")
+    write_stdout("".join(line + "\n" for line in lines))
 
 
 def error_line(message: str) -> None:

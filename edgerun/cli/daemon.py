@@ -33,7 +33,7 @@ def check_config(args: argparse.Namespace) -> int:
     """Validate, check the model files and the state directory; print the effective config as YAML."""
     import yaml
 
-    from edgerun.cli.common import require_not_empty
+    from edgerun.cli.common import print_lines, require_not_empty
     from edgerun.config import check_runnable, load_config
     from edgerun.errors import ConfigError
     from edgerun.state import check_state_dir, state_dir
@@ -46,10 +46,9 @@ def check_config(args: argparse.Namespace) -> int:
         check_state_dir(state_dir(config.state_dir), create=False)  # writable, or can be made; nothing left behind
     except ConfigError as exc:
         raise ConfigError(f"{args.file}: {exc}") from None
-    from edgerun.sinks.text import write_stdout  # a full stdout: one line naming it, unbuffered too
-
     effective = yaml.safe_dump(json.loads(json.dumps(config.effective())), sort_keys=False)
-    write_stdout(f"# {args.file}: valid; the effective config, defaults filled in:\n{effective}")
+    # at once: a full stdout is one line naming it, unbuffered too
+    print_lines(f"# {args.file}: valid; the effective config, defaults filled in:", effective.rstrip("\n"))
     return 0
 
 

@@ -71,8 +71,8 @@ def run(args: argparse.Namespace) -> int:
 def _print_human(report: dict[str, Any]) -> None:
     """The report as lines, written at once: each one line on a terminal whatever a probed file held (a board
     name with a line break), and a stdout that refuses them is one error line naming stdout."""
+    from edgerun.cli.common import print_lines
     from edgerun.errors import shown
-    from edgerun.sinks.text import write_stdout
 
     lines: list[str] = []
 
@@ -106,4 +106,4 @@ def _print_human(report: dict[str, Any]) -> None:
         for a in sel["attempts"]:
             ms = f" {a['latency_ms']:.3f} ms" if a["latency_ms"] is not None else ""
             add(f"  {a['status']:<12} {a['delegate']:<9}{ms} {a['reason']}")
-    write_stdout("".join(line + "\n" for line in lines))
+    print_lines(*lines)

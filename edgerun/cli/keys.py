@@ -71,14 +71,13 @@ def run(args: argparse.Namespace) -> int:
         }
         where = f" {linked.get(exc.filename, exc.filename)}" if exc.filename else ""
         raise ConfigError(f"cannot write the key pair{where}: {exc.strerror}") from exc
-    from edgerun.sinks.text import write_stdout
+    from edgerun.cli.common import print_lines
 
-    write_stdout(  # one line whatever the name holds; a stdout that refuses it: one error line naming stdout
+    print_lines(  # one line whatever the name holds; a stdout that refuses it: one error line naming stdout
         shown(
             f"key id {key_id(key.public_key())}: private key {private_path}, public key {public_path} "
             "(give devices the public key: --ota-key)"
         )
-        + "\n"
     )
     return 0
 

@@ -10,11 +10,11 @@ from edgerun.cli.common import (
     error_line,
     mqtt_settings,
     print_json,
+    print_lines,
     require_positive,
     require_within,
 )
 from edgerun.errors import shown
-from edgerun.sinks.text import write_stdout
 
 HELP = "MQTT tools: 'check' connects step by step (DNS, TCP, TLS, auth, publish ACL) and says what fails"
 
@@ -54,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
         if args.json:
             print_json({"step": step.name, "ok": step.ok, "detail": step.detail})
         elif step.ok:
-            write_stdout(f"ok    {step.name:<8} {shown(step.detail)}\n")  # a refusing stdout: one line naming it
+            print_lines(f"ok    {step.name:<8} {shown(step.detail)}")  # a refusing stdout: one line naming it
         if not step.ok:
             failed = True
             error_line(step.detail)

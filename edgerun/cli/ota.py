@@ -10,7 +10,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-from edgerun.cli.common import error_line, print_json, require_not_empty, require_positive, require_within
+from edgerun.cli.common import (
+    error_line,
+    print_json,
+    print_lines,
+    require_not_empty,
+    require_positive,
+    require_within,
+)
 
 HELP = "fleet side of OTA: publish a signed model update, watch devices, roll back, clear finished updates"
 TERMINAL = ("active", "rejected", "failed", "rolled_back")
@@ -202,7 +209,7 @@ def publish(args: argparse.Namespace) -> int:
             _publish_chunks(fleet, manifest["source"]["mqtt"], path.read_bytes())
         if not args.stream:
             _publish_manifests(fleet, topics, manifest, key)
-        _out(
+        print_lines(
             f"update {manifest['update_id']}: {args.model} {args.version} ({manifest['size']} bytes, "
             f"sha256 {manifest['sha256'][:12]}...) published to {', '.join(topics)}"
         )
@@ -318,7 +325,7 @@ def _follow(fleet: Any, update_id: str, devices: list[str], timeout_s: float) ->
             line = f"{state} {_percent(v.ota.get('progress', 0))} {_field(v.ota.get('reason', ''))}".strip()
             if last.get(device) != line:
                 last[device] = line
-                _out(f"{_field(device):<24} {line}")
+                print_lines(f"{_field(device):<24} {line}")
         waiting_for = [d for d in devices if view.get(d) is None or view[d].online is not False]
         done = all(involved.get(d) and involved[d].ota.get("state") in TERMINAL for d in waiting_for)
         if involved and done and all(v.ota.get("state") in TERMINAL for v in involved.values()):
@@ -364,14 +371,7 @@ def _print_table(view: dict[str, Any], as_json: bool) -> None:
         )  # fmt: skip
         online = {True: "yes", False: "no", None: "?"}[v.online]
         lines.append(f"{_field(device):<24} {online:<7} {models:<40} {update.strip()}")
-    _out("\n".join(lines))
-
-
-def _out(text: str) -> None:
-    """Lines on stdout, written now and whole; a stdout that refuses them is one error line naming stdout."""
-    from edgerun.sinks.text import write_stdout
-
-    write_stdout(text + "\n")
+    print_lines(*lines)
 
 
 def _field(value: Any) -> str:
@@ -418,7 +418,7 @@ def rollback(args: argparse.Namespace) -> int:
             fleet.sign_and_publish(topic, command, key, retain=False)
     finally:
         fleet.close()
-    _out(f"command {command['command_id']}: rollback of {args.model} sent to {', '.join(topics)}")
+    print_lines(f"command {command['command_id']}: rollback of {args.model} sent to {', '.join(topics)}")
     return 0
 
 
@@ -462,15 +462,17 @@ def clear(args: argparse.Namespace) -> int:
             # Finished: nobody is still working on it, and every device named has reported since.
             if not args.force and (silent or any(s not in TERMINAL for s in states)):
                 seen = ", ".join(map(str, states)) or "no reports"
-                _out(f"keeping {_field(topic)}: update {_field(uid)} is not finished everywhere ({_field(seen)})")
+                print_lines(
+                    f"keeping {_field(topic)}: update {_field(uid)} is not finished everywhere ({_field(seen)})"
+                )
                 continue
             fleet.publish(topic, b"", retain=True)
             chunk_topics = _chunk_topics(manifest, args.prefix)
             for chunk_topic in chunk_topics:
                 fleet.publish(chunk_topic, b"", retain=True)
             cleared += 1
-            _out(f"cleared {_field(topic)} (update {_field(uid)}) and its {len(chunk_topics)} chunk(s)")
-        _out(f"{cleared} finished update(s) cleared")
+            print_lines(f"cleared {_field(topic)} (update {_field(uid)}) and its {len(chunk_topics)} chunk(s)")
+        print_lines(f"{cleared} finished update(s) cleared")
         return 0
     finally:
         fleet.close()

@@ -6,9 +6,8 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from edgerun.cli.common import print_json, require_not_empty
+from edgerun.cli.common import print_json, print_lines, require_not_empty
 from edgerun.errors import shown
-from edgerun.sinks.text import write_stdout
 
 HELP = "show the records waiting in the outbox: count, bytes and age per stream"
 
@@ -45,7 +44,7 @@ def run(args: argparse.Namespace) -> int:
         lines.append(
             f"  {stream:<24} {s['records']:>7} record(s) {s['bytes']:>10} bytes  seq {s['first_seq']}..{s['last_seq']}"
         )
-    write_stdout("".join(shown(line) + "\n" for line in lines))  # whole, or one line naming stdout
+    print_lines(*map(shown, lines))  # whole, or one line naming stdout
     return 0
 
 
