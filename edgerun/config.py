@@ -202,14 +202,13 @@ class PipelineConfig(_Strict):
 
     @model_validator(mode="after")
     def _windows_for_sensor_sources_only(self) -> PipelineConfig:
-        from edgerun.sources.sensor import is_sensor_spec
+        from edgerun.sources.sensor import check_windows_wanted
 
         given = [key for key in ("window", "hop") if getattr(self, key) is not None]
-        if given and not is_sensor_spec(self.source):  # else ignored without a word
-            raise ValueError(
-                f"{' and '.join(given)} {'apply' if len(given) > 1 else 'applies'} to sensor sources only (a .csv "
-                f"or .jsonl file, or - for standard input), and the source {self.source!r} is none"
-            )
+        try:  # else ignored without a word
+            check_windows_wanted(given, [self.source], f"the source {self.source!r}")
+        except ConfigError as exc:
+            raise ValueError(str(exc)) from None
         return self
 
     @model_validator(mode="after")

@@ -109,7 +109,7 @@ def run(args: argparse.Namespace) -> int:
     from edgerun.pipeline import Pipeline
     from edgerun.sinks import first_drawing_sink, images_into_source, open_sink, video_rate
     from edgerun.sources import check_fits, gives_images, open_configured
-    from edgerun.sources.sensor import SensorSource, is_sensor_spec, window_for
+    from edgerun.sources.sensor import SensorSource, check_windows_wanted, window_for
     from edgerun.telemetry.metrics import Metrics
 
     require_not_empty("--source", *args.source)
@@ -140,13 +140,9 @@ def run(args: argparse.Namespace) -> int:
         max_frames=(1, MAX_FRAMES_MAX),  # the pipeline's bound, which it checks only once the model is loaded
         window=(1, sys.maxsize),  # a sensor window is a deque's maxlen: a C ssize_t (once an OverflowError)
     )
-    sensor = any(is_sensor_spec(spec) for spec in args.source)  # a sensor source is the only one
+    # else ignored without a word (or a window "that does not fit" an image model)
     given = [f"--{key}" for key in ("window", "hop") if getattr(args, key) is not None]
-    if given and not sensor:  # else ignored without a word (or a window "that does not fit" an image model)
-        raise ConfigError(
-            f"{' and '.join(given)} {'apply' if len(given) > 1 else 'applies'} to sensor sources only (a .csv or "
-            f".jsonl file, or - for standard input), and --source {' '.join(args.source)} is none"
-        )
+    check_windows_wanted(given, args.source, f"--source {' '.join(args.source)}")
     if args.ota_key:  # serve the store's active version: an update received over the air survives restarts
         from edgerun.ota.serving import serve_from_store
         from edgerun.ota.store import ModelStore

@@ -54,7 +54,7 @@ import os
 import stat
 import sys
 import time
-from collections.abc import Generator, Iterator
+from collections.abc import Generator, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -83,6 +83,20 @@ _FLOAT32_MAX = float(np.finfo(np.float32).max)
 def is_sensor_spec(spec: str) -> bool:
     """Whether a source string names a sensor source (a CSV or JSON Lines file, or ``-`` for stdin)."""
     return spec in ("-", "stdin") or Path(spec).suffix.lower() in SENSOR_SUFFIXES
+
+
+def check_windows_wanted(given: list[str], specs: Sequence[str], named: str) -> None:
+    """Refuse window options (``given``: ``--window``, ``hop``...) for a source that is not a sensor source
+    (``specs``, ``named`` as the caller's message names it): ignored, they would say nothing.
+
+    Raises:
+        ConfigError: naming the options and the source.
+    """
+    if given and not any(is_sensor_spec(spec) for spec in specs):
+        raise ConfigError(
+            f"{' and '.join(given)} {'apply' if len(given) > 1 else 'applies'} to sensor sources only (a .csv or "
+            f".jsonl file, or - for standard input), and {named} is none"
+        )
 
 
 def window_for(model: Any, requested: int | None) -> int | None:
