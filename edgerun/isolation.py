@@ -400,7 +400,7 @@ class IsolatedBackend:
                 x = numeric(x, spec)
             if x.dtype.kind not in "biuf":
                 raise InputError(f"{spec.name}: array dtype {x.dtype} is not numeric; {spec.describe()} expected")
-            if x.ndim != len(spec.shape) or any(d is not None and d != n for n, d in zip(x.shape, spec.shape)):
+            if not spec.fits(x.shape):
                 raise InputError(f"input of shape {list(x.shape)} does not fit {spec.describe()}")
             checked.append(x)
         return checked

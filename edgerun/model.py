@@ -369,14 +369,14 @@ class Model:
             # A decoded image, even one of the input's own size: taken as the tensor without its batch dimension,
             # a 224x224 BGR image went in as 0-255 values in BGR order where 225x224 was normalised and made RGB.
             return self._pixels(array, name)
-        if _fits(array.shape, spec.shape):
+        if spec.fits(array.shape):
             if spec.shape[:1] == (None,) and array.shape[0] != 1:  # one result comes back: a batch would lose rows
                 raise UnusableInput(
                     f"{name}: array of shape {list(array.shape)} is a batch of {array.shape[0]}; "
                     "one input (a batch of 1) is expected"
                 )
             return array
-        if _fits((1, *array.shape), spec.shape):
+        if spec.fits((1, *array.shape)):
             return array[None]
         if array.dtype == np.uint8 and array.ndim in (2, 3):  # pixels: what the card's preprocessing takes
             if self._preprocessor is None:  # the card's doing (an update that dropped it): counted against the model
@@ -424,10 +424,6 @@ def _looks_like_image(array: np.ndarray) -> bool:
     """Whether ``array`` is a decoded image as OpenCV gives one: uint8, HxW or HxWx1/3/4 (a 3-D array of another
     last dimension, such as a CHW tensor without its batch dimension, is not)."""
     return array.dtype == np.uint8 and (array.ndim == 2 or (array.ndim == 3 and array.shape[2] in (1, 3, 4)))
-
-
-def _fits(shape: tuple[int, ...], spec: tuple[int | None, ...]) -> bool:
-    return len(shape) == len(spec) and all(d is None or d == s for s, d in zip(shape, spec))
 
 
 def load(

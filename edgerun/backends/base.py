@@ -71,6 +71,10 @@ class TensorSpec(msgspec.Struct, frozen=True):
         """True when any dimension is only known at run time."""
         return any(d is None for d in self.shape)
 
+    def fits(self, shape: tuple[int, ...]) -> bool:
+        """Whether an array of ``shape`` fits this tensor: the same rank, and every fixed dimension equal."""
+        return len(shape) == len(self.shape) and all(d is None or d == s for s, d in zip(shape, self.shape))
+
     def concrete_shape(self, batch: int = 1) -> tuple[int, ...]:
         """The shape with every dynamic dimension set (batch for the first, 1 elsewhere)."""
         return tuple((batch if i == 0 else 1) if d is None else d for i, d in enumerate(self.shape))

@@ -250,8 +250,7 @@ class TfliteBackend:
     def _resize(self, slot: int, shape: tuple[int, ...]) -> None:
         """Give input ``slot`` a new shape along its dynamic dimensions and re-plan the tensors."""
         spec = self.inputs[slot]
-        fits = len(shape) == len(spec.shape) and all(d is None or d == s for s, d in zip(shape, spec.shape))
-        if not fits:
+        if not spec.fits(shape):
             raise InputError(f"input of shape {list(shape)} does not fit {spec.describe()}")
         previous = self._in_shape[slot]
         try:
