@@ -89,7 +89,7 @@ class LatencyStats:
         beyond, p50/p95/p99 come from the histogram (about 10% resolution: a bucket's geometric
         middle, capped by the maximum), max and mean stay exact. p50 <= p95 <= p99 <= max either way.
         """
-        return _summary_total(self._copy_total())
+        return _summary_since([self._copy_since(None)])
 
     def _state(self) -> tuple[int, float, float, list[int]]:
         """Where the figures since start stand (count, sum, max, a copy of the histogram): a ``Metrics.mark``."""
@@ -99,8 +99,8 @@ class LatencyStats:
         self, state: tuple[int, float, float, list[int]] | None
     ) -> tuple[int, float, float, list[float] | None, list[int]]:
         """What ``_summary_since`` needs about the samples added after ``state`` (a ``_state``; None: since
-        start): their count, sum and largest (exact, but for the case below), the samples themselves while
-        they all fit the ring, and the histogram's difference."""
+        start), copied (under ``Metrics``' lock, list slices): their count, largest (exact, but for the case
+        below) and sum, the samples themselves while they all fit the ring, and the histogram's difference."""
         count0, sum0, max0, hist0 = state if state is not None else (0, 0.0, 0.0, [0] * _H_BUCKETS)
         n = self.count - count0
         hist = [b - b0 for b, b0 in zip(self._hist, hist0, strict=True)]
@@ -109,24 +109,16 @@ class LatencyStats:
         if n <= _RING:  # the last n samples of the ring, oldest first
             i = self._i
             samples = self._ms[i - n : i] if n <= i else self._ms[i - n :] + self._ms[:i]
-            return n, self.sum_ms - sum0, max(samples), samples, hist
+            return n, max(samples), self.sum_ms - sum0, samples, hist
         if self.max_ms > max0:  # the largest since start came after the mark: the largest since the mark
-            return n, self.sum_ms - sum0, self.max_ms, None, hist
+            return n, self.max_ms, self.sum_ms - sum0, None, hist
         # else below the mark's: the upper edge of the highest bucket filled since, at most the mark's largest
         edge = _H_MIN_MS * 10 ** ((max(b for b, k in enumerate(hist) if k) + 1) / _H_PER_DECADE)
-        return n, self.sum_ms - sum0, min(edge, self.max_ms), None, hist
-
-    def _copy_total(self) -> tuple[int, float, float, list[float] | None, list[int] | None]:
-        """What ``summary_total`` needs, copied (under ``Metrics``' lock, a list slice): the count,
-        max and sum, and the samples while they all fit the ring, else the histogram."""
-        n = self.count
-        if n <= _RING:
-            return n, self.max_ms, self.sum_ms, self._ms[:n], None
-        return n, self.max_ms, self.sum_ms, None, self._hist[:]
+        return n, min(edge, self.max_ms), self.sum_ms - sum0, None, hist
 
 
 def _summary_total(copied: tuple[int, float, float, list[float] | None, list[int] | None]) -> dict[str, float] | None:
-    """``LatencyStats.summary_total`` from its copy (computed off the lock)."""
+    """p50/p95/p99/max/mean from a count, max, sum, and the samples (all of them) or else the histogram."""
     count, max_ms, sum_ms, samples, hist = copied
     if not count:
         return None
@@ -151,7 +143,7 @@ def _summary_since(copies: list[tuple[int, float, float, list[float] | None, lis
     count = sum(c[0] for c in copies)
     if not count:
         return None
-    max_ms, sum_ms = max(c[2] for c in copies), sum(c[1] for c in copies)
+    max_ms, sum_ms = max(c[1] for c in copies), sum(c[2] for c in copies)
     if all(c[3] is not None for c in copies):
         return _summary_total((count, max_ms, sum_ms, [x for c in copies for x in c[3] or ()], None))
     return _summary_total((count, max_ms, sum_ms, None, [sum(bucket) for bucket in zip(*(c[4] for c in copies))]))
@@ -332,9 +324,9 @@ class Metrics:
                     "elapsed_s": round(elapsed, 3),
                     "throughput_per_s": round(stats.count / elapsed, 3),
                 }
-                copies.append({stage: stats.stages[stage]._copy_total() for stage in STAGES})
+                copies.append({stage: stats.stages[stage]._copy_since(None) for stage in STAGES})
         for entry, copied in zip(out.values(), copies, strict=True):
-            entry["stages_ms"] = {stage: _summary_total(c) for stage, c in copied.items()}
+            entry["stages_ms"] = {stage: _summary_since([c]) for stage, c in copied.items()}
         return out
 
     def mark(self) -> MetricsMark:
