@@ -121,8 +121,9 @@ def run(args: argparse.Namespace) -> int:
         from edgerun.sync.topics import Topics
 
         settings, device_id = mqtt
+        topics = Topics(settings.topic_prefix, device_id)
         for spec in args.source:
-            check_not_own_records(spec, (settings.host, settings.port), Topics(settings.topic_prefix, device_id))
+            check_not_own_records(spec, (settings.host, settings.port), topics)
     require_positive(args, "fps", "camera_fps")  # nan passes a `<= 0` test; inf means nothing as a rate
     if args.decode_threads < 0:
         raise ConfigError(f"--decode-threads must be 0 (the decoder's choice) or more, got {args.decode_threads}")
