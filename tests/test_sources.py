@@ -93,10 +93,16 @@ def test_a_missing_or_undecodable_video_is_a_clear_error(tmp_path: Path) -> None
 
 def test_a_video_file_stands_in_for_the_camera_at_the_opencv_boundary(tmp_path: Path) -> None:
     video = make_video(tmp_path / "cam.avi", frames=40)
-    camera = CameraSource("camera:0", queue=3, open_capture=lambda device: cv2.VideoCapture(str(video)))
+    opened: list[int | str] = []
+
+    def open_capture(device: int | str) -> Any:  # the video once, then the camera is gone
+        opened.append(device)
+        return cv2.VideoCapture(str(video)) if len(opened) == 1 else cv2.VideoCapture()
+
+    camera = CameraSource("camera:0", queue=3, retries=1, retry_delay_s=0.01, open_capture=open_capture)
     assert camera.live
     seen = []
-    with pytest.raises(SourceError, match="stopped giving frames"):  # a real camera never ends
+    with pytest.raises(SourceError, match="camera camera:0 unreachable after 1 attempts"):
         for frame in camera.frames():
             seen.append(frame.index)
             time.sleep(0.01)  # a consumer slower than the capture

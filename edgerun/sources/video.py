@@ -4,7 +4,11 @@
   frame count its container declares (truncated or corrupt) ends with an error
   frame saying so, so the run counts the lost input instead of calling it the end;
 * a camera (``camera:0``, ``/dev/video0``) is captured on its own thread into a
-  latest-frames buffer, with the requested width, height and FPS;
+  latest-frames buffer, with the requested width, height and FPS. A failed read
+  (a USB hiccup, the camera unplugged) releases the device and opens it again,
+  with the same settings, after a wait that grows as a stream's does (below), in
+  a bounded number of attempts; frame indexes go on across reopenings, and a
+  camera that does not come back ends the source with an error naming it;
 * a network stream (``rtsp://``, ``http://`` MJPEG) likewise. One that drops is
   reconnected after a wait that doubles with each drop, from the retry delay up
   to ``RECONNECT_MAX_S``, and starts again from the retry delay once a connection
@@ -69,6 +73,30 @@ RECONNECT_RESET_S = 30.0
 # another interpreter (PyPy has no ``sys.getrefcount``), nor in a build without the GIL, where another
 # thread's reference may be on its way while the count is read.
 _POOLING = hasattr(sys, "getrefcount") and bool(getattr(sys, "_is_gil_enabled", lambda: True)())
+
+
+class _ReconnectWait:
+    """The wait before a live source's next reconnection, in seconds (a stream's, a camera's).
+
+    The retry delay, doubled after each drop up to ``RECONNECT_MAX_S``; a connection
+    that gave frames for ``RECONNECT_RESET_S`` was a working one, and the drop that
+    ends it waits the retry delay again.
+    """
+
+    def __init__(self, delay_s: float) -> None:
+        self._delay = self._next = delay_s
+        self._since = time.monotonic()  # the current connection's start
+
+    def after_drop(self) -> float:
+        """The wait before reconnecting after the drop that just happened; the next drop's is twice as long."""
+        if time.monotonic() - self._since >= RECONNECT_RESET_S:
+            self._next = self._delay
+        wait, self._next = self._next, min(self._next * 2, RECONNECT_MAX_S)
+        return wait
+
+    def connected(self) -> None:
+        """A new connection starts now."""
+        self._since = time.monotonic()
 
 
 class FrameBuffers:
@@ -233,7 +261,15 @@ def _open_v4l2(device: int | str) -> Any:
 
 
 class CameraSource(LiveSource):
-    """A local camera through OpenCV (V4L2 on Linux), captured on its own thread."""
+    """A local camera through OpenCV (V4L2 on Linux), captured on its own thread, opened again when it stops.
+
+    A failed read (a select timeout, a USB hiccup, the camera unplugged) is a drop:
+    the device is released and opened again with the requested width, height and
+    FPS, after a wait that grows as a stream's does (``_ReconnectWait``), in at
+    most ``retries`` attempts ``retry_delay_s * n`` apart (``connect_with_retries``).
+    Frame indexes go on across reopenings. A camera that does not come back in
+    those attempts ends the source with a ``SourceError`` naming it.
+    """
 
     decoded = True
 
@@ -245,46 +281,84 @@ class CameraSource(LiveSource):
         height: int | None = None,
         fps: float | None = None,
         queue: int = 2,
+        retries: int = 3,
+        retry_delay_s: float = 1.0,
         open_capture: OpenCapture = _open_v4l2,
     ) -> None:
         super().__init__(spec, queue)
-        device = _parse_camera(spec)
+        self._device = _parse_camera(spec)
+        self._open = open_capture
+        self._size_fps = (width, height, fps)
+        self._retries = retries
+        self._delay = retry_delay_s
+        try:
+            self._cap, self._first = self._open_device()
+        except OSError as exc:
+            raise SourceError(f"camera {spec} {exc}") from None
+        self.fps = _declared_fps(self._cap) or fps or 0.0
+        #: times the camera was opened again after it stopped giving frames
+        self.reconnects = 0
+
+    def _open_device(self) -> tuple[Any, Any]:
+        """The open capture, set to the requested size and rate, and its first frame.
+
+        Raises:
+            OSError: the device cannot be opened or gives no frame; the text says which.
+        """
+        device = self._device
         node = f"/dev/video{device}" if isinstance(device, int) else device
-        cap = open_capture(device)
+        cap = self._open(device)
         if cap is None or not cap.isOpened():
             if not Path(node).exists():
-                raise SourceError(f"camera {spec} not found: no {node}")
-            raise SourceError(f"camera {spec} cannot be opened: busy, or no permission on {node}")
+                raise OSError(f"not found: no {node}")
+            raise OSError(f"cannot be opened: busy, or no permission on {node}")
         cv2 = opencv()
-        for prop, value in (
-            (cv2.CAP_PROP_FRAME_WIDTH, width),
-            (cv2.CAP_PROP_FRAME_HEIGHT, height),
-            (cv2.CAP_PROP_FPS, fps),
-        ):
+        for prop, value in zip((cv2.CAP_PROP_FRAME_WIDTH, cv2.CAP_PROP_FRAME_HEIGHT, cv2.CAP_PROP_FPS), self._size_fps):
             if value:
                 cap.set(prop, float(value))
         ok, first = cap.read()
         if not ok or first is None:
             cap.release()
-            raise SourceError(f"camera {spec} opened but gives no frames (busy or unsupported format)")
-        self._cap, self._first = cap, first
-        self.fps = _declared_fps(cap) or fps or 0.0
+            raise OSError("opened but gives no frames (busy or unsupported format)")
+        return cap, first
 
     def _release(self) -> None:
         self._cap.release()
 
     def _capture(self, buffer: LatestBuffer, stop: threading.Event) -> None:
         index, image, self._first = 0, self._first, None
+        cap = self._cap
+        first = index  # this opening's first frame
+        waits = _ReconnectWait(self._delay)
         buffers = FrameBuffers()
         try:
             while not stop.is_set():
-                if image is None:
-                    raise SourceError(f"camera {self.uri} stopped giving frames")
-                buffer.put(Frame(image, time.time(), f"{self.uri}#{index}", index))
-                index += 1
-                image = buffers.read(self._cap)
+                if image is not None:
+                    buffer.put(Frame(image, time.time(), f"{self.uri}#{index}", index))
+                    index += 1
+                    image = buffers.read(cap)
+                    continue
+                cap.release()
+                wait = waits.after_drop()
+                log.warning(
+                    "camera %s stopped giving frames after %d frames; opening it again in %.3g s",
+                    self.uri,
+                    index - first,
+                    wait,
+                )
+                if stop.wait(wait):
+                    break
+                opened = connect_with_retries(
+                    f"camera {self.uri}", self._open_device, retries=self._retries, delay_s=self._delay, stop=stop
+                )
+                if opened is None:  # closed meanwhile
+                    break
+                cap, image = opened
+                self.reconnects += 1
+                waits.connected()
+                first = index
         finally:
-            self._cap.release()
+            cap.release()
 
 
 class StreamSource(LiveSource):
@@ -356,8 +430,8 @@ class StreamSource(LiveSource):
         if cap is None:  # stopped while the first connection was retried
             return
         declared = self.declared_frames
-        wait = self._delay  # before the next reconnection, in seconds
-        since, first = time.monotonic(), index  # this connection's start
+        waits = _ReconnectWait(self._delay)
+        first = index  # this connection's first frame
         # A recording's last frame read is held until the next read succeeds: a connection that drops can
         # end in a frame decoded from part of its data, and the next connection then reads that frame whole.
         held: Frame | None = None
@@ -387,8 +461,7 @@ class StreamSource(LiveSource):
                 cap.release()
                 if stop.is_set():
                     break
-                if time.monotonic() - since >= RECONNECT_RESET_S:
-                    wait = self._delay
+                wait = waits.after_drop()
                 if declared is None:
                     got = index - first
                     log.warning("stream %s dropped after %d frames; reconnecting in %.3g s", self.uri, got, wait)
@@ -426,12 +499,12 @@ class StreamSource(LiveSource):
                     )
                 if stop.wait(wait):
                     break
-                wait = min(wait * 2, RECONNECT_MAX_S)
                 cap = self._connect(stop)
                 if cap is None:
                     break
                 self.reconnects += 1
-                since, first = time.monotonic(), index
+                waits.connected()
+                first = index
                 skip = index if declared is not None else 0  # a recording starts again from its first frame
         finally:
             if cap is not None:
