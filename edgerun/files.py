@@ -80,7 +80,7 @@ def fsync_dir(path: Path) -> None:
 
 
 @contextlib.contextmanager
-def atomic_output(path: Path, mark: str = ".tmp") -> Iterator[Path]:
+def atomic_output(path: Path, mark: str = ".tmp", *, durable: bool = True) -> Iterator[Path]:
     """A temporary path for a writer to fill, renamed over ``path`` when the block ends without error,
     so that a reader sees the old or the new file, never a mix.
 
@@ -90,18 +90,25 @@ def atomic_output(path: Path, mark: str = ".tmp") -> Iterator[Path]:
     disk, Ctrl-C) leaves ``path`` as it was and no temporary file behind: one retried every few
     seconds would otherwise fill the folder with them. A process killed meanwhile leaves only the
     hidden file.
+
+    ``durable=False`` leaves out both fsyncs, for a file cheap to lose (an annotated image per frame):
+    a killed process still never leaves part of a file under ``path``, but after a power cut ``path``
+    may be missing, or empty or short, where the disk had not yet written the data renamed (ext4
+    protects only a rename over an existing file, ``auto_da_alloc``).
     """
     tmp = path.with_name(f".{path.stem}.{os.urandom(4).hex()}{mark}{path.suffix}")
     try:
         yield tmp
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
+        if durable:
+            with open(tmp, "rb+") as fh:
+                os.fsync(fh.fileno())
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
             tmp.unlink()
         raise
-    fsync_dir(path.parent)
+    if durable:
+        fsync_dir(path.parent)
 
 
 def atomic_write(path: Path, data: bytes) -> None:

@@ -10,13 +10,24 @@ refuses an annotated sink for a sensor source before it starts, since none of it
 written.
 
 A sink that cannot write stops the run with the reason, as the text sinks do. An image is encoded
-here and written with ``os.write``, so the reason is the system's (``No space left on device``),
-and a file the disk took only part of is removed. OpenCV's video writer reports no failed write
-at all: it buffers 256 KiB and drops what the disk refuses, leaving a file that does not play.
-So the video sink looks at its file every ``CHECK_EVERY`` frames (one ``stat``): one that stopped
-growing where its disk has less than ``LOW_ROOM`` bytes left, or at the process's file-size limit,
-stops the run; and when it closes, the finished file is opened again and must hold every frame
-written (and, on a disk left full, its last frame must decode).
+here and written with ``os.write``, so the reason is the system's (``No space left on device``).
+It is written to a hidden temporary file beside its name (``.000017.<random>.tmp.jpg``) and renamed
+onto the name once whole (``atomic_output``), so a name never holds part of an image: a failed write
+removes the temporary file, and one a killed process left (SIGKILL, the OOM killer) is neither
+numbered nor read as an input, and the next sink on the folder removes it once it is
+``STALE_AFTER_S`` old (younger, it may be another writer's, about to be renamed). Nothing is
+fsynced, as no per-result file is: a kill loses nothing the kernel took, but a power cut may leave
+the images of the last half minute or so (the kernel's writeback delay) missing, empty or short:
+ext4's ``auto_da_alloc`` writes the data before a rename is committed only for a rename over an
+existing file, and these names are new. An fsync per frame would cost a flash write (tens of
+milliseconds on an SD card) for every frame.
+
+OpenCV's video writer reports no failed write at all: it buffers 256 KiB and drops what the disk
+refuses, leaving a file that does not play. So the video sink looks at its file every
+``CHECK_EVERY`` frames (one ``stat``): one that stopped growing where its disk has less than
+``LOW_ROOM`` bytes left, or at the process's file-size limit, stops the run; and when it closes, the
+finished file is opened again and must hold every frame written (and, on a disk left full, its last
+frame must decode).
 
 What OpenCV's video writer cannot take is said, not met as a writer that does not open: a rate outside
 ``VIDEO_FPS_MIN`` to ``VIDEO_FPS_MAX`` is brought inside it when the sink opens, with one WARNING (every
@@ -44,7 +55,9 @@ import functools
 import logging
 import math
 import os
+import re
 import resource
+import time
 import unicodedata
 from pathlib import Path
 from typing import Any, ClassVar
@@ -52,7 +65,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from edgerun.errors import ConfigError, InputError, PipelineError
-from edgerun.files import write_all
+from edgerun.files import atomic_output, write_all
 from edgerun.opencv import opencv
 from edgerun.processing.image import decode_image
 from edgerun.sinks.base import Result
@@ -200,12 +213,15 @@ class AnnotatedImageSink:
         self.directory = Path(directory)
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
-            taken = [int(p.stem) for p in self.directory.glob("*.jpg") if p.stem.isascii() and p.stem.isdigit()]
+            names = list(self.directory.glob("*.jpg"))
         except OSError as exc:
             raise ConfigError(f"cannot create {directory}: {exc.strerror}") from exc
+        # a temporary image (``.000017.<random>.tmp.jpg``) has no number: never counted, and its name is never one
+        taken = [int(p.stem) for p in names if p.stem.isascii() and p.stem.isdigit()]
         self._first = max(taken) + 1 if taken else 0
         if taken:
             log.warning("%s holds images up to %06d.jpg: this run's are numbered on from there", directory, max(taken))
+        _remove_left_over(directory, [p for p in names if TEMPORARY.fullmatch(p.name)])
         self.written = 0
 
     def publish(self, result: Result) -> None:
@@ -230,18 +246,48 @@ class AnnotatedImageSink:
         """Nothing buffered."""
 
 
+#: The name of a temporary image beside ``000017.jpg``, as ``atomic_output`` makes it: ``.000017.<8 hex>.tmp.jpg``.
+TEMPORARY = re.compile(r"\.[0-9]+\.[0-9a-f]{8}\.tmp\.jpg", re.ASCII)
+#: Seconds: a temporary image older than this was left by a process killed while writing it. A younger one may
+#: be another writer's (a second pipeline on the folder), renamed a moment later; writing one takes milliseconds.
+STALE_AFTER_S = 60.0
+
+
 def _write_whole(path: Path, data: bytes) -> None:
-    """``data`` as the file ``path``, or ``OSError``; a file the disk took only part of is removed, so a
-    folder holds whole images only."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
-    try:
-        write_all(fd, data)
-    except OSError:
-        os.close(fd)
-        with contextlib.suppress(OSError):
-            os.unlink(path)
-        raise
-    os.close(fd)
+    """``data`` as the file ``path``, or ``OSError``: written to a hidden temporary file beside it and
+    renamed onto it once whole, without an fsync (see the module docstring), so a name only ever holds a
+    whole image; a failed write leaves no temporary file. The file is made as ``open`` makes one (its
+    mode as the umask allows, not ``mkstemp``'s owner-only one)."""
+    with atomic_output(path, durable=False) as tmp:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
+        try:
+            write_all(fd, data)
+        finally:
+            os.close(fd)
+
+
+def _remove_left_over(directory: str, temporary: list[Path]) -> None:
+    """Delete the temporary images (``TEMPORARY``) in ``directory`` that a killed process left, with one
+    INFO line; one that cannot be deleted is left with one WARNING line (it is never counted either)."""
+    now, removed, kept = time.time(), 0, ""
+    for path in temporary:
+        try:
+            if now - path.lstat().st_mtime < STALE_AFTER_S:  # maybe being written now
+                continue
+            path.unlink()
+        except FileNotFoundError:  # removed meanwhile
+            continue
+        except OSError as exc:
+            kept = kept or (exc.strerror or str(exc))
+            continue
+        removed += 1
+    if removed:
+        what = "image" if removed == 1 else "images"
+        log.info("%s: removed %d temporary %s left by a process killed while writing them", directory, removed, what)
+    if kept:
+        log.warning(
+            "%s: cannot remove temporary images left by a process killed while writing them: %s", directory, kept
+        )
 
 
 def _free_name(path: str) -> str:
