@@ -6,7 +6,8 @@ types are imported at module level here. Every error is one clear message
 (``{"detail": ...}``) with nothing about the models for a caller without the token: a
 4xx for a request at fault, a 500 where the runtime fails on a valid input, and a 503
 with ``Retry-After`` where a batched request gets no answer within ``PREDICT_WAIT_S``
-(a model call stuck, more requests queued than the model serves); the API goes on.
+(a model call stuck, more requests queued than the model serves); the API goes on. ``HEAD`` is
+answered wherever ``GET`` is, as that ``GET`` without its body (``_Guard``).
 
 A predict body must keep arriving: a pause of over ``api.body_timeout_s`` between its pieces, or
 the whole of it taking longer than twice that plus one second per ``BODY_MIN_RATE`` bytes received,
@@ -61,11 +62,17 @@ from edgerun.telemetry.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
-__all__ = ["BODY_MIN_RATE", "DECODE_ON_LOOP_BYTES", "PREDICT_WAIT_S", "Batcher", "create_app"]
+__all__ = ["BODY_MIN_RATE", "BUSY_RETRY_S", "DECODE_ON_LOOP_BYTES", "PREDICT_WAIT_S", "Batcher", "create_app"]
 
 #: Seconds a request handed to a model's batching thread waits for its answer (its turn in the
 #: queue and the call itself); one that waits longer is answered 503 (its input left out if not yet run).
 PREDICT_WAIT_S = 60.0
+
+#: The ``Retry-After`` (seconds) of that 503. Not 1: the requests queued behind one stuck call are given
+#: up within the same second, and ``Retry-After: 1`` sent them all back together a second later, into the
+#: queue that had just failed them. A model a minute behind does not catch up in a second, and an isolated
+#: worker whose call hangs is killed and restarted (or moved to its next delegate), which takes seconds.
+BUSY_RETRY_S = 5
 
 #: Bytes per second a predict body must average once its allowance (twice ``api.body_timeout_s``)
 #: is spent: its deadline moves one second later for each 8 KiB received. A client on a poor link
@@ -329,7 +336,9 @@ class _Predictor:
         content_type = headers.get(b"content-type", b"application/octet-stream").decode("latin-1")
         declared = headers.get(b"content-length", b"").decode("latin-1") or None
         try:
-            status, body, extra = await self.answer(name, content_type, declared, self._chunks(receive))
+            status, body, extra = await self.answer(
+                name, content_type, declared, self._chunks(receive), scope["query_string"]
+            )
         except _ClientGone:
             return
         await _send_json(send, status, body, *extra)
@@ -345,13 +354,16 @@ class _Predictor:
                 return
 
     async def answer(
-        self, name: str, content_type: str, declared: str | None, chunks: AsyncIterator[bytes]
+        self, name: str, content_type: str, declared: str | None, chunks: AsyncIterator[bytes], query: bytes
     ) -> tuple[int, bytes, tuple[tuple[bytes, bytes], ...]]:
-        """(status, JSON body, extra headers) for one request; every refusal is ``{"detail": "<one line>"}``."""
+        """(status, JSON body, extra headers) for one request; every refusal is ``{"detail": "<one line>"}``.
+        ``query`` is the URL's query string, percent-encoded."""
         try:
             slot = self.slots.get(name)
             if slot is None:
                 raise _Refused(404, f"no model named '{quoted(name)}'")
+            if query:
+                _refuse_query(query)
             if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
                 raise _Refused(413, f"request of {declared} bytes is over the {self.max_bytes}-byte limit")
             parts = await self._receive(chunks)
@@ -454,7 +466,7 @@ class _Predictor:
             raise _Refused(
                 503,
                 f"model {name} gave no answer in {PREDICT_WAIT_S:g} s (busy, or a call stuck); retry shortly",
-                (b"retry-after", b"1"),
+                (b"retry-after", str(BUSY_RETRY_S).encode()),
             ) from None
 
     async def _infer_on_loop(self, model: Model, data: np.ndarray) -> dict[str, Any]:
@@ -529,12 +541,38 @@ class _Predictor:
         batcher.close()
 
 
+def _refuse_query(query: bytes) -> None:
+    """``_Refused`` 422 naming the parameters in ``query`` (a query string), if it names any: predict
+    takes none, and one a client believes it takes (``?top_k=5``) was dropped without a word."""
+    from urllib.parse import parse_qsl
+
+    names = dict.fromkeys(k for k, _ in parse_qsl(query.decode("latin-1"), keep_blank_values=True))
+    if names:
+        plural = "s" if len(names) > 1 else ""
+        given = quoted(", ".join(f"'{k}'" for k in names))
+        why = "predict takes no query parameters, only the body"
+        raise _Refused(422, f"unknown query parameter{plural} {given}: {why}")
+
+
 def _bearer_matches(header: bytes, token: bytes) -> bool:
     """True for ``Bearer <token>`` with the scheme in any case (RFC 7235: the auth-scheme is
-    case-insensitive); one space, then the token exactly, compared in constant time."""
+    case-insensitive); one or more spaces (RFC 9110 11.4: ``1*SP``, tabs not), then the token
+    exactly, compared in constant time."""
     scheme, _, credentials = header.partition(b" ")
-    match = hmac.compare_digest(credentials, token)
+    match = hmac.compare_digest(credentials.lstrip(b" "), token)  # no copy where one space came
     return match and scheme.lower() == b"bearer"
+
+
+def _bodiless(send: Any) -> Any:
+    """``send`` with every piece of the body emptied: a ``HEAD`` answered as its ``GET`` (RFC 9110 9.3.2).
+    uvicorn leaves it out too, knowing the method; this does not depend on the server."""
+
+    async def send_head(message: Any) -> None:
+        if message["type"] == "http.response.body" and message.get("body"):
+            message = {**message, "body": b""}
+        await send(message)
+
+    return send_head
 
 
 class _Guard:
@@ -543,6 +581,10 @@ class _Guard:
     Starlette's ``@app.middleware("http")`` wraps every request in a second task
     and stream; that alone cost a third of the requests per second in
     benchmarks/bench_daemon.py. Plain ASGI only looks at the scope.
+
+    ``HEAD`` is handed on as ``GET`` with the body left out, before the token is checked: every
+    ``GET`` route answers it, with the status and headers of its ``GET`` and behind the same token
+    (FastAPI's routes declare ``GET`` alone, and answered ``HEAD`` 405).
     """
 
     PUBLIC = frozenset({"/", "/health", "/docs", "/openapi.json"})  # the page holds no data itself
@@ -558,6 +600,9 @@ class _Guard:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        method = scope["method"]
+        if method == "HEAD":
+            scope, send = {**scope, "method": "GET"}, _bodiless(send)
         path = scope["path"]
         token = self._token
         if token is not None and path not in self.PUBLIC:
@@ -566,7 +611,7 @@ class _Guard:
                 detail = _dumps({"detail": "missing or wrong bearer token"})
                 await _send_json(send, 401, detail, (b"www-authenticate", b"Bearer"))
                 return
-        predict = _PREDICT.match(path) if scope["method"] == "POST" else None
+        predict = _PREDICT.match(path) if method == "POST" else None
         if predict is None:
             await self.app(scope, receive, send)
             return
@@ -604,7 +649,7 @@ _ERRORS = {
     408: "the body stopped arriving (a pause over api.body_timeout_s, or too slow); the connection is closed",
     413: "request over the size limit",
     415: "a multipart form, or a JSON array sent as another content-type; send the body itself",
-    422: "the input cannot be used (undecodable, wrong shape or type)",
+    422: "the input cannot be used (undecodable, wrong shape or type), or a query parameter was given (none is taken)",
     429: "too many requests in progress",
     500: "the runtime failed on a valid input",
     503: "the model gave no answer in time (a call stuck, or too many requests); retry after Retry-After seconds",
@@ -658,7 +703,7 @@ def create_app(
         # Reached only where the guard does not answer first (it serves every POST here).
         content_type = request.headers.get("content-type", "application/octet-stream")
         status, body, extra = await predictor.answer(
-            name, content_type, request.headers.get("content-length"), request.stream()
+            name, content_type, request.headers.get("content-length"), request.stream(), request.scope["query_string"]
         )
         headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in extra}
         return Response(body, status_code=status, media_type="application/json", headers=headers)
@@ -679,8 +724,6 @@ def create_app(
     @app.get("/health", summary="Alive")
     async def health() -> Any:
         return {"status": "ok"}
-
-    app.add_api_route("/health", health, methods=["HEAD"], include_in_schema=False)  # what some health checkers send
 
     @app.get("/ready", summary="Every model loaded, warmed and able to answer")
     async def readiness() -> Any:
@@ -711,28 +754,45 @@ def create_app(
 
 
 class _Collector:
-    """Prometheus view of ``Metrics.totals()``."""
+    """Prometheus view of ``Metrics.totals()``.
+
+    Latency is a summary per stage in seconds (``edgerun_stage_latency_seconds``: quantiles 0.5, 0.95
+    and 0.99, ``_count`` and ``_sum``) with the largest in a gauge beside it. ``_sum`` is the exact
+    sum (``Metrics.sums()``), not the rounded mean times the count, which could fall between two
+    scrapes: Prometheus takes a sum that falls for a reset.
+    """
+
+    QUANTILES = (("0.5", "p50"), ("0.95", "p95"), ("0.99", "p99"))
 
     def __init__(self, metrics: Metrics) -> None:
         self.metrics = metrics
 
     def collect(self) -> Any:
-        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, SummaryMetricFamily
 
         labels = ["model", "version", "delegate"]
         count = CounterMetricFamily("edgerun_inferences", "Inferences done", labels=labels)
         errors = CounterMetricFamily("edgerun_errors", "Inputs that failed", labels=labels)
         dropped = CounterMetricFamily("edgerun_dropped_frames", "Frames dropped by live sources", labels=labels)
-        latency = GaugeMetricFamily(
-            "edgerun_latency_ms", "Latency since start by stage and quantile", labels=[*labels, "stage", "quantile"]
+        name = "edgerun_stage_latency_seconds"
+        latency = SummaryMetricFamily(name, "Latency since start by stage", labels=[*labels, "stage"])
+        largest = GaugeMetricFamily(
+            "edgerun_stage_latency_max_seconds", "Largest latency since start by stage", labels=[*labels, "stage"]
         )
-        for t in self.metrics.totals().values():
+        totals = self.metrics.totals()
+        sums = self.metrics.sums()  # taken after: it holds every model of ``totals``
+        for t in totals.values():
             key = [t["model"], t["version"], t["delegate"]]
             count.add_metric(key, t["count"])
             errors.add_metric(key, t["errors"])
             dropped.add_metric(key, t["dropped"])
             for stage, summary in t["stages_ms"].items():
-                for q in ("p50", "p95", "p99", "max"):
-                    if summary:
-                        latency.add_metric([*key, stage, q], summary[q])
-        yield from (count, errors, dropped, latency)
+                if not summary:
+                    continue
+                n, sum_ms = sums[(t["model"], t["version"])][stage]
+                values = dict(zip(labels, key, strict=True), stage=stage)
+                for quantile, figure in self.QUANTILES:
+                    latency.add_sample(name, {**values, "quantile": quantile}, summary[figure] / 1000)
+                latency.add_metric([*key, stage], n, sum_ms / 1000)
+                largest.add_metric([*key, stage], summary["max"] / 1000)
+        yield from (count, errors, dropped, latency, largest)

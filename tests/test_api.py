@@ -200,6 +200,6 @@ def test_the_bearer_scheme_is_accepted_in_any_case_and_the_token_only_exactly(sl
             assert c.get("/v1/models", headers=headers).status_code == 200, scheme
             body = (SAMPLES / "digit_4.png").read_bytes()
             assert c.post("/v1/models/digits/predict", content=body, headers=headers).status_code == 200, scheme
-        wrong = (f"Basic {TOKEN}", f"Bearer {TOKEN.upper()}", f"Bearer{TOKEN}", "Bearer", f"Bearer  {TOKEN}", TOKEN)
+        wrong = (f"Basic {TOKEN}", f"Bearer {TOKEN.upper()}", f"Bearer{TOKEN}", "Bearer", f"Bearer\t{TOKEN}", TOKEN)
         for header in (*wrong, f"bearer {TOKEN}x", f"BEARER {TOKEN} "):
             assert c.get("/v1/models", headers={"authorization": header}).status_code == 401, header

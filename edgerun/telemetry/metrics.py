@@ -329,6 +329,16 @@ class Metrics:
             entry["stages_ms"] = {stage: _summary_since([c]) for stage, c in copied.items()}
         return out
 
+    def sums(self) -> dict[tuple[str, str], dict[str, tuple[int, float]]]:
+        """(count, exact sum in ms) per stage since start, per (name, version): what a Prometheus summary's
+        ``_count`` and ``_sum`` need (the rounded mean of ``totals()`` times the count can fall between two
+        reads, which Prometheus takes for a reset)."""
+        with self._lock:
+            return {
+                key: {stage: (s.count, s.sum_ms) for stage, s in stats.stages.items()}
+                for key, stats in self._models.items()
+            }
+
     def mark(self) -> MetricsMark:
         """Where the figures since start stand now, for ``totals_since`` (a run's own figures)."""
         with self._lock:
