@@ -453,6 +453,21 @@ class LoggingConfig(_Strict):
     )
 
 
+class IsolationConfig(_Strict):
+    """Where models run: in the daemon's process, or each in a supervised worker (``edgerun.isolation``)."""
+
+    mode: Literal["thread", "process"] = Field(
+        "thread", description="process: inference in a supervised worker process that survives native crashes"
+    )
+    start_timeout_s: float = Field(
+        120.0,
+        ge=1,
+        le=3600,
+        description="a worker not started (spawned, model loaded, warmed up) in this time fails to load; "
+        "raise it for a first TensorRT engine build or a large model on a slow SD card",
+    )
+
+
 class Config(_Strict):
     """Everything ``edgerun daemon`` runs."""
 
@@ -464,9 +479,19 @@ class Config(_Strict):
     api: ApiConfig = Field(default_factory=ApiConfig)
     state_dir: FileName | None = Field(None, description="default: $EDGERUN_STATE_DIR or ~/.local/state/edgerun")
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
-    isolation: Literal["thread", "process"] = Field(
-        "thread", description="process: inference in a supervised worker process that survives native crashes"
+    isolation: IsolationConfig = Field(
+        default_factory=IsolationConfig, description="thread or process (short for mode:), or mode and start_timeout_s"
     )
+
+    @field_validator("isolation", mode="before")
+    @classmethod
+    def _isolation_as_one_word(cls, isolation: Any) -> Any:
+        """``isolation: process``, as configs have always written it, is the section's ``mode``."""
+        if isinstance(isolation, str):
+            return {"mode": isolation}
+        if not isinstance(isolation, (dict, IsolationConfig)):
+            raise ValueError("Input should be 'thread' or 'process', or a mapping of mode and start_timeout_s")
+        return isolation
 
     @model_validator(mode="after")
     def _references(self) -> Config:

@@ -314,7 +314,7 @@ class Daemon:
         from edgerun.errors import DelegateError
 
         order = [mc.delegate] if isinstance(mc.delegate, str) else list(mc.delegate)
-        if self.config.isolation == "process":
+        if self.config.isolation.mode == "process":
             # ``auto`` in the order stands for the delegates the worker's selection ranks usable: a worker
             # that keeps crashing moves down them to the CPU (edgerun.isolation), never loaded in the daemon
             from edgerun.isolation import load_isolated
@@ -326,6 +326,7 @@ class Daemon:
                 state_dir=self.config.state_dir,
                 strict=mc.strict_accelerator,
                 card=card,
+                start_timeout_s=self.config.isolation.start_timeout_s,
             )
             if model.name != name:
                 model.card = replace(model.card, name=name)

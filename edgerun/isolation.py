@@ -11,7 +11,13 @@ down to the CPU (none with ``strict``). When the last delegate is given up too,
 one warning says so, calls fail with ``InferenceError`` for a cool-down
 (``cooldown_s``, ``available`` is False meanwhile), then the worker starts over
 from the first delegate of the original order: a model is never dead until the
-daemon restarts.
+daemon restarts. A worker's start (spawn, model load, warm-up call) that takes
+longer than ``start_timeout_s`` is killed and counts as that delegate failing to
+load.
+
+``close`` never waits for a worker that hangs: one loading is killed at once, and
+a call in progress gets ``CLOSE_GRACE_S`` to be answered before its worker is
+killed; either call fails with ``InferenceError`` (``its worker was closed``).
 
 A backend that is no longer served (a model swapped out or removed) is
 ``retire``d: its worker stops and its shared memory is freed as soon as the calls
@@ -51,7 +57,14 @@ from edgerun.signals import exit_in_words
 
 log = logging.getLogger(__name__)
 
-__all__ = ["IsolatedBackend", "load_isolated"]
+__all__ = ["CLOSE_GRACE_S", "IsolatedBackend", "load_isolated"]
+
+#: Seconds a call in progress when its backend is closed still gets for its answer; then its worker
+#: is killed and the call fails, so that a close never waits out ``timeout_s`` for a worker that hangs.
+CLOSE_GRACE_S = 5.0
+
+#: Seconds between two looks, while a call waits for its answer, at whether the backend is being closed.
+_CLOSE_CHECK_S = 0.1
 
 
 def _spec_to_dict(s: TensorSpec) -> dict[str, Any]:
@@ -219,14 +232,21 @@ class _Child:
         self.inputs = _Buffers()
         self.attached: dict[str, shared_memory.SharedMemory] = {}
         self.loading: Any = None  # a worker started and loading its model, not yet ``process``
-        self.closing = False  # ``IsolatedBackend.close`` began: no worker is started any more
+        self.closed_at: float | None = None  # when ``IsolatedBackend.close`` began (``time.monotonic``)
         self.releasing = threading.Lock()  # the finalizer and a retired backend's stop may meet
+
+    @property
+    def closing(self) -> bool:
+        """``IsolatedBackend.close`` began: no worker is started any more."""
+        return self.closed_at is not None
 
     def abandon(self) -> None:
         """Start no worker any more, and kill one that is loading (a restart in progress): closing
-        never waits for a load that hangs (up to 120 s), nor does the interpreter's exit."""
+        never waits for a load that hangs (up to ``start_timeout_s``), nor does the interpreter's exit.
+        A call in progress sees ``closed_at`` and gives its worker ``CLOSE_GRACE_S`` more."""
         with self.releasing:
-            self.closing = True
+            if self.closed_at is None:
+                self.closed_at = time.monotonic()
             if self.loading is not None:
                 self.loading.kill()
 
@@ -265,16 +285,18 @@ def _end(process: Any) -> None:
         process.join(timeout=5)
 
 
-def _hello(conn: Any, process: Any) -> dict[str, Any]:
+def _hello(conn: Any, process: Any, timeout_s: float) -> dict[str, Any]:
     """The worker's first message: its model's description, or ``{"error": ...}`` (a load error,
-    a worker that died while loading (a vendor library that aborts), or no answer in 120 s)."""
+    a worker that died while loading (a vendor library that aborts), or no answer in ``timeout_s``:
+    that worker is killed)."""
     try:
-        if conn.poll(120):
+        if conn.poll(timeout_s):
             return conn.recv()
     except (EOFError, OSError):
         process.join(timeout=5)
         return {"error": f"the worker exited while loading (exit code {process.exitcode})"}
-    return {"error": "the worker did not start in 120 s"}
+    process.kill()
+    return {"error": f"the worker did not start within {timeout_s:g} s (isolation.start_timeout_s)"}
 
 
 class IsolatedBackend:
@@ -286,6 +308,9 @@ class IsolatedBackend:
             ``restarts`` times within ``window_s`` is given up for the next one.
         threads, state_dir, strict: as for ``edgerun.load`` in the child.
         timeout_s: a call that gets no answer in this time counts as a crash.
+        start_timeout_s: a worker that has not started (spawned, loaded its model, warmed it up)
+            in this time is killed: that delegate failed to load. A first TensorRT engine build,
+            or a large model read from a slow SD card, can take minutes.
         cooldown_s: once every delegate is given up, calls fail for this many seconds,
             then the worker starts over from the first delegate of ``delegates``.
 
@@ -306,6 +331,7 @@ class IsolatedBackend:
         restarts: int = 1,
         window_s: float = 60.0,
         timeout_s: float = 30.0,
+        start_timeout_s: float = 120.0,
         cooldown_s: float = 60.0,
     ) -> None:
         self.path = Path(path)
@@ -315,6 +341,7 @@ class IsolatedBackend:
         self._cool_until = 0.0
         self._threads, self._state_dir, self._strict = threads, state_dir, strict
         self._restarts, self._window, self._timeout = restarts, window_s, timeout_s
+        self._start_timeout = start_timeout_s
         self._ctx = multiprocessing.get_context("spawn")
         self._lock = threading.Lock()
         self._crashes: list[float] = []
@@ -359,7 +386,7 @@ class IsolatedBackend:
                 self._child.loading = process
             child.close()
             try:
-                hello = _hello(parent, process)
+                hello = _hello(parent, process, self._start_timeout)
             finally:
                 self._child.loading = None
             if self._child.closing or not self._release.alive:  # closed meanwhile: killed, or killed now
@@ -410,15 +437,27 @@ class IsolatedBackend:
         request = [child.inputs.put(i, x) for i, x in enumerate(inputs)]
         try:
             child.conn.send(request)
-            if not child.conn.poll(self._timeout):
-                child.process.kill()
-                raise _WorkerDied(f"no answer in {self._timeout:.0f} s")
+            self._wait_for_answer(child)
             reply = child.conn.recv()
         except (EOFError, OSError, BrokenPipeError) as exc:
             raise _WorkerDied(_how_it_ended(child.process)) from exc
         if "error" in reply:  # the worker's own EdgerunError: a bad input stays an InputError
             raise (InputError if reply.get("kind") == "InputError" else InferenceError)(reply["error"])
         return _copies(reply["outputs"], child.attached)
+
+    def _wait_for_answer(self, child: _Child) -> None:
+        """Return once the worker's answer is there. A worker silent for ``timeout_s`` is killed
+        (``_WorkerDied``: a crash, restarted); one still silent ``CLOSE_GRACE_S`` after a ``close``
+        began is killed too, and the call fails at once: a close never waits out ``timeout_s``."""
+        deadline = time.monotonic() + self._timeout
+        while not child.conn.poll(max(0.0, min(_CLOSE_CHECK_S, deadline - time.monotonic()))):
+            now = time.monotonic()
+            if child.closed_at is not None and now >= child.closed_at + CLOSE_GRACE_S:
+                child.process.kill()
+                raise InferenceError(f"{self.path.name}: its worker was closed")
+            if now >= deadline:
+                child.process.kill()
+                raise _WorkerDied(f"no answer in {self._timeout:.0f} s")
 
     def run(self, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
         """Run in the worker; a crashed worker is restarted (or replaced by the next delegate), the call retried."""
@@ -564,7 +603,8 @@ class IsolatedBackend:
     def close(self) -> None:
         """Stop the worker and free the shared memory (once: later calls do nothing). A worker
         that is loading (a call restarting it) is killed, and that call fails: closing never waits
-        for a load that hangs."""
+        for a load that hangs. A call in progress gets ``CLOSE_GRACE_S`` to be answered, then its
+        worker is killed and it fails too: nor does closing wait out ``timeout_s`` for a hung one."""
         self._child.abandon()
         with self._lock:
             self._release()
@@ -578,14 +618,23 @@ def load_isolated(
     state_dir: str | None = None,
     strict: bool = False,
     card: Any = None,
+    start_timeout_s: float = 120.0,
 ) -> Any:
-    """A ``Model`` whose inference runs in a supervised worker process."""
+    """A ``Model`` whose inference runs in a supervised worker process (``start_timeout_s``: as for
+    ``IsolatedBackend``)."""
     from edgerun.accel.select import Attempt, Selection
     from edgerun.card import find_card, infer_card, load_card
     from edgerun.model import Model
 
     path = Path(path)
-    backend = IsolatedBackend(path, delegates=delegates, threads=threads, state_dir=state_dir, strict=strict)
+    backend = IsolatedBackend(
+        path,
+        delegates=delegates,
+        threads=threads,
+        state_dir=state_dir,
+        strict=strict,
+        start_timeout_s=start_timeout_s,
+    )
     try:
         card_path = None
         if card is None:
