@@ -13,8 +13,9 @@ empty, have ``~`` expanded and, where relative, are taken from the config file's
 from the working directory. So are a pipeline's source and sinks where they name files (a glob as
 a pattern, a ``DIR/`` sink with its slash), before they are checked against each other; a camera,
 a stream, MQTT or another URL, standard input (``-``, ``stdin``) and the standard output sinks
-(``stdout``, ``jsonl``, ``json``) are kept as written. A value of the wrong type is refused, not
-converted (``_Strict``).
+(``stdout``, ``jsonl``, ``json``) are kept as written. A file or ``DIR/`` sink is one pipeline's:
+another pipeline's sink or source onto it is refused, naming both pipelines. A value of the wrong type
+is refused, not converted (``_Strict``).
 
 A config that validates can still fail to run; ``check_runnable`` names what
 ``edgerun config check`` finds missing on disk (model files), in the same form.
@@ -221,13 +222,10 @@ class PipelineConfig(_Strict):
         loading walks no directory (``/**/*.jpg``, or a tree with a symlink loop, would take for ever).
         """
         from edgerun.sinks import images_into_source, repeated_sink, sink_onto_input
-        from edgerun.sources import names_files
 
         base = (info.context or {}).get("base")
         opened = self.taken_from(base)
-        source, sinks, pattern = opened.source, opened.sinks, glob.has_magic(self.source)
-        if base is not None and not pattern and names_files(self.source):  # one file or folder: unescaped
-            source = _in_folder(self.source, base, "source", source=False)
+        source, sinks, pattern = self.read_from(base), opened.sinks, glob.has_magic(self.source)
         for i, sink in enumerate(sinks):  # one pair at a time: the sinks named as written
             earlier = next((j for j in range(i) if repeated_sink([sinks[j], sink])), None)
             if earlier is not None:
@@ -247,6 +245,15 @@ class PipelineConfig(_Strict):
                     "annotated images for inputs (write them outside the folder)"
                 )
         return self
+
+    def read_from(self, base: Path | None) -> str:
+        """What the source reads as the daemon opens it (``taken_from``), but a file or folder unescaped: a
+        glob's pattern (with ``base`` escaped), else the one file or folder, as the system names it."""
+        from edgerun.sources import names_files
+
+        if base is not None and not glob.has_magic(self.source) and names_files(self.source):
+            return _in_folder(self.source, base, "source", source=False)
+        return self.taken_from(base).source
 
     def taken_from(self, base: Path | None) -> PipelineConfig:
         """This pipeline with its source and sinks as the daemon opens them: each that names files taken
@@ -299,6 +306,42 @@ def _in_folder(spec: str, base: Path, key: str, *, source: bool) -> str:
     else:
         joined = glob.escape(str(Path(root) / tail))
     return joined + "/" if spec.endswith("/") and not joined.endswith("/") else joined
+
+
+def _reads_sink(reader: str, pipeline: PipelineConfig, base: Path | None, spec: str, sink: str) -> str | None:
+    """How the pipeline ``reader``'s source reads the file or ``DIR/`` another pipeline writes (``spec`` as
+    the config names it, ``sink`` as it is opened: ``taken_from``), in words; None when it does not.
+
+    A file source reads a file sink that is its file; a folder source (walked at any depth, for images and
+    arrays only) the images of a ``DIR/`` in it; a glob what its pattern lists, a ``DIR/``'s images by the
+    numbered names they are given (``000000.jpg``). Only the sink's own path is looked at, never a folder's
+    entries (as ``glob_lists``): a config is checked without walking ``/data/**``.
+    """
+    from edgerun.sinks import repeated_sink, sink_kind
+    from edgerun.sources import names_files
+
+    if not names_files(pipeline.source):
+        return None
+    source, images = pipeline.read_from(base), sink_kind(spec) == "images"
+    if glob.has_magic(pipeline.source):
+        listed = os.path.join(sink, "000000.jpg") if images else sink
+        return f"which the source of {reader}, {pipeline.source}, lists" if glob_lists(listed, source) else None
+    if os.path.isdir(source) or source.endswith("/"):
+        if not images:  # a folder is walked for images and arrays: no file sink is one
+            return None
+        inside = (_where(sink) + os.sep).startswith(_where(source).rstrip(os.sep) + os.sep)
+        return f"inside the source folder of {reader}, {pipeline.source}" if inside else None
+    if repeated_sink([sink, source]) is None:  # neither one file nor two names of it
+        return None
+    return f"which {reader} reads" + ("" if pipeline.source == spec else f" as {pipeline.source}")
+
+
+def _where(path: str) -> str:
+    """Where ``path`` leads, links resolved; as written (normalised) where that cannot be told."""
+    try:
+        return os.path.realpath(path)
+    except OSError:  # the working folder of a relative name was deleted
+        return os.path.normpath(path)
 
 
 #: The smallest outbox bound, in MiB: 4096 bytes, below which ``Outbox`` refuses to open.
@@ -502,6 +545,46 @@ class Config(_Strict):
             raise ValueError("ota.trusted_keys needs mqtt: updates arrive over MQTT")
         if self.mqtt is not None and any(p.source.startswith("mqtt://") for p in self.pipelines.values()):
             self._no_source_hears_own_records(self.mqtt)
+        return self
+
+    @model_validator(mode="after")
+    def _no_file_shared_by_two_pipelines(self, info: ValidationInfo) -> Config:
+        """A file or folder one pipeline writes is no other pipeline's. Two writers of one JSON Lines or CSV
+        file interleave their records, two of one ``DIR/`` number their images from the same point over
+        each other's, two of one video replace or corrupt it; a pipeline whose source reads another's sink
+        reads what is still being written. Files are compared where the daemon opens them, as a pipeline's
+        own sinks are (``PipelineConfig._no_sink_onto_the_source``); standard output is no file (any number
+        of pipelines print on it), nor is an MQTT topic or a URL.
+        """
+        from edgerun.sinks import repeated_sink, sink_kind
+
+        base = (info.context or {}).get("base")
+        names = list(self.pipelines)
+        written = {  # per pipeline: (as written, as opened) of each sink that is a file or folder
+            name: [
+                (spec, path)
+                for spec, path in zip(p.sinks, p.taken_from(base).sinks, strict=True)
+                if sink_kind(spec) in _FILE_SINKS
+            ]
+            for name, p in self.pipelines.items()
+        }
+        for i, a in enumerate(names):
+            for b in names[i + 1 :]:
+                for (spec, path), (other, there) in ((x, y) for x in written[a] for y in written[b]):
+                    if repeated_sink([path, there]) is not None:
+                        alias = "" if other == spec else f"{b} as {other}; "
+                        raise ValueError(
+                            f"pipelines: {a} and {b} both write {spec} ({alias}a sink is one pipeline's: give each "
+                            "its own)"
+                        )
+        for a in names:
+            for b in (b for b in names if b != a):
+                for spec, path in written[a]:
+                    if read := _reads_sink(b, self.pipelines[b], base, spec, path):
+                        raise ValueError(
+                            f"pipelines: {a} writes {spec}, {read} (a sink is no other pipeline's source: "
+                            f"{b} would read what {a} is still writing)"
+                        )
         return self
 
     def _no_source_hears_own_records(self, mqtt: MqttConfig) -> None:
