@@ -7,15 +7,18 @@ import sys
 from typing import Any
 
 __all__ = [
+    "STATE_DIR_HELP",
     "add_model_options",
     "add_mqtt_options",
     "check_folders",
+    "elapsed_text",
     "error_line",
     "load_kwargs",
     "make_sync",
     "mqtt_settings",
     "print_json",
     "print_lines",
+    "rate_text",
     "report_failure",
     "require_at_least_one",
     "require_not_empty",
@@ -26,6 +29,13 @@ __all__ = [
     "start_ota",
     "start_sync",
 ]
+
+
+#: ``--state-dir``'s help: the order ``edgerun.state.state_dir`` resolves one in.
+STATE_DIR_HELP = (
+    "where caches, the outbox and OTA models live (default: $EDGERUN_STATE_DIR, else $XDG_STATE_HOME/edgerun, "
+    "else ~/.local/state/edgerun)"
+)
 
 
 def add_model_options(parser: argparse.ArgumentParser, *, delegate_help: str | None = None) -> None:
@@ -53,7 +63,7 @@ def add_model_options(parser: argparse.ArgumentParser, *, delegate_help: str | N
         "--state-dir",
         default=None,
         metavar="DIR",
-        help="where caches live (default: $EDGERUN_STATE_DIR or ~/.local/state/edgerun)",
+        help=STATE_DIR_HELP,
     )
     parser.add_argument(
         "--probe-root",
@@ -141,6 +151,25 @@ def _number(value: float) -> str:
     if isinstance(value, int) or (value == value and abs(value) < 1e15 and float(value).is_integer()):
         return str(int(value))
     return f"{value:g}"
+
+
+def elapsed_text(seconds: float) -> str:
+    """A run's wall time for a summary line, to three significant figures: ``3.21 ms`` under a second,
+    ``4.56 s`` or ``1234 s`` above, so that a quick run never reads ``0.00 s``."""
+    if seconds < 0.9995:  # what rounds to 1000 ms reads 1 s
+        return f"{_figure(seconds * 1000)} ms"
+    return f"{_figure(seconds)} s"
+
+
+def rate_text(rate: float, unit: str) -> str | None:
+    """A summary line's rate of inputs that succeeded (``1560 inputs/s``, ``12.3 fps``); None where it is 0
+    (nothing succeeded: a rate of failures is no throughput)."""
+    return f"{_figure(rate)} {unit}" if rate > 0 else None
+
+
+def _figure(value: float) -> str:
+    """``value`` to three significant figures (``0.0412``, ``3.20``, ``412``), whole numbers from 1000 on."""
+    return f"{value:.0f}" if value >= 999.5 else f"{value:#.3g}".rstrip(".")  # `#`: 3.20, not 3.2; 412, not 412.
 
 
 def require_not_empty(what: str, *values: str | None) -> None:

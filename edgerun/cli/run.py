@@ -12,12 +12,14 @@ from edgerun.cli.common import (
     add_mqtt_options,
     check_ota,
     check_sync,
+    elapsed_text,
     load_kwargs,
     make_sync,
     model_loader,
     mqtt_figures,
     mqtt_line,
     print_json,
+    rate_text,
     report_failure,
     require_at_least_one,
     require_not_empty,
@@ -228,10 +230,11 @@ def _refuse_sinks_onto_the_source(specs: list[str], source: Any) -> None:
 
 def _print_summary(model: Any, summary: Any, published: dict[str, Any] | None = None) -> None:
     out = sys.stderr  # stdout may be carrying JSON Lines records
+    rate = rate_text(summary.fps, "fps")  # the frames that succeeded; none: no rate
     print(
         f"# {model.name} {model.version} on {model.delegate}: {summary.frames} frames ({summary.ok} ok, "
         f"{summary.errors} failed, {summary.dropped} dropped, {summary.skipped} skipped) in "
-        f"{summary.elapsed_s:.2f} s, {summary.fps:.1f} fps; stopped by {summary.stopped_by}"
+        f"{elapsed_text(summary.elapsed_s)}{f', {rate}' if rate else ''}; stopped by {summary.stopped_by}"
         + (f"; not flushed: {', '.join(summary.unflushed)}" if summary.unflushed else ""),
         file=out,
     )
