@@ -520,7 +520,9 @@ class Config(_Strict):
     mqtt: MqttConfig | None = None
     ota: OtaConfig = Field(default_factory=OtaConfig)
     api: ApiConfig = Field(default_factory=ApiConfig)
-    state_dir: FileName | None = Field(None, description="default: $EDGERUN_STATE_DIR or ~/.local/state/edgerun")
+    state_dir: FileName | None = Field(
+        None, description="default: $EDGERUN_STATE_DIR, else $XDG_STATE_HOME/edgerun, else ~/.local/state/edgerun"
+    )
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
     isolation: IsolationConfig = Field(
         default_factory=IsolationConfig, description="thread or process (short for mode:), or mode and start_timeout_s"
