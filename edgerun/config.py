@@ -743,6 +743,7 @@ def check_runnable(config: Config, source: str) -> list[str]:
         if file and not os.path.lexists(file)
     ]
     notes = [f"{key} {file} is not there: the daemon stops at start until it is" for key, file in missing]
+    notes += _pipeline_files_not_there(config)
     gone = {key for key, _ in missing}
     if config.mqtt is not None and not gone & {key for key, _ in tls}:
         try:
@@ -764,6 +765,24 @@ def check_runnable(config: Config, source: str) -> list[str]:
             problems.append(str(exc))
     if problems:
         raise ConfigError(shown(f"{source}: {_one_line(problems)}"))
+    return notes
+
+
+def _pipeline_files_not_there(config: Config) -> list[str]:
+    """A line per pipeline source (one file or folder) or file sink's folder that is not there: the daemon's
+    pipeline waits for it, tried again every ``restart_s``; a ``DIR/`` sink is made with its folders."""
+    from edgerun.sinks import sink_kind
+    from edgerun.sources import missing_path
+
+    notes = []
+    for name, pipeline in config.pipelines.items():
+        wait = f"the pipeline waits for it (tried every {pipeline.restart_s:g} s)"
+        if missing_path(pipeline.source):
+            notes.append(f"pipelines.{name}.source {pipeline.source} is not there: {wait}")
+        for i, sink in enumerate(pipeline.sinks):
+            folder = os.path.dirname(sink)
+            if sink_kind(sink) in _FILE_SINKS and sink_kind(sink) != "images" and folder and not os.path.isdir(folder):
+                notes.append(f"pipelines.{name}.sinks[{i}] {sink}: its folder is not there: {wait}")
     return notes
 
 

@@ -188,10 +188,13 @@ class _PipelineRunner:
         (a camera left open would stay busy for every retry)."""
         from edgerun.pipeline import Pipeline
         from edgerun.sinks import once_per_input, open_sink, video_rate
-        from edgerun.sources import check_fits, gives_images, open_configured, without_frames
+        from edgerun.errors import SourceError
+        from edgerun.sources import check_fits, gives_images, missing_path, open_configured, without_frames
         from edgerun.sources.sensor import window_for
 
         c = self.config
+        if missing_path(c.source):  # an inbox not made yet: waited for, as a camera not plugged in
+            raise SourceError(f"source {c.source}: no such file or folder")
         window = window_for(self.slot.primary, c.window)
         done = frozenset(self._delivered)
         source = open_configured(c.source, c, window, self._stop, skip=done)  # files: left out unread

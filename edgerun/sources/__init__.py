@@ -17,6 +17,8 @@ image that does not decode. A glob that matches one file opens it as if named.
 
 from __future__ import annotations
 
+import glob
+import os
 import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -32,6 +34,7 @@ __all__ = [
     "SourceOptions",
     "check_fits",
     "gives_images",
+    "missing_path",
     "names_files",
     "open_configured",
     "open_source",
@@ -214,6 +217,13 @@ def names_files(spec: str) -> bool:
     """Whether the source string ``spec`` names files (an image or array file, a glob, a folder, a video
     or a sensor file), not a camera, a stream, an MQTT topic, standard input or another URL (``rtmp://``)."""
     return "://" not in spec and _only_source_kind(spec) in (None, _SENSOR, _VIDEO)
+
+
+def missing_path(spec: str) -> bool:
+    """Whether the source string ``spec`` names one file or folder (no glob) that is not there (yet): a
+    daemon pipeline's inbox not made yet, a sensor file a logger has not created. A glob matching nothing
+    is not one: it is a pattern, reported as its own failed input."""
+    return names_files(spec) and not glob.has_magic(spec) and not os.path.lexists(spec)
 
 
 # What a source string names where it must be the only source, as messages say it.
