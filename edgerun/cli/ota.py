@@ -21,6 +21,9 @@ from edgerun.cli.common import (
 
 HELP = "fleet side of OTA: publish a signed model update, watch devices, roll back, clear finished updates"
 TERMINAL = ("active", "rejected", "failed", "rolled_back")
+#: ``publish --wait``'s exit code when no targeted device is online: nothing was followed, so nothing is known
+#: to work yet (not 0, which a script takes as "updated"), and nothing failed either (not 1).
+NOTHING_ONLINE = 3
 
 
 def _connection(p: argparse.ArgumentParser) -> None:
@@ -28,7 +31,14 @@ def _connection(p: argparse.ArgumentParser) -> None:
     p.add_argument("--mqtt-ca", default=None, metavar="FILE", help="CA certificate of the broker")
     p.add_argument("--mqtt-cert", default=None, metavar="FILE", help="client certificate")
     p.add_argument("--mqtt-key", default=None, metavar="FILE", help="client key")
-    p.add_argument("--prefix", default="edgerun", metavar="P", help="topic prefix (default edgerun)")
+    p.add_argument(
+        "--mqtt-prefix",
+        "--prefix",
+        dest="prefix",
+        default="edgerun",
+        metavar="P",
+        help="topic prefix, as the devices' --mqtt-prefix (default edgerun)",
+    )
 
 
 def _targets(p: argparse.ArgumentParser) -> None:
@@ -81,7 +91,13 @@ def register(sub: Any) -> None:
     pub.add_argument("--ab", type=float, default=None, metavar="FRACTION", help="serve only this fraction first")
     pub.add_argument("--expires-in", type=float, default=7 * 86400, metavar="S", help="validity (default 7 days)")
     pub.add_argument("--allow-downgrade", action="store_true", help="allow a version older than the installed one")
-    pub.add_argument("--wait", action="store_true", help="follow the devices until each is active/rejected/failed")
+    pub.add_argument(
+        "--wait",
+        action="store_true",
+        help="follow the targeted devices that are online until each reports active, rejected, failed or "
+        "rolled_back (exit 0: each followed ended active; 1: another end or the timeout; "
+        f"{NOTHING_ONLINE}: none online)",
+    )
     pub.add_argument("--timeout", type=float, default=600, metavar="S", help="how long --wait waits (default 600)")
     _targets(pub)
     _connection(pub)
@@ -215,7 +231,7 @@ def publish(args: argparse.Namespace) -> int:
         )
         if not args.wait:
             return 0
-        return _follow(fleet, manifest["update_id"], args.device, args.timeout)
+        return _follow(fleet, manifest["update_id"], args.device, args.group, args.timeout)
     finally:
         fleet.close()
 
@@ -310,14 +326,19 @@ def _bar(total: int, unit: str) -> Any:
     return tqdm(total=total, unit=unit, file=sys.stderr, leave=False)
 
 
-def _follow(fleet: Any, update_id: str, devices: list[str], timeout_s: float) -> int:
-    """Print each device's state changes until every targeted, online device is done."""
+def _follow(fleet: Any, update_id: str, devices: list[str], groups: list[str], timeout_s: float) -> int:
+    """Print each device's state changes until every targeted device that is online has finished the update.
+
+    A device that is offline (its retained status says so) or has no status on the broker acts on the
+    retained manifest when it connects, so it is not waited for: one line names it at the end, and where no
+    targeted device is online at all, that end comes at once (``NOTHING_ONLINE``). One that comes online
+    during the wait is followed. A group's members are not known in advance: those that report are followed,
+    and while none has reported, any device online may be one.
+    """
     deadline = time.monotonic() + timeout_s
     last: dict[str, str] = {}
     time.sleep(0.5)  # retained device records arrive first
     while time.monotonic() < deadline:
-        fleet.changed.wait(0.5)
-        fleet.changed.clear()
         view = fleet.snapshot()
         involved = {d: v for d, v in view.items() if v.ota.get("update_id") == update_id}
         for device, v in sorted(involved.items()):
@@ -326,15 +347,52 @@ def _follow(fleet: Any, update_id: str, devices: list[str], timeout_s: float) ->
             if last.get(device) != line:
                 last[device] = line
                 print_lines(f"{_field(device):<24} {line}")
-        waiting_for = [d for d in devices if view.get(d) is None or view[d].online is not False]
-        done = all(involved.get(d) and involved[d].ota.get("state") in TERMINAL for d in waiting_for)
-        if involved and done and all(v.ota.get("state") in TERMINAL for v in involved.values()):
-            bad = [d for d, v in involved.items() if v.ota.get("state") != "active"]
-            for device in bad:
-                error_line(f"{device}: {involved[device].ota.get('state')}: {involved[device].ota.get('reason')}")
-            return 1 if bad else 0
+        ended = {d for d, v in involved.items() if v.ota.get("state") in TERMINAL}
+        unfinished = [d for d in sorted(set(devices) | set(involved)) if d not in ended]
+        pending = [d for d in unfinished if d in view and view[d].online is True]
+        unheard_group = bool(groups) and not involved and any(v.online is True for v in view.values())
+        if not pending and not unheard_group:
+            return _ended(fleet.prefix, view, involved, unfinished, groups)
+        fleet.changed.wait(0.5)
+        fleet.changed.clear()
     error_line(f"timed out after {timeout_s:.0f} s waiting for the devices to finish update {update_id}")
     return 1
+
+
+def _ended(prefix: str, view: dict[str, Any], involved: dict[str, Any], away: list[str], groups: list[str]) -> int:
+    """The end of ``publish --wait``, once no device it follows is online and unfinished: a line for the
+    targets not online (``away``), one per device that ended otherwise than active, and the exit code
+    (0 all of those that finished are active, 1 any ended otherwise, ``NOTHING_ONLINE`` none finished)."""
+    finished = {d: v.ota.get("state") for d, v in involved.items() if d not in away}
+    offline = [d for d in away if d in view and view[d].online is False]
+    unknown = [d for d in away if d not in offline]
+    lines = []
+    if offline:
+        lines.append(_away_line(offline, ("is offline", "are offline"), "reconnect"))
+    if unknown:
+        what = f"no status record under prefix {_field(prefix)}"
+        lines.append(_away_line(unknown, (f"has {what}", f"have {what}"), "connect"))
+    if groups and not involved:  # and no device online at all, or the wait would go on
+        names = ", ".join(_field(g) for g in groups)
+        lines.append(
+            f"no device is online: the members of group {names} will act on the retained update when they connect"
+        )
+    if lines:
+        print_lines(*lines)
+    bad = [d for d, state in sorted(finished.items()) if state != "active"]
+    for device in bad:
+        error_line(f"{device}: {finished[device]}: {involved[device].ota.get('reason')}")
+    if bad:
+        return 1
+    return 0 if finished else NOTHING_ONLINE
+
+
+def _away_line(devices: list[str], verb: tuple[str, str], when: str) -> str:
+    """``devu is offline: it will act on the retained update when it reconnects``, for one device or several."""
+    names = ", ".join(_field(d) for d in devices)
+    if len(devices) == 1:
+        return f"{names} {verb[0]}: it will act on the retained update when it {when}s"
+    return f"{names} {verb[1]}: they will act on the retained update when they {when}"
 
 
 def status(args: argparse.Namespace) -> int:
