@@ -202,6 +202,9 @@ class MqttLink:
         self._socket_error: str | None = None  # paho's last receive failure, for the next reason
         self._stop = threading.Event()
         self._stopping = threading.Event()  # stop() began: no ``online`` is published from now on
+        self._attempting = False  # a connection is being made or is up (not the wait between two)
+        self._attempts_ended = 0  # connections (made or not) that ended: a stop waits for one attempt only
+        self._dialing = False  # inside paho's blocking connect (DNS, TCP, TLS handshake), before CONNACK
         self._offline_wait_s = 2.0  # how long the link thread waits for the final ``offline``'s PUBACK
         self._offline_mid: int | None = None  # the final ``offline``'s message id, while it is awaited
         self._offline_acked = False
@@ -289,6 +292,7 @@ class MqttLink:
     def start(self) -> None:
         """Start the link thread (connecting in the background)."""
         if self._thread is None:
+            self._attempting = True  # the first attempt begins now: a stop right after start waits for it
             self._thread = threading.Thread(target=self._run, name="mqtt-link", daemon=True)
             self._thread.start()
 
@@ -309,6 +313,14 @@ class MqttLink:
     def stop(self, flush_timeout_s: float = 5.0) -> None:
         """Deliver what is queued (up to the timeout), then leave the retained status ``offline``.
 
+        A connection attempt under way (the TCP or TLS handshake, the CONNACK on its way: a
+        short run over TLS stops before its first CONNACK) is waited for within the timeout,
+        then what is queued is delivered as on a link that was up; an attempt that fails (the
+        broker refused, unknown or unreachable) ends the wait at once, and so does a link
+        waiting between two attempts. A link still in paho's blocking connect when the time is
+        up (a TLS handshake nobody answers: paho's connect timeout, 5 s) has no connection to
+        close: its thread is left to end on its own, which touches nothing once stopped.
+
         From the first line on, no ``online`` is published (not after a CONNACK that was on
         its way, nor after a ``set_status``). The link thread ends the connection itself
         (``_close``): a retained ``offline`` acknowledged within ``min(2 s, flush_timeout_s)``,
@@ -317,13 +329,21 @@ class MqttLink:
         """
         if self._thread is None:
             return
+        deadline = time.monotonic() + flush_timeout_s
         self._stopping.set()
+        ended = self._attempts_ended
+        while not self.connected and self._attempting and self._attempts_ended == ended:
+            if time.monotonic() >= deadline:
+                break
+            time.sleep(0.02)
         if self.connected:
-            self.wait_drained(flush_timeout_s)
+            self.wait_drained(deadline - time.monotonic())
         self._offline_wait_s = max(0.0, min(2.0, flush_timeout_s))
         self._stop.set()
         self._poke()
-        self._thread.join(timeout=10)
+        until = time.monotonic() + 10
+        while self._thread.is_alive() and not self._dialing and time.monotonic() < until:
+            self._thread.join(timeout=0.02)
         self._thread = None
 
     # -- the link thread ---------------------------------------------------------
@@ -346,17 +366,25 @@ class MqttLink:
             self._connack = False  # this connection's CONNACK; _connected is cleared by paho's on_disconnect
             self._broker_reason = None
             self._keepalive_lost = False
+            self._attempting = True
             failed = False
             try:
-                self._connect()
+                self._dialing = True
+                try:
+                    self._connect()
+                finally:
+                    self._dialing = False
             except Exception as exc:  # DNS, TCP, TLS: described, retried
-                self._note_error(describe_connect_error(exc, s))
+                if not self._stop.is_set():  # a dial a stop left behind says nothing after the stop
+                    self._note_error(describe_connect_error(exc, s))
             else:
                 try:
                     self._serve()
                 except Exception as exc:  # the outbox's disk full or failing, a bug: reconnect, never die
                     failed = True
                     self._serve_failed(exc, lasted=time.monotonic() - started > 60)
+            self._attempting = False
+            self._attempts_ended += 1
             if self._stop.is_set():
                 break
             if self._connack and not failed:
