@@ -6,7 +6,9 @@ types are imported at module level here. Every error is one clear message
 (``{"detail": ...}``) with nothing about the models for a caller without the token: a
 4xx for a request at fault, a 500 where the runtime fails on a valid input, and a 503
 with ``Retry-After`` where a batched request gets no answer within ``PREDICT_WAIT_S``
-(a model call stuck, more requests queued than the model serves); the API goes on. ``HEAD`` is
+(a model call stuck, more requests queued than the model serves) or an isolated model
+cools down after crashing on every delegate (the seconds left); the API goes on. A 503
+without it where an isolated model's call fails once the daemon's stop began. ``HEAD`` is
 answered wherever ``GET`` is, as that ``GET`` without its body (``_Guard``).
 
 A predict body must keep arriving: a pause of over ``api.body_timeout_s`` between its pieces, or
@@ -36,6 +38,7 @@ import asyncio
 import hmac
 import json
 import logging
+import math
 import queue
 import re
 import sys
@@ -390,8 +393,14 @@ class _Predictor:
                         self._threaded -= 1
             except InputError:  # the request's fault (422), not the model's: never counted against an update
                 raise
-            except EdgerunError:
+            except EdgerunError as exc:
+                backend = model.backend
+                if isinstance(backend, IsolatedBackend) and backend.stopping:  # the daemon's stop: not the model's
+                    raise _Refused(503, f"model {name}: the daemon is stopping; {exc}") from None
                 self.metrics.error(model.name, model.version, model.delegate)
+                left = backend.cooling_down_s if isinstance(backend, IsolatedBackend) else 0.0
+                if left > 0:  # crashed on every delegate (counted: an update that does so is rolled back)
+                    raise _Refused(503, str(exc), (b"retry-after", str(max(1, math.ceil(left))).encode())) from None
                 raise
             finally:
                 model.let_go()
@@ -652,7 +661,8 @@ _ERRORS = {
     422: "the input cannot be used (undecodable, wrong shape or type), or a query parameter was given (none is taken)",
     429: "too many requests in progress",
     500: "the runtime failed on a valid input",
-    503: "the model gave no answer in time (a call stuck, or too many requests); retry after Retry-After seconds",
+    503: "the model cannot answer now: no answer in time (a call stuck, or too many requests), or an isolated model "
+    "cooling down after crashing on every delegate (retry after Retry-After seconds), or the daemon stopping",
 }
 
 

@@ -186,9 +186,9 @@ class _PipelineRunner:
     def _open(self) -> Any:
         """A new ``Pipeline`` on a freshly opened source and sinks; what was opened is closed if a later part fails
         (a camera left open would stay busy for every retry)."""
+        from edgerun.errors import SourceError
         from edgerun.pipeline import Pipeline
         from edgerun.sinks import once_per_input, open_sink, video_rate
-        from edgerun.errors import SourceError
         from edgerun.sources import check_fits, gives_images, missing_path, open_configured, without_frames
         from edgerun.sources.sensor import window_for
 
@@ -690,6 +690,7 @@ class Daemon:
         self.ready = False
         if self.server is not None:
             self.server.should_exit = True  # no new connections; the requests in progress are answered
+        self._guarded("isolated models", self._stop_workers)
         runners = list(self.runners.values())
         for runner in runners:  # all at once: a source slow to close (a stream mid-connect) delays none of the others
             self._guarded(f"pipeline {runner.name}", runner.request_stop)
@@ -707,6 +708,20 @@ class Daemon:
             self._claimed = False
             release_state_dir(self._state_dir())
         log.info("edgerun daemon stopped")
+
+    def _stop_workers(self) -> None:
+        """Each isolated model served (an A/B candidate too) starts no worker any more, and a call on a
+        worker that does not answer fails after ``CLOSE_GRACE_S`` (``IsolatedBackend.stop``): a request or
+        frame waiting on a worker that hangs or restarts ends in seconds, not after the API's 30 s, while
+        the calls live workers answer are answered. A model swapped out and still finishing its requests
+        is no longer the daemon's to reach: such a call waits its ``timeout_s``, as before."""
+        from edgerun.isolation import IsolatedBackend
+
+        for slot in list(self.slots.values()):
+            candidate = slot.candidate
+            for model in [slot.primary] if candidate is None else [slot.primary, candidate[0]]:
+                if isinstance(model.backend, IsolatedBackend):
+                    model.backend.stop()
 
     @staticmethod
     def _guarded(part: str, stop: Callable[[], None]) -> None:

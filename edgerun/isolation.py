@@ -18,6 +18,9 @@ load.
 ``close`` never waits for a worker that hangs: one loading is killed at once, and
 a call in progress gets ``CLOSE_GRACE_S`` to be answered before its worker is
 killed; either call fails with ``InferenceError`` (``its worker was closed``).
+``stop`` (the daemon's stop) does the same to a worker that loads or does not
+answer, and leaves the rest in place: a call a live worker answers is answered,
+later calls too, and no worker is started any more.
 
 A backend that is no longer served (a model swapped out or removed) is
 ``retire``d: its worker stops and its shared memory is freed as soon as the calls
@@ -38,6 +41,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import logging
+import math
 import multiprocessing
 import os
 import shutil
@@ -59,11 +63,12 @@ log = logging.getLogger(__name__)
 
 __all__ = ["CLOSE_GRACE_S", "IsolatedBackend", "load_isolated"]
 
-#: Seconds a call in progress when its backend is closed still gets for its answer; then its worker
-#: is killed and the call fails, so that a close never waits out ``timeout_s`` for a worker that hangs.
+#: Seconds a call in progress when its backend is closed (or stopped: from the call's start, if later) still
+#: gets for its answer; then its worker is killed and the call fails, so that a close or a stop never waits
+#: out ``timeout_s`` for a worker that hangs.
 CLOSE_GRACE_S = 5.0
 
-#: Seconds between two looks, while a call waits for its answer, at whether the backend is being closed.
+#: Seconds between two looks, while a call waits for its answer, at whether the backend is being closed or stopped.
 _CLOSE_CHECK_S = 0.1
 
 
@@ -232,18 +237,18 @@ class _Child:
         self.inputs = _Buffers()
         self.attached: dict[str, shared_memory.SharedMemory] = {}
         self.loading: Any = None  # a worker started and loading its model, not yet ``process``
-        self.closed_at: float | None = None  # when ``IsolatedBackend.close`` began (``time.monotonic``)
+        self.closed_at: float | None = None  # when ``IsolatedBackend.close`` or ``stop`` began (``time.monotonic``)
         self.releasing = threading.Lock()  # the finalizer and a retired backend's stop may meet
 
     @property
     def closing(self) -> bool:
-        """``IsolatedBackend.close`` began: no worker is started any more."""
+        """``IsolatedBackend.close`` or ``stop`` began: no worker is started any more."""
         return self.closed_at is not None
 
     def abandon(self) -> None:
         """Start no worker any more, and kill one that is loading (a restart in progress): closing
         never waits for a load that hangs (up to ``start_timeout_s``), nor does the interpreter's exit.
-        A call in progress sees ``closed_at`` and gives its worker ``CLOSE_GRACE_S`` more."""
+        A call waiting for its answer sees ``closed_at`` and gives its worker ``CLOSE_GRACE_S`` more."""
         with self.releasing:
             if self.closed_at is None:
                 self.closed_at = time.monotonic()
@@ -352,6 +357,7 @@ class IsolatedBackend:
         # lock: a request takes it on the event loop, where waiting for a call would stall every request
         self._users = 0
         self._retired = False
+        self._closed = False  # ``close`` was called: calls are refused (``stop`` lets a live worker answer them)
         self._counting = threading.Lock()
         # run by close(), or once this backend is unreachable (one never closed nor retired), or at exit
         self._release = weakref.finalize(self, self._child.release)
@@ -360,7 +366,14 @@ class IsolatedBackend:
     @property
     def available(self) -> bool:
         """False while calls fail for the cool-down after every delegate was given up."""
-        return bool(self._delegates) or time.monotonic() >= self._cool_until
+        return self.cooling_down_s == 0
+
+    @property
+    def cooling_down_s(self) -> float:
+        """Seconds left of the cool-down after every delegate was given up (calls fail meanwhile); 0 if none."""
+        if self._delegates:
+            return 0.0
+        return max(0.0, self._cool_until - time.monotonic())
 
     @property
     def process(self) -> Any:
@@ -381,7 +394,7 @@ class IsolatedBackend:
                 if self._child.closing or not self._release.alive:
                     parent.close()
                     child.close()
-                    raise InferenceError(f"{self.path.name}: its worker was closed")
+                    raise self._not_started()
                 process.start()
                 self._child.loading = process
             child.close()
@@ -393,7 +406,7 @@ class IsolatedBackend:
                 process.kill()
                 process.join(timeout=5)
                 parent.close()
-                raise InferenceError(f"{self.path.name}: its worker was closed")
+                raise self._not_started()
             if "error" not in hello:
                 self._child.drop_outputs()  # the previous worker's, if any: it has ended
                 self._child.conn, self._child.process = parent, process
@@ -447,14 +460,26 @@ class IsolatedBackend:
 
     def _wait_for_answer(self, child: _Child) -> None:
         """Return once the worker's answer is there. A worker silent for ``timeout_s`` is killed
-        (``_WorkerDied``: a crash, restarted); one still silent ``CLOSE_GRACE_S`` after a ``close``
-        began is killed too, and the call fails at once: a close never waits out ``timeout_s``."""
-        deadline = time.monotonic() + self._timeout
+        (``_WorkerDied``: a crash, restarted); one still silent ``CLOSE_GRACE_S`` after a ``close`` or
+        ``stop`` began (after the call began, if later) is killed too, and the call fails at once:
+        neither waits out ``timeout_s``."""
+        started = time.monotonic()
+        deadline = started + self._timeout
         while not child.conn.poll(max(0.0, min(_CLOSE_CHECK_S, deadline - time.monotonic()))):
             now = time.monotonic()
-            if child.closed_at is not None and now >= child.closed_at + CLOSE_GRACE_S:
+            if child.closed_at is not None and now >= max(child.closed_at, started) + CLOSE_GRACE_S:
                 child.process.kill()
-                raise InferenceError(f"{self.path.name}: its worker was closed")
+                if self._closed:
+                    raise InferenceError(f"{self.path.name}: its worker was closed")
+                log.warning(
+                    "worker process %d for %s gave no answer within %g s of the stop: killed",
+                    child.process.pid,
+                    self.path.name,
+                    CLOSE_GRACE_S,
+                )
+                raise InferenceError(
+                    f"{self.path.name}: its worker gave no answer within {CLOSE_GRACE_S:g} s of the stop and was killed"
+                )
             if now >= deadline:
                 child.process.kill()
                 raise _WorkerDied(f"no answer in {self._timeout:.0f} s")
@@ -464,7 +489,7 @@ class IsolatedBackend:
         self.hold()
         try:
             with self._lock:
-                if self._child.closing or not self._release.alive:  # a new worker here would never be released
+                if self._closed or not self._release.alive:  # a new worker here would never be released
                     raise InferenceError(f"{self.path.name}: its worker was closed")
                 inputs = self._checked(inputs)
                 if not self._delegates:
@@ -545,8 +570,10 @@ class IsolatedBackend:
         if left > 0:
             raise InferenceError(
                 f"the worker for {self.path.name} keeps crashing on every delegate: "
-                f"cooling down, starting over from {self._order[0]} in {left:.0f} s"
+                f"cooling down, starting over from {self._order[0]} in {math.ceil(left)} s"
             )
+        if self._child.closing:  # nothing starts over once the stop began
+            raise self._not_started()
         log.warning("worker for %s: cool-down over, starting over from %s", self.path.name, self._order[0])
         self._delegates = list(self._order)
         try:
@@ -576,6 +603,8 @@ class IsolatedBackend:
         return [d for d in dict.fromkeys(rest) if d != self.delegate]
 
     def _recover(self, why: str) -> None:
+        if self._child.closing:  # stopped (or killed at the stop's grace): neither a crash nor restarted
+            raise self._not_started() from None
         self.process.join(timeout=5)
         self.crashes += 1
         now = time.monotonic()
@@ -605,9 +634,30 @@ class IsolatedBackend:
         that is loading (a call restarting it) is killed, and that call fails: closing never waits
         for a load that hangs. A call in progress gets ``CLOSE_GRACE_S`` to be answered, then its
         worker is killed and it fails too: nor does closing wait out ``timeout_s`` for a hung one."""
+        self._closed = True
         self._child.abandon()
         with self._lock:
             self._release()
+
+    def stop(self) -> None:
+        """Its owner is stopping (the daemon's stop): no worker is started any more, and one loading (a
+        call restarting it) is killed, that call failing at once; a call waiting on a worker that does not
+        answer gets ``CLOSE_GRACE_S`` (from the stop, or from its own start if later), then its worker is
+        killed and it fails. Either failure is an ``InferenceError`` naming the stop. A live worker keeps
+        answering, calls made after the stop included, and keeps its shared memory: ``close``, the
+        backend's retirement or the exit frees them. Returns at once."""
+        self._child.abandon()
+
+    @property
+    def stopping(self) -> bool:
+        """Whether ``stop`` (or ``close``) was called: no worker is started any more."""
+        return self._child.closing
+
+    def _not_started(self) -> InferenceError:
+        """The error of a call that needs a worker started after a ``close`` or ``stop`` began."""
+        if self._closed:
+            return InferenceError(f"{self.path.name}: its worker was closed")
+        return InferenceError(f"{self.path.name}: its worker is not started again once the stop began")
 
 
 def load_isolated(

@@ -341,10 +341,10 @@ def test_a_worker_given_up_on_every_delegate_is_one_warning_and_not_ready_while_
     assert d.predict("iso")[0] == 200  # restarted
     d.kill_worker("digits_fp32.tflite")
     status, answer = d.predict("iso")
-    assert status == 500 and "no delegate is left; starting over from cpu in 60 s" in answer["detail"], answer
+    assert status == 503 and "no delegate is left; starting over from cpu in 60 s" in answer["detail"], answer
     for _ in range(3):  # the cool-down: each request fails the same way, and says so without a new warning
         status, answer = d.predict("iso")
-        assert status == 500 and "cooling down" in answer["detail"], answer
+        assert status == 503 and "cooling down" in answer["detail"], answer
     gave_up = [line for line in d.log().splitlines() if "no delegate is left" in line]
     assert len(gave_up) == 1 and "WARNING edgerun.isolation" in gave_up[0], gave_up
     assert "calls fail until it starts over from cpu in 60 s" in gave_up[0]
