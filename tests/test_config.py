@@ -189,10 +189,20 @@ def test_config_check_passes_every_shipped_device_config_from_the_repo_root() ->
         files += [("mqtt.password_file", mqtt and mqtt.password_file)]
         files += [(f"ota.trusted_keys[{i}]", key) for i, key in enumerate(config.ota.trusted_keys)]
         missing = [(key, file) for key, file in files if file and not Path(file).exists()]  # installed on the device
-        assert result.stderr.splitlines() == [
-            f"edgerun: warning: {shown}: {key} {file} is not there: the daemon stops at start until it is"
-            for key, file in missing
+        waits = [  # a pipeline's inbox made on the device (/var/lib/edgerun/inbox)
+            f"edgerun: warning: {shown}: pipelines.{name}.source {p.source} is not there: the pipeline waits for it "
+            f"(tried every {p.restart_s:g} s)"
+            for name, p in config.pipelines.items()
+            if p.source.startswith("/") and not p.source.startswith("/dev/") and not Path(p.source).exists()
         ]
+        assert (
+            result.stderr.splitlines()
+            == [
+                f"edgerun: warning: {shown}: {key} {file} is not there: the daemon stops at start until it is"
+                for key, file in missing
+            ]
+            + waits
+        )
 
 
 def test_a_sink_the_command_line_would_refuse_is_refused_in_the_config_without_touching_the_disk(
