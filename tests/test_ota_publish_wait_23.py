@@ -12,12 +12,12 @@ import sys
 import time
 from pathlib import Path
 
-import paho.mqtt.client as mqtt
 import pytest
 
 from edgerun import __version__
 from tests.conftest import DIGITS, ROOT, Broker, run_cli, stop_process
 from tests.ota_helpers import Device, StatusWatcher, model_with_card, publish
+from tests.test_audit_ota_operator import retained
 
 MODEL = DIGITS / "digits_fp32.onnx"  # its card, digits_fp32.onnx.card.yaml, lies beside it
 NOTHING_ONLINE = 3
@@ -40,20 +40,6 @@ def status_record(state: str) -> bytes:
     models = {"digits": {"version": "1.0.0", "format": "onnx", "delegate": "cpu"}}
     record = {"schema": 1, "state": "online", "ts": int(time.time()), "runtime": __version__, "models": models}
     return json.dumps({**record, "accelerators": []}).encode()
-
-
-def retained(port: int, pattern: str, wait_s: float = 0.5) -> dict[str, bytes]:
-    """Every retained message under ``pattern`` on the broker."""
-    got: dict[str, bytes] = {}
-    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
-    client.on_message = lambda c, u, m: got.__setitem__(m.topic, m.payload) if m.retain else None
-    client.connect("127.0.0.1", port)
-    client.loop_start()
-    client.subscribe(pattern, qos=1)
-    time.sleep(wait_s)
-    client.loop_stop()
-    client.disconnect()
-    return got
 
 
 def publish_cli(broker: Broker, key: Path, *args: str, model: Path = MODEL) -> list[str]:
