@@ -79,7 +79,8 @@ RUNNER_STOP_S = 30
 def _why_not_listening(host: str, port: int) -> str:
     """Why a server could not listen on ``host``:``port``, found by trying it once more here: the name does
     not resolve, or the system's own words for the bind (in use, an address not on this machine, a port
-    below 1024 without the right); uvicorn logs only its own line, before the daemon's."""
+    below 1024 without the right). uvicorn's own record of the failure is left out (``_BindFailure``): the
+    daemon's line, naming this reason, is the one line said."""
     import socket
 
     try:
@@ -94,6 +95,15 @@ def _why_not_listening(host: str, port: int) -> str:
         except OSError as exc:
             return exc.strerror or str(exc)
     return "in use, or not allowed"
+
+
+class _BindFailure(logging.Filter):
+    """Leaves out uvicorn's record of a server that could not listen (``Server.startup`` logs the bind's
+    ``OSError`` itself, then the thread ends): the daemon says it in one line of its own, with the reason
+    (``_why_not_listening``). Every other uvicorn record passes, a request handler's exception included."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (isinstance(record.msg, OSError) and record.funcName == "startup")
 
 
 def _url_host(host: str) -> str:
@@ -304,6 +314,21 @@ class Daemon:
         self._claimed = False  # this daemon holds its state directory (claim_state_dir)
         self._stop = threading.Event()
         self._reload = threading.Event()
+        self._device_id: str | None = None  # the default one, worked out once (``device_id``)
+        self._device_id_lock = threading.Lock()
+
+    @property
+    def device_id(self) -> str:
+        """``device.id``, else the default (``edge-`` and 12 hex digits, ``default_device_id``), worked out
+        once: it may log a warning (a transient machine id), which a status poll every 2 s would repeat."""
+        if self.config.device.id:
+            return self.config.device.id
+        with self._device_id_lock:  # the API's threads and the main one may ask at once
+            if self._device_id is None:
+                from edgerun.device import default_device_id
+
+                self._device_id = default_device_id()
+            return self._device_id
 
     # -- parts -------------------------------------------------------------------
     def _state_dir(self) -> Path:
@@ -423,7 +448,6 @@ class Daemon:
         if c is None:
             return
         from edgerun.accel.probe import probe
-        from edgerun.device import default_device_id
         from edgerun.sync.service import SyncService
         from edgerun.sync.settings import MqttSettings
 
@@ -440,7 +464,7 @@ class Daemon:
         )
         self.sync = SyncService(
             settings,
-            device_id=self.config.device.id or default_device_id(),
+            device_id=self.device_id,
             state_dir=self._state_dir(),
             metrics=self.metrics,
             interval_s=c.metrics_interval_s,
@@ -493,7 +517,7 @@ class Daemon:
         from edgerun.accel.probe import probe
 
         info: dict[str, Any] = {
-            "device": self.config.device.id or (self.sync.topics.device if self.sync else None),
+            "device": self.device_id,  # the default one too: without it the status page had no header
             "accelerators": probe().accelerators(),
             "models": {n: s.describe() for n, s in self.slots.items()},
             "pipelines": {n: r.state for n, r in self.runners.items()},
@@ -535,10 +559,16 @@ class Daemon:
             )
         )
         thread = self._api_thread = threading.Thread(target=server.run, name="api", daemon=True)
-        thread.start()
-        deadline = time.monotonic() + 15
-        while not server.started and thread.is_alive() and time.monotonic() < deadline:
-            time.sleep(0.02)
+        quiet = _BindFailure()
+        uvicorn_log = logging.getLogger("uvicorn.error")
+        uvicorn_log.addFilter(quiet)  # a bind that fails is said once, below
+        try:
+            thread.start()
+            deadline = time.monotonic() + 15
+            while not server.started and thread.is_alive() and time.monotonic() < deadline:
+                time.sleep(0.02)
+        finally:
+            uvicorn_log.removeFilter(quiet)
         if not server.started:
             raise EdgerunError(
                 f"the HTTP API could not listen on {_url_host(a.bind)}:{a.port} ({_why_not_listening(a.bind, a.port)})"

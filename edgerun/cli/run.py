@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -105,14 +107,13 @@ def register(sub: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     """Load, open the source and sinks, run, print the summary."""
     import edgerun
+    from edgerun import signals
     from edgerun.errors import ConfigError
     from edgerun.limits import BATCH_SIZE_MAX, FPS_MAX, FPS_MIN, MAX_FRAMES_MAX, PREPARE_WORKERS_MAX
     from edgerun.ota.slot import ModelSlot
-    from edgerun.pipeline import Pipeline
-    from edgerun.sinks import first_drawing_sink, images_into_source, open_sink, video_rate
-    from edgerun.sources import check_fits, gives_images, open_configured
-    from edgerun.sources.sensor import SensorSource, check_windows_wanted, window_for
-    from edgerun.telemetry.metrics import Metrics
+    from edgerun.pipeline import Summary
+    from edgerun.sources import open_configured
+    from edgerun.sources.sensor import check_windows_wanted, window_for
 
     require_not_empty("--source", *args.source)
     require_at_least_one(args, "max_frames", "batch_size", "queue", "window", "hop", "prepare_workers")
@@ -157,50 +158,15 @@ def run(args: argparse.Namespace) -> int:
     else:
         model = edgerun.load(args.model, **load_kwargs(args))
     slot = ModelSlot(model)
-    with model:
+    early = _StopBeforeRun()
+    with model, signals.handled(dict.fromkeys((signal.SIGINT, signal.SIGTERM), early)):
         window = window_for(model, args.window)  # --window was refused already for a source of another kind
-        source = open_configured(args.source, args, window)
-        specs = args.sink or ["stdout"]
-        drawn = first_drawing_sink(specs)
-        check_fits(source, model)  # a model that cannot take these windows or frames: one line, not one per frame
-        _refuse_sinks_onto_the_source(specs, source)
-        if into := images_into_source(specs, args.source):
-            raise ConfigError(
-                f"--sink {into[0]} is inside the source folder {into[1]}: the next run over it would take its "
-                "annotated images for inputs (write them outside the folder)"
-            )
-        if isinstance(source, SensorSource) and drawn is not None:  # before any sink creates its file or folder
-            raise ConfigError(
-                f"--sink {drawn}: an annotated sink needs image frames, and the sensor source {source.uri} "
-                "gives windows of readings, with no image to draw on (use stdout, jsonl, FILE.jsonl or FILE.csv)"
-            )
-        if gives_images(source):
-            model.warm_images()  # OpenCV's import out of the first frame's figures
-        sinks = [open_sink(s, fps=video_rate(args.fps, source)) for s in specs]
-        metrics = Metrics()
-        sync = make_sync(args, mqtt, metrics, [model])
-        # OTA subscribes before the link connects: what the broker kept for the device while it was offline
-        # (commands too, never retained) comes right after CONNACK, and the link drops a message no handler
-        # is registered for. An OTA that fails to start ends the run in one line before the link connects,
-        # so that nothing kept for the device is taken and lost.
-        ota = start_ota(args, sync, slot, metrics)
-        if sync is not None:
-            sync.start()
-        results = sync.results_sink() if sync is not None and args.publish_results else None
-        if results is not None:
-            sinks.append(results)
-        pipeline = Pipeline(
-            source,
-            slot,
-            sinks,
-            metrics=metrics,
-            fps=args.fps,
-            max_frames=args.max_frames,
-            batch_size=args.batch_size,
-            prepare_workers=args.prepare_workers,
-            on_result=report_failure,
-        )
-        summary = run_pipeline(pipeline, sync, ota)
+        source = open_configured(args.source, args, window, early.stopped)  # a stream's retries end at a stop
+        if early.reason is not None:  # stopped while the source opened: the run ends as one stopped at its start
+            source.close()
+            summary, sync, results = Summary(stopped_by=early.reason), None, None
+        else:
+            summary, sync, results = _run_on(args, mqtt, slot, source, early)
     model = slot.primary
     published = mqtt_figures(sync, results)
     # a sink left blocked on stdout after the stop holds it: the summary goes to stderr, as without --json
@@ -210,6 +176,88 @@ def run(args: argparse.Namespace) -> int:
     else:
         _print_summary(model, summary, published)
     return 1 if summary.errors or summary.unflushed else 0  # a sink left behind: its output is not all there
+
+
+class _StopBeforeRun:
+    """SIGINT and SIGTERM from the source's opening to the run's start (``run_pipeline`` handles them
+    from there), taken on a thread of ``edgerun.signals``: a stream's connection retries end at once
+    (``stopped``), and a pipeline made meanwhile is stopped before it runs, so the run ends as one
+    stopped at its start, with its summary (``stopped by SIGTERM``) and exit 0, not with no word
+    (SIGTERM's default ends the process: 143) or as ``interrupted`` (Ctrl-C's ``KeyboardInterrupt``: 130)."""
+
+    def __init__(self) -> None:
+        self.stopped = threading.Event()
+        #: the first signal's name (``SIGINT``, ``SIGTERM``); None while none came
+        self.reason: str | None = None
+        self._pipeline: Any = None
+
+    def __call__(self, sig: signal.Signals) -> None:
+        if self.reason is None:
+            self.reason = sig.name
+        self.stopped.set()
+        if self._pipeline is not None:
+            self._pipeline.stop(self.reason)
+
+    def attach(self, pipeline: Any) -> None:
+        """``pipeline`` is the run: stopped now if a signal came already, else by one that comes."""
+        self._pipeline = pipeline
+        if self.reason is not None:
+            pipeline.stop(self.reason)
+
+
+def _run_on(args: argparse.Namespace, mqtt: Any, slot: Any, source: Any, early: _StopBeforeRun) -> tuple[Any, Any, Any]:
+    """Check the opened source, open the sinks, MQTT (``mqtt``: ``check_sync``'s) and OTA, and run: the
+    summary, the sync and the results sink (None where there is none)."""
+    from edgerun.errors import ConfigError
+    from edgerun.pipeline import Pipeline
+    from edgerun.sinks import first_drawing_sink, images_into_source, open_sink, video_rate
+    from edgerun.sources import check_fits, gives_images
+    from edgerun.sources.sensor import SensorSource
+    from edgerun.telemetry.metrics import Metrics
+
+    model = slot.primary
+    specs = args.sink or ["stdout"]
+    drawn = first_drawing_sink(specs)
+    check_fits(source, model)  # a model that cannot take these windows or frames: one line, not one per frame
+    _refuse_sinks_onto_the_source(specs, source)
+    if into := images_into_source(specs, args.source):
+        raise ConfigError(
+            f"--sink {into[0]} is inside the source folder {into[1]}: the next run over it would take its "
+            "annotated images for inputs (write them outside the folder)"
+        )
+    if isinstance(source, SensorSource) and drawn is not None:  # before any sink creates its file or folder
+        raise ConfigError(
+            f"--sink {drawn}: an annotated sink needs image frames, and the sensor source {source.uri} "
+            "gives windows of readings, with no image to draw on (use stdout, jsonl, FILE.jsonl or FILE.csv)"
+        )
+    if gives_images(source):
+        model.warm_images()  # OpenCV's import out of the first frame's figures
+    sinks = [open_sink(s, fps=video_rate(args.fps, source)) for s in specs]
+    metrics = Metrics()
+    sync = make_sync(args, mqtt, metrics, [model])
+    # OTA subscribes before the link connects: what the broker kept for the device while it was offline
+    # (commands too, never retained) comes right after CONNACK, and the link drops a message no handler
+    # is registered for. An OTA that fails to start ends the run in one line before the link connects,
+    # so that nothing kept for the device is taken and lost.
+    ota = start_ota(args, sync, slot, metrics)
+    if sync is not None:
+        sync.start()
+    results = sync.results_sink() if sync is not None and args.publish_results else None
+    if results is not None:
+        sinks.append(results)
+    pipeline = Pipeline(
+        source,
+        slot,
+        sinks,
+        metrics=metrics,
+        fps=args.fps,
+        max_frames=args.max_frames,
+        batch_size=args.batch_size,
+        prepare_workers=args.prepare_workers,
+        on_result=report_failure,
+    )
+    early.attach(pipeline)  # a signal since the source opened stops it before it runs
+    return run_pipeline(pipeline, sync, ota), sync, results
 
 
 def _refuse_sinks_onto_the_source(specs: list[str], source: Any) -> None:
