@@ -1,6 +1,7 @@
 """Model cards: what a model is and how to feed it.
 
-A card is a small YAML file beside the model, ``<model file>.card.yaml`` or
+A card is a small YAML file beside the model, ``<model file>.card.yaml`` (for an Edge
+TPU-compiled ``X_edgetpu.tflite`` without one, its CPU twin's ``X.tflite.card.yaml``) or
 ``card.yaml`` in the model's folder. The same schema is the ``card`` of an OTA
 manifest (PROTOCOL.md). Without a card, edgerun infers what it can from the
 tensors (``infer_card``) and says so in the log.
@@ -35,6 +36,7 @@ __all__ = [
     "ModelCard",
     "Postprocess",
     "Preprocess",
+    "card_candidates",
     "find_card",
     "image_layout",
     "infer_card",
@@ -149,14 +151,40 @@ def replace(card: Any, **changes: Any) -> Any:
     return msgspec.structs.replace(card, **changes)
 
 
+#: The end of an Edge TPU-compiled model's file name (``X_edgetpu.tflite``, whose CPU twin is ``X.tflite``).
+_EDGETPU_END = "_edgetpu.tflite"
+
+
+def _twin_card(model_path: Path) -> Path | None:
+    """For an Edge TPU-compiled ``X_edgetpu.tflite``, its CPU twin's card ``X.tflite.card.yaml``; else None."""
+    name = model_path.name
+    if not name.endswith(_EDGETPU_END) or name == _EDGETPU_END:
+        return None
+    return model_path.with_name(name[: -len(_EDGETPU_END)] + ".tflite.card.yaml")
+
+
+def card_candidates(model_path: Path) -> tuple[Path, ...]:
+    """Where ``find_card`` looks for ``model_path``'s card, in order.
+
+    ``<file>.card.yaml``; for an Edge TPU-compiled ``X_edgetpu.tflite``, then its CPU twin's
+    ``X.tflite.card.yaml`` (the same model, compiled: Coral users ship both files with one card, and
+    edgerun runs either file, ``edgerun.accel.select.candidate_files``); then ``card.yaml`` in its folder.
+    """
+    twin = _twin_card(model_path)
+    own = model_path.with_name(model_path.name + ".card.yaml")
+    return (own, *([twin] if twin is not None else []), model_path.parent / "card.yaml")
+
+
 def find_card(model_path: Path) -> Path | None:
-    """The card file for ``model_path``: ``<file>.card.yaml``, else ``card.yaml`` in its folder.
+    """The card file for ``model_path``: the first of ``card_candidates`` that exists.
 
     Whatever is at that path is the card, a folder too: loading it then fails, rather than the
     model running with no card, under an inferred name and version, without a word.
     """
-    for candidate in (model_path.with_name(model_path.name + ".card.yaml"), model_path.parent / "card.yaml"):
+    for candidate in card_candidates(model_path):
         if candidate.exists():
+            if candidate == _twin_card(model_path):
+                log.info("card for %s: %s, its CPU twin's", model_path.name, candidate.name)
             return candidate
     return None
 

@@ -421,12 +421,15 @@ class Daemon:
 
     @staticmethod
     def _on_disk(mc: ModelConfig) -> tuple[tuple[int, int, int] | None, ...]:
-        """``mc``'s model file and its card (both places ``find_card`` looks) as they are on disk: size,
-        mtime (ns) and inode of each, None where there is none. A model or card copied over the old
-        one at the same path changes it, so a SIGHUP reloads that model as it does a changed section."""
+        """``mc``'s model file and its card (every place ``find_card`` looks: an Edge TPU-compiled model's CPU
+        twin's card too) as they are on disk: size, mtime (ns) and inode of each, None where there is none. A
+        model or card copied over the old one at the same path changes it, so a SIGHUP reloads that model as it
+        does a changed section."""
+        from edgerun.card import card_candidates
+
         path = Path(mc.path)
         seen: list[tuple[int, int, int] | None] = []
-        for file in (path, path.with_name(path.name + ".card.yaml"), path.parent / "card.yaml"):
+        for file in (path, *card_candidates(path)):
             try:
                 st = os.stat(file)
             except OSError:
