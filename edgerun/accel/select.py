@@ -10,7 +10,8 @@ Selection is separate from probing: it takes the probed ``DeviceFacts`` and
    than a slow one);
 3. with ``fastest``, times every working candidate on the actual model and keeps
    the winner, cached per (model SHA-256, device fingerprint, runtime versions,
-   threads) in the state directory so the next start tries only the winner.
+   threads, candidates) in the state directory so the next start tries only the
+   winner.
 
 Every decision is logged at INFO and kept in ``Selection.attempts``.
 """
@@ -196,6 +197,15 @@ def _toolchain(delegate: str, runtime: RuntimeFacts) -> str:
     return "-".join(p.replace(" ", "") for p in parts)
 
 
+class _Cached(msgspec.Struct, frozen=True):
+    """One ``fastest`` cache entry: the winner, every timed median (ms), and the candidates that fell back
+    when it was timed, by name, as (status, reason)."""
+
+    delegate: str
+    timings: dict[str, float]
+    fell_back: dict[str, tuple[str, str]]
+
+
 class _FastestCache:
     """The winners of ``fastest`` runs, one JSON file in the state directory."""
 
@@ -214,22 +224,36 @@ class _FastestCache:
             return {}
         return data if isinstance(data, dict) else {}
 
-    def get(self, key: str) -> tuple[str, dict[str, float]] | None:
-        """The cached winner and every candidate's timed median (ms), or None."""
+    def get(self, key: str) -> _Cached | None:
+        """The entry for ``key``, or None."""
         entry = self._load().get(key)
         delegate = entry.get("delegate") if isinstance(entry, dict) else None
         if not isinstance(entry, dict) or not isinstance(delegate, str):
             return None
         timings = entry.get("timings_ms")
-        if not isinstance(timings, dict):
-            return delegate, {}
-        return delegate, {k: float(v) for k, v in timings.items() if isinstance(v, (int, float))}
+        timings = timings if isinstance(timings, dict) else {}
+        fell_back = entry.get("fell_back")
+        fell_back = fell_back if isinstance(fell_back, dict) else {}
+        return _Cached(
+            delegate,
+            {k: float(v) for k, v in timings.items() if isinstance(v, (int, float))},
+            {
+                k: (v[0], str(v[1]))
+                for k, v in fell_back.items()
+                if isinstance(v, list) and len(v) == 2 and v[0] in ("failed", "wrong-output")
+            },
+        )
 
-    def put(self, key: str, delegate: str, timings: dict[str, float]) -> None:
+    def put(self, key: str, delegate: str, timings: dict[str, float], fell_back: list[Attempt]) -> None:
         if self.file is None:
             return
         data = self._load()
-        data[key] = {"delegate": delegate, "timings_ms": timings, "created": int(time.time())}
+        data[key] = {
+            "delegate": delegate,
+            "timings_ms": timings,
+            "fell_back": {a.delegate: [a.status, a.reason] for a in fell_back},
+            "created": int(time.time()),
+        }
         try:
             self.file.parent.mkdir(parents=True, exist_ok=True)
             atomic_write(self.file, json.dumps(data, indent=1, sort_keys=True).encode())
@@ -269,6 +293,16 @@ def find_candidates(
             continue
         candidates.append((spec, target))
     return candidates, attempts
+
+
+def _as_found(candidates: list[tuple[DelegateSpec, Path]], runtime: RuntimeFacts) -> str:
+    """The candidates as selection finds them before opening any, for the ``fastest`` cache key: each name,
+    marked where its delegate library does not load (as ``discover`` found, without loading it again).
+
+    A delegate usable now that was not when the winner was timed (a library installed since, an Edge TPU
+    model put beside this one, a provider in another onnxruntime build) makes another key, so it is timed.
+    """
+    return ",".join(s.name + ("(no library)" if runtime.library_error(s.name) else "") for s, _ in candidates)
 
 
 def select(
@@ -321,9 +355,19 @@ def select(
     cache = _FastestCache(state_dir)
     cache_key = None
     if delegate == "fastest":
-        cache_key = f"{sha256_file(model_path)}|{device.fingerprint()}|{runtime.versions()}|threads={threads or 0}"
+        cache_key = (
+            f"{sha256_file(model_path)}|{device.fingerprint()}|{runtime.versions()}|threads={threads or 0}"
+            f"|candidates={_as_found(candidates, runtime)}"
+        )
         hit = cache.get(cache_key)
-        winner, timings = hit if hit is not None else (None, {})
+        winner, timings = (hit.delegate, hit.timings) if hit is not None else (None, {})
+        if hit is not None and strict and hit.fell_back:  # strict judges what falls back now, not the cache
+            log.info(
+                "cached fastest delegate for %s was chosen after %s fell back; timing again (--strict-accelerator)",
+                model_path.name,
+                ", ".join(hit.fell_back),
+            )
+            winner = None
         if winner is not None and any(s.name == winner for s, _ in candidates):
             log.info("fastest delegate for %s from cache: %s", model_path.name, winner)
             chosen = [(s, p) for s, p in candidates if s.name == winner]
@@ -333,8 +377,12 @@ def select(
                 log.warning("cached fastest delegate %s no longer works (%s); timing again", winner, exc)
                 attempts = [a for a in attempts if a.status == "unavailable"]
             else:  # the candidates the timing ranked lower, still listed, as a timed run lists them
+                fell_back = hit.fell_back if hit is not None else {}
                 for spec, target in candidates:
-                    if spec.name != winner:
+                    if spec.name in fell_back:  # as the timing found it: failed or wrong-output, with its reason
+                        status, why = fell_back[spec.name]
+                        selection.attempts.append(Attempt(spec.name, str(target), status, f"{why} (cached)"))
+                    elif spec.name != winner:
                         why = "slower when timed (cached)" if spec.name in timings else "not timed then (cached)"
                         attempt = Attempt(spec.name, str(target), "not-tried", why, latency_ms=timings.get(spec.name))
                         selection.attempts.append(attempt)
@@ -390,7 +438,8 @@ def select(
         raise
     log.info("delegate for %s: %s (fastest, %.3f ms)", model_path.name, spec.name, best_ms)
     assert cache_key is not None
-    cache.put(cache_key, spec.name, {w[2].name: w[0] for w in working})
+    fell = [a for a in attempts if a.status in ("failed", "wrong-output")]
+    cache.put(cache_key, spec.name, {w[2].name: w[0] for w in working}, fell)
     return Selection(backend, spec.name, target, "fastest", attempts)
 
 
