@@ -11,6 +11,11 @@ object rows are mapped by name (a row missing one of them, or with another
 name, is a bad row). Windows of ``window`` rows start every ``hop`` rows and
 are yielded as float32 arrays of shape ``[window, channels]``.
 
+The format is the file's suffix's (``.csv``; ``.jsonl``, ``.ndjson``). Standard input
+has none, nor has a path with another suffix given to ``SensorSource``: there the
+first line that holds a row or a header decides, as it is read (nothing is read
+ahead): one starting with ``[`` or ``{`` is JSON Lines, any other is CSV.
+
 Standard input, and a named pipe (a FIFO) given as the file, are streams: read
 with ``poll`` and a short timeout, never a blocking read, so ``close()``
 (SIGINT, SIGTERM, a daemon's reload) stops a run whose sender has gone quiet
@@ -67,6 +72,8 @@ from edgerun.sources.base import Frame
 __all__ = ["MAX_ROW_CHARS", "SENSOR_SUFFIXES", "SensorSource", "is_sensor_spec", "window_for"]
 
 SENSOR_SUFFIXES = frozenset({".csv", ".jsonl", ".ndjson"})
+#: The format each suffix names; a source without one of them (standard input) is told by its first line.
+_SUFFIX_FORMATS = {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl"}
 _TIME_COLUMNS = frozenset({"t", "ts", "time", "timestamp"})
 #: A file none of whose first this many data rows can be read is refused before the run (``check_model``):
 #: a few bad rows among good ones are reported one by one, and the run goes on.
@@ -143,8 +150,8 @@ class SensorSource:
         self.stream = self._stream
         #: True for a named pipe: its writer closing ends a run, and a daemon reads it again for the next writer
         self.pipe = self._stream and not self._stdin and not _descriptor(path)
-        suffix = Path(path).suffix.lower()
-        self._format = fmt or ("jsonl" if suffix in (".jsonl", ".ndjson") else "csv")
+        #: "csv" or "jsonl"; None where the suffix names neither (standard input): ``_format_of`` its first line
+        self._format = fmt or (None if self._stdin else _SUFFIX_FORMATS.get(Path(path).suffix.lower()))
         self._closed = False
         self.bad_rows = 0
 
@@ -195,11 +202,12 @@ class SensorSource:
             first = next((line for _, line in lines if line is not None), None)
         finally:
             lines.close()  # closes the file
-        header = _csv_fields(first) if self._format == "csv" and first is not None else None
+        csv_first = first is not None and (self._format or _format_of(first)) == "csv"
+        header = _csv_fields(first) if first is not None and csv_first else None
         if header is not None and not _is_header(header):
             header = None
         found = None if header is None else len(_channel_columns(header))
-        hint = _separator_hint(first) if self._format == "csv" and first is not None else ""
+        hint = _separator_hint(first) if first is not None and csv_first else ""
         looked, bad = 0, ""
         rows = self._rows()
         try:
@@ -306,11 +314,13 @@ class SensorSource:
         labels: list[str] = []  # each kept CSV field as messages name it: its column in the file, its header name
         width: int | None = None
         names: list[str] | None = None  # a JSON Lines file's channels, from its first object row
+        fmt = self._format  # None until the first line read tells it (standard input)
         for number, line in self._content():
             if line is None:
                 yield number, f"longer than {MAX_ROW_CHARS} characters"
                 continue
-            if self._format == "jsonl":
+            fmt = fmt or _format_of(line)
+            if fmt == "jsonl":
                 values, names = _json_row(line, names)
             else:
                 fields = _csv_fields(line)
@@ -423,6 +433,12 @@ def _open_pipe(path: str) -> int:
         return os.open(path, os.O_RDONLY | os.O_NONBLOCK)
     except OSError as exc:  # removed, or made unreadable, since the source was opened
         raise SourceError(f"sensor file cannot be read: {path}: {exc.strerror}") from exc
+
+
+def _format_of(first: str) -> str:
+    """The format of a source whose suffix names none (standard input), told by its ``first`` line that holds a
+    row or a header: JSON Lines where it starts with ``[`` or ``{`` (an array or an object), else CSV."""
+    return "jsonl" if first.startswith(("[", "{")) else "csv"
 
 
 def _csv_fields(line: str) -> list[str]:
