@@ -83,7 +83,8 @@ class Selection(msgspec.Struct):
 
     @property
     def fallbacks(self) -> list[Attempt]:
-        """Candidates that were tried and rejected (load failure or wrong output)."""
+        """Candidates that were tried and rejected (load failure or wrong output), now or, for a cached
+        ``fastest`` choice, when it was timed."""
         return [a for a in self.attempts if a.status in ("failed", "wrong-output")]
 
     def to_dict(self) -> dict[str, object]:
