@@ -11,7 +11,6 @@ no node (the model then runs on LiteRT's own kernels).
 
 from __future__ import annotations
 
-import ctypes
 import json
 import os
 import shutil
@@ -23,15 +22,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import SAMPLES, FakeTree, run_cli
-
-
-def _loads(library: str) -> bool:
-    try:
-        ctypes.CDLL(library)
-    except OSError:
-        return False
-    return True
-
+from tests.test_bench_devices_audit import _loads
 
 pytestmark = pytest.mark.skipif(
     sys.platform != "linux" or _loads("libedgetpu.so.1"), reason="needs Linux without libedgetpu"
