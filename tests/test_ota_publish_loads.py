@@ -61,21 +61,6 @@ def test_a_card_of_another_model_is_refused_and_nothing_is_published(
     assert retained(own_broker.port) == {}
 
 
-def test_an_edge_tpu_compiled_model_is_not_loaded_here_and_is_published(
-    tmp_path: Path,
-    own_broker: Broker,
-    key_pair: Path,
-) -> None:
-    """No CPU runtime runs an Edge TPU-compiled model (its ops are one custom op): a load here would refuse every
-    Coral update. The file stands in for one (a compiled model is a .tflite only libedgetpu can run)."""
-    model = tmp_path / "digits_int8_edgetpu.tflite"
-    model.write_bytes(b"\x1c\x00\x00\x00TFL3" + b"\x00" * 64)  # a FlatBuffer header and no more
-    shutil.copy(DIGITS / "digits_int8.tflite.card.yaml", tmp_path / "digits_int8_edgetpu.tflite.card.yaml")
-    code, stderr = _publish(model, key_pair, own_broker)
-    assert code == 0, stderr
-    assert "edgerun/dev1/ota/manifest" in retained(own_broker.port)
-
-
 def test_a_model_whose_runtime_this_machine_lacks_is_published_with_a_warning(
     tmp_path: Path, own_broker: Broker, key_pair: Path
 ) -> None:

@@ -172,6 +172,7 @@ def publish(args: argparse.Namespace) -> int:
     check_name("model", args.model)
     _check_version(args.version)  # the manifest's rule, named by the option typed rather than by $.version
     require_not_empty("MODEL_FILE", args.model_file)  # "" would be the current directory
+    _check_not_compiled(Path(args.model_file))
     require_not_empty("--card", args.card)  # "" would quietly mean the card beside MODEL_FILE
     require_not_empty("--validate-with", *args.validate_with)
     _check_via(args.via)
@@ -236,11 +237,29 @@ def publish(args: argparse.Namespace) -> int:
         fleet.close()
 
 
+def _check_not_compiled(path: Path) -> None:
+    """Refuse an Edge TPU-compiled ``X_edgetpu.tflite``: an update carries one model file, which every device
+    installs as its store's ``model.tflite``. There it has no ``_edgetpu`` name, so no device tries it on an Edge
+    TPU, and the CPU cannot run its ``edgetpu-custom-op``: no device could run it (PROTOCOL.md has no pair).
+
+    Raises:
+        ConfigError: naming the CPU twin ``X.tflite`` to publish instead.
+    """
+    from edgerun.errors import ConfigError
+
+    end = "_edgetpu.tflite"
+    if path.name.endswith(end) and path.name != end:
+        twin = path.with_name(path.name[: -len(end)] + ".tflite")
+        raise ConfigError(
+            f"{path} is compiled for the Edge TPU: an update carries one model file, which every device must run: "
+            f"publish {twin} (PROTOCOL.md has no Edge TPU pair)"
+        )
+
+
 def _check_loads(path: Path, card: dict[str, Any]) -> None:
     """Load ``path`` with ``card`` on this machine's CPU, as each device will before it runs it, so a file the
     runtime cannot read (truncated, another format) or a card that does not fit it (another model's labels or
-    input size) is refused before anything is published. An Edge TPU-compiled model (``*_edgetpu.tflite``)
-    runs only on an Edge TPU, so it is not loaded here, and a model whose runtime this machine lacks is published
+    input size) is refused before anything is published. A model whose runtime this machine lacks is published
     with a warning (each device still checks it).
 
     Raises:
@@ -250,8 +269,6 @@ def _check_loads(path: Path, card: dict[str, Any]) -> None:
     from edgerun.card import parse_card
     from edgerun.errors import BackendUnavailableError
 
-    if path.name.endswith("_edgetpu.tflite"):
-        return
     try:
         with edgerun.load(path, card=parse_card(card, "card"), delegate="cpu", verify=False):
             pass
