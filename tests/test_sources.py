@@ -123,8 +123,8 @@ def test_a_video_or_camera_closed_before_it_was_read_lets_go_of_its_file_at_once
 
 
 def test_an_absent_camera_is_a_clear_error() -> None:
-    with pytest.raises(SourceError, match="camera camera:9 not found: no /dev/video9"):
-        CameraSource("camera:9", open_capture=lambda device: cv2.VideoCapture())
+    with pytest.raises(SourceError, match=r"^camera camera:9 unreachable after 3 attempts: not found: no /dev/video9$"):
+        CameraSource("camera:9", retry_delay_s=0.01, open_capture=lambda device: cv2.VideoCapture())
     for spec in ("camera:front", "camera:-1", "camera:1.5", "camera:\u00b2", "camera:"):
         with pytest.raises(SourceError) as err:
             CameraSource(spec, open_capture=lambda device: cv2.VideoCapture())

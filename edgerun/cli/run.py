@@ -161,7 +161,8 @@ def run(args: argparse.Namespace) -> int:
     early = _StopBeforeRun()
     with model, signals.handled(dict.fromkeys((signal.SIGINT, signal.SIGTERM), early)):
         window = window_for(model, args.window)  # --window was refused already for a source of another kind
-        source = open_configured(args.source, args, window, early.stopped)  # a stream's retries end at a stop
+        # a stream's or a camera's first attempts end at a stop
+        source = open_configured(args.source, args, window, early.stopped)
         if early.reason is not None:  # stopped while the source opened: the run ends as one stopped at its start
             source.close()
             summary, sync, results = Summary(stopped_by=early.reason), None, None

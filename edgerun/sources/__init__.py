@@ -19,12 +19,16 @@ from __future__ import annotations
 
 import glob
 import os
+import stat
 import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any, Protocol, cast
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from edgerun.sources.base import Frame, LatestBuffer, LiveSource, Source
+
+if TYPE_CHECKING:
+    from edgerun.inputs import InputRef
 
 __all__ = [
     "Frame",
@@ -67,7 +71,9 @@ def check_fits(source: Source, model: Any) -> None:
     model with no image preprocessing takes them only where its input tensor has an
     image's shape (``_image_shaped``); a sensor model, say, would fail every frame. An
     image file is fitted by the model's preprocessing, and a message's shape is known
-    only when it arrives.
+    only when it arrives. A pipe given alone (a named pipe with no ``.csv``/``.jsonl``
+    name, ``/dev/stdin``) is an image file read whole (``_lone_pipe``): for a model
+    with no image preprocessing it is refused with the name a sensor pipe needs.
 
     Raises:
         ConfigError: naming the model's input tensor and the source.
@@ -84,6 +90,25 @@ def check_fits(source: Source, model: Any) -> None:
             f"{model.name} takes no images: its input tensor {spec.describe()} has no image preprocessing "
             f"(its card has no preprocess section), and {source.uri} gives video frames"
         )
+    if not model.takes_images and (pipe := _lone_pipe(source)) is not None:
+        raise ConfigError(
+            f"{pipe} is a pipe, read whole as one image, and {model.name} takes no images (its input tensor "
+            f"{spec.describe()} has no image preprocessing): name a pipe of sensor readings .csv or .jsonl "
+            "(mkfifo accel.csv), or give standard input as -"
+        )
+
+
+def _lone_pipe(source: Source) -> str | None:
+    """The path of ``source``'s only input where that is a pipe read as an image (not a ``.npy`` array): a named
+    pipe, ``/dev/stdin`` fed by one; None otherwise. Only looked at (``stat``), never opened."""
+    refs: Sequence[InputRef] = getattr(source, "refs", ())
+    if len(refs) != 1 or refs[0].error is not None or refs[0].path.lower().endswith(".npy"):
+        return None
+    path = refs[0].path
+    try:
+        return path if stat.S_ISFIFO(os.stat(path).st_mode) else None
+    except (OSError, ValueError):
+        return None
 
 
 def gives_images(source: Source) -> bool:
@@ -164,7 +189,7 @@ def open_source(
 ) -> Source:
     """Open the source named by ``specs`` (several paths, or a glob matching several, make one file source).
 
-    ``stop`` ends a stream's first connection retries early (a daemon stopping meanwhile). ``skip``
+    ``stop`` ends a camera's or a stream's first connection retries early (a daemon stopping meanwhile). ``skip``
     names image and array files a file source leaves out (done already: a retried daemon pipeline).
 
     Raises:
@@ -184,7 +209,7 @@ def open_source(
     if len(items) == 1:
         kind = _only_source_kind(first)
         if kind == _CAMERA:
-            return CameraSource(first, width=width, height=height, fps=fps, queue=queue or 2)
+            return CameraSource(first, width=width, height=height, fps=fps, queue=queue or 2, stop=stop)
         if kind == _STREAM:
             return StreamSource(first, queue=queue or 2, decode_threads=decode_threads, stop=stop)
         if kind == _MQTT:

@@ -4,10 +4,11 @@
   frame count its container declares (truncated or corrupt) ends with an error
   frame saying so, so the run counts the lost input instead of calling it the end;
 * a camera (``camera:0``, ``/dev/video0``) is captured on its own thread into a
-  latest-frames buffer, with the requested width, height and FPS. A failed read
-  (a USB hiccup, the camera unplugged) releases the device and opens it again,
-  with the same settings, after a wait that grows as a stream's does (below), in
-  a bounded number of attempts; frame indexes go on across reopenings, and a
+  latest-frames buffer, with the requested width, height and FPS; its first
+  opening is a bounded number of attempts (a camera that enumerates late). A
+  failed read (a USB hiccup, the camera unplugged) releases the device and opens
+  it again, with the same settings, after a wait that grows as a stream's does
+  (below), in as many attempts; frame indexes go on across reopenings, and a
   camera that does not come back ends the source with an error naming it;
 * a network stream (``rtsp://``, ``http://`` MJPEG) likewise. One that drops is
   reconnected after a wait that doubles with each drop, from the retry delay up
@@ -269,6 +270,14 @@ class CameraSource(LiveSource):
     most ``retries`` attempts ``retry_delay_s * n`` apart (``connect_with_retries``).
     Frame indexes go on across reopenings. A camera that does not come back in
     those attempts ends the source with a ``SourceError`` naming it.
+
+    The first opening, here, is the same ``retries`` attempts: a USB camera that
+    enumerates a second or two after a service starts (a board booting) is still
+    found; one absent or busy on every attempt is a ``SourceError`` before a run
+    starts (``camera camera:0 unreachable after 3 attempts: not found: no
+    /dev/video0``, after 1 + 2 s with the defaults). ``stop`` (a daemon's, or
+    ``edgerun run``'s on a signal) ends those attempts early: the source then
+    gives no frames, and the caller discards it.
     """
 
     decoded = True
@@ -284,6 +293,7 @@ class CameraSource(LiveSource):
         retries: int = 3,
         retry_delay_s: float = 1.0,
         open_capture: OpenCapture = _open_v4l2,
+        stop: threading.Event | None = None,
     ) -> None:
         super().__init__(spec, queue)
         self._device = _parse_camera(spec)
@@ -291,11 +301,16 @@ class CameraSource(LiveSource):
         self._size_fps = (width, height, fps)
         self._retries = retries
         self._delay = retry_delay_s
-        try:
-            self._cap, self._first = self._open_device()
-        except OSError as exc:
-            raise SourceError(f"camera {spec} {exc}") from None
-        self.fps = _declared_fps(self._cap) or fps or 0.0
+        # opened here, so a camera that is not there is an error before a run starts; ``stop`` ends the
+        # attempts early: None then, and the caller discards the source
+        opened = connect_with_retries(
+            f"camera {spec}", self._open_device, retries=retries, delay_s=retry_delay_s, stop=stop or self._stop
+        )
+        self._cap: Any = None
+        self._first: Any = None
+        if opened is not None:
+            self._cap, self._first = opened
+        self.fps = (_declared_fps(self._cap) if self._cap is not None else 0.0) or fps or 0.0
         #: times the camera was opened again after it stopped giving frames
         self.reconnects = 0
 
@@ -323,11 +338,14 @@ class CameraSource(LiveSource):
         return cap, first
 
     def _release(self) -> None:
-        self._cap.release()
+        if self._cap is not None:
+            self._cap.release()
 
     def _capture(self, buffer: LatestBuffer, stop: threading.Event) -> None:
         index, image, self._first = 0, self._first, None
         cap = self._cap
+        if cap is None:  # stopped while the first opening was retried
+            return
         first = index  # this opening's first frame
         waits = _ReconnectWait(self._delay)
         buffers = FrameBuffers()
