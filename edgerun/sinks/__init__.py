@@ -150,10 +150,19 @@ def _where(path: str) -> str:
 
 def video_rate(fps: float | None, source: Any) -> float:
     """The rate an annotated video plays at: the rate frames are taken (the pipeline's ``fps``),
-    else the source's own (``source.fps``, 0 when it declares none), else 25 frames per second. The video
+    else the source's own (``source.fps``, 0 when it declares none), else for a live source (``source.live``:
+    an MQTT topic, a camera or stream that declares no rate) ``PacedRate(LIVE_FPS)``, 10 frames per second
+    at which the video sink paces frames by their capture time, else (files) 25 frames per second. The video
     sink brings a rate OpenCV cannot write within the range it can, with a warning
     (``edgerun.sinks.annotate.VIDEO_FPS_MIN`` to ``VIDEO_FPS_MAX``)."""
-    return fps or getattr(source, "fps", 0.0) or 25.0
+    rate = fps or getattr(source, "fps", 0.0)
+    if rate:
+        return rate
+    if getattr(source, "live", False):
+        from edgerun.sinks.annotate import LIVE_FPS, PacedRate
+
+        return PacedRate(LIVE_FPS)
+    return 25.0
 
 
 def open_sink(spec: str, *, fps: float = 25.0) -> Sink:

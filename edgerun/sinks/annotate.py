@@ -38,6 +38,18 @@ OpenCV is handed the file's absolute path, so FFmpeg never reads a relative name
 URL scheme; a file the writer left empty when it failed is removed, so the next run does not move on to
 ``out-1.mp4``.
 
+A video from a live source that declares no rate (an MQTT topic; a camera or stream that declares none)
+with no ``--fps`` would play at whatever rate it is written at, not in the time its frames were taken
+(a topic giving 2 frames a second, written at 25, played 12 times too fast). ``video_rate`` gives such a
+source a ``PacedRate`` (``LIVE_FPS``), and the sink paces its frames by their capture time (``Frame.ts``):
+the writer runs at that fixed rate, and each frame is written once for every 1/``LIVE_FPS`` slot from its
+own until the next frame's (repeated over a gap; of several frames in one slot, the newest is written), so
+the video plays in real time. A frame stamped before the one waiting (the clock set back) takes the next
+slot, and the pacing goes on from it. A frame is held ``MAX_HOLD_S`` at most (a source silent for an hour
+must not write an hour of copies): a longer gap plays as ``MAX_HOLD_S``, said in one WARNING. The last
+frame is written once, at ``close``. Every other video (file sources, a declared rate, ``--fps``) gets
+every frame once, at its rate. ``written`` counts the frames handed to the writer, repeats included.
+
 The label is drawn as OpenCV's Hershey fonts can draw it (``_drawable``: printable ASCII on one line), and
 shortened with ``...`` where the frame is too narrow for it, so the score is always whole.
 
@@ -73,7 +85,7 @@ from edgerun.sinks.text import top1
 
 log = logging.getLogger(__name__)
 
-__all__ = ["AnnotatedImageSink", "AnnotatedVideoSink"]
+__all__ = ["AnnotatedImageSink", "AnnotatedVideoSink", "PacedRate"]
 
 
 def _image(result: Result) -> np.ndarray | None:
@@ -385,11 +397,32 @@ def _no_room(path: str, size: int) -> str | None:
     return os.strerror(errno.ENOSPC) if free < LOW_ROOM else None
 
 
+#: Frames per second a video from a live source that declares no rate is written at (without ``--fps``): its
+#: frames are paced by their capture time into slots of 1/``LIVE_FPS`` seconds (see the module docstring).
+#: Ten a second shows what such a source gives (an MQTT topic: a few frames a second) in real time to within
+#: a tenth of a second, at little cost: a repeated frame compresses to almost nothing.
+LIVE_FPS = 10.0
+#: Seconds a paced video holds one frame at most: a longer gap between two frames (a source silent for an hour)
+#: plays as this long, with one WARNING, rather than as copies of the last frame for the whole of it.
+MAX_HOLD_S = 5.0
+#: Slots: a timestamp within this much of a slot's start is in that slot (``ts`` of 1.7e9 seconds holds
+#: about 0.2 us: 0.5 s apart reads as 4.9999999 slots of 0.1 s).
+_SLOT_SLACK = 1e-3
+
+
+class PacedRate(float):
+    """A video rate at which the video sink paces frames by their capture time (``Frame.ts``) rather than
+    writing each once: ``edgerun.sinks.video_rate``'s for a live source that declares no rate, with no
+    ``--fps``. It passes through ``open_sink(spec, fps=...)`` as any rate does."""
+
+
 class AnnotatedVideoSink:
     """Writes annotated frames into one video file (size from the first frame).
 
-    ``written`` counts the frames handed to the writer; a file that cannot hold them all (a full disk,
-    the file-size limit) stops the run with the reason (see the module docstring).
+    ``written`` counts the frames handed to the writer (a paced video's repeats included); a file that
+    cannot hold them all (a full disk, the file-size limit) stops the run with the reason (see the module
+    docstring). At a ``PacedRate`` frames are paced by their capture time; at any other rate each frame
+    is written once.
     """
 
     FOURCC: ClassVar[dict[str, str]] = {".mp4": "mp4v", ".m4v": "mp4v", ".avi": "MJPG", ".mkv": "MJPG", ".mov": "mp4v"}
@@ -406,15 +439,22 @@ class AnnotatedVideoSink:
             raise ConfigError(f"cannot write {path}: {why}")
         self._suffix = suffix
         self._fourcc = self.FOURCC[suffix]
+        self._paced = isinstance(fps, PacedRate)
         self._fps = _video_rate(path, fps)
         self._file = os.path.abspath(path)  # what OpenCV is given: FFmpeg reads `12:30.mp4` as a URL scheme
         self._writer: Any = None
         self._size_seen = 0  # the file's size at the last check, in bytes
         self._failed = False
         self.written = 0
+        # paced only: the frame waiting to be written (image and result), its slot, and where slot 0 starts
+        self._pending: tuple[np.ndarray, Result] | None = None
+        self._slot = 0
+        self._t0 = 0.0
+        self._gap_said = False
 
     def publish(self, result: Result) -> None:
-        """Draw and append one frame (a frame that is not an image is skipped with a warning)."""
+        """Draw and append one frame (a frame that is not an image is skipped with a warning); at a
+        ``PacedRate``, held until the next frame says how many slots it covers."""
         cv2 = opencv()
 
         image = _image(result)
@@ -425,10 +465,51 @@ class AnnotatedVideoSink:
             self._open(image.shape[1], image.shape[0])
         if (image.shape[1], image.shape[0]) != self._size:
             image = cv2.resize(image, self._size)
-        self._writer.write(annotate(image, result))
-        self.written += 1
-        if self.written % CHECK_EVERY == 0:
-            self._check_growing()
+        if self._paced:
+            self._pace(image, result)
+        else:
+            self._put(annotate(image, result))
+
+    def _put(self, frame: np.ndarray, times: int = 1) -> None:
+        """Hand ``frame`` to the writer ``times`` times, counting each and checking the file every
+        ``CHECK_EVERY`` frames."""
+        for _ in range(times):
+            self._writer.write(frame)
+            self.written += 1
+            if self.written % CHECK_EVERY == 0:
+                self._check_growing()
+
+    def _pace(self, image: np.ndarray, result: Result) -> None:
+        """Take a paced frame: the one waiting is written once for each slot from its own to this one's (at most
+        ``MAX_HOLD_S`` of them), and this one waits; one in the waiting one's slot replaces it (the newest)."""
+        ts = result.frame.ts
+        if self._pending is None:  # the first frame starts slot 0
+            self._t0, self._slot, self._pending = ts, 0, (image, result)
+            return
+        slot = math.floor((ts - self._t0) * self._fps + _SLOT_SLACK)
+        if slot < self._slot:  # the clock was set back: the grid moves with it, this frame in the next slot
+            self._t0 -= (self._slot + 1 - slot) / self._fps
+            slot = self._slot + 1
+        if slot == self._slot:
+            self._pending = (image, result)
+            return
+        held, most = slot - self._slot, max(1, round(MAX_HOLD_S * self._fps))
+        if held > most:
+            if not self._gap_said:
+                self._gap_said = True
+                log.warning(
+                    "%s: no frame for %.1f s after %s: a frame is shown %g s at most, so this gap and any longer "
+                    "one play shorter than they were (said once)",
+                    self.path,
+                    held / self._fps,
+                    self._pending[1].frame.source_id,
+                    most / self._fps,
+                )
+            self._t0 += (held - most) / self._fps  # the video goes on from here, that much behind the clock
+            held, slot = most, self._slot + most
+        waiting, self._pending = self._pending, (image, result)
+        self._slot = slot
+        self._put(annotate(*waiting), held)
 
     def _open(self, w: int, h: int) -> None:
         """Open the writer for frames of ``w`` x ``h`` pixels (the first frame's), at the next free name.
@@ -448,6 +529,14 @@ class AnnotatedVideoSink:
         self._file = os.path.abspath(self.path)
         self._writer = cv2.VideoWriter(self._file, cv2.VideoWriter.fourcc(*self._fourcc), self._fps, self._size)
         if self._writer.isOpened():
+            if self._paced:
+                log.info(
+                    "%s: the source declares no rate: frames are paced by their capture time at %g frames per "
+                    "second, each repeated until the next (for %g s at most)",
+                    self.path,
+                    self._fps,
+                    MAX_HOLD_S,
+                )
             if (w % 2 or h % 2) and self._writer.getBackendName() == "FFMPEG":
                 # OpenCV's FFmpeg writer takes even sides only, and leaves out the last column or row without a word
                 log.warning(
@@ -491,23 +580,29 @@ class AnnotatedVideoSink:
             raise self._fail(why)
 
     def close(self) -> None:
-        """Finish the file, and check that it holds every frame written.
+        """Finish the file (a paced video's waiting frame written first), and check that it holds every
+        frame written.
 
         Raises:
             PipelineError: the finished file does not (a full disk, the file-size limit).
         """
         if self._writer is None:
             return
-        writer, self._writer = self._writer, None
-        writer.release()
         try:
-            if not self._failed:
-                self._check_finished()
+            if self._pending is not None and not self._failed:  # a paced video's last frame, once
+                waiting, self._pending = self._pending, None
+                self._put(annotate(*waiting))
         finally:
-            if self._failed:  # a file the disk took nothing of would only push the next run to `out-1.mp4`
-                with contextlib.suppress(OSError):
-                    if os.stat(self._file).st_size == 0:
-                        os.unlink(self._file)
+            writer, self._writer = self._writer, None
+            writer.release()
+            try:
+                if not self._failed:
+                    self._check_finished()
+            finally:
+                if self._failed:  # a file the disk took nothing of would only push the next run to `out-1.mp4`
+                    with contextlib.suppress(OSError):
+                        if os.stat(self._file).st_size == 0:
+                            os.unlink(self._file)
 
     def _check_finished(self) -> None:
         """Open the released file again: it must declare every frame written, and where its disk is left
