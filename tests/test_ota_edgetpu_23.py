@@ -79,3 +79,24 @@ def test_a_coral_device_given_the_plain_file_tries_the_edge_tpu_and_its_store_ke
         assert Path(tried["edgetpu"].path) == pair.with_name("digits_int8_edgetpu.tflite")
     record = store.manifest("digits", "1.0.0")
     assert record["source"] == str(pair) and record["sha256"] == sha256_file(pair)
+
+
+def test_a_coral_device_given_the_compiled_file_keeps_its_cpu_twin_in_the_store(pair: Path, tmp_path: Path) -> None:
+    """Given ``X_edgetpu.tflite`` with ``X.tflite`` beside it, the store keeps the twin, which the CPU can run
+    after a rollback; it used to keep the compiled file, which runs nowhere from there."""
+    compiled = pair.with_name("digits_int8_edgetpu.tflite")
+    shutil.copy(DIGITS / "digits_fp32.tflite", compiled)  # other bytes than the twin's, to tell them apart
+    tpu_root = FakeTree(tmp_path / "root").cpu("avx2").file("dev/apex_0").root  # libedgetpu is not installed
+
+    def load(path: Path, card: ModelCard | None) -> Model:
+        return edgerun.load(path, card=card, probe_root=tpu_root, state_dir=tmp_path / "state")
+
+    store = ModelStore(tmp_path / "state" / "models")
+    with serve_from_store(compiled, store, load) as model:
+        assert model.name == "digits" and model.version == "1.0.0"  # the twin's card
+    record = store.manifest("digits", "1.0.0")
+    assert record["sha256"] == sha256_file(pair) and record["size"] == pair.stat().st_size
+    assert sha256_file(store.verified_file("digits", "1.0.0")) == sha256_file(pair)
+    with serve_from_store(compiled, store, load):  # a restart: the given pair matches the store's copy
+        pass
+    assert store.manifest("digits", "1.0.0") == record

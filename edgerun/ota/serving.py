@@ -14,6 +14,12 @@ stop it at every boot): a damaged ``active.json`` is set aside by the store and 
 installed and made active as at a first start; an active version whose copy in the store is
 unusable (its record, card or model file damaged or gone) gives way to the file given, made active,
 the damaged version kept as a rollback target. Each says so in one WARNING line.
+
+The store keeps one file a version, which every delegate of the device must be able to run from
+there. Given an Edge TPU-compiled ``X_edgetpu.tflite`` with its CPU twin ``X.tflite`` beside it, the
+twin is what the store keeps and compares (``_stored_file``); the pair given still serves, the Edge
+TPU first. A compiled file kept as the store's ``model.tflite`` would run nowhere: not on the Edge
+TPU (only an ``_edgetpu`` name is tried there), nor on the CPU (its one custom op).
 """
 
 from __future__ import annotations
@@ -39,13 +45,25 @@ LoadModel = Callable[[Path, "ModelCard | None"], Model]
 LOCAL = "local"
 
 
+def _stored_file(path: Path) -> Path:
+    """The file the store keeps for the model file ``path``: the CPU twin ``X.tflite`` of an Edge
+    TPU-compiled ``X_edgetpu.tflite`` where it is beside it, else ``path`` (see the module docstring)."""
+    end = "_edgetpu.tflite"
+    if path.name.endswith(end) and path.name != end:
+        twin = path.with_name(path.name[: -len(end)] + ".tflite")
+        if twin.is_file():
+            return twin
+    return path
+
+
 def serve_from_store(path: Path, store: ModelStore, load: LoadModel) -> Model:
     """The model to serve for ``path``: the store's active version of its name, seeding the store first."""
     given = load(path, None)
     name = given.name
+    stored = _stored_file(path)  # what the store holds of it: an Edge TPU pair's CPU twin
     active = store.active(name)
     if active is None:
-        _install_local(path, store, given, first=True)
+        _install_local(stored, store, given, first=True)
         log.info("model store: %s %s installed from %s and active", name, given.version, path)
         return given
     if active.version == given.version and not active.ab:
@@ -56,11 +74,11 @@ def serve_from_store(path: Path, store: ModelStore, load: LoadModel) -> Model:
                 "model store: the record of %s %s cannot be read (%s): serving %s", name, given.version, exc, path
             )
             return given
-        digest = sha256_file(path)
-        if path.stat().st_size == record.get("size") and digest == record.get("sha256"):
+        digest = sha256_file(stored)
+        if stored.stat().st_size == record.get("size") and digest == record.get("sha256"):
             return given
         if record.get("update_id") == LOCAL:  # the operator's own file, changed under the same version: it wins
-            _install_local(path, store, given, first=False, digest=digest)
+            _install_local(stored, store, given, first=False, digest=digest)
             log.warning(
                 "model store: %s %s replaced by %s (the same version, other bytes; give a new file a version of "
                 "its own in its card, so that a rollback can tell the two apart)",
@@ -101,7 +119,7 @@ def serve_from_store(path: Path, store: ModelStore, load: LoadModel) -> Model:
             path,
             f" ({active.version} stays in the store, as a rollback target)" if kept else "",
         )
-        _install_local(path, store, given, first=True)
+        _install_local(stored, store, given, first=True)
         return given
     given.close()
     log.info("model store: serving %s %s from the store instead of %s", name, active.version, path)
