@@ -289,7 +289,7 @@ def test_a_stream_that_accepts_and_never_answers_times_out_instead_of_holding_fo
     from edgerun.sources.video import StreamSource
 
     start = time.monotonic()
-    with pytest.raises(SourceError, match="unreachable after 1 attempts: not opened"):
+    with pytest.raises(SourceError, match="unreachable after 1 attempt: not opened"):
         StreamSource(f"rtsp://127.0.0.1:{silent_server}/cam", retries=1, timeout_s=0.5)
     assert time.monotonic() - start < 15  # FFmpeg's own limit, which held before, is 30 s
 

@@ -102,7 +102,7 @@ def test_a_video_file_stands_in_for_the_camera_at_the_opencv_boundary(tmp_path: 
     camera = CameraSource("camera:0", queue=3, retries=1, retry_delay_s=0.01, open_capture=open_capture)
     assert camera.live
     seen = []
-    with pytest.raises(SourceError, match="camera camera:0 unreachable after 1 attempts"):
+    with pytest.raises(SourceError, match="camera camera:0 unreachable after 1 attempt:"):
         for frame in camera.frames():
             seen.append(frame.index)
             time.sleep(0.01)  # a consumer slower than the capture

@@ -200,4 +200,4 @@ def connect_with_retries(
             return None
     if stop.is_set():  # closed while the last attempt ran: a stop, not a failure
         return None
-    raise SourceError(f"{what} unreachable after {retries} attempts: {last}")
+    raise SourceError(f"{what} unreachable after {retries} attempt{'' if retries == 1 else 's'}: {last}")
