@@ -4,12 +4,22 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import stat
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
-__all__ = ["atomic_output", "atomic_write", "fsync_dir", "read_utf8", "same_file", "sha256_file", "write_all"]
+__all__ = [
+    "TEMPORARY",
+    "atomic_output",
+    "atomic_write",
+    "fsync_dir",
+    "read_utf8",
+    "same_file",
+    "sha256_file",
+    "write_all",
+]
 
 
 def read_utf8(path: Path, what: str, error: type[Exception], max_bytes: int) -> str:
@@ -77,6 +87,11 @@ def fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+#: The name of a temporary file ``atomic_output`` writes beside ``NAME.EXT`` (``.NAME.<8 hex>.tmp.EXT``), which a
+#: process killed while writing it leaves behind: never a file of its own (a folder walked for inputs skips it).
+TEMPORARY = re.compile(r"\..+\.[0-9a-f]{8}\.tmp(\.[^.]*)?", re.ASCII)
 
 
 @contextlib.contextmanager

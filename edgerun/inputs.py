@@ -33,6 +33,7 @@ import numpy as np
 from numpy.lib import format as npy_format
 
 from edgerun.errors import UnusableInput
+from edgerun.files import TEMPORARY
 from edgerun.opencv import max_image_pixels
 from edgerun.processing.image import IMAGE_SUFFIXES
 
@@ -138,8 +139,10 @@ def _usable_files(folder: str, prefix: str) -> Iterator[str]:
             name = os.path.join(prefix, entry.name)  # as Path would spell it: no "./" in front
             if entry.is_dir(follow_symlinks=False):
                 yield from _usable_files(entry.path, name)
-            elif os.path.splitext(entry.name)[1].lower() in USABLE_SUFFIXES and (
-                _leads_nowhere(entry) or entry.is_file()
+            elif (
+                os.path.splitext(entry.name)[1].lower() in USABLE_SUFFIXES
+                and not TEMPORARY.fullmatch(entry.name)  # an annotated image being written, or one a kill left
+                and (_leads_nowhere(entry) or entry.is_file())
             ):
                 yield name  # a broken link or a link loop too: reading it says which, rather than nothing
         except OSError:

@@ -388,7 +388,7 @@ DELIVER_MAX_S = 300.0
 DELIVER_STALLED_S = 5.0
 
 
-def run_pipeline(pipeline: Any, sync: Any = None, ota: Any = None) -> Any:
+def run_pipeline(pipeline: Any, sync: Any = None, ota: Any = None, signalled: Any = None) -> Any:
     """Run a pipeline with SIGINT/SIGTERM stopping it cleanly; then stop OTA and the sync (flushing it).
 
     Stopped by a signal, the sync gets the 5 s of ``SyncService.stop`` (a service manager expects
@@ -396,14 +396,15 @@ def run_pipeline(pipeline: Any, sync: Any = None, ota: Any = None) -> Any:
     queued is its last job: it waits while the broker takes records (``SyncService.deliver``), up
     to ``DELIVER_MAX_S``, saying so on stderr if that takes more than a second; a signal then
     ends the wait, and what is left stays in the outbox for the next start. The signals stay
-    handled until everything is stopped.
+    handled until everything is stopped. ``signalled``: an event a signal set before this call (``run``'s,
+    while its source opened and the run was made), so that such a stop is a stop, not an input's end.
     """
     import signal
     import threading
 
     from edgerun import signals
 
-    signalled = threading.Event()
+    signalled = signalled if signalled is not None else threading.Event()
     ran = threading.Event()
 
     def stop(sig: signal.Signals) -> None:

@@ -258,7 +258,7 @@ def _run_on(args: argparse.Namespace, mqtt: Any, slot: Any, source: Any, early: 
         on_result=report_failure,
     )
     early.attach(pipeline)  # a signal since the source opened stops it before it runs
-    return run_pipeline(pipeline, sync, ota), sync, results
+    return run_pipeline(pipeline, sync, ota, early.stopped), sync, results
 
 
 def _refuse_sinks_onto_the_source(specs: list[str], source: Any) -> None:

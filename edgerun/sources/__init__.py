@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import glob
 import os
+import re
 import stat
 import threading
 from collections.abc import Iterator, Sequence
@@ -247,8 +248,18 @@ def names_files(spec: str) -> bool:
 def missing_path(spec: str) -> bool:
     """Whether the source string ``spec`` names one file or folder (no glob) that is not there (yet): a
     daemon pipeline's inbox not made yet, a sensor file a logger has not created. A glob matching nothing
-    is not one: it is a pattern, reported as its own failed input."""
-    return names_files(spec) and not glob.has_magic(spec) and not os.path.lexists(spec)
+    is not one: it is a pattern, reported as its own failed input. A path escaped as a config escapes one
+    under a folder named with ``[``, ``*`` or ``?`` (``c[[]1]/inbox``) is the one path it names."""
+    if not names_files(spec):
+        return False
+    literal = _ESCAPED.sub(r"\1", spec)
+    if glob.has_magic(spec) and glob.escape(literal) != spec:  # a pattern of its own
+        return False
+    return not os.path.lexists(literal)
+
+
+#: A character ``glob.escape`` put in brackets (``[[]``, ``[*]``, ``[?]``).
+_ESCAPED = re.compile(r"\[([\[*?])\]")
 
 
 # What a source string names where it must be the only source, as messages say it.
