@@ -37,6 +37,7 @@ __all__ = [
     "Postprocess",
     "Preprocess",
     "card_candidates",
+    "cpu_twin",
     "find_card",
     "image_layout",
     "infer_card",
@@ -155,12 +156,19 @@ def replace(card: Any, **changes: Any) -> Any:
 _EDGETPU_END = "_edgetpu.tflite"
 
 
-def _twin_card(model_path: Path) -> Path | None:
-    """For an Edge TPU-compiled ``X_edgetpu.tflite``, its CPU twin's card ``X.tflite.card.yaml``; else None."""
+def cpu_twin(model_path: Path) -> Path | None:
+    """For an Edge TPU-compiled ``X_edgetpu.tflite``, where its CPU twin ``X.tflite`` would be (there or not);
+    None for any other name."""
     name = model_path.name
     if not name.endswith(_EDGETPU_END) or name == _EDGETPU_END:
         return None
-    return model_path.with_name(name[: -len(_EDGETPU_END)] + ".tflite.card.yaml")
+    return model_path.with_name(name[: -len(_EDGETPU_END)] + ".tflite")
+
+
+def _twin_card(model_path: Path) -> Path | None:
+    """For an Edge TPU-compiled ``X_edgetpu.tflite``, its CPU twin's card ``X.tflite.card.yaml``; else None."""
+    twin = cpu_twin(model_path)
+    return None if twin is None else twin.with_name(twin.name + ".card.yaml")
 
 
 def card_candidates(model_path: Path) -> tuple[Path, ...]:

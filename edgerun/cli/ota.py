@@ -245,11 +245,11 @@ def _check_not_compiled(path: Path) -> None:
     Raises:
         ConfigError: naming the CPU twin ``X.tflite`` to publish instead.
     """
+    from edgerun.card import cpu_twin
     from edgerun.errors import ConfigError
 
-    end = "_edgetpu.tflite"
-    if path.name.endswith(end) and path.name != end:
-        twin = path.with_name(path.name[: -len(end)] + ".tflite")
+    twin = cpu_twin(path)
+    if twin is not None:
         raise ConfigError(
             f"{path} is compiled for the Edge TPU: an update carries one model file, which every device must run: "
             f"publish {twin} (PROTOCOL.md has no Edge TPU pair)"

@@ -29,7 +29,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from edgerun.backends.base import one_line
-from edgerun.card import ModelCard, load_card
+from edgerun.card import ModelCard, cpu_twin, load_card
 from edgerun.errors import CardError, ModelLoadError
 from edgerun.files import sha256_file
 from edgerun.model import Model
@@ -48,12 +48,8 @@ LOCAL = "local"
 def _stored_file(path: Path) -> Path:
     """The file the store keeps for the model file ``path``: the CPU twin ``X.tflite`` of an Edge
     TPU-compiled ``X_edgetpu.tflite`` where it is beside it, else ``path`` (see the module docstring)."""
-    end = "_edgetpu.tflite"
-    if path.name.endswith(end) and path.name != end:
-        twin = path.with_name(path.name[: -len(end)] + ".tflite")
-        if twin.is_file():
-            return twin
-    return path
+    twin = cpu_twin(path)
+    return twin if twin is not None and twin.is_file() else path
 
 
 def serve_from_store(path: Path, store: ModelStore, load: LoadModel) -> Model:
