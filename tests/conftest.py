@@ -103,6 +103,15 @@ class FakeTree:
         return self.file(f"sys/bus/usb/devices/{name}/idProduct", product + "\n")
 
 
+@pytest.fixture(scope="module")
+def key_pair(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A real Ed25519 private key from ``edgerun keys generate``."""
+    base = tmp_path_factory.mktemp("keys") / "op"
+    done = run_cli("keys", "generate", str(base))
+    assert done.returncode == 0, done.stderr
+    return base.with_name("op.pem")
+
+
 @pytest.fixture
 def fake_tree(tmp_path: Path) -> FakeTree:
     """An empty fake device tree with an x86 CPU."""

@@ -26,15 +26,6 @@ from tests.conftest import DIGITS, Broker, FakeTree, run_cli
 from tests.test_audit_ota_operator import retained
 
 
-@pytest.fixture(scope="module")
-def key_pair(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A real Ed25519 private key from ``edgerun keys generate``."""
-    base = tmp_path_factory.mktemp("keys") / "op"
-    done = run_cli("keys", "generate", str(base))
-    assert done.returncode == 0, done.stderr
-    return base.with_name("op.pem")
-
-
 @pytest.fixture
 def pair(tmp_path: Path) -> Path:
     """``digits_int8.tflite`` and its card, with ``digits_int8_edgetpu.tflite`` beside them: the plain file."""

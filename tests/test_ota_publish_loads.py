@@ -16,15 +16,6 @@ from tests.test_runtime_errors_15 import _absent, _shadow
 VIBRATION_CARD = ROOT / "models/vibration/vibration_int8.tflite.card.yaml"
 
 
-@pytest.fixture(scope="module")
-def key_pair(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A real Ed25519 private key from ``edgerun keys generate``."""
-    base = tmp_path_factory.mktemp("keys") / "op"
-    done = run_cli("keys", "generate", str(base))
-    assert done.returncode == 0, done.stderr
-    return base.with_name("op.pem")
-
-
 def _publish(model: Path, key: Path, broker: Broker, *extra: str) -> tuple[int, str]:
     done = run_cli(
         "ota", "publish", str(model), "--model", "digits", "--version", "1.1.0", "--device", "dev1",
