@@ -71,6 +71,15 @@ class Attempt(msgspec.Struct):
         }
 
 
+#: The statuses of a candidate that was tried and rejected: a fallback.
+_FELL_BACK = frozenset({"failed", "wrong-output"})
+
+
+def _fallbacks_of(attempts: list[Attempt]) -> list[Attempt]:
+    """The attempts that were tried and rejected (load failure or wrong output), in order."""
+    return [a for a in attempts if a.status in _FELL_BACK]
+
+
 class Selection(msgspec.Struct):
     """The outcome: the chosen backend, and every attempt with its reason."""
 
@@ -85,7 +94,7 @@ class Selection(msgspec.Struct):
     def fallbacks(self) -> list[Attempt]:
         """Candidates that were tried and rejected (load failure or wrong output), now or, for a cached
         ``fastest`` choice, when it was timed."""
-        return [a for a in self.attempts if a.status in ("failed", "wrong-output")]
+        return _fallbacks_of(self.attempts)
 
     def to_dict(self) -> dict[str, object]:
         """A JSON-ready form."""
@@ -241,7 +250,7 @@ class _FastestCache:
             {
                 k: (v[0], str(v[1]))
                 for k, v in fell_back.items()
-                if isinstance(v, list) and len(v) == 2 and v[0] in ("failed", "wrong-output")
+                if isinstance(v, list) and len(v) == 2 and v[0] in _FELL_BACK
             },
         )
 
@@ -439,8 +448,7 @@ def select(
         raise
     log.info("delegate for %s: %s (fastest, %.3f ms)", model_path.name, spec.name, best_ms)
     assert cache_key is not None
-    fell = [a for a in attempts if a.status in ("failed", "wrong-output")]
-    cache.put(cache_key, spec.name, {w[2].name: w[0] for w in working}, fell)
+    cache.put(cache_key, spec.name, {w[2].name: w[0] for w in working}, _fallbacks_of(attempts))
     return Selection(backend, spec.name, target, "fastest", attempts)
 
 
@@ -570,7 +578,7 @@ def _try_in_order(
             except DelegateError:
                 backend.close()
                 raise
-            fell = [a.delegate for a in attempts if a.status in ("failed", "wrong-output")]
+            fell = [a.delegate for a in _fallbacks_of(attempts)]
             if fell:
                 log.info("delegate for %s: %s (fell back from %s)", model_path.name, spec.name, ", ".join(fell))
             else:
@@ -584,14 +592,14 @@ def _try_in_order(
 def _check_strict(strict: bool, attempts: list[Attempt], model_path: Path) -> None:
     if not strict:
         return
-    fell = [a for a in attempts if a.status in ("failed", "wrong-output")]
+    fell = _fallbacks_of(attempts)
     if fell:
         reasons = "; ".join(f"{a.delegate}: {a.reason}" for a in fell)
         raise DelegateError(f"--strict-accelerator: {model_path.name} would fall back ({reasons})")
 
 
 def _all_failed(model_path: Path, attempts: list[Attempt]) -> EdgerunError:
-    tried = [a for a in attempts if a.status in ("failed", "wrong-output")]
+    tried = _fallbacks_of(attempts)
     # When every delegate refused the file itself, the model is the problem: say so plainly.
     load_errors = [a.error for a in tried if isinstance(a.error, ModelLoadError)]
     if tried and len(load_errors) == len(tried):
