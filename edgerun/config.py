@@ -780,8 +780,8 @@ def _pipeline_files_not_there(config: Config) -> list[str]:
         if missing_path(pipeline.source):
             notes.append(f"pipelines.{name}.source {pipeline.source} is not there: {wait}")
         for i, sink in enumerate(pipeline.sinks):
-            folder = os.path.dirname(sink)
-            if sink_kind(sink) in _FILE_SINKS and sink_kind(sink) != "images" and folder and not os.path.isdir(folder):
+            folder, kind = os.path.dirname(sink), sink_kind(sink)
+            if kind in _FILE_SINKS and kind != "images" and folder and not os.path.isdir(folder):
                 notes.append(f"pipelines.{name}.sinks[{i}] {sink}: its folder is not there: {wait}")
     return notes
 
