@@ -10,8 +10,8 @@ Selection is separate from probing: it takes the probed ``DeviceFacts`` and
    than a slow one);
 3. with ``fastest``, times every working candidate on the actual model and keeps
    the winner, cached per (model SHA-256, device fingerprint, runtime versions,
-   threads, candidates) in the state directory so the next start tries only the
-   winner.
+   threads, candidates, with the SHA-256 of a Coral pair's other file) in the state
+   directory so the next start tries only the winner.
 
 Every decision is logged at INFO and kept in ``Selection.attempts``.
 """
@@ -305,14 +305,30 @@ def find_candidates(
     return candidates, attempts
 
 
-def _as_found(candidates: list[tuple[DelegateSpec, Path]], runtime: RuntimeFacts) -> str:
+def _as_found(candidates: list[tuple[DelegateSpec, Path]], runtime: RuntimeFacts, model_path: Path) -> str:
     """The candidates as selection finds them before opening any, for the ``fastest`` cache key: each name,
-    marked where its delegate library does not load (as ``discover`` found, without loading it again).
+    marked where its delegate library does not load (as ``discover`` found, without loading it again), and
+    where it runs another file than ``model_path`` (a Coral pair's other file), with that file's SHA-256.
 
     A delegate usable now that was not when the winner was timed (a library installed since, an Edge TPU
     model put beside this one, a provider in another onnxruntime build) makes another key, so it is timed.
+    So does another file of the pair, as the model's own bytes do: ``X_edgetpu.tflite`` compiled again (the
+    Edge TPU may now be faster or slower, or fail), or the CPU twin of a compiled model given, replaced.
+    Each such file is hashed once, however many delegates run it: a pair has one, a plain model none.
     """
-    return ",".join(s.name + ("(no library)" if runtime.library_error(s.name) else "") for s, _ in candidates)
+    digests: dict[Path, str] = {}
+    marks = []
+    for spec, target in candidates:
+        mark = spec.name + ("(no library)" if runtime.library_error(spec.name) else "")
+        if target != model_path:
+            if target not in digests:
+                try:
+                    digests[target] = sha256_file(target)
+                except OSError as exc:  # opening it fails too, and says why: timed again once it reads
+                    digests[target] = f"unreadable ({exc.strerror})"
+            mark += f"@{digests[target]}"
+        marks.append(mark)
+    return ",".join(marks)
 
 
 def select(
@@ -367,7 +383,7 @@ def select(
     if delegate == "fastest":
         cache_key = (
             f"{sha256_file(model_path)}|{device.fingerprint()}|{runtime.versions()}|threads={threads or 0}"
-            f"|candidates={_as_found(candidates, runtime)}"
+            f"|candidates={_as_found(candidates, runtime, model_path)}"
         )
         hit = cache.get(cache_key)
         winner, timings = (hit.delegate, hit.timings) if hit is not None else (None, {})

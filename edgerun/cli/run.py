@@ -211,7 +211,7 @@ def _run_on(args: argparse.Namespace, mqtt: Any, slot: Any, source: Any, early: 
     summary, the sync and the results sink (None where there is none)."""
     from edgerun.errors import ConfigError
     from edgerun.pipeline import Pipeline
-    from edgerun.sinks import first_drawing_sink, images_into_source, open_sink, video_rate
+    from edgerun.sinks import first_drawing_sink, images_into_source, open_sink, sink_onto_model, video_rate
     from edgerun.sources import check_fits, gives_images
     from edgerun.sources.sensor import SensorSource
     from edgerun.telemetry.metrics import Metrics
@@ -221,6 +221,8 @@ def _run_on(args: argparse.Namespace, mqtt: Any, slot: Any, source: Any, early: 
     drawn = first_drawing_sink(specs)
     check_fits(source, model)  # a model that cannot take these windows or frames: one line, not one per frame
     _refuse_sinks_onto_the_source(specs, source)
+    if onto := sink_onto_model(specs, model):
+        raise ConfigError(f"--sink {onto[0]} is the {onto[2]} {onto[1]}: writing it would damage the model")
     if into := images_into_source(specs, args.source):
         raise ConfigError(
             f"--sink {into[0]} is inside the source folder {into[1]}: the next run over it would take its "

@@ -11,7 +11,8 @@
 
 Annotated sinks draw on the frame, so they need frames that are images
 (``first_drawing_sink``): a caller whose source yields none refuses them up front,
-as it refuses a sink whose file is one of the source's (``sink_onto_input``).
+as it refuses a sink whose file is one of the source's (``sink_onto_input``) or one of the model's, the
+file that runs of a Coral pair included (``sink_onto_model``).
 A daemon's retried pipeline gives each sink each input's result once (``once_per_input``).
 """
 
@@ -109,13 +110,35 @@ def images_into_source(specs: Sequence[str], sources: Sequence[str]) -> tuple[st
 
 
 def sink_onto_model(specs: Sequence[str], model: Any) -> tuple[str, str, str] | None:
-    """The first of ``specs`` whose file is ``model``'s file or its card, with that file and which of the two it
-    is; None when there is none. Records appended to either leave a model that no longer loads."""
-    import os
+    """The first of ``specs`` whose file is one of ``model``'s files, with that file and which it is; None when
+    there is none. Records appended to one leave a model that no longer loads.
 
-    for path, what in ((model.path, "model file"), (model.card_path, "card")):
-        if path is not None and (clash := sink_onto_input(specs, [os.fspath(path)])) is not None:
-            return clash[0], clash[1], what
+    ``model``'s files: the model file given, its card, and each file its delegates run (``model.selection``:
+    the one that runs, and those the others tried or would try). For a Coral pair that is the other file of
+    the pair too (``edgerun.accel.select.candidate_files``): the compiled ``X_edgetpu.tflite`` that runs on the
+    Edge TPU for ``X.tflite``, or the CPU twin ``X.tflite`` that runs for ``X_edgetpu.tflite``. A sink is
+    compared by the file it opens, under any name (a link to the model file too), not by its suffix.
+    """
+    import os
+    from pathlib import Path
+
+    from edgerun.card import cpu_twin
+    from edgerun.files import same_file
+
+    selection = getattr(model, "selection", None)
+    run = [] if selection is None else [selection.path, *(attempt.path for attempt in selection.attempts)]
+    files = [
+        (model.path, "model file"),
+        (model.card_path, "card"),
+        *((path, "Edge TPU model file" if cpu_twin(Path(path)) else "CPU model file") for path in run),
+    ]
+    written = [spec for spec in specs if spec.lower() not in _STDOUT_SINKS and not spec.endswith("/")]
+    for path, what in files:
+        if path is None:
+            continue
+        clash = next((spec for spec in written if same_file(spec, os.fspath(path))), None)
+        if clash is not None:
+            return clash, os.fspath(path), what
     return None
 
 
