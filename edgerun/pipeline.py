@@ -29,7 +29,9 @@ thread, 1.12-1.14x without).
 
 Invariants:
 * a frame that fails (unreadable, corrupt, wrong shape) becomes an error result
-  that is counted and reported, and the run goes on;
+  that is counted and reported, and the run goes on; one whose run fails because
+  of a stop (its model closed, its worker stopped) is reported, and not counted
+  against the model in its metrics (``Pipeline._by_the_stop``);
 * a stage that fails unexpectedly stops the run: the source is closed, what is in
   flight is finished and flushed, and ``run()`` raises ``PipelineError`` naming
   the stage (or the ``BrokenPipeError`` itself when the reader of a sink's
@@ -63,7 +65,7 @@ import msgspec
 import numpy as np
 
 from edgerun import lanes
-from edgerun.errors import EdgerunError, PipelineError, UnusableInput
+from edgerun.errors import EdgerunError, InferenceError, PipelineError, UnusableInput
 from edgerun.lanes import END, NOTHING, Lanes
 from edgerun.limits import BATCH_SIZE_MAX, FPS_MAX, FPS_MIN, MAX_FRAMES_MAX, PREPARE_WORKERS_MAX
 from edgerun.model import Model
@@ -94,7 +96,8 @@ class _Item(msgspec.Struct):
     pre_ms: float = 0.0
     error: str | None = None
     #: the error is the model's to answer for (counted in its metrics, which OTA probation judges); not where the
-    #: input was unusable whatever the model (unreadable, not an image, not numbers: ``UnusableInput``)
+    #: input was unusable whatever the model (unreadable, not an image, not numbers: ``UnusableInput``), nor where
+    #: the run failed because of a stop (``Pipeline._by_the_stop``)
     model_error: bool = True
 
 
@@ -472,6 +475,7 @@ class Pipeline:
                     outputs = model.run(item.tensor)  # type: ignore[arg-type]
                 except EdgerunError as exc:
                     item.error = f"{item.frame.source_id}: {exc}"  # named, as a failed prepare's error is
+                    item.model_error = not self._by_the_stop(model, exc)
                     self._emit_error(item)
                     continue
                 rows.append((item, outputs, 0, (time.perf_counter() - t1) * 1e3))
@@ -490,6 +494,18 @@ class Pipeline:
             record = result_record(model, item.frame.source_id, output, item.pre_ms + infer_ms + post_ms)
             if not self._emit(Result(item.frame, record)):
                 return
+
+    def _by_the_stop(self, model: Model, exc: EdgerunError) -> bool:
+        """Whether a frame's failed run is the stop's doing rather than the model's, so not counted against it
+        (OTA probation rolls back an update with errors): an ``InferenceError`` once a stop was asked from
+        outside (a signal, a shutdown, a library caller's ``stop``, whose model may be closed as it stops:
+        ``the model is closed``), or once the model's worker was stopped (``IsolatedBackend.stop``, which the
+        daemon's stop does just before it stops the pipelines: ``not started again once the stop began``,
+        ``killed``). A failure of the runtime itself in those frames cannot be told apart from these, and
+        goes uncounted too: a few frames, the ones in flight. Looked at only when a frame fails."""
+        if not isinstance(exc, InferenceError):  # an input that does not fit is the same at a stop
+            return False
+        return self._asked_at is not None or bool(getattr(model.backend, "stopping", False))
 
     def _emit_error(self, item: _Item) -> None:
         _let_go(item)

@@ -150,7 +150,7 @@ def test_a_daemon_pipeline_on_stdin_reads_json_lines(tmp_path: Path) -> None:
 
 
 def test_a_daemon_pipeline_on_a_named_pipe_reads_json_lines(tmp_path: Path) -> None:
-    fifo = tmp_path / "accel.jsonl"  # the suffix says JSON Lines (a FIFO named .csv is read as CSV)
+    fifo = tmp_path / "accel.jsonl"  # the suffix says JSON Lines
     os.mkfifo(fifo)
     out = tmp_path / "out.jsonl"
     proc = start_daemon(_daemon_config(tmp_path, str(fifo), out))

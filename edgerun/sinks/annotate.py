@@ -43,12 +43,17 @@ with no ``--fps`` would play at whatever rate it is written at, not in the time 
 (a topic giving 2 frames a second, written at 25, played 12 times too fast). ``video_rate`` gives such a
 source a ``PacedRate`` (``LIVE_FPS``), and the sink paces its frames by their capture time (``Frame.ts``):
 the writer runs at that fixed rate, and each frame is written once for every 1/``LIVE_FPS`` slot from its
-own until the next frame's (repeated over a gap; of several frames in one slot, the newest is written), so
-the video plays in real time. A frame stamped before the one waiting (the clock set back) takes the next
-slot, and the pacing goes on from it. A frame is held ``MAX_HOLD_S`` at most (a source silent for an hour
-must not write an hour of copies): a longer gap plays as ``MAX_HOLD_S``, said in one WARNING. The last
-frame is written once, at ``close``. Every other video (file sources, a declared rate, ``--fps``) gets
-every frame once, at its rate. ``written`` counts the frames handed to the writer, repeats included.
+own until the next frame's (repeated over a gap), so the video plays in real time. The last frame is written
+at ``close`` for the slots from its own to the close's (the wall clock, as ``Frame.ts`` is; one at least), so
+its time is kept too. A frame stamped before the one waiting (the clock set back) takes the next slot, and
+the pacing goes on from it. A frame is held ``MAX_HOLD_S`` at most (a source silent for an hour must not
+write an hour of copies): a longer gap plays as ``MAX_HOLD_S``, said in one WARNING (not for the last frame,
+after which nothing plays). Of several frames in one slot only the newest is written, by design: a video at
+``LIVE_FPS`` shows one frame a slot, writing them all would play a faster source slower than real time, and
+the rate is fixed when the writer opens, at the first frame, before the source's own is known; ``--fps``
+at the source's rate writes each frame once instead (the frames left out are still inferred and reach the
+other sinks). Every other video (file sources, a declared rate, ``--fps``) gets every frame once, at its
+rate. ``written`` counts the frames handed to the writer, repeats included.
 
 The label is drawn as OpenCV's Hershey fonts can draw it (``_drawable``: printable ASCII on one line), and
 shortened with ``...`` where the frame is too narrow for it, so the score is always whole.
@@ -481,7 +486,8 @@ class AnnotatedVideoSink:
 
     def _pace(self, image: np.ndarray, result: Result) -> None:
         """Take a paced frame: the one waiting is written once for each slot from its own to this one's (at most
-        ``MAX_HOLD_S`` of them), and this one waits; one in the waiting one's slot replaces it (the newest)."""
+        ``MAX_HOLD_S`` of them), and this one waits; one in the waiting one's slot replaces it (the newest: a
+        slot shows one frame, see the module docstring)."""
         ts = result.frame.ts
         if self._pending is None:  # the first frame starts slot 0
             self._t0, self._slot, self._pending = ts, 0, (image, result)
@@ -510,6 +516,14 @@ class AnnotatedVideoSink:
         waiting, self._pending = self._pending, (image, result)
         self._slot = slot
         self._put(annotate(*waiting), held)
+
+    def _last_held(self) -> int:
+        """The slots a paced video's last frame is written for, at ``close``: from its own slot to the one the
+        video ends in, now (``Frame.ts`` is wall-clock time), as a next frame arriving now would end it; one at
+        least (the close came within its slot, or the clock was set back), ``MAX_HOLD_S`` at most (a source
+        silent for a while before the stop), without the gap's warning: nothing plays after it."""
+        now = math.floor((time.time() - self._t0) * self._fps + _SLOT_SLACK)
+        return min(max(1, now - self._slot), max(1, round(MAX_HOLD_S * self._fps)))
 
     def _open(self, w: int, h: int) -> None:
         """Open the writer for frames of ``w`` x ``h`` pixels (the first frame's), at the next free name.
@@ -580,8 +594,8 @@ class AnnotatedVideoSink:
             raise self._fail(why)
 
     def close(self) -> None:
-        """Finish the file (a paced video's waiting frame written first), and check that it holds every
-        frame written.
+        """Finish the file (a paced video's waiting frame written first, for its time: ``_last_held``), and
+        check that it holds every frame written.
 
         Raises:
             PipelineError: the finished file does not (a full disk, the file-size limit).
@@ -589,9 +603,9 @@ class AnnotatedVideoSink:
         if self._writer is None:
             return
         try:
-            if self._pending is not None and not self._failed:  # a paced video's last frame, once
+            if self._pending is not None and not self._failed:  # a paced video's last frame, for its time
                 waiting, self._pending = self._pending, None
-                self._put(annotate(*waiting))
+                self._put(annotate(*waiting), self._last_held())
         finally:
             writer, self._writer = self._writer, None
             writer.release()

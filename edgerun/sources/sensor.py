@@ -11,10 +11,23 @@ object rows are mapped by name (a row missing one of them, or with another
 name, is a bad row). Windows of ``window`` rows start every ``hop`` rows and
 are yielded as float32 arrays of shape ``[window, channels]``.
 
-The format is the file's suffix's (``.csv``; ``.jsonl``, ``.ndjson``). Standard input
-has none, nor has a path with another suffix given to ``SensorSource``: there the
-first line that holds a row or a header decides, as it is read (nothing is read
-ahead): one starting with ``[`` or ``{`` is JSON Lines, any other is CSV.
+The format is the file's suffix's (``.csv``; ``.jsonl``, ``.ndjson``) unless its first
+data row plainly is the other one (``_told``), as it is read, nothing read ahead, so
+a live sender is never held up: a ``.csv`` whose first line that holds a row is a JSON
+array or object is JSON Lines (a pipe named ``accel.csv`` fed ``[0.1, 0.2, 0.3]``), and
+a ``.jsonl`` whose first data row is a CSV one (a row of numbers, or a header and a
+row that reads under it) is CSV. A file that agrees with its suffix is read as it
+always was, and so is a ``.jsonl`` led by a line of neither kind (a sender's banner:
+one bad row). Standard input has no suffix, nor has a path with another one: there
+the first line that holds a row or a header decides: one starting with ``[`` or
+``{`` is JSON Lines, any other is CSV.
+
+A regular file whose suffix names no other input (an image, ``.npy``, a video) is a
+sensor file where the head of it (``_HEAD_BYTES``) is text whose first data row is a
+reading (``is_sensor_spec``): a logger's ``readings``, ``accel.log``, or ``/dev/stdin``
+redirected from one, which were read as an image and failed as one. Any other such
+file (prose, a header alone, an image without its suffix, a named pipe, which is only
+looked at) is an image input, as before.
 
 Standard input, and a named pipe (a FIFO) given as the file, are streams: read
 with ``poll`` and a short timeout, never a blocking read, so ``close()``
@@ -53,13 +66,14 @@ from __future__ import annotations
 
 import collections
 import csv
+import itertools
 import json
 import math
 import os
 import stat
 import sys
 import time
-from collections.abc import Generator, Iterator, Sequence
+from collections.abc import Generator, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -85,11 +99,51 @@ _OTHER_SEPARATORS = ((";", "';'"), ("\t", "tabs"), ("|", "'|'"), (" ", "spaces")
 MAX_ROW_CHARS = 1 << 20
 #: Windows are float32: a reading beyond this (3.4e38) would become infinite in one.
 _FLOAT32_MAX = float(np.finfo(np.float32).max)
+#: How much of a file with no sensor suffix is read to tell whether it holds readings (``is_sensor_spec``):
+#: a header and a first row of some thousand channels.
+_HEAD_BYTES = 64 * 1024
 
 
 def is_sensor_spec(spec: str) -> bool:
-    """Whether a source string names a sensor source (a CSV or JSON Lines file, or ``-`` for stdin)."""
-    return spec in ("-", "stdin") or Path(spec).suffix.lower() in SENSOR_SUFFIXES
+    """Whether a source string names a sensor source: a CSV or JSON Lines file, ``-`` for stdin, or a regular
+    file whose suffix names no other input and whose head holds readings (``_holds_readings``)."""
+    return spec in ("-", "stdin") or Path(spec).suffix.lower() in SENSOR_SUFFIXES or _holds_readings(spec)
+
+
+def _holds_readings(path: str) -> bool:
+    """Whether ``path`` is a regular file, with a suffix no other source claims (or none), whose first
+    ``_HEAD_BYTES`` are text (no NUL byte) and whose first data row reads as a reading, CSV or JSON Lines.
+
+    Only the head is read, once, and only from a regular file: a named pipe or a device is never
+    opened (opening a pipe waits for its writer, a device may act). A file whose head is not
+    readings stays an image input, read and reported as before.
+    """
+    from edgerun.inputs import USABLE_SUFFIXES
+    from edgerun.sources.video import VIDEO_SUFFIXES
+
+    if Path(path).suffix.lower() in USABLE_SUFFIXES | VIDEO_SUFFIXES:
+        return False
+    try:
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            return False
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)  # a pipe put in its place since: not waited for
+    except (OSError, ValueError):  # missing, unreadable; ValueError: a NUL in the name
+        return False
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return False
+        head = os.read(fd, _HEAD_BYTES + 1)
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+    if b"\0" in head:
+        return False
+    lines = head.decode("utf-8", errors="replace").splitlines(keepends=True)
+    if len(head) > _HEAD_BYTES and lines:
+        lines.pop()  # cut where the head ends: not a row
+    first = next(_read_rows(_content_of(enumerate(lines, start=1)), None), None)
+    return first is not None and isinstance(first[1], list)
 
 
 def check_windows_wanted(given: list[str], specs: Sequence[str], named: str) -> None:
@@ -150,7 +204,8 @@ class SensorSource:
         self.stream = self._stream
         #: True for a named pipe: its writer closing ends a run, and a daemon reads it again for the next writer
         self.pipe = self._stream and not self._stdin and not _descriptor(path)
-        #: "csv" or "jsonl"; None where the suffix names neither (standard input): ``_format_of`` its first line
+        #: "csv" or "jsonl" as the suffix names it, None where it names neither (standard input); what the
+        #: first rows are (``_told``) decides where they plainly disagree with it
         self._format = fmt or (None if self._stdin else _SUFFIX_FORMATS.get(Path(path).suffix.lower()))
         self._closed = False
         self.bad_rows = 0
@@ -199,10 +254,11 @@ class SensorSource:
         """
         lines = self._content()
         try:
-            first = next((line for _, line in lines if line is not None), None)
+            heads = list(itertools.islice((line for _, line in lines if line is not None), 2))
         finally:
             lines.close()  # closes the file
-        csv_first = first is not None and (self._format or _format_of(first)) == "csv"
+        first = heads[0] if heads else None
+        csv_first = first is not None and _settled(self._format, heads) == "csv"
         header = _csv_fields(first) if first is not None and csv_first else None
         if header is not None and not _is_header(header):
             header = None
@@ -226,7 +282,7 @@ class SensorSource:
             return found, f"its one data row cannot be read ({bad})", hint
         return found, f"none of its {looked} data rows can be read ({bad})", hint
 
-    def _lines(self) -> Iterator[tuple[int, str | None]]:
+    def _lines(self) -> Generator[tuple[int, str | None], None, None]:
         """(line number, line); the line is None where it is longer than ``MAX_ROW_CHARS``.
 
         A file is read up to the first end of file met, and a line without its newline is
@@ -297,54 +353,20 @@ class SensorSource:
             yield None if dropping else pending.decode("utf-8", errors="replace")
 
     def _content(self) -> Generator[tuple[int, str | None], None, None]:
-        """(line number, line stripped) of the lines that hold a row or a header: blank lines and comments
-        are passed over; the line is None where it is longer than ``MAX_ROW_CHARS``."""
-        for number, raw in self._lines():
-            if raw is None:
-                yield number, None
-                continue
-            line = raw.strip().lstrip("\ufeff") if number == 1 else raw.strip()  # a byte order mark (Excel's CSV)
-            if line and not line.startswith("#"):
-                yield number, line
+        """``_content_of`` this source's lines; closing it closes the file or pipe."""
+        lines = self._lines()
+        try:
+            yield from _content_of(lines)
+        finally:
+            lines.close()
 
     def _rows(self) -> Generator[tuple[int, list[float] | str], None, None]:
-        """(line number, values) or (line number, error text)."""
-        header: list[str] | None = None
-        keep: list[int] | None = None
-        labels: list[str] = []  # each kept CSV field as messages name it: its column in the file, its header name
-        width: int | None = None
-        names: list[str] | None = None  # a JSON Lines file's channels, from its first object row
-        fmt = self._format  # None until the first line read tells it (standard input)
-        for number, line in self._content():
-            if line is None:
-                yield number, f"longer than {MAX_ROW_CHARS} characters"
-                continue
-            fmt = fmt or _format_of(line)
-            if fmt == "jsonl":
-                values, names = _json_row(line, names)
-            else:
-                fields = _csv_fields(line)
-                if header is None and keep is None and _is_header(fields):
-                    header = [f.lower() for f in fields]
-                    keep = _channel_columns(header)
-                    labels = [_field_label(i, fields[i]) for i in keep]
-                    width = len(keep)
-                    continue
-                if keep is None:
-                    keep = list(range(len(fields)))
-                    labels = [_field_label(i, "") for i in keep]
-                    width = len(keep)
-                if header is not None and len(fields) != len(header):
-                    values = f"has {len(fields)} fields, the header has {len(header)}"
-                elif header is None and len(fields) > len(keep):  # its extra fields would be dropped unread
-                    values = f"has {len(fields)} fields, earlier rows have {len(keep)}"
-                else:
-                    values = _numbers([fields[i] if i < len(fields) else "" for i in keep], labels)
-            if isinstance(values, list):
-                width = width or len(values)
-                if len(values) != width:
-                    values = f"has {len(values)} values, earlier rows have {width}"
-            yield number, values
+        """(line number, values) or (line number, error text): ``_read_rows`` of this source's content."""
+        content = self._content()
+        try:
+            yield from _read_rows(content, self._format)
+        finally:
+            content.close()
 
     def frames(self) -> Iterator[Frame]:
         """Windows as float32 ``[window, channels]`` arrays; bad rows as error frames."""
@@ -439,6 +461,135 @@ def _format_of(first: str) -> str:
     """The format of a source whose suffix names none (standard input), told by its ``first`` line that holds a
     row or a header: JSON Lines where it starts with ``[`` or ``{`` (an array or an object), else CSV."""
     return "jsonl" if first.startswith(("[", "{")) else "csv"
+
+
+def _told(named: str | None, lines: list[str]) -> str | None:
+    """The format of a source whose suffix names ``named`` (None: no suffix), told by its first ``lines`` that
+    hold a row or a header; None where the next such line must tell (a ``.jsonl``'s first is a CSV header).
+
+    The suffix holds unless the content plainly is the other format: a ``.csv`` whose first line is a JSON
+    array or object is JSON Lines (a first line ``[x],[y]`` is no JSON, and stays a CSV header); a
+    ``.jsonl`` whose first data row, read as CSV, is a reading (``0.1,0.2,0.3``, or ``t,x,y,z`` and a row
+    under it) is CSV. A ``.jsonl`` led by a line of neither kind (a banner) stays JSON Lines, the line a
+    bad row, as it always was. At most two lines are needed, and the second only after a header, which
+    yields no row: nothing waits for a line it would not wait for anyway.
+    """
+    first = lines[0]
+    if named is None:
+        return _format_of(first)
+    if named == "csv":
+        return "jsonl" if _is_json_row(first) else "csv"
+    if any(line.startswith(("[", "{")) for line in lines):
+        return "jsonl"
+    probe = _RowReader("csv")
+    rows = [values for values in map(probe.read, lines) if values is not None]
+    if not rows:
+        return None
+    return "csv" if isinstance(rows[0], list) else "jsonl"
+
+
+def _settled(named: str | None, lines: list[str]) -> str:
+    """``_told`` of as many of ``lines`` as it needs; the suffix's format (or CSV) where they end before."""
+    for count in range(1, len(lines) + 1):
+        told = _told(named, lines[:count])
+        if told is not None:
+            return told
+    return named or "csv"
+
+
+def _is_json_row(line: str) -> bool:
+    """Whether ``line`` is a JSON array or object (a row of JSON Lines, readable or not)."""
+    if not line.startswith(("[", "{")):
+        return False
+    try:
+        data = json.loads(line, parse_int=float, parse_constant=float)  # parse_int: no limit on digits
+    except (ValueError, RecursionError):
+        return False
+    return isinstance(data, (list, dict))
+
+
+def _content_of(lines: Iterable[tuple[int, str | None]]) -> Iterator[tuple[int, str | None]]:
+    """(line number, line stripped) of the ``lines`` that hold a row or a header: blank lines and comments
+    are passed over; the line is None where it is longer than ``MAX_ROW_CHARS``."""
+    for number, raw in lines:
+        if raw is None:
+            yield number, None
+            continue
+        line = raw.strip().lstrip("\ufeff") if number == 1 else raw.strip()  # a byte order mark (Excel's CSV)
+        if line and not line.startswith("#"):
+            yield number, line
+
+
+def _read_rows(content: Iterable[tuple[int, str | None]], named: str | None) -> Iterator[tuple[int, list[float] | str]]:
+    """(line number, values) or (line number, error text) of ``content``, in the format ``_told`` by its first
+    lines and the suffix's ``named`` one. A line held while the format is told (a header) yields no row."""
+    reader: _RowReader | None = None
+    held: list[tuple[int, str]] = []
+    for number, line in content:
+        if line is None:
+            yield number, f"longer than {MAX_ROW_CHARS} characters"
+            continue
+        if reader is not None:  # the format is told: every row from here on
+            values = reader.read(line)
+            if values is not None:
+                yield number, values
+            continue
+        held.append((number, line))
+        fmt = _told(named, [text for _, text in held])
+        if fmt is not None:
+            reader = _RowReader(fmt)
+            yield from reader.rows(held)
+            held = []
+    if held:  # the input ended before its format was told: the suffix's
+        yield from _RowReader(named or "csv").rows(held)
+
+
+class _RowReader:
+    """One source's rows read in one format, with what its earlier rows fixed: a CSV's header and columns, a
+    JSON Lines source's channel names, the width every row must have."""
+
+    def __init__(self, fmt: str) -> None:
+        self.fmt = fmt
+        self.header: list[str] | None = None
+        self.keep: list[int] | None = None
+        self.labels: list[str] = []  # each kept CSV field as messages name it: its column, its header name
+        self.width: int | None = None
+        self.names: list[str] | None = None  # a JSON Lines source's channels, from its first object row
+
+    def rows(self, lines: list[tuple[int, str]]) -> Iterator[tuple[int, list[float] | str]]:
+        """(line number, values or error text) of ``lines``; a CSV header yields none."""
+        for number, line in lines:
+            values = self.read(line)
+            if values is not None:
+                yield number, values
+
+    def read(self, line: str) -> list[float] | str | None:
+        """A line's values, or its error text; None for a CSV's header."""
+        if self.fmt == "jsonl":
+            values, self.names = _json_row(line, self.names)
+        else:
+            fields = _csv_fields(line)
+            if self.header is None and self.keep is None and _is_header(fields):
+                self.header = [f.lower() for f in fields]
+                self.keep = _channel_columns(self.header)
+                self.labels = [_field_label(i, fields[i]) for i in self.keep]
+                self.width = len(self.keep)
+                return None
+            if self.keep is None:
+                self.keep = list(range(len(fields)))
+                self.labels = [_field_label(i, "") for i in self.keep]
+                self.width = len(self.keep)
+            if self.header is not None and len(fields) != len(self.header):
+                values = f"has {len(fields)} fields, the header has {len(self.header)}"
+            elif self.header is None and len(fields) > len(self.keep):  # its extra fields would be dropped unread
+                values = f"has {len(fields)} fields, earlier rows have {len(self.keep)}"
+            else:
+                values = _numbers([fields[i] if i < len(fields) else "" for i in self.keep], self.labels)
+        if isinstance(values, list):
+            self.width = self.width or len(values)
+            if len(values) != self.width:
+                values = f"has {len(values)} values, earlier rows have {self.width}"
+        return values
 
 
 def _csv_fields(line: str) -> list[str]:
