@@ -21,9 +21,19 @@ from edgerun.cli.common import (
 
 HELP = "fleet side of OTA: publish a signed model update, watch devices, roll back, clear finished updates"
 TERMINAL = ("active", "rejected", "failed", "rolled_back")
-#: ``publish --wait``'s exit code when no targeted device is online: nothing was followed, so nothing is known
-#: to work yet (not 0, which a script takes as "updated"), and nothing failed either (not 1).
+#: The states of a device's OTA worker busy with an update or command (``probation`` is watched beside it):
+#: a manifest that arrives meanwhile waits its turn, so its answer does too.
+BUSY = ("received", "downloading", "verifying", "validating")
+#: ``publish --wait``'s exit code when it followed no device: none targeted was online, or, for a group, no
+#: device online answered as a member. Nothing is known to work yet (not 0, which a script takes as
+#: "updated"), and nothing failed either (not 1).
 NOTHING_ONLINE = 3
+#: ``publish --wait --answer-within``'s default: seconds a device online has to answer a group's manifest.
+#: A member's worker says ``received`` (or refuses it) as soon as the manifest is verified: well under a
+#: second on a Raspberry Pi, the broker's delivery included.
+ANSWER_S = 10.0
+#: At most this many devices are named in the line of those that did not answer (a group in a large fleet).
+NAMED_MAX = 10
 
 
 def _connection(p: argparse.ArgumentParser) -> None:
@@ -96,9 +106,18 @@ def register(sub: Any) -> None:
         action="store_true",
         help="follow the targeted devices that are online until each reports active, rejected, failed or "
         "rolled_back (exit 0: each followed ended active; 1: another end or the timeout; "
-        f"{NOTHING_ONLINE}: none online)",
+        f"{NOTHING_ONLINE}: none followed: none online, or no group member answered)",
     )
     pub.add_argument("--timeout", type=float, default=600, metavar="S", help="how long --wait waits (default 600)")
+    pub.add_argument(
+        "--answer-within",
+        type=float,
+        default=ANSWER_S,
+        metavar="S",
+        help="with --wait and --group: a device online that has not answered the update S seconds after it was "
+        "free to is taken for no member and not waited for (status records name no groups; "
+        f"default {ANSWER_S:g})",
+    )
     _targets(pub)
     _connection(pub)
     pub.set_defaults(run=publish)
@@ -176,8 +195,9 @@ def publish(args: argparse.Namespace) -> int:
     require_not_empty("--card", args.card)  # "" would quietly mean the card beside MODEL_FILE
     require_not_empty("--validate-with", *args.validate_with)
     _check_via(args.via)
-    require_positive(args, "expires_in", "timeout")  # an expiry in the past: every device refuses the update
+    require_positive(args, "expires_in", "timeout", "answer_within")  # an expiry in the past: every device refuses it
     require_within(args, expires_in=(1, 10 * 365 * 86400))  # whole seconds go in the manifest
+    require_within(args, answer_within=(0, 3600))
     require_within(args, probation=(0, PROBATION_MAX_S))  # the manifest's rollout.probation_s, named as typed
     if args.ab is not None and not 0 < args.ab < 1:  # the manifest's rollout.ab_fraction: both ends excluded
         raise ConfigError(f"--ab must be a fraction between 0 and 1 (both excluded), got {args.ab:g}")
@@ -232,7 +252,7 @@ def publish(args: argparse.Namespace) -> int:
         )
         if not args.wait:
             return 0
-        return _follow(fleet, manifest["update_id"], args.device, args.group, args.timeout)
+        return _follow(fleet, manifest["update_id"], args.device, args.group, args.timeout, args.answer_within)
     finally:
         fleet.close()
 
@@ -343,16 +363,20 @@ def _bar(total: int, unit: str) -> Any:
     return tqdm(total=total, unit=unit, file=sys.stderr, leave=False)
 
 
-def _follow(fleet: Any, update_id: str, devices: list[str], groups: list[str], timeout_s: float) -> int:
+def _follow(
+    fleet: Any, update_id: str, devices: list[str], groups: list[str], timeout_s: float, answer_s: float
+) -> int:
     """Print each device's state changes until every targeted device that is online has finished the update.
 
     A device that is offline (its retained status says so) or has no status on the broker acts on the
     retained manifest when it connects, so it is not waited for: one line names it at the end, and where no
     targeted device is online at all, that end comes at once (``NOTHING_ONLINE``). One that comes online
-    during the wait is followed. A group's members are not known in advance: those that report are followed,
-    and while none has reported, any device online may be one.
+    during the wait is followed. A group's members are not known in advance (status records name no
+    groups): a device online that answers the update is followed, one that has not answered ``answer_s``
+    after it was free to is not waited for (``_Unanswered``) and is named at the end.
     """
     deadline = time.monotonic() + timeout_s
+    unanswered = _Unanswered(update_id, set(devices), answer_s)
     last: dict[str, str] = {}
     time.sleep(0.5)  # retained device records arrive first
     while time.monotonic() < deadline:
@@ -367,19 +391,60 @@ def _follow(fleet: Any, update_id: str, devices: list[str], groups: list[str], t
         ended = {d for d, v in involved.items() if v.ota.get("state") in TERMINAL}
         unfinished = [d for d in sorted(set(devices) | set(involved)) if d not in ended]
         pending = [d for d in unfinished if d in view and view[d].online is True]
-        unheard_group = bool(groups) and not involved and any(v.online is True for v in view.values())
-        if not pending and not unheard_group:
-            return _ended(fleet.prefix, view, involved, unfinished, groups)
+        waiting, silent = unanswered.update(view, time.monotonic()) if groups else ([], [])
+        if not pending and not waiting:
+            return _ended(fleet.prefix, view, involved, unfinished, groups, silent, answer_s)
         fleet.changed.wait(0.5)
         fleet.changed.clear()
     error_line(f"timed out after {timeout_s:.0f} s waiting for the devices to finish update {update_id}")
     return 1
 
 
-def _ended(prefix: str, view: dict[str, Any], involved: dict[str, Any], away: list[str], groups: list[str]) -> int:
+class _Unanswered:
+    """The devices online, not named with ``--device``, that have not answered an update sent to a group.
+
+    Any of them may be a member: status records name no groups (PROTOCOL.md), so a member shows itself only
+    by answering the manifest on ``P/ID/ota/status`` (``received``, or a refusal). Its OTA worker handles
+    manifests and commands one at a time, in order, so it answers as soon as it is free to: each device has
+    ``answer_s`` seconds counted from the latest of the start of the wait, the moment it came online, and the
+    last moment its record showed another update or command in progress (``BUSY``). One that lets them pass
+    is not in the group, or takes no updates: it is no longer waited for (an answer that comes later is
+    still followed).
+    """
+
+    def __init__(self, update_id: str, named: set[str], answer_s: float) -> None:
+        self.update_id, self.named, self.answer_s = update_id, named, answer_s
+        self._since: dict[str, float] = {}  # device online -> when it was last free to answer (monotonic s)
+
+    def update(self, view: dict[str, Any], now: float) -> tuple[list[str], list[str]]:
+        """Those still given time to answer, and those whose time has passed, in ``view`` at ``now``."""
+        waiting: list[str] = []
+        silent: list[str] = []
+        for device, v in sorted(view.items()):
+            ident = v.ota.get("update_id", v.ota.get("command_id"))
+            if v.online is not True or device in self.named or ident == self.update_id:
+                self._since.pop(device, None)  # offline: its time starts again when it comes back
+                continue
+            since = self._since.setdefault(device, now)
+            if v.ota.get("state") in BUSY:  # another update first: the manifest waits behind it
+                since = self._since[device] = now
+            (waiting if now - since < self.answer_s else silent).append(device)
+        return waiting, silent
+
+
+def _ended(
+    prefix: str,
+    view: dict[str, Any],
+    involved: dict[str, Any],
+    away: list[str],
+    groups: list[str],
+    silent: list[str],
+    answer_s: float,
+) -> int:
     """The end of ``publish --wait``, once no device it follows is online and unfinished: a line for the
-    targets not online (``away``), one per device that ended otherwise than active, and the exit code
-    (0 all of those that finished are active, 1 any ended otherwise, ``NOTHING_ONLINE`` none finished)."""
+    targets not online (``away``), one for the devices online that did not answer a group's update
+    (``silent``), one per device that ended otherwise than active, and the exit code (0 all of those that
+    finished are active, 1 any ended otherwise, ``NOTHING_ONLINE`` none finished)."""
     finished = {d: v.ota.get("state") for d, v in involved.items() if d not in away}
     offline = [d for d in away if d in view and view[d].online is False]
     unknown = [d for d in away if d not in offline]
@@ -389,8 +454,14 @@ def _ended(prefix: str, view: dict[str, Any], involved: dict[str, Any], away: li
     if unknown:
         what = f"no status record under prefix {_field(prefix)}"
         lines.append(_away_line(unknown, (f"has {what}", f"have {what}"), "connect"))
-    if groups and not involved:  # and no device online at all, or the wait would go on
-        names = ", ".join(_field(g) for g in groups)
+    names = ", ".join(_field(g) for g in groups)
+    if silent:
+        lines.append(_silent_line(silent, groups, answer_s))
+    if groups and not involved and silent:
+        lines.append(
+            f"no member of group {names} answered: those offline will act on the retained update when they connect"
+        )
+    elif groups and not involved:  # no device online at all
         lines.append(
             f"no device is online: the members of group {names} will act on the retained update when they connect"
         )
@@ -402,6 +473,23 @@ def _ended(prefix: str, view: dict[str, Any], involved: dict[str, Any], away: li
     if bad:
         return 1
     return 0 if finished else NOTHING_ONLINE
+
+
+def _silent_line(devices: list[str], groups: list[str], answer_s: float) -> str:
+    """``devb is online but did not answer the update in 10 s: it is not in group lab, or it takes no updates
+    (no OTA key)``, for one device or several (the first ``NAMED_MAX`` named, the others counted)."""
+    names = ", ".join(_field(d) for d in devices[:NAMED_MAX])
+    if len(devices) > NAMED_MAX:
+        names += f" and {len(devices) - NAMED_MAX} more"
+    they, are, take = ("it", "is", "takes") if len(devices) == 1 else ("they", "are", "take")
+    if len(groups) == 1:
+        member = f"not in group {_field(groups[0])}"
+    else:
+        member = "in none of groups " + ", ".join(_field(g) for g in groups)
+    return (
+        f"{names} {are} online but did not answer the update in {answer_s:g} s: {they} {are} {member}, "
+        f"or {they} {take} no updates (no OTA key)"
+    )
 
 
 def _away_line(devices: list[str], verb: tuple[str, str], when: str) -> str:
