@@ -14,7 +14,9 @@ from the working directory. So are a pipeline's source and sinks where they name
 a pattern, a ``DIR/`` sink with its slash), before they are checked against each other; a camera,
 a stream, MQTT or another URL, standard input (``-``, ``stdin``) and the standard output sinks
 (``stdout``, ``jsonl``, ``json``) are kept as written. A file or ``DIR/`` sink is one pipeline's:
-another pipeline's sink or source onto it is refused, naming both pipelines. A value of the wrong type
+another pipeline's sink or source onto it is refused, naming both pipelines, every such clash in the one
+error; where a folder is not there yet (a glob's fixed folder, a source the daemon waits for) the names are
+compared as written, normalised, so that it hides no clash. A value of the wrong type
 is refused, not converted (``_Strict``).
 
 A config that validates can still fail to run; ``check_runnable`` names what
@@ -222,6 +224,7 @@ class PipelineConfig(_Strict):
         loading walks no directory (``/**/*.jpg``, or a tree with a symlink loop, would take for ever).
         """
         from edgerun.sinks import images_into_source, repeated_sink, sink_onto_input
+        from edgerun.sources import names_files
 
         base = (info.context or {}).get("base")
         opened = self.taken_from(base)
@@ -238,8 +241,14 @@ class PipelineConfig(_Strict):
         for written, sink in zip(self.sinks, sinks, strict=True):
             if clash := sink_onto_input([sink], inputs):
                 raise ValueError(f"sink {written!r} is the source file {clash[1]}: writing it would damage the input")
+        # a source not there yet is a folder once a DIR/ sink in it is made: compared as the names say
+        waited = not pattern and names_files(self.source) and not os.path.lexists(source)
         for written, sink in zip(self.sinks, sinks, strict=True):
-            if into := images_into_source([sink], [source]):
+            if waited and sink.endswith("/") and _inside(sink, source):
+                into: tuple[str, str] | None = (sink, source)
+            else:
+                into = images_into_source([sink], [source])
+            if into:
                 raise ValueError(
                     f"sink {written!r} is inside the source folder {into[1]}: the next run over it would take its "
                     "annotated images for inputs (write them outside the folder)"
@@ -308,6 +317,18 @@ def _in_folder(spec: str, base: Path, key: str, *, source: bool) -> str:
     return joined + "/" if spec.endswith("/") and not joined.endswith("/") else joined
 
 
+def _shared(group: list[tuple[str, str, str]]) -> str:
+    """The clause naming the pipelines of ``group`` (pipeline, sink as written, as opened), which all write one
+    file or ``DIR/``: the sink as the first writes it, and how each other one spells it where it differs."""
+    (first, spec, _), others = group[0], group[1:]
+    who = ", ".join([first, *(name for name, _, _ in others[:-1])]) + f" and {others[-1][0]}"
+    spelt = ", ".join(f"{name} as {other}" for name, other, _ in others if other != spec)
+    return (
+        f"{who} {'both' if len(group) == 2 else 'all'} write {spec} "
+        f"({spelt + '; ' if spelt else ''}a sink is one pipeline's: give each its own)"
+    )
+
+
 def _reads_sink(reader: str, pipeline: PipelineConfig, base: Path | None, spec: str, sink: str) -> str | None:
     """How the pipeline ``reader``'s source reads the file or ``DIR/`` another pipeline writes (``spec`` as
     the config names it, ``sink`` as it is opened: ``taken_from``), in words; None when it does not.
@@ -315,7 +336,10 @@ def _reads_sink(reader: str, pipeline: PipelineConfig, base: Path | None, spec: 
     A file source reads a file sink that is its file; a folder source (walked at any depth, for images and
     arrays only) the images of a ``DIR/`` in it; a glob what its pattern lists, a ``DIR/``'s images by the
     numbered names they are given (``000000.jpg``). Only the sink's own path is looked at, never a folder's
-    entries (as ``glob_lists``): a config is checked without walking ``/data/**``.
+    entries (as ``glob_lists``): a config is checked without walking ``/data/**``. A source not there yet
+    is taken as a folder for a ``DIR/`` inside it, since making that ``DIR/`` makes the source a folder; and
+    a glob whose fixed folder is not there yet as the names say (``glob_lists``'s ``once_made``): the daemon
+    waits for both.
     """
     from edgerun.sinks import repeated_sink, sink_kind
     from edgerun.sources import names_files
@@ -325,15 +349,21 @@ def _reads_sink(reader: str, pipeline: PipelineConfig, base: Path | None, spec: 
     source, images = pipeline.read_from(base), sink_kind(spec) == "images"
     if glob.has_magic(pipeline.source):
         listed = os.path.join(sink, "000000.jpg") if images else sink
-        return f"which the source of {reader}, {pipeline.source}, lists" if glob_lists(listed, source) else None
-    if os.path.isdir(source) or source.endswith("/"):
+        lists = glob_lists(listed, source, once_made=True)
+        return f"which the source of {reader}, {pipeline.source}, lists" if lists else None
+    if os.path.isdir(source) or source.endswith("/") or (images and not os.path.lexists(source)):
         if not images:  # a folder is walked for images and arrays: no file sink is one
             return None
-        inside = (_where(sink) + os.sep).startswith(_where(source).rstrip(os.sep) + os.sep)
-        return f"inside the source folder of {reader}, {pipeline.source}" if inside else None
+        return f"inside the source folder of {reader}, {pipeline.source}" if _inside(sink, source) else None
     if repeated_sink([sink, source]) is None:  # neither one file nor two names of it
         return None
     return f"which {reader} reads" + ("" if pipeline.source == spec else f" as {pipeline.source}")
+
+
+def _inside(sink: str, folder: str) -> bool:
+    """Whether the ``DIR/`` ``sink`` is ``folder`` or in it, where links lead (as written below a folder that is
+    not there yet)."""
+    return (_where(sink) + os.sep).startswith(_where(folder).rstrip(os.sep) + os.sep)
 
 
 def _where(path: str) -> str:
@@ -570,35 +600,37 @@ class Config(_Strict):
             ]
             for name, p in self.pipelines.items()
         }
-        for i, a in enumerate(names):
-            for b in names[i + 1 :]:
-                for (spec, path), (other, there) in ((x, y) for x in written[a] for y in written[b]):
-                    if repeated_sink([path, there]) is not None:
-                        alias = "" if other == spec else f"{b} as {other}; "
-                        raise ValueError(
-                            f"pipelines: {a} and {b} both write {spec} ({alias}a sink is one pipeline's: give each "
-                            "its own)"
-                        )
+        groups: list[list[tuple[str, str, str]]] = []  # (pipeline, as written, as opened) per file written
+        for name in names:
+            for spec, path in written[name]:
+                group = next((g for g in groups if repeated_sink([g[0][2], path]) is not None), None)
+                if group is None:
+                    groups.append([(name, spec, path)])
+                else:
+                    group.append((name, spec, path))
+        clashes = [_shared(group) for group in groups if len(group) > 1]
         for a in names:
             for b in (b for b in names if b != a):
                 for spec, path in written[a]:
                     if read := _reads_sink(b, self.pipelines[b], base, spec, path):
-                        raise ValueError(
-                            f"pipelines: {a} writes {spec}, {read} (a sink is no other pipeline's source: "
+                        clashes.append(
+                            f"{a} writes {spec}, {read} (a sink is no other pipeline's source: "
                             f"{b} would read what {a} is still writing)"
                         )
+        if clashes:  # every one named: a config fixed one clash at a time would take as many checks
+            raise ValueError("pipelines: " + "; ".join(clashes))
         return self
 
     def _no_source_hears_own_records(self, mqtt: MqttConfig) -> None:
         """As ``edgerun run`` refuses it: an MQTT source on the device's own broker whose filter matches
         the device's own records would take each for an input (``check_not_own_records``)."""
-        from edgerun.device import default_device_id
+        from edgerun.device import machine_device_id
         from edgerun.sources.mqtt import check_not_own_records
         from edgerun.sync.settings import MqttSettings
         from edgerun.sync.topics import Topics
 
         broker = MqttSettings.from_url(mqtt.url)  # checked already by the url's own validator
-        topics = Topics(mqtt.topic_prefix, self.device.id or default_device_id())
+        topics = Topics(mqtt.topic_prefix, self.device.id or machine_device_id())
         for name, pipeline in self.pipelines.items():
             try:
                 check_not_own_records(pipeline.source, (broker.host, broker.port), topics)

@@ -302,6 +302,9 @@ class Daemon:
         self.config_path = config_path
         self.metrics = Metrics()
         self.slots: dict[str, ModelSlot] = {}
+        #: slots of names a reload removed, kept while a request may still run on one of their models
+        #: (``ModelSlot.models``): the stop reaches those too
+        self._removed: list[ModelSlot] = []
         self.runners: dict[str, _PipelineRunner] = {}
         #: per model: its config file and card on disk (``_on_disk``) when it was last loaded from them
         self._files: dict[str, tuple[tuple[int, int, int] | None, ...]] = {}
@@ -314,21 +317,17 @@ class Daemon:
         self._claimed = False  # this daemon holds its state directory (claim_state_dir)
         self._stop = threading.Event()
         self._reload = threading.Event()
-        self._device_id: str | None = None  # the default one, worked out once (``device_id``)
-        self._device_id_lock = threading.Lock()
 
     @property
     def device_id(self) -> str:
-        """``device.id``, else the default (``edge-`` and 12 hex digits, ``default_device_id``), worked out
-        once: it may log a warning (a transient machine id), which a status poll every 2 s would repeat."""
+        """``device.id``, else the machine's default (``edge-`` and 12 hex digits), worked out once per process
+        (``machine_device_id``): it may log a warning (a transient machine id), which the config's own check,
+        each reload and a status poll every 2 s would otherwise repeat."""
         if self.config.device.id:
             return self.config.device.id
-        with self._device_id_lock:  # the API's threads and the main one may ask at once
-            if self._device_id is None:
-                from edgerun.device import default_device_id
+        from edgerun.device import machine_device_id
 
-                self._device_id = default_device_id()
-            return self._device_id
+        return machine_device_id()
 
     # -- parts -------------------------------------------------------------------
     def _state_dir(self) -> Path:
@@ -689,7 +688,9 @@ class Daemon:
         for name in set(self.slots) - set(new.models):
             if not any(p.model == name for p in new.pipelines.values()):
                 # its requests in progress finish; then an isolated model's worker stops (ModelSlot.retire)
-                self.slots.pop(name).retire()
+                removed = self.slots.pop(name)
+                removed.retire()
+                self._removed = [s for s in self._removed if s.models()] + [removed]
                 self._files.pop(name, None)
                 log.info("SIGHUP: model %s removed", name)
         if self.sync is not None:
@@ -743,16 +744,15 @@ class Daemon:
         log.info("edgerun daemon stopped")
 
     def _stop_workers(self) -> None:
-        """Each isolated model served (an A/B candidate too) starts no worker any more, and a call on a
-        worker that does not answer fails after ``CLOSE_GRACE_S`` (``IsolatedBackend.stop``): a request or
-        frame waiting on a worker that hangs or restarts ends in seconds, not after the API's 30 s, while
-        the calls live workers answer are answered. A model swapped out and still finishing its requests
-        is no longer the daemon's to reach: such a call waits its ``timeout_s``, as before."""
+        """Each isolated model a request may run on (``ModelSlot.models``: those served, an A/B candidate
+        too, and those swapped out or removed that still finish requests) starts no worker any more, and
+        a call on a worker that does not answer fails after ``CLOSE_GRACE_S`` (``IsolatedBackend.stop``):
+        a request or frame waiting on a worker that hangs or restarts ends in seconds, not after the
+        call's and the API's 30 s, while the calls live workers answer are answered."""
         from edgerun.isolation import IsolatedBackend
 
-        for slot in list(self.slots.values()):
-            candidate = slot.candidate
-            for model in [slot.primary] if candidate is None else [slot.primary, candidate[0]]:
+        for slot in [*self.slots.values(), *self._removed]:
+            for model in slot.models():
                 if isinstance(model.backend, IsolatedBackend):
                     model.backend.stop()
 

@@ -20,6 +20,7 @@ Every read here is of a file under ``root`` (``/`` outside tests), never a comma
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import os
@@ -29,7 +30,7 @@ from pathlib import Path
 
 log = logging.getLogger(__name__)
 
-__all__ = ["default_device_id"]
+__all__ = ["default_device_id", "machine_device_id"]
 
 _MACHINE_ID = re.compile(r"[0-9a-f]{32}")
 _MACHINE_ID_FILES = ("etc/machine-id", "var/lib/dbus/machine-id")
@@ -144,3 +145,14 @@ def default_device_id(root: str = "/") -> str:
     host = socket.gethostname()
     log.warning("no machine id or board serial found: the device id is derived from the host name %r", host)
     return "edge-" + hashlib.sha256(host.encode()).hexdigest()[:12]
+
+
+@functools.cache
+def machine_device_id() -> str:
+    """This machine's ``default_device_id``, worked out once per process.
+
+    Working it out may log warnings (a machine id that is not one, an id from the host name), and a
+    daemon needs it at start, in its config's check and at every SIGHUP reload: each would repeat them.
+    The machine's identity does not change while a process runs.
+    """
+    return default_device_id()

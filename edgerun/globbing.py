@@ -129,9 +129,12 @@ def _below(folder: str, *, folders_only: bool) -> Iterator[str]:
                 yield os.path.join(entry.name, name)
 
 
-def glob_lists(path: str, pattern: str) -> bool:
+def glob_lists(path: str, pattern: str, *, once_made: bool = False) -> bool:
     """Whether ``glob_files(pattern)`` lists the existing ``path`` (or another name of the same file),
-    decided without listing any folder.
+    decided without listing any folder; with ``once_made``, also whether it will list ``path`` once the
+    folders on the way that are not there yet are made (a daemon waits for a source folder, and makes a
+    ``DIR/`` sink with its folders): the names below a missing folder are then compared as written, as
+    nothing there is a link yet.
 
     The pattern's literal leading part (the components before the first wildcard) is resolved as the
     system resolves it (``link/../out/*.jsonl`` starts from the parent of the link's target), and
@@ -165,7 +168,7 @@ def glob_lists(path: str, pattern: str) -> bool:
     if ".." in rest:
         return False
     literal = os.sep.join(given[:first]) or (os.sep if pattern.startswith(os.sep) else "")  # `/**`: the root
-    if not os.path.isdir(os.path.join(cwd or os.sep, literal)):  # `missing/../d/*`: nothing through a missing folder
+    if not once_made and not os.path.isdir(os.path.join(cwd or os.sep, literal)):  # nothing through a missing folder
         return False
     start = os.path.realpath(os.path.join(cwd or os.sep, literal))
     folder = [name for name in start.split(os.sep) if name]  # names, compared as they are

@@ -189,12 +189,16 @@ def test_config_check_passes_every_shipped_device_config_from_the_repo_root() ->
         files += [("mqtt.password_file", mqtt and mqtt.password_file)]
         files += [(f"ota.trusted_keys[{i}]", key) for i, key in enumerate(config.ota.trusted_keys)]
         missing = [(key, file) for key, file in files if file and not Path(file).exists()]  # installed on the device
-        waits = [  # a pipeline's inbox made on the device (/var/lib/edgerun/inbox)
-            f"edgerun: warning: {shown}: pipelines.{name}.source {p.source} is not there: the pipeline waits for it "
-            f"(tried every {p.restart_s:g} s)"
-            for name, p in config.pipelines.items()
-            if p.source.startswith("/") and not p.source.startswith("/dev/") and not Path(p.source).exists()
-        ]
+        waits = []  # a pipeline's inbox and results folder, made on the device (/var/lib/edgerun)
+        for name, p in config.pipelines.items():
+            wait = f"the pipeline waits for it (tried every {p.restart_s:g} s)"
+            if p.source.startswith("/") and not p.source.startswith("/dev/") and not Path(p.source).exists():
+                waits.append(f"edgerun: warning: {shown}: pipelines.{name}.source {p.source} is not there: {wait}")
+            waits += [
+                f"edgerun: warning: {shown}: pipelines.{name}.sinks[{i}] {sink}: its folder is not there: {wait}"
+                for i, sink in enumerate(p.sinks)
+                if sink.startswith("/") and not sink.endswith("/") and not Path(sink).parent.is_dir()
+            ]
         assert (
             result.stderr.splitlines()
             == [
