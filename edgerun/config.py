@@ -224,7 +224,6 @@ class PipelineConfig(_Strict):
         loading walks no directory (``/**/*.jpg``, or a tree with a symlink loop, would take for ever).
         """
         from edgerun.sinks import images_into_source, repeated_sink, sink_onto_input
-        from edgerun.sources import names_files
 
         base = (info.context or {}).get("base")
         opened = self.taken_from(base)
@@ -241,18 +240,9 @@ class PipelineConfig(_Strict):
         for written, sink in zip(self.sinks, sinks, strict=True):
             if clash := sink_onto_input([sink], inputs):
                 raise ValueError(f"sink {written!r} is the source file {clash[1]}: writing it would damage the input")
-        # a source not there yet is a folder once a DIR/ sink in it is made: compared as the names say
-        waited = not pattern and names_files(self.source) and not os.path.lexists(source)
         for written, sink in zip(self.sinks, sinks, strict=True):
-            if waited and sink.endswith("/") and _inside(sink, source):
-                into: tuple[str, str] | None = (sink, source)
-            else:
-                into = images_into_source([sink], [source])
-            if into:
-                raise ValueError(
-                    f"sink {written!r} is inside the source folder {into[1]}: the next run over it would take its "
-                    "annotated images for inputs (write them outside the folder)"
-                )
+            if into := images_into_source([sink], [source]):
+                raise ValueError(f"sink {written!r} is {into[1]}")
         return self
 
     def read_from(self, base: Path | None) -> str:

@@ -224,10 +224,7 @@ def _run_on(args: argparse.Namespace, mqtt: Any, slot: Any, source: Any, early: 
     if onto := sink_onto_model(specs, model):
         raise ConfigError(f"--sink {onto[0]} is the {onto[2]} {onto[1]}: writing it would damage the model")
     if into := images_into_source(specs, args.source):
-        raise ConfigError(
-            f"--sink {into[0]} is inside the source folder {into[1]}: the next run over it would take its "
-            "annotated images for inputs (write them outside the folder)"
-        )
+        raise ConfigError(f"--sink {into[0]} is {into[1]}")
     if isinstance(source, SensorSource) and drawn is not None:  # before any sink creates its file or folder
         raise ConfigError(
             f"--sink {drawn}: an annotated sink needs image frames, and the sensor source {source.uri} "

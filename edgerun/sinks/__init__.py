@@ -92,20 +92,36 @@ def sink_onto_input(specs: Sequence[str], inputs: Sequence[str]) -> tuple[str, s
 
 def images_into_source(specs: Sequence[str], sources: Sequence[str]) -> tuple[str, str] | None:
     """The first of ``specs`` that is an annotated-images folder (``DIR/``) inside a source folder (or that folder
-    itself), with that folder; None when there is none. Its images would be inputs of the next run over the
-    folder (a folder is walked at any depth), each run reading the last one's drawings. Files named one by one
-    are read again, not what is beside them; a glob is not looked at (it reads what its pattern names: the
-    drawings are ``NNNNNN.jpg`` files)."""
+    itself, a source not there yet included), or whose images a glob source lists, with what is wrong in words
+    (``--sink X is ...``); None when there is none. Its images would be inputs of the next run over the folder
+    (a folder is walked at any depth; a glob lists the drawings, ``000000.jpg`` on, where its pattern takes
+    them), each run reading the last one's drawings. Files named one by one are read again, not what is
+    beside them."""
+    import glob
     import os
 
-    folders = [(source, _where(source)) for source in sources if os.path.isdir(source)]
+    from edgerun.globbing import glob_lists
+    from edgerun.sources import missing_path
+
+    # a source not there yet (a daemon waits for it) is a folder once a DIR/ sink in it is made
+    folders = [(source, _where(source)) for source in sources if os.path.isdir(source) or missing_path(source)]
+    patterns = [source for source in sources if glob.has_magic(source)]
     for spec in specs:
         if not spec.endswith("/"):
             continue
         drawn = _where(spec)
         for source, folder in folders:
             if drawn == folder or drawn.startswith(folder.rstrip(os.sep) + os.sep):
-                return spec, source
+                return spec, (
+                    f"inside the source folder {source}: the next run over it would take its annotated images "
+                    "for inputs (write them outside the folder)"
+                )
+        for pattern in patterns:  # the folder may not be there yet: the sink makes it
+            if glob_lists(os.path.join(spec, "000000.jpg"), pattern, once_made=True):
+                return spec, (
+                    f"where the source {pattern} lists its annotated images: the next run would take them for "
+                    "inputs (write them where the pattern lists nothing)"
+                )
     return None
 
 
