@@ -129,8 +129,12 @@ def entry() -> NoReturn:
     Once a command has returned, its outputs are flushed and the exit handlers run
     (logging's among them), and the process ends with ``os._exit``: tearing down the
     ~300 modules a run has imported (NumPy, OpenCV, the runtimes) is work nobody
-    waits for, about 7-10 ms of every ``edgerun predict``. Where another thread is
-    still alive, the ordinary exit runs instead, so nothing is cut short.
+    waits for, about 7-10 ms of every ``edgerun predict``. Where another thread that
+    is not a daemon thread is still alive, the ordinary exit runs instead, so nothing
+    is cut short. Daemon threads are not waited for by either exit, and this one
+    leaves them no interpreter to die in: one left behind in a native call (a stream's
+    connection attempt abandoned at a stop, a capture thread hung in a read) that
+    returns while the interpreter is torn down aborts the process (exit -6 or -11).
     """
     code = main()
     try:
@@ -143,7 +147,7 @@ def entry() -> NoReturn:
         error_line(f"cannot write stdout: {exc.strerror or exc}")
         code = code or 1
     sys.stderr.flush()
-    if threading.active_count() == 1:
+    if all(t.daemon for t in threading.enumerate() if t is not threading.current_thread()):
         atexit._run_exitfuncs()
         sys.stderr.flush()
         os._exit(code)

@@ -25,6 +25,11 @@
   at the frame an earlier one stopped at, the recording ends there (truncated or
   corrupt, or its declared count is wrong): one error frame says so, as for a
   video file, and the capture ends.
+  Each attempt to connect runs on a thread of its own (``_Opening``), since OpenCV
+  offers no way to interrupt ``VideoCapture``'s open: a stop made meanwhile (a
+  daemon's, ``edgerun run``'s on a signal) ends the wait for it within
+  ``STOP_POLL_S``, not at the open's own timeout (10 s), and leaves the attempt
+  behind; what it opens, if it ever does, is released there.
 
 ``open_capture`` is the hardware boundary: tests give the camera source a
 function that opens a video file instead of a device.
@@ -69,6 +74,8 @@ OpenCapture = Callable[[Any], Any]
 RECONNECT_MAX_S = 30.0
 #: Seconds: a connection that gave frames this long was a working stream; the next drop waits the retry delay.
 RECONNECT_RESET_S = 30.0
+#: Seconds: how often the wait for a stream's connection attempt looks at a stop.
+STOP_POLL_S = 0.05
 
 # Arrays are used again only where CPython's reference count can tell that no one else holds one: not on
 # another interpreter (PyPy has no ``sys.getrefcount``), nor in a build without the GIL, where another
@@ -98,6 +105,57 @@ class _ReconnectWait:
     def connected(self) -> None:
         """A new connection starts now."""
         self._since = time.monotonic()
+
+
+class _Opening:
+    """One attempt to open a stream, made on a thread of its own, which a stop does not wait for.
+
+    ``cv2.VideoCapture`` cannot be interrupted: an attempt on a server that accepts
+    and never answers blocks until the open timeout. Run on the caller's thread, it
+    held a stop (SIGTERM to ``edgerun run``, a daemon's) that long. An attempt
+    given up on is left to end on its own; what it opens then is released there.
+    """
+
+    def __init__(self, open_capture: OpenCapture, uri: str) -> None:
+        self._lock = threading.Lock()
+        self._done = threading.Event()
+        self._given_up = False
+        self._cap: Any = None
+        self._error: Exception | None = None
+        self._uri = uri
+        threading.Thread(target=self._open, args=(open_capture,), name=f"open {uri}", daemon=True).start()
+
+    def _open(self, open_capture: OpenCapture) -> None:
+        cap: Any = None
+        error: Exception | None = None
+        try:
+            cap = open_capture(self._uri)
+        except Exception as exc:  # raised again on the caller's thread
+            error = exc
+        with self._lock:
+            given_up = self._given_up
+            self._cap, self._error = cap, error
+            self._done.set()
+        if given_up and cap is not None:  # no one takes it: the camera's connection stays open until collected
+            cap.release()
+            log.debug("stream %s: an attempt given up on at a stop ended; what it opened is released", self._uri)
+
+    def wait(self, stop: threading.Event) -> tuple[bool, Any]:
+        """``(True, capture)`` once the attempt ended (the capture as ``open_capture`` gave it, maybe None or
+        not opened); ``(False, None)`` where ``stop`` was set first, and the attempt is given up on.
+
+        Raises:
+            Exception: what ``open_capture`` raised.
+        """
+        while not self._done.wait(STOP_POLL_S):
+            if stop.is_set():
+                with self._lock:
+                    if not self._done.is_set():
+                        self._given_up = True
+                        return False, None
+        if self._error is not None:
+            raise self._error
+        return True, self._cap
 
 
 class FrameBuffers:
@@ -427,10 +485,14 @@ class StreamSource(LiveSource):
         return open_decoder(url, getattr(cv2, "CAP_FFMPEG", cv2.CAP_ANY), self._decode_threads, self._timeout)
 
     def _connect(self, stop: threading.Event) -> Any:
-        """An open capture; None when ``stop`` was set while waiting to retry."""
+        """An open capture; None when ``stop`` was set while waiting to retry or during an attempt."""
 
         def attempt() -> Any:
-            cap = self._open(self.uri)
+            if stop.is_set():  # stopped before this attempt: none is made
+                return None
+            ended, cap = _Opening(self._open, self.uri).wait(stop)
+            if not ended:  # stopped meanwhile: connect_with_retries passes this None on
+                return None
             if cap is None or not cap.isOpened():
                 raise OSError("not opened")
             return cap
