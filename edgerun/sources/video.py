@@ -29,7 +29,8 @@
   offers no way to interrupt ``VideoCapture``'s open: a stop made meanwhile (a
   daemon's, ``edgerun run``'s on a signal) ends the wait for it within
   ``STOP_POLL_S``, not at the open's own timeout (10 s), and leaves the attempt
-  behind; what it opens, if it ever does, is released there.
+  behind; what it opens, if it ever does, is released there. So does each attempt
+  to open a camera, whose first read waits as long on a device that gives no frame.
 
 ``open_capture`` is the hardware boundary: tests give the camera source a
 function that opens a video file instead of a device.
@@ -56,7 +57,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from edgerun.errors import SourceError
 from edgerun.opencv import opencv
@@ -74,8 +75,10 @@ OpenCapture = Callable[[Any], Any]
 RECONNECT_MAX_S = 30.0
 #: Seconds: a connection that gave frames this long was a working stream; the next drop waits the retry delay.
 RECONNECT_RESET_S = 30.0
-#: Seconds: how often the wait for a stream's connection attempt looks at a stop.
+#: Seconds: how often the wait for a stream's or a camera's opening attempt looks at a stop.
 STOP_POLL_S = 0.05
+
+T = TypeVar("T")
 
 # Arrays are used again only where CPython's reference count can tell that no one else holds one: not on
 # another interpreter (PyPy has no ``sys.getrefcount``), nor in a build without the GIL, where another
@@ -107,45 +110,47 @@ class _ReconnectWait:
         self._since = time.monotonic()
 
 
-class _Opening:
-    """One attempt to open a stream, made on a thread of its own, which a stop does not wait for.
+class _Opening(Generic[T]):
+    """One attempt to open a stream or a camera, made on a thread of its own, which a stop does not wait for.
 
     ``cv2.VideoCapture`` cannot be interrupted: an attempt on a server that accepts
-    and never answers blocks until the open timeout. Run on the caller's thread, it
-    held a stop (SIGTERM to ``edgerun run``, a daemon's) that long. An attempt
-    given up on is left to end on its own; what it opens then is released there.
+    and never answers blocks until the open timeout, and a camera that opens but
+    gives no frame blocks its first read as long (V4L2's select timeout). Run on the
+    caller's thread, it held a stop (SIGTERM to ``edgerun run``, a daemon's) that
+    long. An attempt given up on is left to end on its own; what it opens then is
+    released there (``release``).
     """
 
-    def __init__(self, open_capture: OpenCapture, uri: str) -> None:
+    def __init__(self, call: Callable[[], T], release: Callable[[T], None], name: str) -> None:
         self._lock = threading.Lock()
         self._done = threading.Event()
         self._given_up = False
-        self._cap: Any = None
+        self._result: T | None = None
         self._error: Exception | None = None
-        self._uri = uri
-        threading.Thread(target=self._open, args=(open_capture,), name=f"open {uri}", daemon=True).start()
+        self._name = name
+        threading.Thread(target=self._open, args=(call, release), name=f"open {name}", daemon=True).start()
 
-    def _open(self, open_capture: OpenCapture) -> None:
-        cap: Any = None
+    def _open(self, call: Callable[[], T], release: Callable[[T], None]) -> None:
+        result: T | None = None
         error: Exception | None = None
         try:
-            cap = open_capture(self._uri)
+            result = call()
         except Exception as exc:  # raised again on the caller's thread
             error = exc
         with self._lock:
             given_up = self._given_up
-            self._cap, self._error = cap, error
+            self._result, self._error = result, error
             self._done.set()
-        if given_up and cap is not None:  # no one takes it: the camera's connection stays open until collected
-            cap.release()
-            log.debug("stream %s: an attempt given up on at a stop ended; what it opened is released", self._uri)
+        if given_up and result is not None:  # no one takes it: the connection or device stays open until collected
+            release(result)
+            log.debug("%s: an attempt given up on at a stop ended; what it opened is released", self._name)
 
-    def wait(self, stop: threading.Event) -> tuple[bool, Any]:
-        """``(True, capture)`` once the attempt ended (the capture as ``open_capture`` gave it, maybe None or
-        not opened); ``(False, None)`` where ``stop`` was set first, and the attempt is given up on.
+    def wait(self, stop: threading.Event) -> tuple[bool, T | None]:
+        """``(True, result)`` once the attempt ended (what ``call`` returned); ``(False, None)`` where ``stop``
+        was set first, and the attempt is given up on.
 
         Raises:
-            Exception: what ``open_capture`` raised.
+            Exception: what ``call`` raised.
         """
         while not self._done.wait(STOP_POLL_S):
             if stop.is_set():
@@ -155,7 +160,11 @@ class _Opening:
                         return False, None
         if self._error is not None:
             raise self._error
-        return True, self._cap
+        return True, self._result
+
+
+def _release_capture(cap: Any) -> None:
+    cap.release()
 
 
 class FrameBuffers:
@@ -361,8 +370,9 @@ class CameraSource(LiveSource):
         self._delay = retry_delay_s
         # opened here, so a camera that is not there is an error before a run starts; ``stop`` ends the
         # attempts early: None then, and the caller discards the source
+        stopped = stop or self._stop
         opened = connect_with_retries(
-            f"camera {spec}", self._open_device, retries=retries, delay_s=retry_delay_s, stop=stop or self._stop
+            f"camera {spec}", self._attempt(stopped), retries=retries, delay_s=retry_delay_s, stop=stopped
         )
         self._cap: Any = None
         self._first: Any = None
@@ -371,6 +381,17 @@ class CameraSource(LiveSource):
         self.fps = (_declared_fps(self._cap) if self._cap is not None else 0.0) or fps or 0.0
         #: times the camera was opened again after it stopped giving frames
         self.reconnects = 0
+
+    def _attempt(self, stop: threading.Event) -> Callable[[], tuple[Any, Any] | None]:
+        """One attempt to open the camera (``_open_device``) on a thread of its own (``_Opening``): None where
+        ``stop`` was set before it or during it, which ``connect_with_retries`` passes on."""
+
+        def attempt() -> tuple[Any, Any] | None:
+            if stop.is_set():
+                return None
+            return _Opening(self._open_device, lambda opened: opened[0].release(), f"camera {self.uri}").wait(stop)[1]
+
+        return attempt
 
     def _open_device(self) -> tuple[Any, Any]:
         """The open capture, set to the requested size and rate, and its first frame.
@@ -425,7 +446,7 @@ class CameraSource(LiveSource):
                 if stop.wait(wait):
                     break
                 opened = connect_with_retries(
-                    f"camera {self.uri}", self._open_device, retries=self._retries, delay_s=self._delay, stop=stop
+                    f"camera {self.uri}", self._attempt(stop), retries=self._retries, delay_s=self._delay, stop=stop
                 )
                 if opened is None:  # closed meanwhile
                     break
@@ -490,7 +511,7 @@ class StreamSource(LiveSource):
         def attempt() -> Any:
             if stop.is_set():  # stopped before this attempt: none is made
                 return None
-            ended, cap = _Opening(self._open, self.uri).wait(stop)
+            ended, cap = _Opening(lambda: self._open(self.uri), _release_capture, f"stream {self.uri}").wait(stop)
             if not ended:  # stopped meanwhile: connect_with_retries passes this None on
                 return None
             if cap is None or not cap.isOpened():
