@@ -16,10 +16,8 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import re
 import signal
 import subprocess
-import sys
 import threading
 import urllib.error
 import urllib.request
@@ -32,13 +30,13 @@ import pytest
 
 from edgerun.isolation import load_isolated
 from edgerun.ota.slot import ModelSlot
-from tests.conftest import DIGITS, ROOT, SAMPLES, free_port, stop_process
+from tests.conftest import DIGITS, SAMPLES, stop_process
+from tests.test_isolation_19 import _Daemon as _IsolatedDaemon
 from tests.test_sync import wait_until
 
 pytestmark = pytest.mark.slow
 
 IMAGE = (SAMPLES / "digit_3.png").read_bytes()
-WORKER = re.compile(r"worker process (\d+) runs (\S+) on (\S+)")
 
 
 def _post(port: int, model: str) -> tuple[int, str, Any]:
@@ -55,52 +53,12 @@ def _post(port: int, model: str) -> tuple[int, str, Any]:
         return status, kind, raw.decode(errors="replace")
 
 
-class _Daemon:
+class _Daemon(_IsolatedDaemon):
     """``edgerun daemon`` as a real process serving isolated models over HTTP, its log in a file."""
-
-    def __init__(self, folder: Path, models: dict[str, dict[str, Any]]) -> None:
-        self.folder, self.port = folder, free_port()
-        self.config, self.log_file = folder / "c.yaml", folder / "daemon.log"
-        self.write(models)
-        with open(self.log_file, "wb") as err:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "edgerun", "daemon", "--config", str(self.config)],
-                cwd=ROOT,
-                stdout=subprocess.DEVNULL,
-                stderr=err,
-            )
-        wait_until(self._ready, 60, "the daemon to be ready")
-
-    def write(self, models: dict[str, dict[str, Any]]) -> None:
-        config = {
-            "models": models,
-            "api": {"port": self.port},
-            "state_dir": str(self.folder / "state"),
-            "isolation": "process",
-            "logging": {"level": "INFO", "format": "text"},
-        }
-        self.config.write_text(json.dumps(config))  # JSON is YAML
-
-    def _ready(self) -> bool:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/ready", timeout=5) as answer:
-                return bool(answer.status == 200)
-        except OSError:
-            return False
-
-    def log(self) -> str:
-        return self.log_file.read_text(errors="replace")
 
     def worker(self, model_file: str) -> int:
         """The pid of the last worker started for ``model_file``."""
-        return [int(pid) for pid, name, _ in WORKER.findall(self.log()) if name == model_file][-1]
-
-    def reload(self, models: dict[str, dict[str, Any]]) -> None:
-        """Rewrite the config and SIGHUP; returns once the reload is done."""
-        done = self.log().count("SIGHUP: config reloaded")
-        self.write(models)
-        self.proc.send_signal(signal.SIGHUP)
-        wait_until(lambda: self.log().count("SIGHUP: config reloaded") > done, 60, "the reload")
+        return self.workers(model_file)[-1][0]
 
     def in_progress(self) -> int:
         """Connections the daemon's API holds open now (a request in progress)."""
