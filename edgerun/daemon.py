@@ -7,7 +7,8 @@ Wiring and life cycle only; every part is its own module. Signals:
   to ``API_GRACE_S``) before the process goes on to exit (interpreter teardown
   with a thread still in OpenCV or a runtime aborts the process), OTA stops (a
   download resumes next start), the outbox is flushed as far as the broker
-  allows and ``offline`` published.
+  allows and ``offline`` published. An isolated model the OTA agent swaps in while
+  the daemon stops has its worker stopped too (``_stop_workers``).
 * SIGHUP: re-read the config file; models and pipelines that changed are
   reloaded without dropping requests (a new model is loaded and warmed, then
   swapped in); a model changed on disk (its file or card: size, mtime, inode)
@@ -19,7 +20,8 @@ Wiring and life cycle only; every part is its own module. Signals:
   READY=1) and its watchdog kept fed while the reload runs.
   A model is chosen by the one function used at start (``_serve``): with OTA
   on, the store's active version wins over the config's ``path``, so a reload
-  reloads the version installed over the air, with the new settings.
+  reloads the version installed over the air, with the new settings; a file changed
+  on disk that the store's copy serving still wins over leaves that model in place.
 
 The state directory (``edgerun.state.check_state_dir``) and the secret files
 (``api.token_file``, ``mqtt.password_file``) are checked first: one ``ConfigError``
@@ -47,6 +49,7 @@ import os
 import signal
 import threading
 import time
+import weakref
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -306,6 +309,11 @@ class Daemon:
         #: (``ModelSlot.models``): the stop reaches those too
         self._removed: list[ModelSlot] = []
         self.runners: dict[str, _PipelineRunner] = {}
+        #: every isolated model ``_load`` made that is still referred to (weakly: one dropped everywhere runs
+        #: no request), served or not yet: an OTA update's between its load and its swap (``_stop_workers``)
+        self._isolated: weakref.WeakSet[Model] = weakref.WeakSet()
+        self._workers_stopped = False  # ``_stop_workers`` ran: a model loaded from then on is stopped at once
+        self._workers_lock = threading.Lock()
         #: per model: its config file and card on disk (``_on_disk``) when it was last loaded from them
         self._files: dict[str, tuple[tuple[int, int, int] | None, ...]] = {}
         self.sync: Any = None
@@ -357,6 +365,7 @@ class Daemon:
             )
             if model.name != name:
                 model.card = replace(model.card, name=name)
+            self._track(model)
             return model
         for i, delegate in enumerate(order):  # the configured preference order: the first that works
             try:
@@ -376,6 +385,18 @@ class Daemon:
         if model.name != name:
             model.card = replace(model.card, name=name)
         return model
+
+    def _track(self, model: Model) -> None:
+        """Note an isolated model just loaded, for ``_stop_workers``; once that ran (the OTA agent loads
+        an update or a rollback's version while the daemon stops), stop its backend at once instead."""
+        from edgerun.isolation import IsolatedBackend
+
+        with self._workers_lock:
+            if not self._workers_stopped:
+                self._isolated.add(model)
+                return
+        if isinstance(model.backend, IsolatedBackend):
+            model.backend.stop()
 
     def _store(self) -> ModelStore | None:
         """The OTA model store, or None when OTA is off."""
@@ -408,15 +429,20 @@ class Daemon:
         except ConfigError as exc:
             raise ConfigError(f"{self.config_path}: {exc}" if self.config_path else str(exc)) from None
 
-    def _serve(self, name: str, mc: ModelConfig) -> Model:
+    def _serve(self, name: str, mc: ModelConfig, running: Model | None = None) -> Model:
         """The model to serve for ``name``, at start and on SIGHUP alike: with OTA on, the store's
-        active version (loaded with ``mc``'s settings) wins over ``mc.path``; without, ``mc.path``."""
+        active version (loaded with ``mc``'s settings) wins over ``mc.path``; without, ``mc.path``.
+
+        ``running``: the model serving ``name`` now, where only its file changed on disk (``mc`` is
+        the section it was loaded with). With OTA on it is returned as it is where the store's copy
+        it runs is still what serves (``serve_from_store``): an update is not swapped for a fresh
+        load of itself because the config's file changed."""
         store = self._store()
         if store is None:
             return self._load(name, mc)
         from edgerun.ota.serving import serve_from_store
 
-        return serve_from_store(Path(mc.path), store, lambda p, card: self._load(name, mc, p, card))
+        return serve_from_store(Path(mc.path), store, lambda p, card: self._load(name, mc, p, card), running)
 
     @staticmethod
     def _on_disk(mc: ModelConfig) -> tuple[tuple[int, int, int] | None, ...]:
@@ -633,21 +659,30 @@ class Daemon:
             for n, mc in new.models.items()
             if n not in old.models or _but_publishing(old.models[n]) != _but_publishing(mc)
         }
+        on_disk: set[str] = set()  # changed on disk only: the model serving now may be what is chosen again
         for n in sorted((set(new.models) & set(old.models)) - changed):
             if self._files.get(n) is not None and self._on_disk(new.models[n]) != self._files[n]:
                 log.info("SIGHUP: model %s: %s or its card changed on disk; reloading it", n, new.models[n].path)
                 changed.add(n)
+                on_disk.add(n)
         publishing = {
             n
             for n, mc in new.models.items()
             if self.sync is not None and n in old.models and old.models[n].publish_results != mc.publish_results
         }
         loaded: dict[str, Model] = {}
+        serving_on: dict[str, Model] = {}  # chosen again as they serve: the store's copy of an update
         files: dict[str, tuple[tuple[int, int, int] | None, ...]] = {}
         try:
             for n in changed:  # chosen as at start (the store's active version wins), loaded and warmed before any swap
                 files[n] = self._on_disk(new.models[n])
-                loaded[n] = self._serve(n, new.models[n])
+                slot = self.slots.get(n) if n in on_disk else None
+                running = slot.primary if slot is not None else None
+                model = self._serve(n, new.models[n], running)
+                if model is running:
+                    serving_on[n] = model
+                else:
+                    loaded[n] = model
         except Exception as exc:
             for model in loaded.values():  # never served: an isolated one would keep its worker
                 model.close()
@@ -659,6 +694,15 @@ class Daemon:
         kept: dict[str, Any] = {s: getattr(old, s) for s in _RESTART_ONLY}
         kept["logging"] = new.logging.model_copy(update={"format": old.logging.format})  # the format in force
         self.config = new.model_copy(update=kept)
+        for name, model in serving_on.items():  # the file's change does not bear on what serves: no swap
+            self._files[name] = files[name]
+            changed.discard(name)
+            log.info(
+                "SIGHUP: model %s: the model store's active %s serves on, not %s",
+                name,
+                model.version,
+                new.models[name].path,
+            )
         for name, model in loaded.items():
             with self.ota.holding_slots() if self.ota is not None else contextlib.nullcontext():
                 if not self._still_active(name, model):
@@ -748,13 +792,23 @@ class Daemon:
         too, and those swapped out or removed that still finish requests) starts no worker any more, and
         a call on a worker that does not answer fails after ``CLOSE_GRACE_S`` (``IsolatedBackend.stop``):
         a request or frame waiting on a worker that hangs or restarts ends in seconds, not after the
-        call's and the API's 30 s, while the calls live workers answer are answered."""
+        call's and the API's 30 s, while the calls live workers answer are answered.
+
+        The OTA agent runs on until after the pipelines and the API: an update (or a rollback) it loads
+        meanwhile is swapped in after this ran. Those loaded before it and not yet in a slot are stopped
+        here too (``_isolated``), and those loaded after it as soon as they are (``_track``): a request
+        that takes such a model is ended like one on the model it replaced. Stopping the agent first
+        would not do: its stop waits 10 s at most for a load or a validation in progress, which may
+        still swap after that, and would hold back this stop by as long."""
         from edgerun.isolation import IsolatedBackend
 
-        for slot in [*self.slots.values(), *self._removed]:
-            for model in slot.models():
-                if isinstance(model.backend, IsolatedBackend):
-                    model.backend.stop()
+        with self._workers_lock:
+            self._workers_stopped = True
+            loaded = list(self._isolated)
+        served = [model for slot in [*self.slots.values(), *self._removed] for model in slot.models()]
+        for model in dict.fromkeys([*served, *loaded]):  # each once
+            if isinstance(model.backend, IsolatedBackend):
+                model.backend.stop()
 
     @staticmethod
     def _guarded(part: str, stop: Callable[[], None]) -> None:

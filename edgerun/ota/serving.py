@@ -7,7 +7,9 @@ manifest. A file given under the active version's number with other bytes (the
 operator changed the file, not the version) replaces the store's copy where that
 copy was given at start too, and is refused where an OTA update installed it: the
 store's copy is what a rollback or an activation comes back to, so it must be
-what serves. Both say so in a WARNING.
+what serves. Both say so in a WARNING. A SIGHUP reload that asks again, for a file changed on disk,
+gets the model serving already where the store's copy it runs still wins (``running``): the file's
+change alone never swaps an update for a fresh load of itself.
 
 Damaged state never stops a start (a failing SD card, a power cut, an edit by hand would otherwise
 stop it at every boot): a damaged ``active.json`` is set aside by the store and the file given is
@@ -52,8 +54,15 @@ def _stored_file(path: Path) -> Path:
     return twin if twin is not None and twin.is_file() else path
 
 
-def serve_from_store(path: Path, store: ModelStore, load: LoadModel) -> Model:
-    """The model to serve for ``path``: the store's active version of its name, seeding the store first."""
+def serve_from_store(path: Path, store: ModelStore, load: LoadModel, running: Model | None = None) -> Model:
+    """The model to serve for ``path``: the store's active version of its name, seeding the store first.
+
+    ``running``: the model serving that name now, loaded with the settings ``load`` uses (a SIGHUP
+    reload for a file changed on disk, its model section unchanged). Where the store's active
+    version serves, from the very file ``running`` was loaded from, ``running`` itself is returned,
+    not loaded again: the change does not bear on what serves (an update is active, or the file
+    given is not the copy of the active version that an update installed).
+    """
     given = load(path, None)
     name = given.name
     stored = _stored_file(path)  # what the store holds of it: an Edge TPU pair's CPU twin
@@ -118,6 +127,9 @@ def serve_from_store(path: Path, store: ModelStore, load: LoadModel) -> Model:
         _install_local(stored, store, given, first=True)
         return given
     given.close()
+    if running is not None and running.version == active.version and Path(running.path) == installed:
+        # the same bytes and card: a version's copy is only ever replaced above, where the file given serves
+        return running
     log.info("model store: serving %s %s from the store instead of %s", name, active.version, path)
     return load(installed, card)
 
