@@ -46,6 +46,7 @@ __all__ = [
     "BenchResult",
     "bench_in_process",
     "bench_isolated",
+    "missing_ratios",
     "percentile",
     "ratio_gaps",
     "sparse_percentiles",
@@ -517,23 +518,86 @@ def speed_ratios(results: list[BenchResult]) -> list[dict[str, Any]]:
 
 
 def ratio_gaps(results: list[BenchResult]) -> list[str]:
-    """Why a model measured in both FP32 and INT8 got no ratio: the two never ran alike.
+    """Why a model measured in both FP32 and INT8 got no ratio: one line each (``missing_ratios``'s reasons)."""
+    return [gap["reason"] for gap in missing_ratios(results)]
 
-    One line for each (card name, format) with both precisions measured but no
-    delegate and thread count in common, naming what each ran on.
+
+def missing_ratios(results: list[BenchResult]) -> list[dict[str, Any]]:
+    """The INT8/FP32 ratios that ``results`` call for and ``speed_ratios`` cannot give, each with why.
+
+    A card name measured in both precisions calls for a ratio. It gets none:
+
+    - ``formats``: the two precisions were measured in different formats only (FP32 as
+      ONNX, INT8 as TFLite), and a ratio compares variants of one format; one record
+      for the card name, its ``format`` None;
+    - ``not_alike``: in one format, with no delegate and thread count in common;
+    - ``interrupted``: in one format, one of the two stopped by Ctrl-C (whose figures
+      ratios leave out);
+    - ``untimed``: run alike, but INT8's p50 is 0 ms, a clock too coarse to time it.
+
+    Each record has ``model``, ``format``, ``why`` (one of those) and ``reason``, the
+    one line that says it; a format with a ratio gets none, whatever else it ran.
     """
-    found: dict[tuple[str, str], dict[str, set[tuple[str, int]]]] = {}
+    ratioed = {(r["model"], r["format"]) for r in speed_ratios(results)}
+    ran: dict[tuple[str, str], dict[str, set[tuple[str, int]]]] = {}  # uninterrupted runs, by precision
+    cut: dict[tuple[str, str], set[str]] = {}  # the precisions a Ctrl-C stopped
     for r in results:
-        if r.precision in ("fp32", "int8") and not r.interrupted:
-            found.setdefault((r.model, r.format), {}).setdefault(r.precision, set()).add((r.delegate, r.threads or 0))
-    lines = []
-    for (model, fmt), ran in sorted(found.items()):
-        if "fp32" in ran and "int8" in ran and not ran["fp32"] & ran["int8"]:
-            lines.append(
-                f"no INT8/FP32 ratio for {model} {fmt}: FP32 ran on {_alike(ran['fp32'])}, "
-                f"INT8 on {_alike(ran['int8'])}; give --delegate and --threads to run both alike"
+        if r.precision in ("fp32", "int8"):
+            key = (r.model, r.format)
+            if r.interrupted:
+                cut.setdefault(key, set()).add(r.precision)
+            else:
+                ran.setdefault(key, {}).setdefault(r.precision, set()).add((r.delegate, r.threads or 0))
+    gaps: list[tuple[str, str, str, str]] = []  # (model, format, why, reason)
+    measured: dict[str, dict[str, set[str]]] = {}  # card name -> precision -> formats, interrupted or not
+    for model, fmt in sorted(ran.keys() | cut.keys()):
+        precisions = ran.get((model, fmt), {}).keys() | cut.get((model, fmt), set())
+        for precision in precisions:
+            measured.setdefault(model, {}).setdefault(precision, set()).add(fmt)
+        if len(precisions) < 2 or (model, fmt) in ratioed:
+            continue
+        both = ran.get((model, fmt), {})
+        name = f"{model} {fmt}"
+        if "fp32" not in both or "int8" not in both:
+            stopped = " and ".join(p.upper() for p in ("fp32", "int8") if p not in both)
+            reason = f"the {stopped} run{'s were' if ' and ' in stopped else ' was'} interrupted"
+            gaps.append((model, fmt, "interrupted", f"no INT8/FP32 ratio for {name}: {reason}"))
+        elif alike := both["fp32"] & both["int8"]:
+            gaps.append(
+                (
+                    model,
+                    fmt,
+                    "untimed",
+                    f"no INT8/FP32 ratio for {name}: run alike on {_alike(alike)}, INT8's p50 is 0 ms "
+                    "(a clock too coarse to time it)",
+                )
             )
-    return lines
+        else:
+            gaps.append(
+                (
+                    model,
+                    fmt,
+                    "not_alike",
+                    f"no INT8/FP32 ratio for {name}: FP32 ran on {_alike(both['fp32'])}, "
+                    f"INT8 on {_alike(both['int8'])}; give --delegate and --threads to run both alike",
+                )
+            )
+    for model, formats in measured.items():
+        if "fp32" in formats and "int8" in formats and not formats["fp32"] & formats["int8"]:
+            gaps.append(
+                (
+                    model,
+                    "",
+                    "formats",
+                    f"no INT8/FP32 ratio for {model}: FP32 was measured as {' and '.join(sorted(formats['fp32']))}, "
+                    f"INT8 as {' and '.join(sorted(formats['int8']))}, and a ratio compares variants of one "
+                    "format: bench an FP32 and an INT8 file of the same format",
+                )
+            )
+    return [
+        {"model": model, "format": fmt or None, "why": why, "reason": reason}
+        for model, fmt, why, reason in sorted(gaps)
+    ]
 
 
 def _alike(ran: set[tuple[str, int]]) -> str:

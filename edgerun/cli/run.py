@@ -232,7 +232,7 @@ def _run_on(args: argparse.Namespace, mqtt: Any, slot: Any, source: Any, early: 
         )
     if gives_images(source):
         model.warm_images()  # OpenCV's import out of the first frame's figures
-    sinks = [open_sink(s, fps=video_rate(args.fps, source)) for s in specs]
+    sinks = [open_sink(s, fps=video_rate(args.fps, source), parents=False) for s in specs]
     metrics = Metrics()
     sync = make_sync(args, mqtt, metrics, [model])
     # OTA subscribes before the link connects: what the broker kept for the device while it was offline

@@ -204,8 +204,10 @@ def video_rate(fps: float | None, source: Any) -> float:
     return 25.0
 
 
-def open_sink(spec: str, *, fps: float = 25.0) -> Sink:
-    """The sink named by ``spec`` (see ``sink_kind``)."""
+def open_sink(spec: str, *, fps: float = 25.0, parents: bool = True) -> Sink:
+    """The sink named by ``spec`` (see ``sink_kind``). ``parents``: a ``DIR/`` sink is made with the folders
+    above it that are not there (a daemon's, made as its config says); False, only ``DIR`` itself, in a
+    folder that is there (the command line's: a mistyped path makes no tree)."""
     from edgerun.sinks.annotate import AnnotatedImageSink, AnnotatedVideoSink
     from edgerun.sinks.text import CsvSink, JsonlSink, TableSink
 
@@ -220,7 +222,7 @@ def open_sink(spec: str, *, fps: float = 25.0) -> Sink:
         return CsvSink(spec)
     if kind == "video":
         return AnnotatedVideoSink(spec, fps=fps)
-    return AnnotatedImageSink(spec)
+    return AnnotatedImageSink(spec, parents=parents)
 
 
 class _Once:

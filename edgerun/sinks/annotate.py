@@ -58,6 +58,11 @@ rate. ``written`` counts the frames handed to the writer, repeats included.
 The label is drawn as OpenCV's Hershey fonts can draw it (``_drawable``: printable ASCII on one line), and
 shortened with ``...`` where the frame is too narrow for it, so the score is always whole.
 
+The image sink makes its folder, and by default the folders above it that are not there (a daemon
+pipeline's ``DIR/``); with ``parents=False`` only its own, refusing one whose parent is not there (a
+mistyped name must not make a tree). The video sink refuses a file whose folder is not there when it
+opens, as the text sinks do: the writer itself opens at the first frame, and makes no folder.
+
 Neither sink overwrites what an earlier run wrote (a daemon pipeline restarted
 after its camera came back, a second ``edgerun run``): images are numbered on
 from the highest number already in the folder, and a video file that exists is
@@ -224,13 +229,26 @@ def _drawable(label: str) -> str:
 
 
 class AnnotatedImageSink:
-    """Writes ``<number>.jpg`` per frame into a directory: the frame's index, after the numbers already there."""
+    """Writes ``<number>.jpg`` per frame into a directory: the frame's index, after the numbers already there.
 
-    def __init__(self, directory: str) -> None:
+    The directory is made when the sink opens where it is not there. With ``parents`` (the default: a daemon
+    pipeline's ``DIR/``, whose folders its config names on purpose and which is made with them, see
+    ``edgerun.config``) the folders above it that are not there are made too. Without, only the directory
+    itself is: one whose parent is not there is refused (``ConfigError``), as the file sinks refuse a file
+    whose folder is not there, since a mistyped name (``/nonexistent/d/``) would make a whole tree of folders,
+    as root one at the file system's root.
+    """
+
+    def __init__(self, directory: str, *, parents: bool = True) -> None:
         self.directory = Path(directory)
         try:
-            self.directory.mkdir(parents=True, exist_ok=True)
+            self.directory.mkdir(parents=parents, exist_ok=True)
             names = list(self.directory.glob("*.jpg"))
+        except FileNotFoundError as exc:  # only without ``parents``: a folder above the directory is not there
+            raise ConfigError(
+                f"cannot create {directory}: its folder {self.directory.parent} is not there "
+                "(only the last folder of a DIR/ sink is made)"
+            ) from exc
         except OSError as exc:
             raise ConfigError(f"cannot create {directory}: {exc.strerror}") from exc
         # a temporary image (``.000017.<random>.tmp.jpg``) has no number: never counted, and its name is never one

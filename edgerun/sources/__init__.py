@@ -71,10 +71,14 @@ def check_fits(source: Source, model: Any) -> None:
     (``SensorSource.check_model``). A video, camera or stream gives decoded images: a
     model with no image preprocessing takes them only where its input tensor has an
     image's shape (``_image_shaped``); a sensor model, say, would fail every frame. An
-    image file is fitted by the model's preprocessing, and a message's shape is known
-    only when it arrives. A pipe given alone (a named pipe with no ``.csv``/``.jsonl``
-    name, ``/dev/stdin``) is an image file read whole (``_lone_pipe``): for a model
-    with no image preprocessing it is refused with the name a sensor pipe needs.
+    image file is fitted by the model's preprocessing, whatever its input's shape: a
+    model with none is refused a file source all of whose inputs are images by their
+    suffix (``_only_images``: a folder, a glob, files named one by one), which would
+    fail one by one; one ``.npy`` array among them, or a file of another suffix, and
+    each input is tried as before. A message's shape is known only when it arrives. A
+    pipe given alone (a named pipe with no ``.csv``/``.jsonl`` name, ``/dev/stdin``) is
+    an image file read whole (``_lone_pipe``): for a model with no image preprocessing
+    it is refused with the name a sensor pipe needs.
 
     Raises:
         ConfigError: naming the model's input tensor and the source.
@@ -97,6 +101,12 @@ def check_fits(source: Source, model: Any) -> None:
             f"{spec.describe()} has no image preprocessing): name a pipe of sensor readings .csv or .jsonl "
             "(mkfifo accel.csv), or give standard input as -"
         )
+    if not model.takes_images and (images := _only_images(source)):
+        raise ConfigError(
+            f"{model.name} takes no images: its input tensor {spec.describe()} has no image preprocessing (its "
+            f"card has no preprocess section), and {source.uri} gives only images ({images:,} file"
+            f"{'s' if images != 1 else ''}): give it .npy arrays, or give the model a card with a preprocess section"
+        )
 
 
 def _lone_pipe(source: Source) -> str | None:
@@ -110,6 +120,21 @@ def _lone_pipe(source: Source) -> str | None:
         return path if stat.S_ISFIFO(os.stat(path).st_mode) else None
     except (OSError, ValueError):
         return None
+
+
+def _only_images(source: Source) -> int:
+    """How many image files ``source`` reads where those are all its inputs, else 0: the inputs a file source
+    walked once as it opened (``FileSource.refs``), told by suffix. An input that yields no file (a missing one,
+    a folder without usable files) is left out of the count: it fails on its own, image or not."""
+    from edgerun.processing.image import IMAGE_SUFFIXES
+
+    images = 0
+    for ref in getattr(source, "refs", ()):
+        if ref.error is None:
+            if os.path.splitext(ref.path)[1].lower() not in IMAGE_SUFFIXES:
+                return 0  # an array, or a file read as an image only if it proves to be one
+            images += 1
+    return images
 
 
 def gives_images(source: Source) -> bool:
