@@ -501,6 +501,7 @@ class Daemon:
             results_max_per_s=c.results_max_per_s,
         )
         self.sync.set_models({n: s.describe() for n, s in self.slots.items()}, probe().accelerators())
+        self.sync.set_groups(self.config.device.groups)
 
     def _start_ota(self) -> None:
         o = self.config.ota

@@ -379,6 +379,7 @@ def make_sync(args: argparse.Namespace, checked: tuple[Any, str] | None, metrics
         {m.name: {"version": m.version, "format": m.format, "delegate": m.delegate} for m in models},
         probe(args.probe_root or "/").accelerators(),
     )
+    service.set_groups(args.group)
     return service
 
 

@@ -115,14 +115,16 @@ def register(sub: Any) -> None:
         default=ANSWER_S,
         metavar="S",
         help="with --wait and --group: a device online that has not answered the update S seconds after it was "
-        "free to is taken for no member and not waited for (status records name no groups; "
-        f"default {ANSWER_S:g})",
+        "free to is no longer waited for (one whose status record names its groups, none of them given, is no "
+        f"target and not waited for at all; default {ANSWER_S:g})",
     )
     _targets(pub)
     _connection(pub)
     pub.set_defaults(run=publish)
 
-    st = actions.add_parser("status", help="a table of devices: online, models, versions, delegates, update state")
+    st = actions.add_parser(
+        "status", help="a table of devices: online, groups, models, versions, delegates, update state"
+    )
     st.add_argument("--watch", action="store_true", help="keep refreshing until Ctrl-C")
     st.add_argument("--json", action="store_true", help="one JSON object per device")
     st.add_argument("--wait", type=float, default=1.0, metavar="S", help="seconds to collect retained records")
@@ -371,12 +373,13 @@ def _follow(
     A device that is offline (its retained status says so) or has no status on the broker acts on the
     retained manifest when it connects, so it is not waited for: one line names it at the end, and where no
     targeted device is online at all, that end comes at once (``NOTHING_ONLINE``). One that comes online
-    during the wait is followed. A group's members are not known in advance (status records name no
-    groups): a device online that answers the update is followed, one that has not answered ``answer_s``
-    after it was free to is not waited for (``_Unanswered``) and is named at the end.
+    during the wait is followed. For a group: a device online whose status record names its groups, none
+    of them in ``groups``, is no target and not waited for; any other device online that answers the
+    update is followed, one that has not answered ``answer_s`` after it was free to is not waited for
+    (``_Unanswered``) and is named at the end.
     """
     deadline = time.monotonic() + timeout_s
-    unanswered = _Unanswered(update_id, set(devices), answer_s)
+    unanswered = _Unanswered(update_id, set(devices), set(groups), answer_s)
     last: dict[str, str] = {}
     time.sleep(0.5)  # retained device records arrive first
     while time.monotonic() < deadline:
@@ -391,9 +394,9 @@ def _follow(
         ended = {d for d, v in involved.items() if v.ota.get("state") in TERMINAL}
         unfinished = [d for d in sorted(set(devices) | set(involved)) if d not in ended]
         pending = [d for d in unfinished if d in view and view[d].online is True]
-        waiting, silent = unanswered.update(view, time.monotonic()) if groups else ([], [])
+        waiting, silent, outside = unanswered.update(view, time.monotonic()) if groups else ([], [], [])
         if not pending and not waiting:
-            return _ended(fleet.prefix, view, involved, unfinished, groups, silent, answer_s)
+            return _ended(fleet.prefix, view, involved, unfinished, groups, silent, bool(outside), answer_s)
         fleet.changed.wait(0.5)
         fleet.changed.clear()
     error_line(f"timed out after {timeout_s:.0f} s waiting for the devices to finish update {update_id}")
@@ -401,35 +404,43 @@ def _follow(
 
 
 class _Unanswered:
-    """The devices online, not named with ``--device``, that have not answered an update sent to a group.
+    """The devices online, not named with ``--device``, that have not answered an update sent to groups.
 
-    Any of them may be a member: status records name no groups (PROTOCOL.md), so a member shows itself only
-    by answering the manifest on ``P/ID/ota/status`` (``received``, or a refusal). Its OTA worker handles
-    manifests and commands one at a time, in order, so it answers as soon as it is free to: each device has
-    ``answer_s`` seconds counted from the latest of the start of the wait, the moment it came online, and the
-    last moment its record showed another update or command in progress (``BUSY``). One that lets them pass
-    is not in the group, or takes no updates: it is no longer waited for (an answer that comes later is
-    still followed).
+    A device whose status record names its groups (docs/protocol-notes.md) and none of ``groups`` is no
+    target: it is set apart at once. Any other may be a member: a record with no ``groups`` (an older
+    edgerun) tells nothing, and a member that names a group may still take no updates (no OTA key). Such a
+    device shows itself only by answering the manifest on ``P/ID/ota/status`` (``received``, or a refusal).
+    Its OTA worker handles manifests and commands one at a time, in order, so it answers as soon as it is
+    free to: each device has ``answer_s`` seconds counted from the latest of the start of the wait, the
+    moment it came online, and the last moment its record showed another update or command in progress
+    (``BUSY``). One that lets them pass is not in the group, or takes no updates: it is no longer waited
+    for (an answer that comes later is still followed).
     """
 
-    def __init__(self, update_id: str, named: set[str], answer_s: float) -> None:
-        self.update_id, self.named, self.answer_s = update_id, named, answer_s
+    def __init__(self, update_id: str, named: set[str], groups: set[str], answer_s: float) -> None:
+        self.update_id, self.named, self.groups, self.answer_s = update_id, named, groups, answer_s
         self._since: dict[str, float] = {}  # device online -> when it was last free to answer (monotonic s)
 
-    def update(self, view: dict[str, Any], now: float) -> tuple[list[str], list[str]]:
-        """Those still given time to answer, and those whose time has passed, in ``view`` at ``now``."""
+    def update(self, view: dict[str, Any], now: float) -> tuple[list[str], list[str], list[str]]:
+        """Those still given time to answer, those whose time has passed, and those whose status records name
+        other groups only, in ``view`` at ``now``."""
         waiting: list[str] = []
         silent: list[str] = []
+        outside: list[str] = []
         for device, v in sorted(view.items()):
             ident = v.ota.get("update_id", v.ota.get("command_id"))
             if v.online is not True or device in self.named or ident == self.update_id:
                 self._since.pop(device, None)  # offline: its time starts again when it comes back
                 continue
+            if v.groups is not None and self.groups.isdisjoint(v.groups):  # no member, by its own record
+                self._since.pop(device, None)  # restarted with another group: its time starts then
+                outside.append(device)
+                continue
             since = self._since.setdefault(device, now)
             if v.ota.get("state") in BUSY:  # another update first: the manifest waits behind it
                 since = self._since[device] = now
             (waiting if now - since < self.answer_s else silent).append(device)
-        return waiting, silent
+        return waiting, silent, outside
 
 
 def _ended(
@@ -439,12 +450,15 @@ def _ended(
     away: list[str],
     groups: list[str],
     silent: list[str],
+    outside: bool,
     answer_s: float,
 ) -> int:
     """The end of ``publish --wait``, once no device it follows is online and unfinished: a line for the
     targets not online (``away``), one for the devices online that did not answer a group's update
-    (``silent``), one per device that ended otherwise than active, and the exit code (0 all of those that
-    finished are active, 1 any ended otherwise, ``NOTHING_ONLINE`` none finished)."""
+    (``silent``: those whose status records name no groups, then the members), one per device that ended
+    otherwise than active, and the exit code (0 all of those that finished are active, 1 any ended
+    otherwise, ``NOTHING_ONLINE`` none finished). ``outside``: some device online is in none of ``groups``
+    by its status record (never waited for, not named)."""
     finished = {d: v.ota.get("state") for d, v in involved.items() if d not in away}
     offline = [d for d in away if d in view and view[d].online is False]
     unknown = [d for d in away if d not in offline]
@@ -455,11 +469,19 @@ def _ended(
         what = f"no status record under prefix {_field(prefix)}"
         lines.append(_away_line(unknown, (f"has {what}", f"have {what}"), "connect"))
     names = ", ".join(_field(g) for g in groups)
-    if silent:
-        lines.append(_silent_line(silent, groups, answer_s))
+    unknown_groups = [d for d in silent if view[d].groups is None]
+    if unknown_groups:
+        lines.append(_silent_line(unknown_groups, groups, answer_s))
+    members = [d for d in silent if view[d].groups is not None]
+    if members:
+        lines.append(_silent_member_line(members, groups, answer_s))
     if groups and not involved and silent:
         lines.append(
             f"no member of group {names} answered: those offline will act on the retained update when they connect"
+        )
+    elif groups and not involved and outside:  # devices online, each in other groups by its own record
+        lines.append(
+            f"no device online is in group {names}: the members will act on the retained update when they connect"
         )
     elif groups and not involved:  # no device online at all
         lines.append(
@@ -477,10 +499,9 @@ def _ended(
 
 def _silent_line(devices: list[str], groups: list[str], answer_s: float) -> str:
     """``devb is online but did not answer the update in 10 s: it is not in group lab, or it takes no updates
-    (no OTA key)``, for one device or several (the first ``NAMED_MAX`` named, the others counted)."""
-    names = ", ".join(_field(d) for d in devices[:NAMED_MAX])
-    if len(devices) > NAMED_MAX:
-        names += f" and {len(devices) - NAMED_MAX} more"
+    (no OTA key)``, for one device or several (the first ``NAMED_MAX`` named, the others counted): devices
+    whose status records name no groups."""
+    names = _named(devices)
     they, are, take = ("it", "is", "takes") if len(devices) == 1 else ("they", "are", "take")
     if len(groups) == 1:
         member = f"not in group {_field(groups[0])}"
@@ -490,6 +511,25 @@ def _silent_line(devices: list[str], groups: list[str], answer_s: float) -> str:
         f"{names} {are} online but did not answer the update in {answer_s:g} s: {they} {are} {member}, "
         f"or {they} {take} no updates (no OTA key)"
     )
+
+
+def _silent_member_line(devices: list[str], groups: list[str], answer_s: float) -> str:
+    """``deva is in group lab but did not answer the update in 10 s: it takes no updates (no OTA key)``, for
+    one device or several: devices whose status records name one of ``groups``."""
+    they, are, take = ("it", "is", "takes") if len(devices) == 1 else ("they", "are", "take")
+    which = "group" if len(groups) == 1 else "one of groups"
+    return (
+        f"{_named(devices)} {are} in {which} {', '.join(_field(g) for g in groups)} but did not answer the update "
+        f"in {answer_s:g} s: {they} {take} no updates (no OTA key)"
+    )
+
+
+def _named(devices: list[str]) -> str:
+    """The first ``NAMED_MAX`` of ``devices``, the others counted (a group in a large fleet)."""
+    names = ", ".join(_field(d) for d in devices[:NAMED_MAX])
+    if len(devices) > NAMED_MAX:
+        names += f" and {len(devices) - NAMED_MAX} more"
+    return names
 
 
 def _away_line(devices: list[str], verb: tuple[str, str], when: str) -> str:
@@ -522,9 +562,9 @@ def status(args: argparse.Namespace) -> int:
 def _print_table(view: dict[str, Any], as_json: bool) -> None:
     if as_json:
         for device, v in sorted(view.items()):
-            print_json({"device": device, "online": v.online, "models": v.models, "ota": v.ota})
+            print_json({"device": device, "online": v.online, "groups": v.groups, "models": v.models, "ota": v.ota})
         return
-    lines = [f"{'device':<24} {'online':<7} {'models':<40} {'last update'}"]
+    lines = [f"{'device':<24} {'online':<7} {'groups':<16} {'models':<40} {'last update'}"]
     for device, v in sorted(view.items()):
         models = ", ".join(_model(name, m) for name, m in v.models.items()) or "-"
         ota = v.ota
@@ -533,7 +573,7 @@ def _print_table(view: dict[str, Any], as_json: bool) -> None:
              _field(ota.get("reason", "")))
         )  # fmt: skip
         online = {True: "yes", False: "no", None: "?"}[v.online]
-        lines.append(f"{_field(device):<24} {online:<7} {models:<40} {update.strip()}")
+        lines.append(f"{_field(device):<24} {online:<7} {_groups(v.groups):<16} {models:<40} {update.strip()}")
     print_lines(*lines)
 
 
@@ -545,6 +585,14 @@ def _field(value: Any) -> str:
     if value is None:
         return "?"
     return quoted(value if isinstance(value, str) else json.dumps(value))
+
+
+def _groups(groups: list[str] | None) -> str:
+    """A device's groups as its status record names them: ``lab,prod``; ``-`` for none; ``?`` where the record
+    names no groups (an older edgerun, or a device not seen online)."""
+    if groups is None:
+        return "?"
+    return ",".join(_field(g) for g in groups) or "-"
 
 
 def _model(name: str, record: Any) -> str:

@@ -142,11 +142,27 @@ def build_command(
 
 @dataclass
 class DeviceView:
-    """What the operator knows of one device from its retained records."""
+    """What the operator knows of one device from its retained records.
+
+    ``groups``: those its last ``online`` status record names (docs/protocol-notes.md); None where the
+    record names none (an older edgerun, or one not seen online yet), which says nothing of its groups.
+    """
 
     online: bool | None = None
     models: dict[str, Any] = field(default_factory=dict)
     ota: dict[str, Any] = field(default_factory=dict)
+    groups: list[str] | None = None
+
+
+def _groups(value: Any) -> list[str] | None:
+    """The ``groups`` of a device's status record, where it is a list of names; else None (unknown).
+
+    A record is anyone's JSON: another value says nothing, so the device is treated as one whose
+    record names no groups, never as a member of none.
+    """
+    if isinstance(value, list) and all(isinstance(g, str) for g in value):
+        return list(value)
+    return None
 
 
 class Fleet:
@@ -208,6 +224,8 @@ class Fleet:
                     view.online = data.get("state") == "online"
                     models = data.get("models")  # a device's record is anyone's JSON: a list here broke every view
                     view.models = models if isinstance(models, dict) and models else view.models
+                    if view.online:  # the offline record (the last will) names no groups: the last known stay
+                        view.groups = _groups(data.get("groups"))
         self.changed.set()
 
     def _on_publish(self, client: Any, userdata: Any, mid: int, reason_code: Any, properties: Any) -> None:
@@ -262,7 +280,10 @@ class Fleet:
     def snapshot(self) -> dict[str, DeviceView]:
         """A copy of what is known of every device."""
         with self._lock:
-            return {k: DeviceView(v.online, dict(v.models), dict(v.ota)) for k, v in self.devices.items()}
+            return {
+                k: DeviceView(v.online, dict(v.models), dict(v.ota), None if v.groups is None else list(v.groups))
+                for k, v in self.devices.items()
+            }
 
     def close(self) -> None:
         """Disconnect."""

@@ -138,7 +138,7 @@ class MqttLink:
         settings: broker, TLS, auth, protocol, backoff.
         topics: the device's topics.
         outbox: records to deliver (None: status and direct publishes only).
-        status: initial fields of the retained status record (``models``, ``accelerators``).
+        status: initial fields of the retained status record (``models``, ``accelerators``, ``groups``).
     """
 
     def __init__(
@@ -257,7 +257,8 @@ class MqttLink:
         self._poke()
 
     def set_status(self, **fields: Any) -> None:
-        """Change fields of the retained status record (``models``, ``accelerators``); republished if changed."""
+        """Change fields of the retained status record (``models``, ``accelerators``, ``groups``); republished
+        if changed."""
         changed = any(self._status.get(k) != v for k, v in fields.items())
         self._status.update(fields)
         if changed:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -77,6 +77,15 @@ class SyncService:
             self.link.set_status(models=models)
         else:
             self.link.set_status(models=models, accelerators=accelerators)
+
+    def set_groups(self, groups: Iterable[str]) -> None:
+        """The groups the retained status record names (config ``device.groups``, ``--group``), each once.
+
+        ``edgerun ota publish --wait --group G`` reads them: a device online whose record names its
+        groups and not G is no target, and is not waited for (docs/protocol-notes.md). A record
+        without the field (an older edgerun) tells nothing, so ``[]`` is published for no group.
+        """
+        self.link.set_status(groups=list(dict.fromkeys(groups)))
 
     def results_sink(self, pipeline: str | None = None) -> ResultsSink:
         """A sink that publishes every result on ``P/ID/results/<model>``.
