@@ -67,9 +67,9 @@ def handled(actions: Mapping[signal.Signals, Action]) -> Iterator[None]:
 def sigterm_as_interrupt() -> Iterator[None]:
     """While inside, SIGTERM raises ``KeyboardInterrupt`` on the main thread, as Ctrl-C does.
 
-    For work done on the main thread itself, maybe blocked reading a pipe (``predict``'s direct
-    run), where only an exception raised by the handler ends the read: without it SIGTERM ends the
-    process with no word (exit 143). Raising takes no lock, so this handler may do it (see above).
+    For work done on the main thread itself (``bench``'s timed runs), where only an exception raised
+    by the handler ends it: without it SIGTERM ends the process with no word (exit 143), the figures
+    measured so far lost. Raising takes no lock, so this handler may do it (see above).
     """
 
     def interrupt(signum: int, frame: FrameType | None) -> None:

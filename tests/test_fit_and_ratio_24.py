@@ -74,6 +74,22 @@ def test_bench_of_fp32_onnx_and_int8_tflite_says_why_there_is_no_ratio() -> None
     )
 
 
+def test_bench_json_gives_a_record_for_the_missing_ratio() -> None:
+    models = [str(DIGITS / "digits_fp32.onnx"), str(DIGITS / "digits_int8.tflite")]
+    result = run_cli("bench", *models, "--runs", "20", "--json")
+    assert result.returncode == 0, result.stderr
+    records = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [r["type"] for r in records] == ["result", "result", "no_ratio"]  # the reason was text only, not in --json
+    assert records[-1] == {
+        "type": "no_ratio",
+        "model": "digits",
+        "format": None,
+        "why": "formats",
+        "reason": "no INT8/FP32 ratio for digits: FP32 was measured as onnx, INT8 as tflite, and a ratio compares "
+        "variants of one format: bench an FP32 and an INT8 file of the same format",
+    }
+
+
 def test_a_pair_split_across_formats_gets_one_reason_and_a_format_with_a_ratio_gets_none() -> None:
     split = [_result("onnx", "fp32"), _result("tflite", "int8")]
     assert missing_ratios(split) == [

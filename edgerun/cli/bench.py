@@ -24,15 +24,18 @@ def register(sub: Any) -> None:
     p = sub.add_parser("bench", help=HELP, description=HELP + ". Each model and delegate runs in its own process.")
     p.add_argument("models", nargs="+", metavar="MODEL", help="model files")
     p.add_argument("--runs", type=int, default=200, metavar="N", help="timed inferences per model (default 200)")
-    p.add_argument("--json", action="store_true", help="one JSON object per result, then one per ratio")
+    p.add_argument(
+        "--json", action="store_true", help="one JSON object per result, then one per ratio or missing ratio"
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress line even on a terminal")
     add_model_options(p, delegate_help="auto (default), fastest, all (every usable delegate), or a name")
     p.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    """Benchmark each model (on each delegate with ``all``); Ctrl-C keeps the figures of the runs made."""
+    """Benchmark each model (on each delegate with ``all``); Ctrl-C or SIGTERM keeps the figures of the runs made."""
     from edgerun.bench import BenchInterrupted, bench_isolated, usable_delegates
+    from edgerun.signals import sigterm_as_interrupt
 
     require_not_empty("MODEL", *args.models)  # "" would be the current directory
     if not 1 <= args.runs <= MAX_RUNS:  # the child keeps every timing: 8 bytes a run
@@ -44,27 +47,30 @@ def run(args: argparse.Namespace) -> int:
     results: list[BenchResult] = []
     failed = 0
     stopped: BenchInterrupted | None = None
-    for path in args.models:
-        try:
-            names = usable_delegates(Path(path), args.probe_root) if delegate == "all" else [delegate]
-        except EdgerunError as exc:
-            error_line(str(exc))
-            failed += 1
-            continue
-        for name in names:
+    # SIGTERM (a service manager's stop, `kill`, `timeout`) stops it as Ctrl-C does, the figures of the
+    # runs made kept: by default it ended the process with no word and no row (exit 143)
+    with sigterm_as_interrupt():
+        for path in args.models:
             try:
-                r = bench_isolated(path, name, args.runs, threads, progress=progress, **kwargs)
-            except BenchInterrupted as exc:
-                stopped = exc
-                break
+                names = usable_delegates(Path(path), args.probe_root) if delegate == "all" else [delegate]
             except EdgerunError as exc:
-                error_line(f"{path} on {name}: {exc}")
+                error_line(str(exc))
                 failed += 1
                 continue
-            results.append(r)
-            _show(r, args.json, first=len(results) == 1)
-        if stopped is not None:
-            break
+            for name in names:
+                try:
+                    r = bench_isolated(path, name, args.runs, threads, progress=progress, **kwargs)
+                except BenchInterrupted as exc:
+                    stopped = exc
+                    break
+                except EdgerunError as exc:
+                    error_line(f"{path} on {name}: {exc}")
+                    failed += 1
+                    continue
+                results.append(r)
+                _show(r, args.json, first=len(results) == 1)
+            if stopped is not None:
+                break
     if stopped is not None and stopped.partial is not None:
         results.append(stopped.partial)
         _show(stopped.partial, args.json, first=len(results) == 1)
@@ -99,7 +105,7 @@ def _show(r: BenchResult, as_json: bool, *, first: bool) -> None:
 
 def _footer(results: list[BenchResult], as_json: bool) -> None:
     """The note on sparse percentiles, the INT8/FP32 ratios, and why a pair got none."""
-    from edgerun.bench import MIN_RUNS, ratio_gaps, speed_ratios
+    from edgerun.bench import MIN_RUNS, missing_ratios, speed_ratios
 
     if not as_json and (sparse := sorted({name for r in results for name in r.sparse})):
         needs = ", ".join(f"{name} {MIN_RUNS[name]}" for name in sparse)
@@ -118,9 +124,11 @@ def _footer(results: list[BenchResult], as_json: bool) -> None:
                 f"thread{'s' if threads != 1 else ''}: INT8 is {ratio['int8_speedup']:.2f}x as fast as FP32 "
                 f"(p50 {ratio['int8_p50_ms']:.4f} vs {ratio['fp32_p50_ms']:.4f} ms)"
             )
-    if not as_json:
-        for line in ratio_gaps(results):
-            print_lines(line)
+    for gap in missing_ratios(results):
+        if as_json:
+            print_json({"type": "no_ratio", **gap})
+        else:
+            print_lines(gap["reason"])
 
 
 def _tail(value: float, sparse: bool) -> str:

@@ -5,9 +5,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import stat
 import sys
 from contextlib import AbstractContextManager, nullcontext
+from types import FrameType
 from typing import IO, Any, NamedTuple, cast
 
 from edgerun.cli.common import (
@@ -37,7 +39,7 @@ def register(sub: Any) -> None:
         "predict",
         help=HELP,
         description=HELP + ". Exit 0 when every input succeeds, 1 when any failed (the others are still "
-        "processed), 2 for usage errors.",
+        "processed), 2 for usage errors, 130 when SIGINT or SIGTERM stopped it.",
     )
     p.add_argument("model", help="an .onnx or .tflite file (its card is read from beside it)")
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, .npy files, directories (walked) or globs")
@@ -249,10 +251,8 @@ def run(args: argparse.Namespace) -> int:
     if args.output:
         sinks.append(JsonlSink(os.fspath(args.output)))
     if direct:
-        from edgerun.signals import sigterm_as_interrupt
-
-        with model, sigterm_as_interrupt():
-            return _run_direct(model, source, sinks, args.json)
+        with model, _DirectStop(source) as stop:
+            return _run_direct(model, source, sinks, stop, as_json=args.json, output=args.output)
 
     def on_result(result: Any) -> None:
         if bar is None:
@@ -289,8 +289,10 @@ def run(args: argparse.Namespace) -> int:
     blocked = "stdout" in summary.unflushed
     if blocked or not args.json:
         out = sys.stderr if blocked else sys.stdout
+        left = len(source.refs) - summary.ok - summary.errors
         print(
             summary_line(summary.ok, summary.errors, summary.elapsed_s)
+            + stop_note(summary.stopped_by, left, args.output)
             + (f"; not flushed: {', '.join(summary.unflushed)}" if summary.unflushed else ""),
             file=out,
         )
@@ -317,15 +319,51 @@ def batch_prepare_workers() -> int:
 _DIRECT_MAX = 4
 
 
-def _run_direct(model: Any, source: Any, sinks: list[Any], as_json: bool) -> int:
-    """A handful of inputs, one after the other, with the records and errors a pipeline gives."""
+class _DirectStop:
+    """SIGINT and SIGTERM during a direct run (``_run_direct``), which reads on the main thread: the first
+    closes the source, so the run ends as a pipeline's does (the input under way processed and its records
+    written, the summary printed, exit 130), a pipe being read (``/dev/stdin``) within ``POLL_S``. A second
+    one raises ``KeyboardInterrupt`` (``interrupted``, 130), for a read no close reaches (a mount that hangs).
+
+    The handlers run on the main thread between two bytecodes: they only set flags (``FileSource.close``
+    does) or raise, taking no lock (see ``edgerun.signals``). An ignored SIGINT (a background job's) stays
+    ignored. Before, either signal raised ``KeyboardInterrupt`` at once: the records so far, then
+    ``edgerun: error: interrupted``, and no summary.
+    """
+
+    def __init__(self, source: Any) -> None:
+        self._source = source
+        #: the first signal's name (``SIGINT``, ``SIGTERM``); None while none came
+        self.reason: str | None = None
+        self._previous: dict[signal.Signals, Any] = {}
+
+    def __enter__(self) -> _DirectStop:
+        sigs = [signal.SIGTERM] + ([signal.SIGINT] if signal.getsignal(signal.SIGINT) != signal.SIG_IGN else [])
+        self._previous = {sig: signal.signal(sig, self._take) for sig in sigs}
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+    def _take(self, signum: int, frame: FrameType | None) -> None:
+        if self.reason is not None:
+            raise KeyboardInterrupt
+        self.reason = signal.Signals(signum).name
+        self._source.close()
+
+
+def _run_direct(
+    model: Any, source: Any, sinks: list[Any], stop: _DirectStop, *, as_json: bool, output: str | None
+) -> int:
+    """A handful of inputs, one after the other, with the records, errors and summary a pipeline gives."""
     import time
 
     from edgerun.sinks.base import Result, error_record, result_record
 
     start = time.perf_counter()
-    failed = 0
-    for frame in source.frames():
+    ok = failed = 0
+    for frame in source.frames():  # a stop closes the source: the frames end
         if frame.error is None:
             try:
                 prediction = model.predict(frame.data, name=frame.source_id)
@@ -335,14 +373,19 @@ def _run_direct(model: Any, source: Any, sinks: list[Any], as_json: bool) -> int
         else:
             record = error_record(frame, frame.error)
         result = Result(frame, record)
+        ok += result.ok
         failed += not result.ok
         report_failure(result)
         for sink in sinks:
             sink.publish(result)
     for sink in sinks:
         sink.close()
+    stopped_by = stop.reason or "end of input"
     if not as_json:
-        print(summary_line(len(source.refs) - failed, failed, time.perf_counter() - start))
+        left = len(source.refs) - ok - failed
+        print(summary_line(ok, failed, time.perf_counter() - start) + stop_note(stopped_by, left, output))
+    if stop.reason is not None:
+        return 130
     return 1 if failed else 0
 
 
@@ -351,6 +394,18 @@ def summary_line(ok: int, failed: int, elapsed_s: float) -> str:
     inputs that succeeded and left out where none did."""
     rate = rate_text(ok / elapsed_s if elapsed_s > 0 else 0.0, "inputs/s")
     return f"# {ok} ok, {failed} failed in {elapsed_text(elapsed_s)}" + (f" ({rate})" if rate else "")
+
+
+def stop_note(stopped_by: str, left: int, output: str | None) -> str:
+    """What the summary line of a run a signal stopped adds (nothing for one whose input ended):
+    ``; stopped by SIGINT``, then the inputs ``left`` with no record, and, where they were written to
+    ``output``, how to do them: ``; 2 input(s) not done (run again with --resume to do them)``."""
+    if stopped_by == "end of input":
+        return ""
+    note = f"; stopped by {stopped_by}"
+    if left > 0:
+        note += f"; {left} input(s) not done" + (" (run again with --resume to do them)" if output else "")
+    return note
 
 
 def progress_bar(total: int, *, no_progress: bool, as_json: bool, stream: IO[str] | None = None) -> Any:
