@@ -4,7 +4,9 @@ Exit codes: 0 success, 1 a run in which something failed, 2 a usage or config
 error, 130 interrupted. An ``EdgerunError`` becomes one line on stderr, and so does a
 stdout that refuses output (``cannot write stdout: No space left on device``, exit 1: the commands'
 own lines go through ``edgerun.sinks.text.write_stdout``; a ``print`` that fills stdout's buffer is caught
-here); a traceback appears only for bugs (or with ``--debug``).
+here); a traceback appears only for bugs (or with ``--debug``). A command line argparse refuses (a value of
+the wrong type, a missing or unknown option, an unknown command) is one line too, exit 2, with a pointer to
+the help of the command that refused it, not argparse's usage block: ``--help`` is where the usage is.
 """
 
 from __future__ import annotations
@@ -15,9 +17,9 @@ import logging
 import os
 import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from importlib import import_module
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from edgerun import __version__, opencv
 from edgerun.cli.common import error_line
@@ -41,16 +43,45 @@ COMMANDS: dict[str, str] = {
 _REGISTERED_WITH = {"config": "daemon"}
 
 
+class _Parser(argparse.ArgumentParser):
+    """``edgerun``'s parser: what it refuses is one line on stderr, exit 2, in the form of every user error.
+
+    argparse's own form is the usage block (13-15 lines for ``run``) above
+    ``edgerun run: error: ...``: the one line that matters ends up last, under a wall of options.
+    """
+
+    def error(self, message: str) -> NoReturn:
+        error_line(f"{message} (see {self.prog} --help)")
+        self.exit(2)
+
+
+class _CommandParser(_Parser):
+    """A command's parser (``edgerun predict``, ``edgerun config check``): it refuses the arguments it does
+    not know itself. argparse hands them up to ``edgerun``'s parser, whose line would point at ``edgerun
+    --help``, which does not list the command's options. Nothing parses after a command: the options
+    before it are ``edgerun``'s, so what a command leaves is never anyone's."""
+
+    def parse_known_args(self, args: Iterable[str] | None = None, namespace: Any = None) -> tuple[Any, list[str]]:
+        parsed, extras = super().parse_known_args(args, namespace)
+        if extras:
+            self.error(f"unrecognized arguments: {' '.join(extras)}")
+        return parsed, extras
+
+
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
-    """The ``edgerun`` parser; sub-commands other than ``command`` get a stub parser."""
-    parser = argparse.ArgumentParser(
+    """The ``edgerun`` parser; sub-commands other than ``command`` get a stub parser.
+
+    Its command parsers, and theirs (``config check``), are ``_CommandParser``s: ``add_subparsers``
+    makes its parsers of the class of the parser it is called on.
+    """
+    parser = _Parser(
         prog="edgerun",
         description="Run quantized ML models on edge devices, on the best accelerator they have.",
     )
     parser.add_argument("--version", action="version", version=f"edgerun {__version__}")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-v info, -vv debug)")
     parser.add_argument("--debug", action="store_true", help="show tracebacks for errors")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_CommandParser)
     sub.required = True
     for name, module in COMMANDS.items():
         if command in (None, name):
