@@ -53,7 +53,7 @@ from edgerun.globbing import glob_lists
 from edgerun.limits import BATCH_SIZE_MAX, FPS_MAX, FPS_MIN, PREPARE_WORKERS_MAX, THREADS_MAX
 from edgerun.sync.topics import METRICS_INTERVAL_MAX_S, METRICS_INTERVAL_MIN_S, PREFIX_MAX
 
-__all__ = ["ApiConfig", "Config", "check_runnable", "default_config", "load_config"]
+__all__ = ["ApiConfig", "Config", "check_runnable", "check_trusted_keys", "default_config", "load_config"]
 
 Name = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9._-]{0,63}$")]
 
@@ -778,16 +778,32 @@ def check_runnable(config: Config, source: str) -> list[str]:
                 read()  # as the daemon reads it at start
             except ConfigError as exc:
                 problems.append(str(exc))
-    if there := [file for key, file in keys if key not in gone]:
-        from edgerun.ota.envelope import TrustedKeys
-
-        try:
-            TrustedKeys.load(there)  # as the daemon reads them at start: a certificate, a private key
-        except ConfigError as exc:
-            problems.append(str(exc))
+    try:
+        check_trusted_keys(config.ota.trusted_keys, gone)  # as the daemon reads them at start
+    except ConfigError as exc:  # a certificate, a private key
+        problems.append(str(exc))
     if problems:
         raise ConfigError(shown(f"{source}: {_one_line(problems)}"))
     return notes
+
+
+def check_trusted_keys(paths: list[str], skip: set[str] | frozenset[str] = frozenset()) -> None:
+    """Read each of ``ota.trusted_keys`` as the OTA agent will (``TrustedKeys.load``), one at a time, so
+    that the first one that cannot be used (a certificate, a private key, not Ed25519) is named by its key:
+    ``ota.trusted_keys[1]: trusted key ...``. ``skip``: the keys (``ota.trusted_keys[N]``) not to read.
+
+    Raises:
+        ConfigError: a key that cannot be used, named.
+    """
+    from edgerun.ota.envelope import TrustedKeys
+
+    for i, path in enumerate(paths):
+        key = f"ota.trusted_keys[{i}]"
+        if key not in skip:
+            try:
+                TrustedKeys.load([path])
+            except ConfigError as exc:
+                raise ConfigError(f"{key}: {exc}") from exc
 
 
 def _pipeline_files_not_there(config: Config) -> list[str]:

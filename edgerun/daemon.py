@@ -22,10 +22,15 @@ Wiring and life cycle only; every part is its own module. Signals:
   on, the store's active version wins over the config's ``path``, so a reload
   reloads the version installed over the air, with the new settings; a file changed
   on disk that the store's copy serving still wins over leaves that model in place.
+  A model or pipeline new in the file is said to be added, not reloaded or restarted.
 
 The state directory (``edgerun.state.check_state_dir``) and the secret files
-(``api.token_file``, ``mqtt.password_file``) are checked first: one ``ConfigError``
-line naming the config file, the path and the reason, before anything is loaded.
+(``api.token_file``, ``mqtt.password_file``, ``ota.trusted_keys``) are checked first: one ``ConfigError``
+line naming the config file, the path and the reason, before anything is loaded. Then the API's
+port is taken (``_listen``), before any model loads, any pipeline reads an input or the link
+connects: a port in use stops the start with nothing done. The API is served last, once
+``ready`` is set, so it never answers for a daemon half started. A config's model file that does
+not load is named by its key, as ``config check`` names it (``_load_configured``).
 
 A pipeline whose source fails (a camera unplugged, a stream gone) is reopened
 every ``restart_s`` seconds until it comes back; the rest keeps running. What a
@@ -47,6 +52,7 @@ import ipaddress
 import logging
 import os
 import signal
+import socket
 import threading
 import time
 import weakref
@@ -55,7 +61,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from edgerun import signals, systemd
-from edgerun.config import Config, ModelConfig, PipelineConfig, load_config
+from edgerun.config import Config, ModelConfig, PipelineConfig, check_trusted_keys, load_config
 from edgerun.errors import ConfigError, EdgerunError
 from edgerun.model import Model
 from edgerun.ota.slot import ModelSlot
@@ -79,34 +85,39 @@ RELOAD_WATCHDOG_S = 600
 RUNNER_STOP_S = 30
 
 
-def _why_not_listening(host: str, port: int) -> str:
-    """Why a server could not listen on ``host``:``port``, found by trying it once more here: the name does
-    not resolve, or the system's own words for the bind (in use, an address not on this machine, a port
-    below 1024 without the right). uvicorn's own record of the failure is left out (``_BindFailure``): the
-    daemon's line, naming this reason, is the one line said."""
-    import socket
+def _listen(host: str, port: int) -> list[socket.socket]:
+    """Sockets listening on ``host``:``port`` for the HTTP API, bound as asyncio's ``create_server`` binds
+    them (one per address the name resolves to, ``SO_REUSEADDR``, an IPv6 socket IPv6 only); uvicorn
+    serves them later (``_start_api``). Taken before anything starts, so a port in use stops the start
+    before a pipeline has read an input or anything was published; listening already, not only bound:
+    Linux lets two ``SO_REUSEADDR`` sockets bind one port until one of them listens. A connection made
+    meanwhile waits in the backlog and is answered once the API starts.
 
+    Raises:
+        EdgerunError: one line with the system's reason: the name does not resolve, the port in use, an
+            address not on this machine, a port below 1024 without the right.
+    """
+    where = f"the HTTP API could not listen on {_url_host(host)}:{port}"
     try:
         found = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
     except (socket.gaierror, UnicodeError) as exc:
-        return f"{host} does not resolve to an address: {getattr(exc, 'strerror', None) or exc}"
-    for family, kind, proto, _, address in found:
-        try:
-            with socket.socket(family, kind, proto) as probe:
-                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
-                probe.bind(address)
-        except OSError as exc:
-            return exc.strerror or str(exc)
-    return "in use, or not allowed"
-
-
-class _BindFailure(logging.Filter):
-    """Leaves out uvicorn's record of a server that could not listen (``Server.startup`` logs the bind's
-    ``OSError`` itself, then the thread ends): the daemon says it in one line of its own, with the reason
-    (``_why_not_listening``). Every other uvicorn record passes, a request handler's exception included."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not (isinstance(record.msg, OSError) and record.funcName == "startup")
+        reason = getattr(exc, "strerror", None) or exc
+        raise EdgerunError(f"{where} ({host} does not resolve to an address: {reason})") from None
+    taken: list[socket.socket] = []
+    try:
+        for family, kind, proto, _, address in dict.fromkeys(found):  # each address once, in order
+            sock = socket.socket(family, kind, proto)
+            taken.append(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            sock.bind(address)
+            sock.listen()
+    except OSError as exc:
+        for sock in taken:
+            sock.close()
+        raise EdgerunError(f"{where} ({exc.strerror or exc})") from None
+    return taken
 
 
 def _url_host(host: str) -> str:
@@ -320,6 +331,8 @@ class Daemon:
         self.ota: Any = None
         self.server: Any = None
         self._api_thread: threading.Thread | None = None
+        #: the API's listening sockets, taken first at start (``_listen``) and served once the rest has started
+        self._api_sockets: list[socket.socket] = []
         self.api_port: int | None = None
         self.ready = False
         self._claimed = False  # this daemon holds its state directory (claim_state_dir)
@@ -420,9 +433,7 @@ class Daemon:
                 self.config.mqtt.resolved_password()
                 self.config.mqtt.check_tls_files()
                 if self.config.ota.trusted_keys:  # read before anything connects, as `run --ota-key` reads them
-                    from edgerun.ota.envelope import TrustedKeys
-
-                    TrustedKeys.load(self.config.ota.trusted_keys)
+                    check_trusted_keys(self.config.ota.trusted_keys)  # the one that cannot be used named by its key
                 if not self._claimed:  # before the OTA store is read; the link claims it again
                     claim_state_dir(self._state_dir())
                     self._claimed = True
@@ -439,10 +450,27 @@ class Daemon:
         load of itself because the config's file changed."""
         store = self._store()
         if store is None:
-            return self._load(name, mc)
+            return self._load_configured(name, mc)
         from edgerun.ota.serving import serve_from_store
 
-        return serve_from_store(Path(mc.path), store, lambda p, card: self._load(name, mc, p, card), running)
+        return serve_from_store(
+            Path(mc.path), store, lambda p, card: self._load_configured(name, mc, p, card), running, name=name
+        )
+
+    def _load_configured(self, name: str, mc: ModelConfig, path: Path | None = None, card: Any = None) -> Model:
+        """``_load``, where a ``ModelLoadError`` of the config's own file (not there, unreadable, not a model,
+        refused by its runtime) names its key, after the config file, as ``config check`` does
+        (``my.yaml: models.digits.path: model file not found: /x/digits.onnx``). The OTA store's copy of a
+        version is not the config's file: an error loading it is said as it is."""
+        from edgerun.errors import ModelLoadError
+
+        try:
+            return self._load(name, mc, path, card)
+        except ModelLoadError as exc:
+            if path is not None and Path(path) != Path(mc.path):
+                raise
+            where = f"{self.config_path}: " if self.config_path else ""
+            raise ModelLoadError(f"{where}models.{name}.path: {exc}") from exc
 
     @staticmethod
     def _on_disk(mc: ModelConfig) -> tuple[tuple[int, int, int] | None, ...]:
@@ -566,7 +594,17 @@ class Daemon:
             }
         return info
 
+    def _take_api_port(self) -> None:
+        """Listen on ``api.bind``:``api.port`` before anything else starts (``_listen``): a port in use stops
+        the start with nothing done, not after every pipeline ran once (under ``Restart=on-failure``, a
+        folder's records written again every few seconds) and MQTT said ``online`` and took commands."""
+        a = self.config.api
+        if a.enabled and not self._api_sockets:
+            self._api_sockets = _listen(a.bind, a.port)
+
     def _start_api(self) -> None:
+        """Serve the API on the sockets ``_take_api_port`` listens on: requests are answered from here on,
+        those that connected while the daemon started included."""
         a = self.config.api
         if not a.enabled:
             return
@@ -587,33 +625,32 @@ class Daemon:
                 timeout_graceful_shutdown=API_GRACE_S,
             )
         )
-        thread = self._api_thread = threading.Thread(target=server.run, name="api", daemon=True)
-        quiet = _BindFailure()
-        uvicorn_log = logging.getLogger("uvicorn.error")
-        uvicorn_log.addFilter(quiet)  # a bind that fails is said once, below
-        try:
-            thread.start()
-            deadline = time.monotonic() + 15
-            while not server.started and thread.is_alive() and time.monotonic() < deadline:
-                time.sleep(0.02)
-        finally:
-            uvicorn_log.removeFilter(quiet)
-        if not server.started:
-            raise EdgerunError(
-                f"the HTTP API could not listen on {_url_host(a.bind)}:{a.port} ({_why_not_listening(a.bind, a.port)})"
-            )
-        self.api_port = server.servers[0].sockets[0].getsockname()[1]
+        sockets = self._api_sockets
+        thread = self._api_thread = threading.Thread(
+            target=server.run, kwargs={"sockets": sockets}, name="api", daemon=True
+        )
+        thread.start()
+        deadline = time.monotonic() + 15
+        while not server.started and thread.is_alive() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        if not server.started:  # the port is ours already: not a bind; uvicorn said why, if it could
+            raise EdgerunError(f"the HTTP API on {_url_host(a.bind)}:{a.port} did not start")
+        self.api_port = sockets[0].getsockname()[1]
         self.server = server
         log.info("HTTP API on http://%s:%d", _url_host(a.bind), self.api_port)
 
     # -- life cycle ----------------------------------------------------------------
     def start(self) -> None:
-        """Check the state directory and secret files, load every model, then start OTA, sync, pipelines and the API."""
+        """Check the state directory and secret files, take the API's port, load every model, then start OTA, sync,
+        pipelines and the API."""
         self._check_before_start()
         self._start_parts()
 
     def _start_parts(self) -> None:
-        """Everything ``start`` does after the state directory and secret files are checked."""
+        """Everything ``start`` does after the state directory and secret files are checked: the API's port
+        first (``_take_api_port``), then the models, OTA, sync and the pipelines; the API is served last, and
+        ``/ready`` answers 200 only once all of it is up."""
+        self._take_api_port()
         for name, mc in self.config.models.items():
             files = self._on_disk(mc)  # before the load: a file replaced while it loads is seen at the next SIGHUP
             self.slots[name] = ModelSlot(self._serve(name, mc))
@@ -628,8 +665,10 @@ class Daemon:
             self.sync.start()
         for name, pc in self.config.pipelines.items():
             self._start_pipeline(name, pc)
-        self._start_api()
+        # ready before it is served: a request that waited in the backlog through the start is answered 200, not
+        # 503 for the instant between the two; a failed API start stops the daemon, which sets it back
         self.ready = True
+        self._start_api()
         systemd.notify("READY=1", f"STATUS=serving {', '.join(self.slots)}")
         log.info(
             "edgerun daemon ready: models %s, pipelines %s", ", ".join(self.slots), ", ".join(self.runners) or "none"
@@ -712,12 +751,14 @@ class Daemon:
                     )
                     model.close()  # never served: an isolated one would keep its worker
                     continue
-                if name in self.slots:
-                    self.slots[name].swap(model)  # the old version is retired: stopped after its last request
-                else:
+                added = name not in self.slots
+                if added:
                     self.slots[name] = ModelSlot(model)
+                else:
+                    self.slots[name].swap(model)  # the old version is retired: stopped after its last request
                 self._files[name] = files[name]
-            log.info("SIGHUP: model %s reloaded (%s %s on %s)", name, model.name, model.version, model.delegate)
+            said = "added" if added else "reloaded"
+            log.info("SIGHUP: model %s %s (%s %s on %s)", name, said, model.name, model.version, model.delegate)
         for name in set(old.pipelines) | set(new.pipelines):
             if old.pipelines.get(name) != new.pipelines.get(name) or (
                 name in new.pipelines and new.pipelines[name].model in changed and name not in self.runners
@@ -727,7 +768,8 @@ class Daemon:
                     runner.stop()
                 if name in new.pipelines:
                     self._start_pipeline(name, new.pipelines[name])
-                log.info("SIGHUP: pipeline %s %s", name, "restarted" if name in new.pipelines else "removed")
+                said = "removed" if name not in new.pipelines else "restarted" if name in old.pipelines else "added"
+                log.info("SIGHUP: pipeline %s %s", name, said)
             elif new.pipelines[name].model in publishing and name in self.runners:
                 self._republish(name, new.pipelines[name])
         for name in set(self.slots) - set(new.models):
@@ -777,6 +819,10 @@ class Daemon:
         for runner in runners:
             runner.join(deadline)
         self._wait_api()
+        if self.server is None:  # a start that failed before the API was served: its port is given back
+            for sock in self._api_sockets:
+                sock.close()
+            self._api_sockets = []
         if self.ota is not None:
             self._guarded("OTA", self.ota.stop)
         if self.sync is not None:

@@ -271,7 +271,7 @@ def test_config_check_refuses_what_the_daemon_would_refuse_at_start_about_the_ou
     private = _write(tmp_path, MODEL + mqtt + f"ota:\n  trusted_keys: [{key}]\n")  # the private key, not the .pub
     refused = run_cli("config", "check", str(private))
     assert refused.returncode == 2
-    assert f"trusted key {key} is not a PEM public key" in refused.stderr
+    assert f"trusted key {key} is a private key: give the public one ({tmp_path / 'op.pub.pem'})" in refused.stderr
     missing = _write(tmp_path, MODEL + mqtt + f"ota:\n  trusted_keys: [{tmp_path / 'nowhere.pub.pem'}]\n")
     noted = run_cli("config", "check", str(missing))
     assert noted.returncode == 0, noted.stderr
@@ -293,4 +293,7 @@ def test_the_daemon_reads_its_trusted_keys_before_anything_starts(tmp_path: Path
     assert done.returncode == 2
     lines = done.stderr.splitlines()
     assert len(lines) == 1, done.stderr  # nothing loaded, nothing connected before it
-    assert lines[0].startswith(f"edgerun: error: {config}: trusted key {tmp_path / 'op.pem'} is not a PEM public key")
+    assert lines[0] == (
+        f"edgerun: error: {config}: ota.trusted_keys[0]: trusted key {tmp_path / 'op.pem'} is a private key: "
+        f"give the public one ({tmp_path / 'op.pub.pem'})"
+    )

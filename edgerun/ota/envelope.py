@@ -92,10 +92,16 @@ class TrustedKeys:
         keys = {}
         for path in paths:
             try:
-                key = serialization.load_pem_public_key(_pem_bytes(path, "trusted key"))
+                data = _pem_bytes(path, "trusted key")
             except OSError as exc:
                 raise ConfigError(f"cannot read trusted key {path}: {exc.strerror}") from exc
+            try:
+                key = serialization.load_pem_public_key(data)
             except ValueError as exc:
+                if b"PRIVATE KEY-----" in data:  # the operator's signing key given by mistake: say so plainly
+                    raise ConfigError(
+                        f"trusted key {path} is a private key: give the public one ({_public_twin(path)})"
+                    ) from exc
                 raise ConfigError(f"trusted key {path} is not a PEM public key: {exc}") from exc
             if not isinstance(key, Ed25519PublicKey):
                 raise ConfigError(f"trusted key {path} is not an Ed25519 key")
@@ -176,6 +182,15 @@ def open_envelope(raw: bytes, trusted: TrustedKeys) -> dict[str, Any]:
 
 #: A PEM key file is a few hundred bytes; more is no key (``/dev/zero`` given by mistake filled the memory).
 _PEM_MAX = 64 * 1024
+
+
+def _public_twin(path: str | os.PathLike[str]) -> str:
+    """Where ``edgerun keys generate`` wrote the public key of the private key file ``path``: ``NAME.pub.pem``
+    beside ``NAME.pem``; for another name, how to make it."""
+    name = os.fspath(path)
+    if name.endswith(".pem") and not name.endswith(".pub.pem"):
+        return name[: -len(".pem")] + ".pub.pem"
+    return f"openssl pkey -in {name} -pubout"
 
 
 def _pem_bytes(path: str | os.PathLike[str], what: str) -> bytes:

@@ -11,6 +11,12 @@ what serves. Both say so in a WARNING. A SIGHUP reload that asks again, for a fi
 gets the model serving already where the store's copy it runs still wins (``running``): the file's
 change alone never swaps an update for a fresh load of itself.
 
+The file given is loaded only where it serves: its name (the caller's, or its card's) and version are
+read from its card (``_named``), so a start or reload the store's version wins loads that alone, not
+the file first to learn its name (a second load, costly with TensorRT or an Edge TPU). A file given
+that is not there serves the store's active version, with one WARNING naming it; with none, or none
+usable, its load fails as it would without OTA.
+
 Damaged state never stops a start (a failing SD card, a power cut, an edit by hand would otherwise
 stop it at every boot): a damaged ``active.json`` is set aside by the store and the file given is
 installed and made active as at a first start; an active version whose copy in the store is
@@ -31,8 +37,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from edgerun.backends.base import one_line
-from edgerun.card import ModelCard, cpu_twin, load_card
-from edgerun.errors import CardError, ModelLoadError
+from edgerun.card import ModelCard, card_candidates, cpu_twin, load_card
+from edgerun.errors import CardError, EdgerunError, ModelLoadError
 from edgerun.files import sha256_file
 from edgerun.model import Model
 from edgerun.ota.store import ModelStore
@@ -54,8 +60,43 @@ def _stored_file(path: Path) -> Path:
     return twin if twin is not None and twin.is_file() else path
 
 
-def serve_from_store(path: Path, store: ModelStore, load: LoadModel, running: Model | None = None) -> Model:
+def _not_there(path: Path) -> bool:
+    """Whether no file is at ``path`` (nothing by that name, or a folder on the way that is not one); any
+    other reason it cannot be read is left for its load to say."""
+    try:
+        path.stat()
+    except (FileNotFoundError, NotADirectoryError):
+        return True
+    except OSError:
+        return False
+    return False
+
+
+def _named(path: Path, name: str | None) -> tuple[str | None, str | None]:
+    """The name the model file ``path`` serves under (``name`` where the caller knows it) and its version,
+    from its card, without loading the model: a load is costly (a TensorRT engine, an Edge TPU) and the
+    store's active version may be what serves. None for what only a load tells: no card beside it (an
+    inferred card names the model after its file), or one that cannot be read (the load says why)."""
+    card = next((c for c in card_candidates(path) if c.exists()), None)  # where the load looks (find_card)
+    if card is None:
+        return name, None
+    try:
+        read = load_card(card)
+    except (OSError, EdgerunError):
+        return name, None
+    return name or read.name, read.version
+
+
+def serve_from_store(
+    path: Path, store: ModelStore, load: LoadModel, running: Model | None = None, *, name: str | None = None
+) -> Model:
     """The model to serve for ``path``: the store's active version of its name, seeding the store first.
+
+    ``name``: the name it serves under, where the caller decides it (the daemon: the config's key);
+    else its card's. Name and version come from the card, so the file given is loaded only where it
+    serves: where the store's active version wins, only that is loaded. A file given that is not
+    there serves the store's active version (one WARNING naming it); with none, or none usable, its
+    load fails as without OTA.
 
     ``running``: the model serving that name now, loaded with the settings ``load`` uses (a SIGHUP
     reload for a file changed on disk, its model section unchanged). Where the store's active
@@ -63,26 +104,33 @@ def serve_from_store(path: Path, store: ModelStore, load: LoadModel, running: Mo
     not loaded again: the change does not bear on what serves (an update is active, or the file
     given is not the copy of the active version that an update installed).
     """
-    given = load(path, None)
-    name = given.name
-    stored = _stored_file(path)  # what the store holds of it: an Edge TPU pair's CPU twin
+    given: Model | None = None
+    name, version = _named(path, name)
+    if name is None:  # no card to name it: the load infers its name from the file
+        given = load(path, None)
+        name, version = given.name, given.version
     active = store.active(name)
+    gone = given is None and _not_there(path)
     if active is None:
-        _install_local(stored, store, given, first=True)
+        given = given or load(path, None)  # not there: fails as it would without OTA
+        _install_local(_stored_file(path), store, given, first=True)
         log.info("model store: %s %s installed from %s and active", name, given.version, path)
         return given
-    if active.version == given.version and not active.ab:
+    if version is None and not gone:  # a card only its load reads (or says why it cannot)
+        given = load(path, None)
+        version = given.version
+    stored = _stored_file(path)  # what the store holds of it: an Edge TPU pair's CPU twin
+    if not gone and active.version == version and not active.ab:
         try:
             record = store.manifest(name, active.version)
         except (OSError, ValueError) as exc:  # a version folder damaged by hand: serve the file given, as before
-            log.warning(
-                "model store: the record of %s %s cannot be read (%s): serving %s", name, given.version, exc, path
-            )
-            return given
+            log.warning("model store: the record of %s %s cannot be read (%s): serving %s", name, version, exc, path)
+            return given or load(path, None)
         digest = sha256_file(stored)
         if stored.stat().st_size == record.get("size") and digest == record.get("sha256"):
-            return given
+            return given or load(path, None)
         if record.get("update_id") == LOCAL:  # the operator's own file, changed under the same version: it wins
+            given = given or load(path, None)
             _install_local(stored, store, given, first=False, digest=digest)
             log.warning(
                 "model store: %s %s replaced by %s (the same version, other bytes; give a new file a version of "
@@ -103,6 +151,15 @@ def serve_from_store(path: Path, store: ModelStore, load: LoadModel, running: Mo
         installed = store.verified_file(name, active.version)
         card = load_card(installed.with_name(installed.name + ".card.yaml"))
     except (OSError, ValueError, ModelLoadError, CardError) as exc:  # damaged since: not a reason to stop serving
+        if gone:  # nothing else to serve: the load of the file given says it is not there
+            log.warning(
+                "model store: %s %s, active in the store, is unusable (%s), and %s is not there",
+                name,
+                active.version,
+                one_line(exc),
+                path,
+            )
+        given = given or load(path, None)
         if active.version == given.version:  # the store's copy of this very version: the file given serves
             log.warning(
                 "model store: %s %s in the store is unusable (%s): serving %s",
@@ -126,11 +183,15 @@ def serve_from_store(path: Path, store: ModelStore, load: LoadModel, running: Mo
         )
         _install_local(stored, store, given, first=True)
         return given
-    given.close()
+    if given is not None:  # loaded only to learn its version: the store's copy serves
+        given.close()
+    if gone:
+        log.warning("model store: %s is not there: serving %s %s, active in the store", path, name, active.version)
     if running is not None and running.version == active.version and Path(running.path) == installed:
         # the same bytes and card: a version's copy is only ever replaced above, where the file given serves
         return running
-    log.info("model store: serving %s %s from the store instead of %s", name, active.version, path)
+    if not gone:
+        log.info("model store: serving %s %s from the store instead of %s", name, active.version, path)
     return load(installed, card)
 
 
