@@ -2,9 +2,9 @@
 
 A device keeps each retained record in ``<state>/ota/last_status.json`` before it hands it to the
 link, and a start publishes that record again, verbatim: same id, state, reason and ``ts``. A start
-used to rebuild it from the journal entry written last (by file date), which put an older outcome
-back over a newer rejection that is never journaled (a forged manifest), picked the wrong entry once
-the clock had been set back, and changed the record's ``ts`` and reason.
+used to rebuild it from the journal entry written last (by file date), which picked the wrong entry
+once the clock had been set back, and changed the record's ``ts`` and reason. A refusal before
+verification (a forged manifest) is live only: never retained nor kept, it leaves the record alone.
 
 Real agents (``tests.ota_helpers.Agent``, in this process, or a killed agent process and a real
 ``edgerun run``), a real Mosquitto, signed manifests and commands.
@@ -112,23 +112,27 @@ def republished(agents: Agents, watcher: StatusWatcher, device: str, **settings:
     return record
 
 
-def test_a_forged_manifest_s_retained_rejection_survives_a_restart_unchanged(
+def test_a_forged_manifest_s_refusal_is_live_only_and_a_restart_publishes_the_update_s_own_record(
     broker: Broker, keys: dict[str, Any], tmp_path: Path, watcher: StatusWatcher, agents: Agents, device: str
 ) -> None:
+    """A refusal before verification is published without the retain flag and never kept
+    (docs/protocol-notes.md item 6): the update's own outcome stays the retained record."""
     agents.start()
     manifest = updated(broker, keys, tmp_path, watcher, device)
+    before = retained(broker.port, device)
     stranger, _, _ = make_key(tmp_path, "stranger")
     forged = dict(manifest, update_id=f"forged-{secrets.token_hex(3)}", version="9.9.9")
+    seen = len(watcher.ota(device))
     publish(broker.port, f"edgerun/{device}/ota/manifest", seal(forged, stranger))
-    before = retained_becomes(broker.port, device, forged["update_id"], "rejected")
-    assert "which this device does not trust" in before["reason"], before  # refused at its envelope: never journaled
+    refusal = published_after(watcher, device, seen)
+    assert refusal["update_id"] == forged["update_id"], refusal
+    assert refusal["state"] == "rejected" and "which this device does not trust" in refusal["reason"], refusal
     assert not (tmp_path / "state" / "ota" / "journal" / f"{forged['update_id']}.json").exists()
-    time.sleep(1.1)  # a rebuilt record would carry a later ts
+    assert kept(tmp_path) == before and retained(broker.port, device) == before
 
     record = republished(agents, watcher, device)
 
-    assert record == before  # the same id, state, reason and ts
-    assert retained(broker.port, device) == before
+    assert record == before and record["state"] == "active"
 
 
 def test_a_replay_s_live_refusal_is_not_kept_and_a_restart_publishes_the_update_s_own_record(

@@ -4,10 +4,13 @@ Messages arrive on the link's thread and are only queued there; one worker
 thread handles them in order, so a 50 MB download never stalls MQTT. Every step
 publishes a retained ``P/ID/ota/status`` record (PROTOCOL.md); every refusal is
 ``rejected`` with the reason in plain words, every operational failure
-``failed``; in neither case is the active model touched. A replay (an id already
-used) is the exception: its refusal is published on the same topic but not retained,
-so watchers see it while the retained record stays the outcome of the update or
-command the id belongs to.
+``failed``; in neither case is the active model touched. Two refusals are the
+exception, published on the same topic but not retained, so watchers see them while
+the retained record stays the outcome of the last update or command: a replay's (an
+id already used), and that of a payload refused before it was verified and read (an
+unknown key, a bad signature, garbage), which names no id of its own. The broker hands
+a retained manifest again at every connect: a retained copy of bytes refused unread
+since the start is passed over quietly.
 
 A rollback, automatic or commanded, walks back through the model's history
 (``ModelStore.roll_back``): it never brings back a version rolled back from.
@@ -54,6 +57,7 @@ import re
 import shutil
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from contextlib import AbstractContextManager, suppress
 from dataclasses import dataclass, replace
@@ -94,6 +98,10 @@ DAMAGED = "damaged"
 STATES = TERMINAL | {"received", "downloading", "verifying", "validating", "probation"}
 #: In the agent's state folder: the last retained status record, as published (``OtaAgent._status``).
 LAST_STATUS = "last_status.json"
+#: How many refused unread payloads (``OtaAgent._refused_unread``) the agent remembers, by SHA-256:
+#: far more than the retained manifests and commands a device subscribes to (its own topics and
+#: one per group), so a flood of forged payloads must be this long to make a retained copy refused again.
+UNREAD_KEPT = 64
 _FORMAT_NAMES = {"onnx": "an ONNX", "tflite": "a TFLite"}
 _IDENT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 LoadModel = Callable[[Path, ModelCard], Model]
@@ -169,6 +177,7 @@ class OtaAgent:
         # probation watchers publish in the order they keep, so ``last_status.json`` is the last sent.
         self._publishing = threading.Lock()
         self.events: list[dict[str, Any]] = []  # the last status records, for status pages
+        self._unread: OrderedDict[str, None] = OrderedDict()  # SHA-256 of refused unread payloads, oldest first
 
     # -- life cycle ----------------------------------------------------------------
     def start(self) -> None:
@@ -255,7 +264,8 @@ class OtaAgent:
         retain: bool = True,
     ) -> None:
         """Publish a status record on ``P/ID/ota/status``: retained, unless ``retain`` is False
-        (a replay's refusal: the retained record stays the one of the update the id belongs to).
+        (the refusal of a replay or of a payload refused unread: the retained record stays the
+        outcome of the last update or command, ``_replayed``, ``_refused_unread``).
 
         A retained record is kept in ``last_status.json`` first, as published (``_keep``), for a
         start to publish again (``_report_last``); a record not retained is never kept.
@@ -271,9 +281,7 @@ class OtaAgent:
             "ts": int(time.time()),
         }
         self.events = [*self.events[-49:], record]
-        named = " ".join(str(part) for part in (ident, model, version) if part is not None)
-        what = named or f"(a {'command' if command else 'manifest'} that names no id)"  # unreadable, unsigned
-        log.info("OTA %s: %s%s", what, state, f" ({reason})" if reason else "")
+        log.info("OTA %s: %s%s", _named(ident, model, version, command), state, f" ({reason})" if reason else "")
         payload = json.dumps(record).encode()
         if not retain:
             self.link.publish(self.topics.ota_status, payload, qos=1, retain=False)
@@ -288,8 +296,8 @@ class OtaAgent:
         Written to a hidden temporary file and renamed over it (never half a record), without an
         fsync: the file must outlive the process (a kill, a crash), which the page cache gives, not a
         power cut; after one, the journal says how each update ended (``_report_last``). So it costs
-        two system calls per record, not two flash writes, and a flood of forged manifests (each
-        refused with a retained record) wears nothing out. A record that cannot be kept (a full disk)
+        two system calls per record, not two flash writes (a forged manifest's refusal is not retained,
+        so never kept: a flood of them writes nothing). A record that cannot be kept (a full disk)
         is published all the same; the older one kept is deleted, so a start never publishes a
         record older than the one the broker holds.
         """
@@ -328,6 +336,40 @@ class OtaAgent:
         )
         self._status(
             ident, "rejected", model=model, version=version, reason=reason, command=what == "command", retain=False
+        )
+
+    def _refused_unread(self, message: Message, claimed: dict[str, Any], reason: str, *, command: bool) -> None:
+        """Refuse a payload that failed before it was verified and read (an unknown key, a bad
+        signature, garbage, a signed document that is no manifest or command): a ``rejected`` record
+        that is not retained.
+
+        Such a payload is no update or command of this device: the id, model and version its record
+        repeats are only what it claims (anyone may send it, naming any id, or none). Retained, its
+        refusal would replace the outcome of the device's last real update or command, and name a
+        stranger's choice of id as rejected. And a retained manifest comes back at every connect and
+        start: its refusal, retained again each time, would put itself back over every outcome since.
+        Published live only, it reaches whoever watches now (``ota publish --wait``, ``ota status
+        --watch``). A retained copy of bytes refused here since the start is passed over with a DEBUG
+        line: the broker repeating itself is no news (the first copy after a start is refused, one
+        INFO line, so each start's log says the manifest is still there). Remembered in memory only,
+        so it writes nothing, however many forged payloads arrive.
+        """
+        digest = hashlib.sha256(message.payload).hexdigest()
+        if message.retained and digest in self._unread:
+            log.debug("OTA: the retained copy on %s of a payload refused already: ignored", message.topic)
+            return
+        self._unread[digest] = None
+        self._unread.move_to_end(digest)
+        while len(self._unread) > UNREAD_KEPT:
+            self._unread.popitem(last=False)
+        self._status(
+            claimed.get("command_id" if command else "update_id"),
+            "rejected",
+            model=claimed.get("model"),
+            version=claimed.get("version"),
+            reason=reason,
+            command=command,
+            retain=False,
         )
 
     def _entry(self, ident: str) -> Path:
@@ -380,9 +422,11 @@ class OtaAgent:
         while the broker was out of reach) may have left the retained record on an earlier one: an
         update's ``validating`` when it is ``active`` on disk, for good. ``_status`` keeps each retained
         record in ``last_status.json`` before it publishes it; here that record is published again
-        verbatim, its ``ts`` and its reason included. It is the newest this device retained, journaled
-        or not (a forged manifest's rejection is never journaled), so it never replaces a newer one
-        (short of a power cut: ``_keep``), and no file date decides anything (a clock set back moves them).
+        verbatim, its ``ts`` and its reason included. It is the newest this device retained, so it never
+        replaces a newer one (short of a power cut: ``_keep``), and no file date decides anything (a
+        clock set back moves them). A file an earlier release kept may hold a record that this one never
+        retains (the refusal of a forged manifest, which may name no id): it is published again like any
+        other (the broker holds it already) until the next outcome replaces it.
 
         One record is built instead: when the one kept is a step of an update (``validating``) whose
         journal already says how it ended (``_unreported``). A missing file publishes nothing; a
@@ -402,8 +446,10 @@ class OtaAgent:
             return
         if self._unreported(record):
             return
-        ident = record.get("update_id", record.get("command_id"))
-        log.info("OTA %s: publishing its retained status record again (%s)", ident, record["state"])
+        command = "command_id" in record
+        ident, model, version = (record.get(k) for k in ("command_id" if command else "update_id", "model", "version"))
+        named = _named(ident, model, version, command)
+        log.info("OTA %s: publishing its retained status record again (%s)", named, record["state"])
         self.events = [*self.events[-49:], record]
         with self._publishing:
             self.link.publish(self.topics.ota_status, raw, qos=1, retain=True)
@@ -480,13 +526,7 @@ class OtaAgent:
             digest = hashlib.sha256(json.dumps(document, sort_keys=True).encode()).hexdigest()
             manifest = parse_manifest(document)
         except UpdateRejected as exc:
-            self._status(
-                claimed.get("update_id"),
-                "rejected",
-                model=claimed.get("model"),
-                version=claimed.get("version"),
-                reason=str(exc),
-            )
+            self._refused_unread(message, claimed, str(exc), command=False)
             return
         seen = self._seen(manifest.update_id)
         if seen is not None:
@@ -1059,12 +1099,14 @@ class OtaAgent:
             log.debug("OTA: empty message on %s (a retained message cleared): ignored", message.topic)
             return
         claimed = _claimed(message.payload)
-        ident = claimed.get("command_id")
+        try:
+            command = parse_command(open_envelope(message.payload, self.trusted))
+        except UpdateRejected as exc:
+            self._refused_unread(message, claimed, str(exc), command=True)
+            return
+        ident = command.command_id
         fresh = None  # a verified command_id used for the first time: the only kind ever journaled
         try:
-            document = open_envelope(message.payload, self.trusted)
-            command = parse_command(document)
-            ident = command.command_id
             if self._seen(command.command_id) is not None:
                 if not message.retained:
                     self._replayed("command_id", command.command_id, command.model, command.version)
@@ -1149,6 +1191,13 @@ def _on_probation(name: str, probation: dict[str, Any]) -> str:
     until = probation.get("until")
     when = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(until)) if isinstance(until, (int, float)) else "its end"
     return f"{name} is on probation (update {probation.get('update_id')}) until {when}: set-ab once it has ended"
+
+
+def _named(ident: Any, model: Any, version: Any, command: bool) -> str:
+    """How a log line names an update or command: its id, model and version, those it has; a payload
+    refused unread may have none (``(a manifest that names no id)``), never ``None``."""
+    named = " ".join(str(part) for part in (ident, model, version) if part is not None)
+    return named or f"(a {'command' if command else 'manifest'} that names no id)"
 
 
 def _kept_record(raw: bytes) -> tuple[dict[str, Any] | None, str]:
