@@ -322,9 +322,16 @@ def _timed(
     return done, max(last - start - shown_ns, 1) / 1e9
 
 
-def _take_sigint(signum: int, frame: Any) -> None:
-    """The child's SIGINT handler: stop what is running, once; a second Ctrl-C must not cut the reply."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+#: The signals that stop a benchmark and keep its figures: Ctrl-C, and SIGTERM (``timeout``, systemd), which
+#: reaches the child too where the whole process group or cgroup is signalled.
+_STOPS = (signal.SIGINT, signal.SIGTERM)
+
+
+def _take_stop(signum: int, frame: Any) -> None:
+    """The child's SIGINT and SIGTERM handler: stop what is running, once; a second signal must not cut the
+    reply."""
+    for stop in _STOPS:
+        signal.signal(stop, signal.SIG_IGN)
     raise KeyboardInterrupt
 
 
@@ -338,13 +345,15 @@ def _child(
     parent: int,
     load_kwargs: dict[str, Any],
 ) -> None:
-    """The spawned process: benchmark, send one reply, end. SIGINT arrives held (see ``_sigint_held``)."""
+    """The spawned process: benchmark, send one reply, end. SIGINT and SIGTERM arrive held (see
+    ``_stops_held``)."""
     reply: dict[str, Any]
     try:
-        if signal.getsignal(signal.SIGINT) != signal.SIG_IGN:  # ignored: started in the background, as we were
-            signal.signal(signal.SIGINT, _take_sigint)
+        for stop in _STOPS:
+            if signal.getsignal(stop) != signal.SIG_IGN:  # ignored: started in the background, as we were
+                signal.signal(stop, _take_stop)
         if hasattr(signal, "pthread_sigmask"):
-            signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})  # a Ctrl-C held till now lands here
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, set(_STOPS))  # a stop held till now lands here
         stream = sys.stderr if progress else None
         result = bench_in_process(path, delegate, runs, threads, progress=stream, parent=parent, **load_kwargs)
         reply = {"ok": result.to_dict()}
@@ -364,13 +373,15 @@ def _child(
         pass
     finally:
         conn.close()
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)  # replied: the parent's ``_stop`` may end it at once, silently
 
 
 @contextmanager
-def _sigint_held() -> Iterator[None]:
-    """SIGINT blocked in this thread while a child is spawned: the child starts with it blocked too.
+def _stops_held() -> Iterator[None]:
+    """SIGINT and SIGTERM blocked in this thread while a child is spawned: the child starts with them blocked
+    too, until its handlers are set (``_child``).
 
-    A Ctrl-C meanwhile waits, and is raised here in the parent as the block ends.
+    A Ctrl-C or SIGTERM meanwhile waits, and is raised here in the parent as the block ends.
     """
     if not hasattr(signal, "pthread_sigmask"):  # Windows: no signal masks
         yield
@@ -379,7 +390,7 @@ def _sigint_held() -> Iterator[None]:
 
     # Started by the first spawn, the tracker unblocks SIGINT as it returns: start it before the block.
     resource_tracker.ensure_running()
-    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, set(_STOPS))
     try:
         yield
     finally:
@@ -406,7 +417,7 @@ def bench_isolated(
     wait = 10.0  # for a child that has replied to end on its own
     got: list[dict[str, Any]] = []  # the child's reply, once read whole
     try:
-        with _sigint_held():
+        with _stops_held():
             child.start()
         sender.close()  # the child holds the only writing end: its end is an EOF here
         try:
@@ -436,25 +447,30 @@ def bench_isolated(
 def _receive(receiver: Any, got: list[dict[str, Any]]) -> None:
     """Wait for the child's reply, then read it whole into ``got``.
 
-    Ctrl-C may end the wait (a KeyboardInterrupt with nothing read), never the read: raised
-    between a message's length and its body, it lost the reply, and ``_partial`` took the
-    body for a length (a loaded machine, its parent scheduled only once the child had
-    answered the same Ctrl-C, lost the figures of the runs made). So while the reply is
-    read a SIGINT is only noted, and raised again once the reply is in ``got``.
+    Ctrl-C (or SIGTERM, which ``edgerun bench`` takes as one) may end the wait (a
+    KeyboardInterrupt with nothing read), never the read: raised between a message's length
+    and its body, it lost the reply, and ``_partial`` took the body for a length (a loaded
+    machine, its parent scheduled only once the child had answered the same Ctrl-C, lost the
+    figures of the runs made). So while the reply is read such a signal is only noted, and
+    raised again once the reply is in ``got``.
     """
     receiver.poll(None)  # the reply, or the child's end (EOF)
-    handler = signal.getsignal(signal.SIGINT)
-    if handler is None or threading.current_thread() is not threading.main_thread():
-        got.append(receiver.recv())  # no Python handler of ours: no KeyboardInterrupt raised here
+    if threading.current_thread() is not threading.main_thread():
+        got.append(receiver.recv())  # signal handlers run on the main thread only: none raises here
         return
+    handlers = {stop: signal.getsignal(stop) for stop in _STOPS}
     noted: list[int] = []
-    signal.signal(signal.SIGINT, lambda signum, frame: noted.append(signum))  # raises one that came before
+    for stop, handler in handlers.items():
+        if handler is not None:  # None: not set from Python, left as it is
+            signal.signal(stop, lambda signum, frame: noted.append(signum))  # raises one that came before
     try:
         got.append(receiver.recv())
     finally:
-        signal.signal(signal.SIGINT, handler)
-        if noted:  # to the handler it came for: KeyboardInterrupt (after an EOFError too), or nothing if ignored
-            signal.raise_signal(signal.SIGINT)
+        for stop, handler in handlers.items():
+            if handler is not None:
+                signal.signal(stop, handler)
+        for signum in dict.fromkeys(noted):  # to the handler it came for: KeyboardInterrupt, or nothing if ignored
+            signal.raise_signal(signum)
 
 
 def _partial(receiver: Any, child: Any, got: list[dict[str, Any]]) -> BenchResult | None:
@@ -463,8 +479,10 @@ def _partial(receiver: Any, child: Any, got: list[dict[str, Any]]) -> BenchResul
     ``got`` holds the reply when Ctrl-C came as it was read: then there is nothing to wait for.
     """
     if not got and child.pid is not None:
-        with contextlib.suppress(OSError):  # a Ctrl-C typed reached the child already; a `kill -INT` of ours did not
-            os.kill(child.pid, signal.SIGINT)
+        # a Ctrl-C typed, or a SIGTERM to the process group, reached the child already; a signal to this
+        # process alone did not. SIGTERM, not SIGINT: a child started in the background ignores SIGINT
+        with contextlib.suppress(OSError):
+            os.kill(child.pid, signal.SIGTERM)
         with contextlib.suppress(EOFError, OSError, KeyboardInterrupt):  # a second Ctrl-C: stop waiting
             if receiver.poll(GRACE_S):
                 _receive(receiver, got)

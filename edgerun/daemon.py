@@ -642,9 +642,13 @@ class Daemon:
     # -- life cycle ----------------------------------------------------------------
     def start(self) -> None:
         """Check the state directory and secret files, take the API's port, load every model, then start OTA, sync,
-        pipelines and the API."""
+        pipelines and the API. A start that fails stops what it started (the API's port let go too) and raises."""
         self._check_before_start()
-        self._start_parts()
+        try:
+            self._start_parts()
+        except BaseException:
+            self.stop()
+            raise
 
     def _start_parts(self) -> None:
         """Everything ``start`` does after the state directory and secret files are checked: the API's port
@@ -888,12 +892,7 @@ class Daemon:
             return self._serve_until_stopped()
 
     def _serve_until_stopped(self) -> int:
-        self._check_before_start()  # before anything starts: one error line, nothing to stop
-        try:
-            self._start_parts()
-        except BaseException:
-            self.stop()
-            raise
+        self.start()  # a start that fails has stopped what it started
         watchdog = systemd.watchdog_interval_s()
         try:
             while not self._stop.is_set():

@@ -20,12 +20,12 @@ Every read here is of a file under ``root`` (``/`` outside tests), never a comma
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import logging
 import os
 import re
 import socket
+import threading
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -147,12 +147,19 @@ def default_device_id(root: str = "/") -> str:
     return "edge-" + hashlib.sha256(host.encode()).hexdigest()[:12]
 
 
-@functools.cache
+_machine_ids: list[str] = []  # ``machine_device_id``'s, once worked out
+_machine_id_lock = threading.Lock()
+
+
 def machine_device_id() -> str:
     """This machine's ``default_device_id``, worked out once per process.
 
     Working it out may log warnings (a machine id that is not one, an id from the host name), and a
-    daemon needs it at start, in its config's check and at every SIGHUP reload: each would repeat them.
-    The machine's identity does not change while a process runs.
+    daemon needs it at start, in its config's check, at every SIGHUP reload and in its API's status
+    (threads that may ask at once: hence the lock): each would repeat them. The machine's identity does
+    not change while a process runs.
     """
-    return default_device_id()
+    with _machine_id_lock:
+        if not _machine_ids:
+            _machine_ids.append(default_device_id())
+        return _machine_ids[0]

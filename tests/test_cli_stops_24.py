@@ -66,9 +66,21 @@ def _lines(path: Path) -> list[str]:
 # -- bench -------------------------------------------------------------------------------------------
 
 
+def _ignore_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # as a non-interactive shell starts a background job
+
+
 @linux_only
-@pytest.mark.parametrize("as_json", [False, True], ids=["table", "json"])
-def test_sigterm_stops_a_bench_as_ctrl_c_does_keeping_the_figures_of_the_runs_made(as_json: bool) -> None:
+@pytest.mark.parametrize(
+    ("as_json", "how"),
+    [(False, "alone"), (True, "alone"), (False, "group"), (False, "background")],
+    ids=["table", "json", "process-group", "background-job"],
+)
+def test_sigterm_stops_a_bench_as_ctrl_c_does_keeping_the_figures_of_the_runs_made(as_json: bool, how: str) -> None:
+    """``alone``: SIGTERM to bench alone, as `kill PID` sends it. ``group``: to its whole process group, as
+    `timeout` and systemd's control-group stop send it: the benchmarking child got it too and died at once
+    (no figures). ``background``: bench started with SIGINT ignored (a shell's background job), which its
+    child inherits: the child ignored the SIGINT bench sent it to ask for the figures."""
     second = DIGITS / "digits_fp32.onnx"
     proc = subprocess.Popen(
         [sys.executable, "-m", "edgerun", "bench", str(MODEL), str(second), "--runs", "1000000", "--no-progress"]
@@ -76,11 +88,16 @@ def test_sigterm_stops_a_bench_as_ctrl_c_does_keeping_the_figures_of_the_runs_ma
         cwd=ROOT,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
+        start_new_session=how == "group",
+        preexec_fn=_ignore_sigint if how == "background" else None,
     )
     try:
         # 0.2 s of the child's CPU go to loading and warming up: at 2 s, timed runs have been made
         wait_until(lambda: any(_cpu_s(kid) >= 2.0 for kid in _children(proc.pid)), PATIENCE_S, "timed runs")
-        proc.send_signal(signal.SIGTERM)  # to bench alone, as systemd or `kill` sends it
+        if how == "group":
+            os.killpg(proc.pid, signal.SIGTERM)
+        else:
+            proc.send_signal(signal.SIGTERM)
         code, out, err = _ended(proc)
     finally:
         if proc.poll() is None:

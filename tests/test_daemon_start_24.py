@@ -22,6 +22,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -255,3 +256,30 @@ def test_a_sighup_that_adds_a_model_and_a_pipeline_says_added(tmp_path: Path) ->
         assert stop_process(daemon, 30) == 0
     said = [line.split(": ", 1)[1] for line in log_path.read_text().splitlines() if "SIGHUP: " in line]
     assert said[:2] == ["SIGHUP: model vib added (vib 1.0.0 on cpu)", "SIGHUP: pipeline mq added"], said
+
+
+def test_a_library_start_that_fails_lets_go_of_the_api_port(tmp_path: Path) -> None:
+    """``Daemon.start`` takes the API's port first; one whose model then fails to load kept it listening (only
+    the command line's start stopped on a failure), so another daemon on that port could not start."""
+    from edgerun.config import parse_config
+    from edgerun.daemon import Daemon
+    from edgerun.errors import EdgerunError
+
+    port = free_port()
+
+    def config(path: Path) -> Any:
+        data = {"models": {"digits": {"path": str(path)}}, "api": {"port": port}, "state_dir": str(tmp_path / "s")}
+        return parse_config(data, "test")
+
+    failed = Daemon(config(tmp_path / "digits_gone.onnx"))
+    with pytest.raises(EdgerunError, match="model file not found"):
+        failed.start()
+    with socket.socket() as probe:  # the port is free again: bound and listened on here
+        probe.bind(("127.0.0.1", port))
+        probe.listen()
+    daemon = Daemon(config(DIGITS / "digits_int8.onnx"))
+    try:
+        daemon.start()
+        assert http(port, "/ready")[0] == 200
+    finally:
+        daemon.stop()

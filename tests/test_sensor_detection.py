@@ -162,3 +162,18 @@ def test_a_file_with_no_suffix_that_holds_no_readings_is_still_an_image_input(tm
         assert not is_sensor_spec(str(path)), path.name
     unknown = run_cli("run", str(MODEL), "--source", str(prose))
     assert unknown.returncode == 1 and "vibration has no image preprocessing" in unknown.stderr  # as before
+
+
+def test_a_file_of_readings_among_images_is_one_failed_input_not_a_refused_source(tmp_path: Path) -> None:
+    """Looked into alone, a suffix-less file of readings is a sensor source; among several files (a glob, a
+    folder's worth) it is what it is named as, an image input that fails, and the images still run: it was
+    taken for a sensor file and the whole glob refused (exit 2), while ``predict`` over the same glob ran."""
+    folder = tmp_path / "g"
+    folder.mkdir()
+    for digit in (0, 1):
+        shutil.copy(DIGITS / "samples" / f"digit_{digit}.png", folder / f"digit_{digit}.png")
+    (folder / "NOTES").write_text("1,2,3\n4,5,6\n")
+    done = run_cli("run", str(DIGITS / "digits_int8.tflite"), "--source", f"{folder}/*", "--sink", "jsonl")
+    assert done.returncode == 1, done.stderr[-2000:]
+    assert "is a sensor file" not in done.stderr and "NOTES" in done.stderr
+    assert _labels(done.stdout) == ["0", "1"]

@@ -254,7 +254,7 @@ def open_source(
             return VideoFileSource(path, decode_threads=decode_threads)
         return FileSource(items, skip=skip)
     for path in paths:
-        kind = _only_source_kind(path)
+        kind = _only_source_kind(path, by_content=False)  # a text file among images is one failed input
         if kind is not None:
             given = f"{first} matches {len(paths)} files" if len(items) == 1 else f"{len(items)} sources were given"
             raise ConfigError(
@@ -292,8 +292,10 @@ _CAMERA, _STREAM, _MQTT = "a camera", "a stream", "an MQTT source"
 _STDIN, _SENSOR, _VIDEO = "standard input", "a sensor file", "a video file"
 
 
-def _only_source_kind(spec: str) -> str | None:
-    """What ``spec`` names, where it must be the only source (``_CAMERA``...); None for an image or array file."""
+def _only_source_kind(spec: str, *, by_content: bool = True) -> str | None:
+    """What ``spec`` names, where it must be the only source (``_CAMERA``...); None for an image or array file.
+    ``by_content``: a file with no sensor suffix is a sensor file where its head holds readings
+    (``is_sensor_spec``); among several files it is not looked into, and fails as the image it is named as."""
     from edgerun.sources.sensor import is_sensor_spec
     from edgerun.sources.video import VIDEO_SUFFIXES
 
@@ -303,7 +305,7 @@ def _only_source_kind(spec: str) -> str | None:
         return _STREAM
     if spec.startswith(("mqtt://", "mqtts://")):
         return _MQTT
-    if is_sensor_spec(spec):
+    if is_sensor_spec(spec, by_content=by_content):
         return _STDIN if spec in ("-", "stdin") else _SENSOR
     if Path(spec).suffix.lower() in VIDEO_SUFFIXES:
         return _VIDEO

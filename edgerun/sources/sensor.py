@@ -103,10 +103,13 @@ _LOOK_ROWS = 100
 _HEAD_BYTES = 64 * 1024
 
 
-def is_sensor_spec(spec: str) -> bool:
-    """Whether a source string names a sensor source: a CSV or JSON Lines file, ``-`` for stdin, or a regular
-    file whose suffix names no other input and whose head holds readings (``_holds_readings``)."""
-    return spec in ("-", "stdin") or Path(spec).suffix.lower() in SENSOR_SUFFIXES or _holds_readings(spec)
+def is_sensor_spec(spec: str, *, by_content: bool = True) -> bool:
+    """Whether a source string names a sensor source: a CSV or JSON Lines file, ``-`` for stdin, or (with
+    ``by_content``) a regular file whose suffix names no other input and whose head holds readings
+    (``_holds_readings``)."""
+    if spec in ("-", "stdin") or Path(spec).suffix.lower() in SENSOR_SUFFIXES:
+        return True
+    return by_content and _holds_readings(spec)
 
 
 def _holds_readings(path: str) -> bool:
