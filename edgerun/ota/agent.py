@@ -1084,6 +1084,10 @@ class OtaAgent:
         log.info("OTA: %s %s serves a fraction %.2f of requests again (A/B split)", name, version, fraction)
         self._publish_models()
 
+    def _load_version(self, name: str, version: str) -> Model:
+        """The store's ``version`` of ``name``, loaded (and checked) as an update's is."""
+        return self.load_model(self.store.verified_file(name, version), self._card(name, version))
+
     def _card(self, name: str, version: str) -> ModelCard:
         from edgerun.card import load_card
 
@@ -1161,8 +1165,20 @@ class OtaAgent:
             raise UpdateRejected(
                 f"{name} {version} is not installed here (installed: {', '.join(self.store.versions(name))})"
             )
-        model = self.load_model(self.store.verified_file(name, version), self._card(name, version))
-        if command.command == "activate":
+        fraction = float(command.fraction or 0.0)
+        if command.command == "set-ab" and fraction == 0:  # the split ends, or there is none: nothing to load
+            ended = active.ab
+            active.ab = None
+            self.store.set_active(name, active)
+            slot.set_candidate(None)
+            state = "active"
+            reason = (
+                f"A/B: the split to {ended['version']} ended; every request to {active.version}"
+                if ended
+                else f"A/B: no split to end; every request to {active.version}"
+            )
+        elif command.command == "activate":
+            model = self._load_version(name, version)
             final = version == ((active.ab or {}).get("version") or active.version)
             by = f"command {command.command_id} (activate {version})"
             self._close_replaced(name, active, by, state="active" if final else "superseded")
@@ -1171,10 +1187,10 @@ class OtaAgent:
             slot.set_candidate(None)
             state, reason = "active", "activate command"
         else:
-            fraction = float(command.fraction or 0.0)
-            active.ab = {"version": version, "fraction": fraction} if fraction > 0 else None
+            model = self._load_version(name, version)  # before the store says so: one that fails to load splits nothing
+            active.ab = {"version": version, "fraction": fraction}
             self.store.set_active(name, active)
-            slot.set_candidate(model if fraction > 0 else None, fraction)
+            slot.set_candidate(model, fraction)
             state, reason = "active", f"A/B: {fraction:.2f} of requests to {version}"
         self._publish_models()
         self._journal(command.command_id, state=state)
