@@ -40,6 +40,15 @@ def npy_bytes(array: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """Ctrl-C as a terminal gives it, in this process and every process a test starts: a suite started in the
+    background of a shell (`pytest ... &`, a CI script's job) inherits SIGINT ignored, and so would every
+    process it starts, so that the tests that send SIGINT would wait for ever (a pipeline interrupted
+    in-process) or fail (a bench or predict stopped by it)."""
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
 @pytest.fixture(scope="session", autouse=True)
 def private_state_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """Caches (cards, fastest delegates) go to a temporary state directory, never the user's."""
