@@ -331,7 +331,7 @@ def _reads_sink(reader: str, pipeline: PipelineConfig, base: Path | None, spec: 
     a glob whose fixed folder is not there yet as the names say (``glob_lists``'s ``once_made``): the daemon
     waits for both.
     """
-    from edgerun.sinks import repeated_sink, sink_kind
+    from edgerun.sinks import inside, repeated_sink, sink_kind
     from edgerun.sources import names_files
 
     if not names_files(pipeline.source):
@@ -344,24 +344,10 @@ def _reads_sink(reader: str, pipeline: PipelineConfig, base: Path | None, spec: 
     if os.path.isdir(source) or source.endswith("/") or (images and not os.path.lexists(source)):
         if not images:  # a folder is walked for images and arrays: no file sink is one
             return None
-        return f"inside the source folder of {reader}, {pipeline.source}" if _inside(sink, source) else None
+        return f"inside the source folder of {reader}, {pipeline.source}" if inside(sink, source) else None
     if repeated_sink([sink, source]) is None:  # neither one file nor two names of it
         return None
     return f"which {reader} reads" + ("" if pipeline.source == spec else f" as {pipeline.source}")
-
-
-def _inside(sink: str, folder: str) -> bool:
-    """Whether the ``DIR/`` ``sink`` is ``folder`` or in it, where links lead (as written below a folder that is
-    not there yet)."""
-    return (_where(sink) + os.sep).startswith(_where(folder).rstrip(os.sep) + os.sep)
-
-
-def _where(path: str) -> str:
-    """Where ``path`` leads, links resolved; as written (normalised) where that cannot be told."""
-    try:
-        return os.path.realpath(path)
-    except OSError:  # the working folder of a relative name was deleted
-        return os.path.normpath(path)
 
 
 #: The smallest outbox bound, in MiB: 4096 bytes, below which ``Outbox`` refuses to open.

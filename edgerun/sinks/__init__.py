@@ -28,6 +28,7 @@ __all__ = [
     "Sink",
     "first_drawing_sink",
     "images_into_source",
+    "inside",
     "once_per_input",
     "open_sink",
     "sink_kind",
@@ -104,14 +105,13 @@ def images_into_source(specs: Sequence[str], sources: Sequence[str]) -> tuple[st
     from edgerun.sources import missing_path
 
     # a source not there yet (a daemon waits for it) is a folder once a DIR/ sink in it is made
-    folders = [(source, _where(source)) for source in sources if os.path.isdir(source) or missing_path(source)]
+    folders = [source for source in sources if os.path.isdir(source) or missing_path(source)]
     patterns = [source for source in sources if glob.has_magic(source)]
     for spec in specs:
         if not spec.endswith("/"):
             continue
-        drawn = _where(spec)
-        for source, folder in folders:
-            if drawn == folder or drawn.startswith(folder.rstrip(os.sep) + os.sep):
+        for source in folders:
+            if inside(spec, source):
                 return spec, (
                     f"inside the source folder {source}: the next run over it would take its annotated images "
                     "for inputs (write them outside the folder)"
@@ -174,6 +174,14 @@ def repeated_sink(specs: Sequence[str]) -> tuple[str, str] | None:
             return spec, earlier
         seen.append((spec, here))
     return None
+
+
+def inside(path: str, folder: str) -> bool:
+    """Whether ``path`` is ``folder`` or in it, where links lead (``_where``: as written, normalised, below a
+    folder that is not there yet)."""
+    import os
+
+    return (_where(path) + os.sep).startswith(_where(folder).rstrip(os.sep) + os.sep)
 
 
 def _where(path: str) -> str:
