@@ -1031,7 +1031,7 @@ class OtaAgent:
                 raise UpdateRejected(nothing_earlier(name, active))
             failed, back = active.version, active.previous[0]
             try:
-                model = self.load_model(self.store.verified_file(name, back), self._card(name, back))
+                model = self._load_version(name, back)
             except Exception as exc:
                 if command:
                     raise
@@ -1074,7 +1074,7 @@ class OtaAgent:
         ab = active.ab or {}
         version, fraction = str(ab.get("version")), float(ab.get("fraction") or 0.0)
         try:
-            model = self.load_model(self.store.verified_file(name, version), self._card(name, version))
+            model = self._load_version(name, version)
         except Exception as exc:
             log.warning("OTA: the A/B candidate %s %s does not load (%s): the split ends", name, version, one_line(exc))
             active.ab = None
