@@ -178,7 +178,7 @@ def test_the_link_names_a_wrong_ca_while_it_keeps_retrying(tls_broker: Broker, p
     link = MqttLink(settings, Topics("edgerun", "dev1"), None)
     started = time.monotonic()
     link.start()
-    assert time.monotonic() - started < 0.5
+    assert time.monotonic() - started < 3  # a thread started; a wait for the broker would take its 5 s timeout
     try:
         assert _wait_for(lambda: link.state().last_error is not None, 5), "no error reported"
         assert link.state().last_error == (
@@ -331,7 +331,7 @@ def test_the_link_reports_a_wrong_password_while_it_keeps_retrying(auth_broker: 
     link = MqttLink(settings, Topics("edgerun", "dev1"), None)
     started = time.monotonic()
     link.start()
-    assert time.monotonic() - started < 0.5, "start() must not wait for the broker (inference never blocks)"
+    assert time.monotonic() - started < 3, "start() must not wait for the broker (inference never blocks)"
     try:
         assert not link.connected
         assert _wait_for(lambda: link.state().last_error is not None, 5), "no error reported"
