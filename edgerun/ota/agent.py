@@ -424,12 +424,15 @@ class OtaAgent:
         record in ``last_status.json`` before it publishes it; here that record is published again
         verbatim, its ``ts`` and its reason included. It is the newest this device retained, so it never
         replaces a newer one (short of a power cut: ``_keep``), and no file date decides anything (a
-        clock set back moves them). A file an earlier release kept may hold a record that this one never
-        retains (the refusal of a forged manifest, which may name no id): it is published again like any
-        other (the broker holds it already) until the next outcome replaces it.
+        clock set back moves them).
 
         One record is built instead: when the one kept is a step of an update (``validating``) whose
-        journal already says how it ended (``_unreported``). A missing file publishes nothing; a
+        journal already says how it ended (``_unreported``). And one is not published, as if no file were
+        kept: the refusal of a payload that failed verification, which this release never retains but an
+        earlier one (until 2026-12-07) retained and kept (``_kept_unverified``); published again, it
+        would go back over the outcome of the device's last real update or command at every start,
+        naming a stranger's choice of id, until the next outcome replaced it. It is left in the file for
+        that outcome to replace, with one INFO line at each start. A missing file publishes nothing; a
         damaged one (a power cut: nothing here is fsynced) nothing but one WARNING line.
         """
         path = self.dir / LAST_STATUS
@@ -449,10 +452,47 @@ class OtaAgent:
         command = "command_id" in record
         ident, model, version = (record.get(k) for k in ("command_id" if command else "update_id", "model", "version"))
         named = _named(ident, model, version, command)
+        if self._kept_unverified(record, ident):
+            log.info(
+                "OTA %s: its status record kept in %s is the refusal of a payload that failed verification (%s), "
+                "retained by an earlier release: not published again (such a refusal is live only)",
+                named,
+                path,
+                record.get("reason"),
+            )
+            return
         log.info("OTA %s: publishing its retained status record again (%s)", named, record["state"])
         self.events = [*self.events[-49:], record]
         with self._publishing:
             self.link.publish(self.topics.ota_status, raw, qos=1, retain=True)
+
+    def _kept_unverified(self, record: dict[str, Any], ident: Any) -> bool:
+        """Whether the record kept is the refusal of a payload that failed verification (an unknown key,
+        a bad signature, garbage, a signed document that is no manifest or command), as a release before
+        2026-12-07 retained and kept it; ``ident`` is the ``update_id`` or ``command_id`` it names.
+
+        Such a refusal was never journaled: it names what the payload claims, any id or none. Every
+        other ``rejected`` record (an update or command refused once it was verified) is written only
+        after its journal entry says ``rejected`` with the same reason, and that entry stays so (an id
+        is never used twice). So a ``rejected`` record is one of an unverified payload when its id is
+        none or not a valid id, when the journal has no entry for it, or when the entry says otherwise
+        (a forged payload claiming a real update's id). A damaged or unreadable entry tells nothing:
+        the record is published again, as before.
+        """
+        if record["state"] != "rejected":
+            return False
+        if not isinstance(ident, str) or not _IDENT.match(ident):
+            return True  # a verified update or command names a valid id
+        try:
+            entry = self._seen(ident)
+        except (OSError, ValueError):
+            return False
+        if entry is None:
+            return True
+        if entry.get("state") == DAMAGED:
+            return False
+        reasons = {str(entry.get("reason") or ""), _reported(entry)}  # as published, or rebuilt (``_unreported``)
+        return entry.get("state") != "rejected" or record.get("reason") not in reasons
 
     def _unreported(self, record: dict[str, Any]) -> bool:
         """Report how an update ended when the record kept is one of its steps: True if it did.
@@ -474,7 +514,7 @@ class OtaAgent:
         if not isinstance(entry, dict) or entry.get("state") not in TERMINAL:
             return False  # unfinished: it is resumed and reports for itself; superseded: closed quietly
         model, version = record.get("model"), record.get("version")
-        reason = str(entry.get("reason") or "") or "reported after a restart (the process ended before reporting it)"
+        reason = _reported(entry)
         self._status(
             ident,
             str(entry["state"]),
@@ -1214,6 +1254,11 @@ def _named(ident: Any, model: Any, version: Any, command: bool) -> str:
     refused unread may have none (``(a manifest that names no id)``), never ``None``."""
     named = " ".join(str(part) for part in (ident, model, version) if part is not None)
     return named or f"(a {'command' if command else 'manifest'} that names no id)"
+
+
+def _reported(entry: dict[str, Any]) -> str:
+    """The reason of the record a start builds from a journal entry (``_unreported``)."""
+    return str(entry.get("reason") or "") or "reported after a restart (the process ended before reporting it)"
 
 
 def _kept_record(raw: bytes) -> tuple[dict[str, Any] | None, str]:
