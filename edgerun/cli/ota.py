@@ -7,6 +7,7 @@ import json
 import re
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -133,6 +134,23 @@ def register(sub: Any) -> None:
 
     rb = actions.add_parser("rollback", help="tell devices to go back to the previous version of a model")
     rb.add_argument("--model", required=True)
+    rb.add_argument(
+        "--wait",
+        action="store_true",
+        help="follow the targeted devices that are online until each reports the rollback's end (exit 0: every "
+        "target reported rolled_back; 1: one refused or failed it, or the timeout; "
+        f"{NOTHING_ONLINE}: none failed, but a target was not online, or no group member answered)",
+    )
+    rb.add_argument("--timeout", type=float, default=600, metavar="S", help="how long --wait waits (default 600)")
+    rb.add_argument(
+        "--answer-within",
+        type=float,
+        default=ANSWER_S,
+        metavar="S",
+        help="with --wait and --group: a device online that has not answered the command S seconds after it was "
+        "free to is no longer waited for (one whose status record names its groups, none of them given, is no "
+        f"target and not waited for at all; default {ANSWER_S:g})",
+    )
     _targets(rb)
     _connection(rb)
     rb.set_defaults(run=rollback)
@@ -254,7 +272,8 @@ def publish(args: argparse.Namespace) -> int:
         )
         if not args.wait:
             return 0
-        return _follow(fleet, manifest["update_id"], args.device, args.group, args.timeout, args.answer_within)
+        awaited = _Awaited("update", manifest["update_id"], "active")
+        return _follow(fleet, awaited, args.device, args.group, args.timeout, args.answer_within)
     finally:
         fleet.close()
 
@@ -365,29 +384,68 @@ def _bar(total: int, unit: str) -> Any:
     return tqdm(total=total, unit=unit, file=sys.stderr, leave=False)
 
 
-def _follow(
-    fleet: Any, update_id: str, devices: list[str], groups: list[str], timeout_s: float, answer_s: float
-) -> int:
-    """Print each device's state changes until every targeted device that is online has finished the update.
+@dataclass(frozen=True)
+class _Awaited:
+    """What a ``--wait`` follows on the devices' ``P/ID/ota/status``: an update (``publish``) or a command
+    (``rollback``), by the id its records carry, and the state that ends it well.
 
-    A device that is offline (its retained status says so) or has no status on the broker acts on the
-    retained manifest when it connects, so it is not waited for: one line names it at the end, and where no
-    targeted device is online at all, that end comes at once (``NOTHING_ONLINE``). One that comes online
-    during the wait is followed. For a group: a device online whose status record names its groups, none
-    of them in ``groups``, is no target and not waited for; any other device online that answers the
-    update is followed, one that has not answered ``answer_s`` after it was free to is not waited for
-    (``_Unanswered``) and is named at the end.
+    An update's manifest is retained, so a target not online acts on it when it connects. A command is not
+    retained: the broker keeps it only in the session of a device that connected before (the devices'
+    ``clean_start=False``), and the device refuses it once ``expires_s`` have passed since it was issued.
+    """
+
+    kind: str  # "update" or "command"
+    ident: str  # its update_id or command_id
+    success: str  # "active" for an update, "rolled_back" for a rollback
+    expires_s: float = 0.0  # a command's validity in seconds; unused for an update
+
+    @property
+    def command(self) -> bool:
+        return self.kind == "command"
+
+    def fate(self, one: bool, *, when: str = "connect", subject: str = "", unseen: bool = False) -> str:
+        """What targets not online will do with it, for the line that names them (``one``: a single device):
+        ``it will act on the retained update when it reconnects``; for a command, ``it will act on the
+        command if it reconnects within 1 h (it then expires)``, and for a device never seen under the
+        prefix (``unseen``), ``it gets the command only if it was connected before (a command is not
+        retained)``."""
+        it, s = ("it", "s") if one else ("they", "")
+        subject = subject or it
+        if not self.command:
+            return f"{subject} will act on the retained update when {it} {when}{s}"
+        if unseen:
+            was = "was" if one else "were"
+            return f"{subject} get{s} the command only if {it} {was} connected before (a command is not retained)"
+        within = f"{self.expires_s / 3600:g} h" if self.expires_s >= 3600 else f"{self.expires_s:g} s"
+        return f"{subject} will act on the command if {it} reconnect{s} within {within} (it then expires)"
+
+
+def _follow(
+    fleet: Any, awaited: _Awaited, devices: list[str], groups: list[str], timeout_s: float, answer_s: float
+) -> int:
+    """Print each device's state changes until every targeted device that is online has finished ``awaited``
+    (``publish --wait``: the update; ``rollback --wait``: the command).
+
+    A device that is offline (its retained status says so) or has no status on the broker is not waited
+    for: one line names it at the end (what it will do with the update or command, ``_Awaited.fate``), and
+    where no targeted device is online at all, that end comes at once (``NOTHING_ONLINE``). One that comes
+    online during the wait is followed. For a group: a device online whose status record names its groups,
+    none of them in ``groups``, is no target and not waited for; any other device online that answers is
+    followed, one that has not answered ``answer_s`` after it was free to is not waited for
+    (``_Unanswered``) and is named at the end. The exit code is ``_ended``'s; 1 where ``timeout_s`` ran out.
     """
     deadline = time.monotonic() + timeout_s
-    unanswered = _Unanswered(update_id, set(devices), set(groups), answer_s)
+    unanswered = _Unanswered(awaited.ident, set(devices), set(groups), answer_s)
     last: dict[str, str] = {}
+    pending: list[str] = []
     time.sleep(0.5)  # retained device records arrive first
     while time.monotonic() < deadline:
         view = fleet.snapshot()
-        involved = {d: v for d, v in view.items() if v.ota.get("update_id") == update_id}
+        involved = {d: v for d, v in view.items() if _ident(v.ota) == awaited.ident}
         for device, v in sorted(involved.items()):
-            state = _field(v.ota.get("state", "?"))
-            line = f"{state} {_percent(v.ota.get('progress', 0))} {_field(v.ota.get('reason', ''))}".strip()
+            state, reason = _field(v.ota.get("state", "?")), _field(v.ota.get("reason", ""))
+            progress = "" if awaited.command else f" {_percent(v.ota.get('progress', 0))}"  # a command has no steps
+            line = f"{state}{progress} {reason}".strip()
             if last.get(device) != line:
                 last[device] = line
                 print_lines(f"{_field(device):<24} {line}")
@@ -396,29 +454,40 @@ def _follow(
         pending = [d for d in unfinished if d in view and view[d].online is True]
         waiting, silent, outside = unanswered.update(view, time.monotonic()) if groups else ([], [], [])
         if not pending and not waiting:
-            return _ended(fleet.prefix, view, involved, unfinished, groups, silent, bool(outside), answer_s)
+            return _ended(fleet.prefix, awaited, view, involved, unfinished, groups, silent, bool(outside), answer_s)
         fleet.changed.wait(0.5)
         fleet.changed.clear()
-    error_line(f"timed out after {timeout_s:.0f} s waiting for the devices to finish update {update_id}")
+    late = ""
+    if pending:
+        late = f": {_named(pending)} {'has' if len(pending) == 1 else 'have'} not reported its end"
+    error_line(
+        f"timed out after {timeout_s:g} s waiting for the devices to finish {awaited.kind} {awaited.ident}{late}"
+    )
     return 1
 
 
+def _ident(record: dict[str, Any]) -> Any:
+    """The id a ``P/ID/ota/status`` record is about: its ``update_id``, or a command's ``command_id``."""
+    return record.get("update_id", record.get("command_id"))
+
+
 class _Unanswered:
-    """The devices online, not named with ``--device``, that have not answered an update sent to groups.
+    """The devices online, not named with ``--device``, that have not answered an update or command sent to
+    groups.
 
     A device whose status record names its groups (docs/protocol-notes.md) and none of ``groups`` is no
     target: it is set apart at once. Any other may be a member: a record with no ``groups`` (an older
     edgerun) tells nothing, and a member that names a group may still take no updates (no OTA key). Such a
-    device shows itself only by answering the manifest on ``P/ID/ota/status`` (``received``, or a refusal).
-    Its OTA worker handles manifests and commands one at a time, in order, so it answers as soon as it is
-    free to: each device has ``answer_s`` seconds counted from the latest of the start of the wait, the
-    moment it came online, and the last moment its record showed another update or command in progress
-    (``BUSY``). One that lets them pass is not in the group, or takes no updates: it is no longer waited
-    for (an answer that comes later is still followed).
+    device shows itself only by answering on ``P/ID/ota/status`` (a manifest: ``received``, or a refusal; a
+    command: its outcome). Its OTA worker handles manifests and commands one at a time, in order, so it
+    answers as soon as it is free to: each device has ``answer_s`` seconds counted from the latest of the
+    start of the wait, the moment it came online, and the last moment its record showed another update or
+    command in progress (``BUSY``). One that lets them pass is not in the group, or takes no updates: it is
+    no longer waited for (an answer that comes later is still followed).
     """
 
-    def __init__(self, update_id: str, named: set[str], groups: set[str], answer_s: float) -> None:
-        self.update_id, self.named, self.groups, self.answer_s = update_id, named, groups, answer_s
+    def __init__(self, ident: str, named: set[str], groups: set[str], answer_s: float) -> None:
+        self.ident, self.named, self.groups, self.answer_s = ident, named, groups, answer_s
         self._since: dict[str, float] = {}  # device online -> when it was last free to answer (monotonic s)
 
     def update(self, view: dict[str, Any], now: float) -> tuple[list[str], list[str], list[str]]:
@@ -428,8 +497,7 @@ class _Unanswered:
         silent: list[str] = []
         outside: list[str] = []
         for device, v in sorted(view.items()):
-            ident = v.ota.get("update_id", v.ota.get("command_id"))
-            if v.online is not True or device in self.named or ident == self.update_id:
+            if v.online is not True or device in self.named or _ident(v.ota) == self.ident:
                 self._since.pop(device, None)  # offline: its time starts again when it comes back
                 continue
             if v.groups is not None and self.groups.isdisjoint(v.groups):  # no member, by its own record
@@ -437,7 +505,7 @@ class _Unanswered:
                 outside.append(device)
                 continue
             since = self._since.setdefault(device, now)
-            if v.ota.get("state") in BUSY:  # another update first: the manifest waits behind it
+            if v.ota.get("state") in BUSY:  # another update first: this one waits behind it
                 since = self._since[device] = now
             (waiting if now - since < self.answer_s else silent).append(device)
         return waiting, silent, outside
@@ -445,6 +513,7 @@ class _Unanswered:
 
 def _ended(
     prefix: str,
+    awaited: _Awaited,
     view: dict[str, Any],
     involved: dict[str, Any],
     away: list[str],
@@ -453,54 +522,54 @@ def _ended(
     outside: bool,
     answer_s: float,
 ) -> int:
-    """The end of ``publish --wait``, once no device it follows is online and unfinished: a line for the
-    targets not online (``away``), one for the devices online that did not answer a group's update
+    """The end of a ``--wait``, once no device it follows is online and unfinished: a line for the targets
+    not online (``away``), one for the devices online that did not answer what was sent to a group
     (``silent``: those whose status records name no groups, then the members), one per device that ended
-    otherwise than active, and the exit code (0 all of those that finished are active, 1 any ended
-    otherwise, ``NOTHING_ONLINE`` none finished). ``outside``: some device online is in none of ``groups``
-    by its status record (never waited for, not named)."""
+    otherwise than ``awaited.success``, and the exit code: 1 where any ended otherwise; else
+    ``NOTHING_ONLINE`` where none finished, and also, for a command, where a target was not online (a
+    command is not retained: that target has not done it, and may never); else 0. ``outside``: some device
+    online is in none of ``groups`` by its status record (never waited for, not named)."""
     finished = {d: v.ota.get("state") for d, v in involved.items() if d not in away}
     offline = [d for d in away if d in view and view[d].online is False]
     unknown = [d for d in away if d not in offline]
     lines = []
     if offline:
-        lines.append(_away_line(offline, ("is offline", "are offline"), "reconnect"))
+        lines.append(
+            _away_line(offline, ("is offline", "are offline"), awaited.fate(len(offline) == 1, when="reconnect"))
+        )
     if unknown:
         what = f"no status record under prefix {_field(prefix)}"
-        lines.append(_away_line(unknown, (f"has {what}", f"have {what}"), "connect"))
+        fate = awaited.fate(len(unknown) == 1, unseen=True)
+        lines.append(_away_line(unknown, (f"has {what}", f"have {what}"), fate))
     names = ", ".join(_field(g) for g in groups)
     unknown_groups = [d for d in silent if view[d].groups is None]
     if unknown_groups:
-        lines.append(_silent_line(unknown_groups, groups, answer_s))
+        lines.append(_silent_line(unknown_groups, groups, answer_s, awaited.kind))
     members = [d for d in silent if view[d].groups is not None]
     if members:
-        lines.append(_silent_member_line(members, groups, answer_s))
+        lines.append(_silent_member_line(members, groups, answer_s, awaited.kind))
     if groups and not involved and silent:
-        lines.append(
-            f"no member of group {names} answered: those offline will act on the retained update when they connect"
-        )
+        lines.append(f"no member of group {names} answered: {awaited.fate(False, subject='those offline')}")
     elif groups and not involved and outside:  # devices online, each in other groups by its own record
-        lines.append(
-            f"no device online is in group {names}: the members will act on the retained update when they connect"
-        )
+        lines.append(f"no device online is in group {names}: {awaited.fate(False, subject='the members')}")
     elif groups and not involved:  # no device online at all
-        lines.append(
-            f"no device is online: the members of group {names} will act on the retained update when they connect"
-        )
+        lines.append(f"no device is online: {awaited.fate(False, subject=f'the members of group {names}')}")
     if lines:
         print_lines(*lines)
-    bad = [d for d, state in sorted(finished.items()) if state != "active"]
+    bad = [d for d, state in sorted(finished.items()) if state != awaited.success]
     for device in bad:
         error_line(f"{device}: {finished[device]}: {involved[device].ota.get('reason')}")
     if bad:
         return 1
+    if awaited.command and away:  # not done there, and not retained for it: not the success 0 says
+        return NOTHING_ONLINE
     return 0 if finished else NOTHING_ONLINE
 
 
-def _silent_line(devices: list[str], groups: list[str], answer_s: float) -> str:
+def _silent_line(devices: list[str], groups: list[str], answer_s: float, kind: str) -> str:
     """``devb is online but did not answer the update in 10 s: it is not in group lab, or it takes no updates
     (no OTA key)``, for one device or several (the first ``NAMED_MAX`` named, the others counted): devices
-    whose status records name no groups."""
+    whose status records name no groups. ``kind``: ``update`` or ``command``."""
     names = _named(devices)
     they, are, take = ("it", "is", "takes") if len(devices) == 1 else ("they", "are", "take")
     if len(groups) == 1:
@@ -508,19 +577,19 @@ def _silent_line(devices: list[str], groups: list[str], answer_s: float) -> str:
     else:
         member = "in none of groups " + ", ".join(_field(g) for g in groups)
     return (
-        f"{names} {are} online but did not answer the update in {answer_s:g} s: {they} {are} {member}, "
-        f"or {they} {take} no updates (no OTA key)"
+        f"{names} {are} online but did not answer the {kind} in {answer_s:g} s: {they} {are} {member}, "
+        f"or {they} {take} no {kind}s (no OTA key)"
     )
 
 
-def _silent_member_line(devices: list[str], groups: list[str], answer_s: float) -> str:
+def _silent_member_line(devices: list[str], groups: list[str], answer_s: float, kind: str) -> str:
     """``deva is in group lab but did not answer the update in 10 s: it takes no updates (no OTA key)``, for
     one device or several: devices whose status records name one of ``groups``."""
     they, are, take = ("it", "is", "takes") if len(devices) == 1 else ("they", "are", "take")
     which = "group" if len(groups) == 1 else "one of groups"
     return (
-        f"{_named(devices)} {are} in {which} {', '.join(_field(g) for g in groups)} but did not answer the update "
-        f"in {answer_s:g} s: {they} {take} no updates (no OTA key)"
+        f"{_named(devices)} {are} in {which} {', '.join(_field(g) for g in groups)} but did not answer the "
+        f"{kind} in {answer_s:g} s: {they} {take} no {kind}s (no OTA key)"
     )
 
 
@@ -532,12 +601,10 @@ def _named(devices: list[str]) -> str:
     return names
 
 
-def _away_line(devices: list[str], verb: tuple[str, str], when: str) -> str:
+def _away_line(devices: list[str], verb: tuple[str, str], fate: str) -> str:
     """``devu is offline: it will act on the retained update when it reconnects``, for one device or several."""
     names = ", ".join(_field(d) for d in devices)
-    if len(devices) == 1:
-        return f"{names} {verb[0]}: it will act on the retained update when it {when}s"
-    return f"{names} {verb[1]}: they will act on the retained update when they {when}"
+    return f"{names} {verb[0] if len(devices) == 1 else verb[1]}: {fate}"
 
 
 def status(args: argparse.Namespace) -> int:
@@ -611,7 +678,7 @@ def _percent(value: Any) -> str:
 
 
 def rollback(args: argparse.Namespace) -> int:
-    """Sign and publish a rollback command."""
+    """Sign and publish a rollback command; with --wait follow the devices' answers for up to --timeout seconds."""
     from edgerun.ota.envelope import load_private_key
     from edgerun.ota.manifest import parse_command
     from edgerun.ota.operator import build_command
@@ -619,18 +686,26 @@ def rollback(args: argparse.Namespace) -> int:
 
     _check_targets(args)
     check_name("model", args.model)
+    require_positive(args, "timeout", "answer_within")
+    require_within(args, answer_within=(0, 3600))
+    settings = _settings(args)
     key = load_private_key(args.key)
     command = build_command("rollback", model=args.model, devices=args.device, groups=args.group)
     parse_command(command)  # what devices will check, checked here first
-    fleet = _fleet(args)
+    fleet = _fleet(args, settings)
     try:
+        if args.wait:
+            fleet.watch_devices()  # before the command goes out: no answer is missed
         topics = [f"{args.prefix}/{d}/cmd" for d in args.device] + [f"{args.prefix}/group/{g}/cmd" for g in args.group]
         for topic in topics:
             fleet.sign_and_publish(topic, command, key, retain=False)
+        print_lines(f"command {command['command_id']}: rollback of {args.model} sent to {', '.join(topics)}")
+        if not args.wait:
+            return 0
+        awaited = _Awaited("command", command["command_id"], "rolled_back", command["expires"] - command["issued"])
+        return _follow(fleet, awaited, args.device, args.group, args.timeout, args.answer_within)
     finally:
         fleet.close()
-    print_lines(f"command {command['command_id']}: rollback of {args.model} sent to {', '.join(topics)}")
-    return 0
 
 
 def _publish_manifests(fleet: Any, topics: list[str], manifest: dict[str, Any], key: Any) -> None:
