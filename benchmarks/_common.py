@@ -22,6 +22,11 @@ from pathlib import Path
 
 import numpy as np
 
+# ONNX Runtime's own telemetry (1.29 on: a device id written, an uploader thread) is off in edgerun
+# (docs/accelerators.md); off here too, before anything imports it, so that the bare runtime, the plain
+# scripts (they inherit the environment) and edgerun run alike.
+os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
+
 REPO = Path(__file__).resolve().parent.parent
 DIGITS_DIR = REPO / "models" / "digits"
 MOBILENET_DIR = REPO / "models" / "mobilenet"

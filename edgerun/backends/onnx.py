@@ -9,6 +9,7 @@ selection layer can record the true reason and move on.
 from __future__ import annotations
 
 import logging
+import os
 import re
 from collections.abc import Sequence
 from pathlib import Path
@@ -56,6 +57,11 @@ _ONNX_TYPES: dict[str, Any] = {
 }
 
 
+#: ONNX Runtime's switch for its own telemetry (read once, when it is imported): ``import_onnxruntime`` sets
+#: it to ``1`` unless it is set already, so ``ORT_DISABLE_TELEMETRY=0`` in the environment turns it back on.
+ORT_TELEMETRY_ENV = "ORT_DISABLE_TELEMETRY"
+
+
 def import_onnxruntime() -> Any:
     """Import ONNX Runtime or explain how to install it.
 
@@ -64,6 +70,11 @@ def import_onnxruntime() -> Any:
         RuntimeUnusableError: it is installed and does not import (a wheel built for another
             numpy, a missing CUDA library in onnxruntime-gpu).
     """
+    # From 1.29 on Linux, importing ONNX Runtime writes a device id and an event cache under
+    # ~/.cache/Microsoft/DeveloperTools/.onnxruntime (flash writes on a device, a stray line on a read-only
+    # home) and starts an uploader thread that sends usage events to Microsoft. A device in a field or a
+    # factory does not phone a third party unasked: off unless the user set the variable themselves.
+    os.environ.setdefault(ORT_TELEMETRY_ENV, "1")
     try:
         import onnxruntime
     except Exception as exc:  # whatever a broken vendor package raises on import
