@@ -316,12 +316,10 @@ class Daemon:
         self.config_path = config_path
         self.metrics = Metrics()
         self.slots: dict[str, ModelSlot] = {}
-        #: slots of names a reload removed, kept while a request may still run on one of their models
-        #: (``ModelSlot.models``): the stop reaches those too
-        self._removed: list[ModelSlot] = []
         self.runners: dict[str, _PipelineRunner] = {}
         #: every isolated model ``_load`` made that is still referred to (weakly: one dropped everywhere runs
-        #: no request), served or not yet: an OTA update's between its load and its swap (``_stop_workers``)
+        #: no request, and a request refers to the model it runs on): those served, an OTA update's between
+        #: its load and its swap, and those swapped out or removed that still finish requests (``_stop_workers``)
         self._isolated: weakref.WeakSet[Model] = weakref.WeakSet()
         self._workers_stopped = False  # ``_stop_workers`` ran: a model loaded from then on is stopped at once
         self._workers_lock = threading.Lock()
@@ -779,9 +777,7 @@ class Daemon:
         for name in set(self.slots) - set(new.models):
             if not any(p.model == name for p in new.pipelines.values()):
                 # its requests in progress finish; then an isolated model's worker stops (ModelSlot.retire)
-                removed = self.slots.pop(name)
-                removed.retire()
-                self._removed = [s for s in self._removed if s.models()] + [removed]
+                self.slots.pop(name).retire()
                 self._files.pop(name, None)
                 log.info("SIGHUP: model %s removed", name)
         if self.sync is not None:
@@ -839,25 +835,28 @@ class Daemon:
         log.info("edgerun daemon stopped")
 
     def _stop_workers(self) -> None:
-        """Each isolated model a request may run on (``ModelSlot.models``: those served, an A/B candidate
-        too, and those swapped out or removed that still finish requests) starts no worker any more, and
-        a call on a worker that does not answer fails after ``CLOSE_GRACE_S`` (``IsolatedBackend.stop``):
-        a request or frame waiting on a worker that hangs or restarts ends in seconds, not after the
-        call's and the API's 30 s, while the calls live workers answer are answered.
+        """Each isolated model a request may run on starts no worker any more, and a call on a worker
+        that does not answer fails after ``CLOSE_GRACE_S`` (``IsolatedBackend.stop``): a request or frame
+        waiting on a worker that hangs or restarts ends in seconds, not after the call's and the API's
+        30 s, while the calls live workers answer are answered.
+
+        Those models are the ones in ``_isolated``: every isolated model is loaded by ``_load``, which
+        notes it there (``_track``), and a request refers to the model it runs on (an API request, a
+        pipeline's frame) until it is done, so the set still holds those served (an A/B candidate too),
+        those swapped out or removed that still finish requests, and an update loaded and not yet swapped in.
 
         The OTA agent runs on until after the pipelines and the API: an update (or a rollback) it loads
-        meanwhile is swapped in after this ran. Those loaded before it and not yet in a slot are stopped
-        here too (``_isolated``), and those loaded after it as soon as they are (``_track``): a request
-        that takes such a model is ended like one on the model it replaced. Stopping the agent first
-        would not do: its stop waits 10 s at most for a load or a validation in progress, which may
-        still swap after that, and would hold back this stop by as long."""
+        meanwhile is swapped in after this ran. Those loaded before it are stopped here, and those loaded
+        after it as soon as they are (``_track``): a request that takes such a model is ended like one on
+        the model it replaced. Stopping the agent first would not do: its stop waits 10 s at most for a
+        load or a validation in progress, which may still swap after that, and would hold back this stop
+        by as long."""
         from edgerun.isolation import IsolatedBackend
 
         with self._workers_lock:
             self._workers_stopped = True
             loaded = list(self._isolated)
-        served = [model for slot in [*self.slots.values(), *self._removed] for model in slot.models()]
-        for model in dict.fromkeys([*served, *loaded]):  # each once
+        for model in loaded:
             if isinstance(model.backend, IsolatedBackend):
                 model.backend.stop()
 

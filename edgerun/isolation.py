@@ -21,8 +21,8 @@ killed; either call fails with ``InferenceError`` (``its worker was closed``).
 ``stop`` (the daemon's stop) does the same to a worker that loads or does not
 answer, and leaves the rest in place: a call a live worker answers is answered,
 later calls too, and no worker is started any more. A retired backend a request
-still holds (``in_use``) is stopped the same way: the daemon reaches it through
-``ModelSlot.models``.
+still runs on is stopped the same way: the daemon reaches every isolated model it
+loaded and something still refers to (``Daemon._isolated``).
 
 A backend that is no longer served (a model swapped out or removed) is
 ``retire``d: its worker stops and its shared memory is freed as soon as the calls
@@ -542,12 +542,6 @@ class IsolatedBackend:
     def retired(self) -> bool:
         """Whether ``retire`` was called."""
         return self._retired
-
-    @property
-    def in_use(self) -> bool:
-        """Whether a request holds the backend (``hold``) or a call runs on it now: a retired one's worker
-        is still there for it, and its owner's ``stop`` must still reach it (``ModelSlot.models``)."""
-        return self._users > 0
 
     def _stop_soon(self) -> None:
         threading.Thread(target=self._stop_if_idle, name="edgerun-worker-stop", daemon=True).start()

@@ -4,11 +4,12 @@ A model swapped out (an OTA update, a rollback, a SIGHUP reload) or removed from
 requests that hold it. The stop told only the models each name served: a request held by an old one whose
 worker hung waited out the call's 30 s (and the API's 30 s of grace), holding the daemon's exit. Now the stop
 reaches every isolated model a slot still runs a request on, so that request is answered 503 like one on a
-served model, its worker is killed and the daemon exits in seconds.
+served model, its worker is killed and the daemon exits in seconds. The workers of the models no longer
+served that no request holds stop on their own, without waiting for the stop.
 
 The daemon runs as a real process with a real HTTP API, its models in real worker processes; a hang is a
-worker SIGSTOPped from outside, as a hung device looks from the daemon. The slot's own bookkeeping runs
-real isolated models in-process.
+worker SIGSTOPped from outside, as a hung device looks from the daemon. The requests held through a
+swap, a removal and a candidate's rollback run on a real daemon in-process, its models in real workers.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import os
 import signal
 import subprocess
 import threading
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -28,8 +30,10 @@ from typing import Any
 import psutil
 import pytest
 
-from edgerun.isolation import load_isolated
-from edgerun.ota.slot import ModelSlot
+from edgerun.config import load_config
+from edgerun.daemon import Daemon
+from edgerun.errors import InferenceError
+from edgerun.model import Model
 from tests.conftest import DIGITS, SAMPLES, stop_process
 from tests.test_isolation_19 import _Daemon as _IsolatedDaemon
 from tests.test_sync import wait_until
@@ -133,27 +137,87 @@ def test_a_sigterm_while_a_request_waits_on_the_hung_worker_of_a_model_no_longer
     assert "edgerun daemon stopped" in log
 
 
-def test_a_slot_names_every_model_a_request_may_still_run_on_and_forgets_a_retired_one_once_let_go() -> None:
-    first, second, third = (load_isolated(DIGITS / "digits_int8.onnx", delegates=["cpu"]) for _ in range(3))
+def _write(path: Path, models: dict[str, dict[str, Any]]) -> None:
+    config = {"models": models, "api": {"enabled": False}, "state_dir": str(path.parent / "state")}
+    path.write_text(json.dumps({**config, "isolation": "process"}))  # JSON is YAML
+
+
+def _alive(model: Model) -> bool:
+    """Whether ``model``'s worker process still runs."""
+    return model.backend.process.exitcode is None  # type: ignore[attr-defined]
+
+
+def test_the_stop_reaches_the_hung_workers_of_models_a_reload_swapped_out_or_removed_and_the_rest_stop_once_let_go(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "c.yaml"
+    _write(path, {"digits": ONNX, "other": TFLITE})
+    daemon = Daemon(load_config(path), path)
+    daemon.start()
+    held: list[Model] = []  # the requests in progress: each holds its model until it lets go
     try:
-        slot = ModelSlot(first)
-        assert slot.models() == [first]
-        held = slot.hold()
-        assert held is first
-        slot.swap(second)  # an update: the request goes on holding the old model
-        assert slot.models() == [second, first]
+        slot = daemon.slots["digits"]
+        first = slot.primary
+        held.append(slot.hold())
+        assert held[0] is first
+        _write(path, {"digits": TFLITE, "other": TFLITE})  # the path changed: a new model, the old one swapped out
+        daemon.reload()
+        second = slot.primary
+        assert second is not first and _alive(first)  # the request goes on holding the old model
+        # an A/B candidate, loaded as the OTA agent loads one, then rolled back with no request on it: it stops
+        third = daemon._load("digits", daemon.config.models["digits"], DIGITS / "digits_int8.onnx")
         slot.set_candidate(third, 0.5)
-        assert slot.models() == [second, third, first]
-        slot.set_candidate(None)  # the candidate rolled back: no request holds it, it is forgotten
-        assert slot.models() == [second, first]
-        held.let_go()  # the request is done: the old model is forgotten too, and its worker stops
-        assert slot.models() == [second]
-        wait_until(lambda: first.backend.process.exitcode is not None, 30, "the old model's worker to stop")
-        second_held = slot.hold()
-        slot.retire()  # the name removed: its model is named while the request holding it runs
-        assert slot.models() == [second]
-        second_held.let_go()
-        assert slot.models() == []
+        slot.set_candidate(None)
+        wait_until(lambda: not _alive(third), 30, "the dropped candidate's worker to stop")
+        assert _alive(first) and _alive(second)
+        held.pop().let_go()  # the request is done: the old model's worker stops
+        wait_until(lambda: not _alive(first), 30, "the old model's worker to stop")
+
+        # at the stop: a request on a model swapped out and one on a model removed, both workers hung
+        held.append(slot.hold())
+        assert held[-1] is second
+        other = daemon.slots["other"].primary
+        held.append(daemon.slots["other"].hold())
+        assert held[-1] is other
+        _write(path, {"other": ONNX})  # digits removed, other swapped out
+        daemon.reload()
+        assert "digits" not in daemon.slots and daemon.slots["other"].primary is not other
+        assert _alive(second) and _alive(other)  # each still finishes the request holding it
+        hung = [m.backend.process.pid for m in (second, other)]  # type: ignore[attr-defined]
+        for pid in hung:
+            os.kill(pid, signal.SIGSTOP)  # the runtime hangs on its device from now on
+        answers: dict[int, BaseException | None] = {}
+
+        def request(model: Model) -> None:
+            try:
+                model.predict(SAMPLES / "digit_3.png")  # a request in progress, as the API's or a frame's
+                answers[id(model)] = None
+            except BaseException as exc:
+                answers[id(model)] = exc
+
+        requests = [threading.Thread(target=request, args=(m,)) for m in (second, other)]
+        for r in requests:
+            r.start()
+        threading.Event().wait(0.5)  # each call handed to its worker
+        stopped = time.monotonic()
+        daemon.stop()
+        for r in requests:
+            r.join(timeout=max(0.1, stopped + 15 - time.monotonic()))  # the call's own limit is 30 s
+        assert not any(r.is_alive() for r in requests), "a request was still waiting 15 s after the stop"
+        for model in (second, other):
+            error = answers[id(model)]
+            assert isinstance(error, InferenceError), error
+            why = f"{model.path.name}: its worker gave no answer within 5 s of the stop and was killed"
+            assert str(error) == f"{SAMPLES / 'digit_3.png'}: {why}"
+        wait_until(lambda: all(_gone(pid) for pid in hung), 30, "the killed workers to end")  # SIGKILL lands soon after
+        log = caplog.text
+        for model, pid in zip((second, other), hung):
+            assert f"worker process {pid} for {model.path.name} gave no answer within 5 s of the stop: killed" in log
+        assert "crashed" not in log  # killed by the stop: neither a crash nor restarted
     finally:
-        for m in (first, second, third):
-            m.close()
+        for model in held:
+            model.let_go()
+        if daemon.ready:  # a failure before the stop above
+            daemon.stop()
+        for model in [*(s.primary for s in daemon.slots.values()), *held]:
+            model.close()

@@ -16,10 +16,9 @@ isolated model's worker process stops and its shared memory is freed as soon as
 the last of them is done. Nothing waits for the garbage collector, which never
 came while an idle thread still referred to the last model it ran.
 
-The slot remembers the models it retired while a request still holds one (an isolated model counts its
-users; any other is left to its last reference): ``models()`` names them with those it serves, so the
-daemon's stop reaches a worker that hangs under a request on a model swapped out or removed, not only
-under one on a model served.
+The slot forgets a model once it retires it: a request still running on it refers to it, and the
+daemon's stop reaches its worker through the daemon's own record of the isolated models it loaded
+(``Daemon._isolated``), not through the slot.
 """
 
 from __future__ import annotations
@@ -45,8 +44,6 @@ class ModelSlot:
         self._lock = threading.Lock()
         self._retired = False
         self._on_retire: list[Callable[[], None]] = []
-        #: models retired here, kept while a request holds them or a call runs on them (``models``)
-        self._leaving: list[Model] = []
 
     @property
     def name(self) -> str:
@@ -115,22 +112,6 @@ class ModelSlot:
     def _retire_unless_served(self, model: Model) -> None:
         if not self._serves(model):
             model.retire()
-            self._leaving = [*self._in_use(), model]
-
-    def models(self) -> list[Model]:
-        """Every model a request may still run on here: the primary and the candidate (none once the
-        slot is retired), then those retired that a request still holds or a call runs on, oldest
-        first. The owner's stop reaches them all (``IsolatedBackend.stop``); a retired model is
-        forgotten here once it is no longer in use (here, or at the next retirement), so the list never
-        grows with the updates."""
-        with self._lock:
-            self._leaving = self._in_use()
-            served = [] if self._retired else self._served()
-            return served + [m for m in self._leaving if m not in served]
-
-    def _in_use(self) -> list[Model]:
-        """The retired models a request still holds or a call runs on (called under the lock)."""
-        return [m for m in self._leaving if _in_use(m)]
 
     def _served(self) -> list[Model]:
         return [self._primary] if self._candidate is None else [self._primary, self._candidate]
@@ -144,7 +125,6 @@ class ModelSlot:
             self._retired = True
             callbacks, self._on_retire = self._on_retire, []
             models = self._served()
-            self._leaving = [*self._in_use(), *models]
         for model in models:
             model.retire()
         for callback in callbacks:
@@ -165,9 +145,3 @@ class ModelSlot:
         if self._candidate is not None:
             info["candidate"] = {"version": self._candidate.version, "fraction": self._fraction}
         return info
-
-
-def _in_use(model: Model) -> bool:
-    """Whether a request holds ``model`` or a call runs on it: an isolated model counts them
-    (``IsolatedBackend.in_use``); any other holds nothing a stop must reach, and is not kept."""
-    return bool(getattr(model.backend, "in_use", False))
