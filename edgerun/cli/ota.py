@@ -102,22 +102,11 @@ def register(sub: Any) -> None:
     pub.add_argument("--ab", type=float, default=None, metavar="FRACTION", help="serve only this fraction first")
     pub.add_argument("--expires-in", type=float, default=7 * 86400, metavar="S", help="validity (default 7 days)")
     pub.add_argument("--allow-downgrade", action="store_true", help="allow a version older than the installed one")
-    pub.add_argument(
-        "--wait",
-        action="store_true",
-        help="follow the targeted devices that are online until each reports active, rejected, failed or "
-        "rolled_back (exit 0: each followed ended active; 1: another end or the timeout; "
-        f"{NOTHING_ONLINE}: none followed: none online, or no group member answered)",
-    )
-    pub.add_argument("--timeout", type=float, default=600, metavar="S", help="how long --wait waits (default 600)")
-    pub.add_argument(
-        "--answer-within",
-        type=float,
-        default=ANSWER_S,
-        metavar="S",
-        help="with --wait and --group: a device online that has not answered the update S seconds after it was "
-        "free to is no longer waited for (one whose status record names its groups, none of them given, is no "
-        f"target and not waited for at all; default {ANSWER_S:g})",
+    _wait_options(
+        pub,
+        "update",
+        "until each reports active, rejected, failed or rolled_back (exit 0: each followed ended active; 1: another "
+        f"end or the timeout; {NOTHING_ONLINE}: none followed: none online, or no group member answered)",
     )
     _targets(pub)
     _connection(pub)
@@ -134,22 +123,11 @@ def register(sub: Any) -> None:
 
     rb = actions.add_parser("rollback", help="tell devices to go back to the previous version of a model")
     rb.add_argument("--model", required=True)
-    rb.add_argument(
-        "--wait",
-        action="store_true",
-        help="follow the targeted devices that are online until each reports the rollback's end (exit 0: every "
-        "target reported rolled_back; 1: one refused or failed it, or the timeout; "
-        f"{NOTHING_ONLINE}: none failed, but a target was not online, or no group member answered)",
-    )
-    rb.add_argument("--timeout", type=float, default=600, metavar="S", help="how long --wait waits (default 600)")
-    rb.add_argument(
-        "--answer-within",
-        type=float,
-        default=ANSWER_S,
-        metavar="S",
-        help="with --wait and --group: a device online that has not answered the command S seconds after it was "
-        "free to is no longer waited for (one whose status record names its groups, none of them given, is no "
-        f"target and not waited for at all; default {ANSWER_S:g})",
+    _wait_options(
+        rb,
+        "command",
+        "until each reports the rollback's end (exit 0: every target reported rolled_back; 1: one refused or failed "
+        f"it, or the timeout; {NOTHING_ONLINE}: none failed, but a target was not online, or no group member answered)",
     )
     _targets(rb)
     _connection(rb)
@@ -160,6 +138,22 @@ def register(sub: Any) -> None:
     cl.add_argument("--wait", type=float, default=1.0, metavar="S", help="seconds to collect retained records")
     _connection(cl)
     cl.set_defaults(run=clear)
+
+
+def _wait_options(parser: Any, what: str, ends: str) -> None:
+    """``--wait``, ``--timeout`` and ``--answer-within`` of a command that sends ``what`` (an update or a command)
+    and can follow the devices' answers; ``ends``: when the wait ends, and its exit codes."""
+    parser.add_argument("--wait", action="store_true", help=f"follow the targeted devices that are online {ends}")
+    parser.add_argument("--timeout", type=float, default=600, metavar="S", help="how long --wait waits (default 600)")
+    parser.add_argument(
+        "--answer-within",
+        type=float,
+        default=ANSWER_S,
+        metavar="S",
+        help=f"with --wait and --group: a device online that has not answered the {what} S seconds after it was "
+        "free to is no longer waited for (one whose status record names its groups, none of them given, is no "
+        f"target and not waited for at all; default {ANSWER_S:g})",
+    )
 
 
 def _settings(args: argparse.Namespace) -> Any:
