@@ -435,15 +435,16 @@ def _follow(
     time.sleep(0.5)  # retained device records arrive first
     while time.monotonic() < deadline:
         view = fleet.snapshot()
-        involved = {d: v for d, v in view.items() if _ident(v.ota) == awaited.ident}
-        for device, v in sorted(involved.items()):
-            state, reason = _field(v.ota.get("state", "?")), _field(v.ota.get("reason", ""))
-            progress = "" if awaited.command else f" {_percent(v.ota.get('progress', 0))}"  # a command has no steps
+        # each device's latest record of this update or command, though a record of another came after it
+        involved = {d: v.answers[awaited.ident] for d, v in view.items() if awaited.ident in v.answers}
+        for device, record in sorted(involved.items()):
+            state, reason = _field(record.get("state", "?")), _field(record.get("reason", ""))
+            progress = "" if awaited.command else f" {_percent(record.get('progress', 0))}"  # a command has no steps
             line = f"{state}{progress} {reason}".strip()
             if last.get(device) != line:
                 last[device] = line
                 print_lines(f"{_field(device):<24} {line}")
-        ended = {d for d, v in involved.items() if v.ota.get("state") in TERMINAL}
+        ended = {d for d, record in involved.items() if record.get("state") in TERMINAL}
         unfinished = [d for d in sorted(set(devices) | set(involved)) if d not in ended]
         pending = [d for d in unfinished if d in view and view[d].online is True]
         waiting, silent, outside = unanswered.update(view, time.monotonic()) if groups else ([], [], [])
@@ -458,11 +459,6 @@ def _follow(
         f"timed out after {timeout_s:g} s waiting for the devices to finish {awaited.kind} {awaited.ident}{late}"
     )
     return 1
-
-
-def _ident(record: dict[str, Any]) -> Any:
-    """The id a ``P/ID/ota/status`` record is about: its ``update_id``, or a command's ``command_id``."""
-    return record.get("update_id", record.get("command_id"))
 
 
 class _Unanswered:
@@ -491,7 +487,7 @@ class _Unanswered:
         silent: list[str] = []
         outside: list[str] = []
         for device, v in sorted(view.items()):
-            if v.online is not True or device in self.named or _ident(v.ota) == self.ident:
+            if v.online is not True or device in self.named or self.ident in v.answers:
                 self._since.pop(device, None)  # offline: its time starts again when it comes back
                 continue
             if v.groups is not None and self.groups.isdisjoint(v.groups):  # no member, by its own record
@@ -523,7 +519,7 @@ def _ended(
     ``NOTHING_ONLINE`` where none finished, and also, for a command, where a target was not online (a
     command is not retained: that target has not done it, and may never); else 0. ``outside``: some device
     online is in none of ``groups`` by its status record (never waited for, not named)."""
-    finished = {d: v.ota.get("state") for d, v in involved.items() if d not in away}
+    finished = {d: record.get("state") for d, record in involved.items() if d not in away}
     offline = [d for d in away if d in view and view[d].online is False]
     unknown = [d for d in away if d not in offline]
     lines = []
@@ -552,7 +548,7 @@ def _ended(
         print_lines(*lines)
     bad = [d for d, state in sorted(finished.items()) if state != awaited.success]
     for device in bad:
-        error_line(f"{device}: {finished[device]}: {involved[device].ota.get('reason')}")
+        error_line(f"{device}: {finished[device]}: {involved[device].get('reason')}")
     if bad:
         return 1
     if awaited.command and away:  # not done there, and not retained for it: not the success 0 says

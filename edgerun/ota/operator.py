@@ -146,12 +146,16 @@ class DeviceView:
 
     ``groups``: those its last ``online`` status record names (docs/protocol-notes.md); None where the
     record names none (an older edgerun, or one not seen online yet), which says nothing of its groups.
+    ``ota`` is its latest ``P/ID/ota/status`` record; ``answers`` the latest of each update or command
+    seen since the session began, by its id: a record of another update that follows at once (one queued
+    behind) does not hide how this one ended from a ``--wait``.
     """
 
     online: bool | None = None
     models: dict[str, Any] = field(default_factory=dict)
     ota: dict[str, Any] = field(default_factory=dict)
     groups: list[str] | None = None
+    answers: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 def _groups(value: Any) -> list[str] | None:
@@ -218,7 +222,11 @@ class Fleet:
                 if not isinstance(data, dict):
                     return
                 if len(parts) >= 4 and parts[-2] == "ota":
-                    self.devices.setdefault(parts[-3], DeviceView()).ota = data
+                    view = self.devices.setdefault(parts[-3], DeviceView())
+                    view.ota = data
+                    ident = data.get("update_id", data.get("command_id"))
+                    if isinstance(ident, str):
+                        view.answers[ident] = data
                 else:
                     view = self.devices.setdefault(parts[-2], DeviceView())
                     view.online = data.get("state") == "online"
@@ -281,7 +289,9 @@ class Fleet:
         """A copy of what is known of every device."""
         with self._lock:
             return {
-                k: DeviceView(v.online, dict(v.models), dict(v.ota), None if v.groups is None else list(v.groups))
+                k: DeviceView(
+                    v.online, dict(v.models), dict(v.ota), None if v.groups is None else list(v.groups), dict(v.answers)
+                )
                 for k, v in self.devices.items()
             }
 
