@@ -215,7 +215,12 @@ def video_rate(fps: float | None, source: Any) -> float:
 def open_sink(spec: str, *, fps: float = 25.0, parents: bool = True) -> Sink:
     """The sink named by ``spec`` (see ``sink_kind``). ``parents``: a ``DIR/`` sink is made with the folders
     above it that are not there (a daemon's, made as its config says); False, only ``DIR`` itself, in a
-    folder that is there (the command line's: a mistyped path makes no tree)."""
+    folder that is there (the command line's: a mistyped path makes no tree).
+
+    Raises:
+        ConfigError: ``spec`` names no sink, or a file or ``DIR/`` this process cannot write (a folder that is
+            not there, one it may not write in: ``cannot write ro/: Permission denied``), before any input runs.
+    """
     from edgerun.sinks.annotate import AnnotatedImageSink, AnnotatedVideoSink
     from edgerun.sinks.text import CsvSink, JsonlSink, TableSink
 

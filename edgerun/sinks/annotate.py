@@ -60,8 +60,11 @@ shortened with ``...`` where the frame is too narrow for it, so the score is alw
 
 The image sink makes its folder, and by default the folders above it that are not there (a daemon
 pipeline's ``DIR/``); with ``parents=False`` only its own, refusing one whose parent is not there (a
-mistyped name must not make a tree). The video sink refuses a file whose folder is not there when it
-opens, as the text sinks do: the writer itself opens at the first frame, and makes no folder.
+mistyped name must not make a tree). A folder it cannot list or write in is refused when it opens, before
+any input runs (``cannot write out/: Permission denied``), as the file sinks refuse theirs: writing is tried
+with a temporary image, removed at once (``_refuse_unwritable``). The video sink refuses a file whose folder
+is not there when it opens, as the text sinks do: the writer itself opens at the first frame, and makes no
+folder.
 
 Neither sink overwrites what an earlier run wrote (a daemon pipeline restarted
 after its camera came back, a second ``edgerun run``): images are numbered on
@@ -236,14 +239,14 @@ class AnnotatedImageSink:
     ``edgerun.config``) the folders above it that are not there are made too. Without, only the directory
     itself is: one whose parent is not there is refused (``ConfigError``), as the file sinks refuse a file
     whose folder is not there, since a mistyped name (``/nonexistent/d/``) would make a whole tree of folders,
-    as root one at the file system's root.
+    as root one at the file system's root. A directory this process cannot list (its numbers unknown) or make
+    files in is refused too (``ConfigError``), before the first frame rather than at it.
     """
 
     def __init__(self, directory: str, *, parents: bool = True) -> None:
         self.directory = Path(directory)
         try:
             self.directory.mkdir(parents=parents, exist_ok=True)
-            names = list(self.directory.glob("*.jpg"))
         except FileNotFoundError as exc:  # only without ``parents``: a folder above the directory is not there
             raise ConfigError(
                 f"cannot create {directory}: its folder {self.directory.parent} is not there "
@@ -251,9 +254,14 @@ class AnnotatedImageSink:
             ) from exc
         except OSError as exc:
             raise ConfigError(f"cannot create {directory}: {exc.strerror}") from exc
+        try:  # not ``Path.glob``, which reads a folder it may not list as an empty one: numbered from 0, over images
+            names = [self.directory / n for n in os.listdir(self.directory) if n.endswith(".jpg")]
+        except OSError as exc:
+            raise ConfigError(f"cannot read {directory}: {exc.strerror}") from exc
         # a temporary image (``.000017.<random>.tmp.jpg``) has no number: never counted, and its name is never one
         taken = [int(p.stem) for p in names if p.stem.isascii() and p.stem.isdigit()]
         self._first = max(taken) + 1 if taken else 0
+        _refuse_unwritable(directory, self.directory, self._first)
         if taken:
             log.warning("%s holds images up to %06d.jpg: this run's are numbered on from there", directory, max(taken))
         _remove_left_over(directory, [p for p in names if TEMPORARY.fullmatch(p.name)])
@@ -299,6 +307,27 @@ def _write_whole(path: Path, data: bytes) -> None:
             write_all(fd, data)
         finally:
             os.close(fd)
+
+
+def _refuse_unwritable(directory: str, folder: Path, number: int) -> None:
+    """Refuse ``folder`` (``ConfigError``, ``cannot write DIR/: Permission denied``) where no image can be made
+    in it, when the sink opens and before any input runs, as the file sinks refuse a file they cannot open.
+
+    Found by making the temporary image the frame numbered ``number`` would be written through
+    (``.000017.<random>.tmp.jpg``, as ``_write_whole`` names it) and removing it at once: nothing the user
+    would see as a stray file, and a process killed between the two leaves a name that is never counted and
+    that the next sink removes (``TEMPORARY``). A real file, not ``os.access``: that asks for the real uid,
+    not the effective one, and answers yes where the create itself is refused (root on an NFS export that
+    squashes root, an AppArmor profile, no inode left); it does heed ACLs and a read-only file system.
+    """
+    probe = folder / f".{number:06d}.{os.urandom(4).hex()}.tmp.jpg"
+    try:
+        fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)
+    except OSError as exc:
+        raise ConfigError(f"cannot write {directory}: {exc.strerror or exc}") from exc
+    os.close(fd)
+    with contextlib.suppress(OSError):  # made a moment ago by this process, in a folder it may write
+        probe.unlink()
 
 
 def _remove_left_over(directory: str, temporary: list[Path]) -> None:
