@@ -11,6 +11,11 @@ Here the handler does nothing itself. CPython's C-level handler writes the signa
 to a wakeup fd (``signal.set_wakeup_fd``), taking no Python lock; a watcher thread reads it
 and makes the call, where taking a lock is safe.
 
+A SIGINT ignored on the way in stays ignored (``kept_ignored``): a shell without job control (a
+script, a CI step) starts ``cmd &`` with SIGINT ignored (POSIX), so that the Ctrl-C meant for the
+job in the foreground reaches no background one, and a program keeps it so (CPython itself installs
+no ``KeyboardInterrupt`` handler then). SIGTERM, and any other signal, is handled whatever it was.
+
 ``exit_in_words`` says how a child process ended (an isolated worker, a benchmark process).
 """
 
@@ -26,19 +31,33 @@ from types import FrameType
 
 log = logging.getLogger(__name__)
 
-__all__ = ["exit_in_words", "handled", "sigterm_as_interrupt"]
+__all__ = ["exit_in_words", "handled", "kept_ignored", "sigterm_as_interrupt"]
 
 Action = Callable[[signal.Signals], None]
+
+#: The signals left ignored where they are ignored already: a background job's SIGINT (see above).
+_KEEP_IGNORED = frozenset({signal.SIGINT})
+
+
+def kept_ignored(sig: signal.Signals) -> bool:
+    """Whether ``sig`` is to be left as it is, not handled: a SIGINT set to ``SIG_IGN`` (a background
+    job's, inherited). Ask before setting a handler of one's own."""
+    return sig in _KEEP_IGNORED and signal.getsignal(sig) == signal.SIG_IGN
 
 
 @contextlib.contextmanager
 def handled(actions: Mapping[signal.Signals, Action]) -> Iterator[None]:
     """While inside, each signal of ``actions`` calls its action (with the signal) on a watcher
-    thread; on the way out the previous handlers and wakeup fd are put back.
+    thread; on the way out the previous handlers and wakeup fd are put back. A SIGINT ignored on the
+    way in stays ignored (``kept_ignored``): its action is never called.
 
     Call from the main thread (``signal.signal`` refuses any other). An action that raises is
     logged; later signals still reach theirs.
     """
+    kept = [sig for sig in actions if kept_ignored(sig)]
+    if kept:
+        log.debug("%s is ignored (a background job's): left so", ", ".join(s.name for s in kept))
+        actions = {sig: action for sig, action in actions.items() if sig not in kept}
     read, write = os.pipe()
     os.set_blocking(write, False)  # set_wakeup_fd refuses a blocking one: a signal storm must never block
     try:

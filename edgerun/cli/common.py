@@ -399,6 +399,7 @@ def run_pipeline(pipeline: Any, sync: Any = None, ota: Any = None, signalled: An
     ends the wait, and what is left stays in the outbox for the next start. The signals stay
     handled until everything is stopped. ``signalled``: an event a signal set before this call (``run``'s,
     while its source opened and the run was made), so that such a stop is a stop, not an input's end.
+    A SIGINT ignored when the command started (a background job's) stays ignored (``edgerun.signals``).
     """
     import signal
     import threading

@@ -184,7 +184,8 @@ class _StopBeforeRun:
     from there), taken on a thread of ``edgerun.signals``: a stream's connection retries end at once
     (``stopped``), and a pipeline made meanwhile is stopped before it runs, so the run ends as one
     stopped at its start, with its summary (``stopped by SIGTERM``) and exit 0, not with no word
-    (SIGTERM's default ends the process: 143) or as ``interrupted`` (Ctrl-C's ``KeyboardInterrupt``: 130)."""
+    (SIGTERM's default ends the process: 143) or as ``interrupted`` (Ctrl-C's ``KeyboardInterrupt``: 130).
+    A SIGINT ignored when the command started (a background job's) stays ignored (``edgerun.signals``)."""
 
     def __init__(self) -> None:
         self.stopped = threading.Event()
