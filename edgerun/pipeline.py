@@ -43,7 +43,8 @@ Invariants:
   that published to it. A sink blocked in a write that takes nothing for
   ``SINK_STOP_GRACE_S`` after such a stop (a signal, a shutdown; not the run's own
   stop at ``max_frames`` or a failure) is left behind with its thread (one WARNING;
-  ``Summary.unflushed`` names it), so a signal always ends the run;
+  ``Summary.unflushed`` names it), so a signal always ends the run; every other sink still
+  gets the result it was stuck on, and so holds every result the summary counts;
 * a frame holds the model it was given (``ModelSlot.hold``) from the moment it is
   prepared until its result or error is out, and lets go of it on every path (a frame
   discarded by a failed run too): a model swapped out meanwhile (an update, a rollback,
@@ -116,8 +117,12 @@ class Summary(msgspec.Struct):
     """What a run did. Latencies in ms per stage, of the run's own frames (every model version that served
     them: ``Metrics.totals_since``), rates per second.
 
-    ``unflushed`` names the sinks (``stdout``, a file) the run ended without, blocked in a write
-    after the stop: their output is not complete (``Pipeline._leave_sink``).
+    ``elapsed_s`` is the run's wall time; a paced run's (``fps``) runs on to when its next frame would
+    have been due, where that is later: each frame it took holds a slot of ``1 / fps`` s, its last one
+    included, so its ``fps`` is at most the pace (4 frames at 2 a second: 2.0 s, 2.0 fps; the wall
+    time from the first to the last holds 3 intervals, 1.5 s). A run stopped in the middle of that
+    slot counts it whole. ``unflushed`` names the sinks (``stdout``, a file) the run ended without,
+    blocked in a write after the stop: their output is not complete (``Pipeline._leave_sink``).
     """
 
     frames: int = 0
@@ -232,6 +237,7 @@ class Pipeline:
         self.sinks = list(sinks)
         self.metrics = metrics or Metrics()
         self._interval = 1.0 / fps if fps else 0.0
+        self._due = 0.0  # a paced run: monotonic time its next frame is due, the end of its last frame's slot
         self._max_frames = max_frames
         self._batch = batch_size
         self._prepare_on_reader = bool(getattr(source, "decoded", False))
@@ -241,9 +247,14 @@ class Pipeline:
         self._unclosed = list(self.sinks)  # each closed once, by the thread that takes it from here
         self._close_lock = threading.Lock()  # taken per sink closed, never per frame
         self._in_sink: Sink | None = None  # the sink the delivering thread is in (publish or close), if any
+        self._in_flight: Result | None = None  # the result it is delivering; None once it closes the sinks
         self._mark: tuple[int, Sink | None, int] = (-1, None, -1)  # the delivery's progress, as last seen
         self._mark_at = 0.0
         self._left_sink: Sink | None = None  # the sink left blocked in a write after a stop
+        #: what the left sink held up (``_leave_sink``): the result in flight and the sinks after it, still owed it
+        self._owed: tuple[Result | None, list[Sink]] = (None, [])
+        self._on_result_owed: Callable[[Result], None] | None = None  # ``on_result`` for that result, where it goes on
+        self._taken: list[Sink] = []  # the sinks taken from the delivering thread when it was left, closed by run()
         self._on_result = on_result
         self._others_go_on = others_go_on
         self._sink_grace = sink_stop_grace_s
@@ -338,6 +349,7 @@ class Pipeline:
                         self._stop.wait(next_due - now)  # a stop ends the wait; the frame read is still handed on
                         now = time.monotonic()
                     next_due = max(next_due + self._interval, now) if next_due else now + self._interval
+                    self._due = next_due  # this frame's slot runs to there (``Summary.elapsed_s``)
                 dropped = self.source.dropped  # read once: the capture thread may drop more meanwhile
                 if dropped != dropped_seen:
                     self._count_dropped(dropped - dropped_seen)
@@ -532,6 +544,7 @@ class Pipeline:
         return True
 
     def _deliver_one(self, result: Result) -> None:
+        self._in_flight = result  # should a sink block on it after a stop, the others still get it (``_leave_sink``)
         self.summary.frames += 1
         if result.ok:
             self.summary.ok += 1
@@ -582,6 +595,7 @@ class Pipeline:
     def _close_sinks(self) -> None:
         """Close each sink not closed yet (every one, failed ones too), on the delivering thread: a
         close that blocks (a flush to a pipe nobody reads) is waited for as a publish is."""
+        self._in_flight = None  # every result is out: a close left blocked holds none up
         while True:
             with self._close_lock:
                 if not self._unclosed:
@@ -596,15 +610,41 @@ class Pipeline:
 
     def _close_left_over(self, busy: Sink | None) -> None:
         """On the caller's thread, close the sinks the delivering thread did not (it was left behind, or
-        interrupted), all but ``busy``, the one it is still in: that one it closes, if its write returns."""
-        with self._close_lock:
-            rest = [s for s in self._unclosed if s is not busy]
-            self._unclosed[:] = [s for s in self._unclosed if s is busy]
+        interrupted), all but ``busy``, the one it is still in: that one it closes, if its write returns.
+        Those taken from it when it was left (``_leave_sink``) first get the result it was stuck on."""
+        rest = self._taken + self._take_unclosed(busy)
+        self._deliver_owed()
         for sink in rest:
             try:
                 sink.close()
             except Exception as exc:  # every sink gets closed even if one fails
                 self._fail("sink close", exc)
+
+    def _take_unclosed(self, busy: Sink | None) -> list[Sink]:
+        """The sinks not closed yet, all but ``busy``, taken from the delivering thread: the caller closes them."""
+        with self._close_lock:
+            taken = [s for s in self._unclosed if s is not busy]
+            self._unclosed[:] = [s for s in self._unclosed if s is busy]
+        return taken
+
+    def _deliver_owed(self) -> None:
+        """On the caller's thread, the result the left sink is stuck on, to the sinks after it (in their order,
+        after every result before it): they hold every result the summary counts, as if nothing had blocked."""
+        result, owed = self._owed
+        if result is None:
+            return
+        for sink in owed:
+            try:
+                sink.publish(result)
+            except BaseException as exc:  # as in ``_deliver_one``: that sink is down; the others still get it
+                self._sink_down(sink, exc)
+                if not self._others_go_on:
+                    return
+        if self._on_result_owed is not None:
+            try:
+                self._on_result_owed(result)
+            except BaseException as exc:
+                self._fail("sink", exc)
 
     # -- running -------------------------------------------------------------
     def _leave_reader(self) -> bool:
@@ -642,8 +682,10 @@ class Pipeline:
         blocked in ``write()``, and SIGINT or SIGTERM would otherwise be ignored until the reader
         read again. A sink that is slow but moving is waited for. The run ends without it: one
         WARNING, its name in ``Summary.unflushed``; the stages before it give up (abort), and the
-        other sinks are closed by ``run()``. The thread left behind, and that sink, stay until its
-        write returns (perhaps never): it then delivers nothing more and closes that sink."""
+        other sinks are taken from it: ``run()`` gives them the result it is stuck on, where it is in
+        a ``publish`` (they come after that sink, so they lack it, while the summary counts it), then
+        closes them. The thread left behind, and that sink, stay until its write returns (perhaps
+        never): it then delivers nothing more and closes that sink."""
         sink = self._in_sink
         frames, unclosed = self.summary.frames, len(self._unclosed)
         now = time.monotonic()
@@ -655,8 +697,14 @@ class Pipeline:
             return False
         self._left_sink = sink
         self._sink_failed = True  # a result it hands on, should its write return, goes nowhere
+        up, result = self._sinks_up, self._in_flight  # in a close: None, no result held up
+        owed = up[up.index(sink) + 1 :] if result is not None and sink in up else []
+        up.clear()  # in place: the loop it is in goes on to no other sink (``run()`` does, with its result)
+        self._owed = (result, owed)
+        if self._others_go_on:  # ``on_result`` goes on for the results the other sinks get
+            self._on_result_owed = self._on_result
         self._on_result = None
-        self._sinks_up.clear()  # in place: the loop it is in goes on to no other sink
+        self._taken = self._take_unclosed(sink)  # closed by run(), not by that thread should its write return
         self._abort.set()  # the stages before it give up waiting on it
         log.warning(
             "pipeline: the sink %s has taken nothing for %.0f s after the stop (blocked in a write); stopped "
@@ -722,7 +770,8 @@ class Pipeline:
             self._close_left_over(self._in_sink if threads[-1].is_alive() else None)
             if self._left_sink is not None:
                 self.summary.unflushed = [_sink_name(self._left_sink)]
-            self.summary.elapsed_s = time.monotonic() - start
+            # a paced run took its last frame's slot too: N frames are N intervals, never N - 1 (``Summary``)
+            self.summary.elapsed_s = max(time.monotonic(), self._due) - start
             self.summary.stages_ms = self.metrics.totals_since(mark, self.slot.name)
         if self._failure is not None:
             stage, cause = self._failure
