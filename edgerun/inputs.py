@@ -75,6 +75,15 @@ _PIPE_BYTES_PER_PIXEL = 8
 _OPEN_FLAGS = os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC
 
 
+#: What the error of a missing input named ``-`` or ``stdin`` (``run --source``'s names for standard input, of
+#: sensor readings there) adds: here every name is a file's, and standard input is ``/dev/stdin``, an image.
+_STDIN_HINT = dict.fromkeys(
+    ("-", "stdin"),
+    " (to read an image from standard input, name it /dev/stdin; "
+    "edgerun run MODEL --source - reads sensor readings from it)",
+)
+
+
 class InputRef(NamedTuple):
     """One input to process, or the reason a given path yields none (a tuple: a folder yields thousands)."""
 
@@ -94,7 +103,7 @@ def expand_inputs(paths: Iterable[str]) -> Iterator[InputRef]:
         try:
             mode = os.stat(raw).st_mode
         except FileNotFoundError:
-            yield InputRef(raw, f"{raw}: no such file or directory")
+            yield InputRef(raw, f"{raw}: no such file or directory" + _STDIN_HINT.get(raw, ""))
             continue
         except OSError as exc:  # a link loop, a folder on the way we may not enter
             yield InputRef(raw, f"{raw}: cannot read ({exc.strerror})")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from typing import Any
 
@@ -296,6 +297,34 @@ def mqtt_settings(args: argparse.Namespace) -> Any:
         protocol=args.mqtt_protocol,
         topic_prefix=args.mqtt_prefix,
     )
+
+
+def check_stdout_open(why: str) -> None:
+    """Refuse a run before anything runs where standard output is closed and the command writes its results
+    there (``why`` says so): every write would fail as on ``/dev/full`` (``cannot write stdout``, exit 1), once
+    the model had loaded. The CLI's entry gives a closed descriptor 1 ``/dev/null`` open for reading only
+    (``edgerun.cli.main._hold_stdio``), where writes fail as they did: that counts as closed. A stand-in
+    ``sys.stdout`` with no descriptor (a ``StringIO``) takes what is written: it is not refused.
+
+    Raises:
+        PipelineError: standard output is closed (exit 1, as a stdout that refuses a write).
+    """
+    import fcntl
+
+    from edgerun.errors import PipelineError
+
+    try:
+        fd = sys.stdout.fileno()
+    except AttributeError:  # None: Python found no descriptor 1 (main() called without the CLI's entry)
+        fd = -1
+    except ValueError:  # a stand-in with no descriptor (io.UnsupportedOperation), or one closed since
+        return
+    try:
+        writable = fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_ACCMODE != os.O_RDONLY
+    except OSError:  # no such descriptor
+        writable = False
+    if not writable:
+        raise PipelineError(f"standard output is closed: {why} (>FILE keeps them, >/dev/null throws them away)")
 
 
 def check_sync(args: argparse.Namespace) -> tuple[Any, str] | None:

@@ -7,6 +7,8 @@ own lines go through ``edgerun.sinks.text.write_stdout``; a ``print`` that fills
 here); a traceback appears only for bugs (or with ``--debug``). A command line argparse refuses (a value of
 the wrong type, a missing or unknown option, an unknown command) is one line too, exit 2, with a pointer to
 the help of the command that refused it, not argparse's usage block: ``--help`` is where the usage is.
+A standard descriptor closed at the start (``>&-``, ``2>&-``) is given ``/dev/null`` before anything runs
+(``_hold_stdio``): no file takes its number, stderr's lines are thrown away, and stdout still refuses writes.
 """
 
 from __future__ import annotations
@@ -144,6 +146,44 @@ def _drop_stdout() -> None:
         pass
 
 
+def _hold_stdio() -> None:
+    """Give each of descriptors 0, 1 and 2 that is closed (``edgerun ... >&- 2>&-``) ``/dev/null``, as daemons
+    do, before anything opens a file; and ``sys.stdout`` and ``sys.stderr``, which Python left None, a stream.
+
+    A closed descriptor's number is the next one ``open`` hands out: a sink file opened as 1 got every line
+    meant for stdout, one opened as 2 every error line and log record; and a write to a None stream was an
+    ``AttributeError``. Now:
+
+    - 2 is ``/dev/null`` for writing: error lines and logs are thrown away, and the run goes on as it does
+      with them shown (every input processed, the usual exit code).
+    - 1 is ``/dev/null`` for reading only: a write to it still fails with ``EBADF``, as on the closed
+      descriptor, so a command whose output is stdout fails as on ``/dev/full`` (``cannot write stdout:
+      Bad file descriptor``, exit 1; ``predict`` says ``standard output is closed`` before anything runs),
+      never throws its output away with exit 0; and one whose output goes to files (``run --sink x.csv``,
+      the daemon) runs as ever.
+    - 0 is ``/dev/null`` for reading, and ``sys.stdin`` stays None: Python's sign that there was none,
+      by which ``run --source -`` says that standard input is closed rather than reading nothing.
+    """
+    for fd in (0, 1, 2):
+        try:
+            os.fstat(fd)
+            continue
+        except OSError:  # closed
+            pass
+        null = os.open(os.devnull, os.O_WRONLY if fd == 2 else os.O_RDONLY)  # the lowest free number: fd's
+        if null != fd:
+            os.dup2(null, fd)
+            os.close(null)
+        os.set_inheritable(fd, True)  # a standard descriptor, as a child process expects it
+    # the process's own streams, as Python makes them: never closed (closefd=False), stderr a line at a time
+    if sys.stdout is None:
+        sys.stdout = open(1, "w", encoding="utf-8", closefd=False)  # noqa: SIM115
+    if sys.stderr is None:
+        sys.stderr = open(  # noqa: SIM115
+            2, "w", buffering=1, encoding="utf-8", errors="backslashreplace", closefd=False
+        )
+
+
 def _command(argv: Sequence[str]) -> str | None:
     """The command whose module parses ``argv``: its first word that is no option (the options before a command
     take no value), not its first word that names a command (``edgerun config check predict`` checks a file
@@ -167,7 +207,13 @@ def entry() -> NoReturn:
     connection attempt abandoned at a stop, a capture thread hung in a read) that
     returns while the interpreter is torn down aborts the process (exit -6 or -11).
     """
-    code = main()
+    _hold_stdio()
+    try:
+        code = main()
+    except SystemExit as exc:  # argparse's, after --help or --version: what they printed is flushed below too
+        if not isinstance(exc.code, int | None):
+            raise
+        code = exc.code or 0
     try:
         sys.stdout.flush()
     except (BrokenPipeError, ValueError):  # the reader went away; nothing more to say

@@ -15,6 +15,7 @@ from typing import IO, Any, NamedTuple, cast
 from edgerun.cli.common import (
     add_model_options,
     add_mqtt_options,
+    check_stdout_open,
     check_sync,
     elapsed_text,
     load_kwargs,
@@ -211,6 +212,7 @@ def run(args: argparse.Namespace) -> int:
     require_at_least_one(args, "top_k", "batch_size", "prepare_workers")
     require_within(args, batch_size=(1, BATCH_SIZE_MAX), prepare_workers=(1, PREPARE_WORKERS_MAX))
     mqtt = check_sync(args)  # before the model loads: a mistyped URL is the only line
+    check_stdout_open("predict writes its results there, with --output too")
     if args.resume and not args.output:
         raise ConfigError("--resume needs --output FILE.jsonl (the file it resumes from)")
     recorded = recorded_inputs(args.output) if args.resume else Recorded(frozenset(), frozenset())
@@ -226,6 +228,8 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--output {args.output} is the {onto[2]} {onto[1]}: writing it would damage the model")
     if args.resume:
         cut_torn_line(args.output, recorded)  # nothing refused the run: the torn line goes
+    # opened before the header: one it cannot write (a missing folder) is refused before anything runs
+    output = JsonlSink(os.fspath(args.output)) if args.output else None
     if skip and not source.skipped and _moved(skip):
         print(
             f"edgerun: warning: none of the {len(skip)} input(s) recorded in {args.output} is among these inputs; "
@@ -248,8 +252,8 @@ def run(args: argparse.Namespace) -> int:
     # around the bar only where both share the terminal: a pipe (``| less``) is written as without a bar
     table_out = cast(IO[str], _AroundBar(sys.stdout)) if bar is not None and _on_terminal(sys.stdout) else sys.stdout
     sinks: list[Any] = [JsonlSink() if args.json else TableSink(table_out)]
-    if args.output:
-        sinks.append(JsonlSink(os.fspath(args.output)))
+    if output is not None:
+        sinks.append(output)
     if direct:
         with model, _DirectStop(source) as stop:
             return _run_direct(model, source, sinks, stop, as_json=args.json, output=args.output)

@@ -13,6 +13,7 @@ from edgerun.cli.common import (
     add_model_options,
     add_mqtt_options,
     check_ota,
+    check_stdout_open,
     check_sync,
     elapsed_text,
     load_kwargs,
@@ -112,12 +113,15 @@ def run(args: argparse.Namespace) -> int:
     from edgerun.limits import BATCH_SIZE_MAX, FPS_MAX, FPS_MIN, MAX_FRAMES_MAX, PREPARE_WORKERS_MAX
     from edgerun.ota.slot import ModelSlot
     from edgerun.pipeline import Summary
+    from edgerun.sinks import sink_kind
     from edgerun.sources import open_configured
     from edgerun.sources.sensor import check_windows_wanted, window_for
 
     require_not_empty("--source", *args.source)
     require_at_least_one(args, "max_frames", "batch_size", "queue", "window", "hop", "prepare_workers")
     mqtt = check_sync(args)  # before the model loads: a mistyped URL is the only line
+    if args.json or any(sink_kind(spec) in ("table", "jsonl") for spec in args.sink or ["stdout"]):
+        check_stdout_open("run writes its results there (--sink FILE writes them to a file)")
     check_ota(args, mqtt)
     if mqtt is not None:  # an MQTT source hearing this device's own records would feed them back as inputs
         from edgerun.sources.mqtt import check_not_own_records
