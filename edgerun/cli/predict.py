@@ -342,7 +342,9 @@ class _DirectStop:
         self._previous: dict[signal.Signals, Any] = {}
 
     def __enter__(self) -> _DirectStop:
-        sigs = [signal.SIGTERM] + ([signal.SIGINT] if signal.getsignal(signal.SIGINT) != signal.SIG_IGN else [])
+        from edgerun.signals import kept_ignored
+
+        sigs = [sig for sig in (signal.SIGTERM, signal.SIGINT) if not kept_ignored(sig)]
         self._previous = {sig: signal.signal(sig, self._take) for sig in sigs}
         return self
 
