@@ -115,8 +115,10 @@ MIN_RUNS = {"p95": 20, "p99": 100}
 
 
 def percentile(samples: np.ndarray, q: float) -> float:
-    """The ``q``-th percentile (0-100) of ``samples``."""
-    return float(np.percentile(samples, q))
+    """The ``q``-th percentile (0-100) of ``samples`` (``edgerun.telemetry.metrics.percentiles``)."""
+    from edgerun.telemetry.metrics import percentiles
+
+    return percentiles(samples, (q,))[0]
 
 
 def sparse_percentiles(runs: int) -> tuple[str, ...]:
