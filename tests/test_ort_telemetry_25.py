@@ -25,8 +25,9 @@ def _written(home: Path) -> list[str]:
     return sorted(str(p.relative_to(home)) for p in home.rglob("*") if p.is_file())
 
 
-def test_predict_writes_nothing_under_home_for_onnx_runtime(tmp_path: Path) -> None:
-    done = run_cli("predict", str(MODEL), str(IMAGE), "--json", env=_env(tmp_path))
+@pytest.mark.parametrize("extra", [{}, {"ORT_DISABLE_TELEMETRY": ""}], ids=["unset", "empty"])
+def test_predict_writes_nothing_under_home_for_onnx_runtime(tmp_path: Path, extra: dict[str, str]) -> None:
+    done = run_cli("predict", str(MODEL), str(IMAGE), "--json", env=_env(tmp_path, **extra))
     assert done.returncode == 0, done.stderr
     assert '"label": "3"' in done.stdout
     assert _written(tmp_path) == []

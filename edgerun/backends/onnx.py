@@ -58,7 +58,8 @@ _ONNX_TYPES: dict[str, Any] = {
 
 
 #: ONNX Runtime's switch for its own telemetry (read once, when it is imported): ``import_onnxruntime`` sets
-#: it to ``1`` unless it is set already, so ``ORT_DISABLE_TELEMETRY=0`` in the environment turns it back on.
+#: it to ``1`` unless it is set to a value already, so ``ORT_DISABLE_TELEMETRY=0`` in the environment turns it
+#: back on; set empty, it is taken as unset (ONNX Runtime itself reads an empty value as "not disabled").
 ORT_TELEMETRY_ENV = "ORT_DISABLE_TELEMETRY"
 
 
@@ -74,7 +75,8 @@ def import_onnxruntime() -> Any:
     # ~/.cache/Microsoft/DeveloperTools/.onnxruntime (flash writes on a device, a stray line on a read-only
     # home) and starts an uploader thread that sends usage events to Microsoft. A device in a field or a
     # factory does not phone a third party unasked: off unless the user set the variable themselves.
-    os.environ.setdefault(ORT_TELEMETRY_ENV, "1")
+    if not os.environ.get(ORT_TELEMETRY_ENV):  # unset, or set empty (systemd's ``Environment=VAR=``): ORT reads on
+        os.environ[ORT_TELEMETRY_ENV] = "1"
     try:
         import onnxruntime
     except Exception as exc:  # whatever a broken vendor package raises on import
