@@ -235,6 +235,7 @@ def test_a_short_run_whose_first_connection_is_slow_still_delivers_its_results(b
         assert states[0] == "online" and states[-1] == "offline", states
         assert summary["frames"] == 11 and summary["mqtt"] == {
             "undelivered": 0,
+            "refused": 0,
             "outbox": str(tmp_path / "state" / "outbox.sqlite"),
             "results": 11,
             "results_skipped": 0,

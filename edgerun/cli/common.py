@@ -516,10 +516,16 @@ def model_loader(args: argparse.Namespace) -> Any:
 
 def mqtt_figures(sync: Any, results: Any) -> dict[str, Any] | None:
     """What went to the broker, beside the frames: results queued, results over ``--results-rate``
-    (never published), and records the broker had not acknowledged at exit (left in the outbox)."""
+    (never published), records the broker refused (an ACL, its packet size: dropped from the outbox,
+    lost) and records it had not acknowledged at exit (left in the outbox); ``refused`` is None where
+    the outbox's count could not be read."""
     if sync is None:
         return None
-    figures: dict[str, Any] = {"undelivered": sync.undelivered, "outbox": str(sync.outbox.path)}
+    figures: dict[str, Any] = {
+        "undelivered": sync.undelivered,
+        "refused": sync.refused,
+        "outbox": str(sync.outbox.path),
+    }
     if results is not None:
         figures["results"] = results.queued
         figures["results_skipped"] = results.skipped
@@ -527,13 +533,16 @@ def mqtt_figures(sync: Any, results: Any) -> dict[str, Any] | None:
 
 
 def mqtt_line(published: dict[str, Any]) -> str:
-    """``mqtt_figures`` as the summary's ``# MQTT:`` line."""
+    """``mqtt_figures`` as the summary's ``# MQTT:`` line: "everything delivered" only where the
+    broker accepted every record and none is left in the outbox."""
     parts = []
     if "results" in published:
         parts.append(f"{published['results']} results queued, {published['results_skipped']} over --results-rate")
-    left = published["undelivered"]
+    refused, left = published["refused"], published["undelivered"]
+    if refused:
+        parts.append(f"{refused} record(s) refused by the broker (its ACL or packet size limit), dropped")
     if left:
         parts.append(f"{left} record(s) not delivered, kept in {published['outbox']} for the next start")
-    elif left == 0:
+    elif left == 0 and refused == 0:
         parts.append("everything delivered")
     return f"# MQTT: {'; '.join(parts)}"

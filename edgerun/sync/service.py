@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -29,7 +30,9 @@ class SyncService:
     """Owns the device's MQTT side; ``start()`` returns at once, offline or not.
 
     A run whose input ended calls ``deliver()`` before ``stop()``; ``undelivered`` then says
-    how many records stayed in the outbox (each also said in one WARNING line).
+    how many records stayed in the outbox (each also said in one WARNING line), and ``refused``
+    how many of this service's the broker refused (they left the outbox, lost: an ACL, or a
+    record over its packet size), so that a summary never calls a refused record delivered.
     """
 
     def __init__(
@@ -55,6 +58,8 @@ class SyncService:
             # A damaged outbox is set aside and a new one started: a device whose SD card damaged it must
             # not refuse to start at every boot (the records in it are lost to the broker, not deleted).
             self.outbox = Outbox(self._state_dir / OUTBOX_FILE, max_bytes=outbox_max_bytes, set_aside_damaged=True)
+            # the outbox counts refusals since its epoch, over every run before this one: this run's is the rise
+            self._refused_before = self._refused_total()
         except BaseException:
             release_state_dir(self._state_dir)
             raise
@@ -63,6 +68,9 @@ class SyncService:
         self._results_qos = results_qos
         self._results_rate = results_max_per_s
         self.undelivered: int | None = None  # records left in the outbox by ``stop`` (None before it)
+        #: records the broker refused since this service started, counted by ``stop`` (None before it,
+        #: or where the outbox's count could not be read); disjoint from ``undelivered``
+        self.refused: int | None = None
         self._started = False  # a service stopped before it started (a failed start) queues no last metrics
 
     def start(self) -> None:
@@ -131,6 +139,14 @@ class SyncService:
                 break
         return len(self.outbox)
 
+    def _refused_total(self) -> int | None:
+        """The outbox's count of refused records since its epoch; None (one ERROR line) where it cannot be read."""
+        try:
+            return self.outbox.refused_total()
+        except sqlite3.Error as exc:  # the storage failing: the run still ends, its summary without the count
+            log.error("MQTT: could not read the refused count of the outbox %s: %s", self.outbox.path, exc)
+            return None
+
     def _answered(self) -> int:
         """QoS 1 records the broker has answered (acknowledged or refused) since the link started."""
         state = self.link.state()
@@ -153,6 +169,9 @@ class SyncService:
             _step("queue the last metrics record", self.metrics_publisher.stop)
         _step("stop the MQTT link", lambda: self.link.stop(flush_timeout_s))
         self.undelivered = left = len(self.outbox)
+        total = self._refused_total()
+        if total is not None and self._refused_before is not None:
+            self.refused = total - self._refused_before
         if left:  # a run whose input ended may never start again: say so where it shows
             log.warning(
                 "MQTT: %d record(s) not delivered stay in the outbox %s; they are sent after the next start "
