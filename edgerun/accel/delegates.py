@@ -26,6 +26,9 @@ Opener = Callable[[Path, str, str, "int | None", "Path | None"], Backend]
 
 Need = Callable[[DeviceFacts, RuntimeFacts], "str | None"]
 
+#: The accelerator the probe found for a delegate, named with its device nodes, or None.
+Found = Callable[[DeviceFacts], "str | None"]
+
 
 def _open(path: Path, format: str, delegate: str, threads: int | None, cache_dir: Path | None) -> Backend:
     return open_backend(path, format=format, delegate=delegate, threads=threads, cache_dir=cache_dir)
@@ -47,6 +50,11 @@ class DelegateSpec(msgspec.Struct, frozen=True):
             CPU paths (ORT's MLAS, XNNPACK) are not: verifying them would cost a
             reference-kernel run (57 ms for INT8 MobileNet) on every start.
         opener: makes the backend; tests pass stand-ins that are real ``Backend``s.
+        found: names the accelerator the probe found that this delegate runs on
+            (``Edge TPU pcie:/dev/apex_0``), or None where it found none. A delegate
+            whose accelerator is found and that fails is a fallback the user is warned
+            of; None here (the probe has no file that tells, as for a provider that may
+            run on the CPU) leaves a failure to load at INFO: no noise on a CPU-only box.
     """
 
     name: str
@@ -57,6 +65,7 @@ class DelegateSpec(msgspec.Struct, frozen=True):
     reference: bool = False
     accelerator: bool = True
     opener: Opener = _open
+    found: Found | None = None
 
 
 def _absent(runtime: RuntimeFacts, name: str, default: str) -> str:
@@ -95,6 +104,29 @@ def _edgetpu(device: DeviceFacts, runtime: RuntimeFacts) -> str | None:
     return _tflite(device, runtime)
 
 
+def _named(what: str, nodes: tuple[str, ...]) -> str | None:
+    return f"{what} {', '.join(nodes)}" if nodes else None
+
+
+def _edgetpu_found(device: DeviceFacts) -> str | None:
+    return _named("Edge TPU", device.edgetpu)
+
+
+def _nvidia_found(device: DeviceFacts) -> str | None:
+    if device.jetson and not device.nvidia_gpu:
+        return f"Jetson GPU ({device.jetson})"
+    return _named("NVIDIA GPU", device.nvidia_gpu)
+
+
+def _intel_found(device: DeviceFacts) -> str | None:
+    found = [f for f in (_named("Intel GPU", device.intel_gpu), _named("Intel NPU", device.intel_npu)) if f]
+    return " and ".join(found) or None
+
+
+def _any_gpu_found(device: DeviceFacts) -> str | None:
+    return _nvidia_found(device) or _named("Intel GPU", device.intel_gpu)
+
+
 def _gpu_delegate(device: DeviceFacts, runtime: RuntimeFacts) -> str | None:
     error = runtime.library_error("gpu")
     if error:
@@ -104,10 +136,26 @@ def _gpu_delegate(device: DeviceFacts, runtime: RuntimeFacts) -> str | None:
 
 CATALOGUE: tuple[DelegateSpec, ...] = (
     DelegateSpec(
-        "tensorrt", "onnx", "NVIDIA TensorRT (ONNX Runtime)", _ort_provider("TensorrtExecutionProvider", _nvidia)
+        "tensorrt",
+        "onnx",
+        "NVIDIA TensorRT (ONNX Runtime)",
+        _ort_provider("TensorrtExecutionProvider", _nvidia),
+        found=_nvidia_found,
     ),
-    DelegateSpec("cuda", "onnx", "NVIDIA CUDA (ONNX Runtime)", _ort_provider("CUDAExecutionProvider", _nvidia)),
-    DelegateSpec("openvino", "onnx", "Intel OpenVINO (ONNX Runtime)", _ort_provider("OpenVINOExecutionProvider")),
+    DelegateSpec(
+        "cuda",
+        "onnx",
+        "NVIDIA CUDA (ONNX Runtime)",
+        _ort_provider("CUDAExecutionProvider", _nvidia),
+        found=_nvidia_found,
+    ),
+    DelegateSpec(
+        "openvino",
+        "onnx",
+        "Intel OpenVINO (ONNX Runtime)",
+        _ort_provider("OpenVINOExecutionProvider"),
+        found=_intel_found,
+    ),
     DelegateSpec("rocm", "onnx", "AMD MIGraphX (ONNX Runtime)", _ort_provider("MIGraphXExecutionProvider")),
     DelegateSpec("qnn", "onnx", "Qualcomm QNN (ONNX Runtime)", _ort_provider("QNNExecutionProvider")),
     DelegateSpec("coreml", "onnx", "Apple Core ML (ONNX Runtime)", _ort_provider("CoreMLExecutionProvider")),
@@ -124,8 +172,8 @@ CATALOGUE: tuple[DelegateSpec, ...] = (
         reference=True,
         accelerator=False,
     ),
-    DelegateSpec("edgetpu", "tflite", "Coral Edge TPU (libedgetpu)", _edgetpu, edgetpu_only=True),
-    DelegateSpec("gpu", "tflite", "TFLite GPU delegate", _gpu_delegate),
+    DelegateSpec("edgetpu", "tflite", "Coral Edge TPU (libedgetpu)", _edgetpu, edgetpu_only=True, found=_edgetpu_found),
+    DelegateSpec("gpu", "tflite", "TFLite GPU delegate", _gpu_delegate, found=_any_gpu_found),
     DelegateSpec("xnnpack", "tflite", "XNNPACK (LiteRT default CPU delegate)", _tflite, accelerator=False),
     DelegateSpec(
         "cpu",

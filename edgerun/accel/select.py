@@ -13,7 +13,12 @@ Selection is separate from probing: it takes the probed ``DeviceFacts`` and
    threads, candidates, with the SHA-256 of a Coral pair's other file) in the state
    directory so the next start tries only the winner.
 
-Every decision is logged at INFO and kept in ``Selection.attempts``.
+Every decision is logged at INFO and kept in ``Selection.attempts``. A fallback is told once
+per load, when the choice is made, in one line naming the delegate, the reason and what runs
+instead: a WARNING where the probe found the accelerator (``/dev/apex_0`` and no libedgetpu) or
+the delegate loaded and then failed (wrong output, failed while timed), so that a device running
+on its CPU instead of its accelerator says so without ``-v``; INFO for a delegate the probe found
+no hardware for (a provider in the onnxruntime build on a CPU-only box).
 """
 
 from __future__ import annotations
@@ -373,7 +378,7 @@ def select(
     device = device or probe()
     runtime = runtime or discover(formats=(fmt,))
     make_sample = sample or synthetic_inputs
-    job = _Job(model_path, fmt, threads, verify, rtol, strict, state_dir, runtime, make_sample, catalogue)
+    job = _Job(model_path, fmt, threads, verify, rtol, strict, state_dir, device, runtime, make_sample, catalogue)
     candidates, attempts = find_candidates(model_path, fmt, delegate, device, runtime, catalogue)
     if not candidates:
         raise _nothing_runs(model_path, fmt, delegate, attempts, catalogue, device, runtime)
@@ -415,6 +420,7 @@ def select(
                 for attempt in selection.attempts:
                     if attempt.status == "chosen":
                         attempt.latency_ms = timings.get(winner)
+                _tell_fallbacks(job, selection.attempts, selection.delegate, selection.path)
                 return selection
 
     if delegate != "fastest":
@@ -435,8 +441,8 @@ def select(
                 attempt.latency_ms = _time(backend, make_sample(backend))
             except EdgerunError as exc:  # verified, then failed while timed: as a delegate that fails to load
                 backend.close()
-                attempt.status, attempt.reason = "failed", f"failed while timed: {exc}"
-                log.warning("delegate %s for %s %s", spec.name, model_path.name, attempt.reason)
+                attempt.status, attempt.reason = "failed", f"{_TIMED}{exc}"
+                log.debug("delegate %s for %s %s", spec.name, model_path.name, attempt.reason)
                 continue
             except BaseException:
                 backend.close()
@@ -462,6 +468,7 @@ def select(
     except DelegateError:
         backend.close()
         raise
+    _tell_fallbacks(job, attempts, spec.name, target)
     log.info("delegate for %s: %s (fastest, %.3f ms)", model_path.name, spec.name, best_ms)
     assert cache_key is not None
     cache.put(cache_key, spec.name, {w[2].name: w[0] for w in working}, _fallbacks_of(attempts))
@@ -478,6 +485,7 @@ class _Job(msgspec.Struct, frozen=True):
     rtol: float
     strict: bool
     state_dir: Path | None
+    device: DeviceFacts
     runtime: RuntimeFacts
     make_sample: SampleFn
     catalogue: tuple[DelegateSpec, ...]
@@ -523,7 +531,7 @@ def _open_verified(
         backend = spec.opener(target, job.fmt, spec.name, job.threads, cache_dir)
     except EdgerunError as exc:
         attempt.status, attempt.reason, attempt.error = "failed", str(exc), _without_frames(exc)
-        log.info("delegate %s failed for %s: %s", spec.name, target.name, exc)
+        log.debug("delegate %s failed for %s: %s", spec.name, target.name, exc)  # told with the choice
         return None
     if not job.verify or not spec.accelerator:
         return backend
@@ -541,7 +549,7 @@ def _open_verified(
     if problem:
         backend.close()
         attempt.status, attempt.reason = "wrong-output", problem
-        log.warning("delegate %s dropped for %s: %s", spec.name, target.name, problem)
+        log.debug("delegate %s dropped for %s: %s", spec.name, target.name, problem)  # told with the choice
         return None
     attempt.reason = "verified against the CPU reference"
     return backend
@@ -594,6 +602,8 @@ def _try_in_order(
             except DelegateError:
                 backend.close()
                 raise
+            if not cached:  # a cached choice is told with the fallbacks the cache holds, by ``select``
+                _tell_fallbacks(job, attempts, spec.name, target)
             fell = [a.delegate for a in _fallbacks_of(attempts)]
             if fell:
                 log.info("delegate for %s: %s (fell back from %s)", model_path.name, spec.name, ", ".join(fell))
@@ -603,6 +613,37 @@ def _try_in_order(
     finally:
         reference.close()
     raise _all_failed(model_path, attempts)
+
+
+#: How the reason of a candidate that was verified and then failed while it was timed begins.
+_TIMED = "failed while timed: "
+
+
+def _tell_fallbacks(job: _Job, attempts: list[Attempt], chosen: str, target: Path) -> None:
+    """One line per candidate that was tried and rejected, with its reason and what runs instead.
+
+    A WARNING where the probe found the delegate's accelerator (the device has it, and runs on
+    its CPU instead: ``/dev/apex_0`` without libedgetpu, a GPU whose provider fails to start), or
+    where the delegate loaded and then failed (wrong output, failed while timed); INFO for one the
+    probe found nothing for, which fails on every CPU-only box. Called once per load, when the
+    choice is made; a cached ``fastest`` choice tells the fallbacks the cache holds, "(cached)".
+    """
+    specs = {s.name: s for s in job.catalogue if s.format == job.fmt}
+    for attempt in _fallbacks_of(attempts):
+        spec = specs.get(attempt.delegate)
+        found = spec.found(job.device) if spec is not None and spec.found is not None else None
+        loaded = attempt.status == "wrong-output" or attempt.reason.startswith(_TIMED)
+        what = "gave wrong output" if attempt.status == "wrong-output" else "failed"
+        line = (
+            f"delegate {attempt.delegate} {what} for {Path(attempt.path).name}: {attempt.reason}; "
+            f"running {target.name} on {chosen} instead"
+        )
+        if found:
+            log.warning("%s found, but %s", found, line)
+        elif loaded:
+            log.warning("%s", line)
+        else:
+            log.info("%s", line)
 
 
 def _check_strict(strict: bool, attempts: list[Attempt], model_path: Path) -> None:

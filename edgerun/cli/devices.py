@@ -13,7 +13,11 @@ HELP = "show accelerators, runtimes and usable delegates (and, with --model, the
 
 def register(sub: Any) -> None:
     """Add the ``devices`` sub-command."""
-    p = sub.add_parser("devices", help=HELP, description=HELP + ".")
+    p = sub.add_parser(
+        "devices",
+        help=HELP,
+        description=HELP + "; --delegate, --threads, --strict-accelerator, --no-verify and --state-dir need --model.",
+    )
     p.add_argument(
         "--model", default=None, help="a model file: show which delegate it would get, and every fallback reason"
     )
@@ -31,6 +35,8 @@ def run(args: argparse.Namespace) -> int:
     require_not_empty("--model", args.model)
     kwargs = load_kwargs(args)  # the options are checked with or without --model: none is taken and ignored
     check_delegate(args.delegate)
+    if not args.model:
+        _refuse_model_options(args)
     device = probe(args.probe_root or "/")
     runtime = discover()
     delegates = []
@@ -66,6 +72,26 @@ def run(args: argparse.Namespace) -> int:
         return 0
     _print_human(report)
     return 0
+
+
+#: The options that only a model's selection takes, with the value each has when not given.
+_MODEL_ONLY = (
+    ("--delegate", "delegate", "auto"),
+    ("--threads", "threads", None),
+    ("--strict-accelerator", "strict_accelerator", False),
+    ("--no-verify", "no_verify", False),
+    ("--state-dir", "state_dir", None),
+)
+
+
+def _refuse_model_options(args: argparse.Namespace) -> None:
+    """Refuse, in one line, an option that only selecting a model takes, given without ``--model``: it
+    would be ignored, and ``devices --delegate cuda`` read as if CUDA had been checked."""
+    from edgerun.errors import ConfigError
+
+    for flag, name, unset in _MODEL_ONLY:
+        if getattr(args, name) != unset:
+            raise ConfigError(f"{flag} applies to a model's selection: it needs --model")
 
 
 def _print_human(report: dict[str, Any]) -> None:
