@@ -392,7 +392,18 @@ class Daemon:
             except DelegateError as exc:
                 if i == len(order) - 1:
                     raise
-                log.info("model %s: delegate %s not used (%s); trying %s", name, delegate, exc, order[i + 1])
+                from edgerun.accel.delegates import accelerator_found
+
+                found = accelerator_found(delegate)  # the device has it and runs without it: a WARNING, as select's
+                log.log(
+                    logging.WARNING if found else logging.INFO,
+                    "model %s: %sdelegate %s not used (%s); trying %s",
+                    name,
+                    f"{found} found, but " if found else "",
+                    delegate,
+                    exc,
+                    order[i + 1],
+                )
         if model.name != name:
             model.card = replace(model.card, name=name)
         return model

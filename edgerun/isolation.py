@@ -421,7 +421,16 @@ class IsolatedBackend:
             _end(process)
             if hello.get("kind") != "DelegateError" or len(self._delegates) == 1:
                 raise DelegateError(f"the worker cannot load {self.path.name}: {hello['error']}")
-            log.info("worker: delegate %s not used (%s)", delegate, hello["error"])
+            from edgerun.accel.delegates import accelerator_found
+
+            found = accelerator_found(delegate)  # the device has it and runs without it: a WARNING, as select's
+            log.log(
+                logging.WARNING if found else logging.INFO,
+                "worker: %sdelegate %s not used (%s)",
+                f"{found} found, but " if found else "",
+                delegate,
+                hello["error"],
+            )
             self._delegates.pop(0)
         raise DelegateError(f"no delegate left to run {self.path.name} in a worker")
 

@@ -264,3 +264,16 @@ def test_devices_takes_the_same_options_with_a_model(fake_tree: FakeTree, tmp_pa
     assert "chosen cpu (forced)" in done.stdout
     plain = run_cli("devices", "--probe-root", str(fake_tree.root), "--delegate", "auto")  # the default, named
     assert plain.returncode == 0, plain.stderr
+
+
+def test_accelerator_found_names_the_hardware_a_delegate_runs_on_where_the_probe_finds_it(
+    tpu_root: Path, tmp_path: Path
+) -> None:
+    """What the daemon's own preference order (``models.X.delegate: [edgetpu, xnnpack, cpu]``) and the isolated
+    worker ask before they say a delegate was not used: a WARNING where the device has the hardware."""
+    from edgerun.accel.delegates import accelerator_found
+
+    assert accelerator_found("edgetpu", probe(tpu_root)) == "Edge TPU pcie:/dev/apex_0"
+    assert accelerator_found("edgetpu", probe(FakeTree(tmp_path / "plain").cpu("avx2").root)) is None
+    assert accelerator_found("xnnpack", probe(tpu_root)) is None  # no hardware of its own
+    assert accelerator_found("no-such-delegate", probe(tpu_root)) is None

@@ -19,7 +19,7 @@ from edgerun.accel.runtimes import RuntimeFacts
 from edgerun.backends import Backend, open_backend
 from edgerun.errors import ConfigError
 
-__all__ = ["CATALOGUE", "DelegateSpec", "Opener", "check_delegate", "known_names"]
+__all__ = ["CATALOGUE", "DelegateSpec", "Opener", "accelerator_found", "check_delegate", "known_names"]
 
 #: Opens a backend: (model path, format, delegate name, threads, engine cache dir) -> Backend.
 Opener = Callable[[Path, str, str, "int | None", "Path | None"], Backend]
@@ -197,3 +197,15 @@ def check_delegate(name: str, catalogue: tuple[DelegateSpec, ...] = CATALOGUE, *
     if name not in ("auto", "fastest", *also, *names):
         raise ConfigError(f"unknown delegate {name!r}; known: {', '.join(('auto', 'fastest', *also, *names))}")
     return name
+
+
+def accelerator_found(delegate: str, device: DeviceFacts | None = None) -> str | None:
+    """The accelerator the probe finds for ``delegate`` (``Edge TPU pcie:/dev/apex_0``), or None: where a
+    delegate the device has hardware for fails, the fallback is a WARNING, not an INFO line (``select``'s
+    ``_tell_fallbacks``; the daemon's own preference order and the isolated worker's ask here)."""
+    from edgerun.accel.probe import probe
+
+    for spec in CATALOGUE:
+        if spec.name == delegate and spec.found is not None:
+            return spec.found(device or probe())
+    return None
