@@ -6,6 +6,11 @@ peak is the child's ``VmHWM``: ``getrusage``'s ``ru_maxrss`` survives ``exec`` a
 starts at the RSS of the process that spawned the child. The bench's own bookkeeping
 (8 bytes a timed run, and the sorted copy the percentiles take) is left out of it.
 
+The input timed is the one the model would get: a batch of one, and a dynamic height and width
+from the card's ``preprocess.size`` (``timed_shapes``). A dynamic dimension that nothing sizes is
+refused (``UnsizedInputError``), not timed as 1: a 1x1 image made a 37 ms convolution net read
+0.007 ms. ``BenchResult.input_shapes`` says what was timed.
+
 A percentile is only a tail estimate when some runs lie above it: p95 needs at least
 20 runs, p99 at least 100. With fewer the figure is still the interpolated percentile
 of the runs made, and ``BenchResult.sparse`` names it, so that the output can say so.
@@ -29,28 +34,35 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 import numpy as np
 
-from edgerun.errors import EdgerunError
+from edgerun.errors import BackendUnavailableError, DelegateError, EdgerunError, InputError
 from edgerun.signals import exit_in_words
+
+if TYPE_CHECKING:
+    from edgerun.backends import TensorSpec
+    from edgerun.card import ModelCard
 
 __all__ = [
     "MIN_RUNS",
     "BenchInterrupted",
     "BenchResult",
+    "UnsizedInputError",
     "bench_in_process",
     "bench_isolated",
+    "delegates_for_all",
     "missing_ratios",
     "percentile",
     "ratio_gaps",
     "sparse_percentiles",
     "speed_ratios",
+    "timed_shapes",
 ]
 
 #: Seconds between progress lines, and between checks that the spawning process still waits.
@@ -86,6 +98,8 @@ class BenchResult:
     """The percentiles (``"p95"``, ``"p99"``) taken over too few runs to have any run above them."""
     interrupted: bool = False
     """Ctrl-C stopped the timed runs: the figures are from the ``runs`` made before it."""
+    input_shapes: tuple[tuple[int, ...], ...] = ()
+    """The shape of each input tensor timed, in the model's order (see ``timed_shapes``)."""
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready form."""
@@ -94,7 +108,13 @@ class BenchResult:
     @classmethod
     def from_dict(cls, fields: dict[str, Any]) -> BenchResult:
         """The inverse of ``to_dict`` (a child's reply)."""
-        return cls(**{**fields, "sparse": tuple(fields["sparse"])})
+        shapes = tuple(tuple(shape) for shape in fields.get("input_shapes", ()))
+        return cls(**{**fields, "sparse": tuple(fields["sparse"]), "input_shapes": shapes})
+
+
+class UnsizedInputError(InputError):
+    """Raised when a model input has a dynamic dimension past the batch that nothing sizes: timed as 1 (a 1x1
+    image), the figure would be of an input the model never gets."""
 
 
 class BenchInterrupted(KeyboardInterrupt):
@@ -124,6 +144,56 @@ def percentile(samples: np.ndarray, q: float) -> float:
 def sparse_percentiles(runs: int) -> tuple[str, ...]:
     """The percentiles that ``runs`` samples are too few to estimate (see ``MIN_RUNS``)."""
     return tuple(name for name, least in MIN_RUNS.items() if runs < least)
+
+
+def timed_shapes(inputs: Sequence[TensorSpec], card: ModelCard) -> list[tuple[int, ...]]:
+    """The shape of each input as a benchmark times it: the one the model would really get.
+
+    A dimension the model fixes is its own; a dynamic first dimension (the batch) is 1; a dynamic
+    height and width are the card's ``preprocess.size``, placed as the tensor's layout has them
+    (the card's ``layout``, which loading checked against the tensor). That is the size
+    ``predict`` resizes images to: a card's preprocessing serves a model of one input only.
+
+    Raises:
+        UnsizedInputError: a dynamic dimension that nothing sizes, naming the input and what would.
+    """
+    from edgerun.card import image_layout
+
+    preprocess = card.preprocess if len(inputs) == 1 else None
+    shapes = []
+    for spec in inputs:
+        dims = list(spec.shape)
+        if dims and dims[0] is None:
+            dims[0] = 1
+        layout = image_layout(spec)
+        if layout is not None and preprocess is not None and preprocess.size is not None:
+            rows, cols = (1, 2) if layout[0] == "NHWC" else (2, 3)
+            dims[rows], dims[cols] = preprocess.size
+        if None in dims:
+            raise UnsizedInputError(_unsized(spec, card, image=layout is not None and len(inputs) == 1))
+        shapes.append(tuple(int(d) for d in dims if d is not None))
+    return shapes
+
+
+def _unsized(spec: TensorSpec, card: ModelCard, *, image: bool) -> str:
+    """Why ``spec`` cannot be timed, and what would size it (one line)."""
+    if image:
+        where = (
+            "no card gives them"
+            if card.inferred
+            else "its card has no preprocess section"
+            if card.preprocess is None
+            else "its card's preprocess gives no size"
+        )
+        return (
+            f"input {spec.describe()} has no fixed height and width, and {where}; give it a card whose preprocess "
+            "has size: [height, width] (bench times the input the model would get, not a 1x1 image)"
+        )
+    return (
+        f"input {spec.describe()} has a dynamic dimension that nothing sizes (a card's preprocess size gives "
+        "one image input's height and width only); bench times the input the model would get: give it a "
+        "model with that dimension fixed"
+    )
 
 
 def _memory_kb() -> tuple[int | None, int]:
@@ -206,7 +276,7 @@ def bench_in_process(
     parent: int | None = None,
     **load_kwargs: Any,
 ) -> BenchResult:
-    """Load ``path`` on ``delegate`` and time ``runs`` inferences of a synthetic input.
+    """Load ``path`` on ``delegate`` and time ``runs`` inferences of a synthetic input of ``timed_shapes``.
 
     The first run is timed on its own (``first_ms``), then a few warm-up runs are made
     untimed; the percentiles, mean and throughput are over the ``runs`` after them.
@@ -221,6 +291,7 @@ def bench_in_process(
         load_kwargs: more ``edgerun.load`` arguments.
 
     Raises:
+        UnsizedInputError: an input has a dynamic dimension that nothing sizes.
         EdgerunError: the model cannot be loaded or run.
         BenchInterrupted: Ctrl-C; ``partial`` has the figures of the timed runs made.
     """
@@ -238,7 +309,8 @@ def bench_in_process(
         with model:
             shown.delegate = model.delegate
             shown.show("warming up")
-            inputs = synthetic_inputs(model.backend)
+            shapes = timed_shapes(model.inputs, model.card)
+            inputs = synthetic_inputs(model.backend, shapes=shapes)
             t0 = time.perf_counter_ns()
             model.run(*inputs)
             first_ms = (time.perf_counter_ns() - t0) / 1e6
@@ -279,6 +351,7 @@ def bench_in_process(
                 peak_rss_mb=peak_kb / 1024,
                 sparse=sparse_percentiles(done),
                 interrupted=done < runs,
+                input_shapes=tuple(shapes),
             )
     except KeyboardInterrupt:  # while loading or warming up: no run timed yet
         raise BenchInterrupted(None) from None
@@ -363,6 +436,8 @@ def _child(
         reply = {"interrupted": exc.partial.to_dict() if exc.partial else None}
     except KeyboardInterrupt:
         reply = {"interrupted": None}
+    except UnsizedInputError as exc:  # the model's, not the delegate's: the parent tries no other delegate
+        reply = {"unsized": str(exc)}
     except EdgerunError as exc:
         reply = {"error": str(exc)}
     except MemoryError:
@@ -408,6 +483,7 @@ def bench_isolated(
         progress: show how far the runs have got on this process's stderr (a terminal).
 
     Raises:
+        UnsizedInputError: an input has a dynamic dimension that nothing sizes (``timed_shapes``).
         EdgerunError: the model failed (the child's own error), or the child ended
             without a reply (a crash, the OOM killer): the message names how it ended.
         BenchInterrupted: Ctrl-C; ``partial`` has the child's figures of the runs it made.
@@ -439,6 +515,8 @@ def bench_isolated(
         if progress:  # a child cut short left its progress line: the next line must start clean
             _Progress(sys.stderr, path, delegate).clear_line()
     reply = got[0]
+    if "unsized" in reply:
+        raise UnsizedInputError(reply["unsized"])
     if "error" in reply:
         raise EdgerunError(reply["error"])
     if "interrupted" in reply:  # a SIGINT that reached the child alone
@@ -624,13 +702,40 @@ def _alike(ran: set[tuple[str, int]]) -> str:
     return " and ".join(f"{d} with {t} thread{'s' if t != 1 else ''}" for d, t in sorted(ran))
 
 
-def usable_delegates(path: Path, probe_root: str | None = None) -> list[str]:
-    """Names of the delegates that could run ``path`` here, in rank order."""
+def delegates_for_all(path: Path, probe_root: str | None = None) -> tuple[list[str], list[tuple[str, str]]]:
+    """``--delegate all``: the delegates that can run ``path`` here, in rank order, and those skipped, with why.
+
+    Usable is what ``edgerun devices`` calls usable: the device and runtimes have it
+    (``DelegateSpec.needs``) and its delegate library loads (``RuntimeFacts.library_error``: an Edge
+    TPU without libedgetpu is present and runs nothing); and here there must be a file for it too
+    (a Coral pair's other half). A delegate the device or runtimes lack is left out without a word
+    (``devices`` lists those); one they have that cannot run this file is skipped, with why.
+
+    Raises:
+        BackendUnavailableError: the runtime of the model's format is missing.
+        DelegateError: no delegate can run it here (each one's reason in the message).
+    """
+    from edgerun.accel.delegates import CATALOGUE
     from edgerun.accel.probe import probe
     from edgerun.accel.runtimes import discover
     from edgerun.accel.select import find_candidates
     from edgerun.backends import detect_format
 
     fmt = detect_format(path)
-    candidates, _ = find_candidates(path, fmt, "auto", probe(probe_root or "/"), discover(formats=(fmt,)))
-    return [spec.name for spec, _ in candidates]
+    device, runtime = probe(probe_root or "/"), discover(formats=(fmt,))
+    candidates, unavailable = find_candidates(path, fmt, "auto", device, runtime)
+    usable: list[str] = []
+    reasons = {a.delegate: a.reason for a in unavailable}
+    for spec, _ in candidates:
+        if error := runtime.library_error(spec.name):  # the words of ``edgerun devices``
+            reasons[spec.name] = f"the accelerator is present, but its delegate library does not load ({error})"
+        else:
+            usable.append(spec.name)
+    if not usable:
+        if missing := runtime.why_missing("onnxruntime" if fmt == "onnx" else "tflite"):
+            raise BackendUnavailableError(f"cannot run {path.name} ({fmt}): {missing}")
+        why = "; ".join(f"{s.name}: {reasons[s.name]}" for s in CATALOGUE if s.name in reasons and s.format == fmt)
+        raise DelegateError(f"no delegate can run {path.name} here: {why or 'none serves ' + fmt}")
+    # the present: what the device and runtimes have (every candidate among them); the others go unsaid
+    present = [s.name for s in CATALOGUE if s.format == fmt and s.needs(device, runtime) is None]
+    return usable, [(name, reasons[name]) for name in present if name in reasons]

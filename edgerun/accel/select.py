@@ -132,16 +132,19 @@ def candidate_files(path: Path, spec: DelegateSpec) -> Path | None:
     return path
 
 
-def synthetic_inputs(backend: Backend, seed: int = 0) -> list[np.ndarray]:
-    """Deterministic inputs for verification when the caller has none.
+def synthetic_inputs(
+    backend: Backend, seed: int = 0, shapes: Sequence[tuple[int, ...]] | None = None
+) -> list[np.ndarray]:
+    """Deterministic inputs for verification when the caller has none, of ``shapes`` where given (a benchmark's:
+    ``edgerun.bench.timed_shapes``), else each input's own with its dynamic dimensions 1.
 
     Float inputs are uniform in [0, 1); quantized ones cover the range their
     integers can represent; other integer inputs cover their dtype.
     """
     rng = np.random.default_rng(seed)
     out = []
-    for spec in backend.inputs:
-        shape = spec.concrete_shape()
+    for i, spec in enumerate(backend.inputs):
+        shape = spec.concrete_shape() if shapes is None else shapes[i]
         if spec.quant is not None:
             info = np.iinfo(spec.dtype)
             lo = (info.min - spec.quant.zero_point) * spec.quant.scale

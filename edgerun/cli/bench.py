@@ -28,13 +28,17 @@ def register(sub: Any) -> None:
         "--json", action="store_true", help="one JSON object per result, then one per ratio or missing ratio"
     )
     p.add_argument("--no-progress", action="store_true", help="no progress line even on a terminal")
-    add_model_options(p, delegate_help="auto (default), fastest, all (every usable delegate), or a name")
+    add_model_options(
+        p,
+        delegate_help="auto (default), fastest, all (every usable delegate; one present and unusable is skipped "
+        "with a note), or a name",
+    )
     p.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
     """Benchmark each model (on each delegate with ``all``); Ctrl-C or SIGTERM keeps the figures of the runs made."""
-    from edgerun.bench import BenchInterrupted, bench_isolated, usable_delegates
+    from edgerun.bench import BenchInterrupted, UnsizedInputError, bench_isolated, delegates_for_all
     from edgerun.signals import sigterm_as_interrupt
 
     require_not_empty("MODEL", *args.models)  # "" would be the current directory
@@ -51,17 +55,26 @@ def run(args: argparse.Namespace) -> int:
     # runs made kept: by default it ended the process with no word and no row (exit 143)
     with sigterm_as_interrupt():
         for path in args.models:
+            names: list[str] = [delegate]
+            skipped: list[tuple[str, str]] = []
             try:
-                names = usable_delegates(Path(path), args.probe_root) if delegate == "all" else [delegate]
+                if delegate == "all":
+                    names, skipped = delegates_for_all(Path(path), args.probe_root)
             except EdgerunError as exc:
                 error_line(str(exc))
                 failed += 1
                 continue
+            for name, why in skipped:  # present, and unusable: as `edgerun devices` says "no"
+                sys.stderr.write(f"edgerun: note: {shown(f'{path}: {name} skipped: {why}')}\n")
             for name in names:
                 try:
                     r = bench_isolated(path, name, args.runs, threads, progress=progress, **kwargs)
                 except BenchInterrupted as exc:
                     stopped = exc
+                    break
+                except UnsizedInputError as exc:  # the model's own: no other delegate would time it
+                    error_line(f"{path}: {exc}")
+                    failed += 1
                     break
                 except EdgerunError as exc:
                     error_line(f"{path} on {name}: {exc}")
@@ -92,13 +105,13 @@ def _show(r: BenchResult, as_json: bool, *, first: bool) -> None:
     if first:  # the header over the first row: a run whose models all fail prints none
         lines.append(
             f"{'model':<28} {'fmt':<6} {'prec':<5} {'delegate':<9} {'load ms':>8} {'p50 ms':>9} "
-            f"{'p95 ms':>9} {'p99 ms':>9} {'inf/s':>9} {'RSS MiB':>7}"
+            f"{'p95 ms':>9} {'p99 ms':>9} {'inf/s':>9} {'input':>14} {'RSS MiB':>7}"
         )
     p95, p99 = (_tail(value, name in r.sparse) for name, value in (("p95", r.p95_ms), ("p99", r.p99_ms)))
     lines.append(
         f"{shown(Path(r.path).name):<28} {r.format:<6} {r.precision or '?':<5} {r.delegate:<9} "
         f"{r.load_ms:>8.1f} {r.p50_ms:>9.4f} {p95} {p99} "
-        f"{r.throughput_per_s:>9.0f} {r.peak_rss_mb:>7.1f}"
+        f"{r.throughput_per_s:>9.0f} {_shapes(r.input_shapes):>14} {r.peak_rss_mb:>7.1f}"
     )
     print_lines(*lines)
 
@@ -129,6 +142,11 @@ def _footer(results: list[BenchResult], as_json: bool) -> None:
             print_json({"type": "no_ratio", **gap})
         else:
             print_lines(gap["reason"])
+
+
+def _shapes(shapes: tuple[tuple[int, ...], ...]) -> str:
+    """The input cell: each input's timed shape as ``1x3x224x224``, several joined by commas."""
+    return ",".join("x".join(str(d) for d in shape) for shape in shapes) or "?"
 
 
 def _tail(value: float, sparse: bool) -> str:
