@@ -26,7 +26,7 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 
-from edgerun.backends.base import TensorSpec
+from edgerun.backends.base import TensorSpec, special_file
 from edgerun.errors import CardError, ConfigError, shown
 from edgerun.files import read_utf8
 
@@ -339,7 +339,12 @@ def load_card(path: Path, cache_dir: Path | None = None) -> ModelCard:
     A validated card is cached as JSON in ``<state dir>/cards`` (keyed by the card's path, checked
     against its size and modification time): PyYAML alone costs 11 ms to import, most of what
     ``edgerun predict`` spends on a card; the cache is read with msgspec, already loaded.
+
+    Anything but a regular file (a link to one is one) is refused before it is read, or looked up in
+    the cache: a FIFO found where a card is looked for held ``edgerun predict`` until killed.
     """
+    if (kind := special_file(path)) is not None:
+        raise CardError(shown(f"cannot read card {path}: is {kind}, not a regular file"))
     entry = _cache_entry(path, cache_dir)  # taken before the read: a card changed meanwhile is read again next time
     if entry is not None and (cached := _cached(*entry)) is not None:
         return cached

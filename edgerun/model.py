@@ -29,7 +29,7 @@ import numpy as np
 from edgerun.accel.probe import probe
 from edgerun.accel.select import Selection, select
 from edgerun.backends import Backend, TensorSpec
-from edgerun.backends.base import FLOAT32_MAX, beyond_float32
+from edgerun.backends.base import FLOAT32_MAX, beyond_float32, special_file
 from edgerun.card import ModelCard, find_card, image_layout, infer_card, load_card, replace
 from edgerun.errors import CardError, ConfigError, EdgerunError, InputError, ModelLoadError, UnusableInput
 from edgerun.limits import THREADS_MAX
@@ -194,7 +194,12 @@ class Model:
                 raise
             raise type(exc)(f"{name}: {exc}") from exc
         t2 = time.perf_counter()
-        output = self.postprocess(outputs)
+        try:
+            output = self.postprocess(outputs)
+        except EdgerunError as exc:  # the card's labels do not count this output's classes
+            if name is None:
+                raise
+            raise type(exc)(f"{name}: {exc}") from exc
         t3 = time.perf_counter()
         return Prediction(
             output=output,
@@ -204,7 +209,16 @@ class Model:
 
     def postprocess(self, outputs: Sequence[np.ndarray], row: int = 0) -> Any:
         """Outputs of one inference -> the result record's ``output`` for batch row ``row`` (``InputError``
-        for a row the batch does not have)."""
+        for a row the batch does not have).
+
+        Raises:
+            CardError: a classification card's labels do not count the classes of this output, which only
+                an output tells where the model leaves its class count dynamic (a fixed one is refused at
+                load). The card's fault, not the input's (one of the input's own shape, which the model
+                took): counted against the model (OTA probation rolls back an update that ships such a
+                card), as a ``CardError`` and not an ``InputError``, which the HTTP API answers 422 and never
+                counts. Before, labels and bare indices were mixed in one result without a word.
+        """
         if len(outputs) != len(self.outputs):  # what run() returns: one array per output tensor
             raise InputError(f"{len(outputs)} output array(s) given; {self.name} has {len(self.outputs)}")
         rows = len(outputs[0]) if np.ndim(outputs[0]) else 0
@@ -214,6 +228,11 @@ class Model:
         task = self.card.task
         if task == "classification":
             scores = np.asarray(outputs[0][row], dtype=np.float32).reshape(-1)
+            labels = self.card.labels
+            if labels is not None and len(labels) != scores.size:
+                raise CardError(
+                    self._label_count(len(labels), f"output {self.outputs[0].describe()} gave", scores.size)
+                )
             mode = self.card.postprocess.softmax
             if mode is True or (mode == "auto" and not looks_like_probabilities(scores)):
                 scores = softmax(scores.astype(np.float32, copy=True))
@@ -335,10 +354,14 @@ class Model:
             return  # a dynamic class dimension: the count is known only from an output
         classes = math.prod(known)
         if len(labels) != classes:
-            raise CardError(
-                f"card of {self.name} has {len(labels)} label{'s' if len(labels) != 1 else ''}, "
-                f"but output {tensor.describe()} gives {classes} classes"
-            )
+            raise CardError(self._label_count(len(labels), f"output {tensor.describe()} gives", classes))
+
+    def _label_count(self, labels: int, output: str, classes: int) -> str:
+        """``card of NAME has 3 labels, but OUTPUT 7 classes``: labels that do not count the classes."""
+        return (
+            f"card of {self.name} has {labels} label{'s' if labels != 1 else ''}, "
+            f"but {output} {classes} class{'es' if classes != 1 else ''}"
+        )
 
     def _image_tensor(self, data: bytes, name: str) -> np.ndarray:
         if self._preprocessor is None:
@@ -420,6 +443,28 @@ def _check_file_name(what: str, value: str | os.PathLike[str]) -> None:
         raise ConfigError(f"{what} {str(name)!r} holds a NUL character, which no file name can")
 
 
+def _check_twin(model_path: Path, delegate: str) -> None:
+    """Refuse the Edge TPU pair's other file where selection would look it up (``accel.select.candidate_files``)
+    and it is there as anything but a regular file (a FIFO, a socket, a device): ``X_edgetpu.tflite`` beside a
+    plain ``X.tflite`` for the Edge TPU (``auto``, ``fastest``, ``edgetpu``), ``X.tflite`` beside a compiled
+    ``X_edgetpu.tflite`` for any other delegate. Selection skips such a file as absent: a FIFO there left
+    ``edgerun predict`` falling back, or failing, for a reason that named no FIFO."""
+    name = model_path.name
+    if not name.endswith(".tflite"):
+        return
+    stem = name[: -len(".tflite")]
+    if stem.endswith("_edgetpu"):
+        if delegate == "edgetpu":
+            return
+        twin, what = model_path.with_name(f"{stem[: -len('_edgetpu')]}.tflite"), "CPU twin"
+    else:
+        if delegate not in ("auto", "fastest", "edgetpu"):
+            return
+        twin, what = model_path.with_name(f"{stem}_edgetpu.tflite"), "Edge TPU twin"
+    if (kind := special_file(twin)) is not None:
+        raise ModelLoadError(f"{what} of {name} is {kind}, not a model file: {twin}")
+
+
 def _looks_like_image(array: np.ndarray) -> bool:
     """Whether ``array`` is a decoded image as OpenCV gives one: uint8, HxW or HxWx1/3/4 (a 3-D array of another
     last dimension, such as a CHW tensor without its batch dimension, is not)."""
@@ -477,6 +522,9 @@ def load(
     if card is not None and not isinstance(card, (ModelCard, str, os.PathLike)):
         raise CardError(f"card must be a ModelCard or a card file path, got {type(card).__name__}")
     model_path = Path(path)
+    if (kind := special_file(model_path)) is not None:  # a FIFO waits for a writer for good: refused before any read
+        raise ModelLoadError(f"model path is {kind}, not a model file: {model_path}")
+    _check_twin(model_path, delegate)
     threads = threads or default_threads(model_path)
     device = probe(probe_root or "/")
     state = default_state_dir(state_dir)

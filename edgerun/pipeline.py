@@ -493,7 +493,13 @@ class Pipeline:
                 rows.append((item, outputs, 0, (time.perf_counter() - t1) * 1e3))
         for item, outputs, row, infer_ms in rows:
             t2 = time.perf_counter()
-            output = model.postprocess(outputs, row)
+            try:
+                output = model.postprocess(outputs, row)
+            except EdgerunError as exc:  # a card whose labels do not count this output's classes: the model's
+                item.error = f"{item.frame.source_id}: {exc}"
+                item.model_error = not isinstance(exc, UnusableInput)
+                self._emit_error(item)
+                continue
             post_ms = (time.perf_counter() - t2) * 1e3
             _let_go(item)  # done with the model: a sink that takes its time keeps no worker for it
             total_ms = (time.monotonic() - item.arrived) * 1e3

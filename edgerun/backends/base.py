@@ -16,6 +16,8 @@ same way, so a caller never sees the difference except in speed.
 
 from __future__ import annotations
 
+import os
+import stat
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
@@ -38,6 +40,8 @@ __all__ = [
     "missing_library",
     "not_installed",
     "one_line",
+    "special_file",
+    "special_kind",
 ]
 
 
@@ -210,6 +214,34 @@ def dequantize(q: np.ndarray, quant: QuantParams) -> np.ndarray:
 _TFLITE_MAGIC = b"TFL3"
 
 
+def special_kind(mode: int) -> str | None:
+    """What a file of ``st_mode`` ``mode`` is where it is neither a regular file nor a directory (``a FIFO
+    (named pipe)``, ``a socket``, ``a character device``, ``a block device``), for one line naming it; None
+    for a regular file or a directory (whose open says so)."""
+    if stat.S_ISREG(mode) or stat.S_ISDIR(mode):
+        return None
+    if stat.S_ISFIFO(mode):
+        return "a FIFO (named pipe)"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    if stat.S_ISCHR(mode):
+        return "a character device"
+    if stat.S_ISBLK(mode):
+        return "a block device"
+    return "not a regular file"
+
+
+def special_file(path: str | os.PathLike[str]) -> str | None:
+    """``special_kind`` of what ``path`` names, a link followed (a link to a model file is a model file),
+    from a ``stat`` that opens nothing: opening a FIFO waits for a writer for good, opening a device may
+    act on it (``/dev/watchdog`` arms), and ``/dev/zero`` reads without end. None where it is a regular
+    file or a directory, or cannot be looked at (missing: its open says so)."""
+    try:
+        return special_kind(os.stat(path).st_mode)
+    except (OSError, ValueError):
+        return None
+
+
 def detect_format(path: Path) -> str:
     """Tell a model's format from the file's content, not its name.
 
@@ -218,12 +250,26 @@ def detect_format(path: Path) -> str:
     ``ir_version`` (field 1, varint: tag byte ``0x08``); the runtime then
     validates the rest.
 
+    Anything but a regular file (a FIFO, a socket, a device) is refused before it is opened: a FIFO
+    with no writer held every command that loads a model until killed. It is opened without waiting
+    (``O_NONBLOCK``, nothing to a regular file) and looked at again once open, for one put there since.
+
     Raises:
-        ModelLoadError: the file is missing, empty, or neither format.
+        ModelLoadError: the file is missing, empty, not a regular file, or neither format.
     """
+    if (kind := special_file(path)) is not None:
+        raise ModelLoadError(f"model path is {kind}, not a model file: {path}")
     try:
-        with open(path, "rb") as fh:
-            head = fh.read(16)
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        try:
+            mode = os.fstat(fd).st_mode
+            if (kind := special_kind(mode)) is not None:
+                raise ModelLoadError(f"model path is {kind}, not a model file: {path}")
+            if stat.S_ISDIR(mode):  # os.open opens a folder for reading; its read says EISDIR
+                raise IsADirectoryError
+            head = os.read(fd, 16)  # a regular file: all 16 bytes, or all there are
+        finally:
+            os.close(fd)
     except FileNotFoundError:
         raise ModelLoadError(f"model file not found: {path}") from None
     except IsADirectoryError:

@@ -23,12 +23,20 @@ def looks_like_probabilities(scores: np.ndarray) -> bool:
 
 
 def top_k(scores: np.ndarray, k: int, labels: Sequence[str] | None) -> list[dict[str, object]]:
-    """The ``k`` best classes of one score row as ``{label, index, score}``, best first."""
+    """The ``k`` best classes of one score row as ``{label, index, score}``, best first.
+
+    ``labels``, where given, name every class, one a score: never some by name and the rest by index.
+
+    Raises:
+        ValueError: ``labels`` count other than the scores (``Model.postprocess`` says which card).
+    """
+    if labels is not None and len(labels) != scores.shape[-1]:
+        raise ValueError(f"{len(labels)} labels for {scores.shape[-1]} class scores")
     k = min(k, scores.shape[-1])
     # A stable sort, so equal scores keep index order (argpartition would pick among ties at random).
     best = np.argsort(-scores, kind="stable")[:k]
     result = []
     for i in best.tolist():
-        label = labels[i] if labels is not None and i < len(labels) else str(i)
+        label = labels[i] if labels is not None else str(i)
         result.append({"label": label, "index": i, "score": round(float(scores[i]), 6)})
     return result
