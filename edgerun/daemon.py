@@ -205,7 +205,20 @@ class _PipelineRunner:
                 log.exception("pipeline %s failed unexpectedly; retrying in %.1f s", self.name, c.restart_s)
             if self._stop.wait(c.restart_s):
                 break
+        self._queue_left()
         self.state = "stopped"
+
+    def _queue_left(self) -> None:
+        """At the stop, queue the results the last run's sink could not (the outbox refused their batch, and the
+        retry that takes them over, ``ResultsSink.carry_on``, will not come); where the outbox still refuses
+        them, one ERROR line says how many are lost."""
+        results = self.results
+        if results is None or not results.unqueued:
+            return
+        try:
+            results.flush()
+        except EdgerunError as exc:
+            log.error("pipeline %s: %d result(s) never queued in the outbox: %s", self.name, results.unqueued, exc)
 
     def _open(self) -> Any:
         """A new ``Pipeline`` on a freshly opened source and sinks; what was opened is closed if a later part fails
@@ -238,8 +251,8 @@ class _PipelineRunner:
                 sinks.append(open_sink(spec, fps=video_rate(c.fps, source)))
             if self._new_results is not None:
                 results = self._new_results()
-                if self.results is not None:
-                    results.carry_on(self.results)  # counted from the pipeline's start
+                if self.results is not None:  # counted from the pipeline's start; what the last could not queue first
+                    results.carry_on(self.results)
                 self.results = results
                 sinks.append(results)
             if again:  # each sink is given each input once, whatever another sink refused

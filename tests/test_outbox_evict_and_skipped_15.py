@@ -81,7 +81,7 @@ def test_the_daemon_logs_and_shows_the_results_it_skipped_over_its_rate_limit(
             "device": {"id": "skip-dev"},
             "models": {"digits": {"path": str(ROOT / "models/digits/digits_int8.onnx"), "publish_results": True}},
             "pipelines": {"imgs": {"source": str(images), "model": "digits"}},
-            # one result per 100 s: the bucket starts below one token, so every result is skipped
+            # one result per 100 s: the bucket starts with one token, so the first result goes and the rest are skipped
             "mqtt": {"url": f"mqtt://127.0.0.1:{broker.port}", "results_max_per_s": 0.01},
             "api": {"port": 0},
             "state_dir": str(tmp_path / "state"),
@@ -93,7 +93,7 @@ def test_the_daemon_logs_and_shows_the_results_it_skipped_over_its_rate_limit(
     try:
         wait_until(lambda: daemon.runners["imgs"].state == "finished", 30, "the pipeline to finish")
         code, status = http(daemon.api_port, "/v1/status")
-        assert code == 200 and status["results_skipped"] == {"imgs": frames}
+        assert code == 200 and status["results_skipped"] == {"imgs": frames - 1}
         assert status["pipelines"] == {"imgs": "finished"}  # the existing shape is kept
     finally:
         daemon.stop()
@@ -103,7 +103,7 @@ def test_the_daemon_logs_and_shows_the_results_it_skipped_over_its_rate_limit(
     )
     said = [m for r in caplog.records if r.levelno == logging.INFO and (m := line.fullmatch(r.getMessage()))]
     # the first skip is said at once, the rest when the source ended: not one line per result
-    assert [(int(m[1]), int(m[2])) for m in said] == [(1, 1), (frames - 1, frames)]
+    assert [(int(m[1]), int(m[2])) for m in said] == [(1, 1), (frames - 2, frames - 1)]
 
 
 def test_a_retried_pipeline_s_new_results_sink_counts_on_and_does_not_say_its_skips_again_at_once(
@@ -129,15 +129,15 @@ def test_a_retried_pipeline_s_new_results_sink_counts_on_and_does_not_say_its_sk
 
     first = sink()
     for _ in range(3):
-        first.publish(result)  # the bucket starts below one token: every one is skipped
+        first.publish(result)  # the bucket starts with one token: the first goes, the other two are skipped
     first.close()
     second = sink()
     second.carry_on(first)
     for _ in range(2):
         second.publish(result)
-    assert second.skipped == 5
+    assert second.skipped == 4  # the bucket carried on, empty: both of the second run's are skipped
     said = [r.getMessage() for r in caplog.records if "skipped over the results rate limit" in r.getMessage()]
     # the first run: its first skip, then the rest at its close; the second run: nothing within the minute
-    assert [m.split(": ", 1)[1].split(" result")[0] for m in said] == ["1", "2"]
+    assert [m.split(": ", 1)[1].split(" result")[0] for m in said] == ["1", "1"]
     second.close()
     outbox.close()

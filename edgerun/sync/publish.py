@@ -127,9 +127,14 @@ class ResultsSink:
     ``max_delay_s``, whichever first) to keep the per-record cost down; a rate
     limit (records per second, token bucket; below 1 per second, one result every
     ``1 / rate`` seconds) skips and counts what is over it.
+    The bucket starts full, so the first result of a run is queued whatever the rate.
     A batch is committed when a result comes, or, when none comes (a quiet
     camera, an MQTT source between messages), by a small thread at twice
     ``max_delay_s``: a result never waits for the next one to reach the disk.
+    A batch the outbox refuses (a full disk) stays here: ``publish`` raises for the
+    result that found it refused and keeps none of that one (the pipeline gives it
+    again, as it gives a refused result to any sink), and a retried pipeline's
+    next sink takes the rest over with ``carry_on`` and queues them first.
     ``queued`` counts the results stored in the outbox and ``skipped`` those over
     the rate limit, for the run's summary. With ``label`` (the daemon's
     ``"pipeline NAME"``, where no summary is printed) the skipped results are also
@@ -152,10 +157,16 @@ class ResultsSink:
     ) -> None:
         if qos not in (0, 1):
             raise ValueError("results QoS must be 0 or 1")
+        # as the CLI and config refuse them: 0, a negative rate or NaN skipped every result (a bucket that never
+        # fills) without a word but the count; to publish none, leave the sink out
+        if max_per_s is not None and not 0 < max_per_s < math.inf:
+            raise ValueError(f"results rate must be a positive number of results per second, not {max_per_s!r}")
         self._outbox, self._link, self._topics = outbox, link, topics
         self._qos = qos
         self._rate = max_per_s
-        self._tokens = max_per_s or 0.0
+        # full, as ``_allow`` caps it: the first result passes at any rate (a bucket started at a rate below 1 held
+        # every result back for the first 1 / rate seconds: ``predict`` of two inputs at 0.5 queued none)
+        self._tokens = 0.0 if max_per_s is None else max(max_per_s, 1.0)
         self._last = time.monotonic()
         self._pending: list[tuple[str, str, dict[str, Any], int]] = []
         self._oldest = 0.0
@@ -171,9 +182,30 @@ class ResultsSink:
         self._said = float("-inf")  # when the last such line was logged (time.monotonic())
 
     def carry_on(self, previous: ResultsSink) -> None:
-        """Count on from ``previous`` (a retried pipeline's sink before this one): its skipped results,
-        and when it last said so, so a source that fails and reopens does not say it more often."""
+        """Go on from ``previous``, a retried pipeline's sink before this one; call it before this one takes a result.
+
+        This sink takes over the records ``previous`` holds and could not queue (the outbox refused its batch,
+        a full disk): they are queued first, in their order, within ``2 * max_delay_s`` or with this sink's
+        first batch. The pipeline counted their inputs as given to this sink and a retry leaves them out
+        (``edgerun.sinks.once_per_input``), so left behind they would be lost without a word. It also counts
+        on from ``previous``'s skipped results and when it last said so (a source that fails and reopens does
+        not say it more often), and from its rate limit's bucket (a retry lets no new burst through).
+        """
+        with previous._cond:
+            held, previous._pending = previous._pending, []
         self.skipped, self._said = previous.skipped, previous._said
+        self._tokens, self._last = previous._tokens, previous._last
+        if held:
+            with self._cond:
+                self._pending[:0] = held
+                self._oldest = time.monotonic()
+                self._wake_flusher()
+
+    @property
+    def unqueued(self) -> int:
+        """Results this sink holds and has not queued in the outbox yet (a batch still filling, or refused)."""
+        with self._cond:
+            return len(self._pending)
 
     def _allow(self) -> bool:
         """One token per result; the bucket fills at the rate and holds ``max(rate, 1)`` tokens: a rate
@@ -221,9 +253,17 @@ class ResultsSink:
             if not self._pending:
                 self._oldest = time.monotonic()
                 self._wake_flusher()  # once per batch, not per record
-            self._pending.append((f"results/{r['model']}", self._topics.results(r["model"]), record, self._qos))
+            item = (f"results/{r['model']}", self._topics.results(r["model"]), record, self._qos)
+            self._pending.append(item)
             if len(self._pending) >= self._batch or time.monotonic() - self._oldest >= self._max_delay:
-                self._flush()
+                try:
+                    self._flush()
+                except BaseException:
+                    # this result is refused, as by any sink that raises: the pipeline gives it again (a daemon's
+                    # retry), so it is not kept too; the batch before it stays, taken (``carry_on``)
+                    if self._pending and self._pending[-1] is item:
+                        self._pending.pop()
+                    raise
 
     def _wake_flusher(self) -> None:
         if self._flusher is None:
