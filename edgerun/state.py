@@ -84,6 +84,9 @@ def check_state_dir(path: Path, *, create: bool) -> None:
     the directory is made (as the daemon needs it); without, nothing is left behind
     (``config check``).
 
+    A full disk under a directory that holds an outbox is not refused (one WARNING line instead):
+    starting is how the records queued there get delivered (``_try_write_or_drain``).
+
     Raises:
         ConfigError: ``state_dir <path>: <reason>``, e.g. ``not a directory``,
             ``cannot create it: Read-only file system`` or ``cannot write in it: No space left on device``.
@@ -100,7 +103,7 @@ def check_state_dir(path: Path, *, create: bool) -> None:
         raise ConfigError(f"state_dir {path}: not a directory{where}")
     try:
         if existing == path:
-            _try_write(path)
+            _try_write_or_drain(path)
         elif create:
             path.mkdir(parents=True, exist_ok=True)
             _try_write(path)
@@ -128,7 +131,8 @@ def claim_state_dir(path: Path) -> None:
     Raises:
         ConfigError: another process holds it (``state_dir X is in use by another edgerun process
             (pid N) ...``), or it cannot be written (``state_dir X: cannot write in it: No space
-            left on device``: the lock file, then ``_try_write``, as ``check_state_dir`` tries it).
+            left on device``: the lock file, then ``_try_write``, as ``check_state_dir`` tries it; a full
+            disk under a directory holding an outbox is let through, as there).
     """
     try:
         path.mkdir(parents=True, exist_ok=True)
@@ -160,8 +164,9 @@ def claim_state_dir(path: Path) -> None:
             os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
             _try_write(key)
         except OSError as exc:  # a full disk: nothing stays locked, a later claim (space freed) works
-            os.close(fd)
-            raise ConfigError(f"state_dir {path}: cannot write in it: {_reason(exc, key)}") from None
+            if not _drain_anyway(exc, key, path):  # the lock holds without the pid
+                os.close(fd)
+                raise ConfigError(f"state_dir {path}: cannot write in it: {_reason(exc, key)}") from None
         _claims[key] = [fd, 1]
 
 
@@ -204,6 +209,49 @@ def _try_write(folder: Path) -> None:
     with tempfile.TemporaryFile(dir=folder, buffering=0) as probe:
         write_all(probe.fileno(), bytes(_PROBE_BYTES))
         os.fsync(probe.fileno())
+
+
+#: The outbox's file in a state directory (``edgerun.sync.service.OUTBOX_FILE``).
+_OUTBOX = "outbox.sqlite"
+_FULL = frozenset({errno.ENOSPC, errno.EDQUOT})
+_said_full: set[Path] = set()  # state directories whose full disk was let through, said once a process
+
+
+def _try_write_or_drain(folder: Path) -> None:
+    """``_try_write``, except that a full disk under a state directory holding an outbox is let
+    through (``_drain_anyway``).
+
+    Raises:
+        OSError: as ``_try_write``, but ``ENOSPC``/``EDQUOT`` where ``folder`` holds a non-empty outbox.
+    """
+    try:
+        _try_write(folder)
+    except OSError as exc:
+        if not _drain_anyway(exc, folder):
+            raise
+
+
+def _drain_anyway(exc: OSError, folder: Path, shown: Path | None = None) -> bool:
+    """Whether to start in spite of ``exc``: a full disk under the state directory ``folder`` (named
+    ``shown``) holding an outbox, said in one WARNING line (once a process). Refusing to start there
+    would keep the records queued in it from ever being delivered, and delivering them is what makes
+    room in the outbox (which keeps a reserve for deleting them, ``edgerun.sync.outbox``). What else
+    needs room says so when it writes (a record the outbox cannot queue, a cache that cannot be kept)."""
+    try:
+        queued = exc.errno in _FULL and (folder / _OUTBOX).stat().st_size > 0
+    except OSError:
+        queued = False
+    if queued:
+        key = folder.resolve()
+        if key not in _said_full:
+            _said_full.add(key)
+            log.warning(
+                "state_dir %s: cannot write in it (%s); starting all the same, so that what its outbox holds is "
+                "delivered (free space on that disk: new records cannot be queued until the outbox has room)",
+                shown or folder,
+                _reason(exc, folder),
+            )
+    return queued
 
 
 def _reason(exc: OSError, folder: Path) -> str:

@@ -15,9 +15,11 @@ by ``(device, epoch, seq)``; after de-duplication the order is the order of
 ``seq``.
 
 The link never dies of an error of its own: an unexpected exception in a serve
-pass (the outbox's disk full or failing, a bug) is logged, the connection is
-closed, and the link reconnects after the backoff; acknowledgements not yet
-written to the outbox are kept and written on a later pass.
+pass (the outbox failing, a bug) is logged, the connection is closed, and the
+link reconnects after the backoff; acknowledgements not yet written to the outbox
+are kept and written on a later pass. A full disk is not such an error: the outbox
+makes room to delete acknowledged records, and where it cannot it holds them (not
+counted, not sent again) without raising, so the link goes on (``Outbox.ack``).
 
 Refusals: a subscription the broker refuses in its SUBACK (an ACL) is said in one
 WARNING line naming the topic, kept in ``last_error``, and asked for again only
@@ -381,7 +383,7 @@ class MqttLink:
             else:
                 try:
                     self._serve()
-                except Exception as exc:  # the outbox's disk full or failing, a bug: reconnect, never die
+                except Exception as exc:  # the outbox failing (I/O, a lock held elsewhere), a bug: reconnect
                     failed = True
                     self._serve_failed(exc, lasted=time.monotonic() - started > 60)
             self._attempting = False
