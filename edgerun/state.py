@@ -24,7 +24,7 @@ from pathlib import Path
 from edgerun.errors import ConfigError
 from edgerun.files import write_all
 
-__all__ = ["LOCK_FILE", "check_state_dir", "claim_state_dir", "release_state_dir", "state_dir"]
+__all__ = ["LOCK_FILE", "OUTBOX_FILE", "check_state_dir", "claim_state_dir", "release_state_dir", "state_dir"]
 
 log = logging.getLogger(__name__)
 
@@ -211,8 +211,8 @@ def _try_write(folder: Path) -> None:
         os.fsync(probe.fileno())
 
 
-#: The outbox's file in a state directory (``edgerun.sync.service.OUTBOX_FILE``).
-_OUTBOX = "outbox.sqlite"
+#: The outbox's file in a state directory (``edgerun.sync.service`` opens it; ``edgerun outbox`` reads it).
+OUTBOX_FILE = "outbox.sqlite"
 _FULL = frozenset({errno.ENOSPC, errno.EDQUOT})
 _said_full: set[Path] = set()  # state directories whose full disk was let through, said once a process
 
@@ -238,7 +238,7 @@ def _drain_anyway(exc: OSError, folder: Path, shown: Path | None = None) -> bool
     room in the outbox (which keeps a reserve for deleting them, ``edgerun.sync.outbox``). What else
     needs room says so when it writes (a record the outbox cannot queue, a cache that cannot be kept)."""
     try:
-        queued = exc.errno in _FULL and (folder / _OUTBOX).stat().st_size > 0
+        queued = exc.errno in _FULL and (folder / OUTBOX_FILE).stat().st_size > 0
     except OSError:
         queued = False
     if queued:

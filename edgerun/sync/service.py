@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from edgerun.errors import EdgerunError
-from edgerun.state import claim_state_dir, release_state_dir
+from edgerun.state import OUTBOX_FILE, claim_state_dir, release_state_dir
 from edgerun.sync.link import MqttLink
 from edgerun.sync.outbox import Outbox
 from edgerun.sync.publish import MetricsPublisher, ResultsSink
@@ -22,8 +22,6 @@ from edgerun.telemetry.metrics import Metrics
 log = logging.getLogger(__name__)
 
 __all__ = ["SyncService", "OUTBOX_FILE"]
-
-OUTBOX_FILE = "outbox.sqlite"
 
 
 class SyncService:
