@@ -25,7 +25,8 @@ import numpy as np
 # ONNX Runtime's own telemetry (1.29 on: a device id written, an uploader thread) is off in edgerun
 # (docs/accelerators.md); off here too, before anything imports it, so that the bare runtime, the plain
 # scripts (they inherit the environment) and edgerun run alike.
-os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
+if not os.environ.get("ORT_DISABLE_TELEMETRY"):  # unset or empty, as edgerun.backends.onnx reads it
+    os.environ["ORT_DISABLE_TELEMETRY"] = "1"
 
 REPO = Path(__file__).resolve().parent.parent
 DIGITS_DIR = REPO / "models" / "digits"

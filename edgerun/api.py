@@ -156,9 +156,10 @@ class Batcher:
 
 
 def _by_model(items: Sequence[tuple[Model, np.ndarray, Any]]) -> Iterator[tuple[Model, list[tuple[np.ndarray, Any]]]]:
-    """The (tensor, future) pairs of each model version, in arrival order: one call never mixes two models."""
-    for model in {id(m): m for m, _, _ in items}.values():
-        yield model, [(t, f) for m, t, f in items if m is model]
+    """The (tensor, future) pairs of each model version and tensor shape, in arrival order: one call never mixes
+    two models, nor tensors that do not stack (a model whose dimensions past the batch are dynamic too)."""
+    for model, shape in {(id(m), t.shape): (m, t.shape) for m, t, _ in items}.values():
+        yield model, [(t, f) for m, t, f in items if m is model and t.shape == shape]
 
 
 def _run_group(model: Model, group: Sequence[tuple[np.ndarray, Any]]) -> None:

@@ -473,7 +473,9 @@ class Pipeline:
         assert model is not None
         t0 = time.perf_counter()
         rows: list[tuple[_Item, list[np.ndarray], int, float]] = []
-        if len(batch) > 1 and model.batchable:
+        # one call where the tensors stack: a model whose dimensions past the batch are dynamic too takes
+        # inputs of several sizes, which go one by one (``np.concatenate`` refused them, and failed the run)
+        if len(batch) > 1 and model.batchable and len({i.tensor.shape for i in batch}) == 1:  # type: ignore[union-attr]
             try:
                 outputs = model.run(np.concatenate([i.tensor for i in batch]))
                 share = (time.perf_counter() - t0) * 1e3 / len(batch)
@@ -557,6 +559,8 @@ class Pipeline:
         else:
             self.summary.errors += 1
         for sink in self._sinks_up:
+            if self._left_sink is not None:  # a sink was left blocked after a stop: run() gives the rest their due
+                break  # (the list looped over may be one ``_sink_down`` replaced, which ``_leave_sink`` cannot clear)
             self._in_sink = sink
             try:
                 sink.publish(result)

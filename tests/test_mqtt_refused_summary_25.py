@@ -112,3 +112,10 @@ def test_predict_whose_records_the_broker_refused_says_how_many(tmp_path: Path, 
         f"# MQTT: {INPUTS} results queued, 0 over --results-rate; "
         f"{_outbox_refused(state)} record(s) refused by the broker (its ACL or packet size limit), dropped"
     ), done.stdout
+
+
+def test_the_line_still_says_something_where_the_refused_count_could_not_be_read() -> None:
+    from edgerun.cli.common import mqtt_line
+
+    line = mqtt_line({"undelivered": 0, "refused": None, "outbox": "st/outbox.sqlite"})  # was "# MQTT: "
+    assert line == "# MQTT: every record queued left the outbox; how many the broker refused is unknown"

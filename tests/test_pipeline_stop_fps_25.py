@@ -27,6 +27,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -233,3 +234,63 @@ def test_the_cli_s_paced_run_prints_and_reports_a_rate_of_at_most_the_pace() -> 
     found = re.search(r"4 frames \(4 ok, .*\) in ([\d.]+) s, ([\d.]+) fps; stopped by max frames", text.stderr)
     assert found is not None, text.stderr
     assert float(found[2]) <= 2.0 and float(found[1]) >= 2.0, text.stderr
+
+
+class _Failing:
+    """A sink whose first publish fails (a full disk, say)."""
+
+    def publish(self, result: object) -> None:
+        raise OSError(28, "No space left on device")
+
+    def close(self) -> None:
+        pass
+
+
+class _Blocking:
+    """A sink whose first publish blocks until ``go`` is set (a pipe nobody reads)."""
+
+    def __init__(self) -> None:
+        self.blocked, self.go = threading.Event(), threading.Event()
+
+    def publish(self, result: object) -> None:
+        self.blocked.set()
+        self.go.wait(30)
+
+    def close(self) -> None:
+        pass
+
+
+class _Counting:
+    """A sink that keeps what it is given, and what it is given once closed."""
+
+    def __init__(self) -> None:
+        self.got: list[str] = []
+        self.after_close: list[str] = []
+        self.closed = False
+
+    def publish(self, result: object) -> None:
+        (self.after_close if self.closed else self.got).append(result.frame.source_id)  # type: ignore[attr-defined]
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def test_a_sink_left_blocked_in_the_loop_where_an_earlier_one_failed_gets_the_later_ones_no_second_copy(
+    images: Path, model: edgerun.Model
+) -> None:
+    """The first result: sink A fails (the sinks still up are a new list), B blocks; a stop leaves B, and
+    run() gives C the result B is stuck on. When B's write returns, its thread delivered the same result to
+    C again, into a closed sink: it loops over the list A's failure replaced, which the leaving could not clear."""
+    failing, blocking, counting = _Failing(), _Blocking(), _Counting()
+    sinks: list[Any] = [failing, blocking, counting]
+    pipeline = Pipeline(FileSource([str(images)]), model, sinks, sink_stop_grace_s=0.3)
+    stopper = threading.Thread(target=lambda: (blocking.blocked.wait(30), pipeline.stop("SIGTERM")))
+    stopper.start()
+    with pytest.raises(Exception, match="No space left on device"):
+        pipeline.run()
+    stopper.join(30)
+    first = counting.got[:]
+    assert len(first) == 1 and counting.closed  # the result B holds, given by run(), then closed
+    blocking.go.set()  # B's write returns: its thread goes on, and must give C nothing more
+    time.sleep(0.5)
+    assert counting.got == first and counting.after_close == []

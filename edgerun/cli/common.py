@@ -545,4 +545,6 @@ def mqtt_line(published: dict[str, Any]) -> str:
         parts.append(f"{left} record(s) not delivered, kept in {published['outbox']} for the next start")
     elif left == 0 and refused == 0:
         parts.append("everything delivered")
+    elif left == 0 and refused is None:  # the outbox's count could not be read (its ERROR line says why)
+        parts.append("every record queued left the outbox; how many the broker refused is unknown")
     return f"# MQTT: {'; '.join(parts)}"
