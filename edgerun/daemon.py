@@ -217,7 +217,7 @@ class _PipelineRunner:
             return
         try:
             results.flush()
-        except EdgerunError as exc:
+        except Exception as exc:  # refused, or the outbox closed already (a runner that outlived the stop's wait)
             log.error("pipeline %s: %d result(s) never queued in the outbox: %s", self.name, results.unqueued, exc)
 
     def _open(self) -> Any:

@@ -237,10 +237,14 @@ def _drain_anyway(exc: OSError, folder: Path, shown: Path | None = None) -> bool
     would keep the records queued in it from ever being delivered, and delivering them is what makes
     room in the outbox (which keeps a reserve for deleting them, ``edgerun.sync.outbox``). What else
     needs room says so when it writes (a record the outbox cannot queue, a cache that cannot be kept)."""
-    try:
-        queued = exc.errno in _FULL and (folder / OUTBOX_FILE).stat().st_size > 0
-    except OSError:
-        queued = False
+    queued = False
+    if exc.errno in _FULL and (folder / OUTBOX_FILE).exists():
+        from edgerun.sync.outbox import read_stats  # read-only: it works on a full disk
+
+        try:
+            queued = read_stats(folder / OUTBOX_FILE).records > 0  # an outbox delivered to the end gives no reason
+        except Exception:  # damaged, unreadable: nothing to deliver that this start could count on
+            queued = False
     if queued:
         key = folder.resolve()
         if key not in _said_full:

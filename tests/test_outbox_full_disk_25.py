@@ -136,6 +136,27 @@ def test_a_restart_on_the_disk_the_outbox_filled_starts_and_delivers_it(
     assert len(said) == 1 and said[0].startswith(f"state_dir {state}: cannot write in it (No space left on device)")
 
 
+def test_a_full_disk_under_an_outbox_delivered_to_the_end_is_refused_as_any_full_disk(
+    small_disk: Callable[[int], Path],
+) -> None:
+    """Only an outbox that holds records is a reason to start on a full disk (docs/daemon.md): one whose every
+    record was delivered has nothing to drain, and its file is no smaller than 0 bytes for that."""
+    from edgerun.errors import ConfigError
+    from edgerun.sync.outbox import Outbox
+
+    disk = small_disk(DISK_BYTES)
+    state = disk / "state"
+    state.mkdir()
+    box = Outbox(state / OUTBOX_FILE)
+    box.put("metrics", "edgerun/dev/metrics", {"i": 1})
+    box.ack([p.id for p in box.pending()])
+    box.close()
+    assert read_stats(state / OUTBOX_FILE).records == 0
+    fill_disk(disk)
+    with pytest.raises(ConfigError, match="cannot write in it: No space left on device"):
+        check_state_dir(state, create=True)
+
+
 @pytest.mark.logs_errors
 def test_records_acknowledged_but_not_deleted_are_not_counted_as_undelivered_nor_sent_again_by_the_process(
     small_disk: Callable[[int], Path], down: tuple[Broker, Collector], caplog: pytest.LogCaptureFixture
