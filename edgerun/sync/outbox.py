@@ -95,6 +95,15 @@ _RETRY_S = 5.0  # after a failed deletion, acknowledgements are only held this l
 
 _RETURNING = sqlite3.sqlite_version_info >= (3, 35, 0)
 
+
+def _id_chunks(ids: list[int]) -> Iterator[tuple[list[int], str]]:
+    """``ids`` in chunks of 500, each with its ``?,?,...`` marks for ``IN (...)``: SQLite's bound-parameter
+    limit is 999 on old builds."""
+    for start in range(0, len(ids), 500):
+        chunk = ids[start : start + 500]
+        yield chunk, ",".join("?" * len(chunk))
+
+
 # Compact JSON, 0.3 us for a results record against 3.7 us for ``json.dumps``; the
 # bytes differ only where JSON allows (``4e-6`` for ``4e-06``, UTF-8 rather than
 # ``\u`` escapes, and ``null`` for a NaN, which ``json.dumps`` would write as invalid JSON).
@@ -687,9 +696,7 @@ class Outbox:
         deleted = 0  # applied to the count once the transaction is committed
         with self._transaction("delete acknowledged records from"):
             removed = 0
-            for start in range(0, len(ids), 500):  # SQLite's bound-parameter limit is 999 on old builds
-                chunk = ids[start : start + 500]
-                marks = ",".join("?" * len(chunk))
+            for chunk, marks in _id_chunks(ids):
                 if _RETURNING:
                     sizes = self._db.execute(
                         f"DELETE FROM records WHERE id IN ({marks}) RETURNING length(payload)", chunk
@@ -714,9 +721,7 @@ class Outbox:
         ids = sorted(ids)
         found: set[int] = set()
         try:
-            for start in range(0, len(ids), 500):
-                chunk = ids[start : start + 500]
-                marks = ",".join("?" * len(chunk))
+            for chunk, marks in _id_chunks(ids):
                 found.update(row[0] for row in self._db.execute(f"SELECT id FROM records WHERE id IN ({marks})", chunk))
         except sqlite3.Error:
             return set(ids)
