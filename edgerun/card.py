@@ -26,9 +26,9 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 
-from edgerun.backends.base import TensorSpec, special_file
+from edgerun.backends.base import TensorSpec
 from edgerun.errors import CardError, ConfigError, shown
-from edgerun.files import read_utf8
+from edgerun.files import read_utf8, special_file
 
 log = logging.getLogger(__name__)
 

@@ -29,9 +29,10 @@ import numpy as np
 from edgerun.accel.probe import probe
 from edgerun.accel.select import Selection, select
 from edgerun.backends import Backend, TensorSpec
-from edgerun.backends.base import FLOAT32_MAX, beyond_float32, special_file
+from edgerun.backends.base import FLOAT32_MAX, beyond_float32
 from edgerun.card import ModelCard, find_card, image_layout, infer_card, load_card, replace
 from edgerun.errors import CardError, ConfigError, EdgerunError, InputError, ModelLoadError, UnusableInput
+from edgerun.files import special_file
 from edgerun.limits import THREADS_MAX
 from edgerun.processing.classify import looks_like_probabilities, softmax, top_k
 from edgerun.state import state_dir as default_state_dir

@@ -26,6 +26,7 @@ import msgspec
 import numpy as np
 
 from edgerun.errors import InputError, ModelLoadError
+from edgerun.files import special_file, special_kind
 from edgerun.opencv import opencv
 
 __all__ = [
@@ -40,8 +41,6 @@ __all__ = [
     "missing_library",
     "not_installed",
     "one_line",
-    "special_file",
-    "special_kind",
 ]
 
 
@@ -212,34 +211,6 @@ def dequantize(q: np.ndarray, quant: QuantParams) -> np.ndarray:
 
 
 _TFLITE_MAGIC = b"TFL3"
-
-
-def special_kind(mode: int) -> str | None:
-    """What a file of ``st_mode`` ``mode`` is where it is neither a regular file nor a directory (``a FIFO
-    (named pipe)``, ``a socket``, ``a character device``, ``a block device``), for one line naming it; None
-    for a regular file or a directory (whose open says so)."""
-    if stat.S_ISREG(mode) or stat.S_ISDIR(mode):
-        return None
-    if stat.S_ISFIFO(mode):
-        return "a FIFO (named pipe)"
-    if stat.S_ISSOCK(mode):
-        return "a socket"
-    if stat.S_ISCHR(mode):
-        return "a character device"
-    if stat.S_ISBLK(mode):
-        return "a block device"
-    return "not a regular file"
-
-
-def special_file(path: str | os.PathLike[str]) -> str | None:
-    """``special_kind`` of what ``path`` names, a link followed (a link to a model file is a model file),
-    from a ``stat`` that opens nothing: opening a FIFO waits for a writer for good, opening a device may
-    act on it (``/dev/watchdog`` arms), and ``/dev/zero`` reads without end. None where it is a regular
-    file or a directory, or cannot be looked at (missing: its open says so)."""
-    try:
-        return special_kind(os.stat(path).st_mode)
-    except (OSError, ValueError):
-        return None
 
 
 def detect_format(path: Path) -> str:
