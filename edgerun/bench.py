@@ -715,7 +715,7 @@ def delegates_for_all(path: Path, probe_root: str | None = None) -> tuple[list[s
         BackendUnavailableError: the runtime of the model's format is missing.
         DelegateError: no delegate can run it here (each one's reason in the message).
     """
-    from edgerun.accel.delegates import CATALOGUE
+    from edgerun.accel.delegates import CATALOGUE, why_unusable
     from edgerun.accel.probe import probe
     from edgerun.accel.runtimes import discover
     from edgerun.accel.select import find_candidates
@@ -727,8 +727,8 @@ def delegates_for_all(path: Path, probe_root: str | None = None) -> tuple[list[s
     usable: list[str] = []
     reasons = {a.delegate: a.reason for a in unavailable}
     for spec, _ in candidates:
-        if error := runtime.library_error(spec.name):  # the words of ``edgerun devices``
-            reasons[spec.name] = f"the accelerator is present, but its delegate library does not load ({error})"
+        if why := why_unusable(spec, device, runtime):  # the verdict of ``edgerun devices``
+            reasons[spec.name] = why
         else:
             usable.append(spec.name)
     if not usable:

@@ -19,7 +19,7 @@ from edgerun.accel.runtimes import RuntimeFacts
 from edgerun.backends import Backend, open_backend
 from edgerun.errors import ConfigError
 
-__all__ = ["CATALOGUE", "DelegateSpec", "Opener", "accelerator_found", "check_delegate", "known_names"]
+__all__ = ["CATALOGUE", "DelegateSpec", "Opener", "accelerator_found", "check_delegate", "known_names", "why_unusable"]
 
 #: Opens a backend: (model path, format, delegate name, threads, engine cache dir) -> Backend.
 Opener = Callable[[Path, str, str, "int | None", "Path | None"], Backend]
@@ -209,3 +209,14 @@ def accelerator_found(delegate: str, device: DeviceFacts | None = None) -> str |
         if spec.name == delegate and spec.found is not None:
             return spec.found(device or probe())
     return None
+
+
+def why_unusable(spec: DelegateSpec, device: DeviceFacts, runtime: RuntimeFacts) -> str | None:
+    """Why ``spec`` can run no model here, or None where it can: what the device or runtimes lack
+    (``DelegateSpec.needs``), or a delegate library that does not load where the accelerator is present
+    (an Edge TPU without libedgetpu: selection still tries it, with that reason, but nothing runs on it).
+    ``edgerun devices``' verdict, and ``bench --delegate all``'s."""
+    reason = spec.needs(device, runtime)
+    if reason is None and (error := runtime.library_error(spec.name)):
+        reason = f"the accelerator is present, but its delegate library does not load ({error})"
+    return reason

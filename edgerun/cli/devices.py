@@ -28,7 +28,7 @@ def register(sub: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Probe, discover, and (with a model) select for real."""
-    from edgerun.accel.delegates import CATALOGUE, check_delegate
+    from edgerun.accel.delegates import CATALOGUE, check_delegate, why_unusable
     from edgerun.accel.probe import probe
     from edgerun.accel.runtimes import discover
 
@@ -41,11 +41,9 @@ def run(args: argparse.Namespace) -> int:
     runtime = discover()
     delegates = []
     for spec in CATALOGUE:
-        reason = spec.needs(device, runtime)
-        if reason is None and (error := runtime.library_error(spec.name)):
-            # Selection still tries it (a fallback with its reason, see accel.delegates._edgetpu);
-            # here "yes" would claim that a model can run on it, and none can.
-            reason = f"the accelerator is present, but its delegate library does not load ({error})"
+        # a library that does not load: selection still tries it (a fallback with its reason), but here
+        # "yes" would claim that a model can run on it, and none can
+        reason = why_unusable(spec, device, runtime)
         delegates.append(
             {
                 "name": spec.name,
